@@ -1,0 +1,437 @@
+//! Capture: a disk, partition or image file into the store.
+//!
+//! 1. [`plan`] reads the partition table and each filesystem's allocation data and decides the
+//!    used bytes of every area (see [`crate::manifest`]).
+//! 2. One reader thread reads the used bytes region by region into recycled buffers (unused
+//!    bytes zeroed); worker threads, one per core, hash, compress and store each region while
+//!    the reader goes on. Memory is bounded by the buffer pool: `2 × workers + 1` regions.
+//! 3. The manifest is committed last, after every chunk is durable.
+
+use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::sync_channel;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use crate::device::{read_vec, BlockDevice, SubDevice};
+use crate::extent::ExtentMap;
+use crate::fs;
+use crate::manifest::{Area, AreaKind, CaptureStats, ChunkRef, FsInfo, Hash, Manifest, DEFAULT_CHUNK_SIZE, FORMAT, VERSION};
+use crate::progress::Progress;
+use crate::store::{Store, StoreError, DEFAULT_ZSTD_LEVEL};
+use crate::table::{self, Layout, TableKind};
+
+/// Free space kept in reserve on the store's filesystem beyond what a capture may need.
+pub const SPACE_RESERVE: u64 = 64 << 20;
+
+/// How to capture.
+#[derive(Debug, Clone)]
+pub struct CaptureOptions {
+    /// The image's name.
+    pub name: String,
+    /// Region size (power of two, 4 KiB..64 MiB).
+    pub chunk_size: u64,
+    /// zstd level.
+    pub zstd_level: i32,
+    /// Worker threads for hashing and compression (0: one per core).
+    pub threads: usize,
+    /// Refuse to start when the store's free space is below the source's used bytes.
+    pub check_space: bool,
+}
+
+impl CaptureOptions {
+    /// Defaults for an image named `name`.
+    pub fn new(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            chunk_size: DEFAULT_CHUNK_SIZE,
+            zstd_level: DEFAULT_ZSTD_LEVEL,
+            threads: 0,
+            check_space: true,
+        }
+    }
+}
+
+/// Capture errors.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CaptureError {
+    /// Reading the source failed.
+    #[error("reading the source")]
+    Read(#[source] io::Error),
+    /// The store failed (full disk, permissions, ...).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Not enough free space in the store.
+    #[error(
+        "the store at {store} has {free} bytes free; this capture may need up to {needed} \
+         (the source's used bytes before compression and deduplication, plus a reserve). \
+         Free space with `drover image gc` or `drover image rm`, or skip this check"
+    )]
+    NoSpace {
+        /// The store's directory.
+        store: String,
+        /// Bytes free.
+        free: u64,
+        /// Bytes that may be needed.
+        needed: u64,
+    },
+    /// Bad options.
+    #[error("invalid capture options: {0}")]
+    Options(String),
+}
+
+/// What [`plan`] decided: everything but the chunks.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// The partition table.
+    pub table: Layout,
+    /// Raw primary table sectors.
+    pub table_raw: Vec<u8>,
+    /// Raw GPT backup.
+    pub gpt_backup_raw: Vec<u8>,
+    /// Areas with their used maps (no chunks yet).
+    pub areas: Vec<Area>,
+    /// Smallest target size.
+    pub min_size: u64,
+    /// Warnings for the operator (fallbacks).
+    pub warnings: Vec<String>,
+}
+
+/// Reads the table and every filesystem's allocation data.
+pub fn plan(dev: &dyn BlockDevice, chunk_size: u64) -> io::Result<Plan> {
+    let layout = table::detect(dev)?;
+    let disk = dev.len();
+    let ss = u64::from(layout.sector_size);
+    let mut warnings: Vec<String> = layout.warning.iter().cloned().collect();
+    let mut areas = Vec::new();
+    let mut table_raw = Vec::new();
+    let mut gpt_backup_raw = Vec::new();
+    let mut min_size;
+    match layout.kind {
+        TableKind::None => {
+            let s = fs::scan(dev, chunk_size)?;
+            warnings.extend(s.warning.clone());
+            min_size = if s.report.kind == fs::FsKind::Unknown {
+                disk
+            } else {
+                s.report.fs_size.max(s.report.used.end())
+            };
+            areas.push(Area {
+                kind: AreaKind::Whole,
+                offset: 0,
+                len: disk,
+                fs: Some(fs_info(&s)),
+                used: s.report.used,
+                chunks: Vec::new(),
+            });
+        }
+        TableKind::Mbr | TableKind::Gpt => {
+            table_raw = read_vec(dev, 0, primary_table_len(dev, &layout)? as usize)?;
+            if let Some((start, len)) = layout.gpt_backup {
+                gpt_backup_raw = read_vec(dev, start, len as usize)?;
+            }
+            // The bytes outside every partition (and outside the GPT backup), zero-skipped.
+            let mut inside = ExtentMap::new();
+            for p in &layout.partitions {
+                inside.push(p.start, p.size);
+            }
+            if let Some((s, l)) = layout.gpt_backup {
+                inside.push(s, l);
+            }
+            inside.normalize();
+            let mut outside = ExtentMap::new();
+            for gap in inside.gaps(0, disk).iter() {
+                let m = fs::raw::nonzero_regions(dev, gap.start, gap.end(), chunk_size)?;
+                outside = outside.union(&m);
+            }
+            min_size = outside.end();
+            areas.push(Area {
+                kind: AreaKind::Outside,
+                offset: 0,
+                len: disk,
+                fs: None,
+                used: outside,
+                chunks: Vec::new(),
+            });
+            for p in &layout.partitions {
+                let sub = SubDevice::new(dev, p.start, p.size);
+                let s = fs::scan(&sub, chunk_size)?;
+                if let Some(w) = &s.warning {
+                    warnings.push(format!("partition {}: {w}", p.number));
+                }
+                min_size = min_size.max(p.end());
+                areas.push(Area {
+                    kind: AreaKind::Partition { number: p.number },
+                    offset: p.start,
+                    len: p.size,
+                    fs: Some(fs_info(&s)),
+                    used: s.report.used,
+                    chunks: Vec::new(),
+                });
+            }
+            if let Some((_, l)) = layout.gpt_backup {
+                // The backup entries and header follow the last partition on any target.
+                let last = layout.partitions.last().map_or(table_raw.len() as u64, |p| p.end());
+                min_size = min_size.max(last.div_ceil(ss) * ss + l);
+            }
+        }
+    }
+    Ok(Plan {
+        table: layout,
+        table_raw,
+        gpt_backup_raw,
+        areas,
+        min_size: min_size.min(disk),
+        warnings,
+    })
+}
+
+fn fs_info(s: &fs::Scan) -> FsInfo {
+    FsInfo {
+        kind: s.report.kind,
+        detected: s.detected,
+        block_size: s.report.block_size,
+        fs_size: s.report.fs_size,
+        label: s.report.label.clone(),
+        warning: s.warning.clone(),
+    }
+}
+
+/// Bytes from LBA 0 to the end of the primary structures: the MBR sector, or for GPT the
+/// header and the whole entry array.
+fn primary_table_len(dev: &dyn BlockDevice, layout: &Layout) -> io::Result<u64> {
+    let ss = u64::from(layout.sector_size);
+    if layout.kind != TableKind::Gpt {
+        return Ok(ss.max(512));
+    }
+    let h = read_vec(dev, ss, 92)?;
+    let lba = fs::le64(&h, 72);
+    let entries = u64::from(fs::le32(&h, 80)) * u64::from(fs::le32(&h, 84));
+    // detect() read this GPT successfully, so the array lies on the disk; cap it anyway.
+    Ok(((lba * ss + entries).div_ceil(ss) * ss).min(dev.len()).min(1 << 20))
+}
+
+/// The result of a capture.
+#[derive(Debug, Clone)]
+pub struct Captured {
+    /// The new image's id.
+    pub id: String,
+    /// Its manifest.
+    pub manifest: Manifest,
+    /// Warnings for the operator.
+    pub warnings: Vec<String>,
+}
+
+struct Job {
+    area: usize,
+    index: u64,
+    buf: Vec<u8>,
+    len: usize,
+}
+
+struct Done {
+    area: usize,
+    chunk: ChunkRef,
+    new: bool,
+    buf: Vec<u8>,
+}
+
+/// Captures `dev` into `store` as a new version of `opts.name`.
+pub fn capture(
+    dev: &dyn BlockDevice,
+    source: &str,
+    store: &Store,
+    opts: &CaptureOptions,
+    progress: &dyn Progress,
+) -> Result<Captured, CaptureError> {
+    let cs = opts.chunk_size;
+    if !(4096..=(64 << 20)).contains(&cs) || !cs.is_power_of_two() {
+        return Err(CaptureError::Options(format!("chunk size {cs} is not a power of two in 4 KiB..64 MiB")));
+    }
+    if opts.name.is_empty() || opts.name.contains(['/', '@']) || opts.name.chars().any(char::is_control) {
+        return Err(CaptureError::Options(format!(
+            "image name {:?} must be non-empty without '/', '@' or control characters",
+            opts.name
+        )));
+    }
+    let t0 = Instant::now();
+    let _lock = store.lock_shared()?;
+    let mut plan = plan(dev, cs).map_err(CaptureError::Read)?;
+    for w in &plan.warnings {
+        progress.note(&format!("warning: {w}"));
+    }
+    let used: u64 = plan.areas.iter().map(|a| a.used.total()).sum();
+    if opts.check_space {
+        let free = store.free_space()?;
+        let needed = used + SPACE_RESERVE;
+        if free < needed {
+            return Err(CaptureError::NoSpace {
+                store: store.root().display().to_string(),
+                free,
+                needed,
+            });
+        }
+    }
+    let workers = if opts.threads == 0 {
+        std::thread::available_parallelism().map_or(2, |n| n.get())
+    } else {
+        opts.threads
+    };
+    progress.start(used, "capture");
+
+    let stop = AtomicBool::new(false);
+    let first_err: Mutex<Option<CaptureError>> = Mutex::new(None);
+    let fail = |e: CaptureError| {
+        stop.store(true, Ordering::Relaxed);
+        let mut g = first_err.lock().unwrap_or_else(|p| p.into_inner());
+        g.get_or_insert(e);
+    };
+    let (job_tx, job_rx) = sync_channel::<Job>(workers);
+    let job_rx = Mutex::new(job_rx);
+    let (done_tx, done_rx) = sync_channel::<Done>(workers * 2 + 1);
+    let (pool_tx, pool_rx) = sync_channel::<Vec<u8>>(workers * 2 + 1);
+    for _ in 0..workers * 2 + 1 {
+        // The pool's capacity equals the number of buffers sent, so this never blocks.
+        pool_tx.send(vec![0u8; cs as usize]).expect("pool has room");
+    }
+    let mut stats = CaptureStats::default();
+    let areas = &plan.areas;
+    let mut chunks: Vec<Vec<ChunkRef>> = vec![Vec::new(); areas.len()];
+
+    let (stop, fail) = (&stop, &fail);
+    std::thread::scope(|s| {
+        // Reader.
+        s.spawn(move || {
+            for (ai, a) in areas.iter().enumerate() {
+                let regions = a.len.div_ceil(cs);
+                for r in 0..regions {
+                    if stop.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    let rs = r * cs;
+                    let re = (rs + cs).min(a.len);
+                    if !a.used.intersects(rs, re) {
+                        continue;
+                    }
+                    let Ok(mut buf) = pool_rx.recv() else { return };
+                    let len = (re - rs) as usize;
+                    match read_region(dev, a, rs, re, &mut buf[..len]) {
+                        Ok(n) => progress.advance(n),
+                        Err(e) => return fail(CaptureError::Read(e)),
+                    }
+                    if job_tx.send(Job { area: ai, index: r, buf, len }).is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        // Hash + compress + store.
+        for _ in 0..workers {
+            let done_tx = done_tx.clone();
+            let job_rx = &job_rx;
+            s.spawn(move || loop {
+                let job = {
+                    let rx = job_rx.lock().unwrap_or_else(|p| p.into_inner());
+                    rx.recv()
+                };
+                let Ok(job) = job else { return };
+                if stop.load(Ordering::Relaxed) {
+                    return;
+                }
+                let plain = &job.buf[..job.len];
+                let hash = Hash::of(plain);
+                match store.put_chunk(&hash, plain, opts.zstd_level) {
+                    Ok((stored, new)) => {
+                        let d = Done {
+                            area: job.area,
+                            chunk: ChunkRef { index: job.index, hash, stored },
+                            new,
+                            buf: job.buf,
+                        };
+                        if done_tx.send(d).is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => return fail(e.into()),
+                }
+            });
+        }
+        drop(done_tx);
+        // Collector (this thread): return buffers to the pool, gather chunk refs.
+        for d in done_rx.iter() {
+            if d.new {
+                stats.new_chunks += 1;
+                stats.new_bytes += d.chunk.stored;
+            }
+            chunks[d.area].push(d.chunk);
+            let _ = pool_tx.send(d.buf);
+        }
+        drop(pool_tx);
+    });
+    for (a, mut c) in plan.areas.iter_mut().zip(chunks) {
+        c.sort_by_key(|c| c.index);
+        a.chunks = c;
+    }
+    if let Some(e) = first_err.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        return Err(e);
+    }
+    stats.seconds = t0.elapsed().as_secs_f64();
+    let manifest = Manifest {
+        format: FORMAT.into(),
+        version: VERSION,
+        name: opts.name.clone(),
+        name_version: store.next_version(&opts.name)?,
+        created: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+        source: source.into(),
+        disk_size: dev.len(),
+        chunk_size: cs,
+        table: plan.table,
+        table_raw: plan.table_raw,
+        gpt_backup_raw: plan.gpt_backup_raw,
+        areas: plan.areas,
+        min_size: plan.min_size,
+        stats,
+    };
+    // Every chunk file was fsynced before its rename; make the renames durable, then commit.
+    store.sync_dirs()?;
+    let id = store.put_manifest(&manifest)?;
+    Ok(Captured {
+        id,
+        manifest,
+        warnings: plan.warnings,
+    })
+}
+
+/// Reads the used bytes of region `rs..re` of area `a` into `buf` (zeroing the rest); returns
+/// the used bytes read. A mostly-used region is read in one request and its gaps zeroed.
+fn read_region(dev: &dyn BlockDevice, a: &Area, rs: u64, re: u64, buf: &mut [u8]) -> io::Result<u64> {
+    let used: Vec<_> = a.used.clip(rs, re).collect();
+    let n: u64 = used.iter().map(|e| e.len).sum();
+    if n * 2 >= re - rs {
+        dev.read_at(buf, a.offset + rs)?;
+        let mut pos = rs;
+        for e in used.iter().chain(std::iter::once(&crate::extent::Extent { start: re, len: 0 })) {
+            buf[(pos - rs) as usize..(e.start - rs) as usize].fill(0);
+            pos = e.end();
+        }
+    } else {
+        buf.fill(0);
+        for e in &used {
+            let o = (e.start - rs) as usize;
+            dev.read_at(&mut buf[o..o + e.len as usize], a.offset + e.start)?;
+        }
+    }
+    Ok(n)
+}
+
+/// Reads the used bytes of region `index` of `area`, as captured: the chunk's plaintext.
+pub fn region_plaintext(dev: &dyn BlockDevice, area: &Area, index: u64, chunk_size: u64) -> io::Result<Vec<u8>> {
+    let rs = index * chunk_size;
+    let re = (rs + chunk_size).min(area.len);
+    let mut buf = vec![0u8; (re - rs) as usize];
+    read_region(dev, area, rs, re, &mut buf)?;
+    Ok(buf)
+}

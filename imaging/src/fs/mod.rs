@@ -1,0 +1,268 @@
+//! Used-block readers: which bytes of a filesystem hold data, read from its own allocation
+//! structures.
+//!
+//! [`scan`] is the entry point: it recognises the filesystem by its signature, runs the matching
+//! reader, and falls back to [`raw`] ("every region that is not all zeroes") with a warning when
+//! the filesystem is unknown or its metadata does not hold together. A reader must never produce a
+//! map that misses a used block: when in doubt it returns an error and the fallback takes over.
+//!
+//! Every map also covers the bytes no allocation structure describes: boot blocks and boot
+//! regions (added by each reader) and whatever lies between the end of the filesystem and the end
+//! of its partition (added here, zero-skipped), where NTFS keeps its backup boot sector.
+
+mod exfat;
+mod ext;
+mod fat;
+mod ntfs;
+pub mod raw;
+mod swap;
+
+use std::fmt;
+use std::io;
+
+use serde::{Deserialize, Serialize};
+
+use crate::device::BlockDevice;
+use crate::extent::ExtentMap;
+
+/// A filesystem drover recognises.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum FsKind {
+    /// ext2 (no journal).
+    Ext2,
+    /// ext3 (journal, no ext4 features).
+    Ext3,
+    /// ext4.
+    Ext4,
+    /// FAT12.
+    Fat12,
+    /// FAT16.
+    Fat16,
+    /// FAT32.
+    Fat32,
+    /// exFAT.
+    Exfat,
+    /// NTFS.
+    Ntfs,
+    /// Linux swap (only its header is kept).
+    Swap,
+    /// Not recognised: stored as every non-zero region.
+    Unknown,
+}
+
+impl fmt::Display for FsKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = match self {
+            Self::Ext2 => "ext2",
+            Self::Ext3 => "ext3",
+            Self::Ext4 => "ext4",
+            Self::Fat12 => "fat12",
+            Self::Fat16 => "fat16",
+            Self::Fat32 => "fat32",
+            Self::Exfat => "exfat",
+            Self::Ntfs => "ntfs",
+            Self::Swap => "swap",
+            Self::Unknown => "unknown",
+        };
+        f.write_str(s)
+    }
+}
+
+/// Why a reader could not produce a used-block map.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FsError {
+    /// Reading the device failed.
+    #[error("read error")]
+    Io(#[from] io::Error),
+    /// The metadata contradicts itself or points outside the filesystem.
+    #[error("{fs} metadata is inconsistent: {reason}")]
+    Corrupt {
+        /// The filesystem being read.
+        fs: FsKind,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A feature this reader does not understand well enough to trust its bitmaps.
+    #[error("{fs} feature not supported: {feature}")]
+    Unsupported {
+        /// The filesystem being read.
+        fs: FsKind,
+        /// The feature.
+        feature: String,
+    },
+}
+
+pub(crate) fn corrupt(fs: FsKind, reason: impl Into<String>) -> FsError {
+    FsError::Corrupt {
+        fs,
+        reason: reason.into(),
+    }
+}
+
+/// What a reader found.
+#[derive(Debug, Clone)]
+pub struct FsReport {
+    /// The filesystem.
+    pub kind: FsKind,
+    /// Allocation unit in bytes (block or cluster).
+    pub block_size: u32,
+    /// The filesystem's own idea of its size in bytes (may be less than the partition).
+    pub fs_size: u64,
+    /// Used bytes, relative to the start of the filesystem, normalized.
+    pub used: ExtentMap,
+    /// Volume label, when the filesystem has one.
+    pub label: Option<String>,
+}
+
+/// The result of [`scan`]: a report plus the warning that explains a fallback, if any.
+#[derive(Debug, Clone)]
+pub struct Scan {
+    /// The map to store.
+    pub report: FsReport,
+    /// The filesystem's signature, even when its reader failed.
+    pub detected: FsKind,
+    /// Set when the raw fallback was used for a recognised filesystem, or for anything else
+    /// worth an operator's attention.
+    pub warning: Option<String>,
+}
+
+/// Recognises a filesystem by its signature only (no bitmap is read).
+pub fn probe(dev: &dyn BlockDevice) -> io::Result<FsKind> {
+    let len = dev.len();
+    let mut head = vec![0u8; 4096.min(len) as usize];
+    dev.read_at(&mut head, 0)?;
+    if ntfs::probe(&head) {
+        return Ok(FsKind::Ntfs);
+    }
+    if exfat::probe(&head) {
+        return Ok(FsKind::Exfat);
+    }
+    if let Some(k) = ext::probe(&head) {
+        return Ok(k);
+    }
+    if let Some(k) = fat::probe(&head) {
+        return Ok(k);
+    }
+    if swap::probe(dev)?.is_some() {
+        return Ok(FsKind::Swap);
+    }
+    Ok(FsKind::Unknown)
+}
+
+/// Runs the reader for the filesystem on `dev`; on an unknown filesystem, or on any reader
+/// error, falls back to the raw map with a warning. `region` is the granularity of the raw
+/// fallback and of the zero-skipped tail (the chunk size). Only I/O errors of the raw scan itself
+/// are returned.
+pub fn scan(dev: &dyn BlockDevice, region: u64) -> io::Result<Scan> {
+    let detected = probe(dev)?;
+    let result = match detected {
+        FsKind::Ext2 | FsKind::Ext3 | FsKind::Ext4 => ext::read(dev),
+        FsKind::Fat12 | FsKind::Fat16 | FsKind::Fat32 => fat::read(dev),
+        FsKind::Exfat => exfat::read(dev),
+        FsKind::Ntfs => ntfs::read(dev),
+        FsKind::Swap => swap::read(dev),
+        FsKind::Unknown => {
+            let used = raw::nonzero_regions(dev, 0, dev.len(), region)?;
+            return Ok(Scan {
+                report: FsReport {
+                    kind: FsKind::Unknown,
+                    block_size: 0,
+                    fs_size: dev.len(),
+                    used,
+                    label: None,
+                },
+                detected,
+                warning: None,
+            });
+        }
+    };
+    match result {
+        Ok(mut report) if report.fs_size <= dev.len() => {
+            report.used.normalize();
+            if report.used.end() > report.fs_size {
+                return fallback(dev, detected, region, "used map reaches past the filesystem's end");
+            }
+            // Whatever lies between the filesystem's end and the partition's end is kept too.
+            let tail = raw::nonzero_regions(dev, report.fs_size, dev.len(), region)?;
+            report.used = report.used.union(&tail);
+            Ok(Scan {
+                report,
+                detected,
+                warning: None,
+            })
+        }
+        Ok(report) => fallback(
+            dev,
+            detected,
+            region,
+            &format!(
+                "filesystem claims {} bytes but the device holds only {}",
+                report.fs_size,
+                dev.len()
+            ),
+        ),
+        Err(e) => fallback(dev, detected, region, &e.to_string()),
+    }
+}
+
+fn fallback(dev: &dyn BlockDevice, detected: FsKind, region: u64, why: &str) -> io::Result<Scan> {
+    let warning = format!(
+        "{detected} found but its allocation data could not be used ({why}); \
+         storing every non-zero {} MiB region instead",
+        region >> 20
+    );
+    tracing::warn!(fs = %detected, reason = why, "falling back to raw used-block map");
+    let used = raw::nonzero_regions(dev, 0, dev.len(), region)?;
+    Ok(Scan {
+        report: FsReport {
+            kind: FsKind::Unknown,
+            block_size: 0,
+            fs_size: dev.len(),
+            used,
+            label: None,
+        },
+        detected,
+        warning: Some(warning),
+    })
+}
+
+// Little-endian field readers over untrusted bytes: out-of-range reads give 0 rather than panic;
+// every reader validates the values it relies on.
+pub(crate) fn le16(b: &[u8], o: usize) -> u16 {
+    b.get(o..o + 2)
+        .map_or(0, |s| u16::from_le_bytes([s[0], s[1]]))
+}
+
+pub(crate) fn le32(b: &[u8], o: usize) -> u32 {
+    b.get(o..o + 4)
+        .map_or(0, |s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
+}
+
+pub(crate) fn le64(b: &[u8], o: usize) -> u64 {
+    b.get(o..o + 8).map_or(0, |s| {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(s);
+        u64::from_le_bytes(a)
+    })
+}
+
+/// Entry points for the fuzz targets: each reader over an in-memory device.
+#[cfg(any(fuzzing, test))]
+pub mod fuzzing {
+    use super::*;
+    use crate::device::MemDevice;
+
+    /// Runs every reader over `data`; only I/O-free paths, so nothing may panic.
+    pub fn all_readers(data: &[u8]) {
+        let dev = MemDevice::new(data.to_vec());
+        let _ = ext::read(&dev);
+        let _ = fat::read(&dev);
+        let _ = exfat::read(&dev);
+        let _ = ntfs::read(&dev);
+        let _ = swap::read(&dev);
+        let _ = scan(&dev, 1 << 16);
+    }
+}

@@ -1,0 +1,229 @@
+//! Restore: an image from the store onto a disk, partition or file, and verification of the
+//! store's chunks.
+//!
+//! Restore checks the target (size, sector size, not mounted, every chunk present) before it
+//! writes a byte, then writes only the used extents, chunk by chunk, each chunk's hash checked
+//! before any of it is written. A GPT is rewritten for the target's size (backup header and
+//! entries at its end, protective MBR resized); on a same-size target the captured backup is
+//! written back as it was. Everything is synced at the end.
+
+use std::io;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+use serde::Serialize;
+
+use crate::device::BlockDevice;
+use crate::manifest::{Area, ChunkRef, Hash, Manifest};
+use crate::progress::Progress;
+use crate::store::{Store, StoreError};
+use crate::table::{self, TableError, TableKind};
+
+/// Restore errors.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RestoreError {
+    /// The target is smaller than the image needs.
+    #[error(
+        "target holds {target} bytes but image {image:?} needs at least {min} bytes ({} MiB)",
+        min.div_ceil(1 << 20)
+    )]
+    TooSmall {
+        /// The image.
+        image: String,
+        /// Minimum size in bytes.
+        min: u64,
+        /// Target size in bytes.
+        target: u64,
+    },
+    /// The target's logical sector size differs from the source's.
+    #[error("target has {target}-byte logical sectors but the image was captured with {image}-byte sectors")]
+    SectorSize {
+        /// The image's sector size.
+        image: u32,
+        /// The target's.
+        target: u32,
+    },
+    /// The store failed or a chunk is missing or corrupt.
+    #[error("image {image:?}")]
+    Store {
+        /// The image.
+        image: String,
+        /// The cause.
+        #[source]
+        source: StoreError,
+    },
+    /// Writing the target failed.
+    #[error("writing the target")]
+    Write(#[source] io::Error),
+    /// The partition table could not be laid out on the target.
+    #[error(transparent)]
+    Table(#[from] TableError),
+}
+
+/// What a restore did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Restored {
+    /// Bytes written to the target (used extents plus the table).
+    pub bytes_written: u64,
+    /// Chunks read and checked.
+    pub chunks: u64,
+    /// Whether the GPT was rewritten for a target of another size.
+    pub gpt_relocated: bool,
+}
+
+/// Worker threads: one per core.
+fn workers(threads: usize) -> usize {
+    if threads == 0 {
+        std::thread::available_parallelism().map_or(2, |n| n.get())
+    } else {
+        threads
+    }
+}
+
+/// Runs `f` over every chunk reference of `m` on `threads` workers, stopping at the first error.
+fn for_each_chunk<E: Send>(
+    m: &Manifest,
+    threads: usize,
+    f: impl Fn(&Area, &ChunkRef) -> Result<(), E> + Sync,
+) -> Result<(), E> {
+    let all: Vec<(&Area, &ChunkRef)> = m.chunks().collect();
+    let next = AtomicUsize::new(0);
+    let stop = AtomicBool::new(false);
+    let err: Mutex<Option<E>> = Mutex::new(None);
+    std::thread::scope(|s| {
+        for _ in 0..workers(threads).min(all.len().max(1)) {
+            s.spawn(|| {
+                while !stop.load(Ordering::Relaxed) {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some((a, c)) = all.get(i) else { return };
+                    if let Err(e) = f(a, c) {
+                        stop.store(true, Ordering::Relaxed);
+                        err.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(e);
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    match err.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// Restores the image `m` (named `image` in messages) from `store` onto `target`.
+pub fn restore(
+    image: &str,
+    m: &Manifest,
+    store: &Store,
+    target: &dyn BlockDevice,
+    threads: usize,
+    progress: &dyn Progress,
+) -> Result<Restored, RestoreError> {
+    let store_err = |source| RestoreError::Store {
+        image: image.to_string(),
+        source,
+    };
+    if m.table.kind != TableKind::None && target.sector_size() != m.table.sector_size {
+        return Err(RestoreError::SectorSize {
+            image: m.table.sector_size,
+            target: target.sector_size(),
+        });
+    }
+    if target.len() < m.min_size {
+        return Err(RestoreError::TooSmall {
+            image: image.into(),
+            min: m.min_size,
+            target: target.len(),
+        });
+    }
+    let _lock = store.lock_shared().map_err(store_err)?;
+    if let Some((_, c)) = m.chunks().find(|(_, c)| !store.has_chunk(&c.hash)) {
+        return Err(store_err(StoreError::MissingChunk(c.hash)));
+    }
+    progress.start(m.used_bytes(), "restore");
+    let cs = m.chunk_size;
+    let written = std::sync::atomic::AtomicU64::new(0);
+    for_each_chunk::<RestoreError>(m, threads, |a, c| {
+        let rs = c.index * cs;
+        let len = a.region_len(c.index, cs) as usize;
+        let plain = store.read_chunk(&c.hash, len).map_err(store_err)?;
+        for e in a.used.clip(rs, rs + len as u64) {
+            let o = (e.start - rs) as usize;
+            target
+                .write_at(&plain[o..o + e.len as usize], a.offset + e.start)
+                .map_err(RestoreError::Write)?;
+            written.fetch_add(e.len, Ordering::Relaxed);
+            progress.advance(e.len);
+        }
+        Ok(())
+    })?;
+    let mut out = Restored {
+        bytes_written: written.into_inner(),
+        chunks: m.chunks().count() as u64,
+        gpt_relocated: false,
+    };
+    if m.table.kind == TableKind::Gpt {
+        // `validate` checked that a GPT manifest has its backup location and bytes.
+        let (start, len) = m.table.gpt_backup.unwrap_or_default();
+        if target.len() == m.disk_size {
+            target.write_at(&m.gpt_backup_raw, start).map_err(RestoreError::Write)?;
+            out.bytes_written += len;
+        } else {
+            table::relocate_gpt(target, &m.table_raw, m.table.sector_size)?;
+            out.gpt_relocated = true;
+            out.bytes_written += 2 * m.table_raw.len() as u64;
+        }
+    }
+    target.sync().map_err(RestoreError::Write)?;
+    Ok(out)
+}
+
+/// A chunk that failed verification.
+#[derive(Debug, Clone, Serialize)]
+pub struct BadChunk {
+    /// The chunk.
+    pub hash: Hash,
+    /// Where its region starts on the disk.
+    pub disk_offset: u64,
+    /// What is wrong.
+    pub error: String,
+}
+
+/// What [`verify`] found.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Verified {
+    /// Chunk references checked.
+    pub chunks: u64,
+    /// Stored bytes read.
+    pub stored_bytes: u64,
+    /// The chunks that are missing or corrupt.
+    pub bad: Vec<BadChunk>,
+}
+
+/// Re-reads, decompresses and re-hashes every chunk of `m`. Never stops early: every bad
+/// chunk is listed.
+pub fn verify(m: &Manifest, store: &Store, threads: usize, progress: &dyn Progress) -> Verified {
+    progress.start(m.stored_bytes(), "verify");
+    let bad = Mutex::new(Vec::new());
+    let cs = m.chunk_size;
+    let _ = for_each_chunk::<()>(m, threads, |a, c| {
+        if let Err(e) = store.read_chunk(&c.hash, a.region_len(c.index, cs) as usize) {
+            bad.lock().unwrap_or_else(|p| p.into_inner()).push(BadChunk {
+                hash: c.hash,
+                disk_offset: a.offset + c.index * cs,
+                error: e.to_string(),
+            });
+        }
+        progress.advance(c.stored);
+        Ok(())
+    });
+    let mut bad = bad.into_inner().unwrap_or_else(|p| p.into_inner());
+    bad.sort_by_key(|b| b.disk_offset);
+    Verified {
+        chunks: m.chunks().count() as u64,
+        stored_bytes: m.stored_bytes(),
+        bad,
+    }
+}

@@ -1,0 +1,404 @@
+//! `drover image ...`: the image store from the command line.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use clap::Subcommand;
+use imaging::capture::{capture, CaptureOptions};
+use imaging::device::FileDevice;
+use imaging::manifest::{AreaKind, Manifest};
+use imaging::restore::{restore, verify};
+use imaging::store::{Store, StoredImage};
+use serde_json::json;
+
+use crate::fmt;
+use crate::progress::Bar;
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum ImageCommand {
+    /// Capture a disk, partition, disk image file or filesystem image into the store.
+    Capture {
+        /// The device or file to read.
+        source: PathBuf,
+        /// Image name; capturing again under a name makes a new version.
+        #[arg(long)]
+        name: String,
+        /// Image store directory (default: DATA_DIR/images).
+        #[arg(long)]
+        store: Option<PathBuf>,
+        /// Region (chunk) size, e.g. 4M.
+        #[arg(long, default_value = "4M", value_parser = fmt::parse_size)]
+        chunk_size: u64,
+        /// zstd compression level.
+        #[arg(long, default_value_t = imaging::store::DEFAULT_ZSTD_LEVEL)]
+        zstd_level: i32,
+        /// Worker threads (0: one per core).
+        #[arg(long, default_value_t = 0)]
+        threads: usize,
+        /// Start even when the store's free space is below the source's used bytes.
+        #[arg(long)]
+        skip_space_check: bool,
+    },
+    /// Write an image onto a disk, partition or file (only the used blocks).
+    Restore {
+        /// Image name (newest version), NAME@VERSION, or id.
+        image: String,
+        /// The device or file to write; it must exist and be large enough.
+        target: PathBuf,
+        /// Image store directory (default: DATA_DIR/images).
+        #[arg(long)]
+        store: Option<PathBuf>,
+        /// Worker threads (0: one per core).
+        #[arg(long, default_value_t = 0)]
+        threads: usize,
+    },
+    /// Show an image's partitions, filesystems, used bytes and chunks.
+    Inspect {
+        /// Image name, NAME@VERSION, or id.
+        image: String,
+        /// Image store directory (default: DATA_DIR/images).
+        #[arg(long)]
+        store: Option<PathBuf>,
+    },
+    /// Re-read and re-hash every chunk of an image; names any bad one.
+    Verify {
+        /// Image name, NAME@VERSION, or id.
+        image: String,
+        /// Image store directory (default: DATA_DIR/images).
+        #[arg(long)]
+        store: Option<PathBuf>,
+        /// Worker threads (0: one per core).
+        #[arg(long, default_value_t = 0)]
+        threads: usize,
+    },
+    /// List every image version in the store.
+    List {
+        /// Image store directory (default: DATA_DIR/images).
+        #[arg(long)]
+        store: Option<PathBuf>,
+    },
+    /// Remove one image version (its chunks are freed by `gc`).
+    Rm {
+        /// Image name (newest version), NAME@VERSION, or id.
+        image: String,
+        /// Image store directory (default: DATA_DIR/images).
+        #[arg(long)]
+        store: Option<PathBuf>,
+    },
+    /// Delete chunks no image uses any more.
+    Gc {
+        /// Image store directory (default: DATA_DIR/images).
+        #[arg(long)]
+        store: Option<PathBuf>,
+    },
+}
+
+fn open_store(store: Option<PathBuf>, data_dir: &Path) -> anyhow::Result<Store> {
+    let dir = store.unwrap_or_else(|| data_dir.join("images"));
+    Store::open(&dir).with_context(|| format!("opening image store {}", dir.display()))
+}
+
+pub(crate) fn run(cmd: ImageCommand, data_dir: &Path, json: bool) -> anyhow::Result<ExitCode> {
+    match cmd {
+        ImageCommand::Capture {
+            source,
+            name,
+            store,
+            chunk_size,
+            zstd_level,
+            threads,
+            skip_space_check,
+        } => {
+            let store = open_store(store, data_dir)?;
+            let dev = FileDevice::open_read(&source).with_context(|| format!("opening {}", source.display()))?;
+            let opts = CaptureOptions {
+                name,
+                chunk_size,
+                zstd_level,
+                threads,
+                check_space: !skip_space_check,
+            };
+            let bar = Bar::new(json);
+            let res = capture(&dev, &source.display().to_string(), &store, &opts, &bar);
+            bar.finish();
+            let c = res.with_context(|| format!("capturing {}", source.display()))?;
+            let m = &c.manifest;
+            if json {
+                println!(
+                    "{}",
+                    json!({
+                        "id": c.id,
+                        "name": m.name,
+                        "version": m.name_version,
+                        "disk_size": m.disk_size,
+                        "used_bytes": m.used_bytes(),
+                        "chunks": m.chunks().count(),
+                        "stored_bytes": m.stored_bytes(),
+                        "new_chunks": m.stats.new_chunks,
+                        "new_bytes": m.stats.new_bytes,
+                        "seconds": m.stats.seconds,
+                        "warnings": c.warnings,
+                    })
+                );
+            } else {
+                println!(
+                    "captured {} version {} (id {}): {} used of {}, {} chunks, {} new ({}), {:.1} s",
+                    m.name,
+                    m.name_version,
+                    &c.id[..12],
+                    fmt::bytes(m.used_bytes()),
+                    fmt::bytes(m.disk_size),
+                    m.chunks().count(),
+                    m.stats.new_chunks,
+                    fmt::bytes(m.stats.new_bytes),
+                    m.stats.seconds,
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        ImageCommand::Restore {
+            image,
+            target,
+            store,
+            threads,
+        } => {
+            let store = open_store(store, data_dir)?;
+            let img = store.resolve(&image)?;
+            if let Some(why) = imaging::usage::in_use(&target)
+                .with_context(|| format!("checking whether {} is in use", target.display()))?
+            {
+                bail!("refusing to restore onto {}: it is {why}", target.display());
+            }
+            let dev = FileDevice::open_write(&target).with_context(|| format!("opening {} for writing", target.display()))?;
+            let bar = Bar::new(json);
+            let t0 = std::time::Instant::now();
+            let label = format!("{}@{}", img.manifest.name, img.manifest.name_version);
+            let res = restore(&label, &img.manifest, &store, &dev, threads, &bar);
+            bar.finish();
+            let r = res.with_context(|| format!("restoring {label} onto {}", target.display()))?;
+            let secs = t0.elapsed().as_secs_f64();
+            if json {
+                println!(
+                    "{}",
+                    json!({
+                        "id": img.id,
+                        "name": img.manifest.name,
+                        "version": img.manifest.name_version,
+                        "target": target.display().to_string(),
+                        "bytes_written": r.bytes_written,
+                        "chunks": r.chunks,
+                        "gpt_relocated": r.gpt_relocated,
+                        "seconds": secs,
+                    })
+                );
+            } else {
+                println!(
+                    "restored {label} onto {}: {} written from {} chunks{}, {secs:.1} s",
+                    target.display(),
+                    fmt::bytes(r.bytes_written),
+                    r.chunks,
+                    if r.gpt_relocated { ", GPT moved to the end of the larger disk" } else { "" },
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        ImageCommand::Inspect { image, store } => {
+            let store = open_store(store, data_dir)?;
+            let img = store.resolve(&image)?;
+            let refs = store.chunk_refs()?;
+            inspect(&img, &refs, json);
+            Ok(ExitCode::SUCCESS)
+        }
+        ImageCommand::Verify { image, store, threads } => {
+            let store = open_store(store, data_dir)?;
+            let img = store.resolve(&image)?;
+            let label = format!("{}@{}", img.manifest.name, img.manifest.name_version);
+            let bar = Bar::new(json);
+            let v = verify(&img.manifest, &store, threads, &bar);
+            bar.finish();
+            if json {
+                println!(
+                    "{}",
+                    json!({"id": img.id, "name": img.manifest.name, "version": img.manifest.name_version,
+                           "chunks": v.chunks, "bad": v.bad, "ok": v.bad.is_empty()})
+                );
+            } else if v.bad.is_empty() {
+                println!("{label}: all {} chunks verified ({})", v.chunks, fmt::bytes(v.stored_bytes));
+            }
+            if v.bad.is_empty() {
+                Ok(ExitCode::SUCCESS)
+            } else {
+                for b in &v.bad {
+                    eprintln!("image {label} (id {}): chunk {} at disk offset {}: {}", &img.id[..12], b.hash, b.disk_offset, b.error);
+                }
+                eprintln!("error: image {label}: {} of {} chunks are bad", v.bad.len(), v.chunks);
+                Ok(ExitCode::FAILURE)
+            }
+        }
+        ImageCommand::List { store } => {
+            let store = open_store(store, data_dir)?;
+            let all = store.list()?;
+            if json {
+                let v: Vec<_> = all
+                    .iter()
+                    .map(|i| {
+                        let m = &i.manifest;
+                        json!({"id": i.id, "name": m.name, "version": m.name_version, "created": m.created,
+                               "source": m.source, "disk_size": m.disk_size, "used_bytes": m.used_bytes(),
+                               "stored_bytes": m.stored_bytes(), "chunks": m.chunks().count()})
+                    })
+                    .collect();
+                println!("{}", serde_json::Value::Array(v));
+            } else if all.is_empty() {
+                println!("no images in {}", store.root().display());
+            } else {
+                println!("{:<24} {:>4}  {:<12}  {:<23}  {:>10}  {:>10}", "NAME", "VER", "ID", "CREATED", "DISK", "USED");
+                for i in &all {
+                    let m = &i.manifest;
+                    println!(
+                        "{:<24} {:>4}  {:<12}  {:<23}  {:>10}  {:>10}",
+                        m.name,
+                        m.name_version,
+                        &i.id[..12],
+                        fmt::time(m.created),
+                        fmt::bytes(m.disk_size),
+                        fmt::bytes(m.used_bytes())
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        ImageCommand::Rm { image, store } => {
+            let store = open_store(store, data_dir)?;
+            let img = store.resolve(&image)?;
+            store.remove(&img.id)?;
+            if json {
+                println!("{}", json!({"removed": img.id, "name": img.manifest.name, "version": img.manifest.name_version}));
+            } else {
+                println!(
+                    "removed {}@{} (id {}); run `drover image gc` to free its unshared chunks",
+                    img.manifest.name,
+                    img.manifest.name_version,
+                    &img.id[..12]
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        ImageCommand::Gc { store } => {
+            let store = open_store(store, data_dir)?;
+            let r = store.gc()?;
+            if json {
+                println!("{}", serde_json::to_string(&r)?);
+            } else {
+                println!(
+                    "removed {} unused chunks, kept {}, freed {}",
+                    r.removed_chunks,
+                    r.kept_chunks,
+                    fmt::bytes(r.freed_bytes)
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn inspect(img: &StoredImage, refs: &HashMap<imaging::manifest::Hash, u32>, json: bool) {
+    let m: &Manifest = &img.manifest;
+    let total = m.chunks().count();
+    let shared = m.chunks().filter(|(_, c)| refs.get(&c.hash).copied().unwrap_or(0) > 1).count();
+    if json {
+        let areas: Vec<_> = m
+            .areas
+            .iter()
+            .map(|a| {
+                let part = match a.kind {
+                    AreaKind::Partition { number } => m.table.partitions.iter().find(|p| p.number == number),
+                    _ => None,
+                };
+                json!({
+                    "area": a.kind,
+                    "offset": a.offset,
+                    "len": a.len,
+                    "partition": part,
+                    "fs": a.fs,
+                    "used_bytes": a.used.total(),
+                    "extents": a.used.len(),
+                    "chunks": a.chunks.len(),
+                    "stored_bytes": a.chunks.iter().map(|c| c.stored).sum::<u64>(),
+                })
+            })
+            .collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({
+                "id": img.id,
+                "name": m.name,
+                "version": m.name_version,
+                "created": m.created,
+                "source": m.source,
+                "disk_size": m.disk_size,
+                "sector_size": m.table.sector_size,
+                "table": m.table.kind,
+                "min_size": m.min_size,
+                "chunk_size": m.chunk_size,
+                "used_bytes": m.used_bytes(),
+                "chunks": total,
+                "stored_bytes": m.stored_bytes(),
+                "new_chunks": m.stats.new_chunks,
+                "new_bytes": m.stats.new_bytes,
+                "shared_chunks": shared,
+                "areas": areas,
+            }))
+            .expect("JSON values serialise")
+        );
+        return;
+    }
+    println!("image {} version {} (id {})", m.name, m.name_version, img.id);
+    println!("  captured {} from {}", fmt::time(m.created), m.source);
+    println!(
+        "  disk {} ({} bytes), table {:?}, {}-byte sectors, restores to {} or larger",
+        fmt::bytes(m.disk_size),
+        m.disk_size,
+        m.table.kind,
+        m.table.sector_size,
+        fmt::bytes(m.min_size)
+    );
+    println!(
+        "  {:<10} {:>10} {:>10}  {:<8} {:>10} {:>7}  LABEL / NOTE",
+        "AREA", "START", "SIZE", "FS", "USED", "CHUNKS"
+    );
+    for a in &m.areas {
+        let name = match a.kind {
+            AreaKind::Outside => "outside".to_string(),
+            AreaKind::Whole => "whole".to_string(),
+            AreaKind::Partition { number } => format!("part {number}"),
+        };
+        let fs = a.fs.as_ref().map_or("-".to_string(), |f| f.kind.to_string());
+        let note = a
+            .fs
+            .as_ref()
+            .and_then(|f| f.warning.clone().or_else(|| f.label.clone()))
+            .unwrap_or_default();
+        println!(
+            "  {:<10} {:>10} {:>10}  {:<8} {:>10} {:>7}  {}",
+            name,
+            fmt::bytes(a.offset),
+            fmt::bytes(a.len),
+            fs,
+            fmt::bytes(a.used.total()),
+            a.chunks.len(),
+            note
+        );
+    }
+    println!(
+        "  used {} in {} chunks, stored {}; {} new at capture ({}); {} shared with other images",
+        fmt::bytes(m.used_bytes()),
+        total,
+        fmt::bytes(m.stored_bytes()),
+        m.stats.new_chunks,
+        fmt::bytes(m.stats.new_bytes),
+        shared
+    );
+}
