@@ -400,3 +400,55 @@ pub fn uncovered(m: &ExtentMap, other: &ExtentMap) -> u64 {
 pub fn area_used_on_disk(m: &Manifest, i: usize) -> ExtentMap {
     m.areas[i].used.shifted(m.areas[i].offset)
 }
+
+/// Copies the whole of `src` into `disk` at byte `offset`.
+pub fn write_into(disk: &Path, offset: u64, src: &Path) {
+    use std::os::unix::fs::FileExt;
+    let data = fs::read(src).unwrap();
+    let f = fs::OpenOptions::new().write(true).open(disk).unwrap();
+    f.write_all_at(&data, offset).unwrap();
+}
+
+/// Copies `len` bytes of `disk` from `offset` into a new file `dst`.
+pub fn extract(disk: &Path, offset: u64, len: u64, dst: &Path) {
+    use std::os::unix::fs::FileExt;
+    let f = fs::File::open(disk).unwrap();
+    let mut data = vec![0u8; len as usize];
+    f.read_exact_at(&mut data, offset).unwrap();
+    fs::write(dst, data).unwrap();
+}
+
+/// Bytes `offset..offset+len` of a file.
+pub fn read_range(path: &Path, offset: u64, len: u64) -> Vec<u8> {
+    use std::os::unix::fs::FileExt;
+    let f = fs::File::open(path).unwrap();
+    let mut data = vec![0u8; len as usize];
+    f.read_exact_at(&mut data, offset).unwrap();
+    data
+}
+
+/// Writes `data` into `path` at `offset`.
+pub fn patch(path: &Path, offset: u64, data: &[u8]) {
+    use std::os::unix::fs::FileExt;
+    let f = fs::OpenOptions::new().write(true).open(path).unwrap();
+    f.write_all_at(data, offset).unwrap();
+}
+
+/// Runs a program with `input` on its stdin; panics on failure.
+pub fn run_stdin(prog: &str, args: &[&str], input: &str) -> String {
+    let mut child = Command::new(prog)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("running {prog}: {e}"));
+    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{prog} {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
