@@ -22,7 +22,7 @@ use crate::store::{Store, StoreError, DEFAULT_ZSTD_LEVEL};
 use crate::table::{self, Layout, TableKind};
 
 /// Free space kept in reserve on the store's filesystem beyond what a capture may need.
-pub const SPACE_RESERVE: u64 = 64 << 20;
+pub const SPACE_RESERVE: u64 = 32 << 20;
 
 /// How to capture.
 #[derive(Debug, Clone)]
@@ -329,6 +329,7 @@ pub fn capture(
         // Hash + compress + store.
         for _ in 0..workers {
             let done_tx = done_tx.clone();
+            let pool_tx = pool_tx.clone();
             let job_rx = &job_rx;
             s.spawn(move || loop {
                 let job = {
@@ -336,8 +337,11 @@ pub fn capture(
                     rx.recv()
                 };
                 let Ok(job) = job else { return };
+                // After a failure keep draining the queue (dropping jobs) until the reader
+                // stops, so it is never left blocked on a full queue.
                 if stop.load(Ordering::Relaxed) {
-                    return;
+                    let _ = pool_tx.send(job.buf);
+                    continue;
                 }
                 let plain = &job.buf[..job.len];
                 let hash = Hash::of(plain);
@@ -353,7 +357,10 @@ pub fn capture(
                             return;
                         }
                     }
-                    Err(e) => return fail(e.into()),
+                    Err(e) => {
+                        fail(e.into());
+                        let _ = pool_tx.send(job.buf);
+                    }
                 }
             });
         }
@@ -434,4 +441,75 @@ pub fn region_plaintext(dev: &dyn BlockDevice, area: &Area, index: u64, chunk_si
     let mut buf = vec![0u8; (re - rs) as usize];
     read_region(dev, area, rs, re, &mut buf)?;
     Ok(buf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::device::MemDevice;
+    use crate::progress::NoProgress;
+    use std::sync::atomic::AtomicUsize;
+
+    /// Fails every read after the first `ok` ones.
+    struct Countdown {
+        inner: MemDevice,
+        left: AtomicUsize,
+    }
+
+    impl BlockDevice for Countdown {
+        fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+            if self.left.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_err() {
+                return Err(io::Error::other("injected read error"));
+            }
+            self.inner.read_at(buf, offset)
+        }
+        fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+            self.inner.write_at(buf, offset)
+        }
+        fn sync(&self) -> io::Result<()> {
+            Ok(())
+        }
+        fn len(&self) -> u64 {
+            self.inner.len()
+        }
+    }
+
+    fn noisy(len: usize) -> Vec<u8> {
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
+    #[test]
+    fn read_errors_fail_the_capture_without_a_manifest() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        for ok in [0usize, 3, 9, 20] {
+            let dev = Countdown {
+                inner: MemDevice::new(noisy(24 << 20)),
+                left: AtomicUsize::new(ok),
+            };
+            let mut opts = CaptureOptions::new("x");
+            opts.chunk_size = 1 << 20;
+            opts.threads = 2;
+            opts.check_space = false;
+            let err = capture(&dev, "mem", &store, &opts, &NoProgress).unwrap_err();
+            assert!(format!("{err:?}").contains("injected"), "{err:?}");
+            assert!(store.list().unwrap().is_empty());
+        }
+        // And the same source, readable, captures fine.
+        let dev = MemDevice::new(noisy(24 << 20));
+        let mut opts = CaptureOptions::new("x");
+        opts.chunk_size = 1 << 20;
+        opts.check_space = false;
+        let c = capture(&dev, "mem", &store, &opts, &NoProgress).unwrap();
+        assert_eq!(c.manifest.used_bytes(), 24 << 20);
+        assert_eq!(store.list().unwrap().len(), 1);
+    }
 }
