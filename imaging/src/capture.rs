@@ -16,7 +16,10 @@ use std::time::Instant;
 use crate::device::{read_vec, BlockDevice, SubDevice};
 use crate::extent::ExtentMap;
 use crate::fs;
-use crate::manifest::{Area, AreaKind, CaptureStats, ChunkRef, FsInfo, Hash, Manifest, DEFAULT_CHUNK_SIZE, FORMAT, VERSION};
+use crate::manifest::{
+    Area, AreaKind, CaptureStats, ChunkRef, FsInfo, Hash, Manifest, DEFAULT_CHUNK_SIZE, FORMAT,
+    VERSION,
+};
 use crate::progress::Progress;
 use crate::store::{Store, StoreError, DEFAULT_ZSTD_LEVEL};
 use crate::table::{self, Layout, TableKind};
@@ -172,7 +175,10 @@ pub fn plan(dev: &dyn BlockDevice, chunk_size: u64) -> io::Result<Plan> {
             }
             if let Some((_, l)) = layout.gpt_backup {
                 // The backup entries and header follow the last partition on any target.
-                let last = layout.partitions.last().map_or(table_raw.len() as u64, |p| p.end());
+                let last = layout
+                    .partitions
+                    .last()
+                    .map_or(table_raw.len() as u64, |p| p.end());
                 min_size = min_size.max(last.div_ceil(ss) * ss + l);
             }
         }
@@ -209,7 +215,9 @@ fn primary_table_len(dev: &dyn BlockDevice, layout: &Layout) -> io::Result<u64> 
     let lba = fs::le64(&h, 72);
     let entries = u64::from(fs::le32(&h, 80)) * u64::from(fs::le32(&h, 84));
     // detect() read this GPT successfully, so the array lies on the disk; cap it anyway.
-    Ok(((lba * ss + entries).div_ceil(ss) * ss).min(dev.len()).min(1 << 20))
+    Ok(((lba * ss + entries).div_ceil(ss) * ss)
+        .min(dev.len())
+        .min(1 << 20))
 }
 
 /// The result of a capture.
@@ -247,9 +255,14 @@ pub fn capture(
 ) -> Result<Captured, CaptureError> {
     let cs = opts.chunk_size;
     if !(4096..=(64 << 20)).contains(&cs) || !cs.is_power_of_two() {
-        return Err(CaptureError::Options(format!("chunk size {cs} is not a power of two in 4 KiB..64 MiB")));
+        return Err(CaptureError::Options(format!(
+            "chunk size {cs} is not a power of two in 4 KiB..64 MiB"
+        )));
     }
-    if opts.name.is_empty() || opts.name.contains(['/', '@']) || opts.name.chars().any(char::is_control) {
+    if opts.name.is_empty()
+        || opts.name.contains(['/', '@'])
+        || opts.name.chars().any(char::is_control)
+    {
         return Err(CaptureError::Options(format!(
             "image name {:?} must be non-empty without '/', '@' or control characters",
             opts.name
@@ -320,7 +333,15 @@ pub fn capture(
                         Ok(n) => progress.advance(n),
                         Err(e) => return fail(CaptureError::Read(e)),
                     }
-                    if job_tx.send(Job { area: ai, index: r, buf, len }).is_err() {
+                    if job_tx
+                        .send(Job {
+                            area: ai,
+                            index: r,
+                            buf,
+                            len,
+                        })
+                        .is_err()
+                    {
                         return;
                     }
                 }
@@ -349,7 +370,11 @@ pub fn capture(
                     Ok((stored, new)) => {
                         let d = Done {
                             area: job.area,
-                            chunk: ChunkRef { index: job.index, hash, stored },
+                            chunk: ChunkRef {
+                                index: job.index,
+                                hash,
+                                stored,
+                            },
                             new,
                             buf: job.buf,
                         };
@@ -414,13 +439,22 @@ pub fn capture(
 
 /// Reads the used bytes of region `rs..re` of area `a` into `buf` (zeroing the rest); returns
 /// the used bytes read. A mostly-used region is read in one request and its gaps zeroed.
-fn read_region(dev: &dyn BlockDevice, a: &Area, rs: u64, re: u64, buf: &mut [u8]) -> io::Result<u64> {
+fn read_region(
+    dev: &dyn BlockDevice,
+    a: &Area,
+    rs: u64,
+    re: u64,
+    buf: &mut [u8],
+) -> io::Result<u64> {
     let used: Vec<_> = a.used.clip(rs, re).collect();
     let n: u64 = used.iter().map(|e| e.len).sum();
     if n * 2 >= re - rs {
         dev.read_at(buf, a.offset + rs)?;
         let mut pos = rs;
-        for e in used.iter().chain(std::iter::once(&crate::extent::Extent { start: re, len: 0 })) {
+        for e in used.iter().chain(std::iter::once(&crate::extent::Extent {
+            start: re,
+            len: 0,
+        })) {
             buf[(pos - rs) as usize..(e.start - rs) as usize].fill(0);
             pos = e.end();
         }
@@ -435,7 +469,12 @@ fn read_region(dev: &dyn BlockDevice, a: &Area, rs: u64, re: u64, buf: &mut [u8]
 }
 
 /// Reads the used bytes of region `index` of `area`, as captured: the chunk's plaintext.
-pub fn region_plaintext(dev: &dyn BlockDevice, area: &Area, index: u64, chunk_size: u64) -> io::Result<Vec<u8>> {
+pub fn region_plaintext(
+    dev: &dyn BlockDevice,
+    area: &Area,
+    index: u64,
+    chunk_size: u64,
+) -> io::Result<Vec<u8>> {
     let rs = index * chunk_size;
     let re = (rs + chunk_size).min(area.len);
     let mut buf = vec![0u8; (re - rs) as usize];
@@ -458,7 +497,11 @@ mod tests {
 
     impl BlockDevice for Countdown {
         fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-            if self.left.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_err() {
+            if self
+                .left
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_err()
+            {
                 return Err(io::Error::other("injected read error"));
             }
             self.inner.read_at(buf, offset)

@@ -65,13 +65,19 @@ impl FileDevice {
         let meta = file.metadata()?;
         let is_block = meta.file_type().is_block_device();
         let (len, sector_size) = if is_block {
-            (ioctl_u64(&file, BLKGETSIZE64)?, ioctl_u32(&file, BLKSSZGET)?)
+            (
+                ioctl_u64(&file, BLKGETSIZE64)?,
+                ioctl_u32(&file, BLKSSZGET)?,
+            )
         } else if meta.is_file() {
             (meta.len(), 512)
         } else {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
-                format!("{} is neither a regular file nor a block device", path.display()),
+                format!(
+                    "{} is neither a regular file nor a block device",
+                    path.display()
+                ),
             ));
         };
         Ok(Self {

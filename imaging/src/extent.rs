@@ -171,7 +171,14 @@ impl ExtentMap {
     /// Adds one range per set bit of `bitmap` (bit `i` of byte `i/8`, least significant first),
     /// each `unit` bytes long, starting at `base + (first_index + i) * unit`, for the first
     /// `count` bits only. Bits past `count` are ignored.
-    pub fn push_bitmap(&mut self, bitmap: &[u8], count: u64, first_index: u64, unit: u64, base: u64) {
+    pub fn push_bitmap(
+        &mut self,
+        bitmap: &[u8],
+        count: u64,
+        first_index: u64,
+        unit: u64,
+        base: u64,
+    ) {
         let count = count.min(bitmap.len() as u64 * 8);
         let mut i = 0u64;
         while i < count {
@@ -248,8 +255,14 @@ mod tests {
         assert_eq!(
             m.iter().collect::<Vec<_>>(),
             vec![
-                Extent { start: 1000, len: 2 * 4096 },
-                Extent { start: 1000 + 8 * 4096, len: 8 * 4096 }
+                Extent {
+                    start: 1000,
+                    len: 2 * 4096
+                },
+                Extent {
+                    start: 1000 + 8 * 4096,
+                    len: 8 * 4096
+                }
             ]
         );
     }

@@ -255,7 +255,9 @@ impl Manifest {
 
     /// Every chunk reference with its area.
     pub fn chunks(&self) -> impl Iterator<Item = (&Area, &ChunkRef)> {
-        self.areas.iter().flat_map(|a| a.chunks.iter().map(move |c| (a, c)))
+        self.areas
+            .iter()
+            .flat_map(|a| a.chunks.iter().map(move |c| (a, c)))
     }
 
     fn validate(&self) -> Result<(), String> {
@@ -273,7 +275,10 @@ impl Manifest {
             return Err("minimum size larger than the disk".into());
         }
         for p in &self.table.partitions {
-            if p.start.checked_add(p.size).is_none_or(|e| e > self.disk_size) {
+            if p.start
+                .checked_add(p.size)
+                .is_none_or(|e| e > self.disk_size)
+            {
                 return Err(format!("partition {} outside the disk", p.number));
             }
         }
@@ -283,7 +288,9 @@ impl Manifest {
                     .table
                     .gpt_backup
                     .ok_or("GPT without a backup location")?;
-                if s.checked_add(l).is_none_or(|e| e > self.disk_size) || self.gpt_backup_raw.len() as u64 != l {
+                if s.checked_add(l).is_none_or(|e| e > self.disk_size)
+                    || self.gpt_backup_raw.len() as u64 != l
+                {
                     return Err("GPT backup location or bytes inconsistent".into());
                 }
                 if self.table_raw.len() < 2 * self.table.sector_size as usize {
@@ -310,7 +317,9 @@ impl Manifest {
                 prev_end = end;
             }
             if !a.used.is_normalized() || a.used.end() > a.len {
-                return Err(format!("area {i}: used map unsorted or past the area's end"));
+                return Err(format!(
+                    "area {i}: used map unsorted or past the area's end"
+                ));
             }
             let regions = a.len.div_ceil(cs);
             let mut want = Vec::new();

@@ -99,7 +99,9 @@ fn for_each_chunk<E: Send>(
                     let Some((a, c)) = all.get(i) else { return };
                     if let Err(e) = f(a, c) {
                         stop.store(true, Ordering::Relaxed);
-                        err.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(e);
+                        err.lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .get_or_insert(e);
                         return;
                     }
                 }
@@ -168,7 +170,9 @@ pub fn restore(
         // `validate` checked that a GPT manifest has its backup location and bytes.
         let (start, len) = m.table.gpt_backup.unwrap_or_default();
         if target.len() == m.disk_size {
-            target.write_at(&m.gpt_backup_raw, start).map_err(RestoreError::Write)?;
+            target
+                .write_at(&m.gpt_backup_raw, start)
+                .map_err(RestoreError::Write)?;
             out.bytes_written += len;
         } else {
             table::relocate_gpt(target, &m.table_raw, m.table.sector_size)?;
@@ -210,11 +214,13 @@ pub fn verify(m: &Manifest, store: &Store, threads: usize, progress: &dyn Progre
     let cs = m.chunk_size;
     let _ = for_each_chunk::<()>(m, threads, |a, c| {
         if let Err(e) = store.read_chunk(&c.hash, a.region_len(c.index, cs) as usize) {
-            bad.lock().unwrap_or_else(|p| p.into_inner()).push(BadChunk {
-                hash: c.hash,
-                disk_offset: a.offset + c.index * cs,
-                error: e.to_string(),
-            });
+            bad.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(BadChunk {
+                    hash: c.hash,
+                    disk_offset: a.offset + c.index * cs,
+                    error: e.to_string(),
+                });
         }
         progress.advance(c.stored);
         Ok(())

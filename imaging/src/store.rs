@@ -177,12 +177,18 @@ impl Store {
 
     /// Compresses and stores `plain` under `hash` unless it is already there. Returns the
     /// stored size and whether this call added it.
-    pub fn put_chunk(&self, hash: &Hash, plain: &[u8], level: i32) -> Result<(u64, bool), StoreError> {
+    pub fn put_chunk(
+        &self,
+        hash: &Hash,
+        plain: &[u8],
+        level: i32,
+    ) -> Result<(u64, bool), StoreError> {
         let path = self.chunk_path(hash);
         if let Ok(m) = fs::metadata(&path) {
             return Ok((m.len(), false));
         }
-        let z = zstd::bulk::compress(plain, level).map_err(io_err("compressing chunk for", &path))?;
+        let z =
+            zstd::bulk::compress(plain, level).map_err(io_err("compressing chunk for", &path))?;
         self.put_file(&path, &z)?;
         Ok((z.len() as u64, true))
     }
@@ -192,7 +198,9 @@ impl Store {
         let path = self.chunk_path(hash);
         let z = match fs::read(&path) {
             Ok(z) => z,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(StoreError::MissingChunk(*hash)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(StoreError::MissingChunk(*hash))
+            }
             Err(e) => return Err(io_err("reading chunk", &path)(e)),
         };
         let corrupt = |why: String| StoreError::CorruptChunk { hash: *hash, why };
@@ -255,11 +263,16 @@ impl Store {
             });
         }
         out.sort_by(|a, b| {
-            (a.manifest.created, &a.manifest.name, a.manifest.name_version).cmp(&(
-                b.manifest.created,
-                &b.manifest.name,
-                b.manifest.name_version,
-            ))
+            (
+                a.manifest.created,
+                &a.manifest.name,
+                a.manifest.name_version,
+            )
+                .cmp(&(
+                    b.manifest.created,
+                    &b.manifest.name,
+                    b.manifest.name_version,
+                ))
         });
         Ok(out)
     }
@@ -277,7 +290,9 @@ impl Store {
         };
         let by_name: Vec<&StoredImage> = all
             .iter()
-            .filter(|i| i.manifest.name == name && version.is_none_or(|v| i.manifest.name_version == v))
+            .filter(|i| {
+                i.manifest.name == name && version.is_none_or(|v| i.manifest.name_version == v)
+            })
             .collect();
         if let Some(best) = by_name.iter().max_by_key(|i| i.manifest.name_version) {
             return Ok((*best).clone());
@@ -369,12 +384,15 @@ impl Store {
     /// Free bytes on the filesystem holding the store.
     pub fn free_space(&self) -> Result<u64, StoreError> {
         use std::os::unix::ffi::OsStrExt;
-        let c = std::ffi::CString::new(self.root.as_os_str().as_bytes())
-            .map_err(|_| io_err("checking free space of", &self.root)(io::ErrorKind::InvalidInput.into()))?;
+        let c = std::ffi::CString::new(self.root.as_os_str().as_bytes()).map_err(|_| {
+            io_err("checking free space of", &self.root)(io::ErrorKind::InvalidInput.into())
+        })?;
         // SAFETY: statvfs fills the zeroed struct; the path is NUL-terminated.
         let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
         if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
-            return Err(io_err("checking free space of", &self.root)(io::Error::last_os_error()));
+            return Err(io_err("checking free space of", &self.root)(
+                io::Error::last_os_error(),
+            ));
         }
         Ok(st.f_bavail as u64 * st.f_frsize as u64)
     }
@@ -406,15 +424,24 @@ mod tests {
         let (_, new) = s.put_chunk(&h, &data, 3).unwrap();
         assert!(!new);
         assert_eq!(s.read_chunk(&h, data.len()).unwrap(), data);
-        assert!(matches!(s.read_chunk(&h, 5), Err(StoreError::CorruptChunk { .. })));
+        assert!(matches!(
+            s.read_chunk(&h, 5),
+            Err(StoreError::CorruptChunk { .. })
+        ));
         // Flip a byte in the stored frame.
         let p = s.chunk_path(&h);
         let mut z = fs::read(&p).unwrap();
         let n = z.len();
         z[n / 2] ^= 0x40;
         fs::write(&p, z).unwrap();
-        assert!(matches!(s.read_chunk(&h, data.len()), Err(StoreError::CorruptChunk { .. })));
+        assert!(matches!(
+            s.read_chunk(&h, data.len()),
+            Err(StoreError::CorruptChunk { .. })
+        ));
         let other = Hash::of(b"x");
-        assert!(matches!(s.read_chunk(&other, 1), Err(StoreError::MissingChunk(_))));
+        assert!(matches!(
+            s.read_chunk(&other, 1),
+            Err(StoreError::MissingChunk(_))
+        ));
     }
 }

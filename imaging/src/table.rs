@@ -126,7 +126,8 @@ impl Seek for DevCursor<'_> {
             SeekFrom::End(d) => self.dev.len().checked_add_signed(d),
             SeekFrom::Current(d) => self.pos.checked_add_signed(d),
         };
-        self.pos = new.ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "seek out of range"))?;
+        self.pos =
+            new.ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "seek out of range"))?;
         Ok(self.pos)
     }
 }
@@ -157,7 +158,9 @@ pub fn detect(dev: &dyn BlockDevice) -> io::Result<Layout> {
     if lba1 == b"EFI PART" {
         return Ok(match read_gpt(dev) {
             Ok(l) => l,
-            Err(why) => none(Some(format!("GPT signature found but the table is unusable: {why}"))),
+            Err(why) => none(Some(format!(
+                "GPT signature found but the table is unusable: {why}"
+            ))),
         });
     }
     if fs::probe(dev)? != FsKind::Unknown {
@@ -188,7 +191,10 @@ fn check_partitions(parts: &mut [Partition], disk: u64) -> Result<(), String> {
     }
     for w in parts.windows(2) {
         if w[0].end() > w[1].start {
-            return Err(format!("partitions {} and {} overlap", w[0].number, w[1].number));
+            return Err(format!(
+                "partitions {} and {} overlap",
+                w[0].number, w[1].number
+            ));
         }
     }
     Ok(())
@@ -216,7 +222,10 @@ fn read_gpt(dev: &dyn BlockDevice) -> Result<Layout, String> {
             .ok_or_else(|| format!("partition {i} ends before it starts"))?;
         parts.push(Partition {
             number: i,
-            start: p.starting_lba.checked_mul(ss).ok_or("partition start overflows")?,
+            start: p
+                .starting_lba
+                .checked_mul(ss)
+                .ok_or("partition start overflows")?,
             size,
             mbr_type: None,
             type_guid: Some(guid_string(&p.partition_type_guid)),
@@ -227,10 +236,14 @@ fn read_gpt(dev: &dyn BlockDevice) -> Result<Layout, String> {
     }
     check_partitions(&mut parts, disk)?;
     // Backup entries then header, at the end of the disk as the header says.
-    let entries = (u64::from(h.number_of_partition_entries) * u64::from(h.size_of_partition_entry)).div_ceil(ss);
+    let entries = (u64::from(h.number_of_partition_entries) * u64::from(h.size_of_partition_entry))
+        .div_ceil(ss);
     let backup_end = (h.backup_lba + 1) * ss;
     if backup_end > disk || h.backup_lba < entries + 1 {
-        return Err(format!("backup GPT header at LBA {} is outside the disk", h.backup_lba));
+        return Err(format!(
+            "backup GPT header at LBA {} is outside the disk",
+            h.backup_lba
+        ));
     }
     let backup_start = (h.backup_lba - entries) * ss;
     if parts.last().is_some_and(|p| p.end() > backup_start) {
@@ -250,9 +263,11 @@ fn read_mbr(dev: &dyn BlockDevice) -> Result<Option<Layout>, String> {
     let mut cur = DevCursor::new(dev);
     // mbrman adds EBR-relative offsets in u32 without overflow checks; a hostile EBR must give
     // an error, not a panic, so a panic inside it is turned into one.
-    let mbr = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| mbrman::MBR::read_from(&mut cur, ss)))
-        .map_err(|_| "malformed extended partition chain".to_string())?
-        .map_err(|e| e.to_string())?;
+    let mbr = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        mbrman::MBR::read_from(&mut cur, ss)
+    }))
+    .map_err(|_| "malformed extended partition chain".to_string())?
+    .map_err(|e| e.to_string())?;
     let s = u64::from(ss);
     let mut parts = Vec::new();
     for (i, p) in mbr.header.iter() {
@@ -309,23 +324,31 @@ fn read_mbr(dev: &dyn BlockDevice) -> Result<Option<Layout>, String> {
 /// Rewrites the GPT (primary and backup) of `target` for its size, from the primary header and
 /// entries found in `primary` (the bytes of LBA 0 up to the end of the entry array), and fixes
 /// the protective MBR's size. Used when the target's size differs from the source's.
-pub fn relocate_gpt(target: &dyn BlockDevice, primary: &[u8], sector_size: u32) -> Result<(), TableError> {
+pub fn relocate_gpt(
+    target: &dyn BlockDevice,
+    primary: &[u8],
+    sector_size: u32,
+) -> Result<(), TableError> {
     let ss = u64::from(sector_size);
     let src = crate::device::MemDevice::new(primary.to_vec()).with_sector_size(sector_size);
-    let mut gpt = gptman::GPT::read_from(&mut DevCursor::new(&src), ss).map_err(|e| TableError::Gpt(e.to_string()))?;
+    let mut gpt = gptman::GPT::read_from(&mut DevCursor::new(&src), ss)
+        .map_err(|e| TableError::Gpt(e.to_string()))?;
     let first_usable = gpt.header.first_usable_lba;
     let mut cur = DevCursor::new(target);
     gpt.header
         .update_from(&mut cur, ss)
         .map_err(|e| TableError::Gpt(e.to_string()))?;
     gpt.header.first_usable_lba = first_usable;
-    gpt.write_into(&mut cur).map_err(|e| TableError::Gpt(e.to_string()))?;
+    gpt.write_into(&mut cur)
+        .map_err(|e| TableError::Gpt(e.to_string()))?;
     // Protective MBR: the 0xEE entry covers the whole disk (capped at 2^32-1 sectors).
     let mut s0 = read_vec(target, 0, 512)?;
     let sectors = (target.len() / ss - 1).min(u64::from(u32::MAX)) as u32;
     for e in 0..4 {
         let o = 446 + 16 * e;
-        if s0[o + 4] == 0xEE && u32::from_le_bytes([s0[o + 8], s0[o + 9], s0[o + 10], s0[o + 11]]) == 1 {
+        if s0[o + 4] == 0xEE
+            && u32::from_le_bytes([s0[o + 8], s0[o + 9], s0[o + 10], s0[o + 11]]) == 1
+        {
             s0[o + 12..o + 16].copy_from_slice(&sectors.to_le_bytes());
         }
     }

@@ -65,7 +65,8 @@ pub fn in_use(path: &Path) -> io::Result<Option<String>> {
     let dirs: Vec<PathBuf> = devs.iter().filter_map(|&d| sys_dir(d)).collect();
     // A mount on the device, or on a partition of it (a sysfs child directory).
     let holds = |mounted: u64| {
-        devs.contains(&mounted) || sys_dir(mounted).is_some_and(|m| dirs.iter().any(|d| m.starts_with(d)))
+        devs.contains(&mounted)
+            || sys_dir(mounted).is_some_and(|m| dirs.iter().any(|d| m.starts_with(d)))
     };
     let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     for line in mountinfo.lines() {
@@ -73,7 +74,9 @@ pub fn in_use(path: &Path) -> io::Result<Option<String>> {
         let (Some(devno), Some(point)) = (f.get(2), f.get(4)) else {
             continue;
         };
-        let Some((ma, mi)) = devno.split_once(':') else { continue };
+        let Some((ma, mi)) = devno.split_once(':') else {
+            continue;
+        };
         let (Ok(ma), Ok(mi)) = (ma.parse::<u32>(), mi.parse::<u32>()) else {
             continue;
         };
@@ -91,7 +94,9 @@ pub fn in_use(path: &Path) -> io::Result<Option<String>> {
     }
     let swaps = fs::read_to_string("/proc/swaps").unwrap_or_default();
     for line in swaps.lines().skip(1) {
-        let Some(p) = line.split_whitespace().next() else { continue };
+        let Some(p) = line.split_whitespace().next() else {
+            continue;
+        };
         if let Ok(m) = fs::metadata(p) {
             if m.file_type().is_block_device() && holds(m.rdev()) {
                 return Ok(Some(format!("in use as swap ({p})")));

@@ -112,7 +112,8 @@ pub(crate) fn run(cmd: ImageCommand, data_dir: &Path, json: bool) -> anyhow::Res
             skip_space_check,
         } => {
             let store = open_store(store, data_dir)?;
-            let dev = FileDevice::open_read(&source).with_context(|| format!("opening {}", source.display()))?;
+            let dev = FileDevice::open_read(&source)
+                .with_context(|| format!("opening {}", source.display()))?;
             let opts = CaptureOptions {
                 name,
                 chunk_size,
@@ -171,7 +172,8 @@ pub(crate) fn run(cmd: ImageCommand, data_dir: &Path, json: bool) -> anyhow::Res
             {
                 bail!("refusing to restore onto {}: it is {why}", target.display());
             }
-            let dev = FileDevice::open_write(&target).with_context(|| format!("opening {} for writing", target.display()))?;
+            let dev = FileDevice::open_write(&target)
+                .with_context(|| format!("opening {} for writing", target.display()))?;
             let bar = Bar::new(json);
             let t0 = std::time::Instant::now();
             let label = format!("{}@{}", img.manifest.name, img.manifest.name_version);
@@ -199,7 +201,11 @@ pub(crate) fn run(cmd: ImageCommand, data_dir: &Path, json: bool) -> anyhow::Res
                     target.display(),
                     fmt::bytes(r.bytes_written),
                     r.chunks,
-                    if r.gpt_relocated { ", GPT moved to the end of the larger disk" } else { "" },
+                    if r.gpt_relocated {
+                        ", GPT moved to the end of the larger disk"
+                    } else {
+                        ""
+                    },
                 );
             }
             Ok(ExitCode::SUCCESS)
@@ -211,7 +217,11 @@ pub(crate) fn run(cmd: ImageCommand, data_dir: &Path, json: bool) -> anyhow::Res
             inspect(&img, &refs, json);
             Ok(ExitCode::SUCCESS)
         }
-        ImageCommand::Verify { image, store, threads } => {
+        ImageCommand::Verify {
+            image,
+            store,
+            threads,
+        } => {
             let store = open_store(store, data_dir)?;
             let img = store.resolve(&image)?;
             let label = format!("{}@{}", img.manifest.name, img.manifest.name_version);
@@ -225,15 +235,29 @@ pub(crate) fn run(cmd: ImageCommand, data_dir: &Path, json: bool) -> anyhow::Res
                            "chunks": v.chunks, "bad": v.bad, "ok": v.bad.is_empty()})
                 );
             } else if v.bad.is_empty() {
-                println!("{label}: all {} chunks verified ({})", v.chunks, fmt::bytes(v.stored_bytes));
+                println!(
+                    "{label}: all {} chunks verified ({})",
+                    v.chunks,
+                    fmt::bytes(v.stored_bytes)
+                );
             }
             if v.bad.is_empty() {
                 Ok(ExitCode::SUCCESS)
             } else {
                 for b in &v.bad {
-                    eprintln!("image {label} (id {}): chunk {} at disk offset {}: {}", &img.id[..12], b.hash, b.disk_offset, b.error);
+                    eprintln!(
+                        "image {label} (id {}): chunk {} at disk offset {}: {}",
+                        &img.id[..12],
+                        b.hash,
+                        b.disk_offset,
+                        b.error
+                    );
                 }
-                eprintln!("error: image {label}: {} of {} chunks are bad", v.bad.len(), v.chunks);
+                eprintln!(
+                    "error: image {label}: {} of {} chunks are bad",
+                    v.bad.len(),
+                    v.chunks
+                );
                 Ok(ExitCode::FAILURE)
             }
         }
@@ -254,7 +278,10 @@ pub(crate) fn run(cmd: ImageCommand, data_dir: &Path, json: bool) -> anyhow::Res
             } else if all.is_empty() {
                 println!("no images in {}", store.root().display());
             } else {
-                println!("{:<24} {:>4}  {:<12}  {:<23}  {:>10}  {:>10}", "NAME", "VER", "ID", "CREATED", "DISK", "USED");
+                println!(
+                    "{:<24} {:>4}  {:<12}  {:<23}  {:>10}  {:>10}",
+                    "NAME", "VER", "ID", "CREATED", "DISK", "USED"
+                );
                 for i in &all {
                     let m = &i.manifest;
                     println!(
@@ -275,7 +302,10 @@ pub(crate) fn run(cmd: ImageCommand, data_dir: &Path, json: bool) -> anyhow::Res
             let img = store.resolve(&image)?;
             store.remove(&img.id)?;
             if json {
-                println!("{}", json!({"removed": img.id, "name": img.manifest.name, "version": img.manifest.name_version}));
+                println!(
+                    "{}",
+                    json!({"removed": img.id, "name": img.manifest.name, "version": img.manifest.name_version})
+                );
             } else {
                 println!(
                     "removed {}@{} (id {}); run `drover image gc` to free its unshared chunks",
@@ -307,14 +337,19 @@ pub(crate) fn run(cmd: ImageCommand, data_dir: &Path, json: bool) -> anyhow::Res
 fn inspect(img: &StoredImage, refs: &HashMap<imaging::manifest::Hash, u32>, json: bool) {
     let m: &Manifest = &img.manifest;
     let total = m.chunks().count();
-    let shared = m.chunks().filter(|(_, c)| refs.get(&c.hash).copied().unwrap_or(0) > 1).count();
+    let shared = m
+        .chunks()
+        .filter(|(_, c)| refs.get(&c.hash).copied().unwrap_or(0) > 1)
+        .count();
     if json {
         let areas: Vec<_> = m
             .areas
             .iter()
             .map(|a| {
                 let part = match a.kind {
-                    AreaKind::Partition { number } => m.table.partitions.iter().find(|p| p.number == number),
+                    AreaKind::Partition { number } => {
+                        m.table.partitions.iter().find(|p| p.number == number)
+                    }
                     _ => None,
                 };
                 json!({
@@ -355,7 +390,10 @@ fn inspect(img: &StoredImage, refs: &HashMap<imaging::manifest::Hash, u32>, json
         );
         return;
     }
-    println!("image {} version {} (id {})", m.name, m.name_version, img.id);
+    println!(
+        "image {} version {} (id {})",
+        m.name, m.name_version, img.id
+    );
     println!("  captured {} from {}", fmt::time(m.created), m.source);
     println!(
         "  disk {} ({} bytes), table {:?}, {}-byte sectors, restores to {} or larger",
@@ -375,12 +413,13 @@ fn inspect(img: &StoredImage, refs: &HashMap<imaging::manifest::Hash, u32>, json
             AreaKind::Whole => "whole".to_string(),
             AreaKind::Partition { number } => format!("part {number}"),
         };
-        let fs = a.fs.as_ref().map_or("-".to_string(), |f| f.kind.to_string());
-        let note = a
-            .fs
-            .as_ref()
-            .and_then(|f| f.warning.clone().or_else(|| f.label.clone()))
-            .unwrap_or_default();
+        let fs =
+            a.fs.as_ref()
+                .map_or("-".to_string(), |f| f.kind.to_string());
+        let note =
+            a.fs.as_ref()
+                .and_then(|f| f.warning.clone().or_else(|| f.label.clone()))
+                .unwrap_or_default();
         println!(
             "  {:<10} {:>10} {:>10}  {:<8} {:>10} {:>7}  {}",
             name,

@@ -21,7 +21,11 @@ use clap::{Parser, Subcommand};
 pub(crate) const DEFAULT_DATA_DIR: &str = "./drover-data";
 
 #[derive(Debug, Parser)]
-#[command(name = "drover", version, about = "One disk image to a whole lab at once")]
+#[command(
+    name = "drover",
+    version,
+    about = "One disk image to a whole lab at once"
+)]
 struct Cli {
     /// Data directory: the image store lives in its `images/` folder.
     #[arg(long, global = true, env = "DROVER_DATA_DIR", default_value = DEFAULT_DATA_DIR)]

@@ -70,7 +70,10 @@ pub fn require(test: &str, needs: &[&str]) -> bool {
 pub fn drover_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf();
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .expect("workspace root")
+            .to_path_buf();
         let target = std::env::var_os("CARGO_TARGET_DIR")
             .map(PathBuf::from)
             .unwrap_or_else(|| root.join("target"));
@@ -127,9 +130,14 @@ impl Default for Env {
 impl Env {
     /// A new scratch directory.
     pub fn new() -> Self {
-        let base = std::env::var_os("DROVER_TEST_TMP").map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
+        let base = std::env::var_os("DROVER_TEST_TMP")
+            .map(PathBuf::from)
+            .unwrap_or_else(std::env::temp_dir);
         Self {
-            dir: tempfile::Builder::new().prefix("drover-test-").tempdir_in(base).expect("tempdir"),
+            dir: tempfile::Builder::new()
+                .prefix("drover-test-")
+                .tempdir_in(base)
+                .expect("tempdir"),
         }
     }
 
@@ -186,7 +194,8 @@ impl Env {
         let mut a = vec!["--json"];
         a.extend_from_slice(args);
         let s = self.ok(&a);
-        serde_json::from_str(&s).unwrap_or_else(|e| panic!("drover {args:?} printed bad JSON ({e}): {s}"))
+        serde_json::from_str(&s)
+            .unwrap_or_else(|e| panic!("drover {args:?} printed bad JSON ({e}): {s}"))
     }
 
     /// Captures `src` as `name`; returns the JSON result.
@@ -206,7 +215,10 @@ impl Env {
 
     /// The manifest of image `reference`.
     pub fn manifest(&self, reference: &str) -> Manifest {
-        self.store().resolve(reference).expect("image exists").manifest
+        self.store()
+            .resolve(reference)
+            .expect("image exists")
+            .manifest
     }
 }
 
@@ -288,7 +300,10 @@ pub fn read_tree(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
             if ft.is_dir() {
                 walk(root, &p, out);
             } else if ft.is_file() {
-                out.insert(p.strip_prefix(root).unwrap().to_path_buf(), fs::read(&p).unwrap());
+                out.insert(
+                    p.strip_prefix(root).unwrap().to_path_buf(),
+                    fs::read(&p).unwrap(),
+                );
             }
         }
     }
@@ -299,7 +314,11 @@ pub fn read_tree(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
 
 /// Asserts that `got` holds exactly the files of `want` (names compared case-insensitively,
 /// as FAT and NTFS tools may change case), byte for byte.
-pub fn assert_same_files(want: &BTreeMap<PathBuf, Vec<u8>>, got: &BTreeMap<PathBuf, Vec<u8>>, what: &str) {
+pub fn assert_same_files(
+    want: &BTreeMap<PathBuf, Vec<u8>>,
+    got: &BTreeMap<PathBuf, Vec<u8>>,
+    what: &str,
+) {
     let norm = |m: &BTreeMap<PathBuf, Vec<u8>>| -> BTreeMap<String, Vec<u8>> {
         m.iter()
             .filter(|(p, _)| !p.starts_with("lost+found"))
@@ -333,7 +352,17 @@ pub fn parse_domain_log(text: &str) -> ExtentMap {
 /// partclone's used ranges for the filesystem in `img` (its `-D` domain log).
 pub fn partclone_used(tool: &str, img: &Path, scratch: &Path) -> ExtentMap {
     let log = scratch.join(format!("{tool}.domain"));
-    run(tool, &["-q", "-D", "-s", img.to_str().unwrap(), "-o", log.to_str().unwrap()]);
+    run(
+        tool,
+        &[
+            "-q",
+            "-D",
+            "-s",
+            img.to_str().unwrap(),
+            "-o",
+            log.to_str().unwrap(),
+        ],
+    );
     parse_domain_log(&fs::read_to_string(&log).unwrap())
 }
 
@@ -346,7 +375,12 @@ pub struct Loop {
 impl Loop {
     /// Attaches `file` (from `offset`, `size` bytes if given).
     pub fn attach(file: &Path, offset: u64, size: Option<u64>) -> Self {
-        let mut args = vec!["-f".to_string(), "--show".into(), "-o".into(), offset.to_string()];
+        let mut args = vec![
+            "-f".to_string(),
+            "--show".into(),
+            "-o".into(),
+            offset.to_string(),
+        ];
         if let Some(s) = size {
             args.push("--sizelimit".into());
             args.push(s.to_string());
@@ -354,7 +388,9 @@ impl Loop {
         args.push(file.to_str().unwrap().into());
         let a: Vec<&str> = args.iter().map(String::as_str).collect();
         let dev = run("losetup", &a).trim().to_string();
-        Self { dev: PathBuf::from(dev) }
+        Self {
+            dev: PathBuf::from(dev),
+        }
     }
 }
 
@@ -377,14 +413,19 @@ impl Mount {
         let mut a: Vec<&str> = args.to_vec();
         a.push(dir.to_str().unwrap());
         run(prog, &a);
-        Self { dir: dir.to_path_buf() }
+        Self {
+            dir: dir.to_path_buf(),
+        }
     }
 }
 
 impl Drop for Mount {
     fn drop(&mut self) {
         let _ = Command::new("sync").status();
-        let ok = Command::new("umount").arg(&self.dir).status().is_ok_and(|s| s.success());
+        let ok = Command::new("umount")
+            .arg(&self.dir)
+            .status()
+            .is_ok_and(|s| s.success());
         if !ok {
             let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
         }
@@ -443,7 +484,12 @@ pub fn run_stdin(prog: &str, args: &[&str], input: &str) -> String {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap_or_else(|e| panic!("running {prog}: {e}"));
-    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(
         out.status.success(),

@@ -18,7 +18,20 @@ fn ext4(env: &Env, name: &str, size: u64) -> std::path::PathBuf {
     sparse_file(&img, size);
     let tree = env.path(&format!("{name}-tree"));
     make_tree(&tree, size / 6, 3);
-    run("mkfs.ext4", &["-q", "-F", "-b", "4096", "-O", "64bit", "-d", s(&tree), s(&img)]);
+    run(
+        "mkfs.ext4",
+        &[
+            "-q",
+            "-F",
+            "-b",
+            "4096",
+            "-O",
+            "64bit",
+            "-d",
+            s(&tree),
+            s(&img),
+        ],
+    );
     img
 }
 
@@ -27,7 +40,10 @@ fn ext4(env: &Env, name: &str, size: u64) -> std::path::PathBuf {
 fn expect_fallback(env: &Env, img: &Path, name: &str, fs_name: &str, why: &str) {
     let cap = env.capture(img, name);
     let w = cap["warnings"].to_string();
-    assert!(w.contains(fs_name) && w.contains(why), "{name}: warnings {w}");
+    assert!(
+        w.contains(fs_name) && w.contains(why),
+        "{name}: warnings {w}"
+    );
     let m = env.manifest(name);
     let info = m.areas[0].fs.as_ref().unwrap();
     assert_eq!(info.kind.to_string(), "unknown");
@@ -37,7 +53,11 @@ fn expect_fallback(env: &Env, img: &Path, name: &str, fs_name: &str, why: &str) 
     random_file(&target, size, 8);
     env.restore(name, &target);
     let (a, b) = (fs::read(img).unwrap(), fs::read(&target).unwrap());
-    for (i, (x, y)) in a.chunks(4 * MIB as usize).zip(b.chunks(4 * MIB as usize)).enumerate() {
+    for (i, (x, y)) in a
+        .chunks(4 * MIB as usize)
+        .zip(b.chunks(4 * MIB as usize))
+        .enumerate()
+    {
         if x.iter().any(|&v| v != 0) {
             assert!(x == y, "{name}: non-zero region {i} differs after restore");
         }
@@ -51,19 +71,34 @@ fn truncated_filesystem_images_fall_back_to_raw() {
     }
     let env = Env::new();
     let img = ext4(&env, "ext.img", 64 * MIB);
-    fs::OpenOptions::new().write(true).open(&img).unwrap().set_len(40 * MIB).unwrap();
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&img)
+        .unwrap()
+        .set_len(40 * MIB)
+        .unwrap();
     expect_fallback(&env, &img, "ext-trunc", "ext4", "do not fit");
 
     let fat = env.path("fat.img");
     sparse_file(&fat, 64 * MIB);
     run("mkfs.vfat", &["-F", "32", s(&fat)]);
-    fs::OpenOptions::new().write(true).open(&fat).unwrap().set_len(30 * MIB).unwrap();
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&fat)
+        .unwrap()
+        .set_len(30 * MIB)
+        .unwrap();
     expect_fallback(&env, &fat, "fat-trunc", "fat32", "volume of");
 
     let ntfs = env.path("ntfs.img");
     sparse_file(&ntfs, 64 * MIB);
     run("mkntfs", &["-Q", "-F", s(&ntfs)]);
-    fs::OpenOptions::new().write(true).open(&ntfs).unwrap().set_len(32 * MIB).unwrap();
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&ntfs)
+        .unwrap()
+        .set_len(32 * MIB)
+        .unwrap();
     expect_fallback(&env, &ntfs, "ntfs-trunc", "ntfs", "volume of");
 }
 
@@ -158,7 +193,10 @@ fn damaged_and_missing_chunks_are_named() {
     z[mid] ^= 0x01;
     fs::write(&p, &z).unwrap();
     let err = env.fails(&["image", "verify", "lab"]);
-    assert!(err.contains(&bad.to_hex()) && err.contains("lab@1") && err.contains(&id[..12]), "{err}");
+    assert!(
+        err.contains(&bad.to_hex()) && err.contains("lab@1") && err.contains(&id[..12]),
+        "{err}"
+    );
     assert!(err.contains("1 of"), "{err}");
     let v = env.drover(&["--json", "image", "verify", "lab"]);
     assert_eq!(v.status.code(), Some(1));
@@ -170,7 +208,10 @@ fn damaged_and_missing_chunks_are_named() {
     let target = env.path("t.img");
     random_file(&target, 64 * MIB, 1);
     let err = env.fails(&["image", "restore", "lab", s(&target)]);
-    assert!(err.contains(&bad.to_hex()) && err.contains("corrupt"), "{err}");
+    assert!(
+        err.contains(&bad.to_hex()) && err.contains("corrupt"),
+        "{err}"
+    );
 
     // A truncated chunk file.
     let t = chunks[2];
@@ -184,11 +225,20 @@ fn damaged_and_missing_chunks_are_named() {
     let gone = chunks[0];
     fs::remove_file(store.chunk_path(&gone)).unwrap();
     let err = env.fails(&["image", "verify", "lab"]);
-    assert!(err.contains(&gone.to_hex()) && err.contains("missing"), "{err}");
+    assert!(
+        err.contains(&gone.to_hex()) && err.contains("missing"),
+        "{err}"
+    );
     let before = fs::read(&target).unwrap();
     let err = env.fails(&["image", "restore", "lab", s(&target)]);
-    assert!(err.contains(&gone.to_hex()) && err.contains("missing"), "{err}");
-    assert!(fs::read(&target).unwrap() == before, "restore wrote before finding the missing chunk");
+    assert!(
+        err.contains(&gone.to_hex()) && err.contains("missing"),
+        "{err}"
+    );
+    assert!(
+        fs::read(&target).unwrap() == before,
+        "restore wrote before finding the missing chunk"
+    );
 }
 
 #[test]
@@ -200,23 +250,45 @@ fn damaged_manifests_and_unknown_images() {
     let img = ext4(&env, "src.img", 32 * MIB);
     env.capture(&img, "good");
     let err = env.fails(&["image", "inspect", "nosuch"]);
-    assert!(err.contains("no image named") && err.contains("nosuch"), "{err}");
+    assert!(
+        err.contains("no image named") && err.contains("nosuch"),
+        "{err}"
+    );
     let target = env.path("t.img");
     sparse_file(&target, 32 * MIB);
-    let err = env.fails(&["image", "restore", "good", s(&env.path("missing-target.img"))]);
+    let err = env.fails(&[
+        "image",
+        "restore",
+        "good",
+        s(&env.path("missing-target.img")),
+    ]);
     assert!(err.contains("missing-target.img"), "{err}");
     // A manifest that is not JSON, one with an impossible chunk list: named, never a panic.
     let dir = env.data().join("images/manifests");
     let bad = dir.join(format!("{}.json", "ab".repeat(32)));
-    fs::write(&bad, b"{\"format\":\"drover-image\",\"version\":1,\"name\":").unwrap();
+    fs::write(
+        &bad,
+        b"{\"format\":\"drover-image\",\"version\":1,\"name\":",
+    )
+    .unwrap();
     let err = env.fails(&["image", "list"]);
-    assert!(err.contains(bad.file_name().unwrap().to_str().unwrap()), "{err}");
-    let good = fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).find(|p| *p != bad).unwrap();
+    assert!(
+        err.contains(bad.file_name().unwrap().to_str().unwrap()),
+        "{err}"
+    );
+    let good = fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| *p != bad)
+        .unwrap();
     let mut m: serde_json::Value = serde_json::from_slice(&fs::read(&good).unwrap()).unwrap();
     m["areas"][0]["chunks"].as_array_mut().unwrap().pop();
     fs::write(&bad, serde_json::to_vec(&m).unwrap()).unwrap();
     let err = env.fails(&["image", "list"]);
-    assert!(err.contains("inconsistent") && err.contains("chunks listed"), "{err}");
+    assert!(
+        err.contains("inconsistent") && err.contains("chunks listed"),
+        "{err}"
+    );
     fs::remove_file(&bad).unwrap();
     env.ok(&["image", "verify", "good"]);
 }

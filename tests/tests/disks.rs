@@ -22,7 +22,12 @@ struct Part {
 
 /// Builds a filesystem of `kind` in a separate file, fills it (ext4/FAT), writes it into the
 /// disk; returns the expected files.
-fn put_fs(env: &Env, disk: &Path, p: &Part, seed: u64) -> Option<std::collections::BTreeMap<PathBuf, Vec<u8>>> {
+fn put_fs(
+    env: &Env,
+    disk: &Path,
+    p: &Part,
+    seed: u64,
+) -> Option<std::collections::BTreeMap<PathBuf, Vec<u8>>> {
     let f = env.path(&format!("part-{}.img", p.start));
     sparse_file(&f, p.size);
     let tree = env.path(&format!("tree-{seed}"));
@@ -70,7 +75,13 @@ fn put_fs(env: &Env, disk: &Path, p: &Part, seed: u64) -> Option<std::collection
 }
 
 /// Checks one restored partition with its filesystem's checker and, when known, its files.
-fn check_part(env: &Env, disk: &Path, p: &Part, want: &Option<std::collections::BTreeMap<PathBuf, Vec<u8>>>, what: &str) {
+fn check_part(
+    env: &Env,
+    disk: &Path,
+    p: &Part,
+    want: &Option<std::collections::BTreeMap<PathBuf, Vec<u8>>>,
+    what: &str,
+) {
     let f = env.path(&format!("check-{}.img", p.start));
     extract(disk, p.start, p.size, &f);
     let fsck: &[&str] = match p.fs {
@@ -123,7 +134,12 @@ fn mbr_disk(env: &Env) -> (PathBuf, Vec<Part>) {
     let v: serde_json::Value = serde_json::from_str(&dump).unwrap();
     let kinds = ["fat32", "ext4", "", "ext2", "ntfs", "swap"];
     let mut parts = Vec::new();
-    for (i, p) in v["partitiontable"]["partitions"].as_array().unwrap().iter().enumerate() {
+    for (i, p) in v["partitiontable"]["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .enumerate()
+    {
         if kinds[i].is_empty() {
             continue; // the extended container
         }
@@ -140,13 +156,28 @@ fn mbr_disk(env: &Env) -> (PathBuf, Vec<Part>) {
 fn mbr_disk_with_logical_partitions_and_boot_code() {
     if !require(
         "mbr disk",
-        &["sfdisk", "mkfs.ext4", "mkfs.vfat", "mcopy", "mkntfs", "ntfsfix", "mkswap", "fsck.vfat", "e2fsck", "debugfs"],
+        &[
+            "sfdisk",
+            "mkfs.ext4",
+            "mkfs.vfat",
+            "mcopy",
+            "mkntfs",
+            "ntfsfix",
+            "mkswap",
+            "fsck.vfat",
+            "e2fsck",
+            "debugfs",
+        ],
     ) {
         return;
     }
     let env = Env::new();
     let (disk, parts) = mbr_disk(&env);
-    let want: Vec<_> = parts.iter().enumerate().map(|(i, p)| put_fs(&env, &disk, p, 100 + i as u64)).collect();
+    let want: Vec<_> = parts
+        .iter()
+        .enumerate()
+        .map(|(i, p)| put_fs(&env, &disk, p, 100 + i as u64))
+        .collect();
     // Boot code in the MBR, GRUB's core image in the gap before the first partition.
     let mut boot = vec![0u8; 440];
     for (i, b) in boot.iter_mut().enumerate() {
@@ -163,7 +194,10 @@ fn mbr_disk_with_logical_partitions_and_boot_code() {
     assert_eq!(m.table.kind, imaging::table::TableKind::Mbr);
     let numbers: Vec<u32> = m.table.partitions.iter().map(|p| p.number).collect();
     assert_eq!(numbers, vec![1, 2, 5, 6, 7]);
-    let kinds: Vec<String> = m.areas[1..].iter().map(|a| a.fs.as_ref().unwrap().kind.to_string()).collect();
+    let kinds: Vec<String> = m.areas[1..]
+        .iter()
+        .map(|a| a.fs.as_ref().unwrap().kind.to_string())
+        .collect();
     assert_eq!(kinds, vec!["fat32", "ext4", "ext2", "ntfs", "swap"]);
 
     for (what, size) in [("same size", 420 * MIB), ("larger disk", 600 * MIB)] {
@@ -225,7 +259,10 @@ fn gpt_disk(env: &Env) -> (PathBuf, Vec<Part>) {
 
 fn sgdisk_ok(disk: &Path, what: &str) {
     let out = run("sgdisk", &["-v", s(disk)]);
-    assert!(out.contains("No problems found"), "{what}: sgdisk -v: {out}");
+    assert!(
+        out.contains("No problems found"),
+        "{what}: sgdisk -v: {out}"
+    );
 }
 
 fn partition_lines(disk: &Path) -> Vec<String> {
@@ -240,22 +277,43 @@ fn partition_lines(disk: &Path) -> Vec<String> {
 fn gpt_disk_same_larger_and_smaller_targets() {
     if !require(
         "gpt disk",
-        &["sgdisk", "mkfs.ext4", "mkfs.vfat", "mcopy", "mkntfs", "ntfsfix", "fsck.vfat", "e2fsck", "debugfs"],
+        &[
+            "sgdisk",
+            "mkfs.ext4",
+            "mkfs.vfat",
+            "mcopy",
+            "mkntfs",
+            "ntfsfix",
+            "fsck.vfat",
+            "e2fsck",
+            "debugfs",
+        ],
     ) {
         return;
     }
     let env = Env::new();
     let (disk, parts) = gpt_disk(&env);
-    let want: Vec<_> = parts.iter().enumerate().map(|(i, p)| put_fs(&env, &disk, p, 200 + i as u64)).collect();
+    let want: Vec<_> = parts
+        .iter()
+        .enumerate()
+        .map(|(i, p)| put_fs(&env, &disk, p, 200 + i as u64))
+        .collect();
     sgdisk_ok(&disk, "source");
     let cap = env.capture(&disk, "gpt");
     assert!(cap["warnings"].as_array().unwrap().is_empty(), "{cap}");
     let m = env.manifest("gpt");
     assert_eq!(m.table.kind, imaging::table::TableKind::Gpt);
-    let kinds: Vec<String> = m.areas[1..].iter().map(|a| a.fs.as_ref().unwrap().kind.to_string()).collect();
+    let kinds: Vec<String> = m.areas[1..]
+        .iter()
+        .map(|a| a.fs.as_ref().unwrap().kind.to_string())
+        .collect();
     assert_eq!(kinds, vec!["unknown", "fat32", "ext4", "ntfs"]);
     let last_end = parts.last().unwrap().start + parts.last().unwrap().size;
-    assert_eq!(m.min_size, last_end + 33 * 512, "min size = last partition + backup GPT");
+    assert_eq!(
+        m.min_size,
+        last_end + 33 * 512,
+        "min size = last partition + backup GPT"
+    );
 
     // Same size: byte-identical tables, the backup included.
     let target = env.path("same.img");
@@ -263,7 +321,10 @@ fn gpt_disk_same_larger_and_smaller_targets() {
     let r = env.restore("gpt", &target);
     assert_eq!(r["gpt_relocated"], false);
     assert!(read_range(&disk, 0, MIB) == read_range(&target, 0, MIB));
-    assert!(read_range(&disk, 512 * MIB - 33 * 512, 33 * 512) == read_range(&target, 512 * MIB - 33 * 512, 33 * 512));
+    assert!(
+        read_range(&disk, 512 * MIB - 33 * 512, 33 * 512)
+            == read_range(&target, 512 * MIB - 33 * 512, 33 * 512)
+    );
     sgdisk_ok(&target, "same size");
     for (p, w) in parts.iter().zip(&want) {
         check_part(&env, &target, p, w, "same size");
@@ -278,11 +339,17 @@ fn gpt_disk_same_larger_and_smaller_targets() {
     sgdisk_ok(&target, "larger disk");
     assert_eq!(partition_lines(&disk), partition_lines(&target));
     let info = run("sgdisk", &["-p", s(&target)]);
-    assert!(info.contains(&format!("{} sectors", 800 * MIB / 512)), "{info}");
+    assert!(
+        info.contains(&format!("{} sectors", 800 * MIB / 512)),
+        "{info}"
+    );
     // The protective MBR now covers the larger disk.
     let mbr = read_range(&target, 446, 16);
     assert_eq!(mbr[4], 0xEE);
-    assert_eq!(u32::from_le_bytes(mbr[12..16].try_into().unwrap()) as u64, 800 * MIB / 512 - 1);
+    assert_eq!(
+        u32::from_le_bytes(mbr[12..16].try_into().unwrap()) as u64,
+        800 * MIB / 512 - 1
+    );
     for (p, w) in parts.iter().zip(&want) {
         check_part(&env, &target, p, w, "larger disk");
     }
@@ -304,18 +371,43 @@ fn gpt_disk_same_larger_and_smaller_targets() {
     random_file(&target, m.min_size - MIB, 4);
     let before = fs::read(&target).unwrap();
     let err = env.fails(&["image", "restore", "gpt", s(&target)]);
-    assert!(err.contains(&format!("at least {} bytes", m.min_size)), "{err}");
-    assert!(fs::read(&target).unwrap() == before, "a refused restore wrote to the target");
+    assert!(
+        err.contains(&format!("at least {} bytes", m.min_size)),
+        "{err}"
+    );
+    assert!(
+        fs::read(&target).unwrap() == before,
+        "a refused restore wrote to the target"
+    );
 }
 
 #[test]
 fn one_partition_captured_alone_shares_chunks_with_its_disk() {
-    if !require("partition capture", &["root", "losetup", "sgdisk", "mkfs.ext4", "e2fsck", "debugfs", "mkfs.vfat", "mcopy", "mkntfs", "ntfsfix", "fsck.vfat"]) {
+    if !require(
+        "partition capture",
+        &[
+            "root",
+            "losetup",
+            "sgdisk",
+            "mkfs.ext4",
+            "e2fsck",
+            "debugfs",
+            "mkfs.vfat",
+            "mcopy",
+            "mkntfs",
+            "ntfsfix",
+            "fsck.vfat",
+        ],
+    ) {
         return;
     }
     let env = Env::new();
     let (disk, parts) = gpt_disk(&env);
-    let want: Vec<_> = parts.iter().enumerate().map(|(i, p)| put_fs(&env, &disk, p, 300 + i as u64)).collect();
+    let want: Vec<_> = parts
+        .iter()
+        .enumerate()
+        .map(|(i, p)| put_fs(&env, &disk, p, 300 + i as u64))
+        .collect();
     env.capture(&disk, "disk");
     let p = &parts[2];
     let lo = Loop::attach(&disk, p.start, Some(p.size));
@@ -332,7 +424,11 @@ fn one_partition_captured_alone_shares_chunks_with_its_disk() {
     let target = env.path("p.img");
     random_file(&target, p.size, 9);
     env.restore("part3", &target);
-    let single = Part { start: 0, size: p.size, fs: "ext4" };
+    let single = Part {
+        start: 0,
+        size: p.size,
+        fs: "ext4",
+    };
     check_part(&env, &target, &single, &want[2], "single partition");
 }
 

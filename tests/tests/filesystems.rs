@@ -31,7 +31,11 @@ fn s(p: &Path) -> &str {
 
 /// Deletes every 5th file from `tree` (after the fs was built from it) via `del`, and returns
 /// the remaining files.
-fn delete_some(tree: &Path, files: &[PathBuf], mut del: impl FnMut(&Path)) -> BTreeMap<PathBuf, Vec<u8>> {
+fn delete_some(
+    tree: &Path,
+    files: &[PathBuf],
+    mut del: impl FnMut(&Path),
+) -> BTreeMap<PathBuf, Vec<u8>> {
     for f in files.iter().step_by(5) {
         del(f);
         fs::remove_file(tree.join(f)).unwrap();
@@ -46,7 +50,10 @@ fn build_ext(env: &Env, img: &Path, mkfs: &[&str]) -> BTreeMap<PathBuf, Vec<u8>>
     a.extend(["-q", "-F", "-d", s(&tree), s(img)]);
     run(mkfs[0], &a);
     delete_some(&tree, &files, |f| {
-        run("debugfs", &["-w", "-R", &format!("rm /{}", f.display()), s(img)]);
+        run(
+            "debugfs",
+            &["-w", "-R", &format!("rm /{}", f.display()), s(img)],
+        );
     })
 }
 
@@ -133,7 +140,11 @@ fn roundtrip(c: &Case) {
     assert!(!want.is_empty() || c.tree_bytes == 0);
 
     let cap = env.capture(&img, c.name);
-    assert!(cap["warnings"].as_array().unwrap().is_empty(), "{}: unexpected warnings {cap}", c.name);
+    assert!(
+        cap["warnings"].as_array().unwrap().is_empty(),
+        "{}: unexpected warnings {cap}",
+        c.name
+    );
     let m = env.manifest(c.name);
     let area = &m.areas[0];
     let fs = area.fs.as_ref().unwrap();
@@ -144,7 +155,11 @@ fn roundtrip(c: &Case) {
         let pc = partclone_used(tool, &img, env.dir.path());
         let missed = uncovered(&pc, &area.used);
         if c.partclone_exact {
-            assert_eq!(missed, 0, "{}: drover misses {missed} bytes partclone keeps", c.name);
+            assert_eq!(
+                missed, 0,
+                "{}: drover misses {missed} bytes partclone keeps",
+                c.name
+            );
         }
         let (d, p) = (area.used.total(), pc.total());
         assert!(
@@ -167,7 +182,11 @@ fn roundtrip(c: &Case) {
     let (a, b) = (fs::read(&img).unwrap(), fs::read(&target).unwrap());
     for e in area.used.iter() {
         let (x, y) = (e.start as usize, e.end() as usize);
-        assert!(a[x..y] == b[x..y], "{}: used extent {x}..{y} differs after restore", c.name);
+        assert!(
+            a[x..y] == b[x..y],
+            "{}: used extent {x}..{y} differs after restore",
+            c.name
+        );
     }
     drop((a, b));
 
@@ -192,8 +211,13 @@ fn roundtrip(c: &Case) {
 fn check_fat_clusters(img: &Path, area: &imaging::manifest::Area) {
     let out = run("fsck.vfat", &["-n", "-v", s(img)]);
     let num = |key: &str| -> u64 {
-        let line = out.lines().find(|l| l.contains(key)).unwrap_or_else(|| panic!("no {key:?} in {out}"));
-        line.split_whitespace().find_map(|w| w.parse().ok()).unwrap()
+        let line = out
+            .lines()
+            .find(|l| l.contains(key))
+            .unwrap_or_else(|| panic!("no {key:?} in {out}"));
+        line.split_whitespace()
+            .find_map(|w| w.parse().ok())
+            .unwrap()
     };
     let cluster = num("bytes per cluster");
     let data = num("Data area starts at byte");
@@ -204,8 +228,16 @@ fn check_fat_clusters(img: &Path, area: &imaging::manifest::Area) {
         .and_then(|w| w.split('/').next())
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no cluster count in {used_line:?}"));
-    let ours = area.used.clip(data, area.fs.as_ref().unwrap().fs_size).map(|e| e.len).sum::<u64>() / cluster;
-    assert_eq!(ours, fsck_used, "used clusters: drover {ours}, fsck.vfat {fsck_used}");
+    let ours = area
+        .used
+        .clip(data, area.fs.as_ref().unwrap().fs_size)
+        .map(|e| e.len)
+        .sum::<u64>()
+        / cluster;
+    assert_eq!(
+        ours, fsck_used,
+        "used clusters: drover {ours}, fsck.vfat {fsck_used}"
+    );
 }
 
 const EXT: &[&str] = &["mkfs.ext4", "debugfs", "e2fsck", "partclone.ext4"];
@@ -233,7 +265,13 @@ fn ext4_meta_bg_without_resize_inode() {
         size: 300 << 20,
         tree_bytes: 20 << 20,
         needs: EXT,
-        build: |e, img, _| build_ext(e, img, &["mkfs.ext4", "-b", "1024", "-O", "meta_bg,^resize_inode"]),
+        build: |e, img, _| {
+            build_ext(
+                e,
+                img,
+                &["mkfs.ext4", "-b", "1024", "-O", "meta_bg,^resize_inode"],
+            )
+        },
         fsck: &["e2fsck", "-fn"],
         read: read_ext,
         partclone: Some("partclone.ext4"),
@@ -250,7 +288,15 @@ fn ext4_uninit_bg_with_sparse_super2() {
         tree_bytes: 20 << 20,
         needs: EXT,
         build: |e, img, _| {
-            build_ext(e, img, &["mkfs.ext4", "-O", "^metadata_csum,uninit_bg,sparse_super2,^flex_bg"])
+            build_ext(
+                e,
+                img,
+                &[
+                    "mkfs.ext4",
+                    "-O",
+                    "^metadata_csum,uninit_bg,sparse_super2,^flex_bg",
+                ],
+            )
         },
         fsck: &["e2fsck", "-fn"],
         read: read_ext,
@@ -350,7 +396,13 @@ fn exfat() {
         name: "exfat",
         size: 256 << 20,
         tree_bytes: 24 << 20,
-        needs: &["mkfs.exfat", "fsck.exfat", "mount.exfat-fuse", "partclone.exfat", "fuse"],
+        needs: &[
+            "mkfs.exfat",
+            "fsck.exfat",
+            "mount.exfat-fuse",
+            "partclone.exfat",
+            "fuse",
+        ],
         build: |e, img, _| {
             run("mkfs.exfat", &["-L", "DROVER", s(img)]);
             fill_mounted(e, EXFAT_MOUNT, img, 13)
@@ -392,7 +444,16 @@ fn swap_keeps_only_its_header() {
     let env = Env::new();
     let img = env.path("swap.img");
     random_file(&img, 64 << 20, 5); // old data in the swap area must not be stored
-    run("mkswap", &["-L", "lab-swap", "-U", "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0", s(&img)]);
+    run(
+        "mkswap",
+        &[
+            "-L",
+            "lab-swap",
+            "-U",
+            "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0",
+            s(&img),
+        ],
+    );
     let cap = env.capture(&img, "swap");
     assert_eq!(cap["used_bytes"].as_u64().unwrap(), 4096, "{cap}");
     let target = env.path("t.img");
@@ -400,7 +461,10 @@ fn swap_keeps_only_its_header() {
     env.restore("swap", &target);
     let out = run("blkid", &["-p", "-o", "export", s(&target)]);
     assert!(out.contains("TYPE=swap"), "{out}");
-    assert!(out.contains("UUID=0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0"), "{out}");
+    assert!(
+        out.contains("UUID=0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0"),
+        "{out}"
+    );
     assert!(out.contains("LABEL=lab-swap"), "{out}");
 }
 

@@ -34,7 +34,10 @@ pub(super) fn read(dev: &dyn BlockDevice) -> Result<FsReport, FsError> {
     let spc_shift = u32::from(b[0x6D]);
     let fats = u64::from(b[0x6E]);
     if !(9..=12).contains(&bps_shift) || spc_shift > 25 - bps_shift {
-        return Err(corrupt(K, format!("sector shift {bps_shift} / cluster shift {spc_shift}")));
+        return Err(corrupt(
+            K,
+            format!("sector shift {bps_shift} / cluster shift {spc_shift}"),
+        ));
     }
     if !(1..=2).contains(&fats) {
         return Err(corrupt(K, format!("{fats} FATs")));
@@ -44,7 +47,15 @@ pub(super) fn read(dev: &dyn BlockDevice) -> Result<FsReport, FsError> {
     let fs_size = volume_len
         .checked_mul(bps)
         .filter(|&s| s <= dev.len())
-        .ok_or_else(|| corrupt(K, format!("volume of {volume_len} sectors on a {}-byte device", dev.len())))?;
+        .ok_or_else(|| {
+            corrupt(
+                K,
+                format!(
+                    "volume of {volume_len} sectors on a {}-byte device",
+                    dev.len()
+                ),
+            )
+        })?;
     let heap = heap_offset * bps;
     if fat_offset < 24
         || (fat_offset + fats * fat_len) > heap_offset
@@ -71,7 +82,10 @@ pub(super) fn read(dev: &dyn BlockDevice) -> Result<FsReport, FsError> {
     let mut buf = vec![0u8; cluster as usize];
     'chain: loop {
         if !valid(c) {
-            return Err(corrupt(K, format!("root directory cluster {c} out of range")));
+            return Err(corrupt(
+                K,
+                format!("root directory cluster {c} out of range"),
+            ));
         }
         dev.read_at(&mut buf, cluster_pos(c))?;
         for e in buf.chunks_exact(32) {
@@ -98,9 +112,13 @@ pub(super) fn read(dev: &dyn BlockDevice) -> Result<FsReport, FsError> {
         }
         c = next;
     }
-    let (first, len) = bitmap_entry.ok_or_else(|| corrupt(K, "no allocation bitmap entry in the root directory"))?;
+    let (first, len) = bitmap_entry
+        .ok_or_else(|| corrupt(K, "no allocation bitmap entry in the root directory"))?;
     if !valid(first) || len < clusters.div_ceil(8) {
-        return Err(corrupt(K, format!("allocation bitmap at cluster {first}, {len} bytes")));
+        return Err(corrupt(
+            K,
+            format!("allocation bitmap at cluster {first}, {len} bytes"),
+        ));
     }
     let bitmap_clusters = len.div_ceil(cluster);
     if u64::from(first) - 2 + bitmap_clusters > clusters {

@@ -114,10 +114,14 @@ impl Geometry {
         let bpg = u64::from(le32(sb, 0x20));
         let ipg = u64::from(le32(sb, 0x28));
         if bpg == 0 || bpg > 8 * bs || bpg % 8 != 0 {
-            return Err(err(&format!("{bpg} blocks per group with {bs}-byte blocks")));
+            return Err(err(&format!(
+                "{bpg} blocks per group with {bs}-byte blocks"
+            )));
         }
         if first_data_block != u64::from(bs == 1024) {
-            return Err(err(&format!("first data block {first_data_block} with {bs}-byte blocks")));
+            return Err(err(&format!(
+                "first data block {first_data_block} with {bs}-byte blocks"
+            )));
         }
         if blocks <= first_data_block || blocks.checked_mul(bs).is_none_or(|n| n > dev_len) {
             return Err(err(&format!(
@@ -125,18 +129,18 @@ impl Geometry {
             )));
         }
         let rev = le32(sb, 0x4C);
-        let inode_size = if rev == 0 { 128 } else { u64::from(le16(sb, 0x58)) };
+        let inode_size = if rev == 0 {
+            128
+        } else {
+            u64::from(le16(sb, 0x58))
+        };
         if inode_size < 128 || inode_size > bs || !inode_size.is_power_of_two() {
             return Err(err(&format!("inode size {inode_size}")));
         }
         if ipg == 0 || ipg > 8 * bs {
             return Err(err(&format!("{ipg} inodes per group")));
         }
-        let desc_size = if is64 {
-            u64::from(le16(sb, 0xFE))
-        } else {
-            32
-        };
+        let desc_size = if is64 { u64::from(le16(sb, 0xFE)) } else { 32 };
         if desc_size < 32 || desc_size > bs || !desc_size.is_power_of_two() {
             return Err(err(&format!("group descriptor size {desc_size}")));
         }
@@ -264,7 +268,10 @@ pub(super) fn read(dev: &dyn BlockDevice) -> Result<FsReport, FsError> {
     for g in 0..geo.groups {
         let blk = geo.desc_block(g);
         if blk >= geo.blocks {
-            return Err(corrupt(kind, format!("descriptor of group {g} at block {blk}, past the end")));
+            return Err(corrupt(
+                kind,
+                format!("descriptor of group {g} at block {blk}, past the end"),
+            ));
         }
         if cached.as_ref().is_none_or(|(b, _)| *b != blk) {
             cached = Some((blk, read_vec(dev, blk * bs, bs as usize)?));
@@ -306,7 +313,10 @@ pub(super) fn read(dev: &dyn BlockDevice) -> Result<FsReport, FsError> {
             if b < geo.first_data_block || b.checked_add(n).is_none_or(|e| e > geo.blocks) {
                 return Err(corrupt(
                     kind,
-                    format!("group {g}: {what} at block {b} (+{n}) is outside the {} blocks", geo.blocks),
+                    format!(
+                        "group {g}: {what} at block {b} (+{n}) is outside the {} blocks",
+                        geo.blocks
+                    ),
                 ));
             }
             used.push(b * bs, n * bs);

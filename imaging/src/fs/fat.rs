@@ -107,7 +107,10 @@ pub(super) fn read(dev: &dyn BlockDevice) -> Result<FsReport, FsError> {
     let kind = p.kind;
     let fs_size = p.total_sectors * p.bps;
     if fs_size > dev.len() {
-        return Err(corrupt(kind, format!("volume of {fs_size} bytes on a {}-byte device", dev.len())));
+        return Err(corrupt(
+            kind,
+            format!("volume of {fs_size} bytes on a {}-byte device", dev.len()),
+        ));
     }
     let entry_bits: u64 = match kind {
         FsKind::Fat12 => 12,
@@ -119,7 +122,10 @@ pub(super) fn read(dev: &dyn BlockDevice) -> Result<FsReport, FsError> {
     if fat_bytes * 8 / entry_bits < entries {
         return Err(corrupt(
             kind,
-            format!("a FAT of {fat_bytes} bytes cannot describe {} clusters", p.clusters),
+            format!(
+                "a FAT of {fat_bytes} bytes cannot describe {} clusters",
+                p.clusters
+            ),
         ));
     }
     let cluster = p.spc * p.bps;
@@ -144,12 +150,7 @@ pub(super) fn read(dev: &dyn BlockDevice) -> Result<FsReport, FsError> {
             let v = match kind {
                 FsKind::Fat12 => {
                     let w = u16::from_le_bytes([piece[o], piece[o + 1]]);
-                    if e % 2 == 0 {
-                        w & 0x0FFF
-                    } else {
-                        w >> 4
-                    }
-                    .into()
+                    if e % 2 == 0 { w & 0x0FFF } else { w >> 4 }.into()
                 }
                 FsKind::Fat16 => u32::from(le16(piece, o)),
                 _ => le32(piece, o) & 0x0FFF_FFFF,

@@ -183,7 +183,12 @@ pub fn scan(dev: &dyn BlockDevice, region: u64) -> io::Result<Scan> {
         Ok(mut report) if report.fs_size <= dev.len() => {
             report.used.normalize();
             if report.used.end() > report.fs_size {
-                return fallback(dev, detected, region, "used map reaches past the filesystem's end");
+                return fallback(
+                    dev,
+                    detected,
+                    region,
+                    "used map reaches past the filesystem's end",
+                );
             }
             // Whatever lies between the filesystem's end and the partition's end is kept too.
             let tail = raw::nonzero_regions(dev, report.fs_size, dev.len(), region)?;

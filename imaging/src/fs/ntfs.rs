@@ -31,7 +31,9 @@ fn decode_runs(b: &[u8], total_clusters: u64) -> Result<Vec<Run>, FsError> {
     let mut i = 0usize;
     let mut lcn: i64 = 0;
     loop {
-        let h = *b.get(i).ok_or_else(|| corrupt(K, "data run list not terminated"))?;
+        let h = *b
+            .get(i)
+            .ok_or_else(|| corrupt(K, "data run list not terminated"))?;
         if h == 0 {
             break;
         }
@@ -65,7 +67,10 @@ fn decode_runs(b: &[u8], total_clusters: u64) -> Result<Vec<Run>, FsError> {
         };
         if let Some(l) = run_lcn {
             if l.checked_add(len).is_none_or(|e| e > total_clusters) {
-                return Err(corrupt(K, format!("data run of {len} clusters at {l} past the volume's end")));
+                return Err(corrupt(
+                    K,
+                    format!("data run of {len} clusters at {l} past the volume's end"),
+                ));
             }
         }
         runs.push(Run { lcn: run_lcn, len });
@@ -82,13 +87,19 @@ fn fixup(rec: &mut [u8], what: &str) -> Result<(), FsError> {
     let usa = usize::from(le16(rec, 4));
     let count = usize::from(le16(rec, 6));
     if count == 0 || count - 1 != rec.len() / FIXUP_STRIDE || usa + 2 * count > rec.len() {
-        return Err(corrupt(K, format!("{what}: update sequence of {count} entries at {usa}")));
+        return Err(corrupt(
+            K,
+            format!("{what}: update sequence of {count} entries at {usa}"),
+        ));
     }
     let usn = [rec[usa], rec[usa + 1]];
     for k in 1..count {
         let end = k * FIXUP_STRIDE - 2;
         if rec[end..end + 2] != usn {
-            return Err(corrupt(K, format!("{what}: torn write (update sequence mismatch)")));
+            return Err(corrupt(
+                K,
+                format!("{what}: torn write (update sequence mismatch)"),
+            ));
         }
         let (a, b) = (rec[usa + 2 * k], rec[usa + 2 * k + 1]);
         rec[end] = a;
@@ -108,7 +119,10 @@ fn data_attr(rec: &[u8], total_clusters: u64, what: &str) -> Result<(Vec<Run>, u
         }
         let len = le32(rec, o + 4) as usize;
         if len < 16 || o + len > in_use {
-            return Err(corrupt(K, format!("{what}: attribute of {len} bytes at {o}")));
+            return Err(corrupt(
+                K,
+                format!("{what}: attribute of {len} bytes at {o}"),
+            ));
         }
         let a = &rec[o..o + len];
         if ty == ATTR_DATA && a[9] == 0 {
@@ -136,7 +150,9 @@ fn runs_pos(runs: &[Run], off: u64, cluster: u64) -> Option<u64> {
     let vcn = off / cluster;
     for r in runs {
         if vcn < vcn_start + r.len {
-            return r.lcn.map(|l| (l + vcn - vcn_start) * cluster + off % cluster);
+            return r
+                .lcn
+                .map(|l| (l + vcn - vcn_start) * cluster + off % cluster);
         }
         vcn_start += r.len;
     }
@@ -159,15 +175,27 @@ pub(super) fn read(dev: &dyn BlockDevice) -> Result<FsReport, FsError> {
     } else {
         u64::from(spc_raw)
     };
-    if !(256..=4096).contains(&bps) || !bps.is_power_of_two() || spc == 0 || !spc.is_power_of_two() {
-        return Err(corrupt(K, format!("{bps} bytes per sector, {spc} sectors per cluster")));
+    if !(256..=4096).contains(&bps) || !bps.is_power_of_two() || spc == 0 || !spc.is_power_of_two()
+    {
+        return Err(corrupt(
+            K,
+            format!("{bps} bytes per sector, {spc} sectors per cluster"),
+        ));
     }
     let cluster = bps * spc;
     let total_sectors = le64(&b, 0x28);
     let fs_size = total_sectors
         .checked_mul(bps)
         .filter(|&s| s <= dev.len())
-        .ok_or_else(|| corrupt(K, format!("volume of {total_sectors} sectors on a {}-byte device", dev.len())))?;
+        .ok_or_else(|| {
+            corrupt(
+                K,
+                format!(
+                    "volume of {total_sectors} sectors on a {}-byte device",
+                    dev.len()
+                ),
+            )
+        })?;
     let total_clusters = total_sectors / spc;
     let mft_lcn = le64(&b, 0x30);
     let cpr = b[0x40] as i8;
@@ -181,7 +209,10 @@ pub(super) fn read(dev: &dyn BlockDevice) -> Result<FsReport, FsError> {
         1 << s
     };
     if rec_size < FIXUP_STRIDE as u64 || rec_size > 65536 || mft_lcn >= total_clusters {
-        return Err(corrupt(K, format!("MFT at cluster {mft_lcn}, {rec_size}-byte records")));
+        return Err(corrupt(
+            K,
+            format!("MFT at cluster {mft_lcn}, {rec_size}-byte records"),
+        ));
     }
     // Record 0: $MFT itself, to find where record 6 lives.
     let mut rec = read_vec(dev, mft_lcn * cluster, rec_size as usize)?;
@@ -195,7 +226,10 @@ pub(super) fn read(dev: &dyn BlockDevice) -> Result<FsReport, FsError> {
     let (runs, size, init) = data_attr(&rec, total_clusters, "$Bitmap")?;
     let need = total_clusters.div_ceil(8);
     if size < need {
-        return Err(corrupt(K, format!("$Bitmap holds {size} bytes for {total_clusters} clusters")));
+        return Err(corrupt(
+            K,
+            format!("$Bitmap holds {size} bytes for {total_clusters} clusters"),
+        ));
     }
     let mut used = ExtentMap::new();
     used.push(0, bps); // the boot sector, even if a bitmap forgot cluster 0
@@ -247,12 +281,21 @@ mod tests {
         assert_eq!(
             runs,
             vec![
-                Run { lcn: Some(0x100), len: 0x10 },
+                Run {
+                    lcn: Some(0x100),
+                    len: 0x10
+                },
                 Run { lcn: None, len: 5 },
-                Run { lcn: Some(0xF0), len: 4 }
+                Run {
+                    lcn: Some(0xF0),
+                    len: 4
+                }
             ]
         );
-        assert_eq!(runs_pos(&runs, 0x10 * 4096 + 5 * 4096 + 7, 4096), Some(0xF0 * 4096 + 7));
+        assert_eq!(
+            runs_pos(&runs, 0x10 * 4096 + 5 * 4096 + 7, 4096),
+            Some(0xF0 * 4096 + 7)
+        );
         assert_eq!(runs_pos(&runs, 0x10 * 4096, 4096), None);
     }
 

@@ -19,7 +19,9 @@ pub fn is_zero(buf: &[u8]) -> bool {
         // SAFETY: u64 has no invalid bit patterns; align_to only yields aligned words.
         unsafe { buf.align_to::<u64>() }
     };
-    head.iter().all(|&b| b == 0) && words.iter().fold(0, |a, &w| a | w) == 0 && tail.iter().all(|&b| b == 0)
+    head.iter().all(|&b| b == 0)
+        && words.iter().fold(0, |a, &w| a | w) == 0
+        && tail.iter().all(|&b| b == 0)
 }
 
 /// The parts of `start..end` lying in `region`-aligned regions that contain a non-zero byte

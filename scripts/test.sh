@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# The whole test suite: installs the tools the tests use, checks formatting, lints, builds the
+# workspace once, checks the layering rules, then runs every test (unit, fuzz-corpus replay,
+# end-to-end with real mkfs/fsck/partclone, loop devices and FUSE mounts).
+#
+# Run as root: loop devices, mounts and FUSE need it. In CI (CI=true) a test that cannot run is
+# a failure; elsewhere it prints why it skipped.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n== %s\n' "$*"; }
+
+step "installing test tools"
+bash deploy/install-test-deps
+
+step "cargo fmt --check"
+cargo fmt --all --check
+
+step "cargo clippy"
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+
+step "cargo build"
+cargo build --workspace --all-targets --quiet
+
+step "layering: the sans-IO and sync crates never depend on tokio"
+for crate in imaging; do
+  if cargo tree -p "$crate" -e normal --prefix none | grep -q '^tokio '; then
+    echo "error: $crate depends on tokio" >&2
+    exit 1
+  fi
+done
+
+step "tests"
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --no-fail-fast --failure-output final --status-level fail
+else
+  cargo test --workspace --no-fail-fast
+fi
