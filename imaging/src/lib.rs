@@ -27,6 +27,8 @@ pub mod capture;
 pub mod device;
 pub mod extent;
 pub mod fs;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod manifest;
 pub mod progress;
 pub mod restore;

@@ -233,3 +233,114 @@ pub fn verify(m: &Manifest, store: &Store, threads: usize, progress: &dyn Progre
         bad,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::capture::{capture, CaptureOptions};
+    use crate::device::MemDevice;
+    use crate::progress::NoProgress;
+    use crate::table::DevCursor;
+
+    const MIB: u64 = 1 << 20;
+
+    /// A 16 MiB disk with a GPT holding two partitions of noise.
+    fn gpt_disk() -> MemDevice {
+        let dev = MemDevice::new(vec![0u8; (16 * MIB) as usize]);
+        let mut cur = DevCursor::new(&dev);
+        let mut gpt = gptman::GPT::new_from(&mut cur, 512, [7; 16]).unwrap();
+        for (i, (start, end)) in [(2048u64, 8191u64), (8192, 20479)].into_iter().enumerate() {
+            gpt[i as u32 + 1] = gptman::GPTPartitionEntry {
+                partition_type_guid: [0x11; 16],
+                unique_partition_guid: [i as u8 + 1; 16],
+                starting_lba: start,
+                ending_lba: end,
+                attribute_bits: 0,
+                partition_name: "p".into(),
+            };
+            let mut x = 0x1234_5678u32 ^ i as u32;
+            let noise: Vec<u8> = (0..(end - start + 1) * 512)
+                .map(|_| {
+                    x = x.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                    (x >> 24) as u8
+                })
+                .collect();
+            dev.write_at(&noise, start * 512).unwrap();
+        }
+        gpt.write_into(&mut cur).unwrap();
+        gptman::GPT::write_protective_mbr_into(&mut cur, 512).unwrap();
+        dev
+    }
+
+    fn image(dev: &MemDevice, store: &Store) -> Manifest {
+        let mut o = CaptureOptions::new("g");
+        o.chunk_size = MIB;
+        o.check_space = false;
+        capture(dev, "mem", store, &o, &NoProgress)
+            .unwrap()
+            .manifest
+    }
+
+    #[test]
+    fn refuses_other_sector_sizes_and_small_targets_without_writing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let m = image(&gpt_disk(), &store);
+        assert_eq!(m.min_size, 20480 * 512 + 33 * 512);
+
+        let t = MemDevice::new(vec![0xAB; (16 * MIB) as usize]).with_sector_size(4096);
+        let e = restore("g", &m, &store, &t, 1, &NoProgress).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                RestoreError::SectorSize {
+                    image: 512,
+                    target: 4096
+                }
+            ),
+            "{e}"
+        );
+
+        let t = MemDevice::new(vec![0xAB; (m.min_size - 512) as usize]);
+        let e = restore("g", &m, &store, &t, 1, &NoProgress).unwrap_err();
+        assert!(e.to_string().contains(&m.min_size.to_string()), "{e}");
+        assert!(
+            t.to_vec().iter().all(|&b| b == 0xAB),
+            "a refused restore wrote"
+        );
+    }
+
+    #[test]
+    fn gpt_moves_to_the_end_of_a_larger_disk_and_shrinks_to_a_smaller_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let src = gpt_disk();
+        let m = image(&src, &store);
+        for size in [32 * MIB, m.min_size, 16 * MIB] {
+            let t = MemDevice::new(vec![0xCD; size as usize]);
+            let r = restore("g", &m, &store, &t, 2, &NoProgress).unwrap();
+            assert_eq!(r.gpt_relocated, size != 16 * MIB);
+            let mut cur = DevCursor::new(&t);
+            let gpt = gptman::GPT::read_from(&mut cur, 512).unwrap();
+            assert_eq!(gpt.header.backup_lba, size / 512 - 1);
+            // The backup header is readable where the primary says, and agrees.
+            let mut b = vec![0u8; 512];
+            t.read_at(&mut b, (size / 512 - 1) * 512).unwrap();
+            assert_eq!(&b[..8], b"EFI PART");
+            let used: Vec<_> = gpt
+                .iter()
+                .filter(|(_, p)| p.is_used())
+                .map(|(_, p)| (p.starting_lba, p.ending_lba))
+                .collect();
+            assert_eq!(used, vec![(2048, 8191), (8192, 20479)]);
+            // Partition contents are the source's.
+            let (a, b) = (src.to_vec(), t.to_vec());
+            assert!(a[2048 * 512..20480 * 512] == b[2048 * 512..20480 * 512]);
+            // Protective MBR sized to the disk.
+            assert_eq!(
+                u32::from_le_bytes(b[446 + 12..446 + 16].try_into().unwrap()) as u64,
+                size / 512 - 1
+            );
+        }
+    }
+}
