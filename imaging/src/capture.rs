@@ -234,6 +234,8 @@ pub struct Captured {
 struct Job {
     area: usize,
     index: u64,
+    /// The same region's chunk in the image's previous version: the delta base.
+    base: Option<Hash>,
     buf: Vec<u8>,
     len: usize,
 }
@@ -310,6 +312,14 @@ pub fn capture(
     }
     let mut stats = CaptureStats::default();
     let areas = &plan.areas;
+    // The previous version's chunks, by area and region: the bases for delta chunks.
+    let mut prev = std::collections::HashMap::new();
+    if let Ok(p) = store.resolve(&opts.name) {
+        for (a, c) in p.manifest.chunks() {
+            prev.insert((area_key(a), c.index), c.hash);
+        }
+    }
+    let prev = &prev;
     let mut chunks: Vec<Vec<ChunkRef>> = vec![Vec::new(); areas.len()];
 
     let (stop, fail) = (&stop, &fail);
@@ -333,10 +343,12 @@ pub fn capture(
                         Ok(n) => progress.advance(n),
                         Err(e) => return fail(CaptureError::Read(e)),
                     }
+                    let base = prev.get(&(area_key(a), r)).copied();
                     if job_tx
                         .send(Job {
                             area: ai,
                             index: r,
+                            base,
                             buf,
                             len,
                         })
@@ -366,7 +378,7 @@ pub fn capture(
                 }
                 let plain = &job.buf[..job.len];
                 let hash = Hash::of(plain);
-                match store.put_chunk(&hash, plain, opts.zstd_level) {
+                match store.put_chunk(&hash, plain, opts.zstd_level, job.base.as_ref()) {
                     Ok((stored, new)) => {
                         let d = Done {
                             area: job.area,
@@ -435,6 +447,16 @@ pub fn capture(
         manifest,
         warnings: plan.warnings,
     })
+}
+
+/// Identifies an area across versions: its kind and where it starts.
+fn area_key(a: &Area) -> (u32, u64) {
+    let k = match a.kind {
+        AreaKind::Outside => 0,
+        AreaKind::Whole => 1,
+        AreaKind::Partition { number } => 2 + number,
+    };
+    (k, a.offset)
 }
 
 /// Reads the used bytes of region `rs..re` of area `a` into `buf` (zeroing the rest); returns

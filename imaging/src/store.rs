@@ -10,6 +10,14 @@
 //! Every file is written to `tmp/`, fsynced, then renamed into place, so a reader never sees a
 //! partial chunk or manifest; a capture commits its manifest last, so an interrupted capture
 //! never lists a half image (its chunks are garbage that `gc` frees).
+//!
+//! A chunk file is either a *full* chunk (one zstd frame of the plaintext) or a *delta* chunk:
+//! `DRVD`, the base's plaintext length (u32 LE) and BLAKE3 name, then a zstd frame compressed
+//! with the base's plaintext as its prefix (zstd's "patch-from"). A recapture passes each
+//! region's previous chunk as the base, so a 4 MiB region in which one file changed costs about
+//! the changed bytes, not the whole region. A delta's base is always a full chunk (chains are
+//! one step deep), `gc` keeps the bases of live deltas, and reading a delta checks the base's
+//! hash as well as its own.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
@@ -23,6 +31,15 @@ use crate::manifest::{Hash, Manifest, ManifestError};
 /// zstd level for chunks: level 3 (zstd's default) is the speed/size point partclone users
 /// pair with `zstd -3`; higher levels cost far more CPU than they save on disk data.
 pub const DEFAULT_ZSTD_LEVEL: i32 = 3;
+
+/// Magic of a delta chunk file.
+const DELTA_MAGIC: &[u8; 4] = b"DRVD";
+/// Magic + base length + base hash.
+const DELTA_HEADER: usize = 4 + 4 + 32;
+/// A delta smaller than this fraction of the plaintext is kept without also trying a full frame.
+const DELTA_GOOD_ENOUGH: usize = 8;
+/// Largest plaintext a chunk may hold (the manifest's chunk size limit).
+const MAX_CHUNK: u64 = 64 << 20;
 
 /// Store errors.
 #[derive(Debug, thiserror::Error)]
@@ -175,39 +192,75 @@ impl Store {
         res
     }
 
-    /// Compresses and stores `plain` under `hash` unless it is already there. Returns the
-    /// stored size and whether this call added it.
+    /// Compresses and stores `plain` under `hash` unless it is already there. With a `base`
+    /// (the same region's chunk in the previous version) the chunk may be stored as a delta
+    /// against it, when that is smaller. Returns the stored size and whether this call added it.
     pub fn put_chunk(
         &self,
         hash: &Hash,
         plain: &[u8],
         level: i32,
+        base: Option<&Hash>,
     ) -> Result<(u64, bool), StoreError> {
         let path = self.chunk_path(hash);
         if let Ok(m) = fs::metadata(&path) {
             return Ok((m.len(), false));
         }
-        let z =
-            zstd::bulk::compress(plain, level).map_err(io_err("compressing chunk for", &path))?;
-        self.put_file(&path, &z)?;
-        Ok((z.len() as u64, true))
+        let compress_err = io_err("compressing chunk for", &path);
+        let delta = match base {
+            Some(b) if b != hash => self.delta_base(b).and_then(|(bh, bp)| {
+                let z = compress_delta(plain, &bp, level).ok()?;
+                let mut out = Vec::with_capacity(DELTA_HEADER + z.len());
+                out.extend_from_slice(DELTA_MAGIC);
+                out.extend_from_slice(&(bp.len() as u32).to_le_bytes());
+                out.extend_from_slice(&bh.0);
+                out.extend_from_slice(&z);
+                Some(out)
+            }),
+            _ => None,
+        };
+        let bytes = match delta {
+            Some(d) if d.len() < plain.len() / DELTA_GOOD_ENOUGH => d,
+            Some(d) => {
+                let full = zstd::bulk::compress(plain, level).map_err(compress_err)?;
+                if d.len() < full.len() {
+                    d
+                } else {
+                    full
+                }
+            }
+            None => zstd::bulk::compress(plain, level).map_err(compress_err)?,
+        };
+        self.put_file(&path, &bytes)?;
+        Ok((bytes.len() as u64, true))
     }
 
-    /// Reads chunk `hash`, decompresses it to `expect_len` bytes and checks its hash.
-    pub fn read_chunk(&self, hash: &Hash, expect_len: usize) -> Result<Vec<u8>, StoreError> {
-        let path = self.chunk_path(hash);
-        let z = match fs::read(&path) {
-            Ok(z) => z,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Err(StoreError::MissingChunk(*hash))
-            }
-            Err(e) => return Err(io_err("reading chunk", &path)(e)),
+    /// The full chunk a delta against `b` should reference, with its plaintext: `b` itself
+    /// when it is full, else `b`'s own base (chains stay one step deep). `None` when `b` is
+    /// missing or unreadable: the caller then stores a full chunk.
+    fn delta_base(&self, b: &Hash) -> Option<(Hash, Vec<u8>)> {
+        let z = fs::read(self.chunk_path(b)).ok()?;
+        let (bh, z) = match parse_delta_header(&z) {
+            Some((_, base)) => (base, fs::read(self.chunk_path(&base)).ok()?),
+            None => (*b, z),
         };
+        if parse_delta_header(&z).is_some() {
+            return None;
+        }
+        let len = zstd::zstd_safe::get_frame_content_size(&z).ok().flatten()?;
+        if len > MAX_CHUNK {
+            return None;
+        }
+        let plain = self.read_full(&bh, &z, len as usize).ok()?;
+        Some((bh, plain))
+    }
+
+    fn read_full(&self, hash: &Hash, z: &[u8], expect_len: usize) -> Result<Vec<u8>, StoreError> {
         let corrupt = |why: String| StoreError::CorruptChunk { hash: *hash, why };
         // Decompress into a buffer one byte larger than expected, so an oversized frame is caught.
         let mut plain = Vec::with_capacity(expect_len + 1);
         let n = zstd::bulk::Decompressor::new()
-            .and_then(|mut d| d.decompress_to_buffer(&z, &mut plain))
+            .and_then(|mut d| d.decompress_to_buffer(z, &mut plain))
             .map_err(|e| corrupt(format!("does not decompress ({e})")))?;
         if n != expect_len {
             return Err(corrupt(format!("holds {n} bytes, expected {expect_len}")));
@@ -216,6 +269,60 @@ impl Store {
             return Err(corrupt("content does not match its hash".into()));
         }
         Ok(plain)
+    }
+
+    fn read_file(&self, hash: &Hash) -> Result<Vec<u8>, StoreError> {
+        let path = self.chunk_path(hash);
+        match fs::read(&path) {
+            Ok(z) => Ok(z),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(StoreError::MissingChunk(*hash)),
+            Err(e) => Err(io_err("reading chunk", &path)(e)),
+        }
+    }
+
+    /// Reads chunk `hash` (resolving a delta through its base), decompresses it to
+    /// `expect_len` bytes and checks its hash.
+    pub fn read_chunk(&self, hash: &Hash, expect_len: usize) -> Result<Vec<u8>, StoreError> {
+        let z = self.read_file(hash)?;
+        let Some((base_len, base)) = parse_delta_header(&z) else {
+            return self.read_full(hash, &z, expect_len);
+        };
+        let corrupt = |why: String| StoreError::CorruptChunk { hash: *hash, why };
+        let bz = match self.read_file(&base) {
+            Err(StoreError::MissingChunk(_)) => {
+                return Err(corrupt(format!("its base chunk {base} is missing")))
+            }
+            r => r?,
+        };
+        if parse_delta_header(&bz).is_some() || base_len as u64 > MAX_CHUNK {
+            return Err(corrupt(format!(
+                "its base chunk {base} is not a full chunk"
+            )));
+        }
+        let base_plain = self
+            .read_full(&base, &bz, base_len as usize)
+            .map_err(|e| corrupt(format!("its base: {e}")))?;
+        let plain = decompress_delta(&z[DELTA_HEADER..], &base_plain, expect_len)
+            .map_err(|e| corrupt(format!("does not decompress ({e})")))?;
+        if plain.len() != expect_len {
+            return Err(corrupt(format!(
+                "holds {} bytes, expected {expect_len}",
+                plain.len()
+            )));
+        }
+        if Hash::of(&plain) != *hash {
+            return Err(corrupt("content does not match its hash".into()));
+        }
+        Ok(plain)
+    }
+
+    /// The base a stored delta chunk references, if `hash` is a delta.
+    pub fn chunk_base(&self, hash: &Hash) -> Option<Hash> {
+        use std::io::Read;
+        let mut head = [0u8; DELTA_HEADER];
+        let mut f = File::open(self.chunk_path(hash)).ok()?;
+        f.read_exact(&mut head).ok()?;
+        parse_delta_header(&head).map(|(_, b)| b)
     }
 
     /// Commits a manifest; returns the image id.
@@ -346,7 +453,11 @@ impl Store {
     /// exclusive lock, so it waits for running captures and restores.
     pub fn gc(&self) -> Result<GcReport, StoreError> {
         let _lock = self.lock_exclusive()?;
-        let live = self.chunk_refs()?;
+        let mut live = self.chunk_refs()?;
+        let bases: Vec<Hash> = live.keys().filter_map(|h| self.chunk_base(h)).collect();
+        for b in bases {
+            live.entry(b).or_insert(0);
+        }
         let mut report = GcReport::default();
         let chunks = self.root.join("chunks");
         for sub in fs::read_dir(&chunks).map_err(io_err("listing", &chunks))? {
@@ -398,6 +509,49 @@ impl Store {
     }
 }
 
+fn parse_delta_header(z: &[u8]) -> Option<(u32, Hash)> {
+    if z.len() < DELTA_HEADER || &z[..4] != DELTA_MAGIC {
+        return None;
+    }
+    let len = u32::from_le_bytes([z[4], z[5], z[6], z[7]]);
+    let mut h = [0u8; 32];
+    h.copy_from_slice(&z[8..40]);
+    Some((len, Hash(h)))
+}
+
+/// zstd window (log2) covering the base and the chunk, so every byte of the base can match.
+fn delta_window_log(base_len: usize, len: usize) -> u32 {
+    ((base_len + len).max(1 << 10) as u64)
+        .next_power_of_two()
+        .trailing_zeros()
+        .clamp(10, 27)
+}
+
+fn compress_delta(plain: &[u8], base: &[u8], level: i32) -> io::Result<Vec<u8>> {
+    use zstd::zstd_safe::CParameter;
+    let mut c = zstd::bulk::Compressor::new(level)?;
+    c.set_parameter(CParameter::WindowLog(delta_window_log(
+        base.len(),
+        plain.len(),
+    )))?;
+    c.set_parameter(CParameter::EnableLongDistanceMatching(true))?;
+    c.context_mut()
+        .ref_prefix(base)
+        .map_err(|code| io::Error::other(zstd::zstd_safe::get_error_name(code)))?;
+    c.compress(plain)
+}
+
+fn decompress_delta(z: &[u8], base: &[u8], expect_len: usize) -> io::Result<Vec<u8>> {
+    use zstd::zstd_safe::{DCtx, DParameter};
+    let err = |code| io::Error::other(zstd::zstd_safe::get_error_name(code));
+    let mut d = DCtx::create();
+    d.set_parameter(DParameter::WindowLogMax(27)).map_err(err)?;
+    d.ref_prefix(base).map_err(err)?;
+    let mut out = Vec::with_capacity(expect_len + 1);
+    d.decompress(&mut out, z).map_err(err)?;
+    Ok(out)
+}
+
 /// What [`Store::gc`] did.
 #[derive(Debug, Default, Clone, serde::Serialize)]
 pub struct GcReport {
@@ -419,9 +573,9 @@ mod tests {
         let s = Store::open(dir.path()).unwrap();
         let data = vec![7u8; 100_000];
         let h = Hash::of(&data);
-        let (_, new) = s.put_chunk(&h, &data, 3).unwrap();
+        let (_, new) = s.put_chunk(&h, &data, 3, None).unwrap();
         assert!(new);
-        let (_, new) = s.put_chunk(&h, &data, 3).unwrap();
+        let (_, new) = s.put_chunk(&h, &data, 3, None).unwrap();
         assert!(!new);
         assert_eq!(s.read_chunk(&h, data.len()).unwrap(), data);
         assert!(matches!(
@@ -443,5 +597,45 @@ mod tests {
             s.read_chunk(&other, 1),
             Err(StoreError::MissingChunk(_))
         ));
+    }
+
+    #[test]
+    fn delta_chunks_store_only_the_change_and_keep_their_base() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let mut x = 1u64;
+        let old: Vec<u8> = (0..4 << 20)
+            .map(|_| {
+                x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+                (x >> 56) as u8
+            })
+            .collect();
+        let ho = Hash::of(&old);
+        let (full, _) = s.put_chunk(&ho, &old, 3, None).unwrap();
+        let mut new = old.clone();
+        for b in &mut new[1 << 20..(1 << 20) + (64 << 10)] {
+            *b ^= 0x5A;
+        }
+        let hn = Hash::of(&new);
+        let (delta, added) = s.put_chunk(&hn, &new, 3, Some(&ho)).unwrap();
+        assert!(added);
+        assert!(delta < full / 20, "delta {delta} vs full {full}");
+        assert_eq!(s.chunk_base(&hn), Some(ho));
+        assert_eq!(s.read_chunk(&hn, new.len()).unwrap(), new);
+        // A third version deltas against the full chunk, never against the delta.
+        let mut third = new.clone();
+        third[3 << 20] ^= 1;
+        let ht = Hash::of(&third);
+        s.put_chunk(&ht, &third, 3, Some(&hn)).unwrap();
+        assert_eq!(s.chunk_base(&ht), Some(ho));
+        assert_eq!(s.read_chunk(&ht, third.len()).unwrap(), third);
+        // A damaged base is reported through the delta.
+        let p = s.chunk_path(&ho);
+        let mut z = fs::read(&p).unwrap();
+        let n = z.len();
+        z[n / 2] ^= 1;
+        fs::write(&p, &z).unwrap();
+        let e = s.read_chunk(&hn, new.len()).unwrap_err();
+        assert!(e.to_string().contains("base"), "{e}");
     }
 }
