@@ -14,24 +14,26 @@ fn s(p: &Path) -> &str {
 }
 
 fn ext4(env: &Env, name: &str, size: u64) -> std::path::PathBuf {
+    ext4_with(env, name, size, "64bit")
+}
+
+fn ext4_with(env: &Env, name: &str, size: u64, features: &str) -> std::path::PathBuf {
     let img = env.path(name);
     sparse_file(&img, size);
     let tree = env.path(&format!("{name}-tree"));
     make_tree(&tree, size / 6, 3);
-    run(
-        "mkfs.ext4",
-        &[
-            "-q",
-            "-F",
-            "-b",
-            "4096",
-            "-O",
-            "64bit",
-            "-d",
-            s(&tree),
-            s(&img),
-        ],
-    );
+    let args = [
+        "-q",
+        "-F",
+        "-b",
+        "4096",
+        "-O",
+        features,
+        "-d",
+        s(&tree),
+        s(&img),
+    ];
+    run("mkfs.ext4", &args);
     img
 }
 
@@ -113,17 +115,31 @@ fn garbage_superblocks_and_bitmaps_fall_back_to_raw() {
     patch(&img, 1024 + 0x18, &[9, 0, 0, 0]);
     expect_fallback(&env, &img, "ext-bs", "ext4", "block size");
 
-    // ext4: group 1's block bitmap points past the end of the filesystem.
-    let img = ext4(&env, "bm.img", 256 * MIB);
+    // ext4 with metadata_csum: any damaged descriptor fails its checksum (a flipped
+    // BLOCK_UNINIT flag would otherwise hide a whole group's data).
+    let img = ext4(&env, "csum.img", 256 * MIB);
+    patch(&img, 4096 + 64 + 0x12, &[0x02, 0]);
+    expect_fallback(&env, &img, "ext-csum", "ext4", "checksum");
+    let img = ext4(&env, "sbcsum.img", 64 * MIB);
+    patch(&img, 1024 + 0x78, b"garbage label");
+    expect_fallback(&env, &img, "ext-sb-csum", "ext4", "superblock checksum");
+
+    // Without checksums, the structural checks still hold: group 1's block bitmap pointing
+    // past the end of the filesystem...
+    let img = ext4_with(&env, "bm.img", 256 * MIB, "64bit,^metadata_csum,^uninit_bg");
     patch(&img, 4096 + 64, &0xFFFF_FF00u32.to_le_bytes());
     expect_fallback(&env, &img, "ext-bitmap", "ext4", "block bitmap");
 
-    // ext4: a descriptor whose free count is below what its bitmap shows free (the bitmap
+    // ...and a descriptor whose free count is below what its bitmap shows free (the bitmap
     // cannot be trusted to list every used block).
-    let img = ext4(&env, "cnt.img", 256 * MIB);
+    let img = ext4_with(
+        &env,
+        "cnt.img",
+        256 * MIB,
+        "64bit,^metadata_csum,^uninit_bg",
+    );
     patch(&img, 4096 + 0x0C, &[0, 0]);
     patch(&img, 4096 + 0x2C, &[0, 0]);
-    patch(&img, 4096 + 0x12, &[0, 0]); // clear BLOCK_UNINIT so the bitmap is read
     expect_fallback(&env, &img, "ext-count", "ext4", "free blocks");
 
     // NTFS: $Bitmap's MFT record is torn (its update sequence no longer matches).

@@ -7,9 +7,11 @@
 //! they hold, plus every group's bitmaps and inode table wherever they live).
 //!
 //! Refused (so the raw fallback takes over): bigalloc, an external journal device, a journal
-//! that needs recovery (its replay would write blocks the on-disk bitmaps call free), and any
-//! descriptor whose bitmaps point outside the filesystem or whose free count is below what its
-//! bitmap shows.
+//! that needs recovery (its replay would write blocks the on-disk bitmaps call free), a
+//! superblock or group descriptor whose checksum (metadata_csum's crc32c, uninit_bg's crc16)
+//! does not match — a damaged BLOCK_UNINIT flag would otherwise hide a whole group's data — and
+//! any descriptor whose bitmaps point outside the filesystem or whose free count is below what
+//! its bitmap shows.
 
 use super::{corrupt, le16, le32, FsError, FsKind, FsReport};
 use crate::device::{read_vec, BlockDevice};
@@ -32,6 +34,54 @@ const RO_COMPAT_GDT_CSUM: u32 = 0x10;
 const RO_COMPAT_BIGALLOC: u32 = 0x200;
 const RO_COMPAT_METADATA_CSUM: u32 = 0x400;
 const BG_BLOCK_UNINIT: u16 = 0x2;
+const INCOMPAT_CSUM_SEED: u32 = 0x2000;
+/// Offset of `bg_checksum` in a group descriptor.
+const BG_CHECKSUM: usize = 0x1E;
+
+/// crc32c (Castagnoli, reflected) without pre- or post-inversion, as the kernel's
+/// `ext4_chksum` computes it. A nibble table: small, and fast enough for descriptors.
+fn crc32c(mut crc: u32, data: &[u8]) -> u32 {
+    const T: [u32; 16] = {
+        let mut t = [0u32; 16];
+        let mut i = 0;
+        while i < 16 {
+            let mut c = i as u32;
+            let mut k = 0;
+            while k < 4 {
+                c = if c & 1 != 0 {
+                    (c >> 1) ^ 0x82F6_3B78
+                } else {
+                    c >> 1
+                };
+                k += 1;
+            }
+            t[i] = c;
+            i += 1;
+        }
+        t
+    };
+    for &b in data {
+        crc ^= u32::from(b);
+        crc = (crc >> 4) ^ T[(crc & 0xF) as usize];
+        crc = (crc >> 4) ^ T[(crc & 0xF) as usize];
+    }
+    crc
+}
+
+/// The kernel's crc16 (polynomial 0x8005, reflected), without inversion.
+fn crc16(mut crc: u16, data: &[u8]) -> u16 {
+    for &b in data {
+        crc ^= u16::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xA001
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    crc
+}
 
 /// Recognises ext2/3/4 from the first 4 KiB (the superblock sits at byte 1024).
 pub(super) fn probe(head: &[u8]) -> Option<FsKind> {
@@ -73,6 +123,15 @@ struct Geometry {
     sparse_super: bool,
     sparse_super2: Option<[u64; 2]>,
     csum: bool,
+    /// Descriptor checksum: crc32c seed (metadata_csum), or the uuid for crc16 (gdt_csum).
+    desc_csum: DescCsum,
+}
+
+#[derive(Clone, Copy)]
+enum DescCsum {
+    None,
+    Crc16([u8; 16], bool),
+    Crc32c(u32),
 }
 
 impl Geometry {
@@ -145,6 +204,24 @@ impl Geometry {
             return Err(err(&format!("group descriptor size {desc_size}")));
         }
         let groups = (blocks - first_data_block).div_ceil(bpg);
+        let mut uuid = [0u8; 16];
+        uuid.copy_from_slice(&sb[0x68..0x78]);
+        let desc_csum = if ro & RO_COMPAT_METADATA_CSUM != 0 {
+            // The superblock's own checksum covers everything before it.
+            if crc32c(!0, &sb[..0x3FC]) != le32(sb, 0x3FC) {
+                return Err(err("superblock checksum mismatch"));
+            }
+            let seed = if incompat & INCOMPAT_CSUM_SEED != 0 {
+                le32(sb, 0x270)
+            } else {
+                crc32c(!0, &uuid)
+            };
+            DescCsum::Crc32c(seed)
+        } else if ro & RO_COMPAT_GDT_CSUM != 0 {
+            DescCsum::Crc16(uuid, is64)
+        } else {
+            DescCsum::None
+        };
         let sparse_super2 = (compat & COMPAT_SPARSE_SUPER2 != 0)
             .then(|| [u64::from(le32(sb, 0x24C)), u64::from(le32(sb, 0x250))]);
         Ok(Self {
@@ -167,7 +244,34 @@ impl Geometry {
             sparse_super: ro & RO_COMPAT_SPARSE_SUPER != 0,
             sparse_super2,
             csum: ro & (RO_COMPAT_GDT_CSUM | RO_COMPAT_METADATA_CSUM) != 0,
+            desc_csum,
         })
+    }
+
+    /// Whether descriptor `d` of group `g` carries the checksum its features promise.
+    fn desc_checksum_ok(&self, g: u64, d: &[u8]) -> bool {
+        let group = (g as u32).to_le_bytes();
+        let stored = le16(d, BG_CHECKSUM);
+        let tail = d.get(BG_CHECKSUM + 2..).unwrap_or(&[]);
+        match self.desc_csum {
+            DescCsum::None => true,
+            DescCsum::Crc32c(seed) => {
+                let mut c = crc32c(seed, &group);
+                c = crc32c(c, &d[..BG_CHECKSUM]);
+                c = crc32c(c, &[0, 0]);
+                c = crc32c(c, tail);
+                (c & 0xFFFF) as u16 == stored
+            }
+            DescCsum::Crc16(uuid, is64) => {
+                let mut c = crc16(!0, &uuid);
+                c = crc16(c, &group);
+                c = crc16(c, &d[..BG_CHECKSUM]);
+                if is64 {
+                    c = crc16(c, tail);
+                }
+                c == stored
+            }
+        }
     }
 
     fn group_start(&self, g: u64) -> u64 {
@@ -280,6 +384,12 @@ pub(super) fn read(dev: &dyn BlockDevice) -> Result<FsReport, FsError> {
         let buf = &cached.as_ref().unwrap().1;
         let o = ((g % geo.descs_per_block) * geo.desc_size) as usize;
         let d = &buf[o..o + geo.desc_size as usize];
+        if !geo.desc_checksum_ok(g, d) {
+            return Err(corrupt(
+                kind,
+                format!("group {g}: descriptor checksum mismatch"),
+            ));
+        }
         let hi = |off: usize| {
             if geo.desc_size >= 64 {
                 u64::from(le32(d, off)) << 32
@@ -397,6 +507,7 @@ mod tests {
             sparse_super: sparse,
             sparse_super2: None,
             csum: true,
+            desc_csum: DescCsum::None,
         }
     }
 
@@ -420,6 +531,14 @@ mod tests {
         let mut m = ExtentMap::new();
         g.base_meta(2, &mut m);
         assert!(m.is_empty());
+    }
+
+    #[test]
+    fn checksums_match_known_vectors() {
+        // crc32c("123456789") is 0xE3069283 with the usual inversions.
+        assert_eq!(!crc32c(!0, b"123456789"), 0xE306_9283);
+        // CRC-16/MODBUS("123456789") = 0x4B37: the kernel's crc16 seeded with !0.
+        assert_eq!(crc16(!0, b"123456789"), 0x4B37);
     }
 
     #[test]
