@@ -258,6 +258,19 @@ fn read_gpt(dev: &dyn BlockDevice) -> Result<Layout, String> {
     })
 }
 
+fn mbr_partition(number: u32, p: &mbrman::MBRPartitionEntry, sector: u64) -> Partition {
+    Partition {
+        number,
+        start: u64::from(p.starting_lba) * sector,
+        size: u64::from(p.sectors) * sector,
+        mbr_type: Some(p.sys),
+        type_guid: None,
+        guid: None,
+        name: None,
+        bootable: p.is_active(),
+    }
+}
+
 fn read_mbr(dev: &dyn BlockDevice) -> Result<Option<Layout>, String> {
     let ss = dev.sector_size();
     let mut cur = DevCursor::new(dev);
@@ -277,32 +290,14 @@ fn read_mbr(dev: &dyn BlockDevice) -> Result<Option<Layout>, String> {
         if p.sys == 0xEE {
             return Err("protective MBR without a readable GPT".into());
         }
-        parts.push(Partition {
-            number: i as u32,
-            start: u64::from(p.starting_lba) * s,
-            size: u64::from(p.sectors) * s,
-            mbr_type: Some(p.sys),
-            type_guid: None,
-            guid: None,
-            name: None,
-            bootable: p.is_active(),
-        });
+        parts.push(mbr_partition(i as u32, p, s));
     }
     for (k, l) in mbr.logical_partitions.iter().enumerate() {
         let p = &l.partition;
         if p.is_unused() {
             continue;
         }
-        parts.push(Partition {
-            number: 5 + k as u32,
-            start: u64::from(p.starting_lba) * s,
-            size: u64::from(p.sectors) * s,
-            mbr_type: Some(p.sys),
-            type_guid: None,
-            guid: None,
-            name: None,
-            bootable: p.is_active(),
-        });
+        parts.push(mbr_partition(5 + k as u32, p, s));
     }
     if parts.is_empty() && mbr.logical_partitions.is_empty() {
         // A boot sector with no partitions: treat the disk as having no table.

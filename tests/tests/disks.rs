@@ -74,6 +74,24 @@ fn put_fs(
     files
 }
 
+/// Builds a test disk with `layout` and fills its partitions; returns the disk, its
+/// partitions and the files each should hold.
+type Want = Option<std::collections::BTreeMap<PathBuf, Vec<u8>>>;
+
+fn build_disk(
+    env: &Env,
+    layout: fn(&Env) -> (PathBuf, Vec<Part>),
+    seed: u64,
+) -> (PathBuf, Vec<Part>, Vec<Want>) {
+    let (disk, parts) = layout(env);
+    let want = parts
+        .iter()
+        .enumerate()
+        .map(|(i, p)| put_fs(env, &disk, p, seed + i as u64))
+        .collect();
+    (disk, parts, want)
+}
+
 /// Checks one restored partition with its filesystem's checker and, when known, its files.
 fn check_part(
     env: &Env,
@@ -172,12 +190,7 @@ fn mbr_disk_with_logical_partitions_and_boot_code() {
         return;
     }
     let env = Env::new();
-    let (disk, parts) = mbr_disk(&env);
-    let want: Vec<_> = parts
-        .iter()
-        .enumerate()
-        .map(|(i, p)| put_fs(&env, &disk, p, 100 + i as u64))
-        .collect();
+    let (disk, parts, want) = build_disk(&env, mbr_disk, 100);
     // Boot code in the MBR, GRUB's core image in the gap before the first partition.
     let mut boot = vec![0u8; 440];
     for (i, b) in boot.iter_mut().enumerate() {
@@ -292,12 +305,7 @@ fn gpt_disk_same_larger_and_smaller_targets() {
         return;
     }
     let env = Env::new();
-    let (disk, parts) = gpt_disk(&env);
-    let want: Vec<_> = parts
-        .iter()
-        .enumerate()
-        .map(|(i, p)| put_fs(&env, &disk, p, 200 + i as u64))
-        .collect();
+    let (disk, parts, want) = build_disk(&env, gpt_disk, 200);
     sgdisk_ok(&disk, "source");
     let cap = env.capture(&disk, "gpt");
     assert!(cap["warnings"].as_array().unwrap().is_empty(), "{cap}");
@@ -402,12 +410,7 @@ fn one_partition_captured_alone_shares_chunks_with_its_disk() {
         return;
     }
     let env = Env::new();
-    let (disk, parts) = gpt_disk(&env);
-    let want: Vec<_> = parts
-        .iter()
-        .enumerate()
-        .map(|(i, p)| put_fs(&env, &disk, p, 300 + i as u64))
-        .collect();
+    let (disk, parts, want) = build_disk(&env, gpt_disk, 300);
     env.capture(&disk, "disk");
     let p = &parts[2];
     let lo = Loop::attach(&disk, p.start, Some(p.size));

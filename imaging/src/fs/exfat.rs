@@ -44,18 +44,7 @@ pub(super) fn read(dev: &dyn BlockDevice) -> Result<FsReport, FsError> {
     }
     let bps = 1u64 << bps_shift;
     let cluster = bps << spc_shift;
-    let fs_size = volume_len
-        .checked_mul(bps)
-        .filter(|&s| s <= dev.len())
-        .ok_or_else(|| {
-            corrupt(
-                K,
-                format!(
-                    "volume of {volume_len} sectors on a {}-byte device",
-                    dev.len()
-                ),
-            )
-        })?;
+    let fs_size = super::volume_size(K, volume_len, bps, dev)?;
     let heap = heap_offset * bps;
     if fat_offset < 24
         || (fat_offset + fats * fat_len) > heap_offset

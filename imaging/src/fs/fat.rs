@@ -105,13 +105,7 @@ pub(super) fn read(dev: &dyn BlockDevice) -> Result<FsReport, FsError> {
     dev.read_at(&mut b, 0)?;
     let p = parse(&b).map_err(|r| corrupt(FsKind::Fat32, r))?;
     let kind = p.kind;
-    let fs_size = p.total_sectors * p.bps;
-    if fs_size > dev.len() {
-        return Err(corrupt(
-            kind,
-            format!("volume of {fs_size} bytes on a {}-byte device", dev.len()),
-        ));
-    }
+    let fs_size = super::volume_size(kind, p.total_sectors, p.bps, dev)?;
     let entry_bits: u64 = match kind {
         FsKind::Fat12 => 12,
         FsKind::Fat16 => 16,

@@ -165,15 +165,8 @@ pub fn scan(dev: &dyn BlockDevice, region: u64) -> io::Result<Scan> {
         FsKind::Ntfs => ntfs::read(dev),
         FsKind::Swap => swap::read(dev),
         FsKind::Unknown => {
-            let used = raw::nonzero_regions(dev, 0, dev.len(), region)?;
             return Ok(Scan {
-                report: FsReport {
-                    kind: FsKind::Unknown,
-                    block_size: 0,
-                    fs_size: dev.len(),
-                    used,
-                    label: None,
-                },
+                report: raw_report(dev, region)?,
                 detected,
                 warning: None,
             });
@@ -220,18 +213,40 @@ fn fallback(dev: &dyn BlockDevice, detected: FsKind, region: u64, why: &str) -> 
         region >> 20
     );
     tracing::warn!(fs = %detected, reason = why, "falling back to raw used-block map");
-    let used = raw::nonzero_regions(dev, 0, dev.len(), region)?;
     Ok(Scan {
-        report: FsReport {
-            kind: FsKind::Unknown,
-            block_size: 0,
-            fs_size: dev.len(),
-            used,
-            label: None,
-        },
+        report: raw_report(dev, region)?,
         detected,
         warning: Some(warning),
     })
+}
+
+/// The raw map of the whole device as a report.
+fn raw_report(dev: &dyn BlockDevice, region: u64) -> io::Result<FsReport> {
+    Ok(FsReport {
+        kind: FsKind::Unknown,
+        block_size: 0,
+        fs_size: dev.len(),
+        used: raw::nonzero_regions(dev, 0, dev.len(), region)?,
+        label: None,
+    })
+}
+
+/// `sectors × sector_size` bytes, checked to fit the device.
+pub(crate) fn volume_size(
+    fs: FsKind,
+    sectors: u64,
+    sector_size: u64,
+    dev: &dyn BlockDevice,
+) -> Result<u64, FsError> {
+    sectors
+        .checked_mul(sector_size)
+        .filter(|&s| s <= dev.len())
+        .ok_or_else(|| {
+            corrupt(
+                fs,
+                format!("volume of {sectors} sectors on a {}-byte device", dev.len()),
+            )
+        })
 }
 
 // Little-endian field readers over untrusted bytes: out-of-range reads give 0 rather than panic;

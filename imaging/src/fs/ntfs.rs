@@ -184,18 +184,7 @@ pub(super) fn read(dev: &dyn BlockDevice) -> Result<FsReport, FsError> {
     }
     let cluster = bps * spc;
     let total_sectors = le64(&b, 0x28);
-    let fs_size = total_sectors
-        .checked_mul(bps)
-        .filter(|&s| s <= dev.len())
-        .ok_or_else(|| {
-            corrupt(
-                K,
-                format!(
-                    "volume of {total_sectors} sectors on a {}-byte device",
-                    dev.len()
-                ),
-            )
-        })?;
+    let fs_size = super::volume_size(K, total_sectors, bps, dev)?;
     let total_clusters = total_sectors / spc;
     let mft_lcn = le64(&b, 0x30);
     let cpr = b[0x40] as i8;
