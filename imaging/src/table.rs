@@ -271,7 +271,78 @@ fn mbr_partition(number: u32, p: &mbrman::MBRPartitionEntry, sector: u64) -> Par
     }
 }
 
+/// Checks the primary entries and walks the EBR chain with checked arithmetic before mbrman
+/// sees them: mbrman adds EBR offsets in u32 and unwraps an alignment that does not exist when
+/// every partition starts at LBA 0, so hostile tables must be rejected first.
+fn precheck_mbr(dev: &dyn BlockDevice) -> Result<(), String> {
+    let ss = u64::from(dev.sector_size());
+    let sectors = dev.len() / ss;
+    let s0 = read_vec(dev, 0, 512).map_err(|e| e.to_string())?;
+    let entry = |b: &[u8], i: usize| {
+        let o = 446 + 16 * i;
+        (
+            b[o + 4],
+            u64::from(fs::le32(b, o + 8)),
+            u64::from(fs::le32(b, o + 12)),
+        )
+    };
+    let mut extended = None;
+    for i in 0..4 {
+        let (ty, start, len) = entry(&s0, i);
+        if ty == 0 {
+            continue;
+        }
+        if start == 0 || start + len > sectors {
+            return Err(format!(
+                "entry {} ({start}+{len} sectors) lies outside the disk",
+                i + 1
+            ));
+        }
+        if matches!(ty, 0x05 | 0x0F | 0x85 | 0xC5 | 0xD5) {
+            extended = Some((start, len));
+        }
+    }
+    let Some((ext, ext_len)) = extended else {
+        return Ok(());
+    };
+    let mut rel = 0u64;
+    for _ in 0..256 {
+        let ebr = read_vec(dev, (ext + rel) * ss, 512).map_err(|e| e.to_string())?;
+        if ebr[510] != 0x55 || ebr[511] != 0xAA {
+            return if rel == 0 {
+                Ok(())
+            } else {
+                Err(format!("EBR at sector {} has no signature", ext + rel))
+            };
+        }
+        let (ty, start, len) = entry(&ebr, 0);
+        if ty != 0
+            && (start == 0
+                || rel + start + len > ext_len
+                || ext + rel + start > u64::from(u32::MAX))
+        {
+            return Err(format!(
+                "logical partition in the EBR at sector {} lies outside the extended partition",
+                ext + rel
+            ));
+        }
+        let (_, next, _) = entry(&ebr, 1);
+        if next == 0 {
+            return Ok(());
+        }
+        if next <= rel || next >= ext_len {
+            return Err(format!(
+                "EBR chain at sector {} points backwards or outside",
+                ext + rel
+            ));
+        }
+        rel = next;
+    }
+    Err("more than 256 logical partitions".into())
+}
+
 fn read_mbr(dev: &dyn BlockDevice) -> Result<Option<Layout>, String> {
+    precheck_mbr(dev)?;
     let ss = dev.sector_size();
     let mut cur = DevCursor::new(dev);
     // mbrman adds EBR-relative offsets in u32 without overflow checks; a hostile EBR must give
