@@ -62,7 +62,8 @@ mod tests {
         assert_eq!(bytes(512), "512 B");
         assert_eq!(bytes(1536), "1.5 KiB");
         assert_eq!(time(0), "1970-01-01 00:00:00 UTC");
-        assert_eq!(time(1_795_000_000), "2026-11-18 08:26:40 UTC");
+        assert_eq!(time(951_782_400), "2000-02-29 00:00:00 UTC");
+        assert_eq!(time(1_795_000_000), "2026-11-18 11:06:40 UTC");
         assert_eq!(parse_size("4M"), Ok(4 << 20));
         assert!(parse_size("4X").is_err());
     }
