@@ -52,6 +52,7 @@ PY
 }
 
 declare -A R
+rm -f "$W"/*.dc "$W"/*.pc "$W"/*.pct "$W"/*.dr "$W"/*.pr
 for kind in ext4 ntfs; do
   img=$W/$kind.img
   pc=partclone.$kind; [ "$kind" = ntfs ] || pc=partclone.ext4
@@ -66,19 +67,26 @@ for kind in ext4 ntfs; do
     echo "$a" >> "$W/$kind.dc"
     du -sb "$W/store/chunks" | cut -f1 > "$W/$kind.dsize"
     rm -f "$W/pc.zst"
-    t a bash -c "$pc -q -c -s '$img' -o - 2>/dev/null | zstd -3 -q -o '$W/pc.zst'"
+    t a bash -o pipefail -c "$pc -q -c -s '$img' -o - 2>/dev/null | zstd -3 -q -o '$W/pc.zst'"
     echo "$a" >> "$W/$kind.pc"
     stat -c %s "$W/pc.zst" > "$W/$kind.psize"
     rm -f "$W/pc.zst"
-    t a bash -c "$pc -q -c -s '$img' -o - 2>/dev/null | zstd -3 -T0 -q -o '$W/pc.zst'"
+    t a bash -o pipefail -c "$pc -q -c -s '$img' -o - 2>/dev/null | zstd -3 -T0 -q -o '$W/pc.zst'"
     echo "$a" >> "$W/$kind.pct"
     rm -f "$W/target"; truncate -s "$SIZE" "$W/target"
     t a "$DROVER" --data-dir "$W/d" image restore b "$W/target" --store "$W/store"
     echo "$a" >> "$W/$kind.dr"
     rm -f "$W/target"; truncate -s "$SIZE" "$W/target"
-    t a bash -c "zstd -dc '$W/pc.zst' | $pc -q -r -s - -o '$W/target' -O 2>/dev/null"
+    t a bash -o pipefail -c "zstd -dc '$W/pc.zst' | $pc -q -r -s - -O '$W/target' 2>/dev/null"
     echo "$a" >> "$W/$kind.pr"
   done
+  # Both restored filesystems pass their checker (the last run's targets).
+  fsck=(e2fsck -fn); [ "$kind" = ntfs ] && fsck=(ntfsfix -n)
+  check() { if "${fsck[@]}" "$W/target" > "$W/fsck.out" 2>&1; then echo "passes ${fsck[0]}"; else echo "FAILS ${fsck[0]}: $(grep -iE 'bad|error|wrong' "$W/fsck.out" | head -2 | tr '\n' ' ')"; fi; }
+  R[$kind.pcfsck]=$(check)
+  rm -f "$W/target"; truncate -s "$SIZE" "$W/target"
+  "$DROVER" --data-dir "$W/d" image restore b "$W/target" --store "$W/store" >/dev/null
+  R[$kind.dfsck]=$(check)
   rm -f "$W/target"
   # Recapture after changing 1% of the files: bytes newly stored / full image.
   change_1pct "$kind" "$img"
@@ -86,6 +94,17 @@ for kind in ext4 ntfs; do
   R[$kind.re]=$(python3 -c 'import json,sys; j=json.load(open(sys.argv[1])); print("%.2f%% (%d of %d bytes, %d of %d chunks)" % (100*j["new_bytes"]/j["stored_bytes"], j["new_bytes"], j["stored_bytes"], j["new_chunks"], j["chunks"]))' "$W/$kind.re.json")
   R[$kind.used]=$used
 done
+
+# Memory does not grow with the disk: the same files in an 8 GiB ext4.
+rm -rf "$W/tree"; python3 bench/gen-tree.py "$W/tree" "$FILL" 7 >/dev/null
+rm -f "$W/big.img"; truncate -s 8G "$W/big.img"; mkfs.ext4 -q -F -d "$W/tree" "$W/big.img"
+rm -rf "$W/store"
+t a "$DROVER" --data-dir "$W/d" image capture "$W/big.img" --name big --store "$W/store"
+R[big.rss]=$(echo "$a" | awk '{print $2/1024}')
+rm -rf "$W/target"; truncate -s 8G "$W/target"
+t a "$DROVER" --data-dir "$W/d" image restore big "$W/target" --store "$W/store"
+R[big.rrss]=$(echo "$a" | awk '{print $2/1024}')
+rm -f "$W/big.img" "$W/target"
 
 {
   echo "| | ext4 | ntfs |"
@@ -103,6 +122,9 @@ done
   row "image bytes: partclone + zstd -3" "$(cat "$W/ext4.psize")" "$(cat "$W/ntfs.psize")"
   row "peak RSS MiB: drover capture" "$(mem ext4 dc)" "$(mem ntfs dc)"
   row "peak RSS MiB: drover restore" "$(mem ext4 dr)" "$(mem ntfs dr)"
+  row "peak RSS MiB, same files in an 8 GiB ext4: capture / restore" "${R[big.rss]} / ${R[big.rrss]}" ""
+  row "restored filesystem: drover" "${R[ext4.dfsck]}" "${R[ntfs.dfsck]}"
+  row "restored filesystem: partclone" "${R[ext4.pcfsck]}" "${R[ntfs.pcfsck]}"
   row "recapture after 1% of files changed (new/full)" "${R[ext4.re]}" "${R[ntfs.re]}"
 } | tee "$OUT/results.md"
 rm -f "$W"/*.dc "$W"/*.pc "$W"/*.pct "$W"/*.dr "$W"/*.pr

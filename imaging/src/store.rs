@@ -222,14 +222,14 @@ impl Store {
         let bytes = match delta {
             Some(d) if d.len() < plain.len() / DELTA_GOOD_ENOUGH => d,
             Some(d) => {
-                let full = zstd::bulk::compress(plain, level).map_err(compress_err)?;
+                let full = compress_full(plain, level).map_err(compress_err)?;
                 if d.len() < full.len() {
                     d
                 } else {
                     full
                 }
             }
-            None => zstd::bulk::compress(plain, level).map_err(compress_err)?,
+            None => compress_full(plain, level).map_err(compress_err)?,
         };
         self.put_file(&path, &bytes)?;
         Ok((bytes.len() as u64, true))
@@ -525,6 +525,15 @@ fn delta_window_log(base_len: usize, len: usize) -> u32 {
         .next_power_of_two()
         .trailing_zeros()
         .clamp(10, 27)
+}
+
+/// One zstd frame of a whole chunk, with a window covering the chunk so a match may reach back
+/// to its first byte (level 3 alone would stop at 2 MiB).
+fn compress_full(plain: &[u8], level: i32) -> io::Result<Vec<u8>> {
+    use zstd::zstd_safe::CParameter;
+    let mut c = zstd::bulk::Compressor::new(level)?;
+    c.set_parameter(CParameter::WindowLog(delta_window_log(0, plain.len())))?;
+    c.compress(plain)
 }
 
 fn compress_delta(plain: &[u8], base: &[u8], level: i32) -> io::Result<Vec<u8>> {

@@ -114,6 +114,14 @@ pub(crate) fn run(cmd: ImageCommand, data_dir: &Path, json: bool) -> anyhow::Res
             let store = open_store(store, data_dir)?;
             let dev = FileDevice::open_read(&source)
                 .with_context(|| format!("opening {}", source.display()))?;
+            // A mounted filesystem can change while it is read: say so (capture what is
+            // unmounted, or mounted read-only, for a consistent image).
+            if let Ok(Some(why)) = imaging::usage::in_use(&source) {
+                eprintln!(
+                    "warning: {} is {why}; files changing during the capture may be stored inconsistently",
+                    source.display()
+                );
+            }
             let opts = CaptureOptions {
                 name,
                 chunk_size,
