@@ -241,53 +241,98 @@ fn check_fat_clusters(img: &Path, area: &imaging::manifest::Area) {
 }
 
 const EXT: &[&str] = &["mkfs.ext4", "debugfs", "e2fsck", "partclone.ext4"];
+const FAT: &[&str] = &["mkfs.vfat", "mcopy", "mdel", "fsck.vfat", "partclone.fat"];
+
+type Build = fn(&Env, &Path, &Path) -> BTreeMap<PathBuf, Vec<u8>>;
+
+impl Case {
+    /// An ext2/3/4 case: built with `mkfs.ext* -d`, read back with debugfs.
+    fn ext(
+        name: &'static str,
+        size: u64,
+        tree_bytes: u64,
+        build: Build,
+        pc: &'static str,
+        kind: &'static str,
+    ) -> Self {
+        Self {
+            name,
+            size,
+            tree_bytes,
+            needs: EXT,
+            build,
+            fsck: &["e2fsck", "-fn"],
+            read: read_ext,
+            partclone: Some(pc),
+            partclone_exact: true,
+            kind,
+        }
+    }
+
+    /// A FAT case: built with mkfs.vfat + mcopy, read back with mcopy.
+    fn fat(
+        kind: &'static str,
+        size: u64,
+        tree_bytes: u64,
+        build: Build,
+        partclone_exact: bool,
+    ) -> Self {
+        Self {
+            name: kind,
+            size,
+            tree_bytes,
+            needs: FAT,
+            build,
+            fsck: &["fsck.vfat", "-n"],
+            read: read_fat,
+            partclone: Some(match kind {
+                "fat12" => "partclone.fat12",
+                "fat16" => "partclone.fat16",
+                _ => "partclone.fat32",
+            }),
+            partclone_exact,
+            kind,
+        }
+    }
+}
 
 #[test]
 fn ext4_default_4k_flex_bg_64bit_uninit_groups() {
-    roundtrip(&Case {
-        name: "ext4",
-        size: 600 << 20,
-        tree_bytes: 40 << 20,
-        needs: EXT,
-        build: |e, img, _| build_ext(e, img, &["mkfs.ext4", "-b", "4096", "-O", "64bit"]),
-        fsck: &["e2fsck", "-fn"],
-        read: read_ext,
-        partclone: Some("partclone.ext4"),
-        partclone_exact: true,
-        kind: "ext4",
-    });
+    roundtrip(&Case::ext(
+        "ext4",
+        600 << 20,
+        40 << 20,
+        |e, img, _| build_ext(e, img, &["mkfs.ext4", "-b", "4096", "-O", "64bit"]),
+        "partclone.ext4",
+        "ext4",
+    ));
 }
 
 #[test]
 fn ext4_meta_bg_without_resize_inode() {
-    roundtrip(&Case {
-        name: "ext4-meta-bg",
-        size: 300 << 20,
-        tree_bytes: 20 << 20,
-        needs: EXT,
-        build: |e, img, _| {
+    roundtrip(&Case::ext(
+        "ext4-meta-bg",
+        300 << 20,
+        20 << 20,
+        |e, img, _| {
             build_ext(
                 e,
                 img,
                 &["mkfs.ext4", "-b", "1024", "-O", "meta_bg,^resize_inode"],
             )
         },
-        fsck: &["e2fsck", "-fn"],
-        read: read_ext,
-        partclone: Some("partclone.ext4"),
-        partclone_exact: true,
-        kind: "ext4",
-    });
+        "partclone.ext4",
+        "ext4",
+    ));
 }
 
 #[test]
 fn ext4_uninit_bg_with_sparse_super2() {
-    roundtrip(&Case {
-        name: "ext4-uninit-bg",
-        size: 400 << 20,
-        tree_bytes: 20 << 20,
-        needs: EXT,
-        build: |e, img, _| {
+    roundtrip(&Case::ext(
+        "ext4-uninit-bg",
+        400 << 20,
+        20 << 20,
+        |e, img, _| {
             build_ext(
                 e,
                 img,
@@ -298,94 +343,68 @@ fn ext4_uninit_bg_with_sparse_super2() {
                 ],
             )
         },
-        fsck: &["e2fsck", "-fn"],
-        read: read_ext,
-        partclone: Some("partclone.ext4"),
-        partclone_exact: true,
-        kind: "ext4",
-    });
+        "partclone.ext4",
+        "ext4",
+    ));
 }
 
 #[test]
 fn ext3_journal() {
-    roundtrip(&Case {
-        name: "ext3",
-        size: 200 << 20,
-        tree_bytes: 20 << 20,
-        needs: EXT,
-        build: |e, img, _| build_ext(e, img, &["mkfs.ext3"]),
-        fsck: &["e2fsck", "-fn"],
-        read: read_ext,
-        partclone: Some("partclone.ext3"),
-        partclone_exact: true,
-        kind: "ext3",
-    });
+    roundtrip(&Case::ext(
+        "ext3",
+        200 << 20,
+        20 << 20,
+        |e, img, _| build_ext(e, img, &["mkfs.ext3"]),
+        "partclone.ext3",
+        "ext3",
+    ));
 }
 
 #[test]
 fn ext2_1k_blocks() {
-    roundtrip(&Case {
-        name: "ext2",
-        size: 100 << 20,
-        tree_bytes: 12 << 20,
-        needs: EXT,
-        build: |e, img, _| build_ext(e, img, &["mkfs.ext2", "-b", "1024"]),
-        fsck: &["e2fsck", "-fn"],
-        read: read_ext,
-        partclone: Some("partclone.ext2"),
-        partclone_exact: true,
-        kind: "ext2",
-    });
+    roundtrip(&Case::ext(
+        "ext2",
+        100 << 20,
+        12 << 20,
+        |e, img, _| build_ext(e, img, &["mkfs.ext2", "-b", "1024"]),
+        "partclone.ext2",
+        "ext2",
+    ));
 }
-
-const FAT: &[&str] = &["mkfs.vfat", "mcopy", "mdel", "fsck.vfat", "partclone.fat"];
 
 #[test]
 fn fat12() {
-    roundtrip(&Case {
-        name: "fat12",
-        size: 8 << 20,
-        tree_bytes: 3 << 20,
-        needs: FAT,
-        build: |e, img, _| build_fat(e, img, "12"),
-        fsck: &["fsck.vfat", "-n"],
-        read: read_fat,
-        partclone: Some("partclone.fat12"),
-        partclone_exact: false,
-        kind: "fat12",
-    });
+    // partclone's FAT12 map is not a trustworthy lower bound (it was seen to miss a used
+    // cluster and mark a free one); the cluster count is compared with fsck.vfat instead.
+    roundtrip(&Case::fat(
+        "fat12",
+        8 << 20,
+        3 << 20,
+        |e, img, _| build_fat(e, img, "12"),
+        false,
+    ));
 }
 
 #[test]
 fn fat16() {
-    roundtrip(&Case {
-        name: "fat16",
-        size: 100 << 20,
-        tree_bytes: 20 << 20,
-        needs: FAT,
-        build: |e, img, _| build_fat(e, img, "16"),
-        fsck: &["fsck.vfat", "-n"],
-        read: read_fat,
-        partclone: Some("partclone.fat16"),
-        partclone_exact: true,
-        kind: "fat16",
-    });
+    roundtrip(&Case::fat(
+        "fat16",
+        100 << 20,
+        20 << 20,
+        |e, img, _| build_fat(e, img, "16"),
+        true,
+    ));
 }
 
 #[test]
 fn fat32() {
-    roundtrip(&Case {
-        name: "fat32",
-        size: 300 << 20,
-        tree_bytes: 24 << 20,
-        needs: FAT,
-        build: |e, img, _| build_fat(e, img, "32"),
-        fsck: &["fsck.vfat", "-n"],
-        read: read_fat,
-        partclone: Some("partclone.fat32"),
-        partclone_exact: true,
-        kind: "fat32",
-    });
+    roundtrip(&Case::fat(
+        "fat32",
+        300 << 20,
+        24 << 20,
+        |e, img, _| build_fat(e, img, "32"),
+        true,
+    ));
 }
 
 const EXFAT_MOUNT: &[&str] = &["mount.exfat-fuse"];
