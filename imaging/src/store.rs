@@ -345,10 +345,22 @@ impl Store {
         Ok(())
     }
 
-    /// Every image, oldest first. A damaged manifest is an error naming its file.
+    /// Every image, oldest first. A damaged manifest is an error naming its file: use this
+    /// where an unreadable manifest must stop the work (gc would free its chunks).
     pub fn list(&self) -> Result<Vec<StoredImage>, StoreError> {
+        let (images, mut problems) = self.scan()?;
+        match problems.pop() {
+            Some(p) => Err(p),
+            None => Ok(images),
+        }
+    }
+
+    /// Every readable image, oldest first, and a problem per damaged manifest: one bad file
+    /// never hides the other images.
+    pub fn scan(&self) -> Result<(Vec<StoredImage>, Vec<StoreError>), StoreError> {
         let dir = self.root.join("manifests");
         let mut out = Vec::new();
+        let mut problems = Vec::new();
         for e in fs::read_dir(&dir).map_err(io_err("listing", &dir))? {
             let e = e.map_err(io_err("listing", &dir))?;
             let path = e.path();
@@ -359,11 +371,20 @@ impl Store {
             else {
                 continue;
             };
-            let bytes = fs::read(&path).map_err(io_err("reading", &path))?;
-            let manifest = Manifest::decode(&bytes).map_err(|source| StoreError::BadManifest {
-                path: path.clone(),
-                source,
-            })?;
+            let bytes = match fs::read(&path) {
+                Ok(b) => b,
+                Err(e) => {
+                    problems.push(io_err("reading", &path)(e));
+                    continue;
+                }
+            };
+            let manifest = match Manifest::decode(&bytes) {
+                Ok(m) => m,
+                Err(source) => {
+                    problems.push(StoreError::BadManifest { path, source });
+                    continue;
+                }
+            };
             out.push(StoredImage {
                 id: id.to_string(),
                 manifest,
@@ -381,13 +402,13 @@ impl Store {
                     b.manifest.name_version,
                 ))
         });
-        Ok(out)
+        Ok((out, problems))
     }
 
     /// Finds an image by `NAME` (its newest version), `NAME@VERSION`, or an id or id prefix
     /// (at least 6 hex digits).
     pub fn resolve(&self, reference: &str) -> Result<StoredImage, StoreError> {
-        let all = self.list()?;
+        let (all, _) = self.scan()?;
         let (name, version) = match reference.rsplit_once('@') {
             Some((n, v)) => match v.parse::<u32>() {
                 Ok(v) => (n, Some(v)),
@@ -419,7 +440,8 @@ impl Store {
     /// The version number the next capture under `name` gets.
     pub fn next_version(&self, name: &str) -> Result<u32, StoreError> {
         Ok(self
-            .list()?
+            .scan()?
+            .0
             .iter()
             .filter(|i| i.manifest.name == name)
             .map(|i| i.manifest.name_version)
@@ -435,18 +457,9 @@ impl Store {
         self.sync_dirs()
     }
 
-    /// How many images reference each chunk.
+    /// How many images reference each chunk (every manifest must be readable).
     pub fn chunk_refs(&self) -> Result<HashMap<Hash, u32>, StoreError> {
-        let mut refs = HashMap::new();
-        for img in self.list()? {
-            let mut seen = HashSet::new();
-            for (_, c) in img.manifest.chunks() {
-                if seen.insert(c.hash) {
-                    *refs.entry(c.hash).or_insert(0) += 1;
-                }
-            }
-        }
-        Ok(refs)
+        Ok(chunk_refs_of(&self.list()?))
     }
 
     /// Deletes every chunk no manifest references and every stale temp file. Takes the
@@ -507,6 +520,20 @@ impl Store {
         }
         Ok(st.f_bavail as u64 * st.f_frsize as u64)
     }
+}
+
+/// How many of `images` reference each chunk.
+pub fn chunk_refs_of(images: &[StoredImage]) -> HashMap<Hash, u32> {
+    let mut refs = HashMap::new();
+    for img in images {
+        let mut seen = HashSet::new();
+        for (_, c) in img.manifest.chunks() {
+            if seen.insert(c.hash) {
+                *refs.entry(c.hash).or_insert(0) += 1;
+            }
+        }
+    }
+    refs
 }
 
 fn parse_delta_header(z: &[u8]) -> Option<(u32, Hash)> {

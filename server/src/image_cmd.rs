@@ -221,7 +221,8 @@ pub(crate) fn run(cmd: ImageCommand, data_dir: &Path, json: bool) -> anyhow::Res
         ImageCommand::Inspect { image, store } => {
             let store = open_store(store, data_dir)?;
             let img = store.resolve(&image)?;
-            let refs = store.chunk_refs()?;
+            // Count sharing over the readable images: one damaged manifest must not hide this one.
+            let refs = imaging::store::chunk_refs_of(&store.scan()?.0);
             inspect(&img, &refs, json);
             Ok(ExitCode::SUCCESS)
         }
@@ -271,7 +272,13 @@ pub(crate) fn run(cmd: ImageCommand, data_dir: &Path, json: bool) -> anyhow::Res
         }
         ImageCommand::List { store } => {
             let store = open_store(store, data_dir)?;
-            let all = store.list()?;
+            let (all, problems) = store.scan()?;
+            let damaged = problems.len();
+            // The readable images are listed; each damaged manifest is named, and the exit
+            // code says something is wrong.
+            for p in problems {
+                eprintln!("error: {:#}", anyhow::Error::from(p));
+            }
             if json {
                 let v: Vec<_> = all
                     .iter()
@@ -303,7 +310,11 @@ pub(crate) fn run(cmd: ImageCommand, data_dir: &Path, json: bool) -> anyhow::Res
                     );
                 }
             }
-            Ok(ExitCode::SUCCESS)
+            Ok(if damaged == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
         ImageCommand::Rm { image, store } => {
             let store = open_store(store, data_dir)?;

@@ -292,6 +292,19 @@ fn damaged_manifests_and_unknown_images() {
         err.contains(bad.file_name().unwrap().to_str().unwrap()),
         "{err}"
     );
+    // One damaged manifest hides nothing else: the good image is still listed, verified and
+    // restored; gc refuses to run (it could free chunks the damaged manifest references).
+    let out = env.drover(&["--json", "image", "list"]);
+    assert_eq!(out.status.code(), Some(1));
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(listed[0]["name"], "good");
+    env.ok(&["image", "verify", "good"]);
+    env.restore("good", &target);
+    let err = env.fails(&["image", "gc"]);
+    assert!(
+        err.contains(bad.file_name().unwrap().to_str().unwrap()),
+        "{err}"
+    );
     let good = fs::read_dir(&dir)
         .unwrap()
         .map(|e| e.unwrap().path())
