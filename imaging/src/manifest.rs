@@ -321,20 +321,25 @@ impl Manifest {
                     "area {i}: used map unsorted or past the area's end"
                 ));
             }
-            let regions = a.len.div_ceil(cs);
-            let mut want = Vec::new();
-            for r in 0..regions {
-                if a.used.intersects(r * cs, (r + 1) * cs) {
-                    want.push(r);
+            // The regions holding a used byte, in order, must be exactly the chunk indices.
+            // Walked lazily against the chunk list, so a hostile map cannot make this loop
+            // longer than the list itself.
+            let mut chunks = a.chunks.iter().map(|c| c.index);
+            let mut last = None;
+            let mismatch = || {
+                format!("area {i}: the chunk list does not match the regions that hold used bytes (chunks listed: {})", a.chunks.len())
+            };
+            for e in a.used.iter() {
+                let first = (e.start / cs).max(last.map_or(0, |l: u64| l + 1));
+                for r in first..=(e.end() - 1) / cs {
+                    if chunks.next() != Some(r) {
+                        return Err(mismatch());
+                    }
+                    last = Some(r);
                 }
             }
-            let have: Vec<u64> = a.chunks.iter().map(|c| c.index).collect();
-            if have != want {
-                return Err(format!(
-                    "area {i}: {} chunks listed for {} regions that hold used bytes",
-                    have.len(),
-                    want.len()
-                ));
+            if chunks.next().is_some() {
+                return Err(mismatch());
             }
         }
         Ok(())
