@@ -459,3 +459,46 @@ fn restore_refuses_a_mounted_target() {
     drop(lo);
     env.restore("small", &target);
 }
+
+#[test]
+fn whole_disk_block_devices_capture_and_restore() {
+    if !require(
+        "block devices",
+        &[
+            "root",
+            "losetup",
+            "sgdisk",
+            "mkfs.ext4",
+            "e2fsck",
+            "debugfs",
+            "mkfs.vfat",
+            "mcopy",
+            "mkntfs",
+            "ntfsfix",
+            "fsck.vfat",
+        ],
+    ) {
+        return;
+    }
+    let env = Env::new();
+    let (disk, parts, want) = build_disk(&env, gpt_disk, 400);
+    // Capture through a loop device (BLKGETSIZE64, BLKSSZGET) and restore onto another one.
+    let src = Loop::attach(&disk, 0, None);
+    let cap = env.capture(&src.dev, "blk");
+    assert!(cap["warnings"].as_array().unwrap().is_empty(), "{cap}");
+    drop(src);
+    let m = env.manifest("blk");
+    assert_eq!(m.table.kind, imaging::table::TableKind::Gpt);
+    assert_eq!(m.table.partitions.len(), 4);
+    let target = env.path("target.img");
+    random_file(&target, 640 * MIB, 11);
+    let dst = Loop::attach(&target, 0, None);
+    let r = env.restore("blk", &dst.dev);
+    assert_eq!(r["gpt_relocated"], true, "{r}");
+    drop(dst);
+    sgdisk_ok(&target, "block device target");
+    assert_eq!(partition_lines(&disk), partition_lines(&target));
+    for (p, w) in parts.iter().zip(&want) {
+        check_part(&env, &target, p, w, "block device target");
+    }
+}
