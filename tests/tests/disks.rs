@@ -286,22 +286,39 @@ fn partition_lines(disk: &Path) -> Vec<String> {
         .collect()
 }
 
+/// A GPT target restored from the `gpt_disk` image: a valid GPT with the source's partitions,
+/// each passing its checker with the right files.
+fn check_gpt_target(
+    env: &Env,
+    disk: &Path,
+    target: &Path,
+    parts: &[Part],
+    want: &[Want],
+    what: &str,
+) {
+    sgdisk_ok(target, what);
+    assert_eq!(partition_lines(disk), partition_lines(target));
+    for (p, w) in parts.iter().zip(want) {
+        check_part(env, target, p, w, what);
+    }
+}
+
+/// What building and checking a `gpt_disk` needs.
+const GPT_TOOLS: &[&str] = &[
+    "sgdisk",
+    "mkfs.ext4",
+    "mkfs.vfat",
+    "mcopy",
+    "mkntfs",
+    "ntfsfix",
+    "fsck.vfat",
+    "e2fsck",
+    "debugfs",
+];
+
 #[test]
 fn gpt_disk_same_larger_and_smaller_targets() {
-    if !require(
-        "gpt disk",
-        &[
-            "sgdisk",
-            "mkfs.ext4",
-            "mkfs.vfat",
-            "mcopy",
-            "mkntfs",
-            "ntfsfix",
-            "fsck.vfat",
-            "e2fsck",
-            "debugfs",
-        ],
-    ) {
+    if !require("gpt disk", GPT_TOOLS) {
         return;
     }
     let env = Env::new();
@@ -344,8 +361,7 @@ fn gpt_disk_same_larger_and_smaller_targets() {
     random_file(&target, 800 * MIB, 2);
     let r = env.restore("gpt", &target);
     assert_eq!(r["gpt_relocated"], true);
-    sgdisk_ok(&target, "larger disk");
-    assert_eq!(partition_lines(&disk), partition_lines(&target));
+    check_gpt_target(&env, &disk, &target, &parts, &want, "larger disk");
     let info = run("sgdisk", &["-p", s(&target)]);
     assert!(
         info.contains(&format!("{} sectors", 800 * MIB / 512)),
@@ -358,20 +374,13 @@ fn gpt_disk_same_larger_and_smaller_targets() {
         u32::from_le_bytes(mbr[12..16].try_into().unwrap()) as u64,
         800 * MIB / 512 - 1
     );
-    for (p, w) in parts.iter().zip(&want) {
-        check_part(&env, &target, p, w, "larger disk");
-    }
     fs::remove_file(&target).unwrap();
 
     // Smaller but big enough for every partition: accepted, GPT valid.
     let target = env.path("smaller.img");
     random_file(&target, m.min_size, 3);
     env.restore("gpt", &target);
-    sgdisk_ok(&target, "smaller disk");
-    assert_eq!(partition_lines(&disk), partition_lines(&target));
-    for (p, w) in parts.iter().zip(&want) {
-        check_part(&env, &target, p, w, "smaller disk");
-    }
+    check_gpt_target(&env, &disk, &target, &parts, &want, "smaller disk");
     fs::remove_file(&target).unwrap();
 
     // Too small: refused before writing, naming the minimum size.
@@ -391,22 +400,9 @@ fn gpt_disk_same_larger_and_smaller_targets() {
 
 #[test]
 fn one_partition_captured_alone_shares_chunks_with_its_disk() {
-    if !require(
-        "partition capture",
-        &[
-            "root",
-            "losetup",
-            "sgdisk",
-            "mkfs.ext4",
-            "e2fsck",
-            "debugfs",
-            "mkfs.vfat",
-            "mcopy",
-            "mkntfs",
-            "ntfsfix",
-            "fsck.vfat",
-        ],
-    ) {
+    if !(require("partition capture", &["root", "losetup"])
+        && require("partition capture", GPT_TOOLS))
+    {
         return;
     }
     let env = Env::new();
@@ -462,22 +458,7 @@ fn restore_refuses_a_mounted_target() {
 
 #[test]
 fn whole_disk_block_devices_capture_and_restore() {
-    if !require(
-        "block devices",
-        &[
-            "root",
-            "losetup",
-            "sgdisk",
-            "mkfs.ext4",
-            "e2fsck",
-            "debugfs",
-            "mkfs.vfat",
-            "mcopy",
-            "mkntfs",
-            "ntfsfix",
-            "fsck.vfat",
-        ],
-    ) {
+    if !(require("block devices", &["root", "losetup"]) && require("block devices", GPT_TOOLS)) {
         return;
     }
     let env = Env::new();
@@ -496,9 +477,5 @@ fn whole_disk_block_devices_capture_and_restore() {
     let r = env.restore("blk", &dst.dev);
     assert_eq!(r["gpt_relocated"], true, "{r}");
     drop(dst);
-    sgdisk_ok(&target, "block device target");
-    assert_eq!(partition_lines(&disk), partition_lines(&target));
-    for (p, w) in parts.iter().zip(&want) {
-        check_part(&env, &target, p, w, "block device target");
-    }
+    check_gpt_target(&env, &disk, &target, &parts, &want, "block device target");
 }
