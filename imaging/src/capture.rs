@@ -314,7 +314,15 @@ pub fn capture(
     let areas = &plan.areas;
     // The previous version's chunks, by area and region: the bases for delta chunks.
     let mut prev = std::collections::HashMap::new();
-    if let Ok(p) = store.resolve(&opts.name) {
+    // One pass over the store gives both the previous version (delta bases) and the next
+    // version number.
+    let (images, _) = store.scan()?;
+    let previous = images
+        .iter()
+        .filter(|i| i.manifest.name == opts.name)
+        .max_by_key(|i| i.manifest.name_version);
+    let name_version = previous.map_or(1, |p| p.manifest.name_version + 1);
+    if let Some(p) = previous {
         for (a, c) in p.manifest.chunks() {
             prev.insert((area_key(a), c.index), c.hash);
         }
@@ -425,7 +433,7 @@ pub fn capture(
         format: FORMAT.into(),
         version: VERSION,
         name: opts.name.clone(),
-        name_version: store.next_version(&opts.name)?,
+        name_version,
         created: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),

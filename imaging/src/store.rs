@@ -437,19 +437,6 @@ impl Store {
         Err(StoreError::NotFound(reference.into()))
     }
 
-    /// The version number the next capture under `name` gets.
-    pub fn next_version(&self, name: &str) -> Result<u32, StoreError> {
-        Ok(self
-            .scan()?
-            .0
-            .iter()
-            .filter(|i| i.manifest.name == name)
-            .map(|i| i.manifest.name_version)
-            .max()
-            .unwrap_or(0)
-            + 1)
-    }
-
     /// Removes one image version (its chunks stay until [`Self::gc`]).
     pub fn remove(&self, id: &str) -> Result<(), StoreError> {
         let path = self.root.join("manifests").join(format!("{id}.json"));
