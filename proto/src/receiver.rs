@@ -1,0 +1,672 @@
+//! The receiving side of a multicast session.
+//!
+//! A receiver decodes symbols into chunks and hands each finished chunk to its driver
+//! ([`ReceiverEvent::Chunk`]), which checks the chunk's hash, writes it and confirms
+//! ([`Receiver::chunk_stored`]) or rejects it ([`Receiver::chunk_rejected`]). Chunks that
+//! left the sender's window before this receiver had them (it joined late, or lost too much),
+//! chunks it was told to finish over unicast (it was demoted), and rejected chunks are
+//! fetched by the driver over unicast: [`Receiver::poll_fetch`] names them, one or two at a
+//! time, and [`Receiver::fetch_finished`] reports the outcome.
+//!
+//! Every [`ReceiverConfig::feedback_interval`] it reports to the sender: what it has, what
+//! each incomplete block still lacks, its receive rate, loss and queueing delay. Once every
+//! chunk is stored it reports that until the sender acknowledges, then it is finished.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
+use std::time::{Duration, Instant};
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use raptorq::{EncodingPacket, PayloadId, SourceBlockDecoder};
+use tracing::{debug, info};
+
+use crate::layout::{Block, Layout};
+use crate::wire::{
+    self, DataHeader, Feedback, Kind, Need, ReceiverStatus, Reply, SenderState, SessionKey,
+    FEEDBACK_DONE,
+};
+
+/// Default feedback interval. 40 receivers send 400 small datagrams a second; a repair round
+/// costs about one interval plus the round trip.
+pub const DEFAULT_FEEDBACK_INTERVAL: Duration = Duration::from_millis(100);
+/// Default number of chunks fetched over unicast at once.
+pub const DEFAULT_PARALLEL_FETCHES: usize = 2;
+/// Default silence of the sender after which the receiver finishes over unicast.
+pub const DEFAULT_SENDER_TIMEOUT: Duration = Duration::from_secs(5);
+/// How many "done" reports go unanswered before the receiver stops waiting for the sender.
+const DONE_REPORTS: u32 = 20;
+/// Undecoded chunks held at most; the sender's window keeps the real number far lower.
+const MAX_PARTIAL_CHUNKS: usize = 256;
+/// First wait before a failed unicast fetch is retried; it doubles up to 8 s.
+const FETCH_RETRY: Duration = Duration::from_millis(250);
+
+/// A receiver's settings.
+#[derive(Debug, Clone)]
+pub struct ReceiverConfig {
+    /// Session id.
+    pub session: u32,
+    /// Session key.
+    pub key: SessionKey,
+    /// The id the sender gave at registration.
+    pub receiver_id: u32,
+    /// Feedback interval.
+    pub feedback_interval: Duration,
+    /// Unicast fetches at once.
+    pub parallel_fetches: usize,
+    /// Silence of the sender after which everything missing is fetched over unicast.
+    pub sender_timeout: Duration,
+    /// Seed of the feedback jitter.
+    pub rng_seed: u64,
+}
+
+impl ReceiverConfig {
+    /// Defaults for a receiver registered as `receiver_id`.
+    pub fn new(session: u32, key: SessionKey, receiver_id: u32) -> Self {
+        Self {
+            session,
+            key,
+            receiver_id,
+            feedback_interval: DEFAULT_FEEDBACK_INTERVAL,
+            parallel_fetches: DEFAULT_PARALLEL_FETCHES,
+            sender_timeout: DEFAULT_SENDER_TIMEOUT,
+            rng_seed: receiver_id as u64,
+        }
+    }
+}
+
+/// Something the driver should act on.
+#[derive(Debug, PartialEq)]
+#[non_exhaustive]
+pub enum ReceiverEvent {
+    /// A chunk was decoded: check, write, then call `chunk_stored` or `chunk_rejected`.
+    Chunk {
+        /// Its index.
+        index: u32,
+        /// Its bytes.
+        data: Vec<u8>,
+    },
+    /// The sender demoted this receiver: the rest comes over unicast.
+    Demoted,
+    /// The sender went silent: the rest comes over unicast.
+    SenderSilent,
+    /// The sender does not know this receiver (it restarted, or declared it dead).
+    Unknown,
+    /// Every chunk is stored and the sender knows (or stopped answering).
+    Finished,
+}
+
+/// Counters of a receiver.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ReceiverStats {
+    /// Data datagrams accepted.
+    pub datagrams: u64,
+    /// Accepted datagrams that added nothing (duplicates, chunks already done).
+    pub redundant: u64,
+    /// Datagrams of another session.
+    pub foreign: u64,
+    /// Datagrams with a bad tag or malformed.
+    pub rejected: u64,
+    /// Chunks decoded from multicast.
+    pub decoded_chunks: u32,
+    /// Chunks fetched over unicast.
+    pub fetched_chunks: u32,
+    /// Chunks stored.
+    pub stored_chunks: u32,
+    /// Bytes of stored chunks.
+    pub stored_bytes: u64,
+    /// Current loss estimate (fraction).
+    pub loss: f64,
+    /// Receive rate over the last interval, bits/s.
+    pub rate_bps: u64,
+}
+
+struct BlockRx {
+    decoder: Option<SourceBlockDecoder>,
+    seen: HashSet<u32>,
+    data: Option<Vec<u8>>,
+}
+
+enum ChunkRx {
+    Missing,
+    Partial(Vec<BlockRx>),
+    Delivered,
+    Fetching,
+    Stored,
+}
+
+/// The receiving side of one multicast session. See the module docs.
+pub struct Receiver {
+    cfg: ReceiverConfig,
+    layout: Layout,
+    chunks: Vec<ChunkRx>,
+    partial: usize,
+    first_missing: u32,
+    stored: u32,
+    window_base: u32,
+    frontier: u32,
+    sender_state: SenderState,
+    demoted: bool,
+    unicast_all: bool,
+    finished: bool,
+    done_reports: u32,
+    fetching: usize,
+    retry: BTreeMap<u32, (Instant, Duration)>,
+    next_feedback: Instant,
+    last_feedback: Instant,
+    feedback_seq: u32,
+    last_from_sender: Instant,
+    events: VecDeque<ReceiverEvent>,
+    stats: ReceiverStats,
+    rng: StdRng,
+    // Interval measurements.
+    interval_start: Instant,
+    interval_datagrams: u64,
+    interval_bytes: u64,
+    interval_high_seq: Option<u32>,
+    last_high_seq: Option<u32>,
+    high_seq: Option<u32>,
+    min_owd: Option<u32>,
+    delay_sum: u64,
+    delay_n: u64,
+    delay_us: u32,
+    epoch: Instant,
+}
+
+impl Receiver {
+    /// A receiver for a session of `layout`, registered at `now`.
+    pub fn new(cfg: ReceiverConfig, layout: Layout, now: Instant) -> Self {
+        let n = layout.chunks() as usize;
+        let mut rng = StdRng::seed_from_u64(cfg.rng_seed);
+        let first = now + cfg.feedback_interval.mul_f64(rng.gen_range(0.0..1.0));
+        Self {
+            chunks: (0..n).map(|_| ChunkRx::Missing).collect(),
+            partial: 0,
+            first_missing: 0,
+            stored: 0,
+            window_base: 0,
+            frontier: 0,
+            sender_state: SenderState::Waiting,
+            demoted: false,
+            unicast_all: false,
+            finished: false,
+            done_reports: 0,
+            fetching: 0,
+            retry: BTreeMap::new(),
+            next_feedback: first,
+            last_feedback: now,
+            feedback_seq: 0,
+            last_from_sender: now,
+            events: VecDeque::new(),
+            stats: ReceiverStats::default(),
+            rng,
+            interval_start: now,
+            interval_datagrams: 0,
+            interval_bytes: 0,
+            interval_high_seq: None,
+            last_high_seq: None,
+            high_seq: None,
+            min_owd: None,
+            delay_sum: 0,
+            delay_n: 0,
+            delay_us: 0,
+            epoch: now,
+            layout,
+            cfg,
+        }
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &ReceiverStats {
+        &self.stats
+    }
+
+    /// The session's layout.
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    /// Whether the sender demoted this receiver.
+    pub fn demoted(&self) -> bool {
+        self.demoted
+    }
+
+    /// Whether every chunk is stored.
+    pub fn complete(&self) -> bool {
+        self.stored == self.layout.chunks()
+    }
+
+    /// Whether the receiver is finished (complete, and the sender knows or went away).
+    pub fn finished(&self) -> bool {
+        self.finished
+    }
+
+    /// The sender's state as last heard.
+    pub fn sender_state(&self) -> SenderState {
+        self.sender_state
+    }
+
+    /// Handles a datagram from the group or from the sender.
+    pub fn handle_datagram(&mut self, now: Instant, datagram: &[u8]) {
+        let kind = match wire::peek(datagram) {
+            Ok((kind, session)) if session == self.cfg.session => kind,
+            Ok(_) => {
+                self.stats.foreign += 1;
+                return;
+            }
+            Err(_) => {
+                self.stats.rejected += 1;
+                return;
+            }
+        };
+        match kind {
+            Kind::Data => match DataHeader::decode(datagram, self.cfg.session, &self.cfg.key) {
+                Ok((h, symbol)) => self.on_data(now, h, symbol),
+                Err(e) => {
+                    debug!(error = %e, "data datagram rejected");
+                    self.stats.rejected += 1;
+                }
+            },
+            Kind::Reply => match Reply::decode(datagram, self.cfg.session, &self.cfg.key) {
+                Ok(r) if r.receiver == self.cfg.receiver_id => self.on_reply(now, r),
+                Ok(_) => self.stats.rejected += 1,
+                Err(e) => {
+                    debug!(error = %e, "reply rejected");
+                    self.stats.rejected += 1;
+                }
+            },
+            // Announces of our own session say nothing new; feedback is not for receivers.
+            Kind::Announce => self.last_from_sender = now,
+            Kind::Feedback => self.stats.foreign += 1,
+        }
+    }
+
+    fn learn_window(&mut self, now: Instant, base: u32, frontier: u32) {
+        let n = self.layout.chunks();
+        self.window_base = self.window_base.max(base.min(n));
+        let frontier = frontier.min(n);
+        if frontier > self.frontier {
+            // A chunk's first pass just ended: report what it lacks soon rather than at the
+            // next regular feedback, so repairs come one round trip later, not an interval.
+            let incomplete = (self.frontier.max(self.first_missing)..frontier).any(|i| {
+                matches!(
+                    self.chunks[i as usize],
+                    ChunkRx::Missing | ChunkRx::Partial(_)
+                )
+            });
+            if incomplete && !self.demoted {
+                let soon = self.last_feedback + self.cfg.feedback_interval / 4;
+                self.next_feedback = self.next_feedback.min(soon.max(now));
+            }
+            self.frontier = frontier;
+        }
+        // Partial chunks that left the window will come over unicast instead.
+        for i in self.first_missing..self.window_base {
+            if let ChunkRx::Partial(_) = self.chunks[i as usize] {
+                self.chunks[i as usize] = ChunkRx::Missing;
+                self.partial -= 1;
+            }
+        }
+    }
+
+    fn on_data(&mut self, now: Instant, h: DataHeader, symbol: &[u8]) {
+        let n = self.layout.chunks();
+        let t = self.layout.symbol_size() as usize;
+        if h.chunk >= n || symbol.len() != t {
+            self.stats.rejected += 1;
+            return;
+        }
+        self.last_from_sender = now;
+        if self.sender_state == SenderState::Waiting {
+            self.sender_state = SenderState::Running;
+        }
+        self.stats.datagrams += 1;
+        self.interval_datagrams += 1;
+        self.interval_bytes += (symbol.len() + wire::DATA_HEADER_LEN + wire::TAG_LEN) as u64;
+        self.interval_high_seq = Some(match self.interval_high_seq {
+            Some(s) if s.wrapping_sub(h.seq) < 1 << 31 => s,
+            _ => h.seq,
+        });
+        self.high_seq = Some(match self.high_seq {
+            Some(s) if s.wrapping_sub(h.seq) < 1 << 31 => s,
+            _ => h.seq,
+        });
+        self.observe_delay(now, h.time_us);
+        self.learn_window(now, h.window_base, h.frontier);
+
+        let c = h.chunk as usize;
+        if h.chunk < self.window_base && !matches!(self.chunks[c], ChunkRx::Partial(_)) {
+            self.stats.redundant += 1;
+            return;
+        }
+        if matches!(self.chunks[c], ChunkRx::Missing) {
+            if self.partial >= MAX_PARTIAL_CHUNKS {
+                self.stats.redundant += 1;
+                return;
+            }
+            let blocks = self.layout.blocks(h.chunk);
+            self.chunks[c] = ChunkRx::Partial(
+                blocks
+                    .iter()
+                    .map(|b| BlockRx {
+                        decoder: Some(SourceBlockDecoder::new(
+                            0,
+                            &self.layout.oti(b.symbols),
+                            b.symbols as u64 * t as u64,
+                        )),
+                        seen: HashSet::new(),
+                        data: None,
+                    })
+                    .collect(),
+            );
+            self.partial += 1;
+        }
+        let ChunkRx::Partial(blocks) = &mut self.chunks[c] else {
+            self.stats.redundant += 1;
+            return;
+        };
+        let Some(b) = blocks.get_mut(h.block as usize) else {
+            self.stats.rejected += 1;
+            return;
+        };
+        if b.data.is_some() || !b.seen.insert(h.esi) {
+            self.stats.redundant += 1;
+            return;
+        }
+        // `data` is None, so the decoder is still there.
+        let dec = b.decoder.as_mut().unwrap();
+        let packet = EncodingPacket::new(PayloadId::new(0, h.esi), symbol.to_vec());
+        if let Some(out) = dec.decode(std::iter::once(packet)) {
+            b.data = Some(out);
+            b.decoder = None;
+            b.seen = HashSet::new();
+        }
+        if blocks.iter().all(|b| b.data.is_some()) {
+            let len = self.layout.chunk_len(h.chunk);
+            let mut data = Vec::with_capacity(len);
+            for (b, spec) in blocks.iter().zip(self.layout.blocks(h.chunk)) {
+                // Every block has data: checked just above.
+                data.extend_from_slice(&b.data.as_ref().unwrap()[..spec.len]);
+            }
+            self.chunks[c] = ChunkRx::Delivered;
+            self.partial -= 1;
+            self.stats.decoded_chunks += 1;
+            self.advance_first_missing();
+            self.events.push_back(ReceiverEvent::Chunk {
+                index: h.chunk,
+                data,
+            });
+        }
+    }
+
+    fn observe_delay(&mut self, now: Instant, time_us: u32) {
+        let now_us = now.saturating_duration_since(self.epoch).as_micros() as u32;
+        let owd = now_us.wrapping_sub(time_us);
+        let min = *self.min_owd.get_or_insert(owd);
+        let q = owd.wrapping_sub(min) as i32;
+        if q < 0 {
+            self.min_owd = Some(owd);
+        } else {
+            self.delay_sum += q as u64;
+            self.delay_n += 1;
+        }
+    }
+
+    fn advance_first_missing(&mut self) {
+        while let Some(ChunkRx::Delivered | ChunkRx::Stored) =
+            self.chunks.get(self.first_missing as usize)
+        {
+            self.first_missing += 1;
+        }
+    }
+
+    fn on_reply(&mut self, now: Instant, r: Reply) {
+        self.last_from_sender = now;
+        self.sender_state = r.state;
+        self.learn_window(now, r.window_base, r.frontier);
+        if matches!(r.state, SenderState::Draining | SenderState::Done) {
+            self.unicast_all = true;
+        }
+        match r.status {
+            ReceiverStatus::Active => {}
+            ReceiverStatus::Demoted => {
+                if !self.demoted {
+                    info!("demoted by the sender: finishing over unicast");
+                    self.demoted = true;
+                    self.unicast_all = true;
+                    self.events.push_back(ReceiverEvent::Demoted);
+                }
+            }
+            ReceiverStatus::Finished => {
+                if self.complete() && !self.finished {
+                    self.finished = true;
+                    self.events.push_back(ReceiverEvent::Finished);
+                }
+            }
+            ReceiverStatus::Unknown => {
+                if !self.finished {
+                    self.events.push_back(ReceiverEvent::Unknown);
+                }
+            }
+        }
+    }
+
+    /// The driver stored chunk `index` (from a [`ReceiverEvent::Chunk`]).
+    pub fn chunk_stored(&mut self, index: u32) {
+        if let Some(c @ ChunkRx::Delivered) = self.chunks.get_mut(index as usize) {
+            *c = ChunkRx::Stored;
+            self.stored += 1;
+            self.stats.stored_chunks += 1;
+            self.stats.stored_bytes += self.layout.chunk_len(index) as u64;
+        }
+    }
+
+    /// The driver found chunk `index` wrong: it will be fetched over unicast.
+    pub fn chunk_rejected(&mut self, index: u32) {
+        if let Some(c @ ChunkRx::Delivered) = self.chunks.get_mut(index as usize) {
+            *c = ChunkRx::Missing;
+            self.first_missing = self.first_missing.min(index);
+            self.retry
+                .insert(index, (self.last_from_sender, Duration::ZERO));
+        }
+    }
+
+    /// The next chunk to fetch over unicast, if any (call until `None`).
+    pub fn poll_fetch(&mut self, now: Instant) -> Option<u32> {
+        if self.fetching >= self.cfg.parallel_fetches.max(1) {
+            return None;
+        }
+        let limit = if self.unicast_all {
+            self.layout.chunks()
+        } else {
+            self.window_base
+        };
+        let mut i = self.first_missing;
+        while i < limit {
+            let due = self.retry.get(&i).is_none_or(|&(at, _)| now >= at);
+            match self.chunks[i as usize] {
+                ChunkRx::Missing if due => break,
+                ChunkRx::Partial(_) if due && self.unicast_all => break,
+                _ => i += 1,
+            }
+        }
+        if i >= limit {
+            return None;
+        }
+        if let ChunkRx::Partial(_) = self.chunks[i as usize] {
+            self.partial -= 1;
+        }
+        self.chunks[i as usize] = ChunkRx::Fetching;
+        self.fetching += 1;
+        Some(i)
+    }
+
+    /// The driver fetched chunk `index` over unicast and stored it (`ok`), or failed.
+    pub fn fetch_finished(&mut self, now: Instant, index: u32, ok: bool) {
+        let Some(c @ ChunkRx::Fetching) = self.chunks.get_mut(index as usize) else {
+            return;
+        };
+        self.fetching -= 1;
+        if ok {
+            *c = ChunkRx::Stored;
+            self.retry.remove(&index);
+            self.stored += 1;
+            self.stats.fetched_chunks += 1;
+            self.stats.stored_chunks += 1;
+            self.stats.stored_bytes += self.layout.chunk_len(index) as u64;
+            self.advance_first_missing();
+        } else {
+            *c = ChunkRx::Missing;
+            let wait = match self.retry.get(&index) {
+                Some(&(_, w)) if !w.is_zero() => (w * 2).min(Duration::from_secs(8)),
+                _ => FETCH_RETRY,
+            };
+            self.retry.insert(index, (now + wait, wait));
+        }
+    }
+
+    /// Handles timers; call when [`poll_timeout`](Self::poll_timeout) passed.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if now.saturating_duration_since(self.last_from_sender) > self.cfg.sender_timeout
+            && !self.unicast_all
+            && !self.finished
+        {
+            info!("the sender went silent: finishing over unicast");
+            self.unicast_all = true;
+            self.events.push_back(ReceiverEvent::SenderSilent);
+        }
+    }
+
+    /// The next datagram for the sender, written into `buf`.
+    pub fn poll_transmit(&mut self, now: Instant, buf: &mut Vec<u8>) -> bool {
+        if self.finished || now < self.next_feedback {
+            return false;
+        }
+        self.last_feedback = now;
+        let jitter = self.rng.gen_range(0.9..1.1);
+        self.next_feedback = now + self.cfg.feedback_interval.mul_f64(jitter);
+        let fb = self.feedback(now);
+        fb.encode(self.cfg.session, &self.cfg.key, buf);
+        if fb.flags & FEEDBACK_DONE != 0 {
+            self.done_reports += 1;
+            if self.done_reports > DONE_REPORTS {
+                // The sender stopped answering; what matters, the data, is complete.
+                self.finished = true;
+                self.events.push_back(ReceiverEvent::Finished);
+            }
+        }
+        true
+    }
+
+    fn feedback(&mut self, now: Instant) -> Feedback {
+        let dt = now
+            .saturating_duration_since(self.interval_start)
+            .as_secs_f64();
+        if dt > 0.0 {
+            self.stats.rate_bps = (self.interval_bytes as f64 * 8.0 / dt) as u64;
+        }
+        // Loss over the interval from the data sequence numbers.
+        if let Some(high) = self.interval_high_seq {
+            if let Some(last) = self.last_high_seq {
+                let expected = high.wrapping_sub(last) as u64;
+                if expected > 0 && expected < 1 << 30 {
+                    let sample = 1.0 - (self.interval_datagrams as f64 / expected as f64).min(1.0);
+                    self.stats.loss = 0.7 * self.stats.loss + 0.3 * sample;
+                }
+            }
+            self.last_high_seq = Some(high);
+        }
+        // An interval without data says nothing: the sender may be idle (its window full).
+        // A receiver that hears nothing at all is caught by the sender's stall and silence
+        // rules instead.
+        if let Some(mean) = self.delay_sum.checked_div(self.delay_n) {
+            self.delay_us = mean.min(u32::MAX as u64) as u32;
+        }
+        self.interval_start = now;
+        self.interval_datagrams = 0;
+        self.interval_bytes = 0;
+        self.interval_high_seq = None;
+        self.delay_sum = 0;
+        self.delay_n = 0;
+
+        let mut needs = Vec::new();
+        if !self.demoted {
+            let from = self.first_missing.max(self.window_base);
+            for i in from..self.frontier {
+                if needs.len() >= wire::MAX_FEEDBACK_ENTRIES {
+                    break;
+                }
+                match &self.chunks[i as usize] {
+                    ChunkRx::Missing => {
+                        for (b, spec) in self.layout.blocks(i).iter().enumerate() {
+                            needs.push(need(i, b, spec, None));
+                        }
+                    }
+                    ChunkRx::Partial(blocks) => {
+                        for (b, (rx, spec)) in blocks.iter().zip(self.layout.blocks(i)).enumerate()
+                        {
+                            if rx.data.is_none() {
+                                needs.push(need(i, b, &spec, Some(rx)));
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            needs.truncate(wire::MAX_FEEDBACK_ENTRIES);
+        }
+        self.feedback_seq = self.feedback_seq.wrapping_add(1);
+        Feedback {
+            flags: if self.complete() { FEEDBACK_DONE } else { 0 },
+            receiver: self.cfg.receiver_id,
+            seq: self.feedback_seq,
+            first_missing: self.first_missing,
+            seen_frontier: self.frontier,
+            rate_kbit: (self.stats.rate_bps / 1000).min(u32::MAX as u64) as u32,
+            loss_ppm: (self.stats.loss * 1e6) as u32,
+            delay_us: self.delay_us,
+            high_seq: self.high_seq.unwrap_or(u32::MAX),
+            needs,
+        }
+    }
+
+    /// When the receiver has work next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.finished {
+            return None;
+        }
+        let mut t = self.next_feedback;
+        if let Some((&_, &(at, _))) = self.retry.iter().min_by_key(|(_, (at, _))| *at) {
+            t = t.min(at);
+        }
+        Some(t)
+    }
+
+    /// The next event.
+    pub fn poll_event(&mut self) -> Option<ReceiverEvent> {
+        self.events.pop_front()
+    }
+
+    /// Chunks not yet stored, lowest first (for progress displays).
+    pub fn missing(&self) -> BTreeSet<u32> {
+        self.chunks
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| !matches!(c, ChunkRx::Stored))
+            .map(|(i, _)| i as u32)
+            .collect()
+    }
+}
+
+fn need(chunk: u32, block: usize, spec: &Block, rx: Option<&BlockRx>) -> Need {
+    let seen = rx.map_or(0, |r| r.seen.len() as u32);
+    // Enough symbols yet no decode: RaptorQ fails now and then; one or two more do it.
+    let need = spec
+        .symbols
+        .saturating_sub(seen)
+        .max(if rx.is_some() { 1 } else { 0 });
+    Need {
+        chunk,
+        block: block as u16,
+        need: need.min(u16::MAX as u32) as u16,
+    }
+}
