@@ -153,7 +153,7 @@ impl Net {
     }
 
     /// Sends `d` to node `i` through its loss model and link.
-    fn to_receiver(&mut self, i: usize, d: Rc<Vec<u8>>) {
+    fn deliver(&mut self, i: usize, d: Rc<Vec<u8>>) {
         let n = &mut self.nodes[i];
         if !n.alive || n.rx.is_none() || n.loss.drops(&mut self.rng) {
             return;
@@ -300,12 +300,12 @@ fn run(s: &Scenario) -> Outcome {
             match dest {
                 Destination::Group => {
                     for i in 0..net.nodes.len() {
-                        net.to_receiver(i, d.clone());
+                        net.deliver(i, d.clone());
                     }
                 }
                 Destination::Unicast(a) => {
                     let i = net.by_addr[&a];
-                    net.to_receiver(i, d);
+                    net.deliver(i, d);
                 }
             }
         }
