@@ -238,7 +238,7 @@ impl Manifest {
             });
         }
         let m: Self = serde_json::from_slice(bytes)?;
-        m.validate().map_err(ManifestError::Inconsistent)?;
+        m.check().map_err(ManifestError::Inconsistent)?;
         Ok(m)
     }
 
@@ -260,7 +260,13 @@ impl Manifest {
             .flat_map(|a| a.chunks.iter().map(move |c| (a, c)))
     }
 
-    fn validate(&self) -> Result<(), String> {
+    /// Checks the manifest's internal consistency (what [`decode`](Self::decode) checks), for
+    /// a manifest that arrived some other way.
+    pub fn validate(&self) -> Result<(), ManifestError> {
+        self.check().map_err(ManifestError::Inconsistent)
+    }
+
+    fn check(&self) -> Result<(), String> {
         let cs = self.chunk_size;
         if !(4096..=(64 << 20)).contains(&cs) || !cs.is_power_of_two() {
             return Err(format!("chunk size {cs}"));

@@ -114,19 +114,12 @@ fn for_each_chunk<E: Send>(
     }
 }
 
-/// Restores the image `m` (named `image` in messages) from `store` onto `target`.
-pub fn restore(
+/// Checks that `target` can take image `m` (named `image` in messages): sector size and size.
+pub fn check_target(
     image: &str,
     m: &Manifest,
-    store: &Store,
     target: &dyn BlockDevice,
-    threads: usize,
-    progress: &dyn Progress,
-) -> Result<Restored, RestoreError> {
-    let store_err = |source| RestoreError::Store {
-        image: image.to_string(),
-        source,
-    };
+) -> Result<(), RestoreError> {
     if m.table.kind != TableKind::None && target.sector_size() != m.table.sector_size {
         return Err(RestoreError::SectorSize {
             image: m.table.sector_size,
@@ -140,6 +133,86 @@ pub fn restore(
             target: target.len(),
         });
     }
+    Ok(())
+}
+
+/// Writes the used extents of chunk `c` of area `a`, given its plaintext `plain` (already
+/// checked against `c.hash`), onto `target`; returns the bytes written.
+pub fn write_chunk(
+    m: &Manifest,
+    a: &Area,
+    c: &ChunkRef,
+    plain: &[u8],
+    target: &dyn BlockDevice,
+) -> Result<u64, RestoreError> {
+    let rs = c.index * m.chunk_size;
+    let len = a.region_len(c.index, m.chunk_size);
+    let mut written = 0;
+    for e in a.used.clip(rs, rs + len) {
+        let o = (e.start - rs) as usize;
+        target
+            .write_at(&plain[o..o + e.len as usize], a.offset + e.start)
+            .map_err(RestoreError::Write)?;
+        written += e.len;
+    }
+    Ok(written)
+}
+
+/// Reads back the used extents of chunk `c` of area `a` from `target` and checks their hash:
+/// what a restore wrote is what the image holds.
+pub fn check_written(
+    m: &Manifest,
+    a: &Area,
+    c: &ChunkRef,
+    target: &dyn BlockDevice,
+) -> Result<bool, RestoreError> {
+    let rs = c.index * m.chunk_size;
+    let len = a.region_len(c.index, m.chunk_size);
+    let mut plain = vec![0u8; len as usize];
+    for e in a.used.clip(rs, rs + len) {
+        let o = (e.start - rs) as usize;
+        target
+            .read_at(&mut plain[o..o + e.len as usize], a.offset + e.start)
+            .map_err(RestoreError::Write)?;
+    }
+    Ok(Hash::of(&plain) == c.hash)
+}
+
+/// Finishes a restore once every chunk is written: the GPT backup (rewritten for a target of
+/// another size), then a sync. Returns the table bytes written and whether the GPT moved.
+pub fn finish(m: &Manifest, target: &dyn BlockDevice) -> Result<(u64, bool), RestoreError> {
+    let mut out = (0, false);
+    if m.table.kind == TableKind::Gpt {
+        // `validate` checked that a GPT manifest has its backup location and bytes.
+        let (start, len) = m.table.gpt_backup.unwrap_or_default();
+        if target.len() == m.disk_size {
+            target
+                .write_at(&m.gpt_backup_raw, start)
+                .map_err(RestoreError::Write)?;
+            out.0 = len;
+        } else {
+            table::relocate_gpt(target, &m.table_raw, m.table.sector_size)?;
+            out = (2 * m.table_raw.len() as u64, true);
+        }
+    }
+    target.sync().map_err(RestoreError::Write)?;
+    Ok(out)
+}
+
+/// Restores the image `m` (named `image` in messages) from `store` onto `target`.
+pub fn restore(
+    image: &str,
+    m: &Manifest,
+    store: &Store,
+    target: &dyn BlockDevice,
+    threads: usize,
+    progress: &dyn Progress,
+) -> Result<Restored, RestoreError> {
+    let store_err = |source| RestoreError::Store {
+        image: image.to_string(),
+        source,
+    };
+    check_target(image, m, target)?;
     let _lock = store.lock_shared().map_err(store_err)?;
     if let Some((_, c)) = m.chunks().find(|(_, c)| !store.has_chunk(&c.hash)) {
         return Err(store_err(StoreError::MissingChunk(c.hash)));
@@ -148,40 +221,19 @@ pub fn restore(
     let cs = m.chunk_size;
     let written = std::sync::atomic::AtomicU64::new(0);
     for_each_chunk::<RestoreError>(m, threads, |a, c| {
-        let rs = c.index * cs;
         let len = a.region_len(c.index, cs) as usize;
         let plain = store.read_chunk(&c.hash, len).map_err(store_err)?;
-        for e in a.used.clip(rs, rs + len as u64) {
-            let o = (e.start - rs) as usize;
-            target
-                .write_at(&plain[o..o + e.len as usize], a.offset + e.start)
-                .map_err(RestoreError::Write)?;
-            written.fetch_add(e.len, Ordering::Relaxed);
-            progress.advance(e.len);
-        }
+        let n = write_chunk(m, a, c, &plain, target)?;
+        written.fetch_add(n, Ordering::Relaxed);
+        progress.advance(n);
         Ok(())
     })?;
-    let mut out = Restored {
-        bytes_written: written.into_inner(),
+    let (table_bytes, gpt_relocated) = finish(m, target)?;
+    Ok(Restored {
+        bytes_written: written.into_inner() + table_bytes,
         chunks: m.chunks().count() as u64,
-        gpt_relocated: false,
-    };
-    if m.table.kind == TableKind::Gpt {
-        // `validate` checked that a GPT manifest has its backup location and bytes.
-        let (start, len) = m.table.gpt_backup.unwrap_or_default();
-        if target.len() == m.disk_size {
-            target
-                .write_at(&m.gpt_backup_raw, start)
-                .map_err(RestoreError::Write)?;
-            out.bytes_written += len;
-        } else {
-            table::relocate_gpt(target, &m.table_raw, m.table.sector_size)?;
-            out.gpt_relocated = true;
-            out.bytes_written += 2 * m.table_raw.len() as u64;
-        }
-    }
-    target.sync().map_err(RestoreError::Write)?;
-    Ok(out)
+        gpt_relocated,
+    })
 }
 
 /// A chunk that failed verification.

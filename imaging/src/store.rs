@@ -316,6 +316,20 @@ impl Store {
         Ok(plain)
     }
 
+    /// A self-contained zstd frame of chunk `hash` (`expect_len` bytes of plaintext), for
+    /// sending to another machine: a full chunk's stored frame as it is, a delta chunk
+    /// decoded through its base and compressed again. The receiver checks the plaintext's
+    /// hash ([`decompress_frame`]), so a full chunk is not decompressed here.
+    pub fn read_frame(&self, hash: &Hash, expect_len: usize) -> Result<Vec<u8>, StoreError> {
+        let z = self.read_file(hash)?;
+        if parse_delta_header(&z).is_none() {
+            return Ok(z);
+        }
+        let plain = self.read_chunk(hash, expect_len)?;
+        compress_full(&plain, DEFAULT_ZSTD_LEVEL)
+            .map_err(io_err("compressing chunk", &self.chunk_path(hash)))
+    }
+
     /// The base a stored delta chunk references, if `hash` is a delta.
     pub fn chunk_base(&self, hash: &Hash) -> Option<Hash> {
         use std::io::Read;
@@ -539,6 +553,20 @@ fn delta_window_log(base_len: usize, len: usize) -> u32 {
         .next_power_of_two()
         .trailing_zeros()
         .clamp(10, 27)
+}
+
+/// Decompresses a frame made by [`Store::read_frame`], which must hold exactly `expect_len`
+/// bytes; the caller checks the hash.
+pub fn decompress_frame(z: &[u8], expect_len: usize) -> Result<Vec<u8>, String> {
+    // One byte of room beyond the expected size, so an oversized frame is caught.
+    let mut plain = Vec::with_capacity(expect_len + 1);
+    let n = zstd::bulk::Decompressor::new()
+        .and_then(|mut d| d.decompress_to_buffer(z, &mut plain))
+        .map_err(|e| format!("does not decompress ({e})"))?;
+    if n != expect_len {
+        return Err(format!("holds {n} bytes, expected {expect_len}"));
+    }
+    Ok(plain)
 }
 
 /// One zstd frame of a whole chunk, with a window covering the chunk so a match may reach back

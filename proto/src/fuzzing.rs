@@ -38,9 +38,10 @@ pub fn decoders(data: &[u8]) {
             assert_eq!(Feedback::decode(&buf, SESSION, &KEY).as_ref(), Ok(&f));
         }
         if let Ok(r) = Reply::decode(d, SESSION, &KEY) {
+            // Replies define no flags; unknown ones are ignored, so compare the fields.
             let mut buf = Vec::new();
             r.encode(SESSION, &KEY, &mut buf);
-            assert_eq!(&buf[..], d);
+            assert_eq!(Reply::decode(&buf, SESSION, &KEY), Ok(r));
         }
     }
 }

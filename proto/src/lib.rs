@@ -20,7 +20,7 @@ pub mod receiver;
 pub mod sender;
 pub mod wire;
 
-#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
 pub mod fuzzing;
 
 pub use layout::{Layout, LayoutError};
@@ -29,4 +29,4 @@ pub use sender::{
     DemoteReason, Destination, ReceiverInfo, ReceiverState, Sender, SenderConfig, SenderEvent,
     SenderStats, SessionError, StartPolicy,
 };
-pub use wire::{DecodeError, SenderState, SessionKey};
+pub use wire::{DecodeError, ReceiverStatus, SenderState, SessionKey};

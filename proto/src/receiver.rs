@@ -450,6 +450,13 @@ impl Receiver {
         }
     }
 
+    /// Registered again under a new id (after [`ReceiverEvent::Unknown`]): the sender counts
+    /// this receiver again; what is missing comes over unicast.
+    pub fn rejoin(&mut self, receiver_id: u32) {
+        self.cfg.receiver_id = receiver_id;
+        self.unicast_all = true;
+    }
+
     /// The driver stored chunk `index` (from a [`ReceiverEvent::Chunk`]).
     pub fn chunk_stored(&mut self, index: u32) {
         if let Some(c @ ChunkRx::Delivered) = self.chunks.get_mut(index as usize) {

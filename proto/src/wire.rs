@@ -37,6 +37,8 @@ pub const FEEDBACK_ENTRY_LEN: usize = 8;
 /// Most entries one feedback datagram carries (it stays within [`MAX_UDP_PAYLOAD`]).
 pub const MAX_FEEDBACK_ENTRIES: usize =
     (MAX_UDP_PAYLOAD - FEEDBACK_HEADER_LEN - TAG_LEN) / FEEDBACK_ENTRY_LEN;
+/// Encoding symbol ids are 24-bit (RFC 6330).
+pub const MAX_ESI: u32 = 1 << 24;
 /// Longest session name an announce carries.
 pub const MAX_NAME_LEN: usize = 200;
 
@@ -271,6 +273,9 @@ impl DataHeader {
         };
         if h.window_base > h.frontier {
             return Err(DecodeError::Field("window base beyond the frontier"));
+        }
+        if h.esi >= MAX_ESI {
+            return Err(DecodeError::Field("encoding symbol id beyond 24 bits"));
         }
         Ok((h, &body[DATA_HEADER_LEN..]))
     }

@@ -53,6 +53,70 @@ pub(crate) fn parse_size(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("{s:?} is not a size like 4M, 512K or 1048576"))
 }
 
+/// Parses a rate in bits per second: `900M`, `300m`, `1.5G`, `64K` (decimal: M is 10^6) or
+/// a plain number.
+pub(crate) fn parse_rate(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (num, mult) = match t.chars().last() {
+        Some('K' | 'k') => (&t[..t.len() - 1], 1e3),
+        Some('M' | 'm') => (&t[..t.len() - 1], 1e6),
+        Some('G' | 'g') => (&t[..t.len() - 1], 1e9),
+        _ => (t, 1.0),
+    };
+    match num.parse::<f64>() {
+        Ok(n) if n.is_finite() && n >= 1.0 && n * mult <= 1e12 => Ok((n * mult) as u64),
+        _ => Err(format!(
+            "{s:?} is not a rate in bits per second like 900M, 300M or 1G"
+        )),
+    }
+}
+
+/// `300.0 Mbit/s`.
+pub(crate) fn rate(bps: f64) -> String {
+    if bps >= 1e9 {
+        format!("{:.2} Gbit/s", bps / 1e9)
+    } else if bps >= 1e6 {
+        format!("{:.1} Mbit/s", bps / 1e6)
+    } else {
+        format!("{:.0} kbit/s", bps / 1e3)
+    }
+}
+
+/// Parses a duration: `90` or `90s`, `5m`, `2h`, `500ms`.
+pub(crate) fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let t = s.trim();
+    let (num, mult) = if let Some(n) = t.strip_suffix("ms") {
+        (n, 0.001)
+    } else if let Some(n) = t.strip_suffix('s') {
+        (n, 1.0)
+    } else if let Some(n) = t.strip_suffix('m') {
+        (n, 60.0)
+    } else if let Some(n) = t.strip_suffix('h') {
+        (n, 3600.0)
+    } else {
+        (t, 1.0)
+    };
+    match num.parse::<f64>() {
+        Ok(n) if n.is_finite() && n >= 0.0 && n * mult < 1e9 => {
+            Ok(std::time::Duration::from_secs_f64(n * mult))
+        }
+        _ => Err(format!("{s:?} is not a duration like 30s, 5m or 1h")),
+    }
+}
+
+/// Parses a share: `5%` or `0.05`.
+pub(crate) fn parse_fraction(s: &str) -> Result<f64, String> {
+    let t = s.trim();
+    let v = match t.strip_suffix('%') {
+        Some(p) => p.trim().parse::<f64>().map(|v| v / 100.0),
+        None => t.parse::<f64>(),
+    };
+    match v {
+        Ok(v) if (0.0..=10.0).contains(&v) => Ok(v),
+        _ => Err(format!("{s:?} is not a share like 5% or 0.05")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -66,5 +130,22 @@ mod tests {
         assert_eq!(time(1_795_000_000), "2026-11-18 11:06:40 UTC");
         assert_eq!(parse_size("4M"), Ok(4 << 20));
         assert!(parse_size("4X").is_err());
+        assert_eq!(parse_rate("900M"), Ok(900_000_000));
+        assert_eq!(parse_rate("1.5G"), Ok(1_500_000_000));
+        assert_eq!(parse_rate("64k"), Ok(64_000));
+        assert!(parse_rate("fast").is_err() && parse_rate("0").is_err());
+        assert_eq!(
+            parse_duration("5m"),
+            Ok(std::time::Duration::from_secs(300))
+        );
+        assert_eq!(
+            parse_duration("250ms"),
+            Ok(std::time::Duration::from_millis(250))
+        );
+        assert_eq!(parse_duration("90"), Ok(std::time::Duration::from_secs(90)));
+        assert!(parse_duration("soon").is_err());
+        assert_eq!(parse_fraction("5%"), Ok(0.05));
+        assert_eq!(parse_fraction("0.02"), Ok(0.02));
+        assert!(parse_fraction("-1%").is_err());
     }
 }

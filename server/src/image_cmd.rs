@@ -95,7 +95,7 @@ pub(crate) enum ImageCommand {
     },
 }
 
-fn open_store(store: Option<PathBuf>, data_dir: &Path) -> anyhow::Result<Store> {
+pub(crate) fn open_store(store: Option<PathBuf>, data_dir: &Path) -> anyhow::Result<Store> {
     let dir = store.unwrap_or_else(|| data_dir.join("images"));
     Store::open(&dir).with_context(|| format!("opening image store {}", dir.display()))
 }

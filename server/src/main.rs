@@ -2,7 +2,8 @@
 //!
 //! This binary is the admin CLI: `drover image capture|restore|inspect|verify|list|rm|gc` work on
 //! the image store inside the data directory (`./drover-data` unless `--data-dir` says
-//! otherwise). The daemon (`drover serve`) joins it in a later issue. The work itself is done by
+//! otherwise); `drover multicast send|receive` moves an image or a file to many machines at
+//! once without the daemon. The daemon (`drover serve`) joins it in a later issue. The work itself is done by
 //! the `imaging` crate; this crate parses arguments, draws progress and prints results (plain
 //! text, or JSON with `--json`).
 //!
@@ -10,6 +11,7 @@
 
 mod fmt;
 mod image_cmd;
+mod multicast;
 mod progress;
 
 use std::path::PathBuf;
@@ -42,6 +44,9 @@ enum Command {
     /// Capture, restore and manage disk images.
     #[command(subcommand)]
     Image(image_cmd::ImageCommand),
+    /// Send an image or file to many machines at once, or receive one (no daemon needed).
+    #[command(subcommand)]
+    Multicast(multicast::MulticastCommand),
 }
 
 fn main() -> ExitCode {
@@ -49,6 +54,9 @@ fn main() -> ExitCode {
     init_logging();
     let result = match cli.command {
         Command::Image(cmd) => image_cmd::run(cmd, &cli.data_dir, cli.json),
+        Command::Multicast(cmd) => {
+            multicast::run(cmd, &cli.data_dir, cli.json).map(|()| ExitCode::SUCCESS)
+        }
     };
     match result {
         Ok(code) => code,

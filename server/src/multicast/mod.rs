@@ -1,0 +1,201 @@
+//! `drover multicast send|receive`: one image or file to many machines at once, without the
+//! daemon — drover's udp-sender / udp-receiver pair.
+//!
+//! The sender announces its session on the group (default [`DEFAULT_GROUP`]) every half
+//! second; receivers started before or after it hear the announce, fetch the session
+//! description over HTTP from the announcing address, register, and count toward
+//! `--min-receivers`. The stream is RaptorQ-coded symbols paced at `--rate`; receivers report
+//! what they lack, and the sender sends fresh repair symbols. The sender serves late,
+//! demoted and lossy receivers the chunks they lack over HTTP while the group goes on.
+//!
+//! Exit codes: the sender exits 0 once every receiver that joined finished or was declared
+//! dead (a dead receiver is reported, not an error) and 1 on an error or when nobody joined;
+//! a receiver exits 0 once its output is complete and read back verified, 1 otherwise; both
+//! exit 2 on bad usage.
+
+mod net;
+mod receive;
+mod send;
+mod session;
+
+use std::net::SocketAddrV4;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Subcommand;
+use proto::{SenderConfig, SessionKey, StartPolicy};
+
+use crate::fmt;
+
+/// The default group and port: in the IPv4 organisation-local scope (239.255.0.0/16, RFC
+/// 2365), which routers at a site's edge do not forward.
+pub(crate) const DEFAULT_GROUP: &str = "239.255.77.77:9077";
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum MulticastCommand {
+    /// Stream an image (or any file) to every receiver on the network.
+    Send {
+        /// Image name (newest version), NAME@VERSION or id; or the path of a file or device.
+        source: String,
+        /// Network interface to send from (default: the only one with an IPv4 address).
+        #[arg(long)]
+        iface: Option<String>,
+        /// Multicast group and port.
+        #[arg(long, default_value = DEFAULT_GROUP)]
+        group: SocketAddrV4,
+        /// Highest send rate in bits per second on the wire (K, M, G suffixes).
+        #[arg(long, default_value = "900M", value_parser = fmt::parse_rate)]
+        rate: u64,
+        /// Start once this many receivers joined.
+        #[arg(long, default_value_t = 1)]
+        min_receivers: usize,
+        /// Start after this long, however many joined (e.g. 30s, 5m).
+        #[arg(long, value_parser = fmt::parse_duration)]
+        max_wait: Option<Duration>,
+        /// Proactive repair symbols per source symbol (e.g. 5% or 0.05).
+        #[arg(long, default_value = "2%", value_parser = fmt::parse_fraction)]
+        fec_overhead: f64,
+        /// Send to the subnet's broadcast address instead of the group (for switches that
+        /// mishandle multicast).
+        #[arg(long)]
+        broadcast: bool,
+        /// Multicast TTL (1: the local network only).
+        #[arg(long, default_value_t = 1)]
+        ttl: u32,
+        /// TCP port of the HTTP service receivers register with (0: any free port).
+        #[arg(long, default_value_t = 0)]
+        http_port: u16,
+        /// Receivers whose receive rate stays under this are finished over unicast.
+        #[arg(long, value_parser = fmt::parse_rate)]
+        min_receiver_rate: Option<u64>,
+        /// Receivers losing more than this share of the stream are finished over unicast.
+        #[arg(long, default_value = "50%", value_parser = fmt::parse_fraction)]
+        max_receiver_loss: f64,
+        /// A receiver silent this long is declared dead.
+        #[arg(long, default_value = "10s", value_parser = fmt::parse_duration)]
+        dead_after: Duration,
+        /// Image store directory (default: DATA_DIR/images).
+        #[arg(long)]
+        store: Option<PathBuf>,
+    },
+    /// Receive a session into a disk, partition or file.
+    Receive {
+        /// Network interface to listen on (default: the only one with an IPv4 address).
+        #[arg(long)]
+        iface: Option<String>,
+        /// Multicast group and port to listen on (a broadcast session on the port is heard too).
+        #[arg(long, default_value = DEFAULT_GROUP)]
+        group: SocketAddrV4,
+        /// Where to write: a device (large enough, not in use) or a file (created or resized).
+        #[arg(long)]
+        out: PathBuf,
+        /// Give up when no session is announced within this long (default: wait forever).
+        #[arg(long, value_parser = fmt::parse_duration)]
+        wait: Option<Duration>,
+    },
+}
+
+/// Runs a multicast command.
+pub(crate) fn run(cmd: MulticastCommand, data_dir: &Path, json: bool) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    match cmd {
+        MulticastCommand::Send {
+            source,
+            iface,
+            group,
+            rate,
+            min_receivers,
+            max_wait,
+            fec_overhead,
+            broadcast,
+            ttl,
+            http_port,
+            min_receiver_rate,
+            max_receiver_loss,
+            dead_after,
+            store,
+        } => {
+            let iface = net::iface(iface.as_deref())?;
+            let (source, name) = open_source(&source, store, data_dir)?;
+            let mut config = SenderConfig::new(0, SessionKey([0; 32]));
+            config.rate_bps = rate;
+            config.min_rate_bps = (rate / 100).max(1_000_000).min(rate);
+            config.fec_overhead = fec_overhead;
+            config.start = StartPolicy {
+                min_receivers,
+                max_wait,
+                start_at: None,
+            };
+            config.min_receiver_rate_bps = min_receiver_rate.unwrap_or(0);
+            config.max_receiver_loss = max_receiver_loss;
+            config.dead_after = dead_after;
+            rt.block_on(send::run(send::SendOptions {
+                source,
+                name,
+                iface,
+                group,
+                broadcast,
+                ttl,
+                http_port,
+                config,
+                json,
+            }))
+        }
+        MulticastCommand::Receive {
+            iface,
+            group,
+            out,
+            wait,
+        } => {
+            let iface = net::iface(iface.as_deref())?;
+            rt.block_on(receive::run(receive::ReceiveOptions {
+                iface,
+                group,
+                out,
+                wait,
+                json,
+            }))
+        }
+    }
+}
+
+/// A path that exists is a file session; anything else names an image in the store.
+fn open_source(
+    arg: &str,
+    store: Option<PathBuf>,
+    data_dir: &Path,
+) -> anyhow::Result<(session::Source, String)> {
+    let p = Path::new(arg);
+    if p.exists() {
+        let name = p
+            .file_name()
+            .map_or_else(|| arg.to_string(), |n| n.to_string_lossy().into_owned());
+        return Ok((session::Source::file(p)?, name));
+    }
+    let store = crate::image_cmd::open_store(store, data_dir)?;
+    let img = store
+        .resolve(arg)
+        .with_context(|| format!("{arg:?} is neither a file nor an image in the store"))?;
+    let name = format!("{}@{}", img.manifest.name, img.manifest.name_version);
+    Ok((session::Source::image(store, img.id, img.manifest)?, name))
+}
+
+/// Lowercase hex.
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    if s.len() % 2 != 0 {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}

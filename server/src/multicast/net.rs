@@ -1,0 +1,187 @@
+//! Sockets for a multicast session: interface lookup, the sender's socket, the receiver's
+//! group socket, socket buffers.
+
+use std::ffi::CStr;
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+
+use anyhow::{bail, Context};
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::net::UdpSocket;
+
+/// Socket buffers asked for: 64 MiB absorbs a long burst while the process is descheduled.
+/// As root the kernel's `rmem_max` is bypassed (`SO_RCVBUFFORCE`); otherwise it caps it.
+const SOCKET_BUFFER: usize = 64 << 20;
+
+/// A network interface with its IPv4 address.
+#[derive(Debug, Clone)]
+pub(crate) struct Iface {
+    pub(crate) name: String,
+    pub(crate) addr: Ipv4Addr,
+    pub(crate) prefix: u32,
+}
+
+impl Iface {
+    /// The subnet's broadcast address.
+    pub(crate) fn broadcast(&self) -> Ipv4Addr {
+        let mask = if self.prefix == 0 {
+            0
+        } else {
+            u32::MAX << (32 - self.prefix)
+        };
+        Ipv4Addr::from(u32::from(self.addr) | !mask)
+    }
+}
+
+/// Every interface with an IPv4 address.
+fn interfaces() -> io::Result<Vec<Iface>> {
+    let mut out = Vec::new();
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `head` with a list we free below with freeifaddrs.
+    if unsafe { libc::getifaddrs(&mut head) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut p = head;
+    while !p.is_null() {
+        // SAFETY: `p` is a node of the list getifaddrs returned, not yet freed.
+        let ifa = unsafe { &*p };
+        p = ifa.ifa_next;
+        if ifa.ifa_addr.is_null() || ifa.ifa_netmask.is_null() {
+            continue;
+        }
+        // SAFETY: ifa_addr points to a sockaddr whose family we check before casting.
+        if unsafe { (*ifa.ifa_addr).sa_family } as i32 != libc::AF_INET {
+            continue;
+        }
+        // SAFETY: AF_INET addresses (and their netmasks) are sockaddr_in.
+        let (addr, mask) = unsafe {
+            let a = &*(ifa.ifa_addr as *const libc::sockaddr_in);
+            let m = &*(ifa.ifa_netmask as *const libc::sockaddr_in);
+            (
+                Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr)),
+                u32::from_be(m.sin_addr.s_addr),
+            )
+        };
+        // SAFETY: ifa_name is a NUL-terminated string owned by the list.
+        let name = unsafe { CStr::from_ptr(ifa.ifa_name) }
+            .to_string_lossy()
+            .into_owned();
+        out.push(Iface {
+            name,
+            addr,
+            prefix: mask.leading_ones(),
+        });
+    }
+    // SAFETY: `head` came from getifaddrs and is freed once.
+    unsafe { libc::freeifaddrs(head) };
+    Ok(out)
+}
+
+/// The interface named `name`, or, without a name, the only non-loopback one.
+pub(crate) fn iface(name: Option<&str>) -> anyhow::Result<Iface> {
+    let all = interfaces().context("listing network interfaces")?;
+    match name {
+        Some(n) => all
+            .into_iter()
+            .find(|i| i.name == n)
+            .with_context(|| format!("interface {n:?} does not exist or has no IPv4 address")),
+        None => {
+            let mut up: Vec<Iface> = all.into_iter().filter(|i| !i.addr.is_loopback()).collect();
+            match up.len() {
+                1 => Ok(up.remove(0)),
+                0 => bail!("no network interface with an IPv4 address; name one with --iface"),
+                _ => bail!(
+                    "several interfaces have IPv4 addresses ({}); choose one with --iface",
+                    up.iter()
+                        .map(|i| i.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            }
+        }
+    }
+}
+
+fn force_buffers(s: &Socket) {
+    let fd = std::os::fd::AsRawFd::as_raw_fd(s);
+    let size = SOCKET_BUFFER as libc::c_int;
+    for opt in [libc::SO_RCVBUFFORCE, libc::SO_SNDBUFFORCE] {
+        // SAFETY: setsockopt reads an int from a valid pointer on a socket we own.
+        let r = unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                opt,
+                &size as *const libc::c_int as *const libc::c_void,
+                size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if r != 0 {
+            // Not root: ask within the kernel's limits.
+            let _ = if opt == libc::SO_RCVBUFFORCE {
+                s.set_recv_buffer_size(SOCKET_BUFFER)
+            } else {
+                s.set_send_buffer_size(SOCKET_BUFFER)
+            };
+        }
+    }
+}
+
+fn udp() -> io::Result<Socket> {
+    let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+    s.set_nonblocking(true)?;
+    force_buffers(&s);
+    Ok(s)
+}
+
+/// The sender's socket: bound to the interface's address, multicast out of that interface
+/// with `ttl`, broadcast allowed.
+pub(crate) fn sender_socket(iface: &Iface, ttl: u32, port: u16) -> anyhow::Result<UdpSocket> {
+    let s = udp().context("creating the sender's socket")?;
+    s.set_multicast_if_v4(&iface.addr)?;
+    s.set_multicast_ttl_v4(ttl)?;
+    s.set_multicast_loop_v4(false)?;
+    s.set_broadcast(true)?;
+    s.bind(&SocketAddr::from((iface.addr, port)).into())
+        .with_context(|| format!("binding {}:{port}", iface.addr))?;
+    Ok(UdpSocket::from_std(s.into())?)
+}
+
+/// The receiver's data socket: the group's port on every address (so a broadcast session is
+/// heard too), a member of `group` on `iface`.
+pub(crate) fn group_socket(iface: &Iface, group: SocketAddrV4) -> anyhow::Result<UdpSocket> {
+    let s = udp().context("creating the group socket")?;
+    s.set_reuse_address(true)?;
+    s.bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, group.port())).into())
+        .with_context(|| format!("binding port {}", group.port()))?;
+    if group.ip().is_multicast() {
+        s.join_multicast_v4(group.ip(), &iface.addr)
+            .with_context(|| format!("joining {} on {}", group.ip(), iface.name))?;
+    }
+    Ok(UdpSocket::from_std(s.into())?)
+}
+
+/// A unicast socket on `iface` (the receiver's feedback and the sender's replies).
+pub(crate) fn unicast_socket(iface: &Iface) -> anyhow::Result<UdpSocket> {
+    let s = udp().context("creating the feedback socket")?;
+    s.bind(&SocketAddr::from((iface.addr, 0)).into())
+        .with_context(|| format!("binding {}", iface.addr))?;
+    Ok(UdpSocket::from_std(s.into())?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn broadcast_address() {
+        let i = Iface {
+            name: "x".into(),
+            addr: "10.77.0.11".parse().unwrap(),
+            prefix: 24,
+        };
+        assert_eq!(i.broadcast(), "10.77.0.255".parse::<Ipv4Addr>().unwrap());
+        let lo = interfaces().unwrap();
+        assert!(lo.iter().any(|i| i.addr.is_loopback() && i.prefix == 8));
+    }
+}

@@ -1,0 +1,349 @@
+//! `drover multicast receive`: finds a session on the group, registers, drives a
+//! [`proto::Receiver`] with tokio, writes and verifies chunks on a writer thread, and fetches
+//! over HTTP what multicast did not bring.
+
+use std::net::{SocketAddr, SocketAddrV4};
+use std::path::PathBuf;
+use std::sync::mpsc as std_mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use proto::wire::{self, Announce, Kind, SenderState};
+use proto::{Receiver, ReceiverConfig, ReceiverEvent, SessionKey};
+use serde_json::json;
+use tokio::sync::mpsc;
+use tracing::{debug, warn};
+
+use super::net::{self, Iface};
+use super::session::{Description, Registration, Sink};
+use super::unhex;
+use crate::fmt;
+
+/// Decoded chunks waiting for the disk at most; beyond that a chunk is dropped and fetched
+/// over unicast later, so a slow disk costs memory only up to this bound (16 × 4 MiB).
+const MAX_PENDING_WRITES: usize = 16;
+/// Failed unicast fetches in a row, with the sender silent, after which the receiver gives up.
+const MAX_FETCH_FAILURES: u32 = 30;
+
+/// What the receiver was asked to do.
+pub(crate) struct ReceiveOptions {
+    pub(crate) iface: Iface,
+    pub(crate) group: SocketAddrV4,
+    pub(crate) out: PathBuf,
+    pub(crate) wait: Option<Duration>,
+    pub(crate) json: bool,
+}
+
+enum Outcome {
+    Stored,
+    /// The data was wrong (hash, decompression): fetch it again.
+    Bad(String),
+}
+
+struct Job {
+    index: u32,
+    data: Vec<u8>,
+    unicast: bool,
+}
+
+/// Runs a receiver to the end of its session.
+pub(crate) async fn run(o: ReceiveOptions) -> anyhow::Result<()> {
+    let group = net::group_socket(&o.iface, o.group)?;
+    eprintln!(
+        "waiting for a session on {} (or broadcast) via {} ({})",
+        o.group, o.iface.name, o.iface.addr
+    );
+    let (announce, sender_addr) = find_session(&group, o.wait).await?;
+    let base = format!("http://{}:{}", sender_addr.ip(), announce.http_port);
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(120))
+        .build()?;
+    let desc: Description = client
+        .get(format!("{base}/session"))
+        .send()
+        .await
+        .and_then(|r| r.error_for_status())
+        .with_context(|| format!("fetching the session description from {base}"))?
+        .json()
+        .await
+        .context("reading the session description")?;
+    let layout = desc.layout()?;
+    let total = desc.plain_bytes();
+    eprintln!(
+        "session {:08x}: {} ({} in {} chunks) from {}",
+        desc.session,
+        desc.name,
+        fmt::bytes(total),
+        desc.chunks.len(),
+        sender_addr.ip()
+    );
+    // Check the output before registering: a receiver that cannot write never joins.
+    let sink = {
+        let out = o.out.clone();
+        let d = desc.clone();
+        tokio::task::spawn_blocking(move || Sink::open(&out, d)).await??
+    };
+    let register = || async {
+        let r: Registration = client
+            .post(format!("{base}/register"))
+            .send()
+            .await
+            .and_then(|r| r.error_for_status())
+            .with_context(|| format!("registering with {base}"))?
+            .json()
+            .await
+            .context("reading the registration")?;
+        anyhow::Ok(r)
+    };
+    let reg = register().await?;
+    let key = unhex(&reg.key)
+        .and_then(|k| <[u8; 32]>::try_from(k).ok())
+        .context("the sender sent a malformed session key")?;
+    let feedback = net::unicast_socket(&o.iface)?;
+    let mut cfg = ReceiverConfig::new(desc.session, SessionKey(key), reg.receiver_id);
+    cfg.rng_seed = u64::from(reg.receiver_id) ^ u64::from(u32::from(o.iface.addr));
+    let mut rx = Receiver::new(cfg, layout, Instant::now());
+    eprintln!("registered as receiver {}", reg.receiver_id);
+
+    // The writer thread: checks, writes and reads back every chunk, then finishes the output.
+    let (job_tx, job_rx) = std_mpsc::channel::<Job>();
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(u32, bool, anyhow::Result<Outcome>)>();
+    let n_chunks = desc.chunks.len();
+    let writer = std::thread::spawn(move || writer(sink, job_rx, done_tx, n_chunks));
+
+    let (fetch_tx, mut fetch_rx) = mpsc::unbounded_channel::<(u32, anyhow::Result<Vec<u8>>)>();
+    let mut gbuf = vec![0u8; 65536];
+    let mut ubuf = vec![0u8; 65536];
+    let mut buf = Vec::with_capacity(2048);
+    let mut pending_writes = 0usize;
+    let mut fetch_failures = 0u32;
+    let mut last_progress = Instant::now();
+    let t0 = Instant::now();
+    let mut demoted = false;
+    loop {
+        let now = Instant::now();
+        rx.handle_timeout(now);
+        while let Some(i) = rx.poll_fetch(now) {
+            let url = format!("{base}/chunks/{i}");
+            let client = client.clone();
+            let tx = fetch_tx.clone();
+            tokio::spawn(async move {
+                let r = async {
+                    let resp = client.get(&url).send().await?.error_for_status()?;
+                    anyhow::Ok(resp.bytes().await?.to_vec())
+                }
+                .await;
+                let _ = tx.send((i, r));
+            });
+        }
+        while rx.poll_transmit(now, &mut buf) {
+            if let Err(e) = feedback.send_to(&buf, sender_addr).await {
+                debug!(error = %e, "feedback not sent");
+            }
+        }
+        while let Some(e) = rx.poll_event() {
+            match e {
+                ReceiverEvent::Chunk { index, data } => {
+                    if pending_writes >= MAX_PENDING_WRITES {
+                        rx.chunk_rejected(index);
+                    } else {
+                        pending_writes += 1;
+                        job_tx
+                            .send(Job {
+                                index,
+                                data,
+                                unicast: false,
+                            })
+                            .context("the writer stopped")?;
+                    }
+                }
+                ReceiverEvent::Demoted => {
+                    demoted = true;
+                    eprintln!("demoted by the sender: finishing over unicast");
+                }
+                ReceiverEvent::SenderSilent => {
+                    eprintln!("the sender went silent: finishing over unicast")
+                }
+                ReceiverEvent::Unknown => {
+                    eprintln!("the sender no longer knows this receiver: registering again");
+                    let reg = register().await?;
+                    rx.rejoin(reg.receiver_id);
+                }
+                ReceiverEvent::Finished => {}
+                _ => {}
+            }
+        }
+        if rx.finished() {
+            break;
+        }
+        if !o.json && last_progress.elapsed() >= Duration::from_secs(1) {
+            last_progress = Instant::now();
+            let s = rx.stats();
+            eprintln!(
+                "received {} of {} ({:.0} %), {} , loss {:.1} %, {} chunk(s) over unicast{}",
+                fmt::bytes(s.stored_bytes),
+                fmt::bytes(desc.chunks.iter().map(|c| c.len as u64).sum()),
+                100.0 * s.stored_chunks as f64 / n_chunks.max(1) as f64,
+                fmt::rate(s.rate_bps as f64),
+                100.0 * s.loss,
+                s.fetched_chunks,
+                if demoted { " (demoted)" } else { "" }
+            );
+        }
+        let wake = rx
+            .poll_timeout()
+            .unwrap_or(now + Duration::from_millis(100))
+            .min(now + Duration::from_millis(250));
+        tokio::select! {
+            biased;
+            r = group.recv_from(&mut gbuf) => match r {
+                Ok((n, _)) => rx.handle_datagram(Instant::now(), &gbuf[..n]),
+                Err(e) => warn!(error = %e, "receive failed"),
+            },
+            r = feedback.recv_from(&mut ubuf) => match r {
+                Ok((n, _)) => rx.handle_datagram(Instant::now(), &ubuf[..n]),
+                Err(e) => debug!(error = %e, "receive failed"),
+            },
+            Some((index, unicast, r)) = done_rx.recv() => {
+                if !unicast {
+                    pending_writes -= 1;
+                }
+                match r? {
+                    Outcome::Stored if unicast => rx.fetch_finished(Instant::now(), index, true),
+                    Outcome::Stored => rx.chunk_stored(index),
+                    Outcome::Bad(why) => {
+                        warn!(index, %why, "chunk rejected; fetching it again");
+                        if unicast {
+                            rx.fetch_finished(Instant::now(), index, false);
+                        } else {
+                            rx.chunk_rejected(index);
+                        }
+                    }
+                }
+            }
+            Some((index, r)) = fetch_rx.recv() => match r {
+                Ok(data) => {
+                    fetch_failures = 0;
+                    job_tx
+                        .send(Job { index, data, unicast: true })
+                        .context("the writer stopped")?;
+                }
+                Err(e) => {
+                    fetch_failures += 1;
+                    debug!(index, error = %e, "unicast fetch failed");
+                    if fetch_failures >= MAX_FETCH_FAILURES {
+                        bail!("fetching chunk {index} from {base} failed {fetch_failures} times in a row: {e:#}");
+                    }
+                    rx.fetch_finished(Instant::now(), index, false);
+                }
+            },
+            _ = tokio::time::sleep_until(tokio::time::Instant::from_std(wake)) => {}
+        }
+    }
+    drop(job_tx);
+    writer
+        .join()
+        .map_err(|_| anyhow::anyhow!("the writer panicked"))?;
+    let s = rx.stats();
+    let secs = t0.elapsed().as_secs_f64();
+    if o.json {
+        println!(
+            "{}",
+            json!({
+                "session": format!("{:08x}", desc.session),
+                "name": desc.name,
+                "out": o.out.display().to_string(),
+                "bytes": total,
+                "seconds": secs,
+                "chunks_multicast": s.decoded_chunks,
+                "chunks_unicast": s.fetched_chunks,
+                "datagrams": s.datagrams,
+                "rejected_datagrams": s.rejected,
+                "demoted": demoted,
+            })
+        );
+    } else {
+        println!(
+            "received {} into {} in {secs:.1} s, verified: {} chunk(s) by multicast, {} over unicast{}",
+            fmt::bytes(total),
+            o.out.display(),
+            s.decoded_chunks,
+            s.fetched_chunks,
+            if s.rejected > 0 {
+                format!(", {} bad datagram(s) dropped", s.rejected)
+            } else {
+                String::new()
+            }
+        );
+    }
+    Ok(())
+}
+
+/// Waits for a session announce; returns it and the sender's control address.
+async fn find_session(
+    group: &tokio::net::UdpSocket,
+    wait: Option<Duration>,
+) -> anyhow::Result<(Announce, SocketAddr)> {
+    let mut buf = vec![0u8; 65536];
+    let look = async {
+        loop {
+            let (n, from) = group.recv_from(&mut buf).await?;
+            let d = &buf[..n];
+            if let Ok((Kind::Announce, _)) = wire::peek(d) {
+                match Announce::decode(d) {
+                    Ok(a) if a.state != SenderState::Done => return anyhow::Ok((a, from)),
+                    Ok(_) => {}
+                    Err(e) => debug!(%from, error = %e, "bad announce"),
+                }
+            }
+        }
+    };
+    match wait {
+        Some(w) => tokio::time::timeout(w, look)
+            .await
+            .map_err(|_| anyhow::anyhow!("no session announced within {w:?}"))?,
+        None => look.await,
+    }
+}
+
+fn writer(
+    sink: Sink,
+    jobs: std_mpsc::Receiver<Job>,
+    done: mpsc::UnboundedSender<(u32, bool, anyhow::Result<Outcome>)>,
+    n: usize,
+) {
+    let mut written = vec![false; n];
+    let mut count = 0;
+    for job in jobs {
+        let i = job.index as usize;
+        let r = (|| {
+            // Wrong data is fetched again; the output failing is fatal (`?`).
+            if let Err(why) = sink.write(i, &job.data)? {
+                return Ok(Outcome::Bad(why));
+            }
+            if !written[i] {
+                written[i] = true;
+                count += 1;
+            }
+            if count == n {
+                // The last chunk: finish the output and read everything back before the
+                // sender hears that this receiver is done.
+                let bad = sink.finish_and_verify()?;
+                if !bad.is_empty() {
+                    bail!(
+                        "{} read back wrong after writing (chunks {:?})",
+                        sink.path.display(),
+                        bad
+                    );
+                }
+            }
+            Ok(Outcome::Stored)
+        })();
+        let fatal = r.is_err();
+        if done.send((job.index, job.unicast, r)).is_err() || fatal {
+            return;
+        }
+    }
+}

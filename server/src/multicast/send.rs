@@ -1,0 +1,356 @@
+//! `drover multicast send`: drives a [`proto::Sender`] with tokio, serves registration and
+//! unicast chunks over HTTP.
+
+use std::net::{SocketAddr, SocketAddrV4};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, Path as UrlPath, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use proto::{Destination, ReceiverState, Sender, SenderConfig, SenderEvent, SessionKey};
+use rand::RngCore;
+use serde_json::json;
+use tokio::sync::{mpsc, oneshot};
+use tracing::{info, warn};
+
+use super::hex;
+use super::net::{self, Iface};
+use super::session::{Registration, Source};
+use crate::fmt;
+
+/// What the sender was asked to do.
+pub(crate) struct SendOptions {
+    pub(crate) source: Source,
+    pub(crate) name: String,
+    pub(crate) iface: Iface,
+    pub(crate) group: SocketAddrV4,
+    pub(crate) broadcast: bool,
+    pub(crate) ttl: u32,
+    pub(crate) http_port: u16,
+    pub(crate) config: SenderConfig,
+    pub(crate) json: bool,
+}
+
+enum Cmd {
+    Register {
+        from: SocketAddr,
+        reply: oneshot::Sender<Option<u32>>,
+    },
+}
+
+struct Http {
+    description: Bytes,
+    key_hex: String,
+    source: Arc<Source>,
+    cmds: mpsc::Sender<Cmd>,
+}
+
+struct HttpError(StatusCode, String);
+
+impl IntoResponse for HttpError {
+    fn into_response(self) -> Response {
+        (self.0, Json(json!({ "error": self.1 }))).into_response()
+    }
+}
+
+async fn session_handler(State(h): State<Arc<Http>>) -> Response {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        h.description.clone(),
+    )
+        .into_response()
+}
+
+async fn register(
+    State(h): State<Arc<Http>>,
+    ConnectInfo(from): ConnectInfo<SocketAddr>,
+) -> Result<Json<Registration>, HttpError> {
+    let (tx, rx) = oneshot::channel();
+    let gone = || HttpError(StatusCode::GONE, "the session is over".into());
+    h.cmds
+        .send(Cmd::Register { from, reply: tx })
+        .await
+        .map_err(|_| gone())?;
+    let id = rx.await.map_err(|_| gone())?.ok_or_else(gone)?;
+    Ok(Json(Registration {
+        receiver_id: id,
+        key: h.key_hex.clone(),
+    }))
+}
+
+async fn chunk(
+    State(h): State<Arc<Http>>,
+    UrlPath(i): UrlPath<usize>,
+) -> Result<Vec<u8>, HttpError> {
+    if i >= h.source.chunk_count() {
+        return Err(HttpError(StatusCode::NOT_FOUND, format!("no chunk {i}")));
+    }
+    let src = h.source.clone();
+    tokio::task::spawn_blocking(move || src.payload(i))
+        .await
+        .map_err(|e| HttpError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        .map_err(|e| HttpError(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")))
+}
+
+/// Runs a session to its end.
+pub(crate) async fn run(o: SendOptions) -> anyhow::Result<()> {
+    let mut key = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut key);
+    let session = rand::rngs::OsRng.next_u32();
+    let source = Arc::new(o.source);
+    let desc = {
+        let src = source.clone();
+        let name = o.name.clone();
+        tokio::task::spawn_blocking(move || src.describe(session, &name))
+            .await?
+            .context("preparing the session")?
+    };
+    let layout = desc.layout()?;
+    let total = desc.plain_bytes();
+
+    let socket = net::sender_socket(&o.iface, o.ttl, 0)?;
+    let listener = tokio::net::TcpListener::bind((o.iface.addr, o.http_port))
+        .await
+        .with_context(|| format!("listening on {}:{}", o.iface.addr, o.http_port))?;
+    let http_addr = listener.local_addr()?;
+    let dest_group = if o.broadcast {
+        SocketAddr::from((o.iface.broadcast(), o.group.port()))
+    } else {
+        SocketAddr::V4(o.group)
+    };
+
+    let mut cfg = o.config;
+    cfg.session = session;
+    cfg.key = SessionKey(key);
+    cfg.name = o.name.clone();
+    cfg.http_port = http_addr.port();
+    let min_receivers = cfg.start.min_receivers;
+    let mut sender = Sender::new(cfg, layout, Instant::now());
+
+    let (cmd_tx, mut cmd_rx) = mpsc::channel(64);
+    let http = Arc::new(Http {
+        description: Bytes::from(serde_json::to_vec(&desc)?),
+        key_hex: hex(&key),
+        source: source.clone(),
+        cmds: cmd_tx,
+    });
+    let app = Router::new()
+        .route("/session", get(session_handler))
+        .route("/register", post(register))
+        .route("/chunks/{i}", get(chunk))
+        .with_state(http);
+    let server = tokio::spawn(async move {
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await
+    });
+
+    let target = if o.broadcast {
+        format!("broadcast {dest_group}")
+    } else {
+        format!("group {dest_group}")
+    };
+    eprintln!(
+        "session {session:08x}: {} ({} in {} chunks) to {target} from {} ({}), registration on http://{http_addr}",
+        o.name,
+        fmt::bytes(total),
+        desc.chunks.len(),
+        o.iface.name,
+        o.iface.addr
+    );
+    if min_receivers > 0 {
+        eprintln!("waiting for {min_receivers} receiver(s); send SIGUSR1 to start now");
+    }
+    let mut start_signal =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())?;
+
+    let (load_tx, mut load_rx) = mpsc::unbounded_channel::<(u32, anyhow::Result<Vec<u8>>)>();
+    let mut buf = Vec::with_capacity(2048);
+    let mut rbuf = vec![0u8; 65536];
+    let t0 = Instant::now();
+    let mut started_at = None;
+    let mut multicast_done_at = None;
+    let mut send_errors = 0u64;
+    let mut last_progress = Instant::now();
+    let mut dead = Vec::new();
+    let mut demoted = Vec::new();
+    loop {
+        let now = Instant::now();
+        sender.handle_timeout(now);
+        while let Some(i) = sender.poll_load() {
+            let src = source.clone();
+            let tx = load_tx.clone();
+            tokio::task::spawn_blocking(move || {
+                let _ = tx.send((i, src.payload(i as usize)));
+            });
+        }
+        // Send what is due; the token bucket in the core paces it.
+        let mut burst = 0;
+        while let Some(dest) = sender.poll_transmit(now, &mut buf) {
+            let to = match dest {
+                Destination::Group => dest_group,
+                Destination::Unicast(a) => a,
+            };
+            if let Err(e) = socket.send_to(&buf, to).await {
+                send_errors += 1;
+                if send_errors.is_power_of_two() {
+                    warn!(error = %e, %to, count = send_errors, "send failed");
+                }
+            }
+            burst += 1;
+            if burst >= 256 {
+                // Let the receive side and the timers run.
+                break;
+            }
+        }
+        let mut done = false;
+        while let Some(e) = sender.poll_event() {
+            match e {
+                SenderEvent::Joined { id, addr, late } => eprintln!(
+                    "receiver {id} joined from {}{}",
+                    addr.ip(),
+                    if late {
+                        " (late: catches up over unicast)"
+                    } else {
+                        ""
+                    }
+                ),
+                SenderEvent::Started { receivers } => {
+                    started_at = Some(Instant::now());
+                    eprintln!("started with {receivers} receiver(s)");
+                }
+                SenderEvent::Demoted { id, reason } => {
+                    demoted.push(id);
+                    eprintln!("receiver {id} demoted to unicast ({reason:?})");
+                }
+                SenderEvent::Dead { id } => {
+                    dead.push(id);
+                    eprintln!("receiver {id} went silent: declared dead");
+                }
+                SenderEvent::Finished { id } => eprintln!("receiver {id} finished"),
+                SenderEvent::MulticastDone => multicast_done_at = Some(Instant::now()),
+                SenderEvent::Done => done = true,
+                _ => {}
+            }
+        }
+        if done {
+            break;
+        }
+        if !o.json && last_progress.elapsed() >= Duration::from_secs(1) {
+            last_progress = Instant::now();
+            progress_line(&sender, total);
+        }
+        let wake = sender
+            .poll_timeout(now)
+            .unwrap_or(now + Duration::from_millis(100));
+        let wake = tokio::time::Instant::from_std(wake);
+        if burst >= 256 {
+            tokio::task::yield_now().await;
+        }
+        tokio::select! {
+            biased;
+            r = socket.recv_from(&mut rbuf) => match r {
+                Ok((n, from)) => sender.handle_datagram(Instant::now(), from, &rbuf[..n]),
+                Err(e) => warn!(error = %e, "receive failed"),
+            },
+            Some(cmd) = cmd_rx.recv() => match cmd {
+                Cmd::Register { from, reply } => {
+                    let id = sender.add_receiver(Instant::now(), from).ok();
+                    let _ = reply.send(id);
+                }
+            },
+            Some((i, payload)) = load_rx.recv() => {
+                let payload = payload.with_context(|| format!("reading chunk {i}"))?;
+                sender.provide(i, payload)?;
+            }
+            _ = start_signal.recv() => {
+                eprintln!("starting now");
+                sender.start_now();
+            }
+            _ = tokio::time::sleep_until(wake) => {}
+        }
+    }
+    server.abort();
+    let elapsed = t0.elapsed();
+    let streamed = started_at.map(|s| multicast_done_at.unwrap_or_else(Instant::now) - s);
+    let st = sender.stats();
+    let recv: Vec<_> = sender.receivers().collect();
+    let finished = recv
+        .iter()
+        .filter(|r| r.state == ReceiverState::Finished)
+        .count();
+    let summary = json!({
+        "session": format!("{session:08x}"),
+        "name": o.name,
+        "bytes": total,
+        "chunks": desc.chunks.len(),
+        "seconds": elapsed.as_secs_f64(),
+        "multicast_seconds": streamed.map(|d| d.as_secs_f64()),
+        "receivers": recv.len(),
+        "finished": finished,
+        "dead": dead,
+        "demoted": demoted,
+        "datagrams": st.datagrams,
+        "source_symbols": st.source_symbols,
+        "repair_symbols": st.repair_symbols + st.proactive_symbols,
+        "wire_bytes": st.wire_bytes,
+        "send_errors": send_errors,
+    });
+    if o.json {
+        println!("{summary}");
+    } else {
+        let secs = streamed.unwrap_or(elapsed).as_secs_f64().max(1e-6);
+        println!(
+            "sent {} to {} receiver(s) in {:.1} s ({} goodput), {} finished, {} dead, {} demoted to unicast; repairs {:.1} % of source symbols",
+            fmt::bytes(total),
+            recv.len(),
+            elapsed.as_secs_f64(),
+            fmt::rate(total as f64 * 8.0 / secs),
+            finished,
+            dead.len(),
+            demoted.len(),
+            100.0 * (st.repair_symbols + st.proactive_symbols) as f64
+                / st.source_symbols.max(1) as f64
+        );
+    }
+    if !sender.ever_joined() {
+        bail!("no receiver joined the session");
+    }
+    info!(finished, dead = dead.len(), "session over");
+    Ok(())
+}
+
+fn progress_line(s: &Sender, total: u64) {
+    let st = s.stats();
+    let chunks = s.layout().chunks().max(1);
+    let mut counts = [0usize; 4];
+    let mut loss = 0.0;
+    let mut n = 0;
+    for r in s.receivers() {
+        counts[r.state as usize] += 1;
+        if r.state == ReceiverState::Active {
+            loss += r.loss;
+            n += 1;
+        }
+    }
+    eprintln!(
+        "{:?}: sent {:.0} % of {} at {}, repairs {}, receivers {} active {} unicast {} done {} dead, mean loss {:.1} %",
+        s.state(),
+        100.0 * st.frontier as f64 / chunks as f64,
+        fmt::bytes(total),
+        fmt::rate(st.rate_bps as f64),
+        st.repair_symbols + st.proactive_symbols,
+        counts[0],
+        counts[1],
+        counts[2],
+        counts[3],
+        if n > 0 { 100.0 * loss / n as f64 } else { 0.0 }
+    );
+}

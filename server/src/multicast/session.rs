@@ -1,0 +1,412 @@
+//! What both ends agree on: the session description a receiver fetches from the sender
+//! (`GET /session`), its registration (`POST /register`), and the chunk sources and sinks.
+//!
+//! A session carries either an image (the payload of chunk `i` is a zstd frame of the i-th
+//! chunk of the manifest, in manifest order) or a plain file (chunk `i` is bytes
+//! `i * chunk_size ..` of the file, as they are). Every chunk's plaintext hash is in the
+//! description, so a receiver checks each chunk before it writes it, whatever path it came by.
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, ensure, Context};
+use imaging::device::{BlockDevice, FileDevice};
+use imaging::manifest::{Hash, Manifest};
+use imaging::store::Store;
+use serde::{Deserialize, Serialize};
+
+/// Version of the description format.
+pub(crate) const DESCRIPTION_FORMAT: u32 = 1;
+
+/// Chunk size of a file session.
+pub(crate) const FILE_CHUNK: u64 = 4 << 20;
+
+/// One chunk of a session.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct ChunkDesc {
+    /// Bytes sent (the payload).
+    pub(crate) len: u32,
+    /// Bytes of plaintext.
+    pub(crate) plain_len: u32,
+    /// BLAKE3 of the plaintext.
+    pub(crate) hash: Hash,
+}
+
+/// What the session carries.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub(crate) enum Content {
+    /// A file of `size` bytes.
+    File { size: u64 },
+    /// An image.
+    Image { id: String, manifest: Box<Manifest> },
+}
+
+/// The session description.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct Description {
+    pub(crate) format: u32,
+    pub(crate) session: u32,
+    pub(crate) name: String,
+    pub(crate) symbol_size: u16,
+    pub(crate) max_block_symbols: u32,
+    pub(crate) chunks: Vec<ChunkDesc>,
+    pub(crate) content: Content,
+}
+
+impl Description {
+    /// The RaptorQ layout, checked.
+    pub(crate) fn layout(&self) -> anyhow::Result<proto::Layout> {
+        ensure!(
+            self.format == DESCRIPTION_FORMAT,
+            "the sender speaks session description format {}, this build {DESCRIPTION_FORMAT}",
+            self.format
+        );
+        let layout = proto::Layout::new(
+            self.symbol_size,
+            self.max_block_symbols,
+            self.chunks.iter().map(|c| c.len).collect(),
+        )
+        .context("the session description is inconsistent")?;
+        match &self.content {
+            Content::File { size } => {
+                let want = size.div_ceil(FILE_CHUNK);
+                ensure!(
+                    want == self.chunks.len() as u64,
+                    "a {size}-byte file has {want} chunks, the description lists {}",
+                    self.chunks.len()
+                );
+            }
+            Content::Image { manifest, .. } => {
+                manifest
+                    .validate()
+                    .context("the session's manifest is invalid")?;
+                let n = manifest.chunks().count();
+                ensure!(
+                    n == self.chunks.len(),
+                    "the image has {n} chunks, the description lists {}",
+                    self.chunks.len()
+                );
+                for ((a, c), d) in manifest.chunks().zip(&self.chunks) {
+                    ensure!(
+                        c.hash == d.hash
+                            && a.region_len(c.index, manifest.chunk_size) == d.plain_len as u64,
+                        "chunk {} of the description does not match the manifest",
+                        c.hash
+                    );
+                }
+            }
+        }
+        Ok(layout)
+    }
+
+    /// Bytes a receiver writes.
+    pub(crate) fn plain_bytes(&self) -> u64 {
+        self.chunks.iter().map(|c| c.plain_len as u64).sum()
+    }
+}
+
+/// The answer to `POST /register`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct Registration {
+    pub(crate) receiver_id: u32,
+    /// The session key, hex.
+    pub(crate) key: String,
+}
+
+/// Where a sender's chunks come from.
+pub(crate) enum Source {
+    File {
+        file: File,
+        size: u64,
+    },
+    Image {
+        store: Store,
+        id: String,
+        manifest: Box<Manifest>,
+        /// Hash and plaintext length of every chunk, in order.
+        chunks: Vec<(Hash, usize)>,
+    },
+}
+
+impl Source {
+    /// A file session over `path`.
+    pub(crate) fn file(path: &Path) -> anyhow::Result<Self> {
+        let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+        let meta = file.metadata()?;
+        let size = if meta.is_file() {
+            meta.len()
+        } else {
+            FileDevice::open_read(path)
+                .with_context(|| format!("opening {}", path.display()))?
+                .len()
+        };
+        ensure!(size > 0, "{} is empty", path.display());
+        Ok(Self::File { file, size })
+    }
+
+    /// An image session.
+    pub(crate) fn image(store: Store, id: String, manifest: Manifest) -> anyhow::Result<Self> {
+        let cs = manifest.chunk_size;
+        let chunks: Vec<(Hash, usize)> = manifest
+            .chunks()
+            .map(|(a, c)| (c.hash, a.region_len(c.index, cs) as usize))
+            .collect();
+        ensure!(!chunks.is_empty(), "the image holds no data");
+        if let Some((h, _)) = chunks.iter().find(|(h, _)| !store.has_chunk(h)) {
+            bail!("the image's chunk {h} is missing from the store");
+        }
+        Ok(Self::Image {
+            store,
+            id,
+            manifest: Box::new(manifest),
+            chunks,
+        })
+    }
+
+    pub(crate) fn chunk_count(&self) -> usize {
+        match self {
+            Self::File { size, .. } => size.div_ceil(FILE_CHUNK) as usize,
+            Self::Image { chunks, .. } => chunks.len(),
+        }
+    }
+
+    /// The payload of chunk `i`.
+    pub(crate) fn payload(&self, i: usize) -> anyhow::Result<Vec<u8>> {
+        match self {
+            Self::File { file, size } => {
+                let start = i as u64 * FILE_CHUNK;
+                let len = (size - start).min(FILE_CHUNK) as usize;
+                let mut buf = vec![0; len];
+                file.read_exact_at(&mut buf, start)
+                    .with_context(|| format!("reading chunk {i} of the file"))?;
+                Ok(buf)
+            }
+            Self::Image { store, chunks, .. } => {
+                let (h, len) = chunks[i];
+                Ok(store.read_frame(&h, len)?)
+            }
+        }
+    }
+
+    /// The description, with payload lengths (reading or recompressing what it must, on
+    /// `threads` threads).
+    pub(crate) fn describe(&self, session: u32, name: &str) -> anyhow::Result<Description> {
+        let chunks = match self {
+            Self::File { size, .. } => (0..self.chunk_count())
+                .map(|i| {
+                    let data = self.payload(i)?;
+                    let _ = size;
+                    Ok(ChunkDesc {
+                        len: data.len() as u32,
+                        plain_len: data.len() as u32,
+                        hash: Hash::of(&data),
+                    })
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?,
+            Self::Image { chunks, .. } => {
+                let lens = parallel_map(chunks.len(), |i| Ok(self.payload(i)?.len()))?;
+                chunks
+                    .iter()
+                    .zip(lens)
+                    .map(|(&(hash, plain_len), len)| ChunkDesc {
+                        len: len as u32,
+                        plain_len: plain_len as u32,
+                        hash,
+                    })
+                    .collect()
+            }
+        };
+        let content = match self {
+            Self::File { size, .. } => Content::File { size: *size },
+            Self::Image { id, manifest, .. } => Content::Image {
+                id: id.clone(),
+                manifest: manifest.clone(),
+            },
+        };
+        Ok(Description {
+            format: DESCRIPTION_FORMAT,
+            session,
+            name: name.to_string(),
+            symbol_size: proto::wire::DEFAULT_SYMBOL_SIZE,
+            max_block_symbols: proto::layout::DEFAULT_MAX_BLOCK_SYMBOLS,
+            chunks,
+            content,
+        })
+    }
+}
+
+/// `f(0..n)` on one thread per core, in order.
+fn parallel_map<T: Send>(
+    n: usize,
+    f: impl Fn(usize) -> anyhow::Result<T> + Sync,
+) -> anyhow::Result<Vec<T>> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let next = AtomicUsize::new(0);
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let parts = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads.min(n.max(1)))
+            .map(|_| {
+                s.spawn(|| {
+                    let mut out = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        if i >= n {
+                            return Ok::<_, anyhow::Error>(out);
+                        }
+                        out.push((i, f(i)?));
+                    }
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("worker panicked"))
+            .collect::<Vec<_>>()
+    });
+    let mut all = Vec::with_capacity(n);
+    for p in parts {
+        all.extend(p?);
+    }
+    all.sort_by_key(|(i, _)| *i);
+    Ok(all.into_iter().map(|(_, v)| v).collect())
+}
+
+/// Where a receiver writes: a file or device, for a file session or an image.
+pub(crate) struct Sink {
+    dev: FileDevice,
+    desc: Description,
+    /// For an image: the (area, chunk) index of each session chunk.
+    image_chunks: Vec<(usize, usize)>,
+    pub(crate) path: PathBuf,
+}
+
+impl Sink {
+    /// Opens `path` for `desc`: an existing device must be large enough (and not in use); a
+    /// regular file is created or resized to the session's size.
+    pub(crate) fn open(path: &Path, desc: Description) -> anyhow::Result<Self> {
+        let need = match &desc.content {
+            Content::File { size } => *size,
+            Content::Image { manifest, .. } => manifest.disk_size,
+        };
+        let meta = std::fs::metadata(path);
+        let is_file = meta.as_ref().map_or(true, |m| m.is_file());
+        if meta.is_ok() {
+            if let Some(why) = imaging::usage::in_use(path)
+                .with_context(|| format!("checking whether {} is in use", path.display()))?
+            {
+                bail!("refusing to write {}: it is {why}", path.display());
+            }
+        }
+        if is_file {
+            let f = OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(path)
+                .with_context(|| format!("creating {}", path.display()))?;
+            f.set_len(need)
+                .with_context(|| format!("sizing {} to {need} bytes", path.display()))?;
+        }
+        let dev = FileDevice::open_write(path)
+            .with_context(|| format!("opening {} for writing", path.display()))?;
+        let mut image_chunks = Vec::new();
+        match &desc.content {
+            Content::File { size } => ensure!(
+                dev.len() >= *size,
+                "{} holds {} bytes, the file needs {size}",
+                path.display(),
+                dev.len()
+            ),
+            Content::Image { manifest, .. } => {
+                imaging::restore::check_target(&desc.name, manifest, &dev)?;
+                for (ai, a) in manifest.areas.iter().enumerate() {
+                    for ci in 0..a.chunks.len() {
+                        image_chunks.push((ai, ci));
+                    }
+                }
+            }
+        }
+        Ok(Self {
+            dev,
+            desc,
+            image_chunks,
+            path: path.to_owned(),
+        })
+    }
+
+    /// Checks chunk `i`'s payload against its hash, writes it and reads it back. The inner
+    /// error is wrong data (nothing written); the outer one the output failing.
+    pub(crate) fn write(&self, i: usize, payload: &[u8]) -> anyhow::Result<Result<(), String>> {
+        let d = &self.desc.chunks[i];
+        let mismatch = || Ok(Err(format!("chunk {i} does not match its hash")));
+        match &self.desc.content {
+            Content::File { .. } => {
+                if Hash::of(payload) != d.hash {
+                    return mismatch();
+                }
+                let at = i as u64 * FILE_CHUNK;
+                self.dev
+                    .write_at(payload, at)
+                    .with_context(|| format!("writing chunk {i}"))?;
+                let mut back = vec![0; payload.len()];
+                self.dev
+                    .read_at(&mut back, at)
+                    .with_context(|| format!("reading chunk {i} back"))?;
+                ensure!(
+                    back == payload,
+                    "chunk {i} reads back wrong from the output"
+                );
+            }
+            Content::Image { manifest, .. } => {
+                let plain = match imaging::store::decompress_frame(payload, d.plain_len as usize) {
+                    Ok(p) => p,
+                    Err(e) => return Ok(Err(format!("chunk {i} {e}"))),
+                };
+                if Hash::of(&plain) != d.hash {
+                    return mismatch();
+                }
+                let (ai, ci) = self.image_chunks[i];
+                let (a, c) = (&manifest.areas[ai], &manifest.areas[ai].chunks[ci]);
+                imaging::restore::write_chunk(manifest, a, c, &plain, &self.dev)
+                    .with_context(|| format!("writing chunk {i}"))?;
+                ensure!(
+                    imaging::restore::check_written(manifest, a, c, &self.dev)?,
+                    "chunk {i} reads back wrong from the output"
+                );
+            }
+        }
+        Ok(Ok(()))
+    }
+
+    /// Writes what follows the chunks (the GPT backup), syncs, then reads every chunk back and
+    /// checks its hash. Returns the chunks that came back wrong.
+    pub(crate) fn finish_and_verify(&self) -> anyhow::Result<Vec<usize>> {
+        let mut bad = Vec::new();
+        match &self.desc.content {
+            Content::File { .. } => {
+                self.dev.sync().context("syncing the output")?;
+                for (i, d) in self.desc.chunks.iter().enumerate() {
+                    let mut buf = vec![0; d.plain_len as usize];
+                    self.dev
+                        .read_at(&mut buf, i as u64 * FILE_CHUNK)
+                        .context("reading the output back")?;
+                    if Hash::of(&buf) != d.hash {
+                        bad.push(i);
+                    }
+                }
+            }
+            Content::Image { manifest, .. } => {
+                imaging::restore::finish(manifest, &self.dev)?;
+                for (i, &(ai, ci)) in self.image_chunks.iter().enumerate() {
+                    let a = &manifest.areas[ai];
+                    if !imaging::restore::check_written(manifest, a, &a.chunks[ci], &self.dev)? {
+                        bad.push(i);
+                    }
+                }
+            }
+        }
+        Ok(bad)
+    }
+}
