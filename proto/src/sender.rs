@@ -710,8 +710,13 @@ impl Sender {
                 })
                 .map(|r| r.id)
                 .collect();
-            for id in silent {
-                self.demote(id, DemoteReason::Silent);
+            // Most of the group silent at once is not their fault: the sender itself was
+            // starved of CPU, or the network failed. Demoting them all would turn the session
+            // into unicast; the dead rule still catches receivers that are really gone.
+            if self.is_minority(silent.len()) {
+                for id in silent {
+                    self.demote(id, DemoteReason::Silent);
+                }
             }
             self.check_stall(now);
             self.control_rate(now);
@@ -771,11 +776,36 @@ impl Sender {
             .filter(|r| r.state == ReceiverState::Active && !r.has(base))
             .map(|r| r.id)
             .collect();
+        self.stalled_since = None;
+        if !self.is_minority(holding.len()) {
+            // Most of the group is behind: the stream is too fast for it, not one machine
+            // too slow. Back off instead of demoting everyone.
+            let min = self.cfg.min_rate_bps.clamp(1, self.cfg.rate_bps.max(1));
+            self.rate_bps = ((self.rate_bps as f64 * 0.7) as u64).max(min);
+            self.bucket.set_rate(self.rate_bps);
+            self.last_decrease = Some(now);
+            debug!(
+                holding = holding.len(),
+                rate_bps = self.rate_bps,
+                "group stalled: slowing down"
+            );
+            return;
+        }
         for id in holding {
             self.demote(id, DemoteReason::Stalled);
         }
-        self.stalled_since = None;
         self.release_window(now);
+    }
+
+    /// Whether `n` receivers are few enough to be demoted: fewer than half of the active
+    /// group, or any of a group of one or two (where no majority can vouch for the stream).
+    fn is_minority(&self, n: usize) -> bool {
+        let active = self
+            .receivers
+            .values()
+            .filter(|r| r.state == ReceiverState::Active)
+            .count();
+        n * 2 < active || active <= 2
     }
 
     /// Backs off when the median receiver sees its queue grow; creeps back up otherwise.

@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 
+pub mod lab;
+
 use imaging::extent::ExtentMap;
 use imaging::manifest::Manifest;
 use rand::rngs::StdRng;

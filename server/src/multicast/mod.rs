@@ -56,6 +56,10 @@ pub(crate) enum MulticastCommand {
         /// Proactive repair symbols per source symbol (e.g. 5% or 0.05).
         #[arg(long, default_value = "2%", value_parser = fmt::parse_fraction)]
         fec_overhead: f64,
+        /// Chunks in flight at most, in bytes (at least two chunks): what a receiver may hold
+        /// undecoded, and how far a lossy receiver may fall behind before unicast takes over.
+        #[arg(long, default_value = "32M", value_parser = fmt::parse_size)]
+        window: u64,
         /// Send to the subnet's broadcast address instead of the group (for switches that
         /// mishandle multicast).
         #[arg(long)]
@@ -112,6 +116,7 @@ pub(crate) fn run(cmd: MulticastCommand, data_dir: &Path, json: bool) -> anyhow:
             min_receivers,
             max_wait,
             fec_overhead,
+            window,
             broadcast,
             ttl,
             http_port,
@@ -126,6 +131,7 @@ pub(crate) fn run(cmd: MulticastCommand, data_dir: &Path, json: bool) -> anyhow:
             config.rate_bps = rate;
             config.min_rate_bps = (rate / 100).max(1_000_000).min(rate);
             config.fec_overhead = fec_overhead;
+            config.window_bytes = window;
             config.start = StartPolicy {
                 min_receivers,
                 max_wait,

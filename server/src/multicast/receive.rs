@@ -178,7 +178,7 @@ pub(crate) async fn run(o: ReceiveOptions) -> anyhow::Result<()> {
         if rx.finished() {
             break;
         }
-        if !o.json && last_progress.elapsed() >= Duration::from_secs(1) {
+        if last_progress.elapsed() >= Duration::from_secs(1) {
             last_progress = Instant::now();
             let s = rx.stats();
             eprintln!(
@@ -261,6 +261,7 @@ pub(crate) async fn run(o: ReceiveOptions) -> anyhow::Result<()> {
                 "chunks_unicast": s.fetched_chunks,
                 "datagrams": s.datagrams,
                 "rejected_datagrams": s.rejected,
+                "foreign_datagrams": s.foreign,
                 "demoted": demoted,
             })
         );

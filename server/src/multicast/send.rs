@@ -214,7 +214,8 @@ pub(crate) async fn run(o: SendOptions) -> anyhow::Result<()> {
         while let Some(e) = sender.poll_event() {
             match e {
                 SenderEvent::Joined { id, addr, late } => eprintln!(
-                    "receiver {id} joined from {}{}",
+                    "[{:7.2}s] receiver {id} joined from {}{}",
+                    t0.elapsed().as_secs_f64(),
                     addr.ip(),
                     if late {
                         " (late: catches up over unicast)"
@@ -224,17 +225,29 @@ pub(crate) async fn run(o: SendOptions) -> anyhow::Result<()> {
                 ),
                 SenderEvent::Started { receivers } => {
                     started_at = Some(Instant::now());
-                    eprintln!("started with {receivers} receiver(s)");
+                    eprintln!(
+                        "[{:7.2}s] started with {receivers} receiver(s)",
+                        t0.elapsed().as_secs_f64()
+                    );
                 }
                 SenderEvent::Demoted { id, reason } => {
                     demoted.push(id);
-                    eprintln!("receiver {id} demoted to unicast ({reason:?})");
+                    eprintln!(
+                        "[{:7.2}s] receiver {id} demoted to unicast ({reason:?})",
+                        t0.elapsed().as_secs_f64()
+                    );
                 }
                 SenderEvent::Dead { id } => {
                     dead.push(id);
-                    eprintln!("receiver {id} went silent: declared dead");
+                    eprintln!(
+                        "[{:7.2}s] receiver {id} went silent: declared dead",
+                        t0.elapsed().as_secs_f64()
+                    );
                 }
-                SenderEvent::Finished { id } => eprintln!("receiver {id} finished"),
+                SenderEvent::Finished { id } => eprintln!(
+                    "[{:7.2}s] receiver {id} finished",
+                    t0.elapsed().as_secs_f64()
+                ),
                 SenderEvent::MulticastDone => multicast_done_at = Some(Instant::now()),
                 SenderEvent::Done => done = true,
                 _ => {}
@@ -243,9 +256,9 @@ pub(crate) async fn run(o: SendOptions) -> anyhow::Result<()> {
         if done {
             break;
         }
-        if !o.json && last_progress.elapsed() >= Duration::from_secs(1) {
+        if last_progress.elapsed() >= Duration::from_secs(1) {
             last_progress = Instant::now();
-            progress_line(&sender, total);
+            progress_line(&sender, total, t0);
         }
         let wake = sender
             .poll_timeout(now)
@@ -327,7 +340,7 @@ pub(crate) async fn run(o: SendOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn progress_line(s: &Sender, total: u64) {
+fn progress_line(s: &Sender, total: u64, t0: Instant) {
     let st = s.stats();
     let chunks = s.layout().chunks().max(1);
     let mut counts = [0usize; 4];
@@ -341,7 +354,8 @@ fn progress_line(s: &Sender, total: u64) {
         }
     }
     eprintln!(
-        "{:?}: sent {:.0} % of {} at {}, repairs {}, receivers {} active {} unicast {} done {} dead, mean loss {:.1} %",
+        "[{:7.2}s] {:?}: sent {:.0} % of {} at {}, repairs {}, receivers {} active {} unicast {} done {} dead, mean loss {:.1} %",
+        t0.elapsed().as_secs_f64(),
         s.state(),
         100.0 * st.frontier as f64 / chunks as f64,
         fmt::bytes(total),

@@ -1,0 +1,227 @@
+//! A lab on one machine: a switch namespace with a bridge, and host namespaces joined to it
+//! by veth pairs (TESTING.md). Host 0 is usually the sender. Names carry the test's tag and
+//! the process id, so tests run in parallel; everything is deleted on drop, processes first.
+
+use std::net::Ipv4Addr;
+use std::process::{Child, Command, Stdio};
+
+/// Runs `ip ARGS`, panicking with its output on failure.
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("running ip");
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A bridge and `n` hosts on 10.77.0.0/24 (host `i` is 10.77.0.(10+i)).
+pub struct Lab {
+    tag: String,
+    n: usize,
+    children: Vec<Child>,
+}
+
+impl Lab {
+    /// Creates the switch and `n` hosts.
+    pub fn new(tag: &str, n: usize) -> Self {
+        assert!(n <= 200);
+        let tag = format!("{tag}{}", std::process::id() % 100_000);
+        let lab = Self {
+            tag,
+            n: 0,
+            children: Vec::new(),
+        };
+        lab.cleanup_names(n);
+        let mut lab = lab;
+        let sw = lab.switch();
+        ip(&["netns", "add", &sw]);
+        ip(&["-n", &sw, "link", "add", "br0", "type", "bridge"]);
+        // No IGMP snooping surprises: flood multicast to every port, as most lab switches do.
+        ip(&[
+            "-n",
+            &sw,
+            "link",
+            "set",
+            "br0",
+            "type",
+            "bridge",
+            "mcast_snooping",
+            "0",
+        ]);
+        ip(&["-n", &sw, "link", "set", "br0", "up"]);
+        for i in 0..n {
+            let h = lab.host(i);
+            ip(&["netns", "add", &h]);
+            lab.n = i + 1;
+            let v = format!("v{}x{i}", &lab.tag[lab.tag.len().saturating_sub(8)..]);
+            ip(&[
+                "link", "add", &v, "type", "veth", "peer", "name", "eth0", "netns", &h,
+            ]);
+            ip(&["link", "set", &v, "netns", &sw]);
+            let port = format!("p{i}");
+            ip(&["-n", &sw, "link", "set", &v, "name", &port]);
+            ip(&["-n", &sw, "link", "set", &port, "master", "br0", "up"]);
+            let addr = format!("{}/24", lab.addr(i));
+            ip(&["-n", &h, "addr", "add", &addr, "brd", "+", "dev", "eth0"]);
+            ip(&["-n", &h, "link", "set", "eth0", "up"]);
+            ip(&["-n", &h, "link", "set", "lo", "up"]);
+            ip(&["-n", &h, "route", "add", "224.0.0.0/4", "dev", "eth0"]);
+        }
+        lab
+    }
+
+    fn switch(&self) -> String {
+        format!("drv-{}-sw", self.tag)
+    }
+
+    /// The namespace of host `i`.
+    pub fn host(&self, i: usize) -> String {
+        format!("drv-{}-{i}", self.tag)
+    }
+
+    /// The address of host `i`.
+    pub fn addr(&self, i: usize) -> Ipv4Addr {
+        Ipv4Addr::new(10, 77, 0, 10 + i as u8)
+    }
+
+    /// A command run inside host `i`.
+    pub fn cmd(&self, i: usize, program: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.host(i), program]);
+        c.stdin(Stdio::null());
+        c
+    }
+
+    /// Starts `cmd` and keeps it to be killed on drop.
+    pub fn spawn(&mut self, mut cmd: Command) -> usize {
+        self.children.push(cmd.spawn().expect("spawning"));
+        self.children.len() - 1
+    }
+
+    /// The child started as number `k`.
+    pub fn child(&mut self, k: usize) -> &mut Child {
+        &mut self.children[k]
+    }
+
+    fn nft(&self, i: usize, rule: &str) {
+        let script = format!(
+            "table inet loss {{\n  chain pre {{\n    type filter hook prerouting priority -300;\n    {rule}\n  }}\n}}\n"
+        );
+        let mut c = self.cmd(i, "nft");
+        c.args(["-f", "-"]).stdin(Stdio::piped());
+        let mut child = c.spawn().expect("nft");
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(script.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "nft on host {i} failed");
+    }
+
+    /// Drops `percent` % of the UDP host `i` receives (data, replies, everything), at random.
+    pub fn random_loss(&self, i: usize, percent: u32) {
+        self.nft(
+            i,
+            &format!("udp dport != 67 numgen random mod 100 < {percent} counter drop"),
+        );
+    }
+
+    /// Drops `burst` UDP datagrams in a row out of every `every` that host `i` receives (the
+    /// last ones of each period, so the first datagrams a host sees get through).
+    pub fn burst_loss(&self, i: usize, burst: u32, every: u32) {
+        self.nft(
+            i,
+            &format!(
+                "udp dport != 67 numgen inc mod {every} >= {} counter drop",
+                every - burst
+            ),
+        );
+    }
+
+    /// Packets dropped by host `i`'s loss rule so far (from the rule's counter).
+    pub fn dropped(&self, i: usize) -> Option<u64> {
+        let out = self
+            .cmd(i, "nft")
+            .args(["-a", "list", "table", "inet", "loss"])
+            .output()
+            .ok()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let at = text.find("packets ")? + "packets ".len();
+        text[at..].split_whitespace().next()?.parse().ok()
+    }
+
+    /// Limits what host `i` receives to `rate` (a tc rate like `4mbit`), on its switch port.
+    pub fn throttle_in(&self, i: usize, rate: &str) {
+        let port = format!("p{i}");
+        let out = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.switch(),
+                "tc",
+                "qdisc",
+                "add",
+                "dev",
+                &port,
+            ])
+            .args([
+                "root", "tbf", "rate", rate, "burst", "32kb", "latency", "200ms",
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "tc: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Limits what host `i` sends to `rate`.
+    pub fn throttle_out(&self, i: usize, rate: &str) {
+        let out = self
+            .cmd(i, "tc")
+            .args(["qdisc", "add", "dev", "eth0", "root", "tbf", "rate", rate])
+            .args(["burst", "256kb", "latency", "200ms"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "tc: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn cleanup_names(&self, n: usize) {
+        for i in 0..n {
+            kill_and_delete(&self.host(i));
+        }
+        kill_and_delete(&self.switch());
+    }
+}
+
+fn kill_and_delete(ns: &str) {
+    if let Ok(out) = Command::new("ip").args(["netns", "pids", ns]).output() {
+        for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+            let _ = Command::new("kill").args(["-9", pid]).output();
+        }
+    }
+    let _ = Command::new("ip")
+        .args(["netns", "del", ns])
+        .stderr(Stdio::null())
+        .output();
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        self.cleanup_names(self.n);
+    }
+}
