@@ -102,8 +102,9 @@ pub(crate) enum MulticastCommand {
 
 /// Runs a multicast command.
 pub(crate) fn run(cmd: MulticastCommand, data_dir: &Path, json: bool) -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    // One thread: the protocol work is sequential, and a second worker only adds wake-ups and
+    // cross-thread hand-offs per datagram. Disk and file work runs on other threads.
+    let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the runtime")?;
