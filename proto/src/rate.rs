@@ -36,7 +36,7 @@ impl TokenBucket {
         // a millisecond or two late, and whatever the bucket cannot hold meanwhile is lost
         // rate (a 2 ms bucket measured 0.55 of a 300 Mbit/s link). Queues downstream (a
         // switch, tbf) absorb a 5 ms burst easily.
-        self.burst = (self.rate * 0.005).max(16.0 * 1514.0);
+        self.burst = (self.rate * 0.020).max(16.0 * 1514.0);
         self.tokens = self.tokens.min(self.burst);
     }
 

@@ -12,7 +12,7 @@
 //! each incomplete block still lacks, its receive rate, loss and queueing delay. Once every
 //! chunk is stored it reports that until the sender acknowledges, then it is finished.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
@@ -120,10 +120,107 @@ pub struct ReceiverStats {
     pub rate_bps: u64,
 }
 
+/// One source block being received. Source symbols go straight to their place in `buf`;
+/// only a block that lost some needs RaptorQ, with the repair symbols kept aside.
 struct BlockRx {
-    decoder: Option<SourceBlockDecoder>,
-    seen: HashSet<u32>,
-    data: Option<Vec<u8>>,
+    /// `symbols × symbol_size` bytes once the first symbol arrived.
+    buf: Vec<u8>,
+    have: Vec<bool>,
+    sources: u32,
+    repairs: Vec<(u32, Vec<u8>)>,
+    /// Symbols held when a decode last failed: retry only with more.
+    tried: u32,
+    done: bool,
+}
+
+impl BlockRx {
+    fn new() -> Self {
+        Self {
+            buf: Vec::new(),
+            have: Vec::new(),
+            sources: 0,
+            repairs: Vec::new(),
+            tried: 0,
+            done: false,
+        }
+    }
+
+    fn held(&self) -> u32 {
+        self.sources + self.repairs.len() as u32
+    }
+
+    /// Takes one symbol; returns false when it added nothing.
+    fn add(&mut self, layout: &Layout, k: u32, esi: u32, symbol: &[u8]) -> bool {
+        if self.done {
+            return false;
+        }
+        let t = symbol.len();
+        if esi < k {
+            if self.buf.is_empty() {
+                self.buf = vec![0; k as usize * t];
+                self.have = vec![false; k as usize];
+            }
+            if self.have[esi as usize] {
+                return false;
+            }
+            self.have[esi as usize] = true;
+            self.sources += 1;
+            self.buf[esi as usize * t..(esi as usize + 1) * t].copy_from_slice(symbol);
+        } else {
+            if self.repairs.iter().any(|&(e, _)| e == esi) {
+                return false;
+            }
+            self.repairs.push((esi, symbol.to_vec()));
+        }
+        if self.sources == k {
+            self.finish();
+        } else if self.held() >= k && self.held() > self.tried {
+            self.decode(layout, k, t);
+        }
+        true
+    }
+
+    fn decode(&mut self, layout: &Layout, k: u32, t: usize) {
+        let mut dec = SourceBlockDecoder::new(0, &layout.oti(k), k as u64 * t as u64);
+        let sources = self
+            .have
+            .iter()
+            .enumerate()
+            .filter(|(_, h)| **h)
+            .map(|(i, _)| {
+                EncodingPacket::new(
+                    PayloadId::new(0, i as u32),
+                    self.buf[i * t..(i + 1) * t].to_vec(),
+                )
+            });
+        let repairs = self
+            .repairs
+            .iter()
+            .map(|(e, d)| EncodingPacket::new(PayloadId::new(0, *e), d.clone()));
+        match dec.decode(sources.chain(repairs)) {
+            Some(out) => {
+                self.buf = out;
+                self.finish();
+            }
+            // RaptorQ fails now and then with exactly K symbols; one or two more do it.
+            None => self.tried = self.held(),
+        }
+    }
+
+    fn finish(&mut self) {
+        self.done = true;
+        self.have = Vec::new();
+        self.repairs = Vec::new();
+    }
+
+    /// Symbols still needed.
+    fn need(&self, k: u32) -> u32 {
+        if self.done {
+            0
+        } else {
+            k.saturating_sub(self.held()).max(1)
+        }
+    }
 }
 
 enum ChunkRx {
@@ -343,50 +440,39 @@ impl Receiver {
                 self.stats.redundant += 1;
                 return;
             }
-            let blocks = self.layout.blocks(h.chunk);
-            self.chunks[c] = ChunkRx::Partial(
-                blocks
-                    .iter()
-                    .map(|b| BlockRx {
-                        decoder: Some(SourceBlockDecoder::new(
-                            0,
-                            &self.layout.oti(b.symbols),
-                            b.symbols as u64 * t as u64,
-                        )),
-                        seen: HashSet::new(),
-                        data: None,
-                    })
-                    .collect(),
-            );
+            let n = self.layout.blocks(h.chunk).len();
+            self.chunks[c] = ChunkRx::Partial((0..n).map(|_| BlockRx::new()).collect());
             self.partial += 1;
         }
         let ChunkRx::Partial(blocks) = &mut self.chunks[c] else {
             self.stats.redundant += 1;
             return;
         };
-        let Some(b) = blocks.get_mut(h.block as usize) else {
+        let specs = self.layout.blocks(h.chunk);
+        let (Some(b), Some(spec)) = (
+            blocks.get_mut(h.block as usize),
+            specs.get(h.block as usize),
+        ) else {
             self.stats.rejected += 1;
             return;
         };
-        if b.data.is_some() || !b.seen.insert(h.esi) {
+        if !b.add(&self.layout, spec.symbols, h.esi, symbol) {
             self.stats.redundant += 1;
             return;
         }
-        // `data` is None, so the decoder is still there.
-        let dec = b.decoder.as_mut().unwrap();
-        let packet = EncodingPacket::new(PayloadId::new(0, h.esi), symbol.to_vec());
-        if let Some(out) = dec.decode(std::iter::once(packet)) {
-            b.data = Some(out);
-            b.decoder = None;
-            b.seen = HashSet::new();
-        }
-        if blocks.iter().all(|b| b.data.is_some()) {
-            let len = self.layout.chunk_len(h.chunk);
-            let mut data = Vec::with_capacity(len);
-            for (b, spec) in blocks.iter().zip(self.layout.blocks(h.chunk)) {
-                // Every block has data: checked just above.
-                data.extend_from_slice(&b.data.as_ref().unwrap()[..spec.len]);
-            }
+        if blocks.iter().all(|b| b.done) {
+            let data = if blocks.len() == 1 {
+                // One block (the usual case): its buffer is the chunk.
+                let mut d = std::mem::take(&mut blocks[0].buf);
+                d.truncate(specs[0].len);
+                d
+            } else {
+                let mut d = Vec::with_capacity(self.layout.chunk_len(h.chunk));
+                for (b, spec) in blocks.iter().zip(&specs) {
+                    d.extend_from_slice(&b.buf[..spec.len]);
+                }
+                d
+            };
             self.chunks[c] = ChunkRx::Delivered;
             self.partial -= 1;
             self.stats.decoded_chunks += 1;
@@ -611,7 +697,7 @@ impl Receiver {
                     ChunkRx::Partial(blocks) => {
                         for (b, (rx, spec)) in blocks.iter().zip(self.layout.blocks(i)).enumerate()
                         {
-                            if rx.data.is_none() {
+                            if !rx.done {
                                 needs.push(need(i, b, &spec, Some(rx)));
                             }
                         }
@@ -665,12 +751,7 @@ impl Receiver {
 }
 
 fn need(chunk: u32, block: usize, spec: &Block, rx: Option<&BlockRx>) -> Need {
-    let seen = rx.map_or(0, |r| r.seen.len() as u32);
-    // Enough symbols yet no decode: RaptorQ fails now and then; one or two more do it.
-    let need = spec
-        .symbols
-        .saturating_sub(seen)
-        .max(if rx.is_some() { 1 } else { 0 });
+    let need = rx.map_or(spec.symbols, |r| r.need(spec.symbols));
     Need {
         chunk,
         block: block as u16,

@@ -53,8 +53,9 @@ pub const DEFAULT_MAX_RECEIVER_LOSS: f64 = 0.5;
 /// receiver with heavy but healthy loss needs a few repair rounds of a round trip each.
 pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(1);
 /// Default silence after which a receiver stops steering the group (it is demoted; it is
-/// declared dead only after [`DEFAULT_DEAD_AFTER`]): ten feedback intervals.
-pub const DEFAULT_SILENT_AFTER: Duration = Duration::from_secs(1);
+/// declared dead only after [`DEFAULT_DEAD_AFTER`]): thirty feedback intervals, so that a
+/// machine busy for a moment (or a burst of lost feedback) does not lose the group.
+pub const DEFAULT_SILENT_AFTER: Duration = Duration::from_secs(3);
 /// Default queueing delay (median over receivers) above which the rate backs off.
 pub const DEFAULT_DELAY_TARGET: Duration = Duration::from_millis(40);
 /// Default interval of session announces.
@@ -62,6 +63,8 @@ pub const DEFAULT_ANNOUNCE_INTERVAL: Duration = Duration::from_millis(500);
 
 /// How often the sender re-evaluates receivers, the window and the rate.
 const TICK: Duration = Duration::from_millis(50);
+/// The rate backs off at most this often: a queue takes a while to drain after a decrease.
+const DECREASE_INTERVAL: Duration = Duration::from_millis(500);
 /// Payloads the sender asks for ahead of the chunk it is sending.
 const LOOKAHEAD: usize = 2;
 /// How long a repair symbol is presumed on its way, beyond twice the receiver's queueing delay.
@@ -129,7 +132,7 @@ impl SenderConfig {
             name: String::new(),
             http_port: 0,
             rate_bps: DEFAULT_RATE_BPS,
-            min_rate_bps: DEFAULT_RATE_BPS / 100,
+            min_rate_bps: DEFAULT_RATE_BPS / 10,
             fec_overhead: DEFAULT_FEC_OVERHEAD,
             window_bytes: DEFAULT_WINDOW_BYTES,
             start: StartPolicy {
@@ -477,7 +480,10 @@ impl Sender {
         if self.next_load >= self.layout.chunks() {
             return None;
         }
-        let ahead = self.loaded.len() + self.window.iter().filter(|c| !c.first_pass_done).count();
+        // Requested but not provided yet, provided but not started, and in its first pass.
+        let requested = (self.next_load - self.base) as usize;
+        let started = self.window.iter().filter(|c| c.first_pass_done).count();
+        let ahead = requested.saturating_sub(started);
         if ahead > LOOKAHEAD {
             return None;
         }
@@ -797,15 +803,16 @@ impl Sender {
         self.release_window(now);
     }
 
-    /// Whether `n` receivers are few enough to be demoted: fewer than half of the active
-    /// group, or any of a group of one or two (where no majority can vouch for the stream).
+    /// Whether `n` receivers are few enough to be demoted: under a quarter of the active
+    /// group, or any of a group of three or fewer (where no majority can vouch for the
+    /// stream). Many receivers in trouble at once point at the sender or the network.
     fn is_minority(&self, n: usize) -> bool {
         let active = self
             .receivers
             .values()
             .filter(|r| r.state == ReceiverState::Active)
             .count();
-        n * 2 < active || active <= 2
+        n * 4 < active || active <= 3
     }
 
     /// Backs off when the median receiver sees its queue grow; creeps back up otherwise.
@@ -830,7 +837,7 @@ impl Sender {
         let new = if median > self.cfg.delay_target {
             if self
                 .last_decrease
-                .is_some_and(|t| now.saturating_duration_since(t) < 2 * TICK)
+                .is_some_and(|t| now.saturating_duration_since(t) < DECREASE_INTERVAL)
             {
                 return;
             }
@@ -1008,6 +1015,13 @@ impl Sender {
             }
         }
         c.first_pass_done = true;
+        // Encoders are rebuilt on demand (a few ms per 4 MiB block): holding one per chunk
+        // in the window would triple the sender's memory.
+        for b in &mut c.blocks {
+            if b.sent >= b.assigned {
+                b.encoder = None;
+            }
+        }
         self.frontier = c.index + 1;
         self.stats.frontier = self.frontier;
         // Move on to the next chunk at once.
@@ -1042,6 +1056,9 @@ impl Sender {
                 self.repairs.push_back((chunk, b));
             } else {
                 bt.queued = false;
+                if c.first_pass_done {
+                    bt.encoder = None;
+                }
             }
             return true;
         }
@@ -1129,4 +1146,53 @@ fn emit_repair(
         packet.data().len(),
         buf,
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The sender asks for a few chunks ahead, not the whole image, however slowly the
+    /// driver provides them: its memory must not grow with the image.
+    #[test]
+    fn loads_stay_a_few_chunks_ahead() {
+        let now = Instant::now();
+        let layout = Layout::new(1000, 64, vec![10_000; 100]).unwrap();
+        let mut cfg = SenderConfig::new(1, SessionKey([1; 32]));
+        cfg.start.min_receivers = 0;
+        cfg.window_bytes = 30_000;
+        let mut s = Sender::new(cfg, layout, now);
+        s.handle_timeout(now);
+        let mut asked = Vec::new();
+        while let Some(i) = s.poll_load() {
+            asked.push(i);
+        }
+        assert_eq!(asked, vec![0, 1, 2]);
+        let mut buf = Vec::new();
+        let mut t = now;
+        let mut max_ahead = 0;
+        for _ in 0..100_000 {
+            for &i in &asked {
+                s.provide(i, vec![i as u8; 10_000]).unwrap();
+            }
+            asked.clear();
+            while let Some(i) = s.poll_load() {
+                asked.push(i);
+            }
+            let st = s.stats();
+            max_ahead = max_ahead.max(s.next_load - st.window_base);
+            t += Duration::from_micros(200);
+            s.handle_timeout(t);
+            while s.poll_transmit(t, &mut buf).is_some() {}
+            if s.state() == SenderState::Done {
+                break;
+            }
+        }
+        assert_eq!(s.state(), SenderState::Done);
+        // The window (three chunks of 10 kB) plus the lookahead.
+        assert!(
+            max_ahead <= 3 + 3,
+            "{max_ahead} chunks requested beyond the window base"
+        );
+    }
 }

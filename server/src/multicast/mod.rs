@@ -70,6 +70,11 @@ pub(crate) enum MulticastCommand {
         /// TCP port of the HTTP service receivers register with (0: any free port).
         #[arg(long, default_value_t = 0)]
         http_port: u16,
+        /// Unicast downloads (late, demoted or lossy receivers catching up), all together, while
+        /// the stream runs: a share of --rate (e.g. 25%) or a rate (e.g. 100M). After the
+        /// stream they get the whole --rate.
+        #[arg(long, default_value = "25%")]
+        unicast_rate: String,
         /// Receivers whose receive rate stays under this are finished over unicast.
         #[arg(long, value_parser = fmt::parse_rate)]
         min_receiver_rate: Option<u64>,
@@ -121,16 +126,28 @@ pub(crate) fn run(cmd: MulticastCommand, data_dir: &Path, json: bool) -> anyhow:
             broadcast,
             ttl,
             http_port,
+            unicast_rate,
             min_receiver_rate,
             max_receiver_loss,
             dead_after,
             store,
         } => {
+            let unicast_rate = match unicast_rate.strip_suffix('%') {
+                Some(_) => {
+                    (rate as f64
+                        * fmt::parse_fraction(&unicast_rate).map_err(anyhow::Error::msg)?)
+                        as u64
+                }
+                None => fmt::parse_rate(&unicast_rate).map_err(anyhow::Error::msg)?,
+            }
+            .max(1_000_000);
             let iface = net::iface(iface.as_deref())?;
             let (source, name) = open_source(&source, store, data_dir)?;
             let mut config = SenderConfig::new(0, SessionKey([0; 32]));
             config.rate_bps = rate;
-            config.min_rate_bps = (rate / 100).max(1_000_000).min(rate);
+            // Congestion backs the rate off to a tenth at most: below that, the receivers
+            // that cannot keep up are better served by unicast than the group by waiting.
+            config.min_rate_bps = (rate / 10).max(1_000_000).min(rate);
             config.fec_overhead = fec_overhead;
             config.window_bytes = window;
             config.start = StartPolicy {
@@ -149,6 +166,7 @@ pub(crate) fn run(cmd: MulticastCommand, data_dir: &Path, json: bool) -> anyhow:
                 broadcast,
                 ttl,
                 http_port,
+                unicast_rate,
                 config,
                 json,
             }))

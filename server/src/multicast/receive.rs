@@ -117,7 +117,12 @@ pub(crate) async fn run(o: ReceiveOptions) -> anyhow::Result<()> {
     let (job_tx, job_rx) = std_mpsc::channel::<Job>();
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(u32, bool, anyhow::Result<Outcome>)>();
     let n_chunks = desc.chunks.len();
-    let writer = std::thread::spawn(move || writer(sink, job_rx, done_tx, n_chunks));
+    let writer = std::thread::spawn(move || {
+        // Writing is behind a queue and may lag; the receive loop and the feedback may not.
+        // SAFETY: setpriority on the calling thread (tid 0 = self) has no memory effects.
+        unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 5) };
+        writer(sink, job_rx, done_tx, n_chunks)
+    });
 
     let (fetch_tx, mut fetch_rx) = mpsc::unbounded_channel::<(u32, anyhow::Result<Vec<u8>>)>();
     let mut gbuf = vec![0u8; 65536];

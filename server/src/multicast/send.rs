@@ -32,6 +32,8 @@ pub(crate) struct SendOptions {
     pub(crate) broadcast: bool,
     pub(crate) ttl: u32,
     pub(crate) http_port: u16,
+    /// Unicast rate while the multicast stream runs, bits/s.
+    pub(crate) unicast_rate: u64,
     pub(crate) config: SenderConfig,
     pub(crate) json: bool,
 }
@@ -48,6 +50,37 @@ struct Http {
     key_hex: String,
     source: Arc<Source>,
     cmds: mpsc::Sender<Cmd>,
+    pacer: Pacer,
+}
+
+/// Paces unicast chunk downloads, all together, to a share of the link while the multicast
+/// stream runs (so catching up late or demoted receivers never slows the group), and to the
+/// whole rate once it is over.
+struct Pacer {
+    during_multicast_bps: u64,
+    after_bps: u64,
+    multicast_on: std::sync::atomic::AtomicBool,
+    next: tokio::sync::Mutex<tokio::time::Instant>,
+}
+
+impl Pacer {
+    /// Waits for the turn to send `bytes`.
+    async fn take(&self, bytes: usize) {
+        let on = self.multicast_on.load(std::sync::atomic::Ordering::Relaxed);
+        let bps = if on {
+            self.during_multicast_bps
+        } else {
+            self.after_bps
+        };
+        let at = {
+            let mut next = self.next.lock().await;
+            let now = tokio::time::Instant::now();
+            let at = (*next).max(now);
+            *next = at + Duration::from_secs_f64(bytes as f64 * 8.0 / bps.max(1) as f64);
+            at
+        };
+        tokio::time::sleep_until(at).await;
+    }
 }
 
 struct HttpError(StatusCode, String);
@@ -91,10 +124,12 @@ async fn chunk(
         return Err(HttpError(StatusCode::NOT_FOUND, format!("no chunk {i}")));
     }
     let src = h.source.clone();
-    tokio::task::spawn_blocking(move || src.payload(i))
+    let data = tokio::task::spawn_blocking(move || src.payload(i))
         .await
         .map_err(|e| HttpError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
-        .map_err(|e| HttpError(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")))
+        .map_err(|e| HttpError(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")))?;
+    h.pacer.take(data.len()).await;
+    Ok(data)
 }
 
 /// Runs a session to its end.
@@ -125,6 +160,7 @@ pub(crate) async fn run(o: SendOptions) -> anyhow::Result<()> {
     };
 
     let mut cfg = o.config;
+    let rate_bps = cfg.rate_bps;
     cfg.session = session;
     cfg.key = SessionKey(key);
     cfg.name = o.name.clone();
@@ -138,7 +174,14 @@ pub(crate) async fn run(o: SendOptions) -> anyhow::Result<()> {
         key_hex: hex(&key),
         source: source.clone(),
         cmds: cmd_tx,
+        pacer: Pacer {
+            during_multicast_bps: o.unicast_rate,
+            after_bps: rate_bps,
+            multicast_on: true.into(),
+            next: tokio::sync::Mutex::new(tokio::time::Instant::now()),
+        },
     });
+    let pacer_http = http.clone();
     let app = Router::new()
         .route("/session", get(session_handler))
         .route("/register", post(register))
@@ -248,7 +291,13 @@ pub(crate) async fn run(o: SendOptions) -> anyhow::Result<()> {
                     "[{:7.2}s] receiver {id} finished",
                     t0.elapsed().as_secs_f64()
                 ),
-                SenderEvent::MulticastDone => multicast_done_at = Some(Instant::now()),
+                SenderEvent::MulticastDone => {
+                    multicast_done_at = Some(Instant::now());
+                    pacer_http
+                        .pacer
+                        .multicast_on
+                        .store(false, std::sync::atomic::Ordering::Relaxed);
+                }
                 SenderEvent::Done => done = true,
                 _ => {}
             }
