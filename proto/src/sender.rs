@@ -266,10 +266,11 @@ pub struct ReceiverInfo {
     pub rate_bps: u64,
     /// It joined after the start.
     pub late: bool,
+    /// Its reported queueing delay, microseconds.
+    pub delay_us: u32,
     last_heard: Instant,
     active_since: Option<Instant>,
     seen_frontier: u32,
-    delay_us: u32,
     needs: Vec<(u32, u16)>,
     feedback_at: Option<Instant>,
 }

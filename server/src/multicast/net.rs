@@ -158,7 +158,83 @@ pub(crate) fn group_socket(iface: &Iface, group: SocketAddrV4) -> anyhow::Result
         s.join_multicast_v4(group.ip(), &iface.addr)
             .with_context(|| format!("joining {} on {}", group.ip(), iface.name))?;
     }
+    enable_timestamps(&s).context("asking for receive timestamps")?;
     Ok(UdpSocket::from_std(s.into())?)
+}
+
+/// Asks the kernel to stamp every datagram `sock` receives with its arrival time, read by
+/// [`recv_stamped`]: the receiver's queueing-delay estimate must not count the time a busy
+/// process took to get to the datagram, only the network's.
+fn enable_timestamps(s: &Socket) -> io::Result<()> {
+    let fd = std::os::fd::AsRawFd::as_raw_fd(s);
+    let on: libc::c_int = 1;
+    // SAFETY: setsockopt reads an int from a valid pointer on a socket we own.
+    let r = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_TIMESTAMPNS,
+            &on as *const libc::c_int as *const libc::c_void,
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Receives one datagram without blocking; returns its length and when the kernel received
+/// it (as an `Instant`, if the kernel stamped it).
+pub(crate) fn recv_stamped(
+    sock: &UdpSocket,
+    buf: &mut [u8],
+) -> io::Result<(usize, Option<std::time::Instant>)> {
+    sock.try_io(tokio::io::Interest::READABLE, || {
+        let fd = std::os::fd::AsRawFd::as_raw_fd(sock);
+        let mut iov = libc::iovec {
+            iov_base: buf.as_mut_ptr() as *mut libc::c_void,
+            iov_len: buf.len(),
+        };
+        // Room for one cmsg holding a timespec, 8-byte aligned.
+        let mut control = [0u64; 8];
+        // SAFETY: msghdr is plain data; every pointer set below outlives the call.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr() as *mut libc::c_void;
+        msg.msg_controllen = size_of_val(&control);
+        // SAFETY: recvmsg writes at most iov_len bytes into buf and msg_controllen into control.
+        let n = unsafe { libc::recvmsg(fd, &mut msg, libc::MSG_DONTWAIT) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let mut stamp = None;
+        // SAFETY: the CMSG macros walk the control buffer recvmsg filled, within its length.
+        unsafe {
+            let mut c = libc::CMSG_FIRSTHDR(&msg);
+            while !c.is_null() {
+                if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_TIMESTAMPNS {
+                    let ts = std::ptr::read_unaligned(libc::CMSG_DATA(c) as *const libc::timespec);
+                    stamp = Some(std::time::Duration::new(
+                        ts.tv_sec as u64,
+                        ts.tv_nsec as u32,
+                    ));
+                }
+                c = libc::CMSG_NXTHDR(&msg, c);
+            }
+        }
+        // The stamp is wall-clock time; turn it into an Instant by its age.
+        let at = stamp.and_then(|s| {
+            let wall = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .ok()?;
+            let age = wall.checked_sub(s).unwrap_or_default();
+            std::time::Instant::now().checked_sub(age)
+        });
+        Ok((n as usize, at))
+    })
 }
 
 /// A unicast socket on `iface` (the receiver's feedback and the sender's replies).

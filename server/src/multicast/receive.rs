@@ -212,25 +212,31 @@ pub(crate) async fn run(o: ReceiveOptions) -> anyhow::Result<()> {
         let listen = Instant::now() >= hold_until;
         tokio::select! {
             biased;
-            r = group.recv_from(&mut gbuf), if listen => match r {
-                Ok((n, _)) => {
-                    let now = Instant::now();
-                    rx.handle_datagram(now, &gbuf[..n]);
-                    // Drain what else is queued: one wake-up per batch, not per datagram.
-                    let mut drained = true;
+            r = group.readable(), if listen => match r {
+                Ok(()) => {
+                    // Drain what is queued: one wake-up per batch, not per datagram. Each
+                    // datagram is handled at its kernel arrival time, so a busy moment here
+                    // does not look like a queue in the network.
+                    let mut drained = false;
                     for _ in 0..RECV_BATCH {
-                        match group.try_recv_from(&mut gbuf) {
-                            Ok((n, _)) => rx.handle_datagram(now, &gbuf[..n]),
-                            Err(_) => {
-                                drained = false;
+                        match net::recv_stamped(&group, &mut gbuf) {
+                            Ok((n, at)) => {
+                                rx.handle_datagram(at.unwrap_or_else(Instant::now), &gbuf[..n])
+                            }
+                            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                                drained = true;
+                                break;
+                            }
+                            Err(e) => {
+                                warn!(error = %e, "receive failed");
                                 break;
                             }
                         }
                     }
-                    if !drained {
+                    if drained {
                         // The queue is empty: let it fill for a moment rather than waking
                         // for every datagram (the socket buffer holds far more than this).
-                        hold_until = now + RECV_COALESCE;
+                        hold_until = Instant::now() + RECV_COALESCE;
                     }
                 }
                 Err(e) => warn!(error = %e, "receive failed"),

@@ -395,15 +395,21 @@ fn progress_line(s: &Sender, total: u64, t0: Instant) {
     let mut counts = [0usize; 4];
     let mut loss = 0.0;
     let mut n = 0;
+    let mut delays = Vec::new();
     for r in s.receivers() {
         counts[r.state as usize] += 1;
         if r.state == ReceiverState::Active {
             loss += r.loss;
             n += 1;
+            delays.push(r.delay_us);
         }
     }
+    delays.sort_unstable();
+    let median_delay_ms = delays
+        .get(delays.len() / 2)
+        .map_or(0.0, |&d| d as f64 / 1000.0);
     eprintln!(
-        "[{:7.2}s] {:?}: sent {:.0} % of {} at {}, repairs {}, receivers {} active {} unicast {} done {} dead, mean loss {:.1} %",
+        "[{:7.2}s] {:?}: sent {:.0} % of {} at {}, repairs {}, receivers {} active {} unicast {} done {} dead, mean loss {:.1} %, median queue delay {:.0} ms",
         t0.elapsed().as_secs_f64(),
         s.state(),
         100.0 * st.frontier as f64 / chunks as f64,
@@ -414,6 +420,7 @@ fn progress_line(s: &Sender, total: u64, t0: Instant) {
         counts[1],
         counts[2],
         counts[3],
-        if n > 0 { 100.0 * loss / n as f64 } else { 0.0 }
+        if n > 0 { 100.0 * loss / n as f64 } else { 0.0 },
+        median_delay_ms
     );
 }
