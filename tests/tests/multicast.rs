@@ -106,7 +106,7 @@ fn forty_receivers_with_loss_a_death_a_late_joiner_and_a_slow_port() {
         lab.burst_loss(i, 40, 800);
     }
     let (killed, late, slow) = (20, 30, 40);
-    lab.throttle_in(slow, "10mbit");
+    lab.throttle_in(slow, "8mbit");
     let out = |i: usize| env.path(&format!("out{i}"));
     let mut rx = vec![usize::MAX; n + 1];
     let receive = |lab: &Lab, i: usize| {
@@ -142,7 +142,7 @@ fn forty_receivers_with_loss_a_death_a_late_joiner_and_a_slow_port() {
                 "--iface",
                 "eth0",
                 "--rate",
-                "40M",
+                "20M",
                 "--min-receivers",
                 &(n - 1).to_string(),
                 "--max-wait",
