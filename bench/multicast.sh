@@ -65,7 +65,9 @@ shape_sender() { ip netns exec $TAG-0 tc qdisc add dev eth0 root tbf rate "$1" b
 throttle_port() { ip netns exec $TAG-sw tc qdisc add dev "p$1" root tbf rate "$2" burst 32kb latency 200ms; }
 
 # run TOOL N RATE_MBIT LOSS SLOW(host or 0): one transfer of $W/src to hosts 1..N; prints
-# "seconds sender_cpu receivers_cpu sender_rss_kib max_receiver_rss_kib others_max_seconds"
+# "seconds sender_cpu receivers_cpu sender_rss_kib max_receiver_rss_kib others_max_seconds ok"
+# where seconds is until the last receiver is done and others_max_seconds until the last one
+# but the throttled one is.
 run() {
   local tool=$1 n=$2 mbit=$3 pct=$4 slow=$5
   lab "$n"
@@ -118,7 +120,10 @@ run() {
   done
   read -r se su ss sm <"$W/st"
   [ "$ok" = 1 ] || echo "  $tool: FAILED run (n=$n rate=$mbit loss=$pct slow=$slow)" >&2
-  echo "$se $(echo "$su + $ss" | bc) $rcpu $sm $rrss $others $ok"
+  # The run's time is when the last receiver is done: udp-sender exits before its receivers.
+  local done=$se
+  (( $(echo "$others > $se" | bc) )) && done=$others
+  echo "$done $(echo "$su + $ss" | bc) $rcpu $sm $rrss $others $ok"
   cleanup
 }
 
