@@ -181,21 +181,6 @@ impl Lab {
         );
     }
 
-    /// Limits what host `i` sends to `rate`.
-    pub fn throttle_out(&self, i: usize, rate: &str) {
-        let out = self
-            .cmd(i, "tc")
-            .args(["qdisc", "add", "dev", "eth0", "root", "tbf", "rate", rate])
-            .args(["burst", "256kb", "latency", "200ms"])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "tc: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
     fn cleanup_names(&self, n: usize) {
         for i in 0..n {
             kill_and_delete(&self.host(i));

@@ -1,5 +1,6 @@
-//! Replays the committed fuzz corpus (`fuzz/corpus/TARGET/*`) through the same entry points
-//! the fuzz targets use, as ordinary tests: CI runs them without fuzzing.
+//! Replays the committed fuzz corpus (`fuzz/corpus/TARGET/*`) of every fuzz target through the
+//! same entry points the targets use, as ordinary tests: CI runs them without fuzzing.
+//! `cargo run -p proto --example fuzz_seeds` regenerates the `wire` and `session` seeds.
 
 use std::fs;
 use std::path::Path;
@@ -33,4 +34,14 @@ fn fs_readers_corpus() {
 #[test]
 fn table_corpus() {
     replay("table", imaging::fuzzing::table);
+}
+
+#[test]
+fn wire_corpus() {
+    replay("wire", proto::fuzzing::decoders);
+}
+
+#[test]
+fn session_corpus() {
+    replay("session", proto::fuzzing::session);
 }
