@@ -103,20 +103,9 @@ pub(crate) fn iface(name: Option<&str>) -> anyhow::Result<Iface> {
 }
 
 fn force_buffers(s: &Socket) {
-    let fd = std::os::fd::AsRawFd::as_raw_fd(s);
     let size = SOCKET_BUFFER as libc::c_int;
     for opt in [libc::SO_RCVBUFFORCE, libc::SO_SNDBUFFORCE] {
-        // SAFETY: setsockopt reads an int from a valid pointer on a socket we own.
-        let r = unsafe {
-            libc::setsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                opt,
-                &size as *const libc::c_int as *const libc::c_void,
-                size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if r != 0 {
+        if set_int(s, libc::SOL_SOCKET, opt, size).is_err() {
             // Not root: ask within the kernel's limits.
             let _ = if opt == libc::SO_RCVBUFFORCE {
                 s.set_recv_buffer_size(SOCKET_BUFFER)
@@ -159,22 +148,37 @@ pub(crate) fn group_socket(iface: &Iface, group: SocketAddrV4) -> anyhow::Result
             .with_context(|| format!("joining {} on {}", group.ip(), iface.name))?;
     }
     enable_timestamps(&s).context("asking for receive timestamps")?;
+    // Let the kernel hand over runs of same-sized datagrams of one flow as one buffer (what a
+    // segmentation-offload sender sent, or what the NIC's GRO merged): one system call for
+    // dozens of datagrams. Kernels before 5.0 lack it; then each datagram comes alone.
+    let _ = set_int(&s, libc::SOL_UDP, libc::UDP_GRO, 1);
     Ok(UdpSocket::from_std(s.into())?)
+}
+
+/// The socket's receive buffer in bytes as the kernel granted it (it counts its own
+/// overhead in it too, so a quarter of it is a safe fill).
+pub(crate) fn recv_buffer(sock: &UdpSocket) -> usize {
+    socket2::SockRef::from(sock)
+        .recv_buffer_size()
+        .unwrap_or(212_992)
 }
 
 /// Asks the kernel to stamp every datagram `sock` receives with its arrival time, read by
 /// [`recv_stamped`]: the receiver's queueing-delay estimate must not count the time a busy
 /// process took to get to the datagram, only the network's.
 fn enable_timestamps(s: &Socket) -> io::Result<()> {
+    set_int(s, libc::SOL_SOCKET, libc::SO_TIMESTAMPNS, 1)
+}
+
+fn set_int(s: &Socket, level: libc::c_int, opt: libc::c_int, value: libc::c_int) -> io::Result<()> {
     let fd = std::os::fd::AsRawFd::as_raw_fd(s);
-    let on: libc::c_int = 1;
     // SAFETY: setsockopt reads an int from a valid pointer on a socket we own.
     let r = unsafe {
         libc::setsockopt(
             fd,
-            libc::SOL_SOCKET,
-            libc::SO_TIMESTAMPNS,
-            &on as *const libc::c_int as *const libc::c_void,
+            level,
+            opt,
+            &value as *const libc::c_int as *const libc::c_void,
             size_of::<libc::c_int>() as libc::socklen_t,
         )
     };
@@ -185,20 +189,22 @@ fn enable_timestamps(s: &Socket) -> io::Result<()> {
     }
 }
 
-/// Receives one datagram without blocking; returns its length and when the kernel received
-/// it (as an `Instant`, if the kernel stamped it).
+/// Receives without blocking; returns the length, when the kernel received it (as an
+/// `Instant`, if the kernel stamped it), and, when the kernel coalesced several datagrams
+/// of one flow into the buffer (UDP GRO, see [`group_socket`]), their size: the buffer
+/// then holds datagrams of that size back to back, the last one possibly shorter.
 pub(crate) fn recv_stamped(
     sock: &UdpSocket,
     buf: &mut [u8],
-) -> io::Result<(usize, Option<std::time::Instant>)> {
+) -> io::Result<(usize, Option<std::time::Instant>, Option<usize>)> {
     sock.try_io(tokio::io::Interest::READABLE, || {
         let fd = std::os::fd::AsRawFd::as_raw_fd(sock);
         let mut iov = libc::iovec {
             iov_base: buf.as_mut_ptr() as *mut libc::c_void,
             iov_len: buf.len(),
         };
-        // Room for one cmsg holding a timespec, 8-byte aligned.
-        let mut control = [0u64; 8];
+        // Room for a timespec cmsg and an int cmsg, 8-byte aligned.
+        let mut control = [0u64; 12];
         // SAFETY: msghdr is plain data; every pointer set below outlives the call.
         let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
         msg.msg_iov = &mut iov;
@@ -211,16 +217,25 @@ pub(crate) fn recv_stamped(
             return Err(io::Error::last_os_error());
         }
         let mut stamp = None;
+        let mut segment = None;
         // SAFETY: the CMSG macros walk the control buffer recvmsg filled, within its length.
         unsafe {
             let mut c = libc::CMSG_FIRSTHDR(&msg);
             while !c.is_null() {
-                if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_TIMESTAMPNS {
-                    let ts = std::ptr::read_unaligned(libc::CMSG_DATA(c) as *const libc::timespec);
-                    stamp = Some(std::time::Duration::new(
-                        ts.tv_sec as u64,
-                        ts.tv_nsec as u32,
-                    ));
+                let data = libc::CMSG_DATA(c);
+                match ((*c).cmsg_level, (*c).cmsg_type) {
+                    (libc::SOL_SOCKET, libc::SCM_TIMESTAMPNS) => {
+                        let ts = std::ptr::read_unaligned(data as *const libc::timespec);
+                        stamp = Some(std::time::Duration::new(
+                            ts.tv_sec as u64,
+                            ts.tv_nsec as u32,
+                        ));
+                    }
+                    (libc::SOL_UDP, libc::UDP_GRO) => {
+                        let size = std::ptr::read_unaligned(data as *const libc::c_int);
+                        segment = usize::try_from(size).ok().filter(|&s| s > 0);
+                    }
+                    _ => {}
                 }
                 c = libc::CMSG_NXTHDR(&msg, c);
             }
@@ -233,8 +248,60 @@ pub(crate) fn recv_stamped(
             let age = wall.checked_sub(s).unwrap_or_default();
             std::time::Instant::now().checked_sub(age)
         });
-        Ok((n as usize, at))
+        Ok((n as usize, at, segment))
     })
+}
+
+/// Datagrams per segmentation-offload send at most (the kernel allows 64; 32 full-size data
+/// datagrams are 47 KB).
+pub(crate) const MAX_SEGMENTS: usize = 32;
+
+/// Sends `buf`, datagrams of `segment` bytes back to back (the last one may be shorter), to
+/// `to` in one system call with UDP generic segmentation offload: the NIC, or the kernel at
+/// the last moment, cuts it into datagrams, so the stack (and a bridge, and a qdisc) handle
+/// one buffer instead of dozens. Fails with `EIO`/`EINVAL` where the route's device cannot
+/// take it; the caller then sends datagram by datagram.
+pub(crate) async fn send_segments(
+    sock: &UdpSocket,
+    buf: &[u8],
+    segment: usize,
+    to: SocketAddr,
+) -> io::Result<()> {
+    let addr = socket2::SockAddr::from(to);
+    let seg = u16::try_from(segment).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    sock.async_io(tokio::io::Interest::WRITABLE, || {
+        let fd = std::os::fd::AsRawFd::as_raw_fd(sock);
+        let mut iov = libc::iovec {
+            iov_base: buf.as_ptr() as *mut libc::c_void,
+            iov_len: buf.len(),
+        };
+        let mut control = [0u64; 4];
+        // SAFETY: msghdr is plain data; every pointer set below outlives the call.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_name = addr.as_ptr() as *mut libc::c_void;
+        msg.msg_namelen = addr.len();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr() as *mut libc::c_void;
+        // SAFETY: CMSG_SPACE/CMSG_LEN are arithmetic; the cmsg written lies within `control`
+        // (CMSG_SPACE(2) = 24 bytes of its 32).
+        unsafe {
+            msg.msg_controllen = libc::CMSG_SPACE(size_of::<u16>() as u32) as usize;
+            let c = libc::CMSG_FIRSTHDR(&msg);
+            (*c).cmsg_level = libc::SOL_UDP;
+            (*c).cmsg_type = libc::UDP_SEGMENT;
+            (*c).cmsg_len = libc::CMSG_LEN(size_of::<u16>() as u32) as usize;
+            std::ptr::write_unaligned(libc::CMSG_DATA(c) as *mut u16, seg);
+        }
+        // SAFETY: sendmsg reads the buffers described by `msg`, all alive and in bounds.
+        let n = unsafe { libc::sendmsg(fd, &msg, 0) };
+        if n < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
+    })
+    .await
 }
 
 /// A unicast socket on `iface` (the receiver's feedback and the sender's replies).

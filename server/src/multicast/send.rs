@@ -15,6 +15,7 @@ use axum::{Json, Router};
 use proto::{Destination, ReceiverState, Sender, SenderConfig, SenderEvent, SessionKey};
 use rand::RngCore;
 use serde_json::json;
+use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
@@ -220,7 +221,7 @@ pub(crate) async fn run(o: SendOptions) -> anyhow::Result<()> {
     let t0 = Instant::now();
     let mut started_at = None;
     let mut multicast_done_at = None;
-    let mut send_errors = 0u64;
+    let mut out = Outbox::default();
     let mut last_progress = Instant::now();
     let mut dead = Vec::new();
     let mut demoted = Vec::new();
@@ -234,17 +235,21 @@ pub(crate) async fn run(o: SendOptions) -> anyhow::Result<()> {
                 let _ = tx.send((i, src.payload(i as usize)));
             });
         }
-        // Send what is due; the token bucket in the core paces it.
+        // Send what is due; the token bucket in the core paces it. Runs of same-sized group
+        // datagrams go out together with segmentation offload.
         let mut burst = 0;
         while let Some(dest) = sender.poll_transmit(now, &mut buf) {
-            let to = match dest {
-                Destination::Group => dest_group,
-                Destination::Unicast(a) => a,
-            };
-            if let Err(e) = socket.send_to(&buf, to).await {
-                send_errors += 1;
-                if send_errors.is_power_of_two() {
-                    warn!(error = %e, %to, count = send_errors, "send failed");
+            match dest {
+                Destination::Group if out.gso => {
+                    if !out.fits(buf.len()) {
+                        out.flush(&socket, dest_group).await;
+                    }
+                    out.push(&buf);
+                }
+                Destination::Group => out.send_one(&socket, &buf, dest_group).await,
+                Destination::Unicast(a) => {
+                    out.flush(&socket, dest_group).await;
+                    out.send_one(&socket, &buf, a).await;
                 }
             }
             burst += 1;
@@ -253,6 +258,7 @@ pub(crate) async fn run(o: SendOptions) -> anyhow::Result<()> {
                 break;
             }
         }
+        out.flush(&socket, dest_group).await;
         let mut done = false;
         while let Some(e) = sender.poll_event() {
             match e {
@@ -361,9 +367,10 @@ pub(crate) async fn run(o: SendOptions) -> anyhow::Result<()> {
         "demoted": demoted,
         "datagrams": st.datagrams,
         "source_symbols": st.source_symbols,
-        "repair_symbols": st.repair_symbols + st.proactive_symbols,
+        "proactive_symbols": st.proactive_symbols,
+        "repair_symbols": st.repair_symbols,
         "wire_bytes": st.wire_bytes,
-        "send_errors": send_errors,
+        "send_errors": out.errors,
     });
     if o.json {
         println!("{summary}");
@@ -423,4 +430,88 @@ fn progress_line(s: &Sender, total: u64, t0: Instant) {
         if n > 0 { 100.0 * loss / n as f64 } else { 0.0 },
         median_delay_ms
     );
+}
+
+/// Group datagrams gathered for one segmentation-offload send (see [`net::send_segments`]),
+/// and the send errors so far.
+struct Outbox {
+    buf: Vec<u8>,
+    segment: usize,
+    count: usize,
+    /// The last datagram was shorter than the segment size: nothing may follow it.
+    closed: bool,
+    /// Segmentation offload works on this route (until a send says otherwise).
+    gso: bool,
+    errors: u64,
+}
+
+impl Default for Outbox {
+    fn default() -> Self {
+        Outbox {
+            buf: Vec::with_capacity(net::MAX_SEGMENTS * 1500),
+            segment: 0,
+            count: 0,
+            closed: false,
+            gso: true,
+            errors: 0,
+        }
+    }
+}
+
+impl Outbox {
+    /// Whether a datagram of `len` bytes may join the gathered ones.
+    fn fits(&self, len: usize) -> bool {
+        self.count == 0 || (!self.closed && len <= self.segment && self.count < net::MAX_SEGMENTS)
+    }
+
+    fn push(&mut self, d: &[u8]) {
+        if self.count == 0 {
+            self.segment = d.len();
+        }
+        self.closed = d.len() < self.segment;
+        self.buf.extend_from_slice(d);
+        self.count += 1;
+    }
+
+    async fn flush(&mut self, socket: &UdpSocket, to: SocketAddr) {
+        match self.count {
+            0 => return,
+            1 => {
+                let d = std::mem::take(&mut self.buf);
+                self.send_one(socket, &d, to).await;
+                self.buf = d;
+            }
+            _ => match net::send_segments(socket, &self.buf, self.segment, to).await {
+                Ok(()) => {}
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EIO | libc::EINVAL)) => {
+                    // The route cannot segment (no checksum offload, an old kernel):
+                    // datagram by datagram from now on.
+                    warn!(error = %e, "segmentation offload refused; sending datagrams singly");
+                    self.gso = false;
+                    let d = std::mem::take(&mut self.buf);
+                    for one in d.chunks(self.segment) {
+                        self.send_one(socket, one, to).await;
+                    }
+                    self.buf = d;
+                }
+                Err(e) => self.failed(&e, to),
+            },
+        }
+        self.buf.clear();
+        self.count = 0;
+        self.closed = false;
+    }
+
+    async fn send_one(&mut self, socket: &UdpSocket, d: &[u8], to: SocketAddr) {
+        if let Err(e) = socket.send_to(d, to).await {
+            self.failed(&e, to);
+        }
+    }
+
+    fn failed(&mut self, e: &std::io::Error, to: SocketAddr) {
+        self.errors += 1;
+        if self.errors.is_power_of_two() {
+            warn!(error = %e, %to, count = self.errors, "send failed");
+        }
+    }
 }
