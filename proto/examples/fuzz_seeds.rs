@@ -21,7 +21,7 @@ fn main() {
     let now = Instant::now();
     let mut cfg = SenderConfig::new(session, key.clone());
     cfg.start.min_receivers = 0;
-    cfg.fec_overhead = 0.5;
+    cfg.fec = proto::Fec::Fixed(0.5);
     let layout = Layout::new(64, 4, vec![100, 300, 1]).unwrap();
     let mut tx = Sender::new(cfg, layout, now);
     let mut datagrams = Vec::new();

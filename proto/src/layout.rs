@@ -12,6 +12,9 @@ use raptorq::ObjectTransmissionInformation;
 /// bursts of loss with the same repair share.
 pub const DEFAULT_MAX_BLOCK_SYMBOLS: u32 = 4096;
 
+/// Most source blocks in one chunk: a data datagram carries the block number in 8 bits.
+pub const MAX_BLOCKS: u32 = 256;
+
 /// Largest block RaptorQ allows (RFC 6330, K'max).
 pub const MAX_BLOCK_SYMBOLS: u32 = 56403;
 
@@ -28,7 +31,7 @@ pub enum LayoutError {
     /// The block limit is outside 1..=56403 symbols.
     #[error("blocks must hold 1 to {MAX_BLOCK_SYMBOLS} symbols, not {0}")]
     BlockSymbols(u32),
-    /// A chunk needs more than 65535 blocks.
+    /// A chunk needs more than [`MAX_BLOCKS`] blocks.
     #[error("chunk {0} is too large for this symbol size")]
     ChunkTooLarge(u32),
     /// More than `u32::MAX - 1` chunks.
@@ -76,7 +79,7 @@ impl Layout {
                 return Err(LayoutError::EmptyChunk(i as u32));
             }
             let symbols = (len as u64).div_ceil(symbol_size as u64);
-            if symbols.div_ceil(max_block_symbols as u64) > u16::MAX as u64 {
+            if symbols.div_ceil(max_block_symbols as u64) > MAX_BLOCKS as u64 {
                 return Err(LayoutError::ChunkTooLarge(i as u32));
             }
         }

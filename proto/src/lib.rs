@@ -26,7 +26,7 @@ pub mod fuzzing;
 pub use layout::{Layout, LayoutError};
 pub use receiver::{Receiver, ReceiverConfig, ReceiverEvent, ReceiverStats};
 pub use sender::{
-    DemoteReason, Destination, ReceiverInfo, ReceiverState, Sender, SenderConfig, SenderEvent,
+    DemoteReason, Destination, Fec, ReceiverInfo, ReceiverState, Sender, SenderConfig, SenderEvent,
     SenderStats, SessionError, StartPolicy,
 };
 pub use wire::{DecodeError, ReceiverStatus, SenderState, SessionKey};

@@ -550,6 +550,15 @@ impl Receiver {
             self.stored += 1;
             self.stats.stored_chunks += 1;
             self.stats.stored_bytes += self.layout.chunk_len(index) as u64;
+            self.report_if_complete();
+        }
+    }
+
+    /// Once the last chunk is stored, the sender hears it at once rather than at the next
+    /// feedback tick: it is what the sender (and the machine's admin) waits for.
+    fn report_if_complete(&mut self) {
+        if self.complete() {
+            self.next_feedback = self.next_feedback.min(self.last_feedback);
         }
     }
 
@@ -607,6 +616,7 @@ impl Receiver {
             self.stats.stored_chunks += 1;
             self.stats.stored_bytes += self.layout.chunk_len(index) as u64;
             self.advance_first_missing();
+            self.report_if_complete();
         } else {
             *c = ChunkRx::Missing;
             let wait = match self.retry.get(&index) {

@@ -1,8 +1,9 @@
 //! The sending side of a multicast session.
 //!
 //! The sender streams chunks in order. Each chunk is cut into source blocks
-//! ([`crate::layout`]); a block's source symbols go out once, followed by a proactive share of
-//! repair symbols, with the blocks of a chunk interleaved so that a burst of loss hits several
+//! ([`crate::layout`]); a block's source symbols go out once, followed by proactive repair
+//! symbols ([`Fec`]: by default as many as the lossiest receiver's reported loss calls for,
+//! so most blocks decode without a repair round), with the blocks of a chunk interleaved so that a burst of loss hits several
 //! blocks a little rather than one block a lot. Chunks stay in a *window* until every active
 //! receiver has them; receivers report, per incomplete block, how many symbols they still
 //! lack and the highest symbol id they saw, and the sender queues that many *fresh* repair
@@ -38,9 +39,10 @@ use crate::wire::{
 
 /// Default send rate: 900 Mbit/s, a gigabit link with room for other traffic.
 pub const DEFAULT_RATE_BPS: u64 = 900_000_000;
-/// Default proactive repair share: 2 % extra symbols per block. Receivers losing less than
-/// that finish each block without a repair round; a lossless network pays 2 % of goodput.
-pub const DEFAULT_FEC_OVERHEAD: f64 = 0.02;
+/// Default least proactive repair share: 0.5 % extra symbols per block, so that a stray lost
+/// datagram on a lossless network costs no repair round; with [`Fec::Auto`] the share grows
+/// with the loss the receivers report.
+pub const DEFAULT_FEC_OVERHEAD: f64 = 0.005;
 /// Default window: 32 MiB of chunks in flight. A receiver holds at most this much undecoded;
 /// at 1 Gbit/s it is a quarter-second, several feedback rounds.
 pub const DEFAULT_WINDOW_BYTES: u64 = 32 << 20;
@@ -102,7 +104,7 @@ pub struct SenderConfig {
     /// The rate never backs off below this.
     pub min_rate_bps: u64,
     /// Proactive repair symbols per source symbol.
-    pub fec_overhead: f64,
+    pub fec: Fec,
     /// Bytes of chunks in flight at most (at least two chunks).
     pub window_bytes: u64,
     /// When to start.
@@ -123,6 +125,39 @@ pub struct SenderConfig {
     pub delay_target: Duration,
 }
 
+/// How many proactive repair symbols follow a block's source symbols.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Fec {
+    /// This share of the block's source symbols, whatever the loss.
+    Fixed(f64),
+    /// Enough for the lossiest active receiver (by the loss it last reported) to decode each
+    /// block without a repair round, most of the time: the expected loss plus two standard
+    /// deviations, and at least `floor` of the block. Repairs on request make up the rest.
+    Auto {
+        /// The least share.
+        floor: f64,
+    },
+}
+
+impl Fec {
+    /// Proactive symbols for a block of `k` source symbols when receivers lose `loss`.
+    pub fn proactive(self, k: u32, loss: f64) -> u32 {
+        let k = k as f64;
+        let r = match self {
+            Fec::Fixed(share) => k * share.max(0.0),
+            Fec::Auto { floor } => {
+                let p = loss.clamp(0.0, 0.5);
+                // Of k + r symbols sent, a receiver gets (k + r)(1 - p) on average, with a
+                // standard deviation of sqrt((k + r) p (1 - p)): r covers the mean and two
+                // deviations, k's deviation standing in for (k + r)'s.
+                let sd = (k * p * (1.0 - p)).sqrt();
+                (k * floor.max(0.0)).max((k * p + 2.0 * sd) / (1.0 - p))
+            }
+        };
+        r.ceil() as u32
+    }
+}
+
 impl SenderConfig {
     /// Settings with every default, for a session with this id and key.
     pub fn new(session: u32, key: SessionKey) -> Self {
@@ -133,7 +168,9 @@ impl SenderConfig {
             http_port: 0,
             rate_bps: DEFAULT_RATE_BPS,
             min_rate_bps: DEFAULT_RATE_BPS / 10,
-            fec_overhead: DEFAULT_FEC_OVERHEAD,
+            fec: Fec::Auto {
+                floor: DEFAULT_FEC_OVERHEAD,
+            },
             window_bytes: DEFAULT_WINDOW_BYTES,
             start: StartPolicy {
                 min_receivers: 1,
@@ -903,6 +940,17 @@ impl Sender {
         }
     }
 
+    /// The highest loss an active receiver reported (demotion takes care of those above the
+    /// limit).
+    fn group_loss(&self) -> f64 {
+        self.receivers
+            .values()
+            .filter(|r| r.state == ReceiverState::Active && r.feedback_at.is_some())
+            .map(|r| r.loss)
+            .filter(|&l| l <= self.cfg.max_receiver_loss)
+            .fold(0.0, f64::max)
+    }
+
     /// Whether a data datagram could go if the bucket allowed it.
     fn has_data(&self) -> bool {
         if self.state != SenderState::Running {
@@ -936,13 +984,14 @@ impl Sender {
                 return false;
             };
             let index = self.frontier;
-            let overhead = self.cfg.fec_overhead.max(0.0);
+            let loss = self.group_loss();
+            let fec = self.cfg.fec;
             let blocks = self
                 .layout
                 .blocks(index)
                 .into_iter()
                 .map(|block| BlockTx {
-                    proactive: (block.symbols as f64 * overhead).ceil() as u32,
+                    proactive: fec.proactive(block.symbols, loss),
                     block,
                     encoder: None,
                     sent_seqs: Vec::new(),
@@ -1152,6 +1201,23 @@ fn emit_repair(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn proactive_repairs_follow_the_loss() {
+        assert_eq!(Fec::Fixed(0.02).proactive(1000, 0.3), 20);
+        let auto = Fec::Auto { floor: 0.005 };
+        assert_eq!(auto.proactive(2954, 0.0), 15);
+        // 5 % loss on 2954 symbols: 148 lost on average, sd 11.8; (148 + 23.7) / 0.95.
+        assert_eq!(auto.proactive(2954, 0.05), 181);
+        let mut last = 0;
+        for pct in 0..=60 {
+            let r = auto.proactive(2954, pct as f64 / 100.0);
+            assert!(r >= last, "{pct} %: {r} < {last}");
+            last = r;
+        }
+        // Loss beyond a half is capped: such a receiver is demoted, not served.
+        assert_eq!(auto.proactive(100, 0.9), auto.proactive(100, 0.5));
+    }
 
     /// The sender asks for a few chunks ahead, not the whole image, however slowly the
     /// driver provides them: its memory must not grow with the image.

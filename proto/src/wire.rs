@@ -8,8 +8,8 @@
 //! is handed out by that registration.
 //!
 //! ```text
-//! data     magic ver kind flags | session seq chunk | block len | esi base frontier time | symbol | tag
-//!          1     1   1    1     | 4       4   4     | 2     2   | 4   4    4        4    | len    | 16
+//! data     magic ver kind flags | session seq chunk | block<<24|esi | chunk-base frontier-chunk | time | symbol | tag
+//!          1     1   1    1     | 4       4   4     | 4             | 2          2              | 4    | rest   | 16
 //! announce magic ver kind flags | session http_port state receivers min_receivers chunks bytes name_len name
 //! feedback magic ver kind flags | session receiver seq first_missing seen_frontier rate_kbit loss_ppm
 //!          delay_us high_seq count 0u16 | count × (chunk u32, block u16, need u16) | tag
@@ -21,11 +21,11 @@ use std::fmt;
 /// First byte of every drover multicast datagram.
 pub const MAGIC: u8 = 0xD7;
 /// Wire format version; a datagram of any other version is dropped.
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
 /// Bytes of the authentication tag that ends data, feedback and reply datagrams.
 pub const TAG_LEN: usize = 16;
 /// Bytes of a data datagram's header (before the symbol).
-pub const DATA_HEADER_LEN: usize = 36;
+pub const DATA_HEADER_LEN: usize = 28;
 /// Largest UDP payload that fits a 1500-byte Ethernet MTU with IPv4 and UDP headers.
 pub const MAX_UDP_PAYLOAD: usize = 1500 - 20 - 8;
 /// Default RaptorQ symbol size: a data datagram fills exactly [`MAX_UDP_PAYLOAD`].
@@ -235,48 +235,61 @@ impl DataHeader {
         common(buf, Kind::Data, self.flags, session);
         buf.extend_from_slice(&self.seq.to_le_bytes());
         buf.extend_from_slice(&self.chunk.to_le_bytes());
-        buf.extend_from_slice(&self.block.to_le_bytes());
-        // A symbol is at most 65535 bytes: the session's symbol size is a `u16`.
-        buf.extend_from_slice(&(symbol_len as u16).to_le_bytes());
-        buf.extend_from_slice(&self.esi.to_le_bytes());
-        buf.extend_from_slice(&self.window_base.to_le_bytes());
-        buf.extend_from_slice(&self.frontier.to_le_bytes());
+        // The layout keeps blocks under 256 and ids under 2^24 (RFC 6330).
+        buf.extend_from_slice(
+            &((self.block as u32) << 24 | (self.esi & (MAX_ESI - 1))).to_le_bytes(),
+        );
+        // The window, relative to the chunk. Beyond 65535 chunks the base reads lower and the
+        // frontier lower than they are: receivers then fetch and report a little later,
+        // never wrongly.
+        let behind = self
+            .chunk
+            .saturating_sub(self.window_base)
+            .min(u16::MAX as u32) as u16;
+        let ahead = self
+            .frontier
+            .saturating_sub(self.chunk)
+            .min(u16::MAX as u32) as u16;
+        buf.extend_from_slice(&behind.to_le_bytes());
+        buf.extend_from_slice(&ahead.to_le_bytes());
         buf.extend_from_slice(&self.time_us.to_le_bytes());
         buf.extend_from_slice(symbol);
         buf.resize(buf.len() + symbol_len - symbol.len(), 0);
         key.seal(buf);
     }
 
-    /// Authenticates and decodes a data datagram; returns the header and the symbol.
+    /// Authenticates and decodes a data datagram; returns the header and the symbol (the
+    /// rest of the datagram).
     pub fn decode<'a>(
         datagram: &'a [u8],
         session: u32,
         key: &SessionKey,
     ) -> Result<(Self, &'a [u8]), DecodeError> {
         let body = open_authenticated(datagram, Kind::Data, DATA_HEADER_LEN, session, key)?;
-        let len = u16_at(body, 18) as usize;
-        if body.len() != DATA_HEADER_LEN + len {
+        if body.len() == DATA_HEADER_LEN {
             return Err(DecodeError::Length {
                 kind: Kind::Data,
                 len: datagram.len(),
             });
         }
+        let chunk = u32_at(body, 12);
+        let id = u32_at(body, 16);
+        let window_base = chunk
+            .checked_sub(u16_at(body, 20) as u32)
+            .ok_or(DecodeError::Field("window base below chunk 0"))?;
+        let frontier = chunk
+            .checked_add(u16_at(body, 22) as u32)
+            .ok_or(DecodeError::Field("frontier beyond the last chunk"))?;
         let h = Self {
             flags: body[3],
             seq: u32_at(body, 8),
-            chunk: u32_at(body, 12),
-            block: u16_at(body, 16),
-            esi: u32_at(body, 20),
-            window_base: u32_at(body, 24),
-            frontier: u32_at(body, 28),
-            time_us: u32_at(body, 32),
+            chunk,
+            block: (id >> 24) as u16,
+            esi: id & (MAX_ESI - 1),
+            window_base,
+            frontier,
+            time_us: u32_at(body, 24),
         };
-        if h.window_base > h.frontier {
-            return Err(DecodeError::Field("window base beyond the frontier"));
-        }
-        if h.esi >= MAX_ESI {
-            return Err(DecodeError::Field("encoding symbol id beyond 24 bits"));
-        }
         Ok((h, &body[DATA_HEADER_LEN..]))
     }
 }
@@ -610,6 +623,36 @@ mod tests {
     }
 
     #[test]
+    fn data_window_saturates_toward_the_safe_side() {
+        let h = DataHeader {
+            flags: 0,
+            seq: 1,
+            chunk: 100_000,
+            block: 255,
+            esi: MAX_ESI - 1,
+            window_base: 1,
+            frontier: 200_000,
+            time_us: 0,
+        };
+        let mut buf = Vec::new();
+        h.encode(1, &KEY, &[1, 2, 3], 3, &mut buf);
+        assert_eq!(buf.len(), DATA_HEADER_LEN + 3 + TAG_LEN);
+        let (d, s) = DataHeader::decode(&buf, 1, &KEY).unwrap();
+        assert_eq!(s, &[1, 2, 3]);
+        assert_eq!((d.block, d.esi), (255, MAX_ESI - 1));
+        // Too far to tell: the base reads lower, the frontier lower, than they are.
+        assert_eq!(d.window_base, 100_000 - 65_535);
+        assert_eq!(d.frontier, 100_000 + 65_535);
+        // A datagram without a symbol is malformed.
+        buf.clear();
+        h.encode(1, &KEY, &[], 0, &mut buf);
+        assert!(matches!(
+            DataHeader::decode(&buf, 1, &KEY),
+            Err(DecodeError::Length { .. })
+        ));
+    }
+
+    #[test]
     fn announce_round_trip() {
         let a = Announce {
             session: 77,
@@ -684,7 +727,7 @@ mod tests {
             Err(DecodeError::Version(9))
         );
         assert_eq!(
-            peek(&[MAGIC, 1, 99, 0, 0, 0, 0, 0]),
+            peek(&[MAGIC, VERSION, 99, 0, 0, 0, 0, 0]),
             Err(DecodeError::Kind(99))
         );
     }

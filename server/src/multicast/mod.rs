@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Subcommand;
-use proto::{SenderConfig, SessionKey, StartPolicy};
+use proto::{Fec, SenderConfig, SessionKey, StartPolicy};
 
 use crate::fmt;
 
@@ -53,9 +53,10 @@ pub(crate) enum MulticastCommand {
         /// Start after this long, however many joined (e.g. 30s, 5m).
         #[arg(long, value_parser = fmt::parse_duration)]
         max_wait: Option<Duration>,
-        /// Proactive repair symbols per source symbol (e.g. 5% or 0.05).
-        #[arg(long, default_value = "2%", value_parser = fmt::parse_fraction)]
-        fec_overhead: f64,
+        /// Proactive repair symbols per source symbol: a fixed share (e.g. 5% or 0.05), or
+        /// `auto`: enough for the lossiest receiver's reported loss, at least 0.5%.
+        #[arg(long, default_value = "auto", value_parser = parse_fec)]
+        fec_overhead: Fec,
         /// Chunks in flight at most, in bytes (at least two chunks): what a receiver may hold
         /// undecoded, and how far a lossy receiver may fall behind before unicast takes over.
         #[arg(long, default_value = "32M", value_parser = fmt::parse_size)]
@@ -148,7 +149,7 @@ pub(crate) fn run(cmd: MulticastCommand, data_dir: &Path, json: bool) -> anyhow:
             // Congestion backs the rate off to a tenth at most: below that, the receivers
             // that cannot keep up are better served by unicast than the group by waiting.
             config.min_rate_bps = (rate / 10).max(1_000_000).min(rate);
-            config.fec_overhead = fec_overhead;
+            config.fec = fec_overhead;
             config.window_bytes = window;
             config.start = StartPolicy {
                 min_receivers,
@@ -223,4 +224,14 @@ fn unhex(s: &str) -> Option<Vec<u8>> {
         .step_by(2)
         .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
         .collect()
+}
+
+fn parse_fec(s: &str) -> Result<Fec, String> {
+    if s == "auto" {
+        Ok(Fec::Auto {
+            floor: proto::sender::DEFAULT_FEC_OVERHEAD,
+        })
+    } else {
+        fmt::parse_fraction(s).map(Fec::Fixed)
+    }
 }
