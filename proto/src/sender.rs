@@ -144,8 +144,8 @@ impl Fec {
     pub fn proactive(self, k: u32, loss: f64) -> u32 {
         let k = k as f64;
         let r = match self {
-            Fec::Fixed(share) => k * share.max(0.0),
-            Fec::Auto { floor } => {
+            Self::Fixed(share) => k * share.max(0.0),
+            Self::Auto { floor } => {
                 let p = loss.clamp(0.0, 0.5);
                 // Of k + r symbols sent, a receiver gets (k + r)(1 - p) on average, with a
                 // standard deviation of sqrt((k + r) p (1 - p)): r covers the mean and two
@@ -1201,6 +1201,27 @@ fn emit_repair(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn starts_at_its_time_whoever_joined() {
+        let now = Instant::now();
+        let layout = Layout::new(1000, 64, vec![10_000; 2]).unwrap();
+        let mut cfg = SenderConfig::new(1, SessionKey([1; 32]));
+        cfg.start = StartPolicy {
+            min_receivers: usize::MAX,
+            max_wait: None,
+            start_at: Some(now + Duration::from_secs(60)),
+        };
+        let mut s = Sender::new(cfg, layout, now);
+        for i in 0..3u8 {
+            s.add_receiver(now, SocketAddr::from(([10, 0, 0, i], 9000)))
+                .unwrap();
+        }
+        s.handle_timeout(now + Duration::from_secs(59));
+        assert_eq!(s.state(), SenderState::Waiting);
+        s.handle_timeout(now + Duration::from_secs(60));
+        assert_eq!(s.state(), SenderState::Running);
+    }
 
     #[test]
     fn proactive_repairs_follow_the_loss() {

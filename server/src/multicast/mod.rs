@@ -47,12 +47,17 @@ pub(crate) enum MulticastCommand {
         /// Highest send rate in bits per second on the wire (K, M, G suffixes).
         #[arg(long, default_value = "900M", value_parser = fmt::parse_rate)]
         rate: u64,
-        /// Start once this many receivers joined.
-        #[arg(long, default_value_t = 1)]
-        min_receivers: usize,
+        /// Start once this many receivers joined (default 1; with --start-at, only the time
+        /// starts the stream unless this is given too).
+        #[arg(long)]
+        min_receivers: Option<usize>,
         /// Start after this long, however many joined (e.g. 30s, 5m).
         #[arg(long, value_parser = fmt::parse_duration)]
         max_wait: Option<Duration>,
+        /// Start at this time, however many joined: HH:MM[:SS] (local time, the next one to
+        /// come) or RFC 3339 (2026-11-25T18:30:00+01:00).
+        #[arg(long, value_parser = parse_start_at)]
+        start_at: Option<chrono::DateTime<chrono::Local>>,
         /// Proactive repair symbols per source symbol: a fixed share (e.g. 5% or 0.05), or
         /// `auto`: enough for the lossiest receiver's reported loss, at least 0.5%.
         #[arg(long, default_value = "auto", value_parser = parse_fec)]
@@ -122,6 +127,7 @@ pub(crate) fn run(cmd: MulticastCommand, data_dir: &Path, json: bool) -> anyhow:
             rate,
             min_receivers,
             max_wait,
+            start_at,
             fec_overhead,
             window,
             broadcast,
@@ -152,9 +158,16 @@ pub(crate) fn run(cmd: MulticastCommand, data_dir: &Path, json: bool) -> anyhow:
             config.fec = fec_overhead;
             config.window_bytes = window;
             config.start = StartPolicy {
-                min_receivers,
+                min_receivers: match (min_receivers, start_at) {
+                    (Some(n), _) => n,
+                    (None, Some(_)) => usize::MAX,
+                    (None, None) => 1,
+                },
                 max_wait,
-                start_at: None,
+                start_at: start_at.map(|t| {
+                    let wait = (t - chrono::Local::now()).to_std().unwrap_or_default();
+                    std::time::Instant::now() + wait
+                }),
             };
             config.min_receiver_rate_bps = min_receiver_rate.unwrap_or(0);
             config.max_receiver_loss = max_receiver_loss;
@@ -233,5 +246,54 @@ fn parse_fec(s: &str) -> Result<Fec, String> {
         })
     } else {
         fmt::parse_fraction(s).map(Fec::Fixed)
+    }
+}
+
+/// `HH:MM[:SS]` in local time (today, or tomorrow once past) or an RFC 3339 time.
+fn parse_start_at(s: &str) -> Result<chrono::DateTime<chrono::Local>, String> {
+    use chrono::{Local, NaiveTime, TimeZone};
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
+        return Ok(t.with_timezone(&Local));
+    }
+    let time = NaiveTime::parse_from_str(s, "%H:%M:%S")
+        .or_else(|_| NaiveTime::parse_from_str(s, "%H:%M"))
+        .map_err(|_| {
+            format!(
+                "{s:?} is not a time: use HH:MM, HH:MM:SS or RFC 3339 (2026-11-25T18:30:00+01:00)"
+            )
+        })?;
+    let now = Local::now();
+    let mut day = now.date_naive();
+    loop {
+        // A local time that does not exist (a DST gap) takes the next day's.
+        if let Some(t) = Local.from_local_datetime(&day.and_time(time)).earliest() {
+            if t > now {
+                return Ok(t);
+            }
+        }
+        day = day
+            .succ_opt()
+            .ok_or_else(|| format!("{s:?}: no such time to come"))?;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::Timelike;
+
+    #[test]
+    fn start_times() {
+        let t = parse_start_at("2026-11-25T18:30:00+01:00").unwrap();
+        assert_eq!(t.timestamp(), 1_795_627_800);
+        let now = chrono::Local::now();
+        let t = parse_start_at("07:05").unwrap();
+        assert_eq!((t.hour(), t.minute(), t.second()), (7, 5, 0));
+        assert!(t > now && t <= now + chrono::Duration::hours(25));
+        assert!(parse_start_at("07:05:09").is_ok());
+        for bad in ["25:00", "7", "tomorrow", ""] {
+            let e = parse_start_at(bad).unwrap_err();
+            assert!(e.contains("is not a time"), "{bad}: {e}");
+        }
     }
 }

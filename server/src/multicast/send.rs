@@ -166,7 +166,7 @@ pub(crate) async fn run(o: SendOptions) -> anyhow::Result<()> {
     cfg.key = SessionKey(key);
     cfg.name = o.name.clone();
     cfg.http_port = http_addr.port();
-    let min_receivers = cfg.start.min_receivers;
+    let (min_receivers, start_at) = (cfg.start.min_receivers, cfg.start.start_at);
     let mut sender = Sender::new(cfg, layout, Instant::now());
 
     let (cmd_tx, mut cmd_rx) = mpsc::channel(64);
@@ -209,8 +209,13 @@ pub(crate) async fn run(o: SendOptions) -> anyhow::Result<()> {
         o.iface.name,
         o.iface.addr
     );
-    if min_receivers > 0 {
-        eprintln!("waiting for {min_receivers} receiver(s); send SIGUSR1 to start now");
+    match (min_receivers, start_at) {
+        (_, Some(at)) if min_receivers == usize::MAX => eprintln!(
+            "starting in {:.0} s; send SIGUSR1 to start now",
+            at.saturating_duration_since(Instant::now()).as_secs_f64()
+        ),
+        (0, _) => {}
+        (n, _) => eprintln!("waiting for {n} receiver(s); send SIGUSR1 to start now"),
     }
     let mut start_signal =
         tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())?;
@@ -447,7 +452,7 @@ struct Outbox {
 
 impl Default for Outbox {
     fn default() -> Self {
-        Outbox {
+        Self {
             buf: Vec::with_capacity(net::MAX_SEGMENTS * 1500),
             segment: 0,
             count: 0,
