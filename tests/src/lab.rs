@@ -123,6 +123,18 @@ impl Lab {
         assert!(out.status.success(), "nft on host {i} failed");
     }
 
+    /// Makes host `i`'s NIC cut UDP segmentation-offload sends into datagrams itself, as a
+    /// real NIC's wire does: without it a veth passes the whole batch on, and a loss rule
+    /// elsewhere would drop 32 datagrams at a time.
+    pub fn segment_on_the_wire(&self, i: usize) {
+        let out = self
+            .cmd(i, "ethtool")
+            .args(["-K", "eth0", "tx-udp-segmentation", "off"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "ethtool on host {i} failed: {out:?}");
+    }
+
     /// Drops `percent` % of the UDP host `i` receives (data, replies, everything), at random.
     pub fn random_loss(&self, i: usize, percent: u32) {
         self.nft(

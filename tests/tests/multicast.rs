@@ -88,7 +88,10 @@ fn same_bytes(a: &Path, b: &Path) -> bool {
 /// throttled to a tenth of the rate. Every surviving output is byte-identical to the source.
 #[test]
 fn forty_receivers_with_loss_a_death_a_late_joiner_and_a_slow_port() {
-    if !require("multicast forty receivers", &["root", "ip", "nft", "tc"]) {
+    if !require(
+        "multicast forty receivers",
+        &["root", "ip", "nft", "tc", "ethtool"],
+    ) {
         return;
     }
     let env = Env::new();
@@ -96,6 +99,7 @@ fn forty_receivers_with_loss_a_death_a_late_joiner_and_a_slow_port() {
     random_file(&src, 24 << 20, 40);
     let n = 40;
     let mut lab = Lab::new("m40", n + 1);
+    lab.segment_on_the_wire(0);
     for i in 1..=6 {
         lab.random_loss(i, 5);
     }
@@ -396,18 +400,18 @@ s.bind(("", 9077))
 s.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP,
              socket.inet_aton("239.255.77.77") + socket.inet_aton("0.0.0.0"))
 s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 1)
-# Learn the session id from the sender's announce, then forge data with it.
+# Learn the wire version and session id from the sender's announce, then forge data with them.
 while True:
     d, _ = s.recvfrom(65536)
     if len(d) > 8 and d[0] == 0xD7 and d[2] == 2:
-        session = d[4:8]
+        ver, session = d[1], d[4:8]
         break
 end = time.time() + 12
 while time.time() < end:
     for kind in (1, 3, 4):
-        hdr = bytes([0xD7, 1, kind, 0]) + session + os.urandom(28)
-        s.sendto(hdr + os.urandom(1420 + 16), ("239.255.77.77", 9077))
-    s.sendto(bytes([0xD7, 1, 1, 0]) + os.urandom(1470), ("239.255.77.77", 9077))
+        hdr = bytes([0xD7, ver, kind, 0]) + session + os.urandom(20)
+        s.sendto(hdr + os.urandom(1428 + 16), ("239.255.77.77", 9077))
+    s.sendto(bytes([0xD7, ver, 1, 0]) + os.urandom(1470), ("239.255.77.77", 9077))
     s.sendto(os.urandom(200), ("239.255.77.77", 9077))
     time.sleep(0.002)
 "#;
