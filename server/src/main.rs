@@ -1,18 +1,22 @@
 //! `drover`: one disk image to a whole lab at once.
 //!
-//! This binary is the admin CLI: `drover image capture|restore|inspect|verify|list|rm|gc` work on
-//! the image store inside the data directory (`./drover-data` unless `--data-dir` says
-//! otherwise); `drover multicast send|receive` moves an image or a file to many machines at
-//! once without the daemon. The daemon (`drover serve`) joins it in a later issue. The work itself is done by
-//! the `imaging` crate; this crate parses arguments, draws progress and prints results (plain
-//! text, or JSON with `--json`).
+//! This binary is the daemon and the admin CLI: `drover serve` runs the server (inventory,
+//! image store, HTTP API); `drover machine|group ...` talk to it over its API; `drover token
+//! create` makes API tokens on the server host; `drover image capture|restore|inspect|verify|
+//! list|rm|gc` work on the image store inside the data directory (`./drover-data` unless
+//! `--data-dir` says otherwise); `drover multicast send|receive` moves an image or a file to
+//! many machines at once without the daemon. The work itself is done by the `imaging` and
+//! `proto` crates; this crate drives them, parses arguments, draws progress and prints results
+//! (plain text, or JSON with `--json`).
 //!
 //! Exit codes: 0 success; 1 an error (or `verify` found a bad chunk); 2 bad usage.
 
+mod client;
 mod fmt;
 mod image_cmd;
 mod multicast;
 mod progress;
+mod serve;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -29,9 +33,10 @@ pub(crate) const DEFAULT_DATA_DIR: &str = "./drover-data";
     about = "One disk image to a whole lab at once"
 )]
 struct Cli {
-    /// Data directory: the image store lives in its `images/` folder.
-    #[arg(long, global = true, env = "DROVER_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
-    data_dir: PathBuf,
+    /// Data directory: the image store lives in its `images/` folder, the server's SQLite
+    /// database beside it [default: ./drover-data].
+    #[arg(long, global = true, env = "DROVER_DATA_DIR")]
+    data_dir: Option<PathBuf>,
     /// Print machine-readable JSON instead of text.
     #[arg(long, global = true)]
     json: bool,
@@ -41,6 +46,17 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the server: inventory, image store, HTTP API.
+    Serve(serve::ServeArgs),
+    /// Machines in the server's inventory (over its API).
+    #[command(subcommand)]
+    Machine(client::MachineCommand),
+    /// Groups of machines (over the server's API).
+    #[command(subcommand)]
+    Group(client::GroupCommand),
+    /// API tokens (on the server host).
+    #[command(subcommand)]
+    Token(serve::TokenCommand),
     /// Capture, restore and manage disk images.
     #[command(subcommand)]
     Image(image_cmd::ImageCommand),
@@ -52,11 +68,18 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
+    let data_dir = cli
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+    let ok = |r: anyhow::Result<()>| r.map(|()| ExitCode::SUCCESS);
     let result = match cli.command {
-        Command::Image(cmd) => image_cmd::run(cmd, &cli.data_dir, cli.json),
-        Command::Multicast(cmd) => {
-            multicast::run(cmd, &cli.data_dir, cli.json).map(|()| ExitCode::SUCCESS)
-        }
+        Command::Serve(args) => ok(serve::serve(args, cli.data_dir)),
+        Command::Machine(cmd) => ok(client::machine(cmd, cli.json)),
+        Command::Group(cmd) => ok(client::group(cmd, cli.json)),
+        Command::Token(cmd) => ok(serve::token(cmd, cli.data_dir, cli.json)),
+        Command::Image(cmd) => image_cmd::run(cmd, &data_dir, cli.json),
+        Command::Multicast(cmd) => ok(multicast::run(cmd, &data_dir, cli.json)),
     };
     match result {
         Ok(code) => code,

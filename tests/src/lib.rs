@@ -13,6 +13,7 @@ use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 
 pub mod lab;
+pub mod server;
 
 use imaging::extent::ExtentMap;
 use imaging::manifest::Manifest;

@@ -13,7 +13,7 @@
 //! a receiver exits 0 once its output is complete and read back verified, 1 otherwise; both
 //! exit 2 on bad usage.
 
-mod net;
+pub(crate) mod net;
 mod receive;
 mod send;
 mod session;

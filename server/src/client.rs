@@ -1,0 +1,322 @@
+//! The admin commands that talk to a running server over its HTTP API: `drover machine ...`,
+//! `drover group ...`. They print text, or the API's JSON with `--json`.
+
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Args, Subcommand};
+use serde_json::{json, Value};
+
+use crate::fmt;
+
+/// Where the server is and how to prove who we are.
+#[derive(Debug, Args)]
+pub(crate) struct ServerArgs {
+    /// The server's URL.
+    #[arg(long, env = "DROVER_SERVER", default_value = "http://127.0.0.1:8080")]
+    server: String,
+    /// API token (`drover token create NAME` on the server host).
+    #[arg(long, env = "DROVER_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum MachineCommand {
+    /// Add a machine by its MAC address.
+    Add {
+        /// aa:bb:cc:dd:ee:ff
+        mac: String,
+        /// A name (default: pc- and the MAC's last three bytes).
+        #[arg(long)]
+        name: Option<String>,
+        /// The group it belongs to (created if new).
+        #[arg(long)]
+        group: Option<String>,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// List machines.
+    List {
+        /// Only this group's.
+        #[arg(long)]
+        group: Option<String>,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Rename a machine or move it to another group.
+    Set {
+        mac: String,
+        #[arg(long)]
+        name: Option<String>,
+        /// The new group; `--no-group` takes it out of its group.
+        #[arg(long, conflicts_with = "no_group")]
+        group: Option<String>,
+        #[arg(long)]
+        no_group: bool,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Remove a machine from the inventory.
+    Rm {
+        mac: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum GroupCommand {
+    /// Add a group.
+    Add {
+        name: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// List groups.
+    List {
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Remove a group (its machines stay, without a group).
+    Rm {
+        name: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+}
+
+/// An API call's method.
+enum Method {
+    Get,
+    Post(Value),
+    Patch(Value),
+    Delete,
+}
+
+/// Calls the API; returns the JSON answer (`null` for an empty one) or the server's error.
+fn call(s: &ServerArgs, path: &str, method: Method) -> anyhow::Result<Value> {
+    let base = s.server.trim_end_matches('/');
+    let url = format!("{base}/api/v1{path}");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(60))
+            .build()?;
+        let req = match method {
+            Method::Get => client.get(&url),
+            Method::Post(b) => client.post(&url).json(&b),
+            Method::Patch(b) => client.patch(&url).json(&b),
+            Method::Delete => client.delete(&url),
+        };
+        let req = match &s.token {
+            Some(t) => req.bearer_auth(t),
+            None => req,
+        };
+        let resp = req
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the drover server at {base}"))?;
+        let status = resp.status();
+        let body = resp.bytes().await.context("reading the server's answer")?;
+        let value: Value = if body.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&body).unwrap_or_else(|_| {
+                Value::String(String::from_utf8_lossy(&body).trim().to_string())
+            })
+        };
+        if !status.is_success() {
+            let msg = value
+                .get("error")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+                .unwrap_or_else(|| value.to_string());
+            if status == reqwest::StatusCode::UNAUTHORIZED && s.token.is_none() {
+                bail!("{msg} (give it with --token or DROVER_TOKEN)");
+            }
+            bail!("{msg} (HTTP {})", status.as_u16());
+        }
+        Ok(value)
+    })
+}
+
+fn print_json(v: &Value) {
+    println!("{v}");
+}
+
+fn machine_line(m: &Value) -> String {
+    let s = |k: &str| m.get(k).and_then(Value::as_str).unwrap_or("-").to_string();
+    let seen = m
+        .get("last_seen_ms")
+        .and_then(Value::as_i64)
+        .map_or_else(|| "never".into(), |t| fmt::time((t / 1000) as u64));
+    format!(
+        "{:<17}  {:<20}  {:<16}  {:<10}  {}",
+        s("mac"),
+        s("name"),
+        s("group"),
+        s("state"),
+        seen
+    )
+}
+
+/// `drover machine ...`
+pub(crate) fn machine(cmd: MachineCommand, json: bool) -> anyhow::Result<()> {
+    match cmd {
+        MachineCommand::Add {
+            mac,
+            name,
+            group,
+            server,
+        } => {
+            let m = call(
+                &server,
+                "/machines",
+                Method::Post(json!({"mac": mac, "name": name, "group": group})),
+            )?;
+            if json {
+                print_json(&m);
+            } else {
+                println!("added {}", machine_line(&m));
+            }
+        }
+        MachineCommand::List { group, server } => {
+            let path = match &group {
+                Some(g) => format!("/machines?group={}", urlencode(g)),
+                None => "/machines".into(),
+            };
+            let all = call(&server, &path, Method::Get)?;
+            if json {
+                print_json(&all);
+            } else {
+                let list = all.as_array().cloned().unwrap_or_default();
+                if list.is_empty() {
+                    println!("no machines");
+                } else {
+                    println!(
+                        "{:<17}  {:<20}  {:<16}  {:<10}  LAST SEEN",
+                        "MAC", "NAME", "GROUP", "STATE"
+                    );
+                    for m in &list {
+                        println!("{}", machine_line(m));
+                    }
+                }
+            }
+        }
+        MachineCommand::Set {
+            mac,
+            name,
+            group,
+            no_group,
+            server,
+        } => {
+            let mut body = serde_json::Map::new();
+            if let Some(n) = name {
+                body.insert("name".into(), n.into());
+            }
+            if no_group {
+                body.insert("group".into(), Value::Null);
+            } else if let Some(g) = group {
+                body.insert("group".into(), g.into());
+            }
+            if body.is_empty() {
+                bail!("nothing to change: give --name, --group or --no-group");
+            }
+            let m = call(
+                &server,
+                &format!("/machines/{}", urlencode(&mac)),
+                Method::Patch(Value::Object(body)),
+            )?;
+            if json {
+                print_json(&m);
+            } else {
+                println!("changed {}", machine_line(&m));
+            }
+        }
+        MachineCommand::Rm { mac, server } => {
+            call(
+                &server,
+                &format!("/machines/{}", urlencode(&mac)),
+                Method::Delete,
+            )?;
+            if json {
+                print_json(&json!({ "removed": mac }));
+            } else {
+                println!("removed {mac}");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `drover group ...`
+pub(crate) fn group(cmd: GroupCommand, json: bool) -> anyhow::Result<()> {
+    match cmd {
+        GroupCommand::Add { name, server } => {
+            let g = call(&server, "/groups", Method::Post(json!({ "name": name })))?;
+            if json {
+                print_json(&g);
+            } else {
+                println!("added group {name}");
+            }
+        }
+        GroupCommand::List { server } => {
+            let all = call(&server, "/groups", Method::Get)?;
+            if json {
+                print_json(&all);
+            } else {
+                let list = all.as_array().cloned().unwrap_or_default();
+                if list.is_empty() {
+                    println!("no groups");
+                }
+                for g in &list {
+                    println!(
+                        "{:<20}  {} machine(s)",
+                        g.get("name").and_then(Value::as_str).unwrap_or("-"),
+                        g.get("machines").and_then(Value::as_i64).unwrap_or(0)
+                    );
+                }
+            }
+        }
+        GroupCommand::Rm { name, server } => {
+            call(
+                &server,
+                &format!("/groups/{}", urlencode(&name)),
+                Method::Delete,
+            )?;
+            if json {
+                print_json(&json!({ "removed": name }));
+            } else {
+                println!("removed group {name}");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Percent-encodes a path segment or query value.
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b':' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encoding() {
+        assert_eq!(urlencode("lab 2/a"), "lab%202%2Fa");
+        assert_eq!(urlencode("aa:bb"), "aa:bb");
+    }
+}

@@ -1,0 +1,398 @@
+//! The HTTP API under `/api/v1` (JSON, bearer-token auth), plus `/healthz`, `/metrics` and the
+//! OpenAPI document. Handlers are thin: the database and the image store do the work.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path as UrlPath, Query, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Extension, Json, Router};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::db::{Db, DbError};
+use super::mac::Mac;
+
+/// What every handler shares.
+pub(crate) struct AppState {
+    pub(crate) db: Db,
+    pub(crate) store_dir: PathBuf,
+    pub(crate) started: Instant,
+}
+
+type Shared = Arc<AppState>;
+
+/// An API error: a status and a message, sent as `{"error": "..."}`.
+#[derive(Debug)]
+pub(crate) struct ApiError(StatusCode, String);
+
+impl ApiError {
+    fn bad_request(msg: impl Into<String>) -> Self {
+        Self(StatusCode::BAD_REQUEST, msg.into())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(json!({ "error": self.1 }))).into_response()
+    }
+}
+
+impl From<DbError> for ApiError {
+    fn from(e: DbError) -> Self {
+        match e {
+            DbError::NotFound(_) => Self(StatusCode::NOT_FOUND, e.to_string()),
+            DbError::Exists(_) => Self(StatusCode::CONFLICT, e.to_string()),
+            DbError::Other(e) => e.into(),
+        }
+    }
+}
+
+impl From<anyhow::Error> for ApiError {
+    fn from(e: anyhow::Error) -> Self {
+        tracing::error!(error = %format!("{e:#}"), "request failed");
+        Self(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}"))
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(e: JsonRejection) -> Self {
+        Self::bad_request(format!("malformed request body: {}", e.body_text()))
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+/// Who made a request (the token's name), for the audit log.
+#[derive(Clone)]
+struct Actor(String);
+
+fn parse_mac(s: &str) -> ApiResult<Mac> {
+    s.parse().map_err(ApiError::bad_request)
+}
+
+/// The whole router.
+pub(crate) fn router(state: Shared) -> Router {
+    let api = Router::new()
+        .route("/images", get(images))
+        .route("/machines", get(machines).post(add_machine))
+        .route(
+            "/machines/{mac}",
+            get(machine).patch(update_machine).delete(remove_machine),
+        )
+        .route("/groups", get(groups).post(add_group))
+        .route("/groups/{name}", axum::routing::delete(remove_group))
+        .route("/audit", get(audit))
+        .route_layer(middleware::from_fn_with_state(state.clone(), auth));
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .route("/api/v1/openapi.json", get(openapi))
+        .nest("/api/v1", api)
+        .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such endpoint".into()) })
+        .with_state(state)
+}
+
+/// Bearer-token check for everything under `/api/v1` but the public paths.
+async fn auth(State(s): State<Shared>, mut req: Request, next: Next) -> Response {
+    let token = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let who = match token {
+        None => None,
+        Some(t) => match s.db.check_token(t.trim()).await {
+            Ok(w) => w,
+            Err(e) => return ApiError::from(e).into_response(),
+        },
+    };
+    match who {
+        Some(name) => {
+            req.extensions_mut().insert(Actor(format!("token:{name}")));
+            next.run(req).await
+        }
+        None => (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer")],
+            Json(json!({ "error": "a valid API token is needed (Authorization: Bearer ...; create one with `drover token create NAME`)" })),
+        )
+            .into_response(),
+    }
+}
+
+async fn healthz(State(s): State<Shared>) -> Response {
+    if s.db.ping().await {
+        (StatusCode::OK, "ok\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "database unavailable\n").into_response()
+    }
+}
+
+/// Reads the image store (images captured by the CLI show up at once).
+async fn scan_images(dir: PathBuf) -> anyhow::Result<Vec<Value>> {
+    tokio::task::spawn_blocking(move || {
+        if !dir.join("manifests").exists() && !dir.exists() {
+            return Ok(Vec::new());
+        }
+        let store = imaging::store::Store::open(&dir)?;
+        let (all, problems) = store.scan()?;
+        for p in problems {
+            tracing::warn!(error = %anyhow::Error::from(p), "damaged image manifest");
+        }
+        Ok(all
+            .iter()
+            .map(|i| {
+                let m = &i.manifest;
+                json!({
+                    "id": i.id,
+                    "name": m.name,
+                    "version": m.name_version,
+                    "created": m.created,
+                    "size": m.disk_size,
+                    "used_bytes": m.used_bytes(),
+                    "stored_bytes": m.stored_bytes(),
+                    "chunks": m.chunks().count(),
+                    "source": m.source,
+                })
+            })
+            .collect())
+    })
+    .await?
+}
+
+async fn images(State(s): State<Shared>) -> ApiResult<Json<Value>> {
+    Ok(Json(Value::Array(scan_images(s.store_dir.clone()).await?)))
+}
+
+#[derive(Deserialize)]
+struct MachineQuery {
+    group: Option<String>,
+}
+
+async fn machines(
+    State(s): State<Shared>,
+    Query(q): Query<MachineQuery>,
+) -> ApiResult<Json<Value>> {
+    let all = s.db.machines(q.group.as_deref()).await?;
+    Ok(Json(
+        serde_json::to_value(all).map_err(anyhow::Error::from)?,
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewMachine {
+    mac: String,
+    name: Option<String>,
+    group: Option<String>,
+}
+
+fn check_name(what: &str, n: &str) -> ApiResult<()> {
+    if n.is_empty() || n.len() > 64 || n.chars().any(|c| c.is_control()) {
+        return Err(ApiError::bad_request(format!(
+            "{what} {n:?}: 1 to 64 printable characters"
+        )));
+    }
+    Ok(())
+}
+
+async fn add_machine(
+    State(s): State<Shared>,
+    Extension(actor): Extension<Actor>,
+    body: Result<Json<NewMachine>, JsonRejection>,
+) -> ApiResult<Response> {
+    let Json(m) = body?;
+    let mac = parse_mac(&m.mac)?;
+    if let Some(n) = &m.name {
+        check_name("name", n)?;
+    }
+    if let Some(g) = &m.group {
+        check_name("group", g)?;
+    }
+    let added =
+        s.db.add_machine(mac, m.name.as_deref(), m.group.as_deref())
+            .await?;
+    s.db.audit(&actor.0, "machine.add", &format!("{mac} {:?}", added.name))
+        .await?;
+    Ok((StatusCode::CREATED, Json(added)).into_response())
+}
+
+async fn machine(State(s): State<Shared>, UrlPath(mac): UrlPath<String>) -> ApiResult<Response> {
+    Ok(Json(s.db.machine(parse_mac(&mac)?).await?).into_response())
+}
+
+async fn update_machine(
+    State(s): State<Shared>,
+    Extension(actor): Extension<Actor>,
+    UrlPath(mac): UrlPath<String>,
+    body: Result<Json<serde_json::Map<String, Value>>, JsonRejection>,
+) -> ApiResult<Response> {
+    let mac = parse_mac(&mac)?;
+    let Json(body) = body?;
+    let mut name = None;
+    let mut group = None;
+    for (k, v) in &body {
+        match (k.as_str(), v) {
+            ("name", Value::String(n)) => {
+                check_name("name", n)?;
+                name = Some(n.as_str());
+            }
+            ("group", Value::String(g)) => {
+                check_name("group", g)?;
+                group = Some(Some(g.as_str()));
+            }
+            ("group", Value::Null) => group = Some(None),
+            _ => return Err(ApiError::bad_request(format!(
+                "field {k:?}: only \"name\" (a string) and \"group\" (a string or null) can change"
+            ))),
+        }
+    }
+    let m = s.db.update_machine(mac, name, group).await?;
+    s.db.audit(
+        &actor.0,
+        "machine.update",
+        &format!("{mac} {}", Value::Object(body)),
+    )
+    .await?;
+    Ok(Json(m).into_response())
+}
+
+async fn remove_machine(
+    State(s): State<Shared>,
+    Extension(actor): Extension<Actor>,
+    UrlPath(mac): UrlPath<String>,
+) -> ApiResult<StatusCode> {
+    let mac = parse_mac(&mac)?;
+    s.db.remove_machine(mac).await?;
+    s.db.audit(&actor.0, "machine.remove", &mac.to_string())
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn groups(State(s): State<Shared>) -> ApiResult<Json<Value>> {
+    Ok(Json(
+        serde_json::to_value(s.db.groups().await?).map_err(anyhow::Error::from)?,
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewGroup {
+    name: String,
+}
+
+async fn add_group(
+    State(s): State<Shared>,
+    Extension(actor): Extension<Actor>,
+    body: Result<Json<NewGroup>, JsonRejection>,
+) -> ApiResult<Response> {
+    let Json(g) = body?;
+    check_name("group", &g.name)?;
+    let added = s.db.add_group(&g.name).await?;
+    s.db.audit(&actor.0, "group.add", &g.name).await?;
+    Ok((StatusCode::CREATED, Json(added)).into_response())
+}
+
+async fn remove_group(
+    State(s): State<Shared>,
+    Extension(actor): Extension<Actor>,
+    UrlPath(name): UrlPath<String>,
+) -> ApiResult<StatusCode> {
+    s.db.remove_group(&name).await?;
+    s.db.audit(&actor.0, "group.remove", &name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+struct AuditQuery {
+    limit: Option<i64>,
+}
+
+async fn audit(State(s): State<Shared>, Query(q): Query<AuditQuery>) -> ApiResult<Json<Value>> {
+    let limit = q.limit.unwrap_or(100).clamp(1, 10_000);
+    Ok(Json(Value::Array(s.db.audit_log(limit).await?)))
+}
+
+/// Prometheus text format.
+async fn metrics(State(s): State<Shared>) -> ApiResult<Response> {
+    let mut out = String::new();
+    out.push_str("# HELP drover_uptime_seconds Seconds since the server started.\n");
+    out.push_str("# TYPE drover_uptime_seconds gauge\n");
+    out.push_str(&format!(
+        "drover_uptime_seconds {:.0}\n",
+        s.started.elapsed().as_secs_f64()
+    ));
+    out.push_str("# HELP drover_machines Machines in the inventory, by state.\n");
+    out.push_str("# TYPE drover_machines gauge\n");
+    for (state, n) in s.db.machine_states().await? {
+        out.push_str(&format!("drover_machines{{state=\"{state}\"}} {n}\n"));
+    }
+    let images = scan_images(s.store_dir.clone()).await?;
+    out.push_str("# HELP drover_images Image versions in the store.\n");
+    out.push_str("# TYPE drover_images gauge\n");
+    out.push_str(&format!("drover_images {}\n", images.len()));
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response())
+}
+
+/// The OpenAPI 3 description of this API.
+async fn openapi() -> Json<Value> {
+    let machine = json!({"$ref": "#/components/schemas/Machine"});
+    let error = json!({"description": "error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}});
+    let mac_param = json!([{"name": "mac", "in": "path", "required": true, "schema": {"type": "string"}, "example": "aa:bb:cc:dd:ee:ff"}]);
+    Json(json!({
+        "openapi": "3.0.3",
+        "info": {"title": "drover", "version": env!("CARGO_PKG_VERSION"),
+                 "description": "One disk image to a whole lab at once. Every path but /healthz, /metrics and this document needs `Authorization: Bearer TOKEN` (`drover token create NAME`)."},
+        "components": {
+            "securitySchemes": {"token": {"type": "http", "scheme": "bearer"}},
+            "schemas": {
+                "Error": {"type": "object", "properties": {"error": {"type": "string"}}, "required": ["error"]},
+                "Machine": {"type": "object", "properties": {
+                    "mac": {"type": "string"}, "name": {"type": "string"}, "group": {"type": "string", "nullable": true},
+                    "disk_serial": {"type": "string", "nullable": true}, "disk_size": {"type": "integer", "nullable": true},
+                    "state": {"type": "string"}, "registered": {"type": "string", "enum": ["admin", "hello"]},
+                    "last_seen_ms": {"type": "integer", "nullable": true}, "created_ms": {"type": "integer"}}},
+                "Group": {"type": "object", "properties": {"name": {"type": "string"}, "machines": {"type": "integer"}, "created_ms": {"type": "integer"}}},
+                "Image": {"type": "object", "properties": {
+                    "id": {"type": "string"}, "name": {"type": "string"}, "version": {"type": "integer"},
+                    "created": {"type": "integer"}, "size": {"type": "integer"}, "used_bytes": {"type": "integer"},
+                    "stored_bytes": {"type": "integer"}, "chunks": {"type": "integer"}, "source": {"type": "string"}}}
+            }
+        },
+        "security": [{"token": []}],
+        "paths": {
+            "/healthz": {"get": {"summary": "200 once the server is ready", "security": [], "responses": {"200": {"description": "ready"}, "503": {"description": "database unavailable"}}}},
+            "/metrics": {"get": {"summary": "Prometheus metrics", "security": [], "responses": {"200": {"description": "text format"}}}},
+            "/api/v1/images": {"get": {"summary": "Image versions in the store", "responses": {"200": {"description": "images", "content": {"application/json": {"schema": {"type": "array", "items": {"$ref": "#/components/schemas/Image"}}}}}, "401": error}}},
+            "/api/v1/machines": {
+                "get": {"summary": "Machines (of one group with ?group=)", "parameters": [{"name": "group", "in": "query", "schema": {"type": "string"}}],
+                        "responses": {"200": {"description": "machines", "content": {"application/json": {"schema": {"type": "array", "items": machine}}}}, "401": error}},
+                "post": {"summary": "Add a machine", "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "required": ["mac"], "properties": {"mac": {"type": "string"}, "name": {"type": "string"}, "group": {"type": "string"}}}}}},
+                         "responses": {"201": {"description": "added", "content": {"application/json": {"schema": machine}}}, "400": error, "401": error, "409": error}}
+            },
+            "/api/v1/machines/{mac}": {
+                "parameters": mac_param,
+                "get": {"summary": "One machine", "responses": {"200": {"description": "the machine", "content": {"application/json": {"schema": machine}}}, "404": error}},
+                "patch": {"summary": "Rename or regroup (group null: no group)", "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "properties": {"name": {"type": "string"}, "group": {"type": "string", "nullable": true}}}}}},
+                          "responses": {"200": {"description": "changed", "content": {"application/json": {"schema": machine}}}, "400": error, "404": error}},
+                "delete": {"summary": "Remove a machine", "responses": {"204": {"description": "removed"}, "404": error}}
+            },
+            "/api/v1/groups": {
+                "get": {"summary": "Groups with their machine counts", "responses": {"200": {"description": "groups", "content": {"application/json": {"schema": {"type": "array", "items": {"$ref": "#/components/schemas/Group"}}}}}}},
+                "post": {"summary": "Add a group", "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "required": ["name"], "properties": {"name": {"type": "string"}}}}}},
+                         "responses": {"201": {"description": "added"}, "400": error, "409": error}}
+            },
+            "/api/v1/groups/{name}": {
+                "parameters": [{"name": "name", "in": "path", "required": true, "schema": {"type": "string"}}],
+                "delete": {"summary": "Remove a group (its machines stay, without a group)", "responses": {"204": {"description": "removed"}, "404": error}}
+            },
+            "/api/v1/audit": {"get": {"summary": "The audit log, newest first", "parameters": [{"name": "limit", "in": "query", "schema": {"type": "integer"}}], "responses": {"200": {"description": "entries"}}}}
+        }
+    }))
+}

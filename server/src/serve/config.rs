@@ -1,0 +1,182 @@
+//! The daemon's settings: built-in defaults, overridden by a TOML file (`--config`), overridden
+//! by flags and their environment variables. `deploy/drover.example.toml` documents every
+//! setting; a test parses it.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use serde::Deserialize;
+
+use crate::multicast::net::{self, Iface};
+
+/// Default HTTP listening address.
+pub(crate) const DEFAULT_HTTP: &str = "0.0.0.0:8080";
+
+/// The TOML file, every key optional.
+#[derive(Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct FileConfig {
+    /// Data directory (images, the SQLite database).
+    pub(crate) data_dir: Option<PathBuf>,
+    /// HTTP listening address.
+    pub(crate) http: Option<SocketAddr>,
+    /// Interface for multicast and wake-on-LAN.
+    pub(crate) iface: Option<String>,
+    /// Address put in boot scripts, torrents and agent tasks.
+    pub(crate) public_url: Option<String>,
+    /// `sqlite://...` or `postgres://...`.
+    pub(crate) database_url: Option<String>,
+}
+
+impl FileConfig {
+    /// Reads and checks a config file.
+    pub(crate) fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading the config file {}", path.display()))?;
+        Self::parse(&text).with_context(|| format!("in the config file {}", path.display()))
+    }
+
+    pub(crate) fn parse(text: &str) -> anyhow::Result<Self> {
+        Ok(toml::from_str(text)?)
+    }
+}
+
+/// What the daemon runs with.
+#[derive(Debug, Clone)]
+pub(crate) struct Config {
+    pub(crate) data_dir: PathBuf,
+    pub(crate) http: SocketAddr,
+    /// `None`: no interface (multicast and wake-on-LAN are off until one is given).
+    pub(crate) iface: Option<Iface>,
+    /// Why there is no interface, for the startup message.
+    pub(crate) iface_problem: Option<String>,
+    pub(crate) public_url: String,
+    pub(crate) database_url: String,
+}
+
+/// Settings given on the command line (or by environment), each overriding the file.
+#[derive(Debug, Default)]
+pub(crate) struct Overrides {
+    pub(crate) data_dir: Option<PathBuf>,
+    pub(crate) http: Option<SocketAddr>,
+    pub(crate) iface: Option<String>,
+    pub(crate) public_url: Option<String>,
+    pub(crate) database_url: Option<String>,
+}
+
+impl Config {
+    /// Merges defaults, the file and the overrides, and looks up the interface.
+    pub(crate) fn resolve(file: FileConfig, o: Overrides) -> anyhow::Result<Self> {
+        let data_dir = o
+            .data_dir
+            .or(file.data_dir)
+            .unwrap_or_else(|| PathBuf::from(crate::DEFAULT_DATA_DIR));
+        let http = o
+            .http
+            .or(file.http)
+            .unwrap_or_else(|| DEFAULT_HTTP.parse().expect("valid default"));
+        let (iface, iface_problem) = match o.iface.or(file.iface) {
+            Some(name) => (Some(net::iface(Some(&name))?), None),
+            None => match default_route_iface() {
+                Ok(i) => (Some(i), None),
+                Err(e) => (None, Some(format!("{e:#}"))),
+            },
+        };
+        let public_url = match o.public_url.or(file.public_url) {
+            Some(u) => {
+                anyhow::ensure!(
+                    u.starts_with("http://") || u.starts_with("https://"),
+                    "public URL {u:?} must start with http:// or https://"
+                );
+                u.trim_end_matches('/').to_string()
+            }
+            None => {
+                let host = match (&iface, http.ip()) {
+                    (_, ip) if !ip.is_unspecified() => ip.to_string(),
+                    (Some(i), _) => i.addr.to_string(),
+                    (None, _) => Ipv4Addr::LOCALHOST.to_string(),
+                };
+                format!("http://{host}:{}", http.port())
+            }
+        };
+        let database_url = o.database_url.or(file.database_url).unwrap_or_else(|| {
+            format!("sqlite://{}?mode=rwc", data_dir.join("drover.db").display())
+        });
+        Ok(Self {
+            data_dir,
+            http,
+            iface,
+            iface_problem,
+            public_url,
+            database_url,
+        })
+    }
+}
+
+/// The interface of the IPv4 default route (from `/proc/net/route`).
+fn default_route_iface() -> anyhow::Result<Iface> {
+    let routes = std::fs::read_to_string("/proc/net/route").context("reading /proc/net/route")?;
+    let name = routes
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() > 2 && f[1] == "00000000").then(|| f[0].to_string())
+        })
+        .next()
+        .context("no default route: give the lab's interface with --iface")?;
+    net::iface(Some(&name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_example_config_parses_and_names_every_setting() {
+        let text = include_str!("../../../deploy/drover.example.toml");
+        let parsed = FileConfig::parse(text).unwrap();
+        // Every key is present in the example (uncommented), so each is documented there.
+        assert!(parsed.data_dir.is_some());
+        assert!(parsed.http.is_some());
+        assert!(parsed.iface.is_some());
+        assert!(parsed.public_url.is_some());
+        assert!(parsed.database_url.is_some());
+    }
+
+    #[test]
+    fn unknown_or_malformed_settings_are_refused() {
+        let e = FileConfig::parse("htp = \"0.0.0.0:1\"").unwrap_err();
+        assert!(format!("{e:#}").contains("unknown field"), "{e:#}");
+        let e = FileConfig::parse("http = \"nowhere\"").unwrap_err();
+        assert!(format!("{e:#}").contains("http"), "{e:#}");
+    }
+
+    #[test]
+    fn flags_override_the_file_which_overrides_defaults() {
+        let file = FileConfig::parse("http = \"127.0.0.1:9000\"\ndata_dir = \"/srv/d\"").unwrap();
+        let c = Config::resolve(
+            file,
+            Overrides {
+                http: Some("127.0.0.1:9100".parse().unwrap()),
+                iface: Some("lo".into()),
+                ..Overrides::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(c.http.port(), 9100);
+        assert_eq!(c.data_dir, PathBuf::from("/srv/d"));
+        assert_eq!(c.public_url, "http://127.0.0.1:9100");
+        assert_eq!(c.database_url, "sqlite:///srv/d/drover.db?mode=rwc");
+        assert!(Config::resolve(
+            FileConfig::default(),
+            Overrides {
+                iface: Some("lo".into()),
+                public_url: Some("ftp://x".into()),
+                ..Overrides::default()
+            }
+        )
+        .is_err());
+    }
+}

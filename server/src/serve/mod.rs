@@ -1,0 +1,172 @@
+//! `drover serve`: the daemon. It keeps the inventory (machines, groups, API tokens, an audit
+//! log) in its database, serves the image store of its data directory, and answers the HTTP
+//! API. Runs with no config file: `./drover-data`, an embedded SQLite database, port 8080.
+//!
+//! Not here yet (issue 4 continues): deployments and their tasks, the agent's endpoints,
+//! schedules and wake-on-LAN.
+
+pub(crate) mod api;
+pub(crate) mod config;
+pub(crate) mod db;
+pub(crate) mod mac;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context;
+use clap::Args;
+
+use config::{Config, FileConfig, Overrides};
+use db::Db;
+
+/// `drover serve` flags; each overrides the config file.
+#[derive(Debug, Args)]
+pub(crate) struct ServeArgs {
+    /// TOML config file (see deploy/drover.example.toml).
+    #[arg(long, env = "DROVER_CONFIG")]
+    config: Option<PathBuf>,
+    /// HTTP listening address (default 0.0.0.0:8080).
+    #[arg(long, env = "DROVER_HTTP")]
+    http: Option<SocketAddr>,
+    /// Interface for multicast and wake-on-LAN (default: the default route's).
+    #[arg(long, env = "DROVER_IFACE")]
+    iface: Option<String>,
+    /// The URL machines reach this server at (default: the interface's address and the HTTP
+    /// port).
+    #[arg(long, env = "DROVER_PUBLIC_URL")]
+    public_url: Option<String>,
+    /// sqlite://FILE or postgres://USER:PASSWORD@HOST/DB (default: DATA_DIR/drover.db).
+    #[arg(long, env = "DROVER_DATABASE_URL")]
+    database_url: Option<String>,
+}
+
+/// `drover token ...`
+#[derive(Debug, clap::Subcommand)]
+pub(crate) enum TokenCommand {
+    /// Create an API token and print it (run on the server host, against its data directory).
+    Create {
+        /// A name for the token (who or what uses it).
+        name: String,
+        /// The server's config file, for its database.
+        #[arg(long, env = "DROVER_CONFIG")]
+        config: Option<PathBuf>,
+        /// The server's database, if not the data directory's SQLite file.
+        #[arg(long, env = "DROVER_DATABASE_URL")]
+        database_url: Option<String>,
+    },
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")
+}
+
+fn load_file(path: Option<&Path>) -> anyhow::Result<FileConfig> {
+    path.map_or_else(|| Ok(FileConfig::default()), FileConfig::load)
+}
+
+/// Runs the daemon until SIGINT or SIGTERM.
+pub(crate) fn serve(args: ServeArgs, data_dir: Option<PathBuf>) -> anyhow::Result<()> {
+    let file = load_file(args.config.as_deref())?;
+    let cfg = Config::resolve(
+        file,
+        Overrides {
+            data_dir,
+            http: args.http,
+            iface: args.iface,
+            public_url: args.public_url,
+            database_url: args.database_url,
+        },
+    )?;
+    runtime()?.block_on(run(cfg))
+}
+
+async fn run(cfg: Config) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("creating the data directory {}", cfg.data_dir.display()))?;
+    let store_dir = cfg.data_dir.join("images");
+    imaging::store::Store::open(&store_dir)
+        .with_context(|| format!("opening the image store {}", store_dir.display()))?;
+    let db = Db::open(&cfg.database_url).await?;
+    let listener = tokio::net::TcpListener::bind(cfg.http)
+        .await
+        .with_context(|| format!("listening on {}", cfg.http))?;
+    let addr = listener.local_addr()?;
+    let state = Arc::new(api::AppState {
+        db,
+        store_dir: store_dir.clone(),
+        started: Instant::now(),
+    });
+    eprintln!("drover serve: listening on http://{addr}");
+    eprintln!("  public URL  {}", cfg.public_url);
+    eprintln!("  data        {}", cfg.data_dir.display());
+    eprintln!("  database    {}", db::redact(&cfg.database_url));
+    match (&cfg.iface, &cfg.iface_problem) {
+        (Some(i), _) => eprintln!("  interface   {} ({}/{})", i.name, i.addr, i.prefix),
+        (None, why) => eprintln!(
+            "  interface   none ({}): multicast and wake-on-LAN are off until --iface names one",
+            why.as_deref().unwrap_or("not found")
+        ),
+    }
+    axum::serve(listener, api::router(state))
+        .with_graceful_shutdown(shutdown())
+        .await
+        .context("serving HTTP")?;
+    eprintln!("drover serve: stopped");
+    Ok(())
+}
+
+async fn shutdown() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+/// `drover token create`.
+pub(crate) fn token(
+    cmd: TokenCommand,
+    data_dir: Option<PathBuf>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let TokenCommand::Create {
+        name,
+        config,
+        database_url,
+    } = cmd;
+    anyhow::ensure!(
+        !name.is_empty() && name.len() <= 64 && !name.chars().any(char::is_control),
+        "token name {name:?}: 1 to 64 printable characters"
+    );
+    let file = load_file(config.as_deref())?;
+    let data_dir = data_dir
+        .or(file.data_dir)
+        .unwrap_or_else(|| PathBuf::from(crate::DEFAULT_DATA_DIR));
+    let url = database_url
+        .or(file.database_url)
+        .unwrap_or_else(|| format!("sqlite://{}?mode=rwc", data_dir.join("drover.db").display()));
+    if url.starts_with("sqlite:") {
+        std::fs::create_dir_all(&data_dir)
+            .with_context(|| format!("creating the data directory {}", data_dir.display()))?;
+    }
+    runtime()?.block_on(async {
+        let db = Db::open(&url).await?;
+        let token = db.create_token(&name).await.map_err(anyhow::Error::from)?;
+        db.audit("cli", "token.create", &name).await?;
+        if json {
+            println!("{}", serde_json::json!({ "name": name, "token": token }));
+        } else {
+            println!("{token}");
+        }
+        Ok(())
+    })
+}
