@@ -117,6 +117,12 @@ pub(crate) fn run(cmd: MulticastCommand, data_dir: &Path, json: bool) -> anyhow:
     // cross-thread hand-offs per datagram. Disk and file work runs on other threads.
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
+        // Disk and file threads run at ordinary priority, whatever the sending thread (which
+        // raises its own) had when they were created.
+        // SAFETY: setpriority on the calling thread (who = 0) has no memory effects.
+        .on_thread_start(|| unsafe {
+            libc::setpriority(libc::PRIO_PROCESS, 0, 0);
+        })
         .build()
         .context("starting the runtime")?;
     match cmd {

@@ -252,9 +252,10 @@ pub(crate) fn recv_stamped(
     })
 }
 
-/// Datagrams per segmentation-offload send at most (the kernel allows 64; 32 full-size data
-/// datagrams are 47 KB).
-pub(crate) const MAX_SEGMENTS: usize = 32;
+/// Datagrams per segmentation-offload send at most. A batch leaves at line rate, so this is
+/// also the sender's burst: 32 overflowed the kernel's 1000-packet backlog when a bridge
+/// fanned it out to 40 receivers (2 % loss); 8 lost nothing and cost the same time.
+pub(crate) const MAX_SEGMENTS: usize = 8;
 
 /// Sends `buf`, datagrams of `segment` bytes back to back (the last one may be shorter), to
 /// `to` in one system call with UDP generic segmentation offload: the NIC, or the kernel at

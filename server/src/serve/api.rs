@@ -248,9 +248,11 @@ async fn update_machine(
                 group = Some(Some(g.as_str()));
             }
             ("group", Value::Null) => group = Some(None),
-            _ => return Err(ApiError::bad_request(format!(
+            _ => {
+                return Err(ApiError::bad_request(format!(
                 "field {k:?}: only \"name\" (a string) and \"group\" (a string or null) can change"
-            ))),
+            )))
+            }
         }
     }
     let m = s.db.update_machine(mac, name, group).await?;

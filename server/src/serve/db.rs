@@ -248,12 +248,14 @@ impl Db {
     /// Every machine, by group then name; only those of `group` if given.
     pub(crate) async fn machines(&self, group: Option<&str>) -> anyhow::Result<Vec<Machine>> {
         let rows = match group {
-            Some(g) => sqlx::query(&format!(
+            Some(g) => {
+                sqlx::query(&format!(
                 "SELECT {MACHINE_COLUMNS} FROM machines WHERE group_name = $1 ORDER BY name, mac"
             ))
-            .bind(g)
-            .fetch_all(&self.pool)
-            .await?,
+                .bind(g)
+                .fetch_all(&self.pool)
+                .await?
+            }
             None => {
                 sqlx::query(&format!(
                     "SELECT {MACHINE_COLUMNS} FROM machines ORDER BY group_name, name, mac"
