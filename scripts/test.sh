@@ -23,7 +23,7 @@ step "cargo build"
 cargo build --workspace --all-targets --quiet
 
 step "layering: the sans-IO and sync crates never depend on tokio"
-for crate in imaging proto; do
+for crate in imaging proto pxe; do
   if cargo tree -p "$crate" -e normal --prefix none | grep -q '^tokio '; then
     echo "error: $crate depends on tokio" >&2
     exit 1

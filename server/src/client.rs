@@ -85,6 +85,44 @@ pub(crate) enum GroupCommand {
     },
 }
 
+/// `drover wake`: magic packets to machines by MAC, or to every machine of a group.
+#[derive(Debug, Args)]
+pub(crate) struct WakeArgs {
+    /// MAC addresses (any machine, in the inventory or not).
+    macs: Vec<String>,
+    /// Every machine of this group.
+    #[arg(long)]
+    group: Option<String>,
+    #[command(flatten)]
+    server: ServerArgs,
+}
+
+/// `drover wake`
+pub(crate) fn wake(a: WakeArgs, json: bool) -> anyhow::Result<()> {
+    if a.macs.is_empty() && a.group.is_none() {
+        bail!("nothing to wake: give MAC addresses or --group");
+    }
+    let r = call(
+        &a.server,
+        "/wake",
+        Method::Post(json!({"macs": a.macs, "group": a.group})),
+    )?;
+    if json {
+        print_json(&r);
+    } else {
+        let woken = r["woken"].as_array().cloned().unwrap_or_default();
+        println!(
+            "sent wake-on-LAN to {} machine(s) via {}",
+            woken.len(),
+            r["to"].as_str().unwrap_or("?")
+        );
+        for m in woken {
+            println!("  {}", m.as_str().unwrap_or("?"));
+        }
+    }
+    Ok(())
+}
+
 /// An API call's method.
 enum Method {
     Get,

@@ -1,7 +1,7 @@
 //! `drover`: one disk image to a whole lab at once.
 //!
 //! This binary is the daemon and the admin CLI: `drover serve` runs the server (inventory,
-//! image store, HTTP API); `drover machine|group ...` talk to it over its API; `drover token
+//! image store, HTTP API, wake-on-LAN); `drover machine|group|wake ...` talk to it over its API; `drover token
 //! create` makes API tokens on the server host; `drover image capture|restore|inspect|verify|
 //! list|rm|gc` work on the image store inside the data directory (`./drover-data` unless
 //! `--data-dir` says otherwise); `drover multicast send|receive` moves an image or a file to
@@ -54,6 +54,8 @@ enum Command {
     /// Groups of machines (over the server's API).
     #[command(subcommand)]
     Group(client::GroupCommand),
+    /// Wake machines with wake-on-LAN (through the server's lab interface).
+    Wake(client::WakeArgs),
     /// API tokens (on the server host).
     #[command(subcommand)]
     Token(serve::TokenCommand),
@@ -77,6 +79,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => ok(serve::serve(args, cli.data_dir)),
         Command::Machine(cmd) => ok(client::machine(cmd, cli.json)),
         Command::Group(cmd) => ok(client::group(cmd, cli.json)),
+        Command::Wake(args) => ok(client::wake(args, cli.json)),
         Command::Token(cmd) => ok(serve::token(cmd, cli.data_dir, cli.json)),
         Command::Image(cmd) => image_cmd::run(cmd, &data_dir, cli.json),
         Command::Multicast(cmd) => ok(multicast::run(cmd, &data_dir, cli.json)),

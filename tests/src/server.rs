@@ -22,14 +22,21 @@ pub struct Server {
 }
 
 impl Server {
-    /// Starts `drover --data-dir DATA serve --http 127.0.0.1:0 EXTRA...` and waits until it
-    /// listens.
+    /// Starts `drover --data-dir DATA serve --http 127.0.0.1:0 --iface lo EXTRA...` and waits
+    /// until it listens.
     pub fn start(data: &Path, extra: &[&str]) -> Self {
-        let mut child = Command::new(drover_bin())
-            .arg("--data-dir")
+        let mut cmd = Command::new(drover_bin());
+        cmd.arg("--data-dir")
             .arg(data)
             .args(["serve", "--http", "127.0.0.1:0", "--iface", "lo"])
-            .args(extra)
+            .args(extra);
+        Self::start_cmd(cmd)
+    }
+
+    /// Starts a `drover ... serve` command made by the caller (in a namespace, say) and waits
+    /// until it listens.
+    pub fn start_cmd(mut cmd: Command) -> Self {
+        let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

@@ -17,12 +17,16 @@ use serde_json::{json, Value};
 
 use super::db::{Db, DbError};
 use super::mac::Mac;
+use crate::multicast::net::Iface;
 
 /// What every handler shares.
 pub(crate) struct AppState {
     pub(crate) db: Db,
     pub(crate) store_dir: PathBuf,
     pub(crate) started: Instant,
+    /// The lab interface (multicast, wake-on-LAN), if there is one.
+    pub(crate) iface: Option<Iface>,
+    pub(crate) wol_port: u16,
 }
 
 type Shared = Arc<AppState>;
@@ -88,6 +92,7 @@ pub(crate) fn router(state: Shared) -> Router {
         .route("/groups", get(groups).post(add_group))
         .route("/groups/{name}", axum::routing::delete(remove_group))
         .route("/audit", get(audit))
+        .route("/wake", axum::routing::post(wake))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth));
     Router::new()
         .route("/healthz", get(healthz))
@@ -312,6 +317,58 @@ async fn remove_group(
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WakeRequest {
+    #[serde(default)]
+    macs: Vec<String>,
+    group: Option<String>,
+}
+
+/// Sends wake-on-LAN magic packets to the lab interface's subnet broadcast.
+async fn wake(
+    State(s): State<Shared>,
+    Extension(actor): Extension<Actor>,
+    body: Result<Json<WakeRequest>, JsonRejection>,
+) -> ApiResult<Json<Value>> {
+    let Json(w) = body?;
+    let mut macs = w
+        .macs
+        .iter()
+        .map(|m| parse_mac(m))
+        .collect::<ApiResult<Vec<Mac>>>()?;
+    if let Some(g) = &w.group {
+        if !s.db.groups().await?.iter().any(|x| &x.name == g) {
+            return Err(DbError::NotFound(format!("group {g:?}")).into());
+        }
+        for m in s.db.machines(Some(g)).await? {
+            macs.push(parse_mac(&m.mac)?);
+        }
+    }
+    macs.sort();
+    macs.dedup();
+    if macs.is_empty() {
+        return Err(ApiError::bad_request(
+            "nothing to wake: give \"macs\" or a \"group\" with machines",
+        ));
+    }
+    let Some(iface) = s.iface.clone() else {
+        return Err(ApiError(
+            StatusCode::CONFLICT,
+            "wake-on-LAN is off: the server has no lab interface (start it with --iface)".into(),
+        ));
+    };
+    let to = std::net::SocketAddr::from((iface.broadcast(), s.wol_port));
+    let list = macs.clone();
+    tokio::task::spawn_blocking(move || super::wake::send(&iface, to, &list))
+        .await
+        .map_err(anyhow::Error::from)??;
+    let woken: Vec<String> = macs.iter().map(Mac::to_string).collect();
+    s.db.audit(&actor.0, "wake", &format!("{} via {to}", woken.join(" ")))
+        .await?;
+    Ok(Json(json!({ "woken": woken, "to": to.to_string() })))
+}
+
+#[derive(Deserialize)]
 struct AuditQuery {
     limit: Option<i64>,
 }
@@ -394,6 +451,9 @@ async fn openapi() -> Json<Value> {
                 "parameters": [{"name": "name", "in": "path", "required": true, "schema": {"type": "string"}}],
                 "delete": {"summary": "Remove a group (its machines stay, without a group)", "responses": {"204": {"description": "removed"}, "404": error}}
             },
+            "/api/v1/wake": {"post": {"summary": "Send wake-on-LAN magic packets (to machines by MAC and/or a group's machines)",
+                "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "properties": {"macs": {"type": "array", "items": {"type": "string"}}, "group": {"type": "string"}}}}}},
+                "responses": {"200": {"description": "sent", "content": {"application/json": {"schema": {"type": "object", "properties": {"woken": {"type": "array", "items": {"type": "string"}}, "to": {"type": "string"}}}}}}, "400": error, "404": error, "409": error}}},
             "/api/v1/audit": {"get": {"summary": "The audit log, newest first", "parameters": [{"name": "limit", "in": "query", "schema": {"type": "integer"}}], "responses": {"200": {"description": "entries"}}}}
         }
     }))

@@ -27,6 +27,8 @@ pub(crate) struct FileConfig {
     pub(crate) public_url: Option<String>,
     /// `sqlite://...` or `postgres://...`.
     pub(crate) database_url: Option<String>,
+    /// UDP port of wake-on-LAN packets.
+    pub(crate) wol_port: Option<u16>,
 }
 
 impl FileConfig {
@@ -53,6 +55,7 @@ pub(crate) struct Config {
     pub(crate) iface_problem: Option<String>,
     pub(crate) public_url: String,
     pub(crate) database_url: String,
+    pub(crate) wol_port: u16,
 }
 
 /// Settings given on the command line (or by environment), each overriding the file.
@@ -110,6 +113,7 @@ impl Config {
             iface_problem,
             public_url,
             database_url,
+            wol_port: file.wol_port.unwrap_or(pxe::wol::DEFAULT_PORT),
         })
     }
 }
@@ -143,6 +147,7 @@ mod tests {
         assert!(parsed.iface.is_some());
         assert!(parsed.public_url.is_some());
         assert!(parsed.database_url.is_some());
+        assert!(parsed.wol_port.is_some());
     }
 
     #[test]

@@ -2,13 +2,16 @@
 //! log) in its database, serves the image store of its data directory, and answers the HTTP
 //! API. Runs with no config file: `./drover-data`, an embedded SQLite database, port 8080.
 //!
-//! Not here yet (issue 4 continues): deployments and their tasks, the agent's endpoints,
-//! schedules and wake-on-LAN.
+//! Wake-on-LAN goes out of the lab interface (`--iface`) to its subnet broadcast.
+//!
+//! Not here yet (issue 4 continues): deployments and their tasks, the agent's endpoints and
+//! schedules.
 
 pub(crate) mod api;
 pub(crate) mod config;
 pub(crate) mod db;
 pub(crate) mod mac;
+pub(crate) mod wake;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -100,6 +103,8 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         db,
         store_dir: store_dir.clone(),
         started: Instant::now(),
+        iface: cfg.iface.clone(),
+        wol_port: cfg.wol_port,
     });
     eprintln!("drover serve: listening on http://{addr}");
     eprintln!("  public URL  {}", cfg.public_url);
