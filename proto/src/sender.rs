@@ -903,7 +903,14 @@ impl Sender {
             return Some(Destination::Unicast(to));
         }
         if now >= self.next_announce && self.state != SenderState::Done {
-            self.next_announce = now + self.cfg.announce_interval;
+            // While it waits, the session is announced five times as often: a receiver that
+            // missed one announce (a lost datagram) does not hold up the start for long.
+            self.next_announce = now
+                + if self.state == SenderState::Waiting {
+                    self.cfg.announce_interval / 5
+                } else {
+                    self.cfg.announce_interval
+                };
             self.announce().encode(buf);
             return Some(Destination::Group);
         }

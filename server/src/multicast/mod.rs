@@ -118,7 +118,8 @@ pub(crate) fn run(cmd: MulticastCommand, data_dir: &Path, json: bool) -> anyhow:
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         // Disk and file threads run at ordinary priority, whatever the sending thread (which
-        // raises its own) had when they were created.
+        // raises its own) had when they were created. (A receiver, which lowers its own, is
+        // not allowed to raise them back unless root: they then stay as low as it.)
         // SAFETY: setpriority on the calling thread (who = 0) has no memory effects.
         .on_thread_start(|| unsafe {
             libc::setpriority(libc::PRIO_PROCESS, 0, 0);
