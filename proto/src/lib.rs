@@ -14,6 +14,7 @@
 #![warn(missing_docs)]
 #![deny(rustdoc::broken_intra_doc_links)]
 
+pub mod fec;
 pub mod layout;
 pub mod rate;
 pub mod receiver;
