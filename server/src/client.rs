@@ -7,7 +7,7 @@ use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 use serde_json::{json, Value};
 
-use crate::fmt;
+use transport::fmt;
 
 /// Where the server is and how to prove who we are.
 #[derive(Debug, Args)]

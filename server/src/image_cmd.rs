@@ -13,7 +13,7 @@ use imaging::restore::{restore, verify};
 use imaging::store::{Store, StoredImage};
 use serde_json::json;
 
-use crate::fmt;
+use transport::fmt;
 use crate::progress::Bar;
 
 #[derive(Debug, Subcommand)]

@@ -12,7 +12,6 @@
 //! Exit codes: 0 success; 1 an error (or `verify` found a bad chunk); 2 bad usage.
 
 mod client;
-mod fmt;
 mod image_cmd;
 mod multicast;
 mod progress;

@@ -13,11 +13,6 @@
 //! a receiver exits 0 once its output is complete and read back verified, 1 otherwise; both
 //! exit 2 on bad usage.
 
-pub(crate) mod net;
-mod receive;
-mod send;
-mod session;
-
 use std::net::SocketAddrV4;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -26,11 +21,9 @@ use anyhow::Context;
 use clap::Subcommand;
 use proto::{Fec, SenderConfig, SessionKey, StartPolicy};
 
-use crate::fmt;
+use transport::{fmt, net, receive, send, session};
 
-/// The default group and port: in the IPv4 organisation-local scope (239.255.0.0/16, RFC
-/// 2365), which routers at a site's edge do not forward.
-pub(crate) const DEFAULT_GROUP: &str = "239.255.77.77:9077";
+use transport::DEFAULT_GROUP;
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum MulticastCommand {
@@ -229,21 +222,6 @@ fn open_source(
         .with_context(|| format!("{arg:?} is neither a file nor an image in the store"))?;
     let name = format!("{}@{}", img.manifest.name, img.manifest.name_version);
     Ok((session::Source::image(store, img.id, img.manifest)?, name))
-}
-
-/// Lowercase hex.
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-fn unhex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
-        return None;
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect()
 }
 
 fn parse_fec(s: &str) -> Result<Fec, String> {

@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 
 use super::db::{Db, DbError};
 use super::mac::Mac;
-use crate::multicast::net::Iface;
+use transport::net::Iface;
 
 /// What every handler shares.
 pub(crate) struct AppState {

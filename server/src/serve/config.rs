@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use serde::Deserialize;
 
-use crate::multicast::net::{self, Iface};
+use transport::net::{self, Iface};
 
 /// Default HTTP listening address.
 pub(crate) const DEFAULT_HTTP: &str = "0.0.0.0:8080";

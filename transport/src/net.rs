@@ -15,15 +15,15 @@ const SOCKET_BUFFER: usize = 64 << 20;
 
 /// A network interface with its IPv4 address.
 #[derive(Debug, Clone)]
-pub(crate) struct Iface {
-    pub(crate) name: String,
-    pub(crate) addr: Ipv4Addr,
-    pub(crate) prefix: u32,
+pub struct Iface {
+    pub name: String,
+    pub addr: Ipv4Addr,
+    pub prefix: u32,
 }
 
 impl Iface {
     /// The subnet's broadcast address.
-    pub(crate) fn broadcast(&self) -> Ipv4Addr {
+    pub fn broadcast(&self) -> Ipv4Addr {
         let mask = if self.prefix == 0 {
             0
         } else {
@@ -78,7 +78,7 @@ fn interfaces() -> io::Result<Vec<Iface>> {
 }
 
 /// The interface named `name`, or, without a name, the only non-loopback one.
-pub(crate) fn iface(name: Option<&str>) -> anyhow::Result<Iface> {
+pub fn iface(name: Option<&str>) -> anyhow::Result<Iface> {
     let all = interfaces().context("listing network interfaces")?;
     match name {
         Some(n) => all
@@ -125,7 +125,7 @@ fn udp() -> io::Result<Socket> {
 
 /// The sender's socket: bound to the interface's address, multicast out of that interface
 /// with `ttl`, broadcast allowed.
-pub(crate) fn sender_socket(iface: &Iface, ttl: u32, port: u16) -> anyhow::Result<UdpSocket> {
+pub fn sender_socket(iface: &Iface, ttl: u32, port: u16) -> anyhow::Result<UdpSocket> {
     let s = udp().context("creating the sender's socket")?;
     s.set_multicast_if_v4(&iface.addr)?;
     s.set_multicast_ttl_v4(ttl)?;
@@ -138,7 +138,7 @@ pub(crate) fn sender_socket(iface: &Iface, ttl: u32, port: u16) -> anyhow::Resul
 
 /// The receiver's data socket: the group's port on every address (so a broadcast session is
 /// heard too), a member of `group` on `iface`.
-pub(crate) fn group_socket(iface: &Iface, group: SocketAddrV4) -> anyhow::Result<UdpSocket> {
+pub fn group_socket(iface: &Iface, group: SocketAddrV4) -> anyhow::Result<UdpSocket> {
     let s = udp().context("creating the group socket")?;
     s.set_reuse_address(true)?;
     s.bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, group.port())).into())
@@ -157,7 +157,7 @@ pub(crate) fn group_socket(iface: &Iface, group: SocketAddrV4) -> anyhow::Result
 
 /// The socket's receive buffer in bytes as the kernel granted it (it counts its own
 /// overhead in it too, so a quarter of it is a safe fill).
-pub(crate) fn recv_buffer(sock: &UdpSocket) -> usize {
+pub fn recv_buffer(sock: &UdpSocket) -> usize {
     socket2::SockRef::from(sock)
         .recv_buffer_size()
         .unwrap_or(212_992)
@@ -193,7 +193,7 @@ fn set_int(s: &Socket, level: libc::c_int, opt: libc::c_int, value: libc::c_int)
 /// `Instant`, if the kernel stamped it), and, when the kernel coalesced several datagrams
 /// of one flow into the buffer (UDP GRO, see [`group_socket`]), their size: the buffer
 /// then holds datagrams of that size back to back, the last one possibly shorter.
-pub(crate) fn recv_stamped(
+pub fn recv_stamped(
     sock: &UdpSocket,
     buf: &mut [u8],
 ) -> io::Result<(usize, Option<std::time::Instant>, Option<usize>)> {
@@ -255,14 +255,14 @@ pub(crate) fn recv_stamped(
 /// Datagrams per segmentation-offload send at most. A batch leaves at line rate, so this is
 /// also the sender's burst: 32 overflowed the kernel's 1000-packet backlog when a bridge
 /// fanned it out to 40 receivers (2 % loss); 8 lost nothing and cost the same time.
-pub(crate) const MAX_SEGMENTS: usize = 8;
+pub const MAX_SEGMENTS: usize = 8;
 
 /// Sends `buf`, datagrams of `segment` bytes back to back (the last one may be shorter), to
 /// `to` in one system call with UDP generic segmentation offload: the NIC, or the kernel at
 /// the last moment, cuts it into datagrams, so the stack (and a bridge, and a qdisc) handle
 /// one buffer instead of dozens. Fails with `EIO`/`EINVAL` where the route's device cannot
 /// take it; the caller then sends datagram by datagram.
-pub(crate) async fn send_segments(
+pub async fn send_segments(
     sock: &UdpSocket,
     buf: &[u8],
     segment: usize,
@@ -306,7 +306,7 @@ pub(crate) async fn send_segments(
 }
 
 /// A unicast socket on `iface` (the receiver's feedback and the sender's replies).
-pub(crate) fn unicast_socket(iface: &Iface) -> anyhow::Result<UdpSocket> {
+pub fn unicast_socket(iface: &Iface) -> anyhow::Result<UdpSocket> {
     let s = udp().context("creating the feedback socket")?;
     s.bind(&SocketAddr::from((iface.addr, 0)).into())
         .with_context(|| format!("binding {}", iface.addr))?;
@@ -315,7 +315,7 @@ pub(crate) fn unicast_socket(iface: &Iface) -> anyhow::Result<UdpSocket> {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use crate::*;
 
     #[test]
     fn broadcast_address() {

@@ -14,9 +14,9 @@ use serde_json::json;
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
-use super::net::{self, Iface};
-use super::session::{Description, Registration, Sink};
-use super::unhex;
+use crate::net::{self, Iface};
+use crate::session::{Description, Registration, Sink};
+use crate::unhex;
 use crate::fmt;
 
 /// Decoded chunks waiting for the disk at most; beyond that a chunk is dropped and fetched
@@ -47,12 +47,12 @@ fn coalesce(recv_buffer: usize, rate_bps: u64) -> Duration {
 const MAX_FETCH_FAILURES: u32 = 30;
 
 /// What the receiver was asked to do.
-pub(crate) struct ReceiveOptions {
-    pub(crate) iface: Iface,
-    pub(crate) group: SocketAddrV4,
-    pub(crate) out: PathBuf,
-    pub(crate) wait: Option<Duration>,
-    pub(crate) json: bool,
+pub struct ReceiveOptions {
+    pub iface: Iface,
+    pub group: SocketAddrV4,
+    pub out: PathBuf,
+    pub wait: Option<Duration>,
+    pub json: bool,
 }
 
 enum Outcome {
@@ -76,7 +76,7 @@ const RECEIVER_NICE: libc::c_int = 5;
 const WRITER_NICE: libc::c_int = 10;
 
 /// Runs a receiver to the end of its session.
-pub(crate) async fn run(o: ReceiveOptions) -> anyhow::Result<()> {
+pub async fn run(o: ReceiveOptions) -> anyhow::Result<()> {
     // SAFETY: setpriority on the calling thread (who = 0) has no memory effects.
     unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, RECEIVER_NICE) };
     let group = net::group_socket(&o.iface, o.group)?;

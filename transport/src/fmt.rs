@@ -1,7 +1,7 @@
 //! Human-readable sizes and times for the CLI's text output.
 
 /// `1.5 GiB`, `512 B`.
-pub(crate) fn bytes(n: u64) -> String {
+pub fn bytes(n: u64) -> String {
     const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
     let mut v = n as f64;
     let mut u = 0;
@@ -17,7 +17,7 @@ pub(crate) fn bytes(n: u64) -> String {
 }
 
 /// Seconds since the epoch as `YYYY-MM-DD HH:MM:SS UTC`.
-pub(crate) fn time(secs: u64) -> String {
+pub fn time(secs: u64) -> String {
     let days = (secs / 86400) as i64;
     let rem = secs % 86400;
     // Civil-from-days (Howard Hinnant's algorithm).
@@ -39,7 +39,7 @@ pub(crate) fn time(secs: u64) -> String {
 }
 
 /// Parses `4M`, `512K`, `1G` or a plain byte count.
-pub(crate) fn parse_size(s: &str) -> Result<u64, String> {
+pub fn parse_size(s: &str) -> Result<u64, String> {
     let s = s.trim();
     let (num, mult) = match s.chars().last() {
         Some('K' | 'k') => (&s[..s.len() - 1], 1u64 << 10),
@@ -55,7 +55,7 @@ pub(crate) fn parse_size(s: &str) -> Result<u64, String> {
 
 /// Parses a rate in bits per second: `900M`, `300m`, `1.5G`, `64K` (decimal: M is 10^6) or
 /// a plain number.
-pub(crate) fn parse_rate(s: &str) -> Result<u64, String> {
+pub fn parse_rate(s: &str) -> Result<u64, String> {
     let t = s.trim();
     let (num, mult) = match t.chars().last() {
         Some('K' | 'k') => (&t[..t.len() - 1], 1e3),
@@ -72,7 +72,7 @@ pub(crate) fn parse_rate(s: &str) -> Result<u64, String> {
 }
 
 /// `300.0 Mbit/s`.
-pub(crate) fn rate(bps: f64) -> String {
+pub fn rate(bps: f64) -> String {
     if bps >= 1e9 {
         format!("{:.2} Gbit/s", bps / 1e9)
     } else if bps >= 1e6 {
@@ -83,7 +83,7 @@ pub(crate) fn rate(bps: f64) -> String {
 }
 
 /// Parses a duration: `90` or `90s`, `5m`, `2h`, `500ms`.
-pub(crate) fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     let t = s.trim();
     let (num, mult) = if let Some(n) = t.strip_suffix("ms") {
         (n, 0.001)
@@ -105,7 +105,7 @@ pub(crate) fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
 }
 
 /// Parses a share: `5%` or `0.05`.
-pub(crate) fn parse_fraction(s: &str) -> Result<f64, String> {
+pub fn parse_fraction(s: &str) -> Result<f64, String> {
     let t = s.trim();
     let v = match t.strip_suffix('%') {
         Some(p) => p.trim().parse::<f64>().map(|v| v / 100.0),
@@ -119,7 +119,7 @@ pub(crate) fn parse_fraction(s: &str) -> Result<f64, String> {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use crate::*;
 
     #[test]
     fn formats() {

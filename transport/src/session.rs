@@ -17,26 +17,26 @@ use imaging::store::Store;
 use serde::{Deserialize, Serialize};
 
 /// Version of the description format.
-pub(crate) const DESCRIPTION_FORMAT: u32 = 1;
+pub const DESCRIPTION_FORMAT: u32 = 1;
 
 /// Chunk size of a file session.
-pub(crate) const FILE_CHUNK: u64 = 4 << 20;
+pub const FILE_CHUNK: u64 = 4 << 20;
 
 /// One chunk of a session.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub(crate) struct ChunkDesc {
+pub struct ChunkDesc {
     /// Bytes sent (the payload).
-    pub(crate) len: u32,
+    pub len: u32,
     /// Bytes of plaintext.
-    pub(crate) plain_len: u32,
+    pub plain_len: u32,
     /// BLAKE3 of the plaintext.
-    pub(crate) hash: Hash,
+    pub hash: Hash,
 }
 
 /// What the session carries.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
-pub(crate) enum Content {
+pub enum Content {
     /// A file of `size` bytes.
     File { size: u64 },
     /// An image.
@@ -45,19 +45,19 @@ pub(crate) enum Content {
 
 /// The session description.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub(crate) struct Description {
-    pub(crate) format: u32,
-    pub(crate) session: u32,
-    pub(crate) name: String,
-    pub(crate) symbol_size: u16,
-    pub(crate) max_block_symbols: u32,
-    pub(crate) chunks: Vec<ChunkDesc>,
-    pub(crate) content: Content,
+pub struct Description {
+    pub format: u32,
+    pub session: u32,
+    pub name: String,
+    pub symbol_size: u16,
+    pub max_block_symbols: u32,
+    pub chunks: Vec<ChunkDesc>,
+    pub content: Content,
 }
 
 impl Description {
     /// The RaptorQ layout, checked.
-    pub(crate) fn layout(&self) -> anyhow::Result<proto::Layout> {
+    pub fn layout(&self) -> anyhow::Result<proto::Layout> {
         ensure!(
             self.format == DESCRIPTION_FORMAT,
             "the sender speaks session description format {}, this build {DESCRIPTION_FORMAT}",
@@ -102,21 +102,21 @@ impl Description {
     }
 
     /// Bytes a receiver writes.
-    pub(crate) fn plain_bytes(&self) -> u64 {
+    pub fn plain_bytes(&self) -> u64 {
         self.chunks.iter().map(|c| c.plain_len as u64).sum()
     }
 }
 
 /// The answer to `POST /register`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub(crate) struct Registration {
-    pub(crate) receiver_id: u32,
+pub struct Registration {
+    pub receiver_id: u32,
     /// The session key, hex.
-    pub(crate) key: String,
+    pub key: String,
 }
 
 /// Where a sender's chunks come from.
-pub(crate) enum Source {
+pub enum Source {
     File {
         file: File,
         size: u64,
@@ -132,7 +132,7 @@ pub(crate) enum Source {
 
 impl Source {
     /// A file session over `path`.
-    pub(crate) fn file(path: &Path) -> anyhow::Result<Self> {
+    pub fn file(path: &Path) -> anyhow::Result<Self> {
         let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
         let meta = file.metadata()?;
         let size = if meta.is_file() {
@@ -147,7 +147,7 @@ impl Source {
     }
 
     /// An image session.
-    pub(crate) fn image(store: Store, id: String, manifest: Manifest) -> anyhow::Result<Self> {
+    pub fn image(store: Store, id: String, manifest: Manifest) -> anyhow::Result<Self> {
         let cs = manifest.chunk_size;
         let chunks: Vec<(Hash, usize)> = manifest
             .chunks()
@@ -165,7 +165,7 @@ impl Source {
         })
     }
 
-    pub(crate) fn chunk_count(&self) -> usize {
+    pub fn chunk_count(&self) -> usize {
         match self {
             Self::File { size, .. } => size.div_ceil(FILE_CHUNK) as usize,
             Self::Image { chunks, .. } => chunks.len(),
@@ -173,7 +173,7 @@ impl Source {
     }
 
     /// The payload of chunk `i`.
-    pub(crate) fn payload(&self, i: usize) -> anyhow::Result<Vec<u8>> {
+    pub fn payload(&self, i: usize) -> anyhow::Result<Vec<u8>> {
         match self {
             Self::File { file, size } => {
                 let start = i as u64 * FILE_CHUNK;
@@ -192,7 +192,7 @@ impl Source {
 
     /// The description, with payload lengths (reading or recompressing what it must, on
     /// `threads` threads).
-    pub(crate) fn describe(&self, session: u32, name: &str) -> anyhow::Result<Description> {
+    pub fn describe(&self, session: u32, name: &str) -> anyhow::Result<Description> {
         let chunks = match self {
             Self::File { size, .. } => (0..self.chunk_count())
                 .map(|i| {
@@ -274,18 +274,18 @@ fn parallel_map<T: Send>(
 }
 
 /// Where a receiver writes: a file or device, for a file session or an image.
-pub(crate) struct Sink {
+pub struct Sink {
     dev: FileDevice,
     desc: Description,
     /// For an image: the (area, chunk) index of each session chunk.
     image_chunks: Vec<(usize, usize)>,
-    pub(crate) path: PathBuf,
+    pub path: PathBuf,
 }
 
 impl Sink {
     /// Opens `path` for `desc`: an existing device must be large enough (and not in use); a
     /// regular file is created or resized to the session's size.
-    pub(crate) fn open(path: &Path, desc: Description) -> anyhow::Result<Self> {
+    pub fn open(path: &Path, desc: Description) -> anyhow::Result<Self> {
         let need = match &desc.content {
             Content::File { size } => *size,
             Content::Image { manifest, .. } => manifest.disk_size,
@@ -338,7 +338,7 @@ impl Sink {
 
     /// Checks chunk `i`'s payload against its hash, writes it and reads it back. The inner
     /// error is wrong data (nothing written); the outer one the output failing.
-    pub(crate) fn write(&self, i: usize, payload: &[u8]) -> anyhow::Result<Result<(), String>> {
+    pub fn write(&self, i: usize, payload: &[u8]) -> anyhow::Result<Result<(), String>> {
         let d = &self.desc.chunks[i];
         let mismatch = || Ok(Err(format!("chunk {i} does not match its hash")));
         match &self.desc.content {
@@ -382,7 +382,7 @@ impl Sink {
 
     /// Writes what follows the chunks (the GPT backup) and syncs. Every chunk was checked
     /// against its hash before it was written and read back after.
-    pub(crate) fn finish(&self) -> anyhow::Result<()> {
+    pub fn finish(&self) -> anyhow::Result<()> {
         match &self.desc.content {
             Content::File { .. } => self.dev.sync().context("syncing the output")?,
             Content::Image { manifest, .. } => {

@@ -19,27 +19,27 @@ use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
-use super::hex;
-use super::net::{self, Iface};
-use super::session::{Registration, Source};
+use crate::hex;
+use crate::net::{self, Iface};
+use crate::session::{Registration, Source};
 use crate::fmt;
 
 /// The sending thread's nice value: a little ahead of ordinary work.
 const SENDER_NICE: libc::c_int = -5;
 
 /// What the sender was asked to do.
-pub(crate) struct SendOptions {
-    pub(crate) source: Source,
-    pub(crate) name: String,
-    pub(crate) iface: Iface,
-    pub(crate) group: SocketAddrV4,
-    pub(crate) broadcast: bool,
-    pub(crate) ttl: u32,
-    pub(crate) http_port: u16,
+pub struct SendOptions {
+    pub source: Source,
+    pub name: String,
+    pub iface: Iface,
+    pub group: SocketAddrV4,
+    pub broadcast: bool,
+    pub ttl: u32,
+    pub http_port: u16,
     /// Unicast rate while the multicast stream runs, bits/s.
-    pub(crate) unicast_rate: u64,
-    pub(crate) config: SenderConfig,
-    pub(crate) json: bool,
+    pub unicast_rate: u64,
+    pub config: SenderConfig,
+    pub json: bool,
 }
 
 enum Cmd {
@@ -137,7 +137,7 @@ async fn chunk(
 }
 
 /// Runs a session to its end.
-pub(crate) async fn run(o: SendOptions) -> anyhow::Result<()> {
+pub async fn run(o: SendOptions) -> anyhow::Result<()> {
     // Every receiver waits on this thread's pacing: a late wake-up is rate lost for the
     // whole group (the token bucket holds 20 ms). Ahead of disk, HTTP and other work on a
     // busy server, when allowed (root or CAP_SYS_NICE); otherwise as it is.
