@@ -547,6 +547,19 @@ impl Receiver {
         self.unicast_all = true;
     }
 
+    /// Chunk `index` is on the output already (a resumed write found it there, checked): it
+    /// is neither decoded nor fetched. Call before the session's data arrives.
+    pub fn already_stored(&mut self, index: u32) {
+        if let Some(c @ ChunkRx::Missing) = self.chunks.get_mut(index as usize) {
+            *c = ChunkRx::Stored;
+            self.stored += 1;
+            self.stats.stored_chunks += 1;
+            self.stats.stored_bytes += self.layout.chunk_len(index) as u64;
+            self.advance_first_missing();
+            self.report_if_complete();
+        }
+    }
+
     /// The driver stored chunk `index` (from a [`ReceiverEvent::Chunk`]).
     pub fn chunk_stored(&mut self, index: u32) {
         if let Some(c @ ChunkRx::Delivered) = self.chunks.get_mut(index as usize) {

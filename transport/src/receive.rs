@@ -53,6 +53,37 @@ pub struct ReceiveOptions {
     pub out: PathBuf,
     pub wait: Option<Duration>,
     pub json: bool,
+    /// Only this session (the daemon names it in the task); otherwise the first announced.
+    pub session: Option<u32>,
+    /// Fetch missing chunks from the daemon's API rather than from the sender, so a
+    /// receiver finishes even when the sender is gone (a server restart).
+    pub fetch_from: Option<ApiFetch>,
+    /// First check which chunks the output already holds (a resumed write) and receive
+    /// only the others.
+    pub resume: bool,
+    /// Where to report progress once a second (the agent); `None` prints it.
+    pub progress: Option<mpsc::UnboundedSender<Progress>>,
+}
+
+/// The daemon's chunk endpoint: `GET {base}/api/v1/chunks/{hash}` with a bearer token.
+#[derive(Debug, Clone)]
+pub struct ApiFetch {
+    pub base: String,
+    pub token: String,
+}
+
+/// How far a receiver got.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Progress {
+    /// Plaintext bytes stored and verified.
+    pub stored_bytes: u64,
+    pub total_bytes: u64,
+    /// Receive rate, bits/s.
+    pub rate_bps: u64,
+    pub multicast_chunks: u64,
+    pub unicast_chunks: u64,
+    /// Chunks found already written when a write resumed.
+    pub kept_chunks: u64,
 }
 
 enum Outcome {
@@ -75,17 +106,39 @@ const RECEIVER_NICE: libc::c_int = 5;
 /// The writer's, behind its queue: later still.
 const WRITER_NICE: libc::c_int = 10;
 
+/// A line for the terminal, or for the log when an agent drives the receiver.
+macro_rules! say {
+    ($quiet:expr, $($t:tt)*) => {
+        if $quiet {
+            tracing::info!($($t)*)
+        } else {
+            eprintln!($($t)*)
+        }
+    };
+}
+
+/// What a receiver got, and how.
+#[derive(Debug, Clone, Copy)]
+pub struct Received {
+    pub bytes: u64,
+    pub seconds: f64,
+    pub multicast_chunks: u64,
+    pub unicast_chunks: u64,
+    pub kept_chunks: u64,
+}
+
 /// Runs a receiver to the end of its session.
-pub async fn run(o: ReceiveOptions) -> anyhow::Result<()> {
+pub async fn run(o: ReceiveOptions) -> anyhow::Result<Received> {
     // SAFETY: setpriority on the calling thread (who = 0) has no memory effects.
     unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, RECEIVER_NICE) };
+    let quiet = o.progress.is_some();
     let group = net::group_socket(&o.iface, o.group)?;
     let recv_buffer = net::recv_buffer(&group);
     eprintln!(
         "waiting for a session on {} (or broadcast) via {} ({})",
         o.group, o.iface.name, o.iface.addr
     );
-    let (announce, sender_addr) = find_session(&group, o.wait).await?;
+    let (announce, sender_addr) = find_session(&group, o.wait, o.session).await?;
     let base = format!("http://{}:{}", sender_addr.ip(), announce.http_port);
     let client = reqwest::Client::builder()
         .no_proxy()
@@ -112,11 +165,29 @@ pub async fn run(o: ReceiveOptions) -> anyhow::Result<()> {
         sender_addr.ip()
     );
     // Check the output before registering: a receiver that cannot write never joins.
-    let sink = {
+    let resume = o.resume;
+    let (sink, have) = {
         let out = o.out.clone();
         let d = desc.clone();
-        tokio::task::spawn_blocking(move || Sink::open(&out, d)).await??
+        tokio::task::spawn_blocking(move || {
+            let sink = Sink::open(&out, d)?;
+            let have = if resume {
+                sink.scan()?
+            } else {
+                vec![false; sink.chunks()]
+            };
+            if have.iter().all(|&h| h) {
+                sink.finish()?;
+            }
+            anyhow::Ok((sink, have))
+        })
+        .await??
     };
+    let kept = have.iter().filter(|&&h| h).count() as u64;
+    if kept > 0 {
+        say!(quiet, "{kept} chunk(s) already written: receiving the rest");
+    }
+    let hashes: Vec<String> = desc.chunks.iter().map(|c| c.hash.to_hex()).collect();
     let register = || async {
         let r: Registration = client
             .post(format!("{base}/register"))
@@ -137,6 +208,9 @@ pub async fn run(o: ReceiveOptions) -> anyhow::Result<()> {
     let mut cfg = ReceiverConfig::new(desc.session, SessionKey(key), reg.receiver_id);
     cfg.rng_seed = u64::from(reg.receiver_id) ^ u64::from(u32::from(o.iface.addr));
     let mut rx = Receiver::new(cfg, layout, Instant::now());
+    for (i, _) in have.iter().enumerate().filter(|(_, &h)| h) {
+        rx.already_stored(i as u32);
+    }
     eprintln!("registered as receiver {}", reg.receiver_id);
 
     // The writer thread: checks, writes and reads back every chunk, then finishes the output.
@@ -147,7 +221,7 @@ pub async fn run(o: ReceiveOptions) -> anyhow::Result<()> {
         // Writing is behind a queue and may lag; the receive loop and the feedback may not.
         // SAFETY: setpriority on the calling thread (tid 0 = self) has no memory effects.
         unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, WRITER_NICE) };
-        writer(sink, job_rx, done_tx, n_chunks)
+        writer(sink, job_rx, done_tx, have)
     });
 
     let (fetch_tx, mut fetch_rx) = mpsc::unbounded_channel::<(u32, anyhow::Result<Vec<u8>>)>();
@@ -163,12 +237,22 @@ pub async fn run(o: ReceiveOptions) -> anyhow::Result<()> {
         let now = Instant::now();
         rx.handle_timeout(now);
         while let Some(i) = rx.poll_fetch(now) {
-            let url = format!("{base}/chunks/{i}");
+            let (url, token) = match &o.fetch_from {
+                Some(api) => (
+                    format!("{}/api/v1/chunks/{}", api.base, hashes[i as usize]),
+                    Some(api.token.clone()),
+                ),
+                None => (format!("{base}/chunks/{i}"), None),
+            };
             let client = client.clone();
             let tx = fetch_tx.clone();
             tokio::spawn(async move {
                 let r = async {
-                    let resp = client.get(&url).send().await?.error_for_status()?;
+                    let mut req = client.get(&url);
+                    if let Some(t) = token {
+                        req = req.bearer_auth(t);
+                    }
+                    let resp = req.send().await?.error_for_status()?;
                     anyhow::Ok(resp.bytes().await?.to_vec())
                 }
                 .await;
@@ -218,7 +302,17 @@ pub async fn run(o: ReceiveOptions) -> anyhow::Result<()> {
         if last_progress.elapsed() >= Duration::from_secs(1) {
             last_progress = Instant::now();
             let s = rx.stats();
-            eprintln!(
+            if let Some(p) = &o.progress {
+                let _ = p.send(Progress {
+                    stored_bytes: s.stored_bytes,
+                    total_bytes: total,
+                    rate_bps: s.rate_bps,
+                    multicast_chunks: u64::from(s.decoded_chunks),
+                    unicast_chunks: u64::from(s.fetched_chunks),
+                    kept_chunks: kept,
+                });
+            } else {
+                eprintln!(
                 "received {} of {} ({:.0} %), {} , loss {:.1} %, {} chunk(s) over unicast{}",
                 fmt::bytes(s.stored_bytes),
                 fmt::bytes(desc.chunks.iter().map(|c| c.len as u64).sum()),
@@ -228,6 +322,7 @@ pub async fn run(o: ReceiveOptions) -> anyhow::Result<()> {
                 s.fetched_chunks,
                 if demoted { " (demoted)" } else { "" }
             );
+            }
         }
         let wake = rx
             .poll_timeout()
@@ -314,6 +409,16 @@ pub async fn run(o: ReceiveOptions) -> anyhow::Result<()> {
         .map_err(|_| anyhow::anyhow!("the writer panicked"))?;
     let s = rx.stats();
     let secs = t0.elapsed().as_secs_f64();
+    let received = Received {
+        bytes: total,
+        seconds: secs,
+        multicast_chunks: u64::from(s.decoded_chunks),
+        unicast_chunks: u64::from(s.fetched_chunks),
+        kept_chunks: kept,
+    };
+    if quiet {
+        return Ok(received);
+    }
     if o.json {
         println!(
             "{}",
@@ -345,13 +450,14 @@ pub async fn run(o: ReceiveOptions) -> anyhow::Result<()> {
             }
         );
     }
-    Ok(())
+    Ok(received)
 }
 
 /// Waits for a session announce; returns it and the sender's control address.
 async fn find_session(
     group: &tokio::net::UdpSocket,
     wait: Option<Duration>,
+    session: Option<u32>,
 ) -> anyhow::Result<(Announce, SocketAddr)> {
     let mut buf = vec![0u8; 65536];
     let look = async {
@@ -360,7 +466,12 @@ async fn find_session(
             let d = &buf[..n];
             if let Ok((Kind::Announce, _)) = wire::peek(d) {
                 match Announce::decode(d) {
-                    Ok(a) if a.state != SenderState::Done => return anyhow::Ok((a, from)),
+                    Ok(a)
+                        if a.state != SenderState::Done
+                            && session.is_none_or(|s| s == a.session) =>
+                    {
+                        return anyhow::Ok((a, from))
+                    }
                     Ok(_) => {}
                     Err(e) => debug!(%from, error = %e, "bad announce"),
                 }
@@ -379,10 +490,11 @@ fn writer(
     sink: Sink,
     jobs: std_mpsc::Receiver<Job>,
     done: mpsc::UnboundedSender<(u32, bool, anyhow::Result<Outcome>)>,
-    n: usize,
+    have: Vec<bool>,
 ) {
-    let mut written = vec![false; n];
-    let mut count = 0;
+    let n = have.len();
+    let mut count = have.iter().filter(|&&h| h).count();
+    let mut written = have;
     for job in jobs {
         let i = job.index as usize;
         let r = (|| {

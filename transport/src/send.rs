@@ -40,6 +40,43 @@ pub struct SendOptions {
     pub unicast_rate: u64,
     pub config: SenderConfig,
     pub json: bool,
+    /// Set when the session runs inside the daemon: it is steered through these rather than
+    /// by a signal, and logs through `tracing` rather than on the terminal.
+    pub hooks: Option<Hooks>,
+}
+
+/// What the daemon may tell a running session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    /// Start the stream now, whoever joined.
+    StartNow,
+    /// Stop: receivers finish over unicast elsewhere.
+    Cancel,
+}
+
+/// The session's address, once it announces.
+#[derive(Debug, Clone, Copy)]
+pub struct Ready {
+    pub session: u32,
+    pub http: SocketAddr,
+}
+
+/// The daemon's handles on a session it runs.
+pub struct Hooks {
+    pub control: mpsc::Receiver<Control>,
+    pub ready: oneshot::Sender<Ready>,
+}
+
+/// One line about the session: on the terminal for the command line, in the log for the
+/// daemon.
+macro_rules! say {
+    ($daemon:expr, $($t:tt)*) => {
+        if $daemon {
+            info!($($t)*)
+        } else {
+            eprintln!($($t)*)
+        }
+    };
 }
 
 enum Cmd {
@@ -168,6 +205,11 @@ pub async fn run(o: SendOptions) -> anyhow::Result<()> {
         SocketAddr::V4(o.group)
     };
 
+    let daemon = o.hooks.is_some();
+    let (mut control, ready) = match o.hooks {
+        Some(h) => (Some(h.control), Some(h.ready)),
+        None => (None, None),
+    };
     let mut cfg = o.config;
     let rate_bps = cfg.rate_bps;
     cfg.session = session;
@@ -209,7 +251,7 @@ pub async fn run(o: SendOptions) -> anyhow::Result<()> {
     } else {
         format!("group {dest_group}")
     };
-    eprintln!(
+    say!(daemon,
         "session {session:08x}: {} ({} in {} chunks) to {target} from {} ({}), registration on http://{http_addr}",
         o.name,
         fmt::bytes(total),
@@ -218,15 +260,26 @@ pub async fn run(o: SendOptions) -> anyhow::Result<()> {
         o.iface.addr
     );
     match (min_receivers, start_at) {
-        (_, Some(at)) if min_receivers == usize::MAX => eprintln!(
+        (_, Some(at)) if min_receivers == usize::MAX => say!(daemon,
             "starting in {:.0} s; send SIGUSR1 to start now",
             at.saturating_duration_since(Instant::now()).as_secs_f64()
         ),
         (0, _) => {}
-        (n, _) => eprintln!("waiting for {n} receiver(s); send SIGUSR1 to start now"),
+        (n, _) => say!(daemon, "waiting for {n} receiver(s); send SIGUSR1 to start now"),
     }
-    let mut start_signal =
-        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())?;
+    // The command line starts early on SIGUSR1; the daemon through its control channel.
+    let mut start_signal = match daemon {
+        false => Some(tokio::signal::unix::signal(
+            tokio::signal::unix::SignalKind::user_defined1(),
+        )?),
+        true => None,
+    };
+    if let Some(r) = ready {
+        let _ = r.send(Ready {
+            session,
+            http: http_addr,
+        });
+    }
 
     let (load_tx, mut load_rx) = mpsc::unbounded_channel::<(u32, anyhow::Result<Vec<u8>>)>();
     let mut buf = Vec::with_capacity(2048);
@@ -275,7 +328,7 @@ pub async fn run(o: SendOptions) -> anyhow::Result<()> {
         let mut done = false;
         while let Some(e) = sender.poll_event() {
             match e {
-                SenderEvent::Joined { id, addr, late } => eprintln!(
+                SenderEvent::Joined { id, addr, late } => say!(daemon,
                     "[{:7.2}s] receiver {id} joined from {}{}",
                     t0.elapsed().as_secs_f64(),
                     addr.ip(),
@@ -287,26 +340,26 @@ pub async fn run(o: SendOptions) -> anyhow::Result<()> {
                 ),
                 SenderEvent::Started { receivers } => {
                     started_at = Some(Instant::now());
-                    eprintln!(
+                    say!(daemon,
                         "[{:7.2}s] started with {receivers} receiver(s)",
                         t0.elapsed().as_secs_f64()
                     );
                 }
                 SenderEvent::Demoted { id, reason } => {
                     demoted.push(id);
-                    eprintln!(
+                    say!(daemon,
                         "[{:7.2}s] receiver {id} demoted to unicast ({reason:?})",
                         t0.elapsed().as_secs_f64()
                     );
                 }
                 SenderEvent::Dead { id } => {
                     dead.push(id);
-                    eprintln!(
+                    say!(daemon,
                         "[{:7.2}s] receiver {id} went silent: declared dead",
                         t0.elapsed().as_secs_f64()
                     );
                 }
-                SenderEvent::Finished { id } => eprintln!(
+                SenderEvent::Finished { id } => say!(daemon,
                     "[{:7.2}s] receiver {id} finished",
                     t0.elapsed().as_secs_f64()
                 ),
@@ -324,7 +377,7 @@ pub async fn run(o: SendOptions) -> anyhow::Result<()> {
         if done {
             break;
         }
-        if last_progress.elapsed() >= Duration::from_secs(1) {
+        if !daemon && last_progress.elapsed() >= Duration::from_secs(1) {
             last_progress = Instant::now();
             progress_line(&sender, total, t0);
         }
@@ -351,10 +404,31 @@ pub async fn run(o: SendOptions) -> anyhow::Result<()> {
                 let payload = payload.with_context(|| format!("reading chunk {i}"))?;
                 sender.provide(i, payload)?;
             }
-            _ = start_signal.recv() => {
+            Some(()) = async {
+                match start_signal.as_mut() {
+                    Some(s) => s.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => {
                 eprintln!("starting now");
                 sender.start_now();
             }
+            c = async {
+                match control.as_mut() {
+                    Some(c) => c.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => match c {
+                Some(Control::StartNow) => {
+                    say!(daemon, "session {session:08x}: starting now");
+                    sender.start_now();
+                }
+                // Cancelled, or the daemon dropped its handle: the session is over.
+                Some(Control::Cancel) | None => {
+                    say!(daemon, "session {session:08x}: cancelled");
+                    break;
+                }
+            },
             _ = tokio::time::sleep_until(wake) => {}
         }
     }
@@ -385,7 +459,9 @@ pub async fn run(o: SendOptions) -> anyhow::Result<()> {
         "wire_bytes": st.wire_bytes,
         "send_errors": out.errors,
     });
-    if o.json {
+    if daemon {
+        info!(%summary, "session over");
+    } else if o.json {
         println!("{summary}");
     } else {
         let secs = streamed.unwrap_or(elapsed).as_secs_f64().max(1e-6);

@@ -56,6 +56,32 @@ pub struct Description {
 }
 
 impl Description {
+    /// The description of an image for a receiver that fetches every chunk over unicast
+    /// (payload lengths unknown: 0; no multicast layout).
+    pub fn unicast(id: &str, manifest: Manifest) -> Self {
+        let cs = manifest.chunk_size;
+        let chunks = manifest
+            .chunks()
+            .map(|(a, c)| ChunkDesc {
+                len: 0,
+                plain_len: a.region_len(c.index, cs) as u32,
+                hash: c.hash,
+            })
+            .collect();
+        Self {
+            format: DESCRIPTION_FORMAT,
+            session: 0,
+            name: format!("{}@{}", manifest.name, manifest.name_version),
+            symbol_size: proto::wire::DEFAULT_SYMBOL_SIZE,
+            max_block_symbols: proto::layout::DEFAULT_MAX_BLOCK_SYMBOLS,
+            chunks,
+            content: Content::Image {
+                id: id.to_string(),
+                manifest: Box::new(manifest),
+            },
+        }
+    }
+
     /// The RaptorQ layout, checked.
     pub fn layout(&self) -> anyhow::Result<proto::Layout> {
         ensure!(
@@ -378,6 +404,41 @@ impl Sink {
             }
         }
         Ok(Ok(()))
+    }
+
+    /// Whether the output already holds chunk `i` (its used bytes hash right): what a
+    /// resumed write need not fetch again.
+    pub fn holds(&self, i: usize) -> anyhow::Result<bool> {
+        let d = &self.desc.chunks[i];
+        match &self.desc.content {
+            Content::File { .. } => {
+                let mut back = vec![0; d.plain_len as usize];
+                self.dev
+                    .read_at(&mut back, i as u64 * FILE_CHUNK)
+                    .with_context(|| format!("reading chunk {i}"))?;
+                Ok(Hash::of(&back) == d.hash)
+            }
+            Content::Image { manifest, .. } => {
+                let (ai, ci) = self.image_chunks[i];
+                let (a, c) = (&manifest.areas[ai], &manifest.areas[ai].chunks[ci]);
+                Ok(imaging::restore::check_written(manifest, a, c, &self.dev)?)
+            }
+        }
+    }
+
+    /// The chunks the output already holds, checked on `threads` threads.
+    pub fn scan(&self) -> anyhow::Result<Vec<bool>> {
+        parallel_map(self.desc.chunks.len(), |i| self.holds(i))
+    }
+
+    /// Chunks in the session.
+    pub fn chunks(&self) -> usize {
+        self.desc.chunks.len()
+    }
+
+    /// Plaintext length of chunk `i`.
+    pub fn plain_len(&self, i: usize) -> u64 {
+        u64::from(self.desc.chunks[i].plain_len)
     }
 
     /// Writes what follows the chunks (the GPT backup) and syncs. Every chunk was checked

@@ -183,6 +183,7 @@ pub(crate) fn run(cmd: MulticastCommand, data_dir: &Path, json: bool) -> anyhow:
                 unicast_rate,
                 config,
                 json,
+                hooks: None,
             }))
         }
         MulticastCommand::Receive {
@@ -198,7 +199,12 @@ pub(crate) fn run(cmd: MulticastCommand, data_dir: &Path, json: bool) -> anyhow:
                 out,
                 wait,
                 json,
+                session: None,
+                fetch_from: None,
+                resume: false,
+                progress: None,
             }))
+            .map(|_| ())
         }
     }
 }
