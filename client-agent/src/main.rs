@@ -1,1 +1,177 @@
-fn main() {}
+//! `drover-agent`: the program a lab machine runs (from the PXE initramfs, or as a normal
+//! process against a disk file, a loop device or a block device). It says hello to the server
+//! with its MAC and disk, waits for its task, receives the image (joining the deployment's
+//! multicast session, or over unicast), writes the partition table and the used blocks
+//! straight to the disk, checks every chunk's hash before writing it and reads it back after,
+//! reports progress and the result, and exits.
+//!
+//! It keeps going through a server restart (retries with backoff) and resumes an interrupted
+//! write: chunks already on the disk (hash checked) are neither received nor fetched again.
+//! It does not reboot the machine or pick a disk by itself (the boot environment does that).
+//!
+//! Exit codes: 0 the task is done; 1 it failed, was cancelled, or the agent could not work;
+//! 2 bad usage; 3 no task came within `--max-idle`.
+
+mod api;
+mod task;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Parser;
+use serde_json::{json, Value};
+
+use api::{Api, CallError};
+
+#[derive(Debug, Parser)]
+#[command(name = "drover-agent", version, about = "Writes drover images to this machine's disk")]
+pub(crate) struct Args {
+    /// The drover server's URL (http://10.0.0.1:8080).
+    #[arg(long, env = "DROVER_SERVER")]
+    server: String,
+    /// This machine's MAC address (default: the network interface's).
+    #[arg(long)]
+    mac: Option<String>,
+    /// The task token (from the boot command line); without one, the server hands it out.
+    #[arg(long, env = "DROVER_TASK_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// The disk to write: a block device, or a file (created or resized).
+    #[arg(long)]
+    disk: PathBuf,
+    /// Network interface for multicast (default: the only one with an IPv4 address).
+    #[arg(long)]
+    iface: Option<String>,
+    /// After writing, read every chunk back from the disk once more and check its hash.
+    #[arg(long)]
+    read_back: bool,
+    /// Give up (exit 3) when no task came within this long (default: wait forever).
+    #[arg(long, value_parser = transport::fmt::parse_duration)]
+    max_idle: Option<Duration>,
+}
+
+fn main() -> ExitCode {
+    let args = match Args::try_parse() {
+        Ok(a) => a,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    init_logging();
+    let rt = match transport::session_runtime() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("drover-agent: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(args)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("drover-agent: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let iface = transport::net::iface(args.iface.as_deref())?;
+    let mac = match &args.mac {
+        Some(m) => m.clone(),
+        None => std::fs::read_to_string(format!("/sys/class/net/{}/address", iface.name))
+            .with_context(|| format!("reading the MAC address of {} (give --mac)", iface.name))?
+            .trim()
+            .to_string(),
+    };
+    let mut api = Api::new(&args.server)?;
+    api.token = args.token.clone();
+    let disk = disk_inventory(&args.disk);
+    eprintln!(
+        "drover-agent {}: {mac} on {} ({}), disk {}, server {}",
+        env!("CARGO_PKG_VERSION"),
+        iface.name,
+        iface.addr,
+        args.disk.display(),
+        api.base
+    );
+    let started = Instant::now();
+    let hello = json!({
+        "mac": mac,
+        "disks": [disk],
+        "version": env!("CARGO_PKG_VERSION"),
+    });
+    let task = loop {
+        let r = api
+            .retry("hello", None, || api.post("/agent/hello", &hello))
+            .await;
+        let r = match r {
+            Ok(r) => r,
+            // A stale token from the command line (its task is over): ask without it.
+            Err(CallError::Refused(..) | CallError::Over(_)) if api.token.is_some() => {
+                api.token = None;
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if let Some(t) = r["token"].as_str() {
+            api.token = Some(t.to_string());
+        }
+        if !r["task"].is_null() && api.token.is_some() {
+            break r["task"].clone();
+        }
+        if args.max_idle.is_some_and(|m| started.elapsed() >= m) {
+            eprintln!("no task within {:?}", args.max_idle.unwrap_or_default());
+            return Ok(ExitCode::from(3));
+        }
+        let poll = r["poll_ms"].as_u64().unwrap_or(2000).clamp(200, 60_000);
+        tokio::time::sleep(Duration::from_millis(poll)).await;
+    };
+    eprintln!(
+        "task {} of deployment {}: {} over {}",
+        str_of(&task, "id"),
+        str_of(&task, "deployment"),
+        str_of(&task["image"], "name"),
+        str_of(&task, "transport"),
+    );
+    let outcome = task::run(&api, &iface, &args, task).await;
+    task::report(&api, outcome).await
+}
+
+fn str_of<'a>(v: &'a Value, k: &str) -> &'a str {
+    v.get(k).and_then(Value::as_str).unwrap_or("?")
+}
+
+/// The disk as the server's inventory records it: size, and serial for a block device.
+fn disk_inventory(path: &std::path::Path) -> Value {
+    use imaging::device::BlockDevice;
+    let size = imaging::device::FileDevice::open_read(path)
+        .ok()
+        .map(|d| d.len());
+    let serial = std::fs::canonicalize(path)
+        .ok()
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .and_then(|name| {
+            ["serial", "device/serial", "wwid", "device/wwid"]
+                .iter()
+                .find_map(|f| std::fs::read_to_string(format!("/sys/class/block/{name}/{f}")).ok())
+        })
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty());
+    json!({ "path": path.display().to_string(), "size": size, "serial": serial })
+}

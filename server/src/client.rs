@@ -124,7 +124,7 @@ pub(crate) fn wake(a: WakeArgs, json: bool) -> anyhow::Result<()> {
 }
 
 /// An API call's method.
-enum Method {
+pub(crate) enum Method {
     Get,
     Post(Value),
     Patch(Value),
@@ -132,7 +132,7 @@ enum Method {
 }
 
 /// Calls the API; returns the JSON answer (`null` for an empty one) or the server's error.
-fn call(s: &ServerArgs, path: &str, method: Method) -> anyhow::Result<Value> {
+pub(crate) fn call(s: &ServerArgs, path: &str, method: Method) -> anyhow::Result<Value> {
     let base = s.server.trim_end_matches('/');
     let url = format!("{base}/api/v1{path}");
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -182,7 +182,7 @@ fn call(s: &ServerArgs, path: &str, method: Method) -> anyhow::Result<Value> {
     })
 }
 
-fn print_json(v: &Value) {
+pub(crate) fn print_json(v: &Value) {
     println!("{v}");
 }
 

@@ -12,6 +12,7 @@
 //! Exit codes: 0 success; 1 an error (or `verify` found a bad chunk); 2 bad usage.
 
 mod client;
+mod deploy_cmd;
 mod image_cmd;
 mod multicast;
 mod progress;
@@ -53,6 +54,11 @@ enum Command {
     /// Groups of machines (over the server's API).
     #[command(subcommand)]
     Group(client::GroupCommand),
+    /// Deploy an image to machines and groups (over the server's API).
+    Deploy(deploy_cmd::DeployArgs),
+    /// Deployments: list, show, start now, cancel.
+    #[command(subcommand)]
+    Deployment(deploy_cmd::DeploymentCommand),
     /// Wake machines with wake-on-LAN (through the server's lab interface).
     Wake(client::WakeArgs),
     /// API tokens (on the server host).
@@ -68,7 +74,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    init_logging(matches!(cli.command, Command::Serve(_)));
     let data_dir = cli
         .data_dir
         .clone()
@@ -79,6 +85,8 @@ fn main() -> ExitCode {
         Command::Machine(cmd) => ok(client::machine(cmd, cli.json)),
         Command::Group(cmd) => ok(client::group(cmd, cli.json)),
         Command::Wake(args) => ok(client::wake(args, cli.json)),
+        Command::Deploy(args) => ok(deploy_cmd::deploy(args, cli.json)),
+        Command::Deployment(cmd) => ok(deploy_cmd::deployment(cmd, cli.json)),
         Command::Token(cmd) => ok(serve::token(cmd, cli.data_dir, cli.json)),
         Command::Image(cmd) => image_cmd::run(cmd, &data_dir, cli.json),
         Command::Multicast(cmd) => ok(multicast::run(cmd, &data_dir, cli.json)),
@@ -96,13 +104,15 @@ fn main() -> ExitCode {
     }
 }
 
-/// Logs go to stderr: `RUST_LOG` filters (default `warn`), `LOG_FORMAT=json` for JSON lines.
-fn init_logging() {
+/// Logs go to stderr: `RUST_LOG` filters (default `warn`; `info` for the daemon), `LOG_FORMAT=json` for JSON lines.
+fn init_logging(daemon: bool) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
+    let default = if daemon { "info,sqlx=warn" } else { "warn" };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     if std::env::var("LOG_FORMAT").is_ok_and(|v| v == "json") {
         builder.json().init();
     } else {

@@ -33,3 +33,21 @@ pub fn unhex(s: &str) -> Option<Vec<u8>> {
         .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
         .collect()
 }
+
+/// The runtime a session (sender or receiver) runs on: one thread, as the protocol work is
+/// sequential and a second worker only adds wake-ups and cross-thread hand-offs per datagram.
+/// Disk and file work runs on its blocking threads.
+pub fn session_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    use anyhow::Context;
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        // Disk and file threads run at ordinary priority, whatever the sending thread (which
+        // raises its own) had when they were created. (A receiver, which lowers its own, is
+        // not allowed to raise them back unless root: they then stay as low as it.)
+        // SAFETY: setpriority on the calling thread (who = 0) has no memory effects.
+        .on_thread_start(|| unsafe {
+            libc::setpriority(libc::PRIO_PROCESS, 0, 0);
+        })
+        .build()
+        .context("starting the runtime")
+}

@@ -43,6 +43,9 @@ fn coalesce(recv_buffer: usize, rate_bps: u64) -> Duration {
     fill.clamp(MIN_RECV_COALESCE, MAX_RECV_COALESCE)
 }
 
+/// The start of the error when no session was announced within the wait.
+pub const NO_SESSION: &str = "no session announced";
+
 /// Failed unicast fetches in a row, with the sender silent, after which the receiver gives up.
 const MAX_FETCH_FAILURES: u32 = 30;
 
@@ -481,7 +484,7 @@ async fn find_session(
     match wait {
         Some(w) => tokio::time::timeout(w, look)
             .await
-            .map_err(|_| anyhow::anyhow!("no session announced within {w:?}"))?,
+            .map_err(|_| anyhow::anyhow!("{NO_SESSION} within {w:?}"))?,
         None => look.await,
     }
 }

@@ -436,6 +436,11 @@ impl Sink {
         self.desc.chunks.len()
     }
 
+    /// The hash of chunk `i`'s plaintext, hex.
+    pub fn hash_hex(&self, i: usize) -> String {
+        self.desc.chunks[i].hash.to_hex()
+    }
+
     /// Plaintext length of chunk `i`.
     pub fn plain_len(&self, i: usize) -> u64 {
         u64::from(self.desc.chunks[i].plain_len)

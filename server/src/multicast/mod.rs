@@ -106,19 +106,7 @@ pub(crate) enum MulticastCommand {
 
 /// Runs a multicast command.
 pub(crate) fn run(cmd: MulticastCommand, data_dir: &Path, json: bool) -> anyhow::Result<()> {
-    // One thread: the protocol work is sequential, and a second worker only adds wake-ups and
-    // cross-thread hand-offs per datagram. Disk and file work runs on other threads.
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        // Disk and file threads run at ordinary priority, whatever the sending thread (which
-        // raises its own) had when they were created. (A receiver, which lowers its own, is
-        // not allowed to raise them back unless root: they then stay as low as it.)
-        // SAFETY: setpriority on the calling thread (who = 0) has no memory effects.
-        .on_thread_start(|| unsafe {
-            libc::setpriority(libc::PRIO_PROCESS, 0, 0);
-        })
-        .build()
-        .context("starting the runtime")?;
+    let rt = transport::session_runtime()?;
     match cmd {
         MulticastCommand::Send {
             source,

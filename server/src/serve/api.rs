@@ -27,16 +27,21 @@ pub(crate) struct AppState {
     /// The lab interface (multicast, wake-on-LAN), if there is one.
     pub(crate) iface: Option<Iface>,
     pub(crate) wol_port: u16,
+    pub(crate) deployer: Arc<super::deploy::Deployer>,
 }
 
-type Shared = Arc<AppState>;
+pub(crate) type Shared = Arc<AppState>;
 
 /// An API error: a status and a message, sent as `{"error": "..."}`.
 #[derive(Debug)]
 pub(crate) struct ApiError(StatusCode, String);
 
 impl ApiError {
-    fn bad_request(msg: impl Into<String>) -> Self {
+    pub(crate) fn new(status: StatusCode, msg: impl Into<String>) -> Self {
+        Self(status, msg.into())
+    }
+
+    pub(crate) fn bad_request(msg: impl Into<String>) -> Self {
         Self(StatusCode::BAD_REQUEST, msg.into())
     }
 }
@@ -70,19 +75,21 @@ impl From<JsonRejection> for ApiError {
     }
 }
 
-type ApiResult<T> = Result<T, ApiError>;
+pub(crate) type ApiResult<T> = Result<T, ApiError>;
 
-/// Who made a request (the token's name), for the audit log.
+/// Who made an admin request (`token:NAME`), for the audit log.
 #[derive(Clone)]
-struct Actor(String);
+pub(crate) struct Actor(pub(crate) String);
 
-fn parse_mac(s: &str) -> ApiResult<Mac> {
+pub(crate) fn parse_mac(s: &str) -> ApiResult<Mac> {
     s.parse().map_err(ApiError::bad_request)
 }
 
 /// The whole router.
 pub(crate) fn router(state: Shared) -> Router {
-    let api = Router::new()
+    use super::deploy_api as dep;
+    use axum::routing::post;
+    let admin = Router::new()
         .route("/images", get(images))
         .route("/machines", get(machines).post(add_machine))
         .route(
@@ -92,43 +99,101 @@ pub(crate) fn router(state: Shared) -> Router {
         .route("/groups", get(groups).post(add_group))
         .route("/groups/{name}", axum::routing::delete(remove_group))
         .route("/audit", get(audit))
-        .route("/wake", axum::routing::post(wake))
+        .route("/wake", post(wake))
+        .route("/deployments", get(dep::list).post(dep::create))
+        .route("/deployments/{id}", get(dep::show))
+        .route("/deployments/{id}/cancel", post(dep::cancel))
+        .route("/deployments/{id}/start", post(dep::start_now))
+        .route("/deployments/{id}/events", get(dep::events))
+        .route_layer(middleware::from_fn(admin_only));
+    let agent = Router::new()
+        .route("/agent/task", get(dep::task))
+        .route("/agent/manifest", get(dep::manifest))
+        .route("/agent/progress", post(dep::progress))
+        .route("/agent/result", post(dep::result))
+        .route("/chunks/{hash}", get(dep::chunk))
+        .route_layer(middleware::from_fn(agent_only));
+    let api = admin
+        .merge(agent)
         .route_layer(middleware::from_fn_with_state(state.clone(), auth));
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
-        .route("/api/v1/openapi.json", get(openapi))
+        .route("/api/v1/openapi.json", get(super::openapi::openapi))
+        .route("/api/v1/agent/hello", post(dep::hello))
         .nest("/api/v1", api)
         .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such endpoint".into()) })
         .with_state(state)
 }
 
-/// Bearer-token check for everything under `/api/v1` but the public paths.
+fn unauthorized() -> Response {
+    (
+        StatusCode::UNAUTHORIZED,
+        [(header::WWW_AUTHENTICATE, "Bearer")],
+        Json(json!({ "error": "a valid API token is needed (Authorization: Bearer ...; create one with `drover token create NAME`)" })),
+    )
+        .into_response()
+}
+
+/// Bearer-token check for everything under `/api/v1` but the public paths: an admin's API
+/// token (`drv_...`) or an agent's task token (`drt_...`, valid while its task is not over).
 async fn auth(State(s): State<Shared>, mut req: Request, next: Next) -> Response {
     let token = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    let who = match token {
-        None => None,
-        Some(t) => match s.db.check_token(t.trim()).await {
-            Ok(w) => w,
-            Err(e) => return ApiError::from(e).into_response(),
-        },
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let Some(token) = token else {
+        return unauthorized();
     };
-    match who {
-        Some(name) => {
+    if token.starts_with("drt_") {
+        return match s.db.check_task_token(token).await {
+            Ok(Some(t)) if t.active() => {
+                req.extensions_mut().insert(super::deploy_api::AgentTask(t));
+                next.run(req).await
+            }
+            Ok(Some(t)) => super::deploy_api::task_over(&t).into_response(),
+            Ok(None) => unauthorized(),
+            Err(e) => ApiError::from(e).into_response(),
+        };
+    }
+    match s.db.check_token(token).await {
+        Ok(Some(name)) => {
             req.extensions_mut().insert(Actor(format!("token:{name}")));
             next.run(req).await
         }
-        None => (
-            StatusCode::UNAUTHORIZED,
-            [(header::WWW_AUTHENTICATE, "Bearer")],
-            Json(json!({ "error": "a valid API token is needed (Authorization: Bearer ...; create one with `drover token create NAME`)" })),
-        )
-            .into_response(),
+        Ok(None) => unauthorized(),
+        Err(e) => ApiError::from(e).into_response(),
     }
+}
+
+/// The admin's endpoints refuse agents' tokens.
+async fn admin_only(req: Request, next: Next) -> Response {
+    if req.extensions().get::<Actor>().is_none() {
+        return ApiError(
+            StatusCode::FORBIDDEN,
+            "an agent's task token opens only its own task's endpoints".into(),
+        )
+        .into_response();
+    }
+    next.run(req).await
+}
+
+/// The agent's endpoints need a task token.
+async fn agent_only(req: Request, next: Next) -> Response {
+    if req
+        .extensions()
+        .get::<super::deploy_api::AgentTask>()
+        .is_none()
+    {
+        return ApiError(
+            StatusCode::FORBIDDEN,
+            "this endpoint is an agent's: it needs the task token its machine was given".into(),
+        )
+        .into_response();
+    }
+    next.run(req).await
 }
 
 async fn healthz(State(s): State<Shared>) -> Response {
@@ -397,64 +462,4 @@ async fn metrics(State(s): State<Shared>) -> ApiResult<Response> {
     out.push_str("# TYPE drover_images gauge\n");
     out.push_str(&format!("drover_images {}\n", images.len()));
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response())
-}
-
-/// The OpenAPI 3 description of this API.
-async fn openapi() -> Json<Value> {
-    let machine = json!({"$ref": "#/components/schemas/Machine"});
-    let error = json!({"description": "error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}});
-    let mac_param = json!([{"name": "mac", "in": "path", "required": true, "schema": {"type": "string"}, "example": "aa:bb:cc:dd:ee:ff"}]);
-    Json(json!({
-        "openapi": "3.0.3",
-        "info": {"title": "drover", "version": env!("CARGO_PKG_VERSION"),
-                 "description": "One disk image to a whole lab at once. Every path but /healthz, /metrics and this document needs `Authorization: Bearer TOKEN` (`drover token create NAME`)."},
-        "components": {
-            "securitySchemes": {"token": {"type": "http", "scheme": "bearer"}},
-            "schemas": {
-                "Error": {"type": "object", "properties": {"error": {"type": "string"}}, "required": ["error"]},
-                "Machine": {"type": "object", "properties": {
-                    "mac": {"type": "string"}, "name": {"type": "string"}, "group": {"type": "string", "nullable": true},
-                    "disk_serial": {"type": "string", "nullable": true}, "disk_size": {"type": "integer", "nullable": true},
-                    "state": {"type": "string"}, "registered": {"type": "string", "enum": ["admin", "hello"]},
-                    "last_seen_ms": {"type": "integer", "nullable": true}, "created_ms": {"type": "integer"}}},
-                "Group": {"type": "object", "properties": {"name": {"type": "string"}, "machines": {"type": "integer"}, "created_ms": {"type": "integer"}}},
-                "Image": {"type": "object", "properties": {
-                    "id": {"type": "string"}, "name": {"type": "string"}, "version": {"type": "integer"},
-                    "created": {"type": "integer"}, "size": {"type": "integer"}, "used_bytes": {"type": "integer"},
-                    "stored_bytes": {"type": "integer"}, "chunks": {"type": "integer"}, "source": {"type": "string"}}}
-            }
-        },
-        "security": [{"token": []}],
-        "paths": {
-            "/healthz": {"get": {"summary": "200 once the server is ready", "security": [], "responses": {"200": {"description": "ready"}, "503": {"description": "database unavailable"}}}},
-            "/metrics": {"get": {"summary": "Prometheus metrics", "security": [], "responses": {"200": {"description": "text format"}}}},
-            "/api/v1/images": {"get": {"summary": "Image versions in the store", "responses": {"200": {"description": "images", "content": {"application/json": {"schema": {"type": "array", "items": {"$ref": "#/components/schemas/Image"}}}}}, "401": error}}},
-            "/api/v1/machines": {
-                "get": {"summary": "Machines (of one group with ?group=)", "parameters": [{"name": "group", "in": "query", "schema": {"type": "string"}}],
-                        "responses": {"200": {"description": "machines", "content": {"application/json": {"schema": {"type": "array", "items": machine}}}}, "401": error}},
-                "post": {"summary": "Add a machine", "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "required": ["mac"], "properties": {"mac": {"type": "string"}, "name": {"type": "string"}, "group": {"type": "string"}}}}}},
-                         "responses": {"201": {"description": "added", "content": {"application/json": {"schema": machine}}}, "400": error, "401": error, "409": error}}
-            },
-            "/api/v1/machines/{mac}": {
-                "parameters": mac_param,
-                "get": {"summary": "One machine", "responses": {"200": {"description": "the machine", "content": {"application/json": {"schema": machine}}}, "404": error}},
-                "patch": {"summary": "Rename or regroup (group null: no group)", "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "properties": {"name": {"type": "string"}, "group": {"type": "string", "nullable": true}}}}}},
-                          "responses": {"200": {"description": "changed", "content": {"application/json": {"schema": machine}}}, "400": error, "404": error}},
-                "delete": {"summary": "Remove a machine", "responses": {"204": {"description": "removed"}, "404": error}}
-            },
-            "/api/v1/groups": {
-                "get": {"summary": "Groups with their machine counts", "responses": {"200": {"description": "groups", "content": {"application/json": {"schema": {"type": "array", "items": {"$ref": "#/components/schemas/Group"}}}}}}},
-                "post": {"summary": "Add a group", "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "required": ["name"], "properties": {"name": {"type": "string"}}}}}},
-                         "responses": {"201": {"description": "added"}, "400": error, "409": error}}
-            },
-            "/api/v1/groups/{name}": {
-                "parameters": [{"name": "name", "in": "path", "required": true, "schema": {"type": "string"}}],
-                "delete": {"summary": "Remove a group (its machines stay, without a group)", "responses": {"204": {"description": "removed"}, "404": error}}
-            },
-            "/api/v1/wake": {"post": {"summary": "Send wake-on-LAN magic packets (to machines by MAC and/or a group's machines)",
-                "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "properties": {"macs": {"type": "array", "items": {"type": "string"}}, "group": {"type": "string"}}}}}},
-                "responses": {"200": {"description": "sent", "content": {"application/json": {"schema": {"type": "object", "properties": {"woken": {"type": "array", "items": {"type": "string"}}, "to": {"type": "string"}}}}}}, "400": error, "404": error, "409": error}}},
-            "/api/v1/audit": {"get": {"summary": "The audit log, newest first", "parameters": [{"name": "limit", "in": "query", "schema": {"type": "integer"}}], "responses": {"200": {"description": "entries"}}}}
-        }
-    }))
 }

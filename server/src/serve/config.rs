@@ -29,6 +29,8 @@ pub(crate) struct FileConfig {
     pub(crate) database_url: Option<String>,
     /// UDP port of wake-on-LAN packets.
     pub(crate) wol_port: Option<u16>,
+    /// Highest multicast send rate, bits/s with K/M/G suffixes (e.g. "900M").
+    pub(crate) multicast_rate: Option<String>,
 }
 
 impl FileConfig {
@@ -56,7 +58,12 @@ pub(crate) struct Config {
     pub(crate) public_url: String,
     pub(crate) database_url: String,
     pub(crate) wol_port: u16,
+    /// Highest multicast send rate of a deployment, bits/s.
+    pub(crate) multicast_rate: u64,
 }
+
+/// Default multicast rate: most of a gigabit link.
+pub(crate) const DEFAULT_MULTICAST_RATE: u64 = 900_000_000;
 
 /// Settings given on the command line (or by environment), each overriding the file.
 #[derive(Debug, Default)]
@@ -66,6 +73,7 @@ pub(crate) struct Overrides {
     pub(crate) iface: Option<String>,
     pub(crate) public_url: Option<String>,
     pub(crate) database_url: Option<String>,
+    pub(crate) multicast_rate: Option<u64>,
 }
 
 impl Config {
@@ -114,6 +122,12 @@ impl Config {
             public_url,
             database_url,
             wol_port: file.wol_port.unwrap_or(pxe::wol::DEFAULT_PORT),
+            multicast_rate: match (o.multicast_rate, &file.multicast_rate) {
+                (Some(r), _) => r,
+                (None, Some(s)) => transport::fmt::parse_rate(s)
+                    .map_err(|e| anyhow::anyhow!("multicast_rate: {e}"))?,
+                (None, None) => DEFAULT_MULTICAST_RATE,
+            },
         })
     }
 }
@@ -148,6 +162,19 @@ mod tests {
         assert!(parsed.public_url.is_some());
         assert!(parsed.database_url.is_some());
         assert!(parsed.wol_port.is_some());
+        assert!(parsed.multicast_rate.is_some());
+        assert_eq!(
+            Config::resolve(
+                parsed,
+                Overrides {
+                    iface: Some("lo".into()),
+                    ..Overrides::default()
+                }
+            )
+            .unwrap()
+            .multicast_rate,
+            DEFAULT_MULTICAST_RATE
+        );
     }
 
     #[test]

@@ -15,7 +15,7 @@ use super::mac::Mac;
 /// The database and the queries the server makes.
 #[derive(Clone)]
 pub(crate) struct Db {
-    pool: AnyPool,
+    pub(super) pool: AnyPool,
 }
 
 /// A machine in the inventory.
@@ -65,7 +65,7 @@ pub(crate) fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-fn random_hex(bytes: usize) -> String {
+pub(super) fn random_hex(bytes: usize) -> String {
     let mut b = vec![0u8; bytes];
     rand::thread_rng().fill_bytes(&mut b);
     b.iter().map(|x| format!("{x:02x}")).collect()
@@ -89,7 +89,7 @@ const MACHINE_COLUMNS: &str = "mac, name, group_name, disk_serial, disk_size, st
                                last_seen_ms, created_ms";
 
 /// A unique-constraint violation, in either database.
-fn is_unique_violation(e: &sqlx::Error) -> bool {
+pub(super) fn is_unique_violation(e: &sqlx::Error) -> bool {
     match e {
         sqlx::Error::Database(d) => {
             d.is_unique_violation() || d.message().contains("UNIQUE constraint failed")

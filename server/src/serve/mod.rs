@@ -10,7 +10,11 @@
 pub(crate) mod api;
 pub(crate) mod config;
 pub(crate) mod db;
+pub(crate) mod deploy;
+pub(crate) mod deploy_api;
+pub(crate) mod deploy_db;
 pub(crate) mod mac;
+pub(crate) mod openapi;
 pub(crate) mod wake;
 
 use std::net::SocketAddr;
@@ -43,6 +47,9 @@ pub(crate) struct ServeArgs {
     /// sqlite://FILE or postgres://USER:PASSWORD@HOST/DB (default: DATA_DIR/drover.db).
     #[arg(long, env = "DROVER_DATABASE_URL")]
     database_url: Option<String>,
+    /// Highest multicast send rate of a deployment, bits/s (K, M, G suffixes; default 900M).
+    #[arg(long, env = "DROVER_MULTICAST_RATE", value_parser = transport::fmt::parse_rate)]
+    multicast_rate: Option<u64>,
 }
 
 /// `drover token ...`
@@ -83,6 +90,7 @@ pub(crate) fn serve(args: ServeArgs, data_dir: Option<PathBuf>) -> anyhow::Resul
             iface: args.iface,
             public_url: args.public_url,
             database_url: args.database_url,
+            multicast_rate: args.multicast_rate,
         },
     )?;
     runtime()?.block_on(run(cfg))
@@ -99,12 +107,21 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("listening on {}", cfg.http))?;
     let addr = listener.local_addr()?;
+    let owner = server_id(&cfg.data_dir)?;
+    let deployer = deploy::Deployer::new(
+        db.clone(),
+        store_dir.clone(),
+        cfg.iface.clone(),
+        cfg.multicast_rate,
+        owner,
+    );
     let state = Arc::new(api::AppState {
         db,
         store_dir: store_dir.clone(),
         started: Instant::now(),
         iface: cfg.iface.clone(),
         wol_port: cfg.wol_port,
+        deployer: deployer.clone(),
     });
     eprintln!("drover serve: listening on http://{addr}");
     eprintln!("  public URL  {}", cfg.public_url);
@@ -117,12 +134,35 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
             why.as_deref().unwrap_or("not found")
         ),
     }
+    // Deployments that were running when the server stopped go on.
+    let resumer = deployer.clone();
+    tokio::spawn(async move {
+        if let Err(e) = resumer.resume().await {
+            tracing::error!(error = %format!("{e:#}"), "resuming deployments");
+        }
+    });
     axum::serve(listener, api::router(state))
         .with_graceful_shutdown(shutdown())
         .await
         .context("serving HTTP")?;
     eprintln!("drover serve: stopped");
     Ok(())
+}
+
+/// This server's identity, kept in its data directory: deployments record which server runs
+/// their multicast session (several servers may share a PostgreSQL inventory).
+fn server_id(data_dir: &Path) -> anyhow::Result<String> {
+    let path = data_dir.join("server-id");
+    match std::fs::read_to_string(&path) {
+        Ok(s) if !s.trim().is_empty() => return Ok(s.trim().to_string()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+    let id = transport::hex(&rand::random::<[u8; 8]>());
+    std::fs::write(&path, format!("{id}\n"))
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(id)
 }
 
 async fn shutdown() {

@@ -1,0 +1,133 @@
+//! The agent's side of the server's API: JSON calls with the task token, and the three ways a
+//! call fails (the server is away: retry; the task is over: stop; anything else: report).
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+/// Why a call failed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum CallError {
+    /// The server cannot be reached or answered 5xx: try again later.
+    #[error("the server is away: {0}")]
+    Away(String),
+    /// 410: the task ended (cancelled, or done already).
+    #[error("{0}")]
+    Over(String),
+    /// Any other refusal (401, 403, 400, 404...).
+    #[error("{0} (HTTP {1})")]
+    Refused(String, u16),
+}
+
+/// The server, as this agent talks to it.
+#[derive(Clone)]
+pub(crate) struct Api {
+    client: reqwest::Client,
+    pub(crate) base: String,
+    pub(crate) token: Option<String>,
+}
+
+impl Api {
+    pub(crate) fn new(base: &str) -> anyhow::Result<Self> {
+        Ok(Self {
+            client: reqwest::Client::builder()
+                .no_proxy()
+                .connect_timeout(Duration::from_secs(5))
+                .timeout(Duration::from_secs(60))
+                .build()?,
+            base: base.trim_end_matches('/').to_string(),
+            token: None,
+        })
+    }
+
+    async fn send(&self, req: reqwest::RequestBuilder) -> Result<reqwest::Response, CallError> {
+        let req = match &self.token {
+            Some(t) => req.bearer_auth(t),
+            None => req,
+        };
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| CallError::Away(format!("{e}")))?;
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(resp);
+        }
+        let body = resp.text().await.unwrap_or_default();
+        let msg = serde_json::from_str::<Value>(&body)
+            .ok()
+            .and_then(|v| v.get("error").and_then(Value::as_str).map(str::to_string))
+            .unwrap_or(body);
+        Err(match status.as_u16() {
+            410 => CallError::Over(msg),
+            s if s >= 500 => CallError::Away(format!("{msg} (HTTP {s})")),
+            s => CallError::Refused(msg, s),
+        })
+    }
+
+    pub(crate) async fn get(&self, path: &str) -> Result<Value, CallError> {
+        let resp = self
+            .send(self.client.get(format!("{}/api/v1{path}", self.base)))
+            .await?;
+        resp.json()
+            .await
+            .map_err(|e| CallError::Away(format!("reading {path}: {e}")))
+    }
+
+    pub(crate) async fn post(&self, path: &str, body: &Value) -> Result<Value, CallError> {
+        let resp = self
+            .send(
+                self.client
+                    .post(format!("{}/api/v1{path}", self.base))
+                    .json(body),
+            )
+            .await?;
+        resp.json()
+            .await
+            .map_err(|e| CallError::Away(format!("reading {path}: {e}")))
+    }
+
+    /// A chunk's stored frame.
+    pub(crate) async fn chunk(&self, hash: &str) -> Result<Vec<u8>, CallError> {
+        let resp = self
+            .send(
+                self.client
+                    .get(format!("{}/api/v1/chunks/{hash}", self.base)),
+            )
+            .await?;
+        Ok(resp
+            .bytes()
+            .await
+            .map_err(|e| CallError::Away(format!("reading chunk {hash}: {e}")))?
+            .to_vec())
+    }
+
+    /// Calls `f` until it is not `Away`, waiting 1 s, 2 s, ... 15 s between tries, for at
+    /// most `give_up` (forever if `None`).
+    pub(crate) async fn retry<T, F, Fut>(
+        &self,
+        what: &str,
+        give_up: Option<Duration>,
+        mut f: F,
+    ) -> Result<T, CallError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, CallError>>,
+    {
+        let start = std::time::Instant::now();
+        let mut wait = Duration::from_secs(1);
+        loop {
+            match f().await {
+                Err(CallError::Away(e)) => {
+                    if give_up.is_some_and(|g| start.elapsed() >= g) {
+                        return Err(CallError::Away(e));
+                    }
+                    tracing::warn!("{what}: {e}; trying again in {wait:?}");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(15));
+                }
+                r => return r,
+            }
+        }
+    }
+}

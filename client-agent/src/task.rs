@@ -1,0 +1,419 @@
+//! Running one restore task: the manifest, a check that the disk fits, then multicast (the
+//! deployment's session) and unicast for whatever multicast did not bring, progress reports
+//! once a second, an optional read-back, and the result.
+
+use std::collections::VecDeque;
+use std::net::SocketAddrV4;
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use imaging::manifest::Manifest;
+use serde_json::{json, Value};
+use tokio::sync::{mpsc, Notify};
+use tracing::{info, warn};
+use transport::net::Iface;
+use transport::receive::{self, ApiFetch, Progress, ReceiveOptions};
+use transport::session::{Description, Sink};
+
+use crate::api::{Api, CallError};
+use crate::Args;
+
+/// Unicast chunk downloads at once.
+const PARALLEL_FETCHES: usize = 4;
+/// How often a chunk that arrives wrong is fetched again before the task fails.
+const MAX_BAD_FETCHES: u32 = 3;
+/// How long to listen for the deployment's session before asking the server again.
+const SESSION_WAIT: Duration = Duration::from_secs(20);
+/// How long the server may stay away while chunks are fetched before the task fails.
+const SERVER_AWAY: Duration = Duration::from_secs(600);
+
+/// What was received, and how.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Totals {
+    bytes: u64,
+    multicast: u64,
+    unicast: u64,
+    kept: u64,
+}
+
+/// How a task ended.
+pub(crate) enum Outcome {
+    Done(Totals),
+    Failed(String, Totals),
+    /// The server ended it (cancelled).
+    Over(String),
+}
+
+enum Stop {
+    Failed(String),
+    Over(String),
+}
+
+impl From<CallError> for Stop {
+    fn from(e: CallError) -> Self {
+        match e {
+            CallError::Over(m) => Self::Over(m),
+            e => Self::Failed(e.to_string()),
+        }
+    }
+}
+
+/// Sends progress to the server once a second and notices when the task was ended there.
+#[derive(Clone)]
+struct Reporter {
+    tx: mpsc::UnboundedSender<(&'static str, Progress)>,
+    over: Arc<Mutex<Option<String>>>,
+    notify: Arc<Notify>,
+}
+
+impl Reporter {
+    fn start(api: &Api) -> Self {
+        let (tx, mut rx) = mpsc::unbounded_channel::<(&'static str, Progress)>();
+        let over = Arc::new(Mutex::new(None));
+        let notify = Arc::new(Notify::new());
+        let (api, o, n) = (api.clone(), over.clone(), notify.clone());
+        tokio::spawn(async move {
+            while let Some((mut state, mut p)) = rx.recv().await {
+                // Only the latest report matters.
+                while let Ok((s, q)) = rx.try_recv() {
+                    (state, p) = (s, q);
+                }
+                let body = json!({
+                    "state": state,
+                    "bytes_done": p.stored_bytes,
+                    "rate_bps": p.rate_bps,
+                    "multicast_chunks": p.multicast_chunks,
+                    "unicast_chunks": p.unicast_chunks,
+                    "kept_chunks": p.kept_chunks,
+                });
+                match api.post("/agent/progress", &body).await {
+                    Ok(_) => {}
+                    Err(CallError::Over(m)) => {
+                        *o.lock().expect("lock") = Some(m);
+                        n.notify_one();
+                        return;
+                    }
+                    // The server is away or refused: the work goes on, the next report may land.
+                    Err(e) => warn!("progress not reported: {e}"),
+                }
+            }
+        });
+        Self { tx, over, notify }
+    }
+
+    fn send(&self, state: &'static str, p: Progress) {
+        let _ = self.tx.send((state, p));
+    }
+
+    /// Waits until the server says the task is over; returns its words.
+    async fn ended(&self) -> String {
+        loop {
+            if let Some(m) = self.over.lock().expect("lock").clone() {
+                return m;
+            }
+            self.notify.notified().await;
+        }
+    }
+}
+
+/// Runs the task to its end.
+pub(crate) async fn run(api: &Api, iface: &Iface, args: &Args, task: Value) -> Outcome {
+    let reporter = Reporter::start(api);
+    let work = work(api, iface, args, task, &reporter);
+    let r = tokio::select! {
+        r = work => r,
+        m = reporter.ended() => Err(Stop::Over(m)),
+    };
+    match r {
+        Ok(t) => Outcome::Done(t),
+        Err(Stop::Failed(m)) => Outcome::Failed(m, Totals::default()),
+        Err(Stop::Over(m)) => Outcome::Over(m),
+    }
+}
+
+async fn work(
+    api: &Api,
+    iface: &Iface,
+    args: &Args,
+    mut task: Value,
+    reporter: &Reporter,
+) -> Result<Totals, Stop> {
+    let m = api
+        .retry("fetching the manifest", None, || api.get("/agent/manifest"))
+        .await?;
+    let id = m["id"].as_str().unwrap_or_default().to_string();
+    let manifest: Manifest = serde_json::from_value(m["manifest"].clone())
+        .map_err(|e| Stop::Failed(format!("the server sent a malformed manifest: {e}")))?;
+    let desc = Description::unicast(&id, manifest);
+    // The disk must fit before anything is received (and nothing is written if it does not).
+    {
+        let (disk, d) = (args.disk.clone(), desc.clone());
+        tokio::task::spawn_blocking(move || Sink::open(&disk, d).map(|_| ()))
+            .await
+            .map_err(|e| Stop::Failed(e.to_string()))?
+            .map_err(|e| Stop::Failed(format!("{e:#}")))?;
+    }
+    reporter.send("receiving", Progress::default());
+    let mut totals = Totals::default();
+    while task["transport"] == "multicast" && !task["multicast"].is_null() {
+        match multicast(api, iface, args, &task, reporter).await {
+            Ok(t) => {
+                totals = t;
+                break;
+            }
+            Err(e) if format!("{e:#}").contains(receive::NO_SESSION) => {
+                // The session may have ended (late machine) or been replaced (server
+                // restart): ask again.
+                let t = api
+                    .retry("fetching the task", None, || api.get("/agent/task"))
+                    .await?;
+                task = t["task"].clone();
+            }
+            Err(e) => {
+                warn!("multicast failed: {e:#}; finishing over unicast");
+                break;
+            }
+        }
+    }
+    if totals.bytes == 0 {
+        totals = unicast(api, args, desc.clone(), reporter).await?;
+    }
+    if args.read_back {
+        reporter.send(
+            "verifying",
+            Progress {
+                stored_bytes: totals.bytes,
+                total_bytes: totals.bytes,
+                ..Progress::default()
+            },
+        );
+        let (disk, d) = (args.disk.clone(), desc);
+        let bad = tokio::task::spawn_blocking(move || {
+            let sink = Sink::open(&disk, d)?;
+            let have = sink.scan()?;
+            anyhow::Ok(have.iter().position(|&h| !h))
+        })
+        .await
+        .map_err(|e| Stop::Failed(e.to_string()))?
+        .map_err(|e| Stop::Failed(format!("reading the disk back: {e:#}")))?;
+        if let Some(i) = bad {
+            return Err(Stop::Failed(format!(
+                "chunk {i} reads back wrong from {}",
+                args.disk.display()
+            )));
+        }
+        info!("read back: every chunk matches its hash");
+    }
+    Ok(totals)
+}
+
+/// Joins the deployment's session; whatever multicast misses comes from the API.
+async fn multicast(
+    api: &Api,
+    iface: &Iface,
+    args: &Args,
+    task: &Value,
+    reporter: &Reporter,
+) -> anyhow::Result<Totals> {
+    let mc = &task["multicast"];
+    let group: SocketAddrV4 = mc["group"]
+        .as_str()
+        .unwrap_or_default()
+        .parse()
+        .map_err(|e| anyhow::anyhow!("the task's multicast group: {e}"))?;
+    let session = mc["session"].as_u64().unwrap_or_default() as u32;
+    let (ptx, mut prx) = mpsc::unbounded_channel();
+    let fwd = {
+        let r = reporter.clone();
+        tokio::spawn(async move {
+            while let Some(p) = prx.recv().await {
+                r.send("receiving", p);
+            }
+        })
+    };
+    info!(%group, session = format!("{session:08x}"), "joining the multicast session");
+    let r = receive::run(ReceiveOptions {
+        iface: iface.clone(),
+        group,
+        out: args.disk.clone(),
+        wait: Some(SESSION_WAIT),
+        json: false,
+        session: Some(session),
+        fetch_from: Some(ApiFetch {
+            base: api.base.clone(),
+            token: api.token.clone().unwrap_or_default(),
+        }),
+        resume: true,
+        progress: Some(ptx),
+    })
+    .await;
+    fwd.abort();
+    let r = r?;
+    info!(
+        "received in {:.1} s: {} chunk(s) by multicast, {} over unicast, {} already on the disk",
+        r.seconds, r.multicast_chunks, r.unicast_chunks, r.kept_chunks
+    );
+    Ok(Totals {
+        bytes: r.bytes,
+        multicast: r.multicast_chunks,
+        unicast: r.unicast_chunks,
+        kept: r.kept_chunks,
+    })
+}
+
+/// Fetches every chunk the disk lacks from the API, `PARALLEL_FETCHES` at a time.
+async fn unicast(
+    api: &Api,
+    args: &Args,
+    desc: Description,
+    reporter: &Reporter,
+) -> Result<Totals, Stop> {
+    let disk = args.disk.clone();
+    let (sink, have) = tokio::task::spawn_blocking(move || {
+        let sink = Sink::open(&disk, desc)?;
+        let have = sink.scan()?;
+        anyhow::Ok((sink, have))
+    })
+    .await
+    .map_err(|e| Stop::Failed(e.to_string()))?
+    .map_err(|e| Stop::Failed(format!("{e:#}")))?;
+    let sink = Arc::new(sink);
+    let hashes: Vec<String> = (0..sink.chunks()).map(|i| sink.hash_hex(i)).collect();
+    let total: u64 = (0..sink.chunks()).map(|i| sink.plain_len(i)).sum();
+    let mut t = Totals::default();
+    let mut stored = 0u64;
+    let mut queue = VecDeque::new();
+    for (i, &h) in have.iter().enumerate() {
+        if h {
+            t.kept += 1;
+            stored += sink.plain_len(i);
+        } else {
+            queue.push_back(i);
+        }
+    }
+    if t.kept > 0 {
+        info!("{} chunk(s) already on the disk: fetching the other {}", t.kept, queue.len());
+    }
+    let mut bad = vec![0u32; sink.chunks()];
+    let mut running = tokio::task::JoinSet::new();
+    let start = Instant::now();
+    let mut last = Instant::now();
+    let mut fetched_bytes = 0u64;
+    loop {
+        while running.len() < PARALLEL_FETCHES {
+            let Some(i) = queue.pop_front() else { break };
+            let (api, sink, hash) = (api.clone(), sink.clone(), hashes[i].clone());
+            running.spawn(async move {
+                let data = api
+                    .retry("fetching a chunk", Some(SERVER_AWAY), || api.chunk(&hash))
+                    .await;
+                let data = match data {
+                    Ok(d) => d,
+                    Err(e) => return (i, Err(Stop::from(e))),
+                };
+                let r = tokio::task::spawn_blocking(move || sink.write(i, &data)).await;
+                match r {
+                    Ok(Ok(Ok(()))) => (i, Ok(true)),
+                    Ok(Ok(Err(why))) => {
+                        warn!("{why}: fetching it again");
+                        (i, Ok(false))
+                    }
+                    Ok(Err(e)) => (i, Err(Stop::Failed(format!("writing the disk: {e:#}")))),
+                    Err(e) => (i, Err(Stop::Failed(e.to_string()))),
+                }
+            });
+        }
+        let Some(r) = running.join_next().await else {
+            break;
+        };
+        let (i, r) = r.map_err(|e| Stop::Failed(e.to_string()))?;
+        match r? {
+            true => {
+                t.unicast += 1;
+                stored += sink.plain_len(i);
+                fetched_bytes += sink.plain_len(i);
+            }
+            false => {
+                bad[i] += 1;
+                if bad[i] >= MAX_BAD_FETCHES {
+                    return Err(Stop::Failed(format!(
+                        "chunk {i} arrived wrong {MAX_BAD_FETCHES} times"
+                    )));
+                }
+                queue.push_back(i);
+            }
+        }
+        if last.elapsed() >= Duration::from_secs(1) {
+            last = Instant::now();
+            reporter.send(
+                "receiving",
+                Progress {
+                    stored_bytes: stored,
+                    total_bytes: total,
+                    rate_bps: (fetched_bytes as f64 * 8.0 / start.elapsed().as_secs_f64()) as u64,
+                    unicast_chunks: t.unicast,
+                    kept_chunks: t.kept,
+                    ..Progress::default()
+                },
+            );
+        }
+    }
+    let s = sink.clone();
+    tokio::task::spawn_blocking(move || s.finish())
+        .await
+        .map_err(|e| Stop::Failed(e.to_string()))?
+        .map_err(|e| Stop::Failed(format!("finishing the disk: {e:#}")))?;
+    t.bytes = total;
+    info!(
+        "fetched {} chunk(s) in {:.1} s, {} already on the disk",
+        t.unicast,
+        start.elapsed().as_secs_f64(),
+        t.kept
+    );
+    Ok(t)
+}
+
+/// Tells the server how the task ended; returns the exit code.
+pub(crate) async fn report(api: &Api, outcome: Outcome) -> anyhow::Result<ExitCode> {
+    let (ok, reason, t) = match &outcome {
+        Outcome::Done(t) => (true, None, *t),
+        Outcome::Failed(m, t) => (false, Some(m.clone()), *t),
+        Outcome::Over(m) => {
+            eprintln!("the server ended the task: {m}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let body = json!({
+        "ok": ok,
+        "reason": reason,
+        "bytes_done": t.bytes,
+        "multicast_chunks": t.multicast,
+        "unicast_chunks": t.unicast,
+        "kept_chunks": t.kept,
+    });
+    match api
+        .retry("reporting the result", Some(SERVER_AWAY), || {
+            api.post("/agent/result", &body)
+        })
+        .await
+    {
+        Ok(_) => {}
+        // Recorded already (an answer lost on the way), or cancelled meanwhile.
+        Err(CallError::Over(m)) => eprintln!("the server had the task over already: {m}"),
+        Err(e) => eprintln!("the result could not be reported: {e}"),
+    }
+    if ok {
+        eprintln!(
+            "done: {} written and verified ({} chunk(s) by multicast, {} over unicast, {} already there)",
+            transport::fmt::bytes(t.bytes),
+            t.multicast,
+            t.unicast,
+            t.kept
+        );
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!("failed: {}", reason.unwrap_or_default());
+        Ok(ExitCode::FAILURE)
+    }
+}

@@ -1,0 +1,258 @@
+//! `drover deploy` and `drover deployment list|show|start|cancel`: deployments over the
+//! server's API. `deploy --wait` follows the deployment until every machine is done and exits
+//! 1 if any failed (or it was cancelled).
+
+use std::time::Duration;
+
+use anyhow::bail;
+use clap::{Args, Subcommand};
+use serde_json::{json, Value};
+use transport::fmt;
+
+use crate::client::{call, print_json, Method, ServerArgs};
+
+/// `drover deploy IMAGE --to ...`
+#[derive(Debug, Args)]
+pub(crate) struct DeployArgs {
+    /// Image name (its newest version), NAME@VERSION or id.
+    image: String,
+    /// Machines (MAC) and groups, comma-separated or repeated.
+    #[arg(long, required = true, value_delimiter = ',')]
+    to: Vec<String>,
+    /// multicast (one stream to all, stragglers finish over unicast) or unicast.
+    #[arg(long, default_value = "multicast", value_parser = ["multicast", "unicast"])]
+    transport: String,
+    /// Multicast: start once this many machines joined (default: all of them).
+    #[arg(long)]
+    min_machines: Option<i64>,
+    /// Multicast: start after this long with whoever joined (e.g. 5m; default 10m unless
+    /// --min-machines or --start-at is given).
+    #[arg(long, value_parser = fmt::parse_duration)]
+    max_wait: Option<Duration>,
+    /// Multicast: start at this time (RFC 3339), whoever joined.
+    #[arg(long)]
+    start_at: Option<String>,
+    /// What machines do once written: reboot or poweroff.
+    #[arg(long, default_value = "reboot", value_parser = ["reboot", "poweroff"])]
+    then: String,
+    /// Wait until every machine is done; exit 1 if any failed.
+    #[arg(long)]
+    wait: bool,
+    #[command(flatten)]
+    server: ServerArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum DeploymentCommand {
+    /// List deployments, newest first.
+    List {
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// One deployment with every machine's progress.
+    Show {
+        id: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Start a multicast deployment's stream now, with the machines that joined.
+    Start {
+        id: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Cancel a deployment: its machines stop.
+    Cancel {
+        id: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+}
+
+/// `drover deploy`
+pub(crate) fn deploy(a: DeployArgs, json: bool) -> anyhow::Result<()> {
+    let max_wait = a.max_wait.map(|d| format!("{}s", d.as_secs_f64()));
+    let d = call(
+        &a.server,
+        "/deployments",
+        Method::Post(json!({
+            "image": a.image,
+            "to": a.to,
+            "transport": a.transport,
+            "min_machines": a.min_machines,
+            "max_wait": max_wait,
+            "start_at": a.start_at,
+            "then": a.then,
+        })),
+    )?;
+    let id = d["id"].as_str().unwrap_or("?").to_string();
+    if !a.wait {
+        if json {
+            print_json(&d);
+        } else {
+            println!(
+                "deployment {id}: {} to {} machine(s) over {} ({})",
+                d["image_name"].as_str().unwrap_or("?"),
+                d["machines"],
+                d["transport"].as_str().unwrap_or("?"),
+                d["state"].as_str().unwrap_or("?"),
+            );
+        }
+        return Ok(());
+    }
+    if !json {
+        eprintln!(
+            "deployment {id}: {} to {} machine(s) over {}",
+            d["image_name"].as_str().unwrap_or("?"),
+            d["machines"],
+            d["transport"].as_str().unwrap_or("?")
+        );
+    }
+    let end = follow(&a.server, &id, json)?;
+    if json {
+        print_json(&end);
+    } else {
+        print_deployment(&end);
+    }
+    match end["state"].as_str() {
+        Some("done") => Ok(()),
+        Some(s) => bail!("deployment {id} ended {s}"),
+        None => bail!("deployment {id}: no state"),
+    }
+}
+
+/// Polls the deployment until it is over; the server may restart meanwhile.
+fn follow(server: &ServerArgs, id: &str, json: bool) -> anyhow::Result<Value> {
+    let mut last_line = String::new();
+    let mut failures = 0;
+    loop {
+        match call(server, &format!("/deployments/{id}"), Method::Get) {
+            Ok(d) => {
+                failures = 0;
+                let state = d["state"].as_str().unwrap_or("?").to_string();
+                if !matches!(state.as_str(), "waiting" | "running") {
+                    return Ok(d);
+                }
+                let line = summary_line(&d);
+                if !json && line != last_line {
+                    eprintln!("{line}");
+                    last_line = line;
+                }
+            }
+            Err(e) => {
+                failures += 1;
+                // A server restart takes seconds; give it a few minutes.
+                if failures > 120 {
+                    return Err(e);
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+fn summary_line(d: &Value) -> String {
+    let states = d["task_states"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| format!("{v} {k}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .unwrap_or_default();
+    let done = d["bytes_done"].as_u64().unwrap_or(0);
+    let total = d["bytes_total"].as_u64().unwrap_or(0).max(1);
+    format!(
+        "{}: {:.0} % of {}, {}; {states}",
+        d["state"].as_str().unwrap_or("?"),
+        100.0 * done as f64 / total as f64,
+        fmt::bytes(total),
+        fmt::rate(d["rate_bps"].as_f64().unwrap_or(0.0)),
+    )
+}
+
+fn print_deployment(d: &Value) {
+    let s = |v: &Value| v.as_str().unwrap_or("-").to_string();
+    println!(
+        "deployment {}: {} to {} via {}, {}",
+        s(&d["id"]),
+        s(&d["image_name"]),
+        s(&d["targets"]),
+        s(&d["transport"]),
+        s(&d["state"])
+    );
+    for t in d["tasks"].as_array().into_iter().flatten() {
+        let eta = t["eta_seconds"]
+            .as_f64()
+            .map(|e| format!(", ETA {}", fmt::time(e as u64)))
+            .unwrap_or_default();
+        println!(
+            "  {:<17}  {:<16}  {:<10}  {:>5.1} %  {}{}  multicast {} unicast {} kept {}{}",
+            s(&t["mac"]),
+            s(&t["name"]),
+            s(&t["state"]),
+            t["percent"].as_f64().unwrap_or(0.0),
+            fmt::rate(t["rate_bps"].as_f64().unwrap_or(0.0)),
+            eta,
+            t["multicast_chunks"],
+            t["unicast_chunks"],
+            t["kept_chunks"],
+            t["reason"]
+                .as_str()
+                .map(|r| format!("  ({r})"))
+                .unwrap_or_default()
+        );
+    }
+}
+
+/// `drover deployment ...`
+pub(crate) fn deployment(cmd: DeploymentCommand, json: bool) -> anyhow::Result<()> {
+    match cmd {
+        DeploymentCommand::List { limit, server } => {
+            let all = call(&server, &format!("/deployments?limit={limit}"), Method::Get)?;
+            if json {
+                print_json(&all);
+                return Ok(());
+            }
+            for d in all.as_array().into_iter().flatten() {
+                println!(
+                    "{}  {:<24}  {:<9}  {:<9}  {:>3} machine(s)  {}",
+                    d["id"].as_str().unwrap_or("?"),
+                    d["image_name"].as_str().unwrap_or("?"),
+                    d["transport"].as_str().unwrap_or("?"),
+                    d["state"].as_str().unwrap_or("?"),
+                    d["machines"],
+                    d["targets"].as_str().unwrap_or("")
+                );
+            }
+        }
+        DeploymentCommand::Show { id, server } => {
+            let d = call(&server, &format!("/deployments/{id}"), Method::Get)?;
+            if json {
+                print_json(&d);
+            } else {
+                print_deployment(&d);
+            }
+        }
+        DeploymentCommand::Start { id, server } => {
+            let d = call(&server, &format!("/deployments/{id}/start"), Method::Post(json!({})))?;
+            if json {
+                print_json(&d);
+            } else {
+                println!("deployment {id}: starting now");
+            }
+        }
+        DeploymentCommand::Cancel { id, server } => {
+            let d = call(&server, &format!("/deployments/{id}/cancel"), Method::Post(json!({})))?;
+            if json {
+                print_json(&d);
+            } else {
+                println!("deployment {id}: cancelled");
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,477 @@
+//! Deployments: one image to machines and groups, over multicast (a sender session of the
+//! `transport` crate, run in the daemon on a thread of its own) or unicast (agents fetch
+//! every chunk from `GET /api/v1/chunks/{hash}`). Machines that lag, join late or outlive a
+//! server restart finish over unicast from the same endpoint, so a deployment never waits
+//! for its slowest machine and never depends on one process staying up.
+//!
+//! After a restart, the server resumes the deployments it owns: the tasks still waiting get a
+//! fresh multicast session; agents that were mid-way go on over unicast.
+
+use std::collections::HashMap;
+use std::net::SocketAddrV4;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use imaging::manifest::{Hash, Manifest};
+use imaging::store::Store;
+use proto::{Fec, SenderConfig, SessionKey, StartPolicy};
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tracing::{info, warn};
+use transport::net::Iface;
+use transport::send::{self, Control, Hooks};
+use transport::session::Source;
+
+use super::db::{now_ms, Db, DbError};
+use super::deploy_db::{Deployment, NewDeployment};
+use super::mac::Mac;
+
+/// A multicast deployment with neither a machine count nor a wait starts after this long
+/// with whoever joined; the others finish over unicast.
+pub(crate) const DEFAULT_MAX_WAIT: Duration = Duration::from_secs(600);
+
+/// The UDP port of deployment sessions; each deployment gets a group of its own.
+const SESSION_PORT: u16 = 9077;
+
+/// An image's chunks, for the chunk endpoint: hash → plaintext length.
+pub(crate) struct ImageIndex {
+    pub(crate) manifest: Manifest,
+    pub(crate) lens: HashMap<Hash, usize>,
+}
+
+/// What a deployment request asks for (already parsed).
+pub(crate) struct DeployRequest {
+    pub(crate) image: String,
+    pub(crate) targets: Vec<String>,
+    pub(crate) transport: String,
+    pub(crate) min_machines: Option<i64>,
+    pub(crate) max_wait: Option<Duration>,
+    pub(crate) start_at_ms: Option<i64>,
+    pub(crate) then_action: String,
+}
+
+/// Why a deployment request was refused.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum DeployError {
+    #[error("{0}")]
+    Bad(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error(transparent)]
+    Other(#[from] anyhow::Error),
+}
+
+impl From<DbError> for DeployError {
+    fn from(e: DbError) -> Self {
+        match e {
+            DbError::NotFound(w) => Self::NotFound(format!("{w} not found")),
+            DbError::Exists(w) => Self::Conflict(format!("{w} already exists")),
+            DbError::Other(e) => Self::Other(e),
+        }
+    }
+}
+
+/// The deployment service.
+pub(crate) struct Deployer {
+    db: Db,
+    store_dir: PathBuf,
+    iface: Option<Iface>,
+    rate_bps: u64,
+    /// This server's id (multicast sessions are run by the server that owns them).
+    pub(crate) owner: String,
+    sessions: Mutex<HashMap<String, mpsc::Sender<Control>>>,
+    images: Mutex<HashMap<String, Arc<ImageIndex>>>,
+    /// The id of every deployment that changed (for server-sent events).
+    changes: broadcast::Sender<String>,
+}
+
+impl Deployer {
+    pub(crate) fn new(
+        db: Db,
+        store_dir: PathBuf,
+        iface: Option<Iface>,
+        rate_bps: u64,
+        owner: String,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            db,
+            store_dir,
+            iface,
+            rate_bps,
+            owner,
+            sessions: Mutex::new(HashMap::new()),
+            images: Mutex::new(HashMap::new()),
+            changes: broadcast::channel(1024).0,
+        })
+    }
+
+    /// Tells listeners that a deployment changed.
+    pub(crate) fn changed(&self, id: &str) {
+        let _ = self.changes.send(id.to_string());
+    }
+
+    pub(crate) fn subscribe(&self) -> broadcast::Receiver<String> {
+        self.changes.subscribe()
+    }
+
+    fn store(&self) -> anyhow::Result<Store> {
+        Store::open(&self.store_dir)
+            .with_context(|| format!("opening the image store {}", self.store_dir.display()))
+    }
+
+    /// The image's chunk index (cached).
+    pub(crate) async fn image(&self, id: &str) -> anyhow::Result<Arc<ImageIndex>> {
+        if let Some(i) = self.images.lock().expect("lock").get(id) {
+            return Ok(i.clone());
+        }
+        let store = self.store()?;
+        let key = id.to_string();
+        let img = tokio::task::spawn_blocking(move || store.resolve(&key)).await??;
+        let cs = img.manifest.chunk_size;
+        let lens = img
+            .manifest
+            .chunks()
+            .map(|(a, c)| (c.hash, a.region_len(c.index, cs) as usize))
+            .collect();
+        let index = Arc::new(ImageIndex {
+            manifest: img.manifest,
+            lens,
+        });
+        self.images
+            .lock()
+            .expect("lock")
+            .insert(id.to_string(), index.clone());
+        Ok(index)
+    }
+
+    /// Reads one chunk's stored frame (zstd, as multicast sends it).
+    pub(crate) async fn chunk_frame(&self, hash: Hash, len: usize) -> anyhow::Result<Vec<u8>> {
+        let store = self.store()?;
+        Ok(tokio::task::spawn_blocking(move || store.read_frame(&hash, len)).await??)
+    }
+
+    /// Creates a deployment: resolves the image and the targets, creates the tasks, and for
+    /// multicast starts the session.
+    pub(crate) async fn create(
+        self: &Arc<Self>,
+        r: DeployRequest,
+        actor: &str,
+    ) -> Result<Deployment, DeployError> {
+        if !matches!(r.transport.as_str(), "multicast" | "unicast") {
+            return Err(DeployError::Bad(format!(
+                "transport {:?}: multicast or unicast",
+                r.transport
+            )));
+        }
+        if !matches!(r.then_action.as_str(), "reboot" | "poweroff") {
+            return Err(DeployError::Bad(format!(
+                "then {:?}: reboot or poweroff",
+                r.then_action
+            )));
+        }
+        if r.transport == "multicast" && self.iface.is_none() {
+            return Err(DeployError::Conflict(
+                "multicast is off: the server has no lab interface (start it with --iface), \
+                 or deploy with --transport unicast"
+                    .into(),
+            ));
+        }
+        let store = self.store()?;
+        let reference = r.image.clone();
+        let img = tokio::task::spawn_blocking(move || store.resolve(&reference))
+            .await
+            .map_err(anyhow::Error::from)?
+            .map_err(|e| DeployError::NotFound(format!("image {:?}: {e}", r.image)))?;
+        let macs = self.resolve_targets(&r.targets).await?;
+        if let Some(n) = r.min_machines {
+            if n < 1 || n as usize > macs.len() {
+                return Err(DeployError::Bad(format!(
+                    "min machines {n}: between 1 and the {} machine(s) targeted",
+                    macs.len()
+                )));
+            }
+        }
+        let name = format!("{}@{}", img.manifest.name, img.manifest.name_version);
+        let d = self
+            .db
+            .create_deployment(
+                &NewDeployment {
+                    image_id: &img.id,
+                    image_name: &name,
+                    targets: &r.targets.join(","),
+                    transport: &r.transport,
+                    min_machines: r.min_machines,
+                    max_wait_ms: r.max_wait.map(|d| d.as_millis() as i64),
+                    start_at_ms: r.start_at_ms,
+                    then_action: &r.then_action,
+                    owner: &self.owner,
+                    created_by: actor,
+                    // What agents count: the plaintext of every chunk.
+                    bytes_total: img
+                        .manifest
+                        .chunks()
+                        .map(|(a, c)| a.region_len(c.index, img.manifest.chunk_size))
+                        .sum::<u64>() as i64,
+                },
+                &macs,
+            )
+            .await
+            .map_err(|e| match e {
+                DbError::Exists(w) => DeployError::Conflict(format!("{w} already")),
+                e => e.into(),
+            })?;
+        self.db
+            .audit(
+                actor,
+                "deployment.create",
+                &format!(
+                    "{} {name} to {} via {} ({} machine(s))",
+                    d.id,
+                    d.targets,
+                    d.transport,
+                    macs.len()
+                ),
+            )
+            .await?;
+        if d.transport == "multicast" {
+            self.start_session(&d, macs.len()).await?;
+        }
+        self.changed(&d.id);
+        Ok(self.db.deployment(&d.id).await?)
+    }
+
+    /// MACs and group names → the machines, each once. Unknown names are errors.
+    async fn resolve_targets(&self, targets: &[String]) -> Result<Vec<Mac>, DeployError> {
+        if targets.is_empty() {
+            return Err(DeployError::Bad(
+                "no targets: name machines (MAC) or groups".into(),
+            ));
+        }
+        let groups = self.db.groups().await?;
+        let mut macs = Vec::new();
+        for t in targets {
+            if let Ok(mac) = t.parse::<Mac>() {
+                self.db.machine(mac).await.map_err(|_| {
+                    DeployError::NotFound(format!(
+                        "machine {mac} is not in the inventory (drover machine add {mac})"
+                    ))
+                })?;
+                macs.push(mac);
+            } else if groups.iter().any(|g| &g.name == t) {
+                let members = self.db.machines(Some(t)).await?;
+                if members.is_empty() {
+                    return Err(DeployError::Bad(format!("group {t:?} has no machines")));
+                }
+                for m in members {
+                    macs.push(m.mac.parse().map_err(anyhow::Error::msg)?);
+                }
+            } else {
+                return Err(DeployError::NotFound(format!(
+                    "{t:?} is neither a MAC address nor a group"
+                )));
+            }
+        }
+        macs.sort();
+        macs.dedup();
+        Ok(macs)
+    }
+
+    /// Starts the multicast session of a deployment for `machines` machines, and records
+    /// its address once it announces.
+    async fn start_session(self: &Arc<Self>, d: &Deployment, machines: usize) -> anyhow::Result<()> {
+        let iface = self.iface.clone().context("no lab interface")?;
+        let store = self.store()?;
+        let index = self.image(&d.image_id).await?;
+        let (id, manifest) = (d.image_id.clone(), index.manifest.clone());
+        let source =
+            tokio::task::spawn_blocking(move || Source::image(store, id, manifest)).await??;
+        let mut config = SenderConfig::new(0, SessionKey([0; 32]));
+        config.rate_bps = self.rate_bps;
+        config.min_rate_bps = (self.rate_bps / 10).max(1_000_000).min(self.rate_bps);
+        config.fec = Fec::Auto {
+            floor: proto::sender::DEFAULT_FEC_OVERHEAD,
+        };
+        let min = d.min_machines.map_or(machines, |n| (n as usize).min(machines));
+        let max_wait = match (d.max_wait_ms, d.min_machines, d.start_at_ms) {
+            (Some(ms), _, _) => Some(Duration::from_millis(ms as u64)),
+            (None, None, None) => Some(DEFAULT_MAX_WAIT),
+            _ => None,
+        };
+        config.start = StartPolicy {
+            min_receivers: match (d.min_machines, d.start_at_ms) {
+                (None, Some(_)) => usize::MAX,
+                _ => min.max(1),
+            },
+            max_wait,
+            start_at: d.start_at_ms.map(|at| {
+                std::time::Instant::now()
+                    + Duration::from_millis(at.saturating_sub(now_ms()).max(0) as u64)
+            }),
+        };
+        let group = group_for(&d.id);
+        let (ctl_tx, ctl_rx) = mpsc::channel(4);
+        let (ready_tx, ready_rx) = oneshot::channel();
+        let (end_tx, end_rx) = oneshot::channel();
+        let opts = send::SendOptions {
+            source,
+            name: d.image_name.clone(),
+            iface,
+            group,
+            broadcast: false,
+            ttl: 1,
+            http_port: 0,
+            unicast_rate: (self.rate_bps / 4).max(1_000_000),
+            config,
+            json: false,
+            hooks: Some(Hooks {
+                control: ctl_rx,
+                ready: ready_tx,
+            }),
+        };
+        let deployment = d.id.clone();
+        std::thread::Builder::new()
+            .name(format!("session-{deployment}"))
+            .spawn(move || {
+                let r = transport::session_runtime().and_then(|rt| rt.block_on(send::run(opts)));
+                let _ = end_tx.send(r);
+            })
+            .context("starting the session thread")?;
+        self.sessions
+            .lock()
+            .expect("lock")
+            .insert(d.id.clone(), ctl_tx);
+        let ready = tokio::time::timeout(Duration::from_secs(120), ready_rx)
+            .await
+            .context("the session did not start within 2 minutes")?
+            .context("the session failed to start")?;
+        self.db
+            .set_session(
+                &d.id,
+                Some((ready.session, group.to_string(), ready.http.to_string())),
+            )
+            .await?;
+        info!(deployment = %d.id, session = format!("{:08x}", ready.session), %group, "multicast session announced");
+        // When the session ends, later machines use unicast.
+        let this = self.clone();
+        let id = d.id.clone();
+        tokio::spawn(async move {
+            match end_rx.await {
+                Ok(Ok(())) => info!(deployment = %id, "multicast session over"),
+                Ok(Err(e)) => warn!(deployment = %id, error = %format!("{e:#}"), "multicast session ended"),
+                Err(_) => warn!(deployment = %id, "multicast session thread panicked"),
+            }
+            this.sessions.lock().expect("lock").remove(&id);
+            if let Err(e) = this.db.set_session(&id, None).await {
+                warn!(deployment = %id, error = %format!("{e:#}"), "recording the session's end");
+            }
+            this.changed(&id);
+        });
+        Ok(())
+    }
+
+    /// Starts a waiting multicast deployment's stream now.
+    pub(crate) async fn start_now(&self, id: &str, actor: &str) -> Result<(), DeployError> {
+        let d = self.db.deployment(id).await?;
+        let ctl = self.sessions.lock().expect("lock").get(id).cloned();
+        match ctl {
+            Some(c) if d.state == "waiting" => {
+                let _ = c.send(Control::StartNow).await;
+                self.db
+                    .audit(actor, "deployment.start", id)
+                    .await
+                    .map_err(DeployError::Other)?;
+                Ok(())
+            }
+            _ => Err(DeployError::Conflict(format!(
+                "deployment {id} is not waiting for machines (it is {})",
+                d.state
+            ))),
+        }
+    }
+
+    /// Cancels a deployment: its tasks end, its session stops.
+    pub(crate) async fn cancel(&self, id: &str, actor: &str) -> Result<(), DeployError> {
+        if !self
+            .db
+            .cancel_deployment(id, &format!("cancelled by {actor}"))
+            .await?
+        {
+            let d = self.db.deployment(id).await?;
+            return Err(DeployError::Conflict(format!(
+                "deployment {id} is already over ({})",
+                d.state
+            )));
+        }
+        let ctl = self.sessions.lock().expect("lock").remove(id);
+        if let Some(c) = ctl {
+            let _ = c.send(Control::Cancel).await;
+        }
+        self.db
+            .audit(actor, "deployment.cancel", id)
+            .await
+            .map_err(DeployError::Other)?;
+        self.changed(id);
+        Ok(())
+    }
+
+    /// After a restart: the deployments this server owns that are not over get a new
+    /// session for their machines that have not started; the others finish over unicast.
+    pub(crate) async fn resume(self: &Arc<Self>) -> anyhow::Result<()> {
+        for d in self.db.live_deployments(&self.owner).await? {
+            if d.session.is_some() {
+                self.db.set_session(&d.id, None).await?;
+            }
+            let waiting = self
+                .db
+                .tasks_of(&d.id)
+                .await?
+                .iter()
+                .filter(|t| t.state == "waiting")
+                .count();
+            info!(deployment = %d.id, transport = %d.transport, waiting, "resuming deployment");
+            if d.transport == "multicast" && waiting > 0 && self.iface.is_some() {
+                let mut d = d;
+                d.min_machines = d.min_machines.map(|n| n.min(waiting as i64));
+                if let Err(e) = self.start_session(&d, waiting).await {
+                    warn!(deployment = %d.id, error = %format!("{e:#}"), "no new session: its machines use unicast");
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The deployment's multicast group: 239.255.78.x, from its id (distinct groups keep one
+/// deployment's traffic off another's machines; a collision costs bandwidth, not data:
+/// the session id and key tell sessions apart).
+fn group_for(id: &str) -> SocketAddrV4 {
+    let h = blake3::hash(id.as_bytes());
+    let b = h.as_bytes();
+    SocketAddrV4::new(
+        std::net::Ipv4Addr::new(239, 255, 78, 1 + b[0] % 254),
+        SESSION_PORT,
+    )
+}
+
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn groups_are_organisation_local_and_spread() {
+        let mut seen = std::collections::HashSet::new();
+        for i in 0..64 {
+            let g = group_for(&format!("{i:08x}"));
+            assert!(g.ip().is_multicast());
+            assert_eq!(&g.ip().octets()[..3], &[239, 255, 78]);
+            assert_ne!(g.ip().octets()[3], 0);
+            assert_ne!(g.ip().octets()[3], 255);
+            seen.insert(*g.ip());
+        }
+        assert!(seen.len() > 40, "{}", seen.len());
+    }
+}

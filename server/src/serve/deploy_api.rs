@@ -1,0 +1,520 @@
+//! The API of deployments (the admin's: create, list, show, start now, cancel, live events)
+//! and of agents (hello, task, manifest, chunk by hash, progress, result). An agent's token
+//! opens only its own task's endpoints; the task is implied by the token.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path as UrlPath, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use futures_util::Stream;
+use imaging::manifest::Hash;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::api::{parse_mac, Actor, ApiError, ApiResult, Shared};
+use super::deploy::{DeployError, DeployRequest};
+use super::deploy_db::{Deployment, Task, TaskProgress};
+
+impl From<DeployError> for ApiError {
+    fn from(e: DeployError) -> Self {
+        match e {
+            DeployError::Bad(m) => Self::bad_request(m),
+            DeployError::NotFound(m) => Self::new(StatusCode::NOT_FOUND, m),
+            DeployError::Conflict(m) => Self::new(StatusCode::CONFLICT, m),
+            DeployError::Other(e) => e.into(),
+        }
+    }
+}
+
+/// The task an agent's token opened (set by the auth layer).
+#[derive(Clone)]
+pub(crate) struct AgentTask(pub(crate) Task);
+
+/// A task as its agent sees it: what to write and how to get it.
+fn task_info(t: &Task, d: &Deployment) -> Value {
+    let multicast = match (&d.session, &d.mcast_group, &d.mcast_http) {
+        (Some(s), Some(g), Some(h)) if d.transport == "multicast" => {
+            json!({"session": s, "group": g, "http": h})
+        }
+        _ => Value::Null,
+    };
+    json!({
+        "id": t.id,
+        "deployment": d.id,
+        "kind": d.kind,
+        "state": t.state,
+        "image": {"id": d.image_id, "name": d.image_name},
+        "transport": d.transport,
+        "multicast": multicast,
+        "then": d.then_action,
+        "bytes_total": t.bytes_total,
+    })
+}
+
+/// A task as the admin sees it, with its ETA.
+fn task_view(t: &Task, name: Option<&str>) -> Value {
+    let mut v = serde_json::to_value(t).unwrap_or(Value::Null);
+    let eta = (t.active() && t.rate_bps > 0 && t.bytes_done > 0).then(|| {
+        (t.bytes_total - t.bytes_done).max(0) as f64 * 8.0 / t.rate_bps as f64
+    });
+    if let Value::Object(m) = &mut v {
+        m.insert("name".into(), json!(name));
+        m.insert("eta_seconds".into(), json!(eta.map(|e| e.round())));
+        m.insert(
+            "percent".into(),
+            json!(if t.bytes_total > 0 {
+                (1000 * t.bytes_done / t.bytes_total) as f64 / 10.0
+            } else {
+                100.0
+            }),
+        );
+    }
+    v
+}
+
+/// A deployment with its tasks and totals.
+async fn deployment_view(s: &Shared, d: &Deployment) -> ApiResult<Value> {
+    let tasks = s.db.tasks_of(&d.id).await?;
+    let names: std::collections::HashMap<String, String> = s
+        .db
+        .machines(None)
+        .await?
+        .into_iter()
+        .map(|m| (m.mac, m.name))
+        .collect();
+    let mut counts = std::collections::BTreeMap::<&str, usize>::new();
+    for t in &tasks {
+        *counts.entry(t.state.as_str()).or_default() += 1;
+    }
+    let mut v = serde_json::to_value(d).map_err(anyhow::Error::from)?;
+    if let Value::Object(m) = &mut v {
+        m.insert("machines".into(), json!(tasks.len()));
+        m.insert("task_states".into(), json!(counts));
+        m.insert(
+            "rate_bps".into(),
+            json!(tasks.iter().map(|t| t.rate_bps).sum::<i64>()),
+        );
+        m.insert(
+            "bytes_done".into(),
+            json!(tasks.iter().map(|t| t.bytes_done).sum::<i64>()),
+        );
+        m.insert(
+            "bytes_total".into(),
+            json!(tasks.iter().map(|t| t.bytes_total).sum::<i64>()),
+        );
+        m.insert(
+            "tasks".into(),
+            Value::Array(
+                tasks
+                    .iter()
+                    .map(|t| task_view(t, names.get(&t.mac).map(String::as_str)))
+                    .collect(),
+            ),
+        );
+    }
+    Ok(v)
+}
+
+#[derive(Deserialize)]
+pub(crate) struct ListQuery {
+    limit: Option<i64>,
+}
+
+pub(crate) async fn list(
+    State(s): State<Shared>,
+    Query(q): Query<ListQuery>,
+) -> ApiResult<Json<Value>> {
+    let mut out = Vec::new();
+    for d in s.db.deployments(q.limit.unwrap_or(50).clamp(1, 1000)).await? {
+        out.push(deployment_view(&s, &d).await?);
+    }
+    Ok(Json(Value::Array(out)))
+}
+
+pub(crate) async fn show(
+    State(s): State<Shared>,
+    UrlPath(id): UrlPath<String>,
+) -> ApiResult<Json<Value>> {
+    let d = s.db.deployment(&id).await?;
+    Ok(Json(deployment_view(&s, &d).await?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct NewDeploymentBody {
+    image: String,
+    to: Vec<String>,
+    #[serde(default = "default_transport")]
+    transport: String,
+    min_machines: Option<i64>,
+    /// "30s", "5m", ...
+    max_wait: Option<String>,
+    /// RFC 3339.
+    start_at: Option<String>,
+    #[serde(default = "default_then")]
+    then: String,
+}
+
+fn default_transport() -> String {
+    "multicast".into()
+}
+
+fn default_then() -> String {
+    "reboot".into()
+}
+
+pub(crate) async fn create(
+    State(s): State<Shared>,
+    Extension(actor): Extension<Actor>,
+    body: Result<Json<NewDeploymentBody>, JsonRejection>,
+) -> ApiResult<Response> {
+    let Json(b) = body?;
+    let max_wait = b
+        .max_wait
+        .as_deref()
+        .map(transport::fmt::parse_duration)
+        .transpose()
+        .map_err(ApiError::bad_request)?;
+    let start_at_ms = b
+        .start_at
+        .as_deref()
+        .map(|t| {
+            chrono::DateTime::parse_from_rfc3339(t)
+                .map(|t| t.timestamp_millis())
+                .map_err(|e| ApiError::bad_request(format!("start_at {t:?}: {e} (use RFC 3339)")))
+        })
+        .transpose()?;
+    let d = s
+        .deployer
+        .create(
+            DeployRequest {
+                image: b.image,
+                targets: b.to.iter().map(|t| t.trim().to_string()).collect(),
+                transport: b.transport,
+                min_machines: b.min_machines,
+                max_wait,
+                start_at_ms,
+                then_action: b.then,
+            },
+            &actor.0,
+        )
+        .await?;
+    Ok((StatusCode::CREATED, Json(deployment_view(&s, &d).await?)).into_response())
+}
+
+pub(crate) async fn cancel(
+    State(s): State<Shared>,
+    Extension(actor): Extension<Actor>,
+    UrlPath(id): UrlPath<String>,
+) -> ApiResult<Json<Value>> {
+    s.deployer.cancel(&id, &actor.0).await?;
+    let d = s.db.deployment(&id).await?;
+    Ok(Json(deployment_view(&s, &d).await?))
+}
+
+pub(crate) async fn start_now(
+    State(s): State<Shared>,
+    Extension(actor): Extension<Actor>,
+    UrlPath(id): UrlPath<String>,
+) -> ApiResult<Json<Value>> {
+    s.deployer.start_now(&id, &actor.0).await?;
+    let d = s.db.deployment(&id).await?;
+    Ok(Json(deployment_view(&s, &d).await?))
+}
+
+/// Server-sent events: the deployment (with its tasks) at once and at every change, at most
+/// four times a second, until it is over.
+pub(crate) async fn events(
+    State(s): State<Shared>,
+    UrlPath(id): UrlPath<String>,
+) -> ApiResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
+    s.db.deployment(&id).await?;
+    let rx = s.deployer.subscribe();
+    let stream = futures_util::stream::unfold(
+        (s, id, rx, true, false),
+        |(s, id, mut rx, first, over)| async move {
+            if over {
+                return None;
+            }
+            if !first {
+                // Wait for a change of this deployment, then let more gather.
+                loop {
+                    match rx.recv().await {
+                        Ok(changed) if changed == id => break,
+                        Ok(_) => continue,
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => break,
+                        Err(_) => return None,
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                while rx.try_recv().is_ok() {}
+            }
+            let d = s.db.deployment(&id).await.ok()?;
+            let view = deployment_view(&s, &d).await.ok()?;
+            let over = !matches!(d.state.as_str(), "waiting" | "running");
+            let ev = Event::default().event("deployment").data(view.to_string());
+            Some((Ok(ev), (s, id, rx, false, over)))
+        },
+    );
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}
+
+// ---- the agent's side ----
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Disk {
+    /// The device path the agent sees (/dev/sda).
+    #[allow(dead_code)]
+    path: Option<String>,
+    serial: Option<String>,
+    size: Option<i64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Hello {
+    mac: String,
+    #[serde(default)]
+    disks: Vec<Disk>,
+    /// The agent's version, for the log.
+    version: Option<String>,
+}
+
+/// How long an agent waits between polls.
+const POLL_MS: u64 = 2000;
+
+/// `POST /api/v1/agent/hello` (public): registers an unknown machine, updates a known one,
+/// and answers with its task, if it has one. An agent that shows its task token keeps it;
+/// one that shows none gets a new token (the machine is identified by its MAC, as PXE does).
+pub(crate) async fn hello(
+    State(s): State<Shared>,
+    headers: HeaderMap,
+    body: Result<Json<Hello>, JsonRejection>,
+) -> ApiResult<Json<Value>> {
+    let Json(h) = body?;
+    let mac = parse_mac(&h.mac)?;
+    let disk = h.disks.first();
+    let m = s
+        .db
+        .machine_hello(
+            mac,
+            disk.and_then(|d| d.serial.as_deref()),
+            disk.and_then(|d| d.size),
+        )
+        .await?;
+    tracing::debug!(%mac, version = ?h.version, "hello");
+    let mut out = json!({
+        "machine": {"mac": m.mac, "name": m.name, "registered": m.registered},
+        "task": Value::Null,
+        "poll_ms": POLL_MS,
+    });
+    let Some(task) = s.db.active_task(mac).await? else {
+        return Ok(Json(out));
+    };
+    let d = s.db.deployment(&task.deployment_id).await?;
+    out["task"] = task_info(&task, &d);
+    let shown = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let keeps = match shown {
+        Some(t) => s
+            .db
+            .check_task_token(t)
+            .await?
+            .is_some_and(|t| t.id == task.id && t.active()),
+        None => false,
+    };
+    if !keeps {
+        out["token"] = json!(s.db.issue_task_token(&task.id).await?);
+        s.db.audit(
+            &format!("machine:{mac}"),
+            "task.token",
+            &format!("task {} of deployment {}", task.id, d.id),
+        )
+        .await?;
+    }
+    Ok(Json(out))
+}
+
+/// `GET /api/v1/agent/task`: the agent's task as it is now (its multicast session may have
+/// ended, or a new one started after a server restart).
+pub(crate) async fn task(
+    State(s): State<Shared>,
+    Extension(AgentTask(t)): Extension<AgentTask>,
+) -> ApiResult<Json<Value>> {
+    let t = s.db.task(&t.id).await?;
+    let d = s.db.deployment(&t.deployment_id).await?;
+    Ok(Json(json!({ "task": task_info(&t, &d) })))
+}
+
+/// `GET /api/v1/agent/manifest`: the task's image.
+pub(crate) async fn manifest(
+    State(s): State<Shared>,
+    Extension(AgentTask(t)): Extension<AgentTask>,
+) -> ApiResult<Json<Value>> {
+    let d = s.db.deployment(&t.deployment_id).await?;
+    let img = s.deployer.image(&d.image_id).await?;
+    Ok(Json(json!({ "id": d.image_id, "manifest": img.manifest })))
+}
+
+/// `GET /api/v1/chunks/{hash}`: one chunk of the task's image, as a zstd frame.
+pub(crate) async fn chunk(
+    State(s): State<Shared>,
+    Extension(AgentTask(t)): Extension<AgentTask>,
+    UrlPath(hash): UrlPath<String>,
+) -> ApiResult<Response> {
+    let h = Hash::from_hex(&hash)
+        .ok_or_else(|| ApiError::bad_request(format!("{hash:?} is not a BLAKE3 hash")))?;
+    let d = s.db.deployment(&t.deployment_id).await?;
+    let img = s.deployer.image(&d.image_id).await?;
+    let len = *img.lens.get(&h).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("chunk {hash} is not in this task's image"),
+        )
+    })?;
+    let frame = s.deployer.chunk_frame(h, len).await?;
+    Ok((
+        [(header::CONTENT_TYPE, "application/zstd")],
+        axum::body::Bytes::from(frame),
+    )
+        .into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ProgressBody {
+    state: String,
+    bytes_done: i64,
+    #[serde(default)]
+    rate_bps: i64,
+    #[serde(default)]
+    multicast_chunks: i64,
+    #[serde(default)]
+    unicast_chunks: i64,
+    #[serde(default)]
+    kept_chunks: i64,
+}
+
+impl ProgressBody {
+    fn progress(&self) -> TaskProgress {
+        TaskProgress {
+            bytes_done: self.bytes_done,
+            rate_bps: self.rate_bps,
+            multicast_chunks: self.multicast_chunks,
+            unicast_chunks: self.unicast_chunks,
+            kept_chunks: self.kept_chunks,
+        }
+    }
+}
+
+/// `POST /api/v1/agent/progress`.
+pub(crate) async fn progress(
+    State(s): State<Shared>,
+    Extension(AgentTask(t)): Extension<AgentTask>,
+    body: Result<Json<ProgressBody>, JsonRejection>,
+) -> ApiResult<Json<Value>> {
+    let Json(p) = body?;
+    if !matches!(p.state.as_str(), "receiving" | "verifying") {
+        return Err(ApiError::bad_request(format!(
+            "state {:?}: receiving or verifying (the result ends a task)",
+            p.state
+        )));
+    }
+    if p.bytes_done < 0 || p.bytes_done > t.bytes_total {
+        return Err(ApiError::bad_request(format!(
+            "bytes_done {} is outside 0..={}",
+            p.bytes_done, t.bytes_total
+        )));
+    }
+    if !s.db.task_progress(&t.id, &p.state, p.progress()).await? {
+        let t = s.db.task(&t.id).await?;
+        return Err(task_over(&t));
+    }
+    s.db.deployment_started(&t.deployment_id).await?;
+    s.deployer.changed(&t.deployment_id);
+    Ok(Json(json!({ "state": p.state })))
+}
+
+/// 410 naming how the task ended.
+pub(crate) fn task_over(t: &Task) -> ApiError {
+    ApiError::new(
+        StatusCode::GONE,
+        format!(
+            "task {} is over: {}{}",
+            t.id,
+            t.state,
+            t.reason
+                .as_deref()
+                .map(|r| format!(" ({r})"))
+                .unwrap_or_default()
+        ),
+    )
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ResultBody {
+    ok: bool,
+    reason: Option<String>,
+    #[serde(flatten)]
+    progress: Option<ProgressTotals>,
+}
+
+#[derive(Deserialize)]
+pub(crate) struct ProgressTotals {
+    bytes_done: i64,
+    #[serde(default)]
+    multicast_chunks: i64,
+    #[serde(default)]
+    unicast_chunks: i64,
+    #[serde(default)]
+    kept_chunks: i64,
+}
+
+/// `POST /api/v1/agent/result`: the task is done, or failed with a reason.
+pub(crate) async fn result(
+    State(s): State<Shared>,
+    Extension(AgentTask(t)): Extension<AgentTask>,
+    body: Result<Json<ResultBody>, JsonRejection>,
+) -> ApiResult<Json<Value>> {
+    let Json(r) = body?;
+    let state = if r.ok { "done" } else { "failed" };
+    let reason = match (&r.reason, r.ok) {
+        (Some(why), _) => Some(why.chars().take(2000).collect::<String>()),
+        (None, false) => Some("the agent gave no reason".to_string()),
+        (None, true) => None,
+    };
+    let p = r.progress.map(|p| TaskProgress {
+        bytes_done: p.bytes_done.clamp(0, t.bytes_total),
+        rate_bps: 0,
+        multicast_chunks: p.multicast_chunks,
+        unicast_chunks: p.unicast_chunks,
+        kept_chunks: p.kept_chunks,
+    });
+    if !s.db.finish_task(&t.id, state, reason.as_deref(), p).await? {
+        let t = s.db.task(&t.id).await?;
+        return Err(task_over(&t));
+    }
+    s.db.audit(
+        &format!("machine:{}", t.mac),
+        &format!("task.{state}"),
+        &format!(
+            "task {} of deployment {}{}",
+            t.id,
+            t.deployment_id,
+            reason.map(|r| format!(": {r}")).unwrap_or_default()
+        ),
+    )
+    .await?;
+    s.deployer.changed(&t.deployment_id);
+    Ok(Json(json!({ "state": state })))
+}

@@ -1,0 +1,587 @@
+//! Deployments and their tasks in the database: one task per machine, each with its state
+//! machine (waiting → receiving → verifying → done | failed; or cancelled) and its agent
+//! token (`drt_<task id>_<secret>`, valid while the task is not over).
+
+use anyhow::Context;
+use serde::Serialize;
+use sqlx::any::AnyRow;
+use sqlx::Row;
+
+use super::db::{is_unique_violation, now_ms, random_hex, Db, DbError};
+use super::mac::Mac;
+
+/// Task states an agent is still working in.
+pub(crate) const ACTIVE: &[&str] = &["waiting", "receiving", "verifying"];
+
+/// A deployment: one image to some machines.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Deployment {
+    pub(crate) id: String,
+    pub(crate) kind: String,
+    pub(crate) image_id: String,
+    pub(crate) image_name: String,
+    pub(crate) targets: String,
+    pub(crate) transport: String,
+    pub(crate) min_machines: Option<i64>,
+    pub(crate) max_wait_ms: Option<i64>,
+    pub(crate) start_at_ms: Option<i64>,
+    pub(crate) then_action: String,
+    pub(crate) state: String,
+    pub(crate) owner: String,
+    pub(crate) session: Option<i64>,
+    pub(crate) mcast_group: Option<String>,
+    pub(crate) mcast_http: Option<String>,
+    pub(crate) created_by: String,
+    pub(crate) created_ms: i64,
+    pub(crate) started_ms: Option<i64>,
+    pub(crate) finished_ms: Option<i64>,
+}
+
+/// One machine's part of a deployment.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Task {
+    pub(crate) id: String,
+    pub(crate) deployment_id: String,
+    pub(crate) mac: String,
+    pub(crate) state: String,
+    pub(crate) reason: Option<String>,
+    pub(crate) bytes_done: i64,
+    pub(crate) bytes_total: i64,
+    pub(crate) rate_bps: i64,
+    pub(crate) multicast_chunks: i64,
+    pub(crate) unicast_chunks: i64,
+    pub(crate) kept_chunks: i64,
+    pub(crate) created_ms: i64,
+    pub(crate) started_ms: Option<i64>,
+    pub(crate) updated_ms: i64,
+    pub(crate) finished_ms: Option<i64>,
+}
+
+impl Task {
+    pub(crate) fn active(&self) -> bool {
+        ACTIVE.contains(&self.state.as_str())
+    }
+}
+
+/// What a new deployment is.
+pub(crate) struct NewDeployment<'a> {
+    pub(crate) image_id: &'a str,
+    pub(crate) image_name: &'a str,
+    pub(crate) targets: &'a str,
+    pub(crate) transport: &'a str,
+    pub(crate) min_machines: Option<i64>,
+    pub(crate) max_wait_ms: Option<i64>,
+    pub(crate) start_at_ms: Option<i64>,
+    pub(crate) then_action: &'a str,
+    pub(crate) owner: &'a str,
+    pub(crate) created_by: &'a str,
+    pub(crate) bytes_total: i64,
+}
+
+/// An agent's progress report.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct TaskProgress {
+    pub(crate) bytes_done: i64,
+    pub(crate) rate_bps: i64,
+    pub(crate) multicast_chunks: i64,
+    pub(crate) unicast_chunks: i64,
+    pub(crate) kept_chunks: i64,
+}
+
+const DEPLOYMENT_COLUMNS: &str = "id, kind, image_id, image_name, targets, transport, \
+    min_machines, max_wait_ms, start_at_ms, then_action, state, owner, session, mcast_group, \
+    mcast_http, created_by, created_ms, started_ms, finished_ms";
+
+const TASK_COLUMNS: &str = "id, deployment_id, mac, state, reason, bytes_done, bytes_total, \
+    rate_bps, multicast_chunks, unicast_chunks, kept_chunks, created_ms, started_ms, \
+    updated_ms, finished_ms";
+
+fn deployment(r: &AnyRow) -> Result<Deployment, sqlx::Error> {
+    Ok(Deployment {
+        id: r.try_get("id")?,
+        kind: r.try_get("kind")?,
+        image_id: r.try_get("image_id")?,
+        image_name: r.try_get("image_name")?,
+        targets: r.try_get("targets")?,
+        transport: r.try_get("transport")?,
+        min_machines: r.try_get("min_machines")?,
+        max_wait_ms: r.try_get("max_wait_ms")?,
+        start_at_ms: r.try_get("start_at_ms")?,
+        then_action: r.try_get("then_action")?,
+        state: r.try_get("state")?,
+        owner: r.try_get("owner")?,
+        session: r.try_get("session")?,
+        mcast_group: r.try_get("mcast_group")?,
+        mcast_http: r.try_get("mcast_http")?,
+        created_by: r.try_get("created_by")?,
+        created_ms: r.try_get("created_ms")?,
+        started_ms: r.try_get("started_ms")?,
+        finished_ms: r.try_get("finished_ms")?,
+    })
+}
+
+fn task(r: &AnyRow) -> Result<Task, sqlx::Error> {
+    Ok(Task {
+        id: r.try_get("id")?,
+        deployment_id: r.try_get("deployment_id")?,
+        mac: r.try_get("mac")?,
+        state: r.try_get("state")?,
+        reason: r.try_get("reason")?,
+        bytes_done: r.try_get("bytes_done")?,
+        bytes_total: r.try_get("bytes_total")?,
+        rate_bps: r.try_get("rate_bps")?,
+        multicast_chunks: r.try_get("multicast_chunks")?,
+        unicast_chunks: r.try_get("unicast_chunks")?,
+        kept_chunks: r.try_get("kept_chunks")?,
+        created_ms: r.try_get("created_ms")?,
+        started_ms: r.try_get("started_ms")?,
+        updated_ms: r.try_get("updated_ms")?,
+        finished_ms: r.try_get("finished_ms")?,
+    })
+}
+
+/// `state IN ('waiting', ...)` for the active task states.
+fn active_list() -> String {
+    ACTIVE
+        .iter()
+        .map(|s| format!("'{s}'"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+impl Db {
+    /// Creates a deployment with one waiting task per machine. A machine that already has
+    /// an active task is refused (`Exists`), and then nothing is created.
+    pub(crate) async fn create_deployment(
+        &self,
+        d: &NewDeployment<'_>,
+        macs: &[Mac],
+    ) -> Result<Deployment, DbError> {
+        let mut tx = self.pool.begin().await?;
+        for mac in macs {
+            let busy = sqlx::query(&format!(
+                "SELECT deployment_id FROM tasks WHERE mac = $1 AND state IN ({})",
+                active_list()
+            ))
+            .bind(mac.to_string())
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some(r) = busy {
+                let other: String = r.try_get("deployment_id")?;
+                return Err(DbError::Exists(format!(
+                    "a task for machine {mac} (in deployment {other})"
+                )));
+            }
+        }
+        let now = now_ms();
+        let id = loop {
+            let id = random_hex(4);
+            let r = sqlx::query(
+                "INSERT INTO deployments (id, kind, image_id, image_name, targets, transport, \
+                 min_machines, max_wait_ms, start_at_ms, then_action, state, owner, created_by, \
+                 created_ms) VALUES ($1, 'restore', $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, \
+                 $13)",
+            )
+            .bind(&id)
+            .bind(d.image_id)
+            .bind(d.image_name)
+            .bind(d.targets)
+            .bind(d.transport)
+            .bind(d.min_machines)
+            .bind(d.max_wait_ms)
+            .bind(d.start_at_ms)
+            .bind(d.then_action)
+            .bind(if d.transport == "unicast" {
+                "running"
+            } else {
+                "waiting"
+            })
+            .bind(d.owner)
+            .bind(d.created_by)
+            .bind(now)
+            .execute(&mut *tx)
+            .await;
+            match r {
+                Ok(_) => break id,
+                Err(e) if is_unique_violation(&e) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        };
+        for mac in macs {
+            sqlx::query(
+                "INSERT INTO tasks (id, deployment_id, mac, secret, state, bytes_done, \
+                 bytes_total, rate_bps, multicast_chunks, unicast_chunks, kept_chunks, \
+                 created_ms, updated_ms) VALUES ($1, $2, $3, '', 'waiting', 0, $4, 0, 0, 0, 0, \
+                 $5, $5)",
+            )
+            .bind(random_hex(8))
+            .bind(&id)
+            .bind(mac.to_string())
+            .bind(d.bytes_total)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query("UPDATE machines SET state = 'deploying' WHERE mac = $1")
+                .bind(mac.to_string())
+                .execute(&mut *tx)
+                .await?;
+        }
+        if d.transport == "unicast" {
+            sqlx::query("UPDATE deployments SET started_ms = $1 WHERE id = $2")
+                .bind(now)
+                .bind(&id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        self.deployment(&id).await
+    }
+
+    pub(crate) async fn deployment(&self, id: &str) -> Result<Deployment, DbError> {
+        let r = sqlx::query(&format!(
+            "SELECT {DEPLOYMENT_COLUMNS} FROM deployments WHERE id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or_else(|| DbError::NotFound(format!("deployment {id:?}")))?;
+        Ok(deployment(&r)?)
+    }
+
+    /// Deployments, newest first.
+    pub(crate) async fn deployments(&self, limit: i64) -> anyhow::Result<Vec<Deployment>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {DEPLOYMENT_COLUMNS} FROM deployments ORDER BY created_ms DESC, id LIMIT $1"
+        ))
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(deployment).collect::<Result<_, _>>()?)
+    }
+
+    /// Deployments not over, run by `owner`.
+    pub(crate) async fn live_deployments(&self, owner: &str) -> anyhow::Result<Vec<Deployment>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {DEPLOYMENT_COLUMNS} FROM deployments WHERE owner = $1 AND state IN \
+             ('waiting', 'running') ORDER BY created_ms"
+        ))
+        .bind(owner)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(deployment).collect::<Result<_, _>>()?)
+    }
+
+    pub(crate) async fn tasks_of(&self, deployment_id: &str) -> anyhow::Result<Vec<Task>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {TASK_COLUMNS} FROM tasks WHERE deployment_id = $1 ORDER BY mac"
+        ))
+        .bind(deployment_id)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(task).collect::<Result<_, _>>()?)
+    }
+
+    pub(crate) async fn task(&self, id: &str) -> Result<Task, DbError> {
+        let r = sqlx::query(&format!("SELECT {TASK_COLUMNS} FROM tasks WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or_else(|| DbError::NotFound(format!("task {id:?}")))?;
+        Ok(task(&r)?)
+    }
+
+    /// The machine's active task, if it has one.
+    pub(crate) async fn active_task(&self, mac: Mac) -> anyhow::Result<Option<Task>> {
+        let r = sqlx::query(&format!(
+            "SELECT {TASK_COLUMNS} FROM tasks WHERE mac = $1 AND state IN ({})",
+            active_list()
+        ))
+        .bind(mac.to_string())
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(r.as_ref().map(task).transpose()?)
+    }
+
+    /// A new token for the task (the previous one stops working).
+    pub(crate) async fn issue_task_token(&self, task_id: &str) -> anyhow::Result<String> {
+        let secret = random_hex(24);
+        sqlx::query("UPDATE tasks SET secret = $1 WHERE id = $2")
+            .bind(blake3::hash(secret.as_bytes()).to_hex().to_string())
+            .bind(task_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(format!("drt_{task_id}_{secret}"))
+    }
+
+    /// The active task a `drt_` token opens, if it is valid.
+    pub(crate) async fn check_task_token(&self, token: &str) -> anyhow::Result<Option<Task>> {
+        let Some((id, secret)) = token.strip_prefix("drt_").and_then(|t| t.split_once('_')) else {
+            return Ok(None);
+        };
+        let r = sqlx::query(&format!(
+            "SELECT {TASK_COLUMNS}, secret FROM tasks WHERE id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(r) = r else { return Ok(None) };
+        let stored: String = r.try_get("secret")?;
+        let Ok(stored) = blake3::Hash::from_hex(&stored) else {
+            return Ok(None);
+        };
+        let t = task(&r)?;
+        // blake3::Hash compares in constant time.
+        Ok((blake3::hash(secret.as_bytes()) == stored && t.active()).then_some(t))
+    }
+
+    /// Records an agent's progress; `state` is `receiving` or `verifying`. Returns false when
+    /// the task is over (cancelled, say): the agent should stop.
+    pub(crate) async fn task_progress(
+        &self,
+        id: &str,
+        state: &str,
+        p: TaskProgress,
+    ) -> anyhow::Result<bool> {
+        let now = now_ms();
+        let n = sqlx::query(&format!(
+            "UPDATE tasks SET state = $1, bytes_done = $2, rate_bps = $3, multicast_chunks = $4, \
+             unicast_chunks = $5, kept_chunks = $6, updated_ms = $7, \
+             started_ms = COALESCE(started_ms, $7) WHERE id = $8 AND state IN ({})",
+            active_list()
+        ))
+        .bind(state)
+        .bind(p.bytes_done)
+        .bind(p.rate_bps)
+        .bind(p.multicast_chunks)
+        .bind(p.unicast_chunks)
+        .bind(p.kept_chunks)
+        .bind(now)
+        .bind(id)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(n == 1)
+    }
+
+    /// Ends a task (`done`, `failed` or `cancelled`, with a reason) if it is still active,
+    /// updates its machine, and ends its deployment when no task is left. Returns whether
+    /// this call ended it.
+    pub(crate) async fn finish_task(
+        &self,
+        id: &str,
+        state: &str,
+        reason: Option<&str>,
+        p: Option<TaskProgress>,
+    ) -> anyhow::Result<bool> {
+        let now = now_ms();
+        let mut tx = self.pool.begin().await?;
+        let t = sqlx::query(&format!("SELECT {TASK_COLUMNS} FROM tasks WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?
+            .as_ref()
+            .map(task)
+            .transpose()?
+            .with_context(|| format!("no task {id}"))?;
+        if !t.active() {
+            return Ok(false);
+        }
+        let p = p.unwrap_or(TaskProgress {
+            bytes_done: t.bytes_done,
+            rate_bps: 0,
+            multicast_chunks: t.multicast_chunks,
+            unicast_chunks: t.unicast_chunks,
+            kept_chunks: t.kept_chunks,
+        });
+        sqlx::query(
+            "UPDATE tasks SET state = $1, reason = $2, finished_ms = $3, updated_ms = $3, \
+             bytes_done = $4, rate_bps = 0, multicast_chunks = $5, unicast_chunks = $6, \
+             kept_chunks = $7 WHERE id = $8",
+        )
+        .bind(state)
+        .bind(reason)
+        .bind(now)
+        .bind(p.bytes_done)
+        .bind(p.multicast_chunks)
+        .bind(p.unicast_chunks)
+        .bind(p.kept_chunks)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        let machine_state = match state {
+            "done" => "idle",
+            "failed" => "failed",
+            _ => "idle",
+        };
+        sqlx::query("UPDATE machines SET state = $1 WHERE mac = $2")
+            .bind(machine_state)
+            .bind(&t.mac)
+            .execute(&mut *tx)
+            .await?;
+        self.settle_deployment(&mut tx, &t.deployment_id, now)
+            .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Ends a deployment whose tasks are all over: `done` if every one is, else `failed`
+    /// (a cancelled deployment stays cancelled).
+    async fn settle_deployment(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        id: &str,
+        now: i64,
+    ) -> anyhow::Result<()> {
+        let rows = sqlx::query("SELECT state FROM tasks WHERE deployment_id = $1")
+            .bind(id)
+            .fetch_all(&mut **tx)
+            .await?;
+        let states: Vec<String> = rows
+            .iter()
+            .map(|r| r.try_get("state"))
+            .collect::<Result<_, _>>()?;
+        if states.iter().any(|s| ACTIVE.contains(&s.as_str())) {
+            return Ok(());
+        }
+        let end = if states.iter().all(|s| s == "done") {
+            "done"
+        } else {
+            "failed"
+        };
+        sqlx::query(
+            "UPDATE deployments SET state = $1, finished_ms = $2 WHERE id = $3 AND state IN \
+             ('waiting', 'running')",
+        )
+        .bind(end)
+        .bind(now)
+        .bind(id)
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
+
+    /// Cancels a deployment and its active tasks. `NotFound`, or `Exists`-style conflict
+    /// when it is already over (returned as `Ok(false)`).
+    pub(crate) async fn cancel_deployment(&self, id: &str, why: &str) -> Result<bool, DbError> {
+        let d = self.deployment(id).await?;
+        if !matches!(d.state.as_str(), "waiting" | "running") {
+            return Ok(false);
+        }
+        let now = now_ms();
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "UPDATE deployments SET state = 'cancelled', finished_ms = $1, session = NULL \
+             WHERE id = $2",
+        )
+        .bind(now)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        let macs = sqlx::query(&format!(
+            "SELECT mac FROM tasks WHERE deployment_id = $1 AND state IN ({})",
+            active_list()
+        ))
+        .bind(id)
+        .fetch_all(&mut *tx)
+        .await?;
+        for r in &macs {
+            let mac: String = r.try_get("mac")?;
+            sqlx::query("UPDATE machines SET state = 'idle' WHERE mac = $1")
+                .bind(mac)
+                .execute(&mut *tx)
+                .await?;
+        }
+        sqlx::query(&format!(
+            "UPDATE tasks SET state = 'cancelled', reason = $1, finished_ms = $2, \
+             updated_ms = $2, rate_bps = 0 WHERE deployment_id = $3 AND state IN ({})",
+            active_list()
+        ))
+        .bind(why)
+        .bind(now)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// The deployment's live multicast session (or none: `session` None).
+    pub(crate) async fn set_session(
+        &self,
+        id: &str,
+        session: Option<(u32, String, String)>,
+    ) -> anyhow::Result<()> {
+        let (s, g, h) = match session {
+            Some((s, g, h)) => (Some(i64::from(s)), Some(g), Some(h)),
+            None => (None, None, None),
+        };
+        sqlx::query(
+            "UPDATE deployments SET session = $1, mcast_group = $2, mcast_http = $3 WHERE id = $4",
+        )
+        .bind(s)
+        .bind(g)
+        .bind(h)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// A waiting deployment's stream started.
+    pub(crate) async fn deployment_started(&self, id: &str) -> anyhow::Result<()> {
+        sqlx::query(
+            "UPDATE deployments SET state = 'running', started_ms = COALESCE(started_ms, $1) \
+             WHERE id = $2 AND state = 'waiting'",
+        )
+        .bind(now_ms())
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+}
+
+impl Db {
+    /// An agent said hello: the machine is seen now, with its disk; an unknown MAC is
+    /// registered (`registered = hello`) and gets nothing until an admin gives it a task.
+    pub(crate) async fn machine_hello(
+        &self,
+        mac: Mac,
+        disk_serial: Option<&str>,
+        disk_size: Option<i64>,
+    ) -> Result<super::db::Machine, DbError> {
+        let now = now_ms();
+        let n = sqlx::query(
+            "UPDATE machines SET last_seen_ms = $1, disk_serial = COALESCE($2, disk_serial), \
+             disk_size = COALESCE($3, disk_size) WHERE mac = $4",
+        )
+        .bind(now)
+        .bind(disk_serial)
+        .bind(disk_size)
+        .bind(mac.to_string())
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        if n == 0 {
+            let r = sqlx::query(
+                "INSERT INTO machines (mac, name, group_name, disk_serial, disk_size, state, \
+                 registered, last_seen_ms, created_ms) VALUES ($1, $2, NULL, $3, $4, \
+                 'registered', 'hello', $5, $5)",
+            )
+            .bind(mac.to_string())
+            .bind(mac.default_name())
+            .bind(disk_serial)
+            .bind(disk_size)
+            .bind(now)
+            .execute(&self.pool)
+            .await;
+            match r {
+                Ok(_) => {}
+                // Two hellos at once: the other registered it.
+                Err(e) if is_unique_violation(&e) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        self.machine(mac).await
+    }
+}
