@@ -122,7 +122,7 @@ impl Api {
                     if give_up.is_some_and(|g| start.elapsed() >= g) {
                         return Err(CallError::Away(e));
                     }
-                    tracing::warn!("{what}: {e}; trying again in {wait:?}");
+                    tracing::warn!("{what}: the server is away ({e}); trying again in {wait:?}");
                     tokio::time::sleep(wait).await;
                     wait = (wait * 2).min(Duration::from_secs(15));
                 }

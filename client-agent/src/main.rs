@@ -26,7 +26,11 @@ use serde_json::{json, Value};
 use api::{Api, CallError};
 
 #[derive(Debug, Parser)]
-#[command(name = "drover-agent", version, about = "Writes drover images to this machine's disk")]
+#[command(
+    name = "drover-agent",
+    version,
+    about = "Writes drover images to this machine's disk"
+)]
 pub(crate) struct Args {
     /// The drover server's URL (http://10.0.0.1:8080).
     #[arg(long, env = "DROVER_SERVER")]

@@ -152,7 +152,7 @@ async fn work(
         tokio::task::spawn_blocking(move || Sink::open(&disk, d).map(|_| ()))
             .await
             .map_err(|e| Stop::Failed(e.to_string()))?
-            .map_err(|e| Stop::Failed(format!("{e:#}")))?;
+            .map_err(|e| Stop::Failed(format!("{}: {e:#}", args.disk.display())))?;
     }
     reporter.send("receiving", Progress::default());
     let mut totals = Totals::default();
@@ -293,7 +293,11 @@ async fn unicast(
         }
     }
     if t.kept > 0 {
-        info!("{} chunk(s) already on the disk: fetching the other {}", t.kept, queue.len());
+        info!(
+            "{} chunk(s) already on the disk: fetching the other {}",
+            t.kept,
+            queue.len()
+        );
     }
     let mut bad = vec![0u32; sink.chunks()];
     let mut running = tokio::task::JoinSet::new();

@@ -238,7 +238,11 @@ pub(crate) fn deployment(cmd: DeploymentCommand, json: bool) -> anyhow::Result<(
             }
         }
         DeploymentCommand::Start { id, server } => {
-            let d = call(&server, &format!("/deployments/{id}/start"), Method::Post(json!({})))?;
+            let d = call(
+                &server,
+                &format!("/deployments/{id}/start"),
+                Method::Post(json!({})),
+            )?;
             if json {
                 print_json(&d);
             } else {
@@ -246,7 +250,11 @@ pub(crate) fn deployment(cmd: DeploymentCommand, json: bool) -> anyhow::Result<(
             }
         }
         DeploymentCommand::Cancel { id, server } => {
-            let d = call(&server, &format!("/deployments/{id}/cancel"), Method::Post(json!({})))?;
+            let d = call(
+                &server,
+                &format!("/deployments/{id}/cancel"),
+                Method::Post(json!({})),
+            )?;
             if json {
                 print_json(&d);
             } else {

@@ -13,8 +13,8 @@ use imaging::restore::{restore, verify};
 use imaging::store::{Store, StoredImage};
 use serde_json::json;
 
-use transport::fmt;
 use crate::progress::Bar;
+use transport::fmt;
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum ImageCommand {

@@ -86,6 +86,11 @@ impl Lab {
         Ipv4Addr::new(10, 77, 0, 10 + i as u8)
     }
 
+    /// Gives host `i`'s NIC this MAC address.
+    pub fn set_mac(&self, i: usize, mac: &str) {
+        ip(&["-n", &self.host(i), "link", "set", "eth0", "address", mac]);
+    }
+
     /// A command run inside host `i`.
     pub fn cmd(&self, i: usize, program: &str) -> Command {
         let mut c = Command::new("ip");

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 
+pub mod deploy;
 pub mod lab;
 pub mod server;
 
@@ -72,24 +73,31 @@ pub fn require(test: &str, needs: &[&str]) -> bool {
 /// The `drover` binary of this workspace, built if it is not there yet.
 pub fn drover_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .parent()
-            .expect("workspace root")
-            .to_path_buf();
-        let target = std::env::var_os("CARGO_TARGET_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| root.join("target"));
-        let bin = target.join("debug").join("drover");
-        // Always ask cargo: it is a no-op when the binary is fresh, and never tests a stale one.
-        let st = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .args(["build", "--quiet", "-p", "server", "--bin", "drover"])
-            .current_dir(&root)
-            .status()
-            .expect("running cargo build");
-        assert!(st.success(), "building drover failed");
-        bin
-    })
+    BIN.get_or_init(|| workspace_bin("server", "drover"))
+}
+
+/// The `drover-agent` binary of this workspace, built if it is not there yet.
+pub fn agent_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| workspace_bin("client-agent", "drover-agent"))
+}
+
+fn workspace_bin(package: &str, bin: &str) -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf();
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    // Always ask cargo: it is a no-op when the binary is fresh, and never tests a stale one.
+    let st = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["build", "--quiet", "-p", package, "--bin", bin])
+        .current_dir(&root)
+        .status()
+        .expect("running cargo build");
+    assert!(st.success(), "building {bin} failed");
+    target.join("debug").join(bin)
 }
 
 /// Runs a program, panicking with its output if it fails.

@@ -25,10 +25,15 @@ impl Server {
     /// Starts `drover --data-dir DATA serve --http 127.0.0.1:0 --iface lo EXTRA...` and waits
     /// until it listens.
     pub fn start(data: &Path, extra: &[&str]) -> Self {
+        Self::start_at(data, "127.0.0.1:0", extra)
+    }
+
+    /// As [`start`](Self::start), on the address `http` (a restarted server's own).
+    pub fn start_at(data: &Path, http: &str, extra: &[&str]) -> Self {
         let mut cmd = Command::new(drover_bin());
         cmd.arg("--data-dir")
             .arg(data)
-            .args(["serve", "--http", "127.0.0.1:0", "--iface", "lo"])
+            .args(["serve", "--http", http, "--iface", "lo"])
             .args(extra);
         Self::start_cmd(cmd)
     }
@@ -89,6 +94,12 @@ impl Server {
         body: Option<&str>,
     ) -> (u16, String) {
         http(&self.addr, method, path, token, body)
+    }
+
+    /// Kills the server (SIGKILL: a crash, no goodbye) and waits for it.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// Stops the server with SIGTERM and waits for it.

@@ -14,10 +14,10 @@ use serde_json::json;
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
+use crate::fmt;
 use crate::net::{self, Iface};
 use crate::session::{Description, Registration, Sink};
 use crate::unhex;
-use crate::fmt;
 
 /// Decoded chunks waiting for the disk at most; beyond that a chunk is dropped and fetched
 /// over unicast later, so a slow disk costs memory only up to this bound (16 × 4 MiB).
@@ -316,15 +316,15 @@ pub async fn run(o: ReceiveOptions) -> anyhow::Result<Received> {
                 });
             } else {
                 eprintln!(
-                "received {} of {} ({:.0} %), {} , loss {:.1} %, {} chunk(s) over unicast{}",
-                fmt::bytes(s.stored_bytes),
-                fmt::bytes(desc.chunks.iter().map(|c| c.len as u64).sum()),
-                100.0 * s.stored_chunks as f64 / n_chunks.max(1) as f64,
-                fmt::rate(s.rate_bps as f64),
-                100.0 * s.loss,
-                s.fetched_chunks,
-                if demoted { " (demoted)" } else { "" }
-            );
+                    "received {} of {} ({:.0} %), {} , loss {:.1} %, {} chunk(s) over unicast{}",
+                    fmt::bytes(s.stored_bytes),
+                    fmt::bytes(desc.chunks.iter().map(|c| c.len as u64).sum()),
+                    100.0 * s.stored_chunks as f64 / n_chunks.max(1) as f64,
+                    fmt::rate(s.rate_bps as f64),
+                    100.0 * s.loss,
+                    s.fetched_chunks,
+                    if demoted { " (demoted)" } else { "" }
+                );
             }
         }
         let wake = rx

@@ -19,10 +19,10 @@ use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
+use crate::fmt;
 use crate::hex;
 use crate::net::{self, Iface};
 use crate::session::{Registration, Source};
-use crate::fmt;
 
 /// The sending thread's nice value: a little ahead of ordinary work.
 const SENDER_NICE: libc::c_int = -5;
@@ -65,6 +65,8 @@ pub struct Ready {
 pub struct Hooks {
     pub control: mpsc::Receiver<Control>,
     pub ready: oneshot::Sender<Ready>,
+    /// Fired when the stream starts (the start policy was met, or told to).
+    pub started: oneshot::Sender<()>,
 }
 
 /// One line about the session: on the terminal for the command line, in the log for the
@@ -206,9 +208,9 @@ pub async fn run(o: SendOptions) -> anyhow::Result<()> {
     };
 
     let daemon = o.hooks.is_some();
-    let (mut control, ready) = match o.hooks {
-        Some(h) => (Some(h.control), Some(h.ready)),
-        None => (None, None),
+    let (mut control, ready, mut on_start) = match o.hooks {
+        Some(h) => (Some(h.control), Some(h.ready), Some(h.started)),
+        None => (None, None, None),
     };
     let mut cfg = o.config;
     let rate_bps = cfg.rate_bps;
@@ -260,12 +262,16 @@ pub async fn run(o: SendOptions) -> anyhow::Result<()> {
         o.iface.addr
     );
     match (min_receivers, start_at) {
-        (_, Some(at)) if min_receivers == usize::MAX => say!(daemon,
+        (_, Some(at)) if min_receivers == usize::MAX => say!(
+            daemon,
             "starting in {:.0} s; send SIGUSR1 to start now",
             at.saturating_duration_since(Instant::now()).as_secs_f64()
         ),
         (0, _) => {}
-        (n, _) => say!(daemon, "waiting for {n} receiver(s); send SIGUSR1 to start now"),
+        (n, _) => say!(
+            daemon,
+            "waiting for {n} receiver(s); send SIGUSR1 to start now"
+        ),
     }
     // The command line starts early on SIGUSR1; the daemon through its control channel.
     let mut start_signal = match daemon {
@@ -328,7 +334,8 @@ pub async fn run(o: SendOptions) -> anyhow::Result<()> {
         let mut done = false;
         while let Some(e) = sender.poll_event() {
             match e {
-                SenderEvent::Joined { id, addr, late } => say!(daemon,
+                SenderEvent::Joined { id, addr, late } => say!(
+                    daemon,
                     "[{:7.2}s] receiver {id} joined from {}{}",
                     t0.elapsed().as_secs_f64(),
                     addr.ip(),
@@ -340,26 +347,33 @@ pub async fn run(o: SendOptions) -> anyhow::Result<()> {
                 ),
                 SenderEvent::Started { receivers } => {
                     started_at = Some(Instant::now());
-                    say!(daemon,
+                    if let Some(tx) = on_start.take() {
+                        let _ = tx.send(());
+                    }
+                    say!(
+                        daemon,
                         "[{:7.2}s] started with {receivers} receiver(s)",
                         t0.elapsed().as_secs_f64()
                     );
                 }
                 SenderEvent::Demoted { id, reason } => {
                     demoted.push(id);
-                    say!(daemon,
+                    say!(
+                        daemon,
                         "[{:7.2}s] receiver {id} demoted to unicast ({reason:?})",
                         t0.elapsed().as_secs_f64()
                     );
                 }
                 SenderEvent::Dead { id } => {
                     dead.push(id);
-                    say!(daemon,
+                    say!(
+                        daemon,
                         "[{:7.2}s] receiver {id} went silent: declared dead",
                         t0.elapsed().as_secs_f64()
                     );
                 }
-                SenderEvent::Finished { id } => say!(daemon,
+                SenderEvent::Finished { id } => say!(
+                    daemon,
                     "[{:7.2}s] receiver {id} finished",
                     t0.elapsed().as_secs_f64()
                 ),

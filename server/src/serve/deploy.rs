@@ -4,8 +4,9 @@
 //! server restart finish over unicast from the same endpoint, so a deployment never waits
 //! for its slowest machine and never depends on one process staying up.
 //!
-//! After a restart, the server resumes the deployments it owns: the tasks still waiting get a
-//! fresh multicast session; agents that were mid-way go on over unicast.
+//! After a restart, the server resumes the deployments it owns: one whose stream had not
+//! started yet gets a fresh multicast session; in one that had, agents that were mid-way go
+//! on over unicast, as do machines that come later.
 
 use std::collections::HashMap;
 use std::net::SocketAddrV4;
@@ -281,7 +282,11 @@ impl Deployer {
 
     /// Starts the multicast session of a deployment for `machines` machines, and records
     /// its address once it announces.
-    async fn start_session(self: &Arc<Self>, d: &Deployment, machines: usize) -> anyhow::Result<()> {
+    async fn start_session(
+        self: &Arc<Self>,
+        d: &Deployment,
+        machines: usize,
+    ) -> anyhow::Result<()> {
         let iface = self.iface.clone().context("no lab interface")?;
         let store = self.store()?;
         let index = self.image(&d.image_id).await?;
@@ -294,7 +299,9 @@ impl Deployer {
         config.fec = Fec::Auto {
             floor: proto::sender::DEFAULT_FEC_OVERHEAD,
         };
-        let min = d.min_machines.map_or(machines, |n| (n as usize).min(machines));
+        let min = d
+            .min_machines
+            .map_or(machines, |n| (n as usize).min(machines));
         let max_wait = match (d.max_wait_ms, d.min_machines, d.start_at_ms) {
             (Some(ms), _, _) => Some(Duration::from_millis(ms as u64)),
             (None, None, None) => Some(DEFAULT_MAX_WAIT),
@@ -315,6 +322,7 @@ impl Deployer {
         let (ctl_tx, ctl_rx) = mpsc::channel(4);
         let (ready_tx, ready_rx) = oneshot::channel();
         let (end_tx, end_rx) = oneshot::channel();
+        let (started_tx, started_rx) = oneshot::channel();
         let opts = send::SendOptions {
             source,
             name: d.image_name.clone(),
@@ -329,6 +337,7 @@ impl Deployer {
             hooks: Some(Hooks {
                 control: ctl_rx,
                 ready: ready_tx,
+                started: started_tx,
             }),
         };
         let deployment = d.id.clone();
@@ -354,13 +363,26 @@ impl Deployer {
             )
             .await?;
         info!(deployment = %d.id, session = format!("{:08x}", ready.session), %group, "multicast session announced");
+        let this = self.clone();
+        let id = d.id.clone();
+        tokio::spawn(async move {
+            if started_rx.await.is_ok() {
+                info!(deployment = %id, "multicast stream started");
+                if let Err(e) = this.db.deployment_started(&id).await {
+                    warn!(deployment = %id, error = %format!("{e:#}"), "recording the start");
+                }
+                this.changed(&id);
+            }
+        });
         // When the session ends, later machines use unicast.
         let this = self.clone();
         let id = d.id.clone();
         tokio::spawn(async move {
             match end_rx.await {
                 Ok(Ok(())) => info!(deployment = %id, "multicast session over"),
-                Ok(Err(e)) => warn!(deployment = %id, error = %format!("{e:#}"), "multicast session ended"),
+                Ok(Err(e)) => {
+                    warn!(deployment = %id, error = %format!("{e:#}"), "multicast session ended")
+                }
                 Err(_) => warn!(deployment = %id, "multicast session thread panicked"),
             }
             this.sessions.lock().expect("lock").remove(&id);
@@ -432,7 +454,13 @@ impl Deployer {
                 .filter(|t| t.state == "waiting")
                 .count();
             info!(deployment = %d.id, transport = %d.transport, waiting, "resuming deployment");
-            if d.transport == "multicast" && waiting > 0 && self.iface.is_some() {
+            // A stream that had started is not started again: its machines that had not
+            // joined are late joiners, who finish over unicast as they would have anyway.
+            if d.transport == "multicast"
+                && d.state == "waiting"
+                && waiting > 0
+                && self.iface.is_some()
+            {
                 let mut d = d;
                 d.min_machines = d.min_machines.map(|n| n.min(waiting as i64));
                 if let Err(e) = self.start_session(&d, waiting).await {
@@ -455,7 +483,6 @@ fn group_for(id: &str) -> SocketAddrV4 {
         SESSION_PORT,
     )
 }
-
 
 #[cfg(test)]
 mod tests {

@@ -59,9 +59,8 @@ fn task_info(t: &Task, d: &Deployment) -> Value {
 /// A task as the admin sees it, with its ETA.
 fn task_view(t: &Task, name: Option<&str>) -> Value {
     let mut v = serde_json::to_value(t).unwrap_or(Value::Null);
-    let eta = (t.active() && t.rate_bps > 0 && t.bytes_done > 0).then(|| {
-        (t.bytes_total - t.bytes_done).max(0) as f64 * 8.0 / t.rate_bps as f64
-    });
+    let eta = (t.active() && t.rate_bps > 0 && t.bytes_done > 0)
+        .then(|| (t.bytes_total - t.bytes_done).max(0) as f64 * 8.0 / t.rate_bps as f64);
     if let Value::Object(m) = &mut v {
         m.insert("name".into(), json!(name));
         m.insert("eta_seconds".into(), json!(eta.map(|e| e.round())));
@@ -80,13 +79,12 @@ fn task_view(t: &Task, name: Option<&str>) -> Value {
 /// A deployment with its tasks and totals.
 async fn deployment_view(s: &Shared, d: &Deployment) -> ApiResult<Value> {
     let tasks = s.db.tasks_of(&d.id).await?;
-    let names: std::collections::HashMap<String, String> = s
-        .db
-        .machines(None)
-        .await?
-        .into_iter()
-        .map(|m| (m.mac, m.name))
-        .collect();
+    let names: std::collections::HashMap<String, String> =
+        s.db.machines(None)
+            .await?
+            .into_iter()
+            .map(|m| (m.mac, m.name))
+            .collect();
     let mut counts = std::collections::BTreeMap::<&str, usize>::new();
     for t in &tasks {
         *counts.entry(t.state.as_str()).or_default() += 1;
@@ -130,7 +128,10 @@ pub(crate) async fn list(
     Query(q): Query<ListQuery>,
 ) -> ApiResult<Json<Value>> {
     let mut out = Vec::new();
-    for d in s.db.deployments(q.limit.unwrap_or(50).clamp(1, 1000)).await? {
+    for d in
+        s.db.deployments(q.limit.unwrap_or(50).clamp(1, 1000))
+            .await?
+    {
         out.push(deployment_view(&s, &d).await?);
     }
     Ok(Json(Value::Array(out)))
@@ -300,9 +301,8 @@ pub(crate) async fn hello(
     let Json(h) = body?;
     let mac = parse_mac(&h.mac)?;
     let disk = h.disks.first();
-    let m = s
-        .db
-        .machine_hello(
+    let m =
+        s.db.machine_hello(
             mac,
             disk.and_then(|d| d.serial.as_deref()),
             disk.and_then(|d| d.size),
@@ -325,11 +325,11 @@ pub(crate) async fn hello(
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
     let keeps = match shown {
-        Some(t) => s
-            .db
-            .check_task_token(t)
-            .await?
-            .is_some_and(|t| t.id == task.id && t.active()),
+        Some(t) => {
+            s.db.check_task_token(t)
+                .await?
+                .is_some_and(|t| t.id == task.id && t.active())
+        }
         None => false,
     };
     if !keeps {
@@ -439,7 +439,6 @@ pub(crate) async fn progress(
         let t = s.db.task(&t.id).await?;
         return Err(task_over(&t));
     }
-    s.db.deployment_started(&t.deployment_id).await?;
     s.deployer.changed(&t.deployment_id);
     Ok(Json(json!({ "state": p.state })))
 }

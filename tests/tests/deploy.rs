@@ -1,0 +1,399 @@
+//! Deployments on one host (loopback): `drover deploy` over unicast to `drover-agent`s writing
+//! disk files and a loop device, the agent's token rules, and every bad input the issue names
+//! — a missing image, unknown machines and groups, malformed bodies, a disk too small — each
+//! a clear error with nothing lost; cancelling; `deploy --wait`'s exit status; an agent
+//! killed mid-way resuming; the server restarted mid-deployment.
+
+use std::time::{Duration, Instant};
+
+use drover_tests::deploy::{agent, lab_disk, output_within, task_of};
+use drover_tests::server::Server;
+use drover_tests::{drover_bin, require, run, Env, Loop};
+
+/// The longest any one agent or command may take here.
+const LIMIT: Duration = Duration::from_secs(120);
+
+fn token(env: &Env) -> String {
+    env.ok(&["token", "create", "admin"]).trim().to_string()
+}
+
+/// Runs `drover ARGS --server URL --token T` and returns its output.
+fn cli(env: &Env, srv: &Server, t: &str, args: &[&str]) -> std::process::Output {
+    let mut a = args.to_vec();
+    a.extend_from_slice(&["--server", &srv.url, "--token", t]);
+    env.drover(&a)
+}
+
+fn ok_cli(env: &Env, srv: &Server, t: &str, args: &[&str]) -> String {
+    let out = cli(env, srv, t, args);
+    assert!(
+        out.status.success(),
+        "drover {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn fails_cli(env: &Env, srv: &Server, t: &str, args: &[&str]) -> String {
+    let out = cli(env, srv, t, args);
+    assert!(!out.status.success(), "drover {args:?} should fail");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn srv_url(addr: &str) -> String {
+    format!("http://{addr}")
+}
+
+fn deploy_id(out: &str) -> String {
+    out.split_whitespace()
+        .nth(1)
+        .unwrap()
+        .trim_end_matches(':')
+        .to_string()
+}
+
+/// The agent's whole output.
+fn output(o: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+#[test]
+fn unicast_deployments_bad_input_tokens_cancel_and_resume() {
+    if !require(
+        "unicast_deployments",
+        &["sgdisk", "mkfs.ext4", "mkntfs", "losetup", "cmp"],
+    ) {
+        return;
+    }
+    let env = Env::new();
+    let src = lab_disk(&env, 10 << 20, 41);
+    env.capture(&src, "lab");
+    let reference = env.path("reference.img");
+    drover_tests::sparse_file(&reference, 64 << 20);
+    env.restore("lab", &reference);
+    let srv = Server::start(&env.data(), &[]);
+    let t = token(&env);
+    for (mac, group) in [
+        ("02:00:00:00:01:01", "room1"),
+        ("02:00:00:00:01:02", "room1"),
+        ("02:00:00:00:01:03", "room2"),
+        ("02:00:00:00:01:04", "room2"),
+    ] {
+        ok_cli(&env, &srv, &t, &["machine", "add", mac, "--group", group]);
+    }
+
+    // Bad requests: each named, nothing created.
+    let e = fails_cli(&env, &srv, &t, &["deploy", "nope", "--to", "room1"]);
+    assert!(e.contains("image \"nope\"") && e.contains("404"), "{e}");
+    let e = fails_cli(
+        &env,
+        &srv,
+        &t,
+        &["deploy", "lab", "--to", "02:00:00:00:09:09"],
+    );
+    assert!(e.contains("not in the inventory"), "{e}");
+    let e = fails_cli(&env, &srv, &t, &["deploy", "lab", "--to", "room9"]);
+    assert!(e.contains("neither a MAC address nor a group"), "{e}");
+    let e = fails_cli(
+        &env,
+        &srv,
+        &t,
+        &["deploy", "lab", "--to", "room1", "--min-machines", "5"],
+    );
+    assert!(e.contains("min machines 5"), "{e}");
+    for (body, want) in [
+        ("{\"image\": \"lab\"", "malformed request body"),
+        (
+            "{\"image\": \"lab\", \"to\": [\"room1\"], \"transport\": \"pigeon\"}",
+            "transport",
+        ),
+        (
+            "{\"image\": \"lab\", \"to\": [\"room1\"], \"max_wait\": \"soon\"}",
+            "soon",
+        ),
+        (
+            "{\"image\": \"lab\", \"to\": [], \"transport\": \"unicast\"}",
+            "no targets",
+        ),
+        (
+            "{\"image\": \"lab\", \"to\": [\"room1\"], \"colour\": 1}",
+            "unknown field",
+        ),
+    ] {
+        let (code, text) = srv.http("POST", "/api/v1/deployments", Some(&t), Some(body));
+        assert_eq!(code, 400, "{body}: {text}");
+        assert!(text.contains(want), "{body}: {text}");
+    }
+    let (_, list) = srv.http("GET", "/api/v1/deployments", Some(&t), None);
+    assert_eq!(
+        list.trim(),
+        "[]",
+        "a refused deployment left something behind"
+    );
+
+    // An unknown machine that says hello is registered and gets nothing, no token either.
+    let (code, hello) = srv.http(
+        "POST",
+        "/api/v1/agent/hello",
+        None,
+        Some(r#"{"mac": "02:00:00:00:07:07", "disks": [{"size": 1000}]}"#),
+    );
+    assert_eq!(code, 200, "{hello}");
+    let hello: serde_json::Value = serde_json::from_str(&hello).unwrap();
+    assert!(
+        hello["task"].is_null() && hello["token"].is_null(),
+        "{hello}"
+    );
+    assert_eq!(hello["machine"]["registered"], "hello");
+    let (code, text) = srv.http(
+        "POST",
+        "/api/v1/agent/hello",
+        None,
+        Some(r#"{"mac": "zz"}"#),
+    );
+    assert_eq!(code, 400, "{text}");
+
+    // A unicast deployment to a group: one agent writes a file; the other's disk (a 16 MiB
+    // loop device) is too small: that task fails with the reason, the deployment fails,
+    // and `deploy --wait` says so.
+    let small = env.path("small.img");
+    drover_tests::sparse_file(&small, 16 << 20);
+    let lo = Loop::attach(&small, 0, None);
+    let waiter = {
+        let mut c = std::process::Command::new(drover_bin());
+        c.args([
+            "deploy",
+            "lab",
+            "--to",
+            "room1",
+            "--transport",
+            "unicast",
+            "--wait",
+        ])
+        .args(["--server", &srv.url, "--token", &t]);
+        std::thread::spawn(move || output_within(c, LIMIT))
+    };
+    // A second deployment to a machine that has a task is refused.
+    let t0 = Instant::now();
+    while srv
+        .http("GET", "/api/v1/deployments", Some(&t), None)
+        .1
+        .trim()
+        == "[]"
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "deploy --wait created nothing"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let e = fails_cli(
+        &env,
+        &srv,
+        &t,
+        &[
+            "deploy",
+            "lab",
+            "--to",
+            "02:00:00:00:01:01",
+            "--transport",
+            "unicast",
+        ],
+    );
+    assert!(e.contains("already") && e.contains("409"), "{e}");
+    let disk1 = env.path("disk1.img");
+    let a1 = output_within(
+        agent(
+            &srv.url,
+            &disk1,
+            &["--mac", "02:00:00:00:01:01", "--iface", "lo", "--read-back"],
+        ),
+        LIMIT,
+    );
+    assert!(a1.status.success(), "{}", output(&a1));
+    run(
+        "cmp",
+        &[disk1.to_str().unwrap(), reference.to_str().unwrap()],
+    );
+    let a2 = output_within(
+        agent(
+            &srv.url,
+            &lo.dev,
+            &["--mac", "02:00:00:00:01:02", "--iface", "lo"],
+        ),
+        LIMIT,
+    );
+    assert_eq!(a2.status.code(), Some(1), "{}", output(&a2));
+    assert!(
+        output(&a2).contains("too small") || output(&a2).contains("holds"),
+        "{}",
+        output(&a2)
+    );
+    let w = waiter.join().unwrap();
+    assert!(
+        !w.status.success(),
+        "deploy --wait should fail: {}",
+        output(&w)
+    );
+    assert!(output(&w).contains("failed"), "{}", output(&w));
+    let listed = env.json(&["deployment", "list", "--server", &srv.url, "--token", &t]);
+    let d = &listed[0];
+    assert_eq!(d["state"], "failed", "{d:#}");
+    let failed = task_of(d, "02:00:00:00:01:02");
+    assert_eq!(failed["state"], "failed");
+    assert!(
+        failed["reason"]
+            .as_str()
+            .unwrap()
+            .contains(lo.dev.to_str().unwrap()),
+        "{failed:#}"
+    );
+    assert_eq!(task_of(d, "02:00:00:00:01:01")["state"], "done");
+    // Nothing was written to the small disk.
+    assert!(std::fs::read(&small).unwrap().iter().all(|&b| b == 0));
+    drop(lo);
+
+    // Tokens: an agent's opens only its own task's endpoints; an admin's none of them.
+    let out = ok_cli(
+        &env,
+        &srv,
+        &t,
+        &["deploy", "lab", "--to", "room2", "--transport", "unicast"],
+    );
+    let id = deploy_id(&out);
+    let (_, hello) = srv.http(
+        "POST",
+        "/api/v1/agent/hello",
+        None,
+        Some(r#"{"mac": "02:00:00:00:01:03"}"#),
+    );
+    let hello: serde_json::Value = serde_json::from_str(&hello).unwrap();
+    let task_token = hello["token"].as_str().unwrap().to_string();
+    assert_eq!(hello["task"]["deployment"], id.as_str());
+    assert_eq!(
+        srv.http("GET", "/api/v1/machines", Some(&task_token), None)
+            .0,
+        403
+    );
+    assert_eq!(
+        srv.http(
+            "GET",
+            &format!("/api/v1/deployments/{id}"),
+            Some(&task_token),
+            None
+        )
+        .0,
+        403
+    );
+    assert_eq!(srv.http("GET", "/api/v1/agent/task", Some(&t), None).0, 403);
+    assert_eq!(srv.http("GET", "/api/v1/agent/task", None, None).0, 401);
+    assert_eq!(
+        srv.http("GET", "/api/v1/agent/task", Some("drt_00_11"), None)
+            .0,
+        401
+    );
+    let (code, _) = srv.http("GET", "/api/v1/agent/task", Some(&task_token), None);
+    assert_eq!(code, 200);
+    let (code, text) = srv.http(
+        "GET",
+        &format!("/api/v1/chunks/{}", "ab".repeat(32)),
+        Some(&task_token),
+        None,
+    );
+    assert_eq!(code, 404, "{text}");
+    let (code, text) = srv.http(
+        "POST",
+        "/api/v1/agent/progress",
+        Some(&task_token),
+        Some(r#"{"state": "receiving", "bytes_done": -5}"#),
+    );
+    assert_eq!(code, 400, "{text}");
+
+    // The agent of .04 finds its disk half written (an interrupted write): it fetches only
+    // what is missing. It starts while the server is down, and waits for it to come back.
+    let disk4 = env.path("disk4.img");
+    drover_tests::sparse_file(&disk4, 64 << 20);
+    let half = drover_tests::read_range(&reference, 0, 24 << 20);
+    drover_tests::patch(&disk4, 0, &half);
+    let addr = srv.addr.clone();
+    srv.kill();
+    let a4 = {
+        let c = agent(
+            &srv_url(&addr),
+            &disk4,
+            &["--mac", "02:00:00:00:01:04", "--iface", "lo"],
+        );
+        std::thread::spawn(move || output_within(c, LIMIT))
+    };
+    std::thread::sleep(Duration::from_secs(2));
+    let srv = Server::start_at(&env.data(), &addr, &[]);
+    let a4 = a4.join().unwrap();
+    assert!(a4.status.success(), "{}", output(&a4));
+    assert!(
+        output(&a4).contains("the server is away"),
+        "{}",
+        output(&a4)
+    );
+    run(
+        "cmp",
+        &[disk4.to_str().unwrap(), reference.to_str().unwrap()],
+    );
+    let d = drover_tests::deploy::deployment(&srv.addr, &t, &id);
+    let t4 = task_of(&d, "02:00:00:00:01:04");
+    assert_eq!(t4["state"], "done", "{d:#}");
+    let kept = t4["kept_chunks"].as_i64().unwrap();
+    let fetched = t4["unicast_chunks"].as_i64().unwrap();
+    let chunks = env.manifest("lab").chunks().count() as i64;
+    assert!(
+        kept >= 4 && kept + fetched == chunks,
+        "kept {kept} fetched {fetched} of {chunks}"
+    );
+
+    // Cancel: the .03 task (its token in hand) ends; its token then says so (410).
+    let out = ok_cli(&env, &srv, &t, &["deployment", "cancel", &id]);
+    assert!(out.contains("cancelled"), "{out}");
+    let (code, text) = srv.http("GET", "/api/v1/agent/task", Some(&task_token), None);
+    assert_eq!(code, 410, "{text}");
+    assert!(text.contains("cancelled"), "{text}");
+    let e = fails_cli(&env, &srv, &t, &["deployment", "cancel", &id]);
+    assert!(e.contains("already over"), "{e}");
+    // With no task left, an agent waits, then gives up with exit status 3.
+    let a3 = output_within(
+        agent(
+            &srv.url,
+            &env.path("disk3.img"),
+            &[
+                "--mac",
+                "02:00:00:00:01:03",
+                "--iface",
+                "lo",
+                "--max-idle",
+                "1s",
+            ],
+        ),
+        LIMIT,
+    );
+    assert_eq!(a3.status.code(), Some(3), "{}", output(&a3));
+    let shown = ok_cli(&env, &srv, &t, &["deployment", "show", &id]);
+    assert!(
+        shown.contains("cancelled") && shown.contains("done"),
+        "{shown}"
+    );
+    let audit = srv.http("GET", "/api/v1/audit", Some(&t), None).1;
+    for action in [
+        "deployment.create",
+        "deployment.cancel",
+        "task.done",
+        "task.failed",
+    ] {
+        assert!(
+            audit.contains(action),
+            "{action} missing from the audit log: {audit}"
+        );
+    }
+}
