@@ -187,7 +187,7 @@ fn print_deployment(d: &Value) {
     for t in d["tasks"].as_array().into_iter().flatten() {
         let eta = t["eta_seconds"]
             .as_f64()
-            .map(|e| format!(", ETA {}", fmt::time(e as u64)))
+            .map(|e| format!(", ETA {}", fmt::span(e as u64)))
             .unwrap_or_default();
         println!(
             "  {:<17}  {:<16}  {:<10}  {:>5.1} %  {}{}  multicast {} unicast {} kept {}{}",

@@ -11,6 +11,9 @@
 //!
 //! Exit codes: 0 success; 1 an error (or `verify` found a bad chunk); 2 bad usage.
 
+// The OpenAPI document is one large `json!` literal.
+#![recursion_limit = "256"]
+
 mod client;
 mod deploy_cmd;
 mod image_cmd;

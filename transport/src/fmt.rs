@@ -38,6 +38,15 @@ pub fn time(secs: u64) -> String {
     )
 }
 
+/// A span of seconds: `45 s`, `3 min 05 s`, `2 h 07 min`.
+pub fn span(secs: u64) -> String {
+    match secs {
+        0..60 => format!("{secs} s"),
+        60..3600 => format!("{} min {:02} s", secs / 60, secs % 60),
+        _ => format!("{} h {:02} min", secs / 3600, secs / 60 % 60),
+    }
+}
+
 /// Parses `4M`, `512K`, `1G` or a plain byte count.
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let s = s.trim();
@@ -119,12 +128,15 @@ pub fn parse_fraction(s: &str) -> Result<f64, String> {
 
 #[cfg(test)]
 mod tests {
-    use crate::*;
+    use super::*;
 
     #[test]
     fn formats() {
         assert_eq!(bytes(512), "512 B");
         assert_eq!(bytes(1536), "1.5 KiB");
+        assert_eq!(span(59), "59 s");
+        assert_eq!(span(185), "3 min 05 s");
+        assert_eq!(span(7620), "2 h 07 min");
         assert_eq!(time(0), "1970-01-01 00:00:00 UTC");
         assert_eq!(time(951_782_400), "2000-02-29 00:00:00 UTC");
         assert_eq!(time(1_795_000_000), "2026-11-18 11:06:40 UTC");

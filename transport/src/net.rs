@@ -315,7 +315,7 @@ pub fn unicast_socket(iface: &Iface) -> anyhow::Result<UdpSocket> {
 
 #[cfg(test)]
 mod tests {
-    use crate::*;
+    use super::*;
 
     #[test]
     fn broadcast_address() {

@@ -237,6 +237,15 @@ pub async fn run(o: ReceiveOptions) -> anyhow::Result<Received> {
     let t0 = Instant::now();
     let mut demoted = false;
     loop {
+        // The writer's results and unicast downloads are taken here as well as in the select
+        // below: while the stream runs, the group socket (its first, biased branch) is ready
+        // at every turn, and they would wait for the stream's end.
+        while let Ok((index, unicast, r)) = done_rx.try_recv() {
+            on_written(&mut rx, &mut pending_writes, index, unicast, r)?;
+        }
+        while let Ok((index, r)) = fetch_rx.try_recv() {
+            on_fetched(&mut rx, &mut fetch_failures, &job_tx, &base, index, r)?;
+        }
         let now = Instant::now();
         rx.handle_timeout(now);
         while let Some(i) = rx.poll_fetch(now) {
@@ -306,8 +315,15 @@ pub async fn run(o: ReceiveOptions) -> anyhow::Result<Received> {
             last_progress = Instant::now();
             let s = rx.stats();
             if let Some(p) = &o.progress {
+                // The receiver counts payload (compressed) bytes; the agent reports plaintext.
+                let missing: u64 = rx
+                    .missing()
+                    .iter()
+                    .map(|&i| u64::from(desc.chunks[i as usize].plain_len))
+                    .sum();
+                let s = rx.stats();
                 let _ = p.send(Progress {
-                    stored_bytes: s.stored_bytes,
+                    stored_bytes: total - missing,
                     total_bytes: total,
                     rate_bps: s.rate_bps,
                     multicast_chunks: u64::from(s.decoded_chunks),
@@ -362,6 +378,8 @@ pub async fn run(o: ReceiveOptions) -> anyhow::Result<Received> {
                         // receiver's alone; what else it serves (the writer's replies, unicast
                         // fetches, feedback) can wait a few milliseconds.
                         std::thread::sleep(coalesce(recv_buffer, rx.stats().rate_bps));
+                        // Let this runtime's other tasks (an agent's progress reports) run.
+                        tokio::task::yield_now().await;
                     }
                 }
                 Err(e) => warn!(error = %e, "receive failed"),
@@ -371,38 +389,11 @@ pub async fn run(o: ReceiveOptions) -> anyhow::Result<Received> {
                 Err(e) => debug!(error = %e, "receive failed"),
             },
             Some((index, unicast, r)) = done_rx.recv() => {
-                if !unicast {
-                    pending_writes -= 1;
-                }
-                match r? {
-                    Outcome::Stored if unicast => rx.fetch_finished(Instant::now(), index, true),
-                    Outcome::Stored => rx.chunk_stored(index),
-                    Outcome::Bad(why) => {
-                        warn!(index, %why, "chunk rejected; fetching it again");
-                        if unicast {
-                            rx.fetch_finished(Instant::now(), index, false);
-                        } else {
-                            rx.chunk_rejected(index);
-                        }
-                    }
-                }
+                on_written(&mut rx, &mut pending_writes, index, unicast, r)?;
             }
-            Some((index, r)) = fetch_rx.recv() => match r {
-                Ok(data) => {
-                    fetch_failures = 0;
-                    job_tx
-                        .send(Job { index, data, unicast: true })
-                        .context("the writer stopped")?;
-                }
-                Err(e) => {
-                    fetch_failures += 1;
-                    debug!(index, error = %e, "unicast fetch failed");
-                    if fetch_failures >= MAX_FETCH_FAILURES {
-                        bail!("fetching chunk {index} from {base} failed {fetch_failures} times in a row: {e:#}");
-                    }
-                    rx.fetch_finished(Instant::now(), index, false);
-                }
-            },
+            Some((index, r)) = fetch_rx.recv() => {
+                on_fetched(&mut rx, &mut fetch_failures, &job_tx, &base, index, r)?;
+            }
             _ = tokio::time::sleep_until(tokio::time::Instant::from_std(wake)) => {}
         }
     }
@@ -454,6 +445,64 @@ pub async fn run(o: ReceiveOptions) -> anyhow::Result<Received> {
         );
     }
     Ok(received)
+}
+
+/// The writer stored chunk `index` (or found it wrong).
+fn on_written(
+    rx: &mut Receiver,
+    pending_writes: &mut usize,
+    index: u32,
+    unicast: bool,
+    r: anyhow::Result<Outcome>,
+) -> anyhow::Result<()> {
+    if !unicast {
+        *pending_writes -= 1;
+    }
+    match r? {
+        Outcome::Stored if unicast => rx.fetch_finished(Instant::now(), index, true),
+        Outcome::Stored => rx.chunk_stored(index),
+        Outcome::Bad(why) => {
+            warn!(index, %why, "chunk rejected; fetching it again");
+            if unicast {
+                rx.fetch_finished(Instant::now(), index, false);
+            } else {
+                rx.chunk_rejected(index);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A unicast download of chunk `index` ended.
+fn on_fetched(
+    rx: &mut Receiver,
+    failures: &mut u32,
+    job_tx: &std_mpsc::Sender<Job>,
+    base: &str,
+    index: u32,
+    r: anyhow::Result<Vec<u8>>,
+) -> anyhow::Result<()> {
+    match r {
+        Ok(data) => {
+            *failures = 0;
+            job_tx
+                .send(Job {
+                    index,
+                    data,
+                    unicast: true,
+                })
+                .context("the writer stopped")?;
+        }
+        Err(e) => {
+            *failures += 1;
+            debug!(index, error = %e, "unicast fetch failed");
+            if *failures >= MAX_FETCH_FAILURES {
+                bail!("fetching chunk {index} from {base} failed {failures} times in a row: {e:#}");
+            }
+            rx.fetch_finished(Instant::now(), index, false);
+        }
+    }
+    Ok(())
 }
 
 /// Waits for a session announce; returns it and the sender's control address.

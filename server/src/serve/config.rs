@@ -31,6 +31,8 @@ pub(crate) struct FileConfig {
     pub(crate) wol_port: Option<u16>,
     /// Highest multicast send rate, bits/s with K/M/G suffixes (e.g. "900M").
     pub(crate) multicast_rate: Option<String>,
+    /// Bytes of a multicast stream in flight at most (e.g. "32M").
+    pub(crate) multicast_window: Option<String>,
 }
 
 impl FileConfig {
@@ -60,7 +62,12 @@ pub(crate) struct Config {
     pub(crate) wol_port: u16,
     /// Highest multicast send rate of a deployment, bits/s.
     pub(crate) multicast_rate: u64,
+    /// Bytes of a deployment's stream in flight at most.
+    pub(crate) multicast_window: u64,
 }
+
+/// Default multicast window: what a receiver may hold undecoded.
+pub(crate) const DEFAULT_MULTICAST_WINDOW: u64 = 32 << 20;
 
 /// Default multicast rate: most of a gigabit link.
 pub(crate) const DEFAULT_MULTICAST_RATE: u64 = 900_000_000;
@@ -74,6 +81,7 @@ pub(crate) struct Overrides {
     pub(crate) public_url: Option<String>,
     pub(crate) database_url: Option<String>,
     pub(crate) multicast_rate: Option<u64>,
+    pub(crate) multicast_window: Option<u64>,
 }
 
 impl Config {
@@ -128,6 +136,13 @@ impl Config {
                     .map_err(|e| anyhow::anyhow!("multicast_rate: {e}"))?,
                 (None, None) => DEFAULT_MULTICAST_RATE,
             },
+            multicast_window: match (o.multicast_window, &file.multicast_window) {
+                (Some(w), _) => w,
+                (None, Some(s)) => transport::fmt::parse_size(s)
+                    .map_err(|e| anyhow::anyhow!("multicast_window: {e}"))?,
+                (None, None) => DEFAULT_MULTICAST_WINDOW,
+            }
+            .max(8 << 20),
         })
     }
 }
@@ -163,6 +178,7 @@ mod tests {
         assert!(parsed.database_url.is_some());
         assert!(parsed.wol_port.is_some());
         assert!(parsed.multicast_rate.is_some());
+        assert!(parsed.multicast_window.is_some());
         assert_eq!(
             Config::resolve(
                 parsed,

@@ -16,6 +16,7 @@ use super::mac::Mac;
 #[derive(Clone)]
 pub(crate) struct Db {
     pub(super) pool: AnyPool,
+    sqlite: bool,
 }
 
 /// A machine in the inventory.
@@ -107,8 +108,26 @@ impl Db {
             bail!("database URL {url:?}: only sqlite:// and postgres:// are supported");
         }
         let pool = AnyPoolOptions::new()
-            // SQLite takes one writer at a time; more connections only queue on its lock.
-            .max_connections(if sqlite { 4 } else { 16 })
+            // SQLite takes one writer at a time, but reads go on beside it: enough
+            // connections that a page of the API is not queued behind agents' reports.
+            .max_connections(if sqlite { 8 } else { 16 })
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if sqlite {
+                        // A writer waits for the lock (40 agents report at once) rather than
+                        // failing; in WAL mode, NORMAL syncs at checkpoints rather than at every
+                        // commit: a crash of the server loses nothing, a power cut at most the
+                        // last progress reports.
+                        sqlx::query("PRAGMA busy_timeout = 10000")
+                            .execute(&mut *conn)
+                            .await?;
+                        sqlx::query("PRAGMA synchronous = NORMAL")
+                            .execute(&mut *conn)
+                            .await?;
+                    }
+                    Ok(())
+                })
+            })
             .connect(url)
             .await
             .with_context(|| format!("opening the database {}", redact(url)))?;
@@ -122,7 +141,20 @@ impl Db {
             .run(&pool)
             .await
             .context("migrating the database")?;
-        Ok(Self { pool })
+        Ok(Self { pool, sqlite })
+    }
+
+    /// A transaction that writes. On SQLite it takes the write lock at once (`BEGIN
+    /// IMMEDIATE`): a deferred one that reads first cannot wait for the lock when another
+    /// writer went ahead meanwhile, and fails with "database is locked".
+    pub(super) async fn begin_write(
+        &self,
+    ) -> Result<sqlx::Transaction<'static, sqlx::Any>, sqlx::Error> {
+        if self.sqlite {
+            self.pool.begin_with("BEGIN IMMEDIATE").await
+        } else {
+            self.pool.begin().await
+        }
     }
 
     /// Appends to the audit log.

@@ -81,6 +81,7 @@ pub(crate) struct Deployer {
     store_dir: PathBuf,
     iface: Option<Iface>,
     rate_bps: u64,
+    window_bytes: u64,
     /// This server's id (multicast sessions are run by the server that owns them).
     pub(crate) owner: String,
     sessions: Mutex<HashMap<String, mpsc::Sender<Control>>>,
@@ -95,6 +96,7 @@ impl Deployer {
         store_dir: PathBuf,
         iface: Option<Iface>,
         rate_bps: u64,
+        window_bytes: u64,
         owner: String,
     ) -> Arc<Self> {
         Arc::new(Self {
@@ -102,6 +104,7 @@ impl Deployer {
             store_dir,
             iface,
             rate_bps,
+            window_bytes,
             owner,
             sessions: Mutex::new(HashMap::new()),
             images: Mutex::new(HashMap::new()),
@@ -296,6 +299,7 @@ impl Deployer {
         let mut config = SenderConfig::new(0, SessionKey([0; 32]));
         config.rate_bps = self.rate_bps;
         config.min_rate_bps = (self.rate_bps / 10).max(1_000_000).min(self.rate_bps);
+        config.window_bytes = self.window_bytes;
         config.fec = Fec::Auto {
             floor: proto::sender::DEFAULT_FEC_OVERHEAD,
         };

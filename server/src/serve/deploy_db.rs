@@ -157,7 +157,7 @@ impl Db {
         d: &NewDeployment<'_>,
         macs: &[Mac],
     ) -> Result<Deployment, DbError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         for mac in macs {
             let busy = sqlx::query(&format!(
                 "SELECT deployment_id FROM tasks WHERE mac = $1 AND state IN ({})",
@@ -375,7 +375,7 @@ impl Db {
         p: Option<TaskProgress>,
     ) -> anyhow::Result<bool> {
         let now = now_ms();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let t = sqlx::query(&format!("SELECT {TASK_COLUMNS} FROM tasks WHERE id = $1"))
             .bind(id)
             .fetch_optional(&mut *tx)
@@ -469,7 +469,7 @@ impl Db {
             return Ok(false);
         }
         let now = now_ms();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         sqlx::query(
             "UPDATE deployments SET state = 'cancelled', finished_ms = $1, session = NULL \
              WHERE id = $2",

@@ -50,6 +50,9 @@ pub(crate) struct ServeArgs {
     /// Highest multicast send rate of a deployment, bits/s (K, M, G suffixes; default 900M).
     #[arg(long, env = "DROVER_MULTICAST_RATE", value_parser = transport::fmt::parse_rate)]
     multicast_rate: Option<u64>,
+    /// Bytes of a deployment's stream in flight at most (K, M, G; default 32M, at least 8M).
+    #[arg(long, env = "DROVER_MULTICAST_WINDOW", value_parser = transport::fmt::parse_size)]
+    multicast_window: Option<u64>,
 }
 
 /// `drover token ...`
@@ -91,6 +94,7 @@ pub(crate) fn serve(args: ServeArgs, data_dir: Option<PathBuf>) -> anyhow::Resul
             public_url: args.public_url,
             database_url: args.database_url,
             multicast_rate: args.multicast_rate,
+            multicast_window: args.multicast_window,
         },
     )?;
     runtime()?.block_on(run(cfg))
@@ -113,6 +117,7 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         store_dir.clone(),
         cfg.iface.clone(),
         cfg.multicast_rate,
+        cfg.multicast_window,
         owner,
     );
     let state = Arc::new(api::AppState {

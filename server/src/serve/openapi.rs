@@ -8,6 +8,9 @@ use serde_json::{json, Value};
 pub(crate) async fn openapi() -> Json<Value> {
     let machine = json!({"$ref": "#/components/schemas/Machine"});
     let error = json!({"description": "error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}});
+    let deployment = json!({"$ref": "#/components/schemas/Deployment"});
+    let id_param =
+        json!([{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}]);
     let mac_param = json!([{"name": "mac", "in": "path", "required": true, "schema": {"type": "string"}, "example": "aa:bb:cc:dd:ee:ff"}]);
     Json(json!({
         "openapi": "3.0.3",
@@ -22,6 +25,19 @@ pub(crate) async fn openapi() -> Json<Value> {
                     "disk_serial": {"type": "string", "nullable": true}, "disk_size": {"type": "integer", "nullable": true},
                     "state": {"type": "string"}, "registered": {"type": "string", "enum": ["admin", "hello"]},
                     "last_seen_ms": {"type": "integer", "nullable": true}, "created_ms": {"type": "integer"}}},
+                "Task": {"type": "object", "description": "One machine's part of a deployment", "properties": {
+                    "id": {"type": "string"}, "mac": {"type": "string"}, "name": {"type": "string", "nullable": true},
+                    "state": {"type": "string", "enum": ["waiting", "receiving", "verifying", "done", "failed", "cancelled"]},
+                    "reason": {"type": "string", "nullable": true}, "bytes_done": {"type": "integer"}, "bytes_total": {"type": "integer"},
+                    "percent": {"type": "number"}, "rate_bps": {"type": "integer"}, "eta_seconds": {"type": "number", "nullable": true},
+                    "multicast_chunks": {"type": "integer"}, "unicast_chunks": {"type": "integer"}, "kept_chunks": {"type": "integer"}}},
+                "Deployment": {"type": "object", "properties": {
+                    "id": {"type": "string"}, "image_id": {"type": "string"}, "image_name": {"type": "string"}, "targets": {"type": "string"},
+                    "transport": {"type": "string"}, "state": {"type": "string", "enum": ["waiting", "running", "done", "failed", "cancelled"]},
+                    "min_machines": {"type": "integer", "nullable": true}, "max_wait_ms": {"type": "integer", "nullable": true}, "start_at_ms": {"type": "integer", "nullable": true},
+                    "then_action": {"type": "string"}, "session": {"type": "integer", "nullable": true}, "mcast_group": {"type": "string", "nullable": true},
+                    "machines": {"type": "integer"}, "task_states": {"type": "object"}, "rate_bps": {"type": "integer"}, "bytes_done": {"type": "integer"}, "bytes_total": {"type": "integer"},
+                    "tasks": {"type": "array", "items": {"$ref": "#/components/schemas/Task"}}}},
                 "Group": {"type": "object", "properties": {"name": {"type": "string"}, "machines": {"type": "integer"}, "created_ms": {"type": "integer"}}},
                 "Image": {"type": "object", "properties": {
                     "id": {"type": "string"}, "name": {"type": "string"}, "version": {"type": "integer"},
@@ -59,7 +75,37 @@ pub(crate) async fn openapi() -> Json<Value> {
             "/api/v1/wake": {"post": {"summary": "Send wake-on-LAN magic packets (to machines by MAC and/or a group's machines)",
                 "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "properties": {"macs": {"type": "array", "items": {"type": "string"}}, "group": {"type": "string"}}}}}},
                 "responses": {"200": {"description": "sent", "content": {"application/json": {"schema": {"type": "object", "properties": {"woken": {"type": "array", "items": {"type": "string"}}, "to": {"type": "string"}}}}}}, "400": error, "404": error, "409": error}}},
-            "/api/v1/audit": {"get": {"summary": "The audit log, newest first", "parameters": [{"name": "limit", "in": "query", "schema": {"type": "integer"}}], "responses": {"200": {"description": "entries"}}}}
+            "/api/v1/audit": {"get": {"summary": "The audit log, newest first", "parameters": [{"name": "limit", "in": "query", "schema": {"type": "integer"}}], "responses": {"200": {"description": "entries"}}}},
+            "/api/v1/deployments": {
+                "get": {"summary": "Deployments, newest first, each with its tasks", "parameters": [{"name": "limit", "in": "query", "schema": {"type": "integer"}}],
+                        "responses": {"200": {"description": "deployments", "content": {"application/json": {"schema": {"type": "array", "items": deployment}}}}}},
+                "post": {"summary": "Deploy an image to machines (MAC) and groups",
+                         "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "required": ["image", "to"], "properties": {
+                             "image": {"type": "string", "description": "name (newest version), NAME@VERSION or id"},
+                             "to": {"type": "array", "items": {"type": "string"}, "description": "MAC addresses and group names"},
+                             "transport": {"type": "string", "enum": ["multicast", "unicast"], "default": "multicast"},
+                             "min_machines": {"type": "integer", "description": "multicast: start once this many joined (default: all)"},
+                             "max_wait": {"type": "string", "description": "multicast: start after this long regardless (30s, 5m; default 10m unless min_machines or start_at is given)"},
+                             "start_at": {"type": "string", "format": "date-time", "description": "multicast: start at this time regardless"},
+                             "then": {"type": "string", "enum": ["reboot", "poweroff"], "default": "reboot"}}}}}},
+                         "responses": {"201": {"description": "created", "content": {"application/json": {"schema": deployment}}}, "400": error, "404": error, "409": error}}
+            },
+            "/api/v1/deployments/{id}": {"parameters": id_param, "get": {"summary": "One deployment with every machine's progress, rate and ETA", "responses": {"200": {"description": "the deployment", "content": {"application/json": {"schema": deployment}}}, "404": error}}},
+            "/api/v1/deployments/{id}/start": {"parameters": id_param, "post": {"summary": "Start a waiting multicast deployment's stream now", "responses": {"200": {"description": "starting"}, "404": error, "409": error}}},
+            "/api/v1/deployments/{id}/cancel": {"parameters": id_param, "post": {"summary": "Cancel a deployment: its tasks end, its session stops", "responses": {"200": {"description": "cancelled"}, "404": error, "409": error}}},
+            "/api/v1/deployments/{id}/events": {"parameters": id_param, "get": {"summary": "Server-sent events: `deployment` with the deployment (as GET) at once and at every change, until it is over", "responses": {"200": {"description": "text/event-stream"}}}},
+            "/api/v1/agent/hello": {"post": {"summary": "An agent says hello (public): registers an unknown MAC, records the disk, answers with the machine's task and, to an agent without a valid task token, a new one",
+                "security": [],
+                "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "required": ["mac"], "properties": {
+                    "mac": {"type": "string"}, "version": {"type": "string"},
+                    "disks": {"type": "array", "items": {"type": "object", "properties": {"path": {"type": "string"}, "serial": {"type": "string"}, "size": {"type": "integer"}}}}}}}}},
+                "responses": {"200": {"description": "the machine, its task (or null), a token (when handed out), poll_ms"}, "400": error}}},
+            "/api/v1/agent/task": {"get": {"summary": "Agent: its task now (multicast session, if one is live)", "responses": {"200": {"description": "task"}, "401": error, "403": error, "410": error}}},
+            "/api/v1/agent/manifest": {"get": {"summary": "Agent: its task's image manifest", "responses": {"200": {"description": "{id, manifest}"}, "410": error}}},
+            "/api/v1/agent/progress": {"post": {"summary": "Agent: progress (state receiving|verifying, bytes_done, rate_bps, chunk counts)", "responses": {"200": {"description": "recorded"}, "400": error, "410": error}}},
+            "/api/v1/agent/result": {"post": {"summary": "Agent: the task's end ({ok, reason, bytes_done, chunk counts})", "responses": {"200": {"description": "recorded"}, "400": error, "410": error}}},
+            "/api/v1/chunks/{hash}": {"parameters": [{"name": "hash", "in": "path", "required": true, "schema": {"type": "string"}}],
+                "get": {"summary": "Agent: one chunk of its task's image by BLAKE3 hash (a zstd frame)", "responses": {"200": {"description": "application/zstd"}, "404": error, "410": error}}}
         }
     }))
 }
