@@ -14,6 +14,7 @@ use std::sync::OnceLock;
 
 pub mod deploy;
 pub mod lab;
+pub mod postgres;
 pub mod server;
 
 use imaging::extent::ExtentMap;

@@ -397,3 +397,78 @@ fn unicast_deployments_bad_input_tokens_cancel_and_resume() {
         );
     }
 }
+
+/// The same daemon on PostgreSQL: a multicast deployment to three agents (on loopback), and
+/// the deployment is still there after a restart.
+#[test]
+fn multicast_deployment_to_three_agents_on_postgresql() {
+    if !require(
+        "postgresql_deployment",
+        &["sgdisk", "mkfs.ext4", "mkntfs", "runuser", "cmp"],
+    ) {
+        return;
+    }
+    if !drover_tests::postgres::available() {
+        let msg = "postgresql_deployment: needs PostgreSQL (deploy/install-test-deps) and root";
+        assert!(!drover_tests::in_ci(), "{msg}; a skip in CI is a failure");
+        eprintln!("SKIPPED {msg}");
+        return;
+    }
+    let pg = drover_tests::postgres::Postgres::start();
+    let env = Env::new();
+    let src = lab_disk(&env, 8 << 20, 43);
+    env.capture(&src, "lab");
+    let reference = env.path("reference.img");
+    drover_tests::sparse_file(&reference, 64 << 20);
+    env.restore("lab", &reference);
+    let t = env
+        .ok(&["token", "create", "admin", "--database-url", &pg.url])
+        .trim()
+        .to_string();
+    let srv = Server::start(&env.data(), &["--database-url", &pg.url]);
+    let macs = [
+        "02:00:00:00:03:01",
+        "02:00:00:00:03:02",
+        "02:00:00:00:03:03",
+    ];
+    for m in macs {
+        ok_cli(&env, &srv, &t, &["machine", "add", m, "--group", "pg"]);
+    }
+    let out = ok_cli(&env, &srv, &t, &["deploy", "lab", "--to", "pg"]);
+    let id = deploy_id(&out);
+    let agents: Vec<_> = macs
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let c = agent(
+                &srv.url,
+                &env.path(&format!("pg{i}.img")),
+                &["--mac", m, "--iface", "lo"],
+            );
+            std::thread::spawn(move || output_within(c, LIMIT))
+        })
+        .collect();
+    for (i, a) in agents.into_iter().enumerate() {
+        let o = a.join().unwrap();
+        assert!(o.status.success(), "agent {i}: {}", output(&o));
+        run(
+            "cmp",
+            &[
+                env.path(&format!("pg{i}.img")).to_str().unwrap(),
+                reference.to_str().unwrap(),
+            ],
+        );
+    }
+    let d = drover_tests::deploy::deployment(&srv.addr, &t, &id);
+    assert_eq!(d["state"], "done", "{d:#}");
+    let multicast: i64 = macs
+        .iter()
+        .map(|m| task_of(&d, m)["multicast_chunks"].as_i64().unwrap())
+        .sum();
+    assert!(multicast > 0, "nothing came by multicast: {d:#}");
+    let addr = srv.addr.clone();
+    srv.stop();
+    let srv = Server::start_at(&env.data(), &addr, &["--database-url", &pg.url]);
+    let shown = ok_cli(&env, &srv, &t, &["deployment", "show", &id]);
+    assert!(shown.contains("done") && shown.contains(macs[2]), "{shown}");
+}
