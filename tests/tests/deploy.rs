@@ -384,6 +384,31 @@ fn unicast_deployments_bad_input_tokens_cancel_and_resume() {
         shown.contains("cancelled") && shown.contains("done"),
         "{shown}"
     );
+    // Live progress as server-sent events: a deployment that is over sends itself once and
+    // ends the stream.
+    let (code, events) = srv.http(
+        "GET",
+        &format!("/api/v1/deployments/{id}/events"),
+        Some(&t),
+        None,
+    );
+    assert_eq!(code, 200, "{events}");
+    let data = events
+        .lines()
+        .find_map(|l| l.strip_prefix("data: "))
+        .unwrap_or_else(|| panic!("no event: {events}"));
+    assert!(events.contains("event: deployment"), "{events}");
+    let ev: serde_json::Value = serde_json::from_str(data).unwrap();
+    assert_eq!(ev["state"], "cancelled");
+    assert_eq!(task_of(&ev, "02:00:00:00:01:04")["percent"], 100.0);
+    let metrics = srv.http("GET", "/metrics", None, None).1;
+    for line in [
+        "drover_deployments{state=\"cancelled\"} 1",
+        "drover_deployments{state=\"failed\"} 1",
+        "drover_tasks{state=\"done\"} 2",
+    ] {
+        assert!(metrics.contains(line), "{line} missing from\n{metrics}");
+    }
     let audit = srv.http("GET", "/api/v1/audit", Some(&t), None).1;
     for action in [
         "deployment.create",

@@ -457,6 +457,17 @@ async fn metrics(State(s): State<Shared>) -> ApiResult<Response> {
     for (state, n) in s.db.machine_states().await? {
         out.push_str(&format!("drover_machines{{state=\"{state}\"}} {n}\n"));
     }
+    out.push_str("# HELP drover_deployments Deployments, by state.\n");
+    out.push_str("# TYPE drover_deployments gauge\n");
+    let counts = s.db.deployment_counts().await?;
+    for (_, state, n) in counts.iter().filter(|c| c.0 == "deployments") {
+        out.push_str(&format!("drover_deployments{{state=\"{state}\"}} {n}\n"));
+    }
+    out.push_str("# HELP drover_tasks Machines' tasks in deployments, by state.\n");
+    out.push_str("# TYPE drover_tasks gauge\n");
+    for (_, state, n) in counts.iter().filter(|c| c.0 == "tasks") {
+        out.push_str(&format!("drover_tasks{{state=\"{state}\"}} {n}\n"));
+    }
     let images = scan_images(s.store_dir.clone()).await?;
     out.push_str("# HELP drover_images Image versions in the store.\n");
     out.push_str("# TYPE drover_images gauge\n");

@@ -543,6 +543,24 @@ impl Db {
 }
 
 impl Db {
+    /// (table, state, count) of deployments and tasks, for `/metrics`.
+    pub(crate) async fn deployment_counts(
+        &self,
+    ) -> anyhow::Result<Vec<(&'static str, String, i64)>> {
+        let mut out = Vec::new();
+        for table in ["deployments", "tasks"] {
+            let rows = sqlx::query(&format!(
+                "SELECT state, COUNT(*) AS n FROM {table} GROUP BY state ORDER BY state"
+            ))
+            .fetch_all(&self.pool)
+            .await?;
+            for r in rows {
+                out.push((table, r.try_get("state")?, r.try_get("n")?));
+            }
+        }
+        Ok(out)
+    }
+
     /// An agent said hello: the machine is seen now, with its disk; an unknown MAC is
     /// registered (`registered = hello`) and gets nothing until an admin gives it a task.
     pub(crate) async fn machine_hello(

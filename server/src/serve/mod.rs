@@ -2,10 +2,12 @@
 //! log) in its database, serves the image store of its data directory, and answers the HTTP
 //! API. Runs with no config file: `./drover-data`, an embedded SQLite database, port 8080.
 //!
-//! Wake-on-LAN goes out of the lab interface (`--iface`) to its subnet broadcast.
+//! Deployments (`deploy`) give machines tasks that their agents carry out over multicast (a
+//! session per deployment, run on a thread of its own) with unicast catch-up from the API, or
+//! over unicast alone; they survive a restart. Wake-on-LAN goes out of the lab interface
+//! (`--iface`) to its subnet broadcast.
 //!
-//! Not here yet (issue 4 continues): deployments and their tasks, the agent's endpoints and
-//! schedules.
+//! Not here yet (issue 4 continues): schedules, and capture over the network.
 
 pub(crate) mod api;
 pub(crate) mod config;
