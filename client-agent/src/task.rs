@@ -156,6 +156,7 @@ async fn work(
     }
     reporter.send("receiving", Progress::default());
     let mut totals = Totals::default();
+    let mut unheard = None;
     while task["transport"] == "multicast" && !task["multicast"].is_null() {
         match multicast(api, iface, args, &task, reporter).await {
             Ok(t) => {
@@ -164,7 +165,14 @@ async fn work(
             }
             Err(e) if format!("{e:#}").contains(receive::NO_SESSION) => {
                 // The session may have ended (late machine) or been replaced (server
-                // restart): ask again.
+                // restart): ask again. A session the server still names but that stays
+                // silent (its server is gone) is given up after two tries.
+                let session = task["multicast"]["session"].clone();
+                if unheard.as_ref() == Some(&session) {
+                    warn!("the deployment's session is not heard here: receiving over unicast");
+                    break;
+                }
+                unheard = Some(session);
                 let t = api
                     .retry("fetching the task", None, || api.get("/agent/task"))
                     .await?;

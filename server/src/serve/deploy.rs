@@ -88,7 +88,13 @@ pub(crate) struct Deployer {
     images: Mutex<HashMap<String, Arc<ImageIndex>>>,
     /// The id of every deployment that changed (for server-sent events).
     changes: broadcast::Sender<String>,
+    /// Chunks being sent over unicast at once, at most (each holds its frame in memory).
+    pub(crate) chunk_slots: Arc<tokio::sync::Semaphore>,
 }
+
+/// Unicast chunk responses in flight at once: 16 × 4 MiB frames bound the server's memory,
+/// and keep a shared link full.
+const CHUNK_SLOTS: usize = 16;
 
 impl Deployer {
     pub(crate) fn new(
@@ -109,6 +115,7 @@ impl Deployer {
             sessions: Mutex::new(HashMap::new()),
             images: Mutex::new(HashMap::new()),
             changes: broadcast::channel(1024).0,
+            chunk_slots: Arc::new(tokio::sync::Semaphore::new(CHUNK_SLOTS)),
         })
     }
 

@@ -381,10 +381,23 @@ pub(crate) async fn chunk(
             format!("chunk {hash} is not in this task's image"),
         )
     })?;
-    let frame = s.deployer.chunk_frame(h, len).await?;
+    // A slot is held until the chunk is sent: 40 agents fetching 4 chunks each would
+    // otherwise hold 160 chunks in memory while a shared link drains them.
+    let permit = s
+        .deployer
+        .chunk_slots
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(anyhow::Error::from)?;
+    let frame = axum::body::Bytes::from(s.deployer.chunk_frame(h, len).await?);
+    // The permit is dropped when the stream ends, after the frame was written out.
+    let body = futures_util::stream::unfold((Some(frame), permit), |(frame, permit)| async move {
+        frame.map(|f| (Ok::<_, Infallible>(f), (None, permit)))
+    });
     Ok((
         [(header::CONTENT_TYPE, "application/zstd")],
-        axum::body::Bytes::from(frame),
+        axum::body::Body::from_stream(body),
     )
         .into_response())
 }
