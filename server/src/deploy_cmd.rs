@@ -238,29 +238,24 @@ pub(crate) fn deployment(cmd: DeploymentCommand, json: bool) -> anyhow::Result<(
             }
         }
         DeploymentCommand::Start { id, server } => {
-            let d = call(
-                &server,
-                &format!("/deployments/{id}/start"),
-                Method::Post(json!({})),
-            )?;
-            if json {
-                print_json(&d);
-            } else {
-                println!("deployment {id}: starting now");
-            }
+            act(&server, &id, "start", "starting now", json)?
         }
-        DeploymentCommand::Cancel { id, server } => {
-            let d = call(
-                &server,
-                &format!("/deployments/{id}/cancel"),
-                Method::Post(json!({})),
-            )?;
-            if json {
-                print_json(&d);
-            } else {
-                println!("deployment {id}: cancelled");
-            }
-        }
+        DeploymentCommand::Cancel { id, server } => act(&server, &id, "cancel", "cancelled", json)?,
+    }
+    Ok(())
+}
+
+/// `POST /deployments/{id}/{verb}`, then says `done` (or prints the JSON).
+fn act(server: &ServerArgs, id: &str, verb: &str, done: &str, json: bool) -> anyhow::Result<()> {
+    let d = call(
+        server,
+        &format!("/deployments/{id}/{verb}"),
+        Method::Post(json!({})),
+    )?;
+    if json {
+        print_json(&d);
+    } else {
+        println!("deployment {id}: {done}");
     }
     Ok(())
 }

@@ -70,26 +70,23 @@ pub fn deployment(addr: &str, token: &str, id: &str) -> serde_json::Value {
     serde_json::from_str(&body).unwrap()
 }
 
-/// Waits until `f` holds for the deployment; panics with its state after `limit`.
+/// Fetches a deployment view with `fetch` until `f` holds; panics with the last view after
+/// `limit`.
 pub fn wait_deployment(
-    addr: &str,
-    token: &str,
-    id: &str,
     limit: Duration,
     what: &str,
+    mut fetch: impl FnMut() -> serde_json::Value,
     f: impl Fn(&serde_json::Value) -> bool,
 ) -> serde_json::Value {
     let t0 = Instant::now();
     loop {
-        let d = deployment(addr, token, id);
+        let d = fetch();
         if f(&d) {
+            eprintln!("{what}: after {:.1} s", t0.elapsed().as_secs_f64());
             return d;
         }
-        assert!(
-            t0.elapsed() < limit,
-            "deployment {id}: {what} not within {limit:?}:\n{d:#}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
+        assert!(t0.elapsed() < limit, "{what} not within {limit:?}:\n{d:#}");
+        std::thread::sleep(Duration::from_millis(250));
     }
 }
 

@@ -7,7 +7,7 @@ use std::fs;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use drover_tests::deploy::{lab_disk, task_of};
+use drover_tests::deploy::{lab_disk, task_of, wait_deployment};
 use drover_tests::lab::Lab;
 use drover_tests::server::Server;
 use drover_tests::{agent_bin, drover_bin, require, run, Env};
@@ -62,7 +62,7 @@ fn agent_log(env: &Env, i: usize, run_no: u32) -> String {
     fs::read_to_string(env.path(&format!("agent{i}-{run_no}.err"))).unwrap_or_default()
 }
 
-/// Polls the deployment until `f` holds.
+/// Polls the deployment (through the CLI in host 0) until `f` holds.
 fn wait_until(
     lab: &Lab,
     token: &str,
@@ -71,16 +71,12 @@ fn wait_until(
     what: &str,
     f: impl Fn(&serde_json::Value) -> bool,
 ) -> serde_json::Value {
-    let t0 = Instant::now();
-    loop {
-        let d = cli(lab, token, &["deployment", "show", id]);
-        if f(&d) {
-            eprintln!("{what}: after {:.1} s", t0.elapsed().as_secs_f64());
-            return d;
-        }
-        assert!(t0.elapsed() < limit, "{what} not within {limit:?}:\n{d:#}");
-        std::thread::sleep(Duration::from_millis(250));
-    }
+    wait_deployment(
+        limit,
+        what,
+        || cli(lab, token, &["deployment", "show", id]),
+        f,
+    )
 }
 
 /// Waits for an agent to exit (they give up on their own after --max-idle).

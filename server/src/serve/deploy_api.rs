@@ -208,22 +208,34 @@ pub(crate) async fn create(
     Ok((StatusCode::CREATED, Json(deployment_view(&s, &d).await?)).into_response())
 }
 
+/// `POST /deployments/{id}/cancel` and `/start`: the deployment as it is afterwards.
 pub(crate) async fn cancel(
-    State(s): State<Shared>,
-    Extension(actor): Extension<Actor>,
-    UrlPath(id): UrlPath<String>,
+    s: State<Shared>,
+    actor: Extension<Actor>,
+    id: UrlPath<String>,
 ) -> ApiResult<Json<Value>> {
-    s.deployer.cancel(&id, &actor.0).await?;
-    let d = s.db.deployment(&id).await?;
-    Ok(Json(deployment_view(&s, &d).await?))
+    act(s, actor, id, true).await
 }
 
 pub(crate) async fn start_now(
+    s: State<Shared>,
+    actor: Extension<Actor>,
+    id: UrlPath<String>,
+) -> ApiResult<Json<Value>> {
+    act(s, actor, id, false).await
+}
+
+async fn act(
     State(s): State<Shared>,
     Extension(actor): Extension<Actor>,
     UrlPath(id): UrlPath<String>,
+    cancel: bool,
 ) -> ApiResult<Json<Value>> {
-    s.deployer.start_now(&id, &actor.0).await?;
+    if cancel {
+        s.deployer.cancel(&id, &actor.0).await?;
+    } else {
+        s.deployer.start_now(&id, &actor.0).await?;
+    }
     let d = s.db.deployment(&id).await?;
     Ok(Json(deployment_view(&s, &d).await?))
 }

@@ -1,0 +1,68 @@
+//! Unit tests of the sender core (the simulation in tests/ covers whole sessions).
+
+use super::*;
+
+#[test]
+fn starts_at_its_time_whoever_joined() {
+    let now = Instant::now();
+    let layout = Layout::new(1000, 64, vec![10_000; 2]).unwrap();
+    let mut cfg = SenderConfig::new(1, SessionKey([1; 32]));
+    cfg.start = StartPolicy {
+        min_receivers: usize::MAX,
+        max_wait: None,
+        start_at: Some(now + Duration::from_secs(60)),
+    };
+    let mut s = Sender::new(cfg, layout, now);
+    for i in 0..3u8 {
+        s.add_receiver(now, SocketAddr::from(([10, 0, 0, i], 9000)))
+            .unwrap();
+    }
+    s.handle_timeout(now + Duration::from_secs(59));
+    assert_eq!(s.state(), SenderState::Waiting);
+    s.handle_timeout(now + Duration::from_secs(60));
+    assert_eq!(s.state(), SenderState::Running);
+}
+
+/// The sender asks for a few chunks ahead, not the whole image, however slowly the
+/// driver provides them: its memory must not grow with the image.
+#[test]
+fn loads_stay_a_few_chunks_ahead() {
+    let now = Instant::now();
+    let layout = Layout::new(1000, 64, vec![10_000; 100]).unwrap();
+    let mut cfg = SenderConfig::new(1, SessionKey([1; 32]));
+    cfg.start.min_receivers = 0;
+    cfg.window_bytes = 30_000;
+    let mut s = Sender::new(cfg, layout, now);
+    s.handle_timeout(now);
+    let mut asked = Vec::new();
+    while let Some(i) = s.poll_load() {
+        asked.push(i);
+    }
+    assert_eq!(asked, vec![0, 1, 2]);
+    let mut buf = Vec::new();
+    let mut t = now;
+    let mut max_ahead = 0;
+    for _ in 0..100_000 {
+        for &i in &asked {
+            s.provide(i, vec![i as u8; 10_000]).unwrap();
+        }
+        asked.clear();
+        while let Some(i) = s.poll_load() {
+            asked.push(i);
+        }
+        let st = s.stats();
+        max_ahead = max_ahead.max(s.next_load - st.window_base);
+        t += Duration::from_micros(200);
+        s.handle_timeout(t);
+        while s.poll_transmit(t, &mut buf).is_some() {}
+        if s.state() == SenderState::Done {
+            break;
+        }
+    }
+    assert_eq!(s.state(), SenderState::Done);
+    // The window (three chunks of 10 kB) plus the lookahead.
+    assert!(
+        max_ahead <= 3 + 3,
+        "{max_ahead} chunks requested beyond the window base"
+    );
+}
