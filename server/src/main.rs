@@ -1,7 +1,7 @@
 //! `drover`: one disk image to a whole lab at once.
 //!
 //! This binary is the daemon and the admin CLI: `drover serve` runs the server (inventory,
-//! image store, HTTP API, wake-on-LAN); `drover machine|group|wake ...` talk to it over its API; `drover token
+//! image store, HTTP API, wake-on-LAN); `drover machine|group|deploy|deployment|schedule|wake ...` talk to it over its API; `drover token
 //! create` makes API tokens on the server host; `drover image capture|restore|inspect|verify|
 //! list|rm|gc` work on the image store inside the data directory (`./drover-data` unless
 //! `--data-dir` says otherwise); `drover multicast send|receive` moves an image or a file to
@@ -19,6 +19,7 @@ mod deploy_cmd;
 mod image_cmd;
 mod multicast;
 mod progress;
+mod schedule_cmd;
 mod serve;
 
 use std::path::PathBuf;
@@ -62,6 +63,9 @@ enum Command {
     /// Deployments: list, show, start now, cancel.
     #[command(subcommand)]
     Deployment(deploy_cmd::DeploymentCommand),
+    /// Scheduled redeploys and wake-ups: add, list, show, rm.
+    #[command(subcommand)]
+    Schedule(schedule_cmd::ScheduleCommand),
     /// Wake machines with wake-on-LAN (through the server's lab interface).
     Wake(client::WakeArgs),
     /// API tokens (on the server host).
@@ -90,6 +94,7 @@ fn main() -> ExitCode {
         Command::Wake(args) => ok(client::wake(args, cli.json)),
         Command::Deploy(args) => ok(deploy_cmd::deploy(args, cli.json)),
         Command::Deployment(cmd) => ok(deploy_cmd::deployment(cmd, cli.json)),
+        Command::Schedule(cmd) => ok(schedule_cmd::schedule(cmd, cli.json)),
         Command::Token(cmd) => ok(serve::token(cmd, cli.data_dir, cli.json)),
         Command::Image(cmd) => image_cmd::run(cmd, &data_dir, cli.json),
         Command::Multicast(cmd) => ok(multicast::run(cmd, &data_dir, cli.json)),

@@ -38,6 +38,40 @@ impl Server {
         Self::start_cmd(cmd)
     }
 
+    /// Runs `drover ARGS --server URL --token T` with the test's data directory.
+    pub fn cli(&self, env: &crate::Env, token: &str, args: &[&str]) -> std::process::Output {
+        let mut a = args.to_vec();
+        a.extend_from_slice(&["--server", &self.url, "--token", token]);
+        env.drover(&a)
+    }
+
+    /// As [`cli`](Self::cli); the command must succeed. Returns its standard output.
+    pub fn ok(&self, env: &crate::Env, token: &str, args: &[&str]) -> String {
+        let out = self.cli(env, token, args);
+        assert!(
+            out.status.success(),
+            "drover {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// As [`ok`](Self::ok), with `--json`: the parsed output.
+    pub fn json(&self, env: &crate::Env, token: &str, args: &[&str]) -> serde_json::Value {
+        let mut a = vec!["--json"];
+        a.extend_from_slice(args);
+        let out = self.ok(env, token, &a);
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("drover {args:?}: {e}: {out}"))
+    }
+
+    /// As [`cli`](Self::cli); the command must fail. Returns its standard error.
+    pub fn fails(&self, env: &crate::Env, token: &str, args: &[&str]) -> String {
+        let out = self.cli(env, token, args);
+        assert!(!out.status.success(), "drover {args:?} should fail");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
     /// Starts a `drover ... serve` command made by the caller (in a namespace, say) and waits
     /// until it listens.
     pub fn start_cmd(mut cmd: Command) -> Self {

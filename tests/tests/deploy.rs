@@ -17,30 +17,6 @@ fn token(env: &Env) -> String {
     env.ok(&["token", "create", "admin"]).trim().to_string()
 }
 
-/// Runs `drover ARGS --server URL --token T` and returns its output.
-fn cli(env: &Env, srv: &Server, t: &str, args: &[&str]) -> std::process::Output {
-    let mut a = args.to_vec();
-    a.extend_from_slice(&["--server", &srv.url, "--token", t]);
-    env.drover(&a)
-}
-
-fn ok_cli(env: &Env, srv: &Server, t: &str, args: &[&str]) -> String {
-    let out = cli(env, srv, t, args);
-    assert!(
-        out.status.success(),
-        "drover {args:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn fails_cli(env: &Env, srv: &Server, t: &str, args: &[&str]) -> String {
-    let out = cli(env, srv, t, args);
-    assert!(!out.status.success(), "drover {args:?} should fail");
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
 fn srv_url(addr: &str) -> String {
     format!("http://{addr}")
 }
@@ -84,24 +60,18 @@ fn unicast_deployments_bad_input_tokens_cancel_and_resume() {
         ("02:00:00:00:01:03", "room2"),
         ("02:00:00:00:01:04", "room2"),
     ] {
-        ok_cli(&env, &srv, &t, &["machine", "add", mac, "--group", group]);
+        srv.ok(&env, &t, &["machine", "add", mac, "--group", group]);
     }
 
     // Bad requests: each named, nothing created.
-    let e = fails_cli(&env, &srv, &t, &["deploy", "nope", "--to", "room1"]);
+    let e = srv.fails(&env, &t, &["deploy", "nope", "--to", "room1"]);
     assert!(e.contains("image \"nope\"") && e.contains("404"), "{e}");
-    let e = fails_cli(
-        &env,
-        &srv,
-        &t,
-        &["deploy", "lab", "--to", "02:00:00:00:09:09"],
-    );
+    let e = srv.fails(&env, &t, &["deploy", "lab", "--to", "02:00:00:00:09:09"]);
     assert!(e.contains("not in the inventory"), "{e}");
-    let e = fails_cli(&env, &srv, &t, &["deploy", "lab", "--to", "room9"]);
+    let e = srv.fails(&env, &t, &["deploy", "lab", "--to", "room9"]);
     assert!(e.contains("neither a MAC address nor a group"), "{e}");
-    let e = fails_cli(
+    let e = srv.fails(
         &env,
-        &srv,
         &t,
         &["deploy", "lab", "--to", "room1", "--min-machines", "5"],
     );
@@ -192,9 +162,8 @@ fn unicast_deployments_bad_input_tokens_cancel_and_resume() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    let e = fails_cli(
+    let e = srv.fails(
         &env,
-        &srv,
         &t,
         &[
             "deploy",
@@ -259,9 +228,8 @@ fn unicast_deployments_bad_input_tokens_cancel_and_resume() {
     drop(lo);
 
     // Tokens: an agent's opens only its own task's endpoints; an admin's none of them.
-    let out = ok_cli(
+    let out = srv.ok(
         &env,
-        &srv,
         &t,
         &["deploy", "lab", "--to", "room2", "--transport", "unicast"],
     );
@@ -355,12 +323,12 @@ fn unicast_deployments_bad_input_tokens_cancel_and_resume() {
     );
 
     // Cancel: the .03 task (its token in hand) ends; its token then says so (410).
-    let out = ok_cli(&env, &srv, &t, &["deployment", "cancel", &id]);
+    let out = srv.ok(&env, &t, &["deployment", "cancel", &id]);
     assert!(out.contains("cancelled"), "{out}");
     let (code, text) = srv.http("GET", "/api/v1/agent/task", Some(&task_token), None);
     assert_eq!(code, 410, "{text}");
     assert!(text.contains("cancelled"), "{text}");
-    let e = fails_cli(&env, &srv, &t, &["deployment", "cancel", &id]);
+    let e = srv.fails(&env, &t, &["deployment", "cancel", &id]);
     assert!(e.contains("already over"), "{e}");
     // With no task left, an agent waits, then gives up with exit status 3.
     let a3 = output_within(
@@ -379,7 +347,7 @@ fn unicast_deployments_bad_input_tokens_cancel_and_resume() {
         LIMIT,
     );
     assert_eq!(a3.status.code(), Some(3), "{}", output(&a3));
-    let shown = ok_cli(&env, &srv, &t, &["deployment", "show", &id]);
+    let shown = srv.ok(&env, &t, &["deployment", "show", &id]);
     assert!(
         shown.contains("cancelled") && shown.contains("done"),
         "{shown}"
@@ -457,9 +425,9 @@ fn multicast_deployment_to_three_agents_on_postgresql() {
         "02:00:00:00:03:03",
     ];
     for m in macs {
-        ok_cli(&env, &srv, &t, &["machine", "add", m, "--group", "pg"]);
+        srv.ok(&env, &t, &["machine", "add", m, "--group", "pg"]);
     }
-    let out = ok_cli(&env, &srv, &t, &["deploy", "lab", "--to", "pg"]);
+    let out = srv.ok(&env, &t, &["deploy", "lab", "--to", "pg"]);
     let id = deploy_id(&out);
     let agents: Vec<_> = macs
         .iter()
@@ -494,6 +462,6 @@ fn multicast_deployment_to_three_agents_on_postgresql() {
     let addr = srv.addr.clone();
     srv.stop();
     let srv = Server::start_at(&env.data(), &addr, &["--database-url", &pg.url]);
-    let shown = ok_cli(&env, &srv, &t, &["deployment", "show", &id]);
+    let shown = srv.ok(&env, &t, &["deployment", "show", &id]);
     assert!(shown.contains("done") && shown.contains(macs[2]), "{shown}");
 }

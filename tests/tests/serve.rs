@@ -20,12 +20,15 @@ fn inventory_through_the_api_and_the_cli_survives_a_restart() {
     let spec: serde_json::Value = serde_json::from_str(&spec).unwrap();
     assert_eq!(spec["openapi"], "3.0.3");
     assert!(spec["paths"]["/api/v1/machines"]["post"].is_object());
+    assert!(spec["paths"]["/api/v1/schedules"]["post"].is_object());
     // Everything else needs one.
     for (m, p) in [
         ("GET", "/api/v1/machines"),
         ("POST", "/api/v1/machines"),
         ("GET", "/api/v1/images"),
         ("DELETE", "/api/v1/groups/x"),
+        ("GET", "/api/v1/schedules"),
+        ("DELETE", "/api/v1/schedules/x"),
     ] {
         let (code, body) = srv.http(m, p, None, Some("{}"));
         assert_eq!(code, 401, "{m} {p}: {body}");

@@ -28,6 +28,9 @@ pub(crate) struct AppState {
     pub(crate) iface: Option<Iface>,
     pub(crate) wol_port: u16,
     pub(crate) deployer: Arc<super::deploy::Deployer>,
+    pub(crate) schedule_settings: super::schedule::Settings,
+    /// Wakes the scheduler when schedules change.
+    pub(crate) schedules_changed: Arc<tokio::sync::Notify>,
 }
 
 pub(crate) type Shared = Arc<AppState>;
@@ -88,6 +91,7 @@ pub(crate) fn parse_mac(s: &str) -> ApiResult<Mac> {
 /// The whole router.
 pub(crate) fn router(state: Shared) -> Router {
     use super::deploy_api as dep;
+    use super::schedule_api as sched;
     use axum::routing::post;
     let admin = Router::new()
         .route("/images", get(images))
@@ -105,6 +109,8 @@ pub(crate) fn router(state: Shared) -> Router {
         .route("/deployments/{id}/cancel", post(dep::cancel))
         .route("/deployments/{id}/start", post(dep::start_now))
         .route("/deployments/{id}/events", get(dep::events))
+        .route("/schedules", get(sched::list).post(sched::create))
+        .route("/schedules/{name}", get(sched::show).delete(sched::remove))
         .route_layer(middleware::from_fn(admin_only));
     let agent = Router::new()
         .route("/agent/task", get(dep::task))
@@ -263,7 +269,7 @@ struct NewMachine {
     group: Option<String>,
 }
 
-fn check_name(what: &str, n: &str) -> ApiResult<()> {
+pub(crate) fn check_name(what: &str, n: &str) -> ApiResult<()> {
     if n.is_empty() || n.len() > 64 || n.chars().any(|c| c.is_control()) {
         return Err(ApiError::bad_request(format!(
             "{what} {n:?}: 1 to 64 printable characters"
@@ -417,16 +423,9 @@ async fn wake(
         ));
     }
     let Some(iface) = s.iface.clone() else {
-        return Err(ApiError(
-            StatusCode::CONFLICT,
-            "wake-on-LAN is off: the server has no lab interface (start it with --iface)".into(),
-        ));
+        return Err(ApiError(StatusCode::CONFLICT, super::wake::NO_IFACE.into()));
     };
-    let to = std::net::SocketAddr::from((iface.broadcast(), s.wol_port));
-    let list = macs.clone();
-    tokio::task::spawn_blocking(move || super::wake::send(&iface, to, &list))
-        .await
-        .map_err(anyhow::Error::from)??;
+    let to = super::wake::wake(iface, s.wol_port, macs.clone()).await?;
     let woken: Vec<String> = macs.iter().map(Mac::to_string).collect();
     s.db.audit(&actor.0, "wake", &format!("{} via {to}", woken.join(" ")))
         .await?;

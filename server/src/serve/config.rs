@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use serde::Deserialize;
 
+use super::schedule;
 use transport::net::{self, Iface};
 
 /// Default HTTP listening address.
@@ -33,6 +34,10 @@ pub(crate) struct FileConfig {
     pub(crate) multicast_rate: Option<String>,
     /// Bytes of a multicast stream in flight at most (e.g. "32M").
     pub(crate) multicast_window: Option<String>,
+    /// How long before its due time a scheduled redeploy wakes its machines (e.g. "5m").
+    pub(crate) wake_lead: Option<String>,
+    /// A scheduled run missed by less than this is run late, else recorded as missed.
+    pub(crate) schedule_grace: Option<String>,
 }
 
 impl FileConfig {
@@ -64,6 +69,10 @@ pub(crate) struct Config {
     pub(crate) multicast_rate: u64,
     /// Bytes of a deployment's stream in flight at most.
     pub(crate) multicast_window: u64,
+    /// Default wake lead of scheduled redeploys.
+    pub(crate) wake_lead: std::time::Duration,
+    /// Grace period of missed scheduled runs.
+    pub(crate) schedule_grace: std::time::Duration,
 }
 
 /// Default multicast window: what a receiver may hold undecoded.
@@ -143,8 +152,24 @@ impl Config {
                 (None, None) => DEFAULT_MULTICAST_WINDOW,
             }
             .max(8 << 20),
+            wake_lead: duration("wake_lead", &file.wake_lead, schedule::DEFAULT_WAKE_LEAD)?,
+            schedule_grace: duration(
+                "schedule_grace",
+                &file.schedule_grace,
+                schedule::DEFAULT_GRACE,
+            )?,
         })
     }
+}
+
+fn duration(
+    key: &str,
+    v: &Option<String>,
+    default: std::time::Duration,
+) -> anyhow::Result<std::time::Duration> {
+    v.as_deref().map_or(Ok(default), |s| {
+        transport::fmt::parse_duration(s).map_err(|e| anyhow::anyhow!("{key}: {e}"))
+    })
 }
 
 /// The interface of the IPv4 default route (from `/proc/net/route`).
@@ -170,15 +195,24 @@ mod tests {
     fn the_example_config_parses_and_names_every_setting() {
         let text = include_str!("../../../deploy/drover.example.toml");
         let parsed = FileConfig::parse(text).unwrap();
-        // Every key is present in the example (uncommented), so each is documented there.
-        assert!(parsed.data_dir.is_some());
-        assert!(parsed.http.is_some());
-        assert!(parsed.iface.is_some());
-        assert!(parsed.public_url.is_some());
-        assert!(parsed.database_url.is_some());
-        assert!(parsed.wol_port.is_some());
-        assert!(parsed.multicast_rate.is_some());
-        assert!(parsed.multicast_window.is_some());
+        // Every key is present in the example (uncommented), so each is documented there;
+        // the destructuring fails to compile when a setting is added and not listed here.
+        let FileConfig {
+            data_dir,
+            http,
+            iface,
+            public_url,
+            database_url,
+            wol_port,
+            multicast_rate,
+            multicast_window,
+            wake_lead,
+            schedule_grace,
+        } = &parsed;
+        assert!(data_dir.is_some() && http.is_some() && iface.is_some());
+        assert!(public_url.is_some() && database_url.is_some() && wol_port.is_some());
+        assert!(multicast_rate.is_some() && multicast_window.is_some());
+        assert!(wake_lead.is_some() && schedule_grace.is_some());
         assert_eq!(
             Config::resolve(
                 parsed,
@@ -187,9 +221,13 @@ mod tests {
                     ..Overrides::default()
                 }
             )
-            .unwrap()
-            .multicast_rate,
-            DEFAULT_MULTICAST_RATE
+            .map(|c| (c.multicast_rate, c.wake_lead, c.schedule_grace))
+            .unwrap(),
+            (
+                DEFAULT_MULTICAST_RATE,
+                schedule::DEFAULT_WAKE_LEAD,
+                schedule::DEFAULT_GRACE
+            )
         );
     }
 

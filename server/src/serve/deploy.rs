@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use imaging::manifest::{Hash, Manifest};
-use imaging::store::Store;
+use imaging::store::{Store, StoredImage};
 use proto::{Fec, SenderConfig, SessionKey, StartPolicy};
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tracing::{info, warn};
@@ -164,13 +164,13 @@ impl Deployer {
         Ok(tokio::task::spawn_blocking(move || store.read_frame(&hash, len)).await??)
     }
 
-    /// Creates a deployment: resolves the image and the targets, creates the tasks, and for
-    /// multicast starts the session.
-    pub(crate) async fn create(
-        self: &Arc<Self>,
-        r: DeployRequest,
-        actor: &str,
-    ) -> Result<Deployment, DeployError> {
+    /// Checks a deployment request without creating anything: the transport and the action
+    /// after, the image, the targets and the machine count. Returns the image and the
+    /// machines.
+    pub(crate) async fn check(
+        &self,
+        r: &DeployRequest,
+    ) -> Result<(StoredImage, Vec<Mac>), DeployError> {
         if !matches!(r.transport.as_str(), "multicast" | "unicast") {
             return Err(DeployError::Bad(format!(
                 "transport {:?}: multicast or unicast",
@@ -205,6 +205,17 @@ impl Deployer {
                 )));
             }
         }
+        Ok((img, macs))
+    }
+
+    /// Creates a deployment: resolves the image and the targets, creates the tasks, and for
+    /// multicast starts the session.
+    pub(crate) async fn create(
+        self: &Arc<Self>,
+        r: DeployRequest,
+        actor: &str,
+    ) -> Result<Deployment, DeployError> {
+        let (img, macs) = self.check(&r).await?;
         let name = format!("{}@{}", img.manifest.name, img.manifest.name_version);
         let d = self
             .db
@@ -255,7 +266,10 @@ impl Deployer {
     }
 
     /// MACs and group names → the machines, each once. Unknown names are errors.
-    async fn resolve_targets(&self, targets: &[String]) -> Result<Vec<Mac>, DeployError> {
+    pub(crate) async fn resolve_targets(
+        &self,
+        targets: &[String],
+    ) -> Result<Vec<Mac>, DeployError> {
         if targets.is_empty() {
             return Err(DeployError::Bad(
                 "no targets: name machines (MAC) or groups".into(),

@@ -7,7 +7,10 @@
 //! over unicast alone; they survive a restart. Wake-on-LAN goes out of the lab interface
 //! (`--iface`) to its subnet broadcast.
 //!
-//! Not here yet (issue 4 continues): schedules, and capture over the network.
+//! Schedules (`schedule`) redeploy or wake machines at cron or one-shot times, once across
+//! every server sharing the database.
+//!
+//! Not here yet (issue 4 continues): capture over the network.
 
 pub(crate) mod api;
 pub(crate) mod config;
@@ -17,6 +20,9 @@ pub(crate) mod deploy_api;
 pub(crate) mod deploy_db;
 pub(crate) mod mac;
 pub(crate) mod openapi;
+pub(crate) mod schedule;
+pub(crate) mod schedule_api;
+pub(crate) mod schedule_db;
 pub(crate) mod wake;
 
 use std::net::SocketAddr;
@@ -122,6 +128,18 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         cfg.multicast_window,
         owner,
     );
+    let schedule_settings = schedule_api::settings(cfg.wake_lead, cfg.schedule_grace);
+    let schedules_changed = Arc::new(tokio::sync::Notify::new());
+    tokio::spawn(schedule::run(
+        Arc::new(schedule_api::ServerHost {
+            db: db.clone(),
+            deployer: deployer.clone(),
+            iface: cfg.iface.clone(),
+            wol_port: cfg.wol_port,
+        }),
+        schedule_settings,
+        schedules_changed.clone(),
+    ));
     let state = Arc::new(api::AppState {
         db,
         store_dir: store_dir.clone(),
@@ -129,6 +147,8 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         iface: cfg.iface.clone(),
         wol_port: cfg.wol_port,
         deployer: deployer.clone(),
+        schedule_settings,
+        schedules_changed,
     });
     eprintln!("drover serve: listening on http://{addr}");
     eprintln!("  public URL  {}", cfg.public_url);

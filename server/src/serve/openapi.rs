@@ -12,7 +12,7 @@ pub(crate) async fn openapi() -> Json<Value> {
     let id_param =
         json!([{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}]);
     let mac_param = json!([{"name": "mac", "in": "path", "required": true, "schema": {"type": "string"}, "example": "aa:bb:cc:dd:ee:ff"}]);
-    Json(json!({
+    let mut doc = json!({
         "openapi": "3.0.3",
         "info": {"title": "drover", "version": env!("CARGO_PKG_VERSION"),
                  "description": "One disk image to a whole lab at once. Every path but /healthz, /metrics and this document needs `Authorization: Bearer TOKEN` (`drover token create NAME`)."},
@@ -107,5 +107,26 @@ pub(crate) async fn openapi() -> Json<Value> {
             "/api/v1/chunks/{hash}": {"parameters": [{"name": "hash", "in": "path", "required": true, "schema": {"type": "string"}}],
                 "get": {"summary": "Agent: one chunk of its task's image by BLAKE3 hash (a zstd frame)", "responses": {"200": {"description": "application/zstd"}, "404": error, "410": error}}}
         }
-    }))
+    });
+    doc["paths"]["/api/v1/schedules"] = schedules(&error);
+    doc["paths"]["/api/v1/schedules/{name}"] = json!({
+        "parameters": [{"name": "name", "in": "path", "required": true, "schema": {"type": "string"}, "description": "name or id"}],
+        "get": {"summary": "One schedule with its next due time and its runs (newest first)", "responses": {"200": {"description": "the schedule"}, "404": error}},
+        "delete": {"summary": "Remove a schedule (a deployment it created goes on)", "responses": {"204": {"description": "removed"}, "404": error}}
+    });
+    Json(doc)
+}
+
+fn schedules(error: &Value) -> Value {
+    json!({
+        "get": {"summary": "Schedules with their next due and fire times and newest runs", "responses": {"200": {"description": "schedules"}}},
+        "post": {"summary": "Add a schedule: a redeploy (image) or a wake-up, at cron times (server local time) or once. A redeploy fires its wake lead before its due time: it creates the deployment (its multicast stream starts at the due time) and wakes the machines.",
+            "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "required": ["name", "to"], "properties": {
+                "name": {"type": "string"}, "cron": {"type": "string", "example": "0 2 * * 1-5"}, "at": {"type": "string", "format": "date-time"},
+                "action": {"type": "string", "enum": ["deploy", "wake"]}, "image": {"type": "string"},
+                "to": {"type": "array", "items": {"type": "string"}}, "transport": {"type": "string", "enum": ["multicast", "unicast"]},
+                "min_machines": {"type": "integer"}, "max_wait": {"type": "string", "example": "5m"}, "then": {"type": "string", "enum": ["reboot", "poweroff"]},
+                "wake_lead": {"type": "string", "example": "5m"}}}}}},
+            "responses": {"201": {"description": "added"}, "400": error, "404": error, "409": error}}
+    })
 }

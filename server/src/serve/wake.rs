@@ -25,3 +25,15 @@ pub(crate) fn send(iface: &Iface, to: SocketAddr, macs: &[Mac]) -> anyhow::Resul
     }
     Ok(())
 }
+
+/// Why nothing can be woken without a lab interface.
+pub(crate) const NO_IFACE: &str =
+    "wake-on-LAN is off: the server has no lab interface (start it with --iface)";
+
+/// Sends the machines' magic packets to the interface's subnet broadcast, port `port`, off
+/// the async threads. Returns where they went.
+pub(crate) async fn wake(iface: Iface, port: u16, macs: Vec<Mac>) -> anyhow::Result<SocketAddr> {
+    let to = SocketAddr::from((iface.broadcast(), port));
+    tokio::task::spawn_blocking(move || send(&iface, to, &macs)).await??;
+    Ok(to)
+}

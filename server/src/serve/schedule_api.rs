@@ -1,0 +1,332 @@
+//! Schedules over the API (`/api/v1/schedules`: list, create, show, remove) and the daemon's
+//! [`Host`] for the scheduler: its database, its deployer and its lab interface.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path as UrlPath, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::api::{check_name, Actor, ApiError, ApiResult, Shared};
+use super::db::{now_ms, Db};
+use super::deploy::{DeployRequest, Deployer};
+use super::mac::Mac;
+use super::schedule::{check_timing, parse_cron, show_time, Fired, Host, Schedule, Settings, When};
+use super::schedule_db::NewSchedule;
+use transport::net::Iface;
+
+/// The scheduler's host in the daemon.
+pub(crate) struct ServerHost {
+    pub(crate) db: Db,
+    pub(crate) deployer: Arc<Deployer>,
+    pub(crate) iface: Option<Iface>,
+    pub(crate) wol_port: u16,
+}
+
+fn actor(s: &Schedule) -> String {
+    format!("schedule:{}", s.name)
+}
+
+fn targets(s: &Schedule) -> Vec<String> {
+    s.targets.split(',').map(str::to_string).collect()
+}
+
+impl ServerHost {
+    /// Wakes the schedule's machines; says what it did.
+    async fn wake(&self, s: &Schedule) -> anyhow::Result<String> {
+        let macs = self
+            .deployer
+            .resolve_targets(&targets(s))
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let Some(iface) = self.iface.clone() else {
+            anyhow::bail!("{}", super::wake::NO_IFACE);
+        };
+        let to = super::wake::wake(iface, self.wol_port, macs.clone()).await?;
+        let list: Vec<String> = macs.iter().map(Mac::to_string).collect();
+        self.db
+            .audit(&actor(s), "wake", &format!("{} via {to}", list.join(" ")))
+            .await?;
+        Ok(format!("woke {} machine(s) via {to}", macs.len()))
+    }
+}
+
+impl Host for ServerHost {
+    fn now_ms(&self) -> i64 {
+        now_ms()
+    }
+
+    async fn schedules(&self) -> anyhow::Result<Vec<Schedule>> {
+        Ok(self.db.schedules().await?)
+    }
+
+    async fn claim(&self, s: &Schedule, due_ms: i64, outcome: &str) -> anyhow::Result<bool> {
+        Ok(self
+            .db
+            .claim_run(&s.id, due_ms, &self.deployer.owner, outcome)
+            .await?)
+    }
+
+    async fn finish(
+        &self,
+        s: &Schedule,
+        due_ms: i64,
+        outcome: &str,
+        detail: &str,
+        deployment: Option<&str>,
+    ) -> anyhow::Result<()> {
+        self.db
+            .finish_run(&s.id, due_ms, outcome, detail, deployment)
+            .await?;
+        self.db
+            .audit(
+                &actor(s),
+                &format!("schedule.{outcome}"),
+                &format!("due {}: {detail}", show_time(due_ms)),
+            )
+            .await
+    }
+
+    async fn fire(&self, s: &Schedule, start_at_ms: Option<i64>) -> anyhow::Result<Fired> {
+        if s.action == "wake" {
+            return Ok(Fired {
+                detail: self.wake(s).await?,
+                deployment: None,
+            });
+        }
+        let multicast = s.transport == "multicast";
+        let d = self
+            .deployer
+            .create(
+                DeployRequest {
+                    image: s.image.clone().unwrap_or_default(),
+                    targets: targets(s),
+                    transport: s.transport.clone(),
+                    min_machines: s.min_machines,
+                    max_wait: s.max_wait_ms.map(|ms| Duration::from_millis(ms as u64)),
+                    start_at_ms: start_at_ms.filter(|_| multicast),
+                    then_action: s.then_action.clone(),
+                },
+                &actor(s),
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("no deployment: {e}"))?;
+        let stream = match start_at_ms {
+            Some(at) if multicast => format!(", its stream at {}", show_time(at)),
+            _ => String::new(),
+        };
+        let woke = match self.wake(s).await {
+            Ok(w) => w,
+            Err(e) => format!("machines not woken: {e:#}"),
+        };
+        Ok(Fired {
+            detail: format!(
+                "deployment {} of {} over {}{stream}; {woke}",
+                d.id, d.image_name, d.transport
+            ),
+            deployment: Some(d.id),
+        })
+    }
+}
+
+/// A schedule as the admin sees it: with its next due and fire times and its newest runs.
+async fn view(s: &Shared, sc: &Schedule, runs: i64) -> ApiResult<Value> {
+    let lead = sc.lead_ms(s.schedule_settings.default_lead_ms);
+    let base = sc.last_due_ms.unwrap_or(sc.created_ms).max(now_ms());
+    let next = sc.when().ok().and_then(|w| w.next_after(base));
+    let mut v = serde_json::to_value(sc).map_err(anyhow::Error::from)?;
+    if let Value::Object(m) = &mut v {
+        m.insert("wake_lead_ms".into(), json!(lead));
+        m.insert("next_due_ms".into(), json!(next));
+        m.insert("next_due".into(), json!(next.map(show_time)));
+        m.insert("next_fire_ms".into(), json!(next.map(|n| n - lead)));
+        m.insert(
+            "runs".into(),
+            serde_json::to_value(s.db.schedule_runs(&sc.id, runs).await?)
+                .map_err(anyhow::Error::from)?,
+        );
+    }
+    Ok(v)
+}
+
+pub(crate) async fn list(State(s): State<Shared>) -> ApiResult<Json<Value>> {
+    let mut out = Vec::new();
+    for sc in s.db.schedules().await? {
+        out.push(view(&s, &sc, 5).await?);
+    }
+    Ok(Json(Value::Array(out)))
+}
+
+pub(crate) async fn show(
+    State(s): State<Shared>,
+    UrlPath(key): UrlPath<String>,
+) -> ApiResult<Json<Value>> {
+    let sc = s.db.schedule(&key).await?;
+    Ok(Json(view(&s, &sc, 50).await?))
+}
+
+pub(crate) async fn remove(
+    State(s): State<Shared>,
+    Extension(actor): Extension<Actor>,
+    UrlPath(key): UrlPath<String>,
+) -> ApiResult<StatusCode> {
+    let sc = s.db.remove_schedule(&key).await?;
+    s.db.audit(&actor.0, "schedule.remove", &sc.name).await?;
+    s.schedules_changed.notify_one();
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct NewScheduleBody {
+    name: String,
+    /// Cron expression (server local time).
+    cron: Option<String>,
+    /// One-shot time, RFC 3339.
+    at: Option<String>,
+    /// `deploy` (the default when an image is given) or `wake`.
+    action: Option<String>,
+    image: Option<String>,
+    to: Vec<String>,
+    #[serde(default = "default_transport")]
+    transport: String,
+    min_machines: Option<i64>,
+    max_wait: Option<String>,
+    #[serde(default = "default_then")]
+    then: String,
+    /// "5m"; "0" for none.
+    wake_lead: Option<String>,
+}
+
+fn default_transport() -> String {
+    "multicast".into()
+}
+
+fn default_then() -> String {
+    "reboot".into()
+}
+
+fn duration(what: &str, v: Option<&str>) -> ApiResult<Option<i64>> {
+    v.map(|t| {
+        transport::fmt::parse_duration(t)
+            .map(|d| d.as_millis() as i64)
+            .map_err(|e| ApiError::bad_request(format!("{what} {t:?}: {e}")))
+    })
+    .transpose()
+}
+
+pub(crate) async fn create(
+    State(s): State<Shared>,
+    Extension(actor): Extension<Actor>,
+    body: Result<Json<NewScheduleBody>, JsonRejection>,
+) -> ApiResult<Response> {
+    let Json(b) = body?;
+    check_name("schedule name", &b.name)?;
+    let when = match (&b.cron, &b.at) {
+        (Some(c), None) => When::Cron(Box::new(parse_cron(c).map_err(ApiError::bad_request)?)),
+        (None, Some(t)) => When::At(
+            chrono::DateTime::parse_from_rfc3339(t)
+                .map_err(|e| ApiError::bad_request(format!("at {t:?}: {e} (use RFC 3339)")))?
+                .timestamp_millis(),
+        ),
+        _ => {
+            return Err(ApiError::bad_request(
+                "give either \"cron\" (a cron expression) or \"at\" (a time), not both",
+            ))
+        }
+    };
+    let action = b
+        .action
+        .clone()
+        .unwrap_or_else(|| if b.image.is_some() { "deploy" } else { "wake" }.into());
+    let targets: Vec<String> = b.to.iter().map(|t| t.trim().to_string()).collect();
+    let max_wait_ms = duration("max_wait", b.max_wait.as_deref())?;
+    let wake_lead_ms = duration("wake_lead", b.wake_lead.as_deref())?;
+    match action.as_str() {
+        "deploy" => {
+            let image = b
+                .image
+                .clone()
+                .ok_or_else(|| ApiError::bad_request("a deploy schedule needs an \"image\""))?;
+            // Everything a run will need, checked now (the image and machines may still
+            // change before it runs; the run says so then).
+            s.deployer
+                .check(&DeployRequest {
+                    image,
+                    targets: targets.clone(),
+                    transport: b.transport.clone(),
+                    min_machines: b.min_machines,
+                    max_wait: max_wait_ms.map(|ms| Duration::from_millis(ms as u64)),
+                    start_at_ms: None,
+                    then_action: b.then.clone(),
+                })
+                .await?;
+        }
+        "wake" => {
+            if b.image.is_some() {
+                return Err(ApiError::bad_request(
+                    "a wake schedule takes no image (action \"deploy\" redeploys)",
+                ));
+            }
+            s.deployer.resolve_targets(&targets).await?;
+        }
+        a => {
+            return Err(ApiError::bad_request(format!(
+                "action {a:?}: deploy or wake"
+            )))
+        }
+    }
+    let lead = if action == "deploy" {
+        wake_lead_ms.unwrap_or(s.schedule_settings.default_lead_ms)
+    } else {
+        0
+    };
+    check_timing(&when, lead, now_ms()).map_err(ApiError::bad_request)?;
+    let sc =
+        s.db.create_schedule(&NewSchedule {
+            name: &b.name,
+            cron: b.cron.as_deref().map(str::trim),
+            at_ms: match when {
+                When::At(at) => Some(at),
+                When::Cron(_) => None,
+            },
+            action: &action,
+            image: b.image.as_deref(),
+            targets: &targets.join(","),
+            transport: &b.transport,
+            min_machines: b.min_machines,
+            max_wait_ms,
+            then_action: &b.then,
+            wake_lead_ms,
+            created_by: &actor.0,
+        })
+        .await?;
+    s.db.audit(
+        &actor.0,
+        "schedule.add",
+        &format!(
+            "{} ({}): {action} {}",
+            sc.name,
+            sc.cron
+                .clone()
+                .unwrap_or_else(|| sc.at_ms.map(show_time).unwrap_or_default()),
+            sc.targets
+        ),
+    )
+    .await?;
+    s.schedules_changed.notify_one();
+    Ok((StatusCode::CREATED, Json(view(&s, &sc, 5).await?)).into_response())
+}
+
+/// The scheduler's settings from the server's.
+pub(crate) fn settings(wake_lead: Duration, grace: Duration) -> Settings {
+    Settings {
+        grace_ms: grace.as_millis() as i64,
+        default_lead_ms: wake_lead.as_millis() as i64,
+    }
+}
