@@ -8,7 +8,7 @@ use serde_json::Value;
 /// Why a call failed.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum CallError {
-    /// The server cannot be reached or answered 5xx: try again later.
+    /// The server cannot be reached or answered 5xx (but 507): try again later.
     #[error("the server is away: {0}")]
     Away(String),
     /// 410: the task ended (cancelled, or done already).
@@ -60,7 +60,8 @@ impl Api {
             .unwrap_or(body);
         Err(match status.as_u16() {
             410 => CallError::Over(msg),
-            s if s >= 500 => CallError::Away(format!("{msg} (HTTP {s})")),
+            // 507: the server's disk is full, which waiting does not mend.
+            s if s >= 500 && s != 507 => CallError::Away(format!("{msg} (HTTP {s})")),
             s => CallError::Refused(msg, s),
         })
     }
@@ -80,6 +81,21 @@ impl Api {
                 self.client
                     .post(format!("{}/api/v1{path}", self.base))
                     .json(body),
+            )
+            .await?;
+        resp.json()
+            .await
+            .map_err(|e| CallError::Away(format!("reading {path}: {e}")))
+    }
+
+    /// `PUT` of raw bytes (an uploaded chunk); the answer's JSON.
+    pub(crate) async fn put(&self, path: &str, body: Vec<u8>) -> Result<Value, CallError> {
+        let resp = self
+            .send(
+                self.client
+                    .put(format!("{}/api/v1{path}", self.base))
+                    .header("content-type", "application/zstd")
+                    .body(body),
             )
             .await?;
         resp.json()

@@ -13,6 +13,7 @@
 //! 2 bad usage; 3 no task came within `--max-idle`.
 
 mod api;
+mod capture;
 mod task;
 
 use std::path::PathBuf;

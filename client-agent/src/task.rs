@@ -26,15 +26,19 @@ const MAX_BAD_FETCHES: u32 = 3;
 /// How long to listen for the deployment's session before asking the server again.
 const SESSION_WAIT: Duration = Duration::from_secs(20);
 /// How long the server may stay away while chunks are fetched before the task fails.
-const SERVER_AWAY: Duration = Duration::from_secs(600);
+pub(crate) const SERVER_AWAY: Duration = Duration::from_secs(600);
 
 /// What was received, and how.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct Totals {
-    bytes: u64,
-    multicast: u64,
-    unicast: u64,
-    kept: u64,
+    pub(crate) bytes: u64,
+    pub(crate) multicast: u64,
+    /// Chunks fetched over unicast (a capture: uploaded).
+    pub(crate) unicast: u64,
+    /// Chunks already on the disk (a capture: already on the server).
+    pub(crate) kept: u64,
+    /// The task was a capture.
+    pub(crate) captured: bool,
 }
 
 /// How a task ended.
@@ -45,7 +49,7 @@ pub(crate) enum Outcome {
     Over(String),
 }
 
-enum Stop {
+pub(crate) enum Stop {
     Failed(String),
     Over(String),
 }
@@ -61,7 +65,7 @@ impl From<CallError> for Stop {
 
 /// Sends progress to the server once a second and notices when the task was ended there.
 #[derive(Clone)]
-struct Reporter {
+pub(crate) struct Reporter {
     tx: mpsc::UnboundedSender<(&'static str, Progress)>,
     over: Arc<Mutex<Option<String>>>,
     notify: Arc<Notify>,
@@ -82,6 +86,7 @@ impl Reporter {
                 let body = json!({
                     "state": state,
                     "bytes_done": p.stored_bytes,
+                    "bytes_total": p.total_bytes,
                     "rate_bps": p.rate_bps,
                     "multicast_chunks": p.multicast_chunks,
                     "unicast_chunks": p.unicast_chunks,
@@ -102,7 +107,7 @@ impl Reporter {
         Self { tx, over, notify }
     }
 
-    fn send(&self, state: &'static str, p: Progress) {
+    pub(crate) fn send(&self, state: &'static str, p: Progress) {
         let _ = self.tx.send((state, p));
     }
 
@@ -120,8 +125,16 @@ impl Reporter {
 /// Runs the task to its end.
 pub(crate) async fn run(api: &Api, iface: &Iface, args: &Args, task: Value) -> Outcome {
     let reporter = Reporter::start(api);
-    let work = work(api, iface, args, task, &reporter);
+    let capture = task["kind"] == "capture";
+    let work = async {
+        if capture {
+            crate::capture::work(api, args, &task, &reporter).await
+        } else {
+            work(api, iface, args, task.clone(), &reporter).await
+        }
+    };
     let r = tokio::select! {
+        biased;
         r = work => r,
         m = reporter.ended() => Err(Stop::Over(m)),
     };
@@ -267,6 +280,7 @@ async fn multicast(
         multicast: r.multicast_chunks,
         unicast: r.unicast_chunks,
         kept: r.kept_chunks,
+        captured: false,
     })
 }
 
@@ -415,7 +429,15 @@ pub(crate) async fn report(api: &Api, outcome: Outcome) -> anyhow::Result<ExitCo
         Err(CallError::Over(m)) => eprintln!("the server had the task over already: {m}"),
         Err(e) => eprintln!("the result could not be reported: {e}"),
     }
-    if ok {
+    if ok && t.captured {
+        eprintln!(
+            "done: {} read, {} chunk(s) uploaded, {} already on the server",
+            transport::fmt::bytes(t.bytes),
+            t.unicast,
+            t.kept
+        );
+        Ok(ExitCode::SUCCESS)
+    } else if ok {
         eprintln!(
             "done: {} written and verified ({} chunk(s) by multicast, {} over unicast, {} already there)",
             transport::fmt::bytes(t.bytes),

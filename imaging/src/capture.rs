@@ -7,6 +7,7 @@
 //!    the reader goes on. Memory is bounded by the buffer pool: `2 × workers + 1` regions.
 //! 3. The manifest is committed last, after every chunk is durable.
 
+use std::collections::HashMap;
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::sync_channel;
@@ -82,6 +83,40 @@ pub enum CaptureError {
     /// Bad options.
     #[error("invalid capture options: {0}")]
     Options(String),
+    /// A [`ChunkSink`] other than the store failed (the server of a network capture).
+    #[error("{0}")]
+    Sink(String),
+}
+
+/// Where a capture's chunks go: the local store, or (a network capture by the agent) a
+/// server that keeps the ones it lacks. Called from several threads at once.
+pub trait ChunkSink: Sync {
+    /// Keeps chunk `hash` (its plaintext `plain`) unless it is kept already. `base` is the
+    /// same region's chunk in the image's previous version (a delta base, for a sink that
+    /// stores deltas). Returns the stored size and whether this call added it.
+    fn put(
+        &self,
+        hash: &Hash,
+        plain: &[u8],
+        base: Option<&Hash>,
+    ) -> Result<(u64, bool), CaptureError>;
+}
+
+/// The local store as a sink.
+struct StoreSink<'a> {
+    store: &'a Store,
+    level: i32,
+}
+
+impl ChunkSink for StoreSink<'_> {
+    fn put(
+        &self,
+        hash: &Hash,
+        plain: &[u8],
+        base: Option<&Hash>,
+    ) -> Result<(u64, bool), CaptureError> {
+        Ok(self.store.put_chunk(hash, plain, self.level, base)?)
+    }
 }
 
 /// What [`plan`] decided: everything but the chunks.
@@ -255,21 +290,8 @@ pub fn capture(
     opts: &CaptureOptions,
     progress: &dyn Progress,
 ) -> Result<Captured, CaptureError> {
+    check_options(opts)?;
     let cs = opts.chunk_size;
-    if !(4096..=(64 << 20)).contains(&cs) || !cs.is_power_of_two() {
-        return Err(CaptureError::Options(format!(
-            "chunk size {cs} is not a power of two in 4 KiB..64 MiB"
-        )));
-    }
-    if opts.name.is_empty()
-        || opts.name.contains(['/', '@'])
-        || opts.name.chars().any(char::is_control)
-    {
-        return Err(CaptureError::Options(format!(
-            "image name {:?} must be non-empty without '/', '@' or control characters",
-            opts.name
-        )));
-    }
     let t0 = Instant::now();
     let _lock = store.lock_shared()?;
     let mut plan = plan(dev, cs).map_err(CaptureError::Read)?;
@@ -288,13 +310,91 @@ pub fn capture(
             });
         }
     }
-    let workers = if opts.threads == 0 {
+    let workers = workers(opts);
+    progress.start(used, "capture");
+
+    // The previous version's chunks, by area and region: the bases for delta chunks.
+    let mut prev = HashMap::new();
+    // One pass over the store gives both the previous version (delta bases) and the next
+    // version number.
+    let (images, _) = store.scan()?;
+    let previous = images
+        .iter()
+        .filter(|i| i.manifest.name == opts.name)
+        .max_by_key(|i| i.manifest.name_version);
+    let name_version = previous.map_or(1, |p| p.manifest.name_version + 1);
+    if let Some(p) = previous {
+        for (a, c) in p.manifest.chunks() {
+            prev.insert((area_key(a), c.index), c.hash);
+        }
+    }
+    let sink = StoreSink {
+        store,
+        level: opts.zstd_level,
+    };
+    let mut stats = pipeline(dev, &mut plan, cs, &sink, workers, &prev, progress)?;
+    stats.seconds = t0.elapsed().as_secs_f64();
+    let warnings = plan.warnings.clone();
+    let manifest = manifest(dev, source, opts, name_version, plan, stats);
+    // Every chunk file was fsynced before its rename; make the renames durable, then commit.
+    store.sync_dirs()?;
+    let id = store.put_manifest(&manifest)?;
+    Ok(Captured {
+        id,
+        manifest,
+        warnings,
+    })
+}
+
+fn workers(opts: &CaptureOptions) -> usize {
+    if opts.threads == 0 {
         std::thread::available_parallelism().map_or(2, |n| n.get())
     } else {
         opts.threads
-    };
-    progress.start(used, "capture");
+    }
+}
 
+/// The manifest of a finished capture.
+fn manifest(
+    dev: &dyn BlockDevice,
+    source: &str,
+    opts: &CaptureOptions,
+    name_version: u32,
+    plan: Plan,
+    stats: CaptureStats,
+) -> Manifest {
+    Manifest {
+        format: FORMAT.into(),
+        version: VERSION,
+        name: opts.name.clone(),
+        name_version,
+        created: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+        source: source.into(),
+        disk_size: dev.len(),
+        chunk_size: opts.chunk_size,
+        table: plan.table,
+        table_raw: plan.table_raw,
+        gpt_backup_raw: plan.gpt_backup_raw,
+        areas: plan.areas,
+        min_size: plan.min_size,
+        stats,
+    }
+}
+
+/// Reads the used regions of `plan`'s areas, hashes them and hands each to `sink` (on
+/// `workers` threads); fills in the areas' chunk lists. `prev`: the previous version's chunk
+/// of each (area, region), the delta bases.
+fn pipeline(
+    dev: &dyn BlockDevice,
+    plan: &mut Plan,
+    cs: u64,
+    sink: &dyn ChunkSink,
+    workers: usize,
+    prev: &HashMap<((u32, u64), u64), Hash>,
+    progress: &dyn Progress,
+) -> Result<CaptureStats, CaptureError> {
     let stop = AtomicBool::new(false);
     let first_err: Mutex<Option<CaptureError>> = Mutex::new(None);
     let fail = |e: CaptureError| {
@@ -312,22 +412,6 @@ pub fn capture(
     }
     let mut stats = CaptureStats::default();
     let areas = &plan.areas;
-    // The previous version's chunks, by area and region: the bases for delta chunks.
-    let mut prev = std::collections::HashMap::new();
-    // One pass over the store gives both the previous version (delta bases) and the next
-    // version number.
-    let (images, _) = store.scan()?;
-    let previous = images
-        .iter()
-        .filter(|i| i.manifest.name == opts.name)
-        .max_by_key(|i| i.manifest.name_version);
-    let name_version = previous.map_or(1, |p| p.manifest.name_version + 1);
-    if let Some(p) = previous {
-        for (a, c) in p.manifest.chunks() {
-            prev.insert((area_key(a), c.index), c.hash);
-        }
-    }
-    let prev = &prev;
     let mut chunks: Vec<Vec<ChunkRef>> = vec![Vec::new(); areas.len()];
 
     let (stop, fail) = (&stop, &fail);
@@ -367,7 +451,7 @@ pub fn capture(
                 }
             }
         });
-        // Hash + compress + store.
+        // Hash, then compress and keep (the sink).
         for _ in 0..workers {
             let done_tx = done_tx.clone();
             let pool_tx = pool_tx.clone();
@@ -386,7 +470,7 @@ pub fn capture(
                 }
                 let plain = &job.buf[..job.len];
                 let hash = Hash::of(plain);
-                match store.put_chunk(&hash, plain, opts.zstd_level, job.base.as_ref()) {
+                match sink.put(&hash, plain, job.base.as_ref()) {
                     Ok((stored, new)) => {
                         let d = Done {
                             area: job.area,
@@ -403,7 +487,7 @@ pub fn capture(
                         }
                     }
                     Err(e) => {
-                        fail(e.into());
+                        fail(e);
                         let _ = pool_tx.send(job.buf);
                     }
                 }
@@ -428,32 +512,56 @@ pub fn capture(
     if let Some(e) = first_err.into_inner().unwrap_or_else(|p| p.into_inner()) {
         return Err(e);
     }
+    Ok(stats)
+}
+
+fn check_options(opts: &CaptureOptions) -> Result<(), CaptureError> {
+    let cs = opts.chunk_size;
+    if !(4096..=(64 << 20)).contains(&cs) || !cs.is_power_of_two() {
+        return Err(CaptureError::Options(format!(
+            "chunk size {cs} is not a power of two in 4 KiB..64 MiB"
+        )));
+    }
+    if opts.name.is_empty()
+        || opts.name.contains(['/', '@'])
+        || opts.name.chars().any(char::is_control)
+    {
+        return Err(CaptureError::Options(format!(
+            "image name {:?} must be non-empty without '/', '@' or control characters",
+            opts.name
+        )));
+    }
+    Ok(())
+}
+
+/// Captures `dev` into `sink` (a server, for the agent's network capture) rather than a
+/// store: no delta bases, no version number (0: whoever commits the manifest numbers it),
+/// no free-space check. The manifest is returned, not committed.
+pub fn capture_to(
+    dev: &dyn BlockDevice,
+    source: &str,
+    sink: &dyn ChunkSink,
+    opts: &CaptureOptions,
+    progress: &dyn Progress,
+) -> Result<Captured, CaptureError> {
+    check_options(opts)?;
+    let t0 = Instant::now();
+    let cs = opts.chunk_size;
+    let mut plan = plan(dev, cs).map_err(CaptureError::Read)?;
+    for w in &plan.warnings {
+        progress.note(&format!("warning: {w}"));
+    }
+    let used: u64 = plan.areas.iter().map(|a| a.used.total()).sum();
+    progress.start(used, "capture");
+    let workers = workers(opts);
+    let mut stats = pipeline(dev, &mut plan, cs, sink, workers, &HashMap::new(), progress)?;
     stats.seconds = t0.elapsed().as_secs_f64();
-    let manifest = Manifest {
-        format: FORMAT.into(),
-        version: VERSION,
-        name: opts.name.clone(),
-        name_version,
-        created: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs()),
-        source: source.into(),
-        disk_size: dev.len(),
-        chunk_size: cs,
-        table: plan.table,
-        table_raw: plan.table_raw,
-        gpt_backup_raw: plan.gpt_backup_raw,
-        areas: plan.areas,
-        min_size: plan.min_size,
-        stats,
-    };
-    // Every chunk file was fsynced before its rename; make the renames durable, then commit.
-    store.sync_dirs()?;
-    let id = store.put_manifest(&manifest)?;
+    let warnings = plan.warnings.clone();
+    let manifest = manifest(dev, source, opts, 0, plan, stats);
     Ok(Captured {
-        id,
+        id: String::new(),
         manifest,
-        warnings: plan.warnings,
+        warnings,
     })
 }
 
@@ -584,5 +692,64 @@ mod tests {
         let c = capture(&dev, "mem", &store, &opts, &NoProgress).unwrap();
         assert_eq!(c.manifest.used_bytes(), 24 << 20);
         assert_eq!(store.list().unwrap().len(), 1);
+    }
+
+    /// Keeps hashes in memory; fails after `fail_after` puts.
+    struct Recorder {
+        seen: Mutex<HashMap<Hash, usize>>,
+        fail_after: usize,
+    }
+
+    impl ChunkSink for Recorder {
+        fn put(
+            &self,
+            hash: &Hash,
+            plain: &[u8],
+            _base: Option<&Hash>,
+        ) -> Result<(u64, bool), CaptureError> {
+            let mut seen = self.seen.lock().unwrap();
+            if seen.len() >= self.fail_after {
+                return Err(CaptureError::Sink("the server went away".into()));
+            }
+            assert_eq!(Hash::of(plain), *hash);
+            let new = seen.insert(*hash, plain.len()).is_none();
+            Ok((plain.len() as u64, new))
+        }
+    }
+
+    #[test]
+    fn a_capture_into_another_sink_makes_the_stores_manifest_but_commits_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut data = noisy(12 << 20);
+        // Two equal regions: one is new, the other is not.
+        data.copy_within(0..1 << 20, 5 << 20);
+        let dev = MemDevice::new(data);
+        let mut opts = CaptureOptions::new("x");
+        opts.chunk_size = 1 << 20;
+        opts.check_space = false;
+        let sink = Recorder {
+            seen: Mutex::new(HashMap::new()),
+            fail_after: usize::MAX,
+        };
+        let c = capture_to(&dev, "mem", &sink, &opts, &NoProgress).unwrap();
+        assert_eq!(c.manifest.name_version, 0);
+        assert_eq!(sink.seen.lock().unwrap().len(), 11);
+        assert_eq!(c.manifest.stats.new_chunks, 11);
+        assert!(store.list().unwrap().is_empty());
+        let local = capture(&dev, "mem", &store, &opts, &NoProgress).unwrap();
+        let hashes = |m: &Manifest| {
+            m.chunks()
+                .map(|(_, c)| (c.index, c.hash))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(hashes(&c.manifest), hashes(&local.manifest));
+        // A sink that fails fails the capture, with its words.
+        let sink = Recorder {
+            seen: Mutex::new(HashMap::new()),
+            fail_after: 3,
+        };
+        let e = capture_to(&dev, "mem", &sink, &opts, &NoProgress).unwrap_err();
+        assert!(e.to_string().contains("went away"), "{e}");
     }
 }

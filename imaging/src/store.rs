@@ -111,8 +111,11 @@ pub struct StoreLock {
 #[derive(Debug)]
 pub struct Store {
     root: PathBuf,
-    tmp_seq: AtomicU64,
 }
+
+/// Temporary file numbers, one sequence for the whole process: several `Store` values on the
+/// same directory (a server's concurrent requests) must never pick the same name.
+static TMP_SEQ: AtomicU64 = AtomicU64::new(0);
 
 impl Store {
     /// Opens (creating if needed) the store at `root`.
@@ -123,7 +126,6 @@ impl Store {
         }
         Ok(Self {
             root: root.to_owned(),
-            tmp_seq: AtomicU64::new(0),
         })
     }
 
@@ -168,7 +170,7 @@ impl Store {
     }
 
     fn tmp_path(&self) -> PathBuf {
-        let n = self.tmp_seq.fetch_add(1, Ordering::Relaxed);
+        let n = TMP_SEQ.fetch_add(1, Ordering::Relaxed);
         self.root
             .join("tmp")
             .join(format!("{}-{n}.tmp", std::process::id()))
@@ -278,6 +280,30 @@ impl Store {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Err(StoreError::MissingChunk(*hash)),
             Err(e) => Err(io_err("reading chunk", &path)(e)),
         }
+    }
+
+    /// Stores a chunk that arrived as a zstd frame (a network capture) as it is, after
+    /// checking it: it must decompress to exactly `expect_len` bytes whose BLAKE3 hash is
+    /// `hash`. Returns the stored size and whether this call added it.
+    pub fn put_frame(
+        &self,
+        hash: &Hash,
+        frame: &[u8],
+        expect_len: usize,
+    ) -> Result<(u64, bool), StoreError> {
+        if expect_len as u64 > MAX_CHUNK {
+            return Err(StoreError::CorruptChunk {
+                hash: *hash,
+                why: format!("{expect_len} bytes is more than a chunk may hold"),
+            });
+        }
+        let path = self.chunk_path(hash);
+        if let Ok(m) = fs::metadata(&path) {
+            return Ok((m.len(), false));
+        }
+        self.read_full(hash, frame, expect_len)?;
+        self.put_file(&path, frame)?;
+        Ok((frame.len() as u64, true))
     }
 
     /// Reads chunk `hash` (resolving a delta through its base), decompresses it to
@@ -567,6 +593,12 @@ pub fn decompress_frame(z: &[u8], expect_len: usize) -> Result<Vec<u8>, String> 
         return Err(format!("holds {n} bytes, expected {expect_len}"));
     }
     Ok(plain)
+}
+
+/// A chunk's plaintext as one self-contained zstd frame, as the store keeps a full chunk
+/// (for sending to a server that keeps it with [`Store::put_frame`]).
+pub fn compress_frame(plain: &[u8], level: i32) -> io::Result<Vec<u8>> {
+    compress_full(plain, level)
 }
 
 /// One zstd frame of a whole chunk, with a window covering the chunk so a match may reach back

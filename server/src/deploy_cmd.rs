@@ -42,6 +42,24 @@ pub(crate) struct DeployArgs {
     server: ServerArgs,
 }
 
+/// `drover capture MAC --name NAME`
+#[derive(Debug, Args)]
+pub(crate) struct CaptureArgs {
+    /// The machine whose disk becomes the image (its agent reads and uploads it).
+    mac: String,
+    /// The image's name (a new version if it exists).
+    #[arg(long)]
+    name: String,
+    /// What the machine does afterwards: reboot or poweroff.
+    #[arg(long, default_value = "reboot", value_parser = ["reboot", "poweroff"])]
+    then: String,
+    /// Wait until the image is committed; exit 1 if the capture failed.
+    #[arg(long)]
+    wait: bool,
+    #[command(flatten)]
+    server: ServerArgs,
+}
+
 #[derive(Debug, Subcommand)]
 pub(crate) enum DeploymentCommand {
     /// List deployments, newest first.
@@ -120,6 +138,52 @@ pub(crate) fn deploy(a: DeployArgs, json: bool) -> anyhow::Result<()> {
         Some("done") => Ok(()),
         Some(s) => bail!("deployment {id} ended {s}"),
         None => bail!("deployment {id}: no state"),
+    }
+}
+
+/// `drover capture`
+pub(crate) fn capture(a: CaptureArgs, json: bool) -> anyhow::Result<()> {
+    let d = call(
+        &a.server,
+        "/captures",
+        Method::Post(json!({ "mac": a.mac, "name": a.name, "then": a.then })),
+    )?;
+    let id = d["id"].as_str().unwrap_or("?").to_string();
+    let line = format!("capture {id}: {} to image {:?}", a.mac, a.name);
+    if !a.wait {
+        if json {
+            print_json(&d);
+        } else {
+            println!("{line} (waiting for its agent)");
+        }
+        return Ok(());
+    }
+    if !json {
+        eprintln!("{line}");
+    }
+    let end = follow(&a.server, &id, json)?;
+    if json {
+        print_json(&end);
+    }
+    let task = &end["tasks"][0];
+    match end["state"].as_str() {
+        Some("done") => {
+            if !json {
+                println!(
+                    "image {}: {} used, {} chunk(s) uploaded, {} already on the server",
+                    end["image_name"].as_str().unwrap_or("?"),
+                    fmt::bytes(task["bytes_done"].as_u64().unwrap_or(0)),
+                    task["unicast_chunks"],
+                    task["kept_chunks"]
+                );
+            }
+            Ok(())
+        }
+        Some(s) => bail!(
+            "capture {id} ended {s}: {}",
+            task["reason"].as_str().unwrap_or("no reason given")
+        ),
+        None => bail!("capture {id}: no state"),
     }
 }
 

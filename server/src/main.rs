@@ -60,6 +60,8 @@ enum Command {
     Group(client::GroupCommand),
     /// Deploy an image to machines and groups (over the server's API).
     Deploy(deploy_cmd::DeployArgs),
+    /// Capture a machine's disk over the network into a new image (through its agent).
+    Capture(deploy_cmd::CaptureArgs),
     /// Deployments: list, show, start now, cancel.
     #[command(subcommand)]
     Deployment(deploy_cmd::DeploymentCommand),
@@ -93,6 +95,7 @@ fn main() -> ExitCode {
         Command::Group(cmd) => ok(client::group(cmd, cli.json)),
         Command::Wake(args) => ok(client::wake(args, cli.json)),
         Command::Deploy(args) => ok(deploy_cmd::deploy(args, cli.json)),
+        Command::Capture(args) => ok(deploy_cmd::capture(args, cli.json)),
         Command::Deployment(cmd) => ok(deploy_cmd::deployment(cmd, cli.json)),
         Command::Schedule(cmd) => ok(schedule_cmd::schedule(cmd, cli.json)),
         Command::Token(cmd) => ok(serve::token(cmd, cli.data_dir, cli.json)),

@@ -109,6 +109,7 @@ pub(crate) fn router(state: Shared) -> Router {
         .route("/deployments/{id}/cancel", post(dep::cancel))
         .route("/deployments/{id}/start", post(dep::start_now))
         .route("/deployments/{id}/events", get(dep::events))
+        .route("/captures", post(super::capture::create))
         .route("/schedules", get(sched::list).post(sched::create))
         .route("/schedules/{name}", get(sched::show).delete(sched::remove))
         .route_layer(middleware::from_fn(admin_only));
@@ -118,6 +119,14 @@ pub(crate) fn router(state: Shared) -> Router {
         .route("/agent/progress", post(dep::progress))
         .route("/agent/result", post(dep::result))
         .route("/chunks/{hash}", get(dep::chunk))
+        .route("/agent/capture/have", post(super::capture::have))
+        .route(
+            "/agent/capture/chunks/{hash}",
+            axum::routing::put(super::capture::put_chunk),
+        )
+        .route("/agent/capture/commit", post(super::capture::commit))
+        // A chunk is at most 64 MiB (and a frame of it a little more); so is a manifest.
+        .layer(axum::extract::DefaultBodyLimit::max(65 << 20))
         .route_layer(middleware::from_fn(agent_only));
     let api = admin
         .merge(agent)

@@ -221,6 +221,7 @@ impl Deployer {
             .db
             .create_deployment(
                 &NewDeployment {
+                    kind: "restore",
                     image_id: &img.id,
                     image_name: &name,
                     targets: &r.targets.join(","),

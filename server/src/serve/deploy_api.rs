@@ -419,6 +419,8 @@ pub(crate) async fn chunk(
 pub(crate) struct ProgressBody {
     state: String,
     bytes_done: i64,
+    /// What the work amounts to: a capture's agent says (a restore's is the image's).
+    bytes_total: Option<i64>,
     #[serde(default)]
     rate_bps: i64,
     #[serde(default)]
@@ -454,10 +456,17 @@ pub(crate) async fn progress(
             p.state
         )));
     }
-    if p.bytes_done < 0 || p.bytes_done > t.bytes_total {
+    let total = match p.bytes_total {
+        Some(n) if n > 0 && t.bytes_total == 0 => {
+            s.db.set_task_total(&t.id, n).await?;
+            n
+        }
+        _ => t.bytes_total,
+    };
+    if p.bytes_done < 0 || p.bytes_done > total {
         return Err(ApiError::bad_request(format!(
-            "bytes_done {} is outside 0..={}",
-            p.bytes_done, t.bytes_total
+            "bytes_done {} is outside 0..={total}",
+            p.bytes_done
         )));
     }
     if !s.db.task_progress(&t.id, &p.state, p.progress()).await? {
@@ -511,6 +520,19 @@ pub(crate) async fn result(
     body: Result<Json<ResultBody>, JsonRejection>,
 ) -> ApiResult<Json<Value>> {
     let Json(r) = body?;
+    if r.ok {
+        let d = s.db.deployment(&t.deployment_id).await?;
+        if d.kind == "capture" && d.image_id.is_empty() {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                format!(
+                    "task {}: a capture is done once its image is committed \
+                     (POST /agent/capture/commit)",
+                    t.id
+                ),
+            ));
+        }
+    }
     let state = if r.ok { "done" } else { "failed" };
     let reason = match (&r.reason, r.ok) {
         (Some(why), _) => Some(why.chars().take(2000).collect::<String>()),

@@ -65,6 +65,8 @@ impl Task {
 
 /// What a new deployment is.
 pub(crate) struct NewDeployment<'a> {
+    /// `restore` (an image to machines) or `capture` (a machine's disk to a new image).
+    pub(crate) kind: &'a str,
     pub(crate) image_id: &'a str,
     pub(crate) image_name: &'a str,
     pub(crate) targets: &'a str,
@@ -179,7 +181,7 @@ impl Db {
             let r = sqlx::query(
                 "INSERT INTO deployments (id, kind, image_id, image_name, targets, transport, \
                  min_machines, max_wait_ms, start_at_ms, then_action, state, owner, created_by, \
-                 created_ms) VALUES ($1, 'restore', $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, \
+                 created_ms) VALUES ($1, $14, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, \
                  $13)",
             )
             .bind(&id)
@@ -199,6 +201,7 @@ impl Db {
             .bind(d.owner)
             .bind(d.created_by)
             .bind(now)
+            .bind(d.kind)
             .execute(&mut *tx)
             .await;
             match r {
@@ -300,6 +303,17 @@ impl Db {
         .fetch_optional(&self.pool)
         .await?;
         Ok(r.as_ref().map(task).transpose()?)
+    }
+
+    /// Sets what a task's work amounts to (a capture learns it when its agent has read the
+    /// disk's allocation).
+    pub(crate) async fn set_task_total(&self, id: &str, bytes_total: i64) -> anyhow::Result<()> {
+        sqlx::query("UPDATE tasks SET bytes_total = $1 WHERE id = $2")
+            .bind(bytes_total)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 
     /// A new token for the task (the previous one stops working).

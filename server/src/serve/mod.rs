@@ -9,10 +9,11 @@
 //!
 //! Schedules (`schedule`) redeploy or wake machines at cron or one-shot times, once across
 //! every server sharing the database.
-//!
-//! Not here yet (issue 4 continues): capture over the network.
+//! Captures (`capture`) take a machine's disk into the store over the network, through its
+//! agent.
 
 pub(crate) mod api;
+pub(crate) mod capture;
 pub(crate) mod config;
 pub(crate) mod db;
 pub(crate) mod deploy;

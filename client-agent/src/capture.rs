@@ -1,0 +1,198 @@
+//! A capture task (the golden machine): reads the disk's used blocks as `drover image capture`
+//! does (the `imaging` crate's plan and pipeline), asks the server for each chunk whether it
+//! has it, uploads the ones it lacks as zstd frames, and sends the manifest last. A capture
+//! that stops half-way leaves no image; run again, it uploads only what is still missing.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use imaging::capture::{capture_to, CaptureError, CaptureOptions, ChunkSink};
+use imaging::device::FileDevice;
+use imaging::manifest::Hash;
+use serde_json::{json, Value};
+use tracing::{info, warn};
+use transport::receive::Progress;
+
+use crate::api::{Api, CallError};
+use crate::task::{Reporter, Stop, Totals, SERVER_AWAY};
+use crate::Args;
+
+/// zstd level of uploaded chunks (the store's default).
+const LEVEL: i32 = imaging::store::DEFAULT_ZSTD_LEVEL;
+
+/// Uploads the chunks the server lacks; counts what it did.
+struct Uploader {
+    api: Api,
+    rt: tokio::runtime::Handle,
+    uploaded: AtomicU64,
+    kept: AtomicU64,
+}
+
+impl Uploader {
+    /// Runs one API call (retrying while the server is away) from a capture thread.
+    fn call<F, Fut>(&self, what: &str, f: F) -> Result<Value, CaptureError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<Value, CallError>>,
+    {
+        self.rt
+            .block_on(self.api.retry(what, Some(SERVER_AWAY), f))
+            .map_err(|e| CaptureError::Sink(format!("{what}: {e}")))
+    }
+}
+
+impl ChunkSink for Uploader {
+    fn put(
+        &self,
+        hash: &Hash,
+        plain: &[u8],
+        _base: Option<&Hash>,
+    ) -> Result<(u64, bool), CaptureError> {
+        let hex = hash.to_hex();
+        let have = json!({ "hashes": [hex] });
+        let r = self.call("asking for a chunk", || {
+            self.api.post("/agent/capture/have", &have)
+        })?;
+        if r["missing"].as_array().is_none_or(Vec::is_empty) {
+            self.kept.fetch_add(1, Ordering::Relaxed);
+            return Ok((0, false));
+        }
+        let frame = imaging::store::compress_frame(plain, LEVEL)
+            .map_err(|e| CaptureError::Sink(format!("compressing chunk {hex}: {e}")))?;
+        let path = format!("/agent/capture/chunks/{hex}?len={}", plain.len());
+        let r = self.call("uploading a chunk", || self.api.put(&path, frame.clone()))?;
+        self.uploaded.fetch_add(1, Ordering::Relaxed);
+        Ok((
+            r["stored"].as_u64().unwrap_or(frame.len() as u64),
+            r["new"].as_bool().unwrap_or(true),
+        ))
+    }
+}
+
+/// Forwards the capture's progress to the server, at most twice a second.
+struct Forward<'a> {
+    reporter: Reporter,
+    uploader: &'a Uploader,
+    total: AtomicU64,
+    done: AtomicU64,
+    start: Instant,
+    last: Mutex<Instant>,
+}
+
+impl Forward<'_> {
+    fn send(&self, force: bool) {
+        let mut last = self.last.lock().expect("lock");
+        if !force && last.elapsed() < Duration::from_millis(500) {
+            return;
+        }
+        *last = Instant::now();
+        let done = self.done.load(Ordering::Relaxed);
+        self.reporter.send(
+            "receiving",
+            Progress {
+                stored_bytes: done,
+                total_bytes: self.total.load(Ordering::Relaxed),
+                rate_bps: (done as f64 * 8.0 / self.start.elapsed().as_secs_f64().max(0.001))
+                    as u64,
+                multicast_chunks: 0,
+                unicast_chunks: self.uploader.uploaded.load(Ordering::Relaxed),
+                kept_chunks: self.uploader.kept.load(Ordering::Relaxed),
+            },
+        );
+    }
+}
+
+impl imaging::progress::Progress for Forward<'_> {
+    fn start(&self, total: u64, _what: &str) {
+        self.total.store(total, Ordering::Relaxed);
+        info!("{} used on the disk to read", transport::fmt::bytes(total));
+        self.send(true);
+    }
+
+    fn advance(&self, bytes: u64) {
+        self.done.fetch_add(bytes, Ordering::Relaxed);
+        self.send(false);
+    }
+
+    fn note(&self, msg: &str) {
+        warn!("{msg}");
+    }
+}
+
+/// Captures the disk into image `task.image.name` on the server.
+pub(crate) async fn work(
+    api: &Api,
+    args: &Args,
+    task: &Value,
+    reporter: &Reporter,
+) -> Result<Totals, Stop> {
+    let name = task["image"]["name"]
+        .as_str()
+        .ok_or_else(|| Stop::Failed("the task names no image".into()))?
+        .to_string();
+    let disk = args.disk.clone();
+    let dev = FileDevice::open_read(&disk)
+        .map_err(|e| Stop::Failed(format!("opening {}: {e}", disk.display())))?;
+    let uploader = Uploader {
+        api: api.clone(),
+        rt: tokio::runtime::Handle::current(),
+        uploaded: AtomicU64::new(0),
+        kept: AtomicU64::new(0),
+    };
+    let reporter = reporter.clone();
+    let start = Instant::now();
+    let (captured, uploader) = tokio::task::spawn_blocking(move || {
+        let progress = Forward {
+            reporter,
+            uploader: &uploader,
+            total: AtomicU64::new(0),
+            done: AtomicU64::new(0),
+            start: Instant::now(),
+            last: Mutex::new(Instant::now()),
+        };
+        let mut opts = CaptureOptions::new(name);
+        opts.check_space = false;
+        let r = capture_to(
+            &dev,
+            &disk.display().to_string(),
+            &uploader,
+            &opts,
+            &progress,
+        );
+        progress.send(true);
+        (r, uploader)
+    })
+    .await
+    .map_err(|e| Stop::Failed(format!("the capture stopped: {e}")))?;
+    let c = captured.map_err(|e| Stop::Failed(format!("{}: {e}", args.disk.display())))?;
+    let (uploaded, kept) = (
+        uploader.uploaded.load(Ordering::Relaxed),
+        uploader.kept.load(Ordering::Relaxed),
+    );
+    info!(
+        "read {} in {:.1} s: {uploaded} chunk(s) uploaded, {kept} already on the server",
+        transport::fmt::bytes(c.manifest.used_bytes()),
+        start.elapsed().as_secs_f64()
+    );
+    let manifest = serde_json::to_value(&c.manifest)
+        .map_err(|e| Stop::Failed(format!("encoding the manifest: {e}")))?;
+    let r = api
+        .retry("committing the image", Some(SERVER_AWAY), || {
+            api.post("/agent/capture/commit", &manifest)
+        })
+        .await?;
+    eprintln!(
+        "image {}@{} ({}) committed",
+        r["name"].as_str().unwrap_or("?"),
+        r["version"],
+        r["id"].as_str().unwrap_or("?")
+    );
+    Ok(Totals {
+        bytes: c.manifest.used_bytes(),
+        multicast: 0,
+        unicast: uploaded,
+        kept,
+        captured: true,
+    })
+}

@@ -1,0 +1,341 @@
+//! Capture over the network (the golden-machine flow): `POST /api/v1/captures` gives a machine
+//! a capture task (a deployment of kind `capture`, one task, transport unicast, the image
+//! name as its image). Its agent reads its disk, asks which chunks the server already has
+//! (`POST /agent/capture/have`), uploads the others as zstd frames (`PUT
+//! /agent/capture/chunks/{hash}?len=N`, each checked against its hash before it is kept),
+//! and sends the manifest last (`POST /agent/capture/commit`): the server checks that every
+//! chunk is there, numbers the version and commits it (once per task: a repeated commit
+//! answers with the same image); the agent then reports its result as any task does. An
+//! upload that stops half-way leaves chunks but no image; the next try uploads only what is
+//! still missing.
+//!
+//! Not done here: delta chunks (a CLI capture stores a changed chunk as a delta against the
+//! previous version; uploaded chunks are stored whole).
+
+use axum::body::Bytes;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path as UrlPath, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use imaging::manifest::{Hash, Manifest};
+use imaging::store::Store;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use sqlx::Row;
+
+use super::api::{parse_mac, Actor, ApiError, ApiResult, Shared};
+use super::db::now_ms;
+use super::deploy::DeployError;
+use super::deploy_api::{task_over, AgentTask};
+use super::deploy_db::{Deployment, NewDeployment};
+
+/// Hashes one `have` call may ask about.
+const MAX_HAVE: usize = 4096;
+/// Free space the store keeps beyond an uploaded chunk.
+const RESERVE: u64 = imaging::capture::SPACE_RESERVE;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct NewCapture {
+    mac: String,
+    name: String,
+    #[serde(default = "default_then")]
+    then: String,
+}
+
+fn default_then() -> String {
+    "reboot".into()
+}
+
+/// `POST /api/v1/captures`: gives the machine a capture task.
+pub(crate) async fn create(
+    State(s): State<Shared>,
+    Extension(actor): Extension<Actor>,
+    body: Result<Json<NewCapture>, JsonRejection>,
+) -> ApiResult<Response> {
+    let Json(c) = body?;
+    let mac = parse_mac(&c.mac)?;
+    if c.name.is_empty()
+        || c.name.len() > 64
+        || c.name.contains(['/', '@'])
+        || c.name.chars().any(char::is_control)
+    {
+        return Err(ApiError::bad_request(format!(
+            "image name {:?}: 1 to 64 characters, without '/', '@' or control characters",
+            c.name
+        )));
+    }
+    if !matches!(c.then.as_str(), "reboot" | "poweroff") {
+        return Err(ApiError::bad_request(format!(
+            "then {:?}: reboot or poweroff",
+            c.then
+        )));
+    }
+    s.db.machine(mac).await.map_err(|_| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("machine {mac} is not in the inventory (drover machine add {mac})"),
+        )
+    })?;
+    // Two captures of one name at once would both take the same version number.
+    let busy = sqlx::query(
+        "SELECT id FROM deployments WHERE kind = 'capture' AND image_name = $1 \
+         AND state IN ('waiting', 'running')",
+    )
+    .bind(&c.name)
+    .fetch_optional(&s.db.pool)
+    .await
+    .map_err(anyhow::Error::from)?;
+    if let Some(r) = busy {
+        let other: String = r.try_get("id").map_err(anyhow::Error::from)?;
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!(
+                "image {:?} is being captured already (deployment {other})",
+                c.name
+            ),
+        ));
+    }
+    let d =
+        s.db.create_deployment(
+            &NewDeployment {
+                kind: "capture",
+                image_id: "",
+                image_name: &c.name,
+                targets: &mac.to_string(),
+                transport: "unicast",
+                min_machines: None,
+                max_wait_ms: None,
+                start_at_ms: None,
+                then_action: &c.then,
+                owner: &s.deployer.owner,
+                created_by: &actor.0,
+                bytes_total: 0,
+            },
+            &[mac],
+        )
+        .await
+        .map_err(|e| ApiError::from(DeployError::from(e)))?;
+    s.db.audit(
+        &actor.0,
+        "capture.create",
+        &format!("{}: {mac} to image {:?}", d.id, c.name),
+    )
+    .await?;
+    s.deployer.changed(&d.id);
+    Ok((StatusCode::CREATED, Json(d)).into_response())
+}
+
+/// The agent's capture deployment; a restore task may not upload.
+async fn capture_of(s: &Shared, t: &super::deploy_db::Task) -> ApiResult<Deployment> {
+    if !t.active() {
+        return Err(task_over(t));
+    }
+    let d = s.db.deployment(&t.deployment_id).await?;
+    if d.kind != "capture" {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!("task {} is a {}, not a capture", t.id, d.kind),
+        ));
+    }
+    Ok(d)
+}
+
+fn store(s: &Shared) -> ApiResult<Store> {
+    Store::open(&s.store_dir)
+        .map_err(|e| ApiError::from(anyhow::anyhow!("opening the image store: {e}")))
+}
+
+fn hash(h: &str) -> ApiResult<Hash> {
+    Hash::from_hex(h).ok_or_else(|| ApiError::bad_request(format!("{h:?} is not a BLAKE3 hash")))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Have {
+    hashes: Vec<String>,
+}
+
+/// `POST /api/v1/agent/capture/have`: which of these chunks the server lacks.
+pub(crate) async fn have(
+    State(s): State<Shared>,
+    Extension(AgentTask(t)): Extension<AgentTask>,
+    body: Result<Json<Have>, JsonRejection>,
+) -> ApiResult<Json<Value>> {
+    let Json(h) = body?;
+    capture_of(&s, &t).await?;
+    if h.hashes.len() > MAX_HAVE {
+        return Err(ApiError::bad_request(format!(
+            "{} hashes: at most {MAX_HAVE} at a time",
+            h.hashes.len()
+        )));
+    }
+    let hashes = h
+        .hashes
+        .iter()
+        .map(|x| hash(x))
+        .collect::<ApiResult<Vec<_>>>()?;
+    let store = store(&s)?;
+    let missing = tokio::task::spawn_blocking(move || {
+        hashes
+            .into_iter()
+            .filter(|h| !store.has_chunk(h))
+            .map(|h| h.to_hex())
+            .collect::<Vec<_>>()
+    })
+    .await
+    .map_err(anyhow::Error::from)?;
+    Ok(Json(json!({ "missing": missing })))
+}
+
+#[derive(Deserialize)]
+pub(crate) struct Len {
+    len: usize,
+}
+
+/// `PUT /api/v1/agent/capture/chunks/{hash}?len=N`: one chunk as a zstd frame of `N` bytes of
+/// plaintext. Kept only if it decompresses to exactly that and hashes to `hash`.
+pub(crate) async fn put_chunk(
+    State(s): State<Shared>,
+    Extension(AgentTask(t)): Extension<AgentTask>,
+    UrlPath(h): UrlPath<String>,
+    Query(q): Query<Len>,
+    frame: Bytes,
+) -> ApiResult<Response> {
+    capture_of(&s, &t).await?;
+    let h = hash(&h)?;
+    let store = store(&s)?;
+    let r = tokio::task::spawn_blocking(move || {
+        if !store.has_chunk(&h) && store.free_space()? < frame.len() as u64 + RESERVE {
+            return Ok(None);
+        }
+        store.put_frame(&h, &frame, q.len).map(Some)
+    })
+    .await
+    .map_err(anyhow::Error::from)?;
+    match r {
+        Ok(Some((stored, new))) => Ok((
+            if new {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            },
+            Json(json!({ "stored": stored, "new": new })),
+        )
+            .into_response()),
+        Ok(None) => {
+            tracing::error!(store = %s.store_dir.display(), "capture upload refused: the store is full");
+            Err(ApiError::new(
+                StatusCode::INSUFFICIENT_STORAGE,
+                format!(
+                    "the server's image store ({}) is full: free space there (drover image gc, \
+                     drover image rm) and capture again; nothing already stored was touched",
+                    s.store_dir.display()
+                ),
+            ))
+        }
+        Err(e @ imaging::store::StoreError::CorruptChunk { .. }) => {
+            Err(ApiError::bad_request(format!("refused: {e}")))
+        }
+        Err(e) => Err(anyhow::anyhow!("storing chunk {h}: {e}").into()),
+    }
+}
+
+/// `POST /api/v1/agent/capture/commit` (the manifest, as JSON): commits the image once every
+/// chunk it names is stored, and ends the task.
+pub(crate) async fn commit(
+    State(s): State<Shared>,
+    Extension(AgentTask(t)): Extension<AgentTask>,
+    body: Bytes,
+) -> ApiResult<Json<Value>> {
+    let d = capture_of(&s, &t).await?;
+    if !d.image_id.is_empty() {
+        // Committed already (the answer was lost on the way): the same image, not another.
+        let img = s.deployer.image(&d.image_id).await?;
+        let m = &img.manifest;
+        return Ok(Json(json!({
+            "id": d.image_id,
+            "name": m.name,
+            "version": m.name_version,
+            "used_bytes": m.used_bytes(),
+            "chunks": m.chunks().count(),
+            "uploaded": m.stats.new_chunks,
+        })));
+    }
+    let mut m = Manifest::decode(&body)
+        .map_err(|e| ApiError::bad_request(format!("malformed manifest: {e}")))?;
+    if m.name != d.image_name {
+        return Err(ApiError::bad_request(format!(
+            "the manifest is named {:?}, the capture {:?}",
+            m.name, d.image_name
+        )));
+    }
+    let store = store(&s)?;
+    let name = m.name.clone();
+    let committed = tokio::task::spawn_blocking(move || -> Result<_, String> {
+        let _lock = store.lock_shared().map_err(|e| e.to_string())?;
+        let mut missing = Vec::new();
+        for a in &mut m.areas {
+            for c in &mut a.chunks {
+                // The stored size is the server's to say.
+                match std::fs::metadata(store.chunk_path(&c.hash)) {
+                    Ok(meta) => c.stored = meta.len(),
+                    Err(_) => missing.push(c.hash),
+                }
+            }
+        }
+        if let Some(first) = missing.first() {
+            return Ok(Err(format!(
+                "{} chunk(s) of the manifest are not on the server (first {first}): upload \
+                 them before committing",
+                missing.len()
+            )));
+        }
+        let (images, _) = store.scan().map_err(|e| e.to_string())?;
+        m.name_version = images
+            .iter()
+            .filter(|i| i.manifest.name == m.name)
+            .map(|i| i.manifest.name_version)
+            .max()
+            .unwrap_or(0)
+            + 1;
+        m.created = (now_ms() / 1000) as u64;
+        let id = store.put_manifest(&m).map_err(|e| e.to_string())?;
+        Ok(Ok((id, m)))
+    })
+    .await
+    .map_err(anyhow::Error::from)?
+    .map_err(|e| ApiError::from(anyhow::anyhow!("committing image {name:?}: {e}")))?;
+    let (id, m) = committed.map_err(|e| ApiError::new(StatusCode::CONFLICT, e))?;
+    let full = format!("{}@{}", m.name, m.name_version);
+    sqlx::query("UPDATE deployments SET image_id = $1, image_name = $2 WHERE id = $3")
+        .bind(&id)
+        .bind(&full)
+        .bind(&d.id)
+        .execute(&s.db.pool)
+        .await
+        .map_err(anyhow::Error::from)?;
+    let used = m.used_bytes() as i64;
+    let chunks = m.chunks().count() as i64;
+    let new = m.stats.new_chunks as i64;
+    s.db.set_task_total(&t.id, used).await?;
+    s.db.audit(
+        &format!("machine:{}", t.mac),
+        "image.capture",
+        &format!(
+            "{full} ({id}) from {}: {} chunk(s), {new} uploaded",
+            t.mac, chunks
+        ),
+    )
+    .await?;
+    s.deployer.changed(&d.id);
+    Ok(Json(json!({
+        "id": id,
+        "name": m.name,
+        "version": m.name_version,
+        "used_bytes": used,
+        "chunks": chunks,
+        "uploaded": new,
+    })))
+}
