@@ -120,6 +120,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         "mac": mac,
         "disks": [disk],
         "version": env!("CARGO_PKG_VERSION"),
+        "wait": true,
     });
     let task = loop {
         let r = api
@@ -144,7 +145,8 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
             eprintln!("no task within {:?}", args.max_idle.unwrap_or_default());
             return Ok(ExitCode::from(3));
         }
-        let poll = r["poll_ms"].as_u64().unwrap_or(2000).clamp(200, 60_000);
+        // 0 after a waiting hello (the server held it until a task came, or for a while).
+        let poll = r["poll_ms"].as_u64().unwrap_or(2000).min(60_000);
         tokio::time::sleep(Duration::from_millis(poll)).await;
     };
     eprintln!(

@@ -208,12 +208,12 @@ fn follow(server: &ServerArgs, id: &str, json: bool) -> anyhow::Result<Value> {
             Err(e) => {
                 failures += 1;
                 // A server restart takes seconds; give it a few minutes.
-                if failures > 120 {
+                if failures > 480 {
                     return Err(e);
                 }
             }
         }
-        std::thread::sleep(Duration::from_secs(1));
+        std::thread::sleep(Duration::from_millis(250));
     }
 }
 

@@ -465,3 +465,57 @@ fn multicast_deployment_to_three_agents_on_postgresql() {
     let shown = srv.ok(&env, &t, &["deployment", "show", &id]);
     assert!(shown.contains("done") && shown.contains(macs[2]), "{shown}");
 }
+
+/// An agent's hello with `"wait": true` is held until its machine gets a task (then answered
+/// at once, with the task and a token) or for the poll interval.
+#[test]
+fn a_waiting_hello_answers_when_the_task_comes() {
+    let env = Env::new();
+    let src = env.path("src.img");
+    drover_tests::random_file(&src, 2 << 20, 9);
+    env.capture(&src, "small");
+    let srv = Server::start(&env.data(), &[]);
+    let t = token(&env);
+    let mac = "02:00:00:00:07:01";
+    srv.ok(&env, &t, &["machine", "add", mac]);
+    let hello = format!(r#"{{"mac": "{mac}", "wait": true}}"#);
+    // No task: held for the poll interval, then told to ask again at once.
+    let t0 = Instant::now();
+    let (status, body) = srv.http("POST", "/api/v1/agent/hello", None, Some(&hello));
+    let held = t0.elapsed();
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(v["task"].is_null() && v["poll_ms"] == 0, "{v}");
+    assert!(
+        held >= Duration::from_millis(1900),
+        "answered after {held:?}"
+    );
+    // A task created while it waits: answered then, with the task.
+    let addr = srv.addr.clone();
+    let waiter = std::thread::spawn(move || {
+        let t0 = Instant::now();
+        let r =
+            drover_tests::server::http(&addr, "POST", "/api/v1/agent/hello", None, Some(&hello));
+        (r, t0.elapsed())
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let t1 = Instant::now();
+    srv.ok(
+        &env,
+        &t,
+        &["deploy", "small", "--to", mac, "--transport", "unicast"],
+    );
+    let ((status, body), _) = waiter.join().unwrap();
+    let waited = t1.elapsed();
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["task"]["image"]["name"], "small@1", "{v}");
+    assert!(
+        v["token"].as_str().is_some_and(|t| t.starts_with("drt_")),
+        "{v}"
+    );
+    assert!(
+        waited < Duration::from_millis(1700),
+        "the task reached the agent after {waited:?}"
+    );
+}

@@ -123,6 +123,7 @@ pub(crate) async fn create(
         &format!("{}: {mac} to image {:?}", d.id, c.name),
     )
     .await?;
+    s.deployer.tasks_created(vec![mac]);
     s.deployer.changed(&d.id);
     Ok((StatusCode::CREATED, Json(d)).into_response())
 }

@@ -88,6 +88,8 @@ pub(crate) struct Deployer {
     images: Mutex<HashMap<String, Arc<ImageIndex>>>,
     /// The id of every deployment that changed (for server-sent events).
     changes: broadcast::Sender<String>,
+    /// The machines of every batch of new tasks (for agents waiting in hello).
+    new_tasks: broadcast::Sender<Arc<Vec<Mac>>>,
     /// Chunks being sent over unicast at once, at most (each holds its frame in memory).
     pub(crate) chunk_slots: Arc<tokio::sync::Semaphore>,
 }
@@ -115,6 +117,7 @@ impl Deployer {
             sessions: Mutex::new(HashMap::new()),
             images: Mutex::new(HashMap::new()),
             changes: broadcast::channel(1024).0,
+            new_tasks: broadcast::channel(64).0,
             chunk_slots: Arc::new(tokio::sync::Semaphore::new(CHUNK_SLOTS)),
         })
     }
@@ -126,6 +129,17 @@ impl Deployer {
 
     pub(crate) fn subscribe(&self) -> broadcast::Receiver<String> {
         self.changes.subscribe()
+    }
+
+    /// Tells agents waiting in hello that these machines have a task now.
+    pub(crate) fn tasks_created(&self, macs: Vec<Mac>) {
+        let _ = self.new_tasks.send(Arc::new(macs));
+    }
+
+    /// New tasks' machines from now on. A waiting hello subscribes before it looks in the
+    /// database, so a task created in between is not missed.
+    pub(crate) fn watch_tasks(&self) -> broadcast::Receiver<Arc<Vec<Mac>>> {
+        self.new_tasks.subscribe()
     }
 
     fn store(&self) -> anyhow::Result<Store> {
@@ -262,6 +276,7 @@ impl Deployer {
         if d.transport == "multicast" {
             self.start_session(&d, macs.len()).await?;
         }
+        self.tasks_created(macs);
         self.changed(&d.id);
         Ok(self.db.deployment(&d.id).await?)
     }

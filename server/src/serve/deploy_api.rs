@@ -297,9 +297,13 @@ pub(crate) struct Hello {
     disks: Vec<Disk>,
     /// The agent's version, for the log.
     version: Option<String>,
+    /// Without a task, answer when one comes, or after `POLL_MS` (a long poll: a task
+    /// created on this server reaches its agent at once).
+    #[serde(default)]
+    wait: bool,
 }
 
-/// How long an agent waits between polls.
+/// How long an agent waits between polls (or a waiting hello waits for a task).
 const POLL_MS: u64 = 2000;
 
 /// `POST /api/v1/agent/hello` (public): registers an unknown machine, updates a known one,
@@ -326,7 +330,31 @@ pub(crate) async fn hello(
         "task": Value::Null,
         "poll_ms": POLL_MS,
     });
-    let Some(task) = s.db.active_task(mac).await? else {
+    let mut watch = h.wait.then(|| s.deployer.watch_tasks());
+    let mut task = s.db.active_task(mac).await?;
+    if let (None, Some(rx)) = (&task, &mut watch) {
+        let given = async {
+            loop {
+                match rx.recv().await {
+                    Ok(macs) if macs.contains(&mac) => return,
+                    Ok(_) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => return,
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                        std::future::pending::<()>().await
+                    }
+                }
+            }
+        };
+        if tokio::time::timeout(Duration::from_millis(POLL_MS), given)
+            .await
+            .is_ok()
+        {
+            task = s.db.active_task(mac).await?;
+        }
+        // It waited: ask again at once.
+        out["poll_ms"] = json!(0);
+    }
+    let Some(task) = task else {
         return Ok(Json(out));
     };
     let d = s.db.deployment(&task.deployment_id).await?;
