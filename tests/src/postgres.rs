@@ -53,11 +53,7 @@ impl Postgres {
             .prefix("drover-pg-")
             .tempdir()
             .unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = crate::server::free_port();
         let d = dir.path().to_str().unwrap().to_string();
         let out = Command::new("chown")
             .args(["postgres:postgres", &d])

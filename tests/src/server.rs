@@ -11,6 +11,22 @@ use std::time::Duration;
 
 use crate::drover_bin;
 
+/// A free loopback port below the kernel's ephemeral range (32768 and up), so that a test
+/// that stops its server and starts it again on the same address never finds the port taken
+/// by a connection or another test's `bind(0)` in between.
+pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let spread = (std::process::id() % 400) as u16 * 20;
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed) % 8000;
+        let port = 20_000 + (spread + n) % 8000;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
 /// A running server.
 pub struct Server {
     child: Child,
@@ -22,10 +38,10 @@ pub struct Server {
 }
 
 impl Server {
-    /// Starts `drover --data-dir DATA serve --http 127.0.0.1:0 --iface lo EXTRA...` and waits
-    /// until it listens.
+    /// Starts `drover --data-dir DATA serve --http 127.0.0.1:PORT --iface lo EXTRA...` and
+    /// waits until it listens.
     pub fn start(data: &Path, extra: &[&str]) -> Self {
-        Self::start_at(data, "127.0.0.1:0", extra)
+        Self::start_at(data, &format!("127.0.0.1:{}", free_port()), extra)
     }
 
     /// As [`start`](Self::start), on the address `http` (a restarted server's own).

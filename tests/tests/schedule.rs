@@ -100,7 +100,7 @@ fn schedules_fire_on_time_once_across_a_restart_and_refuse_bad_input() {
     srv.ok(&env, &t, &["machine", "add", M2, "--group", "room"]);
 
     // Bad schedules, each refused with its reason.
-    let (soon, soon_ms) = in_secs(6);
+    let (soon, _) = in_secs(6);
     for (args, why) in [
         (
             add(
@@ -177,6 +177,7 @@ fn schedules_fire_on_time_once_across_a_restart_and_refuse_bad_input() {
 
     // A one-shot redeploy due in 6 s, with a 3 s wake lead: it fires 3 s ahead, creating the
     // deployment and waking both machines.
+    let (soon, soon_ms) = in_secs(6);
     let added = Instant::now();
     let s = srv.json(
         &env,
@@ -206,7 +207,7 @@ fn schedules_fire_on_time_once_across_a_restart_and_refuse_bad_input() {
     let heard = magic_packets(&sock, 6, Duration::from_secs(12));
     let first = heard.first().map(|h| h.1.duration_since(added));
     assert!(
-        first.is_some_and(|f| f >= Duration::from_millis(2000) && f < Duration::from_millis(5500)),
+        first.is_some_and(|f| f >= Duration::from_millis(2000) && f < Duration::from_millis(6000)),
         "the wake-up came {first:?} after adding (due in 6 s, lead 3 s)"
     );
     for m in [M1, M2] {
@@ -250,7 +251,7 @@ fn schedules_fire_on_time_once_across_a_restart_and_refuse_bad_input() {
     let r = &runs(&s)[0];
     assert_eq!(r["due_ms"].as_i64().unwrap() % 5000, 0, "{s:#}");
     assert!(
-        r["at_ms"].as_i64().unwrap() - r["due_ms"].as_i64().unwrap() < 1000,
+        r["at_ms"].as_i64().unwrap() - r["due_ms"].as_i64().unwrap() < 2000,
         "{s:#}"
     );
     srv.ok(&env, &t, &["schedule", "rm", "tick"]);
@@ -259,7 +260,7 @@ fn schedules_fire_on_time_once_across_a_restart_and_refuse_bad_input() {
 
     // A run due while the server is down runs once when it is back, and not again after
     // another restart.
-    let (later, later_ms) = in_secs(3);
+    let (later, later_ms) = in_secs(8);
     srv.ok(
         &env,
         &t,

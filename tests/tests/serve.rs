@@ -21,6 +21,7 @@ fn inventory_through_the_api_and_the_cli_survives_a_restart() {
     assert_eq!(spec["openapi"], "3.0.3");
     assert!(spec["paths"]["/api/v1/machines"]["post"].is_object());
     assert!(spec["paths"]["/api/v1/schedules"]["post"].is_object());
+    assert!(spec["paths"]["/api/v1/captures"]["post"].is_object());
     // Everything else needs one.
     for (m, p) in [
         ("GET", "/api/v1/machines"),

@@ -109,6 +109,25 @@ pub(crate) async fn openapi() -> Json<Value> {
         }
     });
     doc["paths"]["/api/v1/schedules"] = schedules(&error);
+    doc["paths"]["/api/v1/captures"] = json!({"post": {
+        "summary": "Capture a machine's disk over the network: gives it a capture task (a deployment of kind capture); its agent uploads the chunks the server lacks and commits the image",
+        "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "required": ["mac", "name"], "properties": {
+            "mac": {"type": "string"}, "name": {"type": "string"}, "then": {"type": "string", "enum": ["reboot", "poweroff"]}}}}}},
+        "responses": {"201": {"description": "the capture deployment", "content": {"application/json": {"schema": deployment}}}, "400": error, "404": error, "409": error}}});
+    doc["paths"]["/api/v1/agent/capture/have"] = json!({"post": {
+        "summary": "Agent (capture): which of these chunk hashes the server lacks",
+        "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "required": ["hashes"], "properties": {"hashes": {"type": "array", "items": {"type": "string"}, "maxItems": 4096}}}}}},
+        "responses": {"200": {"description": "{missing: [hash]}"}, "400": error, "403": error, "410": error}}});
+    doc["paths"]["/api/v1/agent/capture/chunks/{hash}"] = json!({
+        "parameters": [{"name": "hash", "in": "path", "required": true, "schema": {"type": "string"}},
+                       {"name": "len", "in": "query", "required": true, "schema": {"type": "integer"}, "description": "plaintext bytes"}],
+        "put": {"summary": "Agent (capture): one chunk as a zstd frame; kept only if it decompresses to len bytes hashing to hash",
+            "requestBody": {"required": true, "content": {"application/zstd": {}}},
+            "responses": {"200": {"description": "already stored"}, "201": {"description": "stored"}, "400": error, "403": error, "410": error, "507": error}}});
+    doc["paths"]["/api/v1/agent/capture/commit"] = json!({"post": {
+        "summary": "Agent (capture): the manifest, last; commits the image once every chunk it names is stored (a repeat answers with the same image)",
+        "requestBody": {"required": true, "content": {"application/json": {}}},
+        "responses": {"200": {"description": "{id, name, version, used_bytes, chunks, uploaded}"}, "400": error, "409": error, "410": error}}});
     doc["paths"]["/api/v1/schedules/{name}"] = json!({
         "parameters": [{"name": "name", "in": "path", "required": true, "schema": {"type": "string"}, "description": "name or id"}],
         "get": {"summary": "One schedule with its next due time and its runs (newest first)", "responses": {"200": {"description": "the schedule"}, "404": error}},
