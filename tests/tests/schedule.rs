@@ -259,7 +259,13 @@ fn schedules_fire_on_time_once_across_a_restart_and_refuse_bad_input() {
     assert!(gone.contains("not found"), "{gone}");
 
     // A run due while the server is down runs once when it is back, and not again after
-    // another restart.
+    // another restart. One of its machines is busy in another deployment: the run goes on
+    // without it and says so.
+    srv.ok(
+        &env,
+        &t,
+        &["deploy", "lab", "--to", M2, "--transport", "unicast"],
+    );
     let (later, later_ms) = in_secs(8);
     srv.ok(
         &env,
@@ -295,18 +301,32 @@ fn schedules_fire_on_time_once_across_a_restart_and_refuse_bad_input() {
         runs(&s)[0]["at_ms"].as_i64().unwrap() > later_ms + 1000,
         "{s:#}"
     );
+    let detail = runs(&s)[0]["detail"].as_str().unwrap();
+    assert!(
+        detail.contains(&format!("left out, busy: {M2}")),
+        "{detail}"
+    );
+    let dep = runs(&s)[0]["deployment_id"].as_str().unwrap().to_string();
+    let d = srv.json(&env, &t, &["deployment", "show", &dep]);
+    assert_eq!(d["machines"], 1, "{d:#}");
     srv.stop();
     let srv = Server::start_at(&env.data(), &addr, &["--config", cfg]);
     std::thread::sleep(Duration::from_secs(2));
     let s = srv.json(&env, &t, &["schedule", "show", "later"]);
     assert_eq!(runs(&s).len(), 1, "{s:#}");
     let deployments = srv.json(&env, &t, &["deployment", "list"]);
-    assert_eq!(deployments.as_array().unwrap().len(), 2, "{deployments:#}");
+    assert_eq!(deployments.as_array().unwrap().len(), 3, "{deployments:#}");
     let (status, audit) = srv.http("GET", "/api/v1/audit", Some(&t), None);
     assert_eq!(status, 200);
     assert!(
         audit.contains("schedule.done") && audit.contains("schedule:soon"),
         "{audit}"
+    );
+    let (_, metrics) = srv.http("GET", "/metrics", None, None);
+    assert!(metrics.contains("drover_schedules 2"), "{metrics}");
+    assert!(
+        metrics.contains("drover_schedule_runs_total{outcome=\"done\"}"),
+        "{metrics}"
     );
     // A malformed body is a 400 naming what is wrong.
     let (status, body) = srv.http("POST", "/api/v1/schedules", Some(&t), Some("{\"name\": 5}"));

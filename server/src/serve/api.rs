@@ -476,6 +476,17 @@ async fn metrics(State(s): State<Shared>) -> ApiResult<Response> {
     for (_, state, n) in counts.iter().filter(|c| c.0 == "tasks") {
         out.push_str(&format!("drover_tasks{{state=\"{state}\"}} {n}\n"));
     }
+    let (schedules, runs) = s.db.schedule_counts().await?;
+    out.push_str("# HELP drover_schedules Schedules (redeploys and wake-ups).\n");
+    out.push_str("# TYPE drover_schedules gauge\n");
+    out.push_str(&format!("drover_schedules {schedules}\n"));
+    out.push_str("# HELP drover_schedule_runs_total Scheduled runs, by outcome.\n");
+    out.push_str("# TYPE drover_schedule_runs_total counter\n");
+    for (outcome, n) in runs {
+        out.push_str(&format!(
+            "drover_schedule_runs_total{{outcome=\"{outcome}\"}} {n}\n"
+        ));
+    }
     let images = scan_images(s.store_dir.clone()).await?;
     out.push_str("# HELP drover_images Image versions in the store.\n");
     out.push_str("# TYPE drover_images gauge\n");

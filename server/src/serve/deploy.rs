@@ -230,6 +230,42 @@ impl Deployer {
         actor: &str,
     ) -> Result<Deployment, DeployError> {
         let (img, macs) = self.check(&r).await?;
+        self.create_for(r, img, macs, actor).await
+    }
+
+    /// As [`create`](Self::create), but machines that have a task already are left out
+    /// (a scheduled redeploy goes on without the one machine stuck in an earlier task) and
+    /// named in the answer. Only when every machine is busy is nothing created.
+    pub(crate) async fn create_skipping_busy(
+        self: &Arc<Self>,
+        mut r: DeployRequest,
+        actor: &str,
+    ) -> Result<(Deployment, Vec<String>), DeployError> {
+        let (img, macs) = self.check(&r).await?;
+        let (mut free, mut busy) = (Vec::new(), Vec::new());
+        for m in macs {
+            match self.db.active_task(m).await? {
+                Some(t) => busy.push(format!("{m} (in deployment {})", t.deployment_id)),
+                None => free.push(m),
+            }
+        }
+        if free.is_empty() {
+            return Err(DeployError::Conflict(format!(
+                "every machine has a task already: {}",
+                busy.join(", ")
+            )));
+        }
+        r.min_machines = r.min_machines.map(|n| n.min(free.len() as i64));
+        Ok((self.create_for(r, img, free, actor).await?, busy))
+    }
+
+    async fn create_for(
+        self: &Arc<Self>,
+        r: DeployRequest,
+        img: StoredImage,
+        macs: Vec<Mac>,
+        actor: &str,
+    ) -> Result<Deployment, DeployError> {
         let name = format!("{}@{}", img.manifest.name, img.manifest.name_version);
         let d = self
             .db

@@ -100,9 +100,9 @@ impl Host for ServerHost {
             });
         }
         let multicast = s.transport == "multicast";
-        let d = self
+        let (d, busy) = self
             .deployer
-            .create(
+            .create_skipping_busy(
                 DeployRequest {
                     image: s.image.clone().unwrap_or_default(),
                     targets: targets(s),
@@ -124,9 +124,14 @@ impl Host for ServerHost {
             Ok(w) => w,
             Err(e) => format!("machines not woken: {e:#}"),
         };
+        let skipped = if busy.is_empty() {
+            String::new()
+        } else {
+            format!("; left out, busy: {}", busy.join(", "))
+        };
         Ok(Fired {
             detail: format!(
-                "deployment {} of {} over {}{stream}; {woke}",
+                "deployment {} of {} over {}{stream}; {woke}{skipped}",
                 d.id, d.image_name, d.transport
             ),
             deployment: Some(d.id),

@@ -211,4 +211,22 @@ impl Db {
             .collect::<Result<_, sqlx::Error>>()
             .map_err(Into::into)
     }
+
+    /// Run rows by outcome (for /metrics), and the number of schedules.
+    pub(crate) async fn schedule_counts(&self) -> anyhow::Result<(i64, Vec<(String, i64)>)> {
+        let n: i64 = sqlx::query("SELECT COUNT(*) AS n FROM schedules")
+            .fetch_one(&self.pool)
+            .await?
+            .try_get("n")?;
+        let rows = sqlx::query(
+            "SELECT outcome, COUNT(*) AS n FROM schedule_runs GROUP BY outcome ORDER BY outcome",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let runs = rows
+            .iter()
+            .map(|r| Ok((r.try_get("outcome")?, r.try_get("n")?)))
+            .collect::<Result<_, sqlx::Error>>()?;
+        Ok((n, runs))
+    }
 }
