@@ -45,3 +45,8 @@ fn wire_corpus() {
 fn session_corpus() {
     replay("session", proto::fuzzing::session);
 }
+
+#[test]
+fn tftp_corpus() {
+    replay("tftp", pxe::fuzzing::tftp);
+}

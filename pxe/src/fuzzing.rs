@@ -1,0 +1,31 @@
+//! Entry points shared by the fuzz targets (`fuzz/`) and the corpus replay test: each takes
+//! arbitrary bytes and must never panic.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use crate::tftp::{self, Packet, Transfer};
+
+/// Decodes a TFTP datagram; a read request then starts a transfer of a file whose length
+/// comes from the input, fed ACKs and timeouts made of the input's bytes, and its file name
+/// goes through [`tftp::resolve`].
+pub fn tftp(data: &[u8]) {
+    let Ok(p) = tftp::parse(data) else { return };
+    let Packet::Read(req) = p else { return };
+    let _ = tftp::resolve(Path::new("/srv/boot"), &req.filename);
+    let len = data.iter().map(|&b| u64::from(b)).sum::<u64>() * 97;
+    let mut now = Instant::now();
+    let (mut t, _) = Transfer::start(&req, len, 1468, now);
+    for pair in data.chunks(2) {
+        let n = u16::from_be_bytes([pair[0], *pair.get(1).unwrap_or(&0)]);
+        if n % 5 == 0 {
+            now += Duration::from_secs(300);
+            let _ = t.on_timeout(now);
+        } else {
+            let _ = t.on_packet(&Packet::Ack(n), now);
+        }
+        if t.is_over() {
+            break;
+        }
+    }
+}
