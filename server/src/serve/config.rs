@@ -38,6 +38,10 @@ pub(crate) struct FileConfig {
     pub(crate) wake_lead: Option<String>,
     /// A scheduled run missed by less than this is run late, else recorded as missed.
     pub(crate) schedule_grace: Option<String>,
+    /// The boot directory (iPXE binaries, kernel, initramfs).
+    pub(crate) boot_dir: Option<PathBuf>,
+    /// TFTP: `ADDR:PORT` to serve the boot directory on, or `off`.
+    pub(crate) tftp: Option<String>,
 }
 
 impl FileConfig {
@@ -73,6 +77,9 @@ pub(crate) struct Config {
     pub(crate) wake_lead: std::time::Duration,
     /// Grace period of missed scheduled runs.
     pub(crate) schedule_grace: std::time::Duration,
+    pub(crate) boot_dir: PathBuf,
+    /// Where TFTP listens, if it runs.
+    pub(crate) tftp: Option<SocketAddr>,
 }
 
 /// Default multicast window: what a receiver may hold undecoded.
@@ -91,6 +98,8 @@ pub(crate) struct Overrides {
     pub(crate) database_url: Option<String>,
     pub(crate) multicast_rate: Option<u64>,
     pub(crate) multicast_window: Option<u64>,
+    pub(crate) boot_dir: Option<PathBuf>,
+    pub(crate) tftp: Option<String>,
 }
 
 impl Config {
@@ -131,6 +140,10 @@ impl Config {
         let database_url = o.database_url.or(file.database_url).unwrap_or_else(|| {
             format!("sqlite://{}?mode=rwc", data_dir.join("drover.db").display())
         });
+        let boot_dir = o
+            .boot_dir
+            .or(file.boot_dir)
+            .unwrap_or_else(|| data_dir.join("boot"));
         Ok(Self {
             data_dir,
             http,
@@ -158,6 +171,13 @@ impl Config {
                 &file.schedule_grace,
                 schedule::DEFAULT_GRACE,
             )?,
+            boot_dir,
+            tftp: match o.tftp.or(file.tftp).as_deref() {
+                None | Some("off") => None,
+                Some(a) => Some(a.parse().map_err(|_| {
+                    anyhow::anyhow!("tftp {a:?}: ADDR:PORT (e.g. 0.0.0.0:69) or off")
+                })?),
+            },
         })
     }
 }
@@ -208,11 +228,14 @@ mod tests {
             multicast_window,
             wake_lead,
             schedule_grace,
+            boot_dir,
+            tftp,
         } = &parsed;
         assert!(data_dir.is_some() && http.is_some() && iface.is_some());
         assert!(public_url.is_some() && database_url.is_some() && wol_port.is_some());
         assert!(multicast_rate.is_some() && multicast_window.is_some());
         assert!(wake_lead.is_some() && schedule_grace.is_some());
+        assert!(boot_dir.is_some() && tftp.is_some());
         assert_eq!(
             Config::resolve(
                 parsed,

@@ -24,6 +24,7 @@ pub(crate) mod openapi;
 pub(crate) mod schedule;
 pub(crate) mod schedule_api;
 pub(crate) mod schedule_db;
+pub(crate) mod tftp;
 pub(crate) mod wake;
 
 use std::net::SocketAddr;
@@ -62,6 +63,12 @@ pub(crate) struct ServeArgs {
     /// Bytes of a deployment's stream in flight at most (K, M, G; default 32M, at least 8M).
     #[arg(long, env = "DROVER_MULTICAST_WINDOW", value_parser = transport::fmt::parse_size)]
     multicast_window: Option<u64>,
+    /// The boot directory: iPXE binaries, kernel, initramfs (default: DATA_DIR/boot).
+    #[arg(long, env = "DROVER_BOOT_DIR")]
+    boot_dir: Option<PathBuf>,
+    /// Serve the boot directory over TFTP on ADDR:PORT (e.g. 0.0.0.0:69), or off (default).
+    #[arg(long, env = "DROVER_TFTP")]
+    tftp: Option<String>,
 }
 
 /// `drover token ...`
@@ -104,6 +111,8 @@ pub(crate) fn serve(args: ServeArgs, data_dir: Option<PathBuf>) -> anyhow::Resul
             database_url: args.database_url,
             multicast_rate: args.multicast_rate,
             multicast_window: args.multicast_window,
+            boot_dir: args.boot_dir,
+            tftp: args.tftp,
         },
     )?;
     runtime()?.block_on(run(cfg))
@@ -161,6 +170,28 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
             "  interface   none ({}): multicast and wake-on-LAN are off until --iface names one",
             why.as_deref().unwrap_or("not found")
         ),
+    }
+    match cfg.tftp {
+        Some(bind) => {
+            std::fs::create_dir_all(&cfg.boot_dir).with_context(|| {
+                format!("creating the boot directory {}", cfg.boot_dir.display())
+            })?;
+            let sock = tokio::net::UdpSocket::bind(bind)
+                .await
+                .with_context(|| format!("TFTP: binding {bind}"))?;
+            eprintln!(
+                "  tftp        {} ({})",
+                sock.local_addr()?,
+                cfg.boot_dir.display()
+            );
+            let root = cfg.boot_dir.clone();
+            tokio::spawn(async move {
+                if let Err(e) = tftp::serve(sock, root).await {
+                    tracing::error!(error = %format!("{e:#}"), "TFTP stopped");
+                }
+            });
+        }
+        None => eprintln!("  tftp        off"),
     }
     // Deployments that were running when the server stopped go on.
     let resumer = deployer.clone();
