@@ -17,7 +17,7 @@ pub fn tftp(data: &[u8]) {
     let mut now = Instant::now();
     let (mut t, _) = Transfer::start(&req, len, 1468, now);
     for pair in data.chunks(2) {
-        let n = u16::from_be_bytes([pair[0], *pair.get(1).unwrap_or(&0)]);
+        let n = u16::from_le_bytes([pair[0], *pair.get(1).unwrap_or(&0)]);
         if n % 5 == 0 {
             now += Duration::from_secs(300);
             let _ = t.on_timeout(now);

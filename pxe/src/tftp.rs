@@ -9,6 +9,9 @@
 //! absolute paths, `..` and anything that is not a plain relative name; the driver then
 //! refuses symlinks that lead out of the directory (that needs the filesystem).
 
+// TFTP's numbers are in network byte order (RFC 1350); drover's own formats are little-endian.
+#![allow(clippy::big_endian_bytes)]
+
 use std::fmt;
 use std::path::{Component, Path, PathBuf};
 use std::time::{Duration, Instant};

@@ -21,9 +21,12 @@ const MAX_FILE: u64 = 256 << 20;
 /// The largest block: a 1500-byte Ethernet frame less the IP, UDP and TFTP headers.
 pub(crate) const MAX_BLKSIZE: usize = 1468;
 
-/// Files read once and shared: path → (modification time, bytes).
+/// A file as read, with the modification time it had.
+type Cached = (SystemTime, Arc<Vec<u8>>);
+
+/// Files read once and shared, by path.
 #[derive(Default)]
-struct Cache(Mutex<HashMap<PathBuf, (SystemTime, Arc<Vec<u8>>)>>);
+struct Cache(Mutex<HashMap<PathBuf, Cached>>);
 
 impl Cache {
     async fn get(&self, path: &Path) -> std::io::Result<Arc<Vec<u8>>> {
