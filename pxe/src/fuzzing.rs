@@ -29,3 +29,16 @@ pub fn tftp(data: &[u8]) {
         }
     }
 }
+
+/// Decodes a DHCP datagram; a request then goes through the proxyDHCP decisions on both
+/// ports, and an answer is encoded.
+pub fn dhcp(data: &[u8]) {
+    use crate::dhcp;
+    let Ok(m) = dhcp::decode(data) else { return };
+    let cfg = dhcp::BootConfig::new(std::net::Ipv4Addr::new(10, 0, 0, 1), "http://10.0.0.1:8080");
+    for port in [67, dhcp::PXE_PORT] {
+        if let Ok(r) = dhcp::proxy_reply(&m, port, &cfg) {
+            let _ = dhcp::encode(&r);
+        }
+    }
+}

@@ -5,6 +5,7 @@
 //! requests with blksize, tsize, timeout and windowsize). proxyDHCP and full DHCP join them
 //! with the PXE issue.
 
+pub mod dhcp;
 pub mod fuzzing;
 pub mod tftp;
 pub mod wol;

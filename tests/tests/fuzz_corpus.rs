@@ -50,3 +50,8 @@ fn session_corpus() {
 fn tftp_corpus() {
     replay("tftp", pxe::fuzzing::tftp);
 }
+
+#[test]
+fn dhcp_corpus() {
+    replay("dhcp", pxe::fuzzing::dhcp);
+}

@@ -1,0 +1,217 @@
+//! DHCP for network boot, sans-IO, with dhcproto as the codec: which client is asking
+//! ([`classify`]: PXE or not, BIOS or UEFI, already iPXE), what it should boot
+//! ([`boot_target`]), and the proxyDHCP answers ([`proxy_reply`]): boot information only, never
+//! an address, so the lab's own DHCP server keeps its job.
+//!
+//! The driver hands over a decoded request and the port it came in on (67, or 4011 for the
+//! PXE boot-server request), and sends what comes back. Full DHCP (an address pool, leases)
+//! builds on the same classification.
+
+use std::net::Ipv4Addr;
+
+use dhcproto::v4::{self, DhcpOption, Message, MessageType, OptionCode};
+use dhcproto::{Decodable, Encodable, Encoder};
+
+/// The PXE boot-server port (requests after a proxyDHCP offer).
+pub const PXE_PORT: u16 = 4011;
+
+/// Who is asking.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Client {
+    /// Hardware address (Ethernet).
+    pub mac: [u8; 6],
+    /// It says it is a PXE client (option 60 starts with `PXEClient`).
+    pub pxe: bool,
+    /// Client system architecture (option 93), if sent.
+    pub arch: Option<u16>,
+    /// It is iPXE already (user class `iPXE`, or iPXE's own option 175).
+    pub ipxe: bool,
+}
+
+/// The firmware families drover boots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Firmware {
+    /// Legacy BIOS PXE (architecture 0, or none given).
+    Bios,
+    /// UEFI x64 (architecture 7 or 9).
+    Uefi64,
+}
+
+/// What a client is told to load.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BootTarget {
+    /// A first-stage iPXE binary over TFTP.
+    Tftp(String),
+    /// iPXE's boot script over HTTP.
+    Http(String),
+}
+
+/// Where the server is and what it hands out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BootConfig {
+    /// The server's address on the lab interface (next server, server identifier).
+    pub server: Ipv4Addr,
+    /// `http://ADDR:PORT` of the server's HTTP API, for iPXE's script URL.
+    pub http_base: String,
+    /// TFTP file for BIOS clients (Debian's ipxe: `undionly.kpxe`).
+    pub bios_file: String,
+    /// TFTP file for UEFI x64 clients (`snponly.efi`, or `ipxe.efi`).
+    pub uefi_file: String,
+}
+
+impl BootConfig {
+    /// The usual file names.
+    pub fn new(server: Ipv4Addr, http_base: impl Into<String>) -> Self {
+        Self {
+            server,
+            http_base: http_base.into(),
+            bios_file: "undionly.kpxe".into(),
+            uefi_file: "snponly.efi".into(),
+        }
+    }
+}
+
+/// Why a request gets no answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ignored {
+    /// Not a PXE client: the lab's DHCP server answers it.
+    NotPxe,
+    /// A PXE client of an architecture drover has no binary for.
+    Architecture(u16),
+    /// A message type proxyDHCP does not answer (RELEASE, DECLINE, ...).
+    MessageType(String),
+    /// Not a BOOTREQUEST of Ethernet.
+    NotARequest,
+    /// Meant for another server (its server identifier names someone else).
+    OtherServer(Ipv4Addr),
+}
+
+/// Reads who is asking.
+pub fn classify(msg: &Message) -> Option<Client> {
+    if msg.opcode() != v4::Opcode::BootRequest || msg.chaddr().len() < 6 {
+        return None;
+    }
+    let mut mac = [0u8; 6];
+    mac.copy_from_slice(&msg.chaddr()[..6]);
+    let opts = msg.opts();
+    let pxe = matches!(opts.get(OptionCode::ClassIdentifier),
+        Some(DhcpOption::ClassIdentifier(c)) if c.starts_with(b"PXEClient"));
+    let arch = match opts.get(OptionCode::ClientSystemArchitecture) {
+        Some(DhcpOption::ClientSystemArchitecture(a)) => Some(a.0),
+        _ => None,
+    };
+    let user_class_ipxe = matches!(opts.get(OptionCode::UserClass),
+        Some(DhcpOption::UserClass(u)) if u.windows(4).any(|w| w == b"iPXE"));
+    let ipxe = user_class_ipxe || opts.get(OptionCode::Unknown(175)).is_some();
+    Some(Client {
+        mac,
+        pxe,
+        arch,
+        ipxe,
+    })
+}
+
+/// The firmware of a client's architecture (RFC 4578 numbers).
+pub fn firmware(arch: Option<u16>) -> Result<Firmware, u16> {
+    match arch {
+        None | Some(0) => Ok(Firmware::Bios),
+        Some(7 | 9) => Ok(Firmware::Uefi64),
+        Some(a) => Err(a),
+    }
+}
+
+/// What the client loads: iPXE gets its script over HTTP; firmware gets the iPXE binary of
+/// its kind over TFTP.
+pub fn boot_target(c: &Client, cfg: &BootConfig) -> Result<BootTarget, Ignored> {
+    if c.ipxe {
+        let m = c.mac;
+        return Ok(BootTarget::Http(format!(
+            "{}/boot/{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}.ipxe",
+            cfg.http_base, m[0], m[1], m[2], m[3], m[4], m[5]
+        )));
+    }
+    match firmware(c.arch) {
+        Ok(Firmware::Bios) => Ok(BootTarget::Tftp(cfg.bios_file.clone())),
+        Ok(Firmware::Uefi64) => Ok(BootTarget::Tftp(cfg.uefi_file.clone())),
+        Err(a) => Err(Ignored::Architecture(a)),
+    }
+}
+
+/// The proxyDHCP answer to a request that came in on `port` (67 or [`PXE_PORT`]): an OFFER
+/// to a DISCOVER, an ACK to a REQUEST (or INFORM) — boot server and file, never an address.
+pub fn proxy_reply(msg: &Message, port: u16, cfg: &BootConfig) -> Result<Message, Ignored> {
+    let c = classify(msg).ok_or(Ignored::NotARequest)?;
+    if !c.pxe && !c.ipxe {
+        return Err(Ignored::NotPxe);
+    }
+    let reply_type = match msg.opts().msg_type() {
+        Some(MessageType::Discover) if port != PXE_PORT => MessageType::Offer,
+        Some(MessageType::Request | MessageType::Inform) => {
+            // A REQUEST on port 67 selects an offer: answer only if it selects ours
+            // (or names no server, as some firmware does on 4011).
+            if let Some(DhcpOption::ServerIdentifier(s)) =
+                msg.opts().get(OptionCode::ServerIdentifier)
+            {
+                if *s != cfg.server && port != PXE_PORT {
+                    return Err(Ignored::OtherServer(*s));
+                }
+            }
+            MessageType::Ack
+        }
+        t => return Err(Ignored::MessageType(format!("{t:?}"))),
+    };
+    let target = boot_target(&c, cfg)?;
+    let mut r = Message::default();
+    r.set_opcode(v4::Opcode::BootReply)
+        .set_htype(msg.htype())
+        .set_xid(msg.xid())
+        .set_flags(msg.flags())
+        .set_chaddr(msg.chaddr())
+        .set_giaddr(msg.giaddr())
+        .set_ciaddr(msg.ciaddr())
+        .set_siaddr(cfg.server);
+    let opts = r.opts_mut();
+    opts.insert(DhcpOption::MessageType(reply_type));
+    opts.insert(DhcpOption::ServerIdentifier(cfg.server));
+    opts.insert(DhcpOption::ClassIdentifier(b"PXEClient".to_vec()));
+    if let Some(DhcpOption::ClientMachineIdentifier(uuid)) =
+        msg.opts().get(OptionCode::ClientMachineIdentifier)
+    {
+        opts.insert(DhcpOption::ClientMachineIdentifier(uuid.clone()));
+    }
+    // PXE vendor options: discovery control 8 (boot the file named here, no boot-server
+    // menu or multicast discovery), then the end tag.
+    opts.insert(DhcpOption::VendorExtensions(vec![6, 1, 8, 255]));
+    let file = match &target {
+        BootTarget::Tftp(f) => {
+            opts.insert(DhcpOption::TFTPServerName(
+                cfg.server.to_string().into_bytes(),
+            ));
+            f.clone()
+        }
+        BootTarget::Http(u) => u.clone(),
+    };
+    opts.insert(DhcpOption::BootfileName(file.clone().into_bytes()));
+    // The header's file field holds 128 bytes; a longer URL goes in option 67 alone.
+    if file.len() < 128 {
+        r.set_fname_str(&file);
+    }
+    Ok(r)
+}
+
+/// Decodes a datagram.
+pub fn decode(b: &[u8]) -> Result<Message, String> {
+    Message::from_bytes(b).map_err(|e| format!("malformed DHCP message: {e}"))
+}
+
+/// Encodes a message.
+pub fn encode(m: &Message) -> Result<Vec<u8>, String> {
+    let mut out = Vec::with_capacity(576);
+    m.encode(&mut Encoder::new(&mut out))
+        .map_err(|e| format!("encoding a DHCP message: {e}"))?;
+    Ok(out)
+}
+
+#[cfg(test)]
+#[path = "dhcp_tests.rs"]
+mod tests;
