@@ -4,6 +4,9 @@
 //! ROM and Intel's PXE ROM lay it out (header, magic cookie, options 53, 57, 93, 94, 97, 60,
 //! 55); the others are built with the codec the same way.
 
+// DHCP's numbers are in network byte order.
+#![allow(clippy::big_endian_bytes)]
+
 use super::*;
 
 const MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
