@@ -199,9 +199,65 @@ pub fn proxy_reply(msg: &Message, port: u16, cfg: &BootConfig) -> Result<Message
     Ok(r)
 }
 
-/// Decodes a datagram.
+/// The boot file a reply names (option 67), if any.
+pub fn boot_file(m: &Message) -> Option<String> {
+    match m.opts().get(OptionCode::BootfileName) {
+        Some(DhcpOption::BootfileName(f)) => Some(String::from_utf8_lossy(f).into_owned()),
+        _ => None,
+    }
+}
+
+/// Options whose length dhcproto 0.15 only checks with `debug_assert!` (a panic in debug
+/// builds, found by fuzzing): code and the lengths allowed.
+type LengthRule = (u8, fn(usize) -> bool);
+
+const CHECKED_LENGTHS: &[LengthRule] = &[
+    (80, |n| n == 0),  // rapid commit
+    (81, |n| n >= 3),  // client FQDN
+    (94, |n| n == 3),  // client network interface (UNDI version)
+    (152, |n| n == 4), // bulk leasequery times
+    (153, |n| n == 4),
+    (154, |n| n == 4),
+    (155, |n| n == 4),
+];
+
+/// Walks the options after the magic cookie; refuses lengths the decoder would trip on.
+fn check_options(b: &[u8]) -> Result<(), String> {
+    let mut i = 240;
+    while i < b.len() {
+        match b[i] {
+            0 => i += 1,
+            255 => break,
+            code => {
+                let Some(&len) = b.get(i + 1) else { break };
+                if let Some((_, ok)) = CHECKED_LENGTHS.iter().find(|(c, _)| *c == code) {
+                    if !ok(len as usize) {
+                        return Err(format!(
+                            "malformed DHCP message: option {code} of {len} byte(s)"
+                        ));
+                    }
+                }
+                i += 2 + len as usize;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Decodes a datagram. What dhcproto 0.15 decodes but then panics on (found by fuzzing) is
+/// refused here: a hardware address length over 16, and a few options of the wrong length;
+/// any other panic of the decoder is caught and reported as a malformed message.
 pub fn decode(b: &[u8]) -> Result<Message, String> {
-    Message::from_bytes(b).map_err(|e| format!("malformed DHCP message: {e}"))
+    if b.len() > 2 && b[2] > 16 {
+        return Err(format!(
+            "malformed DHCP message: hardware address length {} (at most 16)",
+            b[2]
+        ));
+    }
+    check_options(b)?;
+    std::panic::catch_unwind(|| Message::from_bytes(b))
+        .map_err(|_| "malformed DHCP message: the decoder failed on it".to_string())?
+        .map_err(|e| format!("malformed DHCP message: {e}"))
 }
 
 /// Encodes a message.

@@ -42,6 +42,8 @@ pub(crate) struct FileConfig {
     pub(crate) boot_dir: Option<PathBuf>,
     /// TFTP: `ADDR:PORT` to serve the boot directory on, or `off`.
     pub(crate) tftp: Option<String>,
+    /// `proxy` or `off`.
+    pub(crate) dhcp: Option<String>,
 }
 
 impl FileConfig {
@@ -80,6 +82,8 @@ pub(crate) struct Config {
     pub(crate) boot_dir: PathBuf,
     /// Where TFTP listens, if it runs.
     pub(crate) tftp: Option<SocketAddr>,
+    /// `proxy` or `off`.
+    pub(crate) dhcp: String,
 }
 
 /// Default multicast window: what a receiver may hold undecoded.
@@ -100,6 +104,7 @@ pub(crate) struct Overrides {
     pub(crate) multicast_window: Option<u64>,
     pub(crate) boot_dir: Option<PathBuf>,
     pub(crate) tftp: Option<String>,
+    pub(crate) dhcp: Option<String>,
 }
 
 impl Config {
@@ -178,6 +183,11 @@ impl Config {
                     anyhow::anyhow!("tftp {a:?}: ADDR:PORT (e.g. 0.0.0.0:69) or off")
                 })?),
             },
+            dhcp: match o.dhcp.or(file.dhcp).as_deref() {
+                None | Some("off") => "off".into(),
+                Some("proxy") => "proxy".into(),
+                Some(d) => anyhow::bail!("dhcp {d:?}: proxy or off"),
+            },
         })
     }
 }
@@ -230,12 +240,13 @@ mod tests {
             schedule_grace,
             boot_dir,
             tftp,
+            dhcp,
         } = &parsed;
         assert!(data_dir.is_some() && http.is_some() && iface.is_some());
         assert!(public_url.is_some() && database_url.is_some() && wol_port.is_some());
         assert!(multicast_rate.is_some() && multicast_window.is_some());
         assert!(wake_lead.is_some() && schedule_grace.is_some());
-        assert!(boot_dir.is_some() && tftp.is_some());
+        assert!(boot_dir.is_some() && tftp.is_some() && dhcp.is_some());
         assert_eq!(
             Config::resolve(
                 parsed,

@@ -19,6 +19,7 @@ pub(crate) mod db;
 pub(crate) mod deploy;
 pub(crate) mod deploy_api;
 pub(crate) mod deploy_db;
+pub(crate) mod dhcp;
 pub(crate) mod mac;
 pub(crate) mod openapi;
 pub(crate) mod schedule;
@@ -69,6 +70,10 @@ pub(crate) struct ServeArgs {
     /// Serve the boot directory over TFTP on ADDR:PORT (e.g. 0.0.0.0:69), or off (default).
     #[arg(long, env = "DROVER_TFTP")]
     tftp: Option<String>,
+    /// Answer PXE clients: proxy (boot information only, beside the lab's DHCP server) or off
+    /// (default).
+    #[arg(long, env = "DROVER_DHCP", value_parser = ["proxy", "off"])]
+    dhcp: Option<String>,
 }
 
 /// `drover token ...`
@@ -113,6 +118,7 @@ pub(crate) fn serve(args: ServeArgs, data_dir: Option<PathBuf>) -> anyhow::Resul
             multicast_window: args.multicast_window,
             boot_dir: args.boot_dir,
             tftp: args.tftp,
+            dhcp: args.dhcp,
         },
     )?;
     runtime()?.block_on(run(cfg))
@@ -170,6 +176,23 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
             "  interface   none ({}): multicast and wake-on-LAN are off until --iface names one",
             why.as_deref().unwrap_or("not found")
         ),
+    }
+    if cfg.dhcp == "proxy" {
+        let iface = cfg
+            .iface
+            .clone()
+            .context("--dhcp proxy answers on the lab interface: give it with --iface")?;
+        eprintln!("  dhcp        proxy on {} (ports 67, 4011)", iface.name);
+        let base = cfg.public_url.clone();
+        // Bound now, so ports held by another DHCP server are an error at start.
+        let task = dhcp::proxy(dhcp::bind(iface)?, base);
+        tokio::spawn(async move {
+            if let Err(e) = task.await {
+                tracing::error!(error = %format!("{e:#}"), "proxyDHCP stopped");
+            }
+        });
+    } else {
+        eprintln!("  dhcp        off");
     }
     match cfg.tftp {
         Some(bind) => {

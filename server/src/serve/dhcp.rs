@@ -1,0 +1,123 @@
+//! proxyDHCP on the lab interface (`--dhcp proxy`): drives [`pxe::dhcp`] on UDP ports 67 and
+//! 4011, both bound to the interface. PXE clients get the boot server and file (iPXE gets
+//! its script's URL); everything else is left to the lab's own DHCP server, and no address
+//! is ever offered.
+
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+
+use anyhow::Context;
+use pxe::dhcp::{self, BootConfig, Ignored, PXE_PORT};
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::net::UdpSocket;
+use tracing::{debug, info, warn};
+use transport::net::Iface;
+
+/// A UDP socket on `port` of every address, sending and receiving on `iface` only.
+fn socket(iface: &Iface, port: u16) -> anyhow::Result<UdpSocket> {
+    let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+    s.set_reuse_address(true)?;
+    s.set_broadcast(true)?;
+    s.bind_device(Some(iface.name.as_bytes()))
+        .with_context(|| format!("binding to interface {}", iface.name))?;
+    s.bind(&SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port).into())
+        .with_context(|| format!("binding UDP port {port} (another DHCP server running?)"))?;
+    s.set_nonblocking(true)?;
+    Ok(UdpSocket::from_std(s.into())?)
+}
+
+/// proxyDHCP's two sockets, bound.
+pub(crate) struct Proxy {
+    iface: Iface,
+    s67: UdpSocket,
+    s4011: UdpSocket,
+}
+
+/// Binds ports 67 and 4011 on `iface` (an error now if another DHCP server holds them).
+pub(crate) fn bind(iface: Iface) -> anyhow::Result<Proxy> {
+    Ok(Proxy {
+        s67: socket(&iface, 67)?,
+        s4011: socket(&iface, PXE_PORT)?,
+        iface,
+    })
+}
+
+/// Answers PXE clients until the task is dropped.
+pub(crate) async fn proxy(p: Proxy, http_base: String) -> anyhow::Result<()> {
+    let Proxy { iface, s67, s4011 } = p;
+    let cfg = BootConfig::new(iface.addr, http_base);
+    info!(iface = %iface.name, server = %iface.addr, "proxyDHCP answering PXE clients on ports 67 and 4011");
+    let mut b67 = vec![0u8; 1500];
+    let mut b4011 = vec![0u8; 1500];
+    loop {
+        let (sock, buf, port, r) = tokio::select! {
+            r = s67.recv_from(&mut b67) => (&s67, &b67, 67, r),
+            r = s4011.recv_from(&mut b4011) => (&s4011, &b4011, PXE_PORT, r),
+        };
+        let (n, from) = match r {
+            Ok(x) => x,
+            Err(e) => {
+                debug!(error = %e, "DHCP receive");
+                continue;
+            }
+        };
+        if let Some((reply, to)) = answer(&buf[..n], from, port, &cfg) {
+            if let Err(e) = sock.send_to(&reply, to).await {
+                warn!(%to, error = %e, "proxyDHCP: sending the answer");
+            }
+        }
+    }
+}
+
+/// The answer to one datagram and where it goes, if it gets one.
+fn answer(
+    data: &[u8],
+    from: SocketAddr,
+    port: u16,
+    cfg: &BootConfig,
+) -> Option<(Vec<u8>, SocketAddr)> {
+    let msg = match dhcp::decode(data) {
+        Ok(m) => m,
+        Err(e) => {
+            debug!(%from, "{e}");
+            return None;
+        }
+    };
+    let reply = match dhcp::proxy_reply(&msg, port, cfg) {
+        Ok(r) => r,
+        Err(Ignored::NotPxe | Ignored::MessageType(_) | Ignored::OtherServer(_)) => return None,
+        Err(why) => {
+            info!(%from, ?why, "proxyDHCP: not answered");
+            return None;
+        }
+    };
+    let c = dhcp::classify(&msg)?;
+    let file = reply
+        .fname_str()
+        .and_then(Result::ok)
+        .unwrap_or("(option 67)");
+    info!(
+        mac = %crate::serve::mac::Mac(c.mac),
+        arch = ?c.arch,
+        ipxe = c.ipxe,
+        port,
+        "proxyDHCP: {:?} → {file}",
+        reply.opts().msg_type().map_or(String::new(), |t| format!("{t:?}"))
+    );
+    let to = if port == PXE_PORT {
+        // The boot-server request came from an address: answer it there.
+        from
+    } else if !msg.giaddr().is_unspecified() {
+        SocketAddr::from((msg.giaddr(), 67))
+    } else if !msg.ciaddr().is_unspecified() {
+        SocketAddr::from((msg.ciaddr(), 68))
+    } else {
+        SocketAddr::from((Ipv4Addr::BROADCAST, 68))
+    };
+    match dhcp::encode(&reply) {
+        Ok(b) => Some((b, to)),
+        Err(e) => {
+            warn!("{e}");
+            None
+        }
+    }
+}

@@ -1,0 +1,127 @@
+//! proxyDHCP on the wire: `drover serve --dhcp proxy` in one namespace, clients in another on
+//! the same bridge. A BIOS PXE client's DISCOVER (broadcast to port 67) gets an OFFER with the
+//! boot server and `undionly.kpxe` and no address; its REQUEST to port 4011 gets the ACK; a
+//! plain DISCOVER gets nothing, and busybox's udhcpc gets no lease.
+
+use std::io::BufRead;
+use std::process::Stdio;
+
+use drover_tests::lab::Lab;
+use drover_tests::server::Server;
+use drover_tests::{drover_bin, require, Env};
+use pxe::dhcp;
+
+/// A DHCP client in Python: sends a BIOS PXE DISCOVER, then a REQUEST to the server's port
+/// 4011, then a plain DISCOVER; prints each answer in hex (or "none").
+const CLIENT: &str = r#"
+import socket, struct, sys
+server = sys.argv[1]
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, b"eth0")
+s.bind(("", 68))
+mac = bytes([0x52, 0x54, 0x00, 0x12, 0x34, 0x56])
+def msg(mtype, pxe):
+    b = bytes([1, 1, 6, 0]) + struct.pack(">I", 0x12345678) + bytes([0, 4, 0x80, 0])
+    b += bytes(16) + mac + bytes(10) + bytes(192) + bytes([99, 130, 83, 99])
+    b += bytes([53, 1, mtype])
+    if pxe:
+        cls = b"PXEClient:Arch:00000:UNDI:002001"
+        b += bytes([93, 2, 0, 0, 94, 3, 1, 2, 1, 60, len(cls)]) + cls
+    return b + bytes([255])
+def ask(data, to, what):
+    s.sendto(data, to)
+    s.settimeout(4)
+    try:
+        while True:
+            d, src = s.recvfrom(2048)
+            if d[0] == 2:
+                print(what, src[0], src[1], d.hex(), flush=True)
+                return
+    except socket.timeout:
+        print(what, "none", flush=True)
+ask(msg(1, True), ("255.255.255.255", 67), "offer")
+ask(msg(3, True), (server, 4011), "ack")
+ask(msg(1, False), ("255.255.255.255", 67), "plain")
+"#;
+
+#[test]
+fn proxy_dhcp_answers_pxe_clients_only_and_never_with_an_address() {
+    if !require("proxy_dhcp", &["root", "ip", "python3", "busybox"]) {
+        return;
+    }
+    let env = Env::new();
+    let lab = Lab::new("pxd", 2);
+    let server_ip = lab.addr(0).to_string();
+    let bin = drover_bin().to_str().unwrap();
+    let mut cmd = lab.cmd(0, bin);
+    cmd.arg("--data-dir").arg(env.data()).args([
+        "serve",
+        "--http",
+        "127.0.0.1:0",
+        "--iface",
+        "eth0",
+        "--dhcp",
+        "proxy",
+        "--public-url",
+        &format!("http://{server_ip}:8080"),
+    ]);
+    let _srv = Server::start_cmd(cmd);
+
+    let mut c = lab.cmd(1, "python3");
+    c.args(["-u", "-c", CLIENT, &server_ip])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let out = c.output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let lines: Vec<String> = out.stdout.lines().map(Result::unwrap).collect();
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    let reply = |line: &str, what: &str| {
+        let f: Vec<&str> = line.split(' ').collect();
+        assert_eq!(f[0], what, "{line}");
+        assert_ne!(f[1], "none", "no {what}");
+        assert_eq!(f[1], server_ip, "{what} from elsewhere");
+        let bytes: Vec<u8> = (0..f[3].len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&f[3][i..i + 2], 16).unwrap())
+            .collect();
+        dhcp::decode(&bytes).unwrap()
+    };
+    for (line, what, port, mtype) in [
+        (&lines[0], "offer", "67", "Offer"),
+        (&lines[1], "ack", "4011", "Ack"),
+    ] {
+        let m = reply(line, what);
+        assert!(line.split(' ').nth(2) == Some(port), "{line}");
+        assert_eq!(format!("{:?}", m.opts().msg_type().unwrap()), mtype);
+        assert!(
+            m.yiaddr().is_unspecified(),
+            "an address was offered: {}",
+            m.yiaddr()
+        );
+        assert_eq!(m.siaddr().to_string(), server_ip);
+        assert_eq!(m.xid(), 0x1234_5678);
+        assert_eq!(dhcp::boot_file(&m).as_deref(), Some("undionly.kpxe"));
+    }
+    assert_eq!(lines[2], "plain none");
+
+    // A real DHCP client gets no lease from proxyDHCP.
+    let mut u = lab.cmd(1, "busybox");
+    u.args([
+        "udhcpc",
+        "-i",
+        "eth0",
+        "-n",
+        "-q",
+        "-f",
+        "-t",
+        "2",
+        "-T",
+        "1",
+        "-s",
+        "/bin/true",
+    ]);
+    let o = u.output().unwrap();
+    assert!(!o.status.success(), "udhcpc got a lease: {o:?}");
+}
