@@ -10,7 +10,8 @@
 //! Schedules (`schedule`) redeploy or wake machines at cron or one-shot times, once across
 //! every server sharing the database.
 //! Captures (`capture`) take a machine's disk into the store over the network, through its
-//! agent.
+//! agent. Network boot: proxyDHCP (`dhcp`, `--dhcp proxy`) and TFTP (`tftp`, `--tftp`) from
+//! the boot directory.
 
 pub(crate) mod api;
 pub(crate) mod capture;
