@@ -236,3 +236,21 @@ fn unchunk(mut s: &str) -> String {
     }
     out
 }
+
+/// `GET path` for a binary body sent with a Content-Length (not chunked): the body's bytes.
+pub fn http_bytes(addr: &str, path: &str) -> Vec<u8> {
+    let mut s = TcpStream::connect(addr).expect("connecting to the server");
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp).unwrap();
+    let end = resp
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("an HTTP response");
+    let head = String::from_utf8_lossy(&resp[..end]).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(head.contains("content-length:"), "{head}");
+    resp[end + 4..].to_vec()
+}

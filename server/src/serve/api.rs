@@ -29,6 +29,9 @@ pub(crate) struct AppState {
     pub(crate) wol_port: u16,
     pub(crate) deployer: Arc<super::deploy::Deployer>,
     pub(crate) schedule_settings: super::schedule::Settings,
+    /// The boot directory (iPXE's kernel and initramfs), and the URL machines reach us at.
+    pub(crate) boot_dir: PathBuf,
+    pub(crate) public_url: String,
     /// Wakes the scheduler when schedules change.
     pub(crate) schedules_changed: Arc<tokio::sync::Notify>,
 }
@@ -136,6 +139,8 @@ pub(crate) fn router(state: Shared) -> Router {
         .route("/metrics", get(metrics))
         .route("/api/v1/openapi.json", get(super::openapi::openapi))
         .route("/api/v1/agent/hello", post(dep::hello))
+        .route("/boot/files/{*path}", get(super::boot::file))
+        .route("/boot/{name}", get(super::boot::ipxe_script))
         .nest("/api/v1", api)
         .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such endpoint".into()) })
         .with_state(state)

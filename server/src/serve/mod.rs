@@ -14,6 +14,7 @@
 //! the boot directory.
 
 pub(crate) mod api;
+pub(crate) mod boot;
 pub(crate) mod capture;
 pub(crate) mod config;
 pub(crate) mod db;
@@ -166,6 +167,8 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         deployer: deployer.clone(),
         schedule_settings,
         schedules_changed,
+        boot_dir: cfg.boot_dir.clone(),
+        public_url: cfg.public_url.clone(),
     });
     eprintln!("drover serve: listening on http://{addr}");
     eprintln!("  public URL  {}", cfg.public_url);

@@ -133,6 +133,14 @@ pub(crate) async fn openapi() -> Json<Value> {
         "get": {"summary": "One schedule with its next due time and its runs (newest first)", "responses": {"200": {"description": "the schedule"}, "404": error}},
         "delete": {"summary": "Remove a schedule (a deployment it created goes on)", "responses": {"204": {"description": "removed"}, "404": error}}
     });
+    doc["paths"]["/boot/{mac}.ipxe"] = json!({
+        "parameters": [{"name": "mac", "in": "path", "required": true, "schema": {"type": "string"}}],
+        "get": {"summary": "iPXE's boot script (public): the agent's kernel and initramfs for a machine with a pending task (a fresh task token on the command line), else the local disk", "security": [],
+            "responses": {"200": {"description": "text/plain iPXE script"}, "400": error}}});
+    doc["paths"]["/boot/files/{path}"] = json!({
+        "parameters": [{"name": "path", "in": "path", "required": true, "schema": {"type": "string"}}],
+        "get": {"summary": "A file of the boot directory (public; nothing outside it)", "security": [],
+            "responses": {"200": {"description": "the file"}, "403": error, "404": error}}});
     Json(doc)
 }
 

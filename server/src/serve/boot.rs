@@ -1,0 +1,150 @@
+//! What iPXE loads over HTTP (public, as PXE is): `GET /boot/{mac}.ipxe`, the machine's boot
+//! script, and `GET /boot/files/{path}`, the boot directory's kernel and initramfs.
+//!
+//! A machine with a pending task boots the drover kernel and initramfs with a command line
+//! naming the server, its task token (a fresh one: the agent's previous one stops working)
+//! and what to do afterwards. Any other machine — unknown, idle, or whose task is over —
+//! boots its local disk (BIOS: `sanboot --no-describe --drive 0x80`; UEFI: `exit` to the next
+//! boot entry), so a machine whose task is done never loops back into reimaging.
+
+use axum::extract::{Path as UrlPath, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use tokio::io::AsyncReadExt;
+
+use super::api::{parse_mac, ApiError, ApiResult, Shared};
+
+/// The boot environment's files in the boot directory (deploy/build-boot-env puts them there).
+pub(crate) const KERNEL: &str = "vmlinuz";
+pub(crate) const INITRD: &str = "initrd.img";
+
+/// Boots the local disk: BIOS through its first hard disk, UEFI by leaving iPXE for the next
+/// boot entry.
+fn local_boot(why: &str) -> String {
+    format!(
+        "#!ipxe\n\
+         echo drover: {why}: booting the local disk\n\
+         iseq ${{platform}} efi && exit ||\n\
+         sanboot --no-describe --drive 0x80 || exit\n"
+    )
+}
+
+fn script(body: String) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// `GET /boot/{mac}.ipxe`
+pub(crate) async fn ipxe_script(
+    State(s): State<Shared>,
+    UrlPath(name): UrlPath<String>,
+) -> ApiResult<Response> {
+    let mac = name
+        .strip_suffix(".ipxe")
+        .ok_or_else(|| ApiError::bad_request(format!("{name:?}: ask for MAC.ipxe")))?;
+    let mac = parse_mac(mac)?;
+    let Some(task) = s.db.active_task(mac).await? else {
+        let why = if s.db.machine(mac).await.is_ok() {
+            "no task for this machine"
+        } else {
+            "unknown machine"
+        };
+        return Ok(script(local_boot(why)));
+    };
+    let d = s.db.deployment(&task.deployment_id).await?;
+    for f in [KERNEL, INITRD] {
+        if !tokio::fs::try_exists(s.boot_dir.join(f))
+            .await
+            .unwrap_or(false)
+        {
+            tracing::warn!(%mac, "no {f} in {}: run deploy/build-boot-env", s.boot_dir.display());
+            return Ok(script(local_boot(&format!(
+                "no boot environment on the server ({f} missing; run deploy/build-boot-env)"
+            ))));
+        }
+    }
+    let token = s.db.issue_task_token(&task.id).await?;
+    s.db.audit(
+        &format!("machine:{mac}"),
+        "boot.agent",
+        &format!("task {} of deployment {}", task.id, d.id),
+    )
+    .await?;
+    let base = &s.public_url;
+    tracing::info!(%mac, task = %task.id, deployment = %d.id, "PXE: booting the agent");
+    Ok(script(format!(
+        "#!ipxe\n\
+         echo drover: {kind} {image} (deployment {dep}, task {task})\n\
+         kernel {base}/boot/files/{KERNEL} initrd={INITRD} drover.server={base} \
+         drover.token={token} drover.mac={mac} drover.then={then} console=tty0 console=ttyS0,115200 quiet || goto failed\n\
+         initrd {base}/boot/files/{INITRD} || goto failed\n\
+         boot || goto failed\n\
+         :failed\n\
+         echo drover: the boot environment did not load; booting the local disk in 10 s\n\
+         sleep 10\n\
+         iseq ${{platform}} efi && exit ||\n\
+         sanboot --no-describe --drive 0x80 || exit\n",
+        kind = d.kind,
+        image = d.image_name,
+        dep = d.id,
+        task = task.id,
+        then = d.then_action,
+    )))
+}
+
+/// `GET /boot/files/{path}`: a file of the boot directory, streamed.
+pub(crate) async fn file(
+    State(s): State<Shared>,
+    UrlPath(path): UrlPath<String>,
+) -> ApiResult<Response> {
+    let p = pxe::tftp::resolve(&s.boot_dir, &path)
+        .map_err(|e| ApiError::new(StatusCode::FORBIDDEN, e.0))?;
+    let not_found = || ApiError::new(StatusCode::NOT_FOUND, format!("{path}: no such file"));
+    let real = tokio::fs::canonicalize(&p).await.map_err(|_| not_found())?;
+    let root = tokio::fs::canonicalize(&s.boot_dir)
+        .await
+        .map_err(|_| not_found())?;
+    if !real.starts_with(&root) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!("{path}: leads out of the boot directory"),
+        ));
+    }
+    let f = tokio::fs::File::open(&real)
+        .await
+        .map_err(|_| not_found())?;
+    let meta = f.metadata().await.map_err(anyhow::Error::from)?;
+    if !meta.is_file() {
+        return Err(not_found());
+    }
+    // 256 KiB at a time: 40 machines loading a 60 MiB initramfs hold 10 MiB, not 2.4 GiB.
+    let body = futures_util::stream::unfold(Some(f), |f| async move {
+        let mut f = f?;
+        let mut buf = vec![0u8; 256 << 10];
+        match f.read(&mut buf).await {
+            Ok(0) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some((
+                    Ok::<_, std::io::Error>(axum::body::Bytes::from(buf)),
+                    Some(f),
+                ))
+            }
+            Err(e) => Some((Err(e), None)),
+        }
+    });
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+            (header::CONTENT_LENGTH, meta.len().to_string()),
+        ],
+        axum::body::Body::from_stream(body),
+    )
+        .into_response())
+}

@@ -1,0 +1,113 @@
+//! iPXE's HTTP side: `GET /boot/{mac}.ipxe` boots the agent for a machine with a pending
+//! task (kernel and initramfs from the boot directory, a working task token on the command
+//! line) and the local disk for every other machine — unknown, idle, or whose task is over —
+//! and `GET /boot/files/...` serves the boot directory and nothing outside it.
+
+use drover_tests::server::Server;
+use drover_tests::{random_file, Env};
+
+const MAC: &str = "52:54:00:00:08:01";
+
+fn get(srv: &Server, path: &str, token: Option<&str>) -> (u16, String) {
+    srv.http("GET", path, token, None)
+}
+
+#[test]
+fn boot_scripts_follow_the_machines_task_and_files_stay_inside_the_boot_directory() {
+    let env = Env::new();
+    let src = env.path("src.img");
+    random_file(&src, 1 << 20, 11);
+    env.capture(&src, "lab");
+    let boot = env.path("boot");
+    std::fs::create_dir_all(&boot).unwrap();
+    random_file(&boot.join("vmlinuz"), 300_000, 12);
+    std::fs::write(env.path("secret"), b"SECRET-CONTENT-42").unwrap();
+    std::os::unix::fs::symlink(env.path("secret"), boot.join("escape")).unwrap();
+    let srv = Server::start(
+        &env.data(),
+        &[
+            "--boot-dir",
+            boot.to_str().unwrap(),
+            "--public-url",
+            "http://10.0.0.1:8080",
+        ],
+    );
+    let t = env.ok(&["token", "create", "admin"]).trim().to_string();
+    let script = |mac: &str| {
+        let (status, body) = get(&srv, &format!("/boot/{mac}.ipxe"), None);
+        assert_eq!(status, 200, "{body}");
+        assert!(body.starts_with("#!ipxe\n"), "{body}");
+        body
+    };
+    let local = |body: &str, why: &str| {
+        assert!(body.contains(why), "{body}");
+        assert!(body.contains("sanboot --no-describe --drive 0x80") && body.contains("exit"));
+        assert!(!body.contains("kernel "), "{body}");
+    };
+    // Unknown and idle machines boot their disk; a malformed name is a 400.
+    local(&script(MAC), "unknown machine");
+    srv.ok(&env, &t, &["machine", "add", MAC]);
+    local(&script(MAC), "no task for this machine");
+    assert_eq!(get(&srv, "/boot/nonsense.ipxe", None).0, 400);
+    assert_eq!(get(&srv, "/boot/52:54:00:00:08:01", None).0, 400);
+
+    // A task, but no boot environment yet: says so and boots the disk.
+    srv.ok(
+        &env,
+        &t,
+        &["deploy", "lab", "--to", MAC, "--transport", "unicast"],
+    );
+    local(
+        &script(MAC),
+        "initrd.img missing; run deploy/build-boot-env",
+    );
+    // With it: the agent's kernel, with a token that opens the task.
+    random_file(&boot.join("initrd.img"), 500_000, 13);
+    let body = script(MAC);
+    assert!(
+        body.contains("kernel http://10.0.0.1:8080/boot/files/vmlinuz "),
+        "{body}"
+    );
+    assert!(
+        body.contains("initrd http://10.0.0.1:8080/boot/files/initrd.img"),
+        "{body}"
+    );
+    assert!(
+        body.contains("drover.server=http://10.0.0.1:8080 "),
+        "{body}"
+    );
+    assert!(body.contains(&format!("drover.mac={MAC} ")), "{body}");
+    assert!(body.contains("drover.then=reboot "), "{body}");
+    let token = body
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("drover.token="))
+        .expect("a token on the command line");
+    let (status, task) = get(&srv, "/api/v1/agent/task", Some(token));
+    assert_eq!(status, 200, "{task}");
+    assert!(task.contains("lab@1"), "{task}");
+    // The task ends: the next boot is the local disk again, never a reimaging loop.
+    let (status, r) = srv.http(
+        "POST",
+        "/api/v1/agent/result",
+        Some(token),
+        Some(r#"{"ok": false, "reason": "test"}"#),
+    );
+    assert_eq!(status, 200, "{r}");
+    local(&script(MAC), "no task for this machine");
+
+    // Files: the boot directory's, byte for byte; nothing outside it.
+    let (status, _) = get(&srv, "/boot/files/vmlinuz", None);
+    assert_eq!(status, 200);
+    let got = drover_tests::server::http_bytes(&srv.addr, "/boot/files/vmlinuz");
+    assert_eq!(got, std::fs::read(boot.join("vmlinuz")).unwrap());
+    for (path, code) in [
+        ("/boot/files/escape", 403),
+        ("/boot/files/nosuch", 404),
+        ("/boot/files/..%2Fsecret", 403),
+        ("/boot/files/%2Fetc%2Fpasswd", 403),
+    ] {
+        let (status, body) = get(&srv, path, None);
+        assert_eq!(status, code, "{path}: {body}");
+        assert!(!body.contains("SECRET-CONTENT-42"), "{path} leaked");
+    }
+}
