@@ -41,4 +41,20 @@ pub fn dhcp(data: &[u8]) {
             let _ = dhcp::encode(&r);
         }
     }
+    let pool = crate::dhcp_full::Pool {
+        first: std::net::Ipv4Addr::new(10, 0, 0, 100),
+        last: std::net::Ipv4Addr::new(10, 0, 0, 102),
+        netmask: std::net::Ipv4Addr::new(255, 255, 255, 0),
+        router: None,
+        dns: Vec::new(),
+        lease_secs: 60,
+    };
+    if let Ok(mut full) = crate::dhcp_full::Server::new(pool, cfg) {
+        // The same request twice, a minute apart: the second meets the first's lease.
+        for now in [1_000, 1_060] {
+            if let (Some(r), _) = full.handle(&m, now) {
+                let _ = dhcp::encode(&r);
+            }
+        }
+    }
 }

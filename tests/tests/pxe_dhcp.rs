@@ -125,3 +125,76 @@ fn proxy_dhcp_answers_pxe_clients_only_and_never_with_an_address() {
     let o = u.output().unwrap();
     assert!(!o.status.success(), "udhcpc got a lease: {o:?}");
 }
+
+/// Full DHCP: busybox's udhcpc gets an address from the range with the gateway, the lease
+/// is kept in the database (the same address after a restart), and a PXE client gets an
+/// address and its boot file in one answer.
+#[test]
+fn full_dhcp_leases_addresses_and_keeps_them_across_a_restart() {
+    if !require("full_dhcp", &["root", "ip", "python3", "busybox"]) {
+        return;
+    }
+    let env = Env::new();
+    let lab = Lab::new("fdh", 2);
+    let bin = drover_bin().to_str().unwrap();
+    let start = || {
+        let mut cmd = lab.cmd(0, bin);
+        cmd.arg("--data-dir").arg(env.data()).args([
+            "serve",
+            "--http",
+            "127.0.0.1:0",
+            "--iface",
+            "eth0",
+            "--dhcp",
+            "full",
+            "--dhcp-range",
+            "10.77.0.100-10.77.0.120",
+            "--dhcp-router",
+            "10.77.0.254",
+        ]);
+        Server::start_cmd(cmd)
+    };
+    let script = env.path("udhcpc.sh");
+    std::fs::write(
+        &script,
+        "#!/bin/sh\n[ \"$1\" = bound ] && echo \"lease $ip $subnet $router\"\nexit 0\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let lease = || {
+        let mut u = lab.cmd(1, "busybox");
+        u.args([
+            "udhcpc", "-i", "eth0", "-n", "-q", "-f", "-t", "4", "-T", "1", "-s",
+        ])
+        .arg(&script);
+        let o = u.output().unwrap();
+        let text = String::from_utf8_lossy(&o.stdout).into_owned();
+        assert!(o.status.success(), "udhcpc: {o:?}");
+        text.lines()
+            .find_map(|l| l.strip_prefix("lease "))
+            .unwrap_or_else(|| panic!("no lease: {text}"))
+            .to_string()
+    };
+    let srv = start();
+    let first = lease();
+    assert_eq!(first, "10.77.0.100 255.255.255.0 10.77.0.254", "{first}");
+    srv.stop();
+    let srv = start();
+    assert_eq!(lease(), first, "the address changed across a restart");
+
+    // A PXE client (another MAC) gets an address and its boot file together.
+    let mut c = lab.cmd(1, "python3");
+    c.args(["-u", "-c", CLIENT, &lab.addr(0).to_string()]);
+    let out = c.output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let offer = text.lines().next().unwrap_or_default();
+    let hex = offer.split(' ').nth(3).unwrap_or_else(|| panic!("{text}"));
+    let bytes: Vec<u8> = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+        .collect();
+    let m = dhcp::decode(&bytes).unwrap();
+    assert_eq!(m.yiaddr().to_string(), "10.77.0.101");
+    assert_eq!(dhcp::boot_file(&m).as_deref(), Some("undionly.kpxe"));
+    drop(srv);
+}

@@ -42,8 +42,12 @@ pub(crate) struct FileConfig {
     pub(crate) boot_dir: Option<PathBuf>,
     /// TFTP: `ADDR:PORT` to serve the boot directory on, or `off`.
     pub(crate) tftp: Option<String>,
-    /// `proxy` or `off`.
+    /// `proxy`, `full` or `off`.
     pub(crate) dhcp: Option<String>,
+    /// Full DHCP's range, `FIRST-LAST`.
+    pub(crate) dhcp_range: Option<String>,
+    /// Full DHCP's default gateway.
+    pub(crate) dhcp_router: Option<Ipv4Addr>,
 }
 
 impl FileConfig {
@@ -82,8 +86,10 @@ pub(crate) struct Config {
     pub(crate) boot_dir: PathBuf,
     /// Where TFTP listens, if it runs.
     pub(crate) tftp: Option<SocketAddr>,
-    /// `proxy` or `off`.
+    /// `proxy`, `full` or `off`.
     pub(crate) dhcp: String,
+    /// Full DHCP's pool (with `--dhcp full`).
+    pub(crate) dhcp_pool: Option<pxe::dhcp_full::Pool>,
 }
 
 /// Default multicast window: what a receiver may hold undecoded.
@@ -105,6 +111,8 @@ pub(crate) struct Overrides {
     pub(crate) boot_dir: Option<PathBuf>,
     pub(crate) tftp: Option<String>,
     pub(crate) dhcp: Option<String>,
+    pub(crate) dhcp_range: Option<String>,
+    pub(crate) dhcp_router: Option<Ipv4Addr>,
 }
 
 impl Config {
@@ -145,6 +153,11 @@ impl Config {
         let database_url = o.database_url.or(file.database_url).unwrap_or_else(|| {
             format!("sqlite://{}?mode=rwc", data_dir.join("drover.db").display())
         });
+        let dhcp_pool = match (o.dhcp_range.or(file.dhcp_range), &iface) {
+            (Some(r), Some(i)) => Some(pool(&r, i, o.dhcp_router.or(file.dhcp_router))?),
+            (Some(r), None) => anyhow::bail!("dhcp_range {r:?}: no lab interface to serve it on"),
+            (None, _) => None,
+        };
         let boot_dir = o
             .boot_dir
             .or(file.boot_dir)
@@ -185,11 +198,36 @@ impl Config {
             },
             dhcp: match o.dhcp.or(file.dhcp).as_deref() {
                 None | Some("off") => "off".into(),
-                Some("proxy") => "proxy".into(),
-                Some(d) => anyhow::bail!("dhcp {d:?}: proxy or off"),
+                Some(d @ ("proxy" | "full")) => d.into(),
+                Some(d) => anyhow::bail!("dhcp {d:?}: proxy, full or off"),
             },
+            dhcp_pool,
         })
     }
+}
+
+/// Full DHCP's pool from `FIRST-LAST` on the interface's subnet; an hour's leases.
+fn pool(
+    range: &str,
+    iface: &Iface,
+    router: Option<Ipv4Addr>,
+) -> anyhow::Result<pxe::dhcp_full::Pool> {
+    let bad = || anyhow::anyhow!("dhcp_range {range:?}: FIRST-LAST, e.g. 10.0.0.100-10.0.0.199");
+    let (a, b) = range.split_once('-').ok_or_else(bad)?;
+    let p = pxe::dhcp_full::Pool {
+        first: a.trim().parse().map_err(|_| bad())?,
+        last: b.trim().parse().map_err(|_| bad())?,
+        netmask: Ipv4Addr::from(if iface.prefix == 0 {
+            0
+        } else {
+            u32::MAX << (32 - iface.prefix)
+        }),
+        router,
+        dns: Vec::new(),
+        lease_secs: 3600,
+    };
+    p.check(iface.addr).map_err(anyhow::Error::msg)?;
+    Ok(p)
 }
 
 fn duration(
@@ -241,12 +279,18 @@ mod tests {
             boot_dir,
             tftp,
             dhcp,
+            dhcp_range,
+            dhcp_router,
         } = &parsed;
         assert!(data_dir.is_some() && http.is_some() && iface.is_some());
         assert!(public_url.is_some() && database_url.is_some() && wol_port.is_some());
         assert!(multicast_rate.is_some() && multicast_window.is_some());
         assert!(wake_lead.is_some() && schedule_grace.is_some());
         assert!(boot_dir.is_some() && tftp.is_some() && dhcp.is_some());
+        assert!(dhcp_range.is_some() && dhcp_router.is_some());
+        // The example's range is for its eth0, not this test's loopback.
+        let mut parsed = parsed;
+        parsed.dhcp_range = None;
         assert_eq!(
             Config::resolve(
                 parsed,

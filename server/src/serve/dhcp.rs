@@ -1,7 +1,8 @@
-//! proxyDHCP on the lab interface (`--dhcp proxy`): drives [`pxe::dhcp`] on UDP ports 67 and
-//! 4011, both bound to the interface. PXE clients get the boot server and file (iPXE gets
-//! its script's URL); everything else is left to the lab's own DHCP server, and no address
-//! is ever offered.
+//! DHCP on the lab interface. proxyDHCP (`--dhcp proxy`) drives [`pxe::dhcp`] on UDP ports
+//! 67 and 4011, both bound to the interface: PXE clients get the boot server and file (iPXE
+//! gets its script's URL); everything else is left to the lab's own DHCP server, and no
+//! address is ever offered. Full DHCP (`--dhcp full`, for an isolated lab) drives
+//! [`pxe::dhcp_full`] on port 67: addresses from `--dhcp-range`, leases kept in the database.
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 
@@ -23,6 +24,84 @@ fn socket(iface: &Iface, port: u16) -> anyhow::Result<UdpSocket> {
         .with_context(|| format!("binding UDP port {port} (another DHCP server running?)"))?;
     s.set_nonblocking(true)?;
     Ok(UdpSocket::from_std(s.into())?)
+}
+
+/// Full DHCP's socket, bound (an error now if another DHCP server holds port 67).
+pub(crate) fn bind_full(iface: &Iface) -> anyhow::Result<UdpSocket> {
+    socket(iface, 67)
+}
+
+/// Serves addresses from `server`'s pool until the task is dropped, persisting leases.
+pub(crate) async fn full(
+    sock: UdpSocket,
+    iface: Iface,
+    mut server: pxe::dhcp_full::Server,
+    db: super::db::Db,
+) -> anyhow::Result<()> {
+    let now = || (super::db::now_ms() / 1000) as u64;
+    server.load(
+        db.dhcp_leases()
+            .await?
+            .into_iter()
+            .map(|(m, ip, exp)| pxe::dhcp_full::Lease {
+                mac: m.0,
+                ip,
+                expires: (exp / 1000) as u64,
+                bound: true,
+            }),
+    );
+    info!(iface = %iface.name, "full DHCP serving addresses on port 67");
+    let mut buf = vec![0u8; 1500];
+    loop {
+        let (n, from) = match sock.recv_from(&mut buf).await {
+            Ok(x) => x,
+            Err(e) => {
+                debug!(error = %e, "DHCP receive");
+                continue;
+            }
+        };
+        let msg = match dhcp::decode(&buf[..n]) {
+            Ok(m) => m,
+            Err(e) => {
+                debug!(%from, "{e}");
+                continue;
+            }
+        };
+        let (reply, changes) = server.handle(&msg, now());
+        for c in changes {
+            use pxe::dhcp_full::Change;
+            let r = match &c {
+                Change::Bound(l) => {
+                    info!(mac = %super::mac::Mac(l.mac), ip = %l.ip, "DHCP lease");
+                    db.save_dhcp_lease(super::mac::Mac(l.mac), l.ip, l.expires as i64 * 1000)
+                        .await
+                }
+                Change::Released { mac, ip } | Change::Declined { mac, ip } => {
+                    info!(mac = %super::mac::Mac(*mac), %ip, "DHCP {c:?}");
+                    db.remove_dhcp_lease(super::mac::Mac(*mac)).await
+                }
+            };
+            if let Err(e) = r {
+                warn!(error = %format!("{e:#}"), "DHCP: recording a lease");
+            }
+        }
+        let Some(reply) = reply else { continue };
+        let to = if !msg.giaddr().is_unspecified() {
+            SocketAddr::from((msg.giaddr(), 67))
+        } else if !msg.ciaddr().is_unspecified() {
+            SocketAddr::from((msg.ciaddr(), 68))
+        } else {
+            SocketAddr::from((Ipv4Addr::BROADCAST, 68))
+        };
+        match dhcp::encode(&reply) {
+            Ok(b) => {
+                if let Err(e) = sock.send_to(&b, to).await {
+                    warn!(%to, error = %e, "DHCP: sending the answer");
+                }
+            }
+            Err(e) => warn!("{e}"),
+        }
+    }
 }
 
 /// proxyDHCP's two sockets, bound.

@@ -22,6 +22,7 @@ pub(crate) mod deploy;
 pub(crate) mod deploy_api;
 pub(crate) mod deploy_db;
 pub(crate) mod dhcp;
+pub(crate) mod dhcp_db;
 pub(crate) mod mac;
 pub(crate) mod openapi;
 pub(crate) mod schedule;
@@ -72,10 +73,16 @@ pub(crate) struct ServeArgs {
     /// Serve the boot directory over TFTP on ADDR:PORT (e.g. 0.0.0.0:69), or off (default).
     #[arg(long, env = "DROVER_TFTP")]
     tftp: Option<String>,
-    /// Answer PXE clients: proxy (boot information only, beside the lab's DHCP server) or off
-    /// (default).
-    #[arg(long, env = "DROVER_DHCP", value_parser = ["proxy", "off"])]
+    /// Answer PXE clients: proxy (boot information only, beside the lab's DHCP server), full
+    /// (addresses too, for an isolated lab; needs --dhcp-range) or off (default).
+    #[arg(long, env = "DROVER_DHCP", value_parser = ["proxy", "full", "off"])]
     dhcp: Option<String>,
+    /// Full DHCP's address range, FIRST-LAST (in the lab interface's subnet).
+    #[arg(long, env = "DROVER_DHCP_RANGE")]
+    dhcp_range: Option<String>,
+    /// Full DHCP's default gateway for the machines (default: none).
+    #[arg(long, env = "DROVER_DHCP_ROUTER")]
+    dhcp_router: Option<std::net::Ipv4Addr>,
 }
 
 /// `drover token ...`
@@ -121,6 +128,8 @@ pub(crate) fn serve(args: ServeArgs, data_dir: Option<PathBuf>) -> anyhow::Resul
             boot_dir: args.boot_dir,
             tftp: args.tftp,
             dhcp: args.dhcp,
+            dhcp_range: args.dhcp_range,
+            dhcp_router: args.dhcp_router,
         },
     )?;
     runtime()?.block_on(run(cfg))
@@ -159,7 +168,7 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         schedules_changed.clone(),
     ));
     let state = Arc::new(api::AppState {
-        db,
+        db: db.clone(),
         store_dir: store_dir.clone(),
         started: Instant::now(),
         iface: cfg.iface.clone(),
@@ -181,22 +190,48 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
             why.as_deref().unwrap_or("not found")
         ),
     }
-    if cfg.dhcp == "proxy" {
-        let iface = cfg
-            .iface
-            .clone()
-            .context("--dhcp proxy answers on the lab interface: give it with --iface")?;
-        eprintln!("  dhcp        proxy on {} (ports 67, 4011)", iface.name);
-        let base = cfg.public_url.clone();
-        // Bound now, so ports held by another DHCP server are an error at start.
-        let task = dhcp::proxy(dhcp::bind(iface)?, base);
-        tokio::spawn(async move {
-            if let Err(e) = task.await {
-                tracing::error!(error = %format!("{e:#}"), "proxyDHCP stopped");
-            }
-        });
-    } else {
-        eprintln!("  dhcp        off");
+    match cfg.dhcp.as_str() {
+        "proxy" => {
+            let iface = cfg
+                .iface
+                .clone()
+                .context("--dhcp proxy answers on the lab interface: give it with --iface")?;
+            eprintln!("  dhcp        proxy on {} (ports 67, 4011)", iface.name);
+            // Bound now, so ports held by another DHCP server are an error at start.
+            let task = dhcp::proxy(dhcp::bind(iface)?, cfg.public_url.clone());
+            tokio::spawn(async move {
+                if let Err(e) = task.await {
+                    tracing::error!(error = %format!("{e:#}"), "proxyDHCP stopped");
+                }
+            });
+        }
+        "full" => {
+            let iface = cfg
+                .iface
+                .clone()
+                .context("--dhcp full serves the lab interface: give it with --iface")?;
+            let pool = cfg
+                .dhcp_pool
+                .clone()
+                .context("--dhcp full needs --dhcp-range FIRST-LAST")?;
+            eprintln!(
+                "  dhcp        full on {}: {}-{}",
+                iface.name, pool.first, pool.last
+            );
+            let server = pxe::dhcp_full::Server::new(
+                pool,
+                pxe::dhcp::BootConfig::new(iface.addr, cfg.public_url.clone()),
+            )
+            .map_err(anyhow::Error::msg)?;
+            let sock = dhcp::bind_full(&iface)?;
+            let task = dhcp::full(sock, iface, server, db.clone());
+            tokio::spawn(async move {
+                if let Err(e) = task.await {
+                    tracing::error!(error = %format!("{e:#}"), "DHCP stopped");
+                }
+            });
+        }
+        _ => eprintln!("  dhcp        off"),
     }
     match cfg.tftp {
         Some(bind) => {
