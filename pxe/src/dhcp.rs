@@ -9,7 +9,8 @@
 
 use std::net::Ipv4Addr;
 
-use dhcproto::v4::{self, DhcpOption, Message, MessageType, OptionCode};
+pub use dhcproto::v4::Message;
+use dhcproto::v4::{self, DhcpOption, MessageType, OptionCode};
 use dhcproto::{Decodable, Encodable, Encoder};
 
 /// The PXE boot-server port (requests after a proxyDHCP offer).
@@ -161,15 +162,8 @@ pub fn proxy_reply(msg: &Message, port: u16, cfg: &BootConfig) -> Result<Message
         t => return Err(Ignored::MessageType(format!("{t:?}"))),
     };
     let target = boot_target(&c, cfg)?;
-    let mut r = Message::default();
-    r.set_opcode(v4::Opcode::BootReply)
-        .set_htype(msg.htype())
-        .set_xid(msg.xid())
-        .set_flags(msg.flags())
-        .set_chaddr(msg.chaddr())
-        .set_giaddr(msg.giaddr())
-        .set_ciaddr(msg.ciaddr())
-        .set_siaddr(cfg.server);
+    let mut r = reply_to_request(msg);
+    r.set_ciaddr(msg.ciaddr());
     let opts = r.opts_mut();
     opts.insert(DhcpOption::MessageType(reply_type));
     opts.insert(DhcpOption::ServerIdentifier(cfg.server));
@@ -182,21 +176,52 @@ pub fn proxy_reply(msg: &Message, port: u16, cfg: &BootConfig) -> Result<Message
     // PXE vendor options: discovery control 8 (boot the file named here, no boot-server
     // menu or multicast discovery), then the end tag.
     opts.insert(DhcpOption::VendorExtensions(vec![6, 1, 8, 255]));
-    let file = match &target {
-        BootTarget::Tftp(f) => {
-            opts.insert(DhcpOption::TFTPServerName(
-                cfg.server.to_string().into_bytes(),
-            ));
-            f.clone()
-        }
-        BootTarget::Http(u) => u.clone(),
+    if matches!(target, BootTarget::Tftp(_)) {
+        opts.insert(DhcpOption::TFTPServerName(
+            cfg.server.to_string().into_bytes(),
+        ));
+    }
+    set_boot_file(&mut r, cfg.server, target);
+    Ok(r)
+}
+
+/// A BOOTREPLY to `msg`: its hardware type and address, transaction id, flags and relay.
+pub(crate) fn reply_to_request(msg: &Message) -> Message {
+    let mut r = Message::default();
+    r.set_opcode(v4::Opcode::BootReply)
+        .set_htype(msg.htype())
+        .set_xid(msg.xid())
+        .set_flags(msg.flags())
+        .set_chaddr(msg.chaddr())
+        .set_giaddr(msg.giaddr());
+    r
+}
+
+/// Names the boot server and file in a reply: `siaddr`, option 67, and the header's file
+/// field (128 bytes: a longer URL goes in option 67 alone).
+pub(crate) fn set_boot_file(r: &mut Message, server: Ipv4Addr, target: BootTarget) {
+    let file = match target {
+        BootTarget::Tftp(f) | BootTarget::Http(f) => f,
     };
-    opts.insert(DhcpOption::BootfileName(file.clone().into_bytes()));
-    // The header's file field holds 128 bytes; a longer URL goes in option 67 alone.
+    r.set_siaddr(server);
+    r.opts_mut()
+        .insert(DhcpOption::BootfileName(file.clone().into_bytes()));
     if file.len() < 128 {
         r.set_fname_str(&file);
     }
-    Ok(r)
+}
+
+/// Where a server's answer to `msg` goes (on port 67): to the relay agent that forwarded it,
+/// to the client's address if it has one, else broadcast on the link.
+pub fn destination(msg: &Message) -> std::net::SocketAddrV4 {
+    use std::net::SocketAddrV4;
+    if !msg.giaddr().is_unspecified() {
+        SocketAddrV4::new(msg.giaddr(), 67)
+    } else if !msg.ciaddr().is_unspecified() {
+        SocketAddrV4::new(msg.ciaddr(), 68)
+    } else {
+        SocketAddrV4::new(Ipv4Addr::BROADCAST, 68)
+    }
 }
 
 /// The boot file a reply names (option 67), if any.

@@ -10,9 +10,9 @@
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
 
-use dhcproto::v4::{self, DhcpOption, Message, MessageType, OptionCode};
+use dhcproto::v4::{DhcpOption, Message, MessageType, OptionCode};
 
-use crate::dhcp::{boot_target, classify, BootConfig, BootTarget};
+use crate::dhcp::{boot_target, classify, reply_to_request, set_boot_file, BootConfig};
 
 /// An offer is held this long for its REQUEST.
 const OFFER_SECS: u64 = 60;
@@ -282,13 +282,7 @@ impl Server {
     /// An answer: `ip` offered or acknowledged (none for a NAK or an INFORM's ACK), with the
     /// pool's options and, for PXE clients, their boot file.
     fn reply(&self, msg: &Message, t: MessageType, ip: Option<Ipv4Addr>) -> Message {
-        let mut r = Message::default();
-        r.set_opcode(v4::Opcode::BootReply)
-            .set_htype(msg.htype())
-            .set_xid(msg.xid())
-            .set_flags(msg.flags())
-            .set_chaddr(msg.chaddr())
-            .set_giaddr(msg.giaddr());
+        let mut r = reply_to_request(msg);
         if t == MessageType::Nak {
             let o = r.opts_mut();
             o.insert(DhcpOption::MessageType(t));
@@ -319,17 +313,9 @@ impl Server {
         let Some(c) = classify(msg) else { return r };
         if c.pxe || c.ipxe {
             if let Ok(target) = boot_target(&c, &self.boot) {
-                let file = match target {
-                    BootTarget::Tftp(f) => f,
-                    BootTarget::Http(u) => u,
-                };
-                r.set_siaddr(self.boot.server);
-                let o = r.opts_mut();
-                o.insert(DhcpOption::ClassIdentifier(b"PXEClient".to_vec()));
-                o.insert(DhcpOption::BootfileName(file.clone().into_bytes()));
-                if file.len() < 128 {
-                    r.set_fname_str(&file);
-                }
+                r.opts_mut()
+                    .insert(DhcpOption::ClassIdentifier(b"PXEClient".to_vec()));
+                set_boot_file(&mut r, self.boot.server, target);
             }
         }
         r

@@ -3,6 +3,7 @@
 //! PXE clients, relays.
 
 use super::*;
+use dhcproto::v4;
 
 const SERVER: Ipv4Addr = Ipv4Addr::new(10, 9, 0, 1);
 const T0: u64 = 1_800_000_000;

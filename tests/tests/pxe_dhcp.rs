@@ -46,6 +46,15 @@ ask(msg(3, True), (server, 4011), "ack")
 ask(msg(1, False), ("255.255.255.255", 67), "plain")
 "#;
 
+/// A DHCP message the client printed in hex.
+fn decode_hex(hex: &str) -> dhcp::Message {
+    let bytes: Vec<u8> = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+        .collect();
+    dhcp::decode(&bytes).unwrap()
+}
+
 #[test]
 fn proxy_dhcp_answers_pxe_clients_only_and_never_with_an_address() {
     if !require("proxy_dhcp", &["root", "ip", "python3", "busybox"]) {
@@ -82,11 +91,7 @@ fn proxy_dhcp_answers_pxe_clients_only_and_never_with_an_address() {
         assert_eq!(f[0], what, "{line}");
         assert_ne!(f[1], "none", "no {what}");
         assert_eq!(f[1], server_ip, "{what} from elsewhere");
-        let bytes: Vec<u8> = (0..f[3].len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&f[3][i..i + 2], 16).unwrap())
-            .collect();
-        dhcp::decode(&bytes).unwrap()
+        decode_hex(f[3])
     };
     for (line, what, port, mtype) in [
         (&lines[0], "offer", "67", "Offer"),
@@ -189,11 +194,7 @@ fn full_dhcp_leases_addresses_and_keeps_them_across_a_restart() {
     let text = String::from_utf8_lossy(&out.stdout);
     let offer = text.lines().next().unwrap_or_default();
     let hex = offer.split(' ').nth(3).unwrap_or_else(|| panic!("{text}"));
-    let bytes: Vec<u8> = (0..hex.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
-        .collect();
-    let m = dhcp::decode(&bytes).unwrap();
+    let m = decode_hex(hex);
     assert_eq!(m.yiaddr().to_string(), "10.77.0.101");
     assert_eq!(dhcp::boot_file(&m).as_deref(), Some("undionly.kpxe"));
     drop(srv);

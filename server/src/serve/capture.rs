@@ -40,12 +40,8 @@ const RESERVE: u64 = imaging::capture::SPACE_RESERVE;
 pub(crate) struct NewCapture {
     mac: String,
     name: String,
-    #[serde(default = "default_then")]
+    #[serde(default = "super::deploy_api::default_then")]
     then: String,
-}
-
-fn default_then() -> String {
-    "reboot".into()
 }
 
 /// `POST /api/v1/captures`: gives the machine a capture task.

@@ -161,11 +161,11 @@ pub(crate) struct NewDeploymentBody {
     then: String,
 }
 
-fn default_transport() -> String {
+pub(crate) fn default_transport() -> String {
     "multicast".into()
 }
 
-fn default_then() -> String {
+pub(crate) fn default_then() -> String {
     "reboot".into()
 }
 

@@ -86,13 +86,7 @@ pub(crate) async fn full(
             }
         }
         let Some(reply) = reply else { continue };
-        let to = if !msg.giaddr().is_unspecified() {
-            SocketAddr::from((msg.giaddr(), 67))
-        } else if !msg.ciaddr().is_unspecified() {
-            SocketAddr::from((msg.ciaddr(), 68))
-        } else {
-            SocketAddr::from((Ipv4Addr::BROADCAST, 68))
-        };
+        let to = SocketAddr::V4(dhcp::destination(&msg));
         match dhcp::encode(&reply) {
             Ok(b) => {
                 if let Err(e) = sock.send_to(&b, to).await {
@@ -185,12 +179,8 @@ fn answer(
     let to = if port == PXE_PORT {
         // The boot-server request came from an address: answer it there.
         from
-    } else if !msg.giaddr().is_unspecified() {
-        SocketAddr::from((msg.giaddr(), 67))
-    } else if !msg.ciaddr().is_unspecified() {
-        SocketAddr::from((msg.ciaddr(), 68))
     } else {
-        SocketAddr::from((Ipv4Addr::BROADCAST, 68))
+        SocketAddr::V4(dhcp::destination(&msg))
     };
     match dhcp::encode(&reply) {
         Ok(b) => Some((b, to)),

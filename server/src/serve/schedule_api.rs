@@ -198,22 +198,14 @@ pub(crate) struct NewScheduleBody {
     action: Option<String>,
     image: Option<String>,
     to: Vec<String>,
-    #[serde(default = "default_transport")]
+    #[serde(default = "super::deploy_api::default_transport")]
     transport: String,
     min_machines: Option<i64>,
     max_wait: Option<String>,
-    #[serde(default = "default_then")]
+    #[serde(default = "super::deploy_api::default_then")]
     then: String,
     /// "5m"; "0" for none.
     wake_lead: Option<String>,
-}
-
-fn default_transport() -> String {
-    "multicast".into()
-}
-
-fn default_then() -> String {
-    "reboot".into()
 }
 
 fn duration(what: &str, v: Option<&str>) -> ApiResult<Option<i64>> {
