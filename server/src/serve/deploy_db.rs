@@ -390,6 +390,19 @@ impl Db {
     ) -> anyhow::Result<bool> {
         let now = now_ms();
         let mut tx = self.begin_write().await?;
+        // The deployment's row is locked first (every writer of a deployment's tasks does
+        // so), then the task read: on PostgreSQL, machines finishing at once would otherwise
+        // each see the others still active, and none would end the deployment.
+        let dep: String = sqlx::query("SELECT deployment_id FROM tasks WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?
+            .with_context(|| format!("no task {id}"))?
+            .try_get("deployment_id")?;
+        sqlx::query("UPDATE deployments SET state = state WHERE id = $1")
+            .bind(&dep)
+            .execute(&mut *tx)
+            .await?;
         let t = sqlx::query(&format!("SELECT {TASK_COLUMNS} FROM tasks WHERE id = $1"))
             .bind(id)
             .fetch_optional(&mut *tx)
