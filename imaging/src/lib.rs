@@ -7,6 +7,7 @@
 //! those, each chunk hash-checked first.
 //!
 //! Layout, top-down:
+//! - [`disks`]: a machine's disks from `/sys/block` and which one a task writes.
 //! - [`device`]: the [`device::BlockDevice`] trait every read and write goes through; files,
 //!   block devices, partitions of them, and an in-memory fake.
 //! - [`table`]: MBR and GPT (via mbrman and gptman); GPT relocation for other disk sizes.
@@ -25,6 +26,7 @@
 
 pub mod capture;
 pub mod device;
+pub mod disks;
 pub mod extent;
 pub mod fs;
 #[doc(hidden)]

@@ -65,6 +65,31 @@ impl Pool {
         Ok(())
     }
 
+    /// Checks a fixed address for a machine: in the pool's subnet (inside the range or not),
+    /// neither the server's own address nor the subnet's network or broadcast address.
+    pub fn check_reservation(&self, ip: Ipv4Addr, server: Ipv4Addr) -> Result<(), String> {
+        let m = u32::from(self.netmask);
+        let net = u32::from(self.first) & m;
+        if !self.same_subnet(ip) {
+            return Err(format!(
+                "reservation {ip}: not in the lab's subnet {}/{}",
+                Ipv4Addr::from(net),
+                self.netmask
+            ));
+        }
+        if ip == server {
+            return Err(format!(
+                "reservation {ip}: that is the server's own address"
+            ));
+        }
+        if u32::from(ip) == net || u32::from(ip) == net | !m {
+            return Err(format!(
+                "reservation {ip}: the subnet's network or broadcast address"
+            ));
+        }
+        Ok(())
+    }
+
     fn contains(&self, ip: Ipv4Addr) -> bool {
         (u32::from(self.first)..=u32::from(self.last)).contains(&u32::from(ip))
     }
@@ -127,11 +152,7 @@ impl Server {
 
     /// A fixed address for a machine (inside or outside the range, in the subnet).
     pub fn reserve(&mut self, mac: [u8; 6], ip: Ipv4Addr) -> Result<(), String> {
-        if !self.pool.same_subnet(ip) || ip == self.boot.server {
-            return Err(format!(
-                "reservation {ip}: not an address of the lab's subnet"
-            ));
-        }
+        self.pool.check_reservation(ip, self.boot.server)?;
         if let Some((other, _)) = self
             .reservations
             .iter()
@@ -144,6 +165,22 @@ impl Server {
         }
         self.reservations.insert(mac, ip);
         Ok(())
+    }
+
+    /// Replaces every reservation (the inventory changed). Ones that cannot be kept are left
+    /// out, each with its reason in the answer.
+    pub fn set_reservations(
+        &mut self,
+        all: impl IntoIterator<Item = ([u8; 6], Ipv4Addr)>,
+    ) -> Vec<String> {
+        self.reservations.clear();
+        all.into_iter()
+            .filter_map(|(mac, ip)| {
+                self.reserve(mac, ip)
+                    .err()
+                    .map(|e| format!("{}: {e}", fmt_mac(mac)))
+            })
+            .collect()
     }
 
     /// Who holds `ip` now (a live lease or offer, or a reservation), other than `mac`.

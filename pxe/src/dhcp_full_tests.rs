@@ -284,3 +284,33 @@ fn bad_pools_are_refused_with_the_reason() {
         assert!(e.contains(why), "{e}");
     }
 }
+
+#[test]
+fn reservations_follow_the_inventory() {
+    let mut s = server(100, 110);
+    assert_eq!(dora(&mut s, 1, T0), ip(100));
+    // The admin pins machine 1 to .60 and machine 2 to .100 (machine 1's old lease).
+    let errors = s.set_reservations([
+        (mac(1), ip(60)),
+        (mac(2), ip(100)),
+        (mac(3), ip(0)),
+        (mac(4), ip(255)),
+        (mac(5), SERVER),
+        (mac(6), Ipv4Addr::new(10, 9, 1, 7)),
+    ]);
+    assert_eq!(errors.len(), 4, "{errors:?}");
+    for (e, why) in errors.iter().zip([
+        "network or broadcast",
+        "network or broadcast",
+        "server's own address",
+        "not in the lab's subnet 10.9.0.0/255.255.255.0",
+    ]) {
+        assert!(e.contains(why), "{e}");
+    }
+    assert_eq!(dora(&mut s, 1, T0 + 10), ip(60));
+    assert_eq!(dora(&mut s, 2, T0 + 10), ip(100));
+    // Reservations taken away: machine 2 keeps its lease, machine 3 gets a free address.
+    assert!(s.set_reservations([]).is_empty());
+    assert_eq!(dora(&mut s, 2, T0 + 20), ip(100));
+    assert_ne!(dora(&mut s, 3, T0 + 20), ip(100));
+}

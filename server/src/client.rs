@@ -32,6 +32,12 @@ pub(crate) enum MachineCommand {
         /// The group it belongs to (created if new).
         #[arg(long)]
         group: Option<String>,
+        /// Its fixed address from full DHCP (a reservation).
+        #[arg(long)]
+        ip: Option<String>,
+        /// The disk its agent writes when it has several: serial:SERIAL or size:BYTES.
+        #[arg(long)]
+        disk: Option<String>,
         #[command(flatten)]
         server: ServerArgs,
     },
@@ -43,7 +49,7 @@ pub(crate) enum MachineCommand {
         #[command(flatten)]
         server: ServerArgs,
     },
-    /// Rename a machine or move it to another group.
+    /// Change a machine: its name, group, reserved address or pinned disk.
     Set {
         mac: String,
         #[arg(long)]
@@ -53,6 +59,16 @@ pub(crate) enum MachineCommand {
         group: Option<String>,
         #[arg(long)]
         no_group: bool,
+        /// Its fixed address from full DHCP; `--no-ip` drops the reservation.
+        #[arg(long, conflicts_with = "no_ip")]
+        ip: Option<String>,
+        #[arg(long)]
+        no_ip: bool,
+        /// The disk its agent writes (serial:SERIAL or size:BYTES); `--no-disk`: the only one.
+        #[arg(long, conflicts_with = "no_disk")]
+        disk: Option<String>,
+        #[arg(long)]
+        no_disk: bool,
         #[command(flatten)]
         server: ServerArgs,
     },
@@ -193,10 +209,11 @@ fn machine_line(m: &Value) -> String {
         .and_then(Value::as_i64)
         .map_or_else(|| "never".into(), |t| fmt::time((t / 1000) as u64));
     format!(
-        "{:<17}  {:<20}  {:<16}  {:<10}  {}",
+        "{:<17}  {:<20}  {:<16}  {:<15}  {:<10}  {}",
         s("mac"),
         s("name"),
         s("group"),
+        s("ip"),
         s("state"),
         seen
     )
@@ -209,12 +226,16 @@ pub(crate) fn machine(cmd: MachineCommand, json: bool) -> anyhow::Result<()> {
             mac,
             name,
             group,
+            ip,
+            disk,
             server,
         } => {
             let m = call(
                 &server,
                 "/machines",
-                Method::Post(json!({"mac": mac, "name": name, "group": group})),
+                Method::Post(
+                    json!({"mac": mac, "name": name, "group": group, "ip": ip, "disk": disk}),
+                ),
             )?;
             if json {
                 print_json(&m);
@@ -236,8 +257,8 @@ pub(crate) fn machine(cmd: MachineCommand, json: bool) -> anyhow::Result<()> {
                     println!("no machines");
                 } else {
                     println!(
-                        "{:<17}  {:<20}  {:<16}  {:<10}  LAST SEEN",
-                        "MAC", "NAME", "GROUP", "STATE"
+                        "{:<17}  {:<20}  {:<16}  {:<15}  {:<10}  LAST SEEN",
+                        "MAC", "NAME", "GROUP", "IP", "STATE"
                     );
                     for m in &list {
                         println!("{}", machine_line(m));
@@ -250,19 +271,29 @@ pub(crate) fn machine(cmd: MachineCommand, json: bool) -> anyhow::Result<()> {
             name,
             group,
             no_group,
+            ip,
+            no_ip,
+            disk,
+            no_disk,
             server,
         } => {
             let mut body = serde_json::Map::new();
             if let Some(n) = name {
                 body.insert("name".into(), n.into());
             }
-            if no_group {
-                body.insert("group".into(), Value::Null);
-            } else if let Some(g) = group {
-                body.insert("group".into(), g.into());
+            for (key, clear, value) in [
+                ("group", no_group, group),
+                ("ip", no_ip, ip),
+                ("disk", no_disk, disk),
+            ] {
+                if clear {
+                    body.insert(key.into(), Value::Null);
+                } else if let Some(v) = value {
+                    body.insert(key.into(), v.into());
+                }
             }
             if body.is_empty() {
-                bail!("nothing to change: give --name, --group or --no-group");
+                bail!("nothing to change: give --name, --group, --ip, --disk or a --no-... flag");
             }
             let m = call(
                 &server,

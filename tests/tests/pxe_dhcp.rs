@@ -141,6 +141,8 @@ fn full_dhcp_leases_addresses_and_keeps_them_across_a_restart() {
     }
     let env = Env::new();
     let lab = Lab::new("fdh", 2);
+    lab.set_mac(1, "02:77:00:00:00:01");
+    let token = env.ok(&["token", "create", "admin"]).trim().to_string();
     let bin = drover_bin().to_str().unwrap();
     let start = || {
         let mut cmd = lab.cmd(0, bin);
@@ -187,6 +189,50 @@ fn full_dhcp_leases_addresses_and_keeps_them_across_a_restart() {
     let srv = start();
     assert_eq!(lease(), first, "the address changed across a restart");
 
+    // A reservation in the inventory wins over the lease, at once (no restart).
+    let cli = |args: &[&str]| {
+        let mut c = lab.cmd(0, bin);
+        c.arg("--data-dir").arg(env.data()).args(args).args([
+            "--server",
+            srv.url.as_str(),
+            "--token",
+            token.as_str(),
+        ]);
+        c.output().unwrap()
+    };
+    let o = cli(&["machine", "add", "02:77:00:00:00:01", "--ip", "10.77.0.50"]);
+    assert!(o.status.success(), "{o:?}");
+    assert_eq!(lease(), "10.77.0.50 255.255.255.0 10.77.0.254");
+    for (args, why) in [
+        (
+            ["machine", "add", "02:77:00:00:00:02", "--ip", "10.77.0.50"],
+            "a reservation of 10.77.0.50 (for 02:77:00:00:00:01) already exists",
+        ),
+        (
+            ["machine", "add", "02:77:00:00:00:03", "--ip", "10.78.0.9"],
+            "not in the lab's subnet 10.77.0.0/255.255.255.0",
+        ),
+        (
+            ["machine", "add", "02:77:00:00:00:04", "--ip", "10.77.0.10"],
+            "the server's own address",
+        ),
+        (
+            ["machine", "set", "02:77:00:00:00:01", "--ip", "ten"],
+            "not an IPv4 address",
+        ),
+        (
+            ["machine", "set", "02:77:00:00:00:01", "--disk", "sda"],
+            "serial:SERIAL or size:BYTES",
+        ),
+    ] {
+        let o = cli(&args);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && err.contains(why), "{args:?}: {err}");
+    }
+    let o = cli(&["machine", "set", "02:77:00:00:00:01", "--ip", "10.77.0.60"]);
+    assert!(o.status.success(), "{o:?}");
+    assert_eq!(lease(), "10.77.0.60 255.255.255.0 10.77.0.254");
+
     // A PXE client (another MAC) gets an address and its boot file together.
     let mut c = lab.cmd(1, "python3");
     c.args(["-u", "-c", CLIENT, &lab.addr(0).to_string()]);
@@ -195,7 +241,13 @@ fn full_dhcp_leases_addresses_and_keeps_them_across_a_restart() {
     let offer = text.lines().next().unwrap_or_default();
     let hex = offer.split(' ').nth(3).unwrap_or_else(|| panic!("{text}"));
     let m = decode_hex(hex);
-    assert_eq!(m.yiaddr().to_string(), "10.77.0.101");
+    // Machine 1 moved to its reservation: its old address is free again.
+    assert_eq!(m.yiaddr().to_string(), "10.77.0.100");
+    // The reservation dropped: the machine goes back to an address of the range.
+    let o = cli(&["machine", "set", "02:77:00:00:00:01", "--no-ip"]);
+    assert!(o.status.success(), "{o:?}");
+    let l = lease();
+    assert!(l.starts_with("10.77.0.1"), "{l}");
     assert_eq!(dhcp::boot_file(&m).as_deref(), Some("undionly.kpxe"));
     drop(srv);
 }

@@ -15,7 +15,7 @@ use axum::{Extension, Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::db::{Db, DbError};
+use super::db::{Db, DbError, MachineEdit};
 use super::mac::Mac;
 use transport::net::Iface;
 
@@ -34,6 +34,14 @@ pub(crate) struct AppState {
     pub(crate) public_url: String,
     /// Wakes the scheduler when schedules change.
     pub(crate) schedules_changed: Arc<tokio::sync::Notify>,
+    /// Full DHCP's pool and the server's address on it, when full DHCP runs.
+    pub(crate) dhcp_pool: Option<(pxe::dhcp_full::Pool, std::net::Ipv4Addr)>,
+    /// Tells full DHCP that reservations changed.
+    pub(crate) inventory_changed: Arc<tokio::sync::Notify>,
+    /// Unknown machines that PXE-boot run the agent once to register themselves.
+    pub(crate) register_unknown: bool,
+    /// The agent kernel's arguments before drover's own.
+    pub(crate) boot_args: String,
 }
 
 pub(crate) type Shared = Arc<AppState>;
@@ -281,6 +289,8 @@ struct NewMachine {
     mac: String,
     name: Option<String>,
     group: Option<String>,
+    ip: Option<String>,
+    disk: Option<String>,
 }
 
 pub(crate) fn check_name(what: &str, n: &str) -> ApiResult<()> {
@@ -299,18 +309,47 @@ async fn add_machine(
 ) -> ApiResult<Response> {
     let Json(m) = body?;
     let mac = parse_mac(&m.mac)?;
-    if let Some(n) = &m.name {
-        check_name("name", n)?;
+    let mut edit = MachineEdit::default();
+    if let Some(n) = m.name {
+        check_name("name", &n)?;
+        edit.name = Some(n);
     }
-    if let Some(g) = &m.group {
-        check_name("group", g)?;
+    if let Some(g) = m.group {
+        check_name("group", &g)?;
+        edit.group = Some(Some(g));
     }
-    let added =
-        s.db.add_machine(mac, m.name.as_deref(), m.group.as_deref())
-            .await?;
+    if let Some(ip) = &m.ip {
+        edit.ip = Some(Some(check_ip(&s, ip)?));
+    }
+    if let Some(d) = &m.disk {
+        edit.target_disk = Some(Some(check_disk(d)?));
+    }
+    let added = s.db.add_machine(mac, &edit).await?;
     s.db.audit(&actor.0, "machine.add", &format!("{mac} {:?}", added.name))
         .await?;
+    if added.ip.is_some() {
+        s.inventory_changed.notify_one();
+    }
     Ok((StatusCode::CREATED, Json(added)).into_response())
+}
+
+/// A reservation's address: IPv4, and in full DHCP's subnet when full DHCP runs.
+fn check_ip(s: &AppState, ip: &str) -> ApiResult<std::net::Ipv4Addr> {
+    let a: std::net::Ipv4Addr = ip
+        .parse()
+        .map_err(|_| ApiError::bad_request(format!("ip {ip:?}: not an IPv4 address")))?;
+    if let Some((pool, server)) = &s.dhcp_pool {
+        pool.check_reservation(a, *server)
+            .map_err(ApiError::bad_request)?;
+    }
+    Ok(a)
+}
+
+/// The disk a machine's agent writes: `serial:...` or `size:BYTES`, stored in that form.
+fn check_disk(d: &str) -> ApiResult<String> {
+    d.parse::<imaging::disks::Selector>()
+        .map(|sel| sel.to_string())
+        .map_err(ApiError::bad_request)
 }
 
 async fn machine(State(s): State<Shared>, UrlPath(mac): UrlPath<String>) -> ApiResult<Response> {
@@ -325,33 +364,40 @@ async fn update_machine(
 ) -> ApiResult<Response> {
     let mac = parse_mac(&mac)?;
     let Json(body) = body?;
-    let mut name = None;
-    let mut group = None;
+    let mut edit = MachineEdit::default();
     for (k, v) in &body {
         match (k.as_str(), v) {
             ("name", Value::String(n)) => {
                 check_name("name", n)?;
-                name = Some(n.as_str());
+                edit.name = Some(n.clone());
             }
             ("group", Value::String(g)) => {
                 check_name("group", g)?;
-                group = Some(Some(g.as_str()));
+                edit.group = Some(Some(g.clone()));
             }
-            ("group", Value::Null) => group = Some(None),
+            ("group", Value::Null) => edit.group = Some(None),
+            ("ip", Value::String(ip)) => edit.ip = Some(Some(check_ip(&s, ip)?)),
+            ("ip", Value::Null) => edit.ip = Some(None),
+            ("disk", Value::String(d)) => edit.target_disk = Some(Some(check_disk(d)?)),
+            ("disk", Value::Null) => edit.target_disk = Some(None),
             _ => {
                 return Err(ApiError::bad_request(format!(
-                "field {k:?}: only \"name\" (a string) and \"group\" (a string or null) can change"
-            )))
+                    "field {k:?}: only \"name\" (a string), and \"group\", \"ip\" and \"disk\" \
+                     (a string or null) can change"
+                )))
             }
         }
     }
-    let m = s.db.update_machine(mac, name, group).await?;
+    let m = s.db.update_machine(mac, &edit).await?;
     s.db.audit(
         &actor.0,
         "machine.update",
         &format!("{mac} {}", Value::Object(body)),
     )
     .await?;
+    if edit.ip.is_some() {
+        s.inventory_changed.notify_one();
+    }
     Ok(Json(m).into_response())
 }
 
@@ -364,6 +410,7 @@ async fn remove_machine(
     s.db.remove_machine(mac).await?;
     s.db.audit(&actor.0, "machine.remove", &mac.to_string())
         .await?;
+    s.inventory_changed.notify_one();
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -50,7 +50,21 @@ pub(crate) async fn ipxe_script(
         .ok_or_else(|| ApiError::bad_request(format!("{name:?}: ask for MAC.ipxe")))?;
     let mac = parse_mac(mac)?;
     let Some(task) = s.db.active_task(mac).await? else {
-        let why = if s.db.machine(mac).await.is_ok() {
+        let known = s.db.machine(mac).await.is_ok();
+        if !known && s.register_unknown {
+            if let Some(missing) = missing_boot_env(&s).await {
+                return Ok(script(missing));
+            }
+            s.db.audit(&format!("machine:{mac}"), "boot.register", "")
+                .await?;
+            tracing::info!(%mac, "PXE: an unknown machine boots the agent to register");
+            return Ok(script(agent_script(
+                &s,
+                &format!("registering {mac}"),
+                &format!("drover.mac={mac} drover.mode=register drover.then=reboot"),
+            )));
+        }
+        let why = if known {
             "no task for this machine"
         } else {
             "unknown machine"
@@ -58,16 +72,9 @@ pub(crate) async fn ipxe_script(
         return Ok(script(local_boot(why)));
     };
     let d = s.db.deployment(&task.deployment_id).await?;
-    for f in [KERNEL, INITRD] {
-        if !tokio::fs::try_exists(s.boot_dir.join(f))
-            .await
-            .unwrap_or(false)
-        {
-            tracing::warn!(%mac, "no {f} in {}: run deploy/build-boot-env", s.boot_dir.display());
-            return Ok(script(local_boot(&format!(
-                "no boot environment on the server ({f} missing; run deploy/build-boot-env)"
-            ))));
-        }
+    if let Some(missing) = missing_boot_env(&s).await {
+        tracing::warn!(%mac, "no boot environment in {}: run deploy/build-boot-env", s.boot_dir.display());
+        return Ok(script(missing));
     }
     let token = s.db.issue_task_token(&task.id).await?;
     s.db.audit(
@@ -76,13 +83,44 @@ pub(crate) async fn ipxe_script(
         &format!("task {} of deployment {}", task.id, d.id),
     )
     .await?;
-    let base = &s.public_url;
     tracing::info!(%mac, task = %task.id, deployment = %d.id, "PXE: booting the agent");
-    Ok(script(format!(
+    Ok(script(agent_script(
+        &s,
+        &format!(
+            "{} {} (deployment {}, task {})",
+            d.kind, d.image_name, d.id, task.id
+        ),
+        &format!(
+            "drover.token={token} drover.mac={mac} drover.then={}",
+            d.then_action
+        ),
+    )))
+}
+
+/// The local-boot script saying what is missing, when the boot environment is not there.
+async fn missing_boot_env(s: &Shared) -> Option<String> {
+    for f in [KERNEL, INITRD] {
+        if !tokio::fs::try_exists(s.boot_dir.join(f))
+            .await
+            .unwrap_or(false)
+        {
+            return Some(local_boot(&format!(
+                "no boot environment on the server ({f} missing; run deploy/build-boot-env)"
+            )));
+        }
+    }
+    None
+}
+
+/// Boots the agent's kernel and initramfs over HTTP with `args` after the admin's.
+fn agent_script(s: &Shared, what: &str, args: &str) -> String {
+    let base = &s.public_url;
+    // `initrd=NAME` lets an EFI-stub kernel find the initramfs iPXE loaded.
+    format!(
         "#!ipxe\n\
-         echo drover: {kind} {image} (deployment {dep}, task {task})\n\
-         kernel {base}/boot/files/{KERNEL} initrd={INITRD} drover.server={base} \
-         drover.token={token} drover.mac={mac} drover.then={then} console=tty0 console=ttyS0,115200 quiet || goto failed\n\
+         echo drover: {what}\n\
+         kernel {base}/boot/files/{KERNEL} initrd={INITRD} {boot_args} drover.server={base} \
+         {args} || goto failed\n\
          initrd {base}/boot/files/{INITRD} || goto failed\n\
          boot || goto failed\n\
          :failed\n\
@@ -90,12 +128,8 @@ pub(crate) async fn ipxe_script(
          sleep 10\n\
          iseq ${{platform}} efi && exit ||\n\
          sanboot --no-describe --drive 0x80 || exit\n",
-        kind = d.kind,
-        image = d.image_name,
-        dep = d.id,
-        task = task.id,
-        then = d.then_action,
-    )))
+        boot_args = s.boot_args,
+    )
 }
 
 /// `GET /boot/files/{path}`: a file of the boot directory, streamed.

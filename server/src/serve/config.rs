@@ -48,6 +48,10 @@ pub(crate) struct FileConfig {
     pub(crate) dhcp_range: Option<String>,
     /// Full DHCP's default gateway.
     pub(crate) dhcp_router: Option<Ipv4Addr>,
+    /// Unknown machines that PXE-boot run the agent once to register themselves.
+    pub(crate) register_unknown: Option<bool>,
+    /// The agent kernel's command line, before drover's own arguments.
+    pub(crate) boot_args: Option<String>,
 }
 
 impl FileConfig {
@@ -90,7 +94,13 @@ pub(crate) struct Config {
     pub(crate) dhcp: String,
     /// Full DHCP's pool (with `--dhcp full`).
     pub(crate) dhcp_pool: Option<pxe::dhcp_full::Pool>,
+    pub(crate) register_unknown: bool,
+    pub(crate) boot_args: String,
 }
+
+/// The agent kernel's default arguments: messages on the first serial port and the screen
+/// (the agent writes to every active console).
+pub(crate) const DEFAULT_BOOT_ARGS: &str = "console=ttyS0,115200n8 console=tty0 quiet panic=10";
 
 /// Default multicast window: what a receiver may hold undecoded.
 pub(crate) const DEFAULT_MULTICAST_WINDOW: u64 = 32 << 20;
@@ -113,6 +123,7 @@ pub(crate) struct Overrides {
     pub(crate) dhcp: Option<String>,
     pub(crate) dhcp_range: Option<String>,
     pub(crate) dhcp_router: Option<Ipv4Addr>,
+    pub(crate) register_unknown: Option<bool>,
 }
 
 impl Config {
@@ -202,6 +213,17 @@ impl Config {
                 Some(d) => anyhow::bail!("dhcp {d:?}: proxy, full or off"),
             },
             dhcp_pool,
+            register_unknown: o
+                .register_unknown
+                .or(file.register_unknown)
+                .unwrap_or(false),
+            boot_args: match file.boot_args {
+                Some(a) if a.chars().any(char::is_control) => {
+                    anyhow::bail!("boot_args {a:?}: one line of kernel arguments")
+                }
+                Some(a) => a,
+                None => DEFAULT_BOOT_ARGS.into(),
+            },
         })
     }
 }
@@ -281,6 +303,8 @@ mod tests {
             dhcp,
             dhcp_range,
             dhcp_router,
+            register_unknown,
+            boot_args,
         } = &parsed;
         assert!(data_dir.is_some() && http.is_some() && iface.is_some());
         assert!(public_url.is_some() && database_url.is_some() && wol_port.is_some());
@@ -288,6 +312,7 @@ mod tests {
         assert!(wake_lead.is_some() && schedule_grace.is_some());
         assert!(boot_dir.is_some() && tftp.is_some() && dhcp.is_some());
         assert!(dhcp_range.is_some() && dhcp_router.is_some());
+        assert!(register_unknown.is_some() && boot_args.is_some());
         // The example's range is for its eth0, not this test's loopback.
         let mut parsed = parsed;
         parsed.dhcp_range = None;

@@ -27,6 +27,10 @@ pub(crate) struct Machine {
     pub(crate) group: Option<String>,
     pub(crate) disk_serial: Option<String>,
     pub(crate) disk_size: Option<i64>,
+    /// Full DHCP's fixed address for it (a reservation).
+    pub(crate) ip: Option<String>,
+    /// The disk its agent writes when it has several: `serial:...` or `size:BYTES`.
+    pub(crate) target_disk: Option<String>,
     pub(crate) state: String,
     /// `admin` (added by an admin) or `hello` (said hello unknown).
     pub(crate) registered: String,
@@ -79,6 +83,8 @@ fn machine(r: &AnyRow) -> Result<Machine, sqlx::Error> {
         group: r.try_get("group_name")?,
         disk_serial: r.try_get("disk_serial")?,
         disk_size: r.try_get("disk_size")?,
+        ip: r.try_get("ip")?,
+        target_disk: r.try_get("target_disk")?,
         state: r.try_get("state")?,
         registered: r.try_get("registered")?,
         last_seen_ms: r.try_get("last_seen_ms")?,
@@ -86,8 +92,17 @@ fn machine(r: &AnyRow) -> Result<Machine, sqlx::Error> {
     })
 }
 
-const MACHINE_COLUMNS: &str = "mac, name, group_name, disk_serial, disk_size, state, registered, \
-                               last_seen_ms, created_ms";
+const MACHINE_COLUMNS: &str = "mac, name, group_name, disk_serial, disk_size, ip, target_disk, \
+                               state, registered, last_seen_ms, created_ms";
+
+/// What an admin changes on a machine; `None` leaves a field as it is, `Some(None)` clears it.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct MachineEdit {
+    pub(crate) name: Option<String>,
+    pub(crate) group: Option<Option<String>>,
+    pub(crate) ip: Option<Option<std::net::Ipv4Addr>>,
+    pub(crate) target_disk: Option<Option<String>>,
+}
 
 /// A unique-constraint violation, in either database.
 pub(super) fn is_unique_violation(e: &sqlx::Error) -> bool {
@@ -235,35 +250,43 @@ impl Db {
         Ok((blake3::hash(secret.as_bytes()) == stored).then(|| row.get("name")))
     }
 
-    /// Adds a machine by an admin, or returns `Exists`.
+    /// Adds a machine by an admin, or returns `Exists` (the MAC, or the reserved address).
     pub(crate) async fn add_machine(
         &self,
         mac: Mac,
-        name: Option<&str>,
-        group: Option<&str>,
+        edit: &MachineEdit,
     ) -> Result<Machine, DbError> {
-        if let Some(g) = group {
+        let group = edit.group.clone().flatten();
+        if let Some(g) = &group {
             self.ensure_group(g).await?;
         }
         let m = Machine {
             mac: mac.to_string(),
-            name: name.map_or_else(|| mac.default_name(), str::to_string),
-            group: group.map(str::to_string),
+            name: edit.name.clone().unwrap_or_else(|| mac.default_name()),
+            group,
             disk_serial: None,
             disk_size: None,
+            ip: edit.ip.flatten().map(|a| a.to_string()),
+            target_disk: edit.target_disk.clone().flatten(),
             state: "registered".into(),
             registered: "admin".into(),
             last_seen_ms: None,
             created_ms: now_ms(),
         };
+        if let Some(ip) = &m.ip {
+            self.check_ip_free(ip, &m.mac).await?;
+        }
         let r = sqlx::query(&format!(
-            "INSERT INTO machines ({MACHINE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+            "INSERT INTO machines ({MACHINE_COLUMNS}) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
         ))
         .bind(&m.mac)
         .bind(&m.name)
         .bind(&m.group)
         .bind(&m.disk_serial)
         .bind(m.disk_size)
+        .bind(&m.ip)
+        .bind(&m.target_disk)
         .bind(&m.state)
         .bind(&m.registered)
         .bind(m.last_seen_ms)
@@ -275,6 +298,38 @@ impl Db {
             Err(e) if is_unique_violation(&e) => Err(DbError::Exists(format!("machine {mac}"))),
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// `Exists` naming the holder when another machine has `ip` reserved.
+    async fn check_ip_free(&self, ip: &str, mac: &str) -> Result<(), DbError> {
+        let holder = sqlx::query("SELECT mac FROM machines WHERE ip = $1 AND mac <> $2")
+            .bind(ip)
+            .bind(mac)
+            .fetch_optional(&self.pool)
+            .await?;
+        match holder {
+            Some(r) => Err(DbError::Exists(format!(
+                "a reservation of {ip} (for {})",
+                r.try_get::<String, _>("mac")?
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// Every reservation: (MAC, address).
+    pub(crate) async fn reservations(&self) -> anyhow::Result<Vec<(Mac, std::net::Ipv4Addr)>> {
+        let rows = sqlx::query("SELECT mac, ip FROM machines WHERE ip IS NOT NULL ORDER BY mac")
+            .fetch_all(&self.pool)
+            .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in rows {
+            let mac: String = r.try_get("mac")?;
+            let ip: String = r.try_get("ip")?;
+            if let (Ok(mac), Ok(ip)) = (mac.parse(), ip.parse()) {
+                out.push((mac, ip));
+            }
+        }
+        Ok(out)
     }
 
     /// Every machine, by group then name; only those of `group` if given.
@@ -317,26 +372,47 @@ impl Db {
     pub(crate) async fn update_machine(
         &self,
         mac: Mac,
-        name: Option<&str>,
-        group: Option<Option<&str>>,
+        edit: &MachineEdit,
     ) -> Result<Machine, DbError> {
         let mut m = self.machine(mac).await?;
-        if let Some(Some(g)) = group {
+        if let Some(Some(g)) = &edit.group {
             self.ensure_group(g).await?;
         }
-        if let Some(n) = name {
-            m.name = n.to_string();
+        if let Some(n) = &edit.name {
+            m.name = n.clone();
         }
-        if let Some(g) = group {
-            m.group = g.map(str::to_string);
+        if let Some(g) = &edit.group {
+            m.group = g.clone();
         }
-        sqlx::query("UPDATE machines SET name = $1, group_name = $2 WHERE mac = $3")
-            .bind(&m.name)
-            .bind(&m.group)
-            .bind(&m.mac)
-            .execute(&self.pool)
-            .await?;
-        Ok(m)
+        if let Some(ip) = edit.ip {
+            m.ip = ip.map(|a| a.to_string());
+        }
+        if let Some(d) = &edit.target_disk {
+            m.target_disk = d.clone();
+        }
+        if let Some(ip) = &m.ip {
+            self.check_ip_free(ip, &m.mac).await?;
+        }
+        let r = sqlx::query(
+            "UPDATE machines SET name = $1, group_name = $2, ip = $3, target_disk = $4 \
+             WHERE mac = $5",
+        )
+        .bind(&m.name)
+        .bind(&m.group)
+        .bind(&m.ip)
+        .bind(&m.target_disk)
+        .bind(&m.mac)
+        .execute(&self.pool)
+        .await;
+        match r {
+            Ok(_) => Ok(m),
+            // Two admins reserving one address at once: the index decides.
+            Err(e) if is_unique_violation(&e) => Err(DbError::Exists(format!(
+                "a reservation of {}",
+                m.ip.as_deref().unwrap_or("?")
+            ))),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Removes a machine.
@@ -469,18 +545,34 @@ mod tests {
         let url = format!("sqlite://{}?mode=rwc", dir.path().join("t.db").display());
         let db = Db::open(&url).await.unwrap();
         let mac: Mac = "AA-BB-CC-00-11-22".parse().unwrap();
-        let m = db.add_machine(mac, None, Some("lab-1")).await.unwrap();
+        let m = db
+            .add_machine(
+                mac,
+                &MachineEdit {
+                    group: Some(Some("lab-1".into())),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
         assert_eq!(m.mac, "aa:bb:cc:00:11:22");
         assert_eq!(m.group.as_deref(), Some("lab-1"));
         assert!(matches!(
-            db.add_machine(mac, None, None).await,
+            db.add_machine(mac, &MachineEdit::default()).await,
             Err(DbError::Exists(_))
         ));
         assert_eq!(db.machines(Some("lab-1")).await.unwrap(), vec![m.clone()]);
         let g = db.groups().await.unwrap();
         assert_eq!((g[0].name.as_str(), g[0].machines), ("lab-1", 1));
         let m2 = db
-            .update_machine(mac, Some("pc-7"), Some(None))
+            .update_machine(
+                mac,
+                &MachineEdit {
+                    name: Some("pc-7".into()),
+                    group: Some(None),
+                    ..Default::default()
+                },
+            )
             .await
             .unwrap();
         assert_eq!((m2.name.as_str(), m2.group), ("pc-7", None));

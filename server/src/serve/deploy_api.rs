@@ -36,7 +36,8 @@ impl From<DeployError> for ApiError {
 pub(crate) struct AgentTask(pub(crate) Task);
 
 /// A task as its agent sees it: what to write and how to get it.
-fn task_info(t: &Task, d: &Deployment) -> Value {
+/// `disk`: the machine's pinned disk (`serial:...`/`size:...`), which its agent must write.
+fn task_info(t: &Task, d: &Deployment, disk: Option<&str>) -> Value {
     let multicast = match (&d.session, &d.mcast_group, &d.mcast_http) {
         (Some(s), Some(g), Some(h)) if d.transport == "multicast" => {
             json!({"session": s, "group": g, "http": h})
@@ -53,6 +54,7 @@ fn task_info(t: &Task, d: &Deployment) -> Value {
         "multicast": multicast,
         "then": d.then_action,
         "bytes_total": t.bytes_total,
+        "disk": disk,
     })
 }
 
@@ -358,7 +360,7 @@ pub(crate) async fn hello(
         return Ok(Json(out));
     };
     let d = s.db.deployment(&task.deployment_id).await?;
-    out["task"] = task_info(&task, &d);
+    out["task"] = task_info(&task, &d, m.target_disk.as_deref());
     let shown = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -392,7 +394,11 @@ pub(crate) async fn task(
 ) -> ApiResult<Json<Value>> {
     let t = s.db.task(&t.id).await?;
     let d = s.db.deployment(&t.deployment_id).await?;
-    Ok(Json(json!({ "task": task_info(&t, &d) })))
+    let disk = match t.mac.parse() {
+        Ok(mac) => s.db.machine(mac).await.ok().and_then(|m| m.target_disk),
+        Err(_) => None,
+    };
+    Ok(Json(json!({ "task": task_info(&t, &d, disk.as_deref()) })))
 }
 
 /// `GET /api/v1/agent/manifest`: the task's image.

@@ -37,6 +37,7 @@ pub(crate) async fn full(
     iface: Iface,
     mut server: pxe::dhcp_full::Server,
     db: super::db::Db,
+    inventory_changed: std::sync::Arc<tokio::sync::Notify>,
 ) -> anyhow::Result<()> {
     let now = || (super::db::now_ms() / 1000) as u64;
     server.load(
@@ -50,10 +51,20 @@ pub(crate) async fn full(
                 bound: true,
             }),
     );
+    reserve(&mut server, &db).await?;
     info!(iface = %iface.name, "full DHCP serving addresses on port 67");
     let mut buf = vec![0u8; 1500];
     loop {
-        let (n, from) = match sock.recv_from(&mut buf).await {
+        let r = tokio::select! {
+            r = sock.recv_from(&mut buf) => r,
+            () = inventory_changed.notified() => {
+                if let Err(e) = reserve(&mut server, &db).await {
+                    warn!(error = %format!("{e:#}"), "DHCP: reading reservations");
+                }
+                continue;
+            }
+        };
+        let (n, from) = match r {
             Ok(x) => x,
             Err(e) => {
                 debug!(error = %e, "DHCP receive");
@@ -96,6 +107,17 @@ pub(crate) async fn full(
             Err(e) => warn!("{e}"),
         }
     }
+}
+
+/// Takes the inventory's reservations; ones it cannot keep are logged with their reason.
+async fn reserve(server: &mut pxe::dhcp_full::Server, db: &super::db::Db) -> anyhow::Result<()> {
+    let all = db.reservations().await?;
+    let n = all.len();
+    for e in server.set_reservations(all.into_iter().map(|(m, ip)| (m.0, ip))) {
+        warn!("DHCP: reservation left out: {e}");
+    }
+    debug!(reservations = n, "DHCP reservations loaded");
+    Ok(())
 }
 
 /// proxyDHCP's two sockets, bound.

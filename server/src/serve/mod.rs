@@ -83,6 +83,10 @@ pub(crate) struct ServeArgs {
     /// Full DHCP's default gateway for the machines (default: none).
     #[arg(long, env = "DROVER_DHCP_ROUTER")]
     dhcp_router: Option<std::net::Ipv4Addr>,
+    /// Unknown machines that PXE-boot run the agent once to register themselves
+    /// (FOG's quick registration); without it they boot their local disk.
+    #[arg(long, env = "DROVER_REGISTER_UNKNOWN")]
+    register_unknown: bool,
 }
 
 /// `drover token ...`
@@ -130,6 +134,7 @@ pub(crate) fn serve(args: ServeArgs, data_dir: Option<PathBuf>) -> anyhow::Resul
             dhcp: args.dhcp,
             dhcp_range: args.dhcp_range,
             dhcp_router: args.dhcp_router,
+            register_unknown: args.register_unknown.then_some(true),
         },
     )?;
     runtime()?.block_on(run(cfg))
@@ -167,6 +172,7 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         schedule_settings,
         schedules_changed.clone(),
     ));
+    let inventory_changed = Arc::new(tokio::sync::Notify::new());
     let state = Arc::new(api::AppState {
         db: db.clone(),
         store_dir: store_dir.clone(),
@@ -178,6 +184,13 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         schedules_changed,
         boot_dir: cfg.boot_dir.clone(),
         public_url: cfg.public_url.clone(),
+        dhcp_pool: match (&cfg.dhcp_pool, &cfg.iface) {
+            (Some(p), Some(i)) if cfg.dhcp == "full" => Some((p.clone(), i.addr)),
+            _ => None,
+        },
+        inventory_changed: inventory_changed.clone(),
+        register_unknown: cfg.register_unknown,
+        boot_args: cfg.boot_args.clone(),
     });
     eprintln!("drover serve: listening on http://{addr}");
     eprintln!("  public URL  {}", cfg.public_url);
@@ -224,7 +237,7 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
             )
             .map_err(anyhow::Error::msg)?;
             let sock = dhcp::bind_full(&iface)?;
-            let task = dhcp::full(sock, iface, server, db.clone());
+            let task = dhcp::full(sock, iface, server, db.clone(), inventory_changed.clone());
             tokio::spawn(async move {
                 if let Err(e) = task.await {
                     tracing::error!(error = %format!("{e:#}"), "DHCP stopped");

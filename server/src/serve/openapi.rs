@@ -23,6 +23,8 @@ pub(crate) async fn openapi() -> Json<Value> {
                 "Machine": {"type": "object", "properties": {
                     "mac": {"type": "string"}, "name": {"type": "string"}, "group": {"type": "string", "nullable": true},
                     "disk_serial": {"type": "string", "nullable": true}, "disk_size": {"type": "integer", "nullable": true},
+                    "ip": {"type": "string", "nullable": true, "description": "full DHCP's reservation"},
+                    "target_disk": {"type": "string", "nullable": true, "description": "the disk its agent writes: serial:SERIAL or size:BYTES"},
                     "state": {"type": "string"}, "registered": {"type": "string", "enum": ["admin", "hello"]},
                     "last_seen_ms": {"type": "integer", "nullable": true}, "created_ms": {"type": "integer"}}},
                 "Task": {"type": "object", "description": "One machine's part of a deployment", "properties": {
@@ -53,14 +55,14 @@ pub(crate) async fn openapi() -> Json<Value> {
             "/api/v1/machines": {
                 "get": {"summary": "Machines (of one group with ?group=)", "parameters": [{"name": "group", "in": "query", "schema": {"type": "string"}}],
                         "responses": {"200": {"description": "machines", "content": {"application/json": {"schema": {"type": "array", "items": machine}}}}, "401": error}},
-                "post": {"summary": "Add a machine", "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "required": ["mac"], "properties": {"mac": {"type": "string"}, "name": {"type": "string"}, "group": {"type": "string"}}}}}},
+                "post": {"summary": "Add a machine", "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "required": ["mac"], "properties": {"mac": {"type": "string"}, "name": {"type": "string"}, "group": {"type": "string"}, "ip": {"type": "string"}, "disk": {"type": "string"}}}}}},
                          "responses": {"201": {"description": "added", "content": {"application/json": {"schema": machine}}}, "400": error, "401": error, "409": error}}
             },
             "/api/v1/machines/{mac}": {
                 "parameters": mac_param,
                 "get": {"summary": "One machine", "responses": {"200": {"description": "the machine", "content": {"application/json": {"schema": machine}}}, "404": error}},
-                "patch": {"summary": "Rename or regroup (group null: no group)", "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "properties": {"name": {"type": "string"}, "group": {"type": "string", "nullable": true}}}}}},
-                          "responses": {"200": {"description": "changed", "content": {"application/json": {"schema": machine}}}, "400": error, "404": error}},
+                "patch": {"summary": "Rename, regroup, reserve an address, pin the disk (null clears group, ip, disk)", "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "properties": {"name": {"type": "string"}, "group": {"type": "string", "nullable": true}, "ip": {"type": "string", "nullable": true}, "disk": {"type": "string", "nullable": true}}}}}},
+                          "responses": {"200": {"description": "changed", "content": {"application/json": {"schema": machine}}}, "400": error, "404": error, "409": error}},
                 "delete": {"summary": "Remove a machine", "responses": {"204": {"description": "removed"}, "404": error}}
             },
             "/api/v1/groups": {
