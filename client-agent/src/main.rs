@@ -7,12 +7,15 @@
 //!
 //! It keeps going through a server restart (retries with backoff) and resumes an interrupted
 //! write: chunks already on the disk (hash checked) are neither received nor fetched again.
-//! It does not reboot the machine or pick a disk by itself (the boot environment does that).
+//! Run as a normal program it writes the disk it is given and exits. As the boot
+//! environment's `/init` (PID 1) it brings the machine up itself, picks the disk the task
+//! names, and reboots or powers off afterwards ([`boot`]).
 //!
 //! Exit codes: 0 the task is done; 1 it failed, was cancelled, or the agent could not work;
 //! 2 bad usage; 3 no task came within `--max-idle`.
 
 mod api;
+mod boot;
 mod capture;
 mod task;
 
@@ -54,9 +57,18 @@ pub(crate) struct Args {
     /// Give up (exit 3) when no task came within this long (default: wait forever).
     #[arg(long, value_parser = transport::fmt::parse_duration)]
     max_idle: Option<Duration>,
+    /// Boot environment: the disk is chosen among the machine's after the task names it.
+    #[arg(skip)]
+    choose_disk: bool,
+    /// Boot environment: registering an unknown machine (hello, then back to its disk).
+    #[arg(skip)]
+    register: bool,
 }
 
 fn main() -> ExitCode {
+    if std::process::id() == 1 {
+        return boot::main();
+    }
     let args = match Args::try_parse() {
         Ok(a) => a,
         Err(e) => {
@@ -85,7 +97,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging() {
+pub(crate) fn init_logging() {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     tracing_subscriber::fmt()
@@ -95,7 +107,7 @@ fn init_logging() {
         .init();
 }
 
-async fn run(args: Args) -> anyhow::Result<ExitCode> {
+pub(crate) async fn run(mut args: Args) -> anyhow::Result<ExitCode> {
     let iface = transport::net::iface(args.iface.as_deref())?;
     let mac = match &args.mac {
         Some(m) => m.clone(),
@@ -106,19 +118,35 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     let mut api = Api::new(&args.server)?;
     api.token = args.token.clone();
-    let disk = disk_inventory(&args.disk);
+    let disks = if args.choose_disk {
+        machine_disks()
+            .iter()
+            .map(|d| {
+                json!({
+                    "path": d.path.display().to_string(), "size": d.size, "serial": d.serial,
+                    "model": d.model, "removable": d.removable,
+                })
+            })
+            .collect()
+    } else {
+        vec![disk_inventory(&args.disk)]
+    };
     eprintln!(
         "drover-agent {}: {mac} on {} ({}), disk {}, server {}",
         env!("CARGO_PKG_VERSION"),
         iface.name,
         iface.addr,
-        args.disk.display(),
+        if args.choose_disk {
+            "chosen by the task".to_string()
+        } else {
+            args.disk.display().to_string()
+        },
         api.base
     );
     let started = Instant::now();
     let hello = json!({
         "mac": mac,
-        "disks": [disk],
+        "disks": disks,
         "version": env!("CARGO_PKG_VERSION"),
         "wait": true,
     });
@@ -141,6 +169,14 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         if !r["task"].is_null() && api.token.is_some() {
             break r["task"].clone();
         }
+        if args.register {
+            eprintln!(
+                "registered as {} ({}); no task for it yet",
+                str_of(&r["machine"], "name"),
+                str_of(&r["machine"], "mac")
+            );
+            return Ok(ExitCode::from(3));
+        }
         if args.max_idle.is_some_and(|m| started.elapsed() >= m) {
             eprintln!("no task within {:?}", args.max_idle.unwrap_or_default());
             return Ok(ExitCode::from(3));
@@ -156,8 +192,40 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         str_of(&task["image"], "name"),
         str_of(&task, "transport"),
     );
+    if args.choose_disk {
+        let sel = match task["disk"]
+            .as_str()
+            .map(str::parse::<imaging::disks::Selector>)
+        {
+            None => None,
+            Some(Ok(s)) => Some(s),
+            Some(Err(e)) => {
+                let why = format!("the task's disk: {e}");
+                return task::report(&api, task::Outcome::Failed(why, Default::default())).await;
+            }
+        };
+        let all = machine_disks();
+        match imaging::disks::choose(&all, sel.as_ref()) {
+            Ok(d) => {
+                eprintln!("writing {d}");
+                args.disk = d.path.clone();
+            }
+            Err(why) => {
+                return task::report(&api, task::Outcome::Failed(why, Default::default())).await;
+            }
+        }
+    }
     let outcome = task::run(&api, &iface, &args, task).await;
     task::report(&api, outcome).await
+}
+
+/// The machine's whole disks (in the boot environment).
+fn machine_disks() -> Vec<imaging::disks::Disk> {
+    imaging::disks::scan(
+        std::path::Path::new("/sys/block"),
+        std::path::Path::new("/dev"),
+    )
+    .unwrap_or_default()
 }
 
 fn str_of<'a>(v: &'a Value, k: &str) -> &'a str {

@@ -91,6 +91,21 @@ impl Lab {
         ip(&["-n", &self.host(i), "link", "set", "eth0", "address", mac]);
     }
 
+    /// A tap device `name` on the switch's bridge (for a VM run with [`switch_cmd`](Self::switch_cmd)).
+    pub fn tap(&self, name: &str) {
+        let sw = self.switch();
+        ip(&["-n", &sw, "tuntap", "add", name, "mode", "tap"]);
+        ip(&["-n", &sw, "link", "set", name, "master", "br0", "up"]);
+    }
+
+    /// A command run in the switch's namespace (where the taps are).
+    pub fn switch_cmd(&self, program: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.switch(), program]);
+        c.stdin(Stdio::null());
+        c
+    }
+
     /// A command run inside host `i`.
     pub fn cmd(&self, i: usize, program: &str) -> Command {
         let mut c = Command::new("ip");

@@ -16,6 +16,7 @@ pub mod deploy;
 pub mod lab;
 pub mod postgres;
 pub mod server;
+pub mod vm;
 
 use imaging::extent::ExtentMap;
 use imaging::manifest::Manifest;
@@ -44,6 +45,9 @@ fn have_tool(t: &str) -> bool {
     }
     if t == "fuse" {
         return Path::new("/dev/fuse").exists() && is_root();
+    }
+    if t == "qemu" {
+        return vm::have_qemu();
     }
     let paths = std::env::var("PATH").unwrap_or_default();
     let found = paths

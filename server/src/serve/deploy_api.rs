@@ -289,6 +289,12 @@ pub(crate) struct Disk {
     path: Option<String>,
     serial: Option<String>,
     size: Option<i64>,
+    /// The vendor's model (shown by the agent's logs only).
+    #[allow(dead_code)]
+    model: Option<String>,
+    /// Removable (USB) disks are never written, nor recorded as the machine's disk.
+    #[serde(default)]
+    removable: bool,
 }
 
 #[derive(Deserialize)]
@@ -318,7 +324,7 @@ pub(crate) async fn hello(
 ) -> ApiResult<Json<Value>> {
     let Json(h) = body?;
     let mac = parse_mac(&h.mac)?;
-    let disk = h.disks.first();
+    let disk = h.disks.iter().find(|d| !d.removable);
     let m =
         s.db.machine_hello(
             mac,

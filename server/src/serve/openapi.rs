@@ -100,7 +100,7 @@ pub(crate) async fn openapi() -> Json<Value> {
                 "security": [],
                 "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "required": ["mac"], "properties": {
                     "mac": {"type": "string"}, "version": {"type": "string"},
-                    "disks": {"type": "array", "items": {"type": "object", "properties": {"path": {"type": "string"}, "serial": {"type": "string"}, "size": {"type": "integer"}}}}}}}}},
+                    "disks": {"type": "array", "items": {"type": "object", "properties": {"path": {"type": "string"}, "serial": {"type": "string"}, "size": {"type": "integer"}, "model": {"type": "string"}, "removable": {"type": "boolean"}}}}}}}}},
                 "responses": {"200": {"description": "the machine, its task (or null), a token (when handed out), poll_ms"}, "400": error}}},
             "/api/v1/agent/task": {"get": {"summary": "Agent: its task now (multicast session, if one is live)", "responses": {"200": {"description": "task"}, "401": error, "403": error, "410": error}}},
             "/api/v1/agent/manifest": {"get": {"summary": "Agent: its task's image manifest", "responses": {"200": {"description": "{id, manifest}"}, "410": error}}},

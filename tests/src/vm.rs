@@ -1,0 +1,129 @@
+//! QEMU virtual machines as real PXE clients (TESTING.md): QEMU unpacked by
+//! deploy/install-test-deps (not installed), run under TCG in a lab's switch namespace on a tap
+//! of its bridge, with its serial console in a file the test reads for markers. The VM is
+//! killed on drop.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::lab::Lab;
+
+/// Where deploy/install-test-deps unpacked QEMU.
+pub fn qemu_dir() -> PathBuf {
+    std::env::var_os("QEMU_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/opt/drover-test/qemu"))
+}
+
+/// Whether QEMU, its firmware and the iPXE ROMs are there.
+pub fn have_qemu() -> bool {
+    qemu_dir().join("usr/bin/qemu-system-x86_64").exists()
+        && Path::new("/usr/share/seabios/bios-256k.bin").exists()
+        && Path::new("/usr/lib/ipxe/qemu/pxe-e1000.rom").exists()
+}
+
+/// How the VM's firmware boots from the network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Firmware {
+    /// SeaBIOS with the e1000's iPXE option ROM (iPXE asks DHCP itself).
+    Bios,
+    /// OVMF with the e1000's iPXE option ROM.
+    UefiIpxeRom,
+    /// OVMF's own PXE client on virtio-net with no option ROM: firmware PXE → snponly.efi.
+    UefiPxe,
+}
+
+/// A running VM.
+pub struct Vm {
+    child: Child,
+    pub serial: PathBuf,
+}
+
+impl Vm {
+    /// Starts a VM with `mac` on tap `tap` of `lab`'s switch, booting from the network, with
+    /// `disk` (raw) as its virtio disk. `dir` holds its serial log and firmware variables.
+    pub fn start(lab: &Lab, tap: &str, mac: &str, disk: &Path, fw: Firmware, dir: &Path) -> Self {
+        let serial = dir.join(format!("serial-{tap}.log"));
+        let _ = std::fs::remove_file(&serial);
+        let q = qemu_dir();
+        let mut c = lab.switch_cmd("env");
+        c.arg(format!(
+            "QEMU_MODULE_DIR={}",
+            q.join("usr/lib/x86_64-linux-gnu/qemu").display()
+        ))
+        .arg(q.join("usr/bin/qemu-system-x86_64"))
+        .args(["-L", "/usr/share/seabios", "-L", "/usr/lib/ipxe/qemu"])
+        .arg("-L")
+        .arg(q.join("usr/share/qemu"))
+        .args(["-L", "/usr/share/qemu"])
+        .args(["-machine", "q35", "-accel", "tcg", "-m", "512", "-smp", "1"])
+        .args(["-nographic", "-monitor", "none", "-no-reboot"])
+        .arg("-netdev")
+        .arg(format!("tap,id=n0,ifname={tap},script=no,downscript=no"))
+        .arg("-device")
+        .arg(match fw {
+            Firmware::UefiPxe => format!("virtio-net-pci,netdev=n0,mac={mac},romfile="),
+            _ => format!("e1000,netdev=n0,mac={mac}"),
+        })
+        .arg("-drive")
+        .arg(format!("file={},format=raw,if=virtio", disk.display()))
+        .args(["-boot", "n"])
+        .arg("-serial")
+        .arg(format!("file:{}", serial.display()));
+        if fw != Firmware::Bios {
+            let vars = dir.join(format!("vars-{tap}.fd"));
+            std::fs::copy("/usr/share/OVMF/OVMF_VARS_4M.fd", &vars).expect("OVMF_VARS_4M.fd");
+            c.arg("-drive")
+                .arg("if=pflash,format=raw,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd")
+                .arg("-drive")
+                .arg(format!("if=pflash,format=raw,file={}", vars.display()));
+        }
+        let child = c
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting QEMU");
+        Self { child, serial }
+    }
+
+    /// The serial console so far.
+    pub fn console(&self) -> String {
+        String::from_utf8_lossy(&std::fs::read(&self.serial).unwrap_or_default()).into_owned()
+    }
+
+    /// Waits until the console shows `marker`; false after `limit` or when the VM ended.
+    pub fn wait_for(&mut self, marker: &str, limit: Duration) -> bool {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if self.console().contains(marker) {
+                return true;
+            }
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return self.console().contains(marker);
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        false
+    }
+
+    /// Waits until QEMU exits (the guest rebooted or powered off: `-no-reboot`).
+    pub fn wait_exit(&mut self, limit: Duration) -> bool {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        false
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

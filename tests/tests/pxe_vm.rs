@@ -1,0 +1,218 @@
+//! End to end with a real PXE client: QEMU VMs (TCG) on a lab's bridge boot from drover alone
+//! (full DHCP, iPXE script over HTTP, kernel and initramfs built by deploy/build-boot-env).
+//! A machine with a task runs the agent, which gets its own address, receives a GPT disk with
+//! ext4 and NTFS by multicast, writes it to its virtio disk, reports, and reboots; the test then
+//! checks the VM's disk file (byte for byte, and e2fsck). A machine without a task boots its
+//! local disk.
+
+use std::path::Path;
+use std::time::Duration;
+
+use drover_tests::deploy::lab_disk;
+use drover_tests::lab::Lab;
+use drover_tests::server::{free_port, Server};
+use drover_tests::vm::{Firmware, Vm};
+use drover_tests::{agent_bin, drover_bin, require, run, sparse_file, Env};
+
+const NEEDS: &[&str] = &[
+    "root",
+    "ip",
+    "qemu",
+    "cpio",
+    "depmod",
+    "mkfs.ext4",
+    "e2fsck",
+    "sgdisk",
+    "mkntfs",
+];
+
+/// The boot environment, built once per data directory by the real script.
+fn build_boot_env(data: &Path) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/build-boot-env");
+    let out = std::process::Command::new("bash")
+        .arg(script)
+        .arg("--data-dir")
+        .arg(data)
+        .arg("--agent")
+        .arg(agent_bin())
+        .args(["--cache", "/var/cache/drover/boot-env"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "build-boot-env: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for f in [
+        "vmlinuz",
+        "initrd.img",
+        "undionly.kpxe",
+        "snponly.efi",
+        "ipxe.efi",
+    ] {
+        assert!(data.join("boot").join(f).is_file(), "{f} missing");
+    }
+}
+
+struct Site {
+    env: Env,
+    lab: Lab,
+    srv: Server,
+    url: String,
+    token: String,
+}
+
+impl Site {
+    /// A lab with the server on host 0 (full DHCP, TFTP, HTTP on 10.77.0.10).
+    fn new(tag: &str) -> Self {
+        let env = Env::new();
+        build_boot_env(&env.data());
+        let lab = Lab::new(tag, 1);
+        let token = env.ok(&["token", "create", "admin"]).trim().to_string();
+        let port = free_port();
+        let url = format!("http://{}:{port}", lab.addr(0));
+        // Kernel messages on the serial console only: the test reads them.
+        let config = env.path("drover.toml");
+        std::fs::write(&config, "boot_args = \"console=ttyS0,115200n8 panic=10\"\n").unwrap();
+        let mut cmd = lab.cmd(0, drover_bin().to_str().unwrap());
+        cmd.arg("--data-dir").arg(env.data()).arg("serve");
+        cmd.arg("--config").arg(&config).args([
+            "--http",
+            &format!("0.0.0.0:{port}"),
+            "--public-url",
+            &url,
+            "--iface",
+            "eth0",
+            "--dhcp",
+            "full",
+            "--dhcp-range",
+            "10.77.0.100-10.77.0.150",
+            "--tftp",
+            "0.0.0.0:69",
+        ]);
+        let srv = Server::start_cmd(cmd);
+        Self {
+            env,
+            lab,
+            srv,
+            url,
+            token,
+        }
+    }
+
+    /// `drover ARGS` against the server, from inside the lab.
+    fn cli(&self, args: &[&str]) -> String {
+        let mut c = self.lab.cmd(0, drover_bin().to_str().unwrap());
+        c.arg("--data-dir").arg(self.env.data()).args(args).args([
+            "--server",
+            &self.url,
+            "--token",
+            &self.token,
+        ]);
+        let o = c.output().unwrap();
+        assert!(
+            o.status.success(),
+            "drover {args:?}: {}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+}
+
+fn deploy_to_a_vm(fw: Firmware, tag: &str) {
+    let site = Site::new(tag);
+    let env = &site.env;
+    let source = lab_disk(env, 3 << 20, 41);
+    env.capture(&source, "lab");
+    let mac = "52:54:00:d0:00:01";
+    let idle = "52:54:00:d0:00:02";
+    site.cli(&["machine", "add", mac]);
+    site.cli(&["machine", "add", idle]);
+    let d: serde_json::Value = serde_json::from_str(&site.cli(&[
+        "--json",
+        "deploy",
+        "lab",
+        "--to",
+        mac,
+        "--transport",
+        "multicast",
+    ]))
+    .unwrap();
+    let id = d["id"].as_str().unwrap().to_string();
+
+    let target = env.path("vm-disk.img");
+    sparse_file(&target, 64 << 20);
+    let other = env.path("idle-disk.img");
+    sparse_file(&other, 64 << 20);
+    site.lab.tap("tap0");
+    site.lab.tap("tap1");
+    let dir = env.path("vm");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut vm = Vm::start(&site.lab, "tap0", mac, &target, fw, &dir);
+    let mut idle_vm = Vm::start(&site.lab, "tap1", idle, &other, fw, &dir);
+
+    // The idle machine is sent to its local disk by its script.
+    let local = idle_vm.wait_for(
+        "no task for this machine: booting the local disk",
+        Duration::from_secs(240),
+    );
+    assert!(local, "idle VM: {}", idle_vm.console());
+    drop(idle_vm);
+
+    // The machine with a task writes its disk and reboots (QEMU exits: -no-reboot).
+    let exited = vm.wait_exit(Duration::from_secs(420));
+    let console = vm.console();
+    assert!(
+        exited,
+        "the VM did not finish: {console}\n{}",
+        site.srv.log()
+    );
+    assert!(console.contains("written and verified"), "{console}");
+    assert!(console.contains("drover-agent: rebooting"), "{console}");
+    let show: serde_json::Value =
+        serde_json::from_str(&site.cli(&["--json", "deployment", "show", &id])).unwrap();
+    assert_eq!(show["state"], "done", "{show}");
+    assert!(
+        show["tasks"][0]["multicast_chunks"].as_u64().unwrap_or(0) > 0,
+        "{show}"
+    );
+
+    // The VM's disk is the image, byte for byte; its ext4 checks clean.
+    assert!(
+        std::fs::read(&source).unwrap() == std::fs::read(&target).unwrap(),
+        "the VM's disk differs from the source disk"
+    );
+    let p1 = env.path("vm-p1.img");
+    run(
+        "dd",
+        &[
+            &format!("if={}", target.display()),
+            &format!("of={}", p1.display()),
+            "bs=1M",
+            "skip=1",
+            "count=36",
+            "status=none",
+        ],
+    );
+    run("e2fsck", &["-fn", p1.to_str().unwrap()]);
+    // Its task is over: the next boot goes to the local disk, never into reimaging.
+    let mut again = Vm::start(&site.lab, "tap0", mac, &target, fw, &dir);
+    assert!(
+        again.wait_for(
+            "no task for this machine: booting the local disk",
+            Duration::from_secs(240)
+        ),
+        "{}",
+        again.console()
+    );
+}
+
+#[test]
+fn a_bios_machine_pxe_boots_from_drover_and_is_imaged_by_multicast() {
+    if !require("pxe_vm_bios", NEEDS) {
+        return;
+    }
+    deploy_to_a_vm(Firmware::Bios, "vmb");
+}
