@@ -125,7 +125,11 @@ pub struct Server {
     pool: Pool,
     boot: BootConfig,
     leases: HashMap<[u8; 6], Lease>,
+    /// Who holds each leased or offered address (an index of `leases`).
+    holders: HashMap<Ipv4Addr, [u8; 6]>,
     reservations: HashMap<[u8; 6], Ipv4Addr>,
+    /// Who has each reserved address (an index of `reservations`).
+    reserved: HashMap<Ipv4Addr, [u8; 6]>,
     declined: HashMap<Ipv4Addr, u64>,
 }
 
@@ -136,6 +140,8 @@ impl Server {
             pool,
             boot,
             leases: HashMap::new(),
+            holders: HashMap::new(),
+            reserved: HashMap::new(),
             reservations: HashMap::new(),
             declined: HashMap::new(),
         })
@@ -145,7 +151,7 @@ impl Server {
     pub fn load(&mut self, leases: impl IntoIterator<Item = Lease>) {
         for l in leases {
             if l.bound && self.pool.same_subnet(l.ip) {
-                self.leases.insert(l.mac, l);
+                self.put(l);
             }
         }
     }
@@ -153,17 +159,16 @@ impl Server {
     /// A fixed address for a machine (inside or outside the range, in the subnet).
     pub fn reserve(&mut self, mac: [u8; 6], ip: Ipv4Addr) -> Result<(), String> {
         self.pool.check_reservation(ip, self.boot.server)?;
-        if let Some((other, _)) = self
-            .reservations
-            .iter()
-            .find(|(m, a)| **a == ip && **m != mac)
-        {
+        if let Some(other) = self.reserved.get(&ip).filter(|m| **m != mac) {
             return Err(format!(
                 "reservation {ip}: already reserved for {}",
                 fmt_mac(*other)
             ));
         }
-        self.reservations.insert(mac, ip);
+        if let Some(old) = self.reservations.insert(mac, ip) {
+            self.reserved.remove(&old);
+        }
+        self.reserved.insert(ip, mac);
         Ok(())
     }
 
@@ -174,6 +179,7 @@ impl Server {
         all: impl IntoIterator<Item = ([u8; 6], Ipv4Addr)>,
     ) -> Vec<String> {
         self.reservations.clear();
+        self.reserved.clear();
         all.into_iter()
             .filter_map(|(mac, ip)| {
                 self.reserve(mac, ip)
@@ -185,11 +191,29 @@ impl Server {
 
     /// Who holds `ip` now (a live lease or offer, or a reservation), other than `mac`.
     fn taken(&self, ip: Ipv4Addr, mac: [u8; 6], now: u64) -> bool {
-        self.leases
-            .values()
-            .any(|l| l.ip == ip && l.mac != mac && l.expires > now)
-            || self.reservations.iter().any(|(m, a)| *a == ip && *m != mac)
+        self.holders.get(&ip).is_some_and(|m| {
+            *m != mac
+                && self
+                    .leases
+                    .get(m)
+                    .is_some_and(|l| l.ip == ip && l.expires > now)
+        }) || self.reserved.get(&ip).is_some_and(|m| *m != mac)
             || self.declined.get(&ip).is_some_and(|&until| until > now)
+    }
+
+    /// Records a lease (replacing the machine's previous one) and its index entry.
+    fn put(&mut self, l: Lease) {
+        self.drop_lease(l.mac);
+        self.holders.insert(l.ip, l.mac);
+        self.leases.insert(l.mac, l);
+    }
+
+    fn drop_lease(&mut self, mac: [u8; 6]) {
+        if let Some(old) = self.leases.remove(&mac) {
+            if self.holders.get(&old.ip) == Some(&mac) {
+                self.holders.remove(&old.ip);
+            }
+        }
     }
 
     /// The address for `mac`: its reservation, its lease, the one it asks for, or the first
@@ -242,15 +266,12 @@ impl Server {
                 } else {
                     now + OFFER_SECS
                 };
-                self.leases.insert(
+                self.put(Lease {
                     mac,
-                    Lease {
-                        mac,
-                        ip,
-                        expires,
-                        bound,
-                    },
-                );
+                    ip,
+                    expires,
+                    bound,
+                });
                 (
                     Some(self.reply(msg, MessageType::Offer, Some(ip))),
                     Vec::new(),
@@ -260,7 +281,7 @@ impl Server {
                 if server_id.is_some_and(|s| s != self.boot.server) {
                     // It took another server's offer: ours is free again.
                     if self.leases.get(&mac).is_some_and(|l| !l.bound) {
-                        self.leases.remove(&mac);
+                        self.drop_lease(mac);
                     }
                     return (None, Vec::new());
                 }
@@ -286,7 +307,7 @@ impl Server {
                     expires: now + u64::from(self.pool.lease_secs),
                     bound: true,
                 };
-                self.leases.insert(mac, lease.clone());
+                self.put(lease.clone());
                 self.declined.remove(&want);
                 (
                     Some(self.reply(msg, MessageType::Ack, Some(want))),
@@ -296,14 +317,14 @@ impl Server {
             Some(MessageType::Release) => match self.leases.get(&mac) {
                 Some(l) if l.ip == msg.ciaddr() => {
                     let ip = l.ip;
-                    self.leases.remove(&mac);
+                    self.drop_lease(mac);
                     (None, vec![Change::Released { mac, ip }])
                 }
                 _ => (None, Vec::new()),
             },
             Some(MessageType::Decline) => match (requested, self.leases.get(&mac)) {
                 (Some(ip), Some(l)) if l.ip == ip => {
-                    self.leases.remove(&mac);
+                    self.drop_lease(mac);
                     self.declined.insert(ip, now + DECLINE_SECS);
                     (None, vec![Change::Declined { mac, ip }])
                 }
@@ -349,9 +370,11 @@ impl Server {
         }
         let Some(c) = classify(msg) else { return r };
         if c.pxe || c.ipxe {
+            // The file and next server only, without option 60 "PXEClient": a UEFI PXE client
+            // (EDK2) takes an offer that carries that class without PXE vendor options for a
+            // BINL offer and asks a boot server on port 4011 first; a plain DHCP offer with a
+            // file it downloads at once, as BIOS PXE ROMs and iPXE do.
             if let Ok(target) = boot_target(&c, &self.boot) {
-                r.opts_mut()
-                    .insert(DhcpOption::ClassIdentifier(b"PXEClient".to_vec()));
                 set_boot_file(&mut r, self.boot.server, target);
             }
         }

@@ -216,3 +216,21 @@ fn a_bios_machine_pxe_boots_from_drover_and_is_imaged_by_multicast() {
     }
     deploy_to_a_vm(Firmware::Bios, "vmb");
 }
+
+#[test]
+fn a_uefi_machine_with_the_ipxe_rom_is_imaged() {
+    if !require("pxe_vm_uefi_rom", NEEDS) {
+        return;
+    }
+    deploy_to_a_vm(Firmware::UefiIpxeRom, "vmu");
+}
+
+/// OVMF's own PXE client (no option ROM): DHCP gives it snponly.efi over TFTP, which starts
+/// iPXE, which asks again and gets its script's URL.
+#[test]
+fn a_uefi_machine_pxe_boots_through_snponly_efi_and_is_imaged() {
+    if !require("pxe_vm_uefi_pxe", NEEDS) {
+        return;
+    }
+    deploy_to_a_vm(Firmware::UefiPxe, "vmp");
+}
