@@ -42,8 +42,16 @@ pub struct Vm {
 
 impl Vm {
     /// Starts a VM with `mac` on tap `tap` of `lab`'s switch, booting from the network, with
-    /// `disk` (raw) as its virtio disk. `dir` holds its serial log and firmware variables.
-    pub fn start(lab: &Lab, tap: &str, mac: &str, disk: &Path, fw: Firmware, dir: &Path) -> Self {
+    /// `disks` (raw files, each with an optional serial) as its virtio disks. `dir` holds its
+    /// serial log and firmware variables.
+    pub fn start(
+        lab: &Lab,
+        tap: &str,
+        mac: &str,
+        disks: &[(&Path, Option<&str>)],
+        fw: Firmware,
+        dir: &Path,
+    ) -> Self {
         let serial = dir.join(format!("serial-{tap}.log"));
         let _ = std::fs::remove_file(&serial);
         let q = qemu_dir();
@@ -66,11 +74,18 @@ impl Vm {
             Firmware::UefiPxe => format!("virtio-net-pci,netdev=n0,mac={mac},romfile="),
             _ => format!("e1000,netdev=n0,mac={mac}"),
         })
-        .arg("-drive")
-        .arg(format!("file={},format=raw,if=virtio", disk.display()))
         .args(["-boot", "n"])
         .arg("-serial")
         .arg(format!("file:{}", serial.display()));
+        for (i, (disk, serial)) in disks.iter().enumerate() {
+            c.arg("-drive")
+                .arg(format!("file={},format=raw,if=none,id=d{i}", disk.display()))
+                .arg("-device")
+                .arg(match serial {
+                    Some(s) => format!("virtio-blk-pci,drive=d{i},serial={s}"),
+                    None => format!("virtio-blk-pci,drive=d{i}"),
+                });
+        }
         if fw != Firmware::Bios {
             let vars = dir.join(format!("vars-{tap}.fd"));
             std::fs::copy("/usr/share/OVMF/OVMF_VARS_4M.fd", &vars).expect("OVMF_VARS_4M.fd");

@@ -111,3 +111,58 @@ fn boot_scripts_follow_the_machines_task_and_files_stay_inside_the_boot_director
         assert!(!body.contains("SECRET-CONTENT-42"), "{path} leaked");
     }
 }
+
+/// `--register-unknown`: an unknown machine boots the agent in register mode (no token), a
+/// known one still boots its disk; the admin's `boot_args` come before drover's arguments.
+#[test]
+fn unknown_machines_boot_the_agent_to_register_when_the_setting_says_so() {
+    let env = Env::new();
+    let boot = env.path("boot");
+    std::fs::create_dir_all(&boot).unwrap();
+    for f in ["vmlinuz", "initrd.img"] {
+        random_file(&boot.join(f), 1000, 3);
+    }
+    let config = env.path("drover.toml");
+    std::fs::write(
+        &config,
+        "register_unknown = true\nboot_args = \"console=tty0 nomodeset\"\n",
+    )
+    .unwrap();
+    let srv = Server::start(
+        &env.data(),
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--boot-dir",
+            boot.to_str().unwrap(),
+            "--public-url",
+            "http://10.0.0.1:8080",
+        ],
+    );
+    let (status, body) = get(&srv, &format!("/boot/{MAC}.ipxe"), None);
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.contains(
+            "initrd=initrd.img console=tty0 nomodeset drover.server=http://10.0.0.1:8080 \
+             drover.mac=52:54:00:00:08:01 drover.mode=register drover.then=reboot"
+        ),
+        "{body}"
+    );
+    assert!(!body.contains("drover.token"), "{body}");
+    // The agent's hello registers it; from then on it is known and boots its disk.
+    let (status, hello) = srv.http(
+        "POST",
+        "/api/v1/agent/hello",
+        None,
+        Some(&format!(
+            r#"{{"mac": "{MAC}", "disks": [{{"path": "/dev/sda", "size": 1000, "serial": "S1", "model": "M", "removable": false}}]}}"#
+        )),
+    );
+    assert_eq!(status, 200, "{hello}");
+    let (_, body) = get(&srv, &format!("/boot/{MAC}.ipxe"), None);
+    assert!(body.contains("no task for this machine"), "{body}");
+    let t = env.ok(&["token", "create", "admin"]).trim().to_string();
+    let m = srv.json(&env, &t, &["machine", "list"]);
+    assert_eq!(m[0]["registered"], "hello", "{m}");
+    assert_eq!(m[0]["disk_serial"], "S1", "{m}");
+}

@@ -3,7 +3,8 @@
 //! A machine with a task runs the agent, which gets its own address, receives a GPT disk with
 //! ext4 and NTFS by multicast, writes it to its virtio disk, reports, and reboots; the test then
 //! checks the VM's disk file (byte for byte, and e2fsck). A machine without a task boots its
-//! local disk.
+//! local disk; so does the imaged machine at its next boot. BIOS through QEMU's iPXE ROM, UEFI
+//! (OVMF) through the iPXE ROM and as a firmware PXE client (TFTP → snponly.efi → iPXE).
 
 use std::path::Path;
 use std::time::Duration;
@@ -121,14 +122,20 @@ impl Site {
     }
 }
 
-fn deploy_to_a_vm(fw: Firmware, tag: &str) {
+/// How the machine is set up: `pinned` gives it a second disk and pins the target by serial;
+/// `then` is the deployment's `--then`.
+fn deploy_to_a_vm(fw: Firmware, tag: &str, pinned: bool, then: &str) {
     let site = Site::new(tag);
     let env = &site.env;
     let source = lab_disk(env, 3 << 20, 41);
     env.capture(&source, "lab");
     let mac = "52:54:00:d0:00:01";
     let idle = "52:54:00:d0:00:02";
-    site.cli(&["machine", "add", mac]);
+    if pinned {
+        site.cli(&["machine", "add", mac, "--disk", "serial:drover-target"]);
+    } else {
+        site.cli(&["machine", "add", mac]);
+    }
     site.cli(&["machine", "add", idle]);
     let d: serde_json::Value = serde_json::from_str(&site.cli(&[
         "--json",
@@ -138,6 +145,8 @@ fn deploy_to_a_vm(fw: Firmware, tag: &str) {
         mac,
         "--transport",
         "multicast",
+        "--then",
+        then,
     ]))
     .unwrap();
     let id = d["id"].as_str().unwrap().to_string();
@@ -146,12 +155,19 @@ fn deploy_to_a_vm(fw: Firmware, tag: &str) {
     sparse_file(&target, 64 << 20);
     let other = env.path("idle-disk.img");
     sparse_file(&other, 64 << 20);
+    // A second disk of the same size: only the serial tells them apart.
+    let spare = env.path("spare-disk.img");
+    sparse_file(&spare, 64 << 20);
+    let mut disks = vec![(target.as_path(), Some("drover-target"))];
+    if pinned {
+        disks.insert(0, (spare.as_path(), Some("spare")));
+    }
     site.lab.tap("tap0");
     site.lab.tap("tap1");
     let dir = env.path("vm");
     std::fs::create_dir_all(&dir).unwrap();
-    let mut vm = Vm::start(&site.lab, "tap0", mac, &target, fw, &dir);
-    let mut idle_vm = Vm::start(&site.lab, "tap1", idle, &other, fw, &dir);
+    let mut vm = Vm::start(&site.lab, "tap0", mac, &disks, fw, &dir);
+    let mut idle_vm = Vm::start(&site.lab, "tap1", idle, &[(&other, None)], fw, &dir);
 
     // The idle machine is sent to its local disk by its script.
     let local = idle_vm.wait_for(
@@ -161,7 +177,8 @@ fn deploy_to_a_vm(fw: Firmware, tag: &str) {
     assert!(local, "idle VM: {}", idle_vm.console());
     drop(idle_vm);
 
-    // The machine with a task writes its disk and reboots (QEMU exits: -no-reboot).
+    // The machine with a task writes its disk and reboots or powers off (QEMU exits either
+    // way: -no-reboot).
     let exited = vm.wait_exit(Duration::from_secs(420));
     let console = vm.console();
     assert!(
@@ -170,7 +187,12 @@ fn deploy_to_a_vm(fw: Firmware, tag: &str) {
         site.srv.log()
     );
     assert!(console.contains("written and verified"), "{console}");
-    assert!(console.contains("drover-agent: rebooting"), "{console}");
+    let how = if then == "poweroff" {
+        "drover-agent: powering off"
+    } else {
+        "drover-agent: rebooting"
+    };
+    assert!(console.contains(how), "{console}");
     let show: serde_json::Value =
         serde_json::from_str(&site.cli(&["--json", "deployment", "show", &id])).unwrap();
     assert_eq!(show["state"], "done", "{show}");
@@ -197,8 +219,15 @@ fn deploy_to_a_vm(fw: Firmware, tag: &str) {
         ],
     );
     run("e2fsck", &["-fn", p1.to_str().unwrap()]);
+    if pinned {
+        assert!(console.contains("writing vdb"), "{console}");
+        assert!(
+            std::fs::read(&spare).unwrap().iter().all(|&b| b == 0),
+            "the other disk was written"
+        );
+    }
     // Its task is over: the next boot goes to the local disk, never into reimaging.
-    let mut again = Vm::start(&site.lab, "tap0", mac, &target, fw, &dir);
+    let mut again = Vm::start(&site.lab, "tap0", mac, &disks, fw, &dir);
     assert!(
         again.wait_for(
             "no task for this machine: booting the local disk",
@@ -214,15 +243,16 @@ fn a_bios_machine_pxe_boots_from_drover_and_is_imaged_by_multicast() {
     if !require("pxe_vm_bios", NEEDS) {
         return;
     }
-    deploy_to_a_vm(Firmware::Bios, "vmb");
+    deploy_to_a_vm(Firmware::Bios, "vmb", false, "reboot");
 }
 
+/// Two disks of one size, the target pinned by serial; the machine powers off when done.
 #[test]
-fn a_uefi_machine_with_the_ipxe_rom_is_imaged() {
+fn a_uefi_machine_with_the_ipxe_rom_writes_its_pinned_disk_and_powers_off() {
     if !require("pxe_vm_uefi_rom", NEEDS) {
         return;
     }
-    deploy_to_a_vm(Firmware::UefiIpxeRom, "vmu");
+    deploy_to_a_vm(Firmware::UefiIpxeRom, "vmu", true, "poweroff");
 }
 
 /// OVMF's own PXE client (no option ROM): DHCP gives it snponly.efi over TFTP, which starts
@@ -232,5 +262,5 @@ fn a_uefi_machine_pxe_boots_through_snponly_efi_and_is_imaged() {
     if !require("pxe_vm_uefi_pxe", NEEDS) {
         return;
     }
-    deploy_to_a_vm(Firmware::UefiPxe, "vmp");
+    deploy_to_a_vm(Firmware::UefiPxe, "vmp", false, "reboot");
 }
