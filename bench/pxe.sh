@@ -3,8 +3,9 @@
 # network namespaces (server 10.78.0.1/16, client 10.78.0.2/16):
 #   dhcp  perfdhcp (ISC Kea) against drover's full DHCP and against dnsmasq: DORA exchanges
 #         per second and drops, CLIENTS distinct clients at a RATE/s offered load for SECS s
-#   tftp  40 concurrent `curl tftp://` clients fetching undionly.kpxe (blksize 1432, as PXE
-#         ROMs ask) from drover and from tftpd-hpa: total wall time
+#   tftp  40 concurrent `curl tftp://` clients fetching undionly.kpxe (73 KiB) and ipxe.efi
+#         (831 KiB) with blksize 1432 (as PXE ROMs ask) from drover and from tftpd-hpa: total
+#         wall time until every client has the file, checked
 #
 # usage: sudo bash bench/pxe.sh [RUNS] [dhcp] [tftp]   (default: 5 runs, both)
 # Results: a Markdown table on stdout and in bench/out/pxe.md; raw rows in bench/out/pxe.tsv.
@@ -23,7 +24,7 @@ for p in kea-admin dnsmasq-base tftpd-hpa; do
 done
 cargo build --release --quiet -p server --bin drover
 DROVER=$PWD/target/release/drover
-cp /usr/lib/ipxe/undionly.kpxe "$W/boot/"
+cp /usr/lib/ipxe/undionly.kpxe /usr/lib/ipxe/ipxe.efi "$W/boot/"
 
 S=dbp-srv; C=dbp-cli; SW=dbp-sw
 net_down() { for n in $S $C $SW; do ip netns del $n 2>/dev/null || true; done; }
@@ -54,7 +55,8 @@ start_drover() {  # extra serve args...
 
 # perfdhcp: prints "exchanges_per_s drops_percent"
 perf() {
-  ip netns exec $C perfdhcp -4 -l eth0 -r "$RATE" -R "$CLIENTS" -p "$SECS" -t 0 2>&1 >"$W/perf.txt" || true
+  ip netns exec $C perfdhcp -4 -l eth0 -r "$RATE" -R "$CLIENTS" -p "$SECS" >"$W/perf.txt" 2>&1 || true
+  cp "$W/perf.txt" "$OUT/perfdhcp-last.txt"
   awk '
     /^sent packets:/ {sent[++s]=$3} /^received packets:/ {recv[++r]=$3} /^drops:/ {drop[++d]=$2}
     /^Rate:/ {rate=$2}
@@ -72,7 +74,9 @@ if [[ " $WHAT " == *" dhcp "* ]]; then
     read -r rate drop < <(perf); stop
     echo -e "dhcp\tdrover\t$r\t$rate\t$drop" | tee -a "$rows"
     rm -f "$W/leases"
-    ip netns exec $S dnsmasq -d -q -C /dev/null --port=0 -i eth0 --bind-interfaces \
+    # --no-ping: dnsmasq otherwise waits up to 3 s per new address for an echo (drover does
+    # not ping either; a conflict shows up as a DECLINE).
+    ip netns exec $S dnsmasq -d -q -C /dev/null --port=0 -i eth0 --bind-interfaces --no-ping \
       --dhcp-range=10.78.1.0,10.78.250.255,255.255.0.0,1h --dhcp-leasefile="$W/leases" \
       --log-facility=/dev/null >/dev/null 2>&1 &
     spid=$!; sleep 0.5
@@ -82,42 +86,44 @@ if [[ " $WHAT " == *" dhcp "* ]]; then
 fi
 
 if [[ " $WHAT " == *" tftp "* ]]; then
-  fetch_all() {  # seconds for TFTP_CLIENTS concurrent fetches, all checked
-    local t0 t1 k
+  fetch_all() {  # FILE: seconds for TFTP_CLIENTS concurrent fetches, all checked
+    local f=$1 t0 t1 k
     t0=$(date +%s.%N)
     for k in $(seq 1 "$TFTP_CLIENTS"); do
-      ip netns exec $C curl -s --max-time 60 --tftp-blksize 1432 -o "$W/got.$k" tftp://10.78.0.1/undionly.kpxe &
+      ip netns exec $C curl -s --max-time 60 --tftp-blksize 1432 -o "$W/got.$k" tftp://10.78.0.1/$f &
     done
     wait $(jobs -p | grep -v "^$spid$") 2>/dev/null || true
     t1=$(date +%s.%N)
-    for k in $(seq 1 "$TFTP_CLIENTS"); do cmp -s "$W/got.$k" "$W/boot/undionly.kpxe" || { echo "client $k got a bad file" >&2; exit 1; }; done
+    for k in $(seq 1 "$TFTP_CLIENTS"); do cmp -s "$W/got.$k" "$W/boot/$f" || { echo "client $k got a bad file" >&2; exit 1; }; done
     rm -f "$W"/got.*
     echo "$t1 - $t0" | bc
   }
   for r in $(seq 1 "$RUNS"); do
-    start_drover --tftp 10.78.0.1:69
-    t=$(fetch_all); stop
-    echo -e "tftp\tdrover\t$r\t$t\t0" | tee -a "$rows"
-    ip netns exec $S in.tftpd -L -s "$W/boot" -a 10.78.0.1:69 &
-    spid=$!; sleep 0.3
-    t=$(fetch_all); stop
-    echo -e "tftp\ttftpd-hpa\t$r\t$t\t0" | tee -a "$rows"
+    for f in undionly.kpxe ipxe.efi; do
+      start_drover --tftp 10.78.0.1:69
+      t=$(fetch_all $f); stop
+      echo -e "tftp-$f\tdrover\t$r\t$t\t0" | tee -a "$rows"
+      ip netns exec $S in.tftpd -L -s "$W/boot" -a 10.78.0.1:69 &
+      spid=$!; sleep 0.3
+      t=$(fetch_all $f); stop
+      echo -e "tftp-$f\ttftpd-hpa\t$r\t$t\t0" | tee -a "$rows"
+    done
   done
 fi
 
 {
   echo "| test | server | median | runs |"
   echo "|---|---|---|---|"
-  for k in dhcp tftp; do
+  for k in dhcp tftp-undionly.kpxe tftp-ipxe.efi; do
     for s in drover dnsmasq tftpd-hpa; do
-      v=$(awk -v k=$k -v s=$s '$1==k && $2==s {print $4}' "$rows" | med 2>/dev/null || true)
-      [ -z "$v" ] && continue
+      awk -v k=$k -v s=$s '$1==k && $2==s {f=1} END {exit !f}' "$rows" || continue
+      v=$(awk -v k=$k -v s=$s '$1==k && $2==s {print $4}' "$rows" | med)
       all=$(awk -v k=$k -v s=$s '$1==k && $2==s {printf "%s%s", sep, $4; sep=", "}' "$rows")
       if [ $k = dhcp ]; then
         d=$(awk -v k=$k -v s=$s '$1==k && $2==s {print $5}' "$rows" | med)
         echo "| DHCP exchanges/s (drops ${d} %) | $s | $v | $all |"
       else
-        echo "| TFTP $TFTP_CLIENTS clients, s | $s | $v | $all |"
+        echo "| TFTP ${k#tftp-}, $TFTP_CLIENTS clients, s | $s | $v | $all |"
       fi
     done
   done

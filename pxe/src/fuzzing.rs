@@ -31,7 +31,8 @@ pub fn tftp(data: &[u8]) {
 }
 
 /// Decodes a DHCP datagram; a request then goes through the proxyDHCP decisions on both
-/// ports, and an answer is encoded.
+/// ports and full DHCP, and an answer is encoded; the agent's client takes it as an answer
+/// (with the datagram's own xid and MAC, so it gets past the first checks).
 pub fn dhcp(data: &[u8]) {
     use crate::dhcp;
     let Ok(m) = dhcp::decode(data) else { return };
@@ -56,5 +57,18 @@ pub fn dhcp(data: &[u8]) {
                 let _ = dhcp::encode(&r);
             }
         }
+    }
+    let mut mac = [0u8; 6];
+    for (d, s) in mac.iter_mut().zip(m.chaddr()) {
+        *d = *s;
+    }
+    let mut client = crate::dhcp_client::Client::new(mac, m.xid(), 0);
+    let _ = client.poll_transmit(0);
+    // As an offer, then (if it bound nothing) as the answer to the request that follows.
+    client.handle(&m, 10);
+    let _ = client.poll_transmit(10);
+    client.handle(&m, 20);
+    if let Some(l) = client.lease() {
+        let _ = l.prefix();
     }
 }

@@ -293,7 +293,7 @@ impl Deployer {
             )
             .await
             .map_err(|e| match e {
-                DbError::Exists(w) => DeployError::Conflict(format!("{w} already")),
+                DbError::Exists(w) => DeployError::Conflict(w),
                 e => e.into(),
             })?;
         self.db

@@ -171,7 +171,8 @@ impl Db {
             if let Some(r) = busy {
                 let other: String = r.try_get("deployment_id")?;
                 return Err(DbError::Exists(format!(
-                    "a task for machine {mac} (in deployment {other})"
+                    "machine {mac} already has a task (in deployment {other}): cancel it or \
+                     wait until it ends"
                 )));
             }
         }
