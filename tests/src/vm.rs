@@ -79,7 +79,10 @@ impl Vm {
         .arg(format!("file:{}", serial.display()));
         for (i, (disk, serial)) in disks.iter().enumerate() {
             c.arg("-drive")
-                .arg(format!("file={},format=raw,if=none,id=d{i}", disk.display()))
+                .arg(format!(
+                    "file={},format=raw,if=none,id=d{i}",
+                    disk.display()
+                ))
                 .arg("-device")
                 .arg(match serial {
                     Some(s) => format!("virtio-blk-pci,drive=d{i},serial={s}"),

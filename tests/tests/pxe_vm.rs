@@ -65,11 +65,30 @@ struct Site {
 }
 
 impl Site {
-    /// A lab with the server on host 0 (full DHCP, TFTP, HTTP on 10.77.0.10).
-    fn new(tag: &str) -> Self {
+    /// A lab with the server on host 0 (TFTP, HTTP on 10.77.0.10): full DHCP, or proxyDHCP
+    /// beside the lab's own DHCP server (busybox udhcpd on host 1, addresses only).
+    fn new(tag: &str, proxy: bool) -> Self {
         let env = Env::new();
         build_boot_env(&env.data());
-        let lab = Lab::new(tag, 1);
+        let mut lab = Lab::new(tag, if proxy { 2 } else { 1 });
+        if proxy {
+            let conf = env.path("udhcpd.conf");
+            std::fs::write(
+                &conf,
+                format!(
+                    "start 10.77.0.100\nend 10.77.0.150\ninterface eth0\nlease_file {}\n\
+                     option subnet 255.255.255.0\noption lease 3600\n",
+                    env.path("udhcpd.leases").display()
+                ),
+            )
+            .unwrap();
+            std::fs::write(env.path("udhcpd.leases"), b"").unwrap();
+            let mut d = lab.cmd(1, "busybox");
+            d.arg("udhcpd").arg("-f").arg(&conf);
+            d.stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null());
+            lab.spawn(d);
+        }
         let token = env.ok(&["token", "create", "admin"]).trim().to_string();
         let port = free_port();
         let url = format!("http://{}:{port}", lab.addr(0));
@@ -85,13 +104,14 @@ impl Site {
             &url,
             "--iface",
             "eth0",
-            "--dhcp",
-            "full",
-            "--dhcp-range",
-            "10.77.0.100-10.77.0.150",
             "--tftp",
             "0.0.0.0:69",
         ]);
+        if proxy {
+            cmd.args(["--dhcp", "proxy"]);
+        } else {
+            cmd.args(["--dhcp", "full", "--dhcp-range", "10.77.0.100-10.77.0.150"]);
+        }
         let srv = Server::start_cmd(cmd);
         Self {
             env,
@@ -122,10 +142,11 @@ impl Site {
     }
 }
 
-/// How the machine is set up: `pinned` gives it a second disk and pins the target by serial;
-/// `then` is the deployment's `--then`.
-fn deploy_to_a_vm(fw: Firmware, tag: &str, pinned: bool, then: &str) {
-    let site = Site::new(tag);
+/// How the machine is set up: `proxy` runs proxyDHCP beside the lab's own DHCP server
+/// (else full DHCP); `pinned` gives it a second disk and pins the target by serial; `then`
+/// is the deployment's `--then`.
+fn deploy_to_a_vm(fw: Firmware, tag: &str, proxy: bool, pinned: bool, then: &str) {
+    let site = Site::new(tag, proxy);
     let env = &site.env;
     let source = lab_disk(env, 3 << 20, 41);
     env.capture(&source, "lab");
@@ -243,7 +264,7 @@ fn a_bios_machine_pxe_boots_from_drover_and_is_imaged_by_multicast() {
     if !require("pxe_vm_bios", NEEDS) {
         return;
     }
-    deploy_to_a_vm(Firmware::Bios, "vmb", false, "reboot");
+    deploy_to_a_vm(Firmware::Bios, "vmb", false, false, "reboot");
 }
 
 /// Two disks of one size, the target pinned by serial; the machine powers off when done.
@@ -252,7 +273,7 @@ fn a_uefi_machine_with_the_ipxe_rom_writes_its_pinned_disk_and_powers_off() {
     if !require("pxe_vm_uefi_rom", NEEDS) {
         return;
     }
-    deploy_to_a_vm(Firmware::UefiIpxeRom, "vmu", true, "poweroff");
+    deploy_to_a_vm(Firmware::UefiIpxeRom, "vmu", false, true, "poweroff");
 }
 
 /// OVMF's own PXE client (no option ROM): DHCP gives it snponly.efi over TFTP, which starts
@@ -262,5 +283,15 @@ fn a_uefi_machine_pxe_boots_through_snponly_efi_and_is_imaged() {
     if !require("pxe_vm_uefi_pxe", NEEDS) {
         return;
     }
-    deploy_to_a_vm(Firmware::UefiPxe, "vmp", false, "reboot");
+    deploy_to_a_vm(Firmware::UefiPxe, "vmp", false, false, "reboot");
+}
+
+/// The default mode on a lab's network: the lab's DHCP server gives addresses (to the firmware
+/// and to the agent), drover's proxyDHCP only the boot file; a UEFI firmware PXE client.
+#[test]
+fn a_uefi_machine_boots_through_proxy_dhcp_beside_the_labs_own_dhcp_server() {
+    if !require("pxe_vm_proxy", &[NEEDS, &["busybox"]].concat()) {
+        return;
+    }
+    deploy_to_a_vm(Firmware::UefiPxe, "vmx", true, false, "reboot");
 }
