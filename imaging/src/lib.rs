@@ -17,6 +17,8 @@
 //! - [`manifest`]: the versioned manifest and its validation of untrusted input.
 //! - [`store`]: chunks and manifests on disk, atomically written; gc.
 //! - [`capture`] and [`restore`]: the pipelines, parallel over chunks on plain threads.
+//! - [`torrent`]: an image as a BitTorrent payload (used extents at their disk offsets),
+//!   its piece hashes and metainfo.
 //!
 //! This crate is synchronous and does no networking: the multicast, BitTorrent and HTTP
 //! transports live elsewhere and move this crate's chunks. It has no tokio dependency.
@@ -36,4 +38,5 @@ pub mod progress;
 pub mod restore;
 pub mod store;
 pub mod table;
+pub mod torrent;
 pub mod usage;

@@ -239,9 +239,29 @@ fn unchunk(mut s: &str) -> String {
 
 /// `GET path` for a binary body sent with a Content-Length (not chunked): the body's bytes.
 pub fn http_bytes(addr: &str, path: &str) -> Vec<u8> {
+    let (head, body) = get_raw(addr, path, None);
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(head.contains("content-length:"), "{head}");
+    body
+}
+
+/// `GET PATH` with an API token: (status, body bytes).
+pub fn http_bytes_auth(addr: &str, path: &str, token: &str) -> (u16, Vec<u8>) {
+    let (head, body) = get_raw(addr, path, Some(token));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, body)
+}
+
+/// One GET: the response head (lower case) and the body as it came (not de-chunked).
+fn get_raw(addr: &str, path: &str, token: Option<&str>) -> (String, Vec<u8>) {
     let mut s = TcpStream::connect(addr).expect("connecting to the server");
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n");
     s.write_all(req.as_bytes()).unwrap();
     let mut resp = Vec::new();
     s.read_to_end(&mut resp).unwrap();
@@ -250,7 +270,5 @@ pub fn http_bytes(addr: &str, path: &str) -> Vec<u8> {
         .position(|w| w == b"\r\n\r\n")
         .expect("an HTTP response");
     let head = String::from_utf8_lossy(&resp[..end]).to_ascii_lowercase();
-    assert!(head.starts_with("http/1.1 200"), "{head}");
-    assert!(head.contains("content-length:"), "{head}");
-    resp[end + 4..].to_vec()
+    (head, resp[end + 4..].to_vec())
 }

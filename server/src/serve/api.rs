@@ -106,6 +106,7 @@ pub(crate) fn router(state: Shared) -> Router {
     use axum::routing::post;
     let admin = Router::new()
         .route("/images", get(images))
+        .route("/images/{reference}/torrent", get(super::torrent::torrent))
         .route("/machines", get(machines).post(add_machine))
         .route(
             "/machines/{mac}",

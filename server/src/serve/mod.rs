@@ -29,6 +29,7 @@ pub(crate) mod schedule;
 pub(crate) mod schedule_api;
 pub(crate) mod schedule_db;
 pub(crate) mod tftp;
+pub(crate) mod torrent;
 pub(crate) mod wake;
 
 use std::net::SocketAddr;

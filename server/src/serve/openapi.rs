@@ -52,6 +52,9 @@ pub(crate) async fn openapi() -> Json<Value> {
             "/healthz": {"get": {"summary": "200 once the server is ready", "security": [], "responses": {"200": {"description": "ready"}, "503": {"description": "database unavailable"}}}},
             "/metrics": {"get": {"summary": "Prometheus metrics", "security": [], "responses": {"200": {"description": "text format"}}}},
             "/api/v1/images": {"get": {"summary": "Image versions in the store", "responses": {"200": {"description": "images", "content": {"application/json": {"schema": {"type": "array", "items": {"$ref": "#/components/schemas/Image"}}}}}, "401": error}}},
+            "/api/v1/images/{reference}/torrent": {"get": {"summary": "The image's .torrent (payload: its used extents, one file per extent named by its disk offset; announces to this server)",
+                "parameters": [{"name": "reference", "in": "path", "required": true, "schema": {"type": "string"}, "description": "an image id (or its start), name or name@version"}],
+                "responses": {"200": {"description": "the torrent", "content": {"application/x-bittorrent": {}}}, "401": error, "404": error}}},
             "/api/v1/machines": {
                 "get": {"summary": "Machines (of one group with ?group=)", "parameters": [{"name": "group", "in": "query", "schema": {"type": "string"}}],
                         "responses": {"200": {"description": "machines", "content": {"application/json": {"schema": {"type": "array", "items": machine}}}}, "401": error}},
