@@ -42,6 +42,8 @@ pub(crate) struct AppState {
     pub(crate) register_unknown: bool,
     /// The agent kernel's arguments before drover's own.
     pub(crate) boot_args: String,
+    /// The BitTorrent tracker of the image torrents.
+    pub(crate) tracker: Arc<super::tracker::Tracker>,
 }
 
 pub(crate) type Shared = Arc<AppState>;
@@ -148,6 +150,7 @@ pub(crate) fn router(state: Shared) -> Router {
         .route("/metrics", get(metrics))
         .route("/api/v1/openapi.json", get(super::openapi::openapi))
         .route("/api/v1/agent/hello", post(dep::hello))
+        .route("/announce", get(super::tracker::announce))
         .route("/boot/files/{*path}", get(super::boot::file))
         .route("/boot/{name}", get(super::boot::ipxe_script))
         .nest("/api/v1", api)

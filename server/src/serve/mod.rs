@@ -30,6 +30,7 @@ pub(crate) mod schedule_api;
 pub(crate) mod schedule_db;
 pub(crate) mod tftp;
 pub(crate) mod torrent;
+pub(crate) mod tracker;
 pub(crate) mod wake;
 
 use std::net::SocketAddr;
@@ -174,6 +175,8 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         schedules_changed.clone(),
     ));
     let inventory_changed = Arc::new(tokio::sync::Notify::new());
+    let tracker = Arc::new(tracker::Tracker::default());
+    tracker.load(&torrent::cache_dir(&store_dir));
     let state = Arc::new(api::AppState {
         db: db.clone(),
         store_dir: store_dir.clone(),
@@ -192,6 +195,7 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         inventory_changed: inventory_changed.clone(),
         register_unknown: cfg.register_unknown,
         boot_args: cfg.boot_args.clone(),
+        tracker,
     });
     eprintln!("drover serve: listening on http://{addr}");
     eprintln!("  public URL  {}", cfg.public_url);
@@ -276,10 +280,13 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
             tracing::error!(error = %format!("{e:#}"), "resuming deployments");
         }
     });
-    axum::serve(listener, api::router(state))
-        .with_graceful_shutdown(shutdown())
-        .await
-        .context("serving HTTP")?;
+    axum::serve(
+        listener,
+        api::router(state).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown())
+    .await
+    .context("serving HTTP")?;
     eprintln!("drover serve: stopped");
     Ok(())
 }

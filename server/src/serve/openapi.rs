@@ -55,6 +55,11 @@ pub(crate) async fn openapi() -> Json<Value> {
             "/api/v1/images/{reference}/torrent": {"get": {"summary": "The image's .torrent (payload: its used extents, one file per extent named by its disk offset; announces to this server)",
                 "parameters": [{"name": "reference", "in": "path", "required": true, "schema": {"type": "string"}, "description": "an image id (or its start), name or name@version"}],
                 "responses": {"200": {"description": "the torrent", "content": {"application/x-bittorrent": {}}}, "401": error, "404": error}}},
+            "/announce": {"get": {"summary": "BitTorrent tracker (BEP 3, compact peers) for the server's image torrents; public; answers bencoded", "security": [],
+                "parameters": [{"name": "info_hash", "in": "query", "required": true, "schema": {"type": "string"}}, {"name": "peer_id", "in": "query", "required": true, "schema": {"type": "string"}},
+                               {"name": "port", "in": "query", "required": true, "schema": {"type": "integer"}}, {"name": "left", "in": "query", "schema": {"type": "integer"}},
+                               {"name": "event", "in": "query", "schema": {"type": "string", "enum": ["started", "completed", "stopped"]}}, {"name": "numwant", "in": "query", "schema": {"type": "integer"}}],
+                "responses": {"200": {"description": "bencoded peers or failure reason", "content": {"text/plain": {}}}}}},
             "/api/v1/machines": {
                 "get": {"summary": "Machines (of one group with ?group=)", "parameters": [{"name": "group", "in": "query", "schema": {"type": "string"}}],
                         "responses": {"200": {"description": "machines", "content": {"application/json": {"schema": {"type": "array", "items": machine}}}}, "401": error}},

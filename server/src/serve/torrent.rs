@@ -16,7 +16,7 @@ use super::api::{ApiError, ApiResult, Shared};
 static BUILDING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Where the info dictionaries are kept.
-fn cache_dir(store_dir: &Path) -> PathBuf {
+pub(crate) fn cache_dir(store_dir: &Path) -> PathBuf {
     store_dir
         .parent()
         .map_or_else(|| store_dir.join("torrents"), |d| d.join("torrents"))
@@ -73,6 +73,7 @@ pub(crate) async fn torrent(
     UrlPath(reference): UrlPath<String>,
 ) -> ApiResult<Response> {
     let (info, _id, label) = info(&s.store_dir, &reference).await?;
+    s.tracker.know(imaging::torrent::info_hash(&info));
     let announce = format!("{}/announce", s.public_url.trim_end_matches('/'));
     let body = imaging::torrent::metainfo(&announce, &info);
     Ok((

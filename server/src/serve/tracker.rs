@@ -1,0 +1,325 @@
+//! The server's BitTorrent tracker: `GET /announce` (BEP 3, compact peer lists as in BEP 23),
+//! public as trackers are, for the server's own image torrents only (an unknown info hash is
+//! refused). Peers are the announcing connection's address and the port it gives; a peer that
+//! stops announcing for two intervals is forgotten. The swarm logic is plain data behind a
+//! mutex; the handler only parses the query and encodes the answer.
+
+// Compact peers are in network byte order (BEP 23).
+#![allow(clippy::big_endian_bytes)]
+
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr, SocketAddrV4};
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use axum::extract::{ConnectInfo, RawQuery, State};
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use imaging::torrent::{bytes, int};
+
+use super::api::Shared;
+
+/// How often peers announce (lab deployments are minutes long: keep the swarm fresh).
+pub(crate) const INTERVAL: Duration = Duration::from_secs(30);
+const MAX_PEERS: usize = 200;
+
+#[derive(Debug, Clone)]
+struct Peer {
+    addr: SocketAddrV4,
+    seed: bool,
+    seen: Instant,
+}
+
+/// One torrent's peers, by peer id.
+type Swarm = HashMap<[u8; 20], Peer>;
+
+/// The swarms of the server's torrents.
+#[derive(Debug, Default)]
+pub(crate) struct Tracker {
+    known: Mutex<HashSet<[u8; 20]>>,
+    swarms: Mutex<HashMap<[u8; 20], Swarm>>,
+}
+
+/// One announce, as parsed from the query.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Announce {
+    pub(crate) info_hash: [u8; 20],
+    pub(crate) peer_id: [u8; 20],
+    pub(crate) port: u16,
+    pub(crate) left: Option<u64>,
+    pub(crate) event: Option<String>,
+    pub(crate) numwant: Option<usize>,
+}
+
+impl Tracker {
+    /// A torrent the tracker serves.
+    pub(crate) fn know(&self, info_hash: [u8; 20]) {
+        self.known.lock().expect("lock").insert(info_hash);
+    }
+
+    /// Knows every torrent whose info dictionary is kept in `dir`.
+    pub(crate) fn load(&self, dir: &Path) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            if e.path().extension().is_some_and(|x| x == "info") {
+                if let Ok(b) = std::fs::read(e.path()) {
+                    self.know(imaging::torrent::info_hash(&b));
+                }
+            }
+        }
+    }
+
+    /// Records the announce of a peer at `ip`; the bencoded answer (peers or a failure).
+    pub(crate) fn announce(&self, a: &Announce, ip: IpAddr, now: Instant) -> Vec<u8> {
+        if !self.known.lock().expect("lock").contains(&a.info_hash) {
+            return failure("unknown torrent: this tracker serves the drover server's images only");
+        }
+        let IpAddr::V4(ip) = ip else {
+            return failure("IPv4 peers only");
+        };
+        if a.port == 0 {
+            return failure("port 0");
+        }
+        let mut swarms = self.swarms.lock().expect("lock");
+        let swarm = swarms.entry(a.info_hash).or_default();
+        swarm.retain(|_, p| now.duration_since(p.seen) < 2 * INTERVAL);
+        if a.event.as_deref() == Some("stopped") {
+            swarm.remove(&a.peer_id);
+        } else {
+            swarm.insert(
+                a.peer_id,
+                Peer {
+                    addr: SocketAddrV4::new(ip, a.port),
+                    seed: a.left == Some(0) || a.event.as_deref() == Some("completed"),
+                    seen: now,
+                },
+            );
+        }
+        let want = a.numwant.unwrap_or(50).min(MAX_PEERS);
+        let me_seed = a.left == Some(0);
+        let mut others: Vec<&Peer> = swarm
+            .iter()
+            .filter(|(id, p)| **id != a.peer_id && !(me_seed && p.seed))
+            .map(|(_, p)| p)
+            .collect();
+        use rand::seq::SliceRandom;
+        others.shuffle(&mut rand::thread_rng());
+        let mut compact = Vec::with_capacity(6 * want.min(others.len()));
+        for p in others.iter().take(want) {
+            compact.extend_from_slice(&p.addr.ip().octets());
+            compact.extend_from_slice(&p.addr.port().to_be_bytes());
+        }
+        let seeds = swarm.values().filter(|p| p.seed).count() as u64;
+        let mut b = Vec::new();
+        b.push(b'd');
+        bytes(&mut b, b"complete");
+        int(&mut b, seeds);
+        bytes(&mut b, b"incomplete");
+        int(&mut b, swarm.len() as u64 - seeds);
+        bytes(&mut b, b"interval");
+        int(&mut b, INTERVAL.as_secs());
+        bytes(&mut b, b"min interval");
+        int(&mut b, 5);
+        bytes(&mut b, b"peers");
+        bytes(&mut b, &compact);
+        b.push(b'e');
+        b
+    }
+}
+
+fn failure(why: &str) -> Vec<u8> {
+    let mut b = b"d".to_vec();
+    bytes(&mut b, b"failure reason");
+    bytes(&mut b, why.as_bytes());
+    b.push(b'e');
+    b
+}
+
+/// Percent-decodes a query value to bytes (info hashes and peer ids are binary).
+fn unescape(s: &str) -> Option<Vec<u8>> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' => {
+                let h = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
+                out.push(u8::from_str_radix(h, 16).ok()?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            c => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    Some(out)
+}
+
+/// Parses an announce's query string; the error names the bad parameter.
+pub(crate) fn parse(query: &str) -> Result<Announce, String> {
+    let mut info_hash = None;
+    let mut peer_id = None;
+    let mut port = None;
+    let mut left = None;
+    let mut event = None;
+    let mut numwant = None;
+    for kv in query.split('&').filter(|s| !s.is_empty()) {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        let v = unescape(v).ok_or_else(|| format!("{k}: bad percent-encoding"))?;
+        let text = || String::from_utf8_lossy(&v).into_owned();
+        match k {
+            "info_hash" => {
+                info_hash =
+                    Some(<[u8; 20]>::try_from(v.as_slice()).map_err(|_| "info_hash: 20 bytes")?)
+            }
+            "peer_id" => {
+                peer_id = Some(<[u8; 20]>::try_from(v.as_slice()).map_err(|_| "peer_id: 20 bytes")?)
+            }
+            "port" => {
+                port = Some(
+                    text()
+                        .parse::<u16>()
+                        .map_err(|_| "port: a number 1-65535")?,
+                )
+            }
+            "left" => left = Some(text().parse::<u64>().map_err(|_| "left: a number")?),
+            "event" => {
+                let e = text();
+                if !matches!(
+                    e.as_str(),
+                    "started" | "completed" | "stopped" | "" | "paused"
+                ) {
+                    return Err(format!("event {e:?}"));
+                }
+                event = (!e.is_empty()).then_some(e);
+            }
+            "numwant" => numwant = text().parse::<usize>().ok(),
+            _ => {}
+        }
+    }
+    Ok(Announce {
+        info_hash: info_hash.ok_or("info_hash missing")?,
+        peer_id: peer_id.ok_or("peer_id missing")?,
+        port: port.ok_or("port missing")?,
+        left,
+        event,
+        numwant,
+    })
+}
+
+/// `GET /announce`
+pub(crate) async fn announce(
+    State(s): State<Shared>,
+    ConnectInfo(from): ConnectInfo<SocketAddr>,
+    RawQuery(q): RawQuery,
+) -> Response {
+    let body = match parse(q.as_deref().unwrap_or("")) {
+        Ok(a) => s
+            .tracker
+            .announce(&a, from.ip().to_canonical(), Instant::now()),
+        Err(why) => failure(&why),
+    };
+    ([(header::CONTENT_TYPE, "text/plain")], body).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ann(peer: u8, port: u16, left: u64, event: Option<&str>) -> Announce {
+        Announce {
+            info_hash: [7; 20],
+            peer_id: [peer; 20],
+            port,
+            left: Some(left),
+            event: event.map(str::to_string),
+            numwant: None,
+        }
+    }
+
+    fn peers(answer: &[u8]) -> Vec<SocketAddrV4> {
+        let s = String::from_utf8_lossy(answer);
+        let at = s.find("5:peers").expect("peers") + 7;
+        let rest = &answer[at..];
+        let colon = rest.iter().position(|&c| c == b':').unwrap();
+        let n: usize = std::str::from_utf8(&rest[..colon])
+            .unwrap()
+            .parse()
+            .unwrap();
+        rest[colon + 1..colon + 1 + n]
+            .chunks(6)
+            .map(|c| {
+                SocketAddrV4::new(
+                    std::net::Ipv4Addr::new(c[0], c[1], c[2], c[3]),
+                    u16::from_be_bytes([c[4], c[5]]),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn peers_learn_of_each_other_and_leave() {
+        let t = Tracker::default();
+        let ip = |n: u8| IpAddr::from([10, 0, 0, n]);
+        let now = Instant::now();
+        let r = t.announce(&ann(1, 6881, 0, Some("started")), ip(1), now);
+        assert!(String::from_utf8_lossy(&r).contains("unknown torrent"));
+        t.know([7; 20]);
+        let r = t.announce(&ann(1, 6881, 0, Some("started")), ip(1), now);
+        assert!(peers(&r).is_empty());
+        assert!(r.starts_with(b"d8:completei1e10:incompletei0e8:intervali30e"));
+        let r = t.announce(&ann(2, 7000, 100, Some("started")), ip(2), now);
+        assert_eq!(peers(&r), vec!["10.0.0.1:6881".parse().unwrap()]);
+        let r = t.announce(&ann(3, 7001, 100, None), ip(3), now);
+        let mut p = peers(&r);
+        p.sort();
+        assert_eq!(
+            p,
+            vec![
+                "10.0.0.1:6881".parse().unwrap(),
+                "10.0.0.2:7000".parse().unwrap()
+            ]
+        );
+        // A seed is not told of other seeds; a stopped peer is gone; a silent one expires.
+        let r = t.announce(&ann(1, 6881, 0, None), ip(1), now);
+        assert_eq!(peers(&r).len(), 2);
+        t.announce(&ann(2, 7000, 100, Some("stopped")), ip(2), now);
+        let r = t.announce(&ann(1, 6881, 0, None), ip(1), now + INTERVAL);
+        assert_eq!(peers(&r), vec!["10.0.0.3:7001".parse().unwrap()]);
+        let r = t.announce(&ann(1, 6881, 0, None), ip(1), now + 3 * INTERVAL);
+        assert!(peers(&r).is_empty());
+    }
+
+    #[test]
+    fn queries_are_parsed_with_binary_hashes_and_bad_ones_named() {
+        let q = "info_hash=%07%07%07%07%07%07%07%07%07%07%07%07%07%07%07%07%07%07%07%07\
+                 &peer_id=-DR0100-abcdefghijkl&port=6881&uploaded=0&downloaded=0&left=42\
+                 &compact=1&event=started&numwant=80";
+        let a = parse(q).unwrap();
+        assert_eq!(a.info_hash, [7; 20]);
+        assert_eq!(&a.peer_id, b"-DR0100-abcdefghijkl");
+        assert_eq!((a.port, a.left, a.numwant), (6881, Some(42), Some(80)));
+        assert_eq!(a.event.as_deref(), Some("started"));
+        for (bad, why) in [
+            ("peer_id=-DR0100-abcdefghijkl&port=1", "info_hash missing"),
+            (
+                "info_hash=%07&peer_id=-DR0100-abcdefghijkl&port=1",
+                "info_hash: 20 bytes",
+            ),
+            (&q.replace("port=6881", "port=99999"), "port"),
+            (&q.replace("event=started", "event=boom"), "event"),
+            ("info_hash=%zz", "bad percent-encoding"),
+        ] {
+            let e = parse(bad).unwrap_err();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+    }
+}
