@@ -106,6 +106,24 @@ impl Lab {
         c
     }
 
+    /// `drover --data-dir DATA ARGS --server URL --token TOKEN` run inside host `i` (the admin
+    /// CLI against a server listening in the lab).
+    pub fn drover(
+        &self,
+        i: usize,
+        data: &std::path::Path,
+        url: &str,
+        token: &str,
+        args: &[&str],
+    ) -> std::process::Output {
+        let mut c = self.cmd(i, crate::drover_bin().to_str().expect("UTF-8 path"));
+        c.arg("--data-dir")
+            .arg(data)
+            .args(args)
+            .args(["--server", url, "--token", token]);
+        c.output().expect("running drover")
+    }
+
     /// A command run inside host `i`.
     pub fn cmd(&self, i: usize, program: &str) -> Command {
         let mut c = Command::new("ip");

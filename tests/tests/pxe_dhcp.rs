@@ -190,16 +190,7 @@ fn full_dhcp_leases_addresses_and_keeps_them_across_a_restart() {
     assert_eq!(lease(), first, "the address changed across a restart");
 
     // A reservation in the inventory wins over the lease, at once (no restart).
-    let cli = |args: &[&str]| {
-        let mut c = lab.cmd(0, bin);
-        c.arg("--data-dir").arg(env.data()).args(args).args([
-            "--server",
-            srv.url.as_str(),
-            "--token",
-            token.as_str(),
-        ]);
-        c.output().unwrap()
-    };
+    let cli = |args: &[&str]| lab.drover(0, &env.data(), &srv.url, &token, args);
     let o = cli(&["machine", "add", "02:77:00:00:00:01", "--ip", "10.77.0.50"]);
     assert!(o.status.success(), "{o:?}");
     assert_eq!(lease(), "10.77.0.50 255.255.255.0 10.77.0.254");

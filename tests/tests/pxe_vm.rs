@@ -124,14 +124,9 @@ impl Site {
 
     /// `drover ARGS` against the server, from inside the lab.
     fn cli(&self, args: &[&str]) -> String {
-        let mut c = self.lab.cmd(0, drover_bin().to_str().unwrap());
-        c.arg("--data-dir").arg(self.env.data()).args(args).args([
-            "--server",
-            &self.url,
-            "--token",
-            &self.token,
-        ]);
-        let o = c.output().unwrap();
+        let o = self
+            .lab
+            .drover(0, &self.env.data(), &self.url, &self.token, args);
         assert!(
             o.status.success(),
             "drover {args:?}: {}{}",
