@@ -105,16 +105,18 @@ impl Api {
 
     /// A chunk's stored frame.
     pub(crate) async fn chunk(&self, hash: &str) -> Result<Vec<u8>, CallError> {
+        self.bytes(&format!("/chunks/{hash}")).await
+    }
+
+    /// `GET` of raw bytes (a chunk, a torrent).
+    pub(crate) async fn bytes(&self, path: &str) -> Result<Vec<u8>, CallError> {
         let resp = self
-            .send(
-                self.client
-                    .get(format!("{}/api/v1/chunks/{hash}", self.base)),
-            )
+            .send(self.client.get(format!("{}/api/v1{path}", self.base)))
             .await?;
         Ok(resp
             .bytes()
             .await
-            .map_err(|e| CallError::Away(format!("reading chunk {hash}: {e}")))?
+            .map_err(|e| CallError::Away(format!("reading {path}: {e}")))?
             .to_vec())
     }
 

@@ -189,6 +189,7 @@ pub(crate) async fn work(
         r["id"].as_str().unwrap_or("?")
     );
     Ok(Totals {
+        swarm_bytes: 0,
         bytes: c.manifest.used_bytes(),
         multicast: 0,
         unicast: uploaded,

@@ -17,6 +17,7 @@
 mod api;
 mod boot;
 mod capture;
+mod swarm;
 mod task;
 
 use std::path::PathBuf;

@@ -37,13 +37,16 @@ pub(crate) struct Totals {
     pub(crate) unicast: u64,
     /// Chunks already on the disk (a capture: already on the server).
     pub(crate) kept: u64,
+    /// Payload bytes received from the BitTorrent swarm.
+    pub(crate) swarm_bytes: u64,
     /// The task was a capture.
     pub(crate) captured: bool,
 }
 
 /// How a task ended.
 pub(crate) enum Outcome {
-    Done(Totals),
+    /// Written and verified; over BitTorrent, the machine's seed for the others.
+    Done(Totals, Option<crate::swarm::Seeding>),
     Failed(String, Totals),
     /// The server ended it (cancelled).
     Over(String),
@@ -67,6 +70,8 @@ impl From<CallError> for Stop {
 #[derive(Clone)]
 pub(crate) struct Reporter {
     tx: mpsc::UnboundedSender<(&'static str, Progress)>,
+    /// Payload bytes from the swarm so far (sent with every report).
+    pub(crate) swarm_bytes: Arc<std::sync::atomic::AtomicU64>,
     over: Arc<Mutex<Option<String>>>,
     notify: Arc<Notify>,
 }
@@ -76,7 +81,13 @@ impl Reporter {
         let (tx, mut rx) = mpsc::unbounded_channel::<(&'static str, Progress)>();
         let over = Arc::new(Mutex::new(None));
         let notify = Arc::new(Notify::new());
-        let (api, o, n) = (api.clone(), over.clone(), notify.clone());
+        let swarm_bytes = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (api, o, n, sb) = (
+            api.clone(),
+            over.clone(),
+            notify.clone(),
+            swarm_bytes.clone(),
+        );
         tokio::spawn(async move {
             while let Some((mut state, mut p)) = rx.recv().await {
                 // Only the latest report matters.
@@ -91,6 +102,7 @@ impl Reporter {
                     "multicast_chunks": p.multicast_chunks,
                     "unicast_chunks": p.unicast_chunks,
                     "kept_chunks": p.kept_chunks,
+                    "swarm_bytes": sb.load(std::sync::atomic::Ordering::Relaxed),
                 });
                 match api.post("/agent/progress", &body).await {
                     Ok(_) => {}
@@ -104,7 +116,12 @@ impl Reporter {
                 }
             }
         });
-        Self { tx, over, notify }
+        Self {
+            tx,
+            swarm_bytes,
+            over,
+            notify,
+        }
     }
 
     pub(crate) fn send(&self, state: &'static str, p: Progress) {
@@ -128,7 +145,9 @@ pub(crate) async fn run(api: &Api, iface: &Iface, args: &Args, task: Value) -> O
     let capture = task["kind"] == "capture";
     let work = async {
         if capture {
-            crate::capture::work(api, args, &task, &reporter).await
+            crate::capture::work(api, args, &task, &reporter)
+                .await
+                .map(|t| (t, None))
         } else {
             work(api, iface, args, task.clone(), &reporter).await
         }
@@ -139,7 +158,7 @@ pub(crate) async fn run(api: &Api, iface: &Iface, args: &Args, task: Value) -> O
         m = reporter.ended() => Err(Stop::Over(m)),
     };
     match r {
-        Ok(t) => Outcome::Done(t),
+        Ok((t, seeding)) => Outcome::Done(t, seeding),
         Err(Stop::Failed(m)) => Outcome::Failed(m, Totals::default()),
         Err(Stop::Over(m)) => Outcome::Over(m),
     }
@@ -151,14 +170,14 @@ async fn work(
     args: &Args,
     mut task: Value,
     reporter: &Reporter,
-) -> Result<Totals, Stop> {
+) -> Result<(Totals, Option<crate::swarm::Seeding>), Stop> {
     let m = api
         .retry("fetching the manifest", None, || api.get("/agent/manifest"))
         .await?;
     let id = m["id"].as_str().unwrap_or_default().to_string();
     let manifest: Manifest = serde_json::from_value(m["manifest"].clone())
         .map_err(|e| Stop::Failed(format!("the server sent a malformed manifest: {e}")))?;
-    let desc = Description::unicast(&id, manifest);
+    let desc = Description::unicast(&id, manifest.clone());
     // The disk must fit before anything is received (and nothing is written if it does not).
     {
         let (disk, d) = (args.disk.clone(), desc.clone());
@@ -169,6 +188,15 @@ async fn work(
     }
     reporter.send("receiving", Progress::default());
     let mut totals = Totals::default();
+    let mut seeding = None;
+    if task["transport"] == "bittorrent" {
+        let total = desc.plain_bytes();
+        let s = crate::swarm::receive(api, args, &task, &manifest, total, reporter).await?;
+        reporter
+            .swarm_bytes
+            .store(s.fetched, std::sync::atomic::Ordering::Relaxed);
+        seeding = s.seeding;
+    }
     let mut unheard = None;
     while task["transport"] == "multicast" && !task["multicast"].is_null() {
         match multicast(api, iface, args, &task, reporter).await {
@@ -198,7 +226,16 @@ async fn work(
         }
     }
     if totals.bytes == 0 {
+        // After the swarm: every chunk is checked on the disk, the few wrong or missing
+        // ones fetched (all of them, if the swarm gave nothing).
         totals = unicast(api, args, desc.clone(), reporter).await?;
+    }
+    totals.swarm_bytes = reporter
+        .swarm_bytes
+        .load(std::sync::atomic::Ordering::Relaxed);
+    if task["transport"] == "bittorrent" {
+        // The scan found the swarm's chunks on the disk: they are the swarm's, not "kept".
+        totals.kept = 0;
     }
     if args.read_back {
         reporter.send(
@@ -226,7 +263,7 @@ async fn work(
         }
         info!("read back: every chunk matches its hash");
     }
-    Ok(totals)
+    Ok((totals, seeding))
 }
 
 /// Joins the deployment's session; whatever multicast misses comes from the API.
@@ -280,6 +317,7 @@ async fn multicast(
         multicast: r.multicast_chunks,
         unicast: r.unicast_chunks,
         kept: r.kept_chunks,
+        swarm_bytes: 0,
         captured: false,
     })
 }
@@ -401,9 +439,13 @@ async fn unicast(
 }
 
 /// Tells the server how the task ended; returns the exit code.
-pub(crate) async fn report(api: &Api, outcome: Outcome) -> anyhow::Result<ExitCode> {
+pub(crate) async fn report(api: &Api, mut outcome: Outcome) -> anyhow::Result<ExitCode> {
+    let seeding = match &mut outcome {
+        Outcome::Done(_, s) => s.take(),
+        _ => None,
+    };
     let (ok, reason, t) = match &outcome {
-        Outcome::Done(t) => (true, None, *t),
+        Outcome::Done(t, _) => (true, None, *t),
         Outcome::Failed(m, t) => (false, Some(m.clone()), *t),
         Outcome::Over(m) => {
             eprintln!("the server ended the task: {m}");
@@ -417,6 +459,7 @@ pub(crate) async fn report(api: &Api, outcome: Outcome) -> anyhow::Result<ExitCo
         "multicast_chunks": t.multicast,
         "unicast_chunks": t.unicast,
         "kept_chunks": t.kept,
+        "swarm_bytes": t.swarm_bytes,
     });
     match api
         .retry("reporting the result", Some(SERVER_AWAY), || {
@@ -439,12 +482,20 @@ pub(crate) async fn report(api: &Api, outcome: Outcome) -> anyhow::Result<ExitCo
         Ok(ExitCode::SUCCESS)
     } else if ok {
         eprintln!(
-            "done: {} written and verified ({} chunk(s) by multicast, {} over unicast, {} already there)",
+            "done: {} written and verified ({} chunk(s) by multicast, {} over unicast, {} already there{})",
             transport::fmt::bytes(t.bytes),
             t.multicast,
             t.unicast,
-            t.kept
+            t.kept,
+            if t.swarm_bytes > 0 {
+                format!(", {} from the swarm", transport::fmt::bytes(t.swarm_bytes))
+            } else {
+                String::new()
+            }
         );
+        if let Some(s) = seeding {
+            s.until_released(api).await;
+        }
         Ok(ExitCode::SUCCESS)
     } else {
         eprintln!("failed: {}", reason.unwrap_or_default());

@@ -187,25 +187,67 @@ pub fn int(b: &mut Vec<u8>, n: u64) {
     b.push(b'e');
 }
 
-/// Reads an image's disk bytes from the store, a chunk at a time (the last one kept).
+/// Decompressed chunks kept for readers of one image: the `max` most recently used.
+pub struct ChunkCache {
+    max: usize,
+    kept: std::sync::Mutex<std::collections::VecDeque<(Hash, std::sync::Arc<Vec<u8>>)>>,
+}
+
+impl ChunkCache {
+    /// A cache of at most `max` chunks (at least one).
+    pub fn new(max: usize) -> Self {
+        Self {
+            max: max.max(1),
+            kept: std::sync::Mutex::new(std::collections::VecDeque::new()),
+        }
+    }
+
+    /// Chunk `hash` (`len` plaintext bytes), from the cache or decompressed from `store`
+    /// (outside the lock: readers on other threads go on meanwhile).
+    pub fn get(
+        &self,
+        store: &Store,
+        hash: Hash,
+        len: usize,
+    ) -> Result<std::sync::Arc<Vec<u8>>, StoreError> {
+        {
+            let mut kept = self.kept.lock().expect("lock");
+            if let Some(i) = kept.iter().position(|(h, _)| *h == hash) {
+                let e = kept.remove(i).expect("present");
+                let data = e.1.clone();
+                kept.push_front(e);
+                return Ok(data);
+            }
+        }
+        let data = std::sync::Arc::new(store.read_chunk(&hash, len)?);
+        let mut kept = self.kept.lock().expect("lock");
+        if !kept.iter().any(|(h, _)| *h == hash) {
+            kept.push_front((hash, data.clone()));
+            kept.truncate(self.max);
+        }
+        Ok(data)
+    }
+}
+
+/// Reads an image's disk bytes from the store, a chunk at a time, through a [`ChunkCache`].
 pub struct ImageReader<'a> {
     store: &'a Store,
     manifest: &'a Manifest,
-    cached: Option<(Hash, Vec<u8>)>,
+    cache: &'a ChunkCache,
 }
 
 impl<'a> ImageReader<'a> {
-    /// A reader of `manifest`'s image, its chunks from `store`.
-    pub fn new(store: &'a Store, manifest: &'a Manifest) -> Self {
+    /// A reader of `manifest`'s image, its chunks from `store` through `cache`.
+    pub fn new(store: &'a Store, manifest: &'a Manifest, cache: &'a ChunkCache) -> Self {
         Self {
             store,
             manifest,
-            cached: None,
+            cache,
         }
     }
 
     /// Fills `buf` with the disk's bytes at `disk_offset`; bytes no chunk holds read as zeroes.
-    pub fn read_at(&mut self, mut disk_offset: u64, mut buf: &mut [u8]) -> Result<(), StoreError> {
+    pub fn read_at(&self, mut disk_offset: u64, mut buf: &mut [u8]) -> Result<(), StoreError> {
         let cs = self.manifest.chunk_size;
         while !buf.is_empty() {
             // The outside area spans the whole disk around the partitions: the innermost area
@@ -241,12 +283,9 @@ impl<'a> ImageReader<'a> {
                 .min(usize::try_from(next_start - disk_offset).unwrap_or(usize::MAX));
             match area.chunks.binary_search_by_key(&index, |c| c.index) {
                 Ok(i) => {
-                    let h = area.chunks[i].hash;
-                    if self.cached.as_ref().map(|(c, _)| *c) != Some(h) {
-                        let plain = self.store.read_chunk(&h, region_len as usize)?;
-                        self.cached = Some((h, plain));
-                    }
-                    let plain = &self.cached.as_ref().expect("just cached").1;
+                    let plain =
+                        self.cache
+                            .get(self.store, area.chunks[i].hash, region_len as usize)?;
                     buf[..n].copy_from_slice(&plain[in_region as usize..in_region as usize + n]);
                 }
                 Err(_) => buf[..n].fill(0),
@@ -337,7 +376,8 @@ mod tests {
             .enumerate()
             .all(|(i, &b)| b == 0 || covered(i as u64)));
         // The store gives the disk's bytes, so the piece hashes are the disk's.
-        let mut r = ImageReader::new(&store, &m);
+        let cache = ChunkCache::new(2);
+        let r = ImageReader::new(&store, &m, &cache);
         let from_store = p
             .piece_hashes(|off, buf| r.read_at(off, buf).map_err(io::Error::other))
             .unwrap();

@@ -19,9 +19,14 @@ pub(crate) struct DeployArgs {
     /// Machines (MAC) and groups, comma-separated or repeated.
     #[arg(long, required = true, value_delimiter = ',')]
     to: Vec<String>,
-    /// multicast (one stream to all, stragglers finish over unicast) or unicast.
-    #[arg(long, default_value = "multicast", value_parser = ["multicast", "unicast"])]
+    /// multicast (one stream to all, stragglers finish by the fallback), bittorrent (a swarm
+    /// of the machines and the server's seed) or unicast.
+    #[arg(long, default_value = "multicast", value_parser = ["multicast", "bittorrent", "unicast"])]
     transport: String,
+    /// Multicast: where stragglers and late joiners finish: unicast, or bittorrent (the
+    /// swarm of machines that have the image).
+    #[arg(long, default_value = "unicast", value_parser = ["unicast", "bittorrent"])]
+    fallback: String,
     /// Multicast: start once this many machines joined (default: all of them).
     #[arg(long)]
     min_machines: Option<i64>,
@@ -99,6 +104,7 @@ pub(crate) fn deploy(a: DeployArgs, json: bool) -> anyhow::Result<()> {
             "image": a.image,
             "to": a.to,
             "transport": a.transport,
+            "fallback": a.fallback,
             "min_machines": a.min_machines,
             "max_wait": max_wait,
             "start_at": a.start_at,
@@ -254,7 +260,7 @@ fn print_deployment(d: &Value) {
             .map(|e| format!(", ETA {}", fmt::span(e as u64)))
             .unwrap_or_default();
         println!(
-            "  {:<17}  {:<16}  {:<10}  {:>5.1} %  {}{}  multicast {} unicast {} kept {}{}",
+            "  {:<17}  {:<16}  {:<10}  {:>5.1} %  {}{}  multicast {} unicast {} kept {}{}{}",
             s(&t["mac"]),
             s(&t["name"]),
             s(&t["state"]),
@@ -264,6 +270,10 @@ fn print_deployment(d: &Value) {
             t["multicast_chunks"],
             t["unicast_chunks"],
             t["kept_chunks"],
+            match t["swarm_bytes"].as_u64() {
+                Some(b) if b > 0 => format!(" swarm {}", fmt::bytes(b)),
+                _ => String::new(),
+            },
             t["reason"]
                 .as_str()
                 .map(|r| format!("  ({r})"))

@@ -31,8 +31,8 @@ pub(crate) enum ScheduleCommand {
         /// Machines (MAC) and groups, comma-separated or repeated.
         #[arg(long, required = true, value_delimiter = ',')]
         to: Vec<String>,
-        /// multicast or unicast.
-        #[arg(long, default_value = "multicast", value_parser = ["multicast", "unicast"])]
+        /// multicast, bittorrent or unicast.
+        #[arg(long, default_value = "multicast", value_parser = ["multicast", "bittorrent", "unicast"])]
         transport: String,
         /// Multicast: start once this many machines joined, before the due time.
         #[arg(long)]

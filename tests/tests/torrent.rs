@@ -1,16 +1,22 @@
 //! Image torrents from the server: `GET /api/v1/images/{ref}/torrent` is the image's used
 //! extents at their disk offsets, with piece hashes that match the source disk's bytes, the
-//! server's tracker as announce; kept across requests and restarts; unknown images 404. And a
-//! real client: aria2c seeds and downloads an image torrent through the server's tracker.
+//! server's tracker as announce; kept across requests and restarts; unknown images 404. Real
+//! clients: aria2c downloads an image torrent from the server's seed through its tracker, and
+//! a drover agent completes a download whose only seed is aria2c. BitTorrent deployments.
 
 // Compact peers in the tracker's answers are in network byte order.
 #![allow(clippy::big_endian_bytes)]
 
-use drover_tests::deploy::lab_disk;
+use std::time::Duration;
+
+use drover_tests::deploy::{agent, lab_disk, output_within, task_of};
 use drover_tests::server::{http_bytes_auth, Server};
 use drover_tests::Env;
 use imaging::device::{BlockDevice, FileDevice};
 use imaging::torrent::{metainfo, Payload};
+
+/// The longest any one agent or client may take here.
+const LIMIT: Duration = Duration::from_secs(120);
 
 #[test]
 fn an_image_torrent_is_its_used_extents_hashed_from_the_disk() {
@@ -37,7 +43,8 @@ fn an_image_torrent_is_its_used_extents_hashed_from_the_disk() {
     // The store gives the disk's bytes at every payload extent (the outside area spans the
     // whole disk around the partitions: the partition's chunk must be the one read).
     let store = env.store();
-    let mut r = imaging::torrent::ImageReader::new(&store, &m);
+    let cache = imaging::torrent::ChunkCache::new(1);
+    let r = imaging::torrent::ImageReader::new(&store, &m, &cache);
     for e in &p.extents {
         let (mut a, mut b) = (vec![0u8; e.len as usize], vec![0u8; e.len as usize]);
         r.read_at(e.disk_offset, &mut a).unwrap();
@@ -70,11 +77,59 @@ fn an_image_torrent_is_its_used_extents_hashed_from_the_disk() {
     );
 }
 
-/// A real BitTorrent client takes the torrent and the tracker: aria2c seeds the payload (the
-/// source disk's extents as files named by offset, its hash check passing on every piece), a
-/// second aria2c finds it through drover's `/announce` and downloads identical bytes.
+/// aria2c with drover's usual swarm settings: no DHT, no local discovery, no peer exchange.
+fn aria(
+    tfile: &std::path::Path,
+    dir: &std::path::Path,
+    port: &str,
+    seed: bool,
+) -> std::process::Command {
+    let mut c = std::process::Command::new("aria2c");
+    c.args([
+        "--enable-dht=false",
+        "--enable-dht6=false",
+        "--bt-enable-lpd=false",
+        "--enable-peer-exchange=false",
+        "--file-allocation=none",
+        "--console-log-level=warn",
+        "--summary-interval=0",
+        "--bt-stop-timeout=60",
+        "--listen-port",
+        port,
+        // A seed stays (the test stops it): aria2c's leecher now and then finds a piece bad
+        // and asks again, which a seed that left at ratio 1.0 could not answer.
+        "--seed-ratio=0.0",
+        "--seed-time",
+        if seed { "30" } else { "0" },
+        "--check-integrity=true",
+        "--dir",
+    ])
+    .arg(dir)
+    .arg(tfile)
+    .stdin(std::process::Stdio::null());
+    c
+}
+
+/// The image's torrent from the server, written to `env`'s `lab.torrent`; and its info hash
+/// percent-encoded for an announce.
+fn fetch_torrent(env: &Env, srv: &Server, t: &str) -> (std::path::PathBuf, String) {
+    let (status, torrent) = http_bytes_auth(&srv.addr, "/api/v1/images/lab/torrent", t);
+    assert_eq!(status, 200);
+    let tfile = env.path("lab.torrent");
+    std::fs::write(&tfile, &torrent).unwrap();
+    let info =
+        &torrent[torrent.windows(6).position(|w| w == b"4:info").unwrap() + 6..torrent.len() - 1];
+    let hash = imaging::torrent::info_hash(info)
+        .iter()
+        .map(|b| format!("%{b:02x}"))
+        .collect();
+    (tfile, hash)
+}
+
+/// A real BitTorrent client downloads from drover: aria2c takes the image's torrent, finds the
+/// server's seed through `/announce`, and ends with the source disk's bytes in every file.
 #[test]
-fn aria2c_seeds_and_downloads_an_image_torrent_through_the_tracker() {
+fn aria2c_downloads_an_image_torrent_from_the_servers_seed() {
     if !drover_tests::require("torrent_aria2c", &["aria2c"]) {
         return;
     }
@@ -82,107 +137,205 @@ fn aria2c_seeds_and_downloads_an_image_torrent_through_the_tracker() {
     let disk = lab_disk(&env, 2 << 20, 9);
     env.capture(&disk, "lab");
     let m = env.manifest("lab");
-    let srv = Server::start(&env.data(), &[]);
-    let t = env.ok(&["token", "create", "admin"]).trim().to_string();
-    let (status, torrent) = http_bytes_auth(&srv.addr, "/api/v1/images/lab/torrent", &t);
-    assert_eq!(status, 200);
-    let tfile = env.path("lab.torrent");
-    std::fs::write(&tfile, &torrent).unwrap();
-    // The seed's files: each extent of the source disk, named by its offset.
+    let srv = Server::start(&env.data(), &["--bittorrent", "0.0.0.0:0"]);
+    let t = token(&env);
+    let (tfile, _) = fetch_torrent(&env, &srv, &t);
     let id = env.json(&["image", "list"])[0]["id"]
         .as_str()
         .unwrap()
         .to_string();
-    let p = Payload::of(&m);
+    let got_dir = env.path("got");
+    let port = drover_tests::server::free_port().to_string();
+    let out = output_within(aria(&tfile, &got_dir, &port, false), LIMIT);
+    assert!(
+        out.status.success(),
+        "aria2c: {}{}\nserver: {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        srv.log()
+    );
+    let dev = FileDevice::open_read(&disk).unwrap();
+    for e in &Payload::of(&m).extents {
+        let got = std::fs::read(got_dir.join(format!("drover-{id}")).join(e.name())).unwrap();
+        let mut want = vec![0u8; e.len as usize];
+        dev.read_at(&mut want, e.disk_offset).unwrap();
+        assert!(got == want, "extent {} differs", e.name());
+    }
+    assert!(server_uploaded(&srv) >= m.used_bytes());
+}
+
+/// A drover agent in a swarm whose only seed is aria2c (the server does not seed: its upload
+/// rate is 0): it writes the disk from aria2c alone, every chunk checked, nothing over unicast.
+#[test]
+fn an_agent_completes_with_aria2c_as_the_only_seed() {
+    if !drover_tests::require("torrent_aria2c_seed", &["aria2c", "sgdisk", "mkntfs"]) {
+        return;
+    }
+    let env = Env::new();
+    let disk = lab_disk(&env, 2 << 20, 13);
+    env.capture(&disk, "lab");
+    let m = env.manifest("lab");
+    let reference = env.path("reference.img");
+    drover_tests::sparse_file(&reference, 64 << 20);
+    env.restore("lab", &reference);
+    let srv = Server::start(&env.data(), &["--bittorrent-upload-rate", "0"]);
+    let t = token(&env);
+    let (tfile, hash) = fetch_torrent(&env, &srv, &t);
+    // aria2c's files: each extent of the source disk, named by its offset.
+    let id = env.json(&["image", "list"])[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let seed_dir = env.path("seed");
     let top = seed_dir.join(format!("drover-{id}"));
     std::fs::create_dir_all(&top).unwrap();
     let dev = FileDevice::open_read(&disk).unwrap();
-    for e in &p.extents {
+    for e in &Payload::of(&m).extents {
         let mut b = vec![0u8; e.len as usize];
         dev.read_at(&mut b, e.disk_offset).unwrap();
         std::fs::write(top.join(e.name()), b).unwrap();
     }
-    let aria = |dir: &std::path::Path, port: &str, seed: bool| {
-        let mut c = std::process::Command::new("aria2c");
-        c.args([
-            "--enable-dht=false",
-            "--enable-dht6=false",
-            "--bt-enable-lpd=false",
-            "--enable-peer-exchange=false",
-            "--file-allocation=none",
-            "--console-log-level=warn",
-            "--summary-interval=0",
-            "--bt-stop-timeout=60",
-            "--listen-port",
-            port,
-            // The seed stays (the test stops it): aria2c's leecher now and then finds a piece
-            // bad and asks again, which a seed that left at ratio 1.0 could not answer.
-            "--seed-ratio=0.0",
-            "--seed-time",
-            if seed { "5" } else { "0" },
-            "--check-integrity=true",
-            "--dir",
-        ])
-        .arg(dir)
-        .arg(&tfile)
-        .stdin(std::process::Stdio::null());
-        c
-    };
-    let seed_port = drover_tests::server::free_port().to_string();
+    let seed_port = drover_tests::server::free_port();
     let seed_log = std::fs::File::create(env.path("seeder.log")).unwrap();
-    let mut seeder = aria(&seed_dir, &seed_port, true)
+    let mut seeder = aria(&tfile, &seed_dir, &seed_port.to_string(), true)
         .stdout(seed_log.try_clone().unwrap())
         .stderr(seed_log)
         .spawn()
         .unwrap();
-    // The seed announced (it checks its files first): the tracker names it to a probe.
-    let info =
-        &torrent[torrent.windows(6).position(|w| w == b"4:info").unwrap() + 6..torrent.len() - 1];
-    let hash: String = imaging::torrent::info_hash(info)
-        .iter()
-        .map(|b| format!("%{b:02x}"))
-        .collect();
+    // The seed announced (it checks its files first): the tracker names it, and nothing
+    // else, to a probe.
     let probe = format!(
         "/announce?info_hash={hash}&peer_id=-PROBE-0123456789abc&port=9&left=1&event=stopped&compact=1"
     );
-    let seed_entry = {
-        let port: u16 = seed_port.parse().unwrap();
-        let mut e = vec![127, 0, 0, 1];
-        e.extend_from_slice(&port.to_be_bytes());
-        e
-    };
+    let mut entry = vec![127, 0, 0, 1];
+    entry.extend_from_slice(&seed_port.to_be_bytes());
+    let want = [b"5:peers6:".as_slice(), &entry].concat();
     let start = std::time::Instant::now();
     loop {
         let (_, body) = http_bytes_auth(&srv.addr, &probe, "none");
-        if body.windows(6).any(|w| w == seed_entry.as_slice()) {
+        if body.windows(want.len()).any(|w| w == want.as_slice()) {
             break;
         }
         assert!(
-            start.elapsed() < std::time::Duration::from_secs(30),
+            start.elapsed() < Duration::from_secs(30),
             "the seed never announced: {}",
             String::from_utf8_lossy(&body)
         );
-        std::thread::sleep(std::time::Duration::from_millis(100));
+        std::thread::sleep(Duration::from_millis(100));
     }
-    let got_dir = env.path("got");
-    let leech_port = drover_tests::server::free_port().to_string();
-    let out = drover_tests::deploy::output_within(
-        aria(&got_dir, &leech_port, false),
-        std::time::Duration::from_secs(120),
+    let mac = "02:00:00:00:06:11";
+    srv.ok(&env, &t, &["machine", "add", mac]);
+    srv.ok(
+        &env,
+        &t,
+        &["deploy", "lab", "--to", mac, "--transport", "bittorrent"],
+    );
+    let target = env.path("target.img");
+    let o = output_within(
+        agent(&srv.url, &target, &["--mac", mac, "--iface", "lo"]),
+        LIMIT,
     );
     let _ = seeder.kill();
     let _ = seeder.wait();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
     assert!(
-        out.status.success(),
-        "aria2c: {}{}\nseeder: {}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
+        o.status.success(),
+        "{text}\nseeder: {}",
         std::fs::read_to_string(env.path("seeder.log")).unwrap_or_default()
     );
-    for e in &p.extents {
-        let got = std::fs::read(got_dir.join(format!("drover-{id}")).join(e.name())).unwrap();
-        let want = std::fs::read(top.join(e.name())).unwrap();
-        assert!(got == want, "extent {} differs", e.name());
+    assert!(std::fs::read(&target).unwrap() == std::fs::read(&reference).unwrap());
+    let d = &env.json(&["deployment", "list", "--server", &srv.url, "--token", &t])[0];
+    let task = task_of(d, mac);
+    assert_eq!(task["unicast_chunks"], 0, "{task:#}");
+    // Pieces the fresh disk held already (all zeroes) were not fetched.
+    let swarm = task["swarm_bytes"].as_u64().unwrap();
+    assert!(swarm > 0 && swarm <= m.used_bytes(), "{task:#}");
+    assert_eq!(server_uploaded(&srv), 0);
+}
+
+fn token(env: &Env) -> String {
+    env.ok(&["token", "create", "admin"]).trim().to_string()
+}
+
+/// The server's seed's bytes uploaded so far (from `/metrics`).
+fn server_uploaded(srv: &Server) -> u64 {
+    let (_, m) = srv.http("GET", "/metrics", None, None);
+    m.lines()
+        .filter(|l| l.starts_with("drover_bittorrent_uploaded_bytes{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// A BitTorrent deployment on one host: three agents write their disks from the server's seed
+/// and each other, every disk equal to the image, every chunk checked; each reports what came
+/// from the swarm; they seed until the deployment is over, then exit.
+#[test]
+fn a_bittorrent_deployment_to_three_agents() {
+    if !drover_tests::require("bittorrent_deploy", &["sgdisk", "mkfs.ext4", "mkntfs"]) {
+        return;
     }
+    let env = Env::new();
+    let src = lab_disk(&env, 8 << 20, 21);
+    env.capture(&src, "lab");
+    let m = env.manifest("lab");
+    let reference = env.path("reference.img");
+    drover_tests::sparse_file(&reference, 64 << 20);
+    env.restore("lab", &reference);
+    let srv = Server::start(&env.data(), &["--bittorrent", "0.0.0.0:0"]);
+    let t = token(&env);
+    let macs = [
+        "02:00:00:00:06:01",
+        "02:00:00:00:06:02",
+        "02:00:00:00:06:03",
+    ];
+    for mac in macs {
+        srv.ok(&env, &t, &["machine", "add", mac, "--group", "bt"]);
+    }
+    let out = srv.ok(
+        &env,
+        &t,
+        &["deploy", "lab", "--to", "bt", "--transport", "bittorrent"],
+    );
+    assert!(out.contains("bittorrent"), "{out}");
+    let agents: Vec<_> = macs
+        .iter()
+        .enumerate()
+        .map(|(i, mac)| {
+            let disk = env.path(&format!("disk{i}.img"));
+            let c = agent(&srv.url, &disk, &["--mac", mac, "--iface", "lo"]);
+            (disk, std::thread::spawn(move || output_within(c, LIMIT)))
+        })
+        .collect();
+    for (disk, a) in agents {
+        let o = a.join().unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert!(o.status.success(), "{text}");
+        assert!(text.contains("from the swarm"), "{text}");
+        assert!(
+            std::fs::read(&disk).unwrap() == std::fs::read(&reference).unwrap(),
+            "{} differs from the image",
+            disk.display()
+        );
+    }
+    let d = &env.json(&["deployment", "list", "--server", &srv.url, "--token", &t])[0];
+    assert_eq!(d["state"], "done", "{d:#}");
+    assert_eq!(d["transport"], "bittorrent");
+    let mut from_swarm = 0;
+    for mac in macs {
+        let task = task_of(d, mac);
+        assert_eq!(task["state"], "done", "{task:#}");
+        assert_eq!(task["unicast_chunks"], 0, "{task:#}");
+        from_swarm += task["swarm_bytes"].as_u64().unwrap();
+    }
+    assert!(from_swarm > 0 && from_swarm <= 3 * m.used_bytes(), "{d:#}");
+    let up = server_uploaded(&srv);
+    assert!(up > 0 && up <= 3 * m.used_bytes(), "server uploaded {up}");
 }

@@ -60,6 +60,11 @@ impl ApiError {
     pub(crate) fn bad_request(msg: impl Into<String>) -> Self {
         Self(StatusCode::BAD_REQUEST, msg.into())
     }
+
+    /// What went wrong, in words.
+    pub(crate) fn message(&self) -> &str {
+        &self.1
+    }
 }
 
 impl IntoResponse for ApiError {
@@ -132,6 +137,7 @@ pub(crate) fn router(state: Shared) -> Router {
         .route("/agent/manifest", get(dep::manifest))
         .route("/agent/progress", post(dep::progress))
         .route("/agent/result", post(dep::result))
+        .route("/agent/torrent", get(super::torrent::agent_torrent))
         .route("/chunks/{hash}", get(dep::chunk))
         .route("/agent/capture/have", post(super::capture::have))
         .route(
@@ -150,6 +156,7 @@ pub(crate) fn router(state: Shared) -> Router {
         .route("/metrics", get(metrics))
         .route("/api/v1/openapi.json", get(super::openapi::openapi))
         .route("/api/v1/agent/hello", post(dep::hello))
+        .route("/api/v1/agent/seed", get(super::torrent::seed))
         .route("/announce", get(super::tracker::announce))
         .route("/boot/files/{*path}", get(super::boot::file))
         .route("/boot/{name}", get(super::boot::ipxe_script))
@@ -547,5 +554,14 @@ async fn metrics(State(s): State<Shared>) -> ApiResult<Response> {
     out.push_str("# HELP drover_images Image versions in the store.\n");
     out.push_str("# TYPE drover_images gauge\n");
     out.push_str(&format!("drover_images {}\n", images.len()));
+    out.push_str(
+        "# HELP drover_bittorrent_uploaded_bytes Bytes the server's seed uploaded, by torrent.\n",
+    );
+    out.push_str("# TYPE drover_bittorrent_uploaded_bytes counter\n");
+    for (name, n) in s.deployer.seeder.uploaded() {
+        out.push_str(&format!(
+            "drover_bittorrent_uploaded_bytes{{torrent=\"{name}\"}} {n}\n"
+        ));
+    }
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response())
 }

@@ -101,6 +101,7 @@ pub(crate) async fn create(
                 image_name: &c.name,
                 targets: &mac.to_string(),
                 transport: "unicast",
+                fallback: "unicast",
                 min_machines: None,
                 max_wait_ms: None,
                 start_at_ms: None,

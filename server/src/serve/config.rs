@@ -52,6 +52,14 @@ pub(crate) struct FileConfig {
     pub(crate) register_unknown: Option<bool>,
     /// The agent kernel's command line, before drover's own arguments.
     pub(crate) boot_args: Option<String>,
+    /// BitTorrent: `ADDR:PORT` the server's seed listens on.
+    pub(crate) bittorrent: Option<SocketAddr>,
+    /// The server's BitTorrent upload limit, bits/s ("0": the server does not seed).
+    pub(crate) bittorrent_upload_rate: Option<String>,
+    /// Each agent's BitTorrent upload limit, bits/s.
+    pub(crate) bittorrent_agent_upload_rate: Option<String>,
+    /// Peers each agent trades with at most.
+    pub(crate) bittorrent_agent_peers: Option<usize>,
 }
 
 impl FileConfig {
@@ -96,6 +104,12 @@ pub(crate) struct Config {
     pub(crate) dhcp_pool: Option<pxe::dhcp_full::Pool>,
     pub(crate) register_unknown: bool,
     pub(crate) boot_args: String,
+    /// The BitTorrent seed's address, and whether the admin chose it.
+    pub(crate) bittorrent: (SocketAddr, bool),
+    /// Upload limits, bits/s: the server's (Some(0): no seeding) and each agent's.
+    pub(crate) bittorrent_upload_rate: Option<u64>,
+    pub(crate) bittorrent_agent_upload_rate: Option<u64>,
+    pub(crate) bittorrent_agent_peers: usize,
 }
 
 /// The agent kernel's default arguments: messages on the first serial port and the screen
@@ -124,7 +138,12 @@ pub(crate) struct Overrides {
     pub(crate) dhcp_range: Option<String>,
     pub(crate) dhcp_router: Option<Ipv4Addr>,
     pub(crate) register_unknown: Option<bool>,
+    pub(crate) bittorrent: Option<SocketAddr>,
+    pub(crate) bittorrent_upload_rate: Option<u64>,
 }
+
+/// Peers each agent trades with at most, by default.
+pub(crate) const DEFAULT_AGENT_PEERS: usize = 40;
 
 impl Config {
     /// Merges defaults, the file and the overrides, and looks up the interface.
@@ -224,6 +243,32 @@ impl Config {
                 Some(a) => a,
                 None => DEFAULT_BOOT_ARGS.into(),
             },
+            bittorrent: match o.bittorrent.or(file.bittorrent) {
+                Some(a) => (a, true),
+                None => (
+                    SocketAddr::from((Ipv4Addr::UNSPECIFIED, super::seeder::DEFAULT_PORT)),
+                    false,
+                ),
+            },
+            bittorrent_upload_rate: match o.bittorrent_upload_rate {
+                Some(r) => Some(r),
+                None => rate("bittorrent_upload_rate", &file.bittorrent_upload_rate)?,
+            },
+            bittorrent_agent_upload_rate: match rate(
+                "bittorrent_agent_upload_rate",
+                &file.bittorrent_agent_upload_rate,
+            )? {
+                Some(0) => anyhow::bail!(
+                    "bittorrent_agent_upload_rate: agents that upload nothing make no swarm \
+                     (use the unicast transport instead)"
+                ),
+                r => r,
+            },
+            bittorrent_agent_peers: match file.bittorrent_agent_peers {
+                Some(0) => anyhow::bail!("bittorrent_agent_peers: at least 1"),
+                Some(n) => n,
+                None => DEFAULT_AGENT_PEERS,
+            },
         })
     }
 }
@@ -250,6 +295,21 @@ fn pool(
     };
     p.check(iface.addr).map_err(anyhow::Error::msg)?;
     Ok(p)
+}
+
+/// A rate setting in bits/s ("900M"; "0" or "off": none), if set.
+fn rate(key: &str, v: &Option<String>) -> anyhow::Result<Option<u64>> {
+    v.as_deref()
+        .map(|s| parse_upload_rate(s).map_err(|e| anyhow::anyhow!("{key}: {e}")))
+        .transpose()
+}
+
+/// An upload rate: bits/s ("300M"), or "0"/"off" for no upload.
+pub(crate) fn parse_upload_rate(s: &str) -> Result<u64, String> {
+    match s.trim() {
+        "0" | "off" => Ok(0),
+        t => transport::fmt::parse_rate(t),
+    }
 }
 
 fn duration(
@@ -305,6 +365,10 @@ mod tests {
             dhcp_router,
             register_unknown,
             boot_args,
+            bittorrent,
+            bittorrent_upload_rate,
+            bittorrent_agent_upload_rate,
+            bittorrent_agent_peers,
         } = &parsed;
         assert!(data_dir.is_some() && http.is_some() && iface.is_some());
         assert!(public_url.is_some() && database_url.is_some() && wol_port.is_some());
@@ -313,6 +377,8 @@ mod tests {
         assert!(boot_dir.is_some() && tftp.is_some() && dhcp.is_some());
         assert!(dhcp_range.is_some() && dhcp_router.is_some());
         assert!(register_unknown.is_some() && boot_args.is_some());
+        assert!(bittorrent.is_some() && bittorrent_upload_rate.is_some());
+        assert!(bittorrent_agent_upload_rate.is_some() && bittorrent_agent_peers.is_some());
         // The example's range is for its eth0, not this test's loopback.
         let mut parsed = parsed;
         parsed.dhcp_range = None;

@@ -46,6 +46,8 @@ pub(crate) struct DeployRequest {
     pub(crate) image: String,
     pub(crate) targets: Vec<String>,
     pub(crate) transport: String,
+    /// Where a multicast deployment's stragglers finish: `unicast` or `bittorrent`.
+    pub(crate) fallback: String,
     pub(crate) min_machines: Option<i64>,
     pub(crate) max_wait: Option<Duration>,
     pub(crate) start_at_ms: Option<i64>,
@@ -92,6 +94,16 @@ pub(crate) struct Deployer {
     new_tasks: broadcast::Sender<Arc<Vec<Mac>>>,
     /// Chunks being sent over unicast at once, at most (each holds its frame in memory).
     pub(crate) chunk_slots: Arc<tokio::sync::Semaphore>,
+    /// The server's BitTorrent seed, and what agents in a swarm may do.
+    pub(crate) seeder: Arc<super::seeder::Seeder>,
+    pub(crate) agent_swarm: AgentSwarm,
+}
+
+/// Swarm limits of every agent: upload rate (bits/s) and peers.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct AgentSwarm {
+    pub(crate) upload_bps: Option<u64>,
+    pub(crate) peers: usize,
 }
 
 /// Unicast chunk responses in flight at once: 16 × 4 MiB frames bound the server's memory,
@@ -99,6 +111,7 @@ pub(crate) struct Deployer {
 const CHUNK_SLOTS: usize = 16;
 
 impl Deployer {
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         db: Db,
         store_dir: PathBuf,
@@ -106,6 +119,8 @@ impl Deployer {
         rate_bps: u64,
         window_bytes: u64,
         owner: String,
+        seeder: Arc<super::seeder::Seeder>,
+        agent_swarm: AgentSwarm,
     ) -> Arc<Self> {
         Arc::new(Self {
             db,
@@ -119,6 +134,8 @@ impl Deployer {
             changes: broadcast::channel(1024).0,
             new_tasks: broadcast::channel(64).0,
             chunk_slots: Arc::new(tokio::sync::Semaphore::new(CHUNK_SLOTS)),
+            seeder,
+            agent_swarm,
         })
     }
 
@@ -185,11 +202,26 @@ impl Deployer {
         &self,
         r: &DeployRequest,
     ) -> Result<(StoredImage, Vec<Mac>), DeployError> {
-        if !matches!(r.transport.as_str(), "multicast" | "unicast") {
+        if !matches!(r.transport.as_str(), "multicast" | "unicast" | "bittorrent") {
             return Err(DeployError::Bad(format!(
-                "transport {:?}: multicast or unicast",
+                "transport {:?}: multicast, bittorrent or unicast",
                 r.transport
             )));
+        }
+        match (r.transport.as_str(), r.fallback.as_str()) {
+            (_, "unicast") | ("multicast", "bittorrent") => {}
+            (_, "bittorrent") => {
+                return Err(DeployError::Bad(format!(
+                    "fallback bittorrent is for multicast deployments ({} ones finish over \
+                     unicast)",
+                    r.transport
+                )))
+            }
+            (_, f) => {
+                return Err(DeployError::Bad(format!(
+                    "fallback {f:?}: unicast or bittorrent"
+                )))
+            }
         }
         if !matches!(r.then_action.as_str(), "reboot" | "poweroff") {
             return Err(DeployError::Bad(format!(
@@ -276,6 +308,7 @@ impl Deployer {
                     image_name: &name,
                     targets: &r.targets.join(","),
                     transport: &r.transport,
+                    fallback: &r.fallback,
                     min_machines: r.min_machines,
                     max_wait_ms: r.max_wait.map(|d| d.as_millis() as i64),
                     start_at_ms: r.start_at_ms,
@@ -311,6 +344,9 @@ impl Deployer {
             .await?;
         if d.transport == "multicast" {
             self.start_session(&d, macs.len()).await?;
+        }
+        if d.transport == "bittorrent" || d.fallback == "bittorrent" {
+            self.prepare_swarm(&d.image_id);
         }
         self.tasks_created(macs);
         self.changed(&d.id);
@@ -471,6 +507,17 @@ impl Deployer {
         Ok(())
     }
 
+    /// Builds and seeds the image's torrent in the background (hashing a large image takes a
+    /// while; agents that ask for the torrent meanwhile are told to come back).
+    fn prepare_swarm(&self, image_id: &str) {
+        let (seeder, id) = (self.seeder.clone(), image_id.to_string());
+        tokio::spawn(async move {
+            if let Err(e) = seeder.prepare(&id).await {
+                warn!(image = %id, error = %e.message(), "the image's torrent is not seeded");
+            }
+        });
+    }
+
     /// Starts a waiting multicast deployment's stream now.
     pub(crate) async fn start_now(&self, id: &str, actor: &str) -> Result<(), DeployError> {
         let d = self.db.deployment(id).await?;
@@ -531,6 +578,9 @@ impl Deployer {
                 .filter(|t| t.state == "waiting")
                 .count();
             info!(deployment = %d.id, transport = %d.transport, waiting, "resuming deployment");
+            if d.transport == "bittorrent" || d.fallback == "bittorrent" {
+                self.prepare_swarm(&d.image_id);
+            }
             // A stream that had started is not started again: its machines that had not
             // joined are late joiners, who finish over unicast as they would have anyway.
             if d.transport == "multicast"

@@ -17,7 +17,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::api::{parse_mac, Actor, ApiError, ApiResult, Shared};
-use super::deploy::{DeployError, DeployRequest};
+use super::deploy::{AgentSwarm, DeployError, DeployRequest};
 use super::deploy_db::{Deployment, Task, TaskProgress};
 
 impl From<DeployError> for ApiError {
@@ -37,7 +37,8 @@ pub(crate) struct AgentTask(pub(crate) Task);
 
 /// A task as its agent sees it: what to write and how to get it.
 /// `disk`: the machine's pinned disk (`serial:...`/`size:...`), which its agent must write.
-fn task_info(t: &Task, d: &Deployment, disk: Option<&str>) -> Value {
+/// `bittorrent`: the swarm limits, for a deployment that uses a swarm.
+fn task_info(t: &Task, d: &Deployment, disk: Option<&str>, swarm: AgentSwarm) -> Value {
     let multicast = match (&d.session, &d.mcast_group, &d.mcast_http) {
         (Some(s), Some(g), Some(h)) if d.transport == "multicast" => {
             json!({"session": s, "group": g, "http": h})
@@ -52,6 +53,11 @@ fn task_info(t: &Task, d: &Deployment, disk: Option<&str>) -> Value {
         "image": {"id": d.image_id, "name": d.image_name},
         "transport": d.transport,
         "multicast": multicast,
+        "fallback": d.fallback,
+        "bittorrent": (d.transport == "bittorrent" || d.fallback == "bittorrent").then(|| json!({
+            "upload_bps": swarm.upload_bps,
+            "peers": swarm.peers,
+        })),
         "then": d.then_action,
         "bytes_total": t.bytes_total,
         "disk": disk,
@@ -154,6 +160,9 @@ pub(crate) struct NewDeploymentBody {
     to: Vec<String>,
     #[serde(default = "default_transport")]
     transport: String,
+    /// Where a multicast deployment's stragglers finish: unicast or bittorrent.
+    #[serde(default = "default_fallback")]
+    fallback: String,
     min_machines: Option<i64>,
     /// "30s", "5m", ...
     max_wait: Option<String>,
@@ -165,6 +174,10 @@ pub(crate) struct NewDeploymentBody {
 
 pub(crate) fn default_transport() -> String {
     "multicast".into()
+}
+
+pub(crate) fn default_fallback() -> String {
+    "unicast".into()
 }
 
 pub(crate) fn default_then() -> String {
@@ -199,6 +212,7 @@ pub(crate) async fn create(
                 image: b.image,
                 targets: b.to.iter().map(|t| t.trim().to_string()).collect(),
                 transport: b.transport,
+                fallback: b.fallback,
                 min_machines: b.min_machines,
                 max_wait,
                 start_at_ms,
@@ -366,7 +380,7 @@ pub(crate) async fn hello(
         return Ok(Json(out));
     };
     let d = s.db.deployment(&task.deployment_id).await?;
-    out["task"] = task_info(&task, &d, m.target_disk.as_deref());
+    out["task"] = task_info(&task, &d, m.target_disk.as_deref(), s.deployer.agent_swarm);
     let shown = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -404,7 +418,9 @@ pub(crate) async fn task(
         Ok(mac) => s.db.machine(mac).await.ok().and_then(|m| m.target_disk),
         Err(_) => None,
     };
-    Ok(Json(json!({ "task": task_info(&t, &d, disk.as_deref()) })))
+    Ok(Json(
+        json!({ "task": task_info(&t, &d, disk.as_deref(), s.deployer.agent_swarm) }),
+    ))
 }
 
 /// `GET /api/v1/agent/manifest`: the task's image.
@@ -469,6 +485,8 @@ pub(crate) struct ProgressBody {
     unicast_chunks: i64,
     #[serde(default)]
     kept_chunks: i64,
+    #[serde(default)]
+    swarm_bytes: i64,
 }
 
 impl ProgressBody {
@@ -479,6 +497,7 @@ impl ProgressBody {
             multicast_chunks: self.multicast_chunks,
             unicast_chunks: self.unicast_chunks,
             kept_chunks: self.kept_chunks,
+            swarm_bytes: self.swarm_bytes,
         }
     }
 }
@@ -551,6 +570,8 @@ pub(crate) struct ProgressTotals {
     unicast_chunks: i64,
     #[serde(default)]
     kept_chunks: i64,
+    #[serde(default)]
+    swarm_bytes: i64,
 }
 
 /// `POST /api/v1/agent/result`: the task is done, or failed with a reason.
@@ -585,6 +606,7 @@ pub(crate) async fn result(
         multicast_chunks: p.multicast_chunks,
         unicast_chunks: p.unicast_chunks,
         kept_chunks: p.kept_chunks,
+        swarm_bytes: p.swarm_bytes.max(0),
     });
     if !s.db.finish_task(&t.id, state, reason.as_deref(), p).await? {
         let t = s.db.task(&t.id).await?;

@@ -31,6 +31,8 @@ pub(crate) struct Deployment {
     pub(crate) session: Option<i64>,
     pub(crate) mcast_group: Option<String>,
     pub(crate) mcast_http: Option<String>,
+    /// Where a multicast deployment's stragglers finish: `unicast` or `bittorrent`.
+    pub(crate) fallback: String,
     pub(crate) created_by: String,
     pub(crate) created_ms: i64,
     pub(crate) started_ms: Option<i64>,
@@ -51,6 +53,8 @@ pub(crate) struct Task {
     pub(crate) multicast_chunks: i64,
     pub(crate) unicast_chunks: i64,
     pub(crate) kept_chunks: i64,
+    /// Payload bytes received from the BitTorrent swarm.
+    pub(crate) swarm_bytes: i64,
     pub(crate) created_ms: i64,
     pub(crate) started_ms: Option<i64>,
     pub(crate) updated_ms: i64,
@@ -71,6 +75,7 @@ pub(crate) struct NewDeployment<'a> {
     pub(crate) image_name: &'a str,
     pub(crate) targets: &'a str,
     pub(crate) transport: &'a str,
+    pub(crate) fallback: &'a str,
     pub(crate) min_machines: Option<i64>,
     pub(crate) max_wait_ms: Option<i64>,
     pub(crate) start_at_ms: Option<i64>,
@@ -88,15 +93,16 @@ pub(crate) struct TaskProgress {
     pub(crate) multicast_chunks: i64,
     pub(crate) unicast_chunks: i64,
     pub(crate) kept_chunks: i64,
+    pub(crate) swarm_bytes: i64,
 }
 
 const DEPLOYMENT_COLUMNS: &str = "id, kind, image_id, image_name, targets, transport, \
     min_machines, max_wait_ms, start_at_ms, then_action, state, owner, session, mcast_group, \
-    mcast_http, created_by, created_ms, started_ms, finished_ms";
+    mcast_http, fallback, created_by, created_ms, started_ms, finished_ms";
 
 const TASK_COLUMNS: &str = "id, deployment_id, mac, state, reason, bytes_done, bytes_total, \
-    rate_bps, multicast_chunks, unicast_chunks, kept_chunks, created_ms, started_ms, \
-    updated_ms, finished_ms";
+    rate_bps, multicast_chunks, unicast_chunks, kept_chunks, swarm_bytes, created_ms, \
+    started_ms, updated_ms, finished_ms";
 
 fn deployment(r: &AnyRow) -> Result<Deployment, sqlx::Error> {
     Ok(Deployment {
@@ -115,6 +121,7 @@ fn deployment(r: &AnyRow) -> Result<Deployment, sqlx::Error> {
         session: r.try_get("session")?,
         mcast_group: r.try_get("mcast_group")?,
         mcast_http: r.try_get("mcast_http")?,
+        fallback: r.try_get("fallback")?,
         created_by: r.try_get("created_by")?,
         created_ms: r.try_get("created_ms")?,
         started_ms: r.try_get("started_ms")?,
@@ -135,6 +142,7 @@ fn task(r: &AnyRow) -> Result<Task, sqlx::Error> {
         multicast_chunks: r.try_get("multicast_chunks")?,
         unicast_chunks: r.try_get("unicast_chunks")?,
         kept_chunks: r.try_get("kept_chunks")?,
+        swarm_bytes: r.try_get("swarm_bytes")?,
         created_ms: r.try_get("created_ms")?,
         started_ms: r.try_get("started_ms")?,
         updated_ms: r.try_get("updated_ms")?,
@@ -182,8 +190,8 @@ impl Db {
             let r = sqlx::query(
                 "INSERT INTO deployments (id, kind, image_id, image_name, targets, transport, \
                  min_machines, max_wait_ms, start_at_ms, then_action, state, owner, created_by, \
-                 created_ms) VALUES ($1, $14, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, \
-                 $13)",
+                 created_ms, fallback) VALUES ($1, $14, $2, $3, $4, $5, $6, $7, $8, $9, $10, \
+                 $11, $12, $13, $15)",
             )
             .bind(&id)
             .bind(d.image_id)
@@ -194,15 +202,16 @@ impl Db {
             .bind(d.max_wait_ms)
             .bind(d.start_at_ms)
             .bind(d.then_action)
-            .bind(if d.transport == "unicast" {
-                "running"
-            } else {
+            .bind(if d.transport == "multicast" {
                 "waiting"
+            } else {
+                "running"
             })
             .bind(d.owner)
             .bind(d.created_by)
             .bind(now)
             .bind(d.kind)
+            .bind(d.fallback)
             .execute(&mut *tx)
             .await;
             match r {
@@ -362,7 +371,8 @@ impl Db {
         let n = sqlx::query(&format!(
             "UPDATE tasks SET state = $1, bytes_done = $2, rate_bps = $3, multicast_chunks = $4, \
              unicast_chunks = $5, kept_chunks = $6, updated_ms = $7, \
-             started_ms = COALESCE(started_ms, $7) WHERE id = $8 AND state IN ({})",
+             started_ms = COALESCE(started_ms, $7), swarm_bytes = $9 WHERE id = $8 AND state IN \
+             ({})",
             active_list()
         ))
         .bind(state)
@@ -373,6 +383,7 @@ impl Db {
         .bind(p.kept_chunks)
         .bind(now)
         .bind(id)
+        .bind(p.swarm_bytes)
         .execute(&self.pool)
         .await?
         .rows_affected();
@@ -421,11 +432,12 @@ impl Db {
             multicast_chunks: t.multicast_chunks,
             unicast_chunks: t.unicast_chunks,
             kept_chunks: t.kept_chunks,
+            swarm_bytes: t.swarm_bytes,
         });
         sqlx::query(
             "UPDATE tasks SET state = $1, reason = $2, finished_ms = $3, updated_ms = $3, \
              bytes_done = $4, rate_bps = 0, multicast_chunks = $5, unicast_chunks = $6, \
-             kept_chunks = $7 WHERE id = $8",
+             kept_chunks = $7, swarm_bytes = $9 WHERE id = $8",
         )
         .bind(state)
         .bind(reason)
@@ -435,6 +447,7 @@ impl Db {
         .bind(p.unicast_chunks)
         .bind(p.kept_chunks)
         .bind(id)
+        .bind(p.swarm_bytes)
         .execute(&mut *tx)
         .await?;
         let machine_state = match state {

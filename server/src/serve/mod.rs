@@ -28,6 +28,7 @@ pub(crate) mod openapi;
 pub(crate) mod schedule;
 pub(crate) mod schedule_api;
 pub(crate) mod schedule_db;
+pub(crate) mod seeder;
 pub(crate) mod tftp;
 pub(crate) mod torrent;
 pub(crate) mod tracker;
@@ -89,6 +90,13 @@ pub(crate) struct ServeArgs {
     /// (FOG's quick registration); without it they boot their local disk.
     #[arg(long, env = "DROVER_REGISTER_UNKNOWN")]
     register_unknown: bool,
+    /// ADDR:PORT the BitTorrent seed listens on (default 0.0.0.0:6881).
+    #[arg(long, env = "DROVER_BITTORRENT")]
+    bittorrent: Option<SocketAddr>,
+    /// The server's BitTorrent upload limit, bits/s (K, M, G; 0: the server does not seed;
+    /// default: none).
+    #[arg(long, env = "DROVER_BITTORRENT_UPLOAD_RATE", value_parser = config::parse_upload_rate)]
+    bittorrent_upload_rate: Option<u64>,
 }
 
 /// `drover token ...`
@@ -137,6 +145,8 @@ pub(crate) fn serve(args: ServeArgs, data_dir: Option<PathBuf>) -> anyhow::Resul
             dhcp_range: args.dhcp_range,
             dhcp_router: args.dhcp_router,
             register_unknown: args.register_unknown.then_some(true),
+            bittorrent: args.bittorrent,
+            bittorrent_upload_rate: args.bittorrent_upload_rate,
         },
     )?;
     runtime()?.block_on(run(cfg))
@@ -154,6 +164,17 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         .with_context(|| format!("listening on {}", cfg.http))?;
     let addr = listener.local_addr()?;
     let owner = server_id(&cfg.data_dir)?;
+    let tracker = Arc::new(tracker::Tracker::default());
+    tracker.load(&torrent::cache_dir(&store_dir));
+    let seeder = seeder::Seeder::new(
+        tracker.clone(),
+        &cfg.public_url,
+        cfg.bittorrent.0,
+        cfg.bittorrent.1,
+        cfg.bittorrent_upload_rate.map(|bits| bits / 8),
+        &cfg.data_dir,
+        store_dir.clone(),
+    );
     let deployer = deploy::Deployer::new(
         db.clone(),
         store_dir.clone(),
@@ -161,6 +182,11 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         cfg.multicast_rate,
         cfg.multicast_window,
         owner,
+        seeder.clone(),
+        deploy::AgentSwarm {
+            upload_bps: cfg.bittorrent_agent_upload_rate,
+            peers: cfg.bittorrent_agent_peers,
+        },
     );
     let schedule_settings = schedule_api::settings(cfg.wake_lead, cfg.schedule_grace);
     let schedules_changed = Arc::new(tokio::sync::Notify::new());
@@ -175,8 +201,6 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         schedules_changed.clone(),
     ));
     let inventory_changed = Arc::new(tokio::sync::Notify::new());
-    let tracker = Arc::new(tracker::Tracker::default());
-    tracker.load(&torrent::cache_dir(&store_dir));
     let state = Arc::new(api::AppState {
         db: db.clone(),
         store_dir: store_dir.clone(),
@@ -276,6 +300,7 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     // Deployments that were running when the server stopped go on.
     let resumer = deployer.clone();
     tokio::spawn(async move {
+        resumer.seeder.resume().await;
         if let Err(e) = resumer.resume().await {
             tracing::error!(error = %format!("{e:#}"), "resuming deployments");
         }

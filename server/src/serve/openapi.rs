@@ -32,10 +32,12 @@ pub(crate) async fn openapi() -> Json<Value> {
                     "state": {"type": "string", "enum": ["waiting", "receiving", "verifying", "done", "failed", "cancelled"]},
                     "reason": {"type": "string", "nullable": true}, "bytes_done": {"type": "integer"}, "bytes_total": {"type": "integer"},
                     "percent": {"type": "number"}, "rate_bps": {"type": "integer"}, "eta_seconds": {"type": "number", "nullable": true},
-                    "multicast_chunks": {"type": "integer"}, "unicast_chunks": {"type": "integer"}, "kept_chunks": {"type": "integer"}}},
+                    "multicast_chunks": {"type": "integer"}, "unicast_chunks": {"type": "integer"}, "kept_chunks": {"type": "integer"},
+                    "swarm_bytes": {"type": "integer", "description": "payload bytes received from the BitTorrent swarm"}}},
                 "Deployment": {"type": "object", "properties": {
                     "id": {"type": "string"}, "image_id": {"type": "string"}, "image_name": {"type": "string"}, "targets": {"type": "string"},
-                    "transport": {"type": "string"}, "state": {"type": "string", "enum": ["waiting", "running", "done", "failed", "cancelled"]},
+                    "transport": {"type": "string", "enum": ["multicast", "bittorrent", "unicast"]}, "fallback": {"type": "string", "enum": ["unicast", "bittorrent"]},
+                    "state": {"type": "string", "enum": ["waiting", "running", "done", "failed", "cancelled"]},
                     "min_machines": {"type": "integer", "nullable": true}, "max_wait_ms": {"type": "integer", "nullable": true}, "start_at_ms": {"type": "integer", "nullable": true},
                     "then_action": {"type": "string"}, "session": {"type": "integer", "nullable": true}, "mcast_group": {"type": "string", "nullable": true},
                     "machines": {"type": "integer"}, "task_states": {"type": "object"}, "rate_bps": {"type": "integer"}, "bytes_done": {"type": "integer"}, "bytes_total": {"type": "integer"},
@@ -93,7 +95,8 @@ pub(crate) async fn openapi() -> Json<Value> {
                          "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "required": ["image", "to"], "properties": {
                              "image": {"type": "string", "description": "name (newest version), NAME@VERSION or id"},
                              "to": {"type": "array", "items": {"type": "string"}, "description": "MAC addresses and group names"},
-                             "transport": {"type": "string", "enum": ["multicast", "unicast"], "default": "multicast"},
+                             "transport": {"type": "string", "enum": ["multicast", "bittorrent", "unicast"], "default": "multicast"},
+                             "fallback": {"type": "string", "enum": ["unicast", "bittorrent"], "default": "unicast", "description": "multicast: where stragglers and late joiners finish"},
                              "min_machines": {"type": "integer", "description": "multicast: start once this many joined (default: all)"},
                              "max_wait": {"type": "string", "description": "multicast: start after this long regardless (30s, 5m; default 10m unless min_machines or start_at is given)"},
                              "start_at": {"type": "string", "format": "date-time", "description": "multicast: start at this time regardless"},
@@ -114,6 +117,9 @@ pub(crate) async fn openapi() -> Json<Value> {
             "/api/v1/agent/manifest": {"get": {"summary": "Agent: its task's image manifest", "responses": {"200": {"description": "{id, manifest}"}, "410": error}}},
             "/api/v1/agent/progress": {"post": {"summary": "Agent: progress (state receiving|verifying, bytes_done, rate_bps, chunk counts)", "responses": {"200": {"description": "recorded"}, "400": error, "410": error}}},
             "/api/v1/agent/result": {"post": {"summary": "Agent: the task's end ({ok, reason, bytes_done, chunk counts})", "responses": {"200": {"description": "recorded"}, "400": error, "410": error}}},
+            "/api/v1/agent/torrent": {"get": {"summary": "Agent: its task's image torrent, seeded by the server (503 while it is being built: ask again)", "responses": {"200": {"description": "application/x-bittorrent"}, "503": error, "410": error}}},
+            "/api/v1/agent/seed": {"get": {"summary": "Agent, after its task: whether to keep seeding (while its deployment runs); takes the task token after the task is over", "security": [],
+                "responses": {"200": {"description": "{seed, deployment, state}"}, "401": error}}},
             "/api/v1/chunks/{hash}": {"parameters": [{"name": "hash", "in": "path", "required": true, "schema": {"type": "string"}}],
                 "get": {"summary": "Agent: one chunk of its task's image by BLAKE3 hash (a zstd frame)", "responses": {"200": {"description": "application/zstd"}, "404": error, "410": error}}}
         }
@@ -161,7 +167,7 @@ fn schedules(error: &Value) -> Value {
             "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "required": ["name", "to"], "properties": {
                 "name": {"type": "string"}, "cron": {"type": "string", "example": "0 2 * * 1-5"}, "at": {"type": "string", "format": "date-time"},
                 "action": {"type": "string", "enum": ["deploy", "wake"]}, "image": {"type": "string"},
-                "to": {"type": "array", "items": {"type": "string"}}, "transport": {"type": "string", "enum": ["multicast", "unicast"]},
+                "to": {"type": "array", "items": {"type": "string"}}, "transport": {"type": "string", "enum": ["multicast", "bittorrent", "unicast"]},
                 "min_machines": {"type": "integer"}, "max_wait": {"type": "string", "example": "5m"}, "then": {"type": "string", "enum": ["reboot", "poweroff"]},
                 "wake_lead": {"type": "string", "example": "5m"}}}}}},
             "responses": {"201": {"description": "added"}, "400": error, "404": error, "409": error}}

@@ -2,15 +2,23 @@
 //! image's used extents at their disk offsets ([`imaging::torrent`]), announcing to this
 //! server's tracker (`{public_url}/announce`). The info dictionary (its piece hashes need every
 //! chunk read once) is computed on first use and kept in `DATA/torrents/{image id}.info`, so
-//! neither a second request nor a server restart hashes the image again.
+//! neither a second request nor a server restart hashes the image again. Fetching a torrent
+//! makes the server seed it ([`super::seeder`]).
 
 use std::path::{Path, PathBuf};
 
 use axum::extract::{Path as UrlPath, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use serde_json::{json, Value};
 
 use super::api::{ApiError, ApiResult, Shared};
+use super::deploy_api::AgentTask;
+
+/// How long an agent's request for its torrent waits for it to be built before it is told to
+/// come back.
+const BUILD_WAIT: std::time::Duration = std::time::Duration::from_secs(20);
 
 /// One image hashed at a time (a second request for it waits, then reads the cache).
 static BUILDING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -45,7 +53,8 @@ pub(crate) async fn info(
         }
         let m = &img.manifest;
         let payload = imaging::torrent::Payload::of(m);
-        let mut reader = imaging::torrent::ImageReader::new(&store, m);
+        let cache = imaging::torrent::ChunkCache::new(1);
+        let reader = imaging::torrent::ImageReader::new(&store, m, &cache);
         let hashes = payload
             .piece_hashes(|off, buf| reader.read_at(off, buf).map_err(std::io::Error::other))
             .map_err(|e| {
@@ -72,11 +81,12 @@ pub(crate) async fn torrent(
     State(s): State<Shared>,
     UrlPath(reference): UrlPath<String>,
 ) -> ApiResult<Response> {
-    let (info, _id, label) = info(&s.store_dir, &reference).await?;
-    s.tracker.know(imaging::torrent::info_hash(&info));
-    let announce = format!("{}/announce", s.public_url.trim_end_matches('/'));
-    let body = imaging::torrent::metainfo(&announce, &info);
-    Ok((
+    let (body, label) = s.deployer.seeder.prepare(&reference).await?;
+    Ok(torrent_response(body, &label))
+}
+
+fn torrent_response(body: Vec<u8>, label: &str) -> Response {
+    (
         [
             (header::CONTENT_TYPE, "application/x-bittorrent".to_string()),
             (
@@ -89,5 +99,57 @@ pub(crate) async fn torrent(
         ],
         body,
     )
-        .into_response())
+        .into_response()
+}
+
+/// `GET /api/v1/agent/torrent`: the task's image torrent, seeded by the server. While it is
+/// being built (every piece hashed) the answer is 503: the agent asks again.
+pub(crate) async fn agent_torrent(
+    State(s): State<Shared>,
+    Extension(AgentTask(t)): Extension<AgentTask>,
+) -> ApiResult<Response> {
+    let d = s.db.deployment(&t.deployment_id).await?;
+    let (seeder, id) = (s.deployer.seeder.clone(), d.image_id.clone());
+    // The build goes on when this request gives up waiting.
+    let job = tokio::spawn(async move { seeder.prepare(&id).await });
+    match tokio::time::timeout(BUILD_WAIT, job).await {
+        Ok(r) => {
+            let (body, label) = r.map_err(anyhow::Error::from)??;
+            Ok(torrent_response(body, &label))
+        }
+        Err(_) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "the torrent of image {} is being built: ask again shortly",
+                d.image_name
+            ),
+        )),
+    }
+}
+
+/// `GET /api/v1/agent/seed`: whether an agent that finished its task seeds on — while its
+/// deployment runs (other machines may still need its pieces). It takes the task's token
+/// after the task is over, which the other agent endpoints refuse.
+pub(crate) async fn seed(State(s): State<Shared>, headers: HeaderMap) -> ApiResult<Json<Value>> {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|t| t.starts_with("drt_"))
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "a task token is needed (Authorization: Bearer drt_...)",
+            )
+        })?;
+    let t =
+        s.db.check_task_token(token)
+            .await?
+            .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "unknown task token"))?;
+    let d = s.db.deployment(&t.deployment_id).await?;
+    let seed = matches!(d.state.as_str(), "waiting" | "running");
+    Ok(Json(
+        json!({ "seed": seed, "deployment": d.id, "state": d.state }),
+    ))
 }

@@ -8,13 +8,13 @@
 #![allow(clippy::big_endian_bytes)]
 
 use std::collections::{HashMap, HashSet};
-use std::net::{IpAddr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use axum::extract::{ConnectInfo, RawQuery, State};
-use axum::http::header;
+use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
 use imaging::torrent::{bytes, int};
 
@@ -73,7 +73,14 @@ impl Tracker {
     }
 
     /// Records the announce of a peer at `ip`; the bencoded answer (peers or a failure).
-    pub(crate) fn announce(&self, a: &Announce, ip: IpAddr, now: Instant) -> Vec<u8> {
+    /// `server`: the server's own seed of this torrent, listed first to peers that download.
+    pub(crate) fn announce(
+        &self,
+        a: &Announce,
+        ip: IpAddr,
+        now: Instant,
+        server: Option<SocketAddrV4>,
+    ) -> Vec<u8> {
         if !self.known.lock().expect("lock").contains(&a.info_hash) {
             return failure("unknown torrent: this tracker serves the drover server's images only");
         }
@@ -107,12 +114,17 @@ impl Tracker {
             .collect();
         use rand::seq::SliceRandom;
         others.shuffle(&mut rand::thread_rng());
-        let mut compact = Vec::with_capacity(6 * want.min(others.len()));
-        for p in others.iter().take(want) {
-            compact.extend_from_slice(&p.addr.ip().octets());
-            compact.extend_from_slice(&p.addr.port().to_be_bytes());
+        let server = server.filter(|_| !me_seed);
+        let mut compact = Vec::with_capacity(6 * (want.min(others.len()) + 1));
+        for addr in server
+            .iter()
+            .chain(others.iter().map(|p| &p.addr))
+            .take(want.max(1))
+        {
+            compact.extend_from_slice(&addr.ip().octets());
+            compact.extend_from_slice(&addr.port().to_be_bytes());
         }
-        let seeds = swarm.values().filter(|p| p.seed).count() as u64;
+        let seeds = swarm.values().filter(|p| p.seed).count() as u64 + u64::from(server.is_some());
         let mut b = Vec::new();
         b.push(b'd');
         bytes(&mut b, b"complete");
@@ -215,16 +227,28 @@ pub(crate) fn parse(query: &str) -> Result<Announce, String> {
     })
 }
 
-/// `GET /announce`
+/// `GET /announce`. The server's own seed is at the address the peer reached the tracker at
+/// (the request's Host, else the lab interface's address).
 pub(crate) async fn announce(
     State(s): State<Shared>,
     ConnectInfo(from): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
     RawQuery(q): RawQuery,
 ) -> Response {
     let body = match parse(q.as_deref().unwrap_or("")) {
-        Ok(a) => s
-            .tracker
-            .announce(&a, from.ip().to_canonical(), Instant::now()),
+        Ok(a) => {
+            let server = s.deployer.seeder.port_for(&a.info_hash).and_then(|port| {
+                let host = headers
+                    .get(header::HOST)
+                    .and_then(|h| h.to_str().ok())
+                    .map(|h| h.rsplit_once(':').map_or(h, |(host, _)| host))
+                    .and_then(|h| h.parse::<Ipv4Addr>().ok())
+                    .or(s.iface.as_ref().map(|i| i.addr))?;
+                Some(SocketAddrV4::new(host, port))
+            });
+            s.tracker
+                .announce(&a, from.ip().to_canonical(), Instant::now(), server)
+        }
         Err(why) => failure(&why),
     };
     ([(header::CONTENT_TYPE, "text/plain")], body).into_response()
@@ -258,7 +282,7 @@ mod tests {
             .chunks(6)
             .map(|c| {
                 SocketAddrV4::new(
-                    std::net::Ipv4Addr::new(c[0], c[1], c[2], c[3]),
+                    Ipv4Addr::new(c[0], c[1], c[2], c[3]),
                     u16::from_be_bytes([c[4], c[5]]),
                 )
             })
@@ -270,15 +294,15 @@ mod tests {
         let t = Tracker::default();
         let ip = |n: u8| IpAddr::from([10, 0, 0, n]);
         let now = Instant::now();
-        let r = t.announce(&ann(1, 6881, 0, Some("started")), ip(1), now);
+        let r = t.announce(&ann(1, 6881, 0, Some("started")), ip(1), now, None);
         assert!(String::from_utf8_lossy(&r).contains("unknown torrent"));
         t.know([7; 20]);
-        let r = t.announce(&ann(1, 6881, 0, Some("started")), ip(1), now);
+        let r = t.announce(&ann(1, 6881, 0, Some("started")), ip(1), now, None);
         assert!(peers(&r).is_empty());
         assert!(r.starts_with(b"d8:completei1e10:incompletei0e8:intervali30e"));
-        let r = t.announce(&ann(2, 7000, 100, Some("started")), ip(2), now);
+        let r = t.announce(&ann(2, 7000, 100, Some("started")), ip(2), now, None);
         assert_eq!(peers(&r), vec!["10.0.0.1:6881".parse().unwrap()]);
-        let r = t.announce(&ann(3, 7001, 100, None), ip(3), now);
+        let r = t.announce(&ann(3, 7001, 100, None), ip(3), now, None);
         let mut p = peers(&r);
         p.sort();
         assert_eq!(
@@ -289,13 +313,26 @@ mod tests {
             ]
         );
         // A seed is not told of other seeds; a stopped peer is gone; a silent one expires.
-        let r = t.announce(&ann(1, 6881, 0, None), ip(1), now);
+        let r = t.announce(&ann(1, 6881, 0, None), ip(1), now, None);
         assert_eq!(peers(&r).len(), 2);
-        t.announce(&ann(2, 7000, 100, Some("stopped")), ip(2), now);
-        let r = t.announce(&ann(1, 6881, 0, None), ip(1), now + INTERVAL);
+        t.announce(&ann(2, 7000, 100, Some("stopped")), ip(2), now, None);
+        let r = t.announce(&ann(1, 6881, 0, None), ip(1), now + INTERVAL, None);
         assert_eq!(peers(&r), vec!["10.0.0.3:7001".parse().unwrap()]);
-        let r = t.announce(&ann(1, 6881, 0, None), ip(1), now + 3 * INTERVAL);
+        let r = t.announce(&ann(1, 6881, 0, None), ip(1), now + 3 * INTERVAL, None);
         assert!(peers(&r).is_empty());
+        // The server's seed comes first for a downloader, and not at all for a seed.
+        let me: SocketAddrV4 = "10.0.0.254:6881".parse().unwrap();
+        let r = t.announce(
+            &ann(4, 7002, 100, None),
+            ip(4),
+            now + 3 * INTERVAL,
+            Some(me),
+        );
+        assert_eq!(peers(&r)[0], me);
+        assert_eq!(peers(&r).len(), 2);
+        assert!(r.starts_with(b"d8:completei2e"));
+        let r = t.announce(&ann(1, 6881, 0, None), ip(1), now + 3 * INTERVAL, Some(me));
+        assert_eq!(peers(&r), vec!["10.0.0.4:7002".parse().unwrap()]);
     }
 
     #[test]

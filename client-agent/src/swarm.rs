@@ -1,0 +1,193 @@
+//! A task over BitTorrent: the image's torrent from the server, librqbit writing pieces
+//! straight to the target disk ([`transport::swarm::DiskStorage`]) from the server's seed and
+//! the other machines, which it uploads to meanwhile; then every chunk checked (BLAKE3) on the
+//! disk, anything wrong or missing fetched over unicast, and, once the result is reported,
+//! seeding on until the deployment no longer needs it.
+//!
+//! A swarm that makes no progress for [`STALL`] (no seed reachable, only bad peers) is left
+//! for unicast: a stuck peer never holds a machine up for long.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tracing::{info, warn};
+use transport::receive::Progress;
+use transport::swarm::librqbit::storage::StorageFactoryExt;
+use transport::swarm::librqbit::{
+    AddTorrent, AddTorrentOptions, ManagedTorrent, Session, TorrentStatsState,
+};
+use transport::swarm::{DiskStorage, SwarmOptions};
+
+use crate::api::{Api, CallError};
+use crate::task::{Reporter, Stop, SERVER_AWAY};
+
+/// No progress for this long: the rest comes over unicast.
+pub(crate) const STALL: Duration = Duration::from_secs(45);
+/// A machine that finished seeds at most this long (its deployment should be over by then).
+const MAX_SEED: Duration = Duration::from_secs(3600);
+/// How often a seeding machine asks whether it is still needed.
+const SEED_POLL: Duration = Duration::from_secs(3);
+
+/// A finished machine's seed.
+pub(crate) struct Seeding {
+    session: Arc<Session>,
+    handle: Arc<ManagedTorrent>,
+}
+
+/// What the swarm brought.
+pub(crate) struct Swarmed {
+    /// Payload bytes received from peers (the server's seed included).
+    pub(crate) fetched: u64,
+    /// The machine's seed, once the whole torrent was received (a machine that left a
+    /// stalled swarm for unicast does not seed).
+    pub(crate) seeding: Option<Seeding>,
+}
+
+/// Downloads the task's torrent onto the disk. `chunk_total`: the task's plaintext bytes (what
+/// progress counts); torrent bytes are scaled to it.
+pub(crate) async fn receive(
+    api: &Api,
+    args: &crate::Args,
+    task: &Value,
+    manifest: &imaging::manifest::Manifest,
+    chunk_total: u64,
+    reporter: &Reporter,
+) -> Result<Swarmed, Stop> {
+    let torrent = api
+        .retry("fetching the image's torrent", Some(SERVER_AWAY), || {
+            api.bytes("/agent/torrent")
+        })
+        .await?;
+    let storage =
+        DiskStorage::open(&args.disk, manifest).map_err(|e| Stop::Failed(format!("{e:#}")))?;
+    let limits = &task["bittorrent"];
+    let session = transport::swarm::session(SwarmOptions {
+        listen: (std::net::Ipv4Addr::UNSPECIFIED, 0).into(),
+        upload_bytes_per_sec: limits["upload_bps"].as_u64().map(|b| b / 8),
+        peer_limit: limits["peers"].as_u64().map(|n| n as usize),
+        state_dir: None,
+        default_storage: None,
+        trackers: true,
+    })
+    .await
+    .map_err(|e| Stop::Failed(format!("{e:#}")))?;
+    let added = session
+        .add_torrent(
+            AddTorrent::TorrentFileBytes(torrent.into()),
+            Some(AddTorrentOptions {
+                overwrite: true,
+                storage_factory: Some(storage.boxed()),
+                // Announce often while the swarm forms (the tracker's interval is 30 s).
+                force_tracker_interval: Some(Duration::from_secs(10)),
+                ..Default::default()
+            }),
+        )
+        .await
+        .map_err(|e| Stop::Failed(format!("joining the swarm: {e:#}")))?;
+    let handle = added
+        .into_handle()
+        .ok_or_else(|| Stop::Failed("joining the swarm: no torrent handle".into()))?;
+    info!("joined the image's swarm");
+    let start = Instant::now();
+    let (mut best, mut moved) = (0u64, Instant::now());
+    let mut initial = None;
+    let complete = loop {
+        let st = handle.stats();
+        if let Some(e) = &st.error {
+            warn!("the swarm failed: {e}; finishing over unicast");
+            break false;
+        }
+        if st.finished {
+            break true;
+        }
+        let live = matches!(st.state, TorrentStatsState::Live);
+        if live && initial.is_none() {
+            // What the disk held already (checked piece by piece).
+            initial = Some(st.progress_bytes);
+        }
+        if st.progress_bytes > best {
+            (best, moved) = (st.progress_bytes, Instant::now());
+        } else if live && moved.elapsed() >= STALL {
+            warn!(
+                "the swarm gave nothing for {} s ({} of {} bytes): finishing over unicast",
+                STALL.as_secs(),
+                st.progress_bytes,
+                st.total_bytes
+            );
+            break false;
+        }
+        let scale =
+            |b: u64| (b as u128 * chunk_total as u128 / st.total_bytes.max(1) as u128) as u64;
+        let got = st.progress_bytes.saturating_sub(initial.unwrap_or(0));
+        reporter.send(
+            "receiving",
+            Progress {
+                stored_bytes: scale(st.progress_bytes),
+                total_bytes: chunk_total,
+                rate_bps: (got as f64 * 8.0 / start.elapsed().as_secs_f64().max(0.001)) as u64,
+                ..Progress::default()
+            },
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let st = handle.stats();
+    let fetched = st
+        .progress_bytes
+        .saturating_sub(initial.unwrap_or(0))
+        .min(st.total_bytes);
+    info!(
+        "swarm: {} of {} bytes in {:.1} s ({} received, {} uploaded)",
+        st.progress_bytes,
+        st.total_bytes,
+        start.elapsed().as_secs_f64(),
+        fetched,
+        st.uploaded_bytes
+    );
+    if !complete {
+        // Nothing more is written by the swarm while unicast fills the gaps.
+        session.stop().await;
+    }
+    Ok(Swarmed {
+        fetched,
+        seeding: complete.then_some(Seeding { session, handle }),
+    })
+}
+
+impl Seeding {
+    /// Uploads to the other machines until the deployment no longer needs it (asked every
+    /// few seconds), the server stays away too long, or [`MAX_SEED`] passed.
+    pub(crate) async fn until_released(self, api: &Api) {
+        eprintln!("seeding for the other machines of the deployment");
+        let start = Instant::now();
+        let mut away_since: Option<Instant> = None;
+        loop {
+            match api.get("/agent/seed").await {
+                Ok(v) if v["seed"] == false => {
+                    info!("the deployment is {}: no more seeding", v["state"]);
+                    break;
+                }
+                Ok(_) => away_since = None,
+                Err(CallError::Away(e)) => {
+                    let since = *away_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() >= SERVER_AWAY {
+                        warn!("the server is away ({e}): no more seeding");
+                        break;
+                    }
+                }
+                Err(e) => {
+                    warn!("the server refused the seeding check ({e}): no more seeding");
+                    break;
+                }
+            }
+            if start.elapsed() >= MAX_SEED {
+                warn!("seeded for {} s: no more", MAX_SEED.as_secs());
+                break;
+            }
+            tokio::time::sleep(SEED_POLL).await;
+        }
+        let up = self.handle.stats().uploaded_bytes;
+        eprintln!("seeded {} to other machines", transport::fmt::bytes(up));
+        self.session.stop().await;
+    }
+}
