@@ -35,6 +35,49 @@ pub(crate) struct Seeding {
     handle: Arc<ManagedTorrent>,
 }
 
+/// What a machine that finished seeds: the swarm it downloaded in, or (written by multicast
+/// in a deployment whose stragglers finish from the swarm) one it joins with its disk.
+pub(crate) enum Seed {
+    Live(Seeding),
+    Later {
+        disk: std::path::PathBuf,
+        manifest: Box<imaging::manifest::Manifest>,
+        limits: Value,
+    },
+}
+
+impl Seed {
+    /// Seeds until the deployment no longer needs it ([`Seeding::until_released`]).
+    pub(crate) async fn until_released(self, api: &Api) {
+        let s = match self {
+            Self::Live(s) => s,
+            Self::Later {
+                disk,
+                manifest,
+                limits,
+            } => match join(api, &disk, &manifest, &limits).await {
+                Ok((session, handle)) => {
+                    // Its pieces are checked on the disk first: a seed only once they all are.
+                    // (reading it at 100 MB/s at least).
+                    let check = STALL + Duration::from_secs(manifest.used_bytes() / 100_000_000);
+                    let ready = handle.wait_until_completed();
+                    if tokio::time::timeout(check, ready).await.is_err() || !handle.stats().finished
+                    {
+                        warn!("the disk does not hold the whole torrent: not seeding");
+                        return session.stop().await;
+                    }
+                    Seeding { session, handle }
+                }
+                Err(Stop::Failed(e) | Stop::Over(e)) => {
+                    warn!("not seeding: {e}");
+                    return;
+                }
+            },
+        };
+        s.until_released(api).await;
+    }
+}
+
 /// What the swarm brought.
 pub(crate) struct Swarmed {
     /// Payload bytes received from peers (the server's seed included).
@@ -44,24 +87,19 @@ pub(crate) struct Swarmed {
     pub(crate) seeding: Option<Seeding>,
 }
 
-/// Downloads the task's torrent onto the disk. `chunk_total`: the task's plaintext bytes (what
-/// progress counts); torrent bytes are scaled to it.
-pub(crate) async fn receive(
+/// Joins the image's swarm with the disk at `disk` as its storage.
+async fn join(
     api: &Api,
-    args: &crate::Args,
-    task: &Value,
+    disk: &std::path::Path,
     manifest: &imaging::manifest::Manifest,
-    chunk_total: u64,
-    reporter: &Reporter,
-) -> Result<Swarmed, Stop> {
+    limits: &Value,
+) -> Result<(Arc<Session>, Arc<ManagedTorrent>), Stop> {
     let torrent = api
         .retry("fetching the image's torrent", Some(SERVER_AWAY), || {
             api.bytes("/agent/torrent")
         })
         .await?;
-    let storage =
-        DiskStorage::open(&args.disk, manifest).map_err(|e| Stop::Failed(format!("{e:#}")))?;
-    let limits = &task["bittorrent"];
+    let storage = DiskStorage::open(disk, manifest).map_err(|e| Stop::Failed(format!("{e:#}")))?;
     let session = transport::swarm::session(SwarmOptions {
         listen: (std::net::Ipv4Addr::UNSPECIFIED, 0).into(),
         upload_bytes_per_sec: limits["upload_bps"].as_u64().map(|b| b / 8),
@@ -78,8 +116,9 @@ pub(crate) async fn receive(
             Some(AddTorrentOptions {
                 overwrite: true,
                 storage_factory: Some(storage.boxed()),
-                // Announce often while the swarm forms (the tracker's interval is 30 s).
-                force_tracker_interval: Some(Duration::from_secs(10)),
+                // Announce often (the tracker's interval is 30 s, its least 5 s): machines
+                // that finish join as seeds, and a straggler should hear of them soon.
+                force_tracker_interval: Some(Duration::from_secs(5)),
                 ..Default::default()
             }),
         )
@@ -88,10 +127,25 @@ pub(crate) async fn receive(
     let handle = added
         .into_handle()
         .ok_or_else(|| Stop::Failed("joining the swarm: no torrent handle".into()))?;
+    Ok((session, handle))
+}
+
+/// Downloads the task's torrent onto the disk. `chunk_total`: the task's plaintext bytes (what
+/// progress counts); torrent bytes are scaled to it.
+pub(crate) async fn receive(
+    api: &Api,
+    args: &crate::Args,
+    task: &Value,
+    manifest: &imaging::manifest::Manifest,
+    chunk_total: u64,
+    reporter: &Reporter,
+) -> Result<Swarmed, Stop> {
+    let (session, handle) = join(api, &args.disk, manifest, &task["bittorrent"]).await?;
     info!("joined the image's swarm");
     let start = Instant::now();
     let (mut best, mut moved) = (0u64, Instant::now());
-    let mut initial = None;
+    // Payload bytes downloaded and checked (pieces the disk held already are not counted).
+    let mut got = 0u64;
     let complete = loop {
         let st = handle.stats();
         if let Some(e) = &st.error {
@@ -102,9 +156,8 @@ pub(crate) async fn receive(
             break true;
         }
         let live = matches!(st.state, TorrentStatsState::Live);
-        if live && initial.is_none() {
-            // What the disk held already (checked piece by piece).
-            initial = Some(st.progress_bytes);
+        if let Some(l) = &st.live {
+            got = got.max(l.snapshot.downloaded_and_checked_bytes);
         }
         if st.progress_bytes > best {
             (best, moved) = (st.progress_bytes, Instant::now());
@@ -119,7 +172,6 @@ pub(crate) async fn receive(
         }
         let scale =
             |b: u64| (b as u128 * chunk_total as u128 / st.total_bytes.max(1) as u128) as u64;
-        let got = st.progress_bytes.saturating_sub(initial.unwrap_or(0));
         reporter.send(
             "receiving",
             Progress {
@@ -132,10 +184,10 @@ pub(crate) async fn receive(
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
     let st = handle.stats();
-    let fetched = st
-        .progress_bytes
-        .saturating_sub(initial.unwrap_or(0))
-        .min(st.total_bytes);
+    if let Some(l) = &st.live {
+        got = got.max(l.snapshot.downloaded_and_checked_bytes);
+    }
+    let fetched = got.min(st.total_bytes);
     info!(
         "swarm: {} of {} bytes in {:.1} s ({} received, {} uploaded)",
         st.progress_bytes,

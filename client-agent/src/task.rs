@@ -46,7 +46,7 @@ pub(crate) struct Totals {
 /// How a task ended.
 pub(crate) enum Outcome {
     /// Written and verified; over BitTorrent, the machine's seed for the others.
-    Done(Totals, Option<crate::swarm::Seeding>),
+    Done(Totals, Option<crate::swarm::Seed>),
     Failed(String, Totals),
     /// The server ended it (cancelled).
     Over(String),
@@ -170,7 +170,7 @@ async fn work(
     args: &Args,
     mut task: Value,
     reporter: &Reporter,
-) -> Result<(Totals, Option<crate::swarm::Seeding>), Stop> {
+) -> Result<(Totals, Option<crate::swarm::Seed>), Stop> {
     let m = api
         .retry("fetching the manifest", None, || api.get("/agent/manifest"))
         .await?;
@@ -188,18 +188,11 @@ async fn work(
     }
     reporter.send("receiving", Progress::default());
     let mut totals = Totals::default();
-    let mut seeding = None;
-    if task["transport"] == "bittorrent" {
-        let total = desc.plain_bytes();
-        let s = crate::swarm::receive(api, args, &task, &manifest, total, reporter).await?;
-        reporter
-            .swarm_bytes
-            .store(s.fetched, std::sync::atomic::Ordering::Relaxed);
-        seeding = s.seeding;
-    }
+    // A multicast deployment may send its stragglers and late joiners to the swarm.
+    let swarm_fallback = task["fallback"] == "bittorrent";
     let mut unheard = None;
     while task["transport"] == "multicast" && !task["multicast"].is_null() {
-        match multicast(api, iface, args, &task, reporter).await {
+        match multicast(api, iface, args, &task, reporter, swarm_fallback).await {
             Ok(t) => {
                 totals = t;
                 break;
@@ -210,7 +203,7 @@ async fn work(
                 // silent (its server is gone) is given up after two tries.
                 let session = task["multicast"]["session"].clone();
                 if unheard.as_ref() == Some(&session) {
-                    warn!("the deployment's session is not heard here: receiving over unicast");
+                    warn!("the deployment's session is not heard here: finishing without it");
                     break;
                 }
                 unheard = Some(session);
@@ -220,10 +213,27 @@ async fn work(
                 task = t["task"].clone();
             }
             Err(e) => {
-                warn!("multicast failed: {e:#}; finishing over unicast");
+                warn!("multicast failed: {e:#}; finishing without it");
                 break;
             }
         }
+    }
+    let mut seeding = None;
+    let multicast_chunks = totals.multicast;
+    if task["transport"] == "bittorrent" || (swarm_fallback && totals.bytes == 0) {
+        let total = desc.plain_bytes();
+        let s = crate::swarm::receive(api, args, &task, &manifest, total, reporter).await?;
+        reporter
+            .swarm_bytes
+            .store(s.fetched, std::sync::atomic::Ordering::Relaxed);
+        seeding = s.seeding.map(crate::swarm::Seed::Live);
+    } else if swarm_fallback {
+        // Done by multicast: it seeds for the stragglers once its result is in.
+        seeding = Some(crate::swarm::Seed::Later {
+            disk: args.disk.clone(),
+            manifest: Box::new(manifest.clone()),
+            limits: task["bittorrent"].clone(),
+        });
     }
     if totals.bytes == 0 {
         // After the swarm: every chunk is checked on the disk, the few wrong or missing
@@ -233,9 +243,10 @@ async fn work(
     totals.swarm_bytes = reporter
         .swarm_bytes
         .load(std::sync::atomic::Ordering::Relaxed);
-    if task["transport"] == "bittorrent" {
-        // The scan found the swarm's chunks on the disk: they are the swarm's, not "kept".
+    if totals.swarm_bytes > 0 {
+        // The scan found the swarm's (and multicast's) chunks on the disk: not "kept".
         totals.kept = 0;
+        totals.multicast = multicast_chunks;
     }
     if args.read_back {
         reporter.send(
@@ -266,13 +277,15 @@ async fn work(
     Ok((totals, seeding))
 }
 
-/// Joins the deployment's session; whatever multicast misses comes from the API.
+/// Joins the deployment's session; whatever multicast misses comes from the API, or with
+/// `leave_missing` from elsewhere (the totals' bytes are then 0, the chunk counts what came).
 async fn multicast(
     api: &Api,
     iface: &Iface,
     args: &Args,
     task: &Value,
     reporter: &Reporter,
+    leave_missing: bool,
 ) -> anyhow::Result<Totals> {
     let mc = &task["multicast"];
     let group: SocketAddrV4 = mc["group"]
@@ -304,6 +317,7 @@ async fn multicast(
         }),
         resume: true,
         progress: Some(ptx),
+        leave_missing,
     })
     .await;
     fwd.abort();
@@ -312,8 +326,11 @@ async fn multicast(
         "received in {:.1} s: {} chunk(s) by multicast, {} over unicast, {} already on the disk",
         r.seconds, r.multicast_chunks, r.unicast_chunks, r.kept_chunks
     );
+    if r.missing_chunks > 0 {
+        info!("{} chunk(s) left for the swarm", r.missing_chunks);
+    }
     Ok(Totals {
-        bytes: r.bytes,
+        bytes: if r.missing_chunks > 0 { 0 } else { r.bytes },
         multicast: r.multicast_chunks,
         unicast: r.unicast_chunks,
         kept: r.kept_chunks,

@@ -336,6 +336,12 @@ impl Receiver {
         self.stored == self.layout.chunks()
     }
 
+    /// Whether what is missing now comes over unicast only: the stream is over or draining,
+    /// this receiver was demoted or rejoined, or the sender went silent.
+    pub fn unicast_all(&self) -> bool {
+        self.unicast_all
+    }
+
     /// Whether the receiver is finished (complete, and the sender knows or went away).
     pub fn finished(&self) -> bool {
         self.finished

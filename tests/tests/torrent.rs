@@ -339,3 +339,132 @@ fn a_bittorrent_deployment_to_three_agents() {
     let up = server_uploaded(&srv);
     assert!(up > 0 && up <= 3 * m.used_bytes(), "server uploaded {up}");
 }
+
+/// Hybrid: a multicast deployment whose stragglers finish from the swarm. Two machines take
+/// the stream, then seed; a third comes after the stream ended and gets the image from the
+/// swarm (the server's seed, capped at 4 Mbit/s, and the two machines), nothing over unicast.
+#[test]
+fn a_late_joiner_of_a_multicast_deployment_finishes_from_the_swarm() {
+    if !drover_tests::require("bittorrent_fallback", &["sgdisk", "mkfs.ext4", "mkntfs"]) {
+        return;
+    }
+    let env = Env::new();
+    let src = lab_disk(&env, 8 << 20, 23);
+    env.capture(&src, "lab");
+    let m = env.manifest("lab");
+    let reference = env.path("reference.img");
+    drover_tests::sparse_file(&reference, 64 << 20);
+    env.restore("lab", &reference);
+    let srv = Server::start(
+        &env.data(),
+        &[
+            "--bittorrent",
+            "0.0.0.0:0",
+            "--bittorrent-upload-rate",
+            "4M",
+        ],
+    );
+    let t = token(&env);
+    let macs = [
+        "02:00:00:00:06:21",
+        "02:00:00:00:06:22",
+        "02:00:00:00:06:23",
+    ];
+    for mac in macs {
+        srv.ok(&env, &t, &["machine", "add", mac, "--group", "hy"]);
+    }
+    let out = srv.ok(
+        &env,
+        &t,
+        &[
+            "deploy",
+            "lab",
+            "--to",
+            "hy",
+            "--min-machines",
+            "2",
+            "--fallback",
+            "bittorrent",
+        ],
+    );
+    let id = out
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .trim_end_matches(':')
+        .to_string();
+    let start = |i: usize| {
+        let disk = env.path(&format!("hy{i}.img"));
+        let c = agent(&srv.url, &disk, &["--mac", macs[i], "--iface", "lo"]);
+        (disk, std::thread::spawn(move || output_within(c, LIMIT)))
+    };
+    let first = [start(0), start(1)];
+    drover_tests::deploy::wait_deployment(
+        LIMIT,
+        "the first two machines done",
+        || drover_tests::deploy::deployment(&srv.addr, &t, &id),
+        |d| {
+            macs[..2]
+                .iter()
+                .all(|mac| task_of(d, mac)["state"] == "done")
+        },
+    );
+    // They seed (with the server): the tracker counts three seeds.
+    let (_, hash) = fetch_torrent(&env, &srv, &t);
+    let probe = format!(
+        "/announce?info_hash={hash}&peer_id=-PROBE-0123456789abc&port=9&left=1&event=stopped&compact=1"
+    );
+    let t0 = std::time::Instant::now();
+    while !http_bytes_auth(&srv.addr, &probe, "none")
+        .1
+        .starts_with(b"d8:completei3e")
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "the machines do not seed: {}",
+            String::from_utf8_lossy(&http_bytes_auth(&srv.addr, &probe, "none").1)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let late = start(2);
+    let mut outputs = Vec::new();
+    for (disk, a) in first.into_iter().chain([late]) {
+        let o = a.join().unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert!(o.status.success(), "{text}");
+        assert!(
+            std::fs::read(&disk).unwrap() == std::fs::read(&reference).unwrap(),
+            "{} differs from the image: {text}",
+            disk.display()
+        );
+        outputs.push(text);
+    }
+    let d = drover_tests::deploy::deployment(&srv.addr, &t, &id);
+    assert_eq!(d["state"], "done", "{d:#}");
+    assert_eq!(d["fallback"], "bittorrent", "{d:#}");
+    for mac in &macs[..2] {
+        assert!(
+            task_of(&d, mac)["multicast_chunks"].as_u64().unwrap() > 0,
+            "{d:#}"
+        );
+        assert!(outputs
+            .iter()
+            .any(|o| o.contains("seeding for the other machines")));
+    }
+    let late = task_of(&d, macs[2]);
+    assert_eq!(late["unicast_chunks"], 0, "{d:#}");
+    assert_eq!(late["multicast_chunks"], 0, "{d:#}");
+    let swarm = late["swarm_bytes"].as_u64().unwrap();
+    assert!(swarm > 0 && swarm <= m.used_bytes(), "{d:#}");
+    // The server's seed is slow: the machines gave most of it.
+    let up = server_uploaded(&srv);
+    assert!(
+        up < swarm,
+        "the server uploaded {up} of {swarm} bytes: {}",
+        outputs[2]
+    );
+}

@@ -66,6 +66,10 @@ pub struct ReceiveOptions {
     pub resume: bool,
     /// Where to report progress once a second (the agent); `None` prints it.
     pub progress: Option<mpsc::UnboundedSender<Progress>>,
+    /// Leave, rather than fetch the rest, once what is missing would come over unicast
+    /// only (the stream is over, the receiver demoted, the sender silent): the caller
+    /// finishes elsewhere (a BitTorrent swarm). Repairs during the stream are fetched.
+    pub leave_missing: bool,
 }
 
 /// The daemon's chunk endpoint: `GET {base}/api/v1/chunks/{hash}` with a bearer token.
@@ -128,6 +132,8 @@ pub struct Received {
     pub multicast_chunks: u64,
     pub unicast_chunks: u64,
     pub kept_chunks: u64,
+    /// Chunks not stored (the receiver left, `leave_missing`); 0 when complete.
+    pub missing_chunks: u64,
 }
 
 /// Runs a receiver to the end of its session.
@@ -311,6 +317,13 @@ pub async fn run(o: ReceiveOptions) -> anyhow::Result<Received> {
         if rx.finished() {
             break;
         }
+        if o.leave_missing && rx.unicast_all() {
+            eprintln!(
+                "leaving the session with {} chunk(s) missing: the rest comes from elsewhere",
+                rx.missing().len()
+            );
+            break;
+        }
         if last_progress.elapsed() >= Duration::from_secs(1) {
             last_progress = Instant::now();
             let s = rx.stats();
@@ -409,6 +422,7 @@ pub async fn run(o: ReceiveOptions) -> anyhow::Result<Received> {
         multicast_chunks: u64::from(s.decoded_chunks),
         unicast_chunks: u64::from(s.fetched_chunks),
         kept_chunks: kept,
+        missing_chunks: rx.missing().len() as u64,
     };
     if quiet {
         return Ok(received);

@@ -182,6 +182,7 @@ pub(crate) fn run(cmd: MulticastCommand, data_dir: &Path, json: bool) -> anyhow:
         } => {
             let iface = net::iface(iface.as_deref())?;
             rt.block_on(receive::run(receive::ReceiveOptions {
+                leave_missing: false,
                 iface,
                 group,
                 out,

@@ -137,7 +137,6 @@ pub(crate) fn router(state: Shared) -> Router {
         .route("/agent/manifest", get(dep::manifest))
         .route("/agent/progress", post(dep::progress))
         .route("/agent/result", post(dep::result))
-        .route("/agent/torrent", get(super::torrent::agent_torrent))
         .route("/chunks/{hash}", get(dep::chunk))
         .route("/agent/capture/have", post(super::capture::have))
         .route(
@@ -157,6 +156,7 @@ pub(crate) fn router(state: Shared) -> Router {
         .route("/api/v1/openapi.json", get(super::openapi::openapi))
         .route("/api/v1/agent/hello", post(dep::hello))
         .route("/api/v1/agent/seed", get(super::torrent::seed))
+        .route("/api/v1/agent/torrent", get(super::torrent::agent_torrent))
         .route("/announce", get(super::tracker::announce))
         .route("/boot/files/{*path}", get(super::boot::file))
         .route("/boot/{name}", get(super::boot::ipxe_script))

@@ -10,11 +10,10 @@ use std::path::{Path, PathBuf};
 use axum::extract::{Path as UrlPath, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::{Extension, Json};
+use axum::Json;
 use serde_json::{json, Value};
 
 use super::api::{ApiError, ApiResult, Shared};
-use super::deploy_api::AgentTask;
 
 /// How long an agent's request for its torrent waits for it to be built before it is told to
 /// come back.
@@ -103,11 +102,13 @@ fn torrent_response(body: Vec<u8>, label: &str) -> Response {
 }
 
 /// `GET /api/v1/agent/torrent`: the task's image torrent, seeded by the server. While it is
-/// being built (every piece hashed) the answer is 503: the agent asks again.
+/// being built (every piece hashed) the answer is 503: the agent asks again. It takes the
+/// task's token after the task is over too: a machine that finished joins the swarm as a seed.
 pub(crate) async fn agent_torrent(
     State(s): State<Shared>,
-    Extension(AgentTask(t)): Extension<AgentTask>,
+    headers: HeaderMap,
 ) -> ApiResult<Response> {
+    let t = task_of_token(&s, &headers).await?;
     let d = s.db.deployment(&t.deployment_id).await?;
     let (seeder, id) = (s.deployer.seeder.clone(), d.image_id.clone());
     // The build goes on when this request gives up waiting.
@@ -131,6 +132,16 @@ pub(crate) async fn agent_torrent(
 /// deployment runs (other machines may still need its pieces). It takes the task's token
 /// after the task is over, which the other agent endpoints refuse.
 pub(crate) async fn seed(State(s): State<Shared>, headers: HeaderMap) -> ApiResult<Json<Value>> {
+    let t = task_of_token(&s, &headers).await?;
+    let d = s.db.deployment(&t.deployment_id).await?;
+    let seed = matches!(d.state.as_str(), "waiting" | "running");
+    Ok(Json(
+        json!({ "seed": seed, "deployment": d.id, "state": d.state }),
+    ))
+}
+
+/// The task of the request's task token, over or not.
+async fn task_of_token(s: &Shared, headers: &HeaderMap) -> ApiResult<super::deploy_db::Task> {
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -143,13 +154,8 @@ pub(crate) async fn seed(State(s): State<Shared>, headers: HeaderMap) -> ApiResu
                 "a task token is needed (Authorization: Bearer drt_...)",
             )
         })?;
-    let t =
-        s.db.check_task_token(token)
-            .await?
-            .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "unknown task token"))?;
-    let d = s.db.deployment(&t.deployment_id).await?;
-    let seed = matches!(d.state.as_str(), "waiting" | "running");
-    Ok(Json(
-        json!({ "seed": seed, "deployment": d.id, "state": d.state }),
-    ))
+    Ok(s.db
+        .check_task_token(token)
+        .await?
+        .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "unknown task token"))?)
 }

@@ -124,13 +124,15 @@ impl Tracker {
             compact.extend_from_slice(&addr.ip().octets());
             compact.extend_from_slice(&addr.port().to_be_bytes());
         }
-        let seeds = swarm.values().filter(|p| p.seed).count() as u64 + u64::from(server.is_some());
+        let seeds = swarm.values().filter(|p| p.seed).count() as u64;
+        let leechers = swarm.len() as u64 - seeds;
+        let seeds = seeds + u64::from(server.is_some());
         let mut b = Vec::new();
         b.push(b'd');
         bytes(&mut b, b"complete");
         int(&mut b, seeds);
         bytes(&mut b, b"incomplete");
-        int(&mut b, swarm.len() as u64 - seeds);
+        int(&mut b, leechers);
         bytes(&mut b, b"interval");
         int(&mut b, INTERVAL.as_secs());
         bytes(&mut b, b"min interval");
@@ -330,7 +332,15 @@ mod tests {
         );
         assert_eq!(peers(&r)[0], me);
         assert_eq!(peers(&r).len(), 2);
-        assert!(r.starts_with(b"d8:completei2e"));
+        assert!(r.starts_with(b"d8:completei2e10:incompletei1e"));
+        // A probe that stops at once, in a swarm of seeds and the server: counted right.
+        let r = t.announce(
+            &ann(9, 9, 1, Some("stopped")),
+            ip(9),
+            now + 3 * INTERVAL,
+            Some(me),
+        );
+        assert!(r.starts_with(b"d8:completei2e10:incompletei1e"));
         let r = t.announce(&ann(1, 6881, 0, None), ip(1), now + 3 * INTERVAL, Some(me));
         assert_eq!(peers(&r), vec!["10.0.0.4:7002".parse().unwrap()]);
     }
