@@ -154,8 +154,7 @@ async fn task_of_token(s: &Shared, headers: &HeaderMap) -> ApiResult<super::depl
                 "a task token is needed (Authorization: Bearer drt_...)",
             )
         })?;
-    Ok(s.db
-        .check_task_token(token)
+    s.db.check_task_token(token)
         .await?
-        .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "unknown task token"))?)
+        .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "unknown task token"))
 }
