@@ -13,6 +13,7 @@ use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 
 pub mod deploy;
+pub mod evil_peer;
 pub mod lab;
 pub mod postgres;
 pub mod server;

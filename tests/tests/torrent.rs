@@ -113,17 +113,19 @@ fn aria(
 /// The image's torrent from the server, written to `env`'s `lab.torrent`; and its info hash
 /// percent-encoded for an announce.
 fn fetch_torrent(env: &Env, srv: &Server, t: &str) -> (std::path::PathBuf, String) {
+    let (path, hash) = fetch_torrent_raw(env, srv, t);
+    (path, hash.iter().map(|b| format!("%{b:02x}")).collect())
+}
+
+/// As [`fetch_torrent`], the info hash as bytes.
+fn fetch_torrent_raw(env: &Env, srv: &Server, t: &str) -> (std::path::PathBuf, [u8; 20]) {
     let (status, torrent) = http_bytes_auth(&srv.addr, "/api/v1/images/lab/torrent", t);
     assert_eq!(status, 200);
     let tfile = env.path("lab.torrent");
     std::fs::write(&tfile, &torrent).unwrap();
     let info =
         &torrent[torrent.windows(6).position(|w| w == b"4:info").unwrap() + 6..torrent.len() - 1];
-    let hash = imaging::torrent::info_hash(info)
-        .iter()
-        .map(|b| format!("%{b:02x}"))
-        .collect();
-    (tfile, hash)
+    (tfile, imaging::torrent::info_hash(info))
 }
 
 /// A real BitTorrent client downloads from drover: aria2c takes the image's torrent, finds the
@@ -467,4 +469,88 @@ fn a_late_joiner_of_a_multicast_deployment_finishes_from_the_swarm() {
         "the server uploaded {up} of {swarm} bytes: {}",
         outputs[2]
     );
+}
+
+/// A BitTorrent deployment with a misbehaving peer in the swarm (announced as a seed, the
+/// server's seed slowed to 24 Mbit/s so the agent asks it for pieces too): the agent's disk
+/// ends right, nothing over unicast.
+fn with_a_bad_peer(mischief: drover_tests::evil_peer::Mischief, seed: u64) {
+    let env = Env::new();
+    let src = lab_disk(&env, 8 << 20, seed);
+    env.capture(&src, "lab");
+    let m = env.manifest("lab");
+    let reference = env.path("reference.img");
+    drover_tests::sparse_file(&reference, 64 << 20);
+    env.restore("lab", &reference);
+    let srv = Server::start(
+        &env.data(),
+        &[
+            "--bittorrent",
+            "0.0.0.0:0",
+            "--bittorrent-upload-rate",
+            "24M",
+        ],
+    );
+    let t = token(&env);
+    let (_, hash) = fetch_torrent_raw(&env, &srv, &t);
+    let evil =
+        drover_tests::evil_peer::EvilPeer::start(hash, Payload::of(&m).pieces() as usize, mischief);
+    evil.announce(&srv.addr, hash);
+    let mac = "02:00:00:00:06:31";
+    srv.ok(&env, &t, &["machine", "add", mac]);
+    srv.ok(
+        &env,
+        &t,
+        &["deploy", "lab", "--to", mac, "--transport", "bittorrent"],
+    );
+    let target = env.path("target.img");
+    let o = output_within(
+        agent(&srv.url, &target, &["--mac", mac, "--iface", "lo"]),
+        LIMIT,
+    );
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(o.status.success(), "{text}");
+    assert!(
+        std::fs::read(&target).unwrap() == std::fs::read(&reference).unwrap(),
+        "{text}"
+    );
+    let d = &env.json(&["deployment", "list", "--server", &srv.url, "--token", &t])[0];
+    let task = task_of(d, mac);
+    assert_eq!(task["state"], "done", "{task:#}");
+    assert_eq!(task["unicast_chunks"], 0, "{task:#}");
+    // The agent did talk to the bad peer (and, for corrupt pieces, took blocks from it).
+    use std::sync::atomic::Ordering;
+    assert!(evil.connections.load(Ordering::Relaxed) > 0, "{text}");
+    if mischief == drover_tests::evil_peer::Mischief::CorruptPieces {
+        assert!(evil.blocks.load(Ordering::Relaxed) > 0, "{text}");
+        assert!(text.contains("did not validate"), "{text}");
+    }
+}
+
+/// Pieces from a peer that fail their hash are rejected (the peer dropped) and fetched again.
+#[test]
+fn a_corrupt_piece_from_a_peer_is_rejected_and_fetched_again() {
+    if !drover_tests::require(
+        "bittorrent_corrupt_peer",
+        &["sgdisk", "mkfs.ext4", "mkntfs"],
+    ) {
+        return;
+    }
+    with_a_bad_peer(drover_tests::evil_peer::Mischief::CorruptPieces, 31);
+}
+
+/// A peer that sends garbage instead of messages does not stop the deployment.
+#[test]
+fn a_peer_sending_garbage_does_not_stop_the_deployment() {
+    if !drover_tests::require(
+        "bittorrent_garbage_peer",
+        &["sgdisk", "mkfs.ext4", "mkntfs"],
+    ) {
+        return;
+    }
+    with_a_bad_peer(drover_tests::evil_peer::Mischief::Garbage, 33);
 }
