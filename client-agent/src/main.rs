@@ -89,13 +89,24 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(run(args)) {
+    let code = match rt.block_on(run(args)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("drover-agent: {e:#}");
             ExitCode::FAILURE
         }
+    };
+    if let Some(kib) = peak_memory_kib() {
+        eprintln!("peak memory: {} MiB", kib.div_ceil(1024));
     }
+    code
+}
+
+/// This process's peak resident memory (VmHWM), KiB.
+fn peak_memory_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 pub(crate) fn init_logging() {

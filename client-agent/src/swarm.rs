@@ -7,6 +7,7 @@
 //! A swarm that makes no progress for [`STALL`] (no seed reachable, only bad peers) is left
 //! for unicast: a stuck peer never holds a machine up for long.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,7 +16,8 @@ use tracing::{info, warn};
 use transport::receive::Progress;
 use transport::swarm::librqbit::storage::StorageFactoryExt;
 use transport::swarm::librqbit::{
-    AddTorrent, AddTorrentOptions, ManagedTorrent, Session, TorrentStatsState,
+    AddTorrent, AddTorrentOptions, ManagedTorrent, PeerConnectionOptions, Session,
+    TorrentStatsState,
 };
 use transport::swarm::{DiskStorage, SwarmOptions};
 
@@ -23,11 +25,24 @@ use crate::api::{Api, CallError};
 use crate::task::{Reporter, Stop, SERVER_AWAY};
 
 /// No progress for this long: the rest comes over unicast.
-pub(crate) const STALL: Duration = Duration::from_secs(45);
+pub(crate) const STALL: Duration = Duration::from_secs(60);
 /// A machine that finished seeds at most this long (its deployment should be over by then).
 const MAX_SEED: Duration = Duration::from_secs(3600);
 /// How often a seeding machine asks whether it is still needed.
 const SEED_POLL: Duration = Duration::from_secs(3);
+
+/// Peers on a lab network: a request window of 32 blocks (512 KiB) fills a gigabit link at
+/// LAN round trips and keeps what queues at a rate-limited seed (the server's) short; a peer
+/// silent for 30 s is dropped (librqbit's 10 s cut off a capped server's slow answers).
+const PEER_OPTS: PeerConnectionOptions = PeerConnectionOptions {
+    connect_timeout: Some(Duration::from_secs(10)),
+    read_write_timeout: Some(Duration::from_secs(30)),
+    keep_alive_interval: None,
+    max_request_window: Some(32),
+};
+
+/// The parts a machine takes the torrent's files in.
+const PHASES: usize = 8;
 
 /// A finished machine's seed.
 pub(crate) struct Seeding {
@@ -55,7 +70,7 @@ impl Seed {
                 disk,
                 manifest,
                 limits,
-            } => match join(api, &disk, &manifest, &limits).await {
+            } => match join(api, &disk, &manifest, &limits, false).await {
                 Ok((session, handle)) => {
                     // Its pieces are checked on the disk first: a seed only once they all are.
                     // (reading it at 100 MB/s at least).
@@ -93,6 +108,7 @@ async fn join(
     disk: &std::path::Path,
     manifest: &imaging::manifest::Manifest,
     limits: &Value,
+    paused: bool,
 ) -> Result<(Arc<Session>, Arc<ManagedTorrent>), Stop> {
     let torrent = api
         .retry("fetching the image's torrent", Some(SERVER_AWAY), || {
@@ -115,7 +131,9 @@ async fn join(
             AddTorrent::TorrentFileBytes(torrent.into()),
             Some(AddTorrentOptions {
                 overwrite: true,
+                paused,
                 storage_factory: Some(storage.boxed()),
+                peer_opts: Some(PEER_OPTS),
                 // Announce often (the tracker's interval is 30 s, its least 5 s): machines
                 // that finish join as seeds, and a straggler should hear of them soon.
                 force_tracker_interval: Some(Duration::from_secs(5)),
@@ -140,8 +158,35 @@ pub(crate) async fn receive(
     chunk_total: u64,
     reporter: &Reporter,
 ) -> Result<Swarmed, Stop> {
-    let (session, handle) = join(api, &args.disk, manifest, &task["bittorrent"]).await?;
-    info!("joined the image's swarm");
+    let (session, handle) = join(api, &args.disk, manifest, &task["bittorrent"], true).await?;
+    let failed = |e: anyhow::Error| Stop::Failed(format!("the swarm: {e:#}"));
+    // Paused after its check of the disk: what the disk holds already.
+    handle.wait_until_initialized().await.map_err(failed)?;
+    let st = handle.stats();
+    let (payload, had) = (st.total_bytes, st.progress_bytes);
+    // Every machine takes the files in an order of its own, a part at a time: clients take
+    // a torrent's files in name order, and machines that all fetched the same pieces first
+    // would have nothing to trade.
+    let files = imaging::torrent::Payload::of(manifest).extents.len();
+    let mut order: Vec<usize> = (0..files).collect();
+    {
+        use rand::seq::SliceRandom;
+        order.shuffle(&mut rand::thread_rng());
+    }
+    let step = files.div_ceil(PHASES).max(1);
+    let mut selected = step.min(files);
+    let select = |n: usize| order[..n].iter().copied().collect::<HashSet<usize>>();
+    session
+        .update_only_files(&handle, &select(selected))
+        .await
+        .map_err(failed)?;
+    session.unpause(&handle).await.map_err(failed)?;
+    info!(
+        "joined the image's swarm: {} of {} bytes on the disk already, {files} file(s) in {} part(s)",
+        had,
+        payload,
+        files.div_ceil(step)
+    );
     let start = Instant::now();
     let (mut best, mut moved) = (0u64, Instant::now());
     // Payload bytes downloaded and checked (pieces the disk held already are not counted).
@@ -152,30 +197,39 @@ pub(crate) async fn receive(
             warn!("the swarm failed: {e}; finishing over unicast");
             break false;
         }
-        if st.finished {
-            break true;
-        }
-        let live = matches!(st.state, TorrentStatsState::Live);
         if let Some(l) = &st.live {
             got = got.max(l.snapshot.downloaded_and_checked_bytes);
         }
-        if st.progress_bytes > best {
-            (best, moved) = (st.progress_bytes, Instant::now());
+        if st.finished && selected == files {
+            break true;
+        }
+        if st.finished {
+            selected = (selected + step).min(files);
+            session
+                .update_only_files(&handle, &select(selected))
+                .await
+                .map_err(failed)?;
+            continue;
+        }
+        let live = matches!(st.state, TorrentStatsState::Live);
+        // Any byte from a peer counts as movement (a slow swarm is not a stuck one).
+        let fetched = st.live.as_ref().map_or(0, |l| l.snapshot.fetched_bytes);
+        if got + fetched > best {
+            (best, moved) = (got + fetched, Instant::now());
         } else if live && moved.elapsed() >= STALL {
             warn!(
-                "the swarm gave nothing for {} s ({} of {} bytes): finishing over unicast",
+                "the swarm gave nothing for {} s ({} of {payload} bytes; peers {:?}): finishing over unicast",
                 STALL.as_secs(),
-                st.progress_bytes,
-                st.total_bytes
+                had + got,
+                st.live.as_ref().map(|l| &l.snapshot.peer_stats)
             );
             break false;
         }
-        let scale =
-            |b: u64| (b as u128 * chunk_total as u128 / st.total_bytes.max(1) as u128) as u64;
+        let done = (had + got).min(payload);
         reporter.send(
             "receiving",
             Progress {
-                stored_bytes: scale(st.progress_bytes),
+                stored_bytes: (done as u128 * chunk_total as u128 / payload.max(1) as u128) as u64,
                 total_bytes: chunk_total,
                 rate_bps: (got as f64 * 8.0 / start.elapsed().as_secs_f64().max(0.001)) as u64,
                 ..Progress::default()
@@ -187,13 +241,11 @@ pub(crate) async fn receive(
     if let Some(l) = &st.live {
         got = got.max(l.snapshot.downloaded_and_checked_bytes);
     }
-    let fetched = got.min(st.total_bytes);
+    let fetched = got.min(payload);
     info!(
-        "swarm: {} of {} bytes in {:.1} s ({} received, {} uploaded)",
-        st.progress_bytes,
-        st.total_bytes,
+        "swarm: {} of {payload} bytes in {:.1} s ({fetched} received, {} uploaded)",
+        (had + got).min(payload),
         start.elapsed().as_secs_f64(),
-        fetched,
         st.uploaded_bytes
     );
     if !complete {

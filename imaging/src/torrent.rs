@@ -31,7 +31,8 @@ impl Extent {
     }
 }
 
-/// The payload: extents in disk order, adjacent ones merged.
+/// The payload: extents in disk order, adjacent ones merged, cut into files of at most
+/// [`segment_len`] bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Payload {
     /// The torrent's files, in disk (and payload) order.
@@ -49,6 +50,13 @@ pub fn piece_len_for(total: u64) -> u64 {
         .max(1)
         .next_power_of_two()
         .clamp(256 << 10, 16 << 20)
+}
+
+/// The largest torrent file: four pieces, at least 1 MiB. Many files of a bounded size let
+/// each machine of a swarm begin with a different part of the image (clients take a
+/// torrent's files in name order), so they have pieces to trade from the start.
+pub fn segment_len(piece_len: u64) -> u64 {
+    (4 * piece_len).max(1 << 20)
 }
 
 impl Payload {
@@ -72,10 +80,21 @@ impl Payload {
             }
         }
         let total = extents.iter().map(|e| e.len).sum();
+        let piece_len = piece_len_for(total);
+        let seg = segment_len(piece_len);
+        let extents = extents
+            .into_iter()
+            .flat_map(|e| {
+                (0..e.len.div_ceil(seg)).map(move |i| Extent {
+                    disk_offset: e.disk_offset + i * seg,
+                    len: seg.min(e.len - i * seg),
+                })
+            })
+            .collect();
         Self {
             extents,
             total,
-            piece_len: piece_len_for(total),
+            piece_len,
         }
     }
 
@@ -346,7 +365,7 @@ mod tests {
         use crate::progress::NoProgress;
         // A bare disk (no table, no filesystem): the raw reader keeps the non-zero regions.
         let mut disk = vec![0u8; 8 << 20];
-        for (start, len) in [(0usize, 4096usize), (1 << 20, 300_000), (5 << 20, 4096)] {
+        for (start, len) in [(0usize, 4096usize), (1 << 20, 2_600_000), (5 << 20, 4096)] {
             for (i, b) in disk[start..start + len].iter_mut().enumerate() {
                 *b = (i % 253) as u8 + 1;
             }
@@ -362,10 +381,15 @@ mod tests {
             .manifest;
         let p = Payload::of(&m);
         assert_eq!(p.total, m.used_bytes());
-        // Every non-zero byte is in the payload, and the extents are sorted and disjoint.
+        // Every non-zero byte is in the payload; the files are sorted, disjoint and at most
+        // a segment long.
         for w in p.extents.windows(2) {
-            assert!(w[0].disk_offset + w[0].len < w[1].disk_offset, "{w:?}");
+            assert!(w[0].disk_offset + w[0].len <= w[1].disk_offset, "{w:?}");
         }
+        assert!(p.extents.iter().all(|e| e.len <= segment_len(p.piece_len)));
+        // The 2.6 MB region is cut into 1 MiB files named by their own offsets.
+        assert!(p.extents.len() >= 5, "{:?}", p.extents);
+        assert!(p.extents.iter().any(|e| e.disk_offset == 2 << 20));
         let covered = |i: u64| {
             p.extents
                 .iter()
