@@ -548,3 +548,54 @@ fn a_peer_sending_garbage_does_not_stop_the_deployment() {
     }
     with_a_bad_peer(drover_tests::evil_peer::Mischief::Garbage, 33);
 }
+
+/// The server's seed is kept across a restart (librqbit's session state and fastresume in
+/// `DATA/bt`): after the restart it seeds the image again at once, without hashing it again,
+/// and a client downloads it.
+#[test]
+fn the_servers_seed_survives_a_restart_without_hashing_the_image_again() {
+    if !drover_tests::require("bittorrent_restart", &["aria2c"]) {
+        return;
+    }
+    let env = Env::new();
+    let disk = lab_disk(&env, 2 << 20, 17);
+    env.capture(&disk, "lab");
+    let m = env.manifest("lab");
+    let srv = Server::start(&env.data(), &["--bittorrent", "0.0.0.0:0"]);
+    let t = token(&env);
+    let (tfile, hash) = fetch_torrent(&env, &srv, &t);
+    let first = srv.log();
+    assert!(
+        first.contains("Doing initial checksum validation"),
+        "{first}"
+    );
+    let addr = srv.addr.clone();
+    srv.stop();
+    let srv = Server::start_at(&env.data(), &addr, &["--bittorrent", "0.0.0.0:0"]);
+    // The tracker names the server's seed again, with no torrent asked for.
+    let probe = format!(
+        "/announce?info_hash={hash}&peer_id=-PROBE-0123456789abc&port=9&left=1&event=stopped&compact=1"
+    );
+    let t0 = std::time::Instant::now();
+    while !http_bytes_auth(&srv.addr, &probe, "none")
+        .1
+        .starts_with(b"d8:completei1e")
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "the seed is not back: {}",
+            srv.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let got_dir = env.path("got");
+    let port = drover_tests::server::free_port().to_string();
+    let out = output_within(aria(&tfile, &got_dir, &port, false), LIMIT);
+    assert!(out.status.success(), "{}", srv.log());
+    let after = srv.log();
+    assert!(
+        !after.contains("Doing initial checksum validation"),
+        "the image was hashed again: {after}"
+    );
+    assert!(server_uploaded(&srv) >= m.used_bytes() / 2);
+}
