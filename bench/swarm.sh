@@ -9,7 +9,8 @@
 #   RUNS  runs per transport and N (default 3); medians are reported
 #   N     machine counts (default: 1 10 40)
 # Env: RATE (tc rate of the server's link, default 300mbit), TRANSPORTS (default
-# "bittorrent multicast unicast"), UNICAST_MAX_N (largest N unicast runs at, default 40).
+# "bittorrent multicast unicast"), UNICAST_MAX_N (largest N unicast runs at, default 40),
+# SERVE_ARGS (more `drover serve` flags).
 # Results: a Markdown table on stdout and in bench/out/swarm.md; raw rows in bench/out/swarm.tsv.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -69,7 +70,7 @@ one() {
   rm -rf "$data"; cp -a "$W/image" "$data"
   local token; token=$("$DROVER" --data-dir "$data" token create bench)
   ip netns exec $TAG-0 "$DROVER" --data-dir "$data" serve --http 10.81.0.10:8080 --iface eth0 \
-    --multicast-rate "${RATE%bit}" > "$W/serve.log" 2>&1 &
+    --multicast-rate "${RATE%bit}" ${SERVE_ARGS:-} > "$W/serve.log" 2>&1 &
   local spid=$!
   for _ in $(seq 1 100); do grep -q "listening" "$W/serve.log" && break; sleep 0.1; done
   local api=(--server http://10.81.0.10:8080 --token "$token")
@@ -92,6 +93,7 @@ one() {
   local tx; tx=$(( $(tx_bytes) - x0 ))
   wait "${pids[@]}" 2>/dev/null || true
   kill $spid; wait $spid 2>/dev/null || true
+  cp "$W/agent1.log" "$OUT/swarm-agent1-$transport-$n.log"; cp "$W/serve.log" "$OUT/swarm-serve-$transport-$n.log"
   for i in $(seq 1 "$n"); do cmp -s "$W/disk$i.img" "$W/ref.img" || ok=0; done
   rm -f "$W"/disk*.img
   echo "$(echo "$t1 - $t0" | bc) $tx $ok"

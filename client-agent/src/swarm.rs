@@ -203,7 +203,10 @@ pub(crate) async fn receive(
         if st.finished && selected == files {
             break true;
         }
-        if st.finished {
+        // The next part is added before this one ends: a torrent that "finishes" drops its
+        // connections to seeds (the server among them), and gets them back only at its next
+        // announce.
+        if selected < files && st.total_bytes - st.progress_bytes <= payload / (2 * PHASES as u64) {
             selected = (selected + step).min(files);
             session
                 .update_only_files(&handle, &select(selected))

@@ -60,6 +60,8 @@ pub(crate) struct FileConfig {
     pub(crate) bittorrent_agent_upload_rate: Option<String>,
     /// Peers each agent trades with at most.
     pub(crate) bittorrent_agent_peers: Option<usize>,
+    /// Machines the server's seed uploads to at once.
+    pub(crate) bittorrent_server_peers: Option<usize>,
 }
 
 impl FileConfig {
@@ -110,6 +112,7 @@ pub(crate) struct Config {
     pub(crate) bittorrent_upload_rate: Option<u64>,
     pub(crate) bittorrent_agent_upload_rate: Option<u64>,
     pub(crate) bittorrent_agent_peers: usize,
+    pub(crate) bittorrent_server_peers: usize,
 }
 
 /// The agent kernel's default arguments: messages on the first serial port and the screen
@@ -140,10 +143,15 @@ pub(crate) struct Overrides {
     pub(crate) register_unknown: Option<bool>,
     pub(crate) bittorrent: Option<SocketAddr>,
     pub(crate) bittorrent_upload_rate: Option<u64>,
+    pub(crate) bittorrent_server_peers: Option<usize>,
 }
 
 /// Peers each agent trades with at most, by default.
 pub(crate) const DEFAULT_AGENT_PEERS: usize = 40;
+
+/// Machines the server's seed uploads to at once, by default: few, so what it sends is spread
+/// over the swarm rather than sent to every machine (the others take it from those).
+pub(crate) const DEFAULT_SERVER_PEERS: usize = 3;
 
 impl Config {
     /// Merges defaults, the file and the overrides, and looks up the interface.
@@ -269,6 +277,17 @@ impl Config {
                 Some(n) => n,
                 None => DEFAULT_AGENT_PEERS,
             },
+            bittorrent_server_peers: match o
+                .bittorrent_server_peers
+                .or(file.bittorrent_server_peers)
+            {
+                Some(0) => anyhow::bail!(
+                    "bittorrent_server_peers: at least 1 (bittorrent_upload_rate = \"0\" turns \
+                     the seed off)"
+                ),
+                Some(n) => n,
+                None => DEFAULT_SERVER_PEERS,
+            },
         })
     }
 }
@@ -369,6 +388,7 @@ mod tests {
             bittorrent_upload_rate,
             bittorrent_agent_upload_rate,
             bittorrent_agent_peers,
+            bittorrent_server_peers,
         } = &parsed;
         assert!(data_dir.is_some() && http.is_some() && iface.is_some());
         assert!(public_url.is_some() && database_url.is_some() && wol_port.is_some());
@@ -379,6 +399,7 @@ mod tests {
         assert!(register_unknown.is_some() && boot_args.is_some());
         assert!(bittorrent.is_some() && bittorrent_upload_rate.is_some());
         assert!(bittorrent_agent_upload_rate.is_some() && bittorrent_agent_peers.is_some());
+        assert!(bittorrent_server_peers.is_some());
         // The example's range is for its eth0, not this test's loopback.
         let mut parsed = parsed;
         parsed.dhcp_range = None;

@@ -97,6 +97,9 @@ pub(crate) struct ServeArgs {
     /// default: none).
     #[arg(long, env = "DROVER_BITTORRENT_UPLOAD_RATE", value_parser = config::parse_upload_rate)]
     bittorrent_upload_rate: Option<u64>,
+    /// Machines the server's seed uploads to at once (default 3).
+    #[arg(long, env = "DROVER_BITTORRENT_SERVER_PEERS")]
+    bittorrent_server_peers: Option<usize>,
 }
 
 /// `drover token ...`
@@ -147,6 +150,7 @@ pub(crate) fn serve(args: ServeArgs, data_dir: Option<PathBuf>) -> anyhow::Resul
             register_unknown: args.register_unknown.then_some(true),
             bittorrent: args.bittorrent,
             bittorrent_upload_rate: args.bittorrent_upload_rate,
+            bittorrent_server_peers: args.bittorrent_server_peers,
         },
     )?;
     runtime()?.block_on(run(cfg))
@@ -172,6 +176,7 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         cfg.bittorrent.0,
         cfg.bittorrent.1,
         cfg.bittorrent_upload_rate.map(|bits| bits / 8),
+        cfg.bittorrent_server_peers,
         &cfg.data_dir,
         store_dir.clone(),
     );

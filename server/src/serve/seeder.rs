@@ -32,6 +32,8 @@ pub(crate) struct Seeder {
     explicit: bool,
     /// Upload limit, bytes per second; Some(0): no seeding.
     upload: Option<u64>,
+    /// Peers uploaded to at once, per torrent.
+    peers: usize,
     state_dir: PathBuf,
     store_dir: PathBuf,
     session: tokio::sync::OnceCell<Arc<Session>>,
@@ -47,6 +49,7 @@ impl Seeder {
         listen: SocketAddr,
         explicit: bool,
         upload: Option<u64>,
+        peers: usize,
         data_dir: &std::path::Path,
         store_dir: PathBuf,
     ) -> Arc<Self> {
@@ -56,6 +59,7 @@ impl Seeder {
             listen,
             explicit,
             upload,
+            peers,
             state_dir: data_dir.join("bt"),
             store_dir,
             session: tokio::sync::OnceCell::new(),
@@ -77,7 +81,7 @@ impl Seeder {
                 let opts = |listen| transport::swarm::SwarmOptions {
                     listen,
                     upload_bytes_per_sec: self.upload,
-                    peer_limit: Some(200),
+                    peer_limit: Some(self.peers),
                     state_dir: Some(self.state_dir.clone()),
                     default_storage: Some(transport::swarm::librqbit::storage::StorageFactoryExt::boxed(
                         transport::swarm::StoreStorageFactory {
@@ -162,8 +166,9 @@ impl Seeder {
             st.progress_bytes,
             st.total_bytes
         );
-        self.seeding.lock().expect("lock").insert(hash);
-        info!(torrent = ?handle.name(), "seeding");
+        if self.seeding.lock().expect("lock").insert(hash) {
+            info!(torrent = ?handle.name(), "seeding");
+        }
         Ok(())
     }
 
