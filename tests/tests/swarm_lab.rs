@@ -1,7 +1,8 @@
 //! The daemon and 40 agents in network namespaces (TESTING.md), one deployment over
 //! BitTorrent: the server's upload capped at 40 Mbit/s, so the machines must trade pieces
 //! with each other (most bytes come from peers, not the server); one agent killed mid-way and
-//! started again. Every disk must equal the image; every agent stays within its memory budget.
+//! started again. Every disk must equal the image; every agent stays within its memory budget;
+//! a machine the swarm gives nothing finishes over unicast, which only a few may need.
 
 use std::fs;
 use std::time::{Duration, Instant};
@@ -143,16 +144,16 @@ fn forty_agents_over_bittorrent_trade_pieces_with_a_capped_server() {
         assert!(peak <= AGENT_BUDGET_MIB, "agent {i} used {peak} MiB: {log}");
     }
     let mut from_swarm = 0u64;
+    let mut by_unicast = Vec::new();
     for i in 1..=AGENTS {
         let t = task_of(&d, &mac(i));
         assert_eq!(t["state"], "done", "{t:#}");
-        let run_no = if i == 3 { 2 } else { 1 };
-        assert_eq!(
-            t["unicast_chunks"],
-            0,
-            "{t:#}\n{}",
-            agent_log(&env, i, run_no)
-        );
+        // A machine the swarm gives nothing for a minute finishes over unicast (the last
+        // resort): allowed for a few, never for most.
+        if t["unicast_chunks"].as_u64().unwrap() > 0 {
+            let run_no = if i == 3 { 2 } else { 1 };
+            by_unicast.push(format!("agent {i}: {}", agent_log(&env, i, run_no)));
+        }
         from_swarm += t["swarm_bytes"].as_u64().unwrap();
         run(
             "cmp",
@@ -161,6 +162,15 @@ fn forty_agents_over_bittorrent_trade_pieces_with_a_capped_server() {
                 reference.to_str().unwrap(),
             ],
         );
+    }
+    assert!(
+        by_unicast.len() <= AGENTS / 10,
+        "{} machines left the swarm for unicast:\n{}",
+        by_unicast.len(),
+        by_unicast.join("\n")
+    );
+    if !by_unicast.is_empty() {
+        eprintln!("left the swarm for unicast:\n{}", by_unicast.join("\n"));
     }
     // The server's seed gave a small part of what the machines received: peers gave the rest.
     let metrics = lab
