@@ -174,12 +174,7 @@ fn an_agent_completes_with_aria2c_as_the_only_seed() {
         return;
     }
     let env = Env::new();
-    let disk = lab_disk(&env, 2 << 20, 13);
-    env.capture(&disk, "lab");
-    let m = env.manifest("lab");
-    let reference = env.path("reference.img");
-    drover_tests::sparse_file(&reference, 64 << 20);
-    env.restore("lab", &reference);
+    let (disk, m, reference) = lab_image(&env, 2 << 20, 13);
     let srv = Server::start(&env.data(), &["--bittorrent-upload-rate", "0"]);
     let t = token(&env);
     let (tfile, hash) = fetch_torrent(&env, &srv, &t);
@@ -259,6 +254,25 @@ fn an_agent_completes_with_aria2c_as_the_only_seed() {
     assert_eq!(server_uploaded(&srv), 0);
 }
 
+/// A lab disk of `size` bytes of files captured as image "lab", its manifest, and the image
+/// restored onto a 64 MiB file (what every machine's disk must equal).
+fn lab_image(
+    env: &Env,
+    size: u64,
+    seed: u64,
+) -> (
+    std::path::PathBuf,
+    imaging::manifest::Manifest,
+    std::path::PathBuf,
+) {
+    let disk = lab_disk(env, size, seed);
+    env.capture(&disk, "lab");
+    let reference = env.path("reference.img");
+    drover_tests::sparse_file(&reference, 64 << 20);
+    env.restore("lab", &reference);
+    (disk, env.manifest("lab"), reference)
+}
+
 fn token(env: &Env) -> String {
     env.ok(&["token", "create", "admin"]).trim().to_string()
 }
@@ -281,12 +295,7 @@ fn a_bittorrent_deployment_to_three_agents() {
         return;
     }
     let env = Env::new();
-    let src = lab_disk(&env, 8 << 20, 21);
-    env.capture(&src, "lab");
-    let m = env.manifest("lab");
-    let reference = env.path("reference.img");
-    drover_tests::sparse_file(&reference, 64 << 20);
-    env.restore("lab", &reference);
+    let (_, m, reference) = lab_image(&env, 8 << 20, 21);
     let srv = Server::start(&env.data(), &["--bittorrent", "0.0.0.0:0"]);
     let t = token(&env);
     let macs = [
@@ -351,12 +360,7 @@ fn a_late_joiner_of_a_multicast_deployment_finishes_from_the_swarm() {
         return;
     }
     let env = Env::new();
-    let src = lab_disk(&env, 8 << 20, 23);
-    env.capture(&src, "lab");
-    let m = env.manifest("lab");
-    let reference = env.path("reference.img");
-    drover_tests::sparse_file(&reference, 64 << 20);
-    env.restore("lab", &reference);
+    let (_, m, reference) = lab_image(&env, 8 << 20, 23);
     let srv = Server::start(
         &env.data(),
         &[
@@ -470,12 +474,7 @@ fn a_late_joiner_of_a_multicast_deployment_finishes_from_the_swarm() {
 /// ends right, nothing over unicast.
 fn with_a_bad_peer(mischief: drover_tests::evil_peer::Mischief, seed: u64) {
     let env = Env::new();
-    let src = lab_disk(&env, 8 << 20, seed);
-    env.capture(&src, "lab");
-    let m = env.manifest("lab");
-    let reference = env.path("reference.img");
-    drover_tests::sparse_file(&reference, 64 << 20);
-    env.restore("lab", &reference);
+    let (_, m, reference) = lab_image(&env, 8 << 20, seed);
     let srv = Server::start(
         &env.data(),
         &[

@@ -128,6 +128,18 @@ fn place(extents: &[Extent], file_id: usize, offset: u64, len: usize) -> anyhow:
     Ok(e.disk_offset + offset)
 }
 
+/// Torrent file `file_id` must be its extent's length (the files never grow or shrink).
+fn check_length(extents: &[Extent], file_id: usize, length: u64) -> anyhow::Result<()> {
+    let e = extents.get(file_id).context("no such torrent file")?;
+    ensure!(
+        e.len == length,
+        "torrent file {} is {} bytes, not {length}",
+        e.name(),
+        e.len
+    );
+    Ok(())
+}
+
 /// The agent's storage: the image's extents on the target disk.
 #[derive(Clone)]
 pub struct DiskStorage {
@@ -195,14 +207,7 @@ impl TorrentStorage for DiskStorage {
     }
 
     fn ensure_file_length(&self, file_id: usize, length: u64) -> anyhow::Result<()> {
-        let e = self.extents.get(file_id).context("no such torrent file")?;
-        ensure!(
-            e.len == length,
-            "torrent file {} is {} bytes, not {length}",
-            e.name(),
-            e.len
-        );
-        Ok(())
+        check_length(&self.extents, file_id, length)
     }
 
     fn take(&self) -> anyhow::Result<Box<dyn TorrentStorage>> {
@@ -296,14 +301,7 @@ impl TorrentStorage for StoreStorage {
     }
 
     fn ensure_file_length(&self, file_id: usize, length: u64) -> anyhow::Result<()> {
-        let e = self.extents.get(file_id).context("no such torrent file")?;
-        ensure!(
-            e.len == length,
-            "torrent file {} is {} bytes, not {length}",
-            e.name(),
-            e.len
-        );
-        Ok(())
+        check_length(&self.extents, file_id, length)
     }
 
     fn take(&self) -> anyhow::Result<Box<dyn TorrentStorage>> {
