@@ -10,7 +10,8 @@
 #   N     machine counts (default: 1 10 40)
 # Env: RATE (tc rate of the server's link, default 300mbit), TRANSPORTS (default
 # "bittorrent multicast unicast"), UNICAST_MAX_N (largest N unicast runs at, default 40),
-# SERVE_ARGS (more `drover serve` flags).
+# SERVE_ARGS (more `drover serve` flags), KEEP_LOGS (keep every agent's log and vmstat in
+# bench/out/swarm-logs-TRANSPORT-N).
 # Results: a Markdown table on stdout and in bench/out/swarm.md; raw rows in bench/out/swarm.tsv.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,8 +33,13 @@ cleanup() {
   done
 }
 trap 'cleanup; rm -rf "$W"' EXIT
-# 40 hosts' veth frames pass through the receiving CPU's backlog (1000 by default).
-[ "$(cat /proc/sys/net/core/netdev_max_backlog)" -lt 10000 ] && sysctl -qw net.core.netdev_max_backlog=10000
+# The ARP table is one for all namespaces (1024 entries by default): 41 hosts that all talk
+# to each other need more, or some connect to no one ("neighbor table overflow").
+raise() { [ "$(cat "/proc/sys/$1")" -lt "$2" ] && sysctl -qw "$(echo "$1" | tr / .)=$2" || true; }
+raise net/core/netdev_max_backlog 10000
+raise net/ipv4/neigh/default/gc_thresh1 4096
+raise net/ipv4/neigh/default/gc_thresh2 8192
+raise net/ipv4/neigh/default/gc_thresh3 16384
 
 lab() {
   cleanup
@@ -87,13 +93,19 @@ one() {
   sleep 2 # every agent has said hello and polls
   local x0 t0 t1 ok=1
   x0=$(tx_bytes); t0=$(date +%s.%N)
+  vmstat -t 1 > "$W/vmstat.log" & local vpid=$!
   ip netns exec $TAG-0 "$DROVER" deploy lab --to lab --transport "$transport" --wait "${api[@]}" \
     > "$W/deploy.log" 2>&1 || ok=0
   t1=$(date +%s.%N)
+  kill $vpid 2>/dev/null || true
   local tx; tx=$(( $(tx_bytes) - x0 ))
   wait "${pids[@]}" 2>/dev/null || true
   kill $spid; wait $spid 2>/dev/null || true
   cp "$W/agent1.log" "$OUT/swarm-agent1-$transport-$n.log"; cp "$W/serve.log" "$OUT/swarm-serve-$transport-$n.log"
+  if [ -n "${KEEP_LOGS:-}" ]; then
+    rm -rf "$OUT/swarm-logs-$transport-$n"; mkdir -p "$OUT/swarm-logs-$transport-$n"
+    cp "$W"/agent*.log "$W/vmstat.log" "$OUT/swarm-logs-$transport-$n/"
+  fi
   for i in $(seq 1 "$n"); do cmp -s "$W/disk$i.img" "$W/ref.img" || ok=0; done
   rm -f "$W"/disk*.img
   echo "$(echo "$t1 - $t0" | bc) $tx $ok"

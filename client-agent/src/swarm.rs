@@ -4,15 +4,16 @@
 //! disk, anything wrong or missing fetched over unicast, and, once the result is reported,
 //! seeding on until the deployment no longer needs it.
 //!
-//! A swarm that makes no progress for [`STALL`] (no seed reachable, only bad peers) is left
-//! for unicast: a stuck peer never holds a machine up for long.
+//! A swarm that gives nothing for [`REJOIN`] is joined again (its peers tried afresh: the
+//! server's seed turns away all but one machine, and librqbit waits minutes before it tries a
+//! failed peer again); one that makes no progress for [`STALL`] (no seed reachable, only bad
+//! peers) is left for unicast: a stuck peer never holds a machine up for long.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 use transport::receive::Progress;
 use transport::swarm::librqbit::storage::StorageFactoryExt;
 use transport::swarm::librqbit::{
@@ -41,8 +42,8 @@ const PEER_OPTS: PeerConnectionOptions = PeerConnectionOptions {
     max_request_window: Some(32),
 };
 
-/// The parts a machine takes the torrent's files in.
-const PHASES: usize = 8;
+/// No progress for this long: the machine joins the swarm again (at most this often).
+const REJOIN: Duration = Duration::from_secs(15);
 
 /// A finished machine's seed.
 pub(crate) struct Seeding {
@@ -164,71 +165,62 @@ pub(crate) async fn receive(
     handle.wait_until_initialized().await.map_err(failed)?;
     let st = handle.stats();
     let (payload, had) = (st.total_bytes, st.progress_bytes);
-    // Every machine takes the files in an order of its own, a part at a time: clients take
-    // a torrent's files in name order, and machines that all fetched the same pieces first
-    // would have nothing to trade.
-    let files = imaging::torrent::Payload::of(manifest).extents.len();
-    let mut order: Vec<usize> = (0..files).collect();
-    {
-        use rand::seq::SliceRandom;
-        order.shuffle(&mut rand::thread_rng());
-    }
-    let step = files.div_ceil(PHASES).max(1);
-    let mut selected = step.min(files);
-    let select = |n: usize| order[..n].iter().copied().collect::<HashSet<usize>>();
-    session
-        .update_only_files(&handle, &select(selected))
-        .await
-        .map_err(failed)?;
+    // All of it at once, in librqbit's order (file name = disk offset): with the server's
+    // seed uploading to one machine at a time, each piece leaves the server about once and
+    // runs down a pipeline of machines that pass it on as it arrives.
     session.unpause(&handle).await.map_err(failed)?;
-    info!(
-        "joined the image's swarm: {} of {} bytes on the disk already, {files} file(s) in {} part(s)",
-        had,
-        payload,
-        files.div_ceil(step)
-    );
+    info!("joined the image's swarm: {had} of {payload} bytes on the disk already");
     let start = Instant::now();
-    let (mut best, mut moved) = (0u64, Instant::now());
-    // Payload bytes downloaded and checked (pieces the disk held already are not counted).
-    let mut got = 0u64;
+    // Movement: bytes checked or bytes fetched changed since the last look.
+    let (mut seen, mut moved, mut rejoined) = ((0u64, 0u64), Instant::now(), Instant::now());
+    let mut last_log = Instant::now();
     let complete = loop {
         let st = handle.stats();
         if let Some(e) = &st.error {
             warn!("the swarm failed: {e}; finishing over unicast");
             break false;
         }
-        if let Some(l) = &st.live {
-            got = got.max(l.snapshot.downloaded_and_checked_bytes);
-        }
-        if st.finished && selected == files {
+        if st.finished {
             break true;
         }
-        // The next part is added before this one ends: a torrent that "finishes" drops its
-        // connections to seeds (the server among them), and gets them back only at its next
-        // announce.
-        if selected < files && st.total_bytes - st.progress_bytes <= payload / (2 * PHASES as u64) {
-            selected = (selected + step).min(files);
-            session
-                .update_only_files(&handle, &select(selected))
-                .await
-                .map_err(failed)?;
-            continue;
-        }
         let live = matches!(st.state, TorrentStatsState::Live);
-        // Any byte from a peer counts as movement (a slow swarm is not a stuck one).
-        let fetched = st.live.as_ref().map_or(0, |l| l.snapshot.fetched_bytes);
-        if got + fetched > best {
-            (best, moved) = (got + fetched, Instant::now());
+        let now = (
+            st.progress_bytes,
+            st.live.as_ref().map_or(0, |l| l.snapshot.fetched_bytes),
+        );
+        if now != seen {
+            (seen, moved) = (now, Instant::now());
         } else if live && moved.elapsed() >= STALL {
             warn!(
                 "the swarm gave nothing for {} s ({} of {payload} bytes; peers {:?}): finishing over unicast",
                 STALL.as_secs(),
-                had + got,
+                st.progress_bytes,
                 st.live.as_ref().map(|l| &l.snapshot.peer_stats)
             );
             break false;
+        } else if live && moved.elapsed().min(rejoined.elapsed()) >= REJOIN {
+            // Peers that failed are retried after 10 s, then a minute, then 6 minutes; the
+            // server's seed turns away all but one machine. A fresh start of the torrent asks
+            // the tracker again and tries every peer at once, the server's seed included.
+            info!(
+                "the swarm gave nothing for {} s (peers {:?}): joining it again",
+                moved.elapsed().as_secs(),
+                st.live.as_ref().map(|l| &l.snapshot.peer_stats)
+            );
+            session.pause(&handle).await.map_err(failed)?;
+            session.unpause(&handle).await.map_err(failed)?;
+            rejoined = Instant::now();
         }
-        let done = (had + got).min(payload);
+        if last_log.elapsed() >= Duration::from_secs(5) {
+            last_log = Instant::now();
+            debug!(
+                "swarm: {} of {payload} bytes, peers {:?}",
+                st.progress_bytes,
+                st.live.as_ref().map(|l| &l.snapshot.peer_stats)
+            );
+        }
+        let done = st.progress_bytes.min(payload);
+        let got = done.saturating_sub(had);
         reporter.send(
             "receiving",
             Progress {
@@ -241,13 +233,11 @@ pub(crate) async fn receive(
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
     let st = handle.stats();
-    if let Some(l) = &st.live {
-        got = got.max(l.snapshot.downloaded_and_checked_bytes);
-    }
-    let fetched = got.min(payload);
+    // Payload bytes received and checked (pieces the disk held already are not counted).
+    let fetched = st.progress_bytes.min(payload).saturating_sub(had);
     info!(
         "swarm: {} of {payload} bytes in {:.1} s ({fetched} received, {} uploaded)",
-        (had + got).min(payload),
+        st.progress_bytes.min(payload),
         start.elapsed().as_secs_f64(),
         st.uploaded_bytes
     );

@@ -27,7 +27,7 @@ impl Lab {
     /// Creates the switch and `n` hosts.
     pub fn new(tag: &str, n: usize) -> Self {
         assert!(n <= 200);
-        raise_backlog();
+        raise_limits();
         let tag = format!("{tag}{}", std::process::id() % 100_000);
         let lab = Self {
             tag,
@@ -262,17 +262,27 @@ impl Drop for Lab {
     }
 }
 
-/// Every veth frame of every lab goes through the receiving CPU's backlog queue, 1000 packets
-/// by default: 40 hosts on 2 CPUs overflow it, and the kernel drops what a real switch would
-/// carry (SYNs and ARP included). Raised (never lowered) to what a busy server would use.
-fn raise_backlog() {
-    const WANT: u64 = 10_000;
-    let path = "/proc/sys/net/core/netdev_max_backlog";
-    let now: u64 = std::fs::read_to_string(path)
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(WANT);
-    if now < WANT {
-        let _ = std::fs::write(path, WANT.to_string());
+/// Kernel limits that are per host on a real network but shared by every namespace here,
+/// raised (never lowered) to what 40 hosts in one kernel need:
+/// - every veth frame goes through the receiving CPU's backlog queue, 1000 packets by
+///   default: 40 hosts on 2 CPUs overflow it and the kernel drops SYNs and ARP;
+/// - the ARP table is one for all namespaces (its limit, gc_thresh3, is 1024 entries): 41
+///   hosts that each talk to all the others need ~1700, and a host whose neighbour entries
+///   cannot be made sends nothing to its peers ("neighbor table overflow" in the kernel log;
+///   a BitTorrent agent then connects to no one).
+fn raise_limits() {
+    for (path, want) in [
+        ("/proc/sys/net/core/netdev_max_backlog", 10_000u64),
+        ("/proc/sys/net/ipv4/neigh/default/gc_thresh1", 4_096),
+        ("/proc/sys/net/ipv4/neigh/default/gc_thresh2", 8_192),
+        ("/proc/sys/net/ipv4/neigh/default/gc_thresh3", 16_384),
+    ] {
+        let now: u64 = std::fs::read_to_string(path)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(want);
+        if now < want {
+            let _ = std::fs::write(path, want.to_string());
+        }
     }
 }

@@ -149,9 +149,11 @@ pub(crate) struct Overrides {
 /// Peers each agent trades with at most, by default.
 pub(crate) const DEFAULT_AGENT_PEERS: usize = 40;
 
-/// Machines the server's seed uploads to at once, by default: few, so what it sends is spread
-/// over the swarm rather than sent to every machine (the others take it from those).
-pub(crate) const DEFAULT_SERVER_PEERS: usize = 3;
+/// Machines the server's seed uploads to at once, by default: one, so each piece leaves the
+/// server about once and the machines pass it on (agents take pieces in disk order: a second
+/// machine on the server's link would fetch the same pieces at half the rate). Machines turned
+/// away join again when the swarm gives them nothing, so one that leaves frees the place.
+pub(crate) const DEFAULT_SERVER_PEERS: usize = 1;
 
 impl Config {
     /// Merges defaults, the file and the overrides, and looks up the interface.

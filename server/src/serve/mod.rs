@@ -97,7 +97,7 @@ pub(crate) struct ServeArgs {
     /// default: none).
     #[arg(long, env = "DROVER_BITTORRENT_UPLOAD_RATE", value_parser = config::parse_upload_rate)]
     bittorrent_upload_rate: Option<u64>,
-    /// Machines the server's seed uploads to at once (default 3).
+    /// Machines the server's seed uploads to at once (default 1).
     #[arg(long, env = "DROVER_BITTORRENT_SERVER_PEERS")]
     bittorrent_server_peers: Option<usize>,
 }
