@@ -2,7 +2,7 @@
 //!
 //! This binary is the daemon and the admin CLI: `drover serve` runs the server (inventory,
 //! image store, HTTP API, wake-on-LAN); `drover machine|group|deploy|deployment|schedule|wake ...` talk to it over its API; `drover token
-//! create` makes API tokens on the server host; `drover image capture|restore|inspect|verify|
+//! create` makes API tokens and `drover user` the dashboard's users on the server host; `drover image capture|restore|inspect|verify|
 //! list|rm|gc` work on the image store inside the data directory (`./drover-data` unless
 //! `--data-dir` says otherwise); `drover multicast send|receive` moves an image or a file to
 //! many machines at once without the daemon. The work itself is done by the `imaging` and
@@ -21,6 +21,7 @@ mod multicast;
 mod progress;
 mod schedule_cmd;
 mod serve;
+mod user_cmd;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -73,6 +74,9 @@ enum Command {
     /// API tokens (on the server host).
     #[command(subcommand)]
     Token(serve::TokenCommand),
+    /// The dashboard's users (on the server host).
+    #[command(subcommand)]
+    User(user_cmd::UserCommand),
     /// Capture, restore and manage disk images.
     #[command(subcommand)]
     Image(image_cmd::ImageCommand),
@@ -99,6 +103,7 @@ fn main() -> ExitCode {
         Command::Deployment(cmd) => ok(deploy_cmd::deployment(cmd, cli.json)),
         Command::Schedule(cmd) => ok(schedule_cmd::schedule(cmd, cli.json)),
         Command::Token(cmd) => ok(serve::token(cmd, cli.data_dir, cli.json)),
+        Command::User(cmd) => ok(user_cmd::run(cmd, cli.data_dir, cli.json)),
         Command::Image(cmd) => image_cmd::run(cmd, &data_dir, cli.json),
         Command::Multicast(cmd) => ok(multicast::run(cmd, &data_dir, cli.json)),
     };

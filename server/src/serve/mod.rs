@@ -32,6 +32,8 @@ pub(crate) mod seeder;
 pub(crate) mod tftp;
 pub(crate) mod torrent;
 pub(crate) mod tracker;
+pub(crate) mod ui;
+pub(crate) mod users_db;
 pub(crate) mod wake;
 
 use std::net::SocketAddr;
@@ -118,7 +120,28 @@ pub(crate) enum TokenCommand {
     },
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+/// The server's database for a command run on its host: `--database-url`, else the config
+/// file's, else the data directory's SQLite file (the directory made if need be).
+pub(crate) fn cli_database_url(
+    data_dir: Option<PathBuf>,
+    config: Option<&Path>,
+    database_url: Option<String>,
+) -> anyhow::Result<String> {
+    let file = load_file(config)?;
+    let data_dir = data_dir
+        .or(file.data_dir)
+        .unwrap_or_else(|| PathBuf::from(crate::DEFAULT_DATA_DIR));
+    let url = database_url
+        .or(file.database_url)
+        .unwrap_or_else(|| format!("sqlite://{}?mode=rwc", data_dir.join("drover.db").display()));
+    if url.starts_with("sqlite:") {
+        std::fs::create_dir_all(&data_dir)
+            .with_context(|| format!("creating the data directory {}", data_dir.display()))?;
+    }
+    Ok(url)
+}
+
+pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -310,9 +333,20 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
             tracing::error!(error = %format!("{e:#}"), "resuming deployments");
         }
     });
+    ui::first_admin(&db).await?;
+    let api = api::router(state);
+    let dashboard = web_ui::router(
+        ui::Control {
+            db: db.clone(),
+            api: api.clone(),
+        },
+        web_ui::Options::default(),
+    );
+    eprintln!("  dashboard   {}/", cfg.public_url);
     axum::serve(
         listener,
-        api::router(state).into_make_service_with_connect_info::<SocketAddr>(),
+        api.merge(dashboard)
+            .into_make_service_with_connect_info::<SocketAddr>(),
     )
     .with_graceful_shutdown(shutdown())
     .await
@@ -364,17 +398,7 @@ pub(crate) fn token(
         !name.is_empty() && name.len() <= 64 && !name.chars().any(char::is_control),
         "token name {name:?}: 1 to 64 printable characters"
     );
-    let file = load_file(config.as_deref())?;
-    let data_dir = data_dir
-        .or(file.data_dir)
-        .unwrap_or_else(|| PathBuf::from(crate::DEFAULT_DATA_DIR));
-    let url = database_url
-        .or(file.database_url)
-        .unwrap_or_else(|| format!("sqlite://{}?mode=rwc", data_dir.join("drover.db").display()));
-    if url.starts_with("sqlite:") {
-        std::fs::create_dir_all(&data_dir)
-            .with_context(|| format!("creating the data directory {}", data_dir.display()))?;
-    }
+    let url = cli_database_url(data_dir, config.as_deref(), database_url)?;
     runtime()?.block_on(async {
         let db = Db::open(&url).await?;
         let token = db.create_token(&name).await.map_err(anyhow::Error::from)?;

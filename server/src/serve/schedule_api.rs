@@ -140,6 +140,9 @@ impl Host for ServerHost {
     }
 }
 
+/// Due times a schedule's view lists.
+const NEXT_RUNS: usize = 5;
+
 /// A schedule as the admin sees it: with its next due and fire times and its newest runs.
 async fn view(s: &Shared, sc: &Schedule, runs: i64) -> ApiResult<Value> {
     let lead = sc.lead_ms(s.schedule_settings.default_lead_ms);
@@ -150,6 +153,20 @@ async fn view(s: &Shared, sc: &Schedule, runs: i64) -> ApiResult<Value> {
         m.insert("wake_lead_ms".into(), json!(lead));
         m.insert("next_due_ms".into(), json!(next));
         m.insert("next_due".into(), json!(next.map(show_time)));
+        // The next few due times, to check an expression against.
+        let mut upcoming = Vec::new();
+        if let (Ok(w), Some(first)) = (sc.when(), next) {
+            let mut t = first;
+            upcoming.push(show_time(t));
+            while upcoming.len() < NEXT_RUNS {
+                match w.next_after(t) {
+                    Some(n) if n > t => t = n,
+                    _ => break,
+                }
+                upcoming.push(show_time(t));
+            }
+        }
+        m.insert("next_runs".into(), json!(upcoming));
         m.insert("next_fire_ms".into(), json!(next.map(|n| n - lead)));
         m.insert(
             "runs".into(),

@@ -1,0 +1,823 @@
+//! The pages and their forms. Pages read the API as the user; forms check the session's
+//! token, call the API and go back to the page with what happened as a one-time message.
+
+use std::collections::BTreeMap;
+
+use askama::Template;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, Method};
+use axum::response::{IntoResponse, Response};
+use axum::Form;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::auth::Authed;
+use crate::call::{self, Refused};
+use crate::view::{bytes, duration, page, rate, redirect_with, time, Fields, Nav};
+use crate::{Control, Ui};
+
+// ---- what the API answers, as the pages read it ----
+
+#[derive(Deserialize)]
+pub(crate) struct Machine {
+    pub(crate) mac: String,
+    pub(crate) name: String,
+    pub(crate) group: Option<String>,
+    pub(crate) disk_serial: Option<String>,
+    pub(crate) disk_size: Option<i64>,
+    pub(crate) ip: Option<String>,
+    pub(crate) target_disk: Option<String>,
+    pub(crate) state: String,
+    pub(crate) registered: String,
+    pub(crate) last_seen_ms: Option<i64>,
+}
+
+impl Machine {
+    pub(crate) fn last_seen(&self) -> String {
+        time(self.last_seen_ms)
+    }
+
+    pub(crate) fn disk(&self) -> String {
+        match (&self.disk_serial, self.disk_size) {
+            (Some(s), Some(n)) => format!("{} ({s})", bytes(n)),
+            (None, Some(n)) => bytes(n),
+            (Some(s), None) => s.clone(),
+            (None, None) => "—".into(),
+        }
+    }
+
+    pub(crate) fn group_name(&self) -> &str {
+        self.group.as_deref().unwrap_or("")
+    }
+
+    /// Said hello unknown and was never placed by an admin.
+    pub(crate) fn unknown(&self) -> bool {
+        self.registered == "hello" && self.group.is_none()
+    }
+}
+
+#[derive(Deserialize)]
+pub(crate) struct Group {
+    pub(crate) name: String,
+    pub(crate) machines: i64,
+}
+
+#[derive(Deserialize)]
+pub(crate) struct Image {
+    pub(crate) name: String,
+    pub(crate) version: i64,
+    pub(crate) created: Option<String>,
+    pub(crate) size: i64,
+    pub(crate) used_bytes: i64,
+    pub(crate) stored_bytes: i64,
+    pub(crate) chunks: i64,
+    #[serde(default)]
+    pub(crate) shared_chunks: i64,
+    #[serde(default)]
+    pub(crate) filesystems: Vec<String>,
+}
+
+impl Image {
+    pub(crate) fn reference(&self) -> String {
+        format!("{}@{}", self.name, self.version)
+    }
+    pub(crate) fn disk(&self) -> String {
+        bytes(self.size)
+    }
+    pub(crate) fn used(&self) -> String {
+        bytes(self.used_bytes)
+    }
+    pub(crate) fn stored(&self) -> String {
+        bytes(self.stored_bytes)
+    }
+}
+
+#[derive(Deserialize)]
+pub(crate) struct Task {
+    pub(crate) mac: String,
+    pub(crate) name: Option<String>,
+    pub(crate) state: String,
+    pub(crate) reason: Option<String>,
+    pub(crate) bytes_done: i64,
+    pub(crate) bytes_total: i64,
+    pub(crate) rate_bps: i64,
+    pub(crate) percent: f64,
+    pub(crate) eta_seconds: Option<f64>,
+}
+
+impl Task {
+    pub(crate) fn label(&self) -> &str {
+        self.name.as_deref().unwrap_or(&self.mac)
+    }
+    pub(crate) fn rate(&self) -> String {
+        rate(self.rate_bps)
+    }
+    pub(crate) fn eta(&self) -> String {
+        self.eta_seconds.map(duration).unwrap_or_else(|| "—".into())
+    }
+    pub(crate) fn done(&self) -> String {
+        format!("{} of {}", bytes(self.bytes_done), bytes(self.bytes_total))
+    }
+    pub(crate) fn why(&self) -> &str {
+        self.reason.as_deref().unwrap_or("")
+    }
+}
+
+#[derive(Deserialize)]
+pub(crate) struct Deployment {
+    pub(crate) id: String,
+    pub(crate) kind: String,
+    pub(crate) image_name: String,
+    pub(crate) targets: String,
+    pub(crate) transport: String,
+    pub(crate) fallback: String,
+    pub(crate) state: String,
+    pub(crate) created_by: String,
+    pub(crate) created_ms: i64,
+    pub(crate) started_ms: Option<i64>,
+    pub(crate) finished_ms: Option<i64>,
+    pub(crate) task_states: BTreeMap<String, i64>,
+    pub(crate) rate_bps: i64,
+    pub(crate) bytes_done: i64,
+    pub(crate) bytes_total: i64,
+    pub(crate) tasks: Vec<Task>,
+}
+
+impl Deployment {
+    pub(crate) fn active(&self) -> bool {
+        self.state == "waiting" || self.state == "running"
+    }
+    pub(crate) fn created(&self) -> String {
+        time(Some(self.created_ms))
+    }
+    pub(crate) fn started(&self) -> String {
+        time(self.started_ms)
+    }
+    pub(crate) fn finished(&self) -> String {
+        time(self.finished_ms)
+    }
+    pub(crate) fn rate(&self) -> String {
+        rate(self.rate_bps)
+    }
+    pub(crate) fn percent(&self) -> f64 {
+        if self.bytes_total > 0 {
+            (1000 * self.bytes_done / self.bytes_total) as f64 / 10.0
+        } else if self.active() {
+            0.0
+        } else {
+            100.0
+        }
+    }
+    pub(crate) fn states(&self) -> String {
+        self.task_states
+            .iter()
+            .map(|(s, n)| format!("{n} {s}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+#[derive(Deserialize)]
+pub(crate) struct Schedule {
+    pub(crate) name: String,
+    pub(crate) cron: Option<String>,
+    pub(crate) at_ms: Option<i64>,
+    pub(crate) action: String,
+    pub(crate) image: Option<String>,
+    pub(crate) targets: String,
+    pub(crate) transport: String,
+    #[serde(default)]
+    pub(crate) next_runs: Vec<String>,
+}
+
+impl Schedule {
+    pub(crate) fn when(&self) -> String {
+        match (&self.cron, self.at_ms) {
+            (Some(c), _) => format!("cron {c}"),
+            (None, Some(at)) => format!("once at {}", time(Some(at))),
+            (None, None) => "—".into(),
+        }
+    }
+    pub(crate) fn what(&self) -> String {
+        match &self.image {
+            Some(i) if self.action == "deploy" => format!("deploy {i} over {}", self.transport),
+            _ => self.action.clone(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+pub(crate) struct AuditEntry {
+    pub(crate) at_ms: i64,
+    pub(crate) actor: String,
+    pub(crate) action: String,
+    pub(crate) detail: String,
+}
+
+impl AuditEntry {
+    pub(crate) fn at(&self) -> String {
+        time(Some(self.at_ms))
+    }
+}
+
+/// A page whose data the API refused: the message on an otherwise empty page.
+fn failed(nav: Nav, e: Refused) -> Response {
+    let p = ErrorPage {
+        nav,
+        message: e.message,
+    };
+    (e.status, page(&p.nav, &p)).into_response()
+}
+
+#[derive(Template)]
+#[template(path = "error.html")]
+struct ErrorPage {
+    nav: Nav,
+    message: String,
+}
+
+/// After a form: back to `to`, saying what the API did or why it refused.
+fn after(to: &str, r: Result<Value, Refused>, ok: impl FnOnce(&Value) -> String) -> Response {
+    match r {
+        Ok(v) => redirect_with(to, "ok", &ok(&v)),
+        Err(e) => redirect_with(to, "error", &e.message),
+    }
+}
+
+macro_rules! checked {
+    ($authed:expr, $form:expr) => {
+        if let Err(r) = $authed.check(&$form) {
+            return r;
+        }
+    };
+}
+
+// ---- overview ----
+
+#[derive(Template)]
+#[template(path = "overview.html")]
+struct OverviewPage {
+    nav: Nav,
+    machines: usize,
+    busy: usize,
+    unknown: usize,
+    images: usize,
+    active: Vec<Deployment>,
+    recent: Vec<Deployment>,
+}
+
+pub(crate) async fn overview<C: Control>(
+    State(ui): State<Ui<C>>,
+    a: Authed,
+    headers: HeaderMap,
+) -> Response {
+    let nav = a.nav("overview", &headers);
+    let c = &ui.control;
+    let data = async {
+        let machines: Vec<Machine> = call::get(c, a.user(), "/machines").await?;
+        let images: Vec<Image> = call::get(c, a.user(), "/images").await?;
+        let deployments: Vec<Deployment> = call::get(c, a.user(), "/deployments?limit=10").await?;
+        Ok::<_, Refused>((machines, images, deployments))
+    };
+    match data.await {
+        Ok((machines, images, deployments)) => {
+            let (active, recent) = deployments.into_iter().partition(Deployment::active);
+            let p = OverviewPage {
+                machines: machines.len(),
+                busy: machines.iter().filter(|m| m.state == "busy").count(),
+                unknown: machines.iter().filter(|m| m.unknown()).count(),
+                images: images.len(),
+                active,
+                recent,
+                nav,
+            };
+            page(&p.nav, &p)
+        }
+        Err(e) => failed(nav, e),
+    }
+}
+
+// ---- machines ----
+
+#[derive(Template)]
+#[template(path = "machines.html")]
+struct MachinesPage {
+    nav: Nav,
+    machines: Vec<Machine>,
+    groups: Vec<Group>,
+}
+
+pub(crate) async fn machines<C: Control>(
+    State(ui): State<Ui<C>>,
+    a: Authed,
+    headers: HeaderMap,
+) -> Response {
+    let nav = a.nav("machines", &headers);
+    let c = &ui.control;
+    let data = async {
+        let machines: Vec<Machine> = call::get(c, a.user(), "/machines").await?;
+        let groups: Vec<Group> = call::get(c, a.user(), "/groups").await?;
+        Ok::<_, Refused>((machines, groups))
+    };
+    match data.await {
+        Ok((machines, groups)) => {
+            let p = MachinesPage {
+                nav,
+                machines,
+                groups,
+            };
+            page(&p.nav, &p)
+        }
+        Err(e) => failed(nav, e),
+    }
+}
+
+/// A machine's fields from a form: only those given (an empty one clears it).
+fn machine_body(f: &Fields, with_mac: bool) -> Value {
+    let mut b = serde_json::Map::new();
+    if with_mac {
+        b.insert("mac".into(), json!(f.text("mac").unwrap_or_default()));
+    }
+    for key in ["name", "group", "ip", "disk"] {
+        if f.get(key).is_some() {
+            b.insert(key.into(), json!(f.text(key)));
+        }
+    }
+    if with_mac {
+        b.retain(|_, v| !v.is_null());
+    }
+    Value::Object(b)
+}
+
+pub(crate) async fn add_machine<C: Control>(
+    State(ui): State<Ui<C>>,
+    a: Authed,
+    Form(f): Form<Fields>,
+) -> Response {
+    checked!(a, f);
+    let body = machine_body(&f, true);
+    let r = call::api(
+        &ui.control,
+        a.user(),
+        Method::POST,
+        "/machines",
+        Some(&body),
+    )
+    .await;
+    after("/machines", r, |v| {
+        format!("machine {} added", v["name"].as_str().unwrap_or("?"))
+    })
+}
+
+#[derive(Template)]
+#[template(path = "machine.html")]
+struct MachinePage {
+    nav: Nav,
+    m: Machine,
+    groups: Vec<Group>,
+}
+
+pub(crate) async fn machine<C: Control>(
+    State(ui): State<Ui<C>>,
+    a: Authed,
+    headers: HeaderMap,
+    Path(mac): Path<String>,
+) -> Response {
+    let nav = a.nav("machines", &headers);
+    let c = &ui.control;
+    let data = async {
+        let m: Machine = call::get(c, a.user(), &format!("/machines/{mac}")).await?;
+        let groups: Vec<Group> = call::get(c, a.user(), "/groups").await?;
+        Ok::<_, Refused>((m, groups))
+    };
+    match data.await {
+        Ok((m, groups)) => {
+            let p = MachinePage { nav, m, groups };
+            page(&p.nav, &p)
+        }
+        Err(e) => failed(nav, e),
+    }
+}
+
+pub(crate) async fn save_machine<C: Control>(
+    State(ui): State<Ui<C>>,
+    a: Authed,
+    Path(mac): Path<String>,
+    Form(f): Form<Fields>,
+) -> Response {
+    checked!(a, f);
+    let body = machine_body(&f, false);
+    let path = format!("/machines/{mac}");
+    match call::api(&ui.control, a.user(), Method::PATCH, &path, Some(&body)).await {
+        Ok(v) => redirect_with(
+            "/machines",
+            "ok",
+            &format!("machine {} saved", v["name"].as_str().unwrap_or(&mac)),
+        ),
+        Err(e) => redirect_with(&path, "error", &e.message),
+    }
+}
+
+pub(crate) async fn wake_machine<C: Control>(
+    State(ui): State<Ui<C>>,
+    a: Authed,
+    Path(mac): Path<String>,
+    Form(f): Form<Fields>,
+) -> Response {
+    checked!(a, f);
+    let body = json!({ "macs": [mac] });
+    let r = call::api(&ui.control, a.user(), Method::POST, "/wake", Some(&body)).await;
+    after("/machines", r, |v| {
+        format!(
+            "wake-on-LAN sent to {mac} (via {})",
+            v["to"].as_str().unwrap_or("?")
+        )
+    })
+}
+
+pub(crate) async fn delete_machine<C: Control>(
+    State(ui): State<Ui<C>>,
+    a: Authed,
+    Path(mac): Path<String>,
+    Form(f): Form<Fields>,
+) -> Response {
+    checked!(a, f);
+    let path = format!("/machines/{mac}");
+    let r = call::api(&ui.control, a.user(), Method::DELETE, &path, None).await;
+    after("/machines", r, |_| format!("machine {mac} removed"))
+}
+
+// ---- groups ----
+
+#[derive(Template)]
+#[template(path = "groups.html")]
+struct GroupsPage {
+    nav: Nav,
+    groups: Vec<Group>,
+}
+
+pub(crate) async fn groups<C: Control>(
+    State(ui): State<Ui<C>>,
+    a: Authed,
+    headers: HeaderMap,
+) -> Response {
+    let nav = a.nav("groups", &headers);
+    match call::get(&ui.control, a.user(), "/groups").await {
+        Ok(groups) => {
+            let p = GroupsPage { nav, groups };
+            page(&p.nav, &p)
+        }
+        Err(e) => failed(nav, e),
+    }
+}
+
+pub(crate) async fn add_group<C: Control>(
+    State(ui): State<Ui<C>>,
+    a: Authed,
+    Form(f): Form<Fields>,
+) -> Response {
+    checked!(a, f);
+    let name = f.text("name").unwrap_or_default();
+    let body = json!({ "name": name });
+    let r = call::api(&ui.control, a.user(), Method::POST, "/groups", Some(&body)).await;
+    after("/groups", r, |_| format!("group {name} added"))
+}
+
+pub(crate) async fn wake_group<C: Control>(
+    State(ui): State<Ui<C>>,
+    a: Authed,
+    Path(name): Path<String>,
+    Form(f): Form<Fields>,
+) -> Response {
+    checked!(a, f);
+    let body = json!({ "group": name });
+    let r = call::api(&ui.control, a.user(), Method::POST, "/wake", Some(&body)).await;
+    after("/groups", r, |v| {
+        let n = v["woken"].as_array().map_or(0, Vec::len);
+        format!("wake-on-LAN sent to the {n} machine(s) of {name}")
+    })
+}
+
+pub(crate) async fn delete_group<C: Control>(
+    State(ui): State<Ui<C>>,
+    a: Authed,
+    Path(name): Path<String>,
+    Form(f): Form<Fields>,
+) -> Response {
+    checked!(a, f);
+    let path = format!("/groups/{name}");
+    let r = call::api(&ui.control, a.user(), Method::DELETE, &path, None).await;
+    after("/groups", r, |_| format!("group {name} removed"))
+}
+
+// ---- images ----
+
+#[derive(Template)]
+#[template(path = "images.html")]
+struct ImagesPage {
+    nav: Nav,
+    images: Vec<Image>,
+}
+
+pub(crate) async fn images<C: Control>(
+    State(ui): State<Ui<C>>,
+    a: Authed,
+    headers: HeaderMap,
+) -> Response {
+    let nav = a.nav("images", &headers);
+    match call::get(&ui.control, a.user(), "/images").await {
+        Ok(images) => {
+            let p = ImagesPage { nav, images };
+            page(&p.nav, &p)
+        }
+        Err(e) => failed(nav, e),
+    }
+}
+
+// ---- deployments ----
+
+#[derive(Template)]
+#[template(path = "deployments.html")]
+struct DeploymentsPage {
+    nav: Nav,
+    deployments: Vec<Deployment>,
+    images: Vec<Image>,
+    groups: Vec<Group>,
+    machines: Vec<Machine>,
+}
+
+pub(crate) async fn deployments<C: Control>(
+    State(ui): State<Ui<C>>,
+    a: Authed,
+    headers: HeaderMap,
+) -> Response {
+    let nav = a.nav("deployments", &headers);
+    let c = &ui.control;
+    let data = async {
+        let deployments: Vec<Deployment> = call::get(c, a.user(), "/deployments?limit=50").await?;
+        let images: Vec<Image> = call::get(c, a.user(), "/images").await?;
+        let groups: Vec<Group> = call::get(c, a.user(), "/groups").await?;
+        let machines: Vec<Machine> = call::get(c, a.user(), "/machines").await?;
+        Ok::<_, Refused>((deployments, images, groups, machines))
+    };
+    match data.await {
+        Ok((deployments, images, groups, machines)) => {
+            let p = DeploymentsPage {
+                nav,
+                deployments,
+                images,
+                groups,
+                machines,
+            };
+            page(&p.nav, &p)
+        }
+        Err(e) => failed(nav, e),
+    }
+}
+
+/// The targets a form names: groups and machines ticked, and any typed in.
+fn targets(f: &Fields) -> Vec<String> {
+    let mut to = f.all("to");
+    if let Some(more) = f.text("to_more") {
+        to.extend(
+            more.split([',', ' '])
+                .filter(|s| !s.is_empty())
+                .map(str::to_string),
+        );
+    }
+    to
+}
+
+pub(crate) async fn create_deployment<C: Control>(
+    State(ui): State<Ui<C>>,
+    a: Authed,
+    Form(f): Form<Fields>,
+) -> Response {
+    checked!(a, f);
+    let mut body = json!({
+        "image": f.text("image").unwrap_or_default(),
+        "to": targets(&f),
+        "transport": f.text("transport").unwrap_or_else(|| "multicast".into()),
+        "then": f.text("then").unwrap_or_else(|| "reboot".into()),
+    });
+    if let Some(fb) = f.text("fallback") {
+        body["fallback"] = json!(fb);
+    }
+    match f.get("start").unwrap_or("now") {
+        "min" => {
+            let n = f.text("min_machines").and_then(|n| n.parse::<i64>().ok());
+            body["min_machines"] = json!(n);
+            body["max_wait"] = json!(f.text("max_wait"));
+        }
+        "at" => {
+            // <input type=datetime-local> gives local time without a zone: the server's.
+            let at = f.text("start_at").and_then(|t| {
+                use chrono::TimeZone;
+                let t = chrono::NaiveDateTime::parse_from_str(&t, "%Y-%m-%dT%H:%M")
+                    .or_else(|_| chrono::NaiveDateTime::parse_from_str(&t, "%Y-%m-%dT%H:%M:%S"))
+                    .ok()?;
+                chrono::Local
+                    .from_local_datetime(&t)
+                    .earliest()
+                    .map(|t| t.to_rfc3339())
+            });
+            match at {
+                Some(at) => body["start_at"] = json!(at),
+                None => {
+                    return redirect_with(
+                        "/deployments",
+                        "error",
+                        "the start time is not a date and time",
+                    )
+                }
+            }
+        }
+        _ => {}
+    }
+    let r = call::api(
+        &ui.control,
+        a.user(),
+        Method::POST,
+        "/deployments",
+        Some(&body),
+    )
+    .await;
+    match r {
+        Ok(v) => {
+            let id = v["id"].as_str().unwrap_or_default();
+            redirect_with(
+                &format!("/deployments/{id}"),
+                "ok",
+                &format!("deployment {id} created"),
+            )
+        }
+        Err(e) => redirect_with("/deployments", "error", &e.message),
+    }
+}
+
+#[derive(Template)]
+#[template(path = "deployment.html")]
+struct DeploymentPage {
+    nav: Nav,
+    d: Deployment,
+}
+
+pub(crate) async fn deployment<C: Control>(
+    State(ui): State<Ui<C>>,
+    a: Authed,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    let nav = a.nav("deployments", &headers);
+    match call::get(&ui.control, a.user(), &format!("/deployments/{id}")).await {
+        Ok(d) => {
+            let p = DeploymentPage { nav, d };
+            page(&p.nav, &p)
+        }
+        Err(e) => failed(nav, e),
+    }
+}
+
+/// The deployment's live view: the API's server-sent events, passed on as they come.
+pub(crate) async fn deployment_events<C: Control>(
+    State(ui): State<Ui<C>>,
+    a: Authed,
+    Path(id): Path<String>,
+) -> Response {
+    call::raw(&ui.control, a.user(), &format!("/deployments/{id}/events")).await
+}
+
+pub(crate) async fn cancel_deployment<C: Control>(
+    State(ui): State<Ui<C>>,
+    a: Authed,
+    Path(id): Path<String>,
+    Form(f): Form<Fields>,
+) -> Response {
+    checked!(a, f);
+    let path = format!("/deployments/{id}/cancel");
+    let r = call::api(&ui.control, a.user(), Method::POST, &path, None).await;
+    after(&format!("/deployments/{id}"), r, |_| {
+        format!("deployment {id} cancelled")
+    })
+}
+
+pub(crate) async fn start_deployment<C: Control>(
+    State(ui): State<Ui<C>>,
+    a: Authed,
+    Path(id): Path<String>,
+    Form(f): Form<Fields>,
+) -> Response {
+    checked!(a, f);
+    let path = format!("/deployments/{id}/start");
+    let r = call::api(&ui.control, a.user(), Method::POST, &path, None).await;
+    after(&format!("/deployments/{id}"), r, |_| {
+        format!("deployment {id} started")
+    })
+}
+
+// ---- schedules ----
+
+#[derive(Template)]
+#[template(path = "schedules.html")]
+struct SchedulesPage {
+    nav: Nav,
+    schedules: Vec<Schedule>,
+    images: Vec<Image>,
+    groups: Vec<Group>,
+}
+
+pub(crate) async fn schedules<C: Control>(
+    State(ui): State<Ui<C>>,
+    a: Authed,
+    headers: HeaderMap,
+) -> Response {
+    let nav = a.nav("schedules", &headers);
+    let c = &ui.control;
+    let data = async {
+        let schedules: Vec<Schedule> = call::get(c, a.user(), "/schedules").await?;
+        let images: Vec<Image> = call::get(c, a.user(), "/images").await?;
+        let groups: Vec<Group> = call::get(c, a.user(), "/groups").await?;
+        Ok::<_, Refused>((schedules, images, groups))
+    };
+    match data.await {
+        Ok((schedules, images, groups)) => {
+            let p = SchedulesPage {
+                nav,
+                schedules,
+                images,
+                groups,
+            };
+            page(&p.nav, &p)
+        }
+        Err(e) => failed(nav, e),
+    }
+}
+
+pub(crate) async fn create_schedule<C: Control>(
+    State(ui): State<Ui<C>>,
+    a: Authed,
+    Form(f): Form<Fields>,
+) -> Response {
+    checked!(a, f);
+    let name = f.text("name").unwrap_or_default();
+    let action = f.text("action").unwrap_or_else(|| "deploy".into());
+    let mut body = json!({
+        "name": name,
+        "action": action,
+        "to": targets(&f),
+        "transport": f.text("transport").unwrap_or_else(|| "multicast".into()),
+        "then": f.text("then").unwrap_or_else(|| "reboot".into()),
+    });
+    if action == "deploy" {
+        body["image"] = json!(f.text("image"));
+    }
+    body["cron"] = json!(f.text("cron"));
+    let r = call::api(
+        &ui.control,
+        a.user(),
+        Method::POST,
+        "/schedules",
+        Some(&body),
+    )
+    .await;
+    after("/schedules", r, |v| {
+        let next = v["next_due"].as_str().unwrap_or("—");
+        format!("schedule {name} created; next run {next}")
+    })
+}
+
+pub(crate) async fn delete_schedule<C: Control>(
+    State(ui): State<Ui<C>>,
+    a: Authed,
+    Path(name): Path<String>,
+    Form(f): Form<Fields>,
+) -> Response {
+    checked!(a, f);
+    let path = format!("/schedules/{name}");
+    let r = call::api(&ui.control, a.user(), Method::DELETE, &path, None).await;
+    after("/schedules", r, |_| format!("schedule {name} removed"))
+}
+
+// ---- the audit log ----
+
+#[derive(Template)]
+#[template(path = "log.html")]
+struct LogPage {
+    nav: Nav,
+    entries: Vec<AuditEntry>,
+}
+
+pub(crate) async fn log<C: Control>(
+    State(ui): State<Ui<C>>,
+    a: Authed,
+    headers: HeaderMap,
+) -> Response {
+    let nav = a.nav("log", &headers);
+    match call::get(&ui.control, a.user(), "/audit?limit=500").await {
+        Ok(entries) => {
+            let p = LogPage { nav, entries };
+            page(&p.nav, &p)
+        }
+        Err(e) => failed(nav, e),
+    }
+}
