@@ -87,6 +87,32 @@ impl Lab {
         Ipv4Addr::new(10, 77, 0, 10 + i as u8)
     }
 
+    /// A direct link from the test's own namespace to host `i` (for a browser the test runs
+    /// to reach a server in the lab): the host gets `10.78.K.2/30` on `eth1`, this side
+    /// `10.78.K.1/30`, K from the lab's name. Host `i`'s address on it is returned; the link
+    /// goes with the host's namespace.
+    pub fn link_to_test(&self, i: usize) -> Ipv4Addr {
+        let k = (std::process::id() % 250) as u8 + 1;
+        let outside = format!("drvt{}", &self.tag[self.tag.len().saturating_sub(8)..]);
+        let h = self.host(i);
+        ip(&[
+            "link", "add", &outside, "type", "veth", "peer", "name", "eth1", "netns", &h,
+        ]);
+        ip(&["addr", "add", &format!("10.78.{k}.1/30"), "dev", &outside]);
+        ip(&["link", "set", &outside, "up"]);
+        ip(&[
+            "-n",
+            &h,
+            "addr",
+            "add",
+            &format!("10.78.{k}.2/30"),
+            "dev",
+            "eth1",
+        ]);
+        ip(&["-n", &h, "link", "set", "eth1", "up"]);
+        Ipv4Addr::new(10, 78, k, 2)
+    }
+
     /// Gives host `i`'s NIC this MAC address.
     pub fn set_mac(&self, i: usize, mac: &str) {
         ip(&["-n", &self.host(i), "link", "set", "eth0", "address", mac]);

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 
+pub mod browser;
 pub mod deploy;
 pub mod evil_peer;
 pub mod lab;

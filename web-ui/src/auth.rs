@@ -60,12 +60,10 @@ pub(crate) struct Authed {
 }
 
 impl Authed {
-    /// The session's form token must be the form's.
-    pub(crate) fn check(&self, form: &Fields) -> Result<(), Response> {
-        match form.get("csrf") {
-            Some(t) if same(t, &self.session.csrf) => Ok(()),
-            _ => Err(forbidden()),
-        }
+    /// The form carries the session's form token.
+    pub(crate) fn allows(&self, form: &Fields) -> bool {
+        form.get("csrf")
+            .is_some_and(|t| same(t, &self.session.csrf))
     }
 
     pub(crate) fn user(&self) -> &str {
@@ -138,7 +136,7 @@ pub(crate) struct NextQuery {
 }
 
 /// Where to go after the login: a page of this dashboard only.
-fn next_page(hex: Option<&str>) -> String {
+pub(crate) fn next_page(hex: Option<&str>) -> String {
     hex.and_then(crate::view::unhex)
         .filter(|p| p.starts_with('/') && !p.starts_with("//") && !p.contains('\\'))
         .unwrap_or_else(|| "/".into())
@@ -241,8 +239,8 @@ pub(crate) async fn logout<C: Control>(
     authed: Authed,
     Form(form): Form<Fields>,
 ) -> Response {
-    if let Err(r) = authed.check(&form) {
-        return r;
+    if !authed.allows(&form) {
+        return forbidden();
     }
     if let Err(e) = ui.control.close_session(&authed.cookie).await {
         return (StatusCode::SERVICE_UNAVAILABLE, e.0).into_response();
@@ -266,7 +264,7 @@ struct PasswordPage {
     error: Option<String>,
 }
 
-pub(crate) async fn password_page<C: Control>(authed: Authed, headers: HeaderMap) -> Response {
+pub(crate) async fn password_page(authed: Authed, headers: HeaderMap) -> Response {
     let page = PasswordPage {
         forced: authed.session.user.must_change,
         nav: authed.nav("password", &headers),
@@ -281,8 +279,8 @@ pub(crate) async fn change_password<C: Control>(
     headers: HeaderMap,
     Form(form): Form<Fields>,
 ) -> Response {
-    if let Err(r) = authed.check(&form) {
-        return r;
+    if !authed.allows(&form) {
+        return forbidden();
     }
     let refuse = |status: StatusCode, error: String| {
         let page = PasswordPage {

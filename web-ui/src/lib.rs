@@ -18,6 +18,9 @@ mod call;
 mod pages;
 mod view;
 
+#[cfg(test)]
+mod tests;
+
 use std::future::Future;
 use std::sync::Arc;
 
@@ -115,7 +118,7 @@ pub fn router<C: Control>(control: C, options: Options) -> Router {
         .route("/logout", post(auth::logout::<C>))
         .route(
             "/password",
-            get(auth::password_page::<C>).post(auth::change_password::<C>),
+            get(auth::password_page).post(auth::change_password::<C>),
         )
         .route("/machines", get(machines::<C>).post(add_machine::<C>))
         .route("/machines/{mac}", get(machine::<C>).post(save_machine::<C>))

@@ -66,7 +66,8 @@ pub(crate) struct Group {
 pub(crate) struct Image {
     pub(crate) name: String,
     pub(crate) version: i64,
-    pub(crate) created: Option<String>,
+    /// Capture time, Unix seconds.
+    pub(crate) created: i64,
     pub(crate) size: i64,
     pub(crate) used_bytes: i64,
     pub(crate) stored_bytes: i64,
@@ -83,6 +84,9 @@ impl Image {
     }
     pub(crate) fn disk(&self) -> String {
         bytes(self.size)
+    }
+    pub(crate) fn captured(&self) -> String {
+        time(Some(self.created.saturating_mul(1000)))
     }
     pub(crate) fn used(&self) -> String {
         bytes(self.used_bytes)
@@ -246,8 +250,8 @@ fn after(to: &str, r: Result<Value, Refused>, ok: impl FnOnce(&Value) -> String)
 
 macro_rules! checked {
     ($authed:expr, $form:expr) => {
-        if let Err(r) = $authed.check(&$form) {
-            return r;
+        if !$authed.allows(&$form) {
+            return crate::auth::forbidden();
         }
     };
 }

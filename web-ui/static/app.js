@@ -63,10 +63,10 @@ function showDeployment(d) {
     setText(f("eta"), fmtDuration(t.eta_seconds));
   }
   const over = !(d.state === "waiting" || d.state === "running");
-  if (over) {
-    const b = document.getElementById("d-buttons");
-    if (b) b.hidden = true;
-  }
+  const start = document.getElementById("d-start");
+  if (start && d.state !== "waiting") start.hidden = true;
+  const buttons = document.getElementById("d-buttons");
+  if (buttons && over) buttons.hidden = true;
   return over;
 }
 
