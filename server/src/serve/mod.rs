@@ -30,6 +30,7 @@ pub(crate) mod schedule_api;
 pub(crate) mod schedule_db;
 pub(crate) mod seeder;
 pub(crate) mod tftp;
+pub(crate) mod tls;
 pub(crate) mod torrent;
 pub(crate) mod tracker;
 pub(crate) mod ui;
@@ -102,6 +103,16 @@ pub(crate) struct ServeArgs {
     /// Machines the server's seed uploads to at once (default 1).
     #[arg(long, env = "DROVER_BITTORRENT_SERVER_PEERS")]
     bittorrent_server_peers: Option<usize>,
+    /// PEM certificate chain: the dashboard and the API are served over HTTPS too (boot
+    /// files and agents stay on HTTP).
+    #[arg(long, env = "DROVER_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert.
+    #[arg(long, env = "DROVER_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// HTTPS listening address (default 0.0.0.0:8443; with --tls-cert).
+    #[arg(long, env = "DROVER_HTTPS")]
+    https: Option<SocketAddr>,
 }
 
 /// `drover token ...`
@@ -174,6 +185,9 @@ pub(crate) fn serve(args: ServeArgs, data_dir: Option<PathBuf>) -> anyhow::Resul
             bittorrent: args.bittorrent,
             bittorrent_upload_rate: args.bittorrent_upload_rate,
             bittorrent_server_peers: args.bittorrent_server_peers,
+            https: args.https,
+            tls_cert: args.tls_cert,
+            tls_key: args.tls_key,
         },
     )?;
     runtime()?.block_on(run(cfg))
@@ -335,14 +349,30 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     });
     ui::first_admin(&db).await?;
     let api = api::router(state);
-    let dashboard = web_ui::router(
-        ui::Control {
-            db: db.clone(),
-            api: api.clone(),
-        },
-        web_ui::Options::default(),
-    );
+    let control = ui::Control {
+        db: db.clone(),
+        api: api.clone(),
+    };
+    let dashboard = web_ui::router(control.clone(), web_ui::Options::default());
     eprintln!("  dashboard   {}/", cfg.public_url);
+    if let Some(t) = &cfg.tls {
+        let acceptor = tls::acceptor(&t.cert, &t.key)?;
+        let https = tokio::net::TcpListener::bind(t.https)
+            .await
+            .with_context(|| format!("HTTPS: listening on {}", t.https))?;
+        eprintln!(
+            "  https       {} (the dashboard and the API; {})",
+            https.local_addr()?,
+            t.cert.display()
+        );
+        let secure = api.clone().merge(web_ui::router(
+            control,
+            web_ui::Options {
+                secure_cookies: true,
+            },
+        ));
+        tokio::spawn(tls::serve(https, acceptor, secure, shutdown()));
+    }
     axum::serve(
         listener,
         api.merge(dashboard)
