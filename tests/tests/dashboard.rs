@@ -295,6 +295,9 @@ fn a_browser_deploys_to_three_agents_and_manages_the_lab() {
         b.shot("05-machines").await;
         d.goto(format!("{url}/images")).await.unwrap();
         assert!(b.text().await.contains("lab@1"));
+        b.el("form[action='/images/lab@1/verify'] button").await.click().await.unwrap();
+        let ok = b.el(".flash.ok").await.text().await.unwrap();
+        assert!(ok.contains("lab@1: all") && ok.contains("chunks verified"), "{ok}");
         b.shot("06-images").await;
 
         // A deployment of the image to the group, watched to 100 % without a reload.
@@ -371,11 +374,32 @@ fn a_browser_deploys_to_three_agents_and_manages_the_lab() {
         assert_eq!(runs.len(), 5, "five next runs");
         assert!(runs[0].text().await.unwrap().contains("22:00:00"));
         b.shot("12-schedules").await;
+        // Edited: a bad expression keeps the old one; a good one moves the runs.
+        b.el("a.button[href='/schedules/nightly']").await.click().await.unwrap();
+        b.fill("e-cron", "0 7 * * *").await;
+        b.el("#edit-schedule button[type=submit]").await.click().await.unwrap();
+        let ok = b.el(".flash.ok").await.text().await.unwrap();
+        assert!(ok.contains("schedule nightly saved"), "{ok}");
+        let first = b.el(".runs li").await.text().await.unwrap();
+        assert!(first.contains("07:00:00"), "{first}");
+        b.el("a.button[href='/schedules/nightly']").await.click().await.unwrap();
+        b.fill("e-cron", "0 99 * * *").await;
+        b.el("#edit-schedule button[type=submit]").await.click().await.unwrap();
+        let err = b.el(".flash.error").await.text().await.unwrap();
+        assert!(err.contains("0 99 * * *"), "{err}");
+        assert!(b.el("#next-runs li").await.text().await.unwrap().contains("07:00:00"));
 
         // The audit log names who did it; the overview; logging out.
         d.goto(format!("{url}/log")).await.unwrap();
         let log = b.text().await;
-        for what in ["login.refused", "group.add", "deployment.create", "schedule.add"] {
+        for what in [
+            "login.refused",
+            "group.add",
+            "image.verify",
+            "deployment.create",
+            "schedule.add",
+            "schedule.edit",
+        ] {
             assert!(log.contains(what), "{what} in the log:\n{log}");
         }
         assert!(log.contains("user:tester"));
@@ -389,4 +413,138 @@ fn a_browser_deploys_to_three_agents_and_manages_the_lab() {
         assert_eq!(b.path().await, "/login");
     });
     srv.take().unwrap().stop();
+}
+
+/// `curl -sk -i ARGS` (the test's self-signed certificate): the response's head and body.
+fn curl_k(args: &[&str]) -> String {
+    let out = Command::new("curl")
+        .args(["-sk", "-i", "--max-time", "10"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "curl {args:?}: {out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn https_serves_the_dashboard_with_secure_cookies() {
+    if !require("dashboard_https", &["openssl", "curl"]) {
+        return;
+    }
+    let env = Env::new();
+    add_user(&env, "tester", PASSWORD);
+    let (cert, key) = (env.path("cert.pem"), env.path("key.pem"));
+    let out = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+        ])
+        .args([
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=drover-test",
+            "-keyout",
+        ])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "openssl: {out:?}");
+
+    // A key that is not one: a clear error naming the file, no server.
+    std::fs::write(env.path("bad.pem"), "not a key\n").unwrap();
+    let bad = env.fails(&[
+        "serve",
+        "--http",
+        "127.0.0.1:0",
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        env.path("bad.pem").to_str().unwrap(),
+    ]);
+    assert!(bad.contains("bad.pem"), "{bad}");
+
+    let port = drover_tests::server::free_port();
+    let https = format!("127.0.0.1:{port}");
+    let srv = Server::start(
+        &env.data(),
+        &[
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+            "--https",
+            &https,
+        ],
+    );
+    let url = format!("https://{https}");
+    let t0 = Instant::now();
+    let page = loop {
+        let out = Command::new("curl")
+            .args(["-sk", "-i", "--max-time", "5", &format!("{url}/login")])
+            .output()
+            .unwrap();
+        if out.status.success() {
+            break String::from_utf8_lossy(&out.stdout).into_owned();
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "no HTTPS: {}",
+            srv.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(page.starts_with("HTTP/1.1 200"), "{page}");
+    let login_cookie = page
+        .lines()
+        .find(|l| {
+            l.to_ascii_lowercase()
+                .starts_with("set-cookie: drover_login=")
+        })
+        .expect("the login form's cookie")
+        .to_string();
+    assert!(login_cookie.contains("; Secure"), "{login_cookie}");
+    let value = login_cookie
+        .split('=')
+        .nth(1)
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap();
+    let token = form_token(&page);
+    let r = curl_k(&[
+        "-H",
+        &format!("Cookie: drover_login={value}"),
+        "--data",
+        &format!("csrf={token}&user=tester&password={PASSWORD}"),
+        &format!("{url}/login"),
+    ]);
+    let session = r
+        .lines()
+        .find(|l| {
+            l.to_ascii_lowercase()
+                .starts_with("set-cookie: drover_session=")
+        })
+        .unwrap_or_else(|| panic!("no session in {r}"));
+    assert!(
+        session.contains("HttpOnly")
+            && session.contains("SameSite=Strict")
+            && session.contains("; Secure"),
+        "{session}"
+    );
+    // Plain HTTP serves the dashboard too (a lab network), without the Secure flag.
+    let plain = curl_k(&[&format!("{}/login", srv.url)]);
+    assert!(plain.starts_with("HTTP/1.1 200"), "{plain}");
+    assert!(!plain.contains("; Secure"), "{plain}");
+    // The API answers over HTTPS too.
+    let health = curl_k(&[&format!("{url}/healthz")]);
+    assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+    srv.stop();
 }

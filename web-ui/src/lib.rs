@@ -128,6 +128,7 @@ pub fn router<C: Control>(control: C, options: Options) -> Router {
         .route("/groups/{name}/wake", post(wake_group::<C>))
         .route("/groups/{name}/delete", post(delete_group::<C>))
         .route("/images", get(images::<C>))
+        .route("/images/{reference}/verify", post(verify_image::<C>))
         .route(
             "/deployments",
             get(deployments::<C>).post(create_deployment::<C>),
@@ -137,6 +138,10 @@ pub fn router<C: Control>(control: C, options: Options) -> Router {
         .route("/deployments/{id}/cancel", post(cancel_deployment::<C>))
         .route("/deployments/{id}/start", post(start_deployment::<C>))
         .route("/schedules", get(schedules::<C>).post(create_schedule::<C>))
+        .route(
+            "/schedules/{name}",
+            get(schedule::<C>).post(save_schedule::<C>),
+        )
         .route("/schedules/{name}/delete", post(delete_schedule::<C>))
         .route("/log", get(log::<C>))
         .route("/static/app.css", get(view::css))
@@ -156,10 +161,12 @@ pub const FORM_PATHS: &[&str] = &[
     "/groups",
     "/groups/lab/wake",
     "/groups/lab/delete",
+    "/images/lab@1/verify",
     "/deployments",
     "/deployments/d1/cancel",
     "/deployments/d1/start",
     "/schedules",
+    "/schedules/nightly",
     "/schedules/nightly/delete",
 ];
 
@@ -175,5 +182,6 @@ pub const PAGE_PATHS: &[&str] = &[
     "/deployments/d1",
     "/deployments/d1/events",
     "/schedules",
+    "/schedules/nightly",
     "/log",
 ];

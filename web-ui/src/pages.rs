@@ -190,6 +190,7 @@ pub(crate) struct Schedule {
     pub(crate) image: Option<String>,
     pub(crate) targets: String,
     pub(crate) transport: String,
+    pub(crate) then_action: String,
     #[serde(default)]
     pub(crate) next_runs: Vec<String>,
 }
@@ -201,6 +202,20 @@ impl Schedule {
             (None, Some(at)) => format!("once at {}", time(Some(at))),
             (None, None) => "—".into(),
         }
+    }
+    /// The one-shot time as a `datetime-local` value (server time).
+    pub(crate) fn at_local(&self) -> String {
+        use chrono::TimeZone;
+        self.at_ms
+            .and_then(|ms| chrono::Local.timestamp_millis_opt(ms).single())
+            .map(|t| t.format("%Y-%m-%dT%H:%M").to_string())
+            .unwrap_or_default()
+    }
+    pub(crate) fn cron_text(&self) -> &str {
+        self.cron.as_deref().unwrap_or("")
+    }
+    pub(crate) fn image_name(&self) -> &str {
+        self.image.as_deref().unwrap_or("")
     }
     pub(crate) fn what(&self) -> String {
         match &self.image {
@@ -538,6 +553,44 @@ pub(crate) async fn images<C: Control>(
     }
 }
 
+pub(crate) async fn verify_image<C: Control>(
+    State(ui): State<Ui<C>>,
+    a: Authed,
+    Path(reference): Path<String>,
+    Form(f): Form<Fields>,
+) -> Response {
+    checked!(a, f);
+    let path = format!("/images/{reference}/verify");
+    match call::api(&ui.control, a.user(), Method::POST, &path, None).await {
+        Ok(v) if v["ok"] == true => redirect_with(
+            "/images",
+            "ok",
+            &format!("{reference}: all {} chunks verified", v["chunks"]),
+        ),
+        Ok(v) => {
+            let bad = v["bad"].as_array().cloned().unwrap_or_default();
+            let first = bad.first().map_or(String::new(), |b| {
+                format!(
+                    "; first: chunk {} at disk offset {}: {}",
+                    b["hash"].as_str().unwrap_or("?"),
+                    b["disk_offset"],
+                    b["error"].as_str().unwrap_or("?")
+                )
+            });
+            redirect_with(
+                "/images",
+                "error",
+                &format!(
+                    "{reference}: {} of {} chunks are bad{first}",
+                    bad.len(),
+                    v["chunks"]
+                ),
+            )
+        }
+        Err(e) => redirect_with("/images", "error", &e.message),
+    }
+}
+
 // ---- deployments ----
 
 #[derive(Template)]
@@ -615,16 +668,7 @@ pub(crate) async fn create_deployment<C: Control>(
         }
         "at" => {
             // <input type=datetime-local> gives local time without a zone: the server's.
-            let at = f.text("start_at").and_then(|t| {
-                use chrono::TimeZone;
-                let t = chrono::NaiveDateTime::parse_from_str(&t, "%Y-%m-%dT%H:%M")
-                    .or_else(|_| chrono::NaiveDateTime::parse_from_str(&t, "%Y-%m-%dT%H:%M:%S"))
-                    .ok()?;
-                chrono::Local
-                    .from_local_datetime(&t)
-                    .earliest()
-                    .map(|t| t.to_rfc3339())
-            });
+            let at = f.text("start_at").and_then(|t| local_time(&t));
             match at {
                 Some(at) => body["start_at"] = json!(at),
                 None => {
@@ -757,6 +801,41 @@ pub(crate) async fn schedules<C: Control>(
     }
 }
 
+/// A `datetime-local` value (server time) as RFC 3339.
+fn local_time(t: &str) -> Option<String> {
+    use chrono::TimeZone;
+    let t = chrono::NaiveDateTime::parse_from_str(t, "%Y-%m-%dT%H:%M")
+        .or_else(|_| chrono::NaiveDateTime::parse_from_str(t, "%Y-%m-%dT%H:%M:%S"))
+        .ok()?;
+    chrono::Local
+        .from_local_datetime(&t)
+        .earliest()
+        .map(|t| t.to_rfc3339())
+}
+
+/// A schedule's API body from its form (create and edit alike).
+fn schedule_body(f: &Fields) -> Result<Value, String> {
+    let action = f.text("action").unwrap_or_else(|| "deploy".into());
+    let mut body = json!({
+        "name": f.text("name").unwrap_or_default(),
+        "action": action,
+        "to": targets(f),
+        "transport": f.text("transport").unwrap_or_else(|| "multicast".into()),
+        "then": f.text("then").unwrap_or_else(|| "reboot".into()),
+    });
+    if action == "deploy" {
+        body["image"] = json!(f.text("image"));
+    }
+    match (f.text("cron"), f.text("at")) {
+        (Some(c), _) => body["cron"] = json!(c),
+        (None, Some(at)) => {
+            body["at"] = json!(local_time(&at).ok_or("the time is not a date and time")?)
+        }
+        (None, None) => return Err("give a cron expression or a time".into()),
+    }
+    Ok(body)
+}
+
 pub(crate) async fn create_schedule<C: Control>(
     State(ui): State<Ui<C>>,
     a: Authed,
@@ -764,18 +843,10 @@ pub(crate) async fn create_schedule<C: Control>(
 ) -> Response {
     checked!(a, f);
     let name = f.text("name").unwrap_or_default();
-    let action = f.text("action").unwrap_or_else(|| "deploy".into());
-    let mut body = json!({
-        "name": name,
-        "action": action,
-        "to": targets(&f),
-        "transport": f.text("transport").unwrap_or_else(|| "multicast".into()),
-        "then": f.text("then").unwrap_or_else(|| "reboot".into()),
-    });
-    if action == "deploy" {
-        body["image"] = json!(f.text("image"));
-    }
-    body["cron"] = json!(f.text("cron"));
+    let body = match schedule_body(&f) {
+        Ok(b) => b,
+        Err(e) => return redirect_with("/schedules", "error", &e),
+    };
     let r = call::api(
         &ui.control,
         a.user(),
@@ -788,6 +859,62 @@ pub(crate) async fn create_schedule<C: Control>(
         let next = v["next_due"].as_str().unwrap_or("—");
         format!("schedule {name} created; next run {next}")
     })
+}
+
+#[derive(Template)]
+#[template(path = "schedule.html")]
+struct SchedulePage {
+    nav: Nav,
+    s: Schedule,
+    images: Vec<Image>,
+}
+
+pub(crate) async fn schedule<C: Control>(
+    State(ui): State<Ui<C>>,
+    a: Authed,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Response {
+    let nav = a.nav("schedules", &headers);
+    let c = &ui.control;
+    let data = async {
+        let s: Schedule = call::get(c, a.user(), &format!("/schedules/{name}")).await?;
+        let images: Vec<Image> = call::get(c, a.user(), "/images").await?;
+        Ok::<_, Refused>((s, images))
+    };
+    match data.await {
+        Ok((s, images)) => {
+            let p = SchedulePage { nav, s, images };
+            page(&p.nav, &p)
+        }
+        Err(e) => failed(nav, e),
+    }
+}
+
+pub(crate) async fn save_schedule<C: Control>(
+    State(ui): State<Ui<C>>,
+    a: Authed,
+    Path(name): Path<String>,
+    Form(f): Form<Fields>,
+) -> Response {
+    checked!(a, f);
+    let back = format!("/schedules/{name}");
+    let body = match schedule_body(&f) {
+        Ok(b) => b,
+        Err(e) => return redirect_with(&back, "error", &e),
+    };
+    match call::api(&ui.control, a.user(), Method::PUT, &back, Some(&body)).await {
+        Ok(v) => redirect_with(
+            "/schedules",
+            "ok",
+            &format!(
+                "schedule {} saved; next run {}",
+                v["name"].as_str().unwrap_or(&name),
+                v["next_due"].as_str().unwrap_or("—")
+            ),
+        ),
+        Err(e) => redirect_with(&back, "error", &e.message),
+    }
 }
 
 pub(crate) async fn delete_schedule<C: Control>(

@@ -114,6 +114,7 @@ pub(crate) fn router(state: Shared) -> Router {
     let admin = Router::new()
         .route("/images", get(images))
         .route("/images/{reference}/torrent", get(super::torrent::torrent))
+        .route("/images/{reference}/verify", post(verify_image))
         .route("/machines", get(machines).post(add_machine))
         .route(
             "/machines/{mac}",
@@ -130,7 +131,10 @@ pub(crate) fn router(state: Shared) -> Router {
         .route("/deployments/{id}/events", get(dep::events))
         .route("/captures", post(super::capture::create))
         .route("/schedules", get(sched::list).post(sched::create))
-        .route("/schedules/{name}", get(sched::show).delete(sched::remove))
+        .route(
+            "/schedules/{name}",
+            get(sched::show).put(sched::replace).delete(sched::remove),
+        )
         .route_layer(middleware::from_fn(admin_only));
     let agent = Router::new()
         .route("/agent/task", get(dep::task))
@@ -299,6 +303,49 @@ async fn scan_images(dir: PathBuf) -> anyhow::Result<Vec<Value>> {
             .collect())
     })
     .await?
+}
+
+/// `POST /images/{reference}/verify`: every chunk of the image re-read, decompressed and
+/// re-hashed from the store; the bad ones listed.
+async fn verify_image(
+    State(s): State<Shared>,
+    Extension(actor): Extension<Actor>,
+    UrlPath(reference): UrlPath<String>,
+) -> ApiResult<Json<Value>> {
+    let dir = s.store_dir.clone();
+    let v = tokio::task::spawn_blocking(move || -> ApiResult<Value> {
+        let store = imaging::store::Store::open(&dir).map_err(anyhow::Error::from)?;
+        let img = store.resolve(&reference).map_err(|e| match e {
+            imaging::store::StoreError::NotFound(_) | imaging::store::StoreError::Ambiguous(_) => {
+                ApiError::new(StatusCode::NOT_FOUND, e.to_string())
+            }
+            e => anyhow::Error::from(e).into(),
+        })?;
+        let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let v = imaging::restore::verify(
+            &img.manifest,
+            &store,
+            threads,
+            &imaging::progress::NoProgress,
+        );
+        Ok(json!({
+            "id": img.id,
+            "name": img.manifest.name,
+            "version": img.manifest.name_version,
+            "chunks": v.chunks,
+            "bad": v.bad,
+            "ok": v.bad.is_empty(),
+        }))
+    })
+    .await
+    .map_err(anyhow::Error::from)??;
+    let label = format!("{}@{}", v["name"].as_str().unwrap_or("?"), v["version"]);
+    let outcome = match v["bad"].as_array().map_or(0, Vec::len) {
+        0 => format!("{label}: all {} chunks right", v["chunks"]),
+        n => format!("{label}: {n} of {} chunks bad", v["chunks"]),
+    };
+    s.db.audit(&actor.0, "image.verify", &outcome).await?;
+    Ok(Json(v))
 }
 
 async fn images(State(s): State<Shared>) -> ApiResult<Json<Value>> {

@@ -199,6 +199,11 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     let store_dir = cfg.data_dir.join("images");
     imaging::store::Store::open(&store_dir)
         .with_context(|| format!("opening the image store {}", store_dir.display()))?;
+    // The certificate is read first: a bad one stops the start before anything listens.
+    let tls_acceptor = match &cfg.tls {
+        Some(t) => Some(tls::acceptor(&t.cert, &t.key)?),
+        None => None,
+    };
     let db = Db::open(&cfg.database_url).await?;
     let listener = tokio::net::TcpListener::bind(cfg.http)
         .await
@@ -355,8 +360,7 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     };
     let dashboard = web_ui::router(control.clone(), web_ui::Options::default());
     eprintln!("  dashboard   {}/", cfg.public_url);
-    if let Some(t) = &cfg.tls {
-        let acceptor = tls::acceptor(&t.cert, &t.key)?;
+    if let (Some(t), Some(acceptor)) = (&cfg.tls, tls_acceptor) {
         let https = tokio::net::TcpListener::bind(t.https)
             .await
             .with_context(|| format!("HTTPS: listening on {}", t.https))?;

@@ -46,7 +46,9 @@ pub(crate) async fn openapi() -> Json<Value> {
                 "Image": {"type": "object", "properties": {
                     "id": {"type": "string"}, "name": {"type": "string"}, "version": {"type": "integer"},
                     "created": {"type": "integer"}, "size": {"type": "integer"}, "used_bytes": {"type": "integer"},
-                    "stored_bytes": {"type": "integer"}, "chunks": {"type": "integer"}, "source": {"type": "string"}}}
+                    "stored_bytes": {"type": "integer"}, "chunks": {"type": "integer"}, "source": {"type": "string"},
+                    "shared_chunks": {"type": "integer", "description": "chunks another image holds too (stored once)"},
+                    "filesystems": {"type": "array", "items": {"type": "string"}}}}
             }
         },
         "security": [{"token": []}],
@@ -57,6 +59,12 @@ pub(crate) async fn openapi() -> Json<Value> {
             "/api/v1/images/{reference}/torrent": {"get": {"summary": "The image's .torrent (payload: its used extents, one file per extent named by its disk offset; announces to this server)",
                 "parameters": [{"name": "reference", "in": "path", "required": true, "schema": {"type": "string"}, "description": "an image id (or its start), name or name@version"}],
                 "responses": {"200": {"description": "the torrent", "content": {"application/x-bittorrent": {}}}, "401": error, "404": error}}},
+            "/api/v1/images/{reference}/verify": {"post": {"summary": "Re-read, decompress and re-hash every chunk of the image in the store; list the bad ones",
+                "parameters": [{"name": "reference", "in": "path", "required": true, "schema": {"type": "string"}, "description": "an image id (or its start), name or name@version"}],
+                "responses": {"200": {"description": "what was found", "content": {"application/json": {"schema": {"type": "object", "properties": {
+                    "id": {"type": "string"}, "name": {"type": "string"}, "version": {"type": "integer"}, "chunks": {"type": "integer"}, "ok": {"type": "boolean"},
+                    "bad": {"type": "array", "items": {"type": "object", "properties": {"hash": {"type": "string"}, "disk_offset": {"type": "integer"}, "error": {"type": "string"}}}}}}}}},
+                    "401": error, "404": error}}},
             "/announce": {"get": {"summary": "BitTorrent tracker (BEP 3, compact peers) for the server's image torrents; public; answers bencoded", "security": [],
                 "parameters": [{"name": "info_hash", "in": "query", "required": true, "schema": {"type": "string"}}, {"name": "peer_id", "in": "query", "required": true, "schema": {"type": "string"}},
                                {"name": "port", "in": "query", "required": true, "schema": {"type": "integer"}}, {"name": "left", "in": "query", "schema": {"type": "integer"}},

@@ -44,6 +44,7 @@ pub(crate) struct Schedule {
     /// `None`: the server's default; `Some(0)`: no wake-up, fire at the due time.
     pub(crate) wake_lead_ms: Option<i64>,
     pub(crate) created_by: String,
+    /// When it was created or last edited: its timing counts from then.
     pub(crate) created_ms: i64,
     /// The newest due time that was handled (run, failed or missed).
     pub(crate) last_due_ms: Option<i64>,
@@ -251,7 +252,8 @@ async fn turn<H: Host>(
             }
         };
         let lead = s.lead_ms(settings.default_lead_ms);
-        let mut base = s.last_due_ms.unwrap_or(s.created_ms);
+        // An edited schedule counts from its edit (created_ms), not from its older runs.
+        let mut base = s.last_due_ms.unwrap_or(s.created_ms).max(s.created_ms);
         let now = host.now_ms();
         if let Some(first) = when.next_after(base).filter(|&d| d - lead <= now) {
             // The newest due time already past, else the coming one.

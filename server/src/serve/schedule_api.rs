@@ -146,7 +146,11 @@ const NEXT_RUNS: usize = 5;
 /// A schedule as the admin sees it: with its next due and fire times and its newest runs.
 async fn view(s: &Shared, sc: &Schedule, runs: i64) -> ApiResult<Value> {
     let lead = sc.lead_ms(s.schedule_settings.default_lead_ms);
-    let base = sc.last_due_ms.unwrap_or(sc.created_ms).max(now_ms());
+    let base = sc
+        .last_due_ms
+        .unwrap_or(sc.created_ms)
+        .max(sc.created_ms)
+        .max(now_ms());
     let next = sc.when().ok().and_then(|w| w.next_after(base));
     let mut v = serde_json::to_value(sc).map_err(anyhow::Error::from)?;
     if let Value::Object(m) = &mut v {
@@ -235,12 +239,17 @@ fn duration(what: &str, v: Option<&str>) -> ApiResult<Option<i64>> {
     .transpose()
 }
 
-pub(crate) async fn create(
-    State(s): State<Shared>,
-    Extension(actor): Extension<Actor>,
-    body: Result<Json<NewScheduleBody>, JsonRejection>,
-) -> ApiResult<Response> {
-    let Json(b) = body?;
+/// A schedule's body checked: what a run will need exists and the timing can fire.
+struct Checked {
+    when: When,
+    action: String,
+    /// Comma-separated.
+    targets: String,
+    max_wait_ms: Option<i64>,
+    wake_lead_ms: Option<i64>,
+}
+
+async fn check_body(s: &Shared, b: &NewScheduleBody) -> ApiResult<Checked> {
     check_name("schedule name", &b.name)?;
     let when = match (&b.cron, &b.at) {
         (Some(c), None) => When::Cron(Box::new(parse_cron(c).map_err(ApiError::bad_request)?)),
@@ -303,40 +312,84 @@ pub(crate) async fn create(
         0
     };
     check_timing(&when, lead, now_ms()).map_err(ApiError::bad_request)?;
+    Ok(Checked {
+        when,
+        action,
+        targets: targets.join(","),
+        max_wait_ms,
+        wake_lead_ms,
+    })
+}
+
+fn new_schedule<'a>(b: &'a NewScheduleBody, c: &'a Checked, by: &'a str) -> NewSchedule<'a> {
+    NewSchedule {
+        name: &b.name,
+        cron: b.cron.as_deref().map(str::trim),
+        at_ms: match c.when {
+            When::At(at) => Some(at),
+            When::Cron(_) => None,
+        },
+        action: &c.action,
+        image: b.image.as_deref(),
+        targets: &c.targets,
+        transport: &b.transport,
+        min_machines: b.min_machines,
+        max_wait_ms: c.max_wait_ms,
+        then_action: &b.then,
+        wake_lead_ms: c.wake_lead_ms,
+        created_by: by,
+    }
+}
+
+fn summary(sc: &Schedule) -> String {
+    format!(
+        "{} ({}): {} {}",
+        sc.name,
+        sc.cron
+            .clone()
+            .unwrap_or_else(|| sc.at_ms.map(show_time).unwrap_or_default()),
+        sc.action,
+        sc.targets
+    )
+}
+
+pub(crate) async fn create(
+    State(s): State<Shared>,
+    Extension(actor): Extension<Actor>,
+    body: Result<Json<NewScheduleBody>, JsonRejection>,
+) -> ApiResult<Response> {
+    let Json(b) = body?;
+    let c = check_body(&s, &b).await?;
     let sc =
-        s.db.create_schedule(&NewSchedule {
-            name: &b.name,
-            cron: b.cron.as_deref().map(str::trim),
-            at_ms: match when {
-                When::At(at) => Some(at),
-                When::Cron(_) => None,
-            },
-            action: &action,
-            image: b.image.as_deref(),
-            targets: &targets.join(","),
-            transport: &b.transport,
-            min_machines: b.min_machines,
-            max_wait_ms,
-            then_action: &b.then,
-            wake_lead_ms,
-            created_by: &actor.0,
-        })
-        .await?;
+        s.db.create_schedule(&new_schedule(&b, &c, &actor.0))
+            .await?;
+    s.db.audit(&actor.0, "schedule.add", &summary(&sc)).await?;
+    s.schedules_changed.notify_one();
+    Ok((StatusCode::CREATED, Json(view(&s, &sc, 5).await?)).into_response())
+}
+
+/// `PUT /schedules/{name}`: the schedule replaced by the body (checked as a new one); it
+/// fires from now on by its new timing (times already past are not run).
+pub(crate) async fn replace(
+    State(s): State<Shared>,
+    Extension(actor): Extension<Actor>,
+    UrlPath(name): UrlPath<String>,
+    body: Result<Json<NewScheduleBody>, JsonRejection>,
+) -> ApiResult<Json<Value>> {
+    let Json(b) = body?;
+    let old = s.db.schedule(&name).await?;
+    let c = check_body(&s, &b).await?;
+    let sc =
+        s.db.update_schedule(&old.id, &new_schedule(&b, &c, &old.created_by), now_ms())
+            .await?;
     s.db.audit(
         &actor.0,
-        "schedule.add",
-        &format!(
-            "{} ({}): {action} {}",
-            sc.name,
-            sc.cron
-                .clone()
-                .unwrap_or_else(|| sc.at_ms.map(show_time).unwrap_or_default()),
-            sc.targets
-        ),
+        "schedule.edit",
+        &format!("{} -> {}", summary(&old), summary(&sc)),
     )
     .await?;
     s.schedules_changed.notify_one();
-    Ok((StatusCode::CREATED, Json(view(&s, &sc, 5).await?)).into_response())
+    Ok(Json(view(&s, &sc, 5).await?))
 }
 
 /// The scheduler's settings from the server's.

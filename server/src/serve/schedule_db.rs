@@ -94,6 +94,44 @@ impl Db {
         }
     }
 
+    /// Replaces schedule `id`'s settings; its timing counts from `since` (due times before
+    /// it are not run).
+    pub(crate) async fn update_schedule(
+        &self,
+        id: &str,
+        s: &NewSchedule<'_>,
+        since: i64,
+    ) -> Result<Schedule, DbError> {
+        let r = sqlx::query(
+            "UPDATE schedules SET name = $1, cron = $2, at_ms = $3, action = $4, image = $5, \
+             targets = $6, transport = $7, min_machines = $8, max_wait_ms = $9, \
+             then_action = $10, wake_lead_ms = $11, created_ms = $12 WHERE id = $13",
+        )
+        .bind(s.name)
+        .bind(s.cron)
+        .bind(s.at_ms)
+        .bind(s.action)
+        .bind(s.image)
+        .bind(s.targets)
+        .bind(s.transport)
+        .bind(s.min_machines)
+        .bind(s.max_wait_ms)
+        .bind(s.then_action)
+        .bind(s.wake_lead_ms)
+        .bind(since)
+        .bind(id)
+        .execute(&self.pool)
+        .await;
+        match r {
+            Ok(r) if r.rows_affected() == 1 => self.schedule(id).await,
+            Ok(_) => Err(DbError::NotFound(format!("schedule {id:?}"))),
+            Err(e) if is_unique_violation(&e) => {
+                Err(DbError::Exists(format!("schedule {:?}", s.name)))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
     pub(crate) async fn schedules(&self) -> Result<Vec<Schedule>, DbError> {
         let rows = sqlx::query(&format!(
             "SELECT {SCHEDULE_COLUMNS} FROM schedules s ORDER BY name"
