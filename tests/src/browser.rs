@@ -80,6 +80,33 @@ impl Browser {
             .unwrap_or_else(|e| panic!("screenshot {name}: {e}"));
     }
 
+    /// Checks the page for the basics of keyboard and screen-reader use, then saves its
+    /// screenshot as `NAME.png`: panics with every problem found.
+    pub async fn page(&self, name: &str) {
+        let problems = self.accessibility_problems().await;
+        self.shot(name).await;
+        assert!(
+            problems.is_empty(),
+            "{name}: the page fails basic accessibility:\n  {}",
+            problems.join("\n  ")
+        );
+    }
+
+    /// What the page fails of the accessibility basics ([`A11Y_CHECK`]).
+    pub async fn accessibility_problems(&self) -> Vec<String> {
+        serde_json::from_value(self.js(A11Y_CHECK).await).expect("a list of problems")
+    }
+
+    /// Presses keys in the element that has the focus.
+    pub async fn keys(&self, keys: impl Into<TypingData>) {
+        self.driver
+            .action_chain()
+            .send_keys(keys)
+            .perform()
+            .await
+            .expect("pressing keys");
+    }
+
     /// The element with this CSS selector (waiting for it a little).
     pub async fn el(&self, css: &str) -> WebElement {
         self.driver
@@ -144,3 +171,69 @@ impl Drop for Browser {
         let _ = self.chromedriver.wait();
     }
 }
+
+/// The accessibility basics every page is checked for (WCAG 2.1 AA where it can be told
+/// from the page alone): a language and a title, one `h1`, every form control labelled,
+/// every button and link named, images with alternative text, ids unique, no sideways
+/// scrolling on a laptop's screen (the window is 1366 px wide), and text at a contrast of at
+/// least 4.5:1 against what is behind it (3:1 for large text).
+const A11Y_CHECK: &str = r#"
+const problems = [];
+const shown = (e) => {
+  const r = e.getBoundingClientRect(), s = getComputedStyle(e);
+  return r.width > 0 && r.height > 0 && s.visibility !== 'hidden' && s.display !== 'none';
+};
+const named = (e) => (e.getAttribute('aria-label') || '').trim() !== ''
+  || (e.getAttribute('aria-labelledby') || '').split(/\s+/).some((id) => id && document.getElementById(id));
+const what = (e) => `<${e.tagName.toLowerCase()}${e.id ? ' id=' + e.id : ''}${e.name ? ' name=' + e.name : ''}>`;
+if (!document.documentElement.lang) problems.push('<html> has no lang');
+if (!document.title.trim()) problems.push('no <title>');
+const h1 = document.querySelectorAll('h1').length;
+if (h1 !== 1) problems.push(`${h1} <h1> elements`);
+for (const e of document.querySelectorAll('input:not([type=hidden]), select, textarea')) {
+  if (!(e.labels && e.labels.length) && !named(e)) problems.push(`${what(e)} has no label`);
+}
+for (const e of document.querySelectorAll('button, a[href]')) {
+  if (!e.textContent.trim() && !named(e)) problems.push(`${what(e)} has no name`);
+}
+for (const e of document.querySelectorAll('img')) {
+  if (!e.hasAttribute('alt')) problems.push(`${what(e)} has no alt text`);
+}
+const root = document.documentElement;
+if (root.scrollWidth > root.clientWidth + 1) problems.push(`the page scrolls sideways at ${innerWidth} px (${root.scrollWidth} px wide)`);
+const ids = new Set();
+for (const e of document.querySelectorAll('[id]')) {
+  if (ids.has(e.id)) problems.push(`id ${e.id} is used twice`);
+  ids.add(e.id);
+}
+const rgb = (s) => {
+  const m = /rgba?\(([^)]+)\)/.exec(s);
+  if (!m) return null;
+  const p = m[1].split(/[\s,\/]+/).filter(Boolean).map(Number);
+  return { r: p[0], g: p[1], b: p[2], a: p.length > 3 ? p[3] : 1 };
+};
+const lum = (c) => {
+  const f = (v) => { v /= 255; return v <= 0.03928 ? v / 12.92 : Math.pow((v + 0.055) / 1.055, 2.4); };
+  return 0.2126 * f(c.r) + 0.7152 * f(c.g) + 0.0722 * f(c.b);
+};
+const behind = (e) => {
+  for (let x = e; x; x = x.parentElement) {
+    const c = rgb(getComputedStyle(x).backgroundColor);
+    if (c && c.a >= 0.5) return c;
+  }
+  return { r: 255, g: 255, b: 255, a: 1 };
+};
+for (const e of document.querySelectorAll('body *')) {
+  if (!shown(e) || e.tagName === 'OPTION') continue;
+  const text = [...e.childNodes].filter((n) => n.nodeType === 3).map((n) => n.textContent).join('').trim();
+  if (!text) continue;
+  const s = getComputedStyle(e), fg = rgb(s.color);
+  if (!fg) { problems.push(`${what(e)}: color ${s.color} not understood`); continue; }
+  const a = lum(fg), b = lum(behind(e));
+  const ratio = (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05);
+  const size = parseFloat(s.fontSize), bold = parseInt(s.fontWeight, 10) >= 700;
+  const need = size >= 24 || (bold && size >= 18.66) ? 3 : 4.5;
+  if (ratio < need) problems.push(`contrast ${ratio.toFixed(2)} (< ${need}) of ${what(e)} "${text.slice(0, 40)}"`);
+}
+return problems;
+"#;

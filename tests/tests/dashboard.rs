@@ -259,13 +259,14 @@ fn a_browser_deploys_to_three_agents_and_manages_the_lab() {
         // Every page leads to the login; a wrong password is refused.
         d.goto(format!("{url}/deployments")).await.unwrap();
         assert_eq!(b.path().await, "/login");
-        b.shot("01-login").await;
-        b.fill("user", "tester").await;
-        b.fill("password", "wrong password").await;
-        b.el("button[type=submit]").await.click().await.unwrap();
+        b.page("01-login").await;
+        // By keyboard alone: the name field has the focus, Tab leads to the password, Enter
+        // submits.
+        assert_eq!(b.js("return document.activeElement.id").await, "user");
+        b.keys(TypingData::from("tester") + Key::Tab + "wrong password" + Key::Enter).await;
         let err = b.el("#login-error").await.text().await.unwrap();
         assert!(err.contains("wrong user name or password"), "{err}");
-        b.shot("02-login-refused").await;
+        b.page("02-login-refused").await;
         b.fill("user", "tester").await;
         b.fill("password", PASSWORD).await;
         b.el("button[type=submit]").await.click().await.unwrap();
@@ -278,10 +279,10 @@ fn a_browser_deploys_to_three_agents_and_manages_the_lab() {
         b.el("#group-name ~ button, form[action='/groups'] button").await.click().await.unwrap();
         let flash = b.el(".flash.ok").await.text().await.unwrap();
         assert!(flash.contains("group lab-ui added"), "{flash}");
-        b.shot("03-groups").await;
+        b.page("03-groups").await;
         d.goto(format!("{url}/machines")).await.unwrap();
         assert_eq!(d.find_all(By::Css("tr.unknown")).await.unwrap().len(), 3);
-        b.shot("04-machines-unknown").await;
+        b.page("04-machines-unknown").await;
         for i in 1..=3 {
             d.goto(format!("{url}/machines")).await.unwrap();
             b.el(&format!("a.button[href='/machines/{}']", mac(i))).await.click().await.unwrap();
@@ -292,13 +293,19 @@ fn a_browser_deploys_to_three_agents_and_manages_the_lab() {
             assert!(flash.contains(&format!("machine pc{i} saved")), "{flash}");
         }
         assert!(d.find_all(By::Css("tr.unknown")).await.unwrap().is_empty());
-        b.shot("05-machines").await;
+        b.page("05-machines").await;
+        // From the top of a page the first Tab reaches the skip link, shown with a focus ring.
+        d.goto(format!("{url}/machines")).await.unwrap();
+        b.keys(Key::Tab).await;
+        let skip = b.js(r#"const e = document.activeElement, s = getComputedStyle(e);
+            return [e.className, s.outlineStyle, e.getBoundingClientRect().left >= 0]"#).await;
+        assert_eq!(skip, serde_json::json!(["skip", "solid", true]));
         d.goto(format!("{url}/images")).await.unwrap();
         assert!(b.text().await.contains("lab@1"));
         b.el("form[action='/images/lab@1/verify'] button").await.click().await.unwrap();
         let ok = b.el(".flash.ok").await.text().await.unwrap();
         assert!(ok.contains("lab@1: all") && ok.contains("chunks verified"), "{ok}");
-        b.shot("06-images").await;
+        b.page("06-images").await;
 
         // A deployment of the image to the group, watched to 100 % without a reload.
         d.goto(format!("{url}/deployments")).await.unwrap();
@@ -311,7 +318,7 @@ fn a_browser_deploys_to_three_agents_and_manages_the_lab() {
         b.js("window.__noReload = 42; return true").await;
         let rows = d.find_all(By::Css("#tasks tr")).await.unwrap();
         assert_eq!(rows.len(), 3, "three machines");
-        b.shot("07-deployment-started").await;
+        b.page("07-deployment-started").await;
 
         // The server goes away mid-deployment: the page says so, and carries on when the
         // server is back.
@@ -322,7 +329,7 @@ fn a_browser_deploys_to_three_agents_and_manages_the_lab() {
             "return !document.getElementById('live-status').hidden").await;
         let said = b.el("#live-status").await.text().await.unwrap();
         assert!(said.contains("reconnecting"), "{said}");
-        b.shot("08-deployment-interrupted").await;
+        b.page("08-deployment-interrupted").await;
         srv = Some(Server::start_cmd(serve(&lab, &env)));
         b.wait_for("the live updates back", Duration::from_secs(30),
             "return document.getElementById('live-status').hidden").await;
@@ -335,7 +342,7 @@ fn a_browser_deploys_to_three_agents_and_manages_the_lab() {
         let states = b.js("return [...document.querySelectorAll('#tasks [data-field=state]')].map(e => e.textContent)").await;
         assert_eq!(states, serde_json::json!(["done", "done", "done"]));
         assert_eq!(b.js("return document.getElementById('d-buttons').hidden").await, true);
-        b.shot("09-deployment-done").await;
+        b.page("09-deployment-done").await;
 
         // A deployment that waits for more machines than there are, cancelled.
         d.goto(format!("{url}/deployments")).await.unwrap();
@@ -350,7 +357,7 @@ fn a_browser_deploys_to_three_agents_and_manages_the_lab() {
         d.accept_alert().await.unwrap();
         b.wait_for("the cancelled state", Duration::from_secs(20),
             "return document.getElementById('d-state')?.textContent === 'cancelled'").await;
-        b.shot("10-deployment-cancelled").await;
+        b.page("10-deployment-cancelled").await;
 
         // Schedules: a bad cron expression is refused with a message; a good one shows its
         // next runs.
@@ -362,7 +369,7 @@ fn a_browser_deploys_to_three_agents_and_manages_the_lab() {
         b.el("#new-schedule button[type=submit]").await.click().await.unwrap();
         let err = b.el(".flash.error").await.text().await.unwrap();
         assert!(err.contains("61 25 * * *"), "{err}");
-        b.shot("11-schedule-refused").await;
+        b.page("11-schedule-refused").await;
         b.fill("s-name", "nightly").await;
         b.fill("s-cron", "0 22 * * 1-5").await;
         b.el("#s-action option[value=deploy]").await.click().await.unwrap();
@@ -373,7 +380,7 @@ fn a_browser_deploys_to_three_agents_and_manages_the_lab() {
         let runs = d.find_all(By::Css(".runs li")).await.unwrap();
         assert_eq!(runs.len(), 5, "five next runs");
         assert!(runs[0].text().await.unwrap().contains("22:00:00"));
-        b.shot("12-schedules").await;
+        b.page("12-schedules").await;
         // Edited: a bad expression keeps the old one; a good one moves the runs.
         b.el("a.button[href='/schedules/nightly']").await.click().await.unwrap();
         b.fill("e-cron", "0 7 * * *").await;
@@ -403,9 +410,9 @@ fn a_browser_deploys_to_three_agents_and_manages_the_lab() {
             assert!(log.contains(what), "{what} in the log:\n{log}");
         }
         assert!(log.contains("user:tester"));
-        b.shot("13-log").await;
+        b.page("13-log").await;
         d.goto(format!("{url}/")).await.unwrap();
-        b.shot("14-overview").await;
+        b.page("14-overview").await;
         b.el("form[action='/logout'] button").await.click().await.unwrap();
         b.wait_for("the login page", Duration::from_secs(10),
             "return location.pathname === '/login'").await;
@@ -413,6 +420,54 @@ fn a_browser_deploys_to_three_agents_and_manages_the_lab() {
         assert_eq!(b.path().await, "/login");
     });
     srv.take().unwrap().stop();
+}
+
+/// The check every page of the browser test passes finds what it looks for.
+#[test]
+fn the_accessibility_check_finds_each_problem() {
+    if !require("dashboard_a11y_check", &["chromium", "chromedriver"]) {
+        return;
+    }
+    const BAD: &str = r#"<html><head></head><body>
+        <p style="color:#999;background:#fff">grey on white</p>
+        <input id="x" name="unlabelled"><button id="x"></button><a href="/"></a><img src="">
+        <div style="width:3000px">wide</div></body></html>"#;
+    const GOOD: &str = r#"<html lang="en"><head><title>t</title></head><body><h1>Fine</h1>
+        <label for="n">Name</label><input id="n" name="n"><button>Go</button></body></html>"#;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let b = Browser::start().await;
+        let data = |html: &str| format!("data:text/html;charset=utf-8,{}", urlencode(html));
+        b.driver.goto(data(GOOD)).await.unwrap();
+        assert_eq!(b.accessibility_problems().await, Vec::<String>::new());
+        b.driver.goto(data(BAD)).await.unwrap();
+        let found = b.accessibility_problems().await.join("\n");
+        for what in [
+            "<html> has no lang",
+            "no <title>",
+            "0 <h1> elements",
+            "<input id=x name=unlabelled> has no label",
+            "<button id=x> has no name",
+            "<a> has no name",
+            "<img> has no alt text",
+            "id x is used twice",
+            "scrolls sideways",
+            "of <p> \"grey on white\"",
+        ] {
+            assert!(found.contains(what), "{what:?} not found in:\n{found}");
+        }
+    });
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 /// `curl -sk -i ARGS` (the test's self-signed certificate): the response's head and body.

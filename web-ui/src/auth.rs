@@ -1,5 +1,7 @@
 //! Login, logout and passwords; the session cookie; the token every form carries.
 
+use std::time::Instant;
+
 use askama::Template;
 use axum::extract::{FromRequestParts, Query, State};
 use axum::http::request::Parts;
@@ -190,9 +192,28 @@ pub(crate) async fn login<C: Control>(
         user: name.clone(),
         error: Some(error.into()),
     };
+    if let Some(wait) = ui.throttle.wait(&name, Instant::now()) {
+        let secs = wait.as_secs_f64().ceil() as u64;
+        // Not audited one by one: the failure that began the wait was.
+        let why = format!("too many failed logins for {name}: try again in {secs} s");
+        return login_form(&ui, StatusCode::TOO_MANY_REQUESTS, refused(&why));
+    }
     let user = match ui.control.login(&name, password).await {
-        Ok(Some(u)) => u,
+        Ok(Some(u)) => {
+            ui.throttle.succeeded(&name);
+            u
+        }
         Ok(None) => {
+            let (count, wait) = ui.throttle.failed(&name, Instant::now());
+            if !wait.is_zero() {
+                let why = format!(
+                    "{count} failed logins in a row: the next attempt waits {} s",
+                    wait.as_secs()
+                );
+                ui.control
+                    .audit(&format!("web:{name}"), "login.throttled", &why)
+                    .await;
+            }
             ui.control
                 .audit(
                     &format!("web:{name}"),

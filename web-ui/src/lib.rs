@@ -11,11 +11,13 @@
 //! Security: a session cookie (HttpOnly, SameSite=Strict, Secure over TLS) that names a
 //! session stored hashed by the [`Control`]; every form, the login's included, carries a
 //! token checked on submission (the session's, or for the login a cookie's double); every
-//! page but the login needs a session.
+//! page but the login needs a session; after five failed logins in a row a user name waits
+//! before its next attempt, twice as long each time.
 
 mod auth;
 mod call;
 mod pages;
+mod throttle;
 mod view;
 
 #[cfg(test)]
@@ -97,11 +99,12 @@ pub struct Options {
     pub secure_cookies: bool,
 }
 
-/// The dashboard's state: the control and the options.
+/// The dashboard's state: the control, the options and the failed logins.
 #[derive(Clone)]
 pub(crate) struct Ui<C> {
     pub(crate) control: C,
     pub(crate) options: Arc<Options>,
+    pub(crate) throttle: Arc<throttle::Throttle>,
 }
 
 /// The dashboard's routes: `/`, `/login`, `/logout`, `/password`, `/machines`, `/groups`,
@@ -111,6 +114,7 @@ pub fn router<C: Control>(control: C, options: Options) -> Router {
     let ui = Ui {
         control,
         options: Arc::new(options),
+        throttle: Arc::default(),
     };
     Router::new()
         .route("/", get(overview::<C>))

@@ -292,6 +292,52 @@ async fn a_wrong_password_is_refused_and_logout_ends_the_session() {
 }
 
 #[tokio::test]
+async fn failed_logins_in_a_row_make_the_name_wait() {
+    let fake = Fake::default();
+    let app = crate::router(fake.clone(), Options::default());
+    let attempt = |password: &'static str| {
+        let app = app.clone();
+        async move {
+            let page = send(&app, get("/login", None)).await;
+            let c = cookie_value(&page.cookies, "drover_login").unwrap();
+            let form = format!("csrf={c}&user=alice&password={password}");
+            send(
+                &app,
+                post("/login", Some(&format!("drover_login={c}")), &form),
+            )
+            .await
+        }
+    };
+    for _ in 0..crate::throttle::FREE_FAILURES {
+        let r = attempt("wrong").await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.body);
+    }
+    // Even the right password waits now; the page says why and for how long.
+    let r = attempt("right+password").await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS, "{}", r.body);
+    assert!(
+        r.body
+            .contains("too many failed logins for alice: try again in 1 s"),
+        "{}",
+        r.body
+    );
+    assert!(cookie_value(&r.cookies, "drover_session").is_none());
+    let audit = fake.audit.lock().unwrap().clone();
+    assert_eq!(
+        audit
+            .iter()
+            .filter(|a| *a == "web:alice login.throttled")
+            .count(),
+        1,
+        "{audit:?}"
+    );
+    // After the wait the right password logs in.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let r = attempt("right+password").await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
+}
+
+#[tokio::test]
 async fn a_given_password_must_be_changed_first() {
     let fake = Fake {
         must_change: true,
