@@ -300,6 +300,14 @@ fn a_browser_deploys_to_three_agents_and_manages_the_lab() {
         let skip = b.js(r#"const e = document.activeElement, s = getComputedStyle(e);
             return [e.className, s.outlineStyle, e.getBoundingClientRect().left >= 0]"#).await;
         assert_eq!(skip, serde_json::json!(["skip", "solid", true]));
+        // Wake-on-LAN from the page (out of the server's lab interface, inside the lab).
+        b.el(&format!("form[action='/machines/{}/wake'] button", mac(1)))
+            .await
+            .click()
+            .await
+            .unwrap();
+        let ok = b.el(".flash.ok").await.text().await.unwrap();
+        assert!(ok.contains(&format!("wake-on-LAN sent to {}", mac(1))), "{ok}");
         d.goto(format!("{url}/images")).await.unwrap();
         assert!(b.text().await.contains("lab@1"));
         b.el("form[action='/images/lab@1/verify'] button").await.click().await.unwrap();
@@ -395,6 +403,13 @@ fn a_browser_deploys_to_three_agents_and_manages_the_lab() {
         let err = b.el(".flash.error").await.text().await.unwrap();
         assert!(err.contains("0 99 * * *"), "{err}");
         assert!(b.el("#next-runs li").await.text().await.unwrap().contains("07:00:00"));
+        // Deleted, after a confirmation.
+        d.goto(format!("{url}/schedules")).await.unwrap();
+        b.el("form[action='/schedules/nightly/delete'] button").await.click().await.unwrap();
+        d.accept_alert().await.unwrap();
+        let ok = b.el(".flash.ok").await.text().await.unwrap();
+        assert!(ok.contains("schedule nightly removed"), "{ok}");
+        assert!(d.find_all(By::Css(".runs li")).await.unwrap().is_empty());
 
         // The audit log names who did it; the overview; logging out.
         d.goto(format!("{url}/log")).await.unwrap();
@@ -406,6 +421,8 @@ fn a_browser_deploys_to_three_agents_and_manages_the_lab() {
             "deployment.create",
             "schedule.add",
             "schedule.edit",
+            "schedule.remove",
+            "wake",
         ] {
             assert!(log.contains(what), "{what} in the log:\n{log}");
         }
