@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 
 use crate::auth::Authed;
 use crate::call::{self, Refused};
-use crate::view::{bytes, duration, page, rate, redirect_with, time, Fields, Nav};
+use crate::view::{bytes, duration, page, rate, redirect_with, render_page, time, Fields, Nav};
 use crate::{Control, Ui};
 
 // ---- what the API answers, as the pages read it ----
@@ -240,6 +240,21 @@ impl AuditEntry {
 }
 
 /// A page whose data the API refused: the message on an otherwise empty page.
+/// The page made of what the API gave, or the error page saying why it refused.
+fn shown<T, P: Template>(
+    nav: Nav,
+    data: Result<T, Refused>,
+    make: impl FnOnce(Nav, T) -> P,
+) -> Response {
+    match data {
+        Ok(d) => {
+            let flash = nav.flash.is_some();
+            render_page(flash, &make(nav, d))
+        }
+        Err(e) => failed(nav, e),
+    }
+}
+
 fn failed(nav: Nav, e: Refused) -> Response {
     let p = ErrorPage {
         nav,
@@ -298,22 +313,18 @@ pub(crate) async fn overview<C: Control>(
         let deployments: Vec<Deployment> = call::get(c, a.user(), "/deployments?limit=10").await?;
         Ok::<_, Refused>((machines, images, deployments))
     };
-    match data.await {
-        Ok((machines, images, deployments)) => {
-            let (active, recent) = deployments.into_iter().partition(Deployment::active);
-            let p = OverviewPage {
-                machines: machines.len(),
-                busy: machines.iter().filter(|m| m.state == "busy").count(),
-                unknown: machines.iter().filter(|m| m.unknown()).count(),
-                images: images.len(),
-                active,
-                recent,
-                nav,
-            };
-            page(&p.nav, &p)
+    shown(nav, data.await, |nav, (machines, images, deployments)| {
+        let (active, recent) = deployments.into_iter().partition(Deployment::active);
+        OverviewPage {
+            machines: machines.len(),
+            busy: machines.iter().filter(|m| m.state == "busy").count(),
+            unknown: machines.iter().filter(|m| m.unknown()).count(),
+            images: images.len(),
+            active,
+            recent,
+            nav,
         }
-        Err(e) => failed(nav, e),
-    }
+    })
 }
 
 // ---- machines ----
@@ -338,17 +349,11 @@ pub(crate) async fn machines<C: Control>(
         let groups: Vec<Group> = call::get(c, a.user(), "/groups").await?;
         Ok::<_, Refused>((machines, groups))
     };
-    match data.await {
-        Ok((machines, groups)) => {
-            let p = MachinesPage {
-                nav,
-                machines,
-                groups,
-            };
-            page(&p.nav, &p)
-        }
-        Err(e) => failed(nav, e),
-    }
+    shown(nav, data.await, |nav, (machines, groups)| MachinesPage {
+        nav,
+        machines,
+        groups,
+    })
 }
 
 /// A machine's fields from a form: only those given (an empty one clears it).
@@ -409,13 +414,11 @@ pub(crate) async fn machine<C: Control>(
         let groups: Vec<Group> = call::get(c, a.user(), "/groups").await?;
         Ok::<_, Refused>((m, groups))
     };
-    match data.await {
-        Ok((m, groups)) => {
-            let p = MachinePage { nav, m, groups };
-            page(&p.nav, &p)
-        }
-        Err(e) => failed(nav, e),
-    }
+    shown(nav, data.await, |nav, (m, groups)| MachinePage {
+        nav,
+        m,
+        groups,
+    })
 }
 
 pub(crate) async fn save_machine<C: Control>(
@@ -481,13 +484,11 @@ pub(crate) async fn groups<C: Control>(
     headers: HeaderMap,
 ) -> Response {
     let nav = a.nav("groups", &headers);
-    match call::get(&ui.control, a.user(), "/groups").await {
-        Ok(groups) => {
-            let p = GroupsPage { nav, groups };
-            page(&p.nav, &p)
-        }
-        Err(e) => failed(nav, e),
-    }
+    shown(
+        nav,
+        call::get(&ui.control, a.user(), "/groups").await,
+        |nav, groups| GroupsPage { nav, groups },
+    )
 }
 
 pub(crate) async fn add_group<C: Control>(
@@ -544,13 +545,11 @@ pub(crate) async fn images<C: Control>(
     headers: HeaderMap,
 ) -> Response {
     let nav = a.nav("images", &headers);
-    match call::get(&ui.control, a.user(), "/images").await {
-        Ok(images) => {
-            let p = ImagesPage { nav, images };
-            page(&p.nav, &p)
-        }
-        Err(e) => failed(nav, e),
-    }
+    shown(
+        nav,
+        call::get(&ui.control, a.user(), "/images").await,
+        |nav, images| ImagesPage { nav, images },
+    )
 }
 
 pub(crate) async fn verify_image<C: Control>(
@@ -617,19 +616,17 @@ pub(crate) async fn deployments<C: Control>(
         let machines: Vec<Machine> = call::get(c, a.user(), "/machines").await?;
         Ok::<_, Refused>((deployments, images, groups, machines))
     };
-    match data.await {
-        Ok((deployments, images, groups, machines)) => {
-            let p = DeploymentsPage {
-                nav,
-                deployments,
-                images,
-                groups,
-                machines,
-            };
-            page(&p.nav, &p)
-        }
-        Err(e) => failed(nav, e),
-    }
+    shown(
+        nav,
+        data.await,
+        |nav, (deployments, images, groups, machines)| DeploymentsPage {
+            nav,
+            deployments,
+            images,
+            groups,
+            machines,
+        },
+    )
 }
 
 /// The targets a form names: groups and machines ticked, and any typed in.
@@ -717,13 +714,11 @@ pub(crate) async fn deployment<C: Control>(
     Path(id): Path<String>,
 ) -> Response {
     let nav = a.nav("deployments", &headers);
-    match call::get(&ui.control, a.user(), &format!("/deployments/{id}")).await {
-        Ok(d) => {
-            let p = DeploymentPage { nav, d };
-            page(&p.nav, &p)
-        }
-        Err(e) => failed(nav, e),
-    }
+    shown(
+        nav,
+        call::get(&ui.control, a.user(), &format!("/deployments/{id}")).await,
+        |nav, d| DeploymentPage { nav, d },
+    )
 }
 
 /// The deployment's live view: the API's server-sent events, passed on as they come.
@@ -787,18 +782,14 @@ pub(crate) async fn schedules<C: Control>(
         let groups: Vec<Group> = call::get(c, a.user(), "/groups").await?;
         Ok::<_, Refused>((schedules, images, groups))
     };
-    match data.await {
-        Ok((schedules, images, groups)) => {
-            let p = SchedulesPage {
-                nav,
-                schedules,
-                images,
-                groups,
-            };
-            page(&p.nav, &p)
+    shown(nav, data.await, |nav, (schedules, images, groups)| {
+        SchedulesPage {
+            nav,
+            schedules,
+            images,
+            groups,
         }
-        Err(e) => failed(nav, e),
-    }
+    })
 }
 
 /// A `datetime-local` value (server time) as RFC 3339.
@@ -882,13 +873,11 @@ pub(crate) async fn schedule<C: Control>(
         let images: Vec<Image> = call::get(c, a.user(), "/images").await?;
         Ok::<_, Refused>((s, images))
     };
-    match data.await {
-        Ok((s, images)) => {
-            let p = SchedulePage { nav, s, images };
-            page(&p.nav, &p)
-        }
-        Err(e) => failed(nav, e),
-    }
+    shown(nav, data.await, |nav, (s, images)| SchedulePage {
+        nav,
+        s,
+        images,
+    })
 }
 
 pub(crate) async fn save_schedule<C: Control>(
@@ -944,11 +933,9 @@ pub(crate) async fn log<C: Control>(
     headers: HeaderMap,
 ) -> Response {
     let nav = a.nav("log", &headers);
-    match call::get(&ui.control, a.user(), "/audit?limit=500").await {
-        Ok(entries) => {
-            let p = LogPage { nav, entries };
-            page(&p.nav, &p)
-        }
-        Err(e) => failed(nav, e),
-    }
+    shown(
+        nav,
+        call::get(&ui.control, a.user(), "/audit?limit=500").await,
+        |nav, entries| LogPage { nav, entries },
+    )
 }

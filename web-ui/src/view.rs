@@ -83,8 +83,13 @@ pub(crate) fn render<T: Template>(t: &T) -> Response {
 
 /// Renders a page; a shown one-time message is cleared.
 pub(crate) fn page<T: Template>(nav: &Nav, t: &T) -> Response {
+    render_page(nav.flash.is_some(), t)
+}
+
+/// [`page`] for a template that holds its [`Nav`]: `flash` when the nav had a message.
+pub(crate) fn render_page<T: Template>(flash: bool, t: &T) -> Response {
     let mut r = render(t);
-    if nav.flash.is_some() {
+    if flash {
         r.headers_mut().append(
             header::SET_COOKIE,
             HeaderValue::from_static("drover_flash=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0"),

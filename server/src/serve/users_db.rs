@@ -58,6 +58,12 @@ pub(crate) fn check_password(password: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// [`hash_password`] off the async runtime's threads (argon2 takes tens of milliseconds).
+async fn hash_password_blocking(password: &str) -> anyhow::Result<String> {
+    let password = password.to_string();
+    tokio::task::spawn_blocking(move || hash_password(&password)).await?
+}
+
 fn hash_password(password: &str) -> anyhow::Result<String> {
     let salt = SaltString::generate(&mut argon2::password_hash::rand_core::OsRng);
     Argon2::default()
@@ -98,7 +104,7 @@ impl Db {
         password: &str,
         must_change: bool,
     ) -> Result<User, DbError> {
-        let hash = hash_password(password)?;
+        let hash = hash_password_blocking(password).await?;
         let u = User {
             name: name.to_string(),
             must_change,
@@ -138,7 +144,7 @@ impl Db {
         must_change: bool,
         keep_session: Option<&str>,
     ) -> Result<(), DbError> {
-        let hash = hash_password(password)?;
+        let hash = hash_password_blocking(password).await?;
         let mut tx = self.begin_write().await?;
         let n =
             sqlx::query("UPDATE users SET password_hash = $1, must_change = $2 WHERE name = $3")
