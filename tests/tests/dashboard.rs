@@ -286,6 +286,9 @@ fn a_browser_deploys_to_three_agents_and_manages_the_lab() {
         for i in 1..=3 {
             d.goto(format!("{url}/machines")).await.unwrap();
             b.el(&format!("a.button[href='/machines/{}']", mac(i))).await.click().await.unwrap();
+            if i == 1 {
+                b.page("04b-machine-register").await;
+            }
             b.fill("name", &format!("pc{i}")).await;
             b.el("#group option[value='lab-ui']").await.click().await.unwrap();
             b.el("main form.card button").await.click().await.unwrap();
@@ -366,6 +369,8 @@ fn a_browser_deploys_to_three_agents_and_manages_the_lab() {
         b.wait_for("the cancelled state", Duration::from_secs(20),
             "return document.getElementById('d-state')?.textContent === 'cancelled'").await;
         b.page("10-deployment-cancelled").await;
+        d.goto(format!("{url}/deployments")).await.unwrap();
+        b.page("10b-deployments").await;
 
         // Schedules: a bad cron expression is refused with a message; a good one shows its
         // next runs.
@@ -391,6 +396,7 @@ fn a_browser_deploys_to_three_agents_and_manages_the_lab() {
         b.page("12-schedules").await;
         // Edited: a bad expression keeps the old one; a good one moves the runs.
         b.el("a.button[href='/schedules/nightly']").await.click().await.unwrap();
+        b.page("12b-schedule-edit").await;
         b.fill("e-cron", "0 7 * * *").await;
         b.el("#edit-schedule button[type=submit]").await.click().await.unwrap();
         let ok = b.el(".flash.ok").await.text().await.unwrap();
@@ -430,6 +436,8 @@ fn a_browser_deploys_to_three_agents_and_manages_the_lab() {
         b.page("13-log").await;
         d.goto(format!("{url}/")).await.unwrap();
         b.page("14-overview").await;
+        d.goto(format!("{url}/password")).await.unwrap();
+        b.page("15-password").await;
         b.el("form[action='/logout'] button").await.click().await.unwrap();
         b.wait_for("the login page", Duration::from_secs(10),
             "return location.pathname === '/login'").await;
