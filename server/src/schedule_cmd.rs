@@ -12,44 +12,7 @@ use crate::client::{call, print_json, Method, ServerArgs};
 pub(crate) enum ScheduleCommand {
     /// Add a schedule: redeploy an image (--image) or wake machines (--wake) at cron times
     /// (--cron) or once (--at).
-    Add {
-        /// A name for it (unique).
-        name: String,
-        /// Cron expression in the server's local time: "minute hour day month weekday"
-        /// (e.g. "0 2 * * 1-5"), or @daily, @weekly...
-        #[arg(long, conflicts_with = "at", required_unless_present = "at")]
-        cron: Option<String>,
-        /// Once, at this time (RFC 3339, e.g. 2026-12-01T02:00:00+01:00).
-        #[arg(long)]
-        at: Option<String>,
-        /// Redeploy this image (a name runs its newest version at each run).
-        #[arg(long, conflicts_with = "wake", required_unless_present = "wake")]
-        image: Option<String>,
-        /// Only wake the machines.
-        #[arg(long)]
-        wake: bool,
-        /// Machines (MAC) and groups, comma-separated or repeated.
-        #[arg(long, required = true, value_delimiter = ',')]
-        to: Vec<String>,
-        /// multicast, bittorrent or unicast.
-        #[arg(long, default_value = "multicast", value_parser = ["multicast", "bittorrent", "unicast"])]
-        transport: String,
-        /// Multicast: start once this many machines joined, before the due time.
-        #[arg(long)]
-        min_machines: Option<i64>,
-        /// Multicast, for a run that starts late: start after this long with whoever joined.
-        #[arg(long, value_parser = fmt::parse_duration)]
-        max_wait: Option<Duration>,
-        /// What machines do once written: reboot or poweroff.
-        #[arg(long, default_value = "reboot", value_parser = ["reboot", "poweroff"])]
-        then: String,
-        /// Create the deployment and wake the machines this long before the due time
-        /// (default: the server's wake_lead, 5m; 0 for no wake-up).
-        #[arg(long, value_parser = fmt::parse_duration)]
-        wake_lead: Option<Duration>,
-        #[command(flatten)]
-        server: ServerArgs,
-    },
+    Add(Box<AddSchedule>),
     /// List schedules with their next and last runs.
     List {
         #[command(flatten)]
@@ -69,6 +32,50 @@ pub(crate) enum ScheduleCommand {
     },
 }
 
+/// `drover schedule add`'s arguments (boxed: the largest variant by far).
+#[derive(Debug, clap::Args)]
+pub(crate) struct AddSchedule {
+    /// A name for it (unique).
+    name: String,
+    /// Cron expression in the server's local time: "minute hour day month weekday"
+    /// (e.g. "0 2 * * 1-5"), or @daily, @weekly...
+    #[arg(long, conflicts_with = "at", required_unless_present = "at")]
+    cron: Option<String>,
+    /// Once, at this time (RFC 3339, e.g. 2026-12-01T02:00:00+01:00).
+    #[arg(long)]
+    at: Option<String>,
+    /// Redeploy this image (a name runs its newest version at each run).
+    #[arg(long, conflicts_with = "wake", required_unless_present = "wake")]
+    image: Option<String>,
+    /// Only wake the machines.
+    #[arg(long)]
+    wake: bool,
+    /// Machines (MAC) and groups, comma-separated or repeated.
+    #[arg(long, required = true, value_delimiter = ',')]
+    to: Vec<String>,
+    /// multicast, bittorrent or unicast.
+    #[arg(long, default_value = "multicast", value_parser = ["multicast", "bittorrent", "unicast"])]
+    transport: String,
+    /// Multicast: how stragglers and late joiners finish (unicast or bittorrent).
+    #[arg(long, default_value = "unicast", value_parser = ["unicast", "bittorrent"])]
+    fallback: String,
+    /// Multicast: start once this many machines joined, before the due time.
+    #[arg(long)]
+    min_machines: Option<i64>,
+    /// Multicast, for a run that starts late: start after this long with whoever joined.
+    #[arg(long, value_parser = fmt::parse_duration)]
+    max_wait: Option<Duration>,
+    /// What machines do once written: reboot or poweroff.
+    #[arg(long, default_value = "reboot", value_parser = ["reboot", "poweroff"])]
+    then: String,
+    /// Create the deployment and wake the machines this long before the due time
+    /// (default: the server's wake_lead, 5m; 0 for no wake-up).
+    #[arg(long, value_parser = fmt::parse_duration)]
+    wake_lead: Option<Duration>,
+    #[command(flatten)]
+    server: ServerArgs,
+}
+
 fn secs(d: Option<Duration>) -> Option<String> {
     d.map(|d| format!("{}s", d.as_secs_f64()))
 }
@@ -80,6 +87,10 @@ fn line(s: &Value) -> String {
         _ => "once".to_string(),
     };
     let what = match t(&s["action"]).as_str() {
+        "deploy" if s["transport"] == "multicast" && s["fallback"] == "bittorrent" => format!(
+            "deploy {} via multicast (stragglers: bittorrent)",
+            t(&s["image"])
+        ),
         "deploy" => format!("deploy {} via {}", t(&s["image"]), t(&s["transport"])),
         _ => "wake".to_string(),
     };
@@ -99,20 +110,22 @@ fn line(s: &Value) -> String {
 /// `drover schedule ...`
 pub(crate) fn schedule(cmd: ScheduleCommand, json: bool) -> anyhow::Result<()> {
     match cmd {
-        ScheduleCommand::Add {
-            name,
-            cron,
-            at,
-            image,
-            wake,
-            to,
-            transport,
-            min_machines,
-            max_wait,
-            then,
-            wake_lead,
-            server,
-        } => {
+        ScheduleCommand::Add(add) => {
+            let AddSchedule {
+                name,
+                cron,
+                at,
+                image,
+                wake,
+                to,
+                transport,
+                fallback,
+                min_machines,
+                max_wait,
+                then,
+                wake_lead,
+                server,
+            } = *add;
             let s = call(
                 &server,
                 "/schedules",
@@ -124,6 +137,7 @@ pub(crate) fn schedule(cmd: ScheduleCommand, json: bool) -> anyhow::Result<()> {
                     "image": image,
                     "to": to,
                     "transport": transport,
+                    "fallback": fallback,
                     "min_machines": min_machines,
                     "max_wait": secs(max_wait),
                     "then": then,

@@ -386,10 +386,12 @@ fn a_browser_deploys_to_three_agents_and_manages_the_lab() {
         b.fill("s-name", "nightly").await;
         b.fill("s-cron", "0 22 * * 1-5").await;
         b.el("#s-action option[value=deploy]").await.click().await.unwrap();
+        b.el("#s-fallback option[value=bittorrent]").await.click().await.unwrap();
         b.el("#new-schedule input[name=to][value='lab-ui']").await.click().await.unwrap();
         b.el("#new-schedule button[type=submit]").await.click().await.unwrap();
         let ok = b.el(".flash.ok").await.text().await.unwrap();
         assert!(ok.contains("schedule nightly created"), "{ok}");
+        assert!(b.text().await.contains("over multicast (stragglers: the swarm)"));
         let runs = d.find_all(By::Css(".runs li")).await.unwrap();
         assert_eq!(runs.len(), 5, "five next runs");
         assert!(runs[0].text().await.unwrap().contains("22:00:00"));

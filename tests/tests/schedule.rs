@@ -166,6 +166,24 @@ fn schedules_fire_on_time_once_across_a_restart_and_refuse_bad_input() {
             add("", &["--at", &soon, "--wake", "--to", "room"]),
             "1 to 64",
         ),
+        (
+            add(
+                "x",
+                &[
+                    "--at",
+                    &soon,
+                    "--image",
+                    "lab",
+                    "--to",
+                    "room",
+                    "--transport",
+                    "unicast",
+                    "--fallback",
+                    "bittorrent",
+                ],
+            ),
+            "fallback bittorrent is for multicast deployments",
+        ),
     ] {
         let err = srv.fails(&env, &t, &args);
         assert!(err.contains(why), "{args:?}: {err}");
@@ -229,6 +247,50 @@ fn schedules_fire_on_time_once_across_a_restart_and_refuse_bad_input() {
         "a one-shot schedule is done: {s:#}"
     );
     srv.ok(&env, &t, &["deployment", "cancel", &dep]);
+
+    // A multicast redeploy whose stragglers finish from the swarm: its deployment says so.
+    let (at, at_ms) = in_secs(3);
+    let s = srv.json(
+        &env,
+        &t,
+        &add(
+            "swarmy",
+            &[
+                "--at",
+                &at,
+                "--image",
+                "lab",
+                "--to",
+                M1,
+                "--fallback",
+                "bittorrent",
+                "--wake-lead",
+                "0",
+            ],
+        ),
+    );
+    assert_eq!(s["fallback"], "bittorrent", "{s:#}");
+    let s = wait_schedule(&env, &srv, &t, "swarmy", Duration::from_secs(15), |s| {
+        runs(s).first().is_some_and(|r| r["outcome"] != "running")
+    });
+    let run = &runs(&s)[0];
+    assert_eq!(run["outcome"], "done", "{s:#}");
+    assert_eq!(run["due_ms"].as_i64(), Some(at_ms));
+    let dep = run["deployment_id"].as_str().unwrap().to_string();
+    let d = srv.json(&env, &t, &["deployment", "show", &dep]);
+    assert_eq!(
+        (&d["transport"], &d["fallback"]),
+        (&"multicast".into(), &"bittorrent".into()),
+        "{d:#}"
+    );
+    srv.ok(&env, &t, &["deployment", "cancel", &dep]);
+    // A wake lead of 0: no wake-up.
+    let heard = magic_packets(&sock, 1, Duration::from_millis(500));
+    assert!(heard.is_empty(), "{heard:?}");
+    assert!(
+        run["detail"].as_str().unwrap().contains("no wake-up"),
+        "{s:#}"
+    );
 
     // A cron wake-up every 5 seconds fires on its seconds.
     srv.ok(
@@ -315,7 +377,8 @@ fn schedules_fire_on_time_once_across_a_restart_and_refuse_bad_input() {
     let s = srv.json(&env, &t, &["schedule", "show", "later"]);
     assert_eq!(runs(&s).len(), 1, "{s:#}");
     let deployments = srv.json(&env, &t, &["deployment", "list"]);
-    assert_eq!(deployments.as_array().unwrap().len(), 3, "{deployments:#}");
+    // soon's, swarmy's, later's and the one that kept M2 busy.
+    assert_eq!(deployments.as_array().unwrap().len(), 4, "{deployments:#}");
     let (status, audit) = srv.http("GET", "/api/v1/audit", Some(&t), None);
     assert_eq!(status, 200);
     assert!(
@@ -323,7 +386,7 @@ fn schedules_fire_on_time_once_across_a_restart_and_refuse_bad_input() {
         "{audit}"
     );
     let (_, metrics) = srv.http("GET", "/metrics", None, None);
-    assert!(metrics.contains("drover_schedules 2"), "{metrics}");
+    assert!(metrics.contains("drover_schedules 3"), "{metrics}");
     assert!(
         metrics.contains("drover_schedule_runs_total{outcome=\"done\"}"),
         "{metrics}"

@@ -190,6 +190,8 @@ pub(crate) struct Schedule {
     pub(crate) image: Option<String>,
     pub(crate) targets: String,
     pub(crate) transport: String,
+    #[serde(default = "unicast")]
+    pub(crate) fallback: String,
     pub(crate) then_action: String,
     #[serde(default)]
     pub(crate) next_runs: Vec<String>,
@@ -219,10 +221,17 @@ impl Schedule {
     }
     pub(crate) fn what(&self) -> String {
         match &self.image {
+            Some(i) if self.action == "deploy" && self.fallback == "bittorrent" => {
+                format!("deploy {i} over {} (stragglers: the swarm)", self.transport)
+            }
             Some(i) if self.action == "deploy" => format!("deploy {i} over {}", self.transport),
             _ => self.action.clone(),
         }
     }
+}
+
+fn unicast() -> String {
+    "unicast".into()
 }
 
 #[derive(Deserialize)]
@@ -812,6 +821,7 @@ fn schedule_body(f: &Fields) -> Result<Value, String> {
         "action": action,
         "to": targets(f),
         "transport": f.text("transport").unwrap_or_else(|| "multicast".into()),
+        "fallback": f.text("fallback").unwrap_or_else(|| "unicast".into()),
         "then": f.text("then").unwrap_or_else(|| "reboot".into()),
     });
     if action == "deploy" {

@@ -177,6 +177,7 @@ fn schedules(error: &Value) -> Value {
                 "name": {"type": "string"}, "cron": {"type": "string", "example": "0 2 * * 1-5"}, "at": {"type": "string", "format": "date-time"},
                 "action": {"type": "string", "enum": ["deploy", "wake"]}, "image": {"type": "string"},
                 "to": {"type": "array", "items": {"type": "string"}}, "transport": {"type": "string", "enum": ["multicast", "bittorrent", "unicast"]},
+                "fallback": {"type": "string", "enum": ["unicast", "bittorrent"], "default": "unicast"},
                 "min_machines": {"type": "integer"}, "max_wait": {"type": "string", "example": "5m"}, "then": {"type": "string", "enum": ["reboot", "poweroff"]},
                 "wake_lead": {"type": "string", "example": "5m"}}}}}},
             "responses": {"201": {"description": "added"}, "400": error, "404": error, "409": error}}

@@ -38,6 +38,8 @@ pub(crate) struct Schedule {
     pub(crate) image: Option<String>,
     pub(crate) targets: String,
     pub(crate) transport: String,
+    /// A multicast deployment's stragglers finish by `unicast` or `bittorrent`.
+    pub(crate) fallback: String,
     pub(crate) min_machines: Option<i64>,
     pub(crate) max_wait_ms: Option<i64>,
     pub(crate) then_action: String,

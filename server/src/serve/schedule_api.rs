@@ -107,7 +107,7 @@ impl Host for ServerHost {
                     image: s.image.clone().unwrap_or_default(),
                     targets: targets(s),
                     transport: s.transport.clone(),
-                    fallback: "unicast".into(),
+                    fallback: s.fallback.clone(),
                     min_machines: s.min_machines,
                     max_wait: s.max_wait_ms.map(|ms| Duration::from_millis(ms as u64)),
                     start_at_ms: start_at_ms.filter(|_| multicast),
@@ -121,9 +121,14 @@ impl Host for ServerHost {
             Some(at) if multicast => format!(", its stream at {}", show_time(at)),
             _ => String::new(),
         };
-        let woke = match self.wake(s).await {
-            Ok(w) => w,
-            Err(e) => format!("machines not woken: {e:#}"),
+        // A wake lead of 0 means no wake-up: the machines are expected to be on.
+        let woke = if s.wake_lead_ms == Some(0) {
+            "no wake-up (wake lead 0)".to_string()
+        } else {
+            match self.wake(s).await {
+                Ok(w) => w,
+                Err(e) => format!("machines not woken: {e:#}"),
+            }
         };
         let skipped = if busy.is_empty() {
             String::new()
@@ -222,6 +227,9 @@ pub(crate) struct NewScheduleBody {
     to: Vec<String>,
     #[serde(default = "super::deploy_api::default_transport")]
     transport: String,
+    /// A multicast deployment's stragglers: `unicast` (the default) or `bittorrent`.
+    #[serde(default = "super::deploy_api::default_fallback")]
+    fallback: String,
     min_machines: Option<i64>,
     max_wait: Option<String>,
     #[serde(default = "super::deploy_api::default_then")]
@@ -284,7 +292,7 @@ async fn check_body(s: &Shared, b: &NewScheduleBody) -> ApiResult<Checked> {
                     image,
                     targets: targets.clone(),
                     transport: b.transport.clone(),
-                    fallback: "unicast".into(),
+                    fallback: b.fallback.clone(),
                     min_machines: b.min_machines,
                     max_wait: max_wait_ms.map(|ms| Duration::from_millis(ms as u64)),
                     start_at_ms: None,
@@ -333,6 +341,7 @@ fn new_schedule<'a>(b: &'a NewScheduleBody, c: &'a Checked, by: &'a str) -> NewS
         image: b.image.as_deref(),
         targets: &c.targets,
         transport: &b.transport,
+        fallback: &b.fallback,
         min_machines: b.min_machines,
         max_wait_ms: c.max_wait_ms,
         then_action: &b.then,

@@ -18,6 +18,7 @@ pub(crate) struct NewSchedule<'a> {
     pub(crate) image: Option<&'a str>,
     pub(crate) targets: &'a str,
     pub(crate) transport: &'a str,
+    pub(crate) fallback: &'a str,
     pub(crate) min_machines: Option<i64>,
     pub(crate) max_wait_ms: Option<i64>,
     pub(crate) then_action: &'a str,
@@ -37,7 +38,7 @@ pub(crate) struct Run {
 }
 
 const SCHEDULE_COLUMNS: &str = "id, name, cron, at_ms, action, image, targets, transport, \
-    min_machines, max_wait_ms, then_action, wake_lead_ms, created_by, created_ms, \
+    fallback, min_machines, max_wait_ms, then_action, wake_lead_ms, created_by, created_ms, \
     (SELECT MAX(due_ms) FROM schedule_runs r WHERE r.schedule_id = s.id) \
     AS last_due_ms";
 
@@ -51,6 +52,7 @@ fn schedule(r: &AnyRow) -> Result<Schedule, sqlx::Error> {
         image: r.try_get("image")?,
         targets: r.try_get("targets")?,
         transport: r.try_get("transport")?,
+        fallback: r.try_get("fallback")?,
         min_machines: r.try_get("min_machines")?,
         max_wait_ms: r.try_get("max_wait_ms")?,
         then_action: r.try_get("then_action")?,
@@ -66,8 +68,9 @@ impl Db {
         let id = random_hex(4);
         let r = sqlx::query(
             "INSERT INTO schedules (id, name, cron, at_ms, action, image, targets, transport, \
-             min_machines, max_wait_ms, then_action, wake_lead_ms, created_by, created_ms) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+             min_machines, max_wait_ms, then_action, wake_lead_ms, created_by, created_ms, \
+             fallback) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
         )
         .bind(&id)
         .bind(s.name)
@@ -83,6 +86,7 @@ impl Db {
         .bind(s.wake_lead_ms)
         .bind(s.created_by)
         .bind(now_ms())
+        .bind(s.fallback)
         .execute(&self.pool)
         .await;
         match r {
@@ -105,7 +109,8 @@ impl Db {
         let r = sqlx::query(
             "UPDATE schedules SET name = $1, cron = $2, at_ms = $3, action = $4, image = $5, \
              targets = $6, transport = $7, min_machines = $8, max_wait_ms = $9, \
-             then_action = $10, wake_lead_ms = $11, created_ms = $12 WHERE id = $13",
+             then_action = $10, wake_lead_ms = $11, created_ms = $12, fallback = $13 \
+             WHERE id = $14",
         )
         .bind(s.name)
         .bind(s.cron)
@@ -119,6 +124,7 @@ impl Db {
         .bind(s.then_action)
         .bind(s.wake_lead_ms)
         .bind(since)
+        .bind(s.fallback)
         .bind(id)
         .execute(&self.pool)
         .await;

@@ -46,6 +46,7 @@ impl Fake {
             image: (action == "deploy").then(|| "lab".into()),
             targets: "room1".into(),
             transport: "multicast".into(),
+            fallback: "unicast".into(),
             min_machines: None,
             max_wait_ms: None,
             then_action: "reboot".into(),
