@@ -261,18 +261,24 @@ async fn work(
         let bad = tokio::task::spawn_blocking(move || {
             let sink = Sink::open(&disk, d)?;
             let have = sink.scan()?;
-            anyhow::Ok(have.iter().position(|&h| !h))
+            anyhow::Ok((have.iter().position(|&h| !h), sink.check_zero_fill()?))
         })
         .await
         .map_err(|e| Stop::Failed(e.to_string()))?
         .map_err(|e| Stop::Failed(format!("reading the disk back: {e:#}")))?;
-        if let Some(i) = bad {
+        if let Some(i) = bad.0 {
             return Err(Stop::Failed(format!(
                 "chunk {i} reads back wrong from {}",
                 args.disk.display()
             )));
         }
-        info!("read back: every chunk matches its hash");
+        if let Some(at) = bad.1 {
+            return Err(Stop::Failed(format!(
+                "byte {at} of {} should read as zero (a raw-copied area) but does not",
+                args.disk.display()
+            )));
+        }
+        info!("read back: every chunk matches its hash, every zeroed region reads as zeros");
     }
     Ok((totals, seeding))
 }

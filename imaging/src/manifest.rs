@@ -142,6 +142,33 @@ impl Area {
     pub fn region_len(&self, index: u64, chunk_size: u64) -> u64 {
         (self.len - index * chunk_size).min(chunk_size)
     }
+
+    /// Whether the area was stored as a raw copy (no allocation data was used): every byte of
+    /// it is restored, the all-zero regions that have no chunk as zeros.
+    pub fn is_raw_copy(&self) -> bool {
+        match self.kind {
+            AreaKind::Outside => false,
+            AreaKind::Partition { .. } | AreaKind::Whole => {
+                self.fs.as_ref().is_none_or(|f| f.kind == FsKind::Unknown)
+            }
+        }
+    }
+
+    /// The bytes (relative to `offset`) that a restore writes as zeros because the source held
+    /// zeros there and no chunk carries them: for a raw copy, every region without a chunk; for
+    /// a filesystem read through its allocation data, the zero regions of the stretch between
+    /// the filesystem's end and the partition's end (kept raw too). Unused blocks of a
+    /// filesystem are not in it: the filesystem never reads them. Derived from the fields every
+    /// manifest version has, so older images restore exactly too.
+    pub fn zero_fill(&self) -> ExtentMap {
+        let from = match (&self.kind, &self.fs) {
+            (AreaKind::Outside, _) => return ExtentMap::new(),
+            _ if self.is_raw_copy() => 0,
+            (_, Some(f)) => f.fs_size.min(self.len),
+            (_, None) => 0,
+        };
+        self.used.gaps(from, self.len)
+    }
 }
 
 /// Counters of the capture that made the image.

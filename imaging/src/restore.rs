@@ -3,9 +3,11 @@
 //!
 //! Restore checks the target (size, sector size, not mounted, every chunk present) before it
 //! writes a byte, then writes only the used extents, chunk by chunk, each chunk's hash checked
-//! before any of it is written. A GPT is rewritten for the target's size (backup header and
-//! entries at its end, protective MBR resized); on a same-size target the captured backup is
-//! written back as it was. Everything is synced at the end.
+//! before any of it is written. An area stored as a raw copy is restored byte for byte: its
+//! all-zero regions, which have no chunk, are zeroed on the target ([`Area::zero_fill`]), so
+//! nothing the target held before survives inside it. A GPT is rewritten for the target's size
+//! (backup header and entries at its end, protective MBR resized); on a same-size target the
+//! captured backup is written back as it was. Everything is synced at the end.
 
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -70,6 +72,19 @@ pub struct Restored {
     pub chunks: u64,
     /// Whether the GPT was rewritten for a target of another size.
     pub gpt_relocated: bool,
+    /// Bytes of raw-copied areas that held zeros on the source and were zeroed on the target.
+    pub bytes_zeroed: u64,
+}
+
+/// What [`finish`] did.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Finished {
+    /// Bytes of the partition table written (the GPT backup, or the whole GPT when it moved).
+    pub table_bytes: u64,
+    /// Whether the GPT was rewritten for a target of another size.
+    pub gpt_relocated: bool,
+    /// Bytes zeroed in raw-copied areas.
+    pub bytes_zeroed: u64,
 }
 
 /// Worker threads: one per core.
@@ -178,10 +193,59 @@ pub fn check_written(
     Ok(Hash::of(&plain) == c.hash)
 }
 
-/// Finishes a restore once every chunk is written: the GPT backup (rewritten for a target of
-/// another size), then a sync. Returns the table bytes written and whether the GPT moved.
-pub fn finish(m: &Manifest, target: &dyn BlockDevice) -> Result<(u64, bool), RestoreError> {
-    let mut out = (0, false);
+/// Zeroes every byte of `m`'s raw-copied areas that the source held as zeros and no chunk
+/// carries ([`Area::zero_fill`]), up to the target's end; returns the bytes zeroed. Touches
+/// nothing a chunk writes, so it may run before, between or after the chunks.
+pub fn zero_fill(m: &Manifest, target: &dyn BlockDevice) -> Result<u64, RestoreError> {
+    let mut zeroed = 0;
+    for a in &m.areas {
+        for e in a.zero_fill().iter() {
+            let start = a.offset + e.start;
+            let end = (a.offset + e.end()).min(target.len());
+            if start < end {
+                target
+                    .write_zeroes(start, end - start)
+                    .map_err(RestoreError::Write)?;
+                zeroed += end - start;
+            }
+        }
+    }
+    Ok(zeroed)
+}
+
+/// The first byte of a raw-copied area's zero fill that does not read as zero on `target`:
+/// the read-back check of what [`zero_fill`] did.
+pub fn check_zero_fill(
+    m: &Manifest,
+    target: &dyn BlockDevice,
+) -> Result<Option<u64>, RestoreError> {
+    let mut buf = vec![0u8; 1 << 20];
+    for a in &m.areas {
+        for e in a.zero_fill().iter() {
+            let mut pos = a.offset + e.start;
+            let end = (a.offset + e.end()).min(target.len());
+            while pos < end {
+                let n = (end - pos).min(buf.len() as u64) as usize;
+                target
+                    .read_at(&mut buf[..n], pos)
+                    .map_err(RestoreError::Write)?;
+                if let Some(i) = buf[..n].iter().position(|&b| b != 0) {
+                    return Ok(Some(pos + i as u64));
+                }
+                pos += n as u64;
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// Finishes a restore once every chunk is written: the zero fill of raw-copied areas, the GPT
+/// backup (rewritten for a target of another size), then a sync.
+pub fn finish(m: &Manifest, target: &dyn BlockDevice) -> Result<Finished, RestoreError> {
+    let mut out = Finished {
+        bytes_zeroed: zero_fill(m, target)?,
+        ..Finished::default()
+    };
     if m.table.kind == TableKind::Gpt {
         // `validate` checked that a GPT manifest has its backup location and bytes.
         let (start, len) = m.table.gpt_backup.unwrap_or_default();
@@ -189,10 +253,11 @@ pub fn finish(m: &Manifest, target: &dyn BlockDevice) -> Result<(u64, bool), Res
             target
                 .write_at(&m.gpt_backup_raw, start)
                 .map_err(RestoreError::Write)?;
-            out.0 = len;
+            out.table_bytes = len;
         } else {
             table::relocate_gpt(target, &m.table_raw, m.table.sector_size)?;
-            out = (2 * m.table_raw.len() as u64, true);
+            out.table_bytes = 2 * m.table_raw.len() as u64;
+            out.gpt_relocated = true;
         }
     }
     target.sync().map_err(RestoreError::Write)?;
@@ -228,11 +293,12 @@ pub fn restore(
         progress.advance(n);
         Ok(())
     })?;
-    let (table_bytes, gpt_relocated) = finish(m, target)?;
+    let f = finish(m, target)?;
     Ok(Restored {
-        bytes_written: written.into_inner() + table_bytes,
+        bytes_written: written.into_inner() + f.table_bytes,
         chunks: m.chunks().count() as u64,
-        gpt_relocated,
+        gpt_relocated: f.gpt_relocated,
+        bytes_zeroed: f.bytes_zeroed,
     })
 }
 
@@ -331,6 +397,83 @@ mod tests {
         capture(dev, "mem", store, &o, &NoProgress)
             .unwrap()
             .manifest
+    }
+
+    /// A 16 MiB GPT disk whose second partition holds unknown data: noise in its second MiB
+    /// only, zeros elsewhere; the first partition is noise throughout.
+    fn raw_partition_disk() -> MemDevice {
+        let dev = gpt_disk();
+        dev.write_at(&vec![0u8; (6 * MIB) as usize], 8192 * 512)
+            .unwrap();
+        let mut x = 99u32;
+        let noise: Vec<u8> = (0..MIB)
+            .map(|_| {
+                x = x.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                (x >> 24) as u8
+            })
+            .collect();
+        dev.write_at(&noise, 8192 * 512 + MIB).unwrap();
+        dev
+    }
+
+    #[test]
+    fn a_raw_copy_comes_back_byte_for_byte_over_old_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let src = raw_partition_disk();
+        let m = image(&src, &store);
+        let p2 = &m.areas[2];
+        assert!(p2.is_raw_copy(), "{:?}", p2.fs);
+        assert_eq!(p2.used.total(), MIB, "only the noisy region is stored");
+        assert_eq!(p2.zero_fill().total(), p2.len - MIB);
+        assert!(m.areas[0].zero_fill().is_empty(), "outside area");
+        for size in [16 * MIB, 32 * MIB] {
+            let t = MemDevice::new(vec![0xCD; size as usize]);
+            let r = restore("g", &m, &store, &t, 2, &NoProgress).unwrap();
+            assert_eq!(r.bytes_zeroed, p2.len - MIB);
+            let (a, b) = (src.to_vec(), t.to_vec());
+            assert!(
+                a[2048 * 512..20480 * 512] == b[2048 * 512..20480 * 512],
+                "both partitions equal the source on a {size}-byte target"
+            );
+            assert_eq!(check_zero_fill(&m, &t).unwrap(), None);
+            // A byte of old data left behind is found by the read-back check.
+            t.write_at(&[1], 8192 * 512 + 5 * MIB + 7).unwrap();
+            assert_eq!(
+                check_zero_fill(&m, &t).unwrap(),
+                Some(8192 * 512 + 5 * MIB + 7)
+            );
+        }
+    }
+
+    #[test]
+    fn a_raw_whole_device_is_zero_filled_and_a_filesystem_tail_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut data = vec![0u8; (8 * MIB) as usize];
+        data[(3 * MIB) as usize + 5] = 0x42;
+        let src = MemDevice::new(data.clone());
+        let m = image(&src, &store);
+        assert!(m.areas[0].is_raw_copy());
+        let t = MemDevice::new(vec![0xEE; (8 * MIB) as usize]);
+        let r = restore("g", &m, &store, &t, 1, &NoProgress).unwrap();
+        assert_eq!(r.bytes_zeroed, 7 * MIB);
+        assert!(t.to_vec() == data);
+
+        // A filesystem read through its allocation data: only the stretch after its end is
+        // filled, never its unused blocks.
+        let mut a = m.areas[0].clone();
+        a.fs = Some(crate::manifest::FsInfo {
+            kind: crate::fs::FsKind::Ext4,
+            detected: crate::fs::FsKind::Ext4,
+            block_size: 4096,
+            fs_size: 6 * MIB,
+            label: None,
+            warning: None,
+        });
+        assert!(!a.is_raw_copy());
+        let z: Vec<_> = a.zero_fill().iter().map(|e| (e.start, e.len)).collect();
+        assert_eq!(z, vec![(6 * MIB, 2 * MIB)]);
     }
 
     #[test]

@@ -200,15 +200,24 @@ pub(crate) fn run(cmd: ImageCommand, data_dir: &Path, json: bool) -> anyhow::Res
                         "bytes_written": r.bytes_written,
                         "chunks": r.chunks,
                         "gpt_relocated": r.gpt_relocated,
+                        "bytes_zeroed": r.bytes_zeroed,
                         "seconds": secs,
                     })
                 );
             } else {
                 println!(
-                    "restored {label} onto {}: {} written from {} chunks{}, {secs:.1} s",
+                    "restored {label} onto {}: {} written from {} chunks{}{}, {secs:.1} s",
                     target.display(),
                     fmt::bytes(r.bytes_written),
                     r.chunks,
+                    if r.bytes_zeroed > 0 {
+                        format!(
+                            ", {} of raw-copied areas zeroed",
+                            fmt::bytes(r.bytes_zeroed)
+                        )
+                    } else {
+                        String::new()
+                    },
                     if r.gpt_relocated {
                         ", GPT moved to the end of the larger disk"
                     } else {

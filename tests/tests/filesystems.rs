@@ -486,24 +486,3 @@ fn swap_keeps_only_its_header() {
     );
     assert!(out.contains("LABEL=lab-swap"), "{out}");
 }
-
-#[test]
-fn unknown_data_falls_back_to_nonzero_regions() {
-    let env = Env::new();
-    let img = env.path("blob.img");
-    sparse_file(&img, 64 << 20);
-    // Non-zero bytes in regions 1 and 9 (4 MiB regions); everything else zero.
-    let mut data = fs::read(&img).unwrap();
-    data[(4 << 20) + 17] = 0xAA;
-    data[(36 << 20) + 4095] = 0x55;
-    fs::write(&img, &data).unwrap();
-    let cap = env.capture(&img, "blob");
-    assert_eq!(cap["used_bytes"].as_u64().unwrap(), 8 << 20, "{cap}");
-    let target = env.path("t.img");
-    random_file(&target, 64 << 20, 1);
-    env.restore("blob", &target);
-    let t = fs::read(&target).unwrap();
-    // Whole non-zero regions are restored, zeroes included.
-    assert!(t[4 << 20..8 << 20] == data[4 << 20..8 << 20]);
-    assert!(t[36 << 20..40 << 20] == data[36 << 20..40 << 20]);
-}

@@ -452,9 +452,25 @@ impl Sink {
         match &self.desc.content {
             Content::File { .. } => self.dev.sync().context("syncing the output")?,
             Content::Image { manifest, .. } => {
-                imaging::restore::finish(manifest, &self.dev)?;
+                let f = imaging::restore::finish(manifest, &self.dev)?;
+                if f.bytes_zeroed > 0 {
+                    tracing::info!(
+                        bytes = f.bytes_zeroed,
+                        "zeroed the all-zero regions of raw-copied areas"
+                    );
+                }
             }
         }
         Ok(())
+    }
+
+    /// The first byte of a raw-copied area's zero fill that does not read back as zero.
+    pub fn check_zero_fill(&self) -> anyhow::Result<Option<u64>> {
+        match &self.desc.content {
+            Content::File { .. } => Ok(None),
+            Content::Image { manifest, .. } => {
+                Ok(imaging::restore::check_zero_fill(manifest, &self.dev)?)
+            }
+        }
     }
 }

@@ -13,6 +13,7 @@
 mod exfat;
 mod ext;
 mod fat;
+mod known;
 mod ntfs;
 pub mod raw;
 mod swap;
@@ -48,6 +49,22 @@ pub enum FsKind {
     Ntfs,
     /// Linux swap (only its header is kept).
     Swap,
+    /// XFS (recognised; stored as a raw copy).
+    Xfs,
+    /// btrfs (recognised; stored as a raw copy).
+    Btrfs,
+    /// f2fs (recognised; stored as a raw copy).
+    F2fs,
+    /// HFS+ or HFSX (recognised; stored as a raw copy).
+    Hfsplus,
+    /// APFS container (recognised; stored as a raw copy).
+    Apfs,
+    /// LVM2 physical volume (recognised; stored as a raw copy).
+    Lvm2,
+    /// LUKS1 or LUKS2 encrypted volume (recognised; stored as a raw copy).
+    Luks,
+    /// BitLocker encrypted volume (recognised; stored as a raw copy).
+    Bitlocker,
     /// Not recognised: stored as every non-zero region.
     Unknown,
 }
@@ -64,6 +81,14 @@ impl fmt::Display for FsKind {
             Self::Exfat => "exfat",
             Self::Ntfs => "ntfs",
             Self::Swap => "swap",
+            Self::Xfs => "xfs",
+            Self::Btrfs => "btrfs",
+            Self::F2fs => "f2fs",
+            Self::Hfsplus => "hfsplus",
+            Self::Apfs => "apfs",
+            Self::Lvm2 => "lvm2",
+            Self::Luks => "luks",
+            Self::Bitlocker => "bitlocker",
             Self::Unknown => "unknown",
         };
         f.write_str(s)
@@ -152,10 +177,10 @@ pub fn probe(dev: &dyn BlockDevice) -> io::Result<FsKind> {
     Ok(FsKind::Unknown)
 }
 
-/// Runs the reader for the filesystem on `dev`; on an unknown filesystem, or on any reader
-/// error, falls back to the raw map with a warning. `region` is the granularity of the raw
-/// fallback and of the zero-skipped tail (the chunk size). Only I/O errors of the raw scan itself
-/// are returned.
+/// Runs the reader for the filesystem on `dev`; on a filesystem without a reader, or on any
+/// reader error, falls back to the raw copy with a warning that names what was found and why.
+/// `region` is the granularity of the raw copy and of the tail after the filesystem (the chunk
+/// size). Only I/O errors of the raw scan itself are returned.
 pub fn scan(dev: &dyn BlockDevice, region: u64) -> io::Result<Scan> {
     let detected = probe(dev)?;
     let result = match detected {
@@ -164,11 +189,24 @@ pub fn scan(dev: &dyn BlockDevice, region: u64) -> io::Result<Scan> {
         FsKind::Exfat => exfat::read(dev),
         FsKind::Ntfs => ntfs::read(dev),
         FsKind::Swap => swap::read(dev),
-        FsKind::Unknown => {
+        _ => {
+            let report = raw_report(dev, region)?;
+            let named = known::identify(dev)?;
+            let warning = match named {
+                Some(kind) => format!("{kind}: {}; {}", known::why_raw(kind), raw_note(region)),
+                None if report.used.is_empty() => format!(
+                    "unknown (no filesystem signature; every byte is zero); {}",
+                    raw_note(region)
+                ),
+                None => format!(
+                    "unknown (no filesystem signature drover knows); {}",
+                    raw_note(region)
+                ),
+            };
             return Ok(Scan {
-                report: raw_report(dev, region)?,
-                detected,
-                warning: None,
+                report,
+                detected: named.unwrap_or(FsKind::Unknown),
+                warning: Some(warning),
             });
         }
     };
@@ -206,11 +244,26 @@ pub fn scan(dev: &dyn BlockDevice, region: u64) -> io::Result<Scan> {
     }
 }
 
+/// The second half of every raw-copy warning: what is stored and how it comes back.
+fn raw_note(region: u64) -> String {
+    format!(
+        "stored as a raw copy (every {} with a non-zero byte), restored byte for byte",
+        region_name(region)
+    )
+}
+
+fn region_name(region: u64) -> String {
+    if region >= 1 << 20 && region % (1 << 20) == 0 {
+        format!("{} MiB region", region >> 20)
+    } else {
+        format!("{region}-byte region")
+    }
+}
+
 fn fallback(dev: &dyn BlockDevice, detected: FsKind, region: u64, why: &str) -> io::Result<Scan> {
     let warning = format!(
-        "{detected} found but its allocation data could not be used ({why}); \
-         storing every non-zero {} MiB region instead",
-        region >> 20
+        "{detected} found but its allocation data could not be used ({why}); {}",
+        raw_note(region)
     );
     tracing::warn!(fs = %detected, reason = why, "falling back to raw used-block map");
     Ok(Scan {

@@ -1,0 +1,101 @@
+//! Signatures of filesystems and volumes that drover recognises but reads no allocation data
+//! for. They are stored as raw copies (see [`super::raw`]); the signature only names them in the
+//! capture's warning and in the manifest's `detected` field, so an operator knows what was
+//! copied whole and why.
+
+use std::io;
+
+use super::{le32, FsKind};
+use crate::device::BlockDevice;
+
+/// The kind named by a signature on `dev`, if any; `None` when nothing is recognised.
+pub(super) fn identify(dev: &dyn BlockDevice) -> io::Result<Option<FsKind>> {
+    let read = |offset: u64, len: usize| -> io::Result<Option<Vec<u8>>> {
+        if offset + len as u64 > dev.len() {
+            return Ok(None);
+        }
+        let mut b = vec![0u8; len];
+        dev.read_at(&mut b, offset)?;
+        Ok(Some(b))
+    };
+    let Some(head) = read(0, 4096.min(dev.len() as usize))? else {
+        return Ok(None);
+    };
+    let at = |o: usize, sig: &[u8]| head.get(o..o + sig.len()) == Some(sig);
+    if at(0, b"LUKS\xba\xbe") {
+        return Ok(Some(FsKind::Luks));
+    }
+    if at(3, b"-FVE-FS-") {
+        return Ok(Some(FsKind::Bitlocker));
+    }
+    if at(0, b"XFSB") {
+        return Ok(Some(FsKind::Xfs));
+    }
+    // An LVM2 label may sit in any of the first four sectors.
+    if (0..4).any(|s| at(s * 512, b"LABELONE") && at(s * 512 + 24, b"LVM2 001")) {
+        return Ok(Some(FsKind::Lvm2));
+    }
+    if at(32, b"NXSB") {
+        return Ok(Some(FsKind::Apfs));
+    }
+    if (at(1024, b"H+") || at(1024, b"HX")) && matches!(head.get(1026..1028), Some([0, 4 | 5])) {
+        return Ok(Some(FsKind::Hfsplus));
+    }
+    if le32(&head, 0x400) == 0xF2F5_2010 {
+        return Ok(Some(FsKind::F2fs));
+    }
+    if let Some(b) = read(0x1_0040, 8)? {
+        if b == b"_BHRfS_M" {
+            return Ok(Some(FsKind::Btrfs));
+        }
+    }
+    Ok(None)
+}
+
+/// Why a recognised kind without a reader is stored as a raw copy.
+pub(super) fn why_raw(kind: FsKind) -> &'static str {
+    match kind {
+        FsKind::Luks => "an encrypted LUKS volume, opened without a key",
+        FsKind::Bitlocker => "an encrypted BitLocker volume",
+        FsKind::Lvm2 => "an LVM2 physical volume, whose logical volumes are not read yet",
+        _ => "drover has no used-block reader for it yet",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::device::MemDevice;
+
+    fn with(at: usize, sig: &[u8]) -> MemDevice {
+        let mut d = vec![0u8; 128 << 10];
+        d[at..at + sig.len()].copy_from_slice(sig);
+        MemDevice::new(d)
+    }
+
+    #[test]
+    fn names_each_signature_and_nothing_else() {
+        let mut lvm = [0u8; 32];
+        lvm[..8].copy_from_slice(b"LABELONE");
+        lvm[24..].copy_from_slice(b"LVM2 001");
+        let cases: [(usize, &[u8], FsKind); 8] = [
+            (0, b"LUKS\xba\xbe\x00\x02", FsKind::Luks),
+            (3, b"-FVE-FS-", FsKind::Bitlocker),
+            (0, b"XFSB", FsKind::Xfs),
+            (512, &lvm, FsKind::Lvm2),
+            (32, b"NXSB", FsKind::Apfs),
+            (1024, b"H+\x00\x04", FsKind::Hfsplus),
+            (0x400, &0xF2F5_2010u32.to_le_bytes(), FsKind::F2fs),
+            (0x1_0040, b"_BHRfS_M", FsKind::Btrfs),
+        ];
+        for (at, sig, kind) in cases {
+            assert_eq!(identify(&with(at, sig)).unwrap(), Some(kind), "{kind}");
+            // One byte off the signature is not it.
+            let mut off = sig.to_vec();
+            off[0] ^= 1;
+            assert_eq!(identify(&with(at, &off)).unwrap(), None, "{kind} altered");
+        }
+        assert_eq!(identify(&MemDevice::new(vec![0; 100])).unwrap(), None);
+        assert_eq!(identify(&MemDevice::new(Vec::new())).unwrap(), None);
+    }
+}
