@@ -23,7 +23,7 @@ CASES=${*:-link0 link5 many0 many5 scale slow}
 # VM's one disk shared by 40 "machines" (drover syncs its output at the end, udp-receiver
 # does not by default; on tmpfs both cost nothing).
 OUT=bench/out; W=${BENCH_TMP:-/dev/shm/drover-bench-mc}
-mkdir -p "$W"
+mkdir -p "$W" "$OUT"
 bash deploy/install-test-deps >/dev/null
 cargo build --release --quiet -p server
 DROVER=$PWD/target/release/drover
