@@ -25,6 +25,9 @@ const PARALLEL_FETCHES: usize = 4;
 const MAX_BAD_FETCHES: u32 = 3;
 /// How long to listen for the deployment's session before asking the server again.
 const SESSION_WAIT: Duration = Duration::from_secs(20);
+/// Seconds an agent asks again for a waiting multicast deployment's session before it takes
+/// the image over unicast.
+const SESSION_ANNOUNCE_WAIT_S: u32 = 60;
 /// How long the server may stay away while chunks are fetched before the task fails.
 pub(crate) const SERVER_AWAY: Duration = Duration::from_secs(600);
 
@@ -191,6 +194,35 @@ async fn work(
     // A multicast deployment may send its stragglers and late joiners to the swarm.
     let swarm_fallback = task["fallback"] == "bittorrent";
     let mut unheard = None;
+    // A task can reach the agent before its deployment's session is announced (the server
+    // starts the session right after creating the tasks): while the deployment waits for
+    // its stream, ask again rather than take the whole image over unicast.
+    let mut asked = 0;
+    while task["transport"] == "multicast"
+        && task["multicast"].is_null()
+        && task["deployment_state"] == "waiting"
+        && asked < SESSION_ANNOUNCE_WAIT_S
+    {
+        if asked == 0 {
+            info!("the deployment's multicast session is not announced yet: waiting for it");
+        }
+        asked += 1;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let t = api
+            .retry("fetching the task", None, || api.get("/agent/task"))
+            .await?;
+        task = t["task"].clone();
+    }
+    if task["transport"] == "multicast" && task["multicast"].is_null() {
+        info!(
+            "no multicast session for this deployment ({}): fetching the image over unicast",
+            match task["deployment_state"].as_str() {
+                Some("waiting") => "none announced within a minute",
+                Some("running") => "its stream is over or was lost with a server restart",
+                _ => "the server names none",
+            }
+        );
+    }
     while task["transport"] == "multicast" && !task["multicast"].is_null() {
         match multicast(api, iface, args, &task, reporter, swarm_fallback).await {
             Ok(t) => {

@@ -148,12 +148,35 @@ pub async fn run(o: ReceiveOptions) -> anyhow::Result<Received> {
         o.group, o.iface.name, o.iface.addr
     );
     let (announce, sender_addr) = find_session(&group, o.wait, o.session).await?;
-    let base = format!("http://{}:{}", sender_addr.ip(), announce.http_port);
-    let client = reqwest::Client::builder()
-        .no_proxy()
-        .connect_timeout(Duration::from_secs(5))
-        .timeout(Duration::from_secs(120))
-        .build()?;
+    // A daemon's session (HTTP port 0) is joined through the daemon's API, with the task's
+    // token; the command line's sender serves its own port.
+    let (base, token) = match (announce.http_port, &o.fetch_from) {
+        (0, Some(api)) => (
+            format!("{}/api/v1/agent/session", api.base),
+            Some(api.token.clone()),
+        ),
+        (0, None) => bail!(
+            "session {:08x} is a drover serve deployment: its machines join it through the \
+             server's API with their task's token (drover-agent), not with drover multicast receive",
+            announce.session
+        ),
+        (port, _) => (format!("http://{}:{port}", sender_addr.ip()), None),
+    };
+    let client = {
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(t) = &token {
+            let mut v = reqwest::header::HeaderValue::from_str(&format!("Bearer {t}"))
+                .context("the task token is not a valid header value")?;
+            v.set_sensitive(true);
+            headers.insert(reqwest::header::AUTHORIZATION, v);
+        }
+        reqwest::Client::builder()
+            .no_proxy()
+            .default_headers(headers)
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(120))
+            .build()?
+    };
     let desc: Description = client
         .get(format!("{base}/session"))
         .send()

@@ -54,11 +54,13 @@ pub enum Control {
     Cancel,
 }
 
-/// The session's address, once it announces.
-#[derive(Debug, Clone, Copy)]
+/// A daemon's session, once it announces: its id, and its HTTP routes (`GET /session`,
+/// `POST /register`, `GET /chunks/{i}`), which the daemon serves behind its own API and task
+/// tokens. A daemon's session opens no port of its own; its announcements say so with HTTP
+/// port 0.
 pub struct Ready {
     pub session: u32,
-    pub http: SocketAddr,
+    pub routes: Router,
 }
 
 /// The daemon's handles on a session it runs.
@@ -197,17 +199,24 @@ pub async fn run(o: SendOptions) -> anyhow::Result<()> {
     let total = desc.plain_bytes();
 
     let socket = net::sender_socket(&o.iface, o.ttl, 0)?;
-    let listener = tokio::net::TcpListener::bind((o.iface.addr, o.http_port))
-        .await
-        .with_context(|| format!("listening on {}:{}", o.iface.addr, o.http_port))?;
-    let http_addr = listener.local_addr()?;
+    let daemon = o.hooks.is_some();
+    // The command line's session opens its own registration port, to anyone (documented);
+    // a daemon's is served through the daemon's API with task tokens.
+    let listener = match daemon {
+        true => None,
+        false => Some(
+            tokio::net::TcpListener::bind((o.iface.addr, o.http_port))
+                .await
+                .with_context(|| format!("listening on {}:{}", o.iface.addr, o.http_port))?,
+        ),
+    };
+    let http_addr = listener.as_ref().map(|l| l.local_addr()).transpose()?;
     let dest_group = if o.broadcast {
         SocketAddr::from((o.iface.broadcast(), o.group.port()))
     } else {
         SocketAddr::V4(o.group)
     };
 
-    let daemon = o.hooks.is_some();
     let (mut control, ready, mut on_start) = match o.hooks {
         Some(h) => (Some(h.control), Some(h.ready), Some(h.started)),
         None => (None, None, None),
@@ -217,7 +226,7 @@ pub async fn run(o: SendOptions) -> anyhow::Result<()> {
     cfg.session = session;
     cfg.key = SessionKey(key);
     cfg.name = o.name.clone();
-    cfg.http_port = http_addr.port();
+    cfg.http_port = http_addr.map_or(0, |a| a.port());
     let (min_receivers, start_at) = (cfg.start.min_receivers, cfg.start.start_at);
     let mut sender = Sender::new(cfg, layout, Instant::now());
 
@@ -240,21 +249,32 @@ pub async fn run(o: SendOptions) -> anyhow::Result<()> {
         .route("/register", post(register))
         .route("/chunks/{i}", get(chunk))
         .with_state(http);
-    let server = tokio::spawn(async move {
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .await
-    });
+    let (server, routes) = match listener {
+        Some(listener) => {
+            let server = tokio::spawn(async move {
+                axum::serve(
+                    listener,
+                    app.into_make_service_with_connect_info::<SocketAddr>(),
+                )
+                .await
+            });
+            (Some(server), None)
+        }
+        None => (None, Some(app)),
+    };
+    let registration = match http_addr {
+        Some(a) => format!("registration on http://{a}"),
+        None => "registration through the daemon's API".to_string(),
+    };
 
     let target = if o.broadcast {
         format!("broadcast {dest_group}")
     } else {
         format!("group {dest_group}")
     };
-    say!(daemon,
-        "session {session:08x}: {} ({} in {} chunks) to {target} from {} ({}), registration on http://{http_addr}",
+    say!(
+        daemon,
+        "session {session:08x}: {} ({} in {} chunks) to {target} from {} ({}), {registration}",
         o.name,
         fmt::bytes(total),
         desc.chunks.len(),
@@ -280,11 +300,8 @@ pub async fn run(o: SendOptions) -> anyhow::Result<()> {
         )?),
         true => None,
     };
-    if let Some(r) = ready {
-        let _ = r.send(Ready {
-            session,
-            http: http_addr,
-        });
+    if let (Some(r), Some(routes)) = (ready, routes) {
+        let _ = r.send(Ready { session, routes });
     }
 
     let (load_tx, mut load_rx) = mpsc::unbounded_channel::<(u32, anyhow::Result<Vec<u8>>)>();
@@ -446,7 +463,9 @@ pub async fn run(o: SendOptions) -> anyhow::Result<()> {
             _ = tokio::time::sleep_until(wake) => {}
         }
     }
-    server.abort();
+    if let Some(server) = server {
+        server.abort();
+    }
     let elapsed = t0.elapsed();
     let streamed = started_at.map(|s| multicast_done_at.unwrap_or_else(Instant::now) - s);
     let st = sender.stats();

@@ -44,6 +44,9 @@ pub(crate) struct AppState {
     pub(crate) boot_args: String,
     /// The BitTorrent tracker of the image torrents.
     pub(crate) tracker: Arc<super::tracker::Tracker>,
+    /// Routed networks whose machines are trusted to name their own MAC
+    /// ([`super::caller`]).
+    pub(crate) agent_networks: Vec<ipnet::IpNet>,
 }
 
 pub(crate) type Shared = Arc<AppState>;
@@ -142,6 +145,11 @@ pub(crate) fn router(state: Shared) -> Router {
         .route("/agent/progress", post(dep::progress))
         .route("/agent/result", post(dep::result))
         .route("/chunks/{hash}", get(dep::chunk))
+        .route("/agent/session", get(dep::session))
+        .route(
+            "/agent/session/{*rest}",
+            get(dep::session).post(dep::session),
+        )
         .route("/agent/capture/have", post(super::capture::have))
         .route(
             "/agent/capture/chunks/{hash}",

@@ -2,12 +2,16 @@
 //! script, and `GET /boot/files/{path}`, the boot directory's kernel and initramfs.
 //!
 //! A machine with a pending task boots the drover kernel and initramfs with a command line
-//! naming the server, its task token (a fresh one: the agent's previous one stops working)
-//! and what to do afterwards. Any other machine — unknown, idle, or whose task is over —
+//! naming the server, a fresh task token (tokens handed out before keep working) and what to
+//! do afterwards. The script is the machine's only when the request comes from the machine
+//! itself ([`super::caller`]); anyone else asking for it is told to boot its local disk, and
+//! both are audited with the address. Any other machine — unknown, idle, or whose task is over —
 //! boots its local disk (BIOS: `sanboot --no-describe --drive 0x80`; UEFI: `exit` to the next
 //! boot entry), so a machine whose task is done never loops back into reimaging.
 
-use axum::extract::{Path as UrlPath, State};
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, Path as UrlPath, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use tokio::io::AsyncReadExt;
@@ -43,12 +47,30 @@ fn script(body: String) -> Response {
 /// `GET /boot/{mac}.ipxe`
 pub(crate) async fn ipxe_script(
     State(s): State<Shared>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     UrlPath(name): UrlPath<String>,
 ) -> ApiResult<Response> {
     let mac = name
         .strip_suffix(".ipxe")
         .ok_or_else(|| ApiError::bad_request(format!("{name:?}: ask for MAC.ipxe")))?;
     let mac = parse_mac(mac)?;
+    // The script of a machine with a task carries its token: only the machine itself gets
+    // it. Anyone else is told to boot the local disk, and the refusal is audited.
+    let vouched = match super::caller::vouch(&s, peer.ip(), mac).await {
+        Ok(why) => why,
+        Err(why) => {
+            s.db.audit(
+                &format!("address:{}", peer.ip()),
+                "boot.refused",
+                &format!("asked for {mac}'s boot script: {why}"),
+            )
+            .await?;
+            tracing::warn!(%mac, peer = %peer.ip(), "boot script refused: {why}");
+            return Ok(script(local_boot(&format!(
+                "not handing out {mac}'s boot script: {why}"
+            ))));
+        }
+    };
     let Some(task) = s.db.active_task(mac).await? else {
         let known = s.db.machine(mac).await.is_ok();
         if !known && s.register_unknown {
@@ -76,11 +98,15 @@ pub(crate) async fn ipxe_script(
         tracing::warn!(%mac, "no boot environment in {}: run deploy/build-boot-env", s.boot_dir.display());
         return Ok(script(missing));
     }
-    let token = s.db.issue_task_token(&task.id).await?;
+    let to = peer.ip().to_canonical().to_string();
+    let token = s.db.issue_task_token(&task.id, &to).await?;
     s.db.audit(
         &format!("machine:{mac}"),
         "boot.agent",
-        &format!("task {} of deployment {}", task.id, d.id),
+        &format!(
+            "task {} of deployment {} to {to} ({vouched})",
+            task.id, d.id
+        ),
     )
     .await?;
     tracing::info!(%mac, task = %task.id, deployment = %d.id, "PXE: booting the agent");

@@ -69,6 +69,10 @@ pub(crate) struct FileConfig {
     pub(crate) tls_cert: Option<PathBuf>,
     /// PEM private key for HTTPS.
     pub(crate) tls_key: Option<PathBuf>,
+    /// Networks reached through a router (a DHCP relay) whose machines may claim their own
+    /// MAC to receive their task's token (CIDR, e.g. "10.1.0.0/16"). Machines on the
+    /// server's own links are checked by its neighbour table instead. None by default.
+    pub(crate) agent_networks: Option<Vec<ipnet::IpNet>>,
 }
 
 impl FileConfig {
@@ -122,6 +126,8 @@ pub(crate) struct Config {
     pub(crate) bittorrent_server_peers: usize,
     /// HTTPS beside HTTP, when a certificate and key are given.
     pub(crate) tls: Option<Tls>,
+    /// Routed networks whose machines are trusted to name their own MAC.
+    pub(crate) agent_networks: Vec<ipnet::IpNet>,
 }
 
 /// HTTPS: where it listens and with what certificate.
@@ -334,6 +340,7 @@ impl Config {
                 }
                 _ => anyhow::bail!("tls_cert and tls_key go together: give both"),
             },
+            agent_networks: file.agent_networks.unwrap_or_default(),
         })
     }
 }
@@ -438,6 +445,7 @@ mod tests {
             https,
             tls_cert,
             tls_key,
+            agent_networks,
         } = &parsed;
         assert!(data_dir.is_some() && http.is_some() && iface.is_some());
         assert!(public_url.is_some() && database_url.is_some() && wol_port.is_some());
@@ -450,6 +458,10 @@ mod tests {
         assert!(bittorrent_agent_upload_rate.is_some() && bittorrent_agent_peers.is_some());
         assert!(bittorrent_server_peers.is_some());
         assert!(https.is_some() && tls_cert.is_some() && tls_key.is_some());
+        assert_eq!(
+            agent_networks.as_deref(),
+            Some(&["10.1.0.0/16".parse().unwrap()][..])
+        );
         // The example's range is for its eth0, not this test's loopback.
         let mut parsed = parsed;
         parsed.dhcp_range = None;

@@ -87,6 +87,9 @@ pub(crate) struct Deployer {
     /// This server's id (multicast sessions are run by the server that owns them).
     pub(crate) owner: String,
     sessions: Mutex<HashMap<String, mpsc::Sender<Control>>>,
+    /// The HTTP routes (description, registration) of each live session, served by
+    /// `/api/v1/agent/session` to the deployment's agents only.
+    session_routes: Mutex<HashMap<String, axum::Router>>,
     images: Mutex<HashMap<String, Arc<ImageIndex>>>,
     /// The id of every deployment that changed (for server-sent events).
     changes: broadcast::Sender<String>,
@@ -130,6 +133,7 @@ impl Deployer {
             window_bytes,
             owner,
             sessions: Mutex::new(HashMap::new()),
+            session_routes: Mutex::new(HashMap::new()),
             images: Mutex::new(HashMap::new()),
             changes: broadcast::channel(1024).0,
             new_tasks: broadcast::channel(64).0,
@@ -140,6 +144,11 @@ impl Deployer {
     }
 
     /// Tells listeners that a deployment changed.
+    /// The HTTP routes of deployment `id`'s live multicast session, if it has one here.
+    pub(crate) fn session_routes(&self, id: &str) -> Option<axum::Router> {
+        self.session_routes.lock().expect("lock").get(id).cloned()
+    }
+
     pub(crate) fn changed(&self, id: &str) {
         let _ = self.changes.send(id.to_string());
     }
@@ -469,10 +478,15 @@ impl Deployer {
             .await
             .context("the session did not start within 2 minutes")?
             .context("the session failed to start")?;
+        self.session_routes
+            .lock()
+            .expect("lock")
+            .insert(d.id.clone(), ready.routes);
+        // Agents join through the API ("api"): the session opens no port of its own.
         self.db
             .set_session(
                 &d.id,
-                Some((ready.session, group.to_string(), ready.http.to_string())),
+                Some((ready.session, group.to_string(), "api".to_string())),
             )
             .await?;
         info!(deployment = %d.id, session = format!("{:08x}", ready.session), %group, "multicast session announced");
@@ -499,6 +513,7 @@ impl Deployer {
                 Err(_) => warn!(deployment = %id, "multicast session thread panicked"),
             }
             this.sessions.lock().expect("lock").remove(&id);
+            this.session_routes.lock().expect("lock").remove(&id);
             if let Err(e) = this.db.set_session(&id, None).await {
                 warn!(deployment = %id, error = %format!("{e:#}"), "recording the session's end");
             }
@@ -552,6 +567,7 @@ impl Deployer {
             )));
         }
         let ctl = self.sessions.lock().expect("lock").remove(id);
+        self.session_routes.lock().expect("lock").remove(id);
         if let Some(c) = ctl {
             let _ = c.send(Control::Cancel).await;
         }

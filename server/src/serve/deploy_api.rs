@@ -3,10 +3,11 @@
 //! opens only its own task's endpoints; the task is implied by the token.
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{Path as UrlPath, Query, State};
+use axum::extract::{ConnectInfo, Path as UrlPath, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -52,6 +53,7 @@ fn task_info(t: &Task, d: &Deployment, disk: Option<&str>, swarm: AgentSwarm) ->
         "state": t.state,
         "image": {"id": d.image_id, "name": d.image_name},
         "transport": d.transport,
+        "deployment_state": d.state,
         "multicast": multicast,
         "fallback": d.fallback,
         "bittorrent": (d.transport == "bittorrent" || d.fallback == "bittorrent").then(|| json!({
@@ -333,11 +335,30 @@ const POLL_MS: u64 = 2000;
 /// one that shows none gets a new token (the machine is identified by its MAC, as PXE does).
 pub(crate) async fn hello(
     State(s): State<Shared>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     body: Result<Json<Hello>, JsonRejection>,
 ) -> ApiResult<Json<Value>> {
     let Json(h) = body?;
     let mac = parse_mac(&h.mac)?;
+    // Only the machine itself says hello for its MAC: it may register, report its disks and
+    // receive its task's token; another host of the network gets nothing.
+    let vouched = match super::caller::vouch(&s, peer.ip(), mac).await {
+        Ok(why) => why,
+        Err(why) => {
+            s.db.audit(
+                &format!("address:{}", peer.ip()),
+                "agent.hello.refused",
+                &format!("claimed {mac}: {why}"),
+            )
+            .await?;
+            tracing::warn!(%mac, peer = %peer.ip(), "hello refused: {why}");
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                format!("hello for {mac} refused: {why}"),
+            ));
+        }
+    };
     let disk = h.disks.iter().find(|d| !d.removable);
     let m =
         s.db.machine_hello(
@@ -395,15 +416,62 @@ pub(crate) async fn hello(
         None => false,
     };
     if !keeps {
-        out["token"] = json!(s.db.issue_task_token(&task.id).await?);
+        let to = peer.ip().to_canonical().to_string();
+        out["token"] = json!(s.db.issue_task_token(&task.id, &to).await?);
         s.db.audit(
             &format!("machine:{mac}"),
             "task.token",
-            &format!("task {} of deployment {}", task.id, d.id),
+            &format!(
+                "task {} of deployment {} to {to} ({vouched})",
+                task.id, d.id
+            ),
         )
         .await?;
     }
     Ok(Json(out))
+}
+
+/// `/api/v1/agent/session/...`: the agent's multicast session (`session`: its description,
+/// `register`: a receiver id and the datagram key, `chunks/{i}`), served from the session's
+/// own routes to the agents of its deployment only (their task token checked by the auth
+/// layer). No session runs a port of its own.
+pub(crate) async fn session(
+    State(s): State<Shared>,
+    Extension(AgentTask(t)): Extension<AgentTask>,
+    req: axum::extract::Request,
+) -> ApiResult<Response> {
+    use tower::ServiceExt;
+    let routes = s.deployer.session_routes(&t.deployment_id).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::GONE,
+            format!(
+                "deployment {} has no live multicast session here",
+                t.deployment_id
+            ),
+        )
+    })?;
+    let rest = req
+        .uri()
+        .path()
+        .split_once("/agent/session")
+        .map_or("", |(_, r)| r)
+        .trim_start_matches('/')
+        .to_string();
+    let path = if rest.is_empty() {
+        "/session".to_string()
+    } else {
+        format!("/{rest}")
+    };
+    let (mut parts, body) = req.into_parts();
+    parts.uri = path
+        .parse()
+        .map_err(|_| ApiError::bad_request(format!("{path:?}: not a session path")))?;
+    // The original request's extensions (the caller's address) go along.
+    let resp = routes
+        .oneshot(axum::extract::Request::from_parts(parts, body))
+        .await
+        .unwrap_or_else(|e| match e {});
+    Ok(resp)
 }
 
 /// `GET /api/v1/agent/task`: the agent's task as it is now (its multicast session may have

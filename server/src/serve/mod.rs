@@ -15,6 +15,7 @@
 
 pub(crate) mod api;
 pub(crate) mod boot;
+pub(crate) mod caller;
 pub(crate) mod capture;
 pub(crate) mod config;
 pub(crate) mod db;
@@ -267,6 +268,7 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         register_unknown: cfg.register_unknown,
         boot_args: cfg.boot_args.clone(),
         tracker,
+        agent_networks: cfg.agent_networks.clone(),
     });
     eprintln!("drover serve: listening on http://{addr}");
     eprintln!("  public URL  {}", cfg.public_url);
