@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 use serde_json::Value;
 
 /// Why a call failed.
@@ -17,6 +19,9 @@ pub(crate) enum CallError {
     /// Any other refusal (401, 403, 400, 404...).
     #[error("{0} (HTTP {1})")]
     Refused(String, u16),
+    /// The server answered, but not in the shape of `proto::api` (another version?).
+    #[error("{0}")]
+    Malformed(String),
 }
 
 /// The server, as this agent talks to it.
@@ -64,6 +69,26 @@ impl Api {
             s if s >= 500 && s != 507 => CallError::Away(format!("{msg} (HTTP {s})")),
             s => CallError::Refused(msg, s),
         })
+    }
+
+    /// `GET` of one of `proto::api`'s replies.
+    pub(crate) async fn get_as<T: DeserializeOwned>(&self, path: &str) -> Result<T, CallError> {
+        let v = self.get(path).await?;
+        serde_json::from_value(v)
+            .map_err(|e| CallError::Malformed(format!("the server's answer to {path}: {e}")))
+    }
+
+    /// `POST` of one of `proto::api`'s bodies, for one of its replies.
+    pub(crate) async fn post_as<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, CallError> {
+        let body = serde_json::to_value(body)
+            .map_err(|e| CallError::Malformed(format!("the body of {path}: {e}")))?;
+        let v = self.post(path, &body).await?;
+        serde_json::from_value(v)
+            .map_err(|e| CallError::Malformed(format!("the server's answer to {path}: {e}")))
     }
 
     pub(crate) async fn get(&self, path: &str) -> Result<Value, CallError> {

@@ -89,7 +89,7 @@ impl Forward<'_> {
         *last = Instant::now();
         let done = self.done.load(Ordering::Relaxed);
         self.reporter.send(
-            "receiving",
+            proto::api::TaskState::Receiving,
             Progress {
                 stored_bytes: done,
                 total_bytes: self.total.load(Ordering::Relaxed),
@@ -124,13 +124,13 @@ impl imaging::progress::Progress for Forward<'_> {
 pub(crate) async fn work(
     api: &Api,
     args: &Args,
-    task: &Value,
+    task: &proto::api::AgentTask,
     reporter: &Reporter,
 ) -> Result<Totals, Stop> {
-    let name = task["image"]["name"]
-        .as_str()
-        .ok_or_else(|| Stop::Failed("the task names no image".into()))?
-        .to_string();
+    if task.image.name.is_empty() {
+        return Err(Stop::Failed("the task names no image".into()));
+    }
+    let name = task.image.name.clone();
     let disk = args.disk.clone();
     let dev = FileDevice::open_read(&disk)
         .map_err(|e| Stop::Failed(format!("opening {}: {e}", disk.display())))?;

@@ -26,9 +26,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Parser;
-use serde_json::{json, Value};
 
 use api::{Api, CallError};
+use proto::api as contract;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -133,11 +133,12 @@ pub(crate) async fn run(mut args: Args) -> anyhow::Result<ExitCode> {
     let disks = if args.choose_disk {
         machine_disks()
             .iter()
-            .map(|d| {
-                json!({
-                    "path": d.path.display().to_string(), "size": d.size, "serial": d.serial,
-                    "model": d.model, "removable": d.removable,
-                })
+            .map(|d| contract::HelloDisk {
+                path: Some(d.path.display().to_string()),
+                size: Some(d.size),
+                serial: d.serial.clone(),
+                model: d.model.clone(),
+                removable: d.removable,
             })
             .collect()
     } else {
@@ -156,15 +157,17 @@ pub(crate) async fn run(mut args: Args) -> anyhow::Result<ExitCode> {
         api.base
     );
     let started = Instant::now();
-    let hello = json!({
-        "mac": mac,
-        "disks": disks,
-        "version": env!("CARGO_PKG_VERSION"),
-        "wait": true,
-    });
+    let hello = contract::Hello {
+        mac: mac.clone(),
+        disks,
+        version: Some(env!("CARGO_PKG_VERSION").to_string()),
+        wait: true,
+    };
     let task = loop {
         let r = api
-            .retry("hello", None, || api.post("/agent/hello", &hello))
+            .retry("hello", None, || {
+                api.post_as::<_, contract::HelloReply>("/agent/hello", &hello)
+            })
             .await;
         let r = match r {
             Ok(r) => r,
@@ -175,17 +178,16 @@ pub(crate) async fn run(mut args: Args) -> anyhow::Result<ExitCode> {
             }
             Err(e) => return Err(e.into()),
         };
-        if let Some(t) = r["token"].as_str() {
-            api.token = Some(t.to_string());
+        if let Some(t) = r.token {
+            api.token = Some(t);
         }
-        if !r["task"].is_null() && api.token.is_some() {
-            break r["task"].clone();
+        if let (Some(task), Some(_)) = (r.task, &api.token) {
+            break task;
         }
         if args.register {
             eprintln!(
                 "registered as {} ({}); no task for it yet",
-                str_of(&r["machine"], "name"),
-                str_of(&r["machine"], "mac")
+                r.machine.name, r.machine.mac
             );
             return Ok(ExitCode::from(3));
         }
@@ -194,19 +196,17 @@ pub(crate) async fn run(mut args: Args) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(3));
         }
         // 0 after a waiting hello (the server held it until a task came, or for a while).
-        let poll = r["poll_ms"].as_u64().unwrap_or(2000).min(60_000);
+        let poll = r.poll_ms.min(60_000);
         tokio::time::sleep(Duration::from_millis(poll)).await;
     };
     eprintln!(
         "task {} of deployment {}: {} over {}",
-        str_of(&task, "id"),
-        str_of(&task, "deployment"),
-        str_of(&task["image"], "name"),
-        str_of(&task, "transport"),
+        task.id, task.deployment, task.image.name, task.transport,
     );
     if args.choose_disk {
-        let sel = match task["disk"]
-            .as_str()
+        let sel = match task
+            .disk
+            .as_deref()
             .map(str::parse::<imaging::disks::Selector>)
         {
             None => None,
@@ -240,12 +240,8 @@ fn machine_disks() -> Vec<imaging::disks::Disk> {
     .unwrap_or_default()
 }
 
-fn str_of<'a>(v: &'a Value, k: &str) -> &'a str {
-    v.get(k).and_then(Value::as_str).unwrap_or("?")
-}
-
 /// The disk as the server's inventory records it: size, and serial for a block device.
-fn disk_inventory(path: &std::path::Path) -> Value {
+fn disk_inventory(path: &std::path::Path) -> contract::HelloDisk {
     use imaging::device::BlockDevice;
     let size = imaging::device::FileDevice::open_read(path)
         .ok()
@@ -260,5 +256,10 @@ fn disk_inventory(path: &std::path::Path) -> Value {
         })
         .map(|s| s.trim().to_string())
         .filter(|s| !s.is_empty());
-    json!({ "path": path.display().to_string(), "size": size, "serial": serial })
+    contract::HelloDisk {
+        path: Some(path.display().to_string()),
+        size,
+        serial,
+        ..contract::HelloDisk::default()
+    }
 }

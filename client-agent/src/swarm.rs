@@ -12,7 +12,6 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
 use tracing::{debug, info, warn};
 use transport::receive::Progress;
 use transport::swarm::librqbit::storage::StorageFactoryExt;
@@ -58,7 +57,7 @@ pub(crate) enum Seed {
     Later {
         disk: std::path::PathBuf,
         manifest: Box<imaging::manifest::Manifest>,
-        limits: Value,
+        limits: Option<proto::api::SwarmLimits>,
     },
 }
 
@@ -71,7 +70,7 @@ impl Seed {
                 disk,
                 manifest,
                 limits,
-            } => match join(api, &disk, &manifest, &limits, false).await {
+            } => match join(api, &disk, &manifest, limits, false).await {
                 Ok((session, handle)) => {
                     // Its pieces are checked on the disk first: a seed only once they all are.
                     // (reading it at 100 MB/s at least).
@@ -108,7 +107,7 @@ async fn join(
     api: &Api,
     disk: &std::path::Path,
     manifest: &imaging::manifest::Manifest,
-    limits: &Value,
+    limits: Option<proto::api::SwarmLimits>,
     paused: bool,
 ) -> Result<(Arc<Session>, Arc<ManagedTorrent>), Stop> {
     let torrent = api
@@ -119,8 +118,8 @@ async fn join(
     let storage = DiskStorage::open(disk, manifest).map_err(|e| Stop::Failed(format!("{e:#}")))?;
     let session = transport::swarm::session(SwarmOptions {
         listen: (std::net::Ipv4Addr::UNSPECIFIED, 0).into(),
-        upload_bytes_per_sec: limits["upload_bps"].as_u64().map(|b| b / 8),
-        peer_limit: limits["peers"].as_u64().map(|n| n as usize),
+        upload_bytes_per_sec: limits.and_then(|l| l.upload_bps).map(|b| b / 8),
+        peer_limit: limits.map(|l| l.peers),
         state_dir: None,
         default_storage: None,
         trackers: true,
@@ -154,12 +153,12 @@ async fn join(
 pub(crate) async fn receive(
     api: &Api,
     args: &crate::Args,
-    task: &Value,
+    task: &proto::api::AgentTask,
     manifest: &imaging::manifest::Manifest,
     chunk_total: u64,
     reporter: &Reporter,
 ) -> Result<Swarmed, Stop> {
-    let (session, handle) = join(api, &args.disk, manifest, &task["bittorrent"], true).await?;
+    let (session, handle) = join(api, &args.disk, manifest, task.bittorrent, true).await?;
     let failed = |e: anyhow::Error| Stop::Failed(format!("the swarm: {e:#}"));
     // Paused after its check of the disk: what the disk holds already.
     handle.wait_until_initialized().await.map_err(failed)?;
@@ -222,7 +221,7 @@ pub(crate) async fn receive(
         let done = st.progress_bytes.min(payload);
         let got = done.saturating_sub(had);
         reporter.send(
-            "receiving",
+            proto::api::TaskState::Receiving,
             Progress {
                 stored_bytes: (done as u128 * chunk_total as u128 / payload.max(1) as u128) as u64,
                 total_bytes: chunk_total,

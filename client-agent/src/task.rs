@@ -9,7 +9,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use imaging::manifest::Manifest;
-use serde_json::{json, Value};
+use proto::api::{
+    AgentTask, DeploymentState, Fallback, MulticastAssignment, ProgressReport, ResultReport,
+    StateReply, TaskKind, TaskReply, TaskState, Transport, WorkCounters,
+};
 use tokio::sync::{mpsc, Notify};
 use tracing::{info, warn};
 use transport::net::Iface;
@@ -72,7 +75,7 @@ impl From<CallError> for Stop {
 /// Sends progress to the server once a second and notices when the task was ended there.
 #[derive(Clone)]
 pub(crate) struct Reporter {
-    tx: mpsc::UnboundedSender<(&'static str, Progress)>,
+    tx: mpsc::UnboundedSender<(TaskState, Progress)>,
     /// Payload bytes from the swarm so far (sent with every report).
     pub(crate) swarm_bytes: Arc<std::sync::atomic::AtomicU64>,
     over: Arc<Mutex<Option<String>>>,
@@ -81,7 +84,7 @@ pub(crate) struct Reporter {
 
 impl Reporter {
     fn start(api: &Api) -> Self {
-        let (tx, mut rx) = mpsc::unbounded_channel::<(&'static str, Progress)>();
+        let (tx, mut rx) = mpsc::unbounded_channel::<(TaskState, Progress)>();
         let over = Arc::new(Mutex::new(None));
         let notify = Arc::new(Notify::new());
         let swarm_bytes = Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -97,17 +100,17 @@ impl Reporter {
                 while let Ok((s, q)) = rx.try_recv() {
                     (state, p) = (s, q);
                 }
-                let body = json!({
-                    "state": state,
-                    "bytes_done": p.stored_bytes,
-                    "bytes_total": p.total_bytes,
-                    "rate_bps": p.rate_bps,
-                    "multicast_chunks": p.multicast_chunks,
-                    "unicast_chunks": p.unicast_chunks,
-                    "kept_chunks": p.kept_chunks,
-                    "swarm_bytes": sb.load(std::sync::atomic::Ordering::Relaxed),
-                });
-                match api.post("/agent/progress", &body).await {
+                let body = ProgressReport {
+                    state,
+                    bytes_done: p.stored_bytes,
+                    bytes_total: Some(p.total_bytes),
+                    rate_bps: p.rate_bps,
+                    multicast_chunks: p.multicast_chunks,
+                    unicast_chunks: p.unicast_chunks,
+                    kept_chunks: p.kept_chunks,
+                    swarm_bytes: sb.load(std::sync::atomic::Ordering::Relaxed),
+                };
+                match api.post_as::<_, StateReply>("/agent/progress", &body).await {
                     Ok(_) => {}
                     Err(CallError::Over(m)) => {
                         *o.lock().expect("lock") = Some(m);
@@ -127,7 +130,7 @@ impl Reporter {
         }
     }
 
-    pub(crate) fn send(&self, state: &'static str, p: Progress) {
+    pub(crate) fn send(&self, state: TaskState, p: Progress) {
         let _ = self.tx.send((state, p));
     }
 
@@ -143,9 +146,9 @@ impl Reporter {
 }
 
 /// Runs the task to its end.
-pub(crate) async fn run(api: &Api, iface: &Iface, args: &Args, task: Value) -> Outcome {
+pub(crate) async fn run(api: &Api, iface: &Iface, args: &Args, task: AgentTask) -> Outcome {
     let reporter = Reporter::start(api);
-    let capture = task["kind"] == "capture";
+    let capture = task.kind == TaskKind::Capture;
     let work = async {
         if capture {
             crate::capture::work(api, args, &task, &reporter)
@@ -171,7 +174,7 @@ async fn work(
     api: &Api,
     iface: &Iface,
     args: &Args,
-    mut task: Value,
+    mut task: AgentTask,
     reporter: &Reporter,
 ) -> Result<(Totals, Option<crate::swarm::Seed>), Stop> {
     let m = api
@@ -189,18 +192,18 @@ async fn work(
             .map_err(|e| Stop::Failed(e.to_string()))?
             .map_err(|e| Stop::Failed(format!("{}: {e:#}", args.disk.display())))?;
     }
-    reporter.send("receiving", Progress::default());
+    reporter.send(TaskState::Receiving, Progress::default());
     let mut totals = Totals::default();
     // A multicast deployment may send its stragglers and late joiners to the swarm.
-    let swarm_fallback = task["fallback"] == "bittorrent";
+    let swarm_fallback = task.fallback == Fallback::Bittorrent;
     let mut unheard = None;
     // A task can reach the agent before its deployment's session is announced (the server
     // starts the session right after creating the tasks): while the deployment waits for
     // its stream, ask again rather than take the whole image over unicast.
     let mut asked = 0;
-    while task["transport"] == "multicast"
-        && task["multicast"].is_null()
-        && task["deployment_state"] == "waiting"
+    while task.transport == Transport::Multicast
+        && task.multicast.is_none()
+        && task.deployment_state == DeploymentState::Waiting
         && asked < SESSION_ANNOUNCE_WAIT_S
     {
         if asked == 0 {
@@ -208,43 +211,36 @@ async fn work(
         }
         asked += 1;
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let t = api
-            .retry("fetching the task", None, || api.get("/agent/task"))
-            .await?;
-        task = t["task"].clone();
+        task = fetch_task(api).await?;
     }
-    if task["transport"] == "multicast" && task["multicast"].is_null() {
+    if task.transport == Transport::Multicast && task.multicast.is_none() {
         info!(
             "no multicast session for this deployment ({}): fetching the image over unicast",
-            match task["deployment_state"].as_str() {
-                Some("waiting") => "none announced within a minute",
-                Some("running") => "its stream is over or was lost with a server restart",
-                _ => "the server names none",
+            match task.deployment_state {
+                DeploymentState::Waiting => "none announced within a minute",
+                DeploymentState::Running => "its stream is over or was lost with a server restart",
+                _ => "the deployment is over",
             }
         );
     }
-    while task["transport"] == "multicast" && !task["multicast"].is_null() {
-        match multicast(api, iface, args, &task, reporter, swarm_fallback).await {
+    while let (Transport::Multicast, Some(mc)) = (task.transport, task.multicast.clone()) {
+        match multicast(api, iface, args, &mc, reporter, swarm_fallback).await {
             Ok(t) => {
                 totals = t;
                 break;
             }
-            Err(e) if format!("{e:#}").contains(receive::NO_SESSION) => {
+            Err(MulticastError::NoSession) => {
                 // The session may have ended (late machine) or been replaced (server
                 // restart): ask again. A session the server still names but that stays
                 // silent (its server is gone) is given up after two tries.
-                let session = task["multicast"]["session"].clone();
-                if unheard.as_ref() == Some(&session) {
+                if unheard == Some(mc.session) {
                     warn!("the deployment's session is not heard here: finishing without it");
                     break;
                 }
-                unheard = Some(session);
-                let t = api
-                    .retry("fetching the task", None, || api.get("/agent/task"))
-                    .await?;
-                task = t["task"].clone();
+                unheard = Some(mc.session);
+                task = fetch_task(api).await?;
             }
-            Err(e) => {
+            Err(MulticastError::Other(e)) => {
                 warn!("multicast failed: {e:#}; finishing without it");
                 break;
             }
@@ -252,7 +248,7 @@ async fn work(
     }
     let mut seeding = None;
     let multicast_chunks = totals.multicast;
-    if task["transport"] == "bittorrent" || (swarm_fallback && totals.bytes == 0) {
+    if task.transport == Transport::Bittorrent || (swarm_fallback && totals.bytes == 0) {
         let total = desc.plain_bytes();
         let s = crate::swarm::receive(api, args, &task, &manifest, total, reporter).await?;
         reporter
@@ -264,7 +260,7 @@ async fn work(
         seeding = Some(crate::swarm::Seed::Later {
             disk: args.disk.clone(),
             manifest: Box::new(manifest.clone()),
-            limits: task["bittorrent"].clone(),
+            limits: task.bittorrent,
         });
     }
     if totals.bytes == 0 {
@@ -282,7 +278,7 @@ async fn work(
     }
     if args.read_back {
         reporter.send(
-            "verifying",
+            TaskState::Verifying,
             Progress {
                 stored_bytes: totals.bytes,
                 total_bytes: totals.bytes,
@@ -315,29 +311,47 @@ async fn work(
     Ok((totals, seeding))
 }
 
+/// The task as the server has it now.
+async fn fetch_task(api: &Api) -> Result<AgentTask, Stop> {
+    let r = api
+        .retry("fetching the task", None, || {
+            api.get_as::<TaskReply>("/agent/task")
+        })
+        .await?;
+    Ok(r.task)
+}
+
+/// Why joining the multicast session ended without the image.
+enum MulticastError {
+    /// No session was heard on the group (over, or replaced after a server restart).
+    NoSession,
+    /// Anything else: the machine finishes without multicast.
+    Other(anyhow::Error),
+}
+
 /// Joins the deployment's session; whatever multicast misses comes from the API, or with
 /// `leave_missing` from elsewhere (the totals' bytes are then 0, the chunk counts what came).
 async fn multicast(
     api: &Api,
     iface: &Iface,
     args: &Args,
-    task: &Value,
+    mc: &MulticastAssignment,
     reporter: &Reporter,
     leave_missing: bool,
-) -> anyhow::Result<Totals> {
-    let mc = &task["multicast"];
-    let group: SocketAddrV4 = mc["group"]
-        .as_str()
-        .unwrap_or_default()
-        .parse()
-        .map_err(|e| anyhow::anyhow!("the task's multicast group: {e}"))?;
-    let session = mc["session"].as_u64().unwrap_or_default() as u32;
+) -> Result<Totals, MulticastError> {
+    let group: SocketAddrV4 = mc.group.parse().map_err(|e| {
+        MulticastError::Other(anyhow::anyhow!(
+            "the task's multicast group {:?}: {e}",
+            mc.group
+        ))
+    })?;
+    let session = mc.session;
     let (ptx, mut prx) = mpsc::unbounded_channel();
     let fwd = {
         let r = reporter.clone();
         tokio::spawn(async move {
             while let Some(p) = prx.recv().await {
-                r.send("receiving", p);
+                r.send(TaskState::Receiving, p);
             }
         })
     };
@@ -359,7 +373,10 @@ async fn multicast(
     })
     .await;
     fwd.abort();
-    let r = r?;
+    let r = r.map_err(|e| match e.downcast_ref::<receive::NoSession>() {
+        Some(_) => MulticastError::NoSession,
+        None => MulticastError::Other(e),
+    })?;
     info!(
         "received in {:.1} s: {} chunk(s) by multicast, {} over unicast, {} already on the disk",
         r.seconds, r.multicast_chunks, r.unicast_chunks, r.kept_chunks
@@ -466,7 +483,7 @@ async fn unicast(
         if last.elapsed() >= Duration::from_secs(1) {
             last = Instant::now();
             reporter.send(
-                "receiving",
+                TaskState::Receiving,
                 Progress {
                     stored_bytes: stored,
                     total_bytes: total,
@@ -507,18 +524,20 @@ pub(crate) async fn report(api: &Api, mut outcome: Outcome) -> anyhow::Result<Ex
             return Ok(ExitCode::FAILURE);
         }
     };
-    let body = json!({
-        "ok": ok,
-        "reason": reason,
-        "bytes_done": t.bytes,
-        "multicast_chunks": t.multicast,
-        "unicast_chunks": t.unicast,
-        "kept_chunks": t.kept,
-        "swarm_bytes": t.swarm_bytes,
-    });
+    let body = ResultReport {
+        ok,
+        reason: reason.clone(),
+        counters: Some(WorkCounters {
+            bytes_done: t.bytes,
+            multicast_chunks: t.multicast,
+            unicast_chunks: t.unicast,
+            kept_chunks: t.kept,
+            swarm_bytes: t.swarm_bytes,
+        }),
+    };
     match api
         .retry("reporting the result", Some(SERVER_AWAY), || {
-            api.post("/agent/result", &body)
+            api.post_as::<_, StateReply>("/agent/result", &body)
         })
         .await
     {

@@ -5,6 +5,7 @@
 //! time and bytes in and gives datagrams and events out, in the shape of quinn-proto
 //! (`handle_datagram`, `handle_timeout`, `poll_transmit`, `poll_timeout`, `poll_event`). The
 //! datagrams are defined in [`wire`], the split of chunks into RaptorQ blocks in [`layout`].
+//! [`api`] is the typed contract between the agent and the server (serde types, no I/O).
 //!
 //! It does **not** open sockets, read clocks, spawn threads or touch disks: `server` drives
 //! these cores with tokio and real sockets, and the simulation in `tests/` drives them with a
@@ -14,6 +15,7 @@
 #![warn(missing_docs)]
 #![deny(rustdoc::broken_intra_doc_links)]
 
+pub mod api;
 pub mod fec;
 pub mod layout;
 pub mod rate;

@@ -43,8 +43,18 @@ fn coalesce(recv_buffer: usize, rate_bps: u64) -> Duration {
     fill.clamp(MIN_RECV_COALESCE, MAX_RECV_COALESCE)
 }
 
-/// The start of the error when no session was announced within the wait.
-pub const NO_SESSION: &str = "no session announced";
+/// The error when no session was announced within the wait: a caller tells it from other
+/// failures by its type (`anyhow::Error::downcast_ref`), never by its words.
+#[derive(Debug, Clone, Copy)]
+pub struct NoSession(pub Duration);
+
+impl std::fmt::Display for NoSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "no session announced within {:?}", self.0)
+    }
+}
+
+impl std::error::Error for NoSession {}
 
 /// Failed unicast fetches in a row, with the sender silent, after which the receiver gives up.
 const MAX_FETCH_FAILURES: u32 = 30;
@@ -570,7 +580,7 @@ async fn find_session(
     match wait {
         Some(w) => tokio::time::timeout(w, look)
             .await
-            .map_err(|_| anyhow::anyhow!("{NO_SESSION} within {w:?}"))?,
+            .map_err(|_| anyhow::Error::new(NoSession(w)))?,
         None => look.await,
     }
 }

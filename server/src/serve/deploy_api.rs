@@ -17,6 +17,8 @@ use imaging::manifest::Hash;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use proto::api;
+
 use super::api::{parse_mac, Actor, ApiError, ApiResult, Shared};
 use super::deploy::{AgentSwarm, DeployError, DeployRequest};
 use super::deploy_db::{Deployment, Task, TaskProgress};
@@ -36,33 +38,58 @@ impl From<DeployError> for ApiError {
 #[derive(Clone)]
 pub(crate) struct AgentTask(pub(crate) Task);
 
+/// A database value as its wire enum; a value the server never writes is a server error.
+fn wire<T: std::str::FromStr<Err = String>>(what: &str, v: &str) -> Result<T, ApiError> {
+    v.parse().map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("the database holds a {what} drover does not know: {e}"),
+        )
+    })
+}
+
 /// A task as its agent sees it: what to write and how to get it.
 /// `disk`: the machine's pinned disk (`serial:...`/`size:...`), which its agent must write.
 /// `bittorrent`: the swarm limits, for a deployment that uses a swarm.
-fn task_info(t: &Task, d: &Deployment, disk: Option<&str>, swarm: AgentSwarm) -> Value {
-    let multicast = match (&d.session, &d.mcast_group, &d.mcast_http) {
-        (Some(s), Some(g), Some(h)) if d.transport == "multicast" => {
-            json!({"session": s, "group": g, "http": h})
+fn task_info(
+    t: &Task,
+    d: &Deployment,
+    disk: Option<&str>,
+    swarm: AgentSwarm,
+) -> Result<api::AgentTask, ApiError> {
+    let transport: api::Transport = wire("transport", &d.transport)?;
+    let fallback: api::Fallback = wire("fallback", &d.fallback)?;
+    let multicast = match (&d.session, &d.mcast_group) {
+        (Some(s), Some(g)) if transport == api::Transport::Multicast => {
+            Some(api::MulticastAssignment {
+                session: *s as u32,
+                group: g.clone(),
+            })
         }
-        _ => Value::Null,
+        _ => None,
     };
-    json!({
-        "id": t.id,
-        "deployment": d.id,
-        "kind": d.kind,
-        "state": t.state,
-        "image": {"id": d.image_id, "name": d.image_name},
-        "transport": d.transport,
-        "deployment_state": d.state,
-        "multicast": multicast,
-        "fallback": d.fallback,
-        "bittorrent": (d.transport == "bittorrent" || d.fallback == "bittorrent").then(|| json!({
-            "upload_bps": swarm.upload_bps,
-            "peers": swarm.peers,
-        })),
-        "then": d.then_action,
-        "bytes_total": t.bytes_total,
-        "disk": disk,
+    let swarm_used =
+        transport == api::Transport::Bittorrent || fallback == api::Fallback::Bittorrent;
+    Ok(api::AgentTask {
+        id: t.id.clone(),
+        deployment: d.id.clone(),
+        kind: wire("task kind", &d.kind)?,
+        state: wire("task state", &t.state)?,
+        image: api::ImageRef {
+            id: d.image_id.clone(),
+            name: d.image_name.clone(),
+        },
+        transport,
+        deployment_state: wire("deployment state", &d.state)?,
+        multicast,
+        fallback,
+        bittorrent: swarm_used.then_some(api::SwarmLimits {
+            upload_bps: swarm.upload_bps,
+            peers: swarm.peers,
+        }),
+        then: wire("then", &d.then_action)?,
+        bytes_total: t.bytes_total.max(0) as u64,
+        disk: disk.map(str::to_string),
     })
 }
 
@@ -297,36 +324,6 @@ pub(crate) async fn events(
 
 // ---- the agent's side ----
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct Disk {
-    /// The device path the agent sees (/dev/sda).
-    #[allow(dead_code)]
-    path: Option<String>,
-    serial: Option<String>,
-    size: Option<i64>,
-    /// The vendor's model (shown by the agent's logs only).
-    #[allow(dead_code)]
-    model: Option<String>,
-    /// Removable (USB) disks are never written, nor recorded as the machine's disk.
-    #[serde(default)]
-    removable: bool,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct Hello {
-    mac: String,
-    #[serde(default)]
-    disks: Vec<Disk>,
-    /// The agent's version, for the log.
-    version: Option<String>,
-    /// Without a task, answer when one comes, or after `POLL_MS` (a long poll: a task
-    /// created on this server reaches its agent at once).
-    #[serde(default)]
-    wait: bool,
-}
-
 /// How long an agent waits between polls (or a waiting hello waits for a task).
 const POLL_MS: u64 = 2000;
 
@@ -337,8 +334,8 @@ pub(crate) async fn hello(
     State(s): State<Shared>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    body: Result<Json<Hello>, JsonRejection>,
-) -> ApiResult<Json<Value>> {
+    body: Result<Json<api::Hello>, JsonRejection>,
+) -> ApiResult<Json<api::HelloReply>> {
     let Json(h) = body?;
     let mac = parse_mac(&h.mac)?;
     // Only the machine itself says hello for its MAC: it may register, report its disks and
@@ -364,15 +361,21 @@ pub(crate) async fn hello(
         s.db.machine_hello(
             mac,
             disk.and_then(|d| d.serial.as_deref()),
-            disk.and_then(|d| d.size),
+            disk.and_then(|d| d.size)
+                .map(|n| n.min(i64::MAX as u64) as i64),
         )
         .await?;
     tracing::debug!(%mac, version = ?h.version, "hello");
-    let mut out = json!({
-        "machine": {"mac": m.mac, "name": m.name, "registered": m.registered},
-        "task": Value::Null,
-        "poll_ms": POLL_MS,
-    });
+    let mut out = api::HelloReply {
+        machine: api::MachineRef {
+            mac: m.mac.clone(),
+            name: m.name.clone(),
+            registered: m.registered.clone(),
+        },
+        task: None,
+        token: None,
+        poll_ms: POLL_MS,
+    };
     let mut watch = h.wait.then(|| s.deployer.watch_tasks());
     let mut task = s.db.active_task(mac).await?;
     if let (None, Some(rx)) = (&task, &mut watch) {
@@ -395,13 +398,18 @@ pub(crate) async fn hello(
             task = s.db.active_task(mac).await?;
         }
         // It waited: ask again at once.
-        out["poll_ms"] = json!(0);
+        out.poll_ms = 0;
     }
     let Some(task) = task else {
         return Ok(Json(out));
     };
     let d = s.db.deployment(&task.deployment_id).await?;
-    out["task"] = task_info(&task, &d, m.target_disk.as_deref(), s.deployer.agent_swarm);
+    out.task = Some(task_info(
+        &task,
+        &d,
+        m.target_disk.as_deref(),
+        s.deployer.agent_swarm,
+    )?);
     let shown = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -417,7 +425,7 @@ pub(crate) async fn hello(
     };
     if !keeps {
         let to = peer.ip().to_canonical().to_string();
-        out["token"] = json!(s.db.issue_task_token(&task.id, &to).await?);
+        out.token = Some(s.db.issue_task_token(&task.id, &to).await?);
         s.db.audit(
             &format!("machine:{mac}"),
             "task.token",
@@ -479,16 +487,16 @@ pub(crate) async fn session(
 pub(crate) async fn task(
     State(s): State<Shared>,
     Extension(AgentTask(t)): Extension<AgentTask>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<api::TaskReply>> {
     let t = s.db.task(&t.id).await?;
     let d = s.db.deployment(&t.deployment_id).await?;
     let disk = match t.mac.parse() {
         Ok(mac) => s.db.machine(mac).await.ok().and_then(|m| m.target_disk),
         Err(_) => None,
     };
-    Ok(Json(
-        json!({ "task": task_info(&t, &d, disk.as_deref(), s.deployer.agent_swarm) }),
-    ))
+    Ok(Json(api::TaskReply {
+        task: task_info(&t, &d, disk.as_deref(), s.deployer.agent_swarm)?,
+    }))
 }
 
 /// `GET /api/v1/agent/manifest`: the task's image.
@@ -538,35 +546,16 @@ pub(crate) async fn chunk(
         .into_response())
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct ProgressBody {
-    state: String,
-    bytes_done: i64,
-    /// What the work amounts to: a capture's agent says (a restore's is the image's).
-    bytes_total: Option<i64>,
-    #[serde(default)]
-    rate_bps: i64,
-    #[serde(default)]
-    multicast_chunks: i64,
-    #[serde(default)]
-    unicast_chunks: i64,
-    #[serde(default)]
-    kept_chunks: i64,
-    #[serde(default)]
-    swarm_bytes: i64,
-}
-
-impl ProgressBody {
-    fn progress(&self) -> TaskProgress {
-        TaskProgress {
-            bytes_done: self.bytes_done,
-            rate_bps: self.rate_bps,
-            multicast_chunks: self.multicast_chunks,
-            unicast_chunks: self.unicast_chunks,
-            kept_chunks: self.kept_chunks,
-            swarm_bytes: self.swarm_bytes,
-        }
+/// The counters of an agent's report, as the database keeps them.
+fn task_progress(c: api::WorkCounters, rate_bps: u64) -> TaskProgress {
+    let n = |v: u64| v.min(i64::MAX as u64) as i64;
+    TaskProgress {
+        bytes_done: n(c.bytes_done),
+        rate_bps: n(rate_bps),
+        multicast_chunks: n(c.multicast_chunks),
+        unicast_chunks: n(c.unicast_chunks),
+        kept_chunks: n(c.kept_chunks),
+        swarm_bytes: n(c.swarm_bytes),
     }
 }
 
@@ -574,34 +563,46 @@ impl ProgressBody {
 pub(crate) async fn progress(
     State(s): State<Shared>,
     Extension(AgentTask(t)): Extension<AgentTask>,
-    body: Result<Json<ProgressBody>, JsonRejection>,
-) -> ApiResult<Json<Value>> {
+    body: Result<Json<api::ProgressReport>, JsonRejection>,
+) -> ApiResult<Json<api::StateReply>> {
     let Json(p) = body?;
-    if !matches!(p.state.as_str(), "receiving" | "verifying") {
+    if !matches!(
+        p.state,
+        api::TaskState::Receiving | api::TaskState::Verifying
+    ) {
         return Err(ApiError::bad_request(format!(
             "state {:?}: receiving or verifying (the result ends a task)",
-            p.state
+            p.state.as_str()
         )));
     }
     let total = match p.bytes_total {
         Some(n) if n > 0 && t.bytes_total == 0 => {
+            let n = n.min(i64::MAX as u64) as i64;
             s.db.set_task_total(&t.id, n).await?;
             n
         }
         _ => t.bytes_total,
     };
-    if p.bytes_done < 0 || p.bytes_done > total {
+    if p.bytes_done > total.max(0) as u64 {
         return Err(ApiError::bad_request(format!(
             "bytes_done {} is outside 0..={total}",
             p.bytes_done
         )));
     }
-    if !s.db.task_progress(&t.id, &p.state, p.progress()).await? {
+    if !s
+        .db
+        .task_progress(
+            &t.id,
+            p.state.as_str(),
+            task_progress(p.counters(), p.rate_bps),
+        )
+        .await?
+    {
         let t = s.db.task(&t.id).await?;
         return Err(task_over(&t));
     }
     s.deployer.changed(&t.deployment_id);
-    Ok(Json(json!({ "state": p.state })))
+    Ok(Json(api::StateReply { state: p.state }))
 }
 
 /// 410 naming how the task ended.
@@ -620,34 +621,12 @@ pub(crate) fn task_over(t: &Task) -> ApiError {
     )
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct ResultBody {
-    ok: bool,
-    reason: Option<String>,
-    #[serde(flatten)]
-    progress: Option<ProgressTotals>,
-}
-
-#[derive(Deserialize)]
-pub(crate) struct ProgressTotals {
-    bytes_done: i64,
-    #[serde(default)]
-    multicast_chunks: i64,
-    #[serde(default)]
-    unicast_chunks: i64,
-    #[serde(default)]
-    kept_chunks: i64,
-    #[serde(default)]
-    swarm_bytes: i64,
-}
-
 /// `POST /api/v1/agent/result`: the task is done, or failed with a reason.
 pub(crate) async fn result(
     State(s): State<Shared>,
     Extension(AgentTask(t)): Extension<AgentTask>,
-    body: Result<Json<ResultBody>, JsonRejection>,
-) -> ApiResult<Json<Value>> {
+    body: Result<Json<api::ResultReport>, JsonRejection>,
+) -> ApiResult<Json<api::StateReply>> {
     let Json(r) = body?;
     if r.ok {
         let d = s.db.deployment(&t.deployment_id).await?;
@@ -662,21 +641,26 @@ pub(crate) async fn result(
             ));
         }
     }
-    let state = if r.ok { "done" } else { "failed" };
+    let state = if r.ok {
+        api::TaskState::Done
+    } else {
+        api::TaskState::Failed
+    };
     let reason = match (&r.reason, r.ok) {
         (Some(why), _) => Some(why.chars().take(2000).collect::<String>()),
         (None, false) => Some("the agent gave no reason".to_string()),
         (None, true) => None,
     };
-    let p = r.progress.map(|p| TaskProgress {
-        bytes_done: p.bytes_done.clamp(0, t.bytes_total),
-        rate_bps: 0,
-        multicast_chunks: p.multicast_chunks,
-        unicast_chunks: p.unicast_chunks,
-        kept_chunks: p.kept_chunks,
-        swarm_bytes: p.swarm_bytes.max(0),
+    let p = r.counters.map(|c| {
+        let mut p = task_progress(c, 0);
+        p.bytes_done = p.bytes_done.clamp(0, t.bytes_total.max(0));
+        p
     });
-    if !s.db.finish_task(&t.id, state, reason.as_deref(), p).await? {
+    if !s
+        .db
+        .finish_task(&t.id, state.as_str(), reason.as_deref(), p)
+        .await?
+    {
         let t = s.db.task(&t.id).await?;
         return Err(task_over(&t));
     }
@@ -692,5 +676,5 @@ pub(crate) async fn result(
     )
     .await?;
     s.deployer.changed(&t.deployment_id);
-    Ok(Json(json!({ "state": state })))
+    Ok(Json(api::StateReply { state }))
 }

@@ -1,0 +1,388 @@
+//! The typed contract between drover's agent and server: what an agent says (hello, progress,
+//! result) and what the server answers (the machine, its task and how to fetch it). Plain
+//! serde types and enums, no I/O; the server's handlers and the agent both use them, so a
+//! field or a state is spelled in one place. The server's database rows map into these types
+//! (the schema is not the wire).
+//!
+//! Enums are written in lower case on the wire (`"multicast"`, `"bittorrent"`, ...), as the
+//! API, the CLI and the database have always spelled them.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// Declares a wire enum: lower-case serde names, `Display` and `FromStr` with the same
+/// spelling, and an error naming the choices.
+macro_rules! wire_enum {
+    ($(#[$m:meta])* $name:ident { $($(#[$vm:meta])* $v:ident = $s:literal),+ $(,)? }) => {
+        $(#[$m])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        pub enum $name {
+            $($(#[$vm])* #[serde(rename = $s)] $v),+
+        }
+
+        impl $name {
+            /// Every value, in declaration order.
+            pub const ALL: &'static [Self] = &[$(Self::$v),+];
+
+            /// The wire spelling.
+            pub fn as_str(self) -> &'static str {
+                match self { $(Self::$v => $s),+ }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = String;
+            fn from_str(s: &str) -> Result<Self, String> {
+                match s {
+                    $($s => Ok(Self::$v),)+
+                    other => Err(format!(
+                        "{other:?}: {}",
+                        [$($s),+].join(", ")
+                    )),
+                }
+            }
+        }
+    };
+}
+
+wire_enum! {
+    /// How a deployment moves its image to the machines.
+    Transport {
+        /// RaptorQ multicast from the server, with catch-up over unicast (or the swarm).
+        Multicast = "multicast",
+        /// A BitTorrent swarm of the machines and the server's seed.
+        Bittorrent = "bittorrent",
+        /// HTTP chunk fetches from the server.
+        Unicast = "unicast",
+    }
+}
+
+wire_enum! {
+    /// Where a multicast deployment's stragglers and late joiners finish.
+    Fallback {
+        /// Over HTTP from the server.
+        Unicast = "unicast",
+        /// From the swarm of the machines that finished.
+        Bittorrent = "bittorrent",
+    }
+}
+
+wire_enum! {
+    /// What a machine does once its task is done.
+    Then {
+        /// Restart into the new system.
+        Reboot = "reboot",
+        /// Switch off.
+        Poweroff = "poweroff",
+    }
+}
+
+wire_enum! {
+    /// What a task does to its machine's disk.
+    TaskKind {
+        /// Write an image onto it.
+        Restore = "restore",
+        /// Read it into a new image.
+        Capture = "capture",
+    }
+}
+
+wire_enum! {
+    /// A task's life: waiting → receiving → verifying → done | failed, or cancelled.
+    TaskState {
+        /// Created; its agent has not reported yet.
+        Waiting = "waiting",
+        /// Its agent is fetching and writing.
+        Receiving = "receiving",
+        /// Its agent reads the disk back.
+        Verifying = "verifying",
+        /// Written and verified.
+        Done = "done",
+        /// Ended with a reason.
+        Failed = "failed",
+        /// Stopped by an admin.
+        Cancelled = "cancelled",
+    }
+}
+
+impl TaskState {
+    /// Whether the task is still going.
+    pub fn active(self) -> bool {
+        matches!(self, Self::Waiting | Self::Receiving | Self::Verifying)
+    }
+}
+
+wire_enum! {
+    /// A deployment's life: waiting (for its start) → running → done | failed | cancelled.
+    DeploymentState {
+        /// Created; a multicast stream has not started yet.
+        Waiting = "waiting",
+        /// Its stream started, or its machines fetch on their own.
+        Running = "running",
+        /// Every task is over and none failed.
+        Done = "done",
+        /// Every task is over and one failed at least.
+        Failed = "failed",
+        /// Stopped by an admin.
+        Cancelled = "cancelled",
+    }
+}
+
+/// One of the machine's disks, as its agent sees it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HelloDisk {
+    /// The device path the agent sees (`/dev/sda`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// The disk's serial number, when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial: Option<String>,
+    /// Bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+    /// The vendor's model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// Removable (USB) disks are never written, nor recorded as the machine's disk.
+    #[serde(default)]
+    pub removable: bool,
+}
+
+/// `POST /api/v1/agent/hello`: an agent names its machine.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Hello {
+    /// The machine's MAC address.
+    pub mac: String,
+    /// Its disks.
+    #[serde(default)]
+    pub disks: Vec<HelloDisk>,
+    /// The agent's version, for the log.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// Without a task, answer when one comes or after the poll interval (a long poll).
+    #[serde(default)]
+    pub wait: bool,
+}
+
+/// The machine a hello named, as the inventory has it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MachineRef {
+    /// Its MAC address.
+    pub mac: String,
+    /// Its name.
+    pub name: String,
+    /// `hello` when this hello registered it, else how it came into the inventory.
+    pub registered: String,
+}
+
+/// The answer to a hello.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HelloReply {
+    /// The machine.
+    pub machine: MachineRef,
+    /// Its task, if it has one.
+    pub task: Option<AgentTask>,
+    /// A token that opens the task, for an agent that did not show a valid one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    /// When to say hello again, milliseconds (0: at once).
+    pub poll_ms: u64,
+}
+
+/// The image a task names.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageRef {
+    /// The manifest's id (empty for a capture not committed yet).
+    pub id: String,
+    /// `NAME@VERSION` (a capture: the name it will take).
+    pub name: String,
+}
+
+/// The multicast session an agent joins: announced on `group`, joined through the server's
+/// API (`/api/v1/agent/session`) with the task token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MulticastAssignment {
+    /// The session id in its announcements.
+    pub session: u32,
+    /// `ADDR:PORT` of the group.
+    pub group: String,
+}
+
+/// What an agent in a swarm may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SwarmLimits {
+    /// Upload limit, bits/s (none: no limit).
+    pub upload_bps: Option<u64>,
+    /// Peers to trade with at most.
+    pub peers: usize,
+}
+
+/// A task as its agent sees it: what to write and how to get it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentTask {
+    /// The task's id.
+    pub id: String,
+    /// Its deployment's id.
+    pub deployment: String,
+    /// Restore or capture.
+    pub kind: TaskKind,
+    /// Where the task is.
+    pub state: TaskState,
+    /// The image.
+    pub image: ImageRef,
+    /// How the image comes.
+    pub transport: Transport,
+    /// The deployment's state (a multicast deployment waits for its stream).
+    pub deployment_state: DeploymentState,
+    /// The live multicast session, for a multicast deployment that has one.
+    pub multicast: Option<MulticastAssignment>,
+    /// Where a multicast deployment's stragglers finish.
+    pub fallback: Fallback,
+    /// The swarm limits, for a deployment that uses a swarm.
+    pub bittorrent: Option<SwarmLimits>,
+    /// What the machine does afterwards.
+    pub then: Then,
+    /// Bytes the task amounts to.
+    pub bytes_total: u64,
+    /// The machine's pinned disk (`serial:...` / `size:...`), which its agent must write.
+    pub disk: Option<String>,
+}
+
+/// `GET /api/v1/agent/task`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskReply {
+    /// The task as it is now.
+    pub task: AgentTask,
+}
+
+/// Counters of an agent's work, in a progress report and in its result.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkCounters {
+    /// Bytes written and verified (a capture: read).
+    pub bytes_done: u64,
+    /// Chunks that came by multicast.
+    #[serde(default)]
+    pub multicast_chunks: u64,
+    /// Chunks fetched over unicast (a capture: uploaded).
+    #[serde(default)]
+    pub unicast_chunks: u64,
+    /// Chunks already on the disk (a capture: already on the server).
+    #[serde(default)]
+    pub kept_chunks: u64,
+    /// Payload bytes from the BitTorrent swarm.
+    #[serde(default)]
+    pub swarm_bytes: u64,
+}
+
+/// `POST /api/v1/agent/progress`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProgressReport {
+    /// `receiving` or `verifying` (the result ends a task).
+    pub state: TaskState,
+    /// Bytes written and verified so far (a capture: read).
+    pub bytes_done: u64,
+    /// What the work amounts to: a capture's agent says (a restore's is the image's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_total: Option<u64>,
+    /// Receive rate, bits/s.
+    #[serde(default)]
+    pub rate_bps: u64,
+    /// Chunks that came by multicast.
+    #[serde(default)]
+    pub multicast_chunks: u64,
+    /// Chunks fetched over unicast (a capture: uploaded).
+    #[serde(default)]
+    pub unicast_chunks: u64,
+    /// Chunks already on the disk (a capture: already on the server).
+    #[serde(default)]
+    pub kept_chunks: u64,
+    /// Payload bytes from the BitTorrent swarm.
+    #[serde(default)]
+    pub swarm_bytes: u64,
+}
+
+impl ProgressReport {
+    /// The report's counters.
+    pub fn counters(&self) -> WorkCounters {
+        WorkCounters {
+            bytes_done: self.bytes_done,
+            multicast_chunks: self.multicast_chunks,
+            unicast_chunks: self.unicast_chunks,
+            kept_chunks: self.kept_chunks,
+            swarm_bytes: self.swarm_bytes,
+        }
+    }
+}
+
+/// `POST /api/v1/agent/result`: the task is done, or failed with a reason.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResultReport {
+    /// Whether the task succeeded.
+    pub ok: bool,
+    /// Why it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// What the agent did.
+    #[serde(flatten)]
+    pub counters: Option<WorkCounters>,
+}
+
+/// The answer to a progress report or a result: the task's state now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateReply {
+    /// The task's state.
+    pub state: TaskState,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn enums_round_trip_their_wire_names_and_name_the_choices() {
+        for t in Transport::ALL {
+            assert_eq!(t.as_str().parse::<Transport>(), Ok(*t));
+            let j = serde_json::to_string(t).unwrap();
+            assert_eq!(j, format!("\"{t}\""));
+        }
+        for s in TaskState::ALL {
+            assert_eq!(s.as_str().parse::<TaskState>(), Ok(*s));
+        }
+        let e = "carrier-pigeon".parse::<Transport>().unwrap_err();
+        assert!(e.contains("multicast, bittorrent, unicast"), "{e}");
+        assert!(TaskState::Receiving.active() && !TaskState::Done.active());
+    }
+
+    #[test]
+    fn reports_keep_their_wire_shape() {
+        let p: ProgressReport = serde_json::from_str(
+            r#"{"state":"receiving","bytes_done":5,"bytes_total":9,"rate_bps":1,"multicast_chunks":2}"#,
+        )
+        .unwrap();
+        assert_eq!(p.state, TaskState::Receiving);
+        assert_eq!(p.counters().multicast_chunks, 2);
+        assert_eq!(p.bytes_total, Some(9));
+        assert!(serde_json::from_str::<ProgressReport>(
+            r#"{"state":"receiving","bytes_done":1,"x":1}"#
+        )
+        .is_err());
+        assert!(
+            serde_json::from_str::<ProgressReport>(r#"{"state":"lost","bytes_done":1}"#).is_err()
+        );
+        let r: ResultReport = serde_json::from_str(r#"{"ok":false,"reason":"disk"}"#).unwrap();
+        assert_eq!(r.reason.as_deref(), Some("disk"));
+        let r: ResultReport =
+            serde_json::from_str(r#"{"ok":true,"bytes_done":3,"kept_chunks":1}"#).unwrap();
+        assert_eq!(r.counters.map(|c| c.kept_chunks), Some(1));
+    }
+}
