@@ -56,21 +56,16 @@ pub(crate) async fn ipxe_script(
     let mac = parse_mac(mac)?;
     // The script of a machine with a task carries its token: only the machine itself gets
     // it. Anyone else is told to boot the local disk, and the refusal is audited.
-    let vouched = match super::caller::vouch(&s, peer.ip(), mac).await {
-        Ok(why) => why,
-        Err(why) => {
-            s.db.audit(
-                &format!("address:{}", peer.ip()),
-                "boot.refused",
-                &format!("asked for {mac}'s boot script: {why}"),
-            )
-            .await?;
-            tracing::warn!(%mac, peer = %peer.ip(), "boot script refused: {why}");
-            return Ok(script(local_boot(&format!(
-                "not handing out {mac}'s boot script: {why}"
-            ))));
-        }
-    };
+    let asked = format!("asked for {mac}'s boot script");
+    let vouched =
+        match super::caller::vouch_or_audit(&s, peer.ip(), mac, "boot.refused", &asked).await? {
+            Ok(why) => why,
+            Err(why) => {
+                return Ok(script(local_boot(&format!(
+                    "not handing out {mac}'s boot script: {why}"
+                ))));
+            }
+        };
     let Some(task) = s.db.active_task(mac).await? else {
         let known = s.db.machine(mac).await.is_ok();
         if !known && s.register_unknown {

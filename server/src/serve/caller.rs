@@ -58,6 +58,31 @@ pub(crate) async fn vouch(s: &Shared, peer: IpAddr, mac: Mac) -> Result<Vouched,
     })
 }
 
+/// [`vouch`], with a refusal written to the audit log (`action`, naming the address and
+/// `asked`, what the request wanted) and the server's log. The outer error is the database
+/// failing; the inner one the refusal's reason.
+pub(crate) async fn vouch_or_audit(
+    s: &Shared,
+    peer: IpAddr,
+    mac: Mac,
+    action: &str,
+    asked: &str,
+) -> anyhow::Result<Result<Vouched, String>> {
+    let why = match vouch(s, peer, mac).await {
+        Ok(v) => return Ok(Ok(v)),
+        Err(why) => why,
+    };
+    let peer = peer.to_canonical();
+    s.db.audit(
+        &format!("address:{peer}"),
+        action,
+        &format!("{asked}: {why}"),
+    )
+    .await?;
+    tracing::warn!(%mac, %peer, action, "refused: {why}");
+    Ok(Err(why))
+}
+
 /// The MAC that a complete entry of the kernel's ARP table (`/proc/net/arp`) gives `ip`.
 fn neighbour(table: &str, ip: Ipv4Addr) -> Option<Mac> {
     // IP address  HW type  Flags  HW address  Mask  Device

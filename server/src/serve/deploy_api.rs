@@ -340,22 +340,19 @@ pub(crate) async fn hello(
     let mac = parse_mac(&h.mac)?;
     // Only the machine itself says hello for its MAC: it may register, report its disks and
     // receive its task's token; another host of the network gets nothing.
-    let vouched = match super::caller::vouch(&s, peer.ip(), mac).await {
-        Ok(why) => why,
-        Err(why) => {
-            s.db.audit(
-                &format!("address:{}", peer.ip()),
-                "agent.hello.refused",
-                &format!("claimed {mac}: {why}"),
-            )
-            .await?;
-            tracing::warn!(%mac, peer = %peer.ip(), "hello refused: {why}");
-            return Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                format!("hello for {mac} refused: {why}"),
-            ));
-        }
-    };
+    let claimed = format!("claimed {mac}");
+    let vouched =
+        match super::caller::vouch_or_audit(&s, peer.ip(), mac, "agent.hello.refused", &claimed)
+            .await?
+        {
+            Ok(why) => why,
+            Err(why) => {
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    format!("hello for {mac} refused: {why}"),
+                ));
+            }
+        };
     let disk = h.disks.iter().find(|d| !d.removable);
     let m =
         s.db.machine_hello(
