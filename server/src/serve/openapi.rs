@@ -1,5 +1,5 @@
 //! The OpenAPI 3 document of the HTTP API (`GET /api/v1/openapi.json`), written by hand next
-//! to the handlers it describes.
+//! to the handlers it describes; a test checks that every route the server registers is in it.
 
 use axum::Json;
 use serde_json::{json, Value};
@@ -158,9 +158,18 @@ pub(crate) async fn openapi() -> Json<Value> {
         "get": {"summary": "One schedule with its next due time and its runs (newest first)", "responses": {"200": {"description": "the schedule"}, "404": error}},
         "delete": {"summary": "Remove a schedule (a deployment it created goes on)", "responses": {"204": {"description": "removed"}, "404": error}}
     });
+    doc["paths"]["/api/v1/openapi.json"] = json!({"get": {"summary": "This document (public)", "security": [],
+        "responses": {"200": {"description": "OpenAPI 3"}}}});
+    doc["paths"]["/api/v1/agent/session"] = json!({"get": {
+        "summary": "Agent: its deployment's live multicast session's description (chunks, their hashes); the session opens no port of its own",
+        "responses": {"200": {"description": "the session description"}, "401": error, "410": error}}});
+    doc["paths"]["/api/v1/agent/session/{rest}"] = json!({
+        "parameters": [{"name": "rest", "in": "path", "required": true, "schema": {"type": "string", "enum": ["session", "register", "chunks/{i}"]}}],
+        "get": {"summary": "Agent: the session's description (session) or one chunk by index (chunks/{i})", "responses": {"200": {"description": "JSON or a zstd frame"}, "401": error, "404": error, "410": error}},
+        "post": {"summary": "Agent: registers with the session (register): a receiver id and the session's datagram key", "responses": {"200": {"description": "{receiver_id, key}"}, "401": error, "410": error}}});
     doc["paths"]["/boot/{mac}.ipxe"] = json!({
         "parameters": [{"name": "mac", "in": "path", "required": true, "schema": {"type": "string"}}],
-        "get": {"summary": "iPXE's boot script (public): the agent's kernel and initramfs for a machine with a pending task (a fresh task token on the command line), else the local disk", "security": [],
+        "get": {"summary": "iPXE's boot script (no login; a task's script only to the machine itself, as hello): the agent's kernel and initramfs for a machine with a pending task (a fresh task token on the command line), else the local disk", "security": [],
             "responses": {"200": {"description": "text/plain iPXE script"}, "400": error}}});
     doc["paths"]["/boot/files/{path}"] = json!({
         "parameters": [{"name": "path", "in": "path", "required": true, "schema": {"type": "string"}}],
@@ -182,4 +191,49 @@ fn schedules(error: &Value) -> Value {
                 "wake_lead": {"type": "string", "example": "5m"}}}}}},
             "responses": {"201": {"description": "added"}, "400": error, "404": error, "409": error}}
     })
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every route the server registers (read from the routers' source), as the document
+    /// names it: `/api/v1` added to the nested ones, `{*rest}` written `{rest}`.
+    fn routes() -> Vec<String> {
+        let src = include_str!("api.rs");
+        let mut out = Vec::new();
+        for piece in src.split(".route(").skip(1) {
+            let Some(path) = piece
+                .trim_start()
+                .strip_prefix('"')
+                .and_then(|p| p.split('"').next())
+            else {
+                continue;
+            };
+            // `/boot/{name}` serves `MAC.ipxe`: the document names it so.
+            let path = path
+                .replace("{*", "{")
+                .replace("/boot/{name}", "/boot/{mac}.ipxe");
+            let top = ["/api/v1/", "/boot", "/announce", "/healthz", "/metrics"];
+            out.push(if top.iter().any(|t| path.starts_with(t)) {
+                path
+            } else {
+                format!("/api/v1{path}")
+            });
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn every_route_is_in_the_document() {
+        let doc = super::openapi().await.0;
+        let routes = routes();
+        assert!(routes.len() > 30, "{routes:?}");
+        let missing: Vec<&String> = routes
+            .iter()
+            .filter(|r| doc["paths"].get(r.as_str()).is_none())
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "routes missing from the OpenAPI document: {missing:?}"
+        );
+    }
 }
