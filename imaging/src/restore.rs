@@ -198,19 +198,24 @@ pub fn check_written(
 /// nothing a chunk writes, so it may run before, between or after the chunks.
 pub fn zero_fill(m: &Manifest, target: &dyn BlockDevice) -> Result<u64, RestoreError> {
     let mut zeroed = 0;
-    for a in &m.areas {
-        for e in a.zero_fill().iter() {
-            let start = a.offset + e.start;
-            let end = (a.offset + e.end()).min(target.len());
-            if start < end {
-                target
-                    .write_zeroes(start, end - start)
-                    .map_err(RestoreError::Write)?;
-                zeroed += end - start;
-            }
-        }
+    for (start, end) in zero_ranges(m, target.len()) {
+        target
+            .write_zeroes(start, end - start)
+            .map_err(RestoreError::Write)?;
+        zeroed += end - start;
     }
     Ok(zeroed)
+}
+
+/// The disk ranges `start..end` of every area's zero fill, clipped to a target of `len` bytes.
+fn zero_ranges(m: &Manifest, len: u64) -> impl Iterator<Item = (u64, u64)> + '_ {
+    m.areas.iter().flat_map(move |a| {
+        a.zero_fill()
+            .iter()
+            .map(|e| (a.offset + e.start, (a.offset + e.end()).min(len)))
+            .filter(|(start, end)| start < end)
+            .collect::<Vec<_>>()
+    })
 }
 
 /// The first byte of a raw-copied area's zero fill that does not read as zero on `target`:
@@ -220,20 +225,16 @@ pub fn check_zero_fill(
     target: &dyn BlockDevice,
 ) -> Result<Option<u64>, RestoreError> {
     let mut buf = vec![0u8; 1 << 20];
-    for a in &m.areas {
-        for e in a.zero_fill().iter() {
-            let mut pos = a.offset + e.start;
-            let end = (a.offset + e.end()).min(target.len());
-            while pos < end {
-                let n = (end - pos).min(buf.len() as u64) as usize;
-                target
-                    .read_at(&mut buf[..n], pos)
-                    .map_err(RestoreError::Write)?;
-                if let Some(i) = buf[..n].iter().position(|&b| b != 0) {
-                    return Ok(Some(pos + i as u64));
-                }
-                pos += n as u64;
+    for (mut pos, end) in zero_ranges(m, target.len()) {
+        while pos < end {
+            let n = (end - pos).min(buf.len() as u64) as usize;
+            target
+                .read_at(&mut buf[..n], pos)
+                .map_err(RestoreError::Write)?;
+            if let Some(i) = buf[..n].iter().position(|&b| b != 0) {
+                return Ok(Some(pos + i as u64));
             }
+            pos += n as u64;
         }
     }
     Ok(None)

@@ -113,6 +113,23 @@ impl Lab {
         Ipv4Addr::new(10, 78, k, 2)
     }
 
+    /// `drover --data-dir DATA token create NAME` on host `i` (where the server runs): the
+    /// admin token it prints.
+    pub fn token(&self, i: usize, data: &std::path::Path, name: &str) -> String {
+        let mut c = self.cmd(i, crate::drover_bin().to_str().expect("UTF-8 path"));
+        let out = c
+            .arg("--data-dir")
+            .arg(data)
+            .args(["token", "create", name])
+            .output()
+            .expect("running drover token create");
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout)
+            .expect("UTF-8 token")
+            .trim()
+            .to_string()
+    }
+
     /// Gives host `i`'s NIC this MAC address.
     pub fn set_mac(&self, i: usize, mac: &str) {
         ip(&["-n", &self.host(i), "link", "set", "eth0", "address", mac]);

@@ -27,6 +27,19 @@ fn curl(lab: &Lab, i: usize, args: &[&str]) -> (u16, String) {
     (code.trim().parse().unwrap_or(0), body.to_string())
 }
 
+/// `GET {URL}PATH` from host `i` with a bearer token.
+fn get_as(lab: &Lab, i: usize, token: &str, path: &str) -> (u16, String) {
+    curl(
+        lab,
+        i,
+        &[
+            "-H",
+            &format!("Authorization: Bearer {token}"),
+            &format!("{URL}{path}"),
+        ],
+    )
+}
+
 fn hello(lab: &Lab, i: usize, mac: &str) -> (u16, String) {
     curl(
         lab,
@@ -103,15 +116,7 @@ fn a_stranger_gets_nothing_that_reads_the_image_or_changes_the_task() {
         .arg(&boot)
         .env("RUST_LOG", "info");
     let srv = Server::start_cmd(cmd);
-    let mut t = lab.cmd(0, bin);
-    let tok = t
-        .arg("--data-dir")
-        .arg(&data)
-        .args(["token", "create", "admin"])
-        .output()
-        .unwrap();
-    assert!(tok.status.success(), "{tok:?}");
-    let admin = String::from_utf8(tok.stdout).unwrap().trim().to_string();
+    let admin = lab.token(0, &data, "admin");
     let cli = |args: &[&str]| {
         let o = lab.drover(0, &data, URL, &admin, args);
         assert!(o.status.success(), "drover {args:?}: {o:?}");
@@ -221,27 +226,11 @@ fn a_stranger_gets_nothing_that_reads_the_image_or_changes_the_task() {
     let second = v["token"].as_str().expect("a second token").to_string();
     assert_ne!(first, second);
     for t in [&first, &second] {
-        let (code, body) = curl(
-            &lab,
-            1,
-            &[
-                "-H",
-                &format!("Authorization: Bearer {t}"),
-                &format!("{URL}/api/v1/agent/task"),
-            ],
-        );
+        let (code, body) = get_as(&lab, 1, t, "/api/v1/agent/task");
         assert_eq!(code, 200, "{body}");
     }
     // A token opens the session only for its own machine's deployment, and from the API.
-    let (code, body) = curl(
-        &lab,
-        1,
-        &[
-            "-H",
-            &format!("Authorization: Bearer {first}"),
-            &format!("{URL}/api/v1/agent/session"),
-        ],
-    );
+    let (code, body) = get_as(&lab, 1, &first, "/api/v1/agent/session");
     assert_eq!(code, 200, "{body}");
     assert!(body.contains("\"chunks\""), "{body}");
 
@@ -270,15 +259,7 @@ fn a_stranger_gets_nothing_that_reads_the_image_or_changes_the_task() {
     );
 
     // The audit log names every refusal and hand-out with its address.
-    let (code, audit) = curl(
-        &lab,
-        0,
-        &[
-            "-H",
-            &format!("Authorization: Bearer {admin}"),
-            &format!("{URL}/api/v1/audit?limit=1000"),
-        ],
-    );
+    let (code, audit) = get_as(&lab, 0, &admin, "/api/v1/audit?limit=1000");
     assert_eq!(code, 200, "{audit}");
     for (action, addr) in [
         ("agent.hello.refused", "10.77.0.12"),

@@ -45,15 +45,7 @@ while seen < 6:
         .arg(&data)
         .args(["serve", "--http", "127.0.0.1:0", "--iface", "eth0"]);
     let srv = Server::start_cmd(cmd);
-    let mut t = lab.cmd(0, bin);
-    let tok = t
-        .arg("--data-dir")
-        .arg(&data)
-        .args(["token", "create", "wol"])
-        .output()
-        .unwrap();
-    assert!(tok.status.success(), "{tok:?}");
-    let token = String::from_utf8(tok.stdout).unwrap().trim().to_string();
+    let token = lab.token(0, &data, "wol");
     let run = |args: &[&str]| {
         let mut c = lab.cmd(0, bin);
         c.args(args).args(["--server", &srv.url, "--token", &token]);
