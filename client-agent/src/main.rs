@@ -104,8 +104,13 @@ fn main() -> ExitCode {
 
 /// This process's peak resident memory (VmHWM), KiB.
 fn peak_memory_kib() -> Option<u64> {
+    memory_kib("VmHWM:")
+}
+
+/// A memory figure of this process's `/proc/self/status` (`VmHWM:`, `VmRSS:`), KiB.
+pub(crate) fn memory_kib(field: &str) -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
     line.split_whitespace().nth(1)?.parse().ok()
 }
 

@@ -41,6 +41,10 @@ const PEER_OPTS: PeerConnectionOptions = PeerConnectionOptions {
     max_request_window: Some(32),
 };
 
+/// Resident memory above this (KiB) is logged once, with the swarm's state: the agent runs
+/// from an initramfs on machines with little RAM, and its usual need is a fifth of it.
+const MEMORY_WARN_KIB: u64 = 128 << 10;
+
 /// No progress for this long: the machine joins the swarm again (at most this often).
 const REJOIN: Duration = Duration::from_secs(15);
 
@@ -117,6 +121,7 @@ async fn join(
         .await?;
     let storage = DiskStorage::open(disk, manifest).map_err(|e| Stop::Failed(format!("{e:#}")))?;
     let session = transport::swarm::session(SwarmOptions {
+        role: transport::swarm::Role::Agent,
         listen: (std::net::Ipv4Addr::UNSPECIFIED, 0).into(),
         upload_bytes_per_sec: limits.and_then(|l| l.upload_bps).map(|b| b / 8),
         peer_limit: limits.map(|l| l.peers),
@@ -173,8 +178,19 @@ pub(crate) async fn receive(
     // Movement: bytes checked or bytes fetched changed since the last look.
     let (mut seen, mut moved, mut rejoined) = ((0u64, 0u64), Instant::now(), Instant::now());
     let mut last_log = Instant::now();
+    let mut memory_warned = false;
     let complete = loop {
         let st = handle.stats();
+        if let Some(kib) = crate::memory_kib("VmRSS:").filter(|k| *k > MEMORY_WARN_KIB) {
+            if !std::mem::replace(&mut memory_warned, true) {
+                warn!(
+                    "{} MiB resident in the swarm ({} of {payload} bytes; peers {:?})",
+                    kib >> 10,
+                    st.progress_bytes,
+                    st.live.as_ref().map(|l| &l.snapshot.peer_stats)
+                );
+            }
+        }
         if let Some(e) = &st.error {
             warn!("the swarm failed: {e}; finishing over unicast");
             break false;

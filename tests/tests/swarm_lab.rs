@@ -129,6 +129,7 @@ fn forty_agents_over_bittorrent_trade_pieces_with_a_capped_server() {
         |d| d["state"] != "running" && d["state"] != "waiting",
     );
     assert_eq!(d["state"], "done", "{d:#}\nserver: {}", srv.log());
+    let mut peaks = Vec::new();
     for (n, &k) in kids.iter().enumerate() {
         let i = n + 1;
         let run_no = if i == 3 { 2 } else { 1 };
@@ -141,7 +142,20 @@ fn forty_agents_over_bittorrent_trade_pieces_with_a_capped_server() {
             .and_then(|r| r.split_whitespace().next())
             .and_then(|n| n.parse().ok())
             .unwrap_or_else(|| panic!("agent {i} did not say its peak memory: {log}"));
-        assert!(peak <= AGENT_BUDGET_MIB, "agent {i} used {peak} MiB: {log}");
+        peaks.push((peak, i, log));
+    }
+    peaks.sort_unstable_by_key(|p| p.0);
+    eprintln!(
+        "agents' peak memory (MiB): least {}, median {}, most {}",
+        peaks[0].0,
+        peaks[peaks.len() / 2].0,
+        peaks[peaks.len() - 1].0
+    );
+    for (peak, i, log) in &peaks {
+        assert!(
+            *peak <= AGENT_BUDGET_MIB,
+            "agent {i} used {peak} MiB: {log}"
+        );
     }
     let mut from_swarm = 0u64;
     let mut by_unicast = Vec::new();

@@ -31,8 +31,49 @@ pub fn torrent_name(image_id: &str) -> String {
     format!("drover-{image_id}")
 }
 
+/// Who runs a swarm session; its peer id says so (`-DA` for an agent, `-DS` for the server's
+/// seed, then the version, Azureus style), so the server's tracker tells drover's own peers
+/// from stock clients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Agent,
+    ServerSeed,
+}
+
+impl Role {
+    const fn prefix(self) -> &'static [u8; 3] {
+        match self {
+            Self::Agent => b"-DA",
+            Self::ServerSeed => b"-DS",
+        }
+    }
+
+    /// A fresh peer id of this role: the 8-byte client prefix, then random bytes.
+    pub fn peer_id(self) -> librqbit::dht::Id20 {
+        let mut fingerprint = *b"-DA0000-";
+        fingerprint[..3].copy_from_slice(self.prefix());
+        let digits = env!("CARGO_PKG_VERSION")
+            .split('.')
+            .filter_map(|p| p.parse::<u8>().ok())
+            .chain(std::iter::repeat(0));
+        for (slot, d) in fingerprint[3..7].iter_mut().zip(digits) {
+            *slot = b'0' + d.min(9);
+        }
+        librqbit::generate_peer_id(&fingerprint)
+    }
+
+    /// The role of a peer id drover made, or None for any other client's.
+    pub fn of(peer_id: &[u8; 20]) -> Option<Self> {
+        [Self::Agent, Self::ServerSeed]
+            .into_iter()
+            .find(|r| peer_id.starts_with(r.prefix()) && peer_id[7] == b'-')
+    }
+}
+
 /// How a swarm session runs.
 pub struct SwarmOptions {
+    /// Whose session (its peer id).
+    pub role: Role,
     /// TCP address peers connect to (port 0: any free one).
     pub listen: SocketAddr,
     /// Upload limit of the whole session, bytes per second.
@@ -57,6 +98,7 @@ pub async fn session(o: SwarmOptions) -> anyhow::Result<Arc<Session>> {
         .map(|b| std::num::NonZeroU32::new(b.clamp(64 << 10, u64::from(u32::MAX)) as u32))
         .unwrap_or_default();
     let opts = SessionOptions {
+        peer_id: Some(o.role.peer_id()),
         dht: None,
         disable_trackers: !o.trackers,
         fastresume: o.state_dir.is_some(),
@@ -312,6 +354,23 @@ impl TorrentStorage for StoreStorage {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn peer_ids_say_who_made_them() {
+        for role in [Role::Agent, Role::ServerSeed] {
+            let id = role.peer_id().0;
+            assert_eq!(
+                Role::of(&id),
+                Some(role),
+                "{:?}",
+                String::from_utf8_lossy(&id)
+            );
+            assert_ne!(id, role.peer_id().0, "ids are random after the prefix");
+        }
+        assert_eq!(&Role::Agent.peer_id().0[..8], b"-DA0100-");
+        assert_eq!(Role::of(b"-TR3000-am0efbgnr8ke"), None);
+        assert_eq!(Role::of(b"-DA-something-else--"), None);
+    }
 
     #[test]
     fn bytes_outside_the_extents_are_refused() {

@@ -170,6 +170,7 @@ pub(crate) fn router(state: Shared) -> Router {
         .route("/api/v1/agent/seed", get(super::torrent::seed))
         .route("/api/v1/agent/torrent", get(super::torrent::agent_torrent))
         .route("/announce", get(super::tracker::announce))
+        .route("/scrape", get(super::tracker::scrape))
         .route("/boot/files/{*path}", get(super::boot::file))
         .route("/boot/{name}", get(super::boot::ipxe_script))
         .nest("/api/v1", api)

@@ -216,6 +216,7 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     let seeder = seeder::Seeder::new(
         tracker.clone(),
         &cfg.public_url,
+        addr,
         cfg.bittorrent.0,
         cfg.bittorrent.1,
         cfg.bittorrent_upload_rate.map(|bits| bits / 8),

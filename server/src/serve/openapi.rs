@@ -70,6 +70,9 @@ pub(crate) async fn openapi() -> Json<Value> {
                                {"name": "port", "in": "query", "required": true, "schema": {"type": "integer"}}, {"name": "left", "in": "query", "schema": {"type": "integer"}},
                                {"name": "event", "in": "query", "schema": {"type": "string", "enum": ["started", "completed", "stopped"]}}, {"name": "numwant", "in": "query", "schema": {"type": "integer"}}],
                 "responses": {"200": {"description": "bencoded peers or failure reason", "content": {"text/plain": {}}}}}},
+            "/scrape": {"get": {"summary": "BitTorrent tracker scrape (BEP 48): seeds and downloaders of each given torrent the server serves; public; answers bencoded", "security": [],
+                "parameters": [{"name": "info_hash", "in": "query", "required": true, "schema": {"type": "string"}, "description": "20 bytes, percent-encoded; repeated for several torrents"}],
+                "responses": {"200": {"description": "bencoded files dictionary or failure reason", "content": {"text/plain": {}}}}}},
             "/api/v1/machines": {
                 "get": {"summary": "Machines (of one group with ?group=)", "parameters": [{"name": "group", "in": "query", "schema": {"type": "string"}}],
                         "responses": {"200": {"description": "machines", "content": {"application/json": {"schema": {"type": "array", "items": machine}}}}, "401": error}},
@@ -212,7 +215,14 @@ mod tests {
             let path = path
                 .replace("{*", "{")
                 .replace("/boot/{name}", "/boot/{mac}.ipxe");
-            let top = ["/api/v1/", "/boot", "/announce", "/healthz", "/metrics"];
+            let top = [
+                "/api/v1/",
+                "/boot",
+                "/announce",
+                "/scrape",
+                "/healthz",
+                "/metrics",
+            ];
             out.push(if top.iter().any(|t| path.starts_with(t)) {
                 path
             } else {

@@ -3,8 +3,12 @@
 //! deployment) or at server start when it seeded before; its torrents and their piece state
 //! are kept in `DATA/bt` (fastresume), so a restart neither forgets nor re-hashes them.
 //!
-//! Peers find the server through its own tracker, which lists it for every torrent it seeds;
-//! it announces to no one. `bittorrent_upload_rate = "0"` turns the seed off (the tracker and
+//! Peers find the server through its own tracker, which lists it for every torrent it seeds.
+//! The seed announces to that tracker too, over the server's own address (never the public
+//! URL: it stays on this host), and hears only of stock clients (drover's agents reach it
+//! themselves): it connects to them with a plain handshake, which is how clients that open
+//! with an encrypted handshake or over uTP (transmission) get pieces from it, as librqbit
+//! speaks neither. `bittorrent_upload_rate = "0"` turns the seed off (the tracker and
 //! the agents' own swarm go on).
 
 use std::collections::HashSet;
@@ -26,6 +30,8 @@ pub(crate) struct Seeder {
     tracker: Arc<super::tracker::Tracker>,
     /// `{public_url}/announce`, the torrents' tracker.
     announce: String,
+    /// The same tracker at the server's own HTTP address, which the seed announces to.
+    local_announce: String,
     /// Where it listens; `explicit`: given by the admin (a taken port is then an error; the
     /// default one falls back to any free port, which agents learn from their task).
     listen: SocketAddr,
@@ -46,6 +52,7 @@ impl Seeder {
     pub(crate) fn new(
         tracker: Arc<super::tracker::Tracker>,
         public_url: &str,
+        http: SocketAddr,
         listen: SocketAddr,
         explicit: bool,
         upload: Option<u64>,
@@ -56,6 +63,7 @@ impl Seeder {
         Arc::new(Self {
             tracker,
             announce: format!("{}/announce", public_url.trim_end_matches('/')),
+            local_announce: format!("http://{}/announce", reachable(http)),
             listen,
             explicit,
             upload,
@@ -79,6 +87,7 @@ impl Seeder {
                     format!("creating the BitTorrent state {}", self.state_dir.display())
                 })?;
                 let opts = |listen| transport::swarm::SwarmOptions {
+                    role: transport::swarm::Role::ServerSeed,
                     listen,
                     upload_bytes_per_sec: self.upload,
                     peer_limit: Some(self.peers),
@@ -88,7 +97,7 @@ impl Seeder {
                             store_dir: self.store_dir.clone(),
                         },
                     )),
-                    trackers: false,
+                    trackers: true,
                 };
                 let s = match transport::swarm::session(opts(self.listen)).await {
                     Ok(s) => s,
@@ -139,7 +148,7 @@ impl Seeder {
             return Ok(());
         }
         let hash = imaging::torrent::info_hash(info);
-        let metainfo = imaging::torrent::metainfo(&self.announce, info);
+        let metainfo = imaging::torrent::metainfo(&self.local_announce, info);
         if self.seeding.lock().expect("lock").contains(&hash) {
             return Ok(());
         }
@@ -149,6 +158,8 @@ impl Seeder {
                 AddTorrent::TorrentFileBytes(metainfo.into()),
                 Some(AddTorrentOptions {
                     overwrite: true,
+                    // A stock client that announced is reached within seconds.
+                    force_tracker_interval: Some(std::time::Duration::from_secs(5)),
                     ..Default::default()
                 }),
             )
@@ -190,4 +201,14 @@ impl Seeder {
                 .collect()
         })
     }
+}
+
+/// An address of this host that reaches a server listening on `http` (an unspecified one is
+/// reached through loopback).
+fn reachable(http: SocketAddr) -> SocketAddr {
+    let mut a = http;
+    if a.ip().is_unspecified() {
+        a.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    a
 }

@@ -17,6 +17,7 @@ use axum::extract::{ConnectInfo, RawQuery, State};
 use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
 use imaging::torrent::{bytes, int};
+use transport::swarm::Role;
 
 use super::api::Shared;
 
@@ -29,6 +30,8 @@ struct Peer {
     addr: SocketAddrV4,
     seed: bool,
     seen: Instant,
+    /// A drover agent (by its peer id).
+    drover: bool,
 }
 
 /// One torrent's peers, by peer id.
@@ -74,6 +77,10 @@ impl Tracker {
 
     /// Records the announce of a peer at `ip`; the bencoded answer (peers or a failure).
     /// `server`: the server's own seed of this torrent, listed first to peers that download.
+    ///
+    /// The server's seed announces too (its peer id says so, [`Role::ServerSeed`]): it is not
+    /// recorded (it is `server` to everyone) and hears only of stock clients that download,
+    /// which it then connects to (drover's agents connect to it themselves).
     pub(crate) fn announce(
         &self,
         a: &Announce,
@@ -84,32 +91,41 @@ impl Tracker {
         if !self.known.lock().expect("lock").contains(&a.info_hash) {
             return failure("unknown torrent: this tracker serves the drover server's images only");
         }
-        let IpAddr::V4(ip) = ip else {
-            return failure("IPv4 peers only");
+        let from_seed = Role::of(&a.peer_id) == Some(Role::ServerSeed);
+        let ip = match ip {
+            IpAddr::V4(ip) => ip,
+            IpAddr::V6(_) if from_seed => Ipv4Addr::LOCALHOST,
+            IpAddr::V6(_) => return failure("IPv4 peers only"),
         };
         if a.port == 0 {
             return failure("port 0");
         }
+        let me = SocketAddrV4::new(ip, a.port);
         let mut swarms = self.swarms.lock().expect("lock");
         let swarm = swarms.entry(a.info_hash).or_default();
-        swarm.retain(|_, p| now.duration_since(p.seen) < 2 * INTERVAL);
-        if a.event.as_deref() == Some("stopped") {
+        // Gone quiet, or an earlier run of this very peer (same address, another id).
+        swarm.retain(|id, p| {
+            now.duration_since(p.seen) < 2 * INTERVAL && (p.addr != me || *id == a.peer_id)
+        });
+        let stopped = a.event.as_deref() == Some("stopped");
+        if stopped {
             swarm.remove(&a.peer_id);
-        } else {
+        } else if !from_seed {
             swarm.insert(
                 a.peer_id,
                 Peer {
-                    addr: SocketAddrV4::new(ip, a.port),
+                    addr: me,
                     seed: a.left == Some(0) || a.event.as_deref() == Some("completed"),
                     seen: now,
+                    drover: Role::of(&a.peer_id).is_some(),
                 },
             );
         }
-        let want = a.numwant.unwrap_or(50).min(MAX_PEERS);
-        let me_seed = a.left == Some(0);
+        let want = a.numwant.unwrap_or(50).clamp(1, MAX_PEERS);
+        let me_seed = from_seed || a.left == Some(0);
         let mut others: Vec<&Peer> = swarm
             .iter()
-            .filter(|(id, p)| **id != a.peer_id && !(me_seed && p.seed))
+            .filter(|(id, p)| **id != a.peer_id && !(me_seed && p.seed) && !(from_seed && p.drover))
             .map(|(_, p)| p)
             .collect();
         use rand::seq::SliceRandom;
@@ -119,14 +135,12 @@ impl Tracker {
         for addr in server
             .iter()
             .chain(others.iter().map(|p| &p.addr))
-            .take(want.max(1))
+            .take(want)
         {
             compact.extend_from_slice(&addr.ip().octets());
             compact.extend_from_slice(&addr.port().to_be_bytes());
         }
-        let seeds = swarm.values().filter(|p| p.seed).count() as u64;
-        let leechers = swarm.len() as u64 - seeds;
-        let seeds = seeds + u64::from(server.is_some());
+        let (seeds, leechers) = counts(swarm, server.is_some() || from_seed);
         let mut b = Vec::new();
         b.push(b'd');
         bytes(&mut b, b"complete");
@@ -142,6 +156,53 @@ impl Tracker {
         b.push(b'e');
         b
     }
+
+    /// The bencoded scrape (BEP 48) of `hashes`: seeds and downloaders of each torrent the
+    /// tracker serves (the server's seed counted when `server_seeds` says it seeds it);
+    /// unknown ones are left out.
+    pub(crate) fn scrape(
+        &self,
+        hashes: &[[u8; 20]],
+        now: Instant,
+        server_seeds: impl Fn(&[u8; 20]) -> bool,
+    ) -> Vec<u8> {
+        let known = self.known.lock().expect("lock").clone();
+        let swarms = self.swarms.lock().expect("lock");
+        let mut picked: Vec<&[u8; 20]> = hashes.iter().filter(|h| known.contains(*h)).collect();
+        picked.sort_unstable();
+        picked.dedup();
+        let mut b = b"d".to_vec();
+        bytes(&mut b, b"files");
+        b.push(b'd');
+        for h in picked {
+            let empty = Swarm::new();
+            let live: Swarm = swarms
+                .get(h)
+                .unwrap_or(&empty)
+                .iter()
+                .filter(|(_, p)| now.duration_since(p.seen) < 2 * INTERVAL)
+                .map(|(id, p)| (*id, p.clone()))
+                .collect();
+            let (seeds, leechers) = counts(&live, server_seeds(h));
+            bytes(&mut b, h);
+            b.push(b'd');
+            bytes(&mut b, b"complete");
+            int(&mut b, seeds);
+            bytes(&mut b, b"downloaded");
+            int(&mut b, 0);
+            bytes(&mut b, b"incomplete");
+            int(&mut b, leechers);
+            b.push(b'e');
+        }
+        b.extend_from_slice(b"ee");
+        b
+    }
+}
+
+/// Seeds and downloaders in `swarm`, the server's seed counted when `server`.
+fn counts(swarm: &Swarm, server: bool) -> (u64, u64) {
+    let seeds = swarm.values().filter(|p| p.seed).count() as u64;
+    (seeds + u64::from(server), swarm.len() as u64 - seeds)
 }
 
 fn failure(why: &str) -> Vec<u8> {
@@ -256,6 +317,29 @@ pub(crate) async fn announce(
     ([(header::CONTENT_TYPE, "text/plain")], body).into_response()
 }
 
+/// `GET /scrape` (BEP 48): every `info_hash` of the query the tracker serves, with its seeds
+/// and downloaders. Public, as trackers are; a malformed hash is a failure naming it.
+pub(crate) async fn scrape(State(s): State<Shared>, RawQuery(q): RawQuery) -> Response {
+    let mut hashes = Vec::new();
+    let mut bad = None;
+    for kv in q.as_deref().unwrap_or("").split('&') {
+        let Some(("info_hash", v)) = kv.split_once('=') else {
+            continue;
+        };
+        match unescape(v).and_then(|b| <[u8; 20]>::try_from(b).ok()) {
+            Some(h) => hashes.push(h),
+            None => bad = Some("info_hash: 20 bytes, percent-encoded"),
+        }
+    }
+    let body = match bad {
+        Some(why) => failure(why),
+        None => s.tracker.scrape(&hashes, Instant::now(), |h| {
+            s.deployer.seeder.port_for(h).is_some()
+        }),
+    };
+    ([(header::CONTENT_TYPE, "text/plain")], body).into_response()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -343,6 +427,69 @@ mod tests {
         assert!(r.starts_with(b"d8:completei2e10:incompletei1e"));
         let r = t.announce(&ann(1, 6881, 0, None), ip(1), now + 3 * INTERVAL, Some(me));
         assert_eq!(peers(&r), vec!["10.0.0.4:7002".parse().unwrap()]);
+    }
+
+    /// A peer id of drover's `role`, or a stock client's (transmission's style) for None.
+    fn id_of(role: Option<Role>, n: u8) -> [u8; 20] {
+        let mut id = role.map_or(*b"-TR3000-xxxxxxxxxxxx", |r| r.peer_id().0);
+        id[19] = n;
+        id
+    }
+
+    #[test]
+    fn the_servers_seed_hears_of_stock_clients_only_and_stale_runs_are_dropped() {
+        let t = Tracker::default();
+        t.know([7; 20]);
+        let now = Instant::now();
+        let ip = |n: u8| IpAddr::from([10, 0, 0, n]);
+        let me: SocketAddrV4 = "10.0.0.254:6881".parse().unwrap();
+        let with = |id: [u8; 20], port: u16, left: u64| Announce {
+            peer_id: id,
+            ..ann(0, port, left, None)
+        };
+        let agent = id_of(Some(Role::Agent), 1);
+        let client = id_of(None, 2);
+        let done_client = id_of(None, 3);
+        let seed = id_of(Some(Role::ServerSeed), 4);
+        t.announce(&with(agent, 7000, 100), ip(1), now, Some(me));
+        t.announce(&with(client, 51413, 100), ip(2), now, Some(me));
+        t.announce(&with(done_client, 51413, 0), ip(3), now, Some(me));
+        // The seed (over loopback, even IPv6) learns of the downloading stock client alone,
+        // and is not itself recorded.
+        for from in [IpAddr::from([127, 0, 0, 1]), "::1".parse().unwrap()] {
+            let r = t.announce(&with(seed, 6881, 0), from, now, Some(me));
+            assert_eq!(peers(&r), vec!["10.0.0.2:51413".parse().unwrap()]);
+        }
+        let r = t.announce(&with(agent, 7000, 100), ip(1), now, Some(me));
+        let p = peers(&r);
+        assert_eq!(p[0], me);
+        assert_eq!(p.len(), 3, "{p:?}");
+        // A client started again (same address, new id): its old record goes, and it is never
+        // told of itself; a stopping one is forgotten.
+        let again = id_of(None, 5);
+        let r = t.announce(&with(again, 51413, 100), ip(2), now, Some(me));
+        assert!(
+            !peers(&r).contains(&"10.0.0.2:51413".parse().unwrap()),
+            "{:?}",
+            peers(&r)
+        );
+        let r = t.announce(&with(agent, 7000, 100), ip(1), now, Some(me));
+        assert_eq!(peers(&r).len(), 3);
+        let stop = Announce {
+            event: Some("stopped".into()),
+            ..with(again, 51413, 100)
+        };
+        t.announce(&stop, ip(2), now, Some(me));
+        let r = t.announce(&with(agent, 7000, 100), ip(1), now, Some(me));
+        assert_eq!(peers(&r).len(), 2, "{:?}", peers(&r));
+
+        // Scrape: seeds (the server's included) and downloaders; unknown hashes left out.
+        let r = t.scrape(&[[7; 20], [9; 20], [7; 20]], now, |_| true);
+        let mut want = b"d5:filesd20:".to_vec();
+        want.extend_from_slice(&[7; 20]);
+        want.extend_from_slice(b"d8:completei2e10:downloadedi0e10:incompletei1eeee");
+        assert_eq!(String::from_utf8_lossy(&r), String::from_utf8_lossy(&want));
+        assert_eq!(t.scrape(&[[9; 20]], now, |_| true), b"d5:filesdee");
     }
 
     #[test]
