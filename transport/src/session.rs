@@ -299,9 +299,12 @@ fn parallel_map<T: Send>(
     Ok(all.into_iter().map(|(_, v)| v).collect())
 }
 
-/// Where a receiver writes: a file or device, for a file session or an image.
+/// Where a receiver writes: a file or device, for a file session or an image. Every transport
+/// writes through it (multicast, unicast, and the swarm's check): each chunk is checked against
+/// its hash before it is written and read back after, and [`scan`](Self::scan) finds what an
+/// interrupted write left, so a resumed one fetches only the rest.
 pub struct Sink {
-    dev: FileDevice,
+    dev: Box<dyn BlockDevice>,
     desc: Description,
     /// For an image: the (area, chunk) index of each session chunk.
     image_chunks: Vec<(usize, usize)>,
@@ -337,6 +340,11 @@ impl Sink {
         }
         let dev = FileDevice::open_write(path)
             .with_context(|| format!("opening {} for writing", path.display()))?;
+        Self::on(Box::new(dev), path, desc)
+    }
+
+    /// A sink over an opened device (`path`: its name in messages).
+    pub fn on(dev: Box<dyn BlockDevice>, path: &Path, desc: Description) -> anyhow::Result<Self> {
         let mut image_chunks = Vec::new();
         match &desc.content {
             Content::File { size } => ensure!(
@@ -346,7 +354,7 @@ impl Sink {
                 dev.len()
             ),
             Content::Image { manifest, .. } => {
-                imaging::restore::check_target(&desc.name, manifest, &dev)?;
+                imaging::restore::check_target(&desc.name, manifest, &*dev)?;
                 for (ai, a) in manifest.areas.iter().enumerate() {
                     for ci in 0..a.chunks.len() {
                         image_chunks.push((ai, ci));
@@ -395,10 +403,10 @@ impl Sink {
                 }
                 let (ai, ci) = self.image_chunks[i];
                 let (a, c) = (&manifest.areas[ai], &manifest.areas[ai].chunks[ci]);
-                imaging::restore::write_chunk(manifest, a, c, &plain, &self.dev)
+                imaging::restore::write_chunk(manifest, a, c, &plain, &*self.dev)
                     .with_context(|| format!("writing chunk {i}"))?;
                 ensure!(
-                    imaging::restore::check_written(manifest, a, c, &self.dev)?,
+                    imaging::restore::check_written(manifest, a, c, &*self.dev)?,
                     "chunk {i} reads back wrong from the output"
                 );
             }
@@ -421,7 +429,7 @@ impl Sink {
             Content::Image { manifest, .. } => {
                 let (ai, ci) = self.image_chunks[i];
                 let (a, c) = (&manifest.areas[ai], &manifest.areas[ai].chunks[ci]);
-                Ok(imaging::restore::check_written(manifest, a, c, &self.dev)?)
+                Ok(imaging::restore::check_written(manifest, a, c, &*self.dev)?)
             }
         }
     }
@@ -452,7 +460,7 @@ impl Sink {
         match &self.desc.content {
             Content::File { .. } => self.dev.sync().context("syncing the output")?,
             Content::Image { manifest, .. } => {
-                let f = imaging::restore::finish(manifest, &self.dev)?;
+                let f = imaging::restore::finish(manifest, &*self.dev)?;
                 if f.bytes_zeroed > 0 {
                     tracing::info!(
                         bytes = f.bytes_zeroed,
@@ -469,8 +477,129 @@ impl Sink {
         match &self.desc.content {
             Content::File { .. } => Ok(None),
             Content::Image { manifest, .. } => {
-                Ok(imaging::restore::check_zero_fill(manifest, &self.dev)?)
+                Ok(imaging::restore::check_zero_fill(manifest, &*self.dev)?)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+
+    use imaging::capture::{capture, CaptureOptions};
+    use imaging::device::MemDevice;
+    use imaging::progress::NoProgress;
+
+    use super::*;
+
+    const MIB: u64 = 1 << 20;
+
+    /// A disk that takes `budget` bytes; the write that goes past lands only what fits and
+    /// fails, as does every later one (a disk that dies, or a machine switched off, mid-write).
+    struct Failing {
+        disk: Arc<MemDevice>,
+        budget: AtomicU64,
+    }
+
+    impl Failing {
+        fn new(disk: &Arc<MemDevice>, budget: u64) -> Box<Self> {
+            Box::new(Self {
+                disk: disk.clone(),
+                budget: AtomicU64::new(budget),
+            })
+        }
+    }
+
+    impl BlockDevice for Failing {
+        fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+            self.disk.read_at(buf, offset)
+        }
+        fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+            let left = self.budget.load(Ordering::SeqCst);
+            let lands = left.min(buf.len() as u64);
+            self.budget.store(left - lands, Ordering::SeqCst);
+            self.disk.write_at(&buf[..lands as usize], offset)?;
+            if lands < buf.len() as u64 {
+                return Err(io::Error::other("the disk stopped mid-write"));
+            }
+            Ok(())
+        }
+        fn sync(&self) -> io::Result<()> {
+            Ok(())
+        }
+        fn len(&self) -> u64 {
+            self.disk.len()
+        }
+    }
+
+    /// A 24 MiB disk without a partition table (a raw copy: its non-zero MiB regions), noise
+    /// in twelve of them.
+    fn source() -> MemDevice {
+        let mut x = 7u32;
+        let mut data = vec![0u8; (24 * MIB) as usize];
+        for (i, b) in data.iter_mut().enumerate() {
+            if (i as u64 / MIB) % 2 == 0 {
+                x = x.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                *b = (x >> 24) as u8;
+            }
+        }
+        MemDevice::new(data)
+    }
+
+    #[test]
+    fn a_write_cut_off_mid_way_resumes_with_only_what_is_missing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let src = source();
+        let mut o = CaptureOptions::new("g");
+        o.chunk_size = MIB;
+        o.check_space = false;
+        let c = capture(&src, "mem", &store, &o, &NoProgress).unwrap();
+        let source = Source::image(store, c.id, c.manifest).unwrap();
+        let n = source.chunk_count();
+        assert_eq!(n, 12);
+        let desc = || source.describe(1, "lab").unwrap();
+        // The target held other data before.
+        let disk = Arc::new(MemDevice::new(vec![0xa5; (24 * MIB) as usize]));
+        let name = Path::new("mem");
+
+        // Five chunks land; the sixth is half written when the disk stops.
+        let sink = Sink::on(Failing::new(&disk, 5 * MIB + MIB / 2), name, desc()).unwrap();
+        let mut written = 0;
+        for i in 0..n {
+            match sink.write(i, &source.payload(i).unwrap()) {
+                Ok(Ok(())) => written += 1,
+                Ok(Err(wrong)) => panic!("{wrong}"),
+                Err(e) => {
+                    assert!(
+                        format!("{e:#}").contains(&format!("writing chunk {i}")),
+                        "{e:#}"
+                    );
+                    break;
+                }
+            }
+        }
+        assert_eq!(written, 5);
+        assert!(sink.finish().is_err(), "a stopped disk cannot be finished");
+
+        // Started again on the same disk: the five are found, the torn one is not.
+        let sink = Sink::on(Failing::new(&disk, u64::MAX), name, desc()).unwrap();
+        let have = sink.scan().unwrap();
+        assert_eq!(have, (0..n).map(|i| i < 5).collect::<Vec<_>>());
+        let mut fetched = 0;
+        for i in (0..n).filter(|&i| !have[i]) {
+            sink.write(i, &source.payload(i).unwrap()).unwrap().unwrap();
+            fetched += 1;
+        }
+        assert_eq!(fetched, n - 5);
+        sink.finish().unwrap();
+        assert_eq!(sink.check_zero_fill().unwrap(), None);
+        assert!(
+            disk.to_vec() == src.to_vec(),
+            "the resumed disk differs from the source"
+        );
     }
 }
