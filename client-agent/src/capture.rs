@@ -12,7 +12,7 @@ use imaging::device::FileDevice;
 use imaging::manifest::Hash;
 use serde_json::{json, Value};
 use tracing::{info, warn};
-use transport::receive::Progress;
+use transport::target::Progress;
 
 use crate::api::{Api, CallError};
 use crate::task::{Reporter, Stop, Totals, SERVER_AWAY};
@@ -95,9 +95,9 @@ impl Forward<'_> {
                 total_bytes: self.total.load(Ordering::Relaxed),
                 rate_bps: (done as f64 * 8.0 / self.start.elapsed().as_secs_f64().max(0.001))
                     as u64,
-                multicast_chunks: 0,
                 unicast_chunks: self.uploader.uploaded.load(Ordering::Relaxed),
                 kept_chunks: self.uploader.kept.load(Ordering::Relaxed),
+                ..Progress::default()
             },
         );
     }

@@ -17,6 +17,7 @@
 mod api;
 mod boot;
 mod capture;
+mod fetch;
 mod swarm;
 mod task;
 

@@ -13,7 +13,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tracing::{debug, info, warn};
-use transport::receive::Progress;
 use transport::swarm::librqbit::storage::StorageFactoryExt;
 use transport::swarm::librqbit::{
     AddTorrent, AddTorrentOptions, ManagedTorrent, PeerConnectionOptions, Session,
@@ -22,7 +21,7 @@ use transport::swarm::librqbit::{
 use transport::swarm::{DiskStorage, SwarmOptions};
 
 use crate::api::{Api, CallError};
-use crate::task::{Reporter, Stop, SERVER_AWAY};
+use crate::task::{Stop, SERVER_AWAY};
 
 /// No progress for this long: the rest comes over unicast.
 pub(crate) const STALL: Duration = Duration::from_secs(60);
@@ -153,16 +152,20 @@ async fn join(
     Ok((session, handle))
 }
 
-/// Downloads the task's torrent onto the disk. `chunk_total`: the task's plaintext bytes (what
-/// progress counts); torrent bytes are scaled to it.
+/// Downloads the task's torrent onto the disk, beside `target` (told how far it got: torrent
+/// bytes scaled to the target's plaintext bytes; it checks the chunks afterwards).
 pub(crate) async fn receive(
     api: &Api,
     args: &crate::Args,
     task: &proto::api::AgentTask,
     manifest: &imaging::manifest::Manifest,
-    chunk_total: u64,
-    reporter: &Reporter,
+    target: &transport::target::Target,
 ) -> Result<Swarmed, Stop> {
+    let missing_total: u64 = target
+        .missing()
+        .iter()
+        .map(|&i| target.sink().plain_len(i))
+        .sum();
     let (session, handle) = join(api, &args.disk, manifest, task.bittorrent, true).await?;
     let failed = |e: anyhow::Error| Stop::Failed(format!("the swarm: {e:#}"));
     // Paused after its check of the disk: what the disk holds already.
@@ -234,17 +237,9 @@ pub(crate) async fn receive(
                 st.live.as_ref().map(|l| &l.snapshot.peer_stats)
             );
         }
-        let done = st.progress_bytes.min(payload);
-        let got = done.saturating_sub(had);
-        reporter.send(
-            proto::api::TaskState::Receiving,
-            Progress {
-                stored_bytes: (done as u128 * chunk_total as u128 / payload.max(1) as u128) as u64,
-                total_bytes: chunk_total,
-                rate_bps: (got as f64 * 8.0 / start.elapsed().as_secs_f64().max(0.001)) as u64,
-                ..Progress::default()
-            },
-        );
+        let got = st.progress_bytes.min(payload).saturating_sub(had);
+        let left = payload.saturating_sub(had).max(1);
+        target.set_beside((got as u128 * missing_total as u128 / left as u128) as u64);
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
     let st = handle.stats();

@@ -1,36 +1,26 @@
-//! Running one restore task: the manifest, a check that the disk fits, then multicast (the
-//! deployment's session) and unicast for whatever multicast did not bring, progress reports
-//! once a second, an optional read-back, and the result.
+//! Running one task: for a restore, the manifest, the disk opened and scanned once, the
+//! plan's sources in turn ([`crate::fetch`]), progress reports once a second from the disk's
+//! state, an optional read-back, and the result; a capture is [`crate::capture`]'s.
 
-use std::collections::VecDeque;
-use std::net::SocketAddrV4;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use imaging::manifest::Manifest;
 use proto::api::{
-    AgentTask, DeploymentState, Fallback, MulticastAssignment, ProgressReport, ResultReport,
-    StateReply, TaskKind, TaskReply, TaskState, Transport, WorkCounters,
+    AgentTask, ProgressReport, ResultReport, StateReply, TaskKind, TaskState, Transport,
+    WorkCounters,
 };
 use tokio::sync::{mpsc, Notify};
 use tracing::{info, warn};
 use transport::net::Iface;
-use transport::receive::{self, ApiFetch, Progress, ReceiveOptions};
-use transport::session::{Description, Sink};
+use transport::session::Description;
+use transport::target::{Progress, Target};
 
 use crate::api::{Api, CallError};
+use crate::fetch::{self, Fetch, Filled};
 use crate::Args;
 
-/// Unicast chunk downloads at once.
-const PARALLEL_FETCHES: usize = 4;
-/// How often a chunk that arrives wrong is fetched again before the task fails.
-const MAX_BAD_FETCHES: u32 = 3;
-/// How long to listen for the deployment's session before asking the server again.
-const SESSION_WAIT: Duration = Duration::from_secs(20);
-/// Seconds an agent asks again for a waiting multicast deployment's session before it takes
-/// the image over unicast.
-const SESSION_ANNOUNCE_WAIT_S: u32 = 60;
 /// How long the server may stay away while chunks are fetched before the task fails.
 pub(crate) const SERVER_AWAY: Duration = Duration::from_secs(600);
 
@@ -174,7 +164,7 @@ async fn work(
     api: &Api,
     iface: &Iface,
     args: &Args,
-    mut task: AgentTask,
+    task: AgentTask,
     reporter: &Reporter,
 ) -> Result<(Totals, Option<crate::swarm::Seed>), Stop> {
     let m = api
@@ -183,99 +173,110 @@ async fn work(
     let id = m["id"].as_str().unwrap_or_default().to_string();
     let manifest: Manifest = serde_json::from_value(m["manifest"].clone())
         .map_err(|e| Stop::Failed(format!("the server sent a malformed manifest: {e}")))?;
-    let desc = Description::unicast(&id, manifest.clone());
-    // The disk must fit before anything is received (and nothing is written if it does not).
-    {
-        let (disk, d) = (args.disk.clone(), desc.clone());
-        tokio::task::spawn_blocking(move || Sink::open(&disk, d).map(|_| ()))
+    // The disk must fit before anything is received (and nothing is written if it does not);
+    // it is scanned once for what an interrupted run left, which no source fetches again.
+    let target = {
+        let (disk, d) = (
+            args.disk.clone(),
+            Description::unicast(&id, manifest.clone()),
+        );
+        tokio::task::spawn_blocking(move || Target::open(&disk, d, true))
             .await
             .map_err(|e| Stop::Failed(e.to_string()))?
-            .map_err(|e| Stop::Failed(format!("{}: {e:#}", args.disk.display())))?;
-    }
-    reporter.send(TaskState::Receiving, Progress::default());
-    let mut totals = Totals::default();
-    // A multicast deployment may send its stragglers and late joiners to the swarm.
-    let swarm_fallback = task.fallback == Fallback::Bittorrent;
-    let mut unheard = None;
-    // A task can reach the agent before its deployment's session is announced (the server
-    // starts the session right after creating the tasks): while the deployment waits for
-    // its stream, ask again rather than take the whole image over unicast.
-    let mut asked = 0;
-    while task.transport == Transport::Multicast
-        && task.multicast.is_none()
-        && task.deployment_state == DeploymentState::Waiting
-        && asked < SESSION_ANNOUNCE_WAIT_S
-    {
-        if asked == 0 {
-            info!("the deployment's multicast session is not announced yet: waiting for it");
-        }
-        asked += 1;
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        task = fetch_task(api).await?;
-    }
-    if task.transport == Transport::Multicast && task.multicast.is_none() {
+            .map_err(|e| Stop::Failed(format!("{}: {e:#}", args.disk.display())))?
+    };
+    let target = Arc::new(target);
+    let kept = target.progress().kept_chunks;
+    if kept > 0 {
         info!(
-            "no multicast session for this deployment ({}): fetching the image over unicast",
-            match task.deployment_state {
-                DeploymentState::Waiting => "none announced within a minute",
-                DeploymentState::Running => "its stream is over or was lost with a server restart",
-                _ => "the deployment is over",
-            }
+            "{kept} chunk(s) already on the disk: fetching the other {}",
+            target.missing().len()
         );
     }
-    while let (Transport::Multicast, Some(mc)) = (task.transport, task.multicast.clone()) {
-        match multicast(api, iface, args, &mc, reporter, swarm_fallback).await {
-            Ok(t) => {
-                totals = t;
+    let sampler = tokio::spawn(report_progress(target.clone(), reporter.clone()));
+    let plan = task.plan();
+    let mut multicast = fetch::Multicast {
+        api,
+        iface,
+        leave_missing: plan.contains(&Transport::Bittorrent),
+        task: task.clone(),
+    };
+    let mut swarm = fetch::Swarm {
+        api,
+        args,
+        task: &task,
+        manifest: &manifest,
+        reporter,
+        seeding: None,
+    };
+    let mut unicast = fetch::Unicast { api };
+    let mut done_by = None;
+    for (k, &via) in plan.iter().enumerate() {
+        if target.complete() {
+            break;
+        }
+        let source: &mut dyn Fetch = match via {
+            Transport::Multicast => &mut multicast,
+            Transport::Bittorrent => &mut swarm,
+            Transport::Unicast => &mut unicast,
+        };
+        match source.fill(&target).await {
+            Ok(Filled::Complete) => {
+                done_by = Some(via);
                 break;
             }
-            Err(MulticastError::NoSession) => {
-                // The session may have ended (late machine) or been replaced (server
-                // restart): ask again. A session the server still names but that stays
-                // silent (its server is gone) is given up after two tries.
-                if unheard == Some(mc.session) {
-                    warn!("the deployment's session is not heard here: finishing without it");
-                    break;
-                }
-                unheard = Some(mc.session);
-                task = fetch_task(api).await?;
-            }
-            Err(MulticastError::Other(e)) => {
-                warn!("multicast failed: {e:#}; finishing without it");
-                break;
+            Ok(Filled::Partial(why)) => info!(
+                "{}",
+                fetch::next_line(via, &why, target.missing().len(), plan.get(k + 1).copied())
+            ),
+            Err(e) => {
+                sampler.abort();
+                return Err(e);
             }
         }
     }
-    let mut seeding = None;
-    let multicast_chunks = totals.multicast;
-    if task.transport == Transport::Bittorrent || (swarm_fallback && totals.bytes == 0) {
-        let total = desc.plain_bytes();
-        let s = crate::swarm::receive(api, args, &task, &manifest, total, reporter).await?;
-        reporter
+    sampler.abort();
+    if !target.complete() {
+        return Err(Stop::Failed(format!(
+            "{} chunk(s) missing after every source ({})",
+            target.missing().len(),
+            plan.iter()
+                .map(|t| t.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
+    {
+        let t = target.clone();
+        tokio::task::spawn_blocking(move || t.finish())
+            .await
+            .map_err(|e| Stop::Failed(e.to_string()))?
+            .map_err(|e| Stop::Failed(format!("finishing the disk: {e:#}")))?;
+    }
+    let seeding = match swarm.seeding.take() {
+        Some(s) => Some(crate::swarm::Seed::Live(s)),
+        // Done by multicast in a deployment whose stragglers finish from the swarm: the
+        // machine seeds for them once its result is in.
+        None if done_by == Some(Transport::Multicast) && plan.contains(&Transport::Bittorrent) => {
+            Some(crate::swarm::Seed::Later {
+                disk: args.disk.clone(),
+                manifest: Box::new(manifest.clone()),
+                limits: task.bittorrent,
+            })
+        }
+        None => None,
+    };
+    let p = target.progress();
+    let totals = Totals {
+        bytes: p.total_bytes,
+        multicast: p.multicast_chunks,
+        unicast: p.unicast_chunks,
+        kept: p.kept_chunks,
+        swarm_bytes: reporter
             .swarm_bytes
-            .store(s.fetched, std::sync::atomic::Ordering::Relaxed);
-        seeding = s.seeding.map(crate::swarm::Seed::Live);
-    } else if swarm_fallback {
-        // Done by multicast: it seeds for the stragglers once its result is in.
-        seeding = Some(crate::swarm::Seed::Later {
-            disk: args.disk.clone(),
-            manifest: Box::new(manifest.clone()),
-            limits: task.bittorrent,
-        });
-    }
-    if totals.bytes == 0 {
-        // After the swarm: every chunk is checked on the disk, the few wrong or missing
-        // ones fetched (all of them, if the swarm gave nothing).
-        totals = unicast(api, args, desc.clone(), reporter).await?;
-    }
-    totals.swarm_bytes = reporter
-        .swarm_bytes
-        .load(std::sync::atomic::Ordering::Relaxed);
-    if totals.swarm_bytes > 0 {
-        // The scan found the swarm's (and multicast's) chunks on the disk: not "kept".
-        totals.kept = 0;
-        totals.multicast = multicast_chunks;
-    }
+            .load(std::sync::atomic::Ordering::Relaxed),
+        captured: false,
+    };
     if args.read_back {
         reporter.send(
             TaskState::Verifying,
@@ -285,9 +286,9 @@ async fn work(
                 ..Progress::default()
             },
         );
-        let (disk, d) = (args.disk.clone(), desc);
+        let t = target.clone();
         let bad = tokio::task::spawn_blocking(move || {
-            let sink = Sink::open(&disk, d)?;
+            let sink = t.sink();
             let have = sink.scan()?;
             anyhow::Ok((have.iter().position(|&h| !h), sink.check_zero_fill()?))
         })
@@ -311,203 +312,22 @@ async fn work(
     Ok((totals, seeding))
 }
 
-/// The task as the server has it now.
-async fn fetch_task(api: &Api) -> Result<AgentTask, Stop> {
-    let r = api
-        .retry("fetching the task", None, || {
-            api.get_as::<TaskReply>("/agent/task")
-        })
-        .await?;
-    Ok(r.task)
-}
-
-/// Why joining the multicast session ended without the image.
-enum MulticastError {
-    /// No session was heard on the group (over, or replaced after a server restart).
-    NoSession,
-    /// Anything else: the machine finishes without multicast.
-    Other(anyhow::Error),
-}
-
-/// Joins the deployment's session; whatever multicast misses comes from the API, or with
-/// `leave_missing` from elsewhere (the totals' bytes are then 0, the chunk counts what came).
-async fn multicast(
-    api: &Api,
-    iface: &Iface,
-    args: &Args,
-    mc: &MulticastAssignment,
-    reporter: &Reporter,
-    leave_missing: bool,
-) -> Result<Totals, MulticastError> {
-    let group: SocketAddrV4 = mc.group.parse().map_err(|e| {
-        MulticastError::Other(anyhow::anyhow!(
-            "the task's multicast group {:?}: {e}",
-            mc.group
-        ))
-    })?;
-    let session = mc.session;
-    let (ptx, mut prx) = mpsc::unbounded_channel();
-    let fwd = {
-        let r = reporter.clone();
-        tokio::spawn(async move {
-            while let Some(p) = prx.recv().await {
-                r.send(TaskState::Receiving, p);
-            }
-        })
-    };
-    info!(%group, session = format!("{session:08x}"), "joining the multicast session");
-    let r = receive::run(ReceiveOptions {
-        iface: iface.clone(),
-        group,
-        out: args.disk.clone(),
-        wait: Some(SESSION_WAIT),
-        json: false,
-        session: Some(session),
-        fetch_from: Some(ApiFetch {
-            base: api.base.clone(),
-            token: api.token.clone().unwrap_or_default(),
-        }),
-        resume: true,
-        progress: Some(ptx),
-        leave_missing,
-    })
-    .await;
-    fwd.abort();
-    let r = r.map_err(|e| match e.downcast_ref::<receive::NoSession>() {
-        Some(_) => MulticastError::NoSession,
-        None => MulticastError::Other(e),
-    })?;
-    info!(
-        "received in {:.1} s: {} chunk(s) by multicast, {} over unicast, {} already on the disk",
-        r.seconds, r.multicast_chunks, r.unicast_chunks, r.kept_chunks
-    );
-    if r.missing_chunks > 0 {
-        info!("{} chunk(s) left for the swarm", r.missing_chunks);
-    }
-    Ok(Totals {
-        bytes: if r.missing_chunks > 0 { 0 } else { r.bytes },
-        multicast: r.multicast_chunks,
-        unicast: r.unicast_chunks,
-        kept: r.kept_chunks,
-        swarm_bytes: 0,
-        captured: false,
-    })
-}
-
-/// Fetches every chunk the disk lacks from the API, `PARALLEL_FETCHES` at a time.
-async fn unicast(
-    api: &Api,
-    args: &Args,
-    desc: Description,
-    reporter: &Reporter,
-) -> Result<Totals, Stop> {
-    let disk = args.disk.clone();
-    let (sink, have) = tokio::task::spawn_blocking(move || {
-        let sink = Sink::open(&disk, desc)?;
-        let have = sink.scan()?;
-        anyhow::Ok((sink, have))
-    })
-    .await
-    .map_err(|e| Stop::Failed(e.to_string()))?
-    .map_err(|e| Stop::Failed(format!("{e:#}")))?;
-    let sink = Arc::new(sink);
-    let hashes: Vec<String> = (0..sink.chunks()).map(|i| sink.hash_hex(i)).collect();
-    let total: u64 = (0..sink.chunks()).map(|i| sink.plain_len(i)).sum();
-    let mut t = Totals::default();
-    let mut stored = 0u64;
-    let mut queue = VecDeque::new();
-    for (i, &h) in have.iter().enumerate() {
-        if h {
-            t.kept += 1;
-            stored += sink.plain_len(i);
-        } else {
-            queue.push_back(i);
-        }
-    }
-    if t.kept > 0 {
-        info!(
-            "{} chunk(s) already on the disk: fetching the other {}",
-            t.kept,
-            queue.len()
-        );
-    }
-    let mut bad = vec![0u32; sink.chunks()];
-    let mut running = tokio::task::JoinSet::new();
-    let start = Instant::now();
-    let mut last = Instant::now();
-    let mut fetched_bytes = 0u64;
+/// Sends the target's progress once a second, whichever source fills it, with the rate of
+/// the last second.
+async fn report_progress(target: Arc<Target>, reporter: Reporter) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut last: Option<(Instant, u64)> = None;
     loop {
-        while running.len() < PARALLEL_FETCHES {
-            let Some(i) = queue.pop_front() else { break };
-            let (api, sink, hash) = (api.clone(), sink.clone(), hashes[i].clone());
-            running.spawn(async move {
-                let data = api
-                    .retry("fetching a chunk", Some(SERVER_AWAY), || api.chunk(&hash))
-                    .await;
-                let data = match data {
-                    Ok(d) => d,
-                    Err(e) => return (i, Err(Stop::from(e))),
-                };
-                let r = tokio::task::spawn_blocking(move || sink.write(i, &data)).await;
-                match r {
-                    Ok(Ok(Ok(()))) => (i, Ok(true)),
-                    Ok(Ok(Err(why))) => {
-                        warn!("{why}: fetching it again");
-                        (i, Ok(false))
-                    }
-                    Ok(Err(e)) => (i, Err(Stop::Failed(format!("writing the disk: {e:#}")))),
-                    Err(e) => (i, Err(Stop::Failed(e.to_string()))),
-                }
-            });
+        tick.tick().await;
+        let mut p = target.progress();
+        let now = Instant::now();
+        if let Some((t, b)) = last {
+            let secs = now.duration_since(t).as_secs_f64().max(0.001);
+            p.rate_bps = (p.stored_bytes.saturating_sub(b) as f64 * 8.0 / secs) as u64;
         }
-        let Some(r) = running.join_next().await else {
-            break;
-        };
-        let (i, r) = r.map_err(|e| Stop::Failed(e.to_string()))?;
-        match r? {
-            true => {
-                t.unicast += 1;
-                stored += sink.plain_len(i);
-                fetched_bytes += sink.plain_len(i);
-            }
-            false => {
-                bad[i] += 1;
-                if bad[i] >= MAX_BAD_FETCHES {
-                    return Err(Stop::Failed(format!(
-                        "chunk {i} arrived wrong {MAX_BAD_FETCHES} times"
-                    )));
-                }
-                queue.push_back(i);
-            }
-        }
-        if last.elapsed() >= Duration::from_secs(1) {
-            last = Instant::now();
-            reporter.send(
-                TaskState::Receiving,
-                Progress {
-                    stored_bytes: stored,
-                    total_bytes: total,
-                    rate_bps: (fetched_bytes as f64 * 8.0 / start.elapsed().as_secs_f64()) as u64,
-                    unicast_chunks: t.unicast,
-                    kept_chunks: t.kept,
-                    ..Progress::default()
-                },
-            );
-        }
+        last = Some((now, p.stored_bytes));
+        reporter.send(TaskState::Receiving, p);
     }
-    let s = sink.clone();
-    tokio::task::spawn_blocking(move || s.finish())
-        .await
-        .map_err(|e| Stop::Failed(e.to_string()))?
-        .map_err(|e| Stop::Failed(format!("finishing the disk: {e:#}")))?;
-    t.bytes = total;
-    info!(
-        "fetched {} chunk(s) in {:.1} s, {} already on the disk",
-        t.unicast,
-        start.elapsed().as_secs_f64(),
-        t.kept
-    );
-    Ok(t)
 }
 
 /// Tells the server how the task ended; returns the exit code.

@@ -257,6 +257,22 @@ pub struct AgentTask {
     pub disk: Option<String>,
 }
 
+impl AgentTask {
+    /// The sources of a restore, in the order the agent uses them, each taking what the ones
+    /// before left: the deployment's transport first, then a multicast deployment's fallback,
+    /// and unicast last, which brings whatever is still missing.
+    pub fn plan(&self) -> Vec<Transport> {
+        let mut plan = vec![self.transport];
+        if self.transport == Transport::Multicast && self.fallback == Fallback::Bittorrent {
+            plan.push(Transport::Bittorrent);
+        }
+        if self.transport != Transport::Unicast {
+            plan.push(Transport::Unicast);
+        }
+        plan
+    }
+}
+
 /// `GET /api/v1/agent/task`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TaskReply {
@@ -361,6 +377,42 @@ mod tests {
         let e = "carrier-pigeon".parse::<Transport>().unwrap_err();
         assert!(e.contains("multicast, bittorrent, unicast"), "{e}");
         assert!(TaskState::Receiving.active() && !TaskState::Done.active());
+    }
+
+    #[test]
+    fn a_restore_plan_starts_with_the_transport_and_ends_with_unicast() {
+        let task = |transport, fallback| AgentTask {
+            id: "t".into(),
+            deployment: "d".into(),
+            kind: TaskKind::Restore,
+            state: TaskState::Waiting,
+            image: ImageRef {
+                id: "i".into(),
+                name: "lab@1".into(),
+            },
+            transport,
+            deployment_state: DeploymentState::Running,
+            multicast: None,
+            fallback,
+            bittorrent: None,
+            then: Then::Reboot,
+            bytes_total: 1,
+            disk: None,
+        };
+        use Transport::*;
+        for (t, f, plan) in [
+            (Multicast, Fallback::Unicast, vec![Multicast, Unicast]),
+            (
+                Multicast,
+                Fallback::Bittorrent,
+                vec![Multicast, Bittorrent, Unicast],
+            ),
+            (Bittorrent, Fallback::Unicast, vec![Bittorrent, Unicast]),
+            (Bittorrent, Fallback::Bittorrent, vec![Bittorrent, Unicast]),
+            (Unicast, Fallback::Bittorrent, vec![Unicast]),
+        ] {
+            assert_eq!(task(t, f).plan(), plan, "{t} with {f}");
+        }
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub mod receive;
 pub mod send;
 pub mod session;
 pub mod swarm;
+pub mod target;
 
 /// The default group and port: in the IPv4 organisation-local scope (239.255.0.0/16, RFC
 /// 2365), which routers at a site's edge do not forward.

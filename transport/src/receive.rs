@@ -1,22 +1,26 @@
-//! `drover multicast receive`: finds a session on the group, registers, drives a
-//! [`proto::Receiver`] with tokio, writes and verifies chunks on a writer thread, and fetches
-//! over HTTP what multicast did not bring.
+//! The multicast receiver's driver: finds a session on the group, registers, drives a
+//! [`proto::Receiver`] with tokio, stores chunks in a [`Target`] on a writer thread, and
+//! fetches over HTTP what multicast did not bring (or, asked to, leaves that to the caller).
+//!
+//! It prints nothing: what happens is told as [`Event`]s, which `drover multicast receive`
+//! prints and the agent logs, and the result is a [`Received`].
 
 use std::net::{SocketAddr, SocketAddrV4};
 use std::path::PathBuf;
 use std::sync::mpsc as std_mpsc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::{bail, ensure, Context};
 use proto::wire::{self, Announce, Kind, SenderState};
 use proto::{Receiver, ReceiverConfig, ReceiverEvent, SessionKey};
-use serde_json::json;
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
 use crate::fmt;
 use crate::net::{self, Iface};
-use crate::session::{Description, Registration, Sink};
+use crate::session::{Description, Registration};
+use crate::target::{Stored, Target, Via};
 use crate::unhex;
 
 /// Decoded chunks waiting for the disk at most; beyond that a chunk is dropped and fetched
@@ -63,23 +67,30 @@ const MAX_FETCH_FAILURES: u32 = 30;
 pub struct ReceiveOptions {
     pub iface: Iface,
     pub group: SocketAddrV4,
-    pub out: PathBuf,
+    /// Where the chunks go.
+    pub out: Out,
     pub wait: Option<Duration>,
-    pub json: bool,
     /// Only this session (the daemon names it in the task); otherwise the first announced.
     pub session: Option<u32>,
     /// Fetch missing chunks from the daemon's API rather than from the sender, so a
     /// receiver finishes even when the sender is gone (a server restart).
     pub fetch_from: Option<ApiFetch>,
-    /// First check which chunks the output already holds (a resumed write) and receive
-    /// only the others.
-    pub resume: bool,
-    /// Where to report progress once a second (the agent); `None` prints it.
-    pub progress: Option<mpsc::UnboundedSender<Progress>>,
+    /// Where to tell what happens (the caller shows or logs it); None: nowhere.
+    pub events: Option<mpsc::UnboundedSender<Event>>,
     /// Leave, rather than fetch the rest, once what is missing would come over unicast
     /// only (the stream is over, the receiver demoted, the sender silent): the caller
     /// finishes elsewhere (a BitTorrent swarm). Repairs during the stream are fetched.
     pub leave_missing: bool,
+}
+
+/// Where a receiver writes.
+pub enum Out {
+    /// A file or device, opened once the session's description is known; with `resume`,
+    /// first checked for the chunks it holds already (only the others are received).
+    Path { path: PathBuf, resume: bool },
+    /// A target the caller opened and scanned (an agent's disk, filled by several sources):
+    /// the session must carry the same chunks.
+    Target(Arc<Target>),
 }
 
 /// The daemon's chunk endpoint: `GET {base}/api/v1/chunks/{hash}` with a bearer token.
@@ -89,18 +100,96 @@ pub struct ApiFetch {
     pub token: String,
 }
 
-/// How far a receiver got.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Progress {
-    /// Plaintext bytes stored and verified.
-    pub stored_bytes: u64,
-    pub total_bytes: u64,
-    /// Receive rate, bits/s.
+/// What happens in a receiver, for its caller to show (every one has a line as its
+/// `Display`).
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// Listening on the group.
+    Waiting {
+        group: SocketAddrV4,
+        iface: String,
+        addr: std::net::Ipv4Addr,
+    },
+    /// A session was found and its description read.
+    Found {
+        session: u32,
+        name: String,
+        bytes: u64,
+        chunks: usize,
+        from: std::net::IpAddr,
+    },
+    /// Chunks the output held already.
+    Kept(u64),
+    Registered(u32),
+    /// The sender dropped this receiver from the stream.
+    Demoted,
+    SenderSilent,
+    /// The sender forgot this receiver: it registers again.
+    Registering,
+    /// The receiver leaves with chunks missing (`leave_missing`).
+    Leaving {
+        missing: usize,
+    },
+    /// Once a second.
+    Stats(Stats),
+}
+
+/// A receiver's state, once a second.
+#[derive(Debug, Clone, Copy)]
+pub struct Stats {
+    /// Payload bytes stored, of `payload_total`.
+    pub payload_stored: u64,
+    pub payload_total: u64,
+    pub stored_chunks: u32,
+    pub chunks: usize,
     pub rate_bps: u64,
-    pub multicast_chunks: u64,
-    pub unicast_chunks: u64,
-    /// Chunks found already written when a write resumed.
-    pub kept_chunks: u64,
+    pub loss: f64,
+    pub fetched_chunks: u32,
+    pub demoted: bool,
+}
+
+impl std::fmt::Display for Event {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Waiting { group, iface, addr } => write!(
+                f,
+                "waiting for a session on {group} (or broadcast) via {iface} ({addr})"
+            ),
+            Self::Found {
+                session,
+                name,
+                bytes,
+                chunks,
+                from,
+            } => write!(
+                f,
+                "session {session:08x}: {name} ({} in {chunks} chunks) from {from}",
+                fmt::bytes(*bytes)
+            ),
+            Self::Kept(n) => write!(f, "{n} chunk(s) already written: receiving the rest"),
+            Self::Registered(id) => write!(f, "registered as receiver {id}"),
+            Self::Demoted => f.write_str("demoted by the sender: finishing over unicast"),
+            Self::SenderSilent => f.write_str("the sender went silent: finishing over unicast"),
+            Self::Registering => {
+                f.write_str("the sender no longer knows this receiver: registering again")
+            }
+            Self::Leaving { missing } => write!(
+                f,
+                "leaving the session with {missing} chunk(s) missing: the rest comes from elsewhere"
+            ),
+            Self::Stats(s) => write!(
+                f,
+                "received {} of {} ({:.0} %), {} , loss {:.1} %, {} chunk(s) over unicast{}",
+                fmt::bytes(s.payload_stored),
+                fmt::bytes(s.payload_total),
+                100.0 * f64::from(s.stored_chunks) / s.chunks.max(1) as f64,
+                fmt::rate(s.rate_bps as f64),
+                100.0 * s.loss,
+                s.fetched_chunks,
+                if s.demoted { " (demoted)" } else { "" }
+            ),
+        }
+    }
 }
 
 enum Outcome {
@@ -123,40 +212,44 @@ const RECEIVER_NICE: libc::c_int = 5;
 /// The writer's, behind its queue: later still.
 const WRITER_NICE: libc::c_int = 10;
 
-/// A line for the terminal, or for the log when an agent drives the receiver.
-macro_rules! say {
-    ($quiet:expr, $($t:tt)*) => {
-        if $quiet {
-            tracing::info!($($t)*)
-        } else {
-            eprintln!($($t)*)
-        }
-    };
-}
-
 /// What a receiver got, and how.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Received {
+    pub session: u32,
+    pub name: String,
+    /// Plaintext bytes of the session.
     pub bytes: u64,
     pub seconds: f64,
+    /// Chunks decoded from the stream and fetched over unicast by this receiver.
     pub multicast_chunks: u64,
     pub unicast_chunks: u64,
+    /// Chunks the output held before.
     pub kept_chunks: u64,
     /// Chunks not stored (the receiver left, `leave_missing`); 0 when complete.
     pub missing_chunks: u64,
+    pub datagrams: u64,
+    /// Datagrams dropped as bad (authentication, format) or of another session.
+    pub rejected_datagrams: u64,
+    pub foreign_datagrams: u64,
+    pub demoted: bool,
 }
 
 /// Runs a receiver to the end of its session.
 pub async fn run(o: ReceiveOptions) -> anyhow::Result<Received> {
     // SAFETY: setpriority on the calling thread (who = 0) has no memory effects.
     unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, RECEIVER_NICE) };
-    let quiet = o.progress.is_some();
+    let tell = |e: Event| {
+        if let Some(tx) = &o.events {
+            let _ = tx.send(e);
+        }
+    };
     let group = net::group_socket(&o.iface, o.group)?;
     let recv_buffer = net::recv_buffer(&group);
-    eprintln!(
-        "waiting for a session on {} (or broadcast) via {} ({})",
-        o.group, o.iface.name, o.iface.addr
-    );
+    tell(Event::Waiting {
+        group: o.group,
+        iface: o.iface.name.clone(),
+        addr: o.iface.addr,
+    });
     let (announce, sender_addr) = find_session(&group, o.wait, o.session).await?;
     // A daemon's session (HTTP port 0) is joined through the daemon's API, with the task's
     // token; the command line's sender serves its own port.
@@ -198,36 +291,41 @@ pub async fn run(o: ReceiveOptions) -> anyhow::Result<Received> {
         .context("reading the session description")?;
     let layout = desc.layout()?;
     let total = desc.plain_bytes();
-    eprintln!(
-        "session {:08x}: {} ({} in {} chunks) from {}",
-        desc.session,
-        desc.name,
-        fmt::bytes(total),
-        desc.chunks.len(),
-        sender_addr.ip()
-    );
+    tell(Event::Found {
+        session: desc.session,
+        name: desc.name.clone(),
+        bytes: total,
+        chunks: desc.chunks.len(),
+        from: sender_addr.ip(),
+    });
     // Check the output before registering: a receiver that cannot write never joins.
-    let resume = o.resume;
-    let (sink, have) = {
-        let out = o.out.clone();
-        let d = desc.clone();
-        tokio::task::spawn_blocking(move || {
-            let sink = Sink::open(&out, d)?;
-            let have = if resume {
-                sink.scan()?
-            } else {
-                vec![false; sink.chunks()]
-            };
-            if have.iter().all(|&h| h) {
-                sink.finish()?;
-            }
-            anyhow::Ok((sink, have))
-        })
-        .await??
+    let target = match o.out {
+        Out::Target(t) => {
+            let ours = &t.sink().desc().chunks;
+            ensure!(
+                ours.len() == desc.chunks.len()
+                    && ours
+                        .iter()
+                        .zip(&desc.chunks)
+                        .all(|(a, b)| a.hash == b.hash && a.plain_len == b.plain_len),
+                "session {:08x} carries other chunks than the task's image",
+                desc.session
+            );
+            t
+        }
+        Out::Path { path, resume } => {
+            let d = desc.clone();
+            Arc::new(tokio::task::spawn_blocking(move || Target::open(&path, d, resume)).await??)
+        }
     };
-    let kept = have.iter().filter(|&&h| h).count() as u64;
+    if target.complete() {
+        let t = target.clone();
+        tokio::task::spawn_blocking(move || t.finish()).await??;
+    }
+    let held = target.held();
+    let kept = held.iter().filter(|&&h| h).count() as u64;
     if kept > 0 {
-        say!(quiet, "{kept} chunk(s) already written: receiving the rest");
+        tell(Event::Kept(kept));
     }
     let hashes: Vec<String> = desc.chunks.iter().map(|c| c.hash.to_hex()).collect();
     let register = || async {
@@ -250,21 +348,24 @@ pub async fn run(o: ReceiveOptions) -> anyhow::Result<Received> {
     let mut cfg = ReceiverConfig::new(desc.session, SessionKey(key), reg.receiver_id);
     cfg.rng_seed = u64::from(reg.receiver_id) ^ u64::from(u32::from(o.iface.addr));
     let mut rx = Receiver::new(cfg, layout, Instant::now());
-    for (i, _) in have.iter().enumerate().filter(|(_, &h)| h) {
+    for (i, _) in held.iter().enumerate().filter(|(_, &h)| h) {
         rx.already_stored(i as u32);
     }
-    eprintln!("registered as receiver {}", reg.receiver_id);
+    tell(Event::Registered(reg.receiver_id));
 
     // The writer thread: checks, writes and reads back every chunk, then finishes the output.
     let (job_tx, job_rx) = std_mpsc::channel::<Job>();
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(u32, bool, anyhow::Result<Outcome>)>();
     let n_chunks = desc.chunks.len();
-    let writer = std::thread::spawn(move || {
-        // Writing is behind a queue and may lag; the receive loop and the feedback may not.
-        // SAFETY: setpriority on the calling thread (tid 0 = self) has no memory effects.
-        unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, WRITER_NICE) };
-        writer(sink, job_rx, done_tx, have)
-    });
+    let writer = {
+        let target = target.clone();
+        std::thread::spawn(move || {
+            // Writing is behind a queue and may lag; the receive loop and the feedback may not.
+            // SAFETY: setpriority on the calling thread (tid 0 = self) has no memory effects.
+            unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, WRITER_NICE) };
+            writer(&target, job_rx, done_tx)
+        })
+    };
 
     let (fetch_tx, mut fetch_rx) = mpsc::unbounded_channel::<(u32, anyhow::Result<Vec<u8>>)>();
     let mut gbuf = vec![0u8; 65536];
@@ -333,13 +434,11 @@ pub async fn run(o: ReceiveOptions) -> anyhow::Result<Received> {
                 }
                 ReceiverEvent::Demoted => {
                     demoted = true;
-                    eprintln!("demoted by the sender: finishing over unicast");
+                    tell(Event::Demoted);
                 }
-                ReceiverEvent::SenderSilent => {
-                    eprintln!("the sender went silent: finishing over unicast")
-                }
+                ReceiverEvent::SenderSilent => tell(Event::SenderSilent),
                 ReceiverEvent::Unknown => {
-                    eprintln!("the sender no longer knows this receiver: registering again");
+                    tell(Event::Registering);
                     let reg = register().await?;
                     rx.rejoin(reg.receiver_id);
                 }
@@ -351,43 +450,24 @@ pub async fn run(o: ReceiveOptions) -> anyhow::Result<Received> {
             break;
         }
         if o.leave_missing && rx.unicast_all() {
-            eprintln!(
-                "leaving the session with {} chunk(s) missing: the rest comes from elsewhere",
-                rx.missing().len()
-            );
+            tell(Event::Leaving {
+                missing: rx.missing().len(),
+            });
             break;
         }
         if last_progress.elapsed() >= Duration::from_secs(1) {
             last_progress = Instant::now();
             let s = rx.stats();
-            if let Some(p) = &o.progress {
-                // The receiver counts payload (compressed) bytes; the agent reports plaintext.
-                let missing: u64 = rx
-                    .missing()
-                    .iter()
-                    .map(|&i| u64::from(desc.chunks[i as usize].plain_len))
-                    .sum();
-                let s = rx.stats();
-                let _ = p.send(Progress {
-                    stored_bytes: total - missing,
-                    total_bytes: total,
-                    rate_bps: s.rate_bps,
-                    multicast_chunks: u64::from(s.decoded_chunks),
-                    unicast_chunks: u64::from(s.fetched_chunks),
-                    kept_chunks: kept,
-                });
-            } else {
-                eprintln!(
-                    "received {} of {} ({:.0} %), {} , loss {:.1} %, {} chunk(s) over unicast{}",
-                    fmt::bytes(s.stored_bytes),
-                    fmt::bytes(desc.chunks.iter().map(|c| c.len as u64).sum()),
-                    100.0 * s.stored_chunks as f64 / n_chunks.max(1) as f64,
-                    fmt::rate(s.rate_bps as f64),
-                    100.0 * s.loss,
-                    s.fetched_chunks,
-                    if demoted { " (demoted)" } else { "" }
-                );
-            }
+            tell(Event::Stats(Stats {
+                payload_stored: s.stored_bytes,
+                payload_total: desc.chunks.iter().map(|c| u64::from(c.len)).sum(),
+                stored_chunks: s.stored_chunks,
+                chunks: n_chunks,
+                rate_bps: s.rate_bps,
+                loss: s.loss,
+                fetched_chunks: s.fetched_chunks,
+                demoted,
+            }));
         }
         let wake = rx
             .poll_timeout()
@@ -448,50 +528,20 @@ pub async fn run(o: ReceiveOptions) -> anyhow::Result<Received> {
         .join()
         .map_err(|_| anyhow::anyhow!("the writer panicked"))?;
     let s = rx.stats();
-    let secs = t0.elapsed().as_secs_f64();
-    let received = Received {
+    Ok(Received {
+        session: desc.session,
+        name: desc.name,
         bytes: total,
-        seconds: secs,
+        seconds: t0.elapsed().as_secs_f64(),
         multicast_chunks: u64::from(s.decoded_chunks),
         unicast_chunks: u64::from(s.fetched_chunks),
         kept_chunks: kept,
         missing_chunks: rx.missing().len() as u64,
-    };
-    if quiet {
-        return Ok(received);
-    }
-    if o.json {
-        println!(
-            "{}",
-            json!({
-                "session": format!("{:08x}", desc.session),
-                "name": desc.name,
-                "out": o.out.display().to_string(),
-                "bytes": total,
-                "seconds": secs,
-                "chunks_multicast": s.decoded_chunks,
-                "chunks_unicast": s.fetched_chunks,
-                "datagrams": s.datagrams,
-                "rejected_datagrams": s.rejected,
-                "foreign_datagrams": s.foreign,
-                "demoted": demoted,
-            })
-        );
-    } else {
-        println!(
-            "received {} into {} in {secs:.1} s, verified: {} chunk(s) by multicast, {} over unicast{}",
-            fmt::bytes(total),
-            o.out.display(),
-            s.decoded_chunks,
-            s.fetched_chunks,
-            if s.rejected > 0 {
-                format!(", {} bad datagram(s) dropped", s.rejected)
-            } else {
-                String::new()
-            }
-        );
-    }
-    Ok(received)
+        datagrams: s.datagrams,
+        rejected_datagrams: s.rejected,
+        foreign_datagrams: s.foreign,
+        demoted,
+    })
 }
 
 /// The writer stored chunk `index` (or found it wrong).
@@ -586,33 +636,31 @@ async fn find_session(
 }
 
 fn writer(
-    sink: Sink,
+    target: &Target,
     jobs: std_mpsc::Receiver<Job>,
     done: mpsc::UnboundedSender<(u32, bool, anyhow::Result<Outcome>)>,
-    have: Vec<bool>,
 ) {
-    let n = have.len();
-    let mut count = have.iter().filter(|&&h| h).count();
-    let mut written = have;
     for job in jobs {
-        let i = job.index as usize;
-        let r = (|| {
-            // Wrong data is fetched again; the output failing is fatal (`?`).
-            if let Err(why) = sink.write(i, &job.data)? {
-                return Ok(Outcome::Bad(why));
-            }
-            if !written[i] {
-                written[i] = true;
-                count += 1;
-            }
-            if count == n {
-                // The last chunk: finish the output (GPT backup, sync) before the sender hears
-                // that this receiver is done.
-                sink.finish()
-                    .with_context(|| format!("finishing {}", sink.path.display()))?;
-            }
-            Ok(Outcome::Stored)
-        })();
+        let via = if job.unicast {
+            Via::Unicast
+        } else {
+            Via::Multicast
+        };
+        // Wrong data is fetched again; the output failing is fatal (`?`).
+        let r = target
+            .store(job.index as usize, &job.data, via)
+            .and_then(|stored| match stored {
+                Stored::Wrong(why) => Ok(Outcome::Bad(why)),
+                Stored::Held => Ok(Outcome::Stored),
+                Stored::Written { complete } => {
+                    if complete {
+                        // The last chunk: finish the output (GPT backup, sync) before the
+                        // sender hears that this receiver is done.
+                        target.finish()?;
+                    }
+                    Ok(Outcome::Stored)
+                }
+            });
         let fatal = r.is_err();
         if done.send((job.index, job.unicast, r)).is_err() || fatal {
             return;

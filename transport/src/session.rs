@@ -439,6 +439,11 @@ impl Sink {
         parallel_map(self.desc.chunks.len(), |i| self.holds(i))
     }
 
+    /// The session (or image) this sink writes.
+    pub fn desc(&self) -> &Description {
+        &self.desc
+    }
+
     /// Chunks in the session.
     pub fn chunks(&self) -> usize {
         self.desc.chunks.len()

@@ -181,20 +181,70 @@ pub(crate) fn run(cmd: MulticastCommand, data_dir: &Path, json: bool) -> anyhow:
             wait,
         } => {
             let iface = net::iface(iface.as_deref())?;
-            rt.block_on(receive::run(receive::ReceiveOptions {
-                leave_missing: false,
-                iface,
-                group,
-                out,
-                wait,
-                json,
-                session: None,
-                fetch_from: None,
-                resume: false,
-                progress: None,
-            }))
-            .map(|_| ())
+            let (tx, mut events) = tokio::sync::mpsc::unbounded_channel();
+            let r = rt.block_on(async {
+                let show = tokio::spawn(async move {
+                    while let Some(e) = events.recv().await {
+                        eprintln!("{e}");
+                    }
+                });
+                let r = receive::run(receive::ReceiveOptions {
+                    leave_missing: false,
+                    iface,
+                    group,
+                    out: receive::Out::Path {
+                        path: out.clone(),
+                        resume: false,
+                    },
+                    wait,
+                    session: None,
+                    fetch_from: None,
+                    events: Some(tx),
+                })
+                .await;
+                // The receiver's sender is dropped with it: the last lines are shown.
+                let _ = show.await;
+                r
+            })?;
+            print_received(&r, &out, json);
+            Ok(())
         }
+    }
+}
+
+/// The receiver's last word: a line, or with `--json` one object.
+fn print_received(r: &receive::Received, out: &Path, json: bool) {
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "session": format!("{:08x}", r.session),
+                "name": r.name,
+                "out": out.display().to_string(),
+                "bytes": r.bytes,
+                "seconds": r.seconds,
+                "chunks_multicast": r.multicast_chunks,
+                "chunks_unicast": r.unicast_chunks,
+                "datagrams": r.datagrams,
+                "rejected_datagrams": r.rejected_datagrams,
+                "foreign_datagrams": r.foreign_datagrams,
+                "demoted": r.demoted,
+            })
+        );
+    } else {
+        println!(
+            "received {} into {} in {:.1} s, verified: {} chunk(s) by multicast, {} over unicast{}",
+            fmt::bytes(r.bytes),
+            out.display(),
+            r.seconds,
+            r.multicast_chunks,
+            r.unicast_chunks,
+            if r.rejected_datagrams > 0 {
+                format!(", {} bad datagram(s) dropped", r.rejected_datagrams)
+            } else {
+                String::new()
+            }
+        );
     }
 }
 
