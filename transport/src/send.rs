@@ -5,7 +5,7 @@ use std::net::{SocketAddr, SocketAddrV4};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, Path as UrlPath, State};
 use axum::http::StatusCode;
@@ -39,10 +39,187 @@ pub struct SendOptions {
     /// Unicast rate while the multicast stream runs, bits/s.
     pub unicast_rate: u64,
     pub config: SenderConfig,
-    pub json: bool,
     /// Set when the session runs inside the daemon: it is steered through these rather than
-    /// by a signal, and logs through `tracing` rather than on the terminal.
+    /// by a signal.
     pub hooks: Option<Hooks>,
+    /// Where to tell what happens (the command line prints it); None: the log (`tracing`).
+    pub events: Option<mpsc::UnboundedSender<Event>>,
+}
+
+/// What happens in a session, for its caller to show (every one has a line as its
+/// `Display`). `at`: seconds since the session began.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// The session announces.
+    Announcing {
+        session: u32,
+        name: String,
+        bytes: u64,
+        chunks: usize,
+        to: String,
+        iface: String,
+        addr: std::net::Ipv4Addr,
+        registration: String,
+    },
+    /// It starts at a set time.
+    StartingIn(Duration),
+    /// It starts once this many receivers joined.
+    WaitingFor(usize),
+    Joined {
+        at: f64,
+        id: u32,
+        from: std::net::IpAddr,
+        late: bool,
+    },
+    Started {
+        at: f64,
+        receivers: usize,
+    },
+    Demoted {
+        at: f64,
+        id: u32,
+        reason: String,
+    },
+    Dead {
+        at: f64,
+        id: u32,
+    },
+    Finished {
+        at: f64,
+        id: u32,
+    },
+    /// Told to start now (a signal, the daemon).
+    StartingNow {
+        session: u32,
+    },
+    Cancelled {
+        session: u32,
+    },
+    /// Once a second (the command line's; the daemon shows its own).
+    Progress(SendProgress),
+}
+
+/// The sender's state, once a second.
+#[derive(Debug, Clone)]
+pub struct SendProgress {
+    pub at: f64,
+    pub state: String,
+    /// Share of the chunks sent at least once.
+    pub sent: f64,
+    pub bytes: u64,
+    pub rate_bps: u64,
+    pub repairs: u64,
+    /// Receivers active, on unicast, done, dead.
+    pub receivers: [usize; 4],
+    pub mean_loss: f64,
+    pub median_delay_ms: f64,
+}
+
+impl std::fmt::Display for Event {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Announcing {
+                session,
+                name,
+                bytes,
+                chunks,
+                to,
+                iface,
+                addr,
+                registration,
+            } => write!(
+                f,
+                "session {session:08x}: {name} ({} in {chunks} chunks) to {to} from {iface} ({addr}), {registration}",
+                fmt::bytes(*bytes)
+            ),
+            Self::StartingIn(d) => write!(
+                f,
+                "starting in {:.0} s; send SIGUSR1 to start now",
+                d.as_secs_f64()
+            ),
+            Self::WaitingFor(n) => write!(f, "waiting for {n} receiver(s); send SIGUSR1 to start now"),
+            Self::Joined { at, id, from, late } => write!(
+                f,
+                "[{at:7.2}s] receiver {id} joined from {from}{}",
+                if *late {
+                    " (late: catches up over unicast)"
+                } else {
+                    ""
+                }
+            ),
+            Self::Started { at, receivers } => {
+                write!(f, "[{at:7.2}s] started with {receivers} receiver(s)")
+            }
+            Self::Demoted { at, id, reason } => {
+                write!(f, "[{at:7.2}s] receiver {id} demoted to unicast ({reason})")
+            }
+            Self::Dead { at, id } => write!(f, "[{at:7.2}s] receiver {id} went silent: declared dead"),
+            Self::Finished { at, id } => write!(f, "[{at:7.2}s] receiver {id} finished"),
+            Self::StartingNow { session } => write!(f, "session {session:08x}: starting now"),
+            Self::Cancelled { session } => write!(f, "session {session:08x}: cancelled"),
+            Self::Progress(p) => write!(
+                f,
+                "[{:7.2}s] {}: sent {:.0} % of {} at {}, repairs {}, receivers {} active {} unicast {} done {} dead, mean loss {:.1} %, median queue delay {:.0} ms",
+                p.at,
+                p.state,
+                100.0 * p.sent,
+                fmt::bytes(p.bytes),
+                fmt::rate(p.rate_bps as f64),
+                p.repairs,
+                p.receivers[0],
+                p.receivers[1],
+                p.receivers[2],
+                p.receivers[3],
+                100.0 * p.mean_loss,
+                p.median_delay_ms
+            ),
+        }
+    }
+}
+
+/// How a session went.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Sent {
+    /// Hex.
+    pub session: String,
+    pub name: String,
+    pub bytes: u64,
+    pub chunks: usize,
+    pub seconds: f64,
+    /// From the stream's start to its end.
+    pub multicast_seconds: Option<f64>,
+    pub receivers: usize,
+    pub finished: usize,
+    pub dead: Vec<u32>,
+    pub demoted: Vec<u32>,
+    pub datagrams: u64,
+    pub source_symbols: u64,
+    pub proactive_symbols: u64,
+    pub repair_symbols: u64,
+    pub wire_bytes: u64,
+    pub send_errors: u64,
+    /// Whether any receiver joined (a session nobody joined failed).
+    #[serde(skip)]
+    pub joined: bool,
+}
+
+impl std::fmt::Display for Sent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let secs = self.multicast_seconds.unwrap_or(self.seconds).max(1e-6);
+        write!(
+            f,
+            "sent {} to {} receiver(s) in {:.1} s ({} goodput), {} finished, {} dead, {} demoted to unicast; repairs {:.1} % of source symbols",
+            fmt::bytes(self.bytes),
+            self.receivers,
+            self.seconds,
+            fmt::rate(self.bytes as f64 * 8.0 / secs),
+            self.finished,
+            self.dead.len(),
+            self.demoted.len(),
+            100.0 * (self.repair_symbols + self.proactive_symbols) as f64
+                / self.source_symbols.max(1) as f64
+        )
+    }
 }
 
 /// What the daemon may tell a running session.
@@ -69,18 +246,6 @@ pub struct Hooks {
     pub ready: oneshot::Sender<Ready>,
     /// Fired when the stream starts (the start policy was met, or told to).
     pub started: oneshot::Sender<()>,
-}
-
-/// One line about the session: on the terminal for the command line, in the log for the
-/// daemon.
-macro_rules! say {
-    ($daemon:expr, $($t:tt)*) => {
-        if $daemon {
-            info!($($t)*)
-        } else {
-            eprintln!($($t)*)
-        }
-    };
 }
 
 enum Cmd {
@@ -178,7 +343,7 @@ async fn chunk(
 }
 
 /// Runs a session to its end.
-pub async fn run(o: SendOptions) -> anyhow::Result<()> {
+pub async fn run(o: SendOptions) -> anyhow::Result<Sent> {
     // Every receiver waits on this thread's pacing: a late wake-up is rate lost for the
     // whole group (the token bucket holds 20 ms). Ahead of disk, HTTP and other work on a
     // busy server, when allowed (root or CAP_SYS_NICE); otherwise as it is.
@@ -272,26 +437,29 @@ pub async fn run(o: SendOptions) -> anyhow::Result<()> {
     } else {
         format!("group {dest_group}")
     };
-    say!(
-        daemon,
-        "session {session:08x}: {} ({} in {} chunks) to {target} from {} ({}), {registration}",
-        o.name,
-        fmt::bytes(total),
-        desc.chunks.len(),
-        o.iface.name,
-        o.iface.addr
-    );
+    let events = o.events;
+    let tell = |e: Event| match &events {
+        Some(tx) => {
+            let _ = tx.send(e);
+        }
+        None => info!("{e}"),
+    };
+    tell(Event::Announcing {
+        session,
+        name: o.name.clone(),
+        bytes: total,
+        chunks: desc.chunks.len(),
+        to: target,
+        iface: o.iface.name.clone(),
+        addr: o.iface.addr,
+        registration,
+    });
     match (min_receivers, start_at) {
-        (_, Some(at)) if min_receivers == usize::MAX => say!(
-            daemon,
-            "starting in {:.0} s; send SIGUSR1 to start now",
-            at.saturating_duration_since(Instant::now()).as_secs_f64()
-        ),
+        (_, Some(at)) if min_receivers == usize::MAX => tell(Event::StartingIn(
+            at.saturating_duration_since(Instant::now()),
+        )),
         (0, _) => {}
-        (n, _) => say!(
-            daemon,
-            "waiting for {n} receiver(s); send SIGUSR1 to start now"
-        ),
+        (n, _) => tell(Event::WaitingFor(n)),
     }
     // The command line starts early on SIGUSR1; the daemon through its control channel.
     let mut start_signal = match daemon {
@@ -351,49 +519,41 @@ pub async fn run(o: SendOptions) -> anyhow::Result<()> {
         let mut done = false;
         while let Some(e) = sender.poll_event() {
             match e {
-                SenderEvent::Joined { id, addr, late } => say!(
-                    daemon,
-                    "[{:7.2}s] receiver {id} joined from {}{}",
-                    t0.elapsed().as_secs_f64(),
-                    addr.ip(),
-                    if late {
-                        " (late: catches up over unicast)"
-                    } else {
-                        ""
-                    }
-                ),
+                SenderEvent::Joined { id, addr, late } => tell(Event::Joined {
+                    at: t0.elapsed().as_secs_f64(),
+                    id,
+                    from: addr.ip(),
+                    late,
+                }),
                 SenderEvent::Started { receivers } => {
                     started_at = Some(Instant::now());
                     if let Some(tx) = on_start.take() {
                         let _ = tx.send(());
                     }
-                    say!(
-                        daemon,
-                        "[{:7.2}s] started with {receivers} receiver(s)",
-                        t0.elapsed().as_secs_f64()
-                    );
+                    tell(Event::Started {
+                        at: t0.elapsed().as_secs_f64(),
+                        receivers,
+                    });
                 }
                 SenderEvent::Demoted { id, reason } => {
                     demoted.push(id);
-                    say!(
-                        daemon,
-                        "[{:7.2}s] receiver {id} demoted to unicast ({reason:?})",
-                        t0.elapsed().as_secs_f64()
-                    );
+                    tell(Event::Demoted {
+                        at: t0.elapsed().as_secs_f64(),
+                        id,
+                        reason: format!("{reason:?}"),
+                    });
                 }
                 SenderEvent::Dead { id } => {
                     dead.push(id);
-                    say!(
-                        daemon,
-                        "[{:7.2}s] receiver {id} went silent: declared dead",
-                        t0.elapsed().as_secs_f64()
-                    );
+                    tell(Event::Dead {
+                        at: t0.elapsed().as_secs_f64(),
+                        id,
+                    });
                 }
-                SenderEvent::Finished { id } => say!(
-                    daemon,
-                    "[{:7.2}s] receiver {id} finished",
-                    t0.elapsed().as_secs_f64()
-                ),
+                SenderEvent::Finished { id } => tell(Event::Finished {
+                    at: t0.elapsed().as_secs_f64(),
+                    id,
+                }),
                 SenderEvent::MulticastDone => {
                     multicast_done_at = Some(Instant::now());
                     pacer_http
@@ -410,7 +570,7 @@ pub async fn run(o: SendOptions) -> anyhow::Result<()> {
         }
         if !daemon && last_progress.elapsed() >= Duration::from_secs(1) {
             last_progress = Instant::now();
-            progress_line(&sender, total, t0);
+            tell(Event::Progress(progress(&sender, total, t0)));
         }
         let wake = sender
             .poll_timeout(now)
@@ -441,7 +601,7 @@ pub async fn run(o: SendOptions) -> anyhow::Result<()> {
                     None => std::future::pending().await,
                 }
             } => {
-                eprintln!("starting now");
+                tell(Event::StartingNow { session });
                 sender.start_now();
             }
             c = async {
@@ -451,12 +611,12 @@ pub async fn run(o: SendOptions) -> anyhow::Result<()> {
                 }
             } => match c {
                 Some(Control::StartNow) => {
-                    say!(daemon, "session {session:08x}: starting now");
+                    tell(Event::StartingNow { session });
                     sender.start_now();
                 }
                 // Cancelled, or the daemon dropped its handle: the session is over.
                 Some(Control::Cancel) | None => {
-                    say!(daemon, "session {session:08x}: cancelled");
+                    tell(Event::Cancelled { session });
                     break;
                 }
             },
@@ -474,59 +634,43 @@ pub async fn run(o: SendOptions) -> anyhow::Result<()> {
         .iter()
         .filter(|r| r.state == ReceiverState::Finished)
         .count();
-    let summary = json!({
-        "session": format!("{session:08x}"),
-        "name": o.name,
-        "bytes": total,
-        "chunks": desc.chunks.len(),
-        "seconds": elapsed.as_secs_f64(),
-        "multicast_seconds": streamed.map(|d| d.as_secs_f64()),
-        "receivers": recv.len(),
-        "finished": finished,
-        "dead": dead,
-        "demoted": demoted,
-        "datagrams": st.datagrams,
-        "source_symbols": st.source_symbols,
-        "proactive_symbols": st.proactive_symbols,
-        "repair_symbols": st.repair_symbols,
-        "wire_bytes": st.wire_bytes,
-        "send_errors": out.errors,
-    });
-    if daemon {
-        info!(%summary, "session over");
-    } else if o.json {
-        println!("{summary}");
-    } else {
-        let secs = streamed.unwrap_or(elapsed).as_secs_f64().max(1e-6);
-        println!(
-            "sent {} to {} receiver(s) in {:.1} s ({} goodput), {} finished, {} dead, {} demoted to unicast; repairs {:.1} % of source symbols",
-            fmt::bytes(total),
-            recv.len(),
-            elapsed.as_secs_f64(),
-            fmt::rate(total as f64 * 8.0 / secs),
-            finished,
-            dead.len(),
-            demoted.len(),
-            100.0 * (st.repair_symbols + st.proactive_symbols) as f64
-                / st.source_symbols.max(1) as f64
-        );
-    }
-    if !sender.ever_joined() {
-        bail!("no receiver joined the session");
-    }
-    info!(finished, dead = dead.len(), "session over");
-    Ok(())
+    let sent = Sent {
+        session: format!("{session:08x}"),
+        name: o.name,
+        bytes: total,
+        chunks: desc.chunks.len(),
+        seconds: elapsed.as_secs_f64(),
+        multicast_seconds: streamed.map(|d| d.as_secs_f64()),
+        receivers: recv.len(),
+        finished,
+        dead,
+        demoted,
+        datagrams: st.datagrams,
+        source_symbols: st.source_symbols,
+        proactive_symbols: st.proactive_symbols,
+        repair_symbols: st.repair_symbols,
+        wire_bytes: st.wire_bytes,
+        send_errors: out.errors,
+        joined: sender.ever_joined(),
+    };
+    info!(
+        finished,
+        dead = sent.dead.len(),
+        demoted = sent.demoted.len(),
+        "session {session:08x} over: {sent}"
+    );
+    Ok(sent)
 }
 
-fn progress_line(s: &Sender, total: u64, t0: Instant) {
+fn progress(s: &Sender, total: u64, t0: Instant) -> SendProgress {
     let st = s.stats();
     let chunks = s.layout().chunks().max(1);
-    let mut counts = [0usize; 4];
+    let mut receivers = [0usize; 4];
     let mut loss = 0.0;
     let mut n = 0;
     let mut delays = Vec::new();
     for r in s.receivers() {
-        counts[r.state as usize] += 1;
+        receivers[r.state as usize] += 1;
         if r.state == ReceiverState::Active {
             loss += r.loss;
             n += 1;
@@ -534,24 +678,19 @@ fn progress_line(s: &Sender, total: u64, t0: Instant) {
         }
     }
     delays.sort_unstable();
-    let median_delay_ms = delays
-        .get(delays.len() / 2)
-        .map_or(0.0, |&d| d as f64 / 1000.0);
-    eprintln!(
-        "[{:7.2}s] {:?}: sent {:.0} % of {} at {}, repairs {}, receivers {} active {} unicast {} done {} dead, mean loss {:.1} %, median queue delay {:.0} ms",
-        t0.elapsed().as_secs_f64(),
-        s.state(),
-        100.0 * st.frontier as f64 / chunks as f64,
-        fmt::bytes(total),
-        fmt::rate(st.rate_bps as f64),
-        st.repair_symbols + st.proactive_symbols,
-        counts[0],
-        counts[1],
-        counts[2],
-        counts[3],
-        if n > 0 { 100.0 * loss / n as f64 } else { 0.0 },
-        median_delay_ms
-    );
+    SendProgress {
+        at: t0.elapsed().as_secs_f64(),
+        state: format!("{:?}", s.state()),
+        sent: st.frontier as f64 / chunks as f64,
+        bytes: total,
+        rate_bps: st.rate_bps,
+        repairs: st.repair_symbols + st.proactive_symbols,
+        receivers,
+        mean_loss: if n > 0 { loss / n as f64 } else { 0.0 },
+        median_delay_ms: delays
+            .get(delays.len() / 2)
+            .map_or(0.0, |&d| d as f64 / 1000.0),
+    }
 }
 
 /// Group datagrams gathered for one segmentation-offload send (see [`net::send_segments`]),

@@ -160,19 +160,30 @@ pub(crate) fn run(cmd: MulticastCommand, data_dir: &Path, json: bool) -> anyhow:
             config.min_receiver_rate_bps = min_receiver_rate.unwrap_or(0);
             config.max_receiver_loss = max_receiver_loss;
             config.dead_after = dead_after;
-            rt.block_on(send::run(send::SendOptions {
-                source,
-                name,
-                iface,
-                group,
-                broadcast,
-                ttl,
-                http_port,
-                unicast_rate,
-                config,
-                json,
-                hooks: None,
-            }))
+            let (tx, events) = tokio::sync::mpsc::unbounded_channel();
+            let sent = rt.block_on(shown(
+                events,
+                send::run(send::SendOptions {
+                    source,
+                    name,
+                    iface,
+                    group,
+                    broadcast,
+                    ttl,
+                    http_port,
+                    unicast_rate,
+                    config,
+                    hooks: None,
+                    events: Some(tx),
+                }),
+            ))?;
+            if json {
+                println!("{}", serde_json::to_string(&sent)?);
+            } else {
+                println!("{sent}");
+            }
+            anyhow::ensure!(sent.joined, "no receiver joined the session");
+            Ok(())
         }
         MulticastCommand::Receive {
             iface,
@@ -181,14 +192,10 @@ pub(crate) fn run(cmd: MulticastCommand, data_dir: &Path, json: bool) -> anyhow:
             wait,
         } => {
             let iface = net::iface(iface.as_deref())?;
-            let (tx, mut events) = tokio::sync::mpsc::unbounded_channel();
-            let r = rt.block_on(async {
-                let show = tokio::spawn(async move {
-                    while let Some(e) = events.recv().await {
-                        eprintln!("{e}");
-                    }
-                });
-                let r = receive::run(receive::ReceiveOptions {
+            let (tx, events) = tokio::sync::mpsc::unbounded_channel();
+            let r = rt.block_on(shown(
+                events,
+                receive::run(receive::ReceiveOptions {
                     leave_missing: false,
                     iface,
                     group,
@@ -200,16 +207,28 @@ pub(crate) fn run(cmd: MulticastCommand, data_dir: &Path, json: bool) -> anyhow:
                     session: None,
                     fetch_from: None,
                     events: Some(tx),
-                })
-                .await;
-                // The receiver's sender is dropped with it: the last lines are shown.
-                let _ = show.await;
-                r
-            })?;
+                }),
+            ))?;
             print_received(&r, &out, json);
             Ok(())
         }
     }
+}
+
+/// Runs `work` while printing the events it tells, each on its own line; the last ones are
+/// printed before it returns (the sender of `events` ends with `work`).
+async fn shown<E: std::fmt::Display + Send + 'static, T>(
+    mut events: tokio::sync::mpsc::UnboundedReceiver<E>,
+    work: impl std::future::Future<Output = T>,
+) -> T {
+    let show = tokio::spawn(async move {
+        while let Some(e) = events.recv().await {
+            eprintln!("{e}");
+        }
+    });
+    let r = work.await;
+    let _ = show.await;
+    r
 }
 
 /// The receiver's last word: a line, or with `--json` one object.

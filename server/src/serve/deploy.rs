@@ -455,7 +455,7 @@ impl Deployer {
             http_port: 0,
             unicast_rate: (self.rate_bps / 4).max(1_000_000),
             config,
-            json: false,
+            events: None,
             hooks: Some(Hooks {
                 control: ctl_rx,
                 ready: ready_tx,
@@ -506,7 +506,10 @@ impl Deployer {
         let id = d.id.clone();
         tokio::spawn(async move {
             match end_rx.await {
-                Ok(Ok(())) => info!(deployment = %id, "multicast session over"),
+                Ok(Ok(sent)) if sent.joined => {
+                    info!(deployment = %id, "multicast session over")
+                }
+                Ok(Ok(_)) => warn!(deployment = %id, "multicast session ended: no agent joined it"),
                 Ok(Err(e)) => {
                     warn!(deployment = %id, error = %format!("{e:#}"), "multicast session ended")
                 }
