@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use serde_json::Value;
 
 /// Why a call failed.
 #[derive(Debug, thiserror::Error)]
@@ -59,9 +58,8 @@ impl Api {
             return Ok(resp);
         }
         let body = resp.text().await.unwrap_or_default();
-        let msg = serde_json::from_str::<Value>(&body)
-            .ok()
-            .and_then(|v| v.get("error").and_then(Value::as_str).map(str::to_string))
+        let msg = serde_json::from_str::<proto::api::ErrorBody>(&body)
+            .map(|e| e.error)
             .unwrap_or(body);
         Err(match status.as_u16() {
             410 => CallError::Over(msg),
@@ -72,49 +70,38 @@ impl Api {
     }
 
     /// `GET` of one of `proto::api`'s replies.
-    pub(crate) async fn get_as<T: DeserializeOwned>(&self, path: &str) -> Result<T, CallError> {
-        let v = self.get(path).await?;
-        serde_json::from_value(v)
-            .map_err(|e| CallError::Malformed(format!("the server's answer to {path}: {e}")))
+    pub(crate) async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, CallError> {
+        let resp = self
+            .send(self.client.get(format!("{}/api/v1{path}", self.base)))
+            .await?;
+        Self::answer(path, resp).await
     }
 
     /// `POST` of one of `proto::api`'s bodies, for one of its replies.
-    pub(crate) async fn post_as<B: Serialize, T: DeserializeOwned>(
+    pub(crate) async fn post<B: Serialize, T: DeserializeOwned>(
         &self,
         path: &str,
         body: &B,
     ) -> Result<T, CallError> {
-        let body = serde_json::to_value(body)
+        let body = serde_json::to_vec(body)
             .map_err(|e| CallError::Malformed(format!("the body of {path}: {e}")))?;
-        let v = self.post(path, &body).await?;
-        serde_json::from_value(v)
-            .map_err(|e| CallError::Malformed(format!("the server's answer to {path}: {e}")))
-    }
-
-    pub(crate) async fn get(&self, path: &str) -> Result<Value, CallError> {
-        let resp = self
-            .send(self.client.get(format!("{}/api/v1{path}", self.base)))
-            .await?;
-        resp.json()
-            .await
-            .map_err(|e| CallError::Away(format!("reading {path}: {e}")))
-    }
-
-    pub(crate) async fn post(&self, path: &str, body: &Value) -> Result<Value, CallError> {
         let resp = self
             .send(
                 self.client
                     .post(format!("{}/api/v1{path}", self.base))
-                    .json(body),
+                    .header("content-type", "application/json")
+                    .body(body),
             )
             .await?;
-        resp.json()
-            .await
-            .map_err(|e| CallError::Away(format!("reading {path}: {e}")))
+        Self::answer(path, resp).await
     }
 
-    /// `PUT` of raw bytes (an uploaded chunk); the answer's JSON.
-    pub(crate) async fn put(&self, path: &str, body: Vec<u8>) -> Result<Value, CallError> {
+    /// `PUT` of raw bytes (an uploaded chunk), for one of `proto::api`'s replies.
+    pub(crate) async fn put<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: Vec<u8>,
+    ) -> Result<T, CallError> {
         let resp = self
             .send(
                 self.client
@@ -123,9 +110,20 @@ impl Api {
                     .body(body),
             )
             .await?;
-        resp.json()
+        Self::answer(path, resp).await
+    }
+
+    /// A successful answer's JSON, as `T`.
+    async fn answer<T: DeserializeOwned>(
+        path: &str,
+        resp: reqwest::Response,
+    ) -> Result<T, CallError> {
+        let body = resp
+            .bytes()
             .await
-            .map_err(|e| CallError::Away(format!("reading {path}: {e}")))
+            .map_err(|e| CallError::Away(format!("reading {path}: {e}")))?;
+        serde_json::from_slice(&body)
+            .map_err(|e| CallError::Malformed(format!("the server's answer to {path}: {e}")))
     }
 
     /// A chunk's stored frame.

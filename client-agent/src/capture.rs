@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use imaging::capture::{capture_to, CaptureError, CaptureOptions, ChunkSink};
 use imaging::device::FileDevice;
 use imaging::manifest::Hash;
-use serde_json::{json, Value};
+use proto::api::{ChunkStored, Committed, HaveReply, HaveRequest};
 use tracing::{info, warn};
 use transport::target::Progress;
 
@@ -31,10 +31,10 @@ struct Uploader {
 
 impl Uploader {
     /// Runs one API call (retrying while the server is away) from a capture thread.
-    fn call<F, Fut>(&self, what: &str, f: F) -> Result<Value, CaptureError>
+    fn call<T, F, Fut>(&self, what: &str, f: F) -> Result<T, CaptureError>
     where
         F: FnMut() -> Fut,
-        Fut: std::future::Future<Output = Result<Value, CallError>>,
+        Fut: std::future::Future<Output = Result<T, CallError>>,
     {
         self.rt
             .block_on(self.api.retry(what, Some(SERVER_AWAY), f))
@@ -50,23 +50,23 @@ impl ChunkSink for Uploader {
         _base: Option<&Hash>,
     ) -> Result<(u64, bool), CaptureError> {
         let hex = hash.to_hex();
-        let have = json!({ "hashes": [hex] });
-        let r = self.call("asking for a chunk", || {
+        let have = HaveRequest {
+            hashes: vec![hex.clone()],
+        };
+        let r: HaveReply = self.call("asking for a chunk", || {
             self.api.post("/agent/capture/have", &have)
         })?;
-        if r["missing"].as_array().is_none_or(Vec::is_empty) {
+        if r.missing.is_empty() {
             self.kept.fetch_add(1, Ordering::Relaxed);
             return Ok((0, false));
         }
         let frame = imaging::store::compress_frame(plain, LEVEL)
             .map_err(|e| CaptureError::Sink(format!("compressing chunk {hex}: {e}")))?;
         let path = format!("/agent/capture/chunks/{hex}?len={}", plain.len());
-        let r = self.call("uploading a chunk", || self.api.put(&path, frame.clone()))?;
+        let r: ChunkStored =
+            self.call("uploading a chunk", || self.api.put(&path, frame.clone()))?;
         self.uploaded.fetch_add(1, Ordering::Relaxed);
-        Ok((
-            r["stored"].as_u64().unwrap_or(frame.len() as u64),
-            r["new"].as_bool().unwrap_or(true),
-        ))
+        Ok((r.stored, r.new))
     }
 }
 
@@ -175,19 +175,12 @@ pub(crate) async fn work(
         transport::fmt::bytes(c.manifest.used_bytes()),
         start.elapsed().as_secs_f64()
     );
-    let manifest = serde_json::to_value(&c.manifest)
-        .map_err(|e| Stop::Failed(format!("encoding the manifest: {e}")))?;
-    let r = api
+    let r: Committed = api
         .retry("committing the image", Some(SERVER_AWAY), || {
-            api.post("/agent/capture/commit", &manifest)
+            api.post("/agent/capture/commit", &c.manifest)
         })
         .await?;
-    eprintln!(
-        "image {}@{} ({}) committed",
-        r["name"].as_str().unwrap_or("?"),
-        r["version"],
-        r["id"].as_str().unwrap_or("?")
-    );
+    eprintln!("image {}@{} ({}) committed", r.name, r.version, r.id);
     Ok(Totals {
         swarm_bytes: 0,
         bytes: c.manifest.used_bytes(),

@@ -285,7 +285,7 @@ impl Unicast<'_> {
 pub(crate) async fn fetch_task(api: &Api) -> Result<AgentTask, Stop> {
     let r = api
         .retry("fetching the task", None, || {
-            api.get_as::<proto::api::TaskReply>("/agent/task")
+            api.get::<proto::api::TaskReply>("/agent/task")
         })
         .await?;
     Ok(r.task)

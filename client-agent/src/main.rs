@@ -172,7 +172,7 @@ pub(crate) async fn run(mut args: Args) -> anyhow::Result<ExitCode> {
     let task = loop {
         let r = api
             .retry("hello", None, || {
-                api.post_as::<_, contract::HelloReply>("/agent/hello", &hello)
+                api.post::<_, contract::HelloReply>("/agent/hello", &hello)
             })
             .await;
         let r = match r {

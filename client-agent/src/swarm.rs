@@ -269,9 +269,9 @@ impl Seeding {
         let start = Instant::now();
         let mut away_since: Option<Instant> = None;
         loop {
-            match api.get("/agent/seed").await {
-                Ok(v) if v["seed"] == false => {
-                    info!("the deployment is {}: no more seeding", v["state"]);
+            match api.get::<proto::api::SeedReply>("/agent/seed").await {
+                Ok(v) if !v.seed => {
+                    info!("the deployment is {}: no more seeding", v.state);
                     break;
                 }
                 Ok(_) => away_since = None,

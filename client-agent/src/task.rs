@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use imaging::manifest::Manifest;
 use proto::api::{
-    AgentTask, ProgressReport, ResultReport, StateReply, TaskKind, TaskState, Transport,
-    WorkCounters,
+    AgentTask, ManifestReply, ProgressReport, ResultReport, StateReply, TaskKind, TaskState,
+    Transport, WorkCounters,
 };
 use tokio::sync::{mpsc, Notify};
 use tracing::{info, warn};
@@ -100,7 +100,7 @@ impl Reporter {
                     kept_chunks: p.kept_chunks,
                     swarm_bytes: sb.load(std::sync::atomic::Ordering::Relaxed),
                 };
-                match api.post_as::<_, StateReply>("/agent/progress", &body).await {
+                match api.post::<_, StateReply>("/agent/progress", &body).await {
                     Ok(_) => {}
                     Err(CallError::Over(m)) => {
                         *o.lock().expect("lock") = Some(m);
@@ -167,11 +167,11 @@ async fn work(
     task: AgentTask,
     reporter: &Reporter,
 ) -> Result<(Totals, Option<crate::swarm::Seed>), Stop> {
-    let m = api
+    let ManifestReply::<Manifest> { id, manifest } = api
         .retry("fetching the manifest", None, || api.get("/agent/manifest"))
         .await?;
-    let id = m["id"].as_str().unwrap_or_default().to_string();
-    let manifest: Manifest = serde_json::from_value(m["manifest"].clone())
+    manifest
+        .validate()
         .map_err(|e| Stop::Failed(format!("the server sent a malformed manifest: {e}")))?;
     // The disk must fit before anything is received (and nothing is written if it does not);
     // it is scanned once for what an interrupted run left, which no source fetches again.
@@ -357,7 +357,7 @@ pub(crate) async fn report(api: &Api, mut outcome: Outcome) -> anyhow::Result<Ex
     };
     match api
         .retry("reporting the result", Some(SERVER_AWAY), || {
-            api.post_as::<_, StateReply>("/agent/result", &body)
+            api.post::<_, StateReply>("/agent/result", &body)
         })
         .await
     {

@@ -360,6 +360,75 @@ pub struct StateReply {
     pub state: TaskState,
 }
 
+/// Every error answer of the API: `{"error": "..."}` with the HTTP status.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// What is wrong, for a person.
+    pub error: String,
+}
+
+/// `GET /api/v1/agent/manifest`: the task's image. `M` is the manifest (`imaging`'s type,
+/// which this crate does not know).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManifestReply<M> {
+    /// The image's id.
+    pub id: String,
+    /// Its manifest.
+    pub manifest: M,
+}
+
+/// `GET /api/v1/agent/seed`: whether a machine that finished should go on seeding.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeedReply {
+    /// Seed on (the deployment is not over).
+    pub seed: bool,
+    /// The deployment's id.
+    pub deployment: String,
+    /// Its state.
+    pub state: DeploymentState,
+}
+
+/// `POST /api/v1/agent/capture/have`: which of these chunks (BLAKE3, hex) the server lacks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HaveRequest {
+    /// At most 1024.
+    pub hashes: Vec<String>,
+}
+
+/// The answer to [`HaveRequest`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HaveReply {
+    /// The asked hashes the server does not hold.
+    pub missing: Vec<String>,
+}
+
+/// `PUT /api/v1/agent/capture/chunks/{hash}`: the chunk is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkStored {
+    /// Bytes it takes in the store.
+    pub stored: u64,
+    /// Whether it was new there (201), or held already (200).
+    pub new: bool,
+}
+
+/// `POST /api/v1/agent/capture/commit`: the image a capture made.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Committed {
+    /// The image's id.
+    pub id: String,
+    /// Its name.
+    pub name: String,
+    /// Its version under that name.
+    pub version: u32,
+    /// Bytes of the disk it holds.
+    pub used_bytes: u64,
+    /// Chunks it names.
+    pub chunks: u64,
+    /// How many of them were uploaded (the others were on the server).
+    pub uploaded: u64,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

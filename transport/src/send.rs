@@ -14,7 +14,6 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use proto::{Destination, ReceiverState, Sender, SenderConfig, SenderEvent, SessionKey};
 use rand::RngCore;
-use serde_json::json;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
@@ -297,7 +296,7 @@ struct HttpError(StatusCode, String);
 
 impl IntoResponse for HttpError {
     fn into_response(self) -> Response {
-        (self.0, Json(json!({ "error": self.1 }))).into_response()
+        (self.0, Json(proto::api::ErrorBody { error: self.1 })).into_response()
     }
 }
 

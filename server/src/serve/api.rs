@@ -72,7 +72,7 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.0, Json(json!({ "error": self.1 }))).into_response()
+        (self.0, Json(proto::api::ErrorBody { error: self.1 })).into_response()
     }
 }
 

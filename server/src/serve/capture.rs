@@ -20,8 +20,8 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use imaging::manifest::{Hash, Manifest};
 use imaging::store::Store;
+use proto::api::{ChunkStored, Committed, HaveReply, HaveRequest};
 use serde::Deserialize;
-use serde_json::{json, Value};
 use sqlx::Row;
 
 use super::api::{parse_mac, Actor, ApiError, ApiResult, Shared};
@@ -149,18 +149,12 @@ fn hash(h: &str) -> ApiResult<Hash> {
     Hash::from_hex(h).ok_or_else(|| ApiError::bad_request(format!("{h:?} is not a BLAKE3 hash")))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct Have {
-    hashes: Vec<String>,
-}
-
 /// `POST /api/v1/agent/capture/have`: which of these chunks the server lacks.
 pub(crate) async fn have(
     State(s): State<Shared>,
     Extension(AgentTask(t)): Extension<AgentTask>,
-    body: Result<Json<Have>, JsonRejection>,
-) -> ApiResult<Json<Value>> {
+    body: Result<Json<HaveRequest>, JsonRejection>,
+) -> ApiResult<Json<HaveReply>> {
     let Json(h) = body?;
     capture_of(&s, &t).await?;
     if h.hashes.len() > MAX_HAVE {
@@ -184,7 +178,7 @@ pub(crate) async fn have(
     })
     .await
     .map_err(anyhow::Error::from)?;
-    Ok(Json(json!({ "missing": missing })))
+    Ok(Json(HaveReply { missing }))
 }
 
 #[derive(Deserialize)]
@@ -219,7 +213,7 @@ pub(crate) async fn put_chunk(
             } else {
                 StatusCode::OK
             },
-            Json(json!({ "stored": stored, "new": new })),
+            Json(ChunkStored { stored, new }),
         )
             .into_response()),
         Ok(None) => {
@@ -246,20 +240,20 @@ pub(crate) async fn commit(
     State(s): State<Shared>,
     Extension(AgentTask(t)): Extension<AgentTask>,
     body: Bytes,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Committed>> {
     let d = capture_of(&s, &t).await?;
     if !d.image_id.is_empty() {
         // Committed already (the answer was lost on the way): the same image, not another.
         let img = s.deployer.image(&d.image_id).await?;
         let m = &img.manifest;
-        return Ok(Json(json!({
-            "id": d.image_id,
-            "name": m.name,
-            "version": m.name_version,
-            "used_bytes": m.used_bytes(),
-            "chunks": m.chunks().count(),
-            "uploaded": m.stats.new_chunks,
-        })));
+        return Ok(Json(Committed {
+            id: d.image_id.clone(),
+            name: m.name.clone(),
+            version: m.name_version,
+            used_bytes: m.used_bytes(),
+            chunks: m.chunks().count() as u64,
+            uploaded: m.stats.new_chunks,
+        }));
     }
     let mut m = Manifest::decode(&body)
         .map_err(|e| ApiError::bad_request(format!("malformed manifest: {e}")))?;
@@ -328,12 +322,12 @@ pub(crate) async fn commit(
     )
     .await?;
     s.deployer.changed(&d.id);
-    Ok(Json(json!({
-        "id": id,
-        "name": m.name,
-        "version": m.name_version,
-        "used_bytes": used,
-        "chunks": chunks,
-        "uploaded": new,
-    })))
+    Ok(Json(Committed {
+        id,
+        name: m.name,
+        version: m.name_version,
+        used_bytes: used as u64,
+        chunks: chunks as u64,
+        uploaded: new as u64,
+    }))
 }

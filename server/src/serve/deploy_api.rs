@@ -500,10 +500,13 @@ pub(crate) async fn task(
 pub(crate) async fn manifest(
     State(s): State<Shared>,
     Extension(AgentTask(t)): Extension<AgentTask>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<api::ManifestReply<imaging::manifest::Manifest>>> {
     let d = s.db.deployment(&t.deployment_id).await?;
     let img = s.deployer.image(&d.image_id).await?;
-    Ok(Json(json!({ "id": d.image_id, "manifest": img.manifest })))
+    Ok(Json(api::ManifestReply {
+        id: d.image_id,
+        manifest: img.manifest.clone(),
+    }))
 }
 
 /// `GET /api/v1/chunks/{hash}`: one chunk of the task's image, as a zstd frame.

@@ -11,7 +11,6 @@ use axum::extract::{Path as UrlPath, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde_json::{json, Value};
 
 use super::api::{ApiError, ApiResult, Shared};
 
@@ -131,13 +130,21 @@ pub(crate) async fn agent_torrent(
 /// `GET /api/v1/agent/seed`: whether an agent that finished its task seeds on — while its
 /// deployment runs (other machines may still need its pieces). It takes the task's token
 /// after the task is over, which the other agent endpoints refuse.
-pub(crate) async fn seed(State(s): State<Shared>, headers: HeaderMap) -> ApiResult<Json<Value>> {
+pub(crate) async fn seed(
+    State(s): State<Shared>,
+    headers: HeaderMap,
+) -> ApiResult<Json<proto::api::SeedReply>> {
     let t = task_of_token(&s, &headers).await?;
     let d = s.db.deployment(&t.deployment_id).await?;
-    let seed = matches!(d.state.as_str(), "waiting" | "running");
-    Ok(Json(
-        json!({ "seed": seed, "deployment": d.id, "state": d.state }),
-    ))
+    let state: proto::api::DeploymentState = d.state.parse().map_err(anyhow::Error::msg)?;
+    Ok(Json(proto::api::SeedReply {
+        seed: matches!(
+            state,
+            proto::api::DeploymentState::Waiting | proto::api::DeploymentState::Running
+        ),
+        deployment: d.id,
+        state,
+    }))
 }
 
 /// The task of the request's task token, over or not.
