@@ -8,8 +8,8 @@ use std::path::PathBuf;
 
 use clap::Subcommand;
 
+use crate::serve::auth::users::{check_password, check_user_name, generate_password};
 use crate::serve::db::{Db, DbError};
-use crate::serve::users_db::{check_password, check_user_name, generate_password};
 use crate::serve::{cli_database_url, runtime};
 
 /// Where the server's database is (as for `drover token create`).

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use serde::Deserialize;
 
-use super::schedule;
+use crate::serve::schedules::service as schedule;
 use transport::net::{self, Iface};
 
 /// Default HTTP listening address.
@@ -290,7 +290,10 @@ impl Config {
             bittorrent: match o.bittorrent.or(file.bittorrent) {
                 Some(a) => (a, true),
                 None => (
-                    SocketAddr::from((Ipv4Addr::UNSPECIFIED, super::seeder::DEFAULT_PORT)),
+                    SocketAddr::from((
+                        Ipv4Addr::UNSPECIFIED,
+                        crate::serve::swarm::seeder::DEFAULT_PORT,
+                    )),
                     false,
                 ),
             },

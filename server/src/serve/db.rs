@@ -10,7 +10,7 @@ use serde::Serialize;
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
 
-use super::mac::Mac;
+use crate::serve::mac::Mac;
 
 /// The database and the queries the server makes.
 #[derive(Clone)]

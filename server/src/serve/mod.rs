@@ -2,41 +2,26 @@
 //! log) in its database, serves the image store of its data directory, and answers the HTTP
 //! API. Runs with no config file: `./drover-data`, an embedded SQLite database, port 8080.
 //!
-//! Deployments (`deploy`) give machines tasks that their agents carry out over multicast (a
-//! session per deployment, run on a thread of its own) with unicast catch-up from the API, or
-//! over unicast alone; they survive a restart. Wake-on-LAN goes out of the lab interface
-//! (`--iface`) to its subnet broadcast.
-//!
-//! Schedules (`schedule`) redeploy or wake machines at cron or one-shot times, once across
-//! every server sharing the database.
-//! Captures (`capture`) take a machine's disk into the store over the network, through its
-//! agent. Network boot: proxyDHCP (`dhcp`, `--dhcp proxy`) and TFTP (`tftp`, `--tftp`) from
-//! the boot directory.
+//! Organised by feature, each folder with its handlers, its rules and its queries:
+//! [`deployments`] give machines tasks that their agents carry out over multicast (a session
+//! per deployment, run on a thread of its own), a BitTorrent swarm ([`swarm`]: the tracker and
+//! the server's seed) or unicast, and take captures; they survive a restart. [`schedules`]
+//! redeploy or wake machines at cron or one-shot times, once across every server sharing the
+//! database. [`boot`] brings machines up: proxy or full DHCP, TFTP, the per-machine iPXE
+//! scripts, wake-on-LAN out of the lab interface (`--iface`). [`auth`] says who asks (users,
+//! tokens, the caller's address), [`web`] is the API's router, its OpenAPI document and the
+//! dashboard's mount. [`db`] holds the connection, the migrations and the inventory
+//! (machines, groups, the audit log).
 
-pub(crate) mod api;
+pub(crate) mod auth;
 pub(crate) mod boot;
-pub(crate) mod caller;
-pub(crate) mod capture;
 pub(crate) mod config;
 pub(crate) mod db;
-pub(crate) mod deploy;
-pub(crate) mod deploy_api;
-pub(crate) mod deploy_db;
-pub(crate) mod dhcp;
-pub(crate) mod dhcp_db;
+pub(crate) mod deployments;
 pub(crate) mod mac;
-pub(crate) mod openapi;
-pub(crate) mod schedule;
-pub(crate) mod schedule_api;
-pub(crate) mod schedule_db;
-pub(crate) mod seeder;
-pub(crate) mod tftp;
-pub(crate) mod tls;
-pub(crate) mod torrent;
-pub(crate) mod tracker;
-pub(crate) mod ui;
-pub(crate) mod users_db;
-pub(crate) mod wake;
+pub(crate) mod schedules;
+pub(crate) mod swarm;
+pub(crate) mod web;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -202,7 +187,7 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         .with_context(|| format!("opening the image store {}", store_dir.display()))?;
     // The certificate is read first: a bad one stops the start before anything listens.
     let tls_acceptor = match &cfg.tls {
-        Some(t) => Some(tls::acceptor(&t.cert, &t.key)?),
+        Some(t) => Some(auth::tls::acceptor(&t.cert, &t.key)?),
         None => None,
     };
     let db = Db::open(&cfg.database_url).await?;
@@ -211,9 +196,9 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         .with_context(|| format!("listening on {}", cfg.http))?;
     let addr = listener.local_addr()?;
     let owner = server_id(&cfg.data_dir)?;
-    let tracker = Arc::new(tracker::Tracker::default());
-    tracker.load(&torrent::cache_dir(&store_dir));
-    let seeder = seeder::Seeder::new(
+    let tracker = Arc::new(swarm::tracker::Tracker::default());
+    tracker.load(&swarm::torrent::cache_dir(&store_dir));
+    let seeder = swarm::seeder::Seeder::new(
         tracker.clone(),
         &cfg.public_url,
         addr,
@@ -224,7 +209,7 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         &cfg.data_dir,
         store_dir.clone(),
     );
-    let deployer = deploy::Deployer::new(
+    let deployer = deployments::service::Deployer::new(
         db.clone(),
         store_dir.clone(),
         cfg.iface.clone(),
@@ -232,15 +217,15 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         cfg.multicast_window,
         owner,
         seeder.clone(),
-        deploy::AgentSwarm {
+        deployments::service::AgentSwarm {
             upload_bps: cfg.bittorrent_agent_upload_rate,
             peers: cfg.bittorrent_agent_peers,
         },
     );
-    let schedule_settings = schedule_api::settings(cfg.wake_lead, cfg.schedule_grace);
+    let schedule_settings = schedules::api::settings(cfg.wake_lead, cfg.schedule_grace);
     let schedules_changed = Arc::new(tokio::sync::Notify::new());
-    tokio::spawn(schedule::run(
-        Arc::new(schedule_api::ServerHost {
+    tokio::spawn(schedules::service::run(
+        Arc::new(schedules::api::ServerHost {
             db: db.clone(),
             deployer: deployer.clone(),
             iface: cfg.iface.clone(),
@@ -250,7 +235,7 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         schedules_changed.clone(),
     ));
     let inventory_changed = Arc::new(tokio::sync::Notify::new());
-    let state = Arc::new(api::AppState {
+    let state = Arc::new(web::api::AppState {
         db: db.clone(),
         store_dir: store_dir.clone(),
         started: Instant::now(),
@@ -290,7 +275,7 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
                 .context("--dhcp proxy answers on the lab interface: give it with --iface")?;
             eprintln!("  dhcp        proxy on {} (ports 67, 4011)", iface.name);
             // Bound now, so ports held by another DHCP server are an error at start.
-            let task = dhcp::proxy(dhcp::bind(iface)?, cfg.public_url.clone());
+            let task = boot::dhcp::proxy(boot::dhcp::bind(iface)?, cfg.public_url.clone());
             tokio::spawn(async move {
                 if let Err(e) = task.await {
                     tracing::error!(error = %format!("{e:#}"), "proxyDHCP stopped");
@@ -315,8 +300,8 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
                 pxe::dhcp::BootConfig::new(iface.addr, cfg.public_url.clone()),
             )
             .map_err(anyhow::Error::msg)?;
-            let sock = dhcp::bind_full(&iface)?;
-            let task = dhcp::full(sock, iface, server, db.clone(), inventory_changed.clone());
+            let sock = boot::dhcp::bind_full(&iface)?;
+            let task = boot::dhcp::full(sock, iface, server, db.clone(), inventory_changed.clone());
             tokio::spawn(async move {
                 if let Err(e) = task.await {
                     tracing::error!(error = %format!("{e:#}"), "DHCP stopped");
@@ -340,7 +325,7 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
             );
             let root = cfg.boot_dir.clone();
             tokio::spawn(async move {
-                if let Err(e) = tftp::serve(sock, root).await {
+                if let Err(e) = boot::tftp::serve(sock, root).await {
                     tracing::error!(error = %format!("{e:#}"), "TFTP stopped");
                 }
             });
@@ -355,9 +340,9 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
             tracing::error!(error = %format!("{e:#}"), "resuming deployments");
         }
     });
-    ui::first_admin(&db).await?;
-    let api = api::router(state);
-    let control = ui::Control {
+    web::ui::first_admin(&db).await?;
+    let api = web::api::router(state);
+    let control = web::ui::Control {
         db: db.clone(),
         api: api.clone(),
     };
@@ -378,7 +363,7 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
                 secure_cookies: true,
             },
         ));
-        tokio::spawn(tls::serve(https, acceptor, secure, shutdown()));
+        tokio::spawn(auth::tls::serve(https, acceptor, secure, shutdown()));
     }
     axum::serve(
         listener,

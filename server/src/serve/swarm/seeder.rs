@@ -21,13 +21,13 @@ use axum::http::StatusCode;
 use tracing::{info, warn};
 use transport::swarm::librqbit::{AddTorrent, AddTorrentOptions, Session};
 
-use super::api::{ApiError, ApiResult};
+use crate::serve::web::api::{ApiError, ApiResult};
 
 /// The default port peers reach the server's seed at.
 pub(crate) const DEFAULT_PORT: u16 = 6881;
 
 pub(crate) struct Seeder {
-    tracker: Arc<super::tracker::Tracker>,
+    tracker: Arc<crate::serve::swarm::tracker::Tracker>,
     /// `{public_url}/announce`, the torrents' tracker.
     announce: String,
     /// The same tracker at the server's own HTTP address, which the seed announces to.
@@ -50,7 +50,7 @@ pub(crate) struct Seeder {
 impl Seeder {
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
-        tracker: Arc<super::tracker::Tracker>,
+        tracker: Arc<crate::serve::swarm::tracker::Tracker>,
         public_url: &str,
         http: SocketAddr,
         listen: SocketAddr,
@@ -131,7 +131,8 @@ impl Seeder {
     /// Image `reference`'s torrent, ready: built (or read from the cache), known to the
     /// tracker and seeded. Returns the `.torrent` and the image's label.
     pub(crate) async fn prepare(&self, reference: &str) -> ApiResult<(Vec<u8>, String)> {
-        let (info, _id, label) = super::torrent::info(&self.store_dir, reference).await?;
+        let (info, _id, label) =
+            crate::serve::swarm::torrent::info(&self.store_dir, reference).await?;
         self.tracker.know(imaging::torrent::info_hash(&info));
         self.seed(&info).await.map_err(|e| {
             ApiError::new(
@@ -142,7 +143,7 @@ impl Seeder {
         Ok((imaging::torrent::metainfo(&self.announce, &info), label))
     }
 
-    /// Seeds the torrent of the info dictionary `info` (an image's, from [`super::torrent`]).
+    /// Seeds the torrent of the info dictionary `info` (an image's, from [`crate::serve::swarm::torrent`]).
     async fn seed(&self, info: &[u8]) -> anyhow::Result<()> {
         if !self.enabled() {
             return Ok(());

@@ -19,9 +19,9 @@ use serde_json::{json, Value};
 
 use proto::api;
 
-use super::api::{parse_mac, Actor, ApiError, ApiResult, Shared};
-use super::deploy::{AgentSwarm, DeployError, DeployRequest};
-use super::deploy_db::{Deployment, Task, TaskProgress};
+use crate::serve::deployments::repo::{Deployment, Task, TaskProgress};
+use crate::serve::deployments::service::{AgentSwarm, DeployError, DeployRequest};
+use crate::serve::web::api::{parse_mac, Actor, ApiError, ApiResult, Shared};
 
 impl From<DeployError> for ApiError {
     fn from(e: DeployError) -> Self {
@@ -341,18 +341,23 @@ pub(crate) async fn hello(
     // Only the machine itself says hello for its MAC: it may register, report its disks and
     // receive its task's token; another host of the network gets nothing.
     let claimed = format!("claimed {mac}");
-    let vouched =
-        match super::caller::vouch_or_audit(&s, peer.ip(), mac, "agent.hello.refused", &claimed)
-            .await?
-        {
-            Ok(why) => why,
-            Err(why) => {
-                return Err(ApiError::new(
-                    StatusCode::FORBIDDEN,
-                    format!("hello for {mac} refused: {why}"),
-                ));
-            }
-        };
+    let vouched = match crate::serve::auth::caller::vouch_or_audit(
+        &s,
+        peer.ip(),
+        mac,
+        "agent.hello.refused",
+        &claimed,
+    )
+    .await?
+    {
+        Ok(why) => why,
+        Err(why) => {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                format!("hello for {mac} refused: {why}"),
+            ));
+        }
+    };
     let disk = h.disks.iter().find(|d| !d.removable);
     let m =
         s.db.machine_hello(

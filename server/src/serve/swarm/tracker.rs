@@ -19,7 +19,7 @@ use axum::response::{IntoResponse, Response};
 use imaging::torrent::{bytes, int};
 use transport::swarm::Role;
 
-use super::api::Shared;
+use crate::serve::web::api::Shared;
 
 /// How often peers announce (lab deployments are minutes long: keep the swarm fresh).
 pub(crate) const INTERVAL: Duration = Duration::from_secs(30);

@@ -4,7 +4,7 @@
 //! A machine with a pending task boots the drover kernel and initramfs with a command line
 //! naming the server, a fresh task token (tokens handed out before keep working) and what to
 //! do afterwards. The script is the machine's only when the request comes from the machine
-//! itself ([`super::caller`]); anyone else asking for it is told to boot its local disk, and
+//! itself ([`crate::serve::auth::caller`]); anyone else asking for it is told to boot its local disk, and
 //! both are audited with the address. Any other machine — unknown, idle, or whose task is over —
 //! boots its local disk (BIOS: `sanboot --no-describe --drive 0x80`; UEFI: `exit` to the next
 //! boot entry), so a machine whose task is done never loops back into reimaging.
@@ -16,7 +16,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use tokio::io::AsyncReadExt;
 
-use super::api::{parse_mac, ApiError, ApiResult, Shared};
+use crate::serve::web::api::{parse_mac, ApiError, ApiResult, Shared};
 
 /// The boot environment's files in the boot directory (deploy/build-boot-env puts them there).
 pub(crate) const KERNEL: &str = "vmlinuz";
@@ -57,15 +57,22 @@ pub(crate) async fn ipxe_script(
     // The script of a machine with a task carries its token: only the machine itself gets
     // it. Anyone else is told to boot the local disk, and the refusal is audited.
     let asked = format!("asked for {mac}'s boot script");
-    let vouched =
-        match super::caller::vouch_or_audit(&s, peer.ip(), mac, "boot.refused", &asked).await? {
-            Ok(why) => why,
-            Err(why) => {
-                return Ok(script(local_boot(&format!(
-                    "not handing out {mac}'s boot script: {why}"
-                ))));
-            }
-        };
+    let vouched = match crate::serve::auth::caller::vouch_or_audit(
+        &s,
+        peer.ip(),
+        mac,
+        "boot.refused",
+        &asked,
+    )
+    .await?
+    {
+        Ok(why) => why,
+        Err(why) => {
+            return Ok(script(local_boot(&format!(
+                "not handing out {mac}'s boot script: {why}"
+            ))));
+        }
+    };
     let Some(task) = s.db.active_task(mac).await? else {
         let known = s.db.machine(mac).await.is_ok();
         if !known && s.register_unknown {

@@ -5,8 +5,8 @@ use std::net::Ipv4Addr;
 
 use sqlx::Row;
 
-use super::db::{now_ms, Db};
-use super::mac::Mac;
+use crate::serve::db::{now_ms, Db};
+use crate::serve::mac::Mac;
 
 impl Db {
     /// Every persisted lease: (MAC, address, expiry in Unix milliseconds).

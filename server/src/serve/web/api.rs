@@ -15,8 +15,8 @@ use axum::{Extension, Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::db::{Db, DbError, MachineEdit};
-use super::mac::Mac;
+use crate::serve::db::{Db, DbError, MachineEdit};
+use crate::serve::mac::Mac;
 use transport::net::Iface;
 
 /// What every handler shares.
@@ -27,8 +27,8 @@ pub(crate) struct AppState {
     /// The lab interface (multicast, wake-on-LAN), if there is one.
     pub(crate) iface: Option<Iface>,
     pub(crate) wol_port: u16,
-    pub(crate) deployer: Arc<super::deploy::Deployer>,
-    pub(crate) schedule_settings: super::schedule::Settings,
+    pub(crate) deployer: Arc<crate::serve::deployments::service::Deployer>,
+    pub(crate) schedule_settings: crate::serve::schedules::service::Settings,
     /// The boot directory (iPXE's kernel and initramfs), and the URL machines reach us at.
     pub(crate) boot_dir: PathBuf,
     pub(crate) public_url: String,
@@ -43,9 +43,9 @@ pub(crate) struct AppState {
     /// The agent kernel's arguments before drover's own.
     pub(crate) boot_args: String,
     /// The BitTorrent tracker of the image torrents.
-    pub(crate) tracker: Arc<super::tracker::Tracker>,
+    pub(crate) tracker: Arc<crate::serve::swarm::tracker::Tracker>,
     /// Routed networks whose machines are trusted to name their own MAC
-    /// ([`super::caller`]).
+    /// ([`crate::serve::auth::caller`]).
     pub(crate) agent_networks: Vec<ipnet::IpNet>,
 }
 
@@ -111,12 +111,15 @@ pub(crate) fn parse_mac(s: &str) -> ApiResult<Mac> {
 
 /// The whole router.
 pub(crate) fn router(state: Shared) -> Router {
-    use super::deploy_api as dep;
-    use super::schedule_api as sched;
+    use crate::serve::deployments::api as dep;
+    use crate::serve::schedules::api as sched;
     use axum::routing::post;
     let admin = Router::new()
         .route("/images", get(images))
-        .route("/images/{reference}/torrent", get(super::torrent::torrent))
+        .route(
+            "/images/{reference}/torrent",
+            get(crate::serve::swarm::torrent::torrent),
+        )
         .route("/images/{reference}/verify", post(verify_image))
         .route("/machines", get(machines).post(add_machine))
         .route(
@@ -132,7 +135,10 @@ pub(crate) fn router(state: Shared) -> Router {
         .route("/deployments/{id}/cancel", post(dep::cancel))
         .route("/deployments/{id}/start", post(dep::start_now))
         .route("/deployments/{id}/events", get(dep::events))
-        .route("/captures", post(super::capture::create))
+        .route(
+            "/captures",
+            post(crate::serve::deployments::capture::create),
+        )
         .route("/schedules", get(sched::list).post(sched::create))
         .route(
             "/schedules/{name}",
@@ -150,12 +156,18 @@ pub(crate) fn router(state: Shared) -> Router {
             "/agent/session/{*rest}",
             get(dep::session).post(dep::session),
         )
-        .route("/agent/capture/have", post(super::capture::have))
+        .route(
+            "/agent/capture/have",
+            post(crate::serve::deployments::capture::have),
+        )
         .route(
             "/agent/capture/chunks/{hash}",
-            axum::routing::put(super::capture::put_chunk),
+            axum::routing::put(crate::serve::deployments::capture::put_chunk),
         )
-        .route("/agent/capture/commit", post(super::capture::commit))
+        .route(
+            "/agent/capture/commit",
+            post(crate::serve::deployments::capture::commit),
+        )
         // A chunk is at most 64 MiB (and a frame of it a little more); so is a manifest.
         .layer(axum::extract::DefaultBodyLimit::max(65 << 20))
         .route_layer(middleware::from_fn(agent_only));
@@ -165,14 +177,23 @@ pub(crate) fn router(state: Shared) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
-        .route("/api/v1/openapi.json", get(super::openapi::openapi))
+        .route(
+            "/api/v1/openapi.json",
+            get(crate::serve::web::openapi::openapi),
+        )
         .route("/api/v1/agent/hello", post(dep::hello))
-        .route("/api/v1/agent/seed", get(super::torrent::seed))
-        .route("/api/v1/agent/torrent", get(super::torrent::agent_torrent))
-        .route("/announce", get(super::tracker::announce))
-        .route("/scrape", get(super::tracker::scrape))
-        .route("/boot/files/{*path}", get(super::boot::file))
-        .route("/boot/{name}", get(super::boot::ipxe_script))
+        .route(
+            "/api/v1/agent/seed",
+            get(crate::serve::swarm::torrent::seed),
+        )
+        .route(
+            "/api/v1/agent/torrent",
+            get(crate::serve::swarm::torrent::agent_torrent),
+        )
+        .route("/announce", get(crate::serve::swarm::tracker::announce))
+        .route("/scrape", get(crate::serve::swarm::tracker::scrape))
+        .route("/boot/files/{*path}", get(crate::serve::boot::ipxe::file))
+        .route("/boot/{name}", get(crate::serve::boot::ipxe::ipxe_script))
         .nest("/api/v1", api)
         .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such endpoint".into()) })
         .with_state(state)
@@ -206,10 +227,11 @@ async fn auth(State(s): State<Shared>, mut req: Request, next: Next) -> Response
     if token.starts_with("drt_") {
         return match s.db.check_task_token(token).await {
             Ok(Some(t)) if t.active() => {
-                req.extensions_mut().insert(super::deploy_api::AgentTask(t));
+                req.extensions_mut()
+                    .insert(crate::serve::deployments::api::AgentTask(t));
                 next.run(req).await
             }
-            Ok(Some(t)) => super::deploy_api::task_over(&t).into_response(),
+            Ok(Some(t)) => crate::serve::deployments::api::task_over(&t).into_response(),
             Ok(None) => unauthorized(),
             Err(e) => ApiError::from(e).into_response(),
         };
@@ -240,7 +262,7 @@ async fn admin_only(req: Request, next: Next) -> Response {
 async fn agent_only(req: Request, next: Next) -> Response {
     if req
         .extensions()
-        .get::<super::deploy_api::AgentTask>()
+        .get::<crate::serve::deployments::api::AgentTask>()
         .is_none()
     {
         return ApiError(
@@ -577,9 +599,12 @@ async fn wake(
         ));
     }
     let Some(iface) = s.iface.clone() else {
-        return Err(ApiError(StatusCode::CONFLICT, super::wake::NO_IFACE.into()));
+        return Err(ApiError(
+            StatusCode::CONFLICT,
+            crate::serve::boot::wol::NO_IFACE.into(),
+        ));
     };
-    let to = super::wake::wake(iface, s.wol_port, macs.clone()).await?;
+    let to = crate::serve::boot::wol::wake(iface, s.wol_port, macs.clone()).await?;
     let woken: Vec<String> = macs.iter().map(Mac::to_string).collect();
     s.db.audit(&actor.0, "wake", &format!("{} via {to}", woken.join(" ")))
         .await?;

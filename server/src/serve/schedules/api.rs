@@ -12,12 +12,14 @@ use axum::{Extension, Json};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::api::{check_name, Actor, ApiError, ApiResult, Shared};
-use super::db::{now_ms, Db};
-use super::deploy::{DeployRequest, Deployer};
-use super::mac::Mac;
-use super::schedule::{check_timing, parse_cron, show_time, Fired, Host, Schedule, Settings, When};
-use super::schedule_db::NewSchedule;
+use crate::serve::db::{now_ms, Db};
+use crate::serve::deployments::service::{DeployRequest, Deployer};
+use crate::serve::mac::Mac;
+use crate::serve::schedules::repo::NewSchedule;
+use crate::serve::schedules::service::{
+    check_timing, parse_cron, show_time, Fired, Host, Schedule, Settings, When,
+};
+use crate::serve::web::api::{check_name, Actor, ApiError, ApiResult, Shared};
 use transport::net::Iface;
 
 /// The scheduler's host in the daemon.
@@ -45,9 +47,9 @@ impl ServerHost {
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         let Some(iface) = self.iface.clone() else {
-            anyhow::bail!("{}", super::wake::NO_IFACE);
+            anyhow::bail!("{}", crate::serve::boot::wol::NO_IFACE);
         };
-        let to = super::wake::wake(iface, self.wol_port, macs.clone()).await?;
+        let to = crate::serve::boot::wol::wake(iface, self.wol_port, macs.clone()).await?;
         let list: Vec<String> = macs.iter().map(Mac::to_string).collect();
         self.db
             .audit(&actor(s), "wake", &format!("{} via {to}", list.join(" ")))
@@ -225,14 +227,14 @@ pub(crate) struct NewScheduleBody {
     action: Option<String>,
     image: Option<String>,
     to: Vec<String>,
-    #[serde(default = "super::deploy_api::default_transport")]
+    #[serde(default = "crate::serve::deployments::api::default_transport")]
     transport: String,
     /// A multicast deployment's stragglers: `unicast` (the default) or `bittorrent`.
-    #[serde(default = "super::deploy_api::default_fallback")]
+    #[serde(default = "crate::serve::deployments::api::default_fallback")]
     fallback: String,
     min_machines: Option<i64>,
     max_wait: Option<String>,
-    #[serde(default = "super::deploy_api::default_then")]
+    #[serde(default = "crate::serve::deployments::api::default_then")]
     then: String,
     /// "5m"; "0" for none.
     wake_lead: Option<String>,

@@ -18,8 +18,8 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
-use super::api::Shared;
-use super::mac::Mac;
+use crate::serve::mac::Mac;
+use crate::serve::web::api::Shared;
 
 /// Why a request was taken for the machine's own.
 pub(crate) type Vouched = &'static str;

@@ -6,7 +6,7 @@ use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, Salt
 use argon2::Argon2;
 use sqlx::Row;
 
-use super::db::{is_unique_violation, now_ms, random_hex, Db, DbError};
+use crate::serve::db::{is_unique_violation, now_ms, random_hex, Db, DbError};
 
 /// How long a login lasts: a working day and a night.
 pub(crate) const SESSION_TTL_MS: i64 = 12 * 3600 * 1000;

@@ -6,8 +6,8 @@ use serde::Serialize;
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
-use super::db::{is_unique_violation, now_ms, random_hex, Db, DbError};
-use super::schedule::Schedule;
+use crate::serve::db::{is_unique_violation, now_ms, random_hex, Db, DbError};
+use crate::serve::schedules::service::Schedule;
 
 /// What a new schedule is (already checked).
 pub(crate) struct NewSchedule<'a> {

@@ -14,7 +14,7 @@
 //!
 //! The scheduler's loop is generic over [`Host`] (time, the database, the actions) so its
 //! timing is tested with paused tokio time and no I/O; the daemon's host is in
-//! `schedule_api`.
+//! [`super::api`].
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -339,5 +339,4 @@ async fn run_one<H: Host>(
 }
 
 #[cfg(test)]
-#[path = "schedule/tests.rs"]
 mod tests;

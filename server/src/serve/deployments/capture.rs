@@ -24,11 +24,11 @@ use proto::api::{ChunkStored, Committed, HaveReply, HaveRequest};
 use serde::Deserialize;
 use sqlx::Row;
 
-use super::api::{parse_mac, Actor, ApiError, ApiResult, Shared};
-use super::db::now_ms;
-use super::deploy::DeployError;
-use super::deploy_api::{task_over, AgentTask};
-use super::deploy_db::{Deployment, NewDeployment};
+use crate::serve::db::now_ms;
+use crate::serve::deployments::api::{task_over, AgentTask};
+use crate::serve::deployments::repo::{Deployment, NewDeployment};
+use crate::serve::deployments::service::DeployError;
+use crate::serve::web::api::{parse_mac, Actor, ApiError, ApiResult, Shared};
 
 /// Hashes one `have` call may ask about.
 const MAX_HAVE: usize = 4096;
@@ -40,7 +40,7 @@ const RESERVE: u64 = imaging::capture::SPACE_RESERVE;
 pub(crate) struct NewCapture {
     mac: String,
     name: String,
-    #[serde(default = "super::deploy_api::default_then")]
+    #[serde(default = "crate::serve::deployments::api::default_then")]
     then: String,
 }
 
@@ -126,7 +126,10 @@ pub(crate) async fn create(
 }
 
 /// The agent's capture deployment; a restore task may not upload.
-async fn capture_of(s: &Shared, t: &super::deploy_db::Task) -> ApiResult<Deployment> {
+async fn capture_of(
+    s: &Shared,
+    t: &crate::serve::deployments::repo::Task,
+) -> ApiResult<Deployment> {
     if !t.active() {
         return Err(task_over(t));
     }

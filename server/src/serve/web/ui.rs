@@ -12,9 +12,9 @@ use axum::Router;
 use tower::ServiceExt;
 use web_ui::{ControlError, Session, User};
 
-use super::api::Actor;
-use super::db::{Db, DbError};
-use super::users_db::{self, check_password};
+use crate::serve::auth::users::{self, check_password};
+use crate::serve::db::{Db, DbError};
+use crate::serve::web::api::Actor;
 
 /// The server as the dashboard sees it.
 #[derive(Clone)]
@@ -29,14 +29,14 @@ fn unavailable(e: impl std::fmt::Display) -> ControlError {
     ControlError(format!("the server's database failed: {e}"))
 }
 
-fn user(u: users_db::User) -> User {
+fn user(u: users::User) -> User {
     User {
         name: u.name,
         must_change: u.must_change,
     }
 }
 
-fn session(s: users_db::WebSession) -> Session {
+fn session(s: users::WebSession) -> Session {
     Session {
         user: user(s.user),
         csrf: s.csrf,
@@ -57,7 +57,7 @@ impl web_ui::Control for Control {
     }
 
     async fn login(&self, name: &str, password: &str) -> Result<Option<User>, ControlError> {
-        if users_db::check_user_name(name).is_err() {
+        if users::check_user_name(name).is_err() {
             return Ok(None);
         }
         Ok(self
@@ -71,7 +71,7 @@ impl web_ui::Control for Control {
     async fn open_session(&self, u: &User) -> Result<(String, Session), ControlError> {
         let (cookie, s) = self
             .db
-            .open_session(&users_db::User {
+            .open_session(&users::User {
                 name: u.name.clone(),
                 must_change: u.must_change,
                 created_ms: 0,
@@ -125,7 +125,7 @@ pub(crate) async fn first_admin(db: &Db) -> anyhow::Result<()> {
     if !db.users().await?.is_empty() {
         return Ok(());
     }
-    let password = users_db::generate_password();
+    let password = users::generate_password();
     match db.add_user("admin", &password, true).await {
         Ok(_) => {}
         // Another server sharing the database made it first.

@@ -36,10 +36,10 @@ pub(crate) async fn full(
     sock: UdpSocket,
     iface: Iface,
     mut server: pxe::dhcp_full::Server,
-    db: super::db::Db,
+    db: crate::serve::db::Db,
     inventory_changed: std::sync::Arc<tokio::sync::Notify>,
 ) -> anyhow::Result<()> {
-    let now = || (super::db::now_ms() / 1000) as u64;
+    let now = || (crate::serve::db::now_ms() / 1000) as u64;
     server.load(
         db.dhcp_leases()
             .await?
@@ -83,13 +83,13 @@ pub(crate) async fn full(
             use pxe::dhcp_full::Change;
             let r = match &c {
                 Change::Bound(l) => {
-                    info!(mac = %super::mac::Mac(l.mac), ip = %l.ip, "DHCP lease");
-                    db.save_dhcp_lease(super::mac::Mac(l.mac), l.ip, l.expires as i64 * 1000)
+                    info!(mac = %crate::serve::mac::Mac(l.mac), ip = %l.ip, "DHCP lease");
+                    db.save_dhcp_lease(crate::serve::mac::Mac(l.mac), l.ip, l.expires as i64 * 1000)
                         .await
                 }
                 Change::Released { mac, ip } | Change::Declined { mac, ip } => {
-                    info!(mac = %super::mac::Mac(*mac), %ip, "DHCP {c:?}");
-                    db.remove_dhcp_lease(super::mac::Mac(*mac)).await
+                    info!(mac = %crate::serve::mac::Mac(*mac), %ip, "DHCP {c:?}");
+                    db.remove_dhcp_lease(crate::serve::mac::Mac(*mac)).await
                 }
             };
             if let Err(e) = r {
@@ -110,7 +110,10 @@ pub(crate) async fn full(
 }
 
 /// Takes the inventory's reservations; ones it cannot keep are logged with their reason.
-async fn reserve(server: &mut pxe::dhcp_full::Server, db: &super::db::Db) -> anyhow::Result<()> {
+async fn reserve(
+    server: &mut pxe::dhcp_full::Server,
+    db: &crate::serve::db::Db,
+) -> anyhow::Result<()> {
     let all = db.reservations().await?;
     let n = all.len();
     for e in server.set_reservations(all.into_iter().map(|(m, ip)| (m.0, ip))) {

@@ -24,9 +24,9 @@ use transport::net::Iface;
 use transport::send::{self, Control, Hooks};
 use transport::session::Source;
 
-use super::db::{now_ms, Db, DbError};
-use super::deploy_db::{Deployment, NewDeployment};
-use super::mac::Mac;
+use crate::serve::db::{now_ms, Db, DbError};
+use crate::serve::deployments::repo::{Deployment, NewDeployment};
+use crate::serve::mac::Mac;
 
 /// A multicast deployment with neither a machine count nor a wait starts after this long
 /// with whoever joined; the others finish over unicast.
@@ -98,7 +98,7 @@ pub(crate) struct Deployer {
     /// Chunks being sent over unicast at once, at most (each holds its frame in memory).
     pub(crate) chunk_slots: Arc<tokio::sync::Semaphore>,
     /// The server's BitTorrent seed, and what agents in a swarm may do.
-    pub(crate) seeder: Arc<super::seeder::Seeder>,
+    pub(crate) seeder: Arc<crate::serve::swarm::seeder::Seeder>,
     pub(crate) agent_swarm: AgentSwarm,
 }
 
@@ -122,7 +122,7 @@ impl Deployer {
         rate_bps: u64,
         window_bytes: u64,
         owner: String,
-        seeder: Arc<super::seeder::Seeder>,
+        seeder: Arc<crate::serve::swarm::seeder::Seeder>,
         agent_swarm: AgentSwarm,
     ) -> Arc<Self> {
         Arc::new(Self {

@@ -3,7 +3,7 @@
 //! server's tracker (`{public_url}/announce`). The info dictionary (its piece hashes need every
 //! chunk read once) is computed on first use and kept in `DATA/torrents/{image id}.info`, so
 //! neither a second request nor a server restart hashes the image again. Fetching a torrent
-//! makes the server seed it ([`super::seeder`]).
+//! makes the server seed it ([`crate::serve::swarm::seeder`]).
 
 use std::path::{Path, PathBuf};
 
@@ -12,7 +12,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
-use super::api::{ApiError, ApiResult, Shared};
+use crate::serve::web::api::{ApiError, ApiResult, Shared};
 
 /// How long an agent's request for its torrent waits for it to be built before it is told to
 /// come back.
@@ -148,7 +148,10 @@ pub(crate) async fn seed(
 }
 
 /// The task of the request's task token, over or not.
-async fn task_of_token(s: &Shared, headers: &HeaderMap) -> ApiResult<super::deploy_db::Task> {
+async fn task_of_token(
+    s: &Shared,
+    headers: &HeaderMap,
+) -> ApiResult<crate::serve::deployments::repo::Task> {
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())

@@ -7,8 +7,8 @@ use serde::Serialize;
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
-use super::db::{is_unique_violation, now_ms, random_hex, Db, DbError};
-use super::mac::Mac;
+use crate::serve::db::{is_unique_violation, now_ms, random_hex, Db, DbError};
+use crate::serve::mac::Mac;
 
 /// Task states an agent is still working in.
 pub(crate) const ACTIVE: &[&str] = &["waiting", "receiving", "verifying"];
@@ -628,7 +628,7 @@ impl Db {
         mac: Mac,
         disk_serial: Option<&str>,
         disk_size: Option<i64>,
-    ) -> Result<super::db::Machine, DbError> {
+    ) -> Result<crate::serve::db::Machine, DbError> {
         let now = now_ms();
         let n = sqlx::query(
             "UPDATE machines SET last_seen_ms = $1, disk_serial = COALESCE($2, disk_serial), \

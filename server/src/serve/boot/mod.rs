@@ -1,0 +1,7 @@
+//! Bringing machines up: proxy and full DHCP with their leases, TFTP, the per-machine iPXE scripts, and wake-on-LAN.
+
+pub(crate) mod dhcp;
+pub(crate) mod ipxe;
+pub(crate) mod leases;
+pub(crate) mod tftp;
+pub(crate) mod wol;

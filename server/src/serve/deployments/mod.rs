@@ -1,0 +1,6 @@
+//! Deployments and their tasks: the service that runs them (multicast sessions, swarms, unicast), the agents' and admins' handlers, captures, and their repository.
+
+pub(crate) mod api;
+pub(crate) mod capture;
+pub(crate) mod repo;
+pub(crate) mod service;
