@@ -86,7 +86,10 @@ pub(crate) fn run(cmd: UserCommand, data_dir: Option<PathBuf>, json: bool) -> an
             let url = db_of(&db, data_dir)?;
             rt.block_on(async {
                 let db = Db::open(&url).await?;
-                db.add_user(&name, &pw, generated).await.map_err(err)?;
+                db.users()
+                    .add_user(&name, &pw, generated)
+                    .await
+                    .map_err(err)?;
                 db.audit("cli", "user.add", &name).await?;
                 say(json, &name, generated.then_some(pw.as_str()), "added");
                 Ok(())
@@ -101,7 +104,8 @@ pub(crate) fn run(cmd: UserCommand, data_dir: Option<PathBuf>, json: bool) -> an
             let url = db_of(&db, data_dir)?;
             rt.block_on(async {
                 let db = Db::open(&url).await?;
-                db.set_password(&name, &pw, generated, None)
+                db.users()
+                    .set_password(&name, &pw, generated, None)
                     .await
                     .map_err(err)?;
                 db.audit("cli", "user.password", &name).await?;
@@ -117,7 +121,7 @@ pub(crate) fn run(cmd: UserCommand, data_dir: Option<PathBuf>, json: bool) -> an
         UserCommand::List { db } => {
             let url = db_of(&db, data_dir)?;
             rt.block_on(async {
-                let users = Db::open(&url).await?.users().await?;
+                let users = Db::open(&url).await?.users().users().await?;
                 if json {
                     println!("{}", serde_json::to_value(&users)?);
                 } else {
@@ -137,7 +141,7 @@ pub(crate) fn run(cmd: UserCommand, data_dir: Option<PathBuf>, json: bool) -> an
             let url = db_of(&db, data_dir)?;
             rt.block_on(async {
                 let db = Db::open(&url).await?;
-                db.remove_user(&name).await.map_err(err)?;
+                db.users().remove_user(&name).await.map_err(err)?;
                 db.audit("cli", "user.remove", &name).await?;
                 if json {
                     println!("{}", serde_json::json!({ "removed": name }));

@@ -18,7 +18,7 @@ pub(crate) mod boot;
 pub(crate) mod config;
 pub(crate) mod db;
 pub(crate) mod deployments;
-pub(crate) mod mac;
+pub(crate) mod inventory;
 pub(crate) mod schedules;
 pub(crate) mod swarm;
 pub(crate) mod web;

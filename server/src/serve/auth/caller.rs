@@ -18,7 +18,7 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
-use crate::serve::mac::Mac;
+use crate::serve::inventory::mac::Mac;
 use crate::serve::web::api::Shared;
 
 /// Why a request was taken for the machine's own.
@@ -40,7 +40,11 @@ pub(crate) async fn vouch(s: &Shared, peer: IpAddr, mac: Mac) -> Result<Vouched,
             Err(e) => tracing::warn!("reading the neighbour table: {e}"),
         }
         if s.dhcp_pool.is_some() {
-            let leases = s.db.dhcp_leases().await.map_err(|e| e.to_string())?;
+            let leases =
+                s.db.leases()
+                    .dhcp_leases()
+                    .await
+                    .map_err(|e| e.to_string())?;
             if leases.iter().any(|(m, ip, _)| *m == mac && *ip == v4) {
                 return Ok("leased to it by drover's DHCP");
             }

@@ -96,7 +96,19 @@ fn user(r: &sqlx::any::AnyRow) -> Result<User, sqlx::Error> {
     })
 }
 
+/// The users' and web sessions' queries, through the server's database handle.
+pub(crate) struct Users<'a> {
+    db: &'a Db,
+}
+
 impl Db {
+    /// The users' and web sessions' queries.
+    pub(crate) fn users(&self) -> Users<'_> {
+        Users { db: self }
+    }
+}
+
+impl Users<'_> {
     /// Adds a user; `must_change` when the password was generated for them.
     pub(crate) async fn add_user(
         &self,
@@ -118,7 +130,7 @@ impl Db {
         .bind(hash)
         .bind(i64::from(must_change))
         .bind(u.created_ms)
-        .execute(&self.pool)
+        .execute(&self.db.pool)
         .await;
         match r {
             Ok(_) => Ok(u),
@@ -130,7 +142,7 @@ impl Db {
     /// Every user, by name.
     pub(crate) async fn users(&self) -> anyhow::Result<Vec<User>> {
         let rows = sqlx::query("SELECT name, must_change, created_ms FROM users ORDER BY name")
-            .fetch_all(&self.pool)
+            .fetch_all(&self.db.pool)
             .await?;
         Ok(rows.iter().map(user).collect::<Result<_, _>>()?)
     }
@@ -145,7 +157,7 @@ impl Db {
         keep_session: Option<&str>,
     ) -> Result<(), DbError> {
         let hash = hash_password_blocking(password).await?;
-        let mut tx = self.begin_write().await?;
+        let mut tx = self.db.begin_write().await?;
         let n =
             sqlx::query("UPDATE users SET password_hash = $1, must_change = $2 WHERE name = $3")
                 .bind(hash)
@@ -168,7 +180,7 @@ impl Db {
 
     /// Removes a user and their sessions.
     pub(crate) async fn remove_user(&self, name: &str) -> Result<(), DbError> {
-        let mut tx = self.begin_write().await?;
+        let mut tx = self.db.begin_write().await?;
         sqlx::query("DELETE FROM web_sessions WHERE user_name = $1")
             .bind(name)
             .execute(&mut *tx)
@@ -195,7 +207,7 @@ impl Db {
             "SELECT name, password_hash, must_change, created_ms FROM users WHERE name = $1",
         )
         .bind(name)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.db.pool)
         .await?;
         let (stored, u) = match &row {
             Some(r) => (r.try_get::<String, _>("password_hash")?, Some(user(r)?)),
@@ -214,7 +226,7 @@ impl Db {
         // Sessions long over go as new ones come.
         sqlx::query("DELETE FROM web_sessions WHERE expires_ms < $1")
             .bind(now)
-            .execute(&self.pool)
+            .execute(&self.db.pool)
             .await?;
         sqlx::query(
             "INSERT INTO web_sessions (id_hash, user_name, csrf, created_ms, expires_ms) \
@@ -225,7 +237,7 @@ impl Db {
         .bind(&csrf)
         .bind(now)
         .bind(now + SESSION_TTL_MS)
-        .execute(&self.pool)
+        .execute(&self.db.pool)
         .await?;
         Ok((
             cookie,
@@ -244,7 +256,7 @@ impl Db {
         )
         .bind(session_hash(cookie))
         .bind(now_ms())
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.db.pool)
         .await?;
         row.map(|r| {
             Ok(WebSession {
@@ -259,7 +271,7 @@ impl Db {
     pub(crate) async fn close_session(&self, cookie: &str) -> anyhow::Result<()> {
         sqlx::query("DELETE FROM web_sessions WHERE id_hash = $1")
             .bind(session_hash(cookie))
-            .execute(&self.pool)
+            .execute(&self.db.pool)
             .await?;
         Ok(())
     }

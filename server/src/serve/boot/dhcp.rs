@@ -41,7 +41,8 @@ pub(crate) async fn full(
 ) -> anyhow::Result<()> {
     let now = || (crate::serve::db::now_ms() / 1000) as u64;
     server.load(
-        db.dhcp_leases()
+        db.leases()
+            .dhcp_leases()
             .await?
             .into_iter()
             .map(|(m, ip, exp)| pxe::dhcp_full::Lease {
@@ -83,13 +84,20 @@ pub(crate) async fn full(
             use pxe::dhcp_full::Change;
             let r = match &c {
                 Change::Bound(l) => {
-                    info!(mac = %crate::serve::mac::Mac(l.mac), ip = %l.ip, "DHCP lease");
-                    db.save_dhcp_lease(crate::serve::mac::Mac(l.mac), l.ip, l.expires as i64 * 1000)
+                    info!(mac = %crate::serve::inventory::mac::Mac(l.mac), ip = %l.ip, "DHCP lease");
+                    db.leases()
+                        .save_dhcp_lease(
+                            crate::serve::inventory::mac::Mac(l.mac),
+                            l.ip,
+                            l.expires as i64 * 1000,
+                        )
                         .await
                 }
                 Change::Released { mac, ip } | Change::Declined { mac, ip } => {
-                    info!(mac = %crate::serve::mac::Mac(*mac), %ip, "DHCP {c:?}");
-                    db.remove_dhcp_lease(crate::serve::mac::Mac(*mac)).await
+                    info!(mac = %crate::serve::inventory::mac::Mac(*mac), %ip, "DHCP {c:?}");
+                    db.leases()
+                        .remove_dhcp_lease(crate::serve::inventory::mac::Mac(*mac))
+                        .await
                 }
             };
             if let Err(e) = r {
@@ -114,7 +122,7 @@ async fn reserve(
     server: &mut pxe::dhcp_full::Server,
     db: &crate::serve::db::Db,
 ) -> anyhow::Result<()> {
-    let all = db.reservations().await?;
+    let all = db.inventory().reservations().await?;
     let n = all.len();
     for e in server.set_reservations(all.into_iter().map(|(m, ip)| (m.0, ip))) {
         warn!("DHCP: reservation left out: {e}");
@@ -194,7 +202,7 @@ fn answer(
         .and_then(Result::ok)
         .unwrap_or("(option 67)");
     info!(
-        mac = %crate::serve::mac::Mac(c.mac),
+        mac = %crate::serve::inventory::mac::Mac(c.mac),
         arch = ?c.arch,
         ipxe = c.ipxe,
         port,

@@ -73,8 +73,8 @@ pub(crate) async fn ipxe_script(
             ))));
         }
     };
-    let Some(task) = s.db.active_task(mac).await? else {
-        let known = s.db.machine(mac).await.is_ok();
+    let Some(task) = s.db.deployments().active_task(mac).await? else {
+        let known = s.db.inventory().machine(mac).await.is_ok();
         if !known && s.register_unknown {
             if let Some(missing) = missing_boot_env(&s).await {
                 return Ok(script(missing));
@@ -95,13 +95,13 @@ pub(crate) async fn ipxe_script(
         };
         return Ok(script(local_boot(why)));
     };
-    let d = s.db.deployment(&task.deployment_id).await?;
+    let d = s.db.deployments().deployment(&task.deployment_id).await?;
     if let Some(missing) = missing_boot_env(&s).await {
         tracing::warn!(%mac, "no boot environment in {}: run deploy/build-boot-env", s.boot_dir.display());
         return Ok(script(missing));
     }
     let to = peer.ip().to_canonical().to_string();
-    let token = s.db.issue_task_token(&task.id, &to).await?;
+    let token = s.db.deployments().issue_task_token(&task.id, &to).await?;
     s.db.audit(
         &format!("machine:{mac}"),
         "boot.agent",

@@ -6,13 +6,25 @@ use std::net::Ipv4Addr;
 use sqlx::Row;
 
 use crate::serve::db::{now_ms, Db};
-use crate::serve::mac::Mac;
+use crate::serve::inventory::mac::Mac;
+
+/// Full DHCP's leases, through the server's database handle.
+pub(crate) struct Leases<'a> {
+    db: &'a Db,
+}
 
 impl Db {
+    /// Full DHCP's leases.
+    pub(crate) fn leases(&self) -> Leases<'_> {
+        Leases { db: self }
+    }
+}
+
+impl Leases<'_> {
     /// Every persisted lease: (MAC, address, expiry in Unix milliseconds).
     pub(crate) async fn dhcp_leases(&self) -> anyhow::Result<Vec<(Mac, Ipv4Addr, i64)>> {
         let rows = sqlx::query("SELECT mac, ip, expires_ms FROM dhcp_leases")
-            .fetch_all(&self.pool)
+            .fetch_all(&self.db.pool)
             .await?;
         let mut out = Vec::new();
         for r in rows {
@@ -33,7 +45,7 @@ impl Db {
         ip: Ipv4Addr,
         expires_ms: i64,
     ) -> anyhow::Result<()> {
-        let mut tx = self.begin_write().await?;
+        let mut tx = self.db.begin_write().await?;
         sqlx::query("DELETE FROM dhcp_leases WHERE mac = $1")
             .bind(mac.to_string())
             .execute(&mut *tx)
@@ -54,7 +66,7 @@ impl Db {
     pub(crate) async fn remove_dhcp_lease(&self, mac: Mac) -> anyhow::Result<()> {
         sqlx::query("DELETE FROM dhcp_leases WHERE mac = $1")
             .bind(mac.to_string())
-            .execute(&self.pool)
+            .execute(&self.db.pool)
             .await?;
         Ok(())
     }

@@ -4,7 +4,7 @@ use std::net::{SocketAddr, UdpSocket};
 
 use anyhow::Context;
 
-use crate::serve::mac::Mac;
+use crate::serve::inventory::mac::Mac;
 use transport::net::Iface;
 
 /// Copies of each packet: a lost broadcast is not retried by anyone, and a machine ignores

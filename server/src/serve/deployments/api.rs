@@ -115,9 +115,10 @@ fn task_view(t: &Task, name: Option<&str>) -> Value {
 
 /// A deployment with its tasks and totals.
 async fn deployment_view(s: &Shared, d: &Deployment) -> ApiResult<Value> {
-    let tasks = s.db.tasks_of(&d.id).await?;
+    let tasks = s.db.deployments().tasks_of(&d.id).await?;
     let names: std::collections::HashMap<String, String> =
-        s.db.machines(None)
+        s.db.inventory()
+            .machines(None)
             .await?
             .into_iter()
             .map(|m| (m.mac, m.name))
@@ -166,7 +167,8 @@ pub(crate) async fn list(
 ) -> ApiResult<Json<Value>> {
     let mut out = Vec::new();
     for d in
-        s.db.deployments(q.limit.unwrap_or(50).clamp(1, 1000))
+        s.db.deployments()
+            .deployments(q.limit.unwrap_or(50).clamp(1, 1000))
             .await?
     {
         out.push(deployment_view(&s, &d).await?);
@@ -178,7 +180,7 @@ pub(crate) async fn show(
     State(s): State<Shared>,
     UrlPath(id): UrlPath<String>,
 ) -> ApiResult<Json<Value>> {
-    let d = s.db.deployment(&id).await?;
+    let d = s.db.deployments().deployment(&id).await?;
     Ok(Json(deployment_view(&s, &d).await?))
 }
 
@@ -281,7 +283,7 @@ async fn act(
     } else {
         s.deployer.start_now(&id, &actor.0).await?;
     }
-    let d = s.db.deployment(&id).await?;
+    let d = s.db.deployments().deployment(&id).await?;
     Ok(Json(deployment_view(&s, &d).await?))
 }
 
@@ -291,7 +293,7 @@ pub(crate) async fn events(
     State(s): State<Shared>,
     UrlPath(id): UrlPath<String>,
 ) -> ApiResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
-    s.db.deployment(&id).await?;
+    s.db.deployments().deployment(&id).await?;
     let rx = s.deployer.subscribe();
     let stream = futures_util::stream::unfold(
         (s, id, rx, true, false),
@@ -312,7 +314,7 @@ pub(crate) async fn events(
                 tokio::time::sleep(Duration::from_millis(250)).await;
                 while rx.try_recv().is_ok() {}
             }
-            let d = s.db.deployment(&id).await.ok()?;
+            let d = s.db.deployments().deployment(&id).await.ok()?;
             let view = deployment_view(&s, &d).await.ok()?;
             let over = !matches!(d.state.as_str(), "waiting" | "running");
             let ev = Event::default().event("deployment").data(view.to_string());
@@ -360,13 +362,14 @@ pub(crate) async fn hello(
     };
     let disk = h.disks.iter().find(|d| !d.removable);
     let m =
-        s.db.machine_hello(
-            mac,
-            disk.and_then(|d| d.serial.as_deref()),
-            disk.and_then(|d| d.size)
-                .map(|n| n.min(i64::MAX as u64) as i64),
-        )
-        .await?;
+        s.db.deployments()
+            .machine_hello(
+                mac,
+                disk.and_then(|d| d.serial.as_deref()),
+                disk.and_then(|d| d.size)
+                    .map(|n| n.min(i64::MAX as u64) as i64),
+            )
+            .await?;
     tracing::debug!(%mac, version = ?h.version, "hello");
     let mut out = api::HelloReply {
         machine: api::MachineRef {
@@ -379,7 +382,7 @@ pub(crate) async fn hello(
         poll_ms: POLL_MS,
     };
     let mut watch = h.wait.then(|| s.deployer.watch_tasks());
-    let mut task = s.db.active_task(mac).await?;
+    let mut task = s.db.deployments().active_task(mac).await?;
     if let (None, Some(rx)) = (&task, &mut watch) {
         let given = async {
             loop {
@@ -397,7 +400,7 @@ pub(crate) async fn hello(
             .await
             .is_ok()
         {
-            task = s.db.active_task(mac).await?;
+            task = s.db.deployments().active_task(mac).await?;
         }
         // It waited: ask again at once.
         out.poll_ms = 0;
@@ -405,7 +408,7 @@ pub(crate) async fn hello(
     let Some(task) = task else {
         return Ok(Json(out));
     };
-    let d = s.db.deployment(&task.deployment_id).await?;
+    let d = s.db.deployments().deployment(&task.deployment_id).await?;
     out.task = Some(task_info(
         &task,
         &d,
@@ -419,7 +422,8 @@ pub(crate) async fn hello(
         .map(str::trim);
     let keeps = match shown {
         Some(t) => {
-            s.db.check_task_token(t)
+            s.db.deployments()
+                .check_task_token(t)
                 .await?
                 .is_some_and(|t| t.id == task.id && t.active())
         }
@@ -427,7 +431,7 @@ pub(crate) async fn hello(
     };
     if !keeps {
         let to = peer.ip().to_canonical().to_string();
-        out.token = Some(s.db.issue_task_token(&task.id, &to).await?);
+        out.token = Some(s.db.deployments().issue_task_token(&task.id, &to).await?);
         s.db.audit(
             &format!("machine:{mac}"),
             "task.token",
@@ -490,10 +494,16 @@ pub(crate) async fn task(
     State(s): State<Shared>,
     Extension(AgentTask(t)): Extension<AgentTask>,
 ) -> ApiResult<Json<api::TaskReply>> {
-    let t = s.db.task(&t.id).await?;
-    let d = s.db.deployment(&t.deployment_id).await?;
+    let t = s.db.deployments().task(&t.id).await?;
+    let d = s.db.deployments().deployment(&t.deployment_id).await?;
     let disk = match t.mac.parse() {
-        Ok(mac) => s.db.machine(mac).await.ok().and_then(|m| m.target_disk),
+        Ok(mac) => {
+            s.db.inventory()
+                .machine(mac)
+                .await
+                .ok()
+                .and_then(|m| m.target_disk)
+        }
         Err(_) => None,
     };
     Ok(Json(api::TaskReply {
@@ -506,7 +516,7 @@ pub(crate) async fn manifest(
     State(s): State<Shared>,
     Extension(AgentTask(t)): Extension<AgentTask>,
 ) -> ApiResult<Json<api::ManifestReply<imaging::manifest::Manifest>>> {
-    let d = s.db.deployment(&t.deployment_id).await?;
+    let d = s.db.deployments().deployment(&t.deployment_id).await?;
     let img = s.deployer.image(&d.image_id).await?;
     Ok(Json(api::ManifestReply {
         id: d.image_id,
@@ -522,7 +532,7 @@ pub(crate) async fn chunk(
 ) -> ApiResult<Response> {
     let h = Hash::from_hex(&hash)
         .ok_or_else(|| ApiError::bad_request(format!("{hash:?} is not a BLAKE3 hash")))?;
-    let d = s.db.deployment(&t.deployment_id).await?;
+    let d = s.db.deployments().deployment(&t.deployment_id).await?;
     let img = s.deployer.image(&d.image_id).await?;
     let len = *img.lens.get(&h).ok_or_else(|| {
         ApiError::new(
@@ -583,7 +593,7 @@ pub(crate) async fn progress(
     let total = match p.bytes_total {
         Some(n) if n > 0 && t.bytes_total == 0 => {
             let n = n.min(i64::MAX as u64) as i64;
-            s.db.set_task_total(&t.id, n).await?;
+            s.db.deployments().set_task_total(&t.id, n).await?;
             n
         }
         _ => t.bytes_total,
@@ -596,6 +606,7 @@ pub(crate) async fn progress(
     }
     if !s
         .db
+        .deployments()
         .task_progress(
             &t.id,
             p.state.as_str(),
@@ -603,7 +614,7 @@ pub(crate) async fn progress(
         )
         .await?
     {
-        let t = s.db.task(&t.id).await?;
+        let t = s.db.deployments().task(&t.id).await?;
         return Err(task_over(&t));
     }
     s.deployer.changed(&t.deployment_id);
@@ -634,7 +645,7 @@ pub(crate) async fn result(
 ) -> ApiResult<Json<api::StateReply>> {
     let Json(r) = body?;
     if r.ok {
-        let d = s.db.deployment(&t.deployment_id).await?;
+        let d = s.db.deployments().deployment(&t.deployment_id).await?;
         if d.kind == "capture" && d.image_id.is_empty() {
             return Err(ApiError::new(
                 StatusCode::CONFLICT,
@@ -663,10 +674,11 @@ pub(crate) async fn result(
     });
     if !s
         .db
+        .deployments()
         .finish_task(&t.id, state.as_str(), reason.as_deref(), p)
         .await?
     {
-        let t = s.db.task(&t.id).await?;
+        let t = s.db.deployments().task(&t.id).await?;
         return Err(task_over(&t));
     }
     s.db.audit(

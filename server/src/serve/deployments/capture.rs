@@ -68,7 +68,7 @@ pub(crate) async fn create(
             c.then
         )));
     }
-    s.db.machine(mac).await.map_err(|_| {
+    s.db.inventory().machine(mac).await.map_err(|_| {
         ApiError::new(
             StatusCode::NOT_FOUND,
             format!("machine {mac} is not in the inventory (drover machine add {mac})"),
@@ -94,26 +94,27 @@ pub(crate) async fn create(
         ));
     }
     let d =
-        s.db.create_deployment(
-            &NewDeployment {
-                kind: "capture",
-                image_id: "",
-                image_name: &c.name,
-                targets: &mac.to_string(),
-                transport: "unicast",
-                fallback: "unicast",
-                min_machines: None,
-                max_wait_ms: None,
-                start_at_ms: None,
-                then_action: &c.then,
-                owner: &s.deployer.owner,
-                created_by: &actor.0,
-                bytes_total: 0,
-            },
-            &[mac],
-        )
-        .await
-        .map_err(|e| ApiError::from(DeployError::from(e)))?;
+        s.db.deployments()
+            .create_deployment(
+                &NewDeployment {
+                    kind: "capture",
+                    image_id: "",
+                    image_name: &c.name,
+                    targets: &mac.to_string(),
+                    transport: "unicast",
+                    fallback: "unicast",
+                    min_machines: None,
+                    max_wait_ms: None,
+                    start_at_ms: None,
+                    then_action: &c.then,
+                    owner: &s.deployer.owner,
+                    created_by: &actor.0,
+                    bytes_total: 0,
+                },
+                &[mac],
+            )
+            .await
+            .map_err(|e| ApiError::from(DeployError::from(e)))?;
     s.db.audit(
         &actor.0,
         "capture.create",
@@ -133,7 +134,7 @@ async fn capture_of(
     if !t.active() {
         return Err(task_over(t));
     }
-    let d = s.db.deployment(&t.deployment_id).await?;
+    let d = s.db.deployments().deployment(&t.deployment_id).await?;
     if d.kind != "capture" {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
@@ -314,7 +315,7 @@ pub(crate) async fn commit(
     let used = m.used_bytes() as i64;
     let chunks = m.chunks().count() as i64;
     let new = m.stats.new_chunks as i64;
-    s.db.set_task_total(&t.id, used).await?;
+    s.db.deployments().set_task_total(&t.id, used).await?;
     s.db.audit(
         &format!("machine:{}", t.mac),
         "image.capture",

@@ -8,7 +8,7 @@ use sqlx::any::AnyRow;
 use sqlx::Row;
 
 use crate::serve::db::{is_unique_violation, now_ms, random_hex, Db, DbError};
-use crate::serve::mac::Mac;
+use crate::serve::inventory::mac::Mac;
 
 /// Task states an agent is still working in.
 pub(crate) const ACTIVE: &[&str] = &["waiting", "receiving", "verifying"];
@@ -159,7 +159,19 @@ fn active_list() -> String {
         .join(", ")
 }
 
+/// The deployments' and tasks' queries, through the server's database handle.
+pub(crate) struct Deployments<'a> {
+    db: &'a Db,
+}
+
 impl Db {
+    /// The deployments' and tasks' queries.
+    pub(crate) fn deployments(&self) -> Deployments<'_> {
+        Deployments { db: self }
+    }
+}
+
+impl Deployments<'_> {
     /// Creates a deployment with one waiting task per machine. A machine that already has
     /// an active task is refused (`Exists`), and then nothing is created.
     pub(crate) async fn create_deployment(
@@ -167,7 +179,7 @@ impl Db {
         d: &NewDeployment<'_>,
         macs: &[Mac],
     ) -> Result<Deployment, DbError> {
-        let mut tx = self.begin_write().await?;
+        let mut tx = self.db.begin_write().await?;
         for mac in macs {
             let busy = sqlx::query(&format!(
                 "SELECT deployment_id FROM tasks WHERE mac = $1 AND state IN ({})",
@@ -255,7 +267,7 @@ impl Db {
             "SELECT {DEPLOYMENT_COLUMNS} FROM deployments WHERE id = $1"
         ))
         .bind(id)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.db.pool)
         .await?
         .ok_or_else(|| DbError::NotFound(format!("deployment {id:?}")))?;
         Ok(deployment(&r)?)
@@ -267,7 +279,7 @@ impl Db {
             "SELECT {DEPLOYMENT_COLUMNS} FROM deployments ORDER BY created_ms DESC, id LIMIT $1"
         ))
         .bind(limit)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.db.pool)
         .await?;
         Ok(rows.iter().map(deployment).collect::<Result<_, _>>()?)
     }
@@ -279,7 +291,7 @@ impl Db {
              ('waiting', 'running') ORDER BY created_ms"
         ))
         .bind(owner)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.db.pool)
         .await?;
         Ok(rows.iter().map(deployment).collect::<Result<_, _>>()?)
     }
@@ -289,7 +301,7 @@ impl Db {
             "SELECT {TASK_COLUMNS} FROM tasks WHERE deployment_id = $1 ORDER BY mac"
         ))
         .bind(deployment_id)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.db.pool)
         .await?;
         Ok(rows.iter().map(task).collect::<Result<_, _>>()?)
     }
@@ -297,7 +309,7 @@ impl Db {
     pub(crate) async fn task(&self, id: &str) -> Result<Task, DbError> {
         let r = sqlx::query(&format!("SELECT {TASK_COLUMNS} FROM tasks WHERE id = $1"))
             .bind(id)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&self.db.pool)
             .await?
             .ok_or_else(|| DbError::NotFound(format!("task {id:?}")))?;
         Ok(task(&r)?)
@@ -310,7 +322,7 @@ impl Db {
             active_list()
         ))
         .bind(mac.to_string())
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.db.pool)
         .await?;
         Ok(r.as_ref().map(task).transpose()?)
     }
@@ -321,7 +333,7 @@ impl Db {
         sqlx::query("UPDATE tasks SET bytes_total = $1 WHERE id = $2")
             .bind(bytes_total)
             .bind(id)
-            .execute(&self.pool)
+            .execute(&self.db.pool)
             .await?;
         Ok(())
     }
@@ -342,7 +354,7 @@ impl Db {
         .bind(blake3::hash(secret.as_bytes()).to_hex().to_string())
         .bind(now_ms())
         .bind(issued_to)
-        .execute(&self.pool)
+        .execute(&self.db.pool)
         .await?;
         Ok(format!("drt_{task_id}_{secret}"))
     }
@@ -357,13 +369,13 @@ impl Db {
             "SELECT {TASK_COLUMNS}, secret FROM tasks WHERE id = $1"
         ))
         .bind(id)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.db.pool)
         .await?;
         let Some(r) = r else { return Ok(None) };
         let mut stored: Vec<String> = vec![r.try_get("secret")?];
         let issued = sqlx::query("SELECT secret FROM task_tokens WHERE task_id = $1")
             .bind(id)
-            .fetch_all(&self.pool)
+            .fetch_all(&self.db.pool)
             .await?;
         for row in &issued {
             stored.push(row.try_get("secret")?);
@@ -403,7 +415,7 @@ impl Db {
         .bind(now)
         .bind(id)
         .bind(p.swarm_bytes)
-        .execute(&self.pool)
+        .execute(&self.db.pool)
         .await?
         .rows_affected();
         Ok(n == 1)
@@ -420,7 +432,7 @@ impl Db {
         p: Option<TaskProgress>,
     ) -> anyhow::Result<bool> {
         let now = now_ms();
-        let mut tx = self.begin_write().await?;
+        let mut tx = self.db.begin_write().await?;
         // The deployment's row is locked first (every writer of a deployment's tasks does
         // so), then the task read: on PostgreSQL, machines finishing at once would otherwise
         // each see the others still active, and none would end the deployment.
@@ -529,7 +541,7 @@ impl Db {
             return Ok(false);
         }
         let now = now_ms();
-        let mut tx = self.begin_write().await?;
+        let mut tx = self.db.begin_write().await?;
         sqlx::query(
             "UPDATE deployments SET state = 'cancelled', finished_ms = $1, session = NULL \
              WHERE id = $2",
@@ -583,7 +595,7 @@ impl Db {
         .bind(g)
         .bind(h)
         .bind(id)
-        .execute(&self.pool)
+        .execute(&self.db.pool)
         .await?;
         Ok(())
     }
@@ -596,13 +608,13 @@ impl Db {
         )
         .bind(now_ms())
         .bind(id)
-        .execute(&self.pool)
+        .execute(&self.db.pool)
         .await?;
         Ok(())
     }
 }
 
-impl Db {
+impl Deployments<'_> {
     /// (table, state, count) of deployments and tasks, for `/metrics`.
     pub(crate) async fn deployment_counts(
         &self,
@@ -612,7 +624,7 @@ impl Db {
             let rows = sqlx::query(&format!(
                 "SELECT state, COUNT(*) AS n FROM {table} GROUP BY state ORDER BY state"
             ))
-            .fetch_all(&self.pool)
+            .fetch_all(&self.db.pool)
             .await?;
             for r in rows {
                 out.push((table, r.try_get("state")?, r.try_get("n")?));
@@ -638,7 +650,7 @@ impl Db {
         .bind(disk_serial)
         .bind(disk_size)
         .bind(mac.to_string())
-        .execute(&self.pool)
+        .execute(&self.db.pool)
         .await?
         .rows_affected();
         if n == 0 {
@@ -652,7 +664,7 @@ impl Db {
             .bind(disk_serial)
             .bind(disk_size)
             .bind(now)
-            .execute(&self.pool)
+            .execute(&self.db.pool)
             .await;
             match r {
                 Ok(_) => {}
@@ -661,6 +673,6 @@ impl Db {
                 Err(e) => return Err(e.into()),
             }
         }
-        self.machine(mac).await
+        self.db.inventory().machine(mac).await
     }
 }

@@ -26,7 +26,7 @@ use transport::session::Source;
 
 use crate::serve::db::{now_ms, Db, DbError};
 use crate::serve::deployments::repo::{Deployment, NewDeployment};
-use crate::serve::mac::Mac;
+use crate::serve::inventory::mac::Mac;
 
 /// A multicast deployment with neither a machine count nor a wait starts after this long
 /// with whoever joined; the others finish over unicast.
@@ -285,7 +285,7 @@ impl Deployer {
         let (img, macs) = self.check(&r).await?;
         let (mut free, mut busy) = (Vec::new(), Vec::new());
         for m in macs {
-            match self.db.active_task(m).await? {
+            match self.db.deployments().active_task(m).await? {
                 Some(t) => busy.push(format!("{m} (in deployment {})", t.deployment_id)),
                 None => free.push(m),
             }
@@ -310,6 +310,7 @@ impl Deployer {
         let name = format!("{}@{}", img.manifest.name, img.manifest.name_version);
         let d = self
             .db
+            .deployments()
             .create_deployment(
                 &NewDeployment {
                     kind: "restore",
@@ -359,7 +360,7 @@ impl Deployer {
         }
         self.tasks_created(macs);
         self.changed(&d.id);
-        Ok(self.db.deployment(&d.id).await?)
+        Ok(self.db.deployments().deployment(&d.id).await?)
     }
 
     /// MACs and group names → the machines, each once. Unknown names are errors.
@@ -372,18 +373,18 @@ impl Deployer {
                 "no targets: name machines (MAC) or groups".into(),
             ));
         }
-        let groups = self.db.groups().await?;
+        let groups = self.db.inventory().groups().await?;
         let mut macs = Vec::new();
         for t in targets {
             if let Ok(mac) = t.parse::<Mac>() {
-                self.db.machine(mac).await.map_err(|_| {
+                self.db.inventory().machine(mac).await.map_err(|_| {
                     DeployError::NotFound(format!(
                         "machine {mac} is not in the inventory (drover machine add {mac})"
                     ))
                 })?;
                 macs.push(mac);
             } else if groups.iter().any(|g| &g.name == t) {
-                let members = self.db.machines(Some(t)).await?;
+                let members = self.db.inventory().machines(Some(t)).await?;
                 if members.is_empty() {
                     return Err(DeployError::Bad(format!("group {t:?} has no machines")));
                 }
@@ -484,6 +485,7 @@ impl Deployer {
             .insert(d.id.clone(), ready.routes);
         // Agents join through the API ("api"): the session opens no port of its own.
         self.db
+            .deployments()
             .set_session(
                 &d.id,
                 Some((ready.session, group.to_string(), "api".to_string())),
@@ -495,7 +497,7 @@ impl Deployer {
         tokio::spawn(async move {
             if started_rx.await.is_ok() {
                 info!(deployment = %id, "multicast stream started");
-                if let Err(e) = this.db.deployment_started(&id).await {
+                if let Err(e) = this.db.deployments().deployment_started(&id).await {
                     warn!(deployment = %id, error = %format!("{e:#}"), "recording the start");
                 }
                 this.changed(&id);
@@ -517,7 +519,7 @@ impl Deployer {
             }
             this.sessions.lock().expect("lock").remove(&id);
             this.session_routes.lock().expect("lock").remove(&id);
-            if let Err(e) = this.db.set_session(&id, None).await {
+            if let Err(e) = this.db.deployments().set_session(&id, None).await {
                 warn!(deployment = %id, error = %format!("{e:#}"), "recording the session's end");
             }
             this.changed(&id);
@@ -538,7 +540,7 @@ impl Deployer {
 
     /// Starts a waiting multicast deployment's stream now.
     pub(crate) async fn start_now(&self, id: &str, actor: &str) -> Result<(), DeployError> {
-        let d = self.db.deployment(id).await?;
+        let d = self.db.deployments().deployment(id).await?;
         let ctl = self.sessions.lock().expect("lock").get(id).cloned();
         match ctl {
             Some(c) if d.state == "waiting" => {
@@ -560,10 +562,11 @@ impl Deployer {
     pub(crate) async fn cancel(&self, id: &str, actor: &str) -> Result<(), DeployError> {
         if !self
             .db
+            .deployments()
             .cancel_deployment(id, &format!("cancelled by {actor}"))
             .await?
         {
-            let d = self.db.deployment(id).await?;
+            let d = self.db.deployments().deployment(id).await?;
             return Err(DeployError::Conflict(format!(
                 "deployment {id} is already over ({})",
                 d.state
@@ -585,12 +588,13 @@ impl Deployer {
     /// After a restart: the deployments this server owns that are not over get a new
     /// session for their machines that have not started; the others finish over unicast.
     pub(crate) async fn resume(self: &Arc<Self>) -> anyhow::Result<()> {
-        for d in self.db.live_deployments(&self.owner).await? {
+        for d in self.db.deployments().live_deployments(&self.owner).await? {
             if d.session.is_some() {
-                self.db.set_session(&d.id, None).await?;
+                self.db.deployments().set_session(&d.id, None).await?;
             }
             let waiting = self
                 .db
+                .deployments()
                 .tasks_of(&d.id)
                 .await?
                 .iter()

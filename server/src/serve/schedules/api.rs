@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 
 use crate::serve::db::{now_ms, Db};
 use crate::serve::deployments::service::{DeployRequest, Deployer};
-use crate::serve::mac::Mac;
+use crate::serve::inventory::mac::Mac;
 use crate::serve::schedules::repo::NewSchedule;
 use crate::serve::schedules::service::{
     check_timing, parse_cron, show_time, Fired, Host, Schedule, Settings, When,
@@ -64,12 +64,13 @@ impl Host for ServerHost {
     }
 
     async fn schedules(&self) -> anyhow::Result<Vec<Schedule>> {
-        Ok(self.db.schedules().await?)
+        Ok(self.db.schedules().schedules().await?)
     }
 
     async fn claim(&self, s: &Schedule, due_ms: i64, outcome: &str) -> anyhow::Result<bool> {
         Ok(self
             .db
+            .schedules()
             .claim_run(&s.id, due_ms, &self.deployer.owner, outcome)
             .await?)
     }
@@ -83,6 +84,7 @@ impl Host for ServerHost {
         deployment: Option<&str>,
     ) -> anyhow::Result<()> {
         self.db
+            .schedules()
             .finish_run(&s.id, due_ms, outcome, detail, deployment)
             .await?;
         self.db
@@ -181,7 +183,7 @@ async fn view(s: &Shared, sc: &Schedule, runs: i64) -> ApiResult<Value> {
         m.insert("next_fire_ms".into(), json!(next.map(|n| n - lead)));
         m.insert(
             "runs".into(),
-            serde_json::to_value(s.db.schedule_runs(&sc.id, runs).await?)
+            serde_json::to_value(s.db.schedules().schedule_runs(&sc.id, runs).await?)
                 .map_err(anyhow::Error::from)?,
         );
     }
@@ -190,7 +192,7 @@ async fn view(s: &Shared, sc: &Schedule, runs: i64) -> ApiResult<Value> {
 
 pub(crate) async fn list(State(s): State<Shared>) -> ApiResult<Json<Value>> {
     let mut out = Vec::new();
-    for sc in s.db.schedules().await? {
+    for sc in s.db.schedules().schedules().await? {
         out.push(view(&s, &sc, 5).await?);
     }
     Ok(Json(Value::Array(out)))
@@ -200,7 +202,7 @@ pub(crate) async fn show(
     State(s): State<Shared>,
     UrlPath(key): UrlPath<String>,
 ) -> ApiResult<Json<Value>> {
-    let sc = s.db.schedule(&key).await?;
+    let sc = s.db.schedules().schedule(&key).await?;
     Ok(Json(view(&s, &sc, 50).await?))
 }
 
@@ -209,7 +211,7 @@ pub(crate) async fn remove(
     Extension(actor): Extension<Actor>,
     UrlPath(key): UrlPath<String>,
 ) -> ApiResult<StatusCode> {
-    let sc = s.db.remove_schedule(&key).await?;
+    let sc = s.db.schedules().remove_schedule(&key).await?;
     s.db.audit(&actor.0, "schedule.remove", &sc.name).await?;
     s.schedules_changed.notify_one();
     Ok(StatusCode::NO_CONTENT)
@@ -372,7 +374,8 @@ pub(crate) async fn create(
     let Json(b) = body?;
     let c = check_body(&s, &b).await?;
     let sc =
-        s.db.create_schedule(&new_schedule(&b, &c, &actor.0))
+        s.db.schedules()
+            .create_schedule(&new_schedule(&b, &c, &actor.0))
             .await?;
     s.db.audit(&actor.0, "schedule.add", &summary(&sc)).await?;
     s.schedules_changed.notify_one();
@@ -388,10 +391,11 @@ pub(crate) async fn replace(
     body: Result<Json<NewScheduleBody>, JsonRejection>,
 ) -> ApiResult<Json<Value>> {
     let Json(b) = body?;
-    let old = s.db.schedule(&name).await?;
+    let old = s.db.schedules().schedule(&name).await?;
     let c = check_body(&s, &b).await?;
     let sc =
-        s.db.update_schedule(&old.id, &new_schedule(&b, &c, &old.created_by), now_ms())
+        s.db.schedules()
+            .update_schedule(&old.id, &new_schedule(&b, &c, &old.created_by), now_ms())
             .await?;
     s.db.audit(
         &actor.0,

@@ -63,7 +63,19 @@ fn schedule(r: &AnyRow) -> Result<Schedule, sqlx::Error> {
     })
 }
 
+/// The schedules' and their runs' queries, through the server's database handle.
+pub(crate) struct Schedules<'a> {
+    db: &'a Db,
+}
+
 impl Db {
+    /// The schedules' and their runs' queries.
+    pub(crate) fn schedules(&self) -> Schedules<'_> {
+        Schedules { db: self }
+    }
+}
+
+impl Schedules<'_> {
     pub(crate) async fn create_schedule(&self, s: &NewSchedule<'_>) -> Result<Schedule, DbError> {
         let id = random_hex(4);
         let r = sqlx::query(
@@ -87,7 +99,7 @@ impl Db {
         .bind(s.created_by)
         .bind(now_ms())
         .bind(s.fallback)
-        .execute(&self.pool)
+        .execute(&self.db.pool)
         .await;
         match r {
             Ok(_) => self.schedule(&id).await,
@@ -126,7 +138,7 @@ impl Db {
         .bind(since)
         .bind(s.fallback)
         .bind(id)
-        .execute(&self.pool)
+        .execute(&self.db.pool)
         .await;
         match r {
             Ok(r) if r.rows_affected() == 1 => self.schedule(id).await,
@@ -142,7 +154,7 @@ impl Db {
         let rows = sqlx::query(&format!(
             "SELECT {SCHEDULE_COLUMNS} FROM schedules s ORDER BY name"
         ))
-        .fetch_all(&self.pool)
+        .fetch_all(&self.db.pool)
         .await?;
         Ok(rows.iter().map(schedule).collect::<Result<_, _>>()?)
     }
@@ -153,7 +165,7 @@ impl Db {
             "SELECT {SCHEDULE_COLUMNS} FROM schedules s WHERE s.id = $1 OR s.name = $1"
         ))
         .bind(key)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.db.pool)
         .await?
         .map(|r| schedule(&r))
         .transpose()?
@@ -162,7 +174,7 @@ impl Db {
 
     pub(crate) async fn remove_schedule(&self, key: &str) -> Result<Schedule, DbError> {
         let s = self.schedule(key).await?;
-        let mut tx = self.begin_write().await?;
+        let mut tx = self.db.begin_write().await?;
         sqlx::query("DELETE FROM schedule_runs WHERE schedule_id = $1")
             .bind(&s.id)
             .execute(&mut *tx)
@@ -193,7 +205,7 @@ impl Db {
         .bind(server)
         .bind(outcome)
         .bind(now_ms())
-        .execute(&self.pool)
+        .execute(&self.db.pool)
         .await;
         match r {
             Ok(_) => Ok(true),
@@ -222,7 +234,7 @@ impl Db {
         .bind(deployment_id)
         .bind(schedule_id)
         .bind(due_ms)
-        .execute(&self.pool)
+        .execute(&self.db.pool)
         .await?;
         Ok(())
     }
@@ -239,7 +251,7 @@ impl Db {
         )
         .bind(schedule_id)
         .bind(limit)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.db.pool)
         .await?;
         rows.iter()
             .map(|r| {
@@ -259,13 +271,13 @@ impl Db {
     /// Run rows by outcome (for /metrics), and the number of schedules.
     pub(crate) async fn schedule_counts(&self) -> anyhow::Result<(i64, Vec<(String, i64)>)> {
         let n: i64 = sqlx::query("SELECT COUNT(*) AS n FROM schedules")
-            .fetch_one(&self.pool)
+            .fetch_one(&self.db.pool)
             .await?
             .try_get("n")?;
         let rows = sqlx::query(
             "SELECT outcome, COUNT(*) AS n FROM schedule_runs GROUP BY outcome ORDER BY outcome",
         )
-        .fetch_all(&self.pool)
+        .fetch_all(&self.db.pool)
         .await?;
         let runs = rows
             .iter()

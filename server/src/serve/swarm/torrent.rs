@@ -108,7 +108,7 @@ pub(crate) async fn agent_torrent(
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     let t = task_of_token(&s, &headers).await?;
-    let d = s.db.deployment(&t.deployment_id).await?;
+    let d = s.db.deployments().deployment(&t.deployment_id).await?;
     let (seeder, id) = (s.deployer.seeder.clone(), d.image_id.clone());
     // The build goes on when this request gives up waiting.
     let job = tokio::spawn(async move { seeder.prepare(&id).await });
@@ -135,7 +135,7 @@ pub(crate) async fn seed(
     headers: HeaderMap,
 ) -> ApiResult<Json<proto::api::SeedReply>> {
     let t = task_of_token(&s, &headers).await?;
-    let d = s.db.deployment(&t.deployment_id).await?;
+    let d = s.db.deployments().deployment(&t.deployment_id).await?;
     let state: proto::api::DeploymentState = d.state.parse().map_err(anyhow::Error::msg)?;
     Ok(Json(proto::api::SeedReply {
         seed: matches!(
@@ -164,7 +164,8 @@ async fn task_of_token(
                 "a task token is needed (Authorization: Bearer drt_...)",
             )
         })?;
-    s.db.check_task_token(token)
+    s.db.deployments()
+        .check_task_token(token)
         .await?
         .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "unknown task token"))
 }

@@ -16,7 +16,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::serve::db::{Db, DbError, MachineEdit};
-use crate::serve::mac::Mac;
+use crate::serve::inventory::mac::Mac;
 use transport::net::Iface;
 
 /// What every handler shares.
@@ -225,7 +225,7 @@ async fn auth(State(s): State<Shared>, mut req: Request, next: Next) -> Response
         return unauthorized();
     };
     if token.starts_with("drt_") {
-        return match s.db.check_task_token(token).await {
+        return match s.db.deployments().check_task_token(token).await {
             Ok(Some(t)) if t.active() => {
                 req.extensions_mut()
                     .insert(crate::serve::deployments::api::AgentTask(t));
@@ -392,7 +392,7 @@ async fn machines(
     State(s): State<Shared>,
     Query(q): Query<MachineQuery>,
 ) -> ApiResult<Json<Value>> {
-    let all = s.db.machines(q.group.as_deref()).await?;
+    let all = s.db.inventory().machines(q.group.as_deref()).await?;
     Ok(Json(
         serde_json::to_value(all).map_err(anyhow::Error::from)?,
     ))
@@ -439,7 +439,7 @@ async fn add_machine(
     if let Some(d) = &m.disk {
         edit.target_disk = Some(Some(check_disk(d)?));
     }
-    let added = s.db.add_machine(mac, &edit).await?;
+    let added = s.db.inventory().add_machine(mac, &edit).await?;
     s.db.audit(&actor.0, "machine.add", &format!("{mac} {:?}", added.name))
         .await?;
     if added.ip.is_some() {
@@ -468,7 +468,7 @@ fn check_disk(d: &str) -> ApiResult<String> {
 }
 
 async fn machine(State(s): State<Shared>, UrlPath(mac): UrlPath<String>) -> ApiResult<Response> {
-    Ok(Json(s.db.machine(parse_mac(&mac)?).await?).into_response())
+    Ok(Json(s.db.inventory().machine(parse_mac(&mac)?).await?).into_response())
 }
 
 async fn update_machine(
@@ -503,7 +503,7 @@ async fn update_machine(
             }
         }
     }
-    let m = s.db.update_machine(mac, &edit).await?;
+    let m = s.db.inventory().update_machine(mac, &edit).await?;
     s.db.audit(
         &actor.0,
         "machine.update",
@@ -522,7 +522,7 @@ async fn remove_machine(
     UrlPath(mac): UrlPath<String>,
 ) -> ApiResult<StatusCode> {
     let mac = parse_mac(&mac)?;
-    s.db.remove_machine(mac).await?;
+    s.db.inventory().remove_machine(mac).await?;
     s.db.audit(&actor.0, "machine.remove", &mac.to_string())
         .await?;
     s.inventory_changed.notify_one();
@@ -531,7 +531,7 @@ async fn remove_machine(
 
 async fn groups(State(s): State<Shared>) -> ApiResult<Json<Value>> {
     Ok(Json(
-        serde_json::to_value(s.db.groups().await?).map_err(anyhow::Error::from)?,
+        serde_json::to_value(s.db.inventory().groups().await?).map_err(anyhow::Error::from)?,
     ))
 }
 
@@ -548,7 +548,7 @@ async fn add_group(
 ) -> ApiResult<Response> {
     let Json(g) = body?;
     check_name("group", &g.name)?;
-    let added = s.db.add_group(&g.name).await?;
+    let added = s.db.inventory().add_group(&g.name).await?;
     s.db.audit(&actor.0, "group.add", &g.name).await?;
     Ok((StatusCode::CREATED, Json(added)).into_response())
 }
@@ -558,7 +558,7 @@ async fn remove_group(
     Extension(actor): Extension<Actor>,
     UrlPath(name): UrlPath<String>,
 ) -> ApiResult<StatusCode> {
-    s.db.remove_group(&name).await?;
+    s.db.inventory().remove_group(&name).await?;
     s.db.audit(&actor.0, "group.remove", &name).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -584,10 +584,17 @@ async fn wake(
         .map(|m| parse_mac(m))
         .collect::<ApiResult<Vec<Mac>>>()?;
     if let Some(g) = &w.group {
-        if !s.db.groups().await?.iter().any(|x| &x.name == g) {
+        if !s
+            .db
+            .inventory()
+            .groups()
+            .await?
+            .iter()
+            .any(|x| &x.name == g)
+        {
             return Err(DbError::NotFound(format!("group {g:?}")).into());
         }
-        for m in s.db.machines(Some(g)).await? {
+        for m in s.db.inventory().machines(Some(g)).await? {
             macs.push(parse_mac(&m.mac)?);
         }
     }
@@ -632,12 +639,12 @@ async fn metrics(State(s): State<Shared>) -> ApiResult<Response> {
     ));
     out.push_str("# HELP drover_machines Machines in the inventory, by state.\n");
     out.push_str("# TYPE drover_machines gauge\n");
-    for (state, n) in s.db.machine_states().await? {
+    for (state, n) in s.db.inventory().machine_states().await? {
         out.push_str(&format!("drover_machines{{state=\"{state}\"}} {n}\n"));
     }
     out.push_str("# HELP drover_deployments Deployments, by state.\n");
     out.push_str("# TYPE drover_deployments gauge\n");
-    let counts = s.db.deployment_counts().await?;
+    let counts = s.db.deployments().deployment_counts().await?;
     for (_, state, n) in counts.iter().filter(|c| c.0 == "deployments") {
         out.push_str(&format!("drover_deployments{{state=\"{state}\"}} {n}\n"));
     }
@@ -646,7 +653,7 @@ async fn metrics(State(s): State<Shared>) -> ApiResult<Response> {
     for (_, state, n) in counts.iter().filter(|c| c.0 == "tasks") {
         out.push_str(&format!("drover_tasks{{state=\"{state}\"}} {n}\n"));
     }
-    let (schedules, runs) = s.db.schedule_counts().await?;
+    let (schedules, runs) = s.db.schedules().schedule_counts().await?;
     out.push_str("# HELP drover_schedules Schedules (redeploys and wake-ups).\n");
     out.push_str("# TYPE drover_schedules gauge\n");
     out.push_str(&format!("drover_schedules {schedules}\n"));

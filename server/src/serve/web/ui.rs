@@ -62,6 +62,7 @@ impl web_ui::Control for Control {
         }
         Ok(self
             .db
+            .users()
             .check_login(name, password)
             .await
             .map_err(unavailable)?
@@ -71,6 +72,7 @@ impl web_ui::Control for Control {
     async fn open_session(&self, u: &User) -> Result<(String, Session), ControlError> {
         let (cookie, s) = self
             .db
+            .users()
             .open_session(&users::User {
                 name: u.name.clone(),
                 must_change: u.must_change,
@@ -84,6 +86,7 @@ impl web_ui::Control for Control {
     async fn session(&self, cookie: &str) -> Result<Option<Session>, ControlError> {
         Ok(self
             .db
+            .users()
             .web_session(cookie)
             .await
             .map_err(unavailable)?
@@ -91,7 +94,11 @@ impl web_ui::Control for Control {
     }
 
     async fn close_session(&self, cookie: &str) -> Result<(), ControlError> {
-        self.db.close_session(cookie).await.map_err(unavailable)
+        self.db
+            .users()
+            .close_session(cookie)
+            .await
+            .map_err(unavailable)
     }
 
     async fn set_password(
@@ -103,6 +110,7 @@ impl web_ui::Control for Control {
         check_password(password).map_err(ControlError)?;
         match self
             .db
+            .users()
             .set_password(name, password, false, Some(keep))
             .await
         {
@@ -122,11 +130,11 @@ impl web_ui::Control for Control {
 /// On a server without users: `admin` with a generated password to change at the first
 /// login, printed once.
 pub(crate) async fn first_admin(db: &Db) -> anyhow::Result<()> {
-    if !db.users().await?.is_empty() {
+    if !db.users().users().await?.is_empty() {
         return Ok(());
     }
     let password = users::generate_password();
-    match db.add_user("admin", &password, true).await {
+    match db.users().add_user("admin", &password, true).await {
         Ok(_) => {}
         // Another server sharing the database made it first.
         Err(DbError::Exists(_)) => return Ok(()),
