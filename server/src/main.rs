@@ -52,7 +52,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the server: inventory, image store, HTTP API.
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
     /// Machines in the server's inventory (over its API).
     #[command(subcommand)]
     Machine(client::MachineCommand),
@@ -94,7 +94,7 @@ fn main() -> ExitCode {
         .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
     let ok = |r: anyhow::Result<()>| r.map(|()| ExitCode::SUCCESS);
     let result = match cli.command {
-        Command::Serve(args) => ok(serve::serve(args, cli.data_dir)),
+        Command::Serve(args) => ok(serve::serve(*args, cli.data_dir)),
         Command::Machine(cmd) => ok(client::machine(cmd, cli.json)),
         Command::Group(cmd) => ok(client::group(cmd, cli.json)),
         Command::Wake(args) => ok(client::wake(args, cli.json)),

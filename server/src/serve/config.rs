@@ -1,9 +1,11 @@
-//! The daemon's settings: built-in defaults, overridden by a TOML file (`--config`), overridden
-//! by flags and their environment variables. `deploy/drover.example.toml` documents every
-//! setting; a test parses it.
+//! The daemon's settings, declared once ([`Settings`]: each a flag, its environment variable
+//! and a key of the TOML file): built-in defaults, overridden by the file (`--config`),
+//! overridden by flags. `deploy/drover.example.toml` documents every setting; a test parses
+//! it and checks that it names each flag.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::Context;
 use serde::Deserialize;
@@ -14,68 +16,191 @@ use transport::net::{self, Iface};
 /// Default HTTP listening address.
 pub(crate) const DEFAULT_HTTP: &str = "0.0.0.0:8080";
 
-/// The TOML file, every key optional.
-#[derive(Debug, Default, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct FileConfig {
-    /// Data directory (images, the SQLite database).
-    pub(crate) data_dir: Option<PathBuf>,
-    /// HTTP listening address.
-    pub(crate) http: Option<SocketAddr>,
-    /// Interface for multicast and wake-on-LAN.
-    pub(crate) iface: Option<String>,
-    /// Address put in boot scripts, torrents and agent tasks.
-    pub(crate) public_url: Option<String>,
-    /// `sqlite://...` or `postgres://...`.
-    pub(crate) database_url: Option<String>,
-    /// UDP port of wake-on-LAN packets.
-    pub(crate) wol_port: Option<u16>,
-    /// Highest multicast send rate, bits/s with K/M/G suffixes (e.g. "900M").
-    pub(crate) multicast_rate: Option<String>,
-    /// Bytes of a multicast stream in flight at most (e.g. "32M").
-    pub(crate) multicast_window: Option<String>,
-    /// How long before its due time a scheduled redeploy wakes its machines (e.g. "5m").
-    pub(crate) wake_lead: Option<String>,
-    /// A scheduled run missed by less than this is run late, else recorded as missed.
-    pub(crate) schedule_grace: Option<String>,
-    /// The boot directory (iPXE binaries, kernel, initramfs).
-    pub(crate) boot_dir: Option<PathBuf>,
-    /// TFTP: `ADDR:PORT` to serve the boot directory on, or `off`.
-    pub(crate) tftp: Option<String>,
-    /// `proxy`, `full` or `off`.
-    pub(crate) dhcp: Option<String>,
-    /// Full DHCP's range, `FIRST-LAST`.
-    pub(crate) dhcp_range: Option<String>,
-    /// Full DHCP's default gateway.
-    pub(crate) dhcp_router: Option<Ipv4Addr>,
-    /// Unknown machines that PXE-boot run the agent once to register themselves.
-    pub(crate) register_unknown: Option<bool>,
-    /// The agent kernel's command line, before drover's own arguments.
-    pub(crate) boot_args: Option<String>,
-    /// BitTorrent: `ADDR:PORT` the server's seed listens on.
-    pub(crate) bittorrent: Option<SocketAddr>,
-    /// The server's BitTorrent upload limit, bits/s ("0": the server does not seed).
-    pub(crate) bittorrent_upload_rate: Option<String>,
-    /// Each agent's BitTorrent upload limit, bits/s.
-    pub(crate) bittorrent_agent_upload_rate: Option<String>,
-    /// Peers each agent trades with at most.
-    pub(crate) bittorrent_agent_peers: Option<usize>,
-    /// Machines the server's seed uploads to at once.
-    pub(crate) bittorrent_server_peers: Option<usize>,
-    /// HTTPS listening address for the dashboard and the API (with `tls_cert` and
-    /// `tls_key`).
-    pub(crate) https: Option<SocketAddr>,
-    /// PEM certificate chain for HTTPS.
-    pub(crate) tls_cert: Option<PathBuf>,
-    /// PEM private key for HTTPS.
-    pub(crate) tls_key: Option<PathBuf>,
-    /// Networks reached through a router (a DHCP relay) whose machines may claim their own
-    /// MAC to receive their task's token (CIDR, e.g. "10.1.0.0/16"). Machines on the
-    /// server's own links are checked by its neighbour table instead. None by default.
-    pub(crate) agent_networks: Option<Vec<ipnet::IpNet>>,
+/// Declares the settings once: each field is a flag (with its environment variable) and a key
+/// of the TOML file, and [`Settings::over`] lets one source's values win over another's.
+macro_rules! settings {
+    ($(#[$sm:meta])* pub(crate) struct $name:ident {
+        $($(#[$fm:meta])* pub(crate) $f:ident: Option<$t:ty>,)+
+    }) => {
+        $(#[$sm])*
+        pub(crate) struct $name {
+            $($(#[$fm])* pub(crate) $f: Option<$t>,)+
+        }
+
+        impl $name {
+            /// These settings where set, `lower`'s elsewhere.
+            pub(crate) fn over(self, lower: Self) -> Self {
+                Self { $($f: self.$f.or(lower.$f),)+ }
+            }
+        }
+    };
 }
 
-impl FileConfig {
+settings! {
+    /// Every setting of `drover serve`: a flag (and its `DROVER_...` variable) and the same key
+    /// in the TOML file (`--config`), every one optional. Flags win over the file, which wins
+    /// over the defaults ([`Config::resolve`]).
+    #[derive(Debug, Default, Clone, PartialEq, clap::Args, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub(crate) struct Settings {
+        /// Data directory (images, the SQLite database); on the command line, drover's global
+        /// --data-dir.
+        #[arg(skip)]
+        #[serde(default)]
+        pub(crate) data_dir: Option<PathBuf>,
+        /// HTTP listening address (default 0.0.0.0:8080).
+        #[arg(long, env = "DROVER_HTTP")]
+        #[serde(default)]
+        pub(crate) http: Option<SocketAddr>,
+        /// Interface for multicast and wake-on-LAN (default: the default route's).
+        #[arg(long, env = "DROVER_IFACE")]
+        #[serde(default)]
+        pub(crate) iface: Option<String>,
+        /// The URL machines reach this server at, put in boot scripts, torrents and tasks
+        /// (default: the interface's address and the HTTP port).
+        #[arg(long, env = "DROVER_PUBLIC_URL")]
+        #[serde(default)]
+        pub(crate) public_url: Option<String>,
+        /// sqlite://FILE or postgres://USER:PASSWORD@HOST/DB (default: DATA_DIR/drover.db).
+        #[arg(long, env = "DROVER_DATABASE_URL")]
+        #[serde(default)]
+        pub(crate) database_url: Option<String>,
+        /// UDP port of wake-on-LAN packets (default 9).
+        #[arg(long, env = "DROVER_WOL_PORT")]
+        #[serde(default)]
+        pub(crate) wol_port: Option<u16>,
+        /// Highest multicast send rate of a deployment, bits/s (K, M, G suffixes; default
+        /// 900M).
+        #[arg(long, env = "DROVER_MULTICAST_RATE", value_parser = transport::fmt::parse_rate)]
+        #[serde(default, deserialize_with = "de::rate")]
+        pub(crate) multicast_rate: Option<u64>,
+        /// Bytes of a deployment's stream in flight at most (K, M, G; default 32M, at least 8M).
+        #[arg(long, env = "DROVER_MULTICAST_WINDOW", value_parser = transport::fmt::parse_size)]
+        #[serde(default, deserialize_with = "de::size")]
+        pub(crate) multicast_window: Option<u64>,
+        /// How long before its due time a scheduled redeploy wakes its machines (default 5m).
+        #[arg(long, env = "DROVER_WAKE_LEAD", value_parser = transport::fmt::parse_duration)]
+        #[serde(default, deserialize_with = "de::duration")]
+        pub(crate) wake_lead: Option<Duration>,
+        /// A scheduled run missed by less than this is run late, else recorded as missed
+        /// (default 1h).
+        #[arg(long, env = "DROVER_SCHEDULE_GRACE", value_parser = transport::fmt::parse_duration)]
+        #[serde(default, deserialize_with = "de::duration")]
+        pub(crate) schedule_grace: Option<Duration>,
+        /// The boot directory: iPXE binaries, kernel, initramfs (default: DATA_DIR/boot).
+        #[arg(long, env = "DROVER_BOOT_DIR")]
+        #[serde(default)]
+        pub(crate) boot_dir: Option<PathBuf>,
+        /// Serve the boot directory over TFTP on ADDR:PORT (e.g. 0.0.0.0:69), or off (default).
+        #[arg(long, env = "DROVER_TFTP")]
+        #[serde(default)]
+        pub(crate) tftp: Option<String>,
+        /// Answer PXE clients: proxy (boot information only, beside the lab's DHCP server),
+        /// full (addresses too, for an isolated lab; needs --dhcp-range) or off (default).
+        #[arg(long, env = "DROVER_DHCP", value_parser = ["proxy", "full", "off"])]
+        #[serde(default)]
+        pub(crate) dhcp: Option<String>,
+        /// Full DHCP's address range, FIRST-LAST (in the lab interface's subnet).
+        #[arg(long, env = "DROVER_DHCP_RANGE")]
+        #[serde(default)]
+        pub(crate) dhcp_range: Option<String>,
+        /// Full DHCP's default gateway for the machines (default: none).
+        #[arg(long, env = "DROVER_DHCP_ROUTER")]
+        #[serde(default)]
+        pub(crate) dhcp_router: Option<Ipv4Addr>,
+        /// Unknown machines that PXE-boot run the agent once to register themselves (FOG's
+        /// quick registration); without it they boot their local disk.
+        #[arg(
+            long,
+            env = "DROVER_REGISTER_UNKNOWN",
+            num_args = 0..=1,
+            default_missing_value = "true",
+            value_parser = clap::builder::BoolishValueParser::new()
+        )]
+        #[serde(default)]
+        pub(crate) register_unknown: Option<bool>,
+        /// The agent kernel's command line, before drover's own arguments (default: messages
+        /// on the first serial port and the screen).
+        #[arg(long, env = "DROVER_BOOT_ARGS", allow_hyphen_values = true)]
+        #[serde(default)]
+        pub(crate) boot_args: Option<String>,
+        /// ADDR:PORT the BitTorrent seed listens on (default 0.0.0.0:6881).
+        #[arg(long, env = "DROVER_BITTORRENT")]
+        #[serde(default)]
+        pub(crate) bittorrent: Option<SocketAddr>,
+        /// The server's BitTorrent upload limit, bits/s (K, M, G; 0: the server does not seed;
+        /// default: none).
+        #[arg(long, env = "DROVER_BITTORRENT_UPLOAD_RATE", value_parser = parse_upload_rate)]
+        #[serde(default, deserialize_with = "de::upload_rate")]
+        pub(crate) bittorrent_upload_rate: Option<u64>,
+        /// Each agent's BitTorrent upload limit, bits/s (default: none).
+        #[arg(long, env = "DROVER_BITTORRENT_AGENT_UPLOAD_RATE", value_parser = parse_upload_rate)]
+        #[serde(default, deserialize_with = "de::upload_rate")]
+        pub(crate) bittorrent_agent_upload_rate: Option<u64>,
+        /// Peers each agent trades with at most (default 6).
+        #[arg(long, env = "DROVER_BITTORRENT_AGENT_PEERS")]
+        #[serde(default)]
+        pub(crate) bittorrent_agent_peers: Option<usize>,
+        /// Machines the server's seed uploads to at once (default 1).
+        #[arg(long, env = "DROVER_BITTORRENT_SERVER_PEERS")]
+        #[serde(default)]
+        pub(crate) bittorrent_server_peers: Option<usize>,
+        /// HTTPS listening address for the dashboard and the API (default 0.0.0.0:8443; with
+        /// --tls-cert).
+        #[arg(long, env = "DROVER_HTTPS")]
+        #[serde(default)]
+        pub(crate) https: Option<SocketAddr>,
+        /// PEM certificate chain: the dashboard and the API are served over HTTPS too (boot
+        /// files and agents stay on HTTP).
+        #[arg(long, env = "DROVER_TLS_CERT", requires = "tls_key")]
+        #[serde(default)]
+        pub(crate) tls_cert: Option<PathBuf>,
+        /// PEM private key for --tls-cert.
+        #[arg(long, env = "DROVER_TLS_KEY", requires = "tls_cert")]
+        #[serde(default)]
+        pub(crate) tls_key: Option<PathBuf>,
+        /// Networks reached through a router (a DHCP relay) whose machines may claim their own
+        /// MAC to receive their task's token (CIDR, comma-separated, e.g. 10.1.0.0/16).
+        /// Machines on the server's own links are checked by its neighbour table instead.
+        /// None by default.
+        #[arg(long, env = "DROVER_AGENT_NETWORKS", value_delimiter = ',')]
+        #[serde(default)]
+        pub(crate) agent_networks: Option<Vec<ipnet::IpNet>>,
+    }
+}
+
+/// The file's values that are written as text with units ("900M", "5m", "off").
+mod de {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    fn parsed<'de, D: Deserializer<'de>, T>(
+        d: D,
+        parse: fn(&str) -> Result<T, String>,
+    ) -> Result<Option<T>, D::Error> {
+        let s = String::deserialize(d)?;
+        parse(&s).map(Some).map_err(serde::de::Error::custom)
+    }
+
+    pub(super) fn rate<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+        parsed(d, transport::fmt::parse_rate)
+    }
+
+    pub(super) fn size<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+        parsed(d, transport::fmt::parse_size)
+    }
+
+    pub(super) fn upload_rate<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+        parsed(d, super::parse_upload_rate)
+    }
+
+    pub(super) fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        parsed(d, transport::fmt::parse_duration)
+    }
+}
+
+impl Settings {
     /// Reads and checks a config file.
     pub(crate) fn load(path: &Path) -> anyhow::Result<Self> {
         let text = std::fs::read_to_string(path)
@@ -105,9 +230,9 @@ pub(crate) struct Config {
     /// Bytes of a deployment's stream in flight at most.
     pub(crate) multicast_window: u64,
     /// Default wake lead of scheduled redeploys.
-    pub(crate) wake_lead: std::time::Duration,
+    pub(crate) wake_lead: Duration,
     /// Grace period of missed scheduled runs.
-    pub(crate) schedule_grace: std::time::Duration,
+    pub(crate) schedule_grace: Duration,
     pub(crate) boot_dir: PathBuf,
     /// Where TFTP listens, if it runs.
     pub(crate) tftp: Option<SocketAddr>,
@@ -151,30 +276,6 @@ pub(crate) const DEFAULT_MULTICAST_WINDOW: u64 = 32 << 20;
 /// Default multicast rate: most of a gigabit link.
 pub(crate) const DEFAULT_MULTICAST_RATE: u64 = 900_000_000;
 
-/// Settings given on the command line (or by environment), each overriding the file.
-#[derive(Debug, Default)]
-pub(crate) struct Overrides {
-    pub(crate) data_dir: Option<PathBuf>,
-    pub(crate) http: Option<SocketAddr>,
-    pub(crate) iface: Option<String>,
-    pub(crate) public_url: Option<String>,
-    pub(crate) database_url: Option<String>,
-    pub(crate) multicast_rate: Option<u64>,
-    pub(crate) multicast_window: Option<u64>,
-    pub(crate) boot_dir: Option<PathBuf>,
-    pub(crate) tftp: Option<String>,
-    pub(crate) dhcp: Option<String>,
-    pub(crate) dhcp_range: Option<String>,
-    pub(crate) dhcp_router: Option<Ipv4Addr>,
-    pub(crate) register_unknown: Option<bool>,
-    pub(crate) bittorrent: Option<SocketAddr>,
-    pub(crate) bittorrent_upload_rate: Option<u64>,
-    pub(crate) bittorrent_server_peers: Option<usize>,
-    pub(crate) https: Option<SocketAddr>,
-    pub(crate) tls_cert: Option<PathBuf>,
-    pub(crate) tls_key: Option<PathBuf>,
-}
-
 /// Peers each agent trades with at most, by default: few. Agents take pieces in the same
 /// (disk) order, so with every machine connected to every other the first machine to hold a
 /// piece uploads it to all of them (a star around one machine's upload); six connections each
@@ -190,24 +291,23 @@ pub(crate) const DEFAULT_AGENT_PEERS: usize = 6;
 pub(crate) const DEFAULT_SERVER_PEERS: usize = 1;
 
 impl Config {
-    /// Merges defaults, the file and the overrides, and looks up the interface.
-    pub(crate) fn resolve(file: FileConfig, o: Overrides) -> anyhow::Result<Self> {
-        let data_dir = o
+    /// The settings (the flags' over the file's) with defaults where unset, checked, and the
+    /// interface looked up.
+    pub(crate) fn resolve(s: Settings) -> anyhow::Result<Self> {
+        let data_dir = s
             .data_dir
-            .or(file.data_dir)
             .unwrap_or_else(|| PathBuf::from(crate::DEFAULT_DATA_DIR));
-        let http = o
+        let http = s
             .http
-            .or(file.http)
             .unwrap_or_else(|| DEFAULT_HTTP.parse().expect("valid default"));
-        let (iface, iface_problem) = match o.iface.or(file.iface) {
+        let (iface, iface_problem) = match s.iface {
             Some(name) => (Some(net::iface(Some(&name))?), None),
             None => match default_route_iface() {
                 Ok(i) => (Some(i), None),
                 Err(e) => (None, Some(format!("{e:#}"))),
             },
         };
-        let public_url = match o.public_url.or(file.public_url) {
+        let public_url = match s.public_url {
             Some(u) => {
                 anyhow::ensure!(
                     u.starts_with("http://") || u.starts_with("https://"),
@@ -224,18 +324,15 @@ impl Config {
                 format!("http://{host}:{}", http.port())
             }
         };
-        let database_url = o.database_url.or(file.database_url).unwrap_or_else(|| {
+        let database_url = s.database_url.unwrap_or_else(|| {
             format!("sqlite://{}?mode=rwc", data_dir.join("drover.db").display())
         });
-        let dhcp_pool = match (o.dhcp_range.or(file.dhcp_range), &iface) {
-            (Some(r), Some(i)) => Some(pool(&r, i, o.dhcp_router.or(file.dhcp_router))?),
+        let dhcp_pool = match (s.dhcp_range, &iface) {
+            (Some(r), Some(i)) => Some(pool(&r, i, s.dhcp_router)?),
             (Some(r), None) => anyhow::bail!("dhcp_range {r:?}: no lab interface to serve it on"),
             (None, _) => None,
         };
-        let boot_dir = o
-            .boot_dir
-            .or(file.boot_dir)
-            .unwrap_or_else(|| data_dir.join("boot"));
+        let boot_dir = s.boot_dir.unwrap_or_else(|| data_dir.join("boot"));
         Ok(Self {
             data_dir,
             http,
@@ -243,51 +340,36 @@ impl Config {
             iface_problem,
             public_url,
             database_url,
-            wol_port: file.wol_port.unwrap_or(pxe::wol::DEFAULT_PORT),
-            multicast_rate: match (o.multicast_rate, &file.multicast_rate) {
-                (Some(r), _) => r,
-                (None, Some(s)) => transport::fmt::parse_rate(s)
-                    .map_err(|e| anyhow::anyhow!("multicast_rate: {e}"))?,
-                (None, None) => DEFAULT_MULTICAST_RATE,
-            },
-            multicast_window: match (o.multicast_window, &file.multicast_window) {
-                (Some(w), _) => w,
-                (None, Some(s)) => transport::fmt::parse_size(s)
-                    .map_err(|e| anyhow::anyhow!("multicast_window: {e}"))?,
-                (None, None) => DEFAULT_MULTICAST_WINDOW,
-            }
-            .max(8 << 20),
-            wake_lead: duration("wake_lead", &file.wake_lead, schedule::DEFAULT_WAKE_LEAD)?,
-            schedule_grace: duration(
-                "schedule_grace",
-                &file.schedule_grace,
-                schedule::DEFAULT_GRACE,
-            )?,
+            wol_port: s.wol_port.unwrap_or(pxe::wol::DEFAULT_PORT),
+            multicast_rate: s.multicast_rate.unwrap_or(DEFAULT_MULTICAST_RATE),
+            multicast_window: s
+                .multicast_window
+                .unwrap_or(DEFAULT_MULTICAST_WINDOW)
+                .max(8 << 20),
+            wake_lead: s.wake_lead.unwrap_or(schedule::DEFAULT_WAKE_LEAD),
+            schedule_grace: s.schedule_grace.unwrap_or(schedule::DEFAULT_GRACE),
             boot_dir,
-            tftp: match o.tftp.or(file.tftp).as_deref() {
+            tftp: match s.tftp.as_deref() {
                 None | Some("off") => None,
                 Some(a) => Some(a.parse().map_err(|_| {
                     anyhow::anyhow!("tftp {a:?}: ADDR:PORT (e.g. 0.0.0.0:69) or off")
                 })?),
             },
-            dhcp: match o.dhcp.or(file.dhcp).as_deref() {
+            dhcp: match s.dhcp.as_deref() {
                 None | Some("off") => "off".into(),
                 Some(d @ ("proxy" | "full")) => d.into(),
                 Some(d) => anyhow::bail!("dhcp {d:?}: proxy, full or off"),
             },
             dhcp_pool,
-            register_unknown: o
-                .register_unknown
-                .or(file.register_unknown)
-                .unwrap_or(false),
-            boot_args: match file.boot_args {
+            register_unknown: s.register_unknown.unwrap_or(false),
+            boot_args: match s.boot_args {
                 Some(a) if a.chars().any(char::is_control) => {
                     anyhow::bail!("boot_args {a:?}: one line of kernel arguments")
                 }
                 Some(a) => a,
                 None => DEFAULT_BOOT_ARGS.into(),
             },
-            bittorrent: match o.bittorrent.or(file.bittorrent) {
+            bittorrent: match s.bittorrent {
                 Some(a) => (a, true),
                 None => (
                     SocketAddr::from((
@@ -297,29 +379,20 @@ impl Config {
                     false,
                 ),
             },
-            bittorrent_upload_rate: match o.bittorrent_upload_rate {
-                Some(r) => Some(r),
-                None => rate("bittorrent_upload_rate", &file.bittorrent_upload_rate)?,
-            },
-            bittorrent_agent_upload_rate: match rate(
-                "bittorrent_agent_upload_rate",
-                &file.bittorrent_agent_upload_rate,
-            )? {
+            bittorrent_upload_rate: s.bittorrent_upload_rate,
+            bittorrent_agent_upload_rate: match s.bittorrent_agent_upload_rate {
                 Some(0) => anyhow::bail!(
                     "bittorrent_agent_upload_rate: agents that upload nothing make no swarm \
                      (use the unicast transport instead)"
                 ),
                 r => r,
             },
-            bittorrent_agent_peers: match file.bittorrent_agent_peers {
+            bittorrent_agent_peers: match s.bittorrent_agent_peers {
                 Some(0) => anyhow::bail!("bittorrent_agent_peers: at least 1"),
                 Some(n) => n,
                 None => DEFAULT_AGENT_PEERS,
             },
-            bittorrent_server_peers: match o
-                .bittorrent_server_peers
-                .or(file.bittorrent_server_peers)
-            {
+            bittorrent_server_peers: match s.bittorrent_server_peers {
                 Some(0) => anyhow::bail!(
                     "bittorrent_server_peers: at least 1 (bittorrent_upload_rate = \"0\" turns \
                      the seed off)"
@@ -327,11 +400,7 @@ impl Config {
                 Some(n) => n,
                 None => DEFAULT_SERVER_PEERS,
             },
-            tls: match (
-                o.tls_cert.or(file.tls_cert),
-                o.tls_key.or(file.tls_key),
-                o.https.or(file.https),
-            ) {
+            tls: match (s.tls_cert, s.tls_key, s.https) {
                 (Some(cert), Some(key), https) => Some(Tls {
                     https: https.unwrap_or_else(|| DEFAULT_HTTPS.parse().expect("valid default")),
                     cert,
@@ -343,7 +412,7 @@ impl Config {
                 }
                 _ => anyhow::bail!("tls_cert and tls_key go together: give both"),
             },
-            agent_networks: file.agent_networks.unwrap_or_default(),
+            agent_networks: s.agent_networks.unwrap_or_default(),
         })
     }
 }
@@ -372,29 +441,12 @@ fn pool(
     Ok(p)
 }
 
-/// A rate setting in bits/s ("900M"; "0" or "off": none), if set.
-fn rate(key: &str, v: &Option<String>) -> anyhow::Result<Option<u64>> {
-    v.as_deref()
-        .map(|s| parse_upload_rate(s).map_err(|e| anyhow::anyhow!("{key}: {e}")))
-        .transpose()
-}
-
 /// An upload rate: bits/s ("300M"), or "0"/"off" for no upload.
 pub(crate) fn parse_upload_rate(s: &str) -> Result<u64, String> {
     match s.trim() {
         "0" | "off" => Ok(0),
         t => transport::fmt::parse_rate(t),
     }
-}
-
-fn duration(
-    key: &str,
-    v: &Option<String>,
-    default: std::time::Duration,
-) -> anyhow::Result<std::time::Duration> {
-    v.as_deref().map_or(Ok(default), |s| {
-        transport::fmt::parse_duration(s).map_err(|e| anyhow::anyhow!("{key}: {e}"))
-    })
 }
 
 /// The interface of the IPv4 default route (from `/proc/net/route`).
@@ -419,10 +471,10 @@ mod tests {
     #[test]
     fn the_example_config_parses_and_names_every_setting() {
         let text = include_str!("../../../deploy/drover.example.toml");
-        let parsed = FileConfig::parse(text).unwrap();
+        let parsed = Settings::parse(text).unwrap();
         // Every key is present in the example (uncommented), so each is documented there;
         // the destructuring fails to compile when a setting is added and not listed here.
-        let FileConfig {
+        let Settings {
             data_dir,
             http,
             iface,
@@ -465,59 +517,98 @@ mod tests {
             agent_networks.as_deref(),
             Some(&["10.1.0.0/16".parse().unwrap()][..])
         );
+        // Each key's flag is named beside it.
+        for key in text
+            .lines()
+            .filter_map(|l| l.split_once(" = ").map(|(k, _)| k))
+            .filter(|k| !k.starts_with('#') && *k != "data_dir")
+        {
+            let flag = format!("--{}", key.replace('_', "-"));
+            assert!(text.contains(&flag), "the example does not name {flag}");
+        }
         // The example's range is for its eth0, not this test's loopback.
         let mut parsed = parsed;
         parsed.dhcp_range = None;
         assert_eq!(
-            Config::resolve(
-                parsed,
-                Overrides {
-                    iface: Some("lo".into()),
-                    ..Overrides::default()
-                }
-            )
+            Config::resolve(Settings {
+                iface: Some("lo".into()),
+                ..parsed
+            })
             .map(|c| (c.multicast_rate, c.wake_lead, c.schedule_grace))
             .unwrap(),
             (
-                DEFAULT_MULTICAST_RATE,
-                schedule::DEFAULT_WAKE_LEAD,
-                schedule::DEFAULT_GRACE
+                900_000_000,
+                Duration::from_secs(300),
+                Duration::from_secs(3600)
             )
         );
     }
 
     #[test]
     fn unknown_or_malformed_settings_are_refused() {
-        let e = FileConfig::parse("htp = \"0.0.0.0:1\"").unwrap_err();
+        let e = Settings::parse("htp = \"0.0.0.0:1\"").unwrap_err();
         assert!(format!("{e:#}").contains("unknown field"), "{e:#}");
-        let e = FileConfig::parse("http = \"nowhere\"").unwrap_err();
+        let e = Settings::parse("http = \"nowhere\"").unwrap_err();
         assert!(format!("{e:#}").contains("http"), "{e:#}");
     }
 
     #[test]
     fn flags_override_the_file_which_overrides_defaults() {
-        let file = FileConfig::parse("http = \"127.0.0.1:9000\"\ndata_dir = \"/srv/d\"").unwrap();
-        let c = Config::resolve(
-            file,
-            Overrides {
-                http: Some("127.0.0.1:9100".parse().unwrap()),
-                iface: Some("lo".into()),
-                ..Overrides::default()
-            },
-        )
-        .unwrap();
+        let file = Settings::parse("http = \"127.0.0.1:9000\"\ndata_dir = \"/srv/d\"").unwrap();
+        let flags = Settings {
+            http: Some("127.0.0.1:9100".parse().unwrap()),
+            iface: Some("lo".into()),
+            ..Settings::default()
+        };
+        let c = Config::resolve(flags.over(file)).unwrap();
         assert_eq!(c.http.port(), 9100);
         assert_eq!(c.data_dir, PathBuf::from("/srv/d"));
         assert_eq!(c.public_url, "http://127.0.0.1:9100");
         assert_eq!(c.database_url, "sqlite:///srv/d/drover.db?mode=rwc");
-        assert!(Config::resolve(
-            FileConfig::default(),
-            Overrides {
-                iface: Some("lo".into()),
-                public_url: Some("ftp://x".into()),
-                ..Overrides::default()
-            }
-        )
+        assert!(Config::resolve(Settings {
+            iface: Some("lo".into()),
+            public_url: Some("ftp://x".into()),
+            ..Settings::default()
+        })
         .is_err());
+    }
+
+    #[test]
+    fn every_setting_is_a_flag_with_its_variable_too() {
+        use clap::{CommandFactory, FromArgMatches, Parser};
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            s: Settings,
+        }
+        let m = Cli::command()
+            .try_get_matches_from([
+                "drover",
+                "--wake-lead",
+                "10m",
+                "--multicast-rate",
+                "500M",
+                "--register-unknown",
+                "--agent-networks",
+                "10.1.0.0/16,10.2.0.0/16",
+                "--bittorrent-agent-upload-rate",
+                "off",
+            ])
+            .unwrap();
+        let s = Cli::from_arg_matches(&m).unwrap().s;
+        assert_eq!(s.wake_lead, Some(Duration::from_secs(600)));
+        assert_eq!(s.multicast_rate, Some(500_000_000));
+        assert_eq!(s.register_unknown, Some(true));
+        assert_eq!(s.agent_networks.as_ref().map(Vec::len), Some(2));
+        assert_eq!(s.bittorrent_agent_upload_rate, Some(0));
+        // The file's keys are the flags' names; a flag wins over the file.
+        let file =
+            Settings::parse("wake_lead = \"1m\"\nwol_port = 7\nregister_unknown = false").unwrap();
+        let merged = s.over(file);
+        assert_eq!(merged.wake_lead, Some(Duration::from_secs(600)));
+        assert_eq!(merged.wol_port, Some(7));
+        assert_eq!(merged.register_unknown, Some(true));
+        let e = Settings::parse("multicast_rate = \"fast\"").unwrap_err();
+        assert!(format!("{e:#}").contains("multicast_rate"), "{e:#}");
     }
 }

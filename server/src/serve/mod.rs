@@ -31,74 +31,18 @@ use std::time::Instant;
 use anyhow::Context;
 use clap::Args;
 
-use config::{Config, FileConfig, Overrides};
+use config::{Config, Settings};
 use db::Db;
 
 /// `drover serve` flags; each overrides the config file.
 #[derive(Debug, Args)]
 pub(crate) struct ServeArgs {
-    /// TOML config file (see deploy/drover.example.toml).
+    /// TOML config file (see deploy/drover.example.toml): the same settings as the flags,
+    /// which win over it.
     #[arg(long, env = "DROVER_CONFIG")]
     config: Option<PathBuf>,
-    /// HTTP listening address (default 0.0.0.0:8080).
-    #[arg(long, env = "DROVER_HTTP")]
-    http: Option<SocketAddr>,
-    /// Interface for multicast and wake-on-LAN (default: the default route's).
-    #[arg(long, env = "DROVER_IFACE")]
-    iface: Option<String>,
-    /// The URL machines reach this server at (default: the interface's address and the HTTP
-    /// port).
-    #[arg(long, env = "DROVER_PUBLIC_URL")]
-    public_url: Option<String>,
-    /// sqlite://FILE or postgres://USER:PASSWORD@HOST/DB (default: DATA_DIR/drover.db).
-    #[arg(long, env = "DROVER_DATABASE_URL")]
-    database_url: Option<String>,
-    /// Highest multicast send rate of a deployment, bits/s (K, M, G suffixes; default 900M).
-    #[arg(long, env = "DROVER_MULTICAST_RATE", value_parser = transport::fmt::parse_rate)]
-    multicast_rate: Option<u64>,
-    /// Bytes of a deployment's stream in flight at most (K, M, G; default 32M, at least 8M).
-    #[arg(long, env = "DROVER_MULTICAST_WINDOW", value_parser = transport::fmt::parse_size)]
-    multicast_window: Option<u64>,
-    /// The boot directory: iPXE binaries, kernel, initramfs (default: DATA_DIR/boot).
-    #[arg(long, env = "DROVER_BOOT_DIR")]
-    boot_dir: Option<PathBuf>,
-    /// Serve the boot directory over TFTP on ADDR:PORT (e.g. 0.0.0.0:69), or off (default).
-    #[arg(long, env = "DROVER_TFTP")]
-    tftp: Option<String>,
-    /// Answer PXE clients: proxy (boot information only, beside the lab's DHCP server), full
-    /// (addresses too, for an isolated lab; needs --dhcp-range) or off (default).
-    #[arg(long, env = "DROVER_DHCP", value_parser = ["proxy", "full", "off"])]
-    dhcp: Option<String>,
-    /// Full DHCP's address range, FIRST-LAST (in the lab interface's subnet).
-    #[arg(long, env = "DROVER_DHCP_RANGE")]
-    dhcp_range: Option<String>,
-    /// Full DHCP's default gateway for the machines (default: none).
-    #[arg(long, env = "DROVER_DHCP_ROUTER")]
-    dhcp_router: Option<std::net::Ipv4Addr>,
-    /// Unknown machines that PXE-boot run the agent once to register themselves
-    /// (FOG's quick registration); without it they boot their local disk.
-    #[arg(long, env = "DROVER_REGISTER_UNKNOWN")]
-    register_unknown: bool,
-    /// ADDR:PORT the BitTorrent seed listens on (default 0.0.0.0:6881).
-    #[arg(long, env = "DROVER_BITTORRENT")]
-    bittorrent: Option<SocketAddr>,
-    /// The server's BitTorrent upload limit, bits/s (K, M, G; 0: the server does not seed;
-    /// default: none).
-    #[arg(long, env = "DROVER_BITTORRENT_UPLOAD_RATE", value_parser = config::parse_upload_rate)]
-    bittorrent_upload_rate: Option<u64>,
-    /// Machines the server's seed uploads to at once (default 1).
-    #[arg(long, env = "DROVER_BITTORRENT_SERVER_PEERS")]
-    bittorrent_server_peers: Option<usize>,
-    /// PEM certificate chain: the dashboard and the API are served over HTTPS too (boot
-    /// files and agents stay on HTTP).
-    #[arg(long, env = "DROVER_TLS_CERT", requires = "tls_key")]
-    tls_cert: Option<PathBuf>,
-    /// PEM private key for --tls-cert.
-    #[arg(long, env = "DROVER_TLS_KEY", requires = "tls_cert")]
-    tls_key: Option<PathBuf>,
-    /// HTTPS listening address (default 0.0.0.0:8443; with --tls-cert).
-    #[arg(long, env = "DROVER_HTTPS")]
-    https: Option<SocketAddr>,
+    #[command(flatten)]
+    settings: Settings,
 }
 
 /// `drover token ...`
@@ -145,37 +89,17 @@ pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("starting the runtime")
 }
 
-fn load_file(path: Option<&Path>) -> anyhow::Result<FileConfig> {
-    path.map_or_else(|| Ok(FileConfig::default()), FileConfig::load)
+fn load_file(path: Option<&Path>) -> anyhow::Result<Settings> {
+    path.map_or_else(|| Ok(Settings::default()), Settings::load)
 }
 
 /// Runs the daemon until SIGINT or SIGTERM.
 pub(crate) fn serve(args: ServeArgs, data_dir: Option<PathBuf>) -> anyhow::Result<()> {
-    let file = load_file(args.config.as_deref())?;
-    let cfg = Config::resolve(
-        file,
-        Overrides {
-            data_dir,
-            http: args.http,
-            iface: args.iface,
-            public_url: args.public_url,
-            database_url: args.database_url,
-            multicast_rate: args.multicast_rate,
-            multicast_window: args.multicast_window,
-            boot_dir: args.boot_dir,
-            tftp: args.tftp,
-            dhcp: args.dhcp,
-            dhcp_range: args.dhcp_range,
-            dhcp_router: args.dhcp_router,
-            register_unknown: args.register_unknown.then_some(true),
-            bittorrent: args.bittorrent,
-            bittorrent_upload_rate: args.bittorrent_upload_rate,
-            bittorrent_server_peers: args.bittorrent_server_peers,
-            https: args.https,
-            tls_cert: args.tls_cert,
-            tls_key: args.tls_key,
-        },
-    )?;
+    let flags = Settings {
+        data_dir,
+        ..args.settings
+    };
+    let cfg = Config::resolve(flags.over(load_file(args.config.as_deref())?))?;
     runtime()?.block_on(run(cfg))
 }
 
