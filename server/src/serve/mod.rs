@@ -21,6 +21,7 @@ pub(crate) mod deployments;
 pub(crate) mod inventory;
 pub(crate) mod schedules;
 pub(crate) mod swarm;
+pub(crate) mod tasks;
 pub(crate) mod web;
 
 use std::net::SocketAddr;
@@ -133,7 +134,9 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         &cfg.data_dir,
         store_dir.clone(),
     );
+    let tasks = tasks::Tasks::default();
     let deployer = deployments::service::Deployer::new(
+        tasks.clone(),
         db.clone(),
         store_dir.clone(),
         cfg.iface.clone(),
@@ -148,16 +151,17 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     );
     let schedule_settings = schedules::api::settings(cfg.wake_lead, cfg.schedule_grace);
     let schedules_changed = Arc::new(tokio::sync::Notify::new());
-    tokio::spawn(schedules::service::run(
-        Arc::new(schedules::api::ServerHost {
-            db: db.clone(),
-            deployer: deployer.clone(),
-            iface: cfg.iface.clone(),
-            wol_port: cfg.wol_port,
-        }),
-        schedule_settings,
-        schedules_changed.clone(),
-    ));
+    let host = Arc::new(schedules::api::ServerHost {
+        db: db.clone(),
+        deployer: deployer.clone(),
+        iface: cfg.iface.clone(),
+        wol_port: cfg.wol_port,
+    });
+    let changed = schedules_changed.clone();
+    tasks.spawn(tracing::info_span!("scheduler"), async move {
+        schedules::service::run(host, schedule_settings, changed).await;
+        Ok(())
+    });
     let inventory_changed = Arc::new(tokio::sync::Notify::new());
     let state = Arc::new(web::api::AppState {
         db: db.clone(),
@@ -200,11 +204,7 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
             eprintln!("  dhcp        proxy on {} (ports 67, 4011)", iface.name);
             // Bound now, so ports held by another DHCP server are an error at start.
             let task = boot::dhcp::proxy(boot::dhcp::bind(iface)?, cfg.public_url.clone());
-            tokio::spawn(async move {
-                if let Err(e) = task.await {
-                    tracing::error!(error = %format!("{e:#}"), "proxyDHCP stopped");
-                }
-            });
+            tasks.spawn(tracing::info_span!("dhcp", mode = "proxy"), task);
         }
         "full" => {
             let iface = cfg
@@ -226,11 +226,7 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
             .map_err(anyhow::Error::msg)?;
             let sock = boot::dhcp::bind_full(&iface)?;
             let task = boot::dhcp::full(sock, iface, server, db.clone(), inventory_changed.clone());
-            tokio::spawn(async move {
-                if let Err(e) = task.await {
-                    tracing::error!(error = %format!("{e:#}"), "DHCP stopped");
-                }
-            });
+            tasks.spawn(tracing::info_span!("dhcp", mode = "full"), task);
         }
         _ => eprintln!("  dhcp        off"),
     }
@@ -247,22 +243,18 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
                 sock.local_addr()?,
                 cfg.boot_dir.display()
             );
-            let root = cfg.boot_dir.clone();
-            tokio::spawn(async move {
-                if let Err(e) = boot::tftp::serve(sock, root).await {
-                    tracing::error!(error = %format!("{e:#}"), "TFTP stopped");
-                }
-            });
+            tasks.spawn(
+                tracing::info_span!("tftp"),
+                boot::tftp::serve(sock, cfg.boot_dir.clone()),
+            );
         }
         None => eprintln!("  tftp        off"),
     }
     // Deployments that were running when the server stopped go on.
     let resumer = deployer.clone();
-    tokio::spawn(async move {
+    tasks.spawn(tracing::info_span!("resume"), async move {
         resumer.seeder.resume().await;
-        if let Err(e) = resumer.resume().await {
-            tracing::error!(error = %format!("{e:#}"), "resuming deployments");
-        }
+        resumer.resume().await
     });
     web::ui::first_admin(&db).await?;
     let api = web::api::router(state);
@@ -287,7 +279,11 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
                 secure_cookies: true,
             },
         ));
-        tokio::spawn(auth::tls::serve(https, acceptor, secure, shutdown()));
+        let stop = tasks.cancelled();
+        tasks.spawn(tracing::info_span!("https"), async move {
+            auth::tls::serve(https, acceptor, secure, stop).await;
+            Ok(())
+        });
     }
     axum::serve(
         listener,
@@ -297,6 +293,9 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     .with_graceful_shutdown(shutdown())
     .await
     .context("serving HTTP")?;
+    if !tasks.shutdown(std::time::Duration::from_secs(10)).await {
+        tracing::warn!("some background tasks did not stop within 10 s");
+    }
     eprintln!("drover serve: stopped");
     Ok(())
 }

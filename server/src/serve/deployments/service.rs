@@ -79,6 +79,8 @@ impl From<DbError> for DeployError {
 
 /// The deployment service.
 pub(crate) struct Deployer {
+    /// Where its background work runs (watchers of sessions, torrent builds).
+    tasks: crate::serve::tasks::Tasks,
     db: Db,
     store_dir: PathBuf,
     iface: Option<Iface>,
@@ -116,6 +118,7 @@ const CHUNK_SLOTS: usize = 16;
 impl Deployer {
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
+        tasks: crate::serve::tasks::Tasks,
         db: Db,
         store_dir: PathBuf,
         iface: Option<Iface>,
@@ -126,6 +129,7 @@ impl Deployer {
         agent_swarm: AgentSwarm,
     ) -> Arc<Self> {
         Arc::new(Self {
+            tasks,
             db,
             store_dir,
             iface,
@@ -494,7 +498,8 @@ impl Deployer {
         info!(deployment = %d.id, session = format!("{:08x}", ready.session), %group, "multicast session announced");
         let this = self.clone();
         let id = d.id.clone();
-        tokio::spawn(async move {
+        let span = tracing::info_span!("deployment", id = %d.id);
+        self.tasks.spawn(span.clone(), async move {
             if started_rx.await.is_ok() {
                 info!(deployment = %id, "multicast stream started");
                 if let Err(e) = this.db.deployments().deployment_started(&id).await {
@@ -502,11 +507,12 @@ impl Deployer {
                 }
                 this.changed(&id);
             }
+            Ok(())
         });
         // When the session ends, later machines use unicast.
         let this = self.clone();
         let id = d.id.clone();
-        tokio::spawn(async move {
+        self.tasks.spawn(span, async move {
             match end_rx.await {
                 Ok(Ok(sent)) if sent.joined => {
                     info!(deployment = %id, "multicast session over")
@@ -523,6 +529,7 @@ impl Deployer {
                 warn!(deployment = %id, error = %format!("{e:#}"), "recording the session's end");
             }
             this.changed(&id);
+            Ok(())
         });
         Ok(())
     }
@@ -531,11 +538,13 @@ impl Deployer {
     /// while; agents that ask for the torrent meanwhile are told to come back).
     fn prepare_swarm(&self, image_id: &str) {
         let (seeder, id) = (self.seeder.clone(), image_id.to_string());
-        tokio::spawn(async move {
-            if let Err(e) = seeder.prepare(&id).await {
-                warn!(image = %id, error = %e.message(), "the image's torrent is not seeded");
-            }
-        });
+        self.tasks
+            .spawn(tracing::info_span!("torrent", image = %id), async move {
+                if let Err(e) = seeder.prepare(&id).await {
+                    warn!(error = %e.message(), "the image's torrent is not seeded");
+                }
+                Ok(())
+            });
     }
 
     /// Starts a waiting multicast deployment's stream now.
