@@ -181,7 +181,7 @@ pub struct MachineRef {
     /// Its name.
     pub name: String,
     /// `hello` when this hello registered it, else how it came into the inventory.
-    pub registered: String,
+    pub registered: Registered,
 }
 
 /// The answer to a hello.
@@ -358,6 +358,68 @@ pub struct ResultReport {
 pub struct StateReply {
     /// The task's state.
     pub state: TaskState,
+}
+
+wire_enum! {
+    /// Where a machine is.
+    MachineState {
+        /// Known, never deployed yet.
+        Registered = "registered",
+        /// Its last task is done (or none is pending).
+        Idle = "idle",
+        /// It has a task under way.
+        Deploying = "deploying",
+        /// Its last task failed.
+        Failed = "failed",
+    }
+}
+
+wire_enum! {
+    /// How a machine came into the inventory.
+    Registered {
+        /// Added by an admin.
+        Admin = "admin",
+        /// Said hello while unknown (it boots its disk until an admin gives it a task).
+        Hello = "hello",
+    }
+}
+
+/// A machine of the inventory, as the API returns it (`/api/v1/machines`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Machine {
+    /// `aa:bb:cc:dd:ee:ff`.
+    pub mac: String,
+    /// Its name (the MAC until an admin names it).
+    pub name: String,
+    /// Its group.
+    pub group: Option<String>,
+    /// The disk its agent reported: serial and size in bytes.
+    pub disk_serial: Option<String>,
+    /// Bytes.
+    pub disk_size: Option<u64>,
+    /// Full DHCP's fixed address for it (a reservation).
+    pub ip: Option<String>,
+    /// The disk its agent writes when it has several: `serial:...` or `size:BYTES`.
+    pub target_disk: Option<String>,
+    /// Where it is.
+    pub state: MachineState,
+    /// How it came.
+    pub registered: Registered,
+    /// When its agent last spoke, Unix milliseconds.
+    pub last_seen_ms: Option<i64>,
+    /// When it was added, Unix milliseconds.
+    pub created_ms: i64,
+}
+
+/// A group of machines, as the API returns it (`/api/v1/groups`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Group {
+    /// Its name.
+    pub name: String,
+    /// How many machines it holds.
+    pub machines: u64,
+    /// When it was made, Unix milliseconds.
+    pub created_ms: i64,
 }
 
 /// Every error answer of the API: `{"error": "..."}` with the HTTP status.

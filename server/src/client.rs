@@ -202,21 +202,25 @@ pub(crate) fn print_json(v: &Value) {
     println!("{v}");
 }
 
-fn machine_line(m: &Value) -> String {
-    let s = |k: &str| m.get(k).and_then(Value::as_str).unwrap_or("-").to_string();
+/// An answer of the API as one of `proto::api`'s types.
+fn typed<T: serde::de::DeserializeOwned>(v: &Value) -> anyhow::Result<T> {
+    T::deserialize(v).context("the server's answer is not what this drover expects")
+}
+
+fn machine_line(m: &Value) -> anyhow::Result<String> {
+    let m: proto::api::Machine = typed(m)?;
     let seen = m
-        .get("last_seen_ms")
-        .and_then(Value::as_i64)
+        .last_seen_ms
         .map_or_else(|| "never".into(), |t| fmt::time((t / 1000) as u64));
-    format!(
+    Ok(format!(
         "{:<17}  {:<20}  {:<16}  {:<15}  {:<10}  {}",
-        s("mac"),
-        s("name"),
-        s("group"),
-        s("ip"),
-        s("state"),
+        m.mac,
+        m.name,
+        m.group.as_deref().unwrap_or("-"),
+        m.ip.as_deref().unwrap_or("-"),
+        m.state,
         seen
-    )
+    ))
 }
 
 /// `drover machine ...`
@@ -240,7 +244,7 @@ pub(crate) fn machine(cmd: MachineCommand, json: bool) -> anyhow::Result<()> {
             if json {
                 print_json(&m);
             } else {
-                println!("added {}", machine_line(&m));
+                println!("added {}", machine_line(&m)?);
             }
         }
         MachineCommand::List { group, server } => {
@@ -252,7 +256,7 @@ pub(crate) fn machine(cmd: MachineCommand, json: bool) -> anyhow::Result<()> {
             if json {
                 print_json(&all);
             } else {
-                let list = all.as_array().cloned().unwrap_or_default();
+                let list: Vec<Value> = typed(&all)?;
                 if list.is_empty() {
                     println!("no machines");
                 } else {
@@ -261,7 +265,7 @@ pub(crate) fn machine(cmd: MachineCommand, json: bool) -> anyhow::Result<()> {
                         "MAC", "NAME", "GROUP", "IP", "STATE"
                     );
                     for m in &list {
-                        println!("{}", machine_line(m));
+                        println!("{}", machine_line(m)?);
                     }
                 }
             }
@@ -303,7 +307,7 @@ pub(crate) fn machine(cmd: MachineCommand, json: bool) -> anyhow::Result<()> {
             if json {
                 print_json(&m);
             } else {
-                println!("changed {}", machine_line(&m));
+                println!("changed {}", machine_line(&m)?);
             }
         }
         MachineCommand::Rm { mac, server } => {
@@ -338,16 +342,12 @@ pub(crate) fn group(cmd: GroupCommand, json: bool) -> anyhow::Result<()> {
             if json {
                 print_json(&all);
             } else {
-                let list = all.as_array().cloned().unwrap_or_default();
+                let list: Vec<proto::api::Group> = typed(&all)?;
                 if list.is_empty() {
                     println!("no groups");
                 }
                 for g in &list {
-                    println!(
-                        "{:<20}  {} machine(s)",
-                        g.get("name").and_then(Value::as_str).unwrap_or("-"),
-                        g.get("machines").and_then(Value::as_i64).unwrap_or(0)
-                    );
+                    println!("{:<20}  {} machine(s)", g.name, g.machines);
                 }
             }
         }

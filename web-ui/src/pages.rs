@@ -12,24 +12,24 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::auth::Authed;
+use proto::api;
+
 use crate::call::{self, Refused};
 use crate::view::{bytes, duration, page, rate, redirect_with, render_page, time, Fields, Nav};
 use crate::{Control, Ui};
 
 // ---- what the API answers, as the pages read it ----
 
+/// A machine as the pages show it: the API's [`api::Machine`], with the pages' words for it.
 #[derive(Deserialize)]
-pub(crate) struct Machine {
-    pub(crate) mac: String,
-    pub(crate) name: String,
-    pub(crate) group: Option<String>,
-    pub(crate) disk_serial: Option<String>,
-    pub(crate) disk_size: Option<i64>,
-    pub(crate) ip: Option<String>,
-    pub(crate) target_disk: Option<String>,
-    pub(crate) state: String,
-    pub(crate) registered: String,
-    pub(crate) last_seen_ms: Option<i64>,
+#[serde(transparent)]
+pub(crate) struct Machine(api::Machine);
+
+impl std::ops::Deref for Machine {
+    type Target = api::Machine;
+    fn deref(&self) -> &api::Machine {
+        &self.0
+    }
 }
 
 impl Machine {
@@ -38,7 +38,8 @@ impl Machine {
     }
 
     pub(crate) fn disk(&self) -> String {
-        match (&self.disk_serial, self.disk_size) {
+        let size = self.disk_size.map(|n| n.min(i64::MAX as u64) as i64);
+        match (&self.disk_serial, size) {
             (Some(s), Some(n)) => format!("{} ({s})", bytes(n)),
             (None, Some(n)) => bytes(n),
             (Some(s), None) => s.clone(),
@@ -50,17 +51,19 @@ impl Machine {
         self.group.as_deref().unwrap_or("")
     }
 
+    /// Came into the inventory by its own boot (a hello while unknown).
+    pub(crate) fn self_registered(&self) -> bool {
+        self.registered == api::Registered::Hello
+    }
+
     /// Said hello unknown and was never placed by an admin.
     pub(crate) fn unknown(&self) -> bool {
-        self.registered == "hello" && self.group.is_none()
+        self.self_registered() && self.group.is_none()
     }
 }
 
-#[derive(Deserialize)]
-pub(crate) struct Group {
-    pub(crate) name: String,
-    pub(crate) machines: i64,
-}
+/// A group as the API gives it.
+pub(crate) use api::Group;
 
 #[derive(Deserialize)]
 pub(crate) struct Image {
@@ -326,7 +329,10 @@ pub(crate) async fn overview<C: Control>(
         let (active, recent) = deployments.into_iter().partition(Deployment::active);
         OverviewPage {
             machines: machines.len(),
-            busy: machines.iter().filter(|m| m.state == "busy").count(),
+            busy: machines
+                .iter()
+                .filter(|m| m.state == api::MachineState::Deploying)
+                .count(),
             unknown: machines.iter().filter(|m| m.unknown()).count(),
             images: images.len(),
             active,

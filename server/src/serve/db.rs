@@ -6,7 +6,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
 use rand::RngCore;
-use serde::Serialize;
+
 use sqlx::any::AnyPoolOptions;
 use sqlx::{AnyPool, Row};
 
@@ -17,32 +17,8 @@ pub(crate) struct Db {
     pub(crate) sqlite: bool,
 }
 
-/// A machine in the inventory.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub(crate) struct Machine {
-    pub(crate) mac: String,
-    pub(crate) name: String,
-    pub(crate) group: Option<String>,
-    pub(crate) disk_serial: Option<String>,
-    pub(crate) disk_size: Option<i64>,
-    /// Full DHCP's fixed address for it (a reservation).
-    pub(crate) ip: Option<String>,
-    /// The disk its agent writes when it has several: `serial:...` or `size:BYTES`.
-    pub(crate) target_disk: Option<String>,
-    pub(crate) state: String,
-    /// `admin` (added by an admin) or `hello` (said hello unknown).
-    pub(crate) registered: String,
-    pub(crate) last_seen_ms: Option<i64>,
-    pub(crate) created_ms: i64,
-}
-
-/// A group of machines.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub(crate) struct Group {
-    pub(crate) name: String,
-    pub(crate) machines: i64,
-    pub(crate) created_ms: i64,
-}
+/// A machine and a group, as the API returns them (rows map into these).
+pub(crate) use proto::api::{Group, Machine};
 
 /// What went wrong, in words an API client can show.
 #[derive(Debug, thiserror::Error)]

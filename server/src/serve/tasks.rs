@@ -67,14 +67,17 @@ mod tests {
         let tasks = Tasks::default();
         let ended = Arc::new(AtomicBool::new(false));
         let e = ended.clone();
+        let (started_tx, started) = tokio::sync::oneshot::channel();
         tasks.spawn(tracing::info_span!("forever"), async move {
             let _guard = SetOnDrop(e);
+            let _ = started_tx.send(());
             std::future::pending::<()>().await;
             Ok(())
         });
         tasks.spawn(tracing::info_span!("fails"), async {
             anyhow::bail!("broken")
         });
+        started.await.unwrap();
         assert!(!ended.load(Ordering::SeqCst));
         assert!(tasks.shutdown(Duration::from_secs(5)).await);
         assert!(

@@ -375,7 +375,7 @@ pub(crate) async fn hello(
         machine: api::MachineRef {
             mac: m.mac.clone(),
             name: m.name.clone(),
-            registered: m.registered.clone(),
+            registered: m.registered,
         },
         task: None,
         token: None,

@@ -5,6 +5,7 @@ use sqlx::Row;
 
 use crate::serve::db::{is_unique_violation, now_ms, Db, DbError, Group, Machine, MachineEdit};
 use crate::serve::inventory::mac::Mac;
+use proto::api::{MachineState, Registered};
 
 /// The machines' and groups' queries, through the server's database handle.
 pub(crate) struct Inventory<'a> {
@@ -18,6 +19,15 @@ impl Db {
     }
 }
 
+/// A wire enum stored as its text.
+fn parsed<T: std::str::FromStr<Err = String>>(r: &AnyRow, column: &str) -> Result<T, sqlx::Error> {
+    let text: String = r.try_get(column)?;
+    text.parse().map_err(|e: String| sqlx::Error::ColumnDecode {
+        index: column.into(),
+        source: e.into(),
+    })
+}
+
 /// A machine of a row of `MACHINE_COLUMNS`.
 fn machine(r: &AnyRow) -> Result<Machine, sqlx::Error> {
     Ok(Machine {
@@ -25,11 +35,13 @@ fn machine(r: &AnyRow) -> Result<Machine, sqlx::Error> {
         name: r.try_get("name")?,
         group: r.try_get("group_name")?,
         disk_serial: r.try_get("disk_serial")?,
-        disk_size: r.try_get("disk_size")?,
+        disk_size: r
+            .try_get::<Option<i64>, _>("disk_size")?
+            .map(|n| n.max(0) as u64),
         ip: r.try_get("ip")?,
         target_disk: r.try_get("target_disk")?,
-        state: r.try_get("state")?,
-        registered: r.try_get("registered")?,
+        state: parsed(r, "state")?,
+        registered: parsed(r, "registered")?,
         last_seen_ms: r.try_get("last_seen_ms")?,
         created_ms: r.try_get("created_ms")?,
     })
@@ -58,8 +70,8 @@ impl Inventory<'_> {
             disk_size: None,
             ip: edit.ip.flatten().map(|a| a.to_string()),
             target_disk: edit.target_disk.clone().flatten(),
-            state: "registered".into(),
-            registered: "admin".into(),
+            state: MachineState::Registered,
+            registered: Registered::Admin,
             last_seen_ms: None,
             created_ms: now_ms(),
         };
@@ -74,11 +86,11 @@ impl Inventory<'_> {
         .bind(&m.name)
         .bind(&m.group)
         .bind(&m.disk_serial)
-        .bind(m.disk_size)
+        .bind(m.disk_size.map(|n| n.min(i64::MAX as u64) as i64))
         .bind(&m.ip)
         .bind(&m.target_disk)
-        .bind(&m.state)
-        .bind(&m.registered)
+        .bind(m.state.as_str())
+        .bind(m.registered.as_str())
         .bind(m.last_seen_ms)
         .bind(m.created_ms)
         .execute(&self.db.pool)
@@ -264,7 +276,7 @@ impl Inventory<'_> {
             .map(|r| {
                 Ok(Group {
                     name: r.try_get("name")?,
-                    machines: r.try_get("machines")?,
+                    machines: r.try_get::<i64, _>("machines")?.max(0) as u64,
                     created_ms: r.try_get("created_ms")?,
                 })
             })
