@@ -32,6 +32,12 @@ macro_rules! wire_enum {
             }
         }
 
+        impl PartialEq<&str> for $name {
+            fn eq(&self, other: &&str) -> bool {
+                self.as_str() == *other
+            }
+        }
+
         impl fmt::Display for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str(self.as_str())
@@ -420,6 +426,100 @@ pub struct Group {
     pub machines: u64,
     /// When it was made, Unix milliseconds.
     pub created_ms: i64,
+}
+
+/// One machine's part of a deployment, as the API returns it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Task {
+    /// The task's id.
+    pub id: String,
+    /// Its deployment's id.
+    pub deployment_id: String,
+    /// The machine's MAC.
+    pub mac: String,
+    /// The machine's name (None: no longer in the inventory).
+    pub name: Option<String>,
+    /// Where it is.
+    pub state: TaskState,
+    /// Why it failed or was cancelled.
+    pub reason: Option<String>,
+    /// What its agent reported: bytes written and verified, and how the chunks came.
+    #[serde(flatten)]
+    pub counters: WorkCounters,
+    /// Bytes the task amounts to.
+    pub bytes_total: u64,
+    /// Bits per second, at the last report.
+    pub rate_bps: u64,
+    /// Share done, 0 to 100 (one decimal).
+    pub percent: f64,
+    /// Seconds left at the current rate, while it runs.
+    pub eta_seconds: Option<f64>,
+    /// When it was made, Unix milliseconds.
+    pub created_ms: i64,
+    /// When its agent first reported.
+    pub started_ms: Option<i64>,
+    /// When its agent last reported.
+    pub updated_ms: i64,
+    /// When it ended.
+    pub finished_ms: Option<i64>,
+}
+
+/// A deployment (one image to machines, or a capture) with its tasks and totals, as the API
+/// returns it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Deployment {
+    /// Its id.
+    pub id: String,
+    /// Restore or capture.
+    pub kind: TaskKind,
+    /// The image (a capture: empty until committed).
+    pub image_id: String,
+    /// `NAME@VERSION`.
+    pub image_name: String,
+    /// What it was given: machines and groups, comma-separated.
+    pub targets: String,
+    /// How the image moves.
+    pub transport: Transport,
+    /// Where a multicast deployment's stragglers finish.
+    pub fallback: Fallback,
+    /// Machines a multicast stream waits for.
+    pub min_machines: Option<i64>,
+    /// How long a multicast stream waits for them, milliseconds.
+    pub max_wait_ms: Option<i64>,
+    /// When its stream starts, Unix milliseconds.
+    pub start_at_ms: Option<i64>,
+    /// What the machines do afterwards.
+    pub then_action: Then,
+    /// Where it is.
+    pub state: DeploymentState,
+    /// The server that runs its multicast session.
+    pub owner: String,
+    /// Its live multicast session's id.
+    pub session: Option<i64>,
+    /// The session's group (`ADDR:PORT`).
+    pub mcast_group: Option<String>,
+    /// How agents join the session (`api`).
+    pub mcast_http: Option<String>,
+    /// Who made it.
+    pub created_by: String,
+    /// When it was made, Unix milliseconds.
+    pub created_ms: i64,
+    /// When its stream (or first task) started.
+    pub started_ms: Option<i64>,
+    /// When its last task ended.
+    pub finished_ms: Option<i64>,
+    /// Its machines.
+    pub machines: u64,
+    /// How many tasks are in each state.
+    pub task_states: std::collections::BTreeMap<String, u64>,
+    /// The tasks' rates, summed (bits/s).
+    pub rate_bps: u64,
+    /// The tasks' bytes done, summed.
+    pub bytes_done: u64,
+    /// The tasks' bytes, summed.
+    pub bytes_total: u64,
+    /// Its tasks.
+    pub tasks: Vec<Task>,
 }
 
 /// Every error answer of the API: `{"error": "..."}` with the HTTP status.

@@ -1,8 +1,6 @@
 //! The pages and their forms. Pages read the API as the user; forms check the session's
 //! token, call the API and go back to the page with what happened as a one-time message.
 
-use std::collections::BTreeMap;
-
 use askama::Template;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, Method};
@@ -99,83 +97,83 @@ impl Image {
     }
 }
 
-#[derive(Deserialize)]
-pub(crate) struct Task {
-    pub(crate) mac: String,
-    pub(crate) name: Option<String>,
-    pub(crate) state: String,
-    pub(crate) reason: Option<String>,
-    pub(crate) bytes_done: i64,
-    pub(crate) bytes_total: i64,
-    pub(crate) rate_bps: i64,
-    pub(crate) percent: f64,
-    pub(crate) eta_seconds: Option<f64>,
+/// A task and a deployment as the API gives them ([`api::Task`], [`api::Deployment`]).
+pub(crate) use api::{Deployment, Task};
+
+/// The pages' words for a task.
+pub(crate) trait TaskShow {
+    fn label(&self) -> &str;
+    fn rate(&self) -> String;
+    fn eta(&self) -> String;
+    fn done(&self) -> String;
+    fn why(&self) -> &str;
 }
 
-impl Task {
-    pub(crate) fn label(&self) -> &str {
+/// Bytes as the pages count them.
+fn signed(n: u64) -> i64 {
+    n.min(i64::MAX as u64) as i64
+}
+
+impl TaskShow for Task {
+    fn label(&self) -> &str {
         self.name.as_deref().unwrap_or(&self.mac)
     }
-    pub(crate) fn rate(&self) -> String {
-        rate(self.rate_bps)
+    fn rate(&self) -> String {
+        rate(signed(self.rate_bps))
     }
-    pub(crate) fn eta(&self) -> String {
+    fn eta(&self) -> String {
         self.eta_seconds.map(duration).unwrap_or_else(|| "—".into())
     }
-    pub(crate) fn done(&self) -> String {
-        format!("{} of {}", bytes(self.bytes_done), bytes(self.bytes_total))
+    fn done(&self) -> String {
+        format!(
+            "{} of {}",
+            bytes(signed(self.counters.bytes_done)),
+            bytes(signed(self.bytes_total))
+        )
     }
-    pub(crate) fn why(&self) -> &str {
+    fn why(&self) -> &str {
         self.reason.as_deref().unwrap_or("")
     }
 }
 
-#[derive(Deserialize)]
-pub(crate) struct Deployment {
-    pub(crate) id: String,
-    pub(crate) kind: String,
-    pub(crate) image_name: String,
-    pub(crate) targets: String,
-    pub(crate) transport: String,
-    pub(crate) fallback: String,
-    pub(crate) state: String,
-    pub(crate) created_by: String,
-    pub(crate) created_ms: i64,
-    pub(crate) started_ms: Option<i64>,
-    pub(crate) finished_ms: Option<i64>,
-    pub(crate) task_states: BTreeMap<String, i64>,
-    pub(crate) rate_bps: i64,
-    pub(crate) bytes_done: i64,
-    pub(crate) bytes_total: i64,
-    pub(crate) tasks: Vec<Task>,
+/// The pages' words for a deployment.
+pub(crate) trait DeploymentShow {
+    fn active(&self) -> bool;
+    fn created(&self) -> String;
+    fn started(&self) -> String;
+    fn finished(&self) -> String;
+    fn rate(&self) -> String;
+    fn percent(&self) -> f64;
+    fn states(&self) -> String;
 }
 
-impl Deployment {
-    pub(crate) fn active(&self) -> bool {
-        self.state == "waiting" || self.state == "running"
+impl DeploymentShow for Deployment {
+    fn active(&self) -> bool {
+        matches!(
+            self.state,
+            api::DeploymentState::Waiting | api::DeploymentState::Running
+        )
     }
-    pub(crate) fn created(&self) -> String {
+    fn created(&self) -> String {
         time(Some(self.created_ms))
     }
-    pub(crate) fn started(&self) -> String {
+    fn started(&self) -> String {
         time(self.started_ms)
     }
-    pub(crate) fn finished(&self) -> String {
+    fn finished(&self) -> String {
         time(self.finished_ms)
     }
-    pub(crate) fn rate(&self) -> String {
-        rate(self.rate_bps)
+    fn rate(&self) -> String {
+        rate(signed(self.rate_bps))
     }
-    pub(crate) fn percent(&self) -> f64 {
-        if self.bytes_total > 0 {
-            (1000 * self.bytes_done / self.bytes_total) as f64 / 10.0
-        } else if self.active() {
-            0.0
-        } else {
-            100.0
+    fn percent(&self) -> f64 {
+        match (1000 * self.bytes_done).checked_div(self.bytes_total) {
+            Some(permille) => permille as f64 / 10.0,
+            None if self.active() => 0.0,
+            None => 100.0,
         }
     }
-    pub(crate) fn states(&self) -> String {
+    fn states(&self) -> String {
         self.task_states
             .iter()
             .map(|(s, n)| format!("{n} {s}"))
@@ -326,7 +324,9 @@ pub(crate) async fn overview<C: Control>(
         Ok::<_, Refused>((machines, images, deployments))
     };
     shown(nav, data.await, |nav, (machines, images, deployments)| {
-        let (active, recent) = deployments.into_iter().partition(Deployment::active);
+        let (active, recent) = deployments
+            .into_iter()
+            .partition(|d: &Deployment| d.active());
         OverviewPage {
             machines: machines.len(),
             busy: machines

@@ -15,7 +15,6 @@ use axum::{Extension, Json};
 use futures_util::Stream;
 use imaging::manifest::Hash;
 use serde::Deserialize;
-use serde_json::{json, Value};
 
 use proto::api;
 
@@ -94,27 +93,41 @@ fn task_info(
 }
 
 /// A task as the admin sees it, with its ETA.
-fn task_view(t: &Task, name: Option<&str>) -> Value {
-    let mut v = serde_json::to_value(t).unwrap_or(Value::Null);
+fn task_view(t: &Task, name: Option<&str>) -> Result<api::Task, ApiError> {
     let eta = (t.active() && t.rate_bps > 0 && t.bytes_done > 0)
         .then(|| (t.bytes_total - t.bytes_done).max(0) as f64 * 8.0 / t.rate_bps as f64);
-    if let Value::Object(m) = &mut v {
-        m.insert("name".into(), json!(name));
-        m.insert("eta_seconds".into(), json!(eta.map(|e| e.round())));
-        m.insert(
-            "percent".into(),
-            json!(if t.bytes_total > 0 {
-                (1000 * t.bytes_done / t.bytes_total) as f64 / 10.0
-            } else {
-                100.0
-            }),
-        );
-    }
-    v
+    let n = |v: i64| v.max(0) as u64;
+    Ok(api::Task {
+        id: t.id.clone(),
+        deployment_id: t.deployment_id.clone(),
+        mac: t.mac.clone(),
+        name: name.map(str::to_string),
+        state: wire("task state", &t.state)?,
+        reason: t.reason.clone(),
+        counters: api::WorkCounters {
+            bytes_done: n(t.bytes_done),
+            multicast_chunks: n(t.multicast_chunks),
+            unicast_chunks: n(t.unicast_chunks),
+            kept_chunks: n(t.kept_chunks),
+            swarm_bytes: n(t.swarm_bytes),
+        },
+        bytes_total: n(t.bytes_total),
+        rate_bps: n(t.rate_bps),
+        percent: if t.bytes_total > 0 {
+            (1000 * t.bytes_done / t.bytes_total) as f64 / 10.0
+        } else {
+            100.0
+        },
+        eta_seconds: eta.map(f64::round),
+        created_ms: t.created_ms,
+        started_ms: t.started_ms,
+        updated_ms: t.updated_ms,
+        finished_ms: t.finished_ms,
+    })
 }
 
 /// A deployment with its tasks and totals.
-async fn deployment_view(s: &Shared, d: &Deployment) -> ApiResult<Value> {
+async fn deployment_view(s: &Shared, d: &Deployment) -> ApiResult<api::Deployment> {
     let tasks = s.db.deployments().tasks_of(&d.id).await?;
     let names: std::collections::HashMap<String, String> =
         s.db.inventory()
@@ -123,37 +136,42 @@ async fn deployment_view(s: &Shared, d: &Deployment) -> ApiResult<Value> {
             .into_iter()
             .map(|m| (m.mac, m.name))
             .collect();
-    let mut counts = std::collections::BTreeMap::<&str, usize>::new();
+    let mut task_states = std::collections::BTreeMap::<String, u64>::new();
     for t in &tasks {
-        *counts.entry(t.state.as_str()).or_default() += 1;
+        *task_states.entry(t.state.clone()).or_default() += 1;
     }
-    let mut v = serde_json::to_value(d).map_err(anyhow::Error::from)?;
-    if let Value::Object(m) = &mut v {
-        m.insert("machines".into(), json!(tasks.len()));
-        m.insert("task_states".into(), json!(counts));
-        m.insert(
-            "rate_bps".into(),
-            json!(tasks.iter().map(|t| t.rate_bps).sum::<i64>()),
-        );
-        m.insert(
-            "bytes_done".into(),
-            json!(tasks.iter().map(|t| t.bytes_done).sum::<i64>()),
-        );
-        m.insert(
-            "bytes_total".into(),
-            json!(tasks.iter().map(|t| t.bytes_total).sum::<i64>()),
-        );
-        m.insert(
-            "tasks".into(),
-            Value::Array(
-                tasks
-                    .iter()
-                    .map(|t| task_view(t, names.get(&t.mac).map(String::as_str)))
-                    .collect(),
-            ),
-        );
-    }
-    Ok(v)
+    let sum = |f: fn(&Task) -> i64| tasks.iter().map(f).sum::<i64>().max(0) as u64;
+    Ok(api::Deployment {
+        id: d.id.clone(),
+        kind: wire("deployment kind", &d.kind)?,
+        image_id: d.image_id.clone(),
+        image_name: d.image_name.clone(),
+        targets: d.targets.clone(),
+        transport: wire("transport", &d.transport)?,
+        fallback: wire("fallback", &d.fallback)?,
+        min_machines: d.min_machines,
+        max_wait_ms: d.max_wait_ms,
+        start_at_ms: d.start_at_ms,
+        then_action: wire("then", &d.then_action)?,
+        state: wire("deployment state", &d.state)?,
+        owner: d.owner.clone(),
+        session: d.session,
+        mcast_group: d.mcast_group.clone(),
+        mcast_http: d.mcast_http.clone(),
+        created_by: d.created_by.clone(),
+        created_ms: d.created_ms,
+        started_ms: d.started_ms,
+        finished_ms: d.finished_ms,
+        machines: tasks.len() as u64,
+        task_states,
+        rate_bps: sum(|t| t.rate_bps),
+        bytes_done: sum(|t| t.bytes_done),
+        bytes_total: sum(|t| t.bytes_total),
+        tasks: tasks
+            .iter()
+            .map(|t| task_view(t, names.get(&t.mac).map(String::as_str)))
+            .collect::<Result<_, _>>()?,
+    })
 }
 
 #[derive(Deserialize)]
@@ -164,7 +182,7 @@ pub(crate) struct ListQuery {
 pub(crate) async fn list(
     State(s): State<Shared>,
     Query(q): Query<ListQuery>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Vec<api::Deployment>>> {
     let mut out = Vec::new();
     for d in
         s.db.deployments()
@@ -173,13 +191,13 @@ pub(crate) async fn list(
     {
         out.push(deployment_view(&s, &d).await?);
     }
-    Ok(Json(Value::Array(out)))
+    Ok(Json(out))
 }
 
 pub(crate) async fn show(
     State(s): State<Shared>,
     UrlPath(id): UrlPath<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<api::Deployment>> {
     let d = s.db.deployments().deployment(&id).await?;
     Ok(Json(deployment_view(&s, &d).await?))
 }
@@ -260,7 +278,7 @@ pub(crate) async fn cancel(
     s: State<Shared>,
     actor: Extension<Actor>,
     id: UrlPath<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<api::Deployment>> {
     act(s, actor, id, true).await
 }
 
@@ -268,7 +286,7 @@ pub(crate) async fn start_now(
     s: State<Shared>,
     actor: Extension<Actor>,
     id: UrlPath<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<api::Deployment>> {
     act(s, actor, id, false).await
 }
 
@@ -277,7 +295,7 @@ async fn act(
     Extension(actor): Extension<Actor>,
     UrlPath(id): UrlPath<String>,
     cancel: bool,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<api::Deployment>> {
     if cancel {
         s.deployer.cancel(&id, &actor.0).await?;
     } else {
@@ -316,8 +334,13 @@ pub(crate) async fn events(
             }
             let d = s.db.deployments().deployment(&id).await.ok()?;
             let view = deployment_view(&s, &d).await.ok()?;
-            let over = !matches!(d.state.as_str(), "waiting" | "running");
-            let ev = Event::default().event("deployment").data(view.to_string());
+            let over = !matches!(
+                view.state,
+                api::DeploymentState::Waiting | api::DeploymentState::Running
+            );
+            let ev = Event::default()
+                .event("deployment")
+                .data(serde_json::to_string(&view).ok()?);
             Some((Ok(ev), (s, id, rx, false, over)))
         },
     );
