@@ -522,6 +522,64 @@ pub struct Deployment {
     pub tasks: Vec<Task>,
 }
 
+/// An image of the store, as the API returns it (`/api/v1/images`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Image {
+    /// Its id (the manifest's hash).
+    pub id: String,
+    /// Its name and version (`NAME@VERSION`).
+    pub name: String,
+    /// Its version under the name.
+    pub version: u32,
+    /// When it was captured, Unix seconds.
+    pub created: u64,
+    /// The source disk's size, bytes.
+    pub size: u64,
+    /// Bytes of the disk it holds.
+    pub used_bytes: u64,
+    /// Bytes its chunks take in the store.
+    pub stored_bytes: u64,
+    /// Chunks it names.
+    pub chunks: u64,
+    /// Of them, those another image holds too (stored once).
+    #[serde(default)]
+    pub shared_chunks: u64,
+    /// The filesystems drover read as used blocks.
+    #[serde(default)]
+    pub filesystems: Vec<String>,
+    /// What it was captured from.
+    #[serde(default)]
+    pub source: String,
+}
+
+/// A chunk of an image that is missing or corrupt in the store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BadChunk {
+    /// Its hash (BLAKE3, hex).
+    pub hash: String,
+    /// Where its region starts on the disk.
+    pub disk_offset: u64,
+    /// What is wrong.
+    pub error: String,
+}
+
+/// `POST /api/v1/images/{reference}/verify`: what a re-read of every chunk found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageVerified {
+    /// The image's id, name and version.
+    pub id: String,
+    /// Its name.
+    pub name: String,
+    /// Its version.
+    pub version: u32,
+    /// Chunk references checked.
+    pub chunks: u64,
+    /// The bad ones.
+    pub bad: Vec<BadChunk>,
+    /// No chunk is bad.
+    pub ok: bool,
+}
+
 /// Every error answer of the API: `{"error": "..."}` with the HTTP status.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {

@@ -63,37 +63,33 @@ impl Machine {
 /// A group as the API gives it.
 pub(crate) use api::Group;
 
-#[derive(Deserialize)]
-pub(crate) struct Image {
-    pub(crate) name: String,
-    pub(crate) version: i64,
-    /// Capture time, Unix seconds.
-    pub(crate) created: i64,
-    pub(crate) size: i64,
-    pub(crate) used_bytes: i64,
-    pub(crate) stored_bytes: i64,
-    pub(crate) chunks: i64,
-    #[serde(default)]
-    pub(crate) shared_chunks: i64,
-    #[serde(default)]
-    pub(crate) filesystems: Vec<String>,
+/// An image as the API gives it ([`api::Image`]).
+pub(crate) use api::Image;
+
+/// The pages' words for an image.
+pub(crate) trait ImageShow {
+    fn reference(&self) -> String;
+    fn disk(&self) -> String;
+    fn captured(&self) -> String;
+    fn used(&self) -> String;
+    fn stored(&self) -> String;
 }
 
-impl Image {
-    pub(crate) fn reference(&self) -> String {
+impl ImageShow for Image {
+    fn reference(&self) -> String {
         format!("{}@{}", self.name, self.version)
     }
-    pub(crate) fn disk(&self) -> String {
-        bytes(self.size)
+    fn disk(&self) -> String {
+        bytes(signed(self.size))
     }
-    pub(crate) fn captured(&self) -> String {
-        time(Some(self.created.saturating_mul(1000)))
+    fn captured(&self) -> String {
+        time(Some(signed(self.created).saturating_mul(1000)))
     }
-    pub(crate) fn used(&self) -> String {
-        bytes(self.used_bytes)
+    fn used(&self) -> String {
+        bytes(signed(self.used_bytes))
     }
-    pub(crate) fn stored(&self) -> String {
-        bytes(self.stored_bytes)
+    fn stored(&self) -> String {
+        bytes(signed(self.stored_bytes))
     }
 }
 
@@ -575,20 +571,25 @@ pub(crate) async fn verify_image<C: Control>(
 ) -> Response {
     checked!(a, f);
     let path = format!("/images/{reference}/verify");
-    match call::api(&ui.control, a.user(), Method::POST, &path, None).await {
-        Ok(v) if v["ok"] == true => redirect_with(
+    let r = call::api(&ui.control, a.user(), Method::POST, &path, None)
+        .await
+        .and_then(|v| {
+            serde_json::from_value::<api::ImageVerified>(v).map_err(|e| Refused {
+                status: axum::http::StatusCode::BAD_GATEWAY,
+                message: format!("the API's answer: {e}"),
+            })
+        });
+    match r {
+        Ok(v) if v.ok => redirect_with(
             "/images",
             "ok",
-            &format!("{reference}: all {} chunks verified", v["chunks"]),
+            &format!("{reference}: all {} chunks verified", v.chunks),
         ),
         Ok(v) => {
-            let bad = v["bad"].as_array().cloned().unwrap_or_default();
-            let first = bad.first().map_or(String::new(), |b| {
+            let first = v.bad.first().map_or(String::new(), |b| {
                 format!(
                     "; first: chunk {} at disk offset {}: {}",
-                    b["hash"].as_str().unwrap_or("?"),
-                    b["disk_offset"],
-                    b["error"].as_str().unwrap_or("?")
+                    b.hash, b.disk_offset, b.error
                 )
             });
             redirect_with(
@@ -596,8 +597,8 @@ pub(crate) async fn verify_image<C: Control>(
                 "error",
                 &format!(
                     "{reference}: {} of {} chunks are bad{first}",
-                    bad.len(),
-                    v["chunks"]
+                    v.bad.len(),
+                    v.chunks
                 ),
             )
         }

@@ -283,7 +283,7 @@ async fn healthz(State(s): State<Shared>) -> Response {
 }
 
 /// Reads the image store (images captured by the CLI show up at once).
-async fn scan_images(dir: PathBuf) -> anyhow::Result<Vec<Value>> {
+async fn scan_images(dir: PathBuf) -> anyhow::Result<Vec<proto::api::Image>> {
     tokio::task::spawn_blocking(move || {
         if !dir.join("manifests").exists() && !dir.exists() {
             return Ok(Vec::new());
@@ -317,19 +317,19 @@ async fn scan_images(dir: PathBuf) -> anyhow::Result<Vec<Value>> {
                     .chunks()
                     .filter(|(_, c)| holders.get(&c.hash).is_some_and(|n| *n > 1))
                     .count();
-                json!({
-                    "id": i.id,
-                    "name": m.name,
-                    "version": m.name_version,
-                    "created": m.created,
-                    "size": m.disk_size,
-                    "used_bytes": m.used_bytes(),
-                    "stored_bytes": m.stored_bytes(),
-                    "chunks": m.chunks().count(),
-                    "shared_chunks": shared,
-                    "filesystems": filesystems,
-                    "source": m.source,
-                })
+                proto::api::Image {
+                    id: i.id.clone(),
+                    name: m.name.clone(),
+                    version: m.name_version,
+                    created: m.created,
+                    size: m.disk_size,
+                    used_bytes: m.used_bytes(),
+                    stored_bytes: m.stored_bytes(),
+                    chunks: m.chunks().count() as u64,
+                    shared_chunks: shared as u64,
+                    filesystems,
+                    source: m.source.clone(),
+                }
             })
             .collect())
     })
@@ -342,9 +342,9 @@ async fn verify_image(
     State(s): State<Shared>,
     Extension(actor): Extension<Actor>,
     UrlPath(reference): UrlPath<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<proto::api::ImageVerified>> {
     let dir = s.store_dir.clone();
-    let v = tokio::task::spawn_blocking(move || -> ApiResult<Value> {
+    let v = tokio::task::spawn_blocking(move || -> ApiResult<proto::api::ImageVerified> {
         let store = imaging::store::Store::open(&dir).map_err(anyhow::Error::from)?;
         let img = store.resolve(&reference).map_err(|e| match e {
             imaging::store::StoreError::NotFound(_) | imaging::store::StoreError::Ambiguous(_) => {
@@ -359,28 +359,36 @@ async fn verify_image(
             threads,
             &imaging::progress::NoProgress,
         );
-        Ok(json!({
-            "id": img.id,
-            "name": img.manifest.name,
-            "version": img.manifest.name_version,
-            "chunks": v.chunks,
-            "bad": v.bad,
-            "ok": v.bad.is_empty(),
-        }))
+        Ok(proto::api::ImageVerified {
+            ok: v.bad.is_empty(),
+            id: img.id,
+            name: img.manifest.name,
+            version: img.manifest.name_version,
+            chunks: v.chunks,
+            bad: v
+                .bad
+                .into_iter()
+                .map(|b| proto::api::BadChunk {
+                    hash: b.hash.to_hex(),
+                    disk_offset: b.disk_offset,
+                    error: b.error,
+                })
+                .collect(),
+        })
     })
     .await
     .map_err(anyhow::Error::from)??;
-    let label = format!("{}@{}", v["name"].as_str().unwrap_or("?"), v["version"]);
-    let outcome = match v["bad"].as_array().map_or(0, Vec::len) {
-        0 => format!("{label}: all {} chunks right", v["chunks"]),
-        n => format!("{label}: {n} of {} chunks bad", v["chunks"]),
+    let label = format!("{}@{}", v.name, v.version);
+    let outcome = match v.bad.len() {
+        0 => format!("{label}: all {} chunks right", v.chunks),
+        n => format!("{label}: {n} of {} chunks bad", v.chunks),
     };
     s.db.audit(&actor.0, "image.verify", &outcome).await?;
     Ok(Json(v))
 }
 
-async fn images(State(s): State<Shared>) -> ApiResult<Json<Value>> {
-    Ok(Json(Value::Array(scan_images(s.store_dir.clone()).await?)))
+async fn images(State(s): State<Shared>) -> ApiResult<Json<Vec<proto::api::Image>>> {
+    Ok(Json(scan_images(s.store_dir.clone()).await?))
 }
 
 #[derive(Deserialize)]
