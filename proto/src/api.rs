@@ -580,6 +580,80 @@ pub struct ImageVerified {
     pub ok: bool,
 }
 
+wire_enum! {
+    /// What a schedule does when it is due.
+    ScheduleAction {
+        /// Deploys its image to its machines (waking them first).
+        Deploy = "deploy",
+        /// Wakes its machines.
+        Wake = "wake",
+    }
+}
+
+/// One run (or wake-up) of a schedule.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScheduleRun {
+    /// The due time it was for, Unix milliseconds.
+    pub due_ms: i64,
+    /// The server that ran it.
+    pub server: String,
+    /// `started`, `woken`, `failed`, `missed`, ...
+    pub outcome: String,
+    /// What happened, in words.
+    pub detail: Option<String>,
+    /// The deployment it made.
+    pub deployment_id: Option<String>,
+    /// When it ran, Unix milliseconds.
+    pub at_ms: i64,
+}
+
+/// A schedule with its next due times and newest runs, as the API returns it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Schedule {
+    /// Its id.
+    pub id: String,
+    /// Its name.
+    pub name: String,
+    /// A cron expression (with seconds), or
+    pub cron: Option<String>,
+    /// a one-shot time, Unix milliseconds.
+    pub at_ms: Option<i64>,
+    /// What it does.
+    pub action: ScheduleAction,
+    /// The image it deploys (`NAME` for the newest version, or `NAME@VERSION`).
+    pub image: Option<String>,
+    /// Its machines and groups, comma-separated.
+    pub targets: String,
+    /// How its deployments move the image.
+    pub transport: Transport,
+    /// Where their stragglers finish.
+    pub fallback: Fallback,
+    /// Machines a multicast stream waits for.
+    pub min_machines: Option<i64>,
+    /// How long it waits for them, milliseconds.
+    pub max_wait_ms: Option<i64>,
+    /// What the machines do afterwards.
+    pub then_action: Then,
+    /// How long before its due time it fires (wakes the machines), milliseconds.
+    pub wake_lead_ms: i64,
+    /// Who made it.
+    pub created_by: String,
+    /// When it was made or last edited, Unix milliseconds.
+    pub created_ms: i64,
+    /// The newest due time handled.
+    pub last_due_ms: Option<i64>,
+    /// Its next due time, Unix milliseconds, and in words (server time).
+    pub next_due_ms: Option<i64>,
+    /// The next due time in words.
+    pub next_due: Option<String>,
+    /// The next few due times, in words.
+    pub next_runs: Vec<String>,
+    /// When it next fires (its due time less its wake lead).
+    pub next_fire_ms: Option<i64>,
+    /// Its newest runs.
+    pub runs: Vec<ScheduleRun>,
+}
+
 /// Every error answer of the API: `{"error": "..."}` with the HTTP status.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {

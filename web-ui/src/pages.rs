@@ -178,24 +178,20 @@ impl DeploymentShow for Deployment {
     }
 }
 
-#[derive(Deserialize)]
-pub(crate) struct Schedule {
-    pub(crate) name: String,
-    pub(crate) cron: Option<String>,
-    pub(crate) at_ms: Option<i64>,
-    pub(crate) action: String,
-    pub(crate) image: Option<String>,
-    pub(crate) targets: String,
-    pub(crate) transport: String,
-    #[serde(default = "unicast")]
-    pub(crate) fallback: String,
-    pub(crate) then_action: String,
-    #[serde(default)]
-    pub(crate) next_runs: Vec<String>,
+/// A schedule as the API gives it ([`api::Schedule`]).
+pub(crate) use api::Schedule;
+
+/// The pages' words for a schedule.
+pub(crate) trait ScheduleShow {
+    fn when(&self) -> String;
+    fn at_local(&self) -> String;
+    fn cron_text(&self) -> &str;
+    fn image_name(&self) -> &str;
+    fn what(&self) -> String;
 }
 
-impl Schedule {
-    pub(crate) fn when(&self) -> String {
+impl ScheduleShow for Schedule {
+    fn when(&self) -> String {
         match (&self.cron, self.at_ms) {
             (Some(c), _) => format!("cron {c}"),
             (None, Some(at)) => format!("once at {}", time(Some(at))),
@@ -203,32 +199,33 @@ impl Schedule {
         }
     }
     /// The one-shot time as a `datetime-local` value (server time).
-    pub(crate) fn at_local(&self) -> String {
+    fn at_local(&self) -> String {
         use chrono::TimeZone;
         self.at_ms
             .and_then(|ms| chrono::Local.timestamp_millis_opt(ms).single())
             .map(|t| t.format("%Y-%m-%dT%H:%M").to_string())
             .unwrap_or_default()
     }
-    pub(crate) fn cron_text(&self) -> &str {
+    fn cron_text(&self) -> &str {
         self.cron.as_deref().unwrap_or("")
     }
-    pub(crate) fn image_name(&self) -> &str {
+    fn image_name(&self) -> &str {
         self.image.as_deref().unwrap_or("")
     }
-    pub(crate) fn what(&self) -> String {
+    fn what(&self) -> String {
         match &self.image {
-            Some(i) if self.action == "deploy" && self.fallback == "bittorrent" => {
+            Some(i)
+                if self.action == api::ScheduleAction::Deploy
+                    && self.fallback == api::Fallback::Bittorrent =>
+            {
                 format!("deploy {i} over {} (stragglers: the swarm)", self.transport)
             }
-            Some(i) if self.action == "deploy" => format!("deploy {i} over {}", self.transport),
-            _ => self.action.clone(),
+            Some(i) if self.action == api::ScheduleAction::Deploy => {
+                format!("deploy {i} over {}", self.transport)
+            }
+            _ => self.action.to_string(),
         }
     }
-}
-
-fn unicast() -> String {
-    "unicast".into()
 }
 
 #[derive(Deserialize)]

@@ -9,8 +9,8 @@ use axum::extract::{Path as UrlPath, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
+use proto::api;
 use serde::Deserialize;
-use serde_json::{json, Value};
 
 use crate::serve::db::{now_ms, Db};
 use crate::serve::deployments::service::{DeployRequest, Deployer};
@@ -152,8 +152,17 @@ impl Host for ServerHost {
 /// Due times a schedule's view lists.
 const NEXT_RUNS: usize = 5;
 
+/// A stored wire value (a schedule's action, transport, ...) as its enum.
+fn stored<T: std::str::FromStr<Err = String>>(what: &str, v: &str) -> ApiResult<T> {
+    v.parse().map_err(|e: String| {
+        ApiError::from(anyhow::anyhow!(
+            "the database holds a schedule {what} drover does not know: {e}"
+        ))
+    })
+}
+
 /// A schedule as the admin sees it: with its next due and fire times and its newest runs.
-async fn view(s: &Shared, sc: &Schedule, runs: i64) -> ApiResult<Value> {
+async fn view(s: &Shared, sc: &Schedule, runs: i64) -> ApiResult<api::Schedule> {
     let lead = sc.lead_ms(s.schedule_settings.default_lead_ms);
     let base = sc
         .last_due_ms
@@ -161,47 +170,70 @@ async fn view(s: &Shared, sc: &Schedule, runs: i64) -> ApiResult<Value> {
         .max(sc.created_ms)
         .max(now_ms());
     let next = sc.when().ok().and_then(|w| w.next_after(base));
-    let mut v = serde_json::to_value(sc).map_err(anyhow::Error::from)?;
-    if let Value::Object(m) = &mut v {
-        m.insert("wake_lead_ms".into(), json!(lead));
-        m.insert("next_due_ms".into(), json!(next));
-        m.insert("next_due".into(), json!(next.map(show_time)));
-        // The next few due times, to check an expression against.
-        let mut upcoming = Vec::new();
-        if let (Ok(w), Some(first)) = (sc.when(), next) {
-            let mut t = first;
-            upcoming.push(show_time(t));
-            while upcoming.len() < NEXT_RUNS {
-                match w.next_after(t) {
-                    Some(n) if n > t => t = n,
-                    _ => break,
-                }
-                upcoming.push(show_time(t));
+    // The next few due times, to check an expression against.
+    let mut next_runs = Vec::new();
+    if let (Ok(w), Some(first)) = (sc.when(), next) {
+        let mut t = first;
+        next_runs.push(show_time(t));
+        while next_runs.len() < NEXT_RUNS {
+            match w.next_after(t) {
+                Some(n) if n > t => t = n,
+                _ => break,
             }
+            next_runs.push(show_time(t));
         }
-        m.insert("next_runs".into(), json!(upcoming));
-        m.insert("next_fire_ms".into(), json!(next.map(|n| n - lead)));
-        m.insert(
-            "runs".into(),
-            serde_json::to_value(s.db.schedules().schedule_runs(&sc.id, runs).await?)
-                .map_err(anyhow::Error::from)?,
-        );
     }
-    Ok(v)
+    Ok(api::Schedule {
+        id: sc.id.clone(),
+        name: sc.name.clone(),
+        cron: sc.cron.clone(),
+        at_ms: sc.at_ms,
+        action: stored("action", &sc.action)?,
+        image: sc.image.clone(),
+        targets: sc.targets.clone(),
+        transport: stored("transport", &sc.transport)?,
+        fallback: stored("fallback", &sc.fallback)?,
+        min_machines: sc.min_machines,
+        max_wait_ms: sc.max_wait_ms,
+        then_action: stored("then", &sc.then_action)?,
+        wake_lead_ms: lead,
+        created_by: sc.created_by.clone(),
+        created_ms: sc.created_ms,
+        last_due_ms: sc.last_due_ms,
+        next_due_ms: next,
+        next_due: next.map(show_time),
+        next_runs,
+        next_fire_ms: next.map(|n| n - lead),
+        runs: s
+            .db
+            .schedules()
+            .schedule_runs(&sc.id, runs)
+            .await?
+            .into_iter()
+            .map(|r| api::ScheduleRun {
+                due_ms: r.due_ms,
+                server: r.server,
+                outcome: r.outcome,
+                detail: r.detail,
+                deployment_id: r.deployment_id,
+                at_ms: r.at_ms,
+            })
+            .collect(),
+    })
 }
 
-pub(crate) async fn list(State(s): State<Shared>) -> ApiResult<Json<Value>> {
+pub(crate) async fn list(State(s): State<Shared>) -> ApiResult<Json<Vec<api::Schedule>>> {
     let mut out = Vec::new();
     for sc in s.db.schedules().schedules().await? {
         out.push(view(&s, &sc, 5).await?);
     }
-    Ok(Json(Value::Array(out)))
+    Ok(Json(out))
 }
 
 pub(crate) async fn show(
     State(s): State<Shared>,
     UrlPath(key): UrlPath<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<api::Schedule>> {
     let sc = s.db.schedules().schedule(&key).await?;
     Ok(Json(view(&s, &sc, 50).await?))
 }
@@ -389,7 +421,7 @@ pub(crate) async fn replace(
     Extension(actor): Extension<Actor>,
     UrlPath(name): UrlPath<String>,
     body: Result<Json<NewScheduleBody>, JsonRejection>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<api::Schedule>> {
     let Json(b) = body?;
     let old = s.db.schedules().schedule(&name).await?;
     let c = check_body(&s, &b).await?;
