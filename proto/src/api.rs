@@ -142,6 +142,13 @@ wire_enum! {
     }
 }
 
+impl DeploymentState {
+    /// Whether the deployment is still going (waiting for its start, or running).
+    pub fn active(self) -> bool {
+        matches!(self, Self::Waiting | Self::Running)
+    }
+}
+
 /// One of the machine's disks, as its agent sees it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HelloDisk {

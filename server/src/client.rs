@@ -203,7 +203,7 @@ pub(crate) fn print_json(v: &Value) {
 }
 
 /// An answer of the API as one of `proto::api`'s types.
-fn typed<T: serde::de::DeserializeOwned>(v: &Value) -> anyhow::Result<T> {
+pub(crate) fn typed<T: serde::de::DeserializeOwned>(v: &Value) -> anyhow::Result<T> {
     T::deserialize(v).context("the server's answer is not what this drover expects")
 }
 

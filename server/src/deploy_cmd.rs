@@ -9,7 +9,9 @@ use clap::{Args, Subcommand};
 use serde_json::{json, Value};
 use transport::fmt;
 
-use crate::client::{call, print_json, Method, ServerArgs};
+use proto::api::Deployment;
+
+use crate::client::{call, print_json, typed, Method, ServerArgs};
 
 /// `drover deploy IMAGE --to ...`
 #[derive(Debug, Args)]
@@ -138,7 +140,7 @@ pub(crate) fn deploy(a: DeployArgs, json: bool) -> anyhow::Result<()> {
     if json {
         print_json(&end);
     } else {
-        print_deployment(&end);
+        print_deployment(&end)?;
     }
     match end["state"].as_str() {
         Some("done") => Ok(()),
@@ -199,11 +201,11 @@ fn follow(server: &ServerArgs, id: &str, json: bool) -> anyhow::Result<Value> {
     let mut failures = 0;
     loop {
         match call(server, &format!("/deployments/{id}"), Method::Get) {
-            Ok(d) => {
+            Ok(v) => {
                 failures = 0;
-                let state = d["state"].as_str().unwrap_or("?").to_string();
-                if !matches!(state.as_str(), "waiting" | "running") {
-                    return Ok(d);
+                let d: Deployment = typed(&v)?;
+                if !d.state.active() {
+                    return Ok(v);
                 }
                 let line = summary_line(&d);
                 if !json && line != last_line {
@@ -223,63 +225,57 @@ fn follow(server: &ServerArgs, id: &str, json: bool) -> anyhow::Result<Value> {
     }
 }
 
-fn summary_line(d: &Value) -> String {
-    let states = d["task_states"]
-        .as_object()
-        .map(|m| {
-            m.iter()
-                .map(|(k, v)| format!("{v} {k}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        })
-        .unwrap_or_default();
-    let done = d["bytes_done"].as_u64().unwrap_or(0);
-    let total = d["bytes_total"].as_u64().unwrap_or(0).max(1);
+fn summary_line(d: &Deployment) -> String {
+    let states = d
+        .task_states
+        .iter()
+        .map(|(k, v)| format!("{v} {k}"))
+        .collect::<Vec<_>>()
+        .join(", ");
     format!(
         "{}: {:.0} % of {}, {}; {states}",
-        d["state"].as_str().unwrap_or("?"),
-        100.0 * done as f64 / total as f64,
-        fmt::bytes(total),
-        fmt::rate(d["rate_bps"].as_f64().unwrap_or(0.0)),
+        d.state,
+        100.0 * d.bytes_done as f64 / d.bytes_total.max(1) as f64,
+        fmt::bytes(d.bytes_total.max(1)),
+        fmt::rate(d.rate_bps as f64),
     )
 }
 
-fn print_deployment(d: &Value) {
-    let s = |v: &Value| v.as_str().unwrap_or("-").to_string();
+fn print_deployment(d: &Value) -> anyhow::Result<()> {
+    let d: Deployment = typed(d)?;
     println!(
         "deployment {}: {} to {} via {}, {}",
-        s(&d["id"]),
-        s(&d["image_name"]),
-        s(&d["targets"]),
-        s(&d["transport"]),
-        s(&d["state"])
+        d.id, d.image_name, d.targets, d.transport, d.state
     );
-    for t in d["tasks"].as_array().into_iter().flatten() {
-        let eta = t["eta_seconds"]
-            .as_f64()
+    for t in &d.tasks {
+        let eta = t
+            .eta_seconds
             .map(|e| format!(", ETA {}", fmt::span(e as u64)))
             .unwrap_or_default();
+        let c = &t.counters;
         println!(
             "  {:<17}  {:<16}  {:<10}  {:>5.1} %  {}{}  multicast {} unicast {} kept {}{}{}",
-            s(&t["mac"]),
-            s(&t["name"]),
-            s(&t["state"]),
-            t["percent"].as_f64().unwrap_or(0.0),
-            fmt::rate(t["rate_bps"].as_f64().unwrap_or(0.0)),
+            t.mac,
+            t.name.as_deref().unwrap_or("-"),
+            t.state,
+            t.percent,
+            fmt::rate(t.rate_bps as f64),
             eta,
-            t["multicast_chunks"],
-            t["unicast_chunks"],
-            t["kept_chunks"],
-            match t["swarm_bytes"].as_u64() {
-                Some(b) if b > 0 => format!(" swarm {}", fmt::bytes(b)),
-                _ => String::new(),
+            c.multicast_chunks,
+            c.unicast_chunks,
+            c.kept_chunks,
+            if c.swarm_bytes > 0 {
+                format!(" swarm {}", fmt::bytes(c.swarm_bytes))
+            } else {
+                String::new()
             },
-            t["reason"]
-                .as_str()
+            t.reason
+                .as_deref()
                 .map(|r| format!("  ({r})"))
                 .unwrap_or_default()
         );
     }
+    Ok(())
 }
 
 /// `drover deployment ...`
@@ -308,7 +304,7 @@ pub(crate) fn deployment(cmd: DeploymentCommand, json: bool) -> anyhow::Result<(
             if json {
                 print_json(&d);
             } else {
-                print_deployment(&d);
+                print_deployment(&d)?;
             }
         }
         DeploymentCommand::Start { id, server } => {

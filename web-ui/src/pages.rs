@@ -145,10 +145,7 @@ pub(crate) trait DeploymentShow {
 
 impl DeploymentShow for Deployment {
     fn active(&self) -> bool {
-        matches!(
-            self.state,
-            api::DeploymentState::Waiting | api::DeploymentState::Running
-        )
+        self.state.active()
     }
     fn created(&self) -> String {
         time(Some(self.created_ms))

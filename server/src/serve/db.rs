@@ -59,6 +59,18 @@ pub(crate) struct MachineEdit {
     pub(crate) target_disk: Option<Option<String>>,
 }
 
+/// A wire enum stored as its text.
+pub(crate) fn parsed<T: std::str::FromStr<Err = String>>(
+    r: &sqlx::any::AnyRow,
+    column: &str,
+) -> Result<T, sqlx::Error> {
+    let text: String = r.try_get(column)?;
+    text.parse().map_err(|e: String| sqlx::Error::ColumnDecode {
+        index: column.into(),
+        source: e.into(),
+    })
+}
+
 /// A unique-constraint violation, in either database.
 pub(crate) fn is_unique_violation(e: &sqlx::Error) -> bool {
     match e {

@@ -37,16 +37,6 @@ impl From<DeployError> for ApiError {
 #[derive(Clone)]
 pub(crate) struct AgentTask(pub(crate) Task);
 
-/// A database value as its wire enum; a value the server never writes is a server error.
-fn wire<T: std::str::FromStr<Err = String>>(what: &str, v: &str) -> Result<T, ApiError> {
-    v.parse().map_err(|e| {
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("the database holds a {what} drover does not know: {e}"),
-        )
-    })
-}
-
 /// A task as its agent sees it: what to write and how to get it.
 /// `disk`: the machine's pinned disk (`serial:...`/`size:...`), which its agent must write.
 /// `bittorrent`: the swarm limits, for a deployment that uses a swarm.
@@ -56,8 +46,8 @@ fn task_info(
     disk: Option<&str>,
     swarm: AgentSwarm,
 ) -> Result<api::AgentTask, ApiError> {
-    let transport: api::Transport = wire("transport", &d.transport)?;
-    let fallback: api::Fallback = wire("fallback", &d.fallback)?;
+    let transport: api::Transport = d.transport;
+    let fallback: api::Fallback = d.fallback;
     let multicast = match (&d.session, &d.mcast_group) {
         (Some(s), Some(g)) if transport == api::Transport::Multicast => {
             Some(api::MulticastAssignment {
@@ -72,21 +62,21 @@ fn task_info(
     Ok(api::AgentTask {
         id: t.id.clone(),
         deployment: d.id.clone(),
-        kind: wire("task kind", &d.kind)?,
-        state: wire("task state", &t.state)?,
+        kind: d.kind,
+        state: t.state,
         image: api::ImageRef {
             id: d.image_id.clone(),
             name: d.image_name.clone(),
         },
         transport,
-        deployment_state: wire("deployment state", &d.state)?,
+        deployment_state: d.state,
         multicast,
         fallback,
         bittorrent: swarm_used.then_some(api::SwarmLimits {
             upload_bps: swarm.upload_bps,
             peers: swarm.peers,
         }),
-        then: wire("then", &d.then_action)?,
+        then: d.then_action,
         bytes_total: t.bytes_total.max(0) as u64,
         disk: disk.map(str::to_string),
     })
@@ -102,7 +92,7 @@ fn task_view(t: &Task, name: Option<&str>) -> Result<api::Task, ApiError> {
         deployment_id: t.deployment_id.clone(),
         mac: t.mac.clone(),
         name: name.map(str::to_string),
-        state: wire("task state", &t.state)?,
+        state: t.state,
         reason: t.reason.clone(),
         counters: api::WorkCounters {
             bytes_done: n(t.bytes_done),
@@ -138,22 +128,22 @@ async fn deployment_view(s: &Shared, d: &Deployment) -> ApiResult<api::Deploymen
             .collect();
     let mut task_states = std::collections::BTreeMap::<String, u64>::new();
     for t in &tasks {
-        *task_states.entry(t.state.clone()).or_default() += 1;
+        *task_states.entry(t.state.to_string()).or_default() += 1;
     }
     let sum = |f: fn(&Task) -> i64| tasks.iter().map(f).sum::<i64>().max(0) as u64;
     Ok(api::Deployment {
         id: d.id.clone(),
-        kind: wire("deployment kind", &d.kind)?,
+        kind: d.kind,
         image_id: d.image_id.clone(),
         image_name: d.image_name.clone(),
         targets: d.targets.clone(),
-        transport: wire("transport", &d.transport)?,
-        fallback: wire("fallback", &d.fallback)?,
+        transport: d.transport,
+        fallback: d.fallback,
         min_machines: d.min_machines,
         max_wait_ms: d.max_wait_ms,
         start_at_ms: d.start_at_ms,
-        then_action: wire("then", &d.then_action)?,
-        state: wire("deployment state", &d.state)?,
+        then_action: d.then_action,
+        state: d.state,
         owner: d.owner.clone(),
         session: d.session,
         mcast_group: d.mcast_group.clone(),
@@ -334,10 +324,7 @@ pub(crate) async fn events(
             }
             let d = s.db.deployments().deployment(&id).await.ok()?;
             let view = deployment_view(&s, &d).await.ok()?;
-            let over = !matches!(
-                view.state,
-                api::DeploymentState::Waiting | api::DeploymentState::Running
-            );
+            let over = !view.state.active();
             let ev = Event::default()
                 .event("deployment")
                 .data(serde_json::to_string(&view).ok()?);
@@ -669,7 +656,7 @@ pub(crate) async fn result(
     let Json(r) = body?;
     if r.ok {
         let d = s.db.deployments().deployment(&t.deployment_id).await?;
-        if d.kind == "capture" && d.image_id.is_empty() {
+        if d.kind == api::TaskKind::Capture && d.image_id.is_empty() {
             return Err(ApiError::new(
                 StatusCode::CONFLICT,
                 format!(

@@ -7,8 +7,9 @@ use serde::Serialize;
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
-use crate::serve::db::{is_unique_violation, now_ms, random_hex, Db, DbError};
+use crate::serve::db::{is_unique_violation, now_ms, parsed, random_hex, Db, DbError};
 use crate::serve::inventory::mac::Mac;
+use proto::api::{DeploymentState, Fallback, TaskKind, TaskState, Then, Transport};
 
 /// Task states an agent is still working in.
 pub(crate) const ACTIVE: &[&str] = &["waiting", "receiving", "verifying"];
@@ -17,22 +18,22 @@ pub(crate) const ACTIVE: &[&str] = &["waiting", "receiving", "verifying"];
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct Deployment {
     pub(crate) id: String,
-    pub(crate) kind: String,
+    pub(crate) kind: TaskKind,
     pub(crate) image_id: String,
     pub(crate) image_name: String,
     pub(crate) targets: String,
-    pub(crate) transport: String,
+    pub(crate) transport: Transport,
     pub(crate) min_machines: Option<i64>,
     pub(crate) max_wait_ms: Option<i64>,
     pub(crate) start_at_ms: Option<i64>,
-    pub(crate) then_action: String,
-    pub(crate) state: String,
+    pub(crate) then_action: Then,
+    pub(crate) state: DeploymentState,
     pub(crate) owner: String,
     pub(crate) session: Option<i64>,
     pub(crate) mcast_group: Option<String>,
     pub(crate) mcast_http: Option<String>,
-    /// Where a multicast deployment's stragglers finish: `unicast` or `bittorrent`.
-    pub(crate) fallback: String,
+    /// Where a multicast deployment's stragglers finish.
+    pub(crate) fallback: Fallback,
     pub(crate) created_by: String,
     pub(crate) created_ms: i64,
     pub(crate) started_ms: Option<i64>,
@@ -45,7 +46,7 @@ pub(crate) struct Task {
     pub(crate) id: String,
     pub(crate) deployment_id: String,
     pub(crate) mac: String,
-    pub(crate) state: String,
+    pub(crate) state: TaskState,
     pub(crate) reason: Option<String>,
     pub(crate) bytes_done: i64,
     pub(crate) bytes_total: i64,
@@ -63,7 +64,7 @@ pub(crate) struct Task {
 
 impl Task {
     pub(crate) fn active(&self) -> bool {
-        ACTIVE.contains(&self.state.as_str())
+        self.state.active()
     }
 }
 
@@ -107,21 +108,21 @@ const TASK_COLUMNS: &str = "id, deployment_id, mac, state, reason, bytes_done, b
 fn deployment(r: &AnyRow) -> Result<Deployment, sqlx::Error> {
     Ok(Deployment {
         id: r.try_get("id")?,
-        kind: r.try_get("kind")?,
+        kind: parsed(r, "kind")?,
         image_id: r.try_get("image_id")?,
         image_name: r.try_get("image_name")?,
         targets: r.try_get("targets")?,
-        transport: r.try_get("transport")?,
+        transport: parsed(r, "transport")?,
         min_machines: r.try_get("min_machines")?,
         max_wait_ms: r.try_get("max_wait_ms")?,
         start_at_ms: r.try_get("start_at_ms")?,
-        then_action: r.try_get("then_action")?,
-        state: r.try_get("state")?,
+        then_action: parsed(r, "then_action")?,
+        state: parsed(r, "state")?,
         owner: r.try_get("owner")?,
         session: r.try_get("session")?,
         mcast_group: r.try_get("mcast_group")?,
         mcast_http: r.try_get("mcast_http")?,
-        fallback: r.try_get("fallback")?,
+        fallback: parsed(r, "fallback")?,
         created_by: r.try_get("created_by")?,
         created_ms: r.try_get("created_ms")?,
         started_ms: r.try_get("started_ms")?,
@@ -134,7 +135,7 @@ fn task(r: &AnyRow) -> Result<Task, sqlx::Error> {
         id: r.try_get("id")?,
         deployment_id: r.try_get("deployment_id")?,
         mac: r.try_get("mac")?,
-        state: r.try_get("state")?,
+        state: parsed(r, "state")?,
         reason: r.try_get("reason")?,
         bytes_done: r.try_get("bytes_done")?,
         bytes_total: r.try_get("bytes_total")?,
@@ -214,7 +215,7 @@ impl Deployments<'_> {
             .bind(d.max_wait_ms)
             .bind(d.start_at_ms)
             .bind(d.then_action)
-            .bind(if d.transport == "multicast" {
+            .bind(if d.transport == Transport::Multicast.as_str() {
                 "waiting"
             } else {
                 "running"
@@ -251,7 +252,7 @@ impl Deployments<'_> {
                 .execute(&mut *tx)
                 .await?;
         }
-        if d.transport == "unicast" {
+        if d.transport == Transport::Unicast.as_str() {
             sqlx::query("UPDATE deployments SET started_ms = $1 WHERE id = $2")
                 .bind(now)
                 .bind(&id)
@@ -537,7 +538,7 @@ impl Deployments<'_> {
     /// when it is already over (returned as `Ok(false)`).
     pub(crate) async fn cancel_deployment(&self, id: &str, why: &str) -> Result<bool, DbError> {
         let d = self.deployment(id).await?;
-        if !matches!(d.state.as_str(), "waiting" | "running") {
+        if !d.state.active() {
             return Ok(false);
         }
         let now = now_ms();

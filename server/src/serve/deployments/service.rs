@@ -17,6 +17,7 @@ use std::time::Duration;
 use anyhow::Context;
 use imaging::manifest::{Hash, Manifest};
 use imaging::store::{Store, StoredImage};
+use proto::api::{DeploymentState, Fallback, TaskState, Transport};
 use proto::{Fec, SenderConfig, SessionKey, StartPolicy};
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tracing::{info, warn};
@@ -356,10 +357,10 @@ impl Deployer {
                 ),
             )
             .await?;
-        if d.transport == "multicast" {
+        if d.transport == Transport::Multicast {
             self.start_session(&d, macs.len()).await?;
         }
-        if d.transport == "bittorrent" || d.fallback == "bittorrent" {
+        if d.transport == Transport::Bittorrent || d.fallback == Fallback::Bittorrent {
             self.prepare_swarm(&d.image_id);
         }
         self.tasks_created(macs);
@@ -552,7 +553,7 @@ impl Deployer {
         let d = self.db.deployments().deployment(id).await?;
         let ctl = self.sessions.lock().expect("lock").get(id).cloned();
         match ctl {
-            Some(c) if d.state == "waiting" => {
+            Some(c) if d.state == DeploymentState::Waiting => {
                 let _ = c.send(Control::StartNow).await;
                 self.db
                     .audit(actor, "deployment.start", id)
@@ -607,16 +608,16 @@ impl Deployer {
                 .tasks_of(&d.id)
                 .await?
                 .iter()
-                .filter(|t| t.state == "waiting")
+                .filter(|t| t.state == TaskState::Waiting)
                 .count();
             info!(deployment = %d.id, transport = %d.transport, waiting, "resuming deployment");
-            if d.transport == "bittorrent" || d.fallback == "bittorrent" {
+            if d.transport == Transport::Bittorrent || d.fallback == Fallback::Bittorrent {
                 self.prepare_swarm(&d.image_id);
             }
             // A stream that had started is not started again: its machines that had not
             // joined are late joiners, who finish over unicast as they would have anyway.
-            if d.transport == "multicast"
-                && d.state == "waiting"
+            if d.transport == Transport::Multicast
+                && d.state == DeploymentState::Waiting
                 && waiting > 0
                 && self.iface.is_some()
             {

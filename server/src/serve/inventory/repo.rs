@@ -3,7 +3,9 @@
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
-use crate::serve::db::{is_unique_violation, now_ms, Db, DbError, Group, Machine, MachineEdit};
+use crate::serve::db::{
+    is_unique_violation, now_ms, parsed, Db, DbError, Group, Machine, MachineEdit,
+};
 use crate::serve::inventory::mac::Mac;
 use proto::api::{MachineState, Registered};
 
@@ -17,15 +19,6 @@ impl Db {
     pub(crate) fn inventory(&self) -> Inventory<'_> {
         Inventory { db: self }
     }
-}
-
-/// A wire enum stored as its text.
-fn parsed<T: std::str::FromStr<Err = String>>(r: &AnyRow, column: &str) -> Result<T, sqlx::Error> {
-    let text: String = r.try_get(column)?;
-    text.parse().map_err(|e: String| sqlx::Error::ColumnDecode {
-        index: column.into(),
-        source: e.into(),
-    })
 }
 
 /// A machine of a row of `MACHINE_COLUMNS`.
