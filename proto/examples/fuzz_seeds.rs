@@ -16,7 +16,7 @@ fn corpus(target: &str) -> PathBuf {
 
 /// Writes seed inputs: real datagrams of each kind, under the fuzzing key and session.
 fn main() {
-    let key = SessionKey([0x42; 32]);
+    let key = SessionKey::new([0x42; 32]);
     let session = 0x0D0E_0F10;
     let now = Instant::now();
     let mut cfg = SenderConfig::new(session, key.clone());

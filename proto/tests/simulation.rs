@@ -197,7 +197,7 @@ fn run(s: &Scenario) -> Outcome {
         .collect();
     let hashes: Vec<blake3::Hash> = chunks.iter().map(|c| blake3::hash(c)).collect();
     let layout = Layout::new(1420, 64, chunks.iter().map(|c| c.len() as u32).collect()).unwrap();
-    let key = SessionKey(rng.gen());
+    let key = SessionKey::new(rng.gen());
     let session = rng.gen();
     let mut cfg = SenderConfig::new(session, key.clone());
     cfg.rate_bps = s.rate_bps;

@@ -345,7 +345,7 @@ pub async fn run(o: ReceiveOptions) -> anyhow::Result<Received> {
         .and_then(|k| <[u8; 32]>::try_from(k).ok())
         .context("the sender sent a malformed session key")?;
     let feedback = net::unicast_socket(&o.iface)?;
-    let mut cfg = ReceiverConfig::new(desc.session, SessionKey(key), reg.receiver_id);
+    let mut cfg = ReceiverConfig::new(desc.session, SessionKey::new(key), reg.receiver_id);
     cfg.rng_seed = u64::from(reg.receiver_id) ^ u64::from(u32::from(o.iface.addr));
     let mut rx = Receiver::new(cfg, layout, Instant::now());
     for (i, _) in held.iter().enumerate().filter(|(_, &h)| h) {

@@ -388,7 +388,7 @@ pub async fn run(o: SendOptions) -> anyhow::Result<Sent> {
     let mut cfg = o.config;
     let rate_bps = cfg.rate_bps;
     cfg.session = session;
-    cfg.key = SessionKey(key);
+    cfg.key = SessionKey::new(key);
     cfg.name = o.name.clone();
     cfg.http_port = http_addr.map_or(0, |a| a.port());
     let (min_receivers, start_at) = (cfg.start.min_receivers, cfg.start.start_at);

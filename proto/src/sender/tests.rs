@@ -6,7 +6,7 @@ use super::*;
 fn starts_at_its_time_whoever_joined() {
     let now = Instant::now();
     let layout = Layout::new(1000, 64, vec![10_000; 2]).unwrap();
-    let mut cfg = SenderConfig::new(1, SessionKey([1; 32]));
+    let mut cfg = SenderConfig::new(1, SessionKey::new([1; 32]));
     cfg.start = StartPolicy {
         min_receivers: usize::MAX,
         max_wait: None,
@@ -29,7 +29,7 @@ fn starts_at_its_time_whoever_joined() {
 fn loads_stay_a_few_chunks_ahead() {
     let now = Instant::now();
     let layout = Layout::new(1000, 64, vec![10_000; 100]).unwrap();
-    let mut cfg = SenderConfig::new(1, SessionKey([1; 32]));
+    let mut cfg = SenderConfig::new(1, SessionKey::new([1; 32]));
     cfg.start.min_receivers = 0;
     cfg.window_bytes = 30_000;
     let mut s = Sender::new(cfg, layout, now);

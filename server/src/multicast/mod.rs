@@ -138,7 +138,7 @@ pub(crate) fn run(cmd: MulticastCommand, data_dir: &Path, json: bool) -> anyhow:
             .max(1_000_000);
             let iface = net::iface(iface.as_deref())?;
             let (source, name) = open_source(&source, store, data_dir)?;
-            let mut config = SenderConfig::new(0, SessionKey([0; 32]));
+            let mut config = SenderConfig::new(0, SessionKey::new([0; 32]));
             config.rate_bps = rate;
             // Congestion backs the rate off to a tenth at most: below that, the receivers
             // that cannot keep up are better served by unicast than the group by waiting.

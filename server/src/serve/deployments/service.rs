@@ -420,7 +420,7 @@ impl Deployer {
         let (id, manifest) = (d.image_id.clone(), index.manifest.clone());
         let source =
             tokio::task::spawn_blocking(move || Source::image(store, id, manifest)).await??;
-        let mut config = SenderConfig::new(0, SessionKey([0; 32]));
+        let mut config = SenderConfig::new(0, SessionKey::new([0; 32]));
         config.rate_bps = self.rate_bps;
         config.min_rate_bps = (self.rate_bps / 10).max(1_000_000).min(self.rate_bps);
         config.window_bytes = self.window_bytes;
