@@ -54,7 +54,11 @@ pub fn decoders(data: &[u8]) {
 pub fn session(data: &[u8]) {
     let now = Instant::now();
     let layout = Layout::new(64, 4, vec![100, 300, 1]).unwrap();
-    let mut rx = Receiver::new(ReceiverConfig::new(SESSION, KEY.clone(), 1), layout.clone(), now);
+    let mut rx = Receiver::new(
+        ReceiverConfig::new(SESSION, KEY.clone(), 1),
+        layout.clone(),
+        now,
+    );
     let mut cfg = SenderConfig::new(SESSION, KEY.clone());
     cfg.start.min_receivers = 0;
     let mut tx = Sender::new(cfg, layout, now);

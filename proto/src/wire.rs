@@ -140,7 +140,8 @@ impl SessionKey {
     /// The key made from a session's 32 secret bytes (as registration hands them out).
     pub fn new(bytes: [u8; 32]) -> Self {
         let hash_key = blake3::derive_key("drover multicast datagram tag v3: POLYVAL key", &bytes);
-        let cipher_key = blake3::derive_key("drover multicast datagram tag v3: AES-256 key", &bytes);
+        let cipher_key =
+            blake3::derive_key("drover multicast datagram tag v3: AES-256 key", &bytes);
         Self {
             bytes,
             hash_key: *polyval::Key::from_slice(&hash_key[..16]),
