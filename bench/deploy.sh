@@ -17,8 +17,9 @@ OUT=bench/out; W=${BENCH_TMP:-/dev/shm/drover-bench-dep}
 N=${AGENTS:-40}; RATE=${RATE:-300mbit}
 mkdir -p "$W" "$OUT"
 bash deploy/install-test-deps >/dev/null
-cargo build --release --quiet -p server -p client-agent
-DROVER=$PWD/target/release/drover; AGENT=$PWD/target/release/drover-agent
+[ -n "${DROVER_BIN_DIR:-}" ] || cargo build --release --quiet -p server -p client-agent
+# DROVER_BIN_DIR (env) runs another build's binaries (a "before" build) with this script.
+B=${DROVER_BIN_DIR:-$PWD/target/release}; DROVER=$B/drover; AGENT=$B/drover-agent
 TAG=dpb
 cleanup() {
   for ns in $(ip netns list | awk '{print $1}' | grep "^$TAG-" || true); do

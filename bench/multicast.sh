@@ -25,8 +25,9 @@ CASES=${*:-link0 link5 many0 many5 scale slow}
 OUT=bench/out; W=${BENCH_TMP:-/dev/shm/drover-bench-mc}
 mkdir -p "$W" "$OUT"
 bash deploy/install-test-deps >/dev/null
-cargo build --release --quiet -p server
-DROVER=$PWD/target/release/drover
+[ -n "${DROVER_BIN_DIR:-}" ] || cargo build --release --quiet -p server
+# DROVER_BIN_DIR (env) runs another build's binary (a "before" build) with this script.
+DROVER=${DROVER_BIN_DIR:-$PWD/target/release}/drover
 TAG=mcb
 PIDS=()
 

@@ -23,8 +23,9 @@ UNICAST_MAX_N=${UNICAST_MAX_N:-40}
 MAXN=0; for n in $COUNTS; do [ "$n" -gt "$MAXN" ] && MAXN=$n; done
 mkdir -p "$W" "$OUT"
 bash deploy/install-test-deps >/dev/null
-cargo build --release --quiet -p server -p client-agent
-DROVER=$PWD/target/release/drover; AGENT=$PWD/target/release/drover-agent
+[ -n "${DROVER_BIN_DIR:-}" ] || cargo build --release --quiet -p server -p client-agent
+# DROVER_BIN_DIR (env) runs another build's binaries (a "before" build) with this script.
+B=${DROVER_BIN_DIR:-$PWD/target/release}; DROVER=$B/drover; AGENT=$B/drover-agent
 TAG=swb
 cleanup() {
   for ns in $(ip netns list | awk '{print $1}' | grep "^$TAG-" || true); do

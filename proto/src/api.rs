@@ -32,6 +32,25 @@ macro_rules! wire_enum {
             }
         }
 
+        // The schema by hand: utoipa's derive does not see a `rename` that a macro passes in,
+        // and would spell the variants as Rust does.
+        #[cfg(feature = "openapi")]
+        impl utoipa::PartialSchema for $name {
+            fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+                utoipa::openapi::schema::ObjectBuilder::new()
+                    .schema_type(utoipa::openapi::schema::Type::String)
+                    .enum_values(Some([$($s),+]))
+                    .into()
+            }
+        }
+
+        #[cfg(feature = "openapi")]
+        impl utoipa::ToSchema for $name {
+            fn name() -> std::borrow::Cow<'static, str> {
+                std::borrow::Cow::Borrowed(stringify!($name))
+            }
+        }
+
         impl PartialEq<&str> for $name {
             fn eq(&self, other: &&str) -> bool {
                 self.as_str() == *other
@@ -149,8 +168,31 @@ impl DeploymentState {
     }
 }
 
+// The defaults a request takes when it leaves a choice out.
+#[allow(clippy::derivable_impls)]
+impl Default for Transport {
+    fn default() -> Self {
+        Self::Multicast
+    }
+}
+
+#[allow(clippy::derivable_impls)]
+impl Default for Fallback {
+    fn default() -> Self {
+        Self::Unicast
+    }
+}
+
+#[allow(clippy::derivable_impls)]
+impl Default for Then {
+    fn default() -> Self {
+        Self::Reboot
+    }
+}
+
 /// One of the machine's disks, as its agent sees it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct HelloDisk {
     /// The device path the agent sees (`/dev/sda`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -171,6 +213,7 @@ pub struct HelloDisk {
 
 /// `POST /api/v1/agent/hello`: an agent names its machine.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Hello {
     /// The machine's MAC address.
@@ -188,6 +231,7 @@ pub struct Hello {
 
 /// The machine a hello named, as the inventory has it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct MachineRef {
     /// Its MAC address.
     pub mac: String,
@@ -199,6 +243,7 @@ pub struct MachineRef {
 
 /// The answer to a hello.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct HelloReply {
     /// The machine.
     pub machine: MachineRef,
@@ -213,6 +258,7 @@ pub struct HelloReply {
 
 /// The image a task names.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ImageRef {
     /// The manifest's id (empty for a capture not committed yet).
     pub id: String,
@@ -223,6 +269,7 @@ pub struct ImageRef {
 /// The multicast session an agent joins: announced on `group`, joined through the server's
 /// API (`/api/v1/agent/session`) with the task token.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct MulticastAssignment {
     /// The session id in its announcements.
     pub session: u32,
@@ -232,6 +279,7 @@ pub struct MulticastAssignment {
 
 /// What an agent in a swarm may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SwarmLimits {
     /// Upload limit, bits/s (none: no limit).
     pub upload_bps: Option<u64>,
@@ -241,6 +289,7 @@ pub struct SwarmLimits {
 
 /// A task as its agent sees it: what to write and how to get it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AgentTask {
     /// The task's id.
     pub id: String,
@@ -288,6 +337,7 @@ impl AgentTask {
 
 /// `GET /api/v1/agent/task`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TaskReply {
     /// The task as it is now.
     pub task: AgentTask,
@@ -295,6 +345,7 @@ pub struct TaskReply {
 
 /// Counters of an agent's work, in a progress report and in its result.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct WorkCounters {
     /// Bytes written and verified (a capture: read).
     pub bytes_done: u64,
@@ -314,6 +365,7 @@ pub struct WorkCounters {
 
 /// `POST /api/v1/agent/progress`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ProgressReport {
     /// `receiving` or `verifying` (the result ends a task).
@@ -355,6 +407,7 @@ impl ProgressReport {
 
 /// `POST /api/v1/agent/result`: the task is done, or failed with a reason.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ResultReport {
     /// Whether the task succeeded.
     pub ok: bool,
@@ -368,6 +421,7 @@ pub struct ResultReport {
 
 /// The answer to a progress report or a result: the task's state now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct StateReply {
     /// The task's state.
     pub state: TaskState,
@@ -399,6 +453,7 @@ wire_enum! {
 
 /// A machine of the inventory, as the API returns it (`/api/v1/machines`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Machine {
     /// `aa:bb:cc:dd:ee:ff`.
     pub mac: String,
@@ -426,6 +481,7 @@ pub struct Machine {
 
 /// A group of machines, as the API returns it (`/api/v1/groups`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Group {
     /// Its name.
     pub name: String,
@@ -437,6 +493,7 @@ pub struct Group {
 
 /// One machine's part of a deployment, as the API returns it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Task {
     /// The task's id.
     pub id: String,
@@ -474,6 +531,7 @@ pub struct Task {
 /// A deployment (one image to machines, or a capture) with its tasks and totals, as the API
 /// returns it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Deployment {
     /// Its id.
     pub id: String,
@@ -531,6 +589,7 @@ pub struct Deployment {
 
 /// An image of the store, as the API returns it (`/api/v1/images`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Image {
     /// Its id (the manifest's hash).
     pub id: String,
@@ -561,6 +620,7 @@ pub struct Image {
 
 /// A chunk of an image that is missing or corrupt in the store.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct BadChunk {
     /// Its hash (BLAKE3, hex).
     pub hash: String,
@@ -572,6 +632,7 @@ pub struct BadChunk {
 
 /// `POST /api/v1/images/{reference}/verify`: what a re-read of every chunk found.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ImageVerified {
     /// The image's id, name and version.
     pub id: String,
@@ -599,6 +660,7 @@ wire_enum! {
 
 /// One run (or wake-up) of a schedule.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ScheduleRun {
     /// The due time it was for, Unix milliseconds.
     pub due_ms: i64,
@@ -616,6 +678,7 @@ pub struct ScheduleRun {
 
 /// A schedule with its next due times and newest runs, as the API returns it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Schedule {
     /// Its id.
     pub id: String,
@@ -663,6 +726,7 @@ pub struct Schedule {
 
 /// Every error answer of the API: `{"error": "..."}` with the HTTP status.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ErrorBody {
     /// What is wrong, for a person.
     pub error: String,
@@ -680,6 +744,7 @@ pub struct ManifestReply<M> {
 
 /// `GET /api/v1/agent/seed`: whether a machine that finished should go on seeding.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SeedReply {
     /// Seed on (the deployment is not over).
     pub seed: bool,
@@ -691,6 +756,7 @@ pub struct SeedReply {
 
 /// `POST /api/v1/agent/capture/have`: which of these chunks (BLAKE3, hex) the server lacks.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct HaveRequest {
     /// At most 1024.
@@ -699,6 +765,7 @@ pub struct HaveRequest {
 
 /// The answer to [`HaveRequest`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct HaveReply {
     /// The asked hashes the server does not hold.
     pub missing: Vec<String>,
@@ -706,6 +773,7 @@ pub struct HaveReply {
 
 /// `PUT /api/v1/agent/capture/chunks/{hash}`: the chunk is stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ChunkStored {
     /// Bytes it takes in the store.
     pub stored: u64,
@@ -715,6 +783,7 @@ pub struct ChunkStored {
 
 /// `POST /api/v1/agent/capture/commit`: the image a capture made.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Committed {
     /// The image's id.
     pub id: String,
@@ -807,4 +876,143 @@ mod tests {
             serde_json::from_str(r#"{"ok":true,"bytes_done":3,"kept_chunks":1}"#).unwrap();
         assert_eq!(r.counters.map(|c| c.kept_chunks), Some(1));
     }
+}
+
+/// `POST /api/v1/deployments`: an image to machines and groups.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct NewDeployment {
+    /// The image: its name (the newest version), `NAME@VERSION` or its id.
+    pub image: String,
+    /// Machines (MAC addresses) and groups.
+    pub to: Vec<String>,
+    /// How the image moves (multicast unless said).
+    #[serde(default)]
+    pub transport: Transport,
+    /// Multicast: where stragglers and late joiners finish (unicast unless said).
+    #[serde(default)]
+    pub fallback: Fallback,
+    /// Multicast: start once this many machines joined (default: all).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_machines: Option<i64>,
+    /// Multicast: start after this long with whoever joined (`30s`, `5m`; default 10m unless
+    /// `min_machines` or `start_at` is given).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_wait: Option<String>,
+    /// Multicast: start at this time (RFC 3339) with whoever joined.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_at: Option<String>,
+    /// What the machines do afterwards (reboot unless said).
+    #[serde(default)]
+    pub then: Then,
+}
+
+/// `POST /api/v1/captures`: a machine's disk into a new image (version).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct NewCapture {
+    /// The machine whose disk is read.
+    pub mac: String,
+    /// The image's name (a new version if it exists).
+    pub name: String,
+    /// What the machine does afterwards (reboot unless said).
+    #[serde(default)]
+    pub then: Then,
+}
+
+/// `POST /api/v1/schedules` (and `PUT /api/v1/schedules/{name}`): a redeploy or a wake-up at
+/// cron times or once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct NewSchedule {
+    /// Its name.
+    pub name: String,
+    /// A cron expression (server local time), or
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cron: Option<String>,
+    /// one time (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at: Option<String>,
+    /// Deploy (the default when an image is given) or wake.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<ScheduleAction>,
+    /// A redeploy's image (name, `NAME@VERSION` or id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Machines (MAC addresses) and groups.
+    pub to: Vec<String>,
+    /// How a redeploy moves the image.
+    #[serde(default)]
+    pub transport: Transport,
+    /// A multicast redeploy's stragglers.
+    #[serde(default)]
+    pub fallback: Fallback,
+    /// A multicast redeploy starts once this many machines joined.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_machines: Option<i64>,
+    /// A multicast redeploy starts after this long with whoever joined (`5m`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_wait: Option<String>,
+    /// What the machines do afterwards.
+    #[serde(default)]
+    pub then: Then,
+    /// How long before the due time a redeploy wakes the machines (`5m`; `0` for none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wake_lead: Option<String>,
+}
+
+/// `POST /api/v1/machines`: a machine for the inventory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct NewMachine {
+    /// `aa:bb:cc:dd:ee:ff`.
+    pub mac: String,
+    /// Its name (the MAC unless given).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Its group.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// Full DHCP's fixed address for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip: Option<String>,
+    /// The disk its agent writes when it has several: `serial:...` or `size:BYTES`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk: Option<String>,
+}
+
+/// `POST /api/v1/groups`: a group.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct NewGroup {
+    /// Its name.
+    pub name: String,
+}
+
+/// `POST /api/v1/wake`: machines to wake, by MAC and by group.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct Wake {
+    /// Machines by MAC.
+    #[serde(default)]
+    pub macs: Vec<String>,
+    /// A group's machines.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+}
+
+/// The answer to [`Wake`]: the magic packets sent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Woken {
+    /// The MACs woken.
+    pub woken: Vec<String>,
+    /// Where the packets went (`ADDR:PORT`).
+    pub to: String,
 }

@@ -121,19 +121,22 @@ pub(crate) fn wake(a: WakeArgs, json: bool) -> anyhow::Result<()> {
     let r = call(
         &a.server,
         "/wake",
-        Method::Post(json!({"macs": a.macs, "group": a.group})),
+        Method::post(&proto::api::Wake {
+            macs: a.macs,
+            group: a.group,
+        })?,
     )?;
     if json {
         print_json(&r);
     } else {
-        let woken = r["woken"].as_array().cloned().unwrap_or_default();
+        let r: proto::api::Woken = typed(&r)?;
         println!(
             "sent wake-on-LAN to {} machine(s) via {}",
-            woken.len(),
-            r["to"].as_str().unwrap_or("?")
+            r.woken.len(),
+            r.to
         );
-        for m in woken {
-            println!("  {}", m.as_str().unwrap_or("?"));
+        for m in r.woken {
+            println!("  {m}");
         }
     }
     Ok(())
@@ -145,6 +148,13 @@ pub(crate) enum Method {
     Post(Value),
     Patch(Value),
     Delete,
+}
+
+impl Method {
+    /// A POST of one of the API's request types.
+    pub(crate) fn post<T: serde::Serialize>(body: &T) -> anyhow::Result<Self> {
+        Ok(Self::Post(serde_json::to_value(body)?))
+    }
 }
 
 /// Calls the API; returns the JSON answer (`null` for an empty one) or the server's error.
@@ -237,9 +247,13 @@ pub(crate) fn machine(cmd: MachineCommand, json: bool) -> anyhow::Result<()> {
             let m = call(
                 &server,
                 "/machines",
-                Method::Post(
-                    json!({"mac": mac, "name": name, "group": group, "ip": ip, "disk": disk}),
-                ),
+                Method::post(&proto::api::NewMachine {
+                    mac,
+                    name,
+                    group,
+                    ip,
+                    disk,
+                })?,
             )?;
             if json {
                 print_json(&m);
@@ -330,7 +344,11 @@ pub(crate) fn machine(cmd: MachineCommand, json: bool) -> anyhow::Result<()> {
 pub(crate) fn group(cmd: GroupCommand, json: bool) -> anyhow::Result<()> {
     match cmd {
         GroupCommand::Add { name, server } => {
-            let g = call(&server, "/groups", Method::Post(json!({ "name": name })))?;
+            let g = call(
+                &server,
+                "/groups",
+                Method::post(&proto::api::NewGroup { name: name.clone() })?,
+            )?;
             if json {
                 print_json(&g);
             } else {

@@ -9,7 +9,7 @@ use clap::{Args, Subcommand};
 use serde_json::{json, Value};
 use transport::fmt;
 
-use proto::api::Deployment;
+use proto::api::{Deployment, Fallback, NewCapture, NewDeployment, Then, Transport};
 
 use crate::client::{call, print_json, typed, Method, ServerArgs};
 
@@ -23,12 +23,12 @@ pub(crate) struct DeployArgs {
     to: Vec<String>,
     /// multicast (one stream to all, stragglers finish by the fallback), bittorrent (a swarm
     /// of the machines and the server's seed) or unicast.
-    #[arg(long, default_value = "multicast", value_parser = ["multicast", "bittorrent", "unicast"])]
-    transport: String,
+    #[arg(long, default_value = "multicast")]
+    transport: Transport,
     /// Multicast: where stragglers and late joiners finish: unicast, or bittorrent (the
     /// swarm of machines that have the image).
-    #[arg(long, default_value = "unicast", value_parser = ["unicast", "bittorrent"])]
-    fallback: String,
+    #[arg(long, default_value = "unicast")]
+    fallback: Fallback,
     /// Multicast: start once this many machines joined (default: all of them).
     #[arg(long)]
     min_machines: Option<i64>,
@@ -40,8 +40,8 @@ pub(crate) struct DeployArgs {
     #[arg(long)]
     start_at: Option<String>,
     /// What machines do once written: reboot or poweroff.
-    #[arg(long, default_value = "reboot", value_parser = ["reboot", "poweroff"])]
-    then: String,
+    #[arg(long, default_value = "reboot")]
+    then: Then,
     /// Wait until every machine is done; exit 1 if any failed.
     #[arg(long)]
     wait: bool,
@@ -58,8 +58,8 @@ pub(crate) struct CaptureArgs {
     #[arg(long)]
     name: String,
     /// What the machine does afterwards: reboot or poweroff.
-    #[arg(long, default_value = "reboot", value_parser = ["reboot", "poweroff"])]
-    then: String,
+    #[arg(long, default_value = "reboot")]
+    then: Then,
     /// Wait until the image is committed; exit 1 if the capture failed.
     #[arg(long)]
     wait: bool,
@@ -102,16 +102,16 @@ pub(crate) fn deploy(a: DeployArgs, json: bool) -> anyhow::Result<()> {
     let d = call(
         &a.server,
         "/deployments",
-        Method::Post(json!({
-            "image": a.image,
-            "to": a.to,
-            "transport": a.transport,
-            "fallback": a.fallback,
-            "min_machines": a.min_machines,
-            "max_wait": max_wait,
-            "start_at": a.start_at,
-            "then": a.then,
-        })),
+        Method::post(&NewDeployment {
+            image: a.image,
+            to: a.to,
+            transport: a.transport,
+            fallback: a.fallback,
+            min_machines: a.min_machines,
+            max_wait,
+            start_at: a.start_at,
+            then: a.then,
+        })?,
     )?;
     let id = d["id"].as_str().unwrap_or("?").to_string();
     if !a.wait {
@@ -154,7 +154,11 @@ pub(crate) fn capture(a: CaptureArgs, json: bool) -> anyhow::Result<()> {
     let d = call(
         &a.server,
         "/captures",
-        Method::Post(json!({ "mac": a.mac, "name": a.name, "then": a.then })),
+        Method::post(&NewCapture {
+            mac: a.mac.clone(),
+            name: a.name.clone(),
+            then: a.then,
+        })?,
     )?;
     let id = d["id"].as_str().unwrap_or("?").to_string();
     let line = format!("capture {id}: {} to image {:?}", a.mac, a.name);

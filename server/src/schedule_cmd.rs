@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use clap::Subcommand;
+use proto::api::{Fallback, NewSchedule, ScheduleAction, Then, Transport};
 use serde_json::{json, Value};
 use transport::fmt;
 
@@ -54,11 +55,11 @@ pub(crate) struct AddSchedule {
     #[arg(long, required = true, value_delimiter = ',')]
     to: Vec<String>,
     /// multicast, bittorrent or unicast.
-    #[arg(long, default_value = "multicast", value_parser = ["multicast", "bittorrent", "unicast"])]
-    transport: String,
+    #[arg(long, default_value = "multicast")]
+    transport: Transport,
     /// Multicast: how stragglers and late joiners finish (unicast or bittorrent).
-    #[arg(long, default_value = "unicast", value_parser = ["unicast", "bittorrent"])]
-    fallback: String,
+    #[arg(long, default_value = "unicast")]
+    fallback: Fallback,
     /// Multicast: start once this many machines joined, before the due time.
     #[arg(long)]
     min_machines: Option<i64>,
@@ -66,8 +67,8 @@ pub(crate) struct AddSchedule {
     #[arg(long, value_parser = fmt::parse_duration)]
     max_wait: Option<Duration>,
     /// What machines do once written: reboot or poweroff.
-    #[arg(long, default_value = "reboot", value_parser = ["reboot", "poweroff"])]
-    then: String,
+    #[arg(long, default_value = "reboot")]
+    then: Then,
     /// Create the deployment and wake the machines this long before the due time
     /// (default: the server's wake_lead, 5m; 0 for no wake-up).
     #[arg(long, value_parser = fmt::parse_duration)]
@@ -129,20 +130,24 @@ pub(crate) fn schedule(cmd: ScheduleCommand, json: bool) -> anyhow::Result<()> {
             let s = call(
                 &server,
                 "/schedules",
-                Method::Post(json!({
-                    "name": name,
-                    "cron": cron,
-                    "at": at,
-                    "action": if wake { "wake" } else { "deploy" },
-                    "image": image,
-                    "to": to,
-                    "transport": transport,
-                    "fallback": fallback,
-                    "min_machines": min_machines,
-                    "max_wait": secs(max_wait),
-                    "then": then,
-                    "wake_lead": secs(wake_lead),
-                })),
+                Method::post(&NewSchedule {
+                    name,
+                    cron,
+                    at,
+                    action: Some(if wake {
+                        ScheduleAction::Wake
+                    } else {
+                        ScheduleAction::Deploy
+                    }),
+                    image,
+                    to,
+                    transport,
+                    fallback,
+                    min_machines,
+                    max_wait: secs(max_wait),
+                    then,
+                    wake_lead: secs(wake_lead),
+                })?,
             )?;
             if json {
                 print_json(&s);

@@ -18,7 +18,7 @@ fn inventory_through_the_api_and_the_cli_survives_a_restart() {
     let (code, spec) = srv.http("GET", "/api/v1/openapi.json", None, None);
     assert_eq!(code, 200);
     let spec: serde_json::Value = serde_json::from_str(&spec).unwrap();
-    assert_eq!(spec["openapi"], "3.0.3");
+    assert_eq!(spec["openapi"], "3.1.0");
     assert!(spec["paths"]["/api/v1/machines"]["post"].is_object());
     assert!(spec["paths"]["/api/v1/schedules"]["post"].is_object());
     assert!(spec["paths"]["/api/v1/captures"]["post"].is_object());

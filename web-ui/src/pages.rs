@@ -11,6 +11,7 @@ use serde_json::{json, Value};
 
 use crate::auth::Authed;
 use proto::api;
+use proto::api::{NewDeployment, NewSchedule, ScheduleAction};
 
 use crate::call::{self, Refused};
 use crate::view::{bytes, duration, page, rate, redirect_with, render_page, time, Fields, Nav};
@@ -212,12 +213,12 @@ impl ScheduleShow for Schedule {
     fn what(&self) -> String {
         match &self.image {
             Some(i)
-                if self.action == api::ScheduleAction::Deploy
+                if self.action == ScheduleAction::Deploy
                     && self.fallback == api::Fallback::Bittorrent =>
             {
                 format!("deploy {i} over {} (stragglers: the swarm)", self.transport)
             }
-            Some(i) if self.action == api::ScheduleAction::Deploy => {
+            Some(i) if self.action == ScheduleAction::Deploy => {
                 format!("deploy {i} over {}", self.transport)
             }
             _ => self.action.to_string(),
@@ -658,37 +659,10 @@ pub(crate) async fn create_deployment<C: Control>(
     Form(f): Form<Fields>,
 ) -> Response {
     checked!(a, f);
-    let mut body = json!({
-        "image": f.text("image").unwrap_or_default(),
-        "to": targets(&f),
-        "transport": f.text("transport").unwrap_or_else(|| "multicast".into()),
-        "then": f.text("then").unwrap_or_else(|| "reboot".into()),
-    });
-    if let Some(fb) = f.text("fallback") {
-        body["fallback"] = json!(fb);
-    }
-    match f.get("start").unwrap_or("now") {
-        "min" => {
-            let n = f.text("min_machines").and_then(|n| n.parse::<i64>().ok());
-            body["min_machines"] = json!(n);
-            body["max_wait"] = json!(f.text("max_wait"));
-        }
-        "at" => {
-            // <input type=datetime-local> gives local time without a zone: the server's.
-            let at = f.text("start_at").and_then(|t| local_time(&t));
-            match at {
-                Some(at) => body["start_at"] = json!(at),
-                None => {
-                    return redirect_with(
-                        "/deployments",
-                        "error",
-                        "the start time is not a date and time",
-                    )
-                }
-            }
-        }
-        _ => {}
-    }
+    let body = match deployment_body(&f) {
+        Ok(b) => b,
+        Err(e) => return redirect_with("/deployments", "error", &e),
+    };
     let r = call::api(
         &ui.control,
         a.user(),
@@ -814,28 +788,76 @@ fn local_time(t: &str) -> Option<String> {
         .map(|t| t.to_rfc3339())
 }
 
+/// A choice of the form (`transport`, `then`, ...): its default when left out, an error naming
+/// the choices when it is none of them.
+fn choice<T: std::str::FromStr<Err = String> + Default>(
+    f: &Fields,
+    name: &str,
+) -> Result<T, String> {
+    match f.text(name) {
+        None => Ok(T::default()),
+        Some(v) => v.parse().map_err(|e| format!("{name} {e}")),
+    }
+}
+
+/// A deployment's API body from its form.
+fn deployment_body(f: &Fields) -> Result<Value, String> {
+    let mut body = NewDeployment {
+        image: f.text("image").unwrap_or_default(),
+        to: targets(f),
+        transport: choice(f, "transport")?,
+        fallback: choice(f, "fallback")?,
+        min_machines: None,
+        max_wait: None,
+        start_at: None,
+        then: choice(f, "then")?,
+    };
+    match f.get("start").unwrap_or("now") {
+        "min" => {
+            body.min_machines = f.text("min_machines").and_then(|n| n.parse::<i64>().ok());
+            body.max_wait = f.text("max_wait");
+        }
+        "at" => {
+            // <input type=datetime-local> gives local time without a zone: the server's.
+            let at = f.text("start_at").and_then(|t| local_time(&t));
+            body.start_at = Some(at.ok_or("the start time is not a date and time")?);
+        }
+        _ => {}
+    }
+    serde_json::to_value(body).map_err(|e| e.to_string())
+}
+
 /// A schedule's API body from its form (create and edit alike).
 fn schedule_body(f: &Fields) -> Result<Value, String> {
-    let action = f.text("action").unwrap_or_else(|| "deploy".into());
-    let mut body = json!({
-        "name": f.text("name").unwrap_or_default(),
-        "action": action,
-        "to": targets(f),
-        "transport": f.text("transport").unwrap_or_else(|| "multicast".into()),
-        "fallback": f.text("fallback").unwrap_or_else(|| "unicast".into()),
-        "then": f.text("then").unwrap_or_else(|| "reboot".into()),
-    });
-    if action == "deploy" {
-        body["image"] = json!(f.text("image"));
+    let action = match f.text("action") {
+        None => ScheduleAction::Deploy,
+        Some(a) => a.parse().map_err(|e| format!("action {e}"))?,
+    };
+    let mut body = NewSchedule {
+        name: f.text("name").unwrap_or_default(),
+        cron: None,
+        at: None,
+        action: Some(action),
+        image: None,
+        to: targets(f),
+        transport: choice(f, "transport")?,
+        fallback: choice(f, "fallback")?,
+        min_machines: None,
+        max_wait: None,
+        then: choice(f, "then")?,
+        wake_lead: None,
+    };
+    if action == ScheduleAction::Deploy {
+        body.image = f.text("image");
     }
     match (f.text("cron"), f.text("at")) {
-        (Some(c), _) => body["cron"] = json!(c),
+        (Some(c), _) => body.cron = Some(c),
         (None, Some(at)) => {
-            body["at"] = json!(local_time(&at).ok_or("the time is not a date and time")?)
+            body.at = Some(local_time(&at).ok_or("the time is not a date and time")?)
         }
         (None, None) => return Err("give a cron expression or a time".into()),
     }
-    Ok(body)
+    serde_json::to_value(body).map_err(|e| e.to_string())
 }
 
 pub(crate) async fn create_schedule<C: Control>(

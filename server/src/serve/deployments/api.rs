@@ -192,41 +192,10 @@ pub(crate) async fn show(
     Ok(Json(deployment_view(&s, &d).await?))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct NewDeploymentBody {
-    image: String,
-    to: Vec<String>,
-    #[serde(default = "default_transport")]
-    transport: String,
-    /// Where a multicast deployment's stragglers finish: unicast or bittorrent.
-    #[serde(default = "default_fallback")]
-    fallback: String,
-    min_machines: Option<i64>,
-    /// "30s", "5m", ...
-    max_wait: Option<String>,
-    /// RFC 3339.
-    start_at: Option<String>,
-    #[serde(default = "default_then")]
-    then: String,
-}
-
-pub(crate) fn default_transport() -> String {
-    "multicast".into()
-}
-
-pub(crate) fn default_fallback() -> String {
-    "unicast".into()
-}
-
-pub(crate) fn default_then() -> String {
-    "reboot".into()
-}
-
 pub(crate) async fn create(
     State(s): State<Shared>,
     Extension(actor): Extension<Actor>,
-    body: Result<Json<NewDeploymentBody>, JsonRejection>,
+    body: Result<Json<api::NewDeployment>, JsonRejection>,
 ) -> ApiResult<Response> {
     let Json(b) = body?;
     let max_wait = b

@@ -35,20 +35,11 @@ const MAX_HAVE: usize = 4096;
 /// Free space the store keeps beyond an uploaded chunk.
 const RESERVE: u64 = imaging::capture::SPACE_RESERVE;
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct NewCapture {
-    mac: String,
-    name: String,
-    #[serde(default = "crate::serve::deployments::api::default_then")]
-    then: String,
-}
-
 /// `POST /api/v1/captures`: gives the machine a capture task.
 pub(crate) async fn create(
     State(s): State<Shared>,
     Extension(actor): Extension<Actor>,
-    body: Result<Json<NewCapture>, JsonRejection>,
+    body: Result<Json<proto::api::NewCapture>, JsonRejection>,
 ) -> ApiResult<Response> {
     let Json(c) = body?;
     let mac = parse_mac(&c.mac)?;
@@ -60,12 +51,6 @@ pub(crate) async fn create(
         return Err(ApiError::bad_request(format!(
             "image name {:?}: 1 to 64 characters, without '/', '@' or control characters",
             c.name
-        )));
-    }
-    if !matches!(c.then.as_str(), "reboot" | "poweroff") {
-        return Err(ApiError::bad_request(format!(
-            "then {:?}: reboot or poweroff",
-            c.then
         )));
     }
     s.db.inventory().machine(mac).await.map_err(|_| {
@@ -106,7 +91,7 @@ pub(crate) async fn create(
                     min_machines: None,
                     max_wait_ms: None,
                     start_at_ms: None,
-                    then_action: &c.then,
+                    then_action: c.then.as_str(),
                     owner: &s.deployer.owner,
                     created_by: &actor.0,
                     bytes_total: 0,

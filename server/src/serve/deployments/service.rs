@@ -17,7 +17,7 @@ use std::time::Duration;
 use anyhow::Context;
 use imaging::manifest::{Hash, Manifest};
 use imaging::store::{Store, StoredImage};
-use proto::api::{DeploymentState, Fallback, TaskState, Transport};
+use proto::api::{DeploymentState, Fallback, TaskState, Then, Transport};
 use proto::{Fec, SenderConfig, SessionKey, StartPolicy};
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tracing::{info, warn};
@@ -46,13 +46,13 @@ pub(crate) struct ImageIndex {
 pub(crate) struct DeployRequest {
     pub(crate) image: String,
     pub(crate) targets: Vec<String>,
-    pub(crate) transport: String,
-    /// Where a multicast deployment's stragglers finish: `unicast` or `bittorrent`.
-    pub(crate) fallback: String,
+    pub(crate) transport: Transport,
+    /// Where a multicast deployment's stragglers finish.
+    pub(crate) fallback: Fallback,
     pub(crate) min_machines: Option<i64>,
     pub(crate) max_wait: Option<Duration>,
     pub(crate) start_at_ms: Option<i64>,
-    pub(crate) then_action: String,
+    pub(crate) then_action: Then,
 }
 
 /// Why a deployment request was refused.
@@ -216,34 +216,13 @@ impl Deployer {
         &self,
         r: &DeployRequest,
     ) -> Result<(StoredImage, Vec<Mac>), DeployError> {
-        if !matches!(r.transport.as_str(), "multicast" | "unicast" | "bittorrent") {
+        if r.fallback == Fallback::Bittorrent && r.transport != Transport::Multicast {
             return Err(DeployError::Bad(format!(
-                "transport {:?}: multicast, bittorrent or unicast",
+                "fallback bittorrent is for multicast deployments ({} ones finish over unicast)",
                 r.transport
             )));
         }
-        match (r.transport.as_str(), r.fallback.as_str()) {
-            (_, "unicast") | ("multicast", "bittorrent") => {}
-            (_, "bittorrent") => {
-                return Err(DeployError::Bad(format!(
-                    "fallback bittorrent is for multicast deployments ({} ones finish over \
-                     unicast)",
-                    r.transport
-                )))
-            }
-            (_, f) => {
-                return Err(DeployError::Bad(format!(
-                    "fallback {f:?}: unicast or bittorrent"
-                )))
-            }
-        }
-        if !matches!(r.then_action.as_str(), "reboot" | "poweroff") {
-            return Err(DeployError::Bad(format!(
-                "then {:?}: reboot or poweroff",
-                r.then_action
-            )));
-        }
-        if r.transport == "multicast" && self.iface.is_none() {
+        if r.transport == Transport::Multicast && self.iface.is_none() {
             return Err(DeployError::Conflict(
                 "multicast is off: the server has no lab interface (start it with --iface), \
                  or deploy with --transport unicast"
@@ -322,12 +301,12 @@ impl Deployer {
                     image_id: &img.id,
                     image_name: &name,
                     targets: &r.targets.join(","),
-                    transport: &r.transport,
-                    fallback: &r.fallback,
+                    transport: r.transport.as_str(),
+                    fallback: r.fallback.as_str(),
                     min_machines: r.min_machines,
                     max_wait_ms: r.max_wait.map(|d| d.as_millis() as i64),
                     start_at_ms: r.start_at_ms,
-                    then_action: &r.then_action,
+                    then_action: r.then_action.as_str(),
                     owner: &self.owner,
                     created_by: actor,
                     // What agents count: the plaintext of every chunk.

@@ -10,7 +10,6 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use proto::api;
-use serde::Deserialize;
 
 use crate::serve::db::{now_ms, Db};
 use crate::serve::deployments::service::{DeployRequest, Deployer};
@@ -110,12 +109,12 @@ impl Host for ServerHost {
                 DeployRequest {
                     image: s.image.clone().unwrap_or_default(),
                     targets: targets(s),
-                    transport: s.transport.clone(),
-                    fallback: s.fallback.clone(),
+                    transport: s.transport,
+                    fallback: s.fallback,
                     min_machines: s.min_machines,
                     max_wait: s.max_wait_ms.map(|ms| Duration::from_millis(ms as u64)),
                     start_at_ms: start_at_ms.filter(|_| multicast),
-                    then_action: s.then_action.clone(),
+                    then_action: s.then_action,
                 },
                 &actor(s),
             )
@@ -153,14 +152,6 @@ impl Host for ServerHost {
 const NEXT_RUNS: usize = 5;
 
 /// A stored wire value (a schedule's action, transport, ...) as its enum.
-fn stored<T: std::str::FromStr<Err = String>>(what: &str, v: &str) -> ApiResult<T> {
-    v.parse().map_err(|e: String| {
-        ApiError::from(anyhow::anyhow!(
-            "the database holds a schedule {what} drover does not know: {e}"
-        ))
-    })
-}
-
 /// A schedule as the admin sees it: with its next due and fire times and its newest runs.
 async fn view(s: &Shared, sc: &Schedule, runs: i64) -> ApiResult<api::Schedule> {
     let lead = sc.lead_ms(s.schedule_settings.default_lead_ms);
@@ -188,14 +179,14 @@ async fn view(s: &Shared, sc: &Schedule, runs: i64) -> ApiResult<api::Schedule> 
         name: sc.name.clone(),
         cron: sc.cron.clone(),
         at_ms: sc.at_ms,
-        action: stored("action", &sc.action)?,
+        action: sc.action,
         image: sc.image.clone(),
         targets: sc.targets.clone(),
-        transport: stored("transport", &sc.transport)?,
-        fallback: stored("fallback", &sc.fallback)?,
+        transport: sc.transport,
+        fallback: sc.fallback,
         min_machines: sc.min_machines,
         max_wait_ms: sc.max_wait_ms,
-        then_action: stored("then", &sc.then_action)?,
+        then_action: sc.then_action,
         wake_lead_ms: lead,
         created_by: sc.created_by.clone(),
         created_ms: sc.created_ms,
@@ -249,31 +240,6 @@ pub(crate) async fn remove(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct NewScheduleBody {
-    name: String,
-    /// Cron expression (server local time).
-    cron: Option<String>,
-    /// One-shot time, RFC 3339.
-    at: Option<String>,
-    /// `deploy` (the default when an image is given) or `wake`.
-    action: Option<String>,
-    image: Option<String>,
-    to: Vec<String>,
-    #[serde(default = "crate::serve::deployments::api::default_transport")]
-    transport: String,
-    /// A multicast deployment's stragglers: `unicast` (the default) or `bittorrent`.
-    #[serde(default = "crate::serve::deployments::api::default_fallback")]
-    fallback: String,
-    min_machines: Option<i64>,
-    max_wait: Option<String>,
-    #[serde(default = "crate::serve::deployments::api::default_then")]
-    then: String,
-    /// "5m"; "0" for none.
-    wake_lead: Option<String>,
-}
-
 fn duration(what: &str, v: Option<&str>) -> ApiResult<Option<i64>> {
     v.map(|t| {
         transport::fmt::parse_duration(t)
@@ -286,14 +252,14 @@ fn duration(what: &str, v: Option<&str>) -> ApiResult<Option<i64>> {
 /// A schedule's body checked: what a run will need exists and the timing can fire.
 struct Checked {
     when: When,
-    action: String,
+    action: api::ScheduleAction,
     /// Comma-separated.
     targets: String,
     max_wait_ms: Option<i64>,
     wake_lead_ms: Option<i64>,
 }
 
-async fn check_body(s: &Shared, b: &NewScheduleBody) -> ApiResult<Checked> {
+async fn check_body(s: &Shared, b: &api::NewSchedule) -> ApiResult<Checked> {
     check_name("schedule name", &b.name)?;
     let when = match (&b.cron, &b.at) {
         (Some(c), None) => When::Cron(Box::new(parse_cron(c).map_err(ApiError::bad_request)?)),
@@ -308,15 +274,16 @@ async fn check_body(s: &Shared, b: &NewScheduleBody) -> ApiResult<Checked> {
             ))
         }
     };
-    let action = b
-        .action
-        .clone()
-        .unwrap_or_else(|| if b.image.is_some() { "deploy" } else { "wake" }.into());
+    let action = b.action.unwrap_or(if b.image.is_some() {
+        api::ScheduleAction::Deploy
+    } else {
+        api::ScheduleAction::Wake
+    });
     let targets: Vec<String> = b.to.iter().map(|t| t.trim().to_string()).collect();
     let max_wait_ms = duration("max_wait", b.max_wait.as_deref())?;
     let wake_lead_ms = duration("wake_lead", b.wake_lead.as_deref())?;
-    match action.as_str() {
-        "deploy" => {
+    match action {
+        api::ScheduleAction::Deploy => {
             let image = b
                 .image
                 .clone()
@@ -327,16 +294,16 @@ async fn check_body(s: &Shared, b: &NewScheduleBody) -> ApiResult<Checked> {
                 .check(&DeployRequest {
                     image,
                     targets: targets.clone(),
-                    transport: b.transport.clone(),
-                    fallback: b.fallback.clone(),
+                    transport: b.transport,
+                    fallback: b.fallback,
                     min_machines: b.min_machines,
                     max_wait: max_wait_ms.map(|ms| Duration::from_millis(ms as u64)),
                     start_at_ms: None,
-                    then_action: b.then.clone(),
+                    then_action: b.then,
                 })
                 .await?;
         }
-        "wake" => {
+        api::ScheduleAction::Wake => {
             if b.image.is_some() {
                 return Err(ApiError::bad_request(
                     "a wake schedule takes no image (action \"deploy\" redeploys)",
@@ -344,13 +311,8 @@ async fn check_body(s: &Shared, b: &NewScheduleBody) -> ApiResult<Checked> {
             }
             s.deployer.resolve_targets(&targets).await?;
         }
-        a => {
-            return Err(ApiError::bad_request(format!(
-                "action {a:?}: deploy or wake"
-            )))
-        }
     }
-    let lead = if action == "deploy" {
+    let lead = if action == api::ScheduleAction::Deploy {
         wake_lead_ms.unwrap_or(s.schedule_settings.default_lead_ms)
     } else {
         0
@@ -365,7 +327,7 @@ async fn check_body(s: &Shared, b: &NewScheduleBody) -> ApiResult<Checked> {
     })
 }
 
-fn new_schedule<'a>(b: &'a NewScheduleBody, c: &'a Checked, by: &'a str) -> NewSchedule<'a> {
+fn new_schedule<'a>(b: &'a api::NewSchedule, c: &'a Checked, by: &'a str) -> NewSchedule<'a> {
     NewSchedule {
         name: &b.name,
         cron: b.cron.as_deref().map(str::trim),
@@ -373,14 +335,14 @@ fn new_schedule<'a>(b: &'a NewScheduleBody, c: &'a Checked, by: &'a str) -> NewS
             When::At(at) => Some(at),
             When::Cron(_) => None,
         },
-        action: &c.action,
+        action: c.action.as_str(),
         image: b.image.as_deref(),
         targets: &c.targets,
-        transport: &b.transport,
-        fallback: &b.fallback,
+        transport: b.transport.as_str(),
+        fallback: b.fallback.as_str(),
         min_machines: b.min_machines,
         max_wait_ms: c.max_wait_ms,
-        then_action: &b.then,
+        then_action: b.then.as_str(),
         wake_lead_ms: c.wake_lead_ms,
         created_by: by,
     }
@@ -401,7 +363,7 @@ fn summary(sc: &Schedule) -> String {
 pub(crate) async fn create(
     State(s): State<Shared>,
     Extension(actor): Extension<Actor>,
-    body: Result<Json<NewScheduleBody>, JsonRejection>,
+    body: Result<Json<api::NewSchedule>, JsonRejection>,
 ) -> ApiResult<Response> {
     let Json(b) = body?;
     let c = check_body(&s, &b).await?;
@@ -420,7 +382,7 @@ pub(crate) async fn replace(
     State(s): State<Shared>,
     Extension(actor): Extension<Actor>,
     UrlPath(name): UrlPath<String>,
-    body: Result<Json<NewScheduleBody>, JsonRejection>,
+    body: Result<Json<api::NewSchedule>, JsonRejection>,
 ) -> ApiResult<Json<api::Schedule>> {
     let Json(b) = body?;
     let old = s.db.schedules().schedule(&name).await?;

@@ -6,7 +6,7 @@ use serde::Serialize;
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
-use crate::serve::db::{is_unique_violation, now_ms, random_hex, Db, DbError};
+use crate::serve::db::{is_unique_violation, now_ms, parsed, random_hex, Db, DbError};
 use crate::serve::schedules::service::Schedule;
 
 /// What a new schedule is (already checked).
@@ -48,14 +48,14 @@ fn schedule(r: &AnyRow) -> Result<Schedule, sqlx::Error> {
         name: r.try_get("name")?,
         cron: r.try_get("cron")?,
         at_ms: r.try_get("at_ms")?,
-        action: r.try_get("action")?,
+        action: parsed(r, "action")?,
         image: r.try_get("image")?,
         targets: r.try_get("targets")?,
-        transport: r.try_get("transport")?,
-        fallback: r.try_get("fallback")?,
+        transport: parsed(r, "transport")?,
+        fallback: parsed(r, "fallback")?,
         min_machines: r.try_get("min_machines")?,
         max_wait_ms: r.try_get("max_wait_ms")?,
-        then_action: r.try_get("then_action")?,
+        then_action: parsed(r, "then_action")?,
         wake_lead_ms: r.try_get("wake_lead_ms")?,
         created_by: r.try_get("created_by")?,
         created_ms: r.try_get("created_ms")?,

@@ -23,6 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{Local, TimeZone};
+use proto::api::{Fallback, ScheduleAction, Then, Transport};
 use serde::Serialize;
 use tracing::{info, warn};
 
@@ -33,16 +34,15 @@ pub(crate) struct Schedule {
     pub(crate) name: String,
     pub(crate) cron: Option<String>,
     pub(crate) at_ms: Option<i64>,
-    /// `deploy` or `wake`.
-    pub(crate) action: String,
+    pub(crate) action: ScheduleAction,
     pub(crate) image: Option<String>,
     pub(crate) targets: String,
-    pub(crate) transport: String,
-    /// A multicast deployment's stragglers finish by `unicast` or `bittorrent`.
-    pub(crate) fallback: String,
+    pub(crate) transport: Transport,
+    /// Where a multicast deployment's stragglers finish.
+    pub(crate) fallback: Fallback,
     pub(crate) min_machines: Option<i64>,
     pub(crate) max_wait_ms: Option<i64>,
-    pub(crate) then_action: String,
+    pub(crate) then_action: Then,
     /// `None`: the server's default; `Some(0)`: no wake-up, fire at the due time.
     pub(crate) wake_lead_ms: Option<i64>,
     pub(crate) created_by: String,

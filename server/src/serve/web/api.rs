@@ -399,21 +399,8 @@ struct MachineQuery {
 async fn machines(
     State(s): State<Shared>,
     Query(q): Query<MachineQuery>,
-) -> ApiResult<Json<Value>> {
-    let all = s.db.inventory().machines(q.group.as_deref()).await?;
-    Ok(Json(
-        serde_json::to_value(all).map_err(anyhow::Error::from)?,
-    ))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct NewMachine {
-    mac: String,
-    name: Option<String>,
-    group: Option<String>,
-    ip: Option<String>,
-    disk: Option<String>,
+) -> ApiResult<Json<Vec<proto::api::Machine>>> {
+    Ok(Json(s.db.inventory().machines(q.group.as_deref()).await?))
 }
 
 pub(crate) fn check_name(what: &str, n: &str) -> ApiResult<()> {
@@ -428,7 +415,7 @@ pub(crate) fn check_name(what: &str, n: &str) -> ApiResult<()> {
 async fn add_machine(
     State(s): State<Shared>,
     Extension(actor): Extension<Actor>,
-    body: Result<Json<NewMachine>, JsonRejection>,
+    body: Result<Json<proto::api::NewMachine>, JsonRejection>,
 ) -> ApiResult<Response> {
     let Json(m) = body?;
     let mac = parse_mac(&m.mac)?;
@@ -537,22 +524,14 @@ async fn remove_machine(
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn groups(State(s): State<Shared>) -> ApiResult<Json<Value>> {
-    Ok(Json(
-        serde_json::to_value(s.db.inventory().groups().await?).map_err(anyhow::Error::from)?,
-    ))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct NewGroup {
-    name: String,
+async fn groups(State(s): State<Shared>) -> ApiResult<Json<Vec<proto::api::Group>>> {
+    Ok(Json(s.db.inventory().groups().await?))
 }
 
 async fn add_group(
     State(s): State<Shared>,
     Extension(actor): Extension<Actor>,
-    body: Result<Json<NewGroup>, JsonRejection>,
+    body: Result<Json<proto::api::NewGroup>, JsonRejection>,
 ) -> ApiResult<Response> {
     let Json(g) = body?;
     check_name("group", &g.name)?;
@@ -571,20 +550,12 @@ async fn remove_group(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct WakeRequest {
-    #[serde(default)]
-    macs: Vec<String>,
-    group: Option<String>,
-}
-
 /// Sends wake-on-LAN magic packets to the lab interface's subnet broadcast.
 async fn wake(
     State(s): State<Shared>,
     Extension(actor): Extension<Actor>,
-    body: Result<Json<WakeRequest>, JsonRejection>,
-) -> ApiResult<Json<Value>> {
+    body: Result<Json<proto::api::Wake>, JsonRejection>,
+) -> ApiResult<Json<proto::api::Woken>> {
     let Json(w) = body?;
     let mut macs = w
         .macs
@@ -623,7 +594,10 @@ async fn wake(
     let woken: Vec<String> = macs.iter().map(Mac::to_string).collect();
     s.db.audit(&actor.0, "wake", &format!("{} via {to}", woken.join(" ")))
         .await?;
-    Ok(Json(json!({ "woken": woken, "to": to.to_string() })))
+    Ok(Json(proto::api::Woken {
+        woken,
+        to: to.to_string(),
+    }))
 }
 
 #[derive(Deserialize)]
