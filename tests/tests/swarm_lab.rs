@@ -105,18 +105,23 @@ fn forty_agents_over_bittorrent_trade_pieces_with_a_capped_server() {
     );
     let id = d["id"].as_str().unwrap().to_string();
     assert_eq!(d["machines"], AGENTS);
+    // Agent 3 gets its pieces through an 8 Mbit/s port, so that it is still writing when it is
+    // killed: the others can finish a 24 MiB image within one poll of its progress.
+    lab.throttle_in(3, "8mbit");
     let mut kids: Vec<usize> = (1..=AGENTS).map(|i| agent(&mut lab, &env, i, 1)).collect();
     let show = |lab: &Lab| cli(lab, &token, &["deployment", "show", &id]);
 
     // Agent 3 is killed once its disk is partly written, and starts again.
-    wait_deployment(
+    let d = wait_deployment(
         Duration::from_secs(180),
         "agent 3's progress",
         || show(&lab),
-        |d| {
-            let t = task_of(d, &mac(3));
-            t["percent"].as_f64().unwrap_or(0.0) >= 15.0 || t["state"] == "done"
-        },
+        |d| task_of(d, &mac(3))["percent"].as_f64().unwrap_or(0.0) >= 15.0,
+    );
+    let t = task_of(&d, &mac(3));
+    assert_ne!(
+        t["state"], "done",
+        "agent 3 finished before it could be killed mid-way: {t:#}"
     );
     let _ = lab.child(kids[2]).kill();
     let _ = lab.child(kids[2]).wait();
