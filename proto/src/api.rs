@@ -799,85 +799,6 @@ pub struct Committed {
     pub uploaded: u64,
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn enums_round_trip_their_wire_names_and_name_the_choices() {
-        for t in Transport::ALL {
-            assert_eq!(t.as_str().parse::<Transport>(), Ok(*t));
-            let j = serde_json::to_string(t).unwrap();
-            assert_eq!(j, format!("\"{t}\""));
-        }
-        for s in TaskState::ALL {
-            assert_eq!(s.as_str().parse::<TaskState>(), Ok(*s));
-        }
-        let e = "carrier-pigeon".parse::<Transport>().unwrap_err();
-        assert!(e.contains("multicast, bittorrent, unicast"), "{e}");
-        assert!(TaskState::Receiving.active() && !TaskState::Done.active());
-    }
-
-    #[test]
-    fn a_restore_plan_starts_with_the_transport_and_ends_with_unicast() {
-        let task = |transport, fallback| AgentTask {
-            id: "t".into(),
-            deployment: "d".into(),
-            kind: TaskKind::Restore,
-            state: TaskState::Waiting,
-            image: ImageRef {
-                id: "i".into(),
-                name: "lab@1".into(),
-            },
-            transport,
-            deployment_state: DeploymentState::Running,
-            multicast: None,
-            fallback,
-            bittorrent: None,
-            then: Then::Reboot,
-            bytes_total: 1,
-            disk: None,
-        };
-        use Transport::*;
-        for (t, f, plan) in [
-            (Multicast, Fallback::Unicast, vec![Multicast, Unicast]),
-            (
-                Multicast,
-                Fallback::Bittorrent,
-                vec![Multicast, Bittorrent, Unicast],
-            ),
-            (Bittorrent, Fallback::Unicast, vec![Bittorrent, Unicast]),
-            (Bittorrent, Fallback::Bittorrent, vec![Bittorrent, Unicast]),
-            (Unicast, Fallback::Bittorrent, vec![Unicast]),
-        ] {
-            assert_eq!(task(t, f).plan(), plan, "{t} with {f}");
-        }
-    }
-
-    #[test]
-    fn reports_keep_their_wire_shape() {
-        let p: ProgressReport = serde_json::from_str(
-            r#"{"state":"receiving","bytes_done":5,"bytes_total":9,"rate_bps":1,"multicast_chunks":2}"#,
-        )
-        .unwrap();
-        assert_eq!(p.state, TaskState::Receiving);
-        assert_eq!(p.counters().multicast_chunks, 2);
-        assert_eq!(p.bytes_total, Some(9));
-        assert!(serde_json::from_str::<ProgressReport>(
-            r#"{"state":"receiving","bytes_done":1,"x":1}"#
-        )
-        .is_err());
-        assert!(
-            serde_json::from_str::<ProgressReport>(r#"{"state":"lost","bytes_done":1}"#).is_err()
-        );
-        let r: ResultReport = serde_json::from_str(r#"{"ok":false,"reason":"disk"}"#).unwrap();
-        assert_eq!(r.reason.as_deref(), Some("disk"));
-        let r: ResultReport =
-            serde_json::from_str(r#"{"ok":true,"bytes_done":3,"kept_chunks":1}"#).unwrap();
-        assert_eq!(r.counters.map(|c| c.kept_chunks), Some(1));
-    }
-}
-
 /// `POST /api/v1/deployments`: an image to machines and groups.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -985,6 +906,78 @@ pub struct NewMachine {
     pub disk: Option<String>,
 }
 
+/// `PATCH /api/v1/machines/{mac}`: what changes. A field left out stays; `null` clears a
+/// group, an address or a pinned disk (a name cannot be cleared).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct MachinePatch {
+    /// A new name (not `null`).
+    #[serde(
+        default,
+        deserialize_with = "given",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub name: Option<String>,
+    /// A new group, or `null` for none.
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
+    pub group: Option<Option<String>>,
+    /// Full DHCP's fixed address, or `null` for none.
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
+    pub ip: Option<Option<String>>,
+    /// The disk its agent writes (`serial:...`, `size:BYTES`), or `null` for the default.
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
+    pub disk: Option<Option<String>>,
+}
+
+/// A field that is present: `null` is `Some(None)`, a value `Some(Some(v))` (absent is the
+/// `default`, `None`).
+fn present<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
+}
+
+/// A field that, when present, holds a value (`null` is refused).
+fn given<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    T::deserialize(d).map(Some)
+}
+
+/// One entry of the audit log (`GET /api/v1/audit`): who did what, when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct AuditEntry {
+    /// Unix milliseconds.
+    pub at_ms: i64,
+    /// `token:NAME`, `user:NAME`, `agent:MAC`, `web:NAME` or `server`.
+    pub actor: String,
+    /// What was done (`machine.add`, `task.token`, ...).
+    pub action: String,
+    /// Its details.
+    pub detail: String,
+}
+
 /// `POST /api/v1/groups`: a group.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -1015,4 +1008,97 @@ pub struct Woken {
     pub woken: Vec<String>,
     /// Where the packets went (`ADDR:PORT`).
     pub to: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn enums_round_trip_their_wire_names_and_name_the_choices() {
+        for t in Transport::ALL {
+            assert_eq!(t.as_str().parse::<Transport>(), Ok(*t));
+            let j = serde_json::to_string(t).unwrap();
+            assert_eq!(j, format!("\"{t}\""));
+        }
+        for s in TaskState::ALL {
+            assert_eq!(s.as_str().parse::<TaskState>(), Ok(*s));
+        }
+        let e = "carrier-pigeon".parse::<Transport>().unwrap_err();
+        assert!(e.contains("multicast, bittorrent, unicast"), "{e}");
+        assert!(TaskState::Receiving.active() && !TaskState::Done.active());
+    }
+
+    #[test]
+    fn a_restore_plan_starts_with_the_transport_and_ends_with_unicast() {
+        let task = |transport, fallback| AgentTask {
+            id: "t".into(),
+            deployment: "d".into(),
+            kind: TaskKind::Restore,
+            state: TaskState::Waiting,
+            image: ImageRef {
+                id: "i".into(),
+                name: "lab@1".into(),
+            },
+            transport,
+            deployment_state: DeploymentState::Running,
+            multicast: None,
+            fallback,
+            bittorrent: None,
+            then: Then::Reboot,
+            bytes_total: 1,
+            disk: None,
+        };
+        use Transport::*;
+        for (t, f, plan) in [
+            (Multicast, Fallback::Unicast, vec![Multicast, Unicast]),
+            (
+                Multicast,
+                Fallback::Bittorrent,
+                vec![Multicast, Bittorrent, Unicast],
+            ),
+            (Bittorrent, Fallback::Unicast, vec![Bittorrent, Unicast]),
+            (Bittorrent, Fallback::Bittorrent, vec![Bittorrent, Unicast]),
+            (Unicast, Fallback::Bittorrent, vec![Unicast]),
+        ] {
+            assert_eq!(task(t, f).plan(), plan, "{t} with {f}");
+        }
+    }
+
+    #[test]
+    fn reports_keep_their_wire_shape() {
+        let p: ProgressReport = serde_json::from_str(
+            r#"{"state":"receiving","bytes_done":5,"bytes_total":9,"rate_bps":1,"multicast_chunks":2}"#,
+        )
+        .unwrap();
+        assert_eq!(p.state, TaskState::Receiving);
+        assert_eq!(p.counters().multicast_chunks, 2);
+        assert_eq!(p.bytes_total, Some(9));
+        assert!(serde_json::from_str::<ProgressReport>(
+            r#"{"state":"receiving","bytes_done":1,"x":1}"#
+        )
+        .is_err());
+        assert!(
+            serde_json::from_str::<ProgressReport>(r#"{"state":"lost","bytes_done":1}"#).is_err()
+        );
+        let r: ResultReport = serde_json::from_str(r#"{"ok":false,"reason":"disk"}"#).unwrap();
+        assert_eq!(r.reason.as_deref(), Some("disk"));
+        let r: ResultReport =
+            serde_json::from_str(r#"{"ok":true,"bytes_done":3,"kept_chunks":1}"#).unwrap();
+        assert_eq!(r.counters.map(|c| c.kept_chunks), Some(1));
+    }
+
+    #[test]
+    fn a_machine_patch_tells_null_from_absent() {
+        let p: MachinePatch = serde_json::from_str(r#"{"group":null,"ip":"10.0.0.5"}"#).unwrap();
+        assert_eq!(p.name, None);
+        assert_eq!(p.group, Some(None));
+        assert_eq!(p.ip, Some(Some("10.0.0.5".into())));
+        assert_eq!(p.disk, None);
+        let e = serde_json::from_str::<MachinePatch>(r#"{"owner":"x"}"#).unwrap_err();
+        assert!(e.to_string().contains("owner"), "{e}");
+        assert!(serde_json::from_str::<MachinePatch>(r#"{"name":null}"#).is_err());
+        let back: MachinePatch = serde_json::from_str(&serde_json::to_string(&p).unwrap()).unwrap();
+        assert_eq!(back.ip, p.ip);
+    }
 }

@@ -22,6 +22,35 @@ fn inventory_through_the_api_and_the_cli_survives_a_restart() {
     assert!(spec["paths"]["/api/v1/machines"]["post"].is_object());
     assert!(spec["paths"]["/api/v1/schedules"]["post"].is_object());
     assert!(spec["paths"]["/api/v1/captures"]["post"].is_object());
+    // The document is the router: every operation it names is routed (no "no such endpoint",
+    // no 405), and every one it does not mark public refuses a caller without a token.
+    let mut checked = 0;
+    for (path, item) in spec["paths"].as_object().unwrap() {
+        let concrete: String = path
+            .split('/')
+            .map(|seg| {
+                if seg.starts_with('{') {
+                    "aa:bb:cc:dd:ee:ff"
+                } else {
+                    seg
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("/");
+        for (method, op) in item.as_object().unwrap() {
+            let m = method.to_uppercase();
+            let (code, body) = srv.http(&m, &concrete, None, Some("{}"));
+            assert!(
+                code != 405 && !body.contains("no such endpoint"),
+                "{m} {path} is in the document but not routed: {code} {body}"
+            );
+            if op.get("security").is_none() {
+                assert_eq!(code, 401, "{m} {path} without a token: {body}");
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked >= 45, "{checked} operations");
     // Everything else needs one.
     for (m, p) in [
         ("GET", "/api/v1/machines"),

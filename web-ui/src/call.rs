@@ -25,14 +25,19 @@ impl std::fmt::Display for Refused {
     }
 }
 
-fn request(method: Method, path: &str, body: Option<&Value>) -> Request<Body> {
+/// A request body: `body` as JSON (the API's types from `proto::api`).
+pub(crate) fn json<B: serde::Serialize>(body: &B) -> String {
+    serde_json::to_string(body).expect("the API's request types serialize")
+}
+
+fn request(method: Method, path: &str, body: Option<String>) -> Request<Body> {
     let b = Request::builder()
         .method(method)
         .uri(format!("/api/v1{path}"));
     match body {
         Some(v) => b
             .header(header::CONTENT_TYPE, "application/json")
-            .body(Body::from(v.to_string())),
+            .body(Body::from(v)),
         None => b.body(Body::empty()),
     }
     .expect("a request of a method, a path of ours and a body")
@@ -44,7 +49,7 @@ pub(crate) async fn api<C: Control>(
     user: &str,
     method: Method,
     path: &str,
-    body: Option<&Value>,
+    body: Option<String>,
 ) -> Result<Value, Refused> {
     let r = c.api(user, request(method, path, body)).await;
     let status = r.status();

@@ -7,11 +7,13 @@ use axum::http::{HeaderMap, Method};
 use axum::response::{IntoResponse, Response};
 use axum::Form;
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use crate::auth::Authed;
 use proto::api;
-use proto::api::{NewDeployment, NewSchedule, ScheduleAction};
+use proto::api::{
+    MachinePatch, NewDeployment, NewGroup, NewMachine, NewSchedule, ScheduleAction, Wake,
+};
 
 use crate::call::{self, Refused};
 use crate::view::{bytes, duration, page, rate, redirect_with, render_page, time, Fields, Nav};
@@ -226,16 +228,13 @@ impl ScheduleShow for Schedule {
     }
 }
 
-#[derive(Deserialize)]
-pub(crate) struct AuditEntry {
-    pub(crate) at_ms: i64,
-    pub(crate) actor: String,
-    pub(crate) action: String,
-    pub(crate) detail: String,
+/// An audit entry's time as the dashboard shows it.
+pub(crate) trait EntryTime {
+    fn at(&self) -> String;
 }
 
-impl AuditEntry {
-    pub(crate) fn at(&self) -> String {
+impl EntryTime for api::AuditEntry {
+    fn at(&self) -> String {
         time(Some(self.at_ms))
     }
 }
@@ -363,20 +362,27 @@ pub(crate) async fn machines<C: Control>(
 }
 
 /// A machine's fields from a form: only those given (an empty one clears it).
-fn machine_body(f: &Fields, with_mac: bool) -> Value {
-    let mut b = serde_json::Map::new();
-    if with_mac {
-        b.insert("mac".into(), json!(f.text("mac").unwrap_or_default()));
+/// A new machine's API body from its form.
+fn new_machine(f: &Fields) -> NewMachine {
+    NewMachine {
+        mac: f.text("mac").unwrap_or_default(),
+        name: f.text("name"),
+        group: f.text("group"),
+        ip: f.text("ip"),
+        disk: f.text("disk"),
     }
-    for key in ["name", "group", "ip", "disk"] {
-        if f.get(key).is_some() {
-            b.insert(key.into(), json!(f.text(key)));
-        }
+}
+
+/// A machine's changes from its form: a field the form has and left empty clears it (the
+/// name, which cannot be cleared, stays).
+fn machine_patch(f: &Fields) -> MachinePatch {
+    let field = |key: &str| f.get(key).map(|_| f.text(key));
+    MachinePatch {
+        name: f.text("name"),
+        group: field("group"),
+        ip: field("ip"),
+        disk: field("disk"),
     }
-    if with_mac {
-        b.retain(|_, v| !v.is_null());
-    }
-    Value::Object(b)
 }
 
 pub(crate) async fn add_machine<C: Control>(
@@ -385,15 +391,8 @@ pub(crate) async fn add_machine<C: Control>(
     Form(f): Form<Fields>,
 ) -> Response {
     checked!(a, f);
-    let body = machine_body(&f, true);
-    let r = call::api(
-        &ui.control,
-        a.user(),
-        Method::POST,
-        "/machines",
-        Some(&body),
-    )
-    .await;
+    let body = call::json(&new_machine(&f));
+    let r = call::api(&ui.control, a.user(), Method::POST, "/machines", Some(body)).await;
     after("/machines", r, |v| {
         format!("machine {} added", v["name"].as_str().unwrap_or("?"))
     })
@@ -434,9 +433,9 @@ pub(crate) async fn save_machine<C: Control>(
     Form(f): Form<Fields>,
 ) -> Response {
     checked!(a, f);
-    let body = machine_body(&f, false);
+    let body = call::json(&machine_patch(&f));
     let path = format!("/machines/{mac}");
-    match call::api(&ui.control, a.user(), Method::PATCH, &path, Some(&body)).await {
+    match call::api(&ui.control, a.user(), Method::PATCH, &path, Some(body)).await {
         Ok(v) => redirect_with(
             "/machines",
             "ok",
@@ -453,8 +452,11 @@ pub(crate) async fn wake_machine<C: Control>(
     Form(f): Form<Fields>,
 ) -> Response {
     checked!(a, f);
-    let body = json!({ "macs": [mac] });
-    let r = call::api(&ui.control, a.user(), Method::POST, "/wake", Some(&body)).await;
+    let body = call::json(&Wake {
+        macs: vec![mac.clone()],
+        group: None,
+    });
+    let r = call::api(&ui.control, a.user(), Method::POST, "/wake", Some(body)).await;
     after("/machines", r, |v| {
         format!(
             "wake-on-LAN sent to {mac} (via {})",
@@ -504,8 +506,8 @@ pub(crate) async fn add_group<C: Control>(
 ) -> Response {
     checked!(a, f);
     let name = f.text("name").unwrap_or_default();
-    let body = json!({ "name": name });
-    let r = call::api(&ui.control, a.user(), Method::POST, "/groups", Some(&body)).await;
+    let body = call::json(&NewGroup { name: name.clone() });
+    let r = call::api(&ui.control, a.user(), Method::POST, "/groups", Some(body)).await;
     after("/groups", r, |_| format!("group {name} added"))
 }
 
@@ -516,8 +518,11 @@ pub(crate) async fn wake_group<C: Control>(
     Form(f): Form<Fields>,
 ) -> Response {
     checked!(a, f);
-    let body = json!({ "group": name });
-    let r = call::api(&ui.control, a.user(), Method::POST, "/wake", Some(&body)).await;
+    let body = call::json(&Wake {
+        macs: Vec::new(),
+        group: Some(name.clone()),
+    });
+    let r = call::api(&ui.control, a.user(), Method::POST, "/wake", Some(body)).await;
     after("/groups", r, |v| {
         let n = v["woken"].as_array().map_or(0, Vec::len);
         format!("wake-on-LAN sent to the {n} machine(s) of {name}")
@@ -668,7 +673,7 @@ pub(crate) async fn create_deployment<C: Control>(
         a.user(),
         Method::POST,
         "/deployments",
-        Some(&body),
+        Some(body),
     )
     .await;
     match r {
@@ -801,7 +806,7 @@ fn choice<T: std::str::FromStr<Err = String> + Default>(
 }
 
 /// A deployment's API body from its form.
-fn deployment_body(f: &Fields) -> Result<Value, String> {
+fn deployment_body(f: &Fields) -> Result<String, String> {
     let mut body = NewDeployment {
         image: f.text("image").unwrap_or_default(),
         to: targets(f),
@@ -824,11 +829,11 @@ fn deployment_body(f: &Fields) -> Result<Value, String> {
         }
         _ => {}
     }
-    serde_json::to_value(body).map_err(|e| e.to_string())
+    Ok(call::json(&body))
 }
 
 /// A schedule's API body from its form (create and edit alike).
-fn schedule_body(f: &Fields) -> Result<Value, String> {
+fn schedule_body(f: &Fields) -> Result<String, String> {
     let action = match f.text("action") {
         None => ScheduleAction::Deploy,
         Some(a) => a.parse().map_err(|e| format!("action {e}"))?,
@@ -857,7 +862,7 @@ fn schedule_body(f: &Fields) -> Result<Value, String> {
         }
         (None, None) => return Err("give a cron expression or a time".into()),
     }
-    serde_json::to_value(body).map_err(|e| e.to_string())
+    Ok(call::json(&body))
 }
 
 pub(crate) async fn create_schedule<C: Control>(
@@ -876,7 +881,7 @@ pub(crate) async fn create_schedule<C: Control>(
         a.user(),
         Method::POST,
         "/schedules",
-        Some(&body),
+        Some(body),
     )
     .await;
     after("/schedules", r, |v| {
@@ -925,7 +930,7 @@ pub(crate) async fn save_schedule<C: Control>(
         Ok(b) => b,
         Err(e) => return redirect_with(&back, "error", &e),
     };
-    match call::api(&ui.control, a.user(), Method::PUT, &back, Some(&body)).await {
+    match call::api(&ui.control, a.user(), Method::PUT, &back, Some(body)).await {
         Ok(v) => redirect_with(
             "/schedules",
             "ok",
@@ -957,7 +962,7 @@ pub(crate) async fn delete_schedule<C: Control>(
 #[template(path = "log.html")]
 struct LogPage {
     nav: Nav,
-    entries: Vec<AuditEntry>,
+    entries: Vec<api::AuditEntry>,
 }
 
 pub(crate) async fn log<C: Control>(

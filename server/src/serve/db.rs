@@ -160,7 +160,10 @@ impl Db {
     }
 
     /// The audit log, newest first.
-    pub(crate) async fn audit_log(&self, limit: i64) -> anyhow::Result<Vec<serde_json::Value>> {
+    pub(crate) async fn audit_log(
+        &self,
+        limit: i64,
+    ) -> anyhow::Result<Vec<proto::api::AuditEntry>> {
         let rows = sqlx::query(
             "SELECT at_ms, actor, action, detail FROM audit_log ORDER BY at_ms DESC, id LIMIT $1",
         )
@@ -169,12 +172,12 @@ impl Db {
         .await?;
         rows.iter()
             .map(|r| {
-                Ok(serde_json::json!({
-                    "at_ms": r.try_get::<i64, _>("at_ms")?,
-                    "actor": r.try_get::<String, _>("actor")?,
-                    "action": r.try_get::<String, _>("action")?,
-                    "detail": r.try_get::<String, _>("detail")?,
-                }))
+                Ok(proto::api::AuditEntry {
+                    at_ms: r.try_get("at_ms")?,
+                    actor: r.try_get("actor")?,
+                    action: r.try_get("action")?,
+                    detail: r.try_get("detail")?,
+                })
             })
             .collect()
     }

@@ -17,6 +17,7 @@ use axum::response::{IntoResponse, Response};
 use tokio::io::AsyncReadExt;
 
 use crate::serve::web::api::{parse_mac, ApiError, ApiResult, Shared};
+use proto::api::ErrorBody;
 
 /// The boot environment's files in the boot directory (deploy/build-boot-env puts them there).
 pub(crate) const KERNEL: &str = "vmlinuz";
@@ -45,6 +46,11 @@ fn script(body: String) -> Response {
 }
 
 /// `GET /boot/{mac}.ipxe`
+#[utoipa::path(get, path = "/boot/{name}", tag = "boot", security(()),
+    summary = "iPXE's boot script, `/boot/MAC.ipxe` (no login; a task's script only to the machine itself, as hello)",
+    description = "The agent's kernel and initramfs for a machine with a pending task (a fresh task token on the command line), else the local disk.",
+    params(("name" = String, Path, description = "MAC.ipxe", example = "aa:bb:cc:dd:ee:ff.ipxe")),
+    responses((status = 200, description = "iPXE script", content_type = "text/plain"), (status = 400, body = ErrorBody)))]
 pub(crate) async fn ipxe_script(
     State(s): State<Shared>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -161,6 +167,9 @@ fn agent_script(s: &Shared, what: &str, args: &str) -> String {
 }
 
 /// `GET /boot/files/{path}`: a file of the boot directory, streamed.
+#[utoipa::path(get, path = "/boot/files/{*path}", tag = "boot", security(()),
+    summary = "A file of the boot directory (public; nothing outside it)", params(("path" = String, Path)),
+    responses((status = 200, description = "the file", content_type = "application/octet-stream"), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub(crate) async fn file(
     State(s): State<Shared>,
     UrlPath(path): UrlPath<String>,

@@ -16,7 +16,7 @@ use futures_util::Stream;
 use imaging::manifest::Hash;
 use serde::Deserialize;
 
-use proto::api;
+use proto::api::{self, ErrorBody};
 
 use crate::serve::deployments::repo::{Deployment, Task, TaskProgress};
 use crate::serve::deployments::service::{AgentSwarm, DeployError, DeployRequest};
@@ -169,6 +169,9 @@ pub(crate) struct ListQuery {
     limit: Option<i64>,
 }
 
+#[utoipa::path(get, path = "/deployments", tag = "deployments", summary = "Deployments, newest first, each with its tasks",
+    params(("limit" = Option<i64>, Query, description = "at most this many (50 unless given)")),
+    responses((status = 200, description = "deployments", body = [api::Deployment])))]
 pub(crate) async fn list(
     State(s): State<Shared>,
     Query(q): Query<ListQuery>,
@@ -184,6 +187,9 @@ pub(crate) async fn list(
     Ok(Json(out))
 }
 
+#[utoipa::path(get, path = "/deployments/{id}", tag = "deployments",
+    summary = "One deployment with every machine's progress, rate and ETA", params(("id" = String, Path, description = "the deployment's id (or its start)")),
+    responses((status = 200, description = "the deployment", body = api::Deployment), (status = 404, body = ErrorBody)))]
 pub(crate) async fn show(
     State(s): State<Shared>,
     UrlPath(id): UrlPath<String>,
@@ -192,6 +198,10 @@ pub(crate) async fn show(
     Ok(Json(deployment_view(&s, &d).await?))
 }
 
+#[utoipa::path(post, path = "/deployments", tag = "deployments", summary = "Deploy an image to machines (MAC) and groups",
+    request_body = api::NewDeployment,
+    responses((status = 201, description = "created", body = api::Deployment), (status = 400, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub(crate) async fn create(
     State(s): State<Shared>,
     Extension(actor): Extension<Actor>,
@@ -233,6 +243,9 @@ pub(crate) async fn create(
 }
 
 /// `POST /deployments/{id}/cancel` and `/start`: the deployment as it is afterwards.
+#[utoipa::path(post, path = "/deployments/{id}/cancel", tag = "deployments",
+    summary = "Cancel a deployment: its tasks end, its session stops", params(("id" = String, Path, description = "the deployment's id (or its start)")),
+    responses((status = 200, description = "cancelled", body = api::Deployment), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub(crate) async fn cancel(
     s: State<Shared>,
     actor: Extension<Actor>,
@@ -241,6 +254,9 @@ pub(crate) async fn cancel(
     act(s, actor, id, true).await
 }
 
+#[utoipa::path(post, path = "/deployments/{id}/start", tag = "deployments",
+    summary = "Start a waiting multicast deployment's stream now", params(("id" = String, Path, description = "the deployment's id (or its start)")),
+    responses((status = 200, description = "starting", body = api::Deployment), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub(crate) async fn start_now(
     s: State<Shared>,
     actor: Extension<Actor>,
@@ -266,6 +282,9 @@ async fn act(
 
 /// Server-sent events: the deployment (with its tasks) at once and at every change, at most
 /// four times a second, until it is over.
+#[utoipa::path(get, path = "/deployments/{id}/events", tag = "deployments",
+    summary = "Server-sent events: `deployment` with the deployment (as GET) at once and at every change, until it is over", params(("id" = String, Path, description = "the deployment's id (or its start)")),
+    responses((status = 200, description = "`event: deployment` records, each a Deployment", content_type = "text/event-stream"), (status = 404, body = ErrorBody)))]
 pub(crate) async fn events(
     State(s): State<Shared>,
     UrlPath(id): UrlPath<String>,
@@ -311,6 +330,12 @@ const POLL_MS: u64 = 2000;
 /// `POST /api/v1/agent/hello` (public): registers an unknown machine, updates a known one,
 /// and answers with its task, if it has one. An agent that shows its task token keeps it;
 /// one that shows none gets a new token (the machine is identified by its MAC, as PXE does).
+#[utoipa::path(post, path = "/api/v1/agent/hello", tag = "agent", security(()),
+    summary = "An agent says hello (no login; only from the machine itself)",
+    description = "Only from the machine itself: the server's own host, an address its neighbour table or its DHCP maps to the MAC, or a network in agent_networks, else 403, audited. Registers an unknown MAC, records the disk, answers with the machine's task and, to an agent without a valid task token, a new one (tokens handed out before keep working).",
+    request_body = api::Hello,
+    responses((status = 200, description = "the machine, its task (or null), a token (when handed out), poll_ms", body = api::HelloReply),
+        (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub(crate) async fn hello(
     State(s): State<Shared>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -428,6 +453,9 @@ pub(crate) async fn hello(
 /// `register`: a receiver id and the datagram key, `chunks/{i}`), served from the session's
 /// own routes to the agents of its deployment only (their task token checked by the auth
 /// layer). No session runs a port of its own.
+#[utoipa::path(get, path = "/agent/session", tag = "agent",
+    summary = "Agent: its deployment's live multicast session's description (chunks, their hashes); the session opens no port of its own",
+    responses((status = 200, description = "the session description", content_type = "application/json"), (status = 401, body = ErrorBody), (status = 410, body = ErrorBody)))]
 pub(crate) async fn session(
     State(s): State<Shared>,
     Extension(AgentTask(t)): Extension<AgentTask>,
@@ -467,8 +495,24 @@ pub(crate) async fn session(
     Ok(resp)
 }
 
+/// The session's own paths under `/api/v1/agent/session/`, served by [`session`].
+#[utoipa::path(method(get, post), path = "/agent/session/{*rest}", tag = "agent",
+    summary = "Agent: the session's description (session), registration (POST register: a receiver id and the session's datagram key) or one chunk by index (chunks/{i})",
+    params(("rest" = String, Path, description = "session, register or chunks/{i}")),
+    responses((status = 200, description = "JSON, or a zstd frame for a chunk"), (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 410, body = ErrorBody)))]
+pub(crate) async fn session_part(
+    s: State<Shared>,
+    task: Extension<AgentTask>,
+    req: axum::extract::Request,
+) -> ApiResult<Response> {
+    session(s, task, req).await
+}
+
 /// `GET /api/v1/agent/task`: the agent's task as it is now (its multicast session may have
 /// ended, or a new one started after a server restart).
+#[utoipa::path(get, path = "/agent/task", tag = "agent", summary = "Agent: its task now (multicast session, if one is live)",
+    responses((status = 200, description = "task", body = api::TaskReply), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 410, body = ErrorBody)))]
 pub(crate) async fn task(
     State(s): State<Shared>,
     Extension(AgentTask(t)): Extension<AgentTask>,
@@ -491,6 +535,8 @@ pub(crate) async fn task(
 }
 
 /// `GET /api/v1/agent/manifest`: the task's image.
+#[utoipa::path(get, path = "/agent/manifest", tag = "agent", summary = "Agent: its task's image manifest",
+    responses((status = 200, description = "{id, manifest}", content_type = "application/json"), (status = 410, body = ErrorBody)))]
 pub(crate) async fn manifest(
     State(s): State<Shared>,
     Extension(AgentTask(t)): Extension<AgentTask>,
@@ -504,6 +550,9 @@ pub(crate) async fn manifest(
 }
 
 /// `GET /api/v1/chunks/{hash}`: one chunk of the task's image, as a zstd frame.
+#[utoipa::path(get, path = "/chunks/{hash}", tag = "agent", summary = "Agent: one chunk of its task's image by BLAKE3 hash (a zstd frame)",
+    params(("hash" = String, Path, description = "BLAKE3, hex")),
+    responses((status = 200, description = "the chunk", content_type = "application/zstd"), (status = 404, body = ErrorBody), (status = 410, body = ErrorBody)))]
 pub(crate) async fn chunk(
     State(s): State<Shared>,
     Extension(AgentTask(t)): Extension<AgentTask>,
@@ -554,6 +603,9 @@ fn task_progress(c: api::WorkCounters, rate_bps: u64) -> TaskProgress {
 }
 
 /// `POST /api/v1/agent/progress`.
+#[utoipa::path(post, path = "/agent/progress", tag = "agent",
+    summary = "Agent: progress (state receiving|verifying, bytes_done, rate_bps, chunk counts)", request_body = api::ProgressReport,
+    responses((status = 200, description = "recorded", body = api::StateReply), (status = 400, body = ErrorBody), (status = 410, body = ErrorBody)))]
 pub(crate) async fn progress(
     State(s): State<Shared>,
     Extension(AgentTask(t)): Extension<AgentTask>,
@@ -617,6 +669,9 @@ pub(crate) fn task_over(t: &Task) -> ApiError {
 }
 
 /// `POST /api/v1/agent/result`: the task is done, or failed with a reason.
+#[utoipa::path(post, path = "/agent/result", tag = "agent", summary = "Agent: the task's end (ok, reason, bytes_done, chunk counts)",
+    request_body = api::ResultReport,
+    responses((status = 200, description = "recorded", body = api::StateReply), (status = 400, body = ErrorBody), (status = 410, body = ErrorBody)))]
 pub(crate) async fn result(
     State(s): State<Shared>,
     Extension(AgentTask(t)): Extension<AgentTask>,

@@ -20,7 +20,7 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use imaging::manifest::{Hash, Manifest};
 use imaging::store::Store;
-use proto::api::{ChunkStored, Committed, HaveReply, HaveRequest};
+use proto::api::{self, ChunkStored, Committed, ErrorBody, HaveReply, HaveRequest};
 use serde::Deserialize;
 use sqlx::Row;
 
@@ -36,10 +36,15 @@ const MAX_HAVE: usize = 4096;
 const RESERVE: u64 = imaging::capture::SPACE_RESERVE;
 
 /// `POST /api/v1/captures`: gives the machine a capture task.
+#[utoipa::path(post, path = "/captures", tag = "deployments",
+    summary = "Capture a machine's disk over the network: gives it a capture task (a deployment of kind capture); its agent uploads the chunks the server lacks and commits the image",
+    request_body = api::NewCapture,
+    responses((status = 201, description = "the capture deployment", body = api::Deployment), (status = 400, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub(crate) async fn create(
     State(s): State<Shared>,
     Extension(actor): Extension<Actor>,
-    body: Result<Json<proto::api::NewCapture>, JsonRejection>,
+    body: Result<Json<api::NewCapture>, JsonRejection>,
 ) -> ApiResult<Response> {
     let Json(c) = body?;
     let mac = parse_mac(&c.mac)?;
@@ -139,6 +144,10 @@ fn hash(h: &str) -> ApiResult<Hash> {
 }
 
 /// `POST /api/v1/agent/capture/have`: which of these chunks the server lacks.
+#[utoipa::path(post, path = "/agent/capture/have", tag = "agent", summary = "Agent (capture): which of these chunk hashes the server lacks",
+    request_body = HaveRequest,
+    responses((status = 200, description = "the hashes the server lacks", body = HaveReply), (status = 400, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 410, body = ErrorBody)))]
 pub(crate) async fn have(
     State(s): State<Shared>,
     Extension(AgentTask(t)): Extension<AgentTask>,
@@ -177,6 +186,12 @@ pub(crate) struct Len {
 
 /// `PUT /api/v1/agent/capture/chunks/{hash}?len=N`: one chunk as a zstd frame of `N` bytes of
 /// plaintext. Kept only if it decompresses to exactly that and hashes to `hash`.
+#[utoipa::path(put, path = "/agent/capture/chunks/{hash}", tag = "agent",
+    summary = "Agent (capture): one chunk as a zstd frame; kept only if it decompresses to len bytes hashing to hash",
+    params(("hash" = String, Path, description = "BLAKE3, hex"), ("len" = u64, Query, description = "plaintext bytes")),
+    request_body(content = Vec<u8>, content_type = "application/zstd"),
+    responses((status = 200, description = "already stored", body = ChunkStored), (status = 201, description = "stored", body = ChunkStored),
+        (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 410, body = ErrorBody), (status = 507, body = ErrorBody)))]
 pub(crate) async fn put_chunk(
     State(s): State<Shared>,
     Extension(AgentTask(t)): Extension<AgentTask>,
@@ -225,6 +240,10 @@ pub(crate) async fn put_chunk(
 
 /// `POST /api/v1/agent/capture/commit` (the manifest, as JSON): commits the image once every
 /// chunk it names is stored, and ends the task.
+#[utoipa::path(post, path = "/agent/capture/commit", tag = "agent",
+    summary = "Agent (capture): the manifest, last; commits the image once every chunk it names is stored (a repeat answers with the same image)",
+    request_body(content = Object, content_type = "application/json", description = "the image's manifest"),
+    responses((status = 200, description = "the image", body = Committed), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody), (status = 410, body = ErrorBody)))]
 pub(crate) async fn commit(
     State(s): State<Shared>,
     Extension(AgentTask(t)): Extension<AgentTask>,

@@ -9,7 +9,7 @@ use axum::extract::{Path as UrlPath, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use proto::api;
+use proto::api::{self, ErrorBody};
 
 use crate::serve::db::{now_ms, Db};
 use crate::serve::deployments::service::{DeployRequest, Deployer};
@@ -213,6 +213,8 @@ async fn view(s: &Shared, sc: &Schedule, runs: i64) -> ApiResult<api::Schedule> 
     })
 }
 
+#[utoipa::path(get, path = "/schedules", tag = "schedules", summary = "Schedules with their next due and fire times and newest runs",
+    responses((status = 200, description = "schedules", body = [api::Schedule])))]
 pub(crate) async fn list(State(s): State<Shared>) -> ApiResult<Json<Vec<api::Schedule>>> {
     let mut out = Vec::new();
     for sc in s.db.schedules().schedules().await? {
@@ -221,6 +223,8 @@ pub(crate) async fn list(State(s): State<Shared>) -> ApiResult<Json<Vec<api::Sch
     Ok(Json(out))
 }
 
+#[utoipa::path(get, path = "/schedules/{name}", tag = "schedules", summary = "One schedule with its next due time and its runs (newest first)", params(("name" = String, Path, description = "name or id")),
+    responses((status = 200, description = "the schedule", body = api::Schedule), (status = 404, body = ErrorBody)))]
 pub(crate) async fn show(
     State(s): State<Shared>,
     UrlPath(key): UrlPath<String>,
@@ -229,6 +233,8 @@ pub(crate) async fn show(
     Ok(Json(view(&s, &sc, 50).await?))
 }
 
+#[utoipa::path(delete, path = "/schedules/{name}", tag = "schedules", summary = "Remove a schedule (a deployment it created goes on)", params(("name" = String, Path, description = "name or id")),
+    responses((status = 204, description = "removed"), (status = 404, body = ErrorBody)))]
 pub(crate) async fn remove(
     State(s): State<Shared>,
     Extension(actor): Extension<Actor>,
@@ -360,6 +366,11 @@ fn summary(sc: &Schedule) -> String {
     )
 }
 
+#[utoipa::path(post, path = "/schedules", tag = "schedules",
+    summary = "Add a schedule: a redeploy (image) or a wake-up, at cron times (server local time) or once",
+    description = "A redeploy fires its wake lead before its due time: it creates the deployment (its multicast stream starts at the due time) and wakes the machines.",
+    request_body = api::NewSchedule,
+    responses((status = 201, description = "added", body = api::Schedule), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub(crate) async fn create(
     State(s): State<Shared>,
     Extension(actor): Extension<Actor>,
@@ -378,6 +389,9 @@ pub(crate) async fn create(
 
 /// `PUT /schedules/{name}`: the schedule replaced by the body (checked as a new one); it
 /// fires from now on by its new timing (times already past are not run).
+#[utoipa::path(put, path = "/schedules/{name}", tag = "schedules",
+    summary = "Replace a schedule (checked as a new one); it fires from now on by its new timing", params(("name" = String, Path, description = "name or id")), request_body = api::NewSchedule,
+    responses((status = 200, description = "the schedule", body = api::Schedule), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub(crate) async fn replace(
     State(s): State<Shared>,
     Extension(actor): Extension<Actor>,

@@ -13,6 +13,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 
 use crate::serve::web::api::{ApiError, ApiResult, Shared};
+use proto::api::{self, ErrorBody};
 
 /// How long an agent's request for its torrent waits for it to be built before it is told to
 /// come back.
@@ -75,6 +76,10 @@ pub(crate) async fn info(
 }
 
 /// `GET /api/v1/images/{ref}/torrent`
+#[utoipa::path(get, path = "/images/{reference}/torrent", tag = "images",
+    summary = "The image's .torrent (payload: its used extents, one file per extent named by its disk offset; announces to this server)",
+    params(("reference" = String, Path, description = "an image id (or its start), name or name@version")),
+    responses((status = 200, description = "the torrent", content_type = "application/x-bittorrent"), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub(crate) async fn torrent(
     State(s): State<Shared>,
     UrlPath(reference): UrlPath<String>,
@@ -103,6 +108,10 @@ fn torrent_response(body: Vec<u8>, label: &str) -> Response {
 /// `GET /api/v1/agent/torrent`: the task's image torrent, seeded by the server. While it is
 /// being built (every piece hashed) the answer is 503: the agent asks again. It takes the
 /// task's token after the task is over too: a machine that finished joins the swarm as a seed.
+#[utoipa::path(get, path = "/api/v1/agent/torrent", tag = "agent", security(()),
+    summary = "Agent: its task's image torrent, seeded by the server (503 while it is being built: ask again)",
+    description = "Takes the task token (Authorization: Bearer), also after the task is over: a finished machine seeds.",
+    responses((status = 200, description = "the torrent", content_type = "application/x-bittorrent"), (status = 401, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub(crate) async fn agent_torrent(
     State(s): State<Shared>,
     headers: HeaderMap,
@@ -130,17 +139,21 @@ pub(crate) async fn agent_torrent(
 /// `GET /api/v1/agent/seed`: whether an agent that finished its task seeds on — while its
 /// deployment runs (other machines may still need its pieces). It takes the task's token
 /// after the task is over, which the other agent endpoints refuse.
+#[utoipa::path(get, path = "/api/v1/agent/seed", tag = "agent", security(()),
+    summary = "Agent, after its task: whether to keep seeding (while its deployment runs)",
+    description = "Takes the task token (Authorization: Bearer), also after the task is over.",
+    responses((status = 200, description = "whether to seed", body = api::SeedReply), (status = 401, body = ErrorBody)))]
 pub(crate) async fn seed(
     State(s): State<Shared>,
     headers: HeaderMap,
-) -> ApiResult<Json<proto::api::SeedReply>> {
+) -> ApiResult<Json<api::SeedReply>> {
     let t = task_of_token(&s, &headers).await?;
     let d = s.db.deployments().deployment(&t.deployment_id).await?;
     let state = d.state;
-    Ok(Json(proto::api::SeedReply {
+    Ok(Json(api::SeedReply {
         seed: matches!(
             state,
-            proto::api::DeploymentState::Waiting | proto::api::DeploymentState::Running
+            api::DeploymentState::Waiting | api::DeploymentState::Running
         ),
         deployment: d.id,
         state,

@@ -292,6 +292,11 @@ pub(crate) fn parse(query: &str) -> Result<Announce, String> {
 
 /// `GET /announce`. The server's own seed is at the address the peer reached the tracker at
 /// (the request's Host, else the lab interface's address).
+#[utoipa::path(get, path = "/announce", tag = "swarm", security(()),
+    summary = "BitTorrent tracker (BEP 3, compact peers) for the server's image torrents; public; answers bencoded",
+    params(("info_hash" = String, Query), ("peer_id" = String, Query), ("port" = u16, Query), ("left" = Option<u64>, Query),
+        ("event" = Option<String>, Query, description = "started, completed or stopped"), ("numwant" = Option<u32>, Query)),
+    responses((status = 200, description = "bencoded peers or failure reason", content_type = "text/plain")))]
 pub(crate) async fn announce(
     State(s): State<Shared>,
     ConnectInfo(from): ConnectInfo<SocketAddr>,
@@ -319,6 +324,10 @@ pub(crate) async fn announce(
 
 /// `GET /scrape` (BEP 48): every `info_hash` of the query the tracker serves, with its seeds
 /// and downloaders. Public, as trackers are; a malformed hash is a failure naming it.
+#[utoipa::path(get, path = "/scrape", tag = "swarm", security(()),
+    summary = "BitTorrent tracker scrape (BEP 48): seeds and downloaders of each given torrent the server serves; public; answers bencoded",
+    params(("info_hash" = String, Query, description = "20 bytes, percent-encoded; repeated for several torrents")),
+    responses((status = 200, description = "bencoded files dictionary or failure reason", content_type = "text/plain")))]
 pub(crate) async fn scrape(State(s): State<Shared>, RawQuery(q): RawQuery) -> Response {
     let mut hashes = Vec::new();
     let mut bad = None;

@@ -10,10 +10,11 @@ use axum::extract::{Path as UrlPath, Query, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use axum::{Extension, Json, Router};
+use proto::api::ErrorBody;
 use serde::Deserialize;
-use serde_json::{json, Value};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::serve::db::{Db, DbError, MachineEdit};
 use crate::serve::inventory::mac::Mac;
@@ -72,7 +73,7 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.0, Json(proto::api::ErrorBody { error: self.1 })).into_response()
+        (self.0, Json(ErrorBody { error: self.1 })).into_response()
     }
 }
 
@@ -109,101 +110,85 @@ pub(crate) fn parse_mac(s: &str) -> ApiResult<Mac> {
     s.parse().map_err(ApiError::bad_request)
 }
 
-/// The whole router.
+/// The whole router, with its OpenAPI document served at `/api/v1/openapi.json`.
 pub(crate) fn router(state: Shared) -> Router {
-    use crate::serve::deployments::api as dep;
+    let (router, doc) = documented(Some(state.clone())).split_for_parts();
+    let doc =
+        crate::serve::web::openapi::DocumentJson::new(&crate::serve::web::openapi::finish(doc))
+            .expect("the OpenAPI document serializes");
+    router
+        .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such endpoint".into()) })
+        .layer(Extension(doc))
+        .with_state(state)
+}
+
+/// Every route, each registered through the handler's `#[utoipa::path]`: the router and the
+/// document's paths are one list, so no route can be missing from the document. Without a
+/// state (the document alone, for tests) the token check is left off.
+pub(crate) fn documented(state: Option<Shared>) -> OpenApiRouter<Shared> {
+    use crate::serve::deployments::{api as dep, capture};
     use crate::serve::schedules::api as sched;
-    use axum::routing::post;
-    let admin = Router::new()
-        .route("/images", get(images))
-        .route(
-            "/images/{reference}/torrent",
-            get(crate::serve::swarm::torrent::torrent),
-        )
-        .route("/images/{reference}/verify", post(verify_image))
-        .route("/machines", get(machines).post(add_machine))
-        .route(
-            "/machines/{mac}",
-            get(machine).patch(update_machine).delete(remove_machine),
-        )
-        .route("/groups", get(groups).post(add_group))
-        .route("/groups/{name}", axum::routing::delete(remove_group))
-        .route("/audit", get(audit))
-        .route("/wake", post(wake))
-        .route("/deployments", get(dep::list).post(dep::create))
-        .route("/deployments/{id}", get(dep::show))
-        .route("/deployments/{id}/cancel", post(dep::cancel))
-        .route("/deployments/{id}/start", post(dep::start_now))
-        .route("/deployments/{id}/events", get(dep::events))
-        .route(
-            "/captures",
-            post(crate::serve::deployments::capture::create),
-        )
-        .route("/schedules", get(sched::list).post(sched::create))
-        .route(
-            "/schedules/{name}",
-            get(sched::show).put(sched::replace).delete(sched::remove),
-        )
+    use crate::serve::{boot, swarm};
+    let admin = OpenApiRouter::default()
+        .routes(routes!(images))
+        .routes(routes!(swarm::torrent::torrent))
+        .routes(routes!(verify_image))
+        .routes(routes!(machines, add_machine))
+        .routes(routes!(machine, update_machine, remove_machine))
+        .routes(routes!(groups, add_group))
+        .routes(routes!(remove_group))
+        .routes(routes!(audit))
+        .routes(routes!(wake))
+        .routes(routes!(dep::list, dep::create))
+        .routes(routes!(dep::show))
+        .routes(routes!(dep::cancel))
+        .routes(routes!(dep::start_now))
+        .routes(routes!(dep::events))
+        .routes(routes!(capture::create))
+        .routes(routes!(sched::list, sched::create))
+        .routes(routes!(sched::show, sched::replace, sched::remove))
         .route_layer(middleware::from_fn(admin_only));
-    let agent = Router::new()
-        .route("/agent/task", get(dep::task))
-        .route("/agent/manifest", get(dep::manifest))
-        .route("/agent/progress", post(dep::progress))
-        .route("/agent/result", post(dep::result))
-        .route("/chunks/{hash}", get(dep::chunk))
-        .route("/agent/session", get(dep::session))
-        .route(
-            "/agent/session/{*rest}",
-            get(dep::session).post(dep::session),
-        )
-        .route(
-            "/agent/capture/have",
-            post(crate::serve::deployments::capture::have),
-        )
-        .route(
-            "/agent/capture/chunks/{hash}",
-            axum::routing::put(crate::serve::deployments::capture::put_chunk),
-        )
-        .route(
-            "/agent/capture/commit",
-            post(crate::serve::deployments::capture::commit),
-        )
+    let agent = OpenApiRouter::default()
+        .routes(routes!(dep::task))
+        .routes(routes!(dep::manifest))
+        .routes(routes!(dep::progress))
+        .routes(routes!(dep::result))
+        .routes(routes!(dep::chunk))
+        .routes(routes!(dep::session))
+        .routes(routes!(dep::session_part))
+        .routes(routes!(capture::have))
+        .routes(routes!(capture::put_chunk))
+        .routes(routes!(capture::commit))
         // A chunk is at most 64 MiB (and a frame of it a little more); so is a manifest.
         .layer(axum::extract::DefaultBodyLimit::max(65 << 20))
         .route_layer(middleware::from_fn(agent_only));
-    let api = admin
-        .merge(agent)
-        .route_layer(middleware::from_fn_with_state(state.clone(), auth));
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics))
-        .route(
-            "/api/v1/openapi.json",
-            get(crate::serve::web::openapi::openapi),
-        )
-        .route("/api/v1/agent/hello", post(dep::hello))
-        .route(
-            "/api/v1/agent/seed",
-            get(crate::serve::swarm::torrent::seed),
-        )
-        .route(
-            "/api/v1/agent/torrent",
-            get(crate::serve::swarm::torrent::agent_torrent),
-        )
-        .route("/announce", get(crate::serve::swarm::tracker::announce))
-        .route("/scrape", get(crate::serve::swarm::tracker::scrape))
-        .route("/boot/files/{*path}", get(crate::serve::boot::ipxe::file))
-        .route("/boot/{name}", get(crate::serve::boot::ipxe::ipxe_script))
+    let mut api = admin.merge(agent);
+    if let Some(state) = state {
+        api = api.route_layer(middleware::from_fn_with_state(state, auth));
+    }
+    OpenApiRouter::default()
+        .routes(routes!(healthz))
+        .routes(routes!(metrics))
+        .routes(routes!(crate::serve::web::openapi::openapi))
+        .routes(routes!(dep::hello))
+        .routes(routes!(swarm::torrent::seed))
+        .routes(routes!(swarm::torrent::agent_torrent))
+        .routes(routes!(swarm::tracker::announce))
+        .routes(routes!(swarm::tracker::scrape))
+        .routes(routes!(boot::ipxe::file))
+        .routes(routes!(boot::ipxe::ipxe_script))
         .nest("/api/v1", api)
-        .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such endpoint".into()) })
-        .with_state(state)
 }
 
 fn unauthorized() -> Response {
     (
         StatusCode::UNAUTHORIZED,
         [(header::WWW_AUTHENTICATE, "Bearer")],
-        Json(json!({ "error": "a valid API token is needed (Authorization: Bearer ...; create one with `drover token create NAME`)" })),
+        Json(ErrorBody {
+            error: "a valid API token is needed (Authorization: Bearer ...; create one with \
+                    `drover token create NAME`)"
+                .into(),
+        }),
     )
         .into_response()
 }
@@ -274,6 +259,9 @@ async fn agent_only(req: Request, next: Next) -> Response {
     next.run(req).await
 }
 
+#[utoipa::path(get, path = "/healthz", tag = "server", security(()),
+    summary = "200 once the server is ready",
+    responses((status = 200, description = "ready"), (status = 503, description = "database unavailable", body = ErrorBody)))]
 async fn healthz(State(s): State<Shared>) -> Response {
     if s.db.ping().await {
         (StatusCode::OK, "ok\n").into_response()
@@ -338,6 +326,11 @@ async fn scan_images(dir: PathBuf) -> anyhow::Result<Vec<proto::api::Image>> {
 
 /// `POST /images/{reference}/verify`: every chunk of the image re-read, decompressed and
 /// re-hashed from the store; the bad ones listed.
+#[utoipa::path(post, path = "/images/{reference}/verify", tag = "images",
+    summary = "Re-read, decompress and re-hash every chunk of the image in the store; list the bad ones",
+    params(("reference" = String, Path, description = "an image id (or its start), name or name@version")),
+    responses((status = 200, description = "what was found", body = proto::api::ImageVerified),
+        (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn verify_image(
     State(s): State<Shared>,
     Extension(actor): Extension<Actor>,
@@ -387,6 +380,8 @@ async fn verify_image(
     Ok(Json(v))
 }
 
+#[utoipa::path(get, path = "/images", tag = "images", summary = "Image versions in the store",
+    responses((status = 200, description = "images", body = [proto::api::Image]), (status = 401, body = ErrorBody)))]
 async fn images(State(s): State<Shared>) -> ApiResult<Json<Vec<proto::api::Image>>> {
     Ok(Json(scan_images(s.store_dir.clone()).await?))
 }
@@ -396,6 +391,9 @@ struct MachineQuery {
     group: Option<String>,
 }
 
+#[utoipa::path(get, path = "/machines", tag = "inventory", summary = "Machines (of one group with ?group=)",
+    params(("group" = Option<String>, Query, description = "only this group's machines")),
+    responses((status = 200, description = "machines", body = [proto::api::Machine]), (status = 401, body = ErrorBody)))]
 async fn machines(
     State(s): State<Shared>,
     Query(q): Query<MachineQuery>,
@@ -412,6 +410,10 @@ pub(crate) fn check_name(what: &str, n: &str) -> ApiResult<()> {
     Ok(())
 }
 
+#[utoipa::path(post, path = "/machines", tag = "inventory", summary = "Add a machine",
+    request_body = proto::api::NewMachine,
+    responses((status = 201, description = "added", body = proto::api::Machine), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn add_machine(
     State(s): State<Shared>,
     Extension(actor): Extension<Actor>,
@@ -462,55 +464,56 @@ fn check_disk(d: &str) -> ApiResult<String> {
         .map_err(ApiError::bad_request)
 }
 
+#[utoipa::path(get, path = "/machines/{mac}", tag = "inventory", summary = "One machine",
+    params(("mac" = String, Path, example = "aa:bb:cc:dd:ee:ff")),
+    responses((status = 200, description = "the machine", body = proto::api::Machine), (status = 404, body = ErrorBody)))]
 async fn machine(State(s): State<Shared>, UrlPath(mac): UrlPath<String>) -> ApiResult<Response> {
     Ok(Json(s.db.inventory().machine(parse_mac(&mac)?).await?).into_response())
 }
 
+#[utoipa::path(patch, path = "/machines/{mac}", tag = "inventory",
+    summary = "Rename, regroup, reserve an address, pin the disk (null clears group, ip, disk)",
+    params(("mac" = String, Path, example = "aa:bb:cc:dd:ee:ff")), request_body = proto::api::MachinePatch,
+    responses((status = 200, description = "changed", body = proto::api::Machine), (status = 400, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn update_machine(
     State(s): State<Shared>,
     Extension(actor): Extension<Actor>,
     UrlPath(mac): UrlPath<String>,
-    body: Result<Json<serde_json::Map<String, Value>>, JsonRejection>,
+    body: Result<Json<proto::api::MachinePatch>, JsonRejection>,
 ) -> ApiResult<Response> {
     let mac = parse_mac(&mac)?;
-    let Json(body) = body?;
+    let Json(patch) = body?;
     let mut edit = MachineEdit::default();
-    for (k, v) in &body {
-        match (k.as_str(), v) {
-            ("name", Value::String(n)) => {
-                check_name("name", n)?;
-                edit.name = Some(n.clone());
-            }
-            ("group", Value::String(g)) => {
-                check_name("group", g)?;
-                edit.group = Some(Some(g.clone()));
-            }
-            ("group", Value::Null) => edit.group = Some(None),
-            ("ip", Value::String(ip)) => edit.ip = Some(Some(check_ip(&s, ip)?)),
-            ("ip", Value::Null) => edit.ip = Some(None),
-            ("disk", Value::String(d)) => edit.target_disk = Some(Some(check_disk(d)?)),
-            ("disk", Value::Null) => edit.target_disk = Some(None),
-            _ => {
-                return Err(ApiError::bad_request(format!(
-                    "field {k:?}: only \"name\" (a string), and \"group\", \"ip\" and \"disk\" \
-                     (a string or null) can change"
-                )))
-            }
+    if let Some(n) = &patch.name {
+        check_name("name", n)?;
+        edit.name = Some(n.clone());
+    }
+    if let Some(g) = &patch.group {
+        if let Some(g) = g {
+            check_name("group", g)?;
         }
+        edit.group = Some(g.clone());
+    }
+    if let Some(ip) = &patch.ip {
+        edit.ip = Some(ip.as_deref().map(|ip| check_ip(&s, ip)).transpose()?);
+    }
+    if let Some(d) = &patch.disk {
+        edit.target_disk = Some(d.as_deref().map(check_disk).transpose()?);
     }
     let m = s.db.inventory().update_machine(mac, &edit).await?;
-    s.db.audit(
-        &actor.0,
-        "machine.update",
-        &format!("{mac} {}", Value::Object(body)),
-    )
-    .await?;
+    let detail = serde_json::to_string(&patch).map_err(anyhow::Error::from)?;
+    s.db.audit(&actor.0, "machine.update", &format!("{mac} {detail}"))
+        .await?;
     if edit.ip.is_some() {
         s.inventory_changed.notify_one();
     }
     Ok(Json(m).into_response())
 }
 
+#[utoipa::path(delete, path = "/machines/{mac}", tag = "inventory", summary = "Remove a machine",
+    params(("mac" = String, Path, example = "aa:bb:cc:dd:ee:ff")),
+    responses((status = 204, description = "removed"), (status = 404, body = ErrorBody)))]
 async fn remove_machine(
     State(s): State<Shared>,
     Extension(actor): Extension<Actor>,
@@ -524,10 +527,15 @@ async fn remove_machine(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(get, path = "/groups", tag = "inventory", summary = "Groups with their machine counts",
+    responses((status = 200, description = "groups", body = [proto::api::Group])))]
 async fn groups(State(s): State<Shared>) -> ApiResult<Json<Vec<proto::api::Group>>> {
     Ok(Json(s.db.inventory().groups().await?))
 }
 
+#[utoipa::path(post, path = "/groups", tag = "inventory", summary = "Add a group",
+    request_body = proto::api::NewGroup,
+    responses((status = 201, description = "added", body = proto::api::Group), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn add_group(
     State(s): State<Shared>,
     Extension(actor): Extension<Actor>,
@@ -540,6 +548,9 @@ async fn add_group(
     Ok((StatusCode::CREATED, Json(added)).into_response())
 }
 
+#[utoipa::path(delete, path = "/groups/{name}", tag = "inventory",
+    summary = "Remove a group (its machines stay, without a group)", params(("name" = String, Path)),
+    responses((status = 204, description = "removed"), (status = 404, body = ErrorBody)))]
 async fn remove_group(
     State(s): State<Shared>,
     Extension(actor): Extension<Actor>,
@@ -551,6 +562,11 @@ async fn remove_group(
 }
 
 /// Sends wake-on-LAN magic packets to the lab interface's subnet broadcast.
+#[utoipa::path(post, path = "/wake", tag = "inventory",
+    summary = "Send wake-on-LAN magic packets (to machines by MAC and/or a group's machines)",
+    request_body = proto::api::Wake,
+    responses((status = 200, description = "sent", body = proto::api::Woken), (status = 400, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn wake(
     State(s): State<Shared>,
     Extension(actor): Extension<Actor>,
@@ -605,12 +621,20 @@ struct AuditQuery {
     limit: Option<i64>,
 }
 
-async fn audit(State(s): State<Shared>, Query(q): Query<AuditQuery>) -> ApiResult<Json<Value>> {
+#[utoipa::path(get, path = "/audit", tag = "server", summary = "The audit log, newest first",
+    params(("limit" = Option<i64>, Query, description = "at most this many entries (100 unless given)")),
+    responses((status = 200, description = "entries", body = [proto::api::AuditEntry])))]
+async fn audit(
+    State(s): State<Shared>,
+    Query(q): Query<AuditQuery>,
+) -> ApiResult<Json<Vec<proto::api::AuditEntry>>> {
     let limit = q.limit.unwrap_or(100).clamp(1, 10_000);
-    Ok(Json(Value::Array(s.db.audit_log(limit).await?)))
+    Ok(Json(s.db.audit_log(limit).await?))
 }
 
 /// Prometheus text format.
+#[utoipa::path(get, path = "/metrics", tag = "server", security(()), summary = "Prometheus metrics",
+    responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
 async fn metrics(State(s): State<Shared>) -> ApiResult<Response> {
     let mut out = String::new();
     out.push_str("# HELP drover_uptime_seconds Seconds since the server started.\n");
