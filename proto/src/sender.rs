@@ -591,9 +591,18 @@ impl Sender {
         };
         if let Some(reason) = demote {
             let id = r.id;
-            self.demote(id, reason);
-            return ReceiverStatus::Demoted;
+            if self.is_minority(1) {
+                self.demote(id, reason);
+                return ReceiverStatus::Demoted;
+            }
+            // A quarter of the group is demoted already: this one's trouble is the group's
+            // (the sender or the network too fast for it), so the stream slows down.
+            self.slow_down(now, "many receivers losing");
         }
+        let cfg = &self.cfg;
+        let Some(r) = self.receivers.get_mut(&fb.receiver) else {
+            return ReceiverStatus::Unknown;
+        };
         if r.loss > cfg.max_receiver_loss {
             // About to be demoted: repairs for it would cost the group more than they help.
             self.release_window(now);
@@ -792,15 +801,8 @@ impl Sender {
         if !self.is_minority(holding.len()) {
             // Most of the group is behind: the stream is too fast for it, not one machine
             // too slow. Back off instead of demoting everyone.
-            let min = self.cfg.min_rate_bps.clamp(1, self.cfg.rate_bps.max(1));
-            self.rate_bps = ((self.rate_bps as f64 * 0.7) as u64).max(min);
-            self.bucket.set_rate(self.rate_bps);
-            self.last_decrease = Some(now);
-            debug!(
-                holding = holding.len(),
-                rate_bps = self.rate_bps,
-                "group stalled: slowing down"
-            );
+            self.last_decrease = None;
+            self.slow_down(now, "group stalled");
             return;
         }
         for id in holding {
@@ -809,16 +811,40 @@ impl Sender {
         self.release_window(now);
     }
 
-    /// Whether `n` receivers are few enough to be demoted: under a quarter of the active
-    /// group, or any of a group of three or fewer (where no majority can vouch for the
-    /// stream). Many receivers in trouble at once point at the sender or the network.
+    /// Whether `n` more receivers are few enough to be demoted: with those demoted already,
+    /// under a quarter of the group (every receiver but the dead), or any of three or fewer
+    /// still active (where no majority can vouch for the stream). Many receivers in trouble
+    /// point at the sender or the network, and so do many in turn: a group that all lags
+    /// (forty agents on two CPUs) would otherwise be demoted a quarter at a time until every
+    /// machine finished over unicast, each fetching its own copy of the rest.
     fn is_minority(&self, n: usize) -> bool {
-        let active = self
-            .receivers
-            .values()
-            .filter(|r| r.state == ReceiverState::Active)
-            .count();
-        n * 4 < active || active <= 3
+        let (mut active, mut demoted, mut group) = (0, 0, 0);
+        for r in self.receivers.values() {
+            match r.state {
+                ReceiverState::Active => active += 1,
+                ReceiverState::Demoted => demoted += 1,
+                ReceiverState::Finished => {}
+                ReceiverState::Dead => continue,
+            }
+            group += 1;
+        }
+        active <= 3 || (demoted + n) * 4 < group
+    }
+
+    /// Cuts the send rate by 30 % (at most once per [`DECREASE_INTERVAL`]): the group, not
+    /// one machine, cannot keep up.
+    fn slow_down(&mut self, now: Instant, why: &'static str) {
+        if self
+            .last_decrease
+            .is_some_and(|t| now.saturating_duration_since(t) < DECREASE_INTERVAL)
+        {
+            return;
+        }
+        let min = self.cfg.min_rate_bps.clamp(1, self.cfg.rate_bps.max(1));
+        self.rate_bps = ((self.rate_bps as f64 * 0.7) as u64).max(min);
+        self.bucket.set_rate(self.rate_bps);
+        self.last_decrease = Some(now);
+        debug!(rate_bps = self.rate_bps, why, "slowing down");
     }
 
     /// Backs off when the median receiver sees its queue grow; creeps back up otherwise.

@@ -23,8 +23,8 @@ use crate::session::{Description, Registration};
 use crate::target::{Stored, Target, Via};
 use crate::unhex;
 
-/// Decoded chunks waiting for the disk at most; beyond that a chunk is dropped and fetched
-/// over unicast later, so a slow disk costs memory only up to this bound (16 × 4 MiB).
+/// Decoded chunks waiting for the disk at most; beyond that the receive loop waits for the
+/// writer, so a slow disk costs memory only up to this bound (16 × 4 MiB).
 const MAX_PENDING_WRITES: usize = 16;
 /// Datagrams handled per wake-up at most, before timers and feedback get their turn.
 const RECV_BATCH: usize = 256;
@@ -419,18 +419,23 @@ pub async fn run(o: ReceiveOptions) -> anyhow::Result<Received> {
         while let Some(e) = rx.poll_event() {
             match e {
                 ReceiverEvent::Chunk { index, data } => {
-                    if pending_writes >= MAX_PENDING_WRITES {
-                        rx.chunk_rejected(index);
-                    } else {
-                        pending_writes += 1;
-                        job_tx
-                            .send(Job {
-                                index,
-                                data,
-                                unicast: false,
-                            })
-                            .context("the writer stopped")?;
+                    // A decoded chunk is never thrown away: with the writer this far behind,
+                    // the loop waits for its next write. Datagrams that arrive meanwhile wait
+                    // in the socket's buffer (what overflows is repaired as any loss);
+                    // dropping the chunk instead would cost its whole decode again, and on
+                    // a starved CPU that made receivers fall further behind.
+                    while pending_writes >= MAX_PENDING_WRITES {
+                        let (i, unicast, r) = done_rx.recv().await.context("the writer stopped")?;
+                        on_written(&mut rx, &mut pending_writes, i, unicast, r)?;
                     }
+                    pending_writes += 1;
+                    job_tx
+                        .send(Job {
+                            index,
+                            data,
+                            unicast: false,
+                        })
+                        .context("the writer stopped")?;
                 }
                 ReceiverEvent::Demoted => {
                     demoted = true;

@@ -66,3 +66,40 @@ fn loads_stay_a_few_chunks_ahead() {
         "{max_ahead} chunks requested beyond the window base"
     );
 }
+
+/// Stalls and silences demote at most a quarter of the group in all, however many come in
+/// turn: past that the sender slows down for the group instead.
+#[test]
+fn demotions_stop_at_a_quarter_of_the_group() {
+    let now = Instant::now();
+    let layout = Layout::new(1000, 64, vec![10_000; 4]).unwrap();
+    let mut s = Sender::new(SenderConfig::new(1, SessionKey::new([1; 32])), layout, now);
+    for i in 0..40u8 {
+        s.add_receiver(now, SocketAddr::from(([10, 0, 0, i], 9000)))
+            .unwrap();
+    }
+    assert!(s.is_minority(9));
+    assert!(!s.is_minority(10));
+    let ids: Vec<u32> = s.receivers.keys().copied().collect();
+    for &id in &ids[..7] {
+        s.demote(id, DemoteReason::Stalled);
+    }
+    // 7 + 2 of 40 is under a quarter; 7 + 3 is not (33 active: "a quarter of the active"
+    // would let 8 more go, and then again, until none is left).
+    assert!(s.is_minority(2));
+    assert!(!s.is_minority(3));
+    // Machines that finished are still the group; the dead are not.
+    for &id in &ids[7..30] {
+        s.receivers.get_mut(&id).unwrap().state = ReceiverState::Finished;
+    }
+    assert!(s.is_minority(2));
+    for &id in &ids[30..36] {
+        s.receivers.get_mut(&id).unwrap().state = ReceiverState::Dead;
+    }
+    // 4 still active, 7 demoted, 23 finished: 34 in the group.
+    assert!(s.is_minority(1));
+    assert!(!s.is_minority(2));
+    // Three or fewer active: any of them may go.
+    s.receivers.get_mut(&ids[36]).unwrap().state = ReceiverState::Finished;
+    assert!(s.is_minority(3));
+}
