@@ -93,6 +93,8 @@ pub enum ReceiverEvent {
     Demoted,
     /// The sender went silent: the rest comes over unicast.
     SenderSilent,
+    /// The silent sender answered again, still counting this receiver: back to multicast.
+    SenderBack,
     /// The sender does not know this receiver (it restarted, or declared it dead).
     Unknown,
     /// Every chunk is stored and the sender knows (or stopped answering).
@@ -247,6 +249,9 @@ pub struct Receiver {
     frontier: u32,
     sender_state: SenderState,
     demoted: bool,
+    /// Finishing over unicast because the sender went silent (not demoted): undone when
+    /// the sender answers again and still counts this receiver in the group.
+    silent_fallback: bool,
     unicast_all: bool,
     finished: bool,
     done_reports: u32,
@@ -289,6 +294,7 @@ impl Receiver {
             sender_state: SenderState::Waiting,
             demoted: false,
             unicast_all: false,
+            silent_fallback: false,
             finished: false,
             done_reports: 0,
             fetching: 0,
@@ -523,7 +529,17 @@ impl Receiver {
             self.unicast_all = true;
         }
         match r.status {
-            ReceiverStatus::Active => {}
+            ReceiverStatus::Active => {
+                // The sender was starved or the network hiccupped, not gone: the stream still
+                // counts this receiver, so what it lacks comes by multicast again (each
+                // machine fetching the rest on its own would multiply the server's traffic).
+                if self.silent_fallback && r.state == SenderState::Running && !self.demoted {
+                    info!("the sender is back: receiving by multicast again");
+                    self.silent_fallback = false;
+                    self.unicast_all = false;
+                    self.events.push_back(ReceiverEvent::SenderBack);
+                }
+            }
             ReceiverStatus::Demoted => {
                 if !self.demoted {
                     info!("demoted by the sender: finishing over unicast");
@@ -658,6 +674,7 @@ impl Receiver {
         {
             info!("the sender went silent: finishing over unicast");
             self.unicast_all = true;
+            self.silent_fallback = true;
             self.events.push_back(ReceiverEvent::SenderSilent);
         }
     }
@@ -794,5 +811,55 @@ fn need(chunk: u32, block: usize, spec: &Block, rx: Option<&BlockRx>) -> Need {
         chunk,
         block: block as u16,
         need: need.min(u16::MAX as u32) as u16,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reply(rx: &Receiver, status: ReceiverStatus, state: SenderState) -> Vec<u8> {
+        let mut buf = Vec::new();
+        Reply {
+            receiver: rx.cfg.receiver_id,
+            seq: 1,
+            status,
+            state,
+            window_base: 0,
+            frontier: 1,
+        }
+        .encode(rx.cfg.session, &rx.cfg.key, &mut buf);
+        buf
+    }
+
+    /// A sender that went silent and answers again, still counting the receiver, gets it back
+    /// on multicast; a demoted receiver stays on unicast.
+    #[test]
+    fn a_silent_sender_that_answers_again_gets_its_receiver_back() {
+        let t0 = Instant::now();
+        let layout = Layout::new(1000, 64, vec![10_000; 8]).unwrap();
+        let cfg = ReceiverConfig::new(7, SessionKey::new([3; 32]), 2);
+        let mut rx = Receiver::new(cfg, layout, t0);
+        let later = t0 + DEFAULT_SENDER_TIMEOUT + Duration::from_secs(1);
+        rx.handle_timeout(later);
+        assert!(rx.unicast_all());
+        assert_eq!(rx.poll_event(), Some(ReceiverEvent::SenderSilent));
+        // Only unicast for now: every missing chunk may be fetched.
+        assert_eq!(rx.poll_fetch(later), Some(0));
+        let back = reply(&rx, ReceiverStatus::Active, SenderState::Running);
+        rx.handle_datagram(later, &back);
+        assert!(!rx.unicast_all());
+        assert_eq!(rx.poll_event(), Some(ReceiverEvent::SenderBack));
+        // The fetch under way finishes; no new one starts beyond the multicast window.
+        assert_eq!(rx.poll_fetch(later), None);
+
+        // Silent again, and this time the answer is a demotion: unicast it stays.
+        let again = later + DEFAULT_SENDER_TIMEOUT + Duration::from_secs(1);
+        rx.handle_timeout(again);
+        assert!(rx.unicast_all());
+        let demoted = reply(&rx, ReceiverStatus::Demoted, SenderState::Running);
+        rx.handle_datagram(again, &demoted);
+        rx.handle_datagram(again, &back);
+        assert!(rx.unicast_all() && rx.demoted());
     }
 }

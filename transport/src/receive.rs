@@ -124,6 +124,8 @@ pub enum Event {
     /// The sender dropped this receiver from the stream.
     Demoted,
     SenderSilent,
+    /// The silent sender answered again: the rest comes by multicast again.
+    SenderBack,
     /// The sender forgot this receiver: it registers again.
     Registering,
     /// The receiver leaves with chunks missing (`leave_missing`).
@@ -170,6 +172,7 @@ impl std::fmt::Display for Event {
             Self::Registered(id) => write!(f, "registered as receiver {id}"),
             Self::Demoted => f.write_str("demoted by the sender: finishing over unicast"),
             Self::SenderSilent => f.write_str("the sender went silent: finishing over unicast"),
+            Self::SenderBack => f.write_str("the sender is back: receiving by multicast again"),
             Self::Registering => {
                 f.write_str("the sender no longer knows this receiver: registering again")
             }
@@ -442,6 +445,7 @@ pub async fn run(o: ReceiveOptions) -> anyhow::Result<Received> {
                     tell(Event::Demoted);
                 }
                 ReceiverEvent::SenderSilent => tell(Event::SenderSilent),
+                ReceiverEvent::SenderBack => tell(Event::SenderBack),
                 ReceiverEvent::Unknown => {
                     tell(Event::Registering);
                     let reg = register().await?;
