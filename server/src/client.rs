@@ -295,28 +295,27 @@ pub(crate) fn machine(cmd: MachineCommand, json: bool) -> anyhow::Result<()> {
             no_disk,
             server,
         } => {
-            let mut body = serde_json::Map::new();
-            if let Some(n) = name {
-                body.insert("name".into(), n.into());
-            }
-            for (key, clear, value) in [
-                ("group", no_group, group),
-                ("ip", no_ip, ip),
-                ("disk", no_disk, disk),
-            ] {
+            // A --no-... flag clears the field (null); a value sets it; neither leaves it.
+            let change = |clear: bool, value: Option<String>| {
                 if clear {
-                    body.insert(key.into(), Value::Null);
-                } else if let Some(v) = value {
-                    body.insert(key.into(), v.into());
+                    Some(None)
+                } else {
+                    value.map(Some)
                 }
-            }
-            if body.is_empty() {
+            };
+            let patch = proto::api::MachinePatch {
+                name,
+                group: change(no_group, group),
+                ip: change(no_ip, ip),
+                disk: change(no_disk, disk),
+            };
+            if patch == proto::api::MachinePatch::default() {
                 bail!("nothing to change: give --name, --group, --ip, --disk or a --no-... flag");
             }
             let m = call(
                 &server,
                 &format!("/machines/{}", urlencode(&mac)),
-                Method::Patch(Value::Object(body)),
+                Method::Patch(serde_json::to_value(&patch)?),
             )?;
             if json {
                 print_json(&m);
