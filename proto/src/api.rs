@@ -922,7 +922,7 @@ pub struct MachinePatch {
     /// A new group, or `null` for none.
     #[serde(
         default,
-        deserialize_with = "present",
+        deserialize_with = "given",
         skip_serializing_if = "Option::is_none"
     )]
     #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
@@ -930,7 +930,7 @@ pub struct MachinePatch {
     /// Full DHCP's fixed address, or `null` for none.
     #[serde(
         default,
-        deserialize_with = "present",
+        deserialize_with = "given",
         skip_serializing_if = "Option::is_none"
     )]
     #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
@@ -938,24 +938,15 @@ pub struct MachinePatch {
     /// The disk its agent writes (`serial:...`, `size:BYTES`), or `null` for the default.
     #[serde(
         default,
-        deserialize_with = "present",
+        deserialize_with = "given",
         skip_serializing_if = "Option::is_none"
     )]
     #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
     pub disk: Option<Option<String>>,
 }
 
-/// A field that is present: `null` is `Some(None)`, a value `Some(Some(v))` (absent is the
-/// `default`, `None`).
-fn present<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
-where
-    D: serde::Deserializer<'de>,
-    T: Deserialize<'de>,
-{
-    Option::<T>::deserialize(d).map(Some)
-}
-
-/// A field that, when present, holds a value (`null` is refused).
+/// A field that, when present, holds a `T` (`None` when absent, through `default`). With
+/// `T = Option<V>`, `null` is `Some(None)`: "clear it"; otherwise `null` is refused.
 fn given<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
 where
     D: serde::Deserializer<'de>,
