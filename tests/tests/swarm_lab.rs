@@ -168,7 +168,9 @@ fn forty_agents_over_bittorrent_trade_pieces_with_a_capped_server() {
         let t = task_of(&d, &mac(i));
         assert_eq!(t["state"], "done", "{t:#}");
         // A machine the swarm gives nothing for a minute finishes over unicast (the last
-        // resort): allowed for a few, never for most.
+        // resort). In this lab none may: every one has 39 peers and the seed. (Machines that
+        // did were the namespaces' shared neighbour table overflowing, which left a host
+        // unable to reach any peer: `tests::lab` raises its limits.)
         if t["unicast_chunks"].as_u64().unwrap() > 0 {
             let run_no = if i == 3 { 2 } else { 1 };
             by_unicast.push(format!("agent {i}: {}", agent_log(&env, i, run_no)));
@@ -182,15 +184,18 @@ fn forty_agents_over_bittorrent_trade_pieces_with_a_capped_server() {
             ],
         );
     }
+    eprintln!(
+        "machines that left the swarm for unicast: {} of {AGENTS}",
+        by_unicast.len()
+    );
     assert!(
-        by_unicast.len() <= AGENTS / 10,
-        "{} machines left the swarm for unicast:\n{}",
+        by_unicast.is_empty(),
+        "{} machines left the swarm for unicast (their peers gave them nothing for a \
+         minute; look for \"neighbor table overflow\" in the kernel log, and at each \
+         agent's peer connections):\n{}",
         by_unicast.len(),
         by_unicast.join("\n")
     );
-    if !by_unicast.is_empty() {
-        eprintln!("left the swarm for unicast:\n{}", by_unicast.join("\n"));
-    }
     // The server's seed gave a small part of what the machines received: peers gave the rest.
     let metrics = lab
         .cmd(0, "curl")
