@@ -27,6 +27,13 @@ pub(crate) enum DbError {
     NotFound(String),
     #[error("{0} already exists")]
     Exists(String),
+    /// A value a service's rules refuse (a bad name, address or disk), said as the user should
+    /// read it.
+    #[error("{0}")]
+    Invalid(String),
+    /// Something the server is not set up to do (wake-on-LAN without a lab interface).
+    #[error("{0}")]
+    Unavailable(String),
     #[error(transparent)]
     Other(#[from] anyhow::Error),
 }

@@ -20,6 +20,7 @@ pub(crate) mod db;
 pub(crate) mod deployments;
 pub(crate) mod inventory;
 pub(crate) mod schedules;
+pub(crate) mod store;
 pub(crate) mod swarm;
 pub(crate) mod tasks;
 pub(crate) mod web;
@@ -149,39 +150,49 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
             peers: cfg.bittorrent_agent_peers,
         },
     );
-    let schedule_settings = schedules::api::settings(cfg.wake_lead, cfg.schedule_grace);
-    let schedules_changed = Arc::new(tokio::sync::Notify::new());
+    let scheduler = schedules::service::Scheduler::new(schedules::api::settings(
+        cfg.wake_lead,
+        cfg.schedule_grace,
+    ));
+    let waker = Arc::new(boot::wol::Waker::new(
+        db.clone(),
+        cfg.iface.clone(),
+        cfg.wol_port,
+    ));
     let host = Arc::new(schedules::api::ServerHost {
         db: db.clone(),
         deployer: deployer.clone(),
-        iface: cfg.iface.clone(),
-        wol_port: cfg.wol_port,
+        waker: waker.clone(),
     });
-    let changed = schedules_changed.clone();
+    let (settings, changed) = (scheduler.settings, scheduler.signal());
     tasks.spawn(tracing::info_span!("scheduler"), async move {
-        schedules::service::run(host, schedule_settings, changed).await;
+        schedules::service::run(host, settings, changed).await;
         Ok(())
     });
-    let inventory_changed = Arc::new(tokio::sync::Notify::new());
-    let state = Arc::new(web::api::AppState {
-        db: db.clone(),
-        store_dir: store_dir.clone(),
-        started: Instant::now(),
-        iface: cfg.iface.clone(),
-        wol_port: cfg.wol_port,
-        deployer: deployer.clone(),
-        schedule_settings,
-        schedules_changed,
-        boot_dir: cfg.boot_dir.clone(),
-        public_url: cfg.public_url.clone(),
-        dhcp_pool: match (&cfg.dhcp_pool, &cfg.iface) {
+    let inventory = inventory::service::Inventory::new(
+        db.clone(),
+        match (&cfg.dhcp_pool, &cfg.iface) {
             (Some(p), Some(i)) if cfg.dhcp == "full" => Some((p.clone(), i.addr)),
             _ => None,
         },
-        inventory_changed: inventory_changed.clone(),
-        register_unknown: cfg.register_unknown,
-        boot_args: cfg.boot_args.clone(),
+    );
+    let inventory_changed = inventory.changed();
+    let state = Arc::new(web::api::AppState {
+        db: db.clone(),
+        started: Instant::now(),
+        inventory,
+        images: store::service::Images::new(store_dir.clone()),
+        deployer: deployer.clone(),
+        scheduler,
+        boot: boot::ipxe::BootEnv {
+            dir: cfg.boot_dir.clone(),
+            public_url: cfg.public_url.clone(),
+            args: cfg.boot_args.clone(),
+            register_unknown: cfg.register_unknown,
+        },
+        waker,
         tracker,
+        lab_addr: cfg.iface.as_ref().map(|i| i.addr),
         agent_networks: cfg.agent_networks.clone(),
     });
     eprintln!("drover serve: listening on http://{addr}");

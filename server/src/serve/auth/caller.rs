@@ -39,7 +39,7 @@ pub(crate) async fn vouch(s: &Shared, peer: IpAddr, mac: Mac) -> Result<Vouched,
             },
             Err(e) => tracing::warn!("reading the neighbour table: {e}"),
         }
-        if s.dhcp_pool.is_some() {
+        if s.inventory.full_dhcp() {
             let leases =
                 s.db.leases()
                     .dhcp_leases()

@@ -10,6 +10,7 @@
 //! boot entry), so a machine whose task is done never loops back into reimaging.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 use axum::extract::{ConnectInfo, Path as UrlPath, State};
 use axum::http::{header, StatusCode};
@@ -18,6 +19,18 @@ use tokio::io::AsyncReadExt;
 
 use crate::serve::web::api::{parse_mac, ApiError, ApiResult, Shared};
 use proto::api::ErrorBody;
+
+/// What the boot scripts are made of and the boot files are read from.
+pub(crate) struct BootEnv {
+    /// The boot directory (the agent's kernel and initramfs).
+    pub(crate) dir: PathBuf,
+    /// The URL machines reach the server at.
+    pub(crate) public_url: String,
+    /// The agent kernel's arguments before drover's own.
+    pub(crate) args: String,
+    /// Unknown machines that PXE-boot run the agent once to register themselves.
+    pub(crate) register_unknown: bool,
+}
 
 /// The boot environment's files in the boot directory (deploy/build-boot-env puts them there).
 pub(crate) const KERNEL: &str = "vmlinuz";
@@ -81,7 +94,7 @@ pub(crate) async fn ipxe_script(
     };
     let Some(task) = s.db.deployments().active_task(mac).await? else {
         let known = s.db.inventory().machine(mac).await.is_ok();
-        if !known && s.register_unknown {
+        if !known && s.boot.register_unknown {
             if let Some(missing) = missing_boot_env(&s).await {
                 return Ok(script(missing));
             }
@@ -103,7 +116,7 @@ pub(crate) async fn ipxe_script(
     };
     let d = s.db.deployments().deployment(&task.deployment_id).await?;
     if let Some(missing) = missing_boot_env(&s).await {
-        tracing::warn!(%mac, "no boot environment in {}: run deploy/build-boot-env", s.boot_dir.display());
+        tracing::warn!(%mac, "no boot environment in {}: run deploy/build-boot-env", s.boot.dir.display());
         return Ok(script(missing));
     }
     let to = peer.ip().to_canonical().to_string();
@@ -134,7 +147,7 @@ pub(crate) async fn ipxe_script(
 /// The local-boot script saying what is missing, when the boot environment is not there.
 async fn missing_boot_env(s: &Shared) -> Option<String> {
     for f in [KERNEL, INITRD] {
-        if !tokio::fs::try_exists(s.boot_dir.join(f))
+        if !tokio::fs::try_exists(s.boot.dir.join(f))
             .await
             .unwrap_or(false)
         {
@@ -148,7 +161,7 @@ async fn missing_boot_env(s: &Shared) -> Option<String> {
 
 /// Boots the agent's kernel and initramfs over HTTP with `args` after the admin's.
 fn agent_script(s: &Shared, what: &str, args: &str) -> String {
-    let base = &s.public_url;
+    let base = &s.boot.public_url;
     // `initrd=NAME` lets an EFI-stub kernel find the initramfs iPXE loaded.
     format!(
         "#!ipxe\n\
@@ -162,7 +175,7 @@ fn agent_script(s: &Shared, what: &str, args: &str) -> String {
          sleep 10\n\
          iseq ${{platform}} efi && exit ||\n\
          sanboot --no-describe --drive 0x80 || exit\n",
-        boot_args = s.boot_args,
+        boot_args = s.boot.args,
     )
 }
 
@@ -174,11 +187,11 @@ pub(crate) async fn file(
     State(s): State<Shared>,
     UrlPath(path): UrlPath<String>,
 ) -> ApiResult<Response> {
-    let p = pxe::tftp::resolve(&s.boot_dir, &path)
+    let p = pxe::tftp::resolve(&s.boot.dir, &path)
         .map_err(|e| ApiError::new(StatusCode::FORBIDDEN, e.0))?;
     let not_found = || ApiError::new(StatusCode::NOT_FOUND, format!("{path}: no such file"));
     let real = tokio::fs::canonicalize(&p).await.map_err(|_| not_found())?;
-    let root = tokio::fs::canonicalize(&s.boot_dir)
+    let root = tokio::fs::canonicalize(&s.boot.dir)
         .await
         .map_err(|_| not_found())?;
     if !real.starts_with(&root) {

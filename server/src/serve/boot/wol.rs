@@ -1,9 +1,11 @@
-//! Sends wake-on-LAN magic packets ([`pxe::wol`]) out of the lab interface.
+//! Sends wake-on-LAN magic packets ([`pxe::wol`]) out of the lab interface, for the API and
+//! the scheduler ([`Waker`]).
 
 use std::net::{SocketAddr, UdpSocket};
 
 use anyhow::Context;
 
+use crate::serve::db::{Db, DbError};
 use crate::serve::inventory::mac::Mac;
 use transport::net::Iface;
 
@@ -30,10 +32,34 @@ pub(crate) fn send(iface: &Iface, to: SocketAddr, macs: &[Mac]) -> anyhow::Resul
 pub(crate) const NO_IFACE: &str =
     "wake-on-LAN is off: the server has no lab interface (start it with --iface)";
 
-/// Sends the machines' magic packets to the interface's subnet broadcast, port `port`, off
-/// the async threads. Returns where they went.
-pub(crate) async fn wake(iface: Iface, port: u16, macs: Vec<Mac>) -> anyhow::Result<SocketAddr> {
-    let to = SocketAddr::from((iface.broadcast(), port));
-    tokio::task::spawn_blocking(move || send(&iface, to, &macs)).await??;
-    Ok(to)
+/// Wakes machines for the API and the scheduler alike: sends their magic packets to the lab
+/// interface's subnet broadcast and writes the wake-up in the audit log.
+pub(crate) struct Waker {
+    db: Db,
+    iface: Option<Iface>,
+    port: u16,
+}
+
+impl Waker {
+    pub(crate) fn new(db: Db, iface: Option<Iface>, port: u16) -> Self {
+        Self { db, iface, port }
+    }
+
+    /// Sends the machines' magic packets (to port `port` of the subnet broadcast) off the
+    /// async threads and audits it as `actor`'s. Returns where they went.
+    pub(crate) async fn wake(&self, actor: &str, macs: &[Mac]) -> Result<SocketAddr, DbError> {
+        let Some(iface) = self.iface.clone() else {
+            return Err(DbError::Unavailable(NO_IFACE.into()));
+        };
+        let to = SocketAddr::from((iface.broadcast(), self.port));
+        let list = macs.to_vec();
+        tokio::task::spawn_blocking(move || send(&iface, to, &list))
+            .await
+            .map_err(anyhow::Error::from)??;
+        let names: Vec<String> = macs.iter().map(Mac::to_string).collect();
+        self.db
+            .audit(actor, "wake", &format!("{} via {to}", names.join(" ")))
+            .await?;
+        Ok(to)
+    }
 }

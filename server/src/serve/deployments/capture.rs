@@ -135,7 +135,7 @@ async fn capture_of(
 }
 
 fn store(s: &Shared) -> ApiResult<Store> {
-    Store::open(&s.store_dir)
+    Store::open(s.images.dir())
         .map_err(|e| ApiError::from(anyhow::anyhow!("opening the image store: {e}")))
 }
 
@@ -221,13 +221,13 @@ pub(crate) async fn put_chunk(
         )
             .into_response()),
         Ok(None) => {
-            tracing::error!(store = %s.store_dir.display(), "capture upload refused: the store is full");
+            tracing::error!(store = %s.images.dir().display(), "capture upload refused: the store is full");
             Err(ApiError::new(
                 StatusCode::INSUFFICIENT_STORAGE,
                 format!(
                     "the server's image store ({}) is full: free space there (drover image gc, \
                      drover image rm) and capture again; nothing already stored was touched",
-                    s.store_dir.display()
+                    s.images.dir().display()
                 ),
             ))
         }

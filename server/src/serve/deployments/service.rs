@@ -73,6 +73,8 @@ impl From<DbError> for DeployError {
         match e {
             DbError::NotFound(w) => Self::NotFound(format!("{w} not found")),
             DbError::Exists(w) => Self::Conflict(format!("{w} already exists")),
+            DbError::Invalid(w) => Self::Bad(w),
+            DbError::Unavailable(w) => Self::Conflict(w),
             DbError::Other(e) => Self::Other(e),
         }
     }

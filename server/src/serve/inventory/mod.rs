@@ -1,4 +1,7 @@
-//! The inventory: machines (known by their MAC) and groups, and their queries.
+//! The inventory: machines (known by their MAC) and groups: their handlers, rules and
+//! repository.
 
+pub(crate) mod api;
 pub(crate) mod mac;
 pub(crate) mod repo;
+pub(crate) mod service;

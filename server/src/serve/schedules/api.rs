@@ -11,22 +11,20 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use proto::api::{self, ErrorBody};
 
+use crate::serve::boot::wol::Waker;
 use crate::serve::db::{now_ms, Db};
 use crate::serve::deployments::service::{DeployRequest, Deployer};
-use crate::serve::inventory::mac::Mac;
 use crate::serve::schedules::repo::NewSchedule;
 use crate::serve::schedules::service::{
     check_timing, parse_cron, show_time, Fired, Host, Schedule, Settings, When,
 };
 use crate::serve::web::api::{check_name, Actor, ApiError, ApiResult, Shared};
-use transport::net::Iface;
 
 /// The scheduler's host in the daemon.
 pub(crate) struct ServerHost {
     pub(crate) db: Db,
     pub(crate) deployer: Arc<Deployer>,
-    pub(crate) iface: Option<Iface>,
-    pub(crate) wol_port: u16,
+    pub(crate) waker: Arc<Waker>,
 }
 
 fn actor(s: &Schedule) -> String {
@@ -45,14 +43,11 @@ impl ServerHost {
             .resolve_targets(&targets(s))
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))?;
-        let Some(iface) = self.iface.clone() else {
-            anyhow::bail!("{}", crate::serve::boot::wol::NO_IFACE);
-        };
-        let to = crate::serve::boot::wol::wake(iface, self.wol_port, macs.clone()).await?;
-        let list: Vec<String> = macs.iter().map(Mac::to_string).collect();
-        self.db
-            .audit(&actor(s), "wake", &format!("{} via {to}", list.join(" ")))
-            .await?;
+        let to = self
+            .waker
+            .wake(&actor(s), &macs)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
         Ok(format!("woke {} machine(s) via {to}", macs.len()))
     }
 }
@@ -154,7 +149,7 @@ const NEXT_RUNS: usize = 5;
 /// A stored wire value (a schedule's action, transport, ...) as its enum.
 /// A schedule as the admin sees it: with its next due and fire times and its newest runs.
 async fn view(s: &Shared, sc: &Schedule, runs: i64) -> ApiResult<api::Schedule> {
-    let lead = sc.lead_ms(s.schedule_settings.default_lead_ms);
+    let lead = sc.lead_ms(s.scheduler.settings.default_lead_ms);
     let base = sc
         .last_due_ms
         .unwrap_or(sc.created_ms)
@@ -242,7 +237,7 @@ pub(crate) async fn remove(
 ) -> ApiResult<StatusCode> {
     let sc = s.db.schedules().remove_schedule(&key).await?;
     s.db.audit(&actor.0, "schedule.remove", &sc.name).await?;
-    s.schedules_changed.notify_one();
+    s.scheduler.changed();
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -319,7 +314,7 @@ async fn check_body(s: &Shared, b: &api::NewSchedule) -> ApiResult<Checked> {
         }
     }
     let lead = if action == api::ScheduleAction::Deploy {
-        wake_lead_ms.unwrap_or(s.schedule_settings.default_lead_ms)
+        wake_lead_ms.unwrap_or(s.scheduler.settings.default_lead_ms)
     } else {
         0
     };
@@ -383,7 +378,7 @@ pub(crate) async fn create(
             .create_schedule(&new_schedule(&b, &c, &actor.0))
             .await?;
     s.db.audit(&actor.0, "schedule.add", &summary(&sc)).await?;
-    s.schedules_changed.notify_one();
+    s.scheduler.changed();
     Ok((StatusCode::CREATED, Json(view(&s, &sc, 5).await?)).into_response())
 }
 
@@ -411,7 +406,7 @@ pub(crate) async fn replace(
         &format!("{} -> {}", summary(&old), summary(&sc)),
     )
     .await?;
-    s.schedules_changed.notify_one();
+    s.scheduler.changed();
     Ok(Json(view(&s, &sc, 5).await?))
 }
 

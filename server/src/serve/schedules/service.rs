@@ -163,6 +163,32 @@ pub(crate) struct Settings {
     pub(crate) default_lead_ms: i64,
 }
 
+/// What the API shares with the running scheduler: its settings, and the signal that the
+/// schedules changed (it then recomputes its next due time at once).
+pub(crate) struct Scheduler {
+    pub(crate) settings: Settings,
+    changed: Arc<tokio::sync::Notify>,
+}
+
+impl Scheduler {
+    pub(crate) fn new(settings: Settings) -> Self {
+        Self {
+            settings,
+            changed: Arc::new(tokio::sync::Notify::new()),
+        }
+    }
+
+    /// Tells the scheduler that a schedule was added, changed or removed.
+    pub(crate) fn changed(&self) {
+        self.changed.notify_one();
+    }
+
+    /// The signal [`run`] waits on.
+    pub(crate) fn signal(&self) -> Arc<tokio::sync::Notify> {
+        self.changed.clone()
+    }
+}
+
 /// Default wake lead: time for a lab PC to power on, PXE-boot and join.
 pub(crate) const DEFAULT_WAKE_LEAD: Duration = Duration::from_secs(300);
 /// Default grace period for missed runs.

@@ -311,7 +311,7 @@ pub(crate) async fn announce(
                     .and_then(|h| h.to_str().ok())
                     .map(|h| h.rsplit_once(':').map_or(h, |(host, _)| host))
                     .and_then(|h| h.parse::<Ipv4Addr>().ok())
-                    .or(s.iface.as_ref().map(|i| i.addr))?;
+                    .or(s.lab_addr)?;
                 Some(SocketAddrV4::new(host, port))
             });
             s.tracker
