@@ -613,7 +613,17 @@ impl Receiver {
 
     /// The next chunk to fetch over unicast, if any (call until `None`).
     pub fn poll_fetch(&mut self, now: Instant) -> Option<u32> {
-        if self.fetching >= self.cfg.parallel_fetches.max(1) {
+        // A sender silent for less than twice its timeout is more often starved (one process
+        // among many on a busy server) than gone: until then one chunk at a time, and not the
+        // ones multicast already half gave, so a pause costs the server little unicast.
+        let probing = self.silent_fallback
+            && now < self.last_from_sender + self.cfg.sender_timeout.saturating_mul(2);
+        let at_once = if probing {
+            1
+        } else {
+            self.cfg.parallel_fetches.max(1)
+        };
+        if self.fetching >= at_once {
             return None;
         }
         let limit = if self.unicast_all {
@@ -626,7 +636,7 @@ impl Receiver {
             let due = self.retry.get(&i).is_none_or(|&(at, _)| now >= at);
             match self.chunks[i as usize] {
                 ChunkRx::Missing if due => break,
-                ChunkRx::Partial(_) if due && self.unicast_all => break,
+                ChunkRx::Partial(_) if due && self.unicast_all && !probing => break,
                 _ => i += 1,
             }
         }
@@ -844,8 +854,9 @@ mod tests {
         rx.handle_timeout(later);
         assert!(rx.unicast_all());
         assert_eq!(rx.poll_event(), Some(ReceiverEvent::SenderSilent));
-        // Only unicast for now: every missing chunk may be fetched.
+        // Only unicast for now, one chunk at a time while the silence may be a pause.
         assert_eq!(rx.poll_fetch(later), Some(0));
+        assert_eq!(rx.poll_fetch(later), None);
         let back = reply(&rx, ReceiverStatus::Active, SenderState::Running);
         rx.handle_datagram(later, &back);
         assert!(!rx.unicast_all());
@@ -853,10 +864,21 @@ mod tests {
         // The fetch under way finishes; no new one starts beyond the multicast window.
         assert_eq!(rx.poll_fetch(later), None);
 
-        // Silent again, and this time the answer is a demotion: unicast it stays.
+        // Silent again, and for twice the timeout: gone, so fetches run at full width.
+        rx.fetch_finished(later, 0, true);
         let again = later + DEFAULT_SENDER_TIMEOUT + Duration::from_secs(1);
         rx.handle_timeout(again);
         assert!(rx.unicast_all());
+        assert_eq!(rx.poll_fetch(again), Some(1));
+        assert_eq!(rx.poll_fetch(again), None);
+        let gone = later + DEFAULT_SENDER_TIMEOUT * 2;
+        assert_eq!(rx.poll_fetch(gone), Some(2));
+        assert_eq!(
+            rx.poll_fetch(gone),
+            None,
+            "{DEFAULT_PARALLEL_FETCHES} at once"
+        );
+        // This time the answer is a demotion: unicast it stays.
         let demoted = reply(&rx, ReceiverStatus::Demoted, SenderState::Running);
         rx.handle_datagram(again, &demoted);
         rx.handle_datagram(again, &back);

@@ -90,6 +90,8 @@ struct Node {
     alive: bool,
     out: Vec<Option<Vec<u8>>>,
     finished: bool,
+    /// Unicast fetches under way.
+    fetching: usize,
 }
 
 enum Ev {
@@ -111,6 +113,9 @@ struct Scenario {
     jitter: Duration,
     rate_bps: u64,
     window: u64,
+    /// The sender stops (a starved process) for this long once it has sent this share of
+    /// the chunks; what receivers send it meanwhile waits in its socket.
+    pause: Option<(f64, Duration)>,
 }
 
 struct Outcome {
@@ -122,6 +127,12 @@ struct Outcome {
     repairs: u64,
     source: u64,
     stats: proto::SenderStats,
+    /// Chunks fetched over unicast, by receiver.
+    fetched: Vec<u64>,
+    /// Receivers that went back to multicast after the sender was silent.
+    back: usize,
+    /// The most fetches one receiver had under way while the sender was paused.
+    most_fetching_in_pause: usize,
 }
 
 struct Net {
@@ -242,6 +253,7 @@ fn run(s: &Scenario) -> Outcome {
             alive: true,
             out: vec![None; s.chunks],
             finished: false,
+            fetching: 0,
         });
         net.by_addr.insert(addr, i);
     }
@@ -266,7 +278,13 @@ fn run(s: &Scenario) -> Outcome {
         repairs: 0,
         source: 0,
         stats: Default::default(),
+        fetched: vec![0; s.receivers],
+        back: 0,
+        most_fetching_in_pause: 0,
     };
+    let mut paused: Option<Instant> = None;
+    let mut pause_done = false;
+    let mut held: Vec<(usize, Vec<u8>)> = Vec::new();
     let mut buf = Vec::new();
     let mut sender_done = false;
     let max_steps = 20_000_000u64;
@@ -290,37 +308,52 @@ fn run(s: &Scenario) -> Outcome {
                 net.nodes[i].alive = false;
             }
         }
-        // The sender.
-        sender.handle_timeout(net.now);
-        while let Some(i) = sender.poll_load() {
-            sender.provide(i, chunks[i as usize].clone()).unwrap();
-        }
-        while let Some(dest) = sender.poll_transmit(net.now, &mut buf) {
-            let d = Rc::new(buf.clone());
-            match dest {
-                Destination::Group => {
-                    for i in 0..net.nodes.len() {
-                        net.deliver(i, d.clone());
-                    }
-                }
-                Destination::Unicast(a) => {
-                    let i = net.by_addr[&a];
-                    net.deliver(i, d);
+        if let Some((share, length)) = s.pause {
+            if !pause_done && paused.is_none() && frontier as f64 >= share * s.chunks as f64 {
+                paused = Some(net.now + length);
+            }
+            if paused.is_some_and(|until| net.now >= until) {
+                paused = None;
+                pause_done = true;
+                // The socket's backlog is read first.
+                for (i, d) in held.drain(..) {
+                    sender.handle_datagram(net.now, net.nodes[i].addr, &d);
                 }
             }
         }
-        while let Some(e) = sender.poll_event() {
-            match e {
-                SenderEvent::Demoted { id, reason } => {
-                    if std::env::var("SIM_DEBUG").is_ok() {
-                        println!("{:?} demoted {id}: {reason:?}", net.now - t0);
+        // The sender.
+        if paused.is_none() {
+            sender.handle_timeout(net.now);
+            while let Some(i) = sender.poll_load() {
+                sender.provide(i, chunks[i as usize].clone()).unwrap();
+            }
+            while let Some(dest) = sender.poll_transmit(net.now, &mut buf) {
+                let d = Rc::new(buf.clone());
+                match dest {
+                    Destination::Group => {
+                        for i in 0..net.nodes.len() {
+                            net.deliver(i, d.clone());
+                        }
                     }
-                    out.demoted.push(id)
+                    Destination::Unicast(a) => {
+                        let i = net.by_addr[&a];
+                        net.deliver(i, d);
+                    }
                 }
-                SenderEvent::Dead { id } => out.dead.push(id),
-                SenderEvent::MulticastDone => out.multicast_done = net.now - t0,
-                SenderEvent::Done => sender_done = true,
-                _ => {}
+            }
+            while let Some(e) = sender.poll_event() {
+                match e {
+                    SenderEvent::Demoted { id, reason } => {
+                        if std::env::var("SIM_DEBUG").is_ok() {
+                            println!("{:?} demoted {id}: {reason:?}", net.now - t0);
+                        }
+                        out.demoted.push(id)
+                    }
+                    SenderEvent::Dead { id } => out.dead.push(id),
+                    SenderEvent::MulticastDone => out.multicast_done = net.now - t0,
+                    SenderEvent::Done => sender_done = true,
+                    _ => {}
+                }
             }
         }
         // The receivers.
@@ -337,6 +370,12 @@ fn run(s: &Scenario) -> Outcome {
                 let t =
                     net.now + Duration::from_millis(5) + Duration::from_secs_f64(len * 8.0 / 50e6);
                 net.schedule(t, Ev::Fetched(i, c));
+                out.fetched[i] += 1;
+                net.nodes[i].fetching += 1;
+                if paused.is_some() {
+                    out.most_fetching_in_pause =
+                        out.most_fetching_in_pause.max(net.nodes[i].fetching);
+                }
             }
             while rx.poll_transmit(net.now, &mut buf) {
                 // Feedback is sparse: a burst model stepped per feedback datagram would make
@@ -360,6 +399,7 @@ fn run(s: &Scenario) -> Outcome {
                         rx.chunk_stored(index);
                     }
                     ReceiverEvent::Finished => net.nodes[i].finished = true,
+                    ReceiverEvent::SenderBack => out.back += 1,
                     ReceiverEvent::Unknown => {
                         panic!("seed {seed}: receiver {i} unknown to the sender")
                     }
@@ -374,7 +414,10 @@ fn run(s: &Scenario) -> Outcome {
             break;
         }
         // Advance the clock to the next thing that happens.
-        let mut next = sender.poll_timeout(net.now).unwrap_or(deadline);
+        let mut next = match paused {
+            Some(until) => until,
+            None => sender.poll_timeout(net.now).unwrap_or(deadline),
+        };
         for n in &net.nodes {
             if let (true, Some(rx)) = (n.alive, &n.rx) {
                 if let Some(t) = rx.poll_timeout() {
@@ -399,12 +442,14 @@ fn run(s: &Scenario) -> Outcome {
                         }
                     }
                 }
+                Ev::ToSender(i, d) if paused.is_some() => held.push((i, d)),
                 Ev::ToSender(i, d) => {
                     if net.nodes[i].alive {
                         sender.handle_datagram(net.now, net.nodes[i].addr, &d);
                     }
                 }
                 Ev::Fetched(i, c) => {
+                    net.nodes[i].fetching -= 1;
                     if net.nodes[i].alive {
                         net.nodes[i].out[c as usize] = Some(chunks[c as usize].clone());
                         net.nodes[i]
@@ -481,6 +526,7 @@ fn fifty_receivers_lossy_network() {
             jitter: Duration::from_millis(2),
             rate_bps: 100_000_000,
             window: 2 << 20,
+            pause: None,
         };
         let o = run(&s);
         let st = &o.stats;
@@ -522,6 +568,7 @@ fn lossless_network_needs_no_repairs() {
         jitter: Duration::ZERO,
         rate_bps: 100_000_000,
         window: 2 << 20,
+        pause: None,
     };
     let o = run(&s);
     assert!(o.demoted.is_empty() && o.dead.is_empty());
@@ -550,6 +597,7 @@ fn slow_receiver_does_not_hold_the_group() {
         jitter: Duration::from_millis(1),
         rate_bps: 100_000_000,
         window: 2 << 20,
+        pause: None,
     };
     let without = run(&base);
     let with = run(&Scenario {
@@ -592,6 +640,7 @@ fn heavy_loss_converges_without_demotion() {
             jitter: Duration::from_millis(1),
             rate_bps: 100_000_000,
             window: 2 << 20,
+            pause: None,
         };
         let o = run(&s);
         let share = o.repairs as f64 / o.source as f64;
@@ -606,4 +655,49 @@ fn heavy_loss_converges_without_demotion() {
             "{name}: repair share {share}"
         );
     }
+}
+
+/// A sender starved for longer than the receivers' patience (5 s) but less than twice it:
+/// meanwhile each receiver fetches over unicast one chunk at a time (not the ones multicast
+/// half gave), and every one goes back to the stream when the sender answers.
+#[test]
+fn a_paused_sender_gets_its_receivers_back() {
+    let s = Scenario {
+        seed: 21,
+        receivers: 20,
+        chunks: 400,
+        die: None,
+        late: None,
+        slow: None,
+        loss: |_| Loss::Random(0.01),
+        duplicate: 0.0,
+        jitter: Duration::from_millis(1),
+        rate_bps: 100_000_000,
+        window: 2 << 20,
+        pause: Some((0.2, Duration::from_secs(8))),
+    };
+    let o = run(&s);
+    println!(
+        "paused 8 s: all done {:?}, {} back on multicast, fetched {:?}",
+        o.finished, o.back, o.fetched
+    );
+    assert_eq!(o.back, s.receivers, "every receiver came back");
+    assert!(
+        o.dead.is_empty() && o.demoted.is_empty(),
+        "{:?} {:?}",
+        o.dead,
+        o.demoted
+    );
+    assert!(
+        o.fetched.iter().all(|&n| n > 0),
+        "the pause was long enough to start fetching: {:?}",
+        o.fetched
+    );
+    assert_eq!(o.most_fetching_in_pause, 1, "one fetch at a time");
+    // The stream, not unicast, gave most of the image after the pause.
+    assert!(
+        o.fetched.iter().all(|&n| n < s.chunks as u64 / 2),
+        "{:?}",
+        o.fetched
+    );
 }
