@@ -41,6 +41,10 @@ const DONE_REPORTS: u32 = 10;
 const DONE_INTERVAL: Duration = Duration::from_millis(20);
 /// Undecoded chunks held at most; the sender's window keeps the real number far lower.
 const MAX_PARTIAL_CHUNKS: usize = 256;
+/// With the stream running and the sender answering, this long without a chunk decoded or
+/// fetched means the stream cannot give this receiver what it lacks (whatever the cause, on
+/// either side): it finishes over unicast rather than wait for good.
+pub const NO_PROGRESS: Duration = Duration::from_secs(30);
 /// First wait before a failed unicast fetch is retried; it doubles up to 8 s.
 const FETCH_RETRY: Duration = Duration::from_millis(250);
 
@@ -95,6 +99,9 @@ pub enum ReceiverEvent {
     SenderSilent,
     /// The silent sender answered again, still counting this receiver: back to multicast.
     SenderBack,
+    /// The stream runs and the sender answers, but nothing came for [`NO_PROGRESS`]: the
+    /// rest comes over unicast.
+    Stuck,
     /// The sender does not know this receiver (it restarted, or declared it dead).
     Unknown,
     /// Every chunk is stored and the sender knows (or stopped answering).
@@ -252,6 +259,8 @@ pub struct Receiver {
     /// Finishing over unicast because the sender went silent (not demoted): undone when
     /// the sender answers again and still counts this receiver in the group.
     silent_fallback: bool,
+    /// When a chunk last came (decoded or fetched), or the stream last (re)started.
+    last_progress: Instant,
     unicast_all: bool,
     finished: bool,
     done_reports: u32,
@@ -303,6 +312,7 @@ impl Receiver {
             last_feedback: now,
             feedback_seq: 0,
             last_from_sender: now,
+            last_progress: now,
             events: VecDeque::new(),
             stats: ReceiverStats::default(),
             rng,
@@ -431,6 +441,7 @@ impl Receiver {
         self.last_from_sender = now;
         if self.sender_state == SenderState::Waiting {
             self.sender_state = SenderState::Running;
+            self.last_progress = now;
         }
         self.stats.datagrams += 1;
         self.interval_datagrams += 1;
@@ -490,6 +501,7 @@ impl Receiver {
                 d
             };
             self.chunks[c] = ChunkRx::Delivered;
+            self.last_progress = now;
             self.partial -= 1;
             self.stats.decoded_chunks += 1;
             self.advance_first_missing();
@@ -523,6 +535,10 @@ impl Receiver {
 
     fn on_reply(&mut self, now: Instant, r: Reply) {
         self.last_from_sender = now;
+        if self.sender_state != SenderState::Running && r.state == SenderState::Running {
+            // The stream (re)starts: the wait for it is no stall.
+            self.last_progress = now;
+        }
         self.sender_state = r.state;
         self.learn_window(now, r.window_base, r.frontier);
         if matches!(r.state, SenderState::Draining | SenderState::Done) {
@@ -537,6 +553,7 @@ impl Receiver {
                     info!("the sender is back: receiving by multicast again");
                     self.silent_fallback = false;
                     self.unicast_all = false;
+                    self.last_progress = now;
                     self.events.push_back(ReceiverEvent::SenderBack);
                 }
             }
@@ -659,6 +676,7 @@ impl Receiver {
         self.fetching -= 1;
         if ok {
             *c = ChunkRx::Stored;
+            self.last_progress = now;
             self.retry.remove(&index);
             self.stored += 1;
             self.stats.fetched_chunks += 1;
@@ -686,6 +704,19 @@ impl Receiver {
             self.unicast_all = true;
             self.silent_fallback = true;
             self.events.push_back(ReceiverEvent::SenderSilent);
+        }
+        if !self.unicast_all
+            && !self.finished
+            && !self.complete()
+            && self.sender_state == SenderState::Running
+            && now.saturating_duration_since(self.last_progress) > NO_PROGRESS
+        {
+            info!(
+                "nothing came for {} s though the sender answers: finishing over unicast",
+                NO_PROGRESS.as_secs()
+            );
+            self.unicast_all = true;
+            self.events.push_back(ReceiverEvent::Stuck);
         }
     }
 
@@ -883,5 +914,41 @@ mod tests {
         rx.handle_datagram(again, &demoted);
         rx.handle_datagram(again, &back);
         assert!(rx.unicast_all() && rx.demoted());
+    }
+
+    /// A running stream that gives nothing while its sender keeps answering does not hold
+    /// the receiver: after NO_PROGRESS it fetches the rest. Waiting for the stream to start
+    /// is no stall.
+    #[test]
+    fn a_stream_that_gives_nothing_is_left_for_unicast() {
+        let t0 = Instant::now();
+        let layout = Layout::new(1000, 64, vec![10_000; 8]).unwrap();
+        let cfg = ReceiverConfig::new(7, SessionKey::new([3; 32]), 2);
+        let mut rx = Receiver::new(cfg, layout, t0);
+        let waiting = reply(&rx, ReceiverStatus::Active, SenderState::Waiting);
+        let running = reply(&rx, ReceiverStatus::Active, SenderState::Running);
+        // A minute of waiting for the start, the sender answering every second.
+        let mut t = t0;
+        for _ in 0..60 {
+            t += Duration::from_secs(1);
+            rx.handle_datagram(t, &waiting);
+            rx.handle_timeout(t);
+        }
+        assert!(!rx.unicast_all() && rx.poll_event().is_none());
+        // Then it runs, and answers, but nothing arrives.
+        let started = t;
+        while t < started + NO_PROGRESS {
+            t += Duration::from_secs(1);
+            rx.handle_datagram(t, &running);
+            rx.handle_timeout(t);
+            assert!(!rx.unicast_all(), "after {:?}", t - started);
+        }
+        // (It first heard "running" a second after `started`.)
+        t += Duration::from_secs(2);
+        rx.handle_datagram(t, &running);
+        rx.handle_timeout(t);
+        assert!(rx.unicast_all());
+        assert_eq!(rx.poll_event(), Some(ReceiverEvent::Stuck));
+        assert_eq!(rx.poll_fetch(t), Some(0));
     }
 }

@@ -328,6 +328,16 @@ struct BlockTx {
     /// Data sequence numbers and send times of the repair symbols sent, ascending.
     sent_seqs: Vec<(u64, Instant)>,
     queued: bool,
+    /// Rounds of [`MAX_REPAIR_FACTOR`] more repairs granted because the whole group waited
+    /// on this block (see [`Sender::check_stall`]).
+    rounds: u32,
+}
+
+impl BlockTx {
+    /// Repairs this block may be assigned in all.
+    fn cap(&self) -> u32 {
+        self.block.symbols * (MAX_REPAIR_FACTOR + self.rounds) + 16
+    }
 }
 
 struct ChunkTx {
@@ -599,12 +609,15 @@ impl Sender {
             // (the sender or the network too fast for it), so the stream slows down.
             self.slow_down(now, "many receivers losing");
         }
+        let minority = self.is_minority(1);
         let cfg = &self.cfg;
         let Some(r) = self.receivers.get_mut(&fb.receiver) else {
             return ReceiverStatus::Unknown;
         };
-        if r.loss > cfg.max_receiver_loss {
+        if r.loss > cfg.max_receiver_loss && minority {
             // About to be demoted: repairs for it would cost the group more than they help.
+            // (Past the group's quarter it will not be: it gets its repairs like anyone, or
+            // the window would wait on it for good.)
             self.release_window(now);
             return ReceiverStatus::Active;
         }
@@ -638,7 +651,7 @@ impl Sender {
             let in_flight = (b.assigned - b.sent) + recent as u32;
             let need = n.need as u32;
             let want = need + (need as f64 * loss * 1.5).ceil() as u32 + 1;
-            let cap = b.block.symbols * MAX_REPAIR_FACTOR + 16;
+            let cap = b.cap();
             if want > in_flight && b.assigned < cap {
                 b.assigned = (b.assigned + want - in_flight).min(cap);
                 if !b.queued {
@@ -893,6 +906,7 @@ impl Sender {
                     assigned: 0,
                     sent: 0,
                     queued: false,
+                    rounds: 0,
                 })
                 .collect();
             self.window.push_back(ChunkTx {

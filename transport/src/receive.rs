@@ -126,6 +126,9 @@ pub enum Event {
     SenderSilent,
     /// The silent sender answered again: the rest comes by multicast again.
     SenderBack,
+    /// The stream ran but gave nothing for [`proto::receiver::NO_PROGRESS`]: the rest over
+    /// unicast.
+    Stuck,
     /// The sender forgot this receiver: it registers again.
     Registering,
     /// The receiver leaves with chunks missing (`leave_missing`).
@@ -173,6 +176,11 @@ impl std::fmt::Display for Event {
             Self::Demoted => f.write_str("demoted by the sender: finishing over unicast"),
             Self::SenderSilent => f.write_str("the sender went silent: finishing over unicast"),
             Self::SenderBack => f.write_str("the sender is back: receiving by multicast again"),
+            Self::Stuck => write!(
+                f,
+                "nothing came for {} s though the sender answers: finishing over unicast",
+                proto::receiver::NO_PROGRESS.as_secs()
+            ),
             Self::Registering => {
                 f.write_str("the sender no longer knows this receiver: registering again")
             }
@@ -446,6 +454,7 @@ pub async fn run(o: ReceiveOptions) -> anyhow::Result<Received> {
                 }
                 ReceiverEvent::SenderSilent => tell(Event::SenderSilent),
                 ReceiverEvent::SenderBack => tell(Event::SenderBack),
+                ReceiverEvent::Stuck => tell(Event::Stuck),
                 ReceiverEvent::Unknown => {
                     tell(Event::Registering);
                     let reg = register().await?;

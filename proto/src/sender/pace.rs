@@ -28,6 +28,16 @@ impl Sender {
             // too slow. Back off instead of demoting everyone.
             self.last_decrease = None;
             self.slow_down(now, "group stalled");
+            // The repair cap bounds what one broken receiver costs; a block the group waits
+            // on is the group's need. Without another round, a block whose repairs were all
+            // lost (a starved sender, a burst) would hold the window for good.
+            if let Some(c) = self.window.front_mut() {
+                for b in &mut c.blocks {
+                    if b.assigned >= b.cap() {
+                        b.rounds += 1;
+                    }
+                }
+            }
             return;
         }
         for id in holding {

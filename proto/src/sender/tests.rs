@@ -103,3 +103,95 @@ fn demotions_stop_at_a_quarter_of_the_group() {
     s.receivers.get_mut(&ids[36]).unwrap().state = ReceiverState::Finished;
     assert!(s.is_minority(3));
 }
+
+/// A sender streaming one chunk (ten symbols, one block) to `n` receivers, its first pass
+/// sent, `SETTLE` past: what the tests below start from.
+fn one_chunk_to(n: u8) -> (Sender, Instant, Vec<(u32, SocketAddr)>) {
+    let t0 = Instant::now();
+    let layout = Layout::new(1000, 64, vec![10_000]).unwrap();
+    let mut cfg = SenderConfig::new(1, SessionKey::new([1; 32]));
+    cfg.start.min_receivers = n as usize;
+    let mut s = Sender::new(cfg, layout, t0);
+    let mut ids = Vec::new();
+    for i in 0..n {
+        let addr = SocketAddr::from(([10, 0, 0, i], 9000));
+        ids.push((s.add_receiver(t0, addr).unwrap(), addr));
+    }
+    s.handle_timeout(t0);
+    while let Some(i) = s.poll_load() {
+        s.provide(i, vec![7; 10_000]).unwrap();
+    }
+    let mut buf = Vec::new();
+    while s.poll_transmit(t0, &mut buf).is_some() {}
+    assert_eq!(s.stats().frontier, 1);
+    (s, t0 + SETTLE + Duration::from_millis(1), ids)
+}
+
+fn lacking_chunk_0(id: u32, loss: f64) -> Feedback {
+    Feedback {
+        flags: 0,
+        receiver: id,
+        seq: 1,
+        first_missing: 0,
+        seen_frontier: 1,
+        rate_kbit: 100_000,
+        loss_ppm: (loss * 1e6) as u32,
+        delay_us: 0,
+        high_seq: u32::MAX,
+        needs: vec![crate::wire::Need {
+            chunk: 0,
+            block: 0,
+            need: 10,
+        }],
+    }
+}
+
+/// A receiver with heavy loss that cannot be demoted (a quarter of the group is already)
+/// still gets its repairs: refusing them as to one "about to be demoted" left the window
+/// waiting on it for good (a 40-machine lab stalled at 99 %).
+#[test]
+fn a_lossy_receiver_past_the_quarter_still_gets_repairs() {
+    let (mut s, now, ids) = one_chunk_to(8);
+    let (a, addr_a) = ids[0];
+    assert_eq!(
+        s.on_feedback(now, addr_a, &lacking_chunk_0(a, 0.9)),
+        ReceiverStatus::Demoted
+    );
+    let (b, addr_b) = ids[1];
+    assert_eq!(
+        s.on_feedback(now, addr_b, &lacking_chunk_0(b, 0.9)),
+        ReceiverStatus::Active,
+        "1 + 1 of 8 is not under a quarter"
+    );
+    assert!(
+        s.window[0].blocks[0].assigned > 0,
+        "no repairs for the receiver the window waits on"
+    );
+}
+
+/// When the whole group waits on a block whose repairs reached their cap (all lost, say,
+/// while the sender was starved), the block gets another round instead of holding the
+/// window for good.
+#[test]
+fn a_group_stalled_on_an_exhausted_block_gets_more_repairs() {
+    let (mut s, mut now, ids) = one_chunk_to(8);
+    let cap = s.window[0].blocks[0].cap();
+    s.window[0].blocks[0].assigned = cap;
+    s.window[0].blocks[0].sent = cap;
+    for &(id, addr) in &ids {
+        s.on_feedback(now, addr, &lacking_chunk_0(id, 0.0));
+    }
+    assert_eq!(s.window[0].blocks[0].assigned, cap, "capped");
+    // Every receiver holds the window past the stall timeout: the group, not a minority.
+    s.check_stall(now);
+    now += s.cfg.stall_timeout + Duration::from_millis(1);
+    s.check_stall(now);
+    assert_eq!(s.window[0].blocks[0].rounds, 1);
+    assert!(s
+        .receivers
+        .values()
+        .all(|r| r.state == ReceiverState::Active));
+    let (id, addr) = ids[0];
+    s.on_feedback(now, addr, &lacking_chunk_0(id, 0.0));
+    assert!(s.window[0].blocks[0].assigned > cap, "repairs again");
+}
