@@ -18,6 +18,7 @@ mod api;
 mod boot;
 mod capture;
 mod fetch;
+mod personalize;
 mod swarm;
 mod task;
 

@@ -1,6 +1,8 @@
 //! Running one task: for a restore, the manifest, the disk opened and scanned once, the
 //! plan's sources in turn ([`crate::fetch`]), progress reports once a second from the disk's
-//! state, an optional read-back, and the result; a capture is [`crate::capture`]'s.
+//! state, an optional read-back, seeding the swarm while other machines still lack the image,
+//! personalization ([`crate::personalize`]), and the result; a capture is
+//! [`crate::capture`]'s.
 
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
@@ -41,8 +43,8 @@ pub(crate) struct Totals {
 
 /// How a task ended.
 pub(crate) enum Outcome {
-    /// Written and verified; over BitTorrent, the machine's seed for the others.
-    Done(Totals, Option<crate::swarm::Seed>),
+    /// Written, verified and personalized (what that changed, a line each).
+    Done(Totals, Vec<String>),
     Failed(String, Totals),
     /// The server ended it (cancelled).
     Over(String),
@@ -143,7 +145,7 @@ pub(crate) async fn run(api: &Api, iface: &Iface, args: &Args, task: AgentTask) 
         if capture {
             crate::capture::work(api, args, &task, &reporter)
                 .await
-                .map(|t| (t, None))
+                .map(|t| (t, Vec::new()))
         } else {
             work(api, iface, args, task.clone(), &reporter).await
         }
@@ -154,7 +156,7 @@ pub(crate) async fn run(api: &Api, iface: &Iface, args: &Args, task: AgentTask) 
         m = reporter.ended() => Err(Stop::Over(m)),
     };
     match r {
-        Ok((t, seeding)) => Outcome::Done(t, seeding),
+        Ok((t, personalized)) => Outcome::Done(t, personalized),
         Err(Stop::Failed(m)) => Outcome::Failed(m, Totals::default()),
         Err(Stop::Over(m)) => Outcome::Over(m),
     }
@@ -166,7 +168,7 @@ async fn work(
     args: &Args,
     task: AgentTask,
     reporter: &Reporter,
-) -> Result<(Totals, Option<crate::swarm::Seed>), Stop> {
+) -> Result<(Totals, Vec<String>), Stop> {
     let ManifestReply::<Manifest> { id, manifest } = api
         .retry("fetching the manifest", None, || api.get("/agent/manifest"))
         .await?;
@@ -309,7 +311,30 @@ async fn work(
         }
         info!("read back: every chunk matches its hash, every zeroed region reads as zeros");
     }
-    Ok((totals, seeding))
+    let written = Progress {
+        stored_bytes: totals.bytes,
+        total_bytes: totals.bytes,
+        ..Progress::default()
+    };
+    // Seeding serves the disk as written: personalizing comes after it.
+    if let Some(s) = seeding {
+        reporter.send(TaskState::Seeding, written);
+        s.until_released(api).await;
+    }
+    let mut personalized = Vec::new();
+    if let Some(p) = task.personalize.clone() {
+        reporter.send(TaskState::Personalizing, written);
+        let (disk, m) = (args.disk.clone(), manifest.clone());
+        personalized =
+            tokio::task::spawn_blocking(move || crate::personalize::run(&disk, &m, &p))
+                .await
+                .map_err(|e| Stop::Failed(e.to_string()))?
+                .map_err(|e| Stop::Failed(format!("personalization: {e:#}")))?;
+        for l in &personalized {
+            info!("personalized: {l}");
+        }
+    }
+    Ok((totals, personalized))
 }
 
 /// Sends the target's progress once a second, whichever source fills it, with the rate of
@@ -332,9 +357,9 @@ async fn report_progress(target: Arc<Target>, reporter: Reporter) {
 
 /// Tells the server how the task ended; returns the exit code.
 pub(crate) async fn report(api: &Api, mut outcome: Outcome) -> anyhow::Result<ExitCode> {
-    let seeding = match &mut outcome {
-        Outcome::Done(_, s) => s.take(),
-        _ => None,
+    let personalized = match &mut outcome {
+        Outcome::Done(_, p) => std::mem::take(p),
+        _ => Vec::new(),
     };
     let (ok, reason, t) = match &outcome {
         Outcome::Done(t, _) => (true, None, *t),
@@ -354,6 +379,7 @@ pub(crate) async fn report(api: &Api, mut outcome: Outcome) -> anyhow::Result<Ex
             kept_chunks: t.kept,
             swarm_bytes: t.swarm_bytes,
         }),
+        personalized,
     };
     match api
         .retry("reporting the result", Some(SERVER_AWAY), || {
@@ -387,9 +413,6 @@ pub(crate) async fn report(api: &Api, mut outcome: Outcome) -> anyhow::Result<Ex
                 String::new()
             }
         );
-        if let Some(s) = seeding {
-            s.until_released(api).await;
-        }
         Ok(ExitCode::SUCCESS)
     } else {
         eprintln!("failed: {}", reason.unwrap_or_default());

@@ -121,7 +121,8 @@ wire_enum! {
 }
 
 wire_enum! {
-    /// A task's life: waiting → receiving → verifying → done | failed, or cancelled.
+    /// A task's life: waiting → receiving → verifying → (seeding →) personalizing → done |
+    /// failed, or cancelled.
     TaskState {
         /// Created; its agent has not reported yet.
         Waiting = "waiting",
@@ -129,6 +130,11 @@ wire_enum! {
         Receiving = "receiving",
         /// Its agent reads the disk back.
         Verifying = "verifying",
+        /// Written and verified; uploading to the machines of its deployment that still lack
+        /// the image (before personalizing changes the disk).
+        Seeding = "seeding",
+        /// Giving the restored system the machine's own identity.
+        Personalizing = "personalizing",
         /// Written and verified.
         Done = "done",
         /// Ended with a reason.
@@ -141,7 +147,15 @@ wire_enum! {
 impl TaskState {
     /// Whether the task is still going.
     pub fn active(self) -> bool {
-        matches!(self, Self::Waiting | Self::Receiving | Self::Verifying)
+        matches!(
+            self,
+            Self::Waiting | Self::Receiving | Self::Verifying | Self::Seeding | Self::Personalizing
+        )
+    }
+
+    /// Whether its machine still lacks (part of) the image.
+    pub fn lacks_image(self) -> bool {
+        matches!(self, Self::Waiting | Self::Receiving)
     }
 }
 
@@ -317,6 +331,21 @@ pub struct AgentTask {
     pub bytes_total: u64,
     /// The machine's pinned disk (`serial:...` / `size:...`), which its agent must write.
     pub disk: Option<String>,
+    /// What makes the restored system this machine's (none: the image is left untouched).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub personalize: Option<Personalization>,
+}
+
+/// A machine's personalization, filled in for it by the server: what its agent writes into the
+/// restored system after the image is written and verified.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Personalization {
+    /// The machine's hostname (already valid as one).
+    pub hostname: String,
+    /// The machine's variables (its group's, its own, the built-in ones).
+    #[serde(default)]
+    pub vars: crate::template::Vars,
 }
 
 impl AgentTask {
@@ -417,6 +446,10 @@ pub struct ResultReport {
     /// What the agent did.
     #[serde(flatten)]
     pub counters: Option<WorkCounters>,
+    /// What personalization changed, one line each (`hostname pc-07 (partition 2: Debian
+    /// GNU/Linux 12)`, `new machine-id`, ...).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub personalized: Vec<String>,
 }
 
 /// The answer to a progress report or a result: the task's state now.
@@ -477,6 +510,9 @@ pub struct Machine {
     pub last_seen_ms: Option<i64>,
     /// When it was added, Unix milliseconds.
     pub created_ms: i64,
+    /// Its own personalization variables (they win over its group's).
+    #[serde(default)]
+    pub vars: crate::template::Vars,
 }
 
 /// A group of machines, as the API returns it (`/api/v1/groups`).
@@ -489,6 +525,9 @@ pub struct Group {
     pub machines: u64,
     /// When it was made, Unix milliseconds.
     pub created_ms: i64,
+    /// Personalization variables of its machines (each machine's own win).
+    #[serde(default)]
+    pub vars: crate::template::Vars,
 }
 
 /// One machine's part of a deployment, as the API returns it.
@@ -526,6 +565,9 @@ pub struct Task {
     pub updated_ms: i64,
     /// When it ended.
     pub finished_ms: Option<i64>,
+    /// What personalization changed on the machine, one line each.
+    #[serde(default)]
+    pub personalized: Vec<String>,
 }
 
 /// A deployment (one image to machines, or a capture) with its tasks and totals, as the API
@@ -555,6 +597,9 @@ pub struct Deployment {
     pub start_at_ms: Option<i64>,
     /// What the machines do afterwards.
     pub then_action: Then,
+    /// How the machines are personalized.
+    #[serde(default)]
+    pub personalize: Personalize,
     /// Where it is.
     pub state: DeploymentState,
     /// The server that runs its multicast session.
@@ -704,6 +749,9 @@ pub struct Schedule {
     pub max_wait_ms: Option<i64>,
     /// What the machines do afterwards.
     pub then_action: Then,
+    /// How its deployments personalize the machines.
+    #[serde(default)]
+    pub personalize: Personalize,
     /// How long before its due time it fires (wakes the machines), milliseconds.
     pub wake_lead_ms: i64,
     /// Who made it.
@@ -746,7 +794,7 @@ pub struct ManifestReply<M> {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SeedReply {
-    /// Seed on (the deployment is not over).
+    /// Seed on (a machine of the deployment still lacks the image).
     pub seed: bool,
     /// The deployment's id.
     pub deployment: String,
@@ -827,6 +875,42 @@ pub struct NewDeployment {
     /// What the machines do afterwards (reboot unless said).
     #[serde(default)]
     pub then: Then,
+    /// How the machines are personalized (each gets its hostname unless said).
+    #[serde(default)]
+    pub personalize: Personalize,
+}
+
+/// What a deployment does to each machine's restored system after writing it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct Personalize {
+    /// Personalize at all (`false`: the image is written untouched).
+    #[serde(default = "on")]
+    pub enabled: bool,
+    /// The hostname's template (`{name}` unless said); see [`crate::template`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+}
+
+fn on() -> bool {
+    true
+}
+
+impl Default for Personalize {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            hostname: None,
+        }
+    }
+}
+
+impl Personalize {
+    /// The hostname template in use.
+    pub fn hostname_template(&self) -> &str {
+        self.hostname.as_deref().unwrap_or("{name}")
+    }
 }
 
 /// `POST /api/v1/captures`: a machine's disk into a new image (version).
@@ -883,6 +967,9 @@ pub struct NewSchedule {
     /// How long before the due time a redeploy wakes the machines (`5m`; `0` for none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wake_lead: Option<String>,
+    /// How a redeploy personalizes the machines.
+    #[serde(default)]
+    pub personalize: Personalize,
 }
 
 /// `POST /api/v1/machines`: a machine for the inventory.
@@ -943,6 +1030,22 @@ pub struct MachinePatch {
     )]
     #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
     pub disk: Option<Option<String>>,
+    /// Variables to set (a value) or remove (`null`); the others stay.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vars: Option<VarsPatch>,
+}
+
+/// Variables to set (a value) or remove (`null`).
+pub type VarsPatch = std::collections::BTreeMap<String, Option<String>>;
+
+/// `PATCH /api/v1/groups/{name}`: what changes on a group.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct GroupPatch {
+    /// Variables to set (a value) or remove (`null`); the others stay.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vars: Option<VarsPatch>,
 }
 
 /// A field that, when present, holds a `T` (`None` when absent, through `default`). With
@@ -1039,6 +1142,7 @@ mod tests {
             then: Then::Reboot,
             bytes_total: 1,
             disk: None,
+            personalize: None,
         };
         use Transport::*;
         for (t, f, plan) in [

@@ -21,6 +21,7 @@ pub mod layout;
 pub mod rate;
 pub mod receiver;
 pub mod sender;
+pub mod template;
 pub mod wire;
 
 #[doc(hidden)]

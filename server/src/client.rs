@@ -70,6 +70,8 @@ pub(crate) enum MachineCommand {
         #[arg(long)]
         no_disk: bool,
         #[command(flatten)]
+        vars: VarArgs,
+        #[command(flatten)]
         server: ServerArgs,
     },
     /// Remove a machine from the inventory.
@@ -99,6 +101,45 @@ pub(crate) enum GroupCommand {
         #[command(flatten)]
         server: ServerArgs,
     },
+    /// Set or remove a group's personalization variables (its machines' own win).
+    Set {
+        name: String,
+        #[command(flatten)]
+        vars: VarArgs,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+}
+
+/// Personalization variables to set and remove.
+#[derive(Debug, Args)]
+pub(crate) struct VarArgs {
+    /// Sets a variable (used by hostname and file templates as {KEY}); repeatable.
+    #[arg(long = "var", value_name = "KEY=VALUE", value_parser = key_value)]
+    set: Vec<(String, String)>,
+    /// Removes a variable; repeatable.
+    #[arg(long = "unset-var", value_name = "KEY")]
+    unset: Vec<String>,
+}
+
+fn key_value(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?}: KEY=VALUE"))?;
+    proto::template::check_var(k, v)?;
+    Ok((k.to_string(), v.to_string()))
+}
+
+impl VarArgs {
+    /// The patch, if any variable is named.
+    fn patch(self) -> Option<proto::api::VarsPatch> {
+        if self.set.is_empty() && self.unset.is_empty() {
+            return None;
+        }
+        let mut p: proto::api::VarsPatch = self.unset.into_iter().map(|k| (k, None)).collect();
+        p.extend(self.set.into_iter().map(|(k, v)| (k, Some(v))));
+        Some(p)
+    }
 }
 
 /// `drover wake`: magic packets to machines by MAC, or to every machine of a group.
@@ -223,13 +264,14 @@ fn machine_line(m: &Value) -> anyhow::Result<String> {
         .last_seen_ms
         .map_or_else(|| "never".into(), |t| fmt::time((t / 1000) as u64));
     Ok(format!(
-        "{:<17}  {:<20}  {:<16}  {:<15}  {:<10}  {}",
+        "{:<17}  {:<20}  {:<16}  {:<15}  {:<10}  {}{}",
         m.mac,
         m.name,
         m.group.as_deref().unwrap_or("-"),
         m.ip.as_deref().unwrap_or("-"),
         m.state,
-        seen
+        seen,
+        vars_text(&m.vars)
     ))
 }
 
@@ -293,6 +335,7 @@ pub(crate) fn machine(cmd: MachineCommand, json: bool) -> anyhow::Result<()> {
             no_ip,
             disk,
             no_disk,
+            vars,
             server,
         } => {
             // A --no-... flag clears the field (null); a value sets it; neither leaves it.
@@ -308,9 +351,13 @@ pub(crate) fn machine(cmd: MachineCommand, json: bool) -> anyhow::Result<()> {
                 group: change(no_group, group),
                 ip: change(no_ip, ip),
                 disk: change(no_disk, disk),
+                vars: vars.patch(),
             };
             if patch == proto::api::MachinePatch::default() {
-                bail!("nothing to change: give --name, --group, --ip, --disk or a --no-... flag");
+                bail!(
+                    "nothing to change: give --name, --group, --ip, --disk, --var, --unset-var \
+                     or a --no-... flag"
+                );
             }
             let m = call(
                 &server,
@@ -364,7 +411,12 @@ pub(crate) fn group(cmd: GroupCommand, json: bool) -> anyhow::Result<()> {
                     println!("no groups");
                 }
                 for g in &list {
-                    println!("{:<20}  {} machine(s)", g.name, g.machines);
+                    println!(
+                        "{:<20}  {} machine(s){}",
+                        g.name,
+                        g.machines,
+                        vars_text(&g.vars)
+                    );
                 }
             }
         }
@@ -380,8 +432,31 @@ pub(crate) fn group(cmd: GroupCommand, json: bool) -> anyhow::Result<()> {
                 println!("removed group {name}");
             }
         }
+        GroupCommand::Set { name, vars, server } => {
+            let Some(vars) = vars.patch() else {
+                bail!("nothing to change: give --var KEY=VALUE or --unset-var KEY");
+            };
+            let g = call(
+                &server,
+                &format!("/groups/{}", urlencode(&name)),
+                Method::Patch(serde_json::to_value(proto::api::GroupPatch {
+                    vars: Some(vars),
+                })?),
+            )?;
+            if json {
+                print_json(&g);
+            } else {
+                let g: proto::api::Group = typed(&g)?;
+                println!("changed group {}{}", g.name, vars_text(&g.vars));
+            }
+        }
     }
     Ok(())
+}
+
+/// Variables as `  KEY=VALUE ...` (nothing when there are none).
+fn vars_text(v: &proto::template::Vars) -> String {
+    v.iter().map(|(k, x)| format!("  {k}={x}")).collect()
 }
 
 /// Percent-encodes a path segment or query value.

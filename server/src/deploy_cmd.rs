@@ -42,11 +42,35 @@ pub(crate) struct DeployArgs {
     /// What machines do once written: reboot or poweroff.
     #[arg(long, default_value = "reboot")]
     then: Then,
+    #[command(flatten)]
+    personalize: PersonalizeArgs,
     /// Wait until every machine is done; exit 1 if any failed.
     #[arg(long)]
     wait: bool,
     #[command(flatten)]
     server: ServerArgs,
+}
+
+/// How a deployment (or a schedule's) personalizes its machines.
+#[derive(Debug, Args)]
+pub(crate) struct PersonalizeArgs {
+    /// on: each machine's restored system gets its own hostname, machine-id and SSH host
+    /// keys; off: the image is written untouched.
+    #[arg(long = "personalize", default_value = "on", value_parser = ["on", "off"])]
+    personalize: String,
+    /// The hostname's template: {name} (the default), {mac}, {ip}, {group} and any variable
+    /// set with `drover machine set --var` or `drover group set --var`.
+    #[arg(long, value_name = "TEMPLATE")]
+    hostname: Option<String>,
+}
+
+impl From<PersonalizeArgs> for proto::api::Personalize {
+    fn from(a: PersonalizeArgs) -> Self {
+        Self {
+            enabled: a.personalize == "on",
+            hostname: a.hostname,
+        }
+    }
 }
 
 /// `drover capture MAC --name NAME`
@@ -111,6 +135,7 @@ pub(crate) fn deploy(a: DeployArgs, json: bool) -> anyhow::Result<()> {
             max_wait,
             start_at: a.start_at,
             then: a.then,
+            personalize: a.personalize.into(),
         })?,
     )?;
     let id = d["id"].as_str().unwrap_or("?").to_string();
@@ -247,8 +272,13 @@ fn summary_line(d: &Deployment) -> String {
 
 fn print_deployment(d: &Value) -> anyhow::Result<()> {
     let d: Deployment = typed(d)?;
+    let personalize = match (&d.personalize.enabled, &d.personalize.hostname) {
+        (false, _) => "not personalized".to_string(),
+        (true, Some(h)) => format!("hostname {h}"),
+        (true, None) => "hostname {name}".to_string(),
+    };
     println!(
-        "deployment {}: {} to {} via {}, {}",
+        "deployment {}: {} to {} via {}, {personalize}, {}",
         d.id, d.image_name, d.targets, d.transport, d.state
     );
     for t in &d.tasks {
@@ -278,6 +308,9 @@ fn print_deployment(d: &Value) -> anyhow::Result<()> {
                 .map(|r| format!("  ({r})"))
                 .unwrap_or_default()
         );
+        for l in &t.personalized {
+            println!("      personalized: {l}");
+        }
     }
     Ok(())
 }

@@ -74,6 +74,8 @@ pub(crate) struct AddSchedule {
     #[arg(long, value_parser = fmt::parse_duration)]
     wake_lead: Option<Duration>,
     #[command(flatten)]
+    personalize: crate::deploy_cmd::PersonalizeArgs,
+    #[command(flatten)]
     server: ServerArgs,
 }
 
@@ -125,6 +127,7 @@ pub(crate) fn schedule(cmd: ScheduleCommand, json: bool) -> anyhow::Result<()> {
                 max_wait,
                 then,
                 wake_lead,
+                personalize,
                 server,
             } = *add;
             let s = call(
@@ -147,6 +150,7 @@ pub(crate) fn schedule(cmd: ScheduleCommand, json: bool) -> anyhow::Result<()> {
                     max_wait: secs(max_wait),
                     then,
                     wake_lead: secs(wake_lead),
+                    personalize: personalize.into(),
                 })?,
             )?;
             if json {

@@ -12,7 +12,8 @@ use serde_json::Value;
 use crate::auth::Authed;
 use proto::api;
 use proto::api::{
-    MachinePatch, NewDeployment, NewGroup, NewMachine, NewSchedule, ScheduleAction, Wake,
+    MachinePatch, NewDeployment, NewGroup, NewMachine, NewSchedule, Personalize, ScheduleAction,
+    Wake,
 };
 
 use crate::call::{self, Refused};
@@ -382,6 +383,16 @@ fn machine_patch(f: &Fields) -> MachinePatch {
         group: field("group"),
         ip: field("ip"),
         disk: field("disk"),
+        vars: None,
+    }
+}
+
+/// A deployment's (or schedule's) personalization from its form: on unless "personalize" is
+/// `off`, with the hostname template if one is given.
+fn personalize(f: &Fields) -> Personalize {
+    Personalize {
+        enabled: f.get("personalize") != Some("off"),
+        hostname: f.text("hostname"),
     }
 }
 
@@ -816,6 +827,7 @@ fn deployment_body(f: &Fields) -> Result<String, String> {
         max_wait: None,
         start_at: None,
         then: choice(f, "then")?,
+        personalize: personalize(f),
     };
     match f.get("start").unwrap_or("now") {
         "min" => {
@@ -851,6 +863,7 @@ fn schedule_body(f: &Fields) -> Result<String, String> {
         max_wait: None,
         then: choice(f, "then")?,
         wake_lead: None,
+        personalize: personalize(f),
     };
     if action == ScheduleAction::Deploy {
         body.image = f.text("image");

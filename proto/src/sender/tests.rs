@@ -138,7 +138,7 @@ fn lacking_chunk_0(id: u32, loss: f64) -> Feedback {
         loss_ppm: (loss * 1e6) as u32,
         delay_us: 0,
         high_seq: u32::MAX,
-        needs: vec![crate::wire::Need {
+        needs: vec![wire::Need {
             chunk: 0,
             block: 0,
             need: 10,

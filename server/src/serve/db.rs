@@ -64,6 +64,8 @@ pub(crate) struct MachineEdit {
     pub(crate) group: Option<Option<String>>,
     pub(crate) ip: Option<Option<std::net::Ipv4Addr>>,
     pub(crate) target_disk: Option<Option<String>>,
+    /// Variables to set or remove.
+    pub(crate) vars: Option<proto::api::VarsPatch>,
 }
 
 /// A wire enum stored as its text.
@@ -75,6 +77,18 @@ pub(crate) fn parsed<T: std::str::FromStr<Err = String>>(
     text.parse().map_err(|e: String| sqlx::Error::ColumnDecode {
         index: column.into(),
         source: e.into(),
+    })
+}
+
+/// A column holding JSON (variables, a deployment's personalization).
+pub(crate) fn json_column<T: serde::de::DeserializeOwned>(
+    r: &sqlx::any::AnyRow,
+    column: &str,
+) -> Result<T, sqlx::Error> {
+    let text: String = r.try_get(column)?;
+    serde_json::from_str(&text).map_err(|e| sqlx::Error::ColumnDecode {
+        index: column.into(),
+        source: format!("not the JSON it should hold: {e}").into(),
     })
 }
 

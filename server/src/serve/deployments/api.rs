@@ -45,6 +45,7 @@ fn task_info(
     d: &Deployment,
     disk: Option<&str>,
     swarm: AgentSwarm,
+    personalize: Option<api::Personalization>,
 ) -> Result<api::AgentTask, ApiError> {
     let transport: api::Transport = d.transport;
     let fallback: api::Fallback = d.fallback;
@@ -79,6 +80,7 @@ fn task_info(
         then: d.then_action,
         bytes_total: t.bytes_total.max(0) as u64,
         disk: disk.map(str::to_string),
+        personalize,
     })
 }
 
@@ -113,6 +115,7 @@ fn task_view(t: &Task, name: Option<&str>) -> Result<api::Task, ApiError> {
         started_ms: t.started_ms,
         updated_ms: t.updated_ms,
         finished_ms: t.finished_ms,
+        personalized: t.personalized.clone(),
     })
 }
 
@@ -143,6 +146,7 @@ async fn deployment_view(s: &Shared, d: &Deployment) -> ApiResult<api::Deploymen
         max_wait_ms: d.max_wait_ms,
         start_at_ms: d.start_at_ms,
         then_action: d.then_action,
+        personalize: d.personalize.clone(),
         state: d.state,
         owner: d.owner.clone(),
         session: d.session,
@@ -235,6 +239,7 @@ pub(crate) async fn create(
                 max_wait,
                 start_at_ms,
                 then_action: b.then,
+                personalize: b.personalize,
             },
             &actor.0,
         )
@@ -413,11 +418,13 @@ pub(crate) async fn hello(
         return Ok(Json(out));
     };
     let d = s.db.deployments().deployment(&task.deployment_id).await?;
+    let personalize = personalization(&s, &task, &d, peer.ip()).await?;
     out.task = Some(task_info(
         &task,
         &d,
         m.target_disk.as_deref(),
         s.deployer.agent_swarm,
+        personalize,
     )?);
     let shown = headers
         .get(header::AUTHORIZATION)
@@ -515,6 +522,7 @@ pub(crate) async fn session_part(
     responses((status = 200, description = "task", body = api::TaskReply), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 410, body = ErrorBody)))]
 pub(crate) async fn task(
     State(s): State<Shared>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Extension(AgentTask(t)): Extension<AgentTask>,
 ) -> ApiResult<Json<api::TaskReply>> {
     let t = s.db.deployments().task(&t.id).await?;
@@ -529,9 +537,38 @@ pub(crate) async fn task(
         }
         Err(_) => None,
     };
+    let personalize = personalization(&s, &t, &d, peer.ip()).await?;
     Ok(Json(api::TaskReply {
-        task: task_info(&t, &d, disk.as_deref(), s.deployer.agent_swarm)?,
+        task: task_info(&t, &d, disk.as_deref(), s.deployer.agent_swarm, personalize)?,
     }))
+}
+
+/// A restore task's personalization for its machine. One that can no longer be made (a
+/// variable its template names was removed since the deployment was created) fails the
+/// task, saying why: better than a machine that comes up as the golden one.
+async fn personalization(
+    s: &Shared,
+    t: &Task,
+    d: &Deployment,
+    peer: std::net::IpAddr,
+) -> ApiResult<Option<api::Personalization>> {
+    if d.kind != api::TaskKind::Restore {
+        return Ok(None);
+    }
+    match super::personalize::for_task(&s.db, &d.personalize, &t.mac, Some(peer.to_canonical()))
+        .await
+    {
+        Ok(p) => Ok(p),
+        Err(crate::serve::db::DbError::Invalid(why)) => {
+            let reason = format!("personalization: {why}");
+            s.db.deployments()
+                .finish_task(&t.id, "failed", Some(&reason), None, &[])
+                .await?;
+            s.deployer.changed(&t.deployment_id);
+            Err(task_over(&s.db.deployments().task(&t.id).await?))
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// `GET /api/v1/agent/manifest`: the task's image.
@@ -604,7 +641,7 @@ fn task_progress(c: api::WorkCounters, rate_bps: u64) -> TaskProgress {
 
 /// `POST /api/v1/agent/progress`.
 #[utoipa::path(post, path = "/agent/progress", tag = "agent",
-    summary = "Agent: progress (state receiving|verifying, bytes_done, rate_bps, chunk counts)", request_body = api::ProgressReport,
+    summary = "Agent: progress (state receiving|verifying|seeding|personalizing, bytes_done, rate_bps, chunk counts)", request_body = api::ProgressReport,
     responses((status = 200, description = "recorded", body = api::StateReply), (status = 400, body = ErrorBody), (status = 410, body = ErrorBody)))]
 pub(crate) async fn progress(
     State(s): State<Shared>,
@@ -614,10 +651,13 @@ pub(crate) async fn progress(
     let Json(p) = body?;
     if !matches!(
         p.state,
-        api::TaskState::Receiving | api::TaskState::Verifying
+        api::TaskState::Receiving
+            | api::TaskState::Verifying
+            | api::TaskState::Seeding
+            | api::TaskState::Personalizing
     ) {
         return Err(ApiError::bad_request(format!(
-            "state {:?}: receiving or verifying (the result ends a task)",
+            "state {:?}: receiving, verifying, seeding or personalizing (the result ends a task)",
             p.state.as_str()
         )));
     }
@@ -706,10 +746,15 @@ pub(crate) async fn result(
         p.bytes_done = p.bytes_done.clamp(0, t.bytes_total.max(0));
         p
     });
+    if r.personalized.len() > 100 || r.personalized.iter().any(|l| l.len() > 500) {
+        return Err(ApiError::bad_request(
+            "personalized: at most 100 lines of at most 500 bytes",
+        ));
+    }
     if !s
         .db
         .deployments()
-        .finish_task(&t.id, state.as_str(), reason.as_deref(), p)
+        .finish_task(&t.id, state.as_str(), reason.as_deref(), p, &r.personalized)
         .await?
     {
         let t = s.db.deployments().task(&t.id).await?;

@@ -20,7 +20,7 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use imaging::manifest::{Hash, Manifest};
 use imaging::store::Store;
-use proto::api::{self, ChunkStored, Committed, ErrorBody, HaveReply, HaveRequest};
+use proto::api::{self, ChunkStored, Committed, ErrorBody, HaveReply, HaveRequest, Personalize};
 use serde::Deserialize;
 use sqlx::Row;
 
@@ -100,6 +100,11 @@ pub(crate) async fn create(
                     owner: &s.deployer.owner,
                     created_by: &actor.0,
                     bytes_total: 0,
+                    // A capture reads the disk: nothing to personalize.
+                    personalize: &Personalize {
+                        enabled: false,
+                        hostname: None,
+                    },
                 },
                 &[mac],
             )

@@ -2,5 +2,6 @@
 
 pub(crate) mod api;
 pub(crate) mod capture;
+pub(crate) mod personalize;
 pub(crate) mod repo;
 pub(crate) mod service;

@@ -7,12 +7,18 @@ use serde::Serialize;
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
-use crate::serve::db::{is_unique_violation, now_ms, parsed, random_hex, Db, DbError};
+use crate::serve::db::{is_unique_violation, json_column, now_ms, parsed, random_hex, Db, DbError};
 use crate::serve::inventory::mac::Mac;
 use proto::api::{DeploymentState, Fallback, TaskKind, TaskState, Then, Transport};
 
 /// Task states an agent is still working in.
-pub(crate) const ACTIVE: &[&str] = &["waiting", "receiving", "verifying"];
+pub(crate) const ACTIVE: &[&str] = &[
+    "waiting",
+    "receiving",
+    "verifying",
+    "seeding",
+    "personalizing",
+];
 
 /// A deployment: one image to some machines.
 #[derive(Debug, Clone, Serialize)]
@@ -38,6 +44,8 @@ pub(crate) struct Deployment {
     pub(crate) created_ms: i64,
     pub(crate) started_ms: Option<i64>,
     pub(crate) finished_ms: Option<i64>,
+    /// How the machines are personalized.
+    pub(crate) personalize: proto::api::Personalize,
 }
 
 /// One machine's part of a deployment.
@@ -60,6 +68,8 @@ pub(crate) struct Task {
     pub(crate) started_ms: Option<i64>,
     pub(crate) updated_ms: i64,
     pub(crate) finished_ms: Option<i64>,
+    /// What personalization changed on the machine.
+    pub(crate) personalized: Vec<String>,
 }
 
 impl Task {
@@ -84,6 +94,7 @@ pub(crate) struct NewDeployment<'a> {
     pub(crate) owner: &'a str,
     pub(crate) created_by: &'a str,
     pub(crate) bytes_total: i64,
+    pub(crate) personalize: &'a proto::api::Personalize,
 }
 
 /// An agent's progress report.
@@ -99,11 +110,11 @@ pub(crate) struct TaskProgress {
 
 const DEPLOYMENT_COLUMNS: &str = "id, kind, image_id, image_name, targets, transport, \
     min_machines, max_wait_ms, start_at_ms, then_action, state, owner, session, mcast_group, \
-    mcast_http, fallback, created_by, created_ms, started_ms, finished_ms";
+    mcast_http, fallback, created_by, created_ms, started_ms, finished_ms, personalize";
 
 const TASK_COLUMNS: &str = "id, deployment_id, mac, state, reason, bytes_done, bytes_total, \
     rate_bps, multicast_chunks, unicast_chunks, kept_chunks, swarm_bytes, created_ms, \
-    started_ms, updated_ms, finished_ms";
+    started_ms, updated_ms, finished_ms, personalized";
 
 fn deployment(r: &AnyRow) -> Result<Deployment, sqlx::Error> {
     Ok(Deployment {
@@ -127,6 +138,7 @@ fn deployment(r: &AnyRow) -> Result<Deployment, sqlx::Error> {
         created_ms: r.try_get("created_ms")?,
         started_ms: r.try_get("started_ms")?,
         finished_ms: r.try_get("finished_ms")?,
+        personalize: json_column(r, "personalize")?,
     })
 }
 
@@ -148,6 +160,7 @@ fn task(r: &AnyRow) -> Result<Task, sqlx::Error> {
         started_ms: r.try_get("started_ms")?,
         updated_ms: r.try_get("updated_ms")?,
         finished_ms: r.try_get("finished_ms")?,
+        personalized: json_column(r, "personalized")?,
     })
 }
 
@@ -203,8 +216,8 @@ impl Deployments<'_> {
             let r = sqlx::query(
                 "INSERT INTO deployments (id, kind, image_id, image_name, targets, transport, \
                  min_machines, max_wait_ms, start_at_ms, then_action, state, owner, created_by, \
-                 created_ms, fallback) VALUES ($1, $14, $2, $3, $4, $5, $6, $7, $8, $9, $10, \
-                 $11, $12, $13, $15)",
+                 created_ms, fallback, personalize) VALUES ($1, $14, $2, $3, $4, $5, $6, $7, \
+                 $8, $9, $10, $11, $12, $13, $15, $16)",
             )
             .bind(&id)
             .bind(d.image_id)
@@ -225,6 +238,7 @@ impl Deployments<'_> {
             .bind(now)
             .bind(d.kind)
             .bind(d.fallback)
+            .bind(serde_json::to_string(d.personalize).map_err(anyhow::Error::from)?)
             .execute(&mut *tx)
             .await;
             match r {
@@ -431,6 +445,7 @@ impl Deployments<'_> {
         state: &str,
         reason: Option<&str>,
         p: Option<TaskProgress>,
+        personalized: &[String],
     ) -> anyhow::Result<bool> {
         let now = now_ms();
         let mut tx = self.db.begin_write().await?;
@@ -469,7 +484,7 @@ impl Deployments<'_> {
         sqlx::query(
             "UPDATE tasks SET state = $1, reason = $2, finished_ms = $3, updated_ms = $3, \
              bytes_done = $4, rate_bps = 0, multicast_chunks = $5, unicast_chunks = $6, \
-             kept_chunks = $7, swarm_bytes = $9 WHERE id = $8",
+             kept_chunks = $7, swarm_bytes = $9, personalized = $10 WHERE id = $8",
         )
         .bind(state)
         .bind(reason)
@@ -480,6 +495,7 @@ impl Deployments<'_> {
         .bind(p.kept_chunks)
         .bind(id)
         .bind(p.swarm_bytes)
+        .bind(serde_json::to_string(personalized)?)
         .execute(&mut *tx)
         .await?;
         let machine_state = match state {

@@ -53,6 +53,8 @@ pub(crate) struct DeployRequest {
     pub(crate) max_wait: Option<Duration>,
     pub(crate) start_at_ms: Option<i64>,
     pub(crate) then_action: Then,
+    /// How the machines are personalized.
+    pub(crate) personalize: proto::api::Personalize,
 }
 
 /// Why a deployment request was refused.
@@ -238,6 +240,7 @@ impl Deployer {
             .map_err(anyhow::Error::from)?
             .map_err(|e| DeployError::NotFound(format!("image {:?}: {e}", r.image)))?;
         let macs = self.resolve_targets(&r.targets).await?;
+        super::personalize::check(&self.db, &r.personalize, &macs).await?;
         if let Some(n) = r.min_machines {
             if n < 1 || n as usize > macs.len() {
                 return Err(DeployError::Bad(format!(
@@ -317,6 +320,7 @@ impl Deployer {
                         .chunks()
                         .map(|(a, c)| a.region_len(c.index, img.manifest.chunk_size))
                         .sum::<u64>() as i64,
+                    personalize: &r.personalize,
                 },
                 &macs,
             )

@@ -114,6 +114,23 @@ pub(crate) async fn remove_group(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(patch, path = "/groups/{name}", tag = "inventory",
+    summary = "Set (a value) or remove (null) a group's personalization variables",
+    params(("name" = String, Path)), request_body = proto::api::GroupPatch,
+    responses((status = 200, description = "changed", body = proto::api::Group), (status = 400, body = ErrorBody),
+        (status = 404, body = ErrorBody)))]
+pub(crate) async fn update_group(
+    State(s): State<Shared>,
+    Extension(actor): Extension<Actor>,
+    UrlPath(name): UrlPath<String>,
+    body: Result<Json<proto::api::GroupPatch>, JsonRejection>,
+) -> ApiResult<Json<proto::api::Group>> {
+    let Json(patch) = body?;
+    Ok(Json(
+        s.inventory.patch_group(&actor.0, &name, &patch).await?,
+    ))
+}
+
 /// Sends wake-on-LAN magic packets to the lab interface's subnet broadcast.
 #[utoipa::path(post, path = "/wake", tag = "inventory",
     summary = "Send wake-on-LAN magic packets (to machines by MAC and/or a group's machines)",

@@ -4,7 +4,7 @@ use sqlx::any::AnyRow;
 use sqlx::Row;
 
 use crate::serve::db::{
-    is_unique_violation, now_ms, parsed, Db, DbError, Group, Machine, MachineEdit,
+    is_unique_violation, json_column, now_ms, parsed, Db, DbError, Group, Machine, MachineEdit,
 };
 use crate::serve::inventory::mac::Mac;
 use proto::api::{MachineState, Registered};
@@ -37,12 +37,42 @@ fn machine(r: &AnyRow) -> Result<Machine, sqlx::Error> {
         registered: parsed(r, "registered")?,
         last_seen_ms: r.try_get("last_seen_ms")?,
         created_ms: r.try_get("created_ms")?,
+        vars: vars(r)?,
     })
+}
+
+/// The `vars` column: a JSON object of strings.
+fn vars(r: &AnyRow) -> Result<proto::template::Vars, sqlx::Error> {
+    json_column(r, "vars")
+}
+
+/// `vars` with `patch` applied: a value sets, `null` removes. Every name and value is checked.
+pub(crate) fn patched(
+    vars: &proto::template::Vars,
+    patch: &proto::api::VarsPatch,
+) -> Result<proto::template::Vars, DbError> {
+    let mut v = vars.clone();
+    for (k, x) in patch {
+        match x {
+            Some(x) => {
+                proto::template::check_var(k, x).map_err(DbError::Invalid)?;
+                v.insert(k.clone(), x.clone());
+            }
+            None => {
+                v.remove(k);
+            }
+        }
+    }
+    Ok(v)
+}
+
+fn json(v: &proto::template::Vars) -> String {
+    serde_json::to_string(v).expect("a map of strings serializes")
 }
 
 /// The machines' columns, in the order [`machine`] reads them.
 const MACHINE_COLUMNS: &str = "mac, name, group_name, disk_serial, disk_size, ip, target_disk, \
-                               state, registered, last_seen_ms, created_ms";
+                               state, registered, last_seen_ms, created_ms, vars";
 
 impl Inventory<'_> {
     /// Adds a machine by an admin, or returns `Exists` (the MAC, or the reserved address).
@@ -67,13 +97,17 @@ impl Inventory<'_> {
             registered: Registered::Admin,
             last_seen_ms: None,
             created_ms: now_ms(),
+            vars: match &edit.vars {
+                Some(p) => patched(&Default::default(), p)?,
+                None => Default::default(),
+            },
         };
         if let Some(ip) = &m.ip {
             self.check_ip_free(ip, &m.mac).await?;
         }
         let r = sqlx::query(&format!(
             "INSERT INTO machines ({MACHINE_COLUMNS}) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
         ))
         .bind(&m.mac)
         .bind(&m.name)
@@ -86,6 +120,7 @@ impl Inventory<'_> {
         .bind(m.registered.as_str())
         .bind(m.last_seen_ms)
         .bind(m.created_ms)
+        .bind(json(&m.vars))
         .execute(&self.db.pool)
         .await;
         match r {
@@ -185,17 +220,21 @@ impl Inventory<'_> {
         if let Some(d) = &edit.target_disk {
             m.target_disk = d.clone();
         }
+        if let Some(p) = &edit.vars {
+            m.vars = patched(&m.vars, p)?;
+        }
         if let Some(ip) = &m.ip {
             self.check_ip_free(ip, &m.mac).await?;
         }
         let r = sqlx::query(
-            "UPDATE machines SET name = $1, group_name = $2, ip = $3, target_disk = $4 \
-             WHERE mac = $5",
+            "UPDATE machines SET name = $1, group_name = $2, ip = $3, target_disk = $4, \
+             vars = $5 WHERE mac = $6",
         )
         .bind(&m.name)
         .bind(&m.group)
         .bind(&m.ip)
         .bind(&m.target_disk)
+        .bind(json(&m.vars))
         .bind(&m.mac)
         .execute(&self.db.pool)
         .await;
@@ -250,6 +289,7 @@ impl Inventory<'_> {
                 name: name.to_string(),
                 machines: 0,
                 created_ms,
+                vars: Default::default(),
             }),
             Err(e) if is_unique_violation(&e) => Err(DbError::Exists(format!("group {name:?}"))),
             Err(e) => Err(e.into()),
@@ -259,7 +299,7 @@ impl Inventory<'_> {
     /// Every group with its number of machines.
     pub(crate) async fn groups(&self) -> anyhow::Result<Vec<Group>> {
         let rows = sqlx::query(
-            "SELECT g.name AS name, g.created_ms AS created_ms, \
+            "SELECT g.name AS name, g.created_ms AS created_ms, g.vars AS vars, \
                     (SELECT COUNT(*) FROM machines m WHERE m.group_name = g.name) AS machines \
              FROM groups g ORDER BY g.name",
         )
@@ -271,9 +311,37 @@ impl Inventory<'_> {
                     name: r.try_get("name")?,
                     machines: r.try_get::<i64, _>("machines")?.max(0) as u64,
                     created_ms: r.try_get("created_ms")?,
+                    vars: vars(r)?,
                 })
             })
             .collect()
+    }
+
+    /// One group.
+    pub(crate) async fn group(&self, name: &str) -> Result<Group, DbError> {
+        self.groups()
+            .await?
+            .into_iter()
+            .find(|g| g.name == name)
+            .ok_or_else(|| DbError::NotFound(format!("group {name:?}")))
+    }
+
+    /// Sets and removes a group's variables.
+    pub(crate) async fn patch_group(
+        &self,
+        name: &str,
+        patch: &proto::api::GroupPatch,
+    ) -> Result<Group, DbError> {
+        let mut g = self.group(name).await?;
+        if let Some(p) = &patch.vars {
+            g.vars = patched(&g.vars, p)?;
+        }
+        sqlx::query("UPDATE groups SET vars = $1 WHERE name = $2")
+            .bind(json(&g.vars))
+            .bind(name)
+            .execute(&self.db.pool)
+            .await?;
+        Ok(g)
     }
 
     /// Removes a group; its machines stay, without a group.

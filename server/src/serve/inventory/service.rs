@@ -140,6 +140,7 @@ impl Inventory {
         if let Some(d) = &patch.disk {
             edit.target_disk = Some(d.as_deref().map(check_disk).transpose()?);
         }
+        edit.vars = patch.vars.clone();
         let m = self.db.inventory().update_machine(mac, &edit).await?;
         let detail = serde_json::to_string(patch).map_err(anyhow::Error::from)?;
         self.db
@@ -169,6 +170,21 @@ impl Inventory {
         let added = self.db.inventory().add_group(&g.name).await?;
         self.db.audit(actor, "group.add", &g.name).await?;
         Ok(added)
+    }
+
+    /// Sets and removes a group's variables.
+    pub(crate) async fn patch_group(
+        &self,
+        actor: &str,
+        name: &str,
+        patch: &proto::api::GroupPatch,
+    ) -> Result<proto::api::Group, DbError> {
+        let g = self.db.inventory().patch_group(name, patch).await?;
+        let detail = serde_json::to_string(patch).map_err(anyhow::Error::from)?;
+        self.db
+            .audit(actor, "group.update", &format!("{name} {detail}"))
+            .await?;
+        Ok(g)
     }
 
     pub(crate) async fn remove_group(&self, actor: &str, name: &str) -> Result<(), DbError> {

@@ -110,6 +110,7 @@ impl Host for ServerHost {
                     max_wait: s.max_wait_ms.map(|ms| Duration::from_millis(ms as u64)),
                     start_at_ms: start_at_ms.filter(|_| multicast),
                     then_action: s.then_action,
+                    personalize: s.personalize.clone(),
                 },
                 &actor(s),
             )
@@ -182,6 +183,7 @@ async fn view(s: &Shared, sc: &Schedule, runs: i64) -> ApiResult<api::Schedule> 
         min_machines: sc.min_machines,
         max_wait_ms: sc.max_wait_ms,
         then_action: sc.then_action,
+        personalize: sc.personalize.clone(),
         wake_lead_ms: lead,
         created_by: sc.created_by.clone(),
         created_ms: sc.created_ms,
@@ -301,6 +303,7 @@ async fn check_body(s: &Shared, b: &api::NewSchedule) -> ApiResult<Checked> {
                     max_wait: max_wait_ms.map(|ms| Duration::from_millis(ms as u64)),
                     start_at_ms: None,
                     then_action: b.then,
+                    personalize: b.personalize.clone(),
                 })
                 .await?;
         }
@@ -346,6 +349,7 @@ fn new_schedule<'a>(b: &'a api::NewSchedule, c: &'a Checked, by: &'a str) -> New
         then_action: b.then.as_str(),
         wake_lead_ms: c.wake_lead_ms,
         created_by: by,
+        personalize: &b.personalize,
     }
 }
 

@@ -6,7 +6,7 @@ use serde::Serialize;
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
-use crate::serve::db::{is_unique_violation, now_ms, parsed, random_hex, Db, DbError};
+use crate::serve::db::{is_unique_violation, json_column, now_ms, parsed, random_hex, Db, DbError};
 use crate::serve::schedules::service::Schedule;
 
 /// What a new schedule is (already checked).
@@ -24,6 +24,7 @@ pub(crate) struct NewSchedule<'a> {
     pub(crate) then_action: &'a str,
     pub(crate) wake_lead_ms: Option<i64>,
     pub(crate) created_by: &'a str,
+    pub(crate) personalize: &'a proto::api::Personalize,
 }
 
 /// One run (or wake-up) of a schedule.
@@ -39,7 +40,7 @@ pub(crate) struct Run {
 
 const SCHEDULE_COLUMNS: &str = "id, name, cron, at_ms, action, image, targets, transport, \
     fallback, min_machines, max_wait_ms, then_action, wake_lead_ms, created_by, created_ms, \
-    (SELECT MAX(due_ms) FROM schedule_runs r WHERE r.schedule_id = s.id) \
+    personalize, (SELECT MAX(due_ms) FROM schedule_runs r WHERE r.schedule_id = s.id) \
     AS last_due_ms";
 
 fn schedule(r: &AnyRow) -> Result<Schedule, sqlx::Error> {
@@ -60,6 +61,7 @@ fn schedule(r: &AnyRow) -> Result<Schedule, sqlx::Error> {
         created_by: r.try_get("created_by")?,
         created_ms: r.try_get("created_ms")?,
         last_due_ms: r.try_get("last_due_ms")?,
+        personalize: json_column(r, "personalize")?,
     })
 }
 
@@ -81,8 +83,8 @@ impl Schedules<'_> {
         let r = sqlx::query(
             "INSERT INTO schedules (id, name, cron, at_ms, action, image, targets, transport, \
              min_machines, max_wait_ms, then_action, wake_lead_ms, created_by, created_ms, \
-             fallback) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+             fallback, personalize) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
         )
         .bind(&id)
         .bind(s.name)
@@ -99,6 +101,7 @@ impl Schedules<'_> {
         .bind(s.created_by)
         .bind(now_ms())
         .bind(s.fallback)
+        .bind(serde_json::to_string(s.personalize).map_err(anyhow::Error::from)?)
         .execute(&self.db.pool)
         .await;
         match r {
@@ -121,8 +124,8 @@ impl Schedules<'_> {
         let r = sqlx::query(
             "UPDATE schedules SET name = $1, cron = $2, at_ms = $3, action = $4, image = $5, \
              targets = $6, transport = $7, min_machines = $8, max_wait_ms = $9, \
-             then_action = $10, wake_lead_ms = $11, created_ms = $12, fallback = $13 \
-             WHERE id = $14",
+             then_action = $10, wake_lead_ms = $11, created_ms = $12, fallback = $13, \
+             personalize = $15 WHERE id = $14",
         )
         .bind(s.name)
         .bind(s.cron)
@@ -138,6 +141,7 @@ impl Schedules<'_> {
         .bind(since)
         .bind(s.fallback)
         .bind(id)
+        .bind(serde_json::to_string(s.personalize).map_err(anyhow::Error::from)?)
         .execute(&self.db.pool)
         .await;
         match r {

@@ -50,6 +50,8 @@ pub(crate) struct Schedule {
     pub(crate) created_ms: i64,
     /// The newest due time that was handled (run, failed or missed).
     pub(crate) last_due_ms: Option<i64>,
+    /// How its deployments personalize the machines.
+    pub(crate) personalize: proto::api::Personalize,
 }
 
 impl Schedule {

@@ -136,11 +136,13 @@ pub(crate) async fn agent_torrent(
     }
 }
 
-/// `GET /api/v1/agent/seed`: whether an agent that finished its task seeds on — while its
-/// deployment runs (other machines may still need its pieces). It takes the task's token
-/// after the task is over, which the other agent endpoints refuse.
+/// `GET /api/v1/agent/seed`: whether an agent that has the whole image seeds on — while its
+/// deployment runs and one of its machines still lacks the image (waiting or receiving). A
+/// seeding machine personalizes its disk only afterwards, so it never serves changed pieces,
+/// and the machines that are personalizing or done do not hold the seeds. It takes the
+/// task's token after the task is over, which the other agent endpoints refuse.
 #[utoipa::path(get, path = "/api/v1/agent/seed", tag = "agent", security(()),
-    summary = "Agent, after its task: whether to keep seeding (while its deployment runs)",
+    summary = "Agent, once written: whether to keep seeding (while a machine of its deployment still lacks the image)",
     description = "Takes the task token (Authorization: Bearer), also after the task is over.",
     responses((status = 200, description = "whether to seed", body = api::SeedReply), (status = 401, body = ErrorBody)))]
 pub(crate) async fn seed(
@@ -150,11 +152,19 @@ pub(crate) async fn seed(
     let t = task_of_token(&s, &headers).await?;
     let d = s.db.deployments().deployment(&t.deployment_id).await?;
     let state = d.state;
+    let running = matches!(
+        state,
+        api::DeploymentState::Waiting | api::DeploymentState::Running
+    );
+    let needed = running
+        && s.db
+            .deployments()
+            .tasks_of(&d.id)
+            .await?
+            .iter()
+            .any(|t| t.state.lacks_image());
     Ok(Json(api::SeedReply {
-        seed: matches!(
-            state,
-            api::DeploymentState::Waiting | api::DeploymentState::Running
-        ),
+        seed: needed,
         deployment: d.id,
         state,
     }))

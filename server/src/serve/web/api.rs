@@ -134,7 +134,7 @@ pub(crate) fn documented(state: Option<Shared>) -> OpenApiRouter<Shared> {
             inv::remove_machine
         ))
         .routes(routes!(inv::groups, inv::add_group))
-        .routes(routes!(inv::remove_group))
+        .routes(routes!(inv::update_group, inv::remove_group))
         .routes(routes!(audit))
         .routes(routes!(inv::wake))
         .routes(routes!(dep::list, dep::create))

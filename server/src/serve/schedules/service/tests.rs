@@ -54,6 +54,7 @@ impl Fake {
             created_by: "test".into(),
             created_ms: self.base_ms + self.start.elapsed().as_millis() as i64,
             last_due_ms: None,
+            personalize: Default::default(),
         });
     }
 

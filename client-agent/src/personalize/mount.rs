@@ -1,0 +1,202 @@
+//! One filesystem of the restored disk, mounted for personalization: a loop device over its
+//! bytes of the disk (a block device or an image file alike, so no partition device nodes
+//! are needed), mounted read-only on a fresh directory (looking changes nothing, not even a
+//! mount count), made writable only when there is something to change, then unmounted and
+//! detached.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+
+// <linux/loop.h>
+const LOOP_CTL_GET_FREE: libc::c_ulong = 0x4C82;
+const LOOP_CONFIGURE: libc::c_ulong = 0x4C0A;
+const LO_FLAGS_AUTOCLEAR: u32 = 4;
+
+/// `struct loop_info64`.
+#[repr(C)]
+struct LoopInfo64 {
+    device: u64,
+    inode: u64,
+    rdevice: u64,
+    offset: u64,
+    sizelimit: u64,
+    number: u32,
+    encrypt_type: u32,
+    encrypt_key_size: u32,
+    flags: u32,
+    file_name: [u8; 64],
+    crypt_name: [u8; 64],
+    encrypt_key: [u8; 32],
+    init: [u64; 2],
+}
+
+/// `struct loop_config` (Linux 5.8 and later).
+#[repr(C)]
+struct LoopConfig {
+    fd: u32,
+    block_size: u32,
+    info: LoopInfo64,
+    reserved: [u64; 8],
+}
+
+/// A loop device over `len` bytes of `disk` from `offset`. It detaches itself once closed
+/// and unmounted (autoclear).
+fn attach(disk: &Path, offset: u64, len: u64) -> anyhow::Result<(File, PathBuf)> {
+    let backing = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(disk)
+        .with_context(|| format!("opening {}", disk.display()))?;
+    let ctl = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/loop-control")
+        .context("opening /dev/loop-control (is the loop module loaded?)")?;
+    // Another process may take the free device first: ask again.
+    for _ in 0..10 {
+        // SAFETY: LOOP_CTL_GET_FREE takes no argument and returns a device number or -1.
+        let n = unsafe { libc::ioctl(ctl.as_raw_fd(), LOOP_CTL_GET_FREE) };
+        if n < 0 {
+            return Err(io::Error::last_os_error()).context("finding a free loop device");
+        }
+        let path = PathBuf::from(format!("/dev/loop{n}"));
+        let dev = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        let mut name = [0u8; 64];
+        let src = disk.as_os_str().as_encoded_bytes();
+        name[..src.len().min(63)].copy_from_slice(&src[..src.len().min(63)]);
+        let cfg = LoopConfig {
+            fd: backing.as_raw_fd() as u32,
+            block_size: 0,
+            info: LoopInfo64 {
+                device: 0,
+                inode: 0,
+                rdevice: 0,
+                offset,
+                sizelimit: len,
+                number: 0,
+                encrypt_type: 0,
+                encrypt_key_size: 0,
+                flags: LO_FLAGS_AUTOCLEAR,
+                file_name: name,
+                crypt_name: [0; 64],
+                encrypt_key: [0; 32],
+                init: [0; 2],
+            },
+            reserved: [0; 8],
+        };
+        // SAFETY: LOOP_CONFIGURE reads a `struct loop_config`, which `cfg` is, laid out as C.
+        let r = unsafe { libc::ioctl(dev.as_raw_fd(), LOOP_CONFIGURE, &cfg as *const LoopConfig) };
+        if r == 0 {
+            return Ok((dev, path));
+        }
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EBUSY) {
+            return Err(e).with_context(|| format!("setting up {}", path.display()));
+        }
+    }
+    bail!("no free loop device after 10 tries")
+}
+
+/// A mounted filesystem; [`unmount`](Self::unmount) it (dropping does too, quietly).
+pub(crate) struct Mounted {
+    dir: PathBuf,
+    /// Held until unmounted: the loop device detaches once both are gone.
+    _loop: File,
+    mounted: bool,
+}
+
+impl Mounted {
+    /// Mounts the `fstype` filesystem at `offset..offset + len` of `disk`, read-only.
+    pub(crate) fn new(disk: &Path, offset: u64, len: u64, fstype: &str) -> anyhow::Result<Self> {
+        let (dev, path) = attach(disk, offset, len)?;
+        let dir = std::env::temp_dir().join(format!(
+            "drover-personalize-{}-{offset}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let c = |p: &Path| std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).expect("no NUL");
+        let (src, target) = (c(&path), c(&dir));
+        let fstype_c = std::ffi::CString::new(fstype).expect("no NUL");
+        // SAFETY: every pointer is a NUL-terminated string that outlives the call; no data.
+        let r = unsafe {
+            libc::mount(
+                src.as_ptr(),
+                target.as_ptr(),
+                fstype_c.as_ptr(),
+                libc::MS_RDONLY | libc::MS_NOATIME,
+                std::ptr::null(),
+            )
+        };
+        if r != 0 {
+            let e = io::Error::last_os_error();
+            let _ = std::fs::remove_dir(&dir);
+            return Err(e).with_context(|| format!("mounting it as {fstype}"));
+        }
+        Ok(Self {
+            dir,
+            _loop: dev,
+            mounted: true,
+        })
+    }
+
+    /// Where it is mounted.
+    pub(crate) fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Remounts it read-write.
+    pub(crate) fn make_writable(&self) -> anyhow::Result<()> {
+        let target = std::ffi::CString::new(self.dir.as_os_str().as_encoded_bytes())
+            .expect("no NUL in the path");
+        // SAFETY: a NUL-terminated path that outlives the call; no source, type or data.
+        let r = unsafe {
+            libc::mount(
+                std::ptr::null(),
+                target.as_ptr(),
+                std::ptr::null(),
+                libc::MS_REMOUNT | libc::MS_NOATIME,
+                std::ptr::null(),
+            )
+        };
+        if r != 0 {
+            return Err(io::Error::last_os_error()).context("remounting it read-write");
+        }
+        Ok(())
+    }
+
+    /// Unmounts it (its changes are on the disk once this returns).
+    pub(crate) fn unmount(mut self) -> anyhow::Result<()> {
+        self.mounted = false;
+        umount(&self.dir)
+    }
+}
+
+fn umount(dir: &Path) -> anyhow::Result<()> {
+    let target =
+        std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).expect("no NUL in the path");
+    // SAFETY: a NUL-terminated path that outlives the call.
+    if unsafe { libc::umount2(target.as_ptr(), 0) } != 0 {
+        return Err(io::Error::last_os_error())
+            .with_context(|| format!("unmounting {}", dir.display()));
+    }
+    let _ = std::fs::remove_dir(dir);
+    Ok(())
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        if self.mounted {
+            if let Err(e) = umount(&self.dir) {
+                tracing::warn!("{e:#}");
+            }
+        }
+    }
+}
