@@ -325,11 +325,10 @@ async fn work(
     if let Some(p) = task.personalize.clone() {
         reporter.send(TaskState::Personalizing, written);
         let (disk, m) = (args.disk.clone(), manifest.clone());
-        personalized =
-            tokio::task::spawn_blocking(move || crate::personalize::run(&disk, &m, &p))
-                .await
-                .map_err(|e| Stop::Failed(e.to_string()))?
-                .map_err(|e| Stop::Failed(format!("personalization: {e:#}")))?;
+        personalized = tokio::task::spawn_blocking(move || crate::personalize::run(&disk, &m, &p))
+            .await
+            .map_err(|e| Stop::Failed(e.to_string()))?
+            .map_err(|e| Stop::Failed(format!("personalization: {e:#}")))?;
         for l in &personalized {
             info!("personalized: {l}");
         }

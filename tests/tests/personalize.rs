@@ -43,13 +43,25 @@ fn golden_tree(dir: &Path) {
         "127.0.0.1\tlocalhost\n127.0.1.1\tgolden\n\n::1\tlocalhost ip6-localhost\n",
     );
     w("etc/machine-id", "00112233445566778899aabbccddeeff\n");
-    w("var/lib/dbus/machine-id", "00112233445566778899aabbccddeeff\n");
+    w(
+        "var/lib/dbus/machine-id",
+        "00112233445566778899aabbccddeeff\n",
+    );
     w("etc/ssh/ssh_host_ed25519_key", "golden private key\n");
-    w("etc/ssh/ssh_host_ed25519_key.pub", "ssh-ed25519 AAAA golden\n");
-    w("etc/udev/rules.d/70-persistent-net.rules", "# golden NIC names\n");
+    w(
+        "etc/ssh/ssh_host_ed25519_key.pub",
+        "ssh-ed25519 AAAA golden\n",
+    );
+    w(
+        "etc/udev/rules.d/70-persistent-net.rules",
+        "# golden NIC names\n",
+    );
     w("var/lib/cloud/instances/i-0/obj.pkl", "state");
-    std::os::unix::fs::symlink("/var/lib/cloud/instances/i-0", dir.join("var/lib/cloud/instance"))
-        .unwrap();
+    std::os::unix::fs::symlink(
+        "/var/lib/cloud/instances/i-0",
+        dir.join("var/lib/cloud/instance"),
+    )
+    .unwrap();
     w("home/student/notes.txt", "the same on every machine\n");
 }
 
@@ -67,7 +79,13 @@ fn golden_disk(env: &Env) -> std::path::PathBuf {
     sparse_file(&root, ROOT_LEN);
     run(
         "mkfs.ext4",
-        &["-q", "-F", "-d", tree.to_str().unwrap(), root.to_str().unwrap()],
+        &[
+            "-q",
+            "-F",
+            "-d",
+            tree.to_str().unwrap(),
+            root.to_str().unwrap(),
+        ],
     );
     write_into(&disk, ROOT_AT, &root);
     std::fs::remove_file(root).unwrap();
@@ -101,11 +119,29 @@ fn each_machine_gets_its_own_hostname_machine_id_and_host_keys() {
     env.capture(&golden, "debian");
     let srv = Server::start(&env.data(), &[]);
     let t = env.ok(&["token", "create", "admin"]).trim().to_string();
-    let (m1, m2, m3) = ("02:00:00:00:0b:01", "02:00:00:00:0b:02", "02:00:00:00:0b:03");
-    srv.ok(&env, &t, &["machine", "add", m1, "--name", "PC 01", "--group", "b12"]);
-    srv.ok(&env, &t, &["machine", "add", m2, "--name", "pc-02", "--group", "b12"]);
+    let (m1, m2, m3) = (
+        "02:00:00:00:0b:01",
+        "02:00:00:00:0b:02",
+        "02:00:00:00:0b:03",
+    );
+    srv.ok(
+        &env,
+        &t,
+        &["machine", "add", m1, "--name", "PC 01", "--group", "b12"],
+    );
+    srv.ok(
+        &env,
+        &t,
+        &["machine", "add", m2, "--name", "pc-02", "--group", "b12"],
+    );
     srv.ok(&env, &t, &["machine", "add", m3, "--name", "pc-03"]);
-    srv.ok(&env, &t, &["group", "set", "b12", "--var", "room=b12", "--var", "os=deb"]);
+    srv.ok(
+        &env,
+        &t,
+        &[
+            "group", "set", "b12", "--var", "room=b12", "--var", "os=deb",
+        ],
+    );
     // The machine's own value wins over its group's.
     srv.ok(&env, &t, &["machine", "set", m2, "--var", "room=b14"]);
     let g = srv.ok(&env, &t, &["group", "list"]);
@@ -116,7 +152,16 @@ fn each_machine_gets_its_own_hostname_machine_id_and_host_keys() {
     let e = srv.fails(
         &env,
         &t,
-        &["deploy", "debian", "--to", "b12", "--transport", "unicast", "--hostname", "{seat}-{name}"],
+        &[
+            "deploy",
+            "debian",
+            "--to",
+            "b12",
+            "--transport",
+            "unicast",
+            "--hostname",
+            "{seat}-{name}",
+        ],
     );
     assert!(
         e.contains("{seat}") && e.contains("PC 01") && e.contains(m1) && e.contains("400"),
@@ -125,26 +170,54 @@ fn each_machine_gets_its_own_hostname_machine_id_and_host_keys() {
     let e = srv.fails(
         &env,
         &t,
-        &["deploy", "debian", "--to", "b12", "--transport", "unicast", "--hostname", "{room"],
+        &[
+            "deploy",
+            "debian",
+            "--to",
+            "b12",
+            "--transport",
+            "unicast",
+            "--hostname",
+            "{room",
+        ],
     );
     assert!(e.contains("without its '}'"), "{e}");
     let (_, list) = srv.http("GET", "/api/v1/deployments", Some(&t), None);
-    assert_eq!(list.trim(), "[]", "a refused deployment left something behind");
+    assert_eq!(
+        list.trim(),
+        "[]",
+        "a refused deployment left something behind"
+    );
 
     let out = srv.ok(
         &env,
         &t,
         &[
-            "deploy", "debian", "--to", "b12", "--transport", "unicast", "--hostname",
+            "deploy",
+            "debian",
+            "--to",
+            "b12",
+            "--transport",
+            "unicast",
+            "--hostname",
             "{room}-{name}",
         ],
     );
-    let id = out.split_whitespace().nth(1).unwrap().trim_end_matches(':').to_string();
+    let id = out
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .trim_end_matches(':')
+        .to_string();
     let mut disks = Vec::new();
     for mac in [m1, m2] {
         let disk = env.path(&format!("disk-{}.img", &mac[15..]));
         let a = output_within(
-            agent(&srv.url, &disk, &["--mac", mac, "--iface", "lo", "--read-back"]),
+            agent(
+                &srv.url,
+                &disk,
+                &["--mac", mac, "--iface", "lo", "--read-back"],
+            ),
             LIMIT,
         );
         let log = format!(
@@ -172,19 +245,37 @@ fn each_machine_gets_its_own_hostname_machine_id_and_host_keys() {
     let mut ids = vec!["00112233445566778899aabbccddeeff".to_string()];
     let mut keys = vec!["ssh-ed25519 AAAA golden".to_string()];
     for (disk, host) in disks.iter().zip(["b12-pc-01", "b14-pc-02"]) {
-        assert_eq!(read(&env, disk, "/etc/hostname").unwrap(), format!("{host}\n"));
+        assert_eq!(
+            read(&env, disk, "/etc/hostname").unwrap(),
+            format!("{host}\n")
+        );
         let hosts = read(&env, disk, "/etc/hosts").unwrap();
         assert!(hosts.contains(&format!("127.0.1.1\t{host}\n")), "{hosts}");
         assert!(hosts.contains("::1\tlocalhost ip6-localhost"), "{hosts}");
-        let id = read(&env, disk, "/etc/machine-id").unwrap().trim().to_string();
+        let id = read(&env, disk, "/etc/machine-id")
+            .unwrap()
+            .trim()
+            .to_string();
         assert_eq!(id.len(), 32);
-        assert_eq!(read(&env, disk, "/var/lib/dbus/machine-id").unwrap().trim(), id);
+        assert_eq!(
+            read(&env, disk, "/var/lib/dbus/machine-id").unwrap().trim(),
+            id
+        );
         let private = read(&env, disk, "/etc/ssh/ssh_host_ed25519_key").unwrap();
-        assert!(private.starts_with("-----BEGIN OPENSSH PRIVATE KEY-----"), "{private}");
+        assert!(
+            private.starts_with("-----BEGIN OPENSSH PRIVATE KEY-----"),
+            "{private}"
+        );
         let public = read(&env, disk, "/etc/ssh/ssh_host_ed25519_key.pub").unwrap();
-        assert!(public.starts_with("ssh-ed25519 ") && public.trim().ends_with(&format!("root@{host}")), "{public}");
+        assert!(
+            public.starts_with("ssh-ed25519 ") && public.trim().ends_with(&format!("root@{host}")),
+            "{public}"
+        );
         assert!(!ids.contains(&id), "machine-id {id} repeats");
-        assert!(!keys.contains(&public.trim().to_string()), "host key repeats");
+        assert!(
+            !keys.contains(&public.trim().to_string()),
+            "host key repeats"
+        );
         ids.push(id);
         keys.push(public.trim().to_string());
         assert!(read(&env, disk, "/etc/udev/rules.d/70-persistent-net.rules").is_none());
@@ -203,15 +294,30 @@ fn each_machine_gets_its_own_hostname_machine_id_and_host_keys() {
     let out = srv.ok(
         &env,
         &t,
-        &["deploy", "debian", "--to", m3, "--transport", "unicast", "--personalize", "off"],
+        &[
+            "deploy",
+            "debian",
+            "--to",
+            m3,
+            "--transport",
+            "unicast",
+            "--personalize",
+            "off",
+        ],
     );
     assert!(out.contains("deployment"), "{out}");
     let disk3 = env.path("disk-03.img");
-    let a = output_within(agent(&srv.url, &disk3, &["--mac", m3, "--iface", "lo"]), LIMIT);
+    let a = output_within(
+        agent(&srv.url, &disk3, &["--mac", m3, "--iface", "lo"]),
+        LIMIT,
+    );
     assert!(a.status.success(), "{}", String::from_utf8_lossy(&a.stderr));
     let reference = env.path("reference.img");
     sparse_file(&reference, 48 * MIB);
     env.restore("debian", &reference);
-    run("cmp", &[disk3.to_str().unwrap(), reference.to_str().unwrap()]);
+    run(
+        "cmp",
+        &[disk3.to_str().unwrap(), reference.to_str().unwrap()],
+    );
     assert_eq!(read(&env, &disk3, "/etc/hostname").unwrap(), "golden\n");
 }

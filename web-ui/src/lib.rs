@@ -131,6 +131,7 @@ pub fn router<C: Control>(control: C, options: Options) -> Router {
         .route("/groups", get(groups::<C>).post(add_group::<C>))
         .route("/groups/{name}/wake", post(wake_group::<C>))
         .route("/groups/{name}/delete", post(delete_group::<C>))
+        .route("/groups/{name}/vars", post(save_group_vars::<C>))
         .route("/images", get(images::<C>))
         .route("/images/{reference}/verify", post(verify_image::<C>))
         .route(
@@ -165,6 +166,7 @@ pub const FORM_PATHS: &[&str] = &[
     "/groups",
     "/groups/lab/wake",
     "/groups/lab/delete",
+    "/groups/lab/vars",
     "/images/lab@1/verify",
     "/deployments",
     "/deployments/d1/cancel",

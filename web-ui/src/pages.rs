@@ -12,8 +12,8 @@ use serde_json::Value;
 use crate::auth::Authed;
 use proto::api;
 use proto::api::{
-    MachinePatch, NewDeployment, NewGroup, NewMachine, NewSchedule, Personalize, ScheduleAction,
-    Wake,
+    GroupPatch, MachinePatch, NewDeployment, NewGroup, NewMachine, NewSchedule, Personalize,
+    ScheduleAction, VarsPatch, Wake,
 };
 
 use crate::call::{self, Refused};
@@ -376,14 +376,52 @@ fn new_machine(f: &Fields) -> NewMachine {
 
 /// A machine's changes from its form: a field the form has and left empty clears it (the
 /// name, which cannot be cleared, stays).
-fn machine_patch(f: &Fields) -> MachinePatch {
+fn machine_patch(f: &Fields) -> Result<MachinePatch, String> {
     let field = |key: &str| f.get(key).map(|_| f.text(key));
-    MachinePatch {
+    Ok(MachinePatch {
         name: f.text("name"),
         group: field("group"),
         ip: field("ip"),
         disk: field("disk"),
-        vars: None,
+        vars: vars_patch(f)?,
+    })
+}
+
+/// The variables of a form's `vars` box (`KEY=VALUE`, a line each): each one set, and each of
+/// `vars_before` (the keys the page showed, comma-separated) no longer there removed.
+fn vars_patch(f: &Fields) -> Result<Option<VarsPatch>, String> {
+    let Some(text) = f.get("vars") else {
+        return Ok(None);
+    };
+    let mut patch = VarsPatch::new();
+    for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        let (k, v) = line
+            .split_once('=')
+            .ok_or_else(|| format!("variables: {line:?} is not KEY=VALUE"))?;
+        let (k, v) = (k.trim(), v.trim());
+        proto::template::check_var(k, v)?;
+        patch.insert(k.to_string(), Some(v.to_string()));
+    }
+    for k in f.get("vars_before").unwrap_or("").split(',') {
+        if !k.is_empty() && !patch.contains_key(k) {
+            patch.insert(k.to_string(), None);
+        }
+    }
+    Ok(Some(patch))
+}
+
+/// Variables as the pages show them: `KEY=VALUE` lines, and the keys for `vars_before`.
+pub(crate) trait VarsShow {
+    fn vars_text(&self) -> String;
+    fn vars_keys(&self) -> String;
+}
+
+impl VarsShow for proto::template::Vars {
+    fn vars_text(&self) -> String {
+        self.iter().map(|(k, v)| format!("{k}={v}\n")).collect()
+    }
+    fn vars_keys(&self) -> String {
+        self.keys().cloned().collect::<Vec<_>>().join(",")
     }
 }
 
@@ -444,8 +482,11 @@ pub(crate) async fn save_machine<C: Control>(
     Form(f): Form<Fields>,
 ) -> Response {
     checked!(a, f);
-    let body = call::json(&machine_patch(&f));
     let path = format!("/machines/{mac}");
+    let body = match machine_patch(&f) {
+        Ok(p) => call::json(&p),
+        Err(e) => return redirect_with(&path, "error", &e),
+    };
     match call::api(&ui.control, a.user(), Method::PATCH, &path, Some(body)).await {
         Ok(v) => redirect_with(
             "/machines",
@@ -538,6 +579,24 @@ pub(crate) async fn wake_group<C: Control>(
         let n = v["woken"].as_array().map_or(0, Vec::len);
         format!("wake-on-LAN sent to the {n} machine(s) of {name}")
     })
+}
+
+/// A group's variables from its form.
+pub(crate) async fn save_group_vars<C: Control>(
+    State(ui): State<Ui<C>>,
+    a: Authed,
+    Path(name): Path<String>,
+    Form(f): Form<Fields>,
+) -> Response {
+    checked!(a, f);
+    let vars = match vars_patch(&f) {
+        Ok(v) => v,
+        Err(e) => return redirect_with("/groups", "error", &e),
+    };
+    let body = call::json(&GroupPatch { vars });
+    let path = format!("/groups/{name}");
+    let r = call::api(&ui.control, a.user(), Method::PATCH, &path, Some(body)).await;
+    after("/groups", r, |_| format!("variables of group {name} saved"))
 }
 
 pub(crate) async fn delete_group<C: Control>(
@@ -989,4 +1048,41 @@ pub(crate) async fn log<C: Control>(
         call::get(&ui.control, a.user(), "/audit?limit=500").await,
         |nav, entries| LogPage { nav, entries },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn form(kv: &[(&str, &str)]) -> Fields {
+        Fields(
+            kv.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn the_variables_box_sets_what_it_lists_and_removes_what_it_dropped() {
+        let p = vars_patch(&form(&[
+            ("vars", "room = b12\r\n\r\nseat=07\n"),
+            ("vars_before", "room,os"),
+        ]))
+        .unwrap()
+        .unwrap();
+        assert_eq!(p.get("room"), Some(&Some("b12".to_string())));
+        assert_eq!(p.get("seat"), Some(&Some("07".to_string())));
+        assert_eq!(p.get("os"), Some(&None), "dropped from the box: removed");
+        assert_eq!(p.len(), 3);
+        // A form without the box changes no variable.
+        assert_eq!(vars_patch(&form(&[("name", "x")])).unwrap(), None);
+        for bad in ["room", "name=x", "a b=1"] {
+            assert!(vars_patch(&form(&[("vars", bad)])).is_err(), "{bad}");
+        }
+        let shown: proto::template::Vars = [("a".to_string(), "1".to_string())].into();
+        assert_eq!(
+            (shown.vars_text(), shown.vars_keys()),
+            ("a=1\n".into(), "a".into())
+        );
+    }
 }

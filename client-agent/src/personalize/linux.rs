@@ -330,21 +330,41 @@ mod tests {
     }
 
     fn golden(root: &Path) {
-        for d in ["etc/ssh", "var/lib/dbus", "etc/udev/rules.d", "var/lib/cloud/instances/i-1"] {
+        for d in [
+            "etc/ssh",
+            "var/lib/dbus",
+            "etc/udev/rules.d",
+            "var/lib/cloud/instances/i-1",
+        ] {
             fs::create_dir_all(root.join(d)).unwrap();
         }
         fs::write(root.join("etc/os-release"), "PRETTY_NAME=\"Test\"\n").unwrap();
         fs::write(root.join("etc/hostname"), "golden\n").unwrap();
-        fs::write(root.join("etc/hosts"), "127.0.0.1 localhost\n127.0.1.1 golden\n").unwrap();
-        fs::write(root.join("etc/machine-id"), "0123456789abcdef0123456789abcdef\n").unwrap();
-        fs::write(root.join("var/lib/dbus/machine-id"), "0123456789abcdef0123456789abcdef\n")
-            .unwrap();
+        fs::write(
+            root.join("etc/hosts"),
+            "127.0.0.1 localhost\n127.0.1.1 golden\n",
+        )
+        .unwrap();
+        fs::write(
+            root.join("etc/machine-id"),
+            "0123456789abcdef0123456789abcdef\n",
+        )
+        .unwrap();
+        fs::write(
+            root.join("var/lib/dbus/machine-id"),
+            "0123456789abcdef0123456789abcdef\n",
+        )
+        .unwrap();
         for t in ["ed25519", "ecdsa", "rsa"] {
             fs::write(root.join(format!("etc/ssh/ssh_host_{t}_key")), "old").unwrap();
             fs::write(root.join(format!("etc/ssh/ssh_host_{t}_key.pub")), "old").unwrap();
         }
         fs::write(root.join("etc/udev/rules.d/70-persistent-net.rules"), "x").unwrap();
-        symlink("/var/lib/cloud/instances/i-1", root.join("var/lib/cloud/instance")).unwrap();
+        symlink(
+            "/var/lib/cloud/instances/i-1",
+            root.join("var/lib/cloud/instance"),
+        )
+        .unwrap();
     }
 
     #[test]
@@ -372,7 +392,9 @@ mod tests {
                 .mode();
             assert_eq!(mode & 0o777, 0o600);
         }
-        assert!(!root.join("etc/udev/rules.d/70-persistent-net.rules").exists());
+        assert!(!root
+            .join("etc/udev/rules.d/70-persistent-net.rules")
+            .exists());
         assert!(fs::symlink_metadata(root.join("var/lib/cloud/instance")).is_err());
         assert!(!root.join("var/lib/cloud/instances").exists());
         let text = lines.join("\n");
@@ -389,7 +411,10 @@ mod tests {
         let d2 = tempfile::tempdir().unwrap();
         golden(d2.path());
         personalize(d2.path(), "pc-08").unwrap();
-        assert_ne!(fs::read_to_string(d2.path().join("etc/machine-id")).unwrap(), id);
+        assert_ne!(
+            fs::read_to_string(d2.path().join("etc/machine-id")).unwrap(),
+            id
+        );
         assert_ne!(
             fs::read_to_string(d2.path().join("etc/ssh/ssh_host_ed25519_key.pub")).unwrap(),
             read("etc/ssh/ssh_host_ed25519_key.pub")
@@ -408,6 +433,9 @@ mod tests {
         symlink(&victim, root.join("etc/machine-id")).unwrap();
         let lines = personalize(root, "pc-07").unwrap();
         assert_eq!(fs::read_to_string(&victim).unwrap(), "keep");
-        assert!(lines.iter().any(|l| l.contains("symbolic link")), "{lines:?}");
+        assert!(
+            lines.iter().any(|l| l.contains("symbolic link")),
+            "{lines:?}"
+        );
     }
 }

@@ -44,7 +44,11 @@ fn linux_root(top: &Path) -> Option<(std::path::PathBuf, String)> {
 
 /// Personalizes the systems on `disk` (written from `manifest`); returns what changed, a line
 /// each. An error names the filesystem and what failed; what was written stays.
-pub(crate) fn run(disk: &Path, manifest: &Manifest, p: &Personalization) -> anyhow::Result<Vec<String>> {
+pub(crate) fn run(
+    disk: &Path,
+    manifest: &Manifest,
+    p: &Personalization,
+) -> anyhow::Result<Vec<String>> {
     let mut lines = Vec::new();
     let mut systems = 0;
     for a in &manifest.areas {
@@ -61,12 +65,18 @@ pub(crate) fn run(disk: &Path, manifest: &Manifest, p: &Personalization) -> anyh
             .with_context(|| format!("{label} ({}): mounting it", fs.detected))?;
         if let Some((root, name)) = linux_root(m.dir()) {
             systems += 1;
-            m.make_writable().with_context(|| format!("{label} ({name})"))?;
+            m.make_writable()
+                .with_context(|| format!("{label} ({name})"))?;
             let changed = linux::personalize(&root, &p.hostname)
                 .with_context(|| format!("{label} ({name})"))?;
-            lines.extend(changed.into_iter().map(|l| format!("{l} ({label}: {name})")));
+            lines.extend(
+                changed
+                    .into_iter()
+                    .map(|l| format!("{l} ({label}: {name})")),
+            );
         }
-        m.unmount().with_context(|| format!("{label}: unmounting it"))?;
+        m.unmount()
+            .with_context(|| format!("{label}: unmounting it"))?;
     }
     if systems == 0 {
         lines.push(

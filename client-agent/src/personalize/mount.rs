@@ -122,7 +122,8 @@ impl Mounted {
             std::process::id()
         ));
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        let c = |p: &Path| std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).expect("no NUL");
+        let c =
+            |p: &Path| std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).expect("no NUL");
         let (src, target) = (c(&path), c(&dir));
         let fstype_c = std::ffi::CString::new(fstype).expect("no NUL");
         // SAFETY: every pointer is a NUL-terminated string that outlives the call; no data.
