@@ -346,6 +346,12 @@ pub struct Personalization {
     /// The machine's variables (its group's, its own, the built-in ones).
     #[serde(default)]
     pub vars: crate::template::Vars,
+    /// Files to place, their contents filled in.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<PlacedFile>,
+    /// The first-boot script, filled in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_boot: Option<String>,
 }
 
 impl AgentTask {
@@ -891,6 +897,51 @@ pub struct Personalize {
     /// The hostname's template (`{name}` unless said); see [`crate::template`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hostname: Option<String>,
+    /// Files to place into the restored system (their contents are templates).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<PlacedFile>,
+    /// A script (a template) run once at the restored system's first boot: a one-shot
+    /// systemd unit that removes itself after it ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_boot: Option<String>,
+}
+
+/// A file placed into the restored system.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct PlacedFile {
+    /// Its absolute path in the restored system (`/etc/motd`).
+    pub path: String,
+    /// Its content: a template for the personalization (filled in for each machine).
+    pub content: String,
+    /// Its mode, octal (`0644` unless said).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+}
+
+impl PlacedFile {
+    /// Checks the path (absolute, no `.` or `..` part, no NUL) and the mode; returns the mode.
+    pub fn check(&self) -> Result<u32, String> {
+        let p = &self.path;
+        if !p.starts_with('/')
+            || p.len() > 1024
+            || p.contains('\0')
+            || p.split('/').any(|c| c == "." || c == "..")
+            || p.ends_with('/')
+        {
+            return Err(format!(
+                "file {p:?}: an absolute path of the restored system, without . or .. parts"
+            ));
+        }
+        match &self.mode {
+            None => Ok(0o644),
+            Some(m) => u32::from_str_radix(m.trim_start_matches("0o"), 8)
+                .ok()
+                .filter(|&m| m <= 0o7777)
+                .ok_or_else(|| format!("file {p:?}: mode {m:?} is not an octal mode (0644)")),
+        }
+    }
 }
 
 fn on() -> bool {
@@ -902,6 +953,8 @@ impl Default for Personalize {
         Self {
             enabled: true,
             hostname: None,
+            files: Vec::new(),
+            first_boot: None,
         }
     }
 }

@@ -62,14 +62,46 @@ pub(crate) struct PersonalizeArgs {
     /// set with `drover machine set --var` or `drover group set --var`.
     #[arg(long, value_name = "TEMPLATE")]
     hostname: Option<String>,
+    /// Places a file into each restored system: PATH there, its content from LOCAL here (a
+    /// template filled per machine), with LOCAL's mode. Repeatable.
+    #[arg(long = "file", value_name = "PATH=LOCAL")]
+    files: Vec<String>,
+    /// A script run once at the restored system's first boot (a template).
+    #[arg(long, value_name = "LOCAL")]
+    first_boot: Option<std::path::PathBuf>,
 }
 
-impl From<PersonalizeArgs> for proto::api::Personalize {
-    fn from(a: PersonalizeArgs) -> Self {
-        Self {
-            enabled: a.personalize == "on",
-            hostname: a.hostname,
+impl PersonalizeArgs {
+    /// The personalization, with the local files read.
+    pub(crate) fn read(self) -> anyhow::Result<proto::api::Personalize> {
+        use std::os::unix::fs::PermissionsExt;
+        let mut files = Vec::new();
+        for f in &self.files {
+            let Some((path, local)) = f.split_once('=') else {
+                bail!("--file {f:?}: PATH=LOCAL (the path in the restored system, a local file)");
+            };
+            let content = std::fs::read_to_string(local)
+                .map_err(|e| anyhow::anyhow!("--file {f:?}: reading {local}: {e}"))?;
+            let mode = std::fs::metadata(local)?.permissions().mode() & 0o7777;
+            files.push(proto::api::PlacedFile {
+                path: path.to_string(),
+                content,
+                mode: Some(format!("{mode:04o}")),
+            });
         }
+        let first_boot = self
+            .first_boot
+            .map(|p| {
+                std::fs::read_to_string(&p)
+                    .map_err(|e| anyhow::anyhow!("--first-boot {}: {e}", p.display()))
+            })
+            .transpose()?;
+        Ok(proto::api::Personalize {
+            enabled: self.personalize == "on",
+            hostname: self.hostname,
+            files,
+            first_boot,
+        })
     }
 }
 
@@ -135,7 +167,7 @@ pub(crate) fn deploy(a: DeployArgs, json: bool) -> anyhow::Result<()> {
             max_wait,
             start_at: a.start_at,
             then: a.then,
-            personalize: a.personalize.into(),
+            personalize: a.personalize.read()?,
         })?,
     )?;
     let id = d["id"].as_str().unwrap_or("?").to_string();

@@ -150,7 +150,7 @@ pub(crate) fn schedule(cmd: ScheduleCommand, json: bool) -> anyhow::Result<()> {
                     max_wait: secs(max_wait),
                     then,
                     wake_lead: secs(wake_lead),
-                    personalize: personalize.into(),
+                    personalize: personalize.read()?,
                 })?,
             )?;
             if json {

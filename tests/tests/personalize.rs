@@ -3,7 +3,8 @@
 //! machines whose hostnames come from a template and variables set per group and per machine
 //! (the machine's winning). Read back from each disk: its own hostname and `127.0.1.1` line, a
 //! machine-id and SSH host keys of its own (the golden one's and each other's differ), the
-//! leftovers gone, every other file as it was. A template naming a variable a machine lacks is
+//! leftovers gone, a placed file filled in for each machine, the first-boot script and its
+//! unit in place, every other file as it was. A template naming a variable a machine lacks is
 //! refused when the deployment is made, naming both; `--personalize off` writes the image
 //! untouched.
 
@@ -28,6 +29,7 @@ fn golden_tree(dir: &Path) {
         "etc/udev/rules.d",
         "var/lib/cloud/instances/i-0",
         "home/student",
+        "usr/lib/systemd",
     ] {
         std::fs::create_dir_all(dir.join(d)).unwrap();
     }
@@ -63,6 +65,7 @@ fn golden_tree(dir: &Path) {
     )
     .unwrap();
     w("home/student/notes.txt", "the same on every machine\n");
+    w("usr/lib/systemd/systemd", "");
 }
 
 /// A 48 MiB GPT disk with the golden root on partition 1.
@@ -182,12 +185,40 @@ fn each_machine_gets_its_own_hostname_machine_id_and_host_keys() {
         ],
     );
     assert!(e.contains("without its '}'"), "{e}");
+    let motd = env.path("motd");
+    std::fs::write(&motd, "Welcome to {name} in room {room} ({os})\n").unwrap();
+    let bad = env.path("bad-motd");
+    std::fs::write(&bad, "{desk}\n").unwrap();
+    let file_arg = format!("/etc/motd={}", bad.display());
+    let e = srv.fails(
+        &env,
+        &t,
+        &[
+            "deploy",
+            "debian",
+            "--to",
+            "b12",
+            "--transport",
+            "unicast",
+            "--file",
+            &file_arg,
+        ],
+    );
+    assert!(e.contains("file /etc/motd") && e.contains("{desk}"), "{e}");
     let (_, list) = srv.http("GET", "/api/v1/deployments", Some(&t), None);
     assert_eq!(
         list.trim(),
         "[]",
         "a refused deployment left something behind"
     );
+    let first_boot = env.path("first-boot.sh");
+    std::fs::write(
+        &first_boot,
+        "#!/bin/sh\necho first boot of {name} > /var/tmp/first-boot.log\n",
+    )
+    .unwrap();
+    let file_arg = format!("/etc/motd={}", motd.display());
+    let first_boot_arg = first_boot.display().to_string();
 
     let out = srv.ok(
         &env,
@@ -201,6 +232,10 @@ fn each_machine_gets_its_own_hostname_machine_id_and_host_keys() {
             "unicast",
             "--hostname",
             "{room}-{name}",
+            "--file",
+            &file_arg,
+            "--first-boot",
+            &first_boot_arg,
         ],
     );
     let id = out
@@ -283,6 +318,24 @@ fn each_machine_gets_its_own_hostname_machine_id_and_host_keys() {
         assert_eq!(
             read(&env, disk, "/home/student/notes.txt").unwrap(),
             "the same on every machine\n"
+        );
+        let (name, room) = if host == "b12-pc-01" {
+            ("PC 01", "b12")
+        } else {
+            ("pc-02", "b14")
+        };
+        assert_eq!(
+            read(&env, disk, "/etc/motd").unwrap(),
+            format!("Welcome to {name} in room {room} (deb)\n")
+        );
+        assert_eq!(
+            read(&env, disk, "/etc/drover/first-boot.sh").unwrap(),
+            format!("#!/bin/sh\necho first boot of {name} > /var/tmp/first-boot.log\n")
+        );
+        assert!(
+            read(&env, disk, "/etc/systemd/system/drover-first-boot.service")
+                .unwrap()
+                .contains("ExecStart=")
         );
         // The filesystem is clean after the agent's changes.
         let part = env.path("check-part.img");

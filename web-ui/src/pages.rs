@@ -427,10 +427,35 @@ impl VarsShow for proto::template::Vars {
 
 /// A deployment's (or schedule's) personalization from its form: on unless "personalize" is
 /// `off`, with the hostname template if one is given.
-fn personalize(f: &Fields) -> Personalize {
-    Personalize {
+fn personalize(f: &Fields) -> Result<Personalize, String> {
+    // Placed files are set through the API and the CLI; an edit form carries them over.
+    let files = match f.text("personalize_files") {
+        Some(j) => serde_json::from_str(&j).map_err(|e| format!("files to place: {e}"))?,
+        None => Vec::new(),
+    };
+    Ok(Personalize {
         enabled: f.get("personalize") != Some("off"),
         hostname: f.text("hostname"),
+        files,
+        first_boot: f
+            .get("first_boot")
+            .filter(|s| !s.trim().is_empty())
+            .map(|s| s.replace("\r\n", "\n")),
+    })
+}
+
+/// A personalization as the schedule page carries it over.
+pub(crate) trait PersonalizeShow {
+    fn files_json(&self) -> String;
+}
+
+impl PersonalizeShow for Personalize {
+    fn files_json(&self) -> String {
+        if self.files.is_empty() {
+            String::new()
+        } else {
+            serde_json::to_string(&self.files).expect("files serialize")
+        }
     }
 }
 
@@ -886,7 +911,7 @@ fn deployment_body(f: &Fields) -> Result<String, String> {
         max_wait: None,
         start_at: None,
         then: choice(f, "then")?,
-        personalize: personalize(f),
+        personalize: personalize(f)?,
     };
     match f.get("start").unwrap_or("now") {
         "min" => {
@@ -922,7 +947,7 @@ fn schedule_body(f: &Fields) -> Result<String, String> {
         max_wait: None,
         then: choice(f, "then")?,
         wake_lead: None,
-        personalize: personalize(f),
+        personalize: personalize(f)?,
     };
     if action == ScheduleAction::Deploy {
         body.image = f.text("image");

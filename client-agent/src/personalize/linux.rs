@@ -186,6 +186,86 @@ fn host_key(kind: &str, comment: &str) -> anyhow::Result<(String, String)> {
     Ok((private, public))
 }
 
+/// The first-boot unit: runs the script once, then removes it and itself, whatever the
+/// script's exit status (which the journal keeps).
+const FIRST_BOOT_UNIT: &str = "[Unit]
+Description=drover: this machine's first-boot script (runs once)
+Wants=network-online.target
+After=network-online.target
+ConditionPathExists=/etc/drover/first-boot.sh
+
+[Service]
+Type=oneshot
+ExecStart=/bin/sh -c '/bin/sh /etc/drover/first-boot.sh; rc=$$?; rm -f /etc/drover/first-boot.sh /etc/systemd/system/multi-user.target.wants/drover-first-boot.service /etc/systemd/system/drover-first-boot.service; exit $$rc'
+StandardOutput=journal+console
+
+[Install]
+WantedBy=multi-user.target
+";
+
+/// Creates the directories of `rel` (absolute in the restored system) under `root`, none of
+/// them through a symbolic link; returns the file's path.
+fn make_parents(root: &Path, rel: &str) -> anyhow::Result<PathBuf> {
+    let parts: Vec<&str> = rel.split('/').filter(|p| !p.is_empty()).collect();
+    let Some((name, dirs)) = parts.split_last() else {
+        anyhow::bail!("{rel:?}: not a file's path");
+    };
+    let mut at = root.to_path_buf();
+    for d in dirs {
+        at.push(d);
+        match kind(&at) {
+            Kind::Missing => {
+                fs::create_dir(&at).with_context(|| format!("creating {}", at.display()))?
+            }
+            Kind::Other => {}
+            Kind::Link | Kind::File => anyhow::bail!(
+                "{rel}: /{} is a symbolic link or a file, not a directory",
+                at.strip_prefix(root).unwrap_or(&at).display()
+            ),
+        }
+    }
+    let p = at.join(name);
+    if let Kind::Link | Kind::Other = kind(&p) {
+        anyhow::bail!("{rel}: there is a symbolic link or a directory there");
+    }
+    Ok(p)
+}
+
+/// Places the files and the first-boot script into the system at `root`.
+pub(crate) fn place(
+    root: &Path,
+    files: &[proto::api::PlacedFile],
+    first_boot: Option<&str>,
+) -> anyhow::Result<Vec<String>> {
+    let mut done = Vec::new();
+    for f in files {
+        let mode = f.check().map_err(anyhow::Error::msg)?;
+        let p = make_parents(root, &f.path)?;
+        replace_as(&p, f.content.as_bytes(), mode)?;
+        done.push(format!("file {} ({mode:04o})", f.path));
+    }
+    if let Some(script) = first_boot {
+        if resolve(root, "lib/systemd/systemd").is_none()
+            && resolve(root, "usr/lib/systemd/systemd").is_none()
+        {
+            anyhow::bail!("a first-boot script needs systemd, which this system does not have");
+        }
+        let p = make_parents(root, "/etc/drover/first-boot.sh")?;
+        replace_as(&p, script.as_bytes(), 0o700)?;
+        let unit = make_parents(root, "/etc/systemd/system/drover-first-boot.service")?;
+        replace_as(&unit, FIRST_BOOT_UNIT.as_bytes(), 0o644)?;
+        let wants = make_parents(
+            root,
+            "/etc/systemd/system/multi-user.target.wants/drover-first-boot.service",
+        )?;
+        let _ = fs::remove_file(&wants);
+        std::os::unix::fs::symlink("../drover-first-boot.service", &wants)
+            .with_context(|| format!("enabling {}", unit.display()))?;
+        done.push("first-boot script (drover-first-boot.service, runs once)".into());
+    }
+    Ok(done)
+}
+
 /// The host key types drover renews.
 const KEY_TYPES: [&str; 3] = ["rsa", "ecdsa", "ed25519"];
 
@@ -365,6 +445,60 @@ mod tests {
             root.join("var/lib/cloud/instance"),
         )
         .unwrap();
+    }
+
+    #[test]
+    fn files_and_the_first_boot_script_are_placed() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path();
+        golden(root);
+        fs::create_dir_all(root.join("usr/lib/systemd")).unwrap();
+        fs::write(root.join("usr/lib/systemd/systemd"), "").unwrap();
+        let file = |path: &str, content: &str, mode: Option<&str>| proto::api::PlacedFile {
+            path: path.into(),
+            content: content.into(),
+            mode: mode.map(str::to_string),
+        };
+        let lines = place(
+            root,
+            &[
+                file("/etc/motd", "Welcome to pc-07\n", None),
+                file("/opt/lab/new/secret", "s3", Some("0600")),
+            ],
+            Some("#!/bin/sh\necho first boot of pc-07\n"),
+        )
+        .unwrap();
+        assert_eq!(
+            fs::read_to_string(root.join("etc/motd")).unwrap(),
+            "Welcome to pc-07\n"
+        );
+        let secret = fs::metadata(root.join("opt/lab/new/secret")).unwrap();
+        assert_eq!(secret.permissions().mode() & 0o777, 0o600);
+        let unit =
+            fs::read_to_string(root.join("etc/systemd/system/drover-first-boot.service")).unwrap();
+        assert!(unit.contains("rc=$$?") && unit.contains("WantedBy=multi-user.target"));
+        assert_eq!(
+            fs::read_link(
+                root.join("etc/systemd/system/multi-user.target.wants/drover-first-boot.service")
+            )
+            .unwrap(),
+            Path::new("../drover-first-boot.service")
+        );
+        assert!(fs::read_to_string(root.join("etc/drover/first-boot.sh"))
+            .unwrap()
+            .contains("first boot of pc-07"));
+        assert_eq!(lines.len(), 3, "{lines:?}");
+        // Never through a link, never outside the root.
+        let outside = tempfile::tempdir().unwrap();
+        symlink(outside.path(), root.join("opt/out")).unwrap();
+        let e = place(root, &[file("/opt/out/x", "x", None)], None).unwrap_err();
+        assert!(format!("{e:#}").contains("symbolic link"), "{e:#}");
+        assert!(!outside.path().join("x").exists());
+        assert!(place(root, &[file("/etc/../x", "x", None)], None).is_err());
+        // No systemd, no first-boot script: said, not ignored.
+        fs::remove_file(root.join("usr/lib/systemd/systemd")).unwrap();
+        let e = place(root, &[], Some("echo")).unwrap_err();
+        assert!(format!("{e:#}").contains("systemd"), "{e:#}");
     }
 
     #[test]

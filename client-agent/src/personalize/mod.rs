@@ -67,8 +67,12 @@ pub(crate) fn run(
             systems += 1;
             m.make_writable()
                 .with_context(|| format!("{label} ({name})"))?;
-            let changed = linux::personalize(&root, &p.hostname)
+            let mut changed = linux::personalize(&root, &p.hostname)
                 .with_context(|| format!("{label} ({name})"))?;
+            changed.extend(
+                linux::place(&root, &p.files, p.first_boot.as_deref())
+                    .with_context(|| format!("{label} ({name})"))?,
+            );
             lines.extend(
                 changed
                     .into_iter()

@@ -103,7 +103,7 @@ pub(crate) async fn create(
                     // A capture reads the disk: nothing to personalize.
                     personalize: &Personalize {
                         enabled: false,
-                        hostname: None,
+                        ..Personalize::default()
                     },
                 },
                 &[mac],

@@ -5,7 +5,7 @@
 
 use std::net::IpAddr;
 
-use proto::api::{Machine, Personalization, Personalize};
+use proto::api::{Machine, Personalization, Personalize, PlacedFile};
 use proto::template::{self, TemplateError, Vars};
 
 use crate::serve::db::{Db, DbError};
@@ -39,34 +39,50 @@ pub(crate) async fn machine_vars(
 
 /// One machine's personalization from the deployment's, or why it cannot be made.
 pub(crate) fn fill(p: &Personalize, m: &Machine, vars: &Vars) -> Result<Personalization, String> {
-    let what = |e: TemplateError| match e {
-        TemplateError::Unknown(v) => format!(
-            "the hostname template {:?} names {{{v}}}, a variable machine {} ({}) does not have \
-             (set it: drover machine set {} --var {v}=..., or on its group)",
-            p.hostname_template(),
-            m.name,
-            m.mac,
-            m.mac
-        ),
-        TemplateError::Malformed(why) => {
-            format!("the hostname template {:?}: {why}", p.hostname_template())
-        }
+    let render = |what: &str, t: &str| {
+        template::render(t, vars).map_err(|e| match e {
+            TemplateError::Unknown(v) => format!(
+                "{what} names {{{v}}}, a variable machine {} ({}) does not have (set it: \
+                 drover machine set {} --var {v}=..., or on its group)",
+                m.name, m.mac, m.mac
+            ),
+            TemplateError::Malformed(why) => format!("{what}: {why}"),
+        })
     };
-    let text = template::render(p.hostname_template(), vars).map_err(what)?;
+    let what = format!("the hostname template {:?}", p.hostname_template());
+    let text = render(&what, p.hostname_template())?;
     let hostname = template::hostname(&text).ok_or_else(|| {
         format!(
-            "the hostname template {:?} gives {text:?} for machine {} ({}): nothing a hostname \
-             can hold",
-            p.hostname_template(),
-            m.name,
-            m.mac
+            "{what} gives {text:?} for machine {} ({}): nothing a hostname can hold",
+            m.name, m.mac
         )
     })?;
+    let files = p
+        .files
+        .iter()
+        .map(|f| {
+            Ok(PlacedFile {
+                content: render(&format!("file {}", f.path), &f.content)?,
+                ..f.clone()
+            })
+        })
+        .collect::<Result<_, String>>()?;
+    let first_boot = p
+        .first_boot
+        .as_deref()
+        .map(|t| render("the first-boot script", t))
+        .transpose()?;
     Ok(Personalization {
         hostname,
         vars: vars.clone(),
+        files,
+        first_boot,
     })
 }
+
+/// At most this many placed files, and bytes of them and the first-boot script together.
+const MAX_FILES: usize = 64;
+const MAX_BYTES: usize = 1 << 20;
 
 /// Checks a deployment's personalization against every target machine (before anything is
 /// created): a template naming a variable one of them lacks is refused, naming both.
@@ -77,6 +93,23 @@ pub(crate) async fn check(db: &Db, p: &Personalize, macs: &[Mac]) -> Result<(), 
     if let Some(t) = &p.hostname {
         template::names(t)
             .map_err(|e| DbError::Invalid(format!("the hostname template {t:?}: {e}")))?;
+    }
+    if p.files.len() > MAX_FILES {
+        return Err(DbError::Invalid(format!(
+            "{} files to place: at most {MAX_FILES}",
+            p.files.len()
+        )));
+    }
+    let bytes = p.files.iter().map(|f| f.content.len()).sum::<usize>()
+        + p.first_boot.as_ref().map_or(0, String::len);
+    if bytes > MAX_BYTES {
+        return Err(DbError::Invalid(format!(
+            "the files to place and the first-boot script hold {bytes} bytes: at most \
+             {MAX_BYTES}"
+        )));
+    }
+    for f in &p.files {
+        f.check().map_err(DbError::Invalid)?;
     }
     for mac in macs {
         let m = db.inventory().machine(*mac).await?;
