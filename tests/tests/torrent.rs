@@ -407,12 +407,14 @@ fn a_late_joiner_of_a_multicast_deployment_finishes_from_the_swarm() {
     let first = [start(0), start(1)];
     drover_tests::deploy::wait_deployment(
         LIMIT,
-        "the first two machines done",
+        "the first two machines written and seeding",
         || drover_tests::deploy::deployment(&srv.addr, &t, &id),
         |d| {
+            // Written and verified, they seed while a machine still lacks the image (and
+            // personalize, then report done, only afterwards).
             macs[..2]
                 .iter()
-                .all(|mac| task_of(d, mac)["state"] == "done")
+                .all(|mac| task_of(d, mac)["state"] == "seeding")
         },
     );
     // They seed (with the server): the tracker counts three seeds.
