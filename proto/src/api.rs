@@ -352,6 +352,9 @@ pub struct Personalization {
     /// The first-boot script, filled in.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub first_boot: Option<String>,
+    /// UEFI: the restored system's boot entry goes after the network entries, not first.
+    #[serde(default)]
+    pub keep_network_first: bool,
 }
 
 impl AgentTask {
@@ -534,6 +537,9 @@ pub struct Group {
     /// Personalization variables of its machines (each machine's own win).
     #[serde(default)]
     pub vars: crate::template::Vars,
+    /// Its machines keep network boot first on UEFI unless a deployment says otherwise.
+    #[serde(default)]
+    pub keep_network_first: bool,
 }
 
 /// One machine's part of a deployment, as the API returns it.
@@ -904,6 +910,11 @@ pub struct Personalize {
     /// systemd unit that removes itself after it ran.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub first_boot: Option<String>,
+    /// On UEFI machines, keep network boot ahead of the restored system's boot entry, so the
+    /// lab can be redeployed without touching each machine (None: each machine's group says;
+    /// off when it has none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_network_first: Option<bool>,
 }
 
 /// A file placed into the restored system.
@@ -955,6 +966,7 @@ impl Default for Personalize {
             hostname: None,
             files: Vec::new(),
             first_boot: None,
+            keep_network_first: None,
         }
     }
 }
@@ -1099,6 +1111,9 @@ pub struct GroupPatch {
     /// Variables to set (a value) or remove (`null`); the others stay.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vars: Option<VarsPatch>,
+    /// The group's default for keeping network boot first (see [`Personalize`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_network_first: Option<bool>,
 }
 
 /// A field that, when present, holds a `T` (`None` when absent, through `default`). With

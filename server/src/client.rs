@@ -101,11 +101,16 @@ pub(crate) enum GroupCommand {
         #[command(flatten)]
         server: ServerArgs,
     },
-    /// Set or remove a group's personalization variables (its machines' own win).
+    /// Set or remove a group's personalization variables (its machines' own win), and its
+    /// machines' UEFI boot-order default.
     Set {
         name: String,
         #[command(flatten)]
         vars: VarArgs,
+        /// Its UEFI machines keep network boot first after a deployment, unless the
+        /// deployment says otherwise.
+        #[arg(long, value_name = "on|off", value_parser = ["on", "off"])]
+        keep_network_first: Option<String>,
         #[command(flatten)]
         server: ServerArgs,
     },
@@ -432,22 +437,38 @@ pub(crate) fn group(cmd: GroupCommand, json: bool) -> anyhow::Result<()> {
                 println!("removed group {name}");
             }
         }
-        GroupCommand::Set { name, vars, server } => {
-            let Some(vars) = vars.patch() else {
-                bail!("nothing to change: give --var KEY=VALUE or --unset-var KEY");
-            };
+        GroupCommand::Set {
+            name,
+            vars,
+            keep_network_first,
+            server,
+        } => {
+            let vars = vars.patch();
+            let keep_network_first = keep_network_first.map(|k| k == "on");
+            if vars.is_none() && keep_network_first.is_none() {
+                bail!(
+                    "nothing to change: give --var KEY=VALUE, --unset-var KEY or \
+                     --keep-network-first on|off"
+                );
+            }
             let g = call(
                 &server,
                 &format!("/groups/{}", urlencode(&name)),
                 Method::Patch(serde_json::to_value(proto::api::GroupPatch {
-                    vars: Some(vars),
+                    vars,
+                    keep_network_first,
                 })?),
             )?;
             if json {
                 print_json(&g);
             } else {
                 let g: proto::api::Group = typed(&g)?;
-                println!("changed group {}{}", g.name, vars_text(&g.vars));
+                let boot = if g.keep_network_first {
+                    "  (UEFI: network boot first)"
+                } else {
+                    ""
+                };
+                println!("changed group {}{}{boot}", g.name, vars_text(&g.vars));
             }
         }
     }

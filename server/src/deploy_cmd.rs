@@ -69,6 +69,12 @@ pub(crate) struct PersonalizeArgs {
     /// A script run once at the restored system's first boot (a template).
     #[arg(long, value_name = "LOCAL")]
     first_boot: Option<std::path::PathBuf>,
+    /// UEFI machines keep network boot first, the restored system next (so the lab can be
+    /// redeployed without touching them); `off`: the restored system first. Unless given,
+    /// each machine's group says (`drover group set G --keep-network-first on`).
+    #[arg(long, value_name = "on|off", num_args = 0..=1, default_missing_value = "on",
+          value_parser = ["on", "off"])]
+    keep_network_first: Option<String>,
 }
 
 impl PersonalizeArgs {
@@ -101,6 +107,7 @@ impl PersonalizeArgs {
             hostname: self.hostname,
             files,
             first_boot,
+            keep_network_first: self.keep_network_first.map(|k| k == "on"),
         })
     }
 }

@@ -441,6 +441,11 @@ fn personalize(f: &Fields) -> Result<Personalize, String> {
             .get("first_boot")
             .filter(|s| !s.trim().is_empty())
             .map(|s| s.replace("\r\n", "\n")),
+        keep_network_first: match f.get("keep_network_first") {
+            Some("on") => Some(true),
+            Some("off") => Some(false),
+            _ => None,
+        },
     })
 }
 
@@ -618,10 +623,13 @@ pub(crate) async fn save_group_vars<C: Control>(
         Ok(v) => v,
         Err(e) => return redirect_with("/groups", "error", &e),
     };
-    let body = call::json(&GroupPatch { vars });
+    let body = call::json(&GroupPatch {
+        vars,
+        keep_network_first: Some(f.get("keep_network_first") == Some("on")),
+    });
     let path = format!("/groups/{name}");
     let r = call::api(&ui.control, a.user(), Method::PATCH, &path, Some(body)).await;
-    after("/groups", r, |_| format!("variables of group {name} saved"))
+    after("/groups", r, |_| format!("group {name} saved"))
 }
 
 pub(crate) async fn delete_group<C: Control>(

@@ -4,6 +4,7 @@
 //! is mounted in turn; one holding a Linux system (an `/etc/os-release`, at its top or in a
 //! top-level subvolume such as Ubuntu's `@`) is personalized ([`linux`]).
 
+mod efi;
 mod linux;
 mod mount;
 
@@ -93,5 +94,74 @@ pub(crate) fn run(
     std::fs::File::open(disk)
         .and_then(|f| f.sync_all())
         .with_context(|| format!("syncing {}", disk.display()))?;
+    if let Some(line) = boot_entry(disk, manifest, p.keep_network_first)? {
+        lines.push(line);
+    }
     Ok(lines)
+}
+
+/// On a UEFI machine whose own disk was written: the boot entry of the restored system's
+/// loader ([`efi`]). None on BIOS machines and when the target is not a block device (an
+/// image file is not what this machine boots).
+fn boot_entry(
+    disk: &Path,
+    manifest: &Manifest,
+    keep_network_first: bool,
+) -> anyhow::Result<Option<String>> {
+    use std::os::unix::fs::FileTypeExt;
+    if !Path::new("/sys/firmware/efi").is_dir()
+        || !std::fs::metadata(disk).is_ok_and(|m| m.file_type().is_block_device())
+    {
+        return Ok(None);
+    }
+    let t = &manifest.table;
+    let esp = t.partitions.iter().find(|p| {
+        p.type_guid
+            .as_deref()
+            .is_some_and(|g| g.eq_ignore_ascii_case("C12A7328-F81F-11D2-BA4B-00A0C93EC93B"))
+            || p.mbr_type == Some(0xef)
+    });
+    let Some(esp) = esp else {
+        return Ok(Some(
+            "UEFI: the image has no EFI system partition: boot entries unchanged".into(),
+        ));
+    };
+    let sector = u64::from(t.sector_size.max(512));
+    let signature = match (&esp.guid, t.kind) {
+        (Some(g), imaging::table::TableKind::Gpt) => efi::guid_bytes(g)
+            .with_context(|| format!("partition {}: malformed GUID {g:?}", esp.number))?,
+        _ => {
+            let mut s = [0u8; 16];
+            s[..4].copy_from_slice(manifest.table_raw.get(440..444).unwrap_or(&[0; 4]));
+            s
+        }
+    };
+    let r = efi::EspRef {
+        number: esp.number,
+        start_lba: esp.start / sector,
+        size_lba: esp.size / sector,
+        signature,
+        gpt: t.kind == imaging::table::TableKind::Gpt,
+    };
+    let label = format!("partition {} (EFI system partition)", esp.number);
+    let m = mount::Mounted::new(disk, esp.start, esp.size, "vfat")
+        .with_context(|| format!("{label}: mounting it"))?;
+    let found = efi::find_loader(m.dir());
+    m.unmount().with_context(|| format!("{label}: unmounting it"))?;
+    let Some((loader, description)) = found else {
+        return Ok(Some(format!(
+            "UEFI: no boot loader on {label} (no \\EFI\\<vendor>\\shimx64.efi or grubx64.efi, \
+             Windows Boot Manager or \\EFI\\BOOT\\BOOTX64.EFI): boot entries unchanged"
+        )));
+    };
+    let vars = Path::new(efi::EFIVARS);
+    mount::efivarfs(vars).context("mounting efivarfs")?;
+    efi::ensure_entry(
+        &efi::Vars::new(vars),
+        &r,
+        &loader,
+        &description,
+        keep_network_first,
+    )
+    .map(Some)
 }

@@ -180,6 +180,32 @@ impl Mounted {
     }
 }
 
+/// Mounts efivarfs on `dir` unless something is mounted there already (its variables show).
+pub(crate) fn efivarfs(dir: &Path) -> anyhow::Result<()> {
+    if std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_some()) {
+        return Ok(());
+    }
+    let c = |s: &[u8]| std::ffi::CString::new(s).expect("no NUL");
+    let (src, target) = (c(b"efivarfs"), c(dir.as_os_str().as_encoded_bytes()));
+    // SAFETY: NUL-terminated strings that outlive the call; no data.
+    let r = unsafe {
+        libc::mount(
+            src.as_ptr(),
+            target.as_ptr(),
+            src.as_ptr(),
+            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+            std::ptr::null(),
+        )
+    };
+    if r != 0 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EBUSY) {
+            return Err(e).with_context(|| format!("on {}", dir.display()));
+        }
+    }
+    Ok(())
+}
+
 fn umount(dir: &Path) -> anyhow::Result<()> {
     let target =
         std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).expect("no NUL in the path");

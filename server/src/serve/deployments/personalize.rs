@@ -77,6 +77,7 @@ pub(crate) fn fill(p: &Personalize, m: &Machine, vars: &Vars) -> Result<Personal
         vars: vars.clone(),
         files,
         first_boot,
+        keep_network_first: p.keep_network_first.unwrap_or(false),
     })
 }
 
@@ -134,5 +135,15 @@ pub(crate) async fn for_task(
     let m = db.inventory().machine(mac).await?;
     let vars = machine_vars(db, &m, seen_at).await?;
     // Checked when the deployment was made; a variable removed since is said now.
-    fill(p, &m, &vars).map(Some).map_err(DbError::Invalid)
+    let mut out = fill(p, &m, &vars).map_err(DbError::Invalid)?;
+    out.keep_network_first = match (p.keep_network_first, &m.group) {
+        (Some(k), _) => k,
+        (None, Some(g)) => match db.inventory().group(g).await {
+            Ok(g) => g.keep_network_first,
+            Err(DbError::NotFound(_)) => false,
+            Err(e) => return Err(e),
+        },
+        (None, None) => false,
+    };
+    Ok(Some(out))
 }

@@ -290,6 +290,7 @@ impl Inventory<'_> {
                 machines: 0,
                 created_ms,
                 vars: Default::default(),
+                keep_network_first: false,
             }),
             Err(e) if is_unique_violation(&e) => Err(DbError::Exists(format!("group {name:?}"))),
             Err(e) => Err(e.into()),
@@ -300,6 +301,7 @@ impl Inventory<'_> {
     pub(crate) async fn groups(&self) -> anyhow::Result<Vec<Group>> {
         let rows = sqlx::query(
             "SELECT g.name AS name, g.created_ms AS created_ms, g.vars AS vars, \
+                    g.keep_network_first AS keep_network_first, \
                     (SELECT COUNT(*) FROM machines m WHERE m.group_name = g.name) AS machines \
              FROM groups g ORDER BY g.name",
         )
@@ -312,6 +314,7 @@ impl Inventory<'_> {
                     machines: r.try_get::<i64, _>("machines")?.max(0) as u64,
                     created_ms: r.try_get("created_ms")?,
                     vars: vars(r)?,
+                    keep_network_first: r.try_get::<i64, _>("keep_network_first")? != 0,
                 })
             })
             .collect()
@@ -326,7 +329,7 @@ impl Inventory<'_> {
             .ok_or_else(|| DbError::NotFound(format!("group {name:?}")))
     }
 
-    /// Sets and removes a group's variables.
+    /// Sets and removes a group's variables, and sets its boot-order default.
     pub(crate) async fn patch_group(
         &self,
         name: &str,
@@ -336,8 +339,12 @@ impl Inventory<'_> {
         if let Some(p) = &patch.vars {
             g.vars = patched(&g.vars, p)?;
         }
-        sqlx::query("UPDATE groups SET vars = $1 WHERE name = $2")
+        if let Some(k) = patch.keep_network_first {
+            g.keep_network_first = k;
+        }
+        sqlx::query("UPDATE groups SET vars = $1, keep_network_first = $2 WHERE name = $3")
             .bind(json(&g.vars))
+            .bind(i64::from(g.keep_network_first))
             .bind(name)
             .execute(&self.db.pool)
             .await?;
