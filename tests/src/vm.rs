@@ -8,6 +8,8 @@ use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::lab::Lab;
+use crate::server::{free_port, Server};
+use crate::{agent_bin, drover_bin, Env};
 
 /// Where deploy/install-test-deps unpacked QEMU.
 pub fn qemu_dir() -> PathBuf {
@@ -43,7 +45,7 @@ pub struct Vm {
 impl Vm {
     /// Starts a VM with `mac` on tap `tap` of `lab`'s switch, booting from the network, with
     /// `disks` (raw files, each with an optional serial) as its virtio disks. `dir` holds its
-    /// serial log and firmware variables.
+    /// serial log and firmware variables (kept from an earlier start with the same tap).
     pub fn start(
         lab: &Lab,
         tap: &str,
@@ -90,8 +92,12 @@ impl Vm {
                 });
         }
         if fw != Firmware::Bios {
+            // The machine's NVRAM: fresh at its first start, kept across its restarts (the
+            // boot entries the agent writes are there at the next power-on).
             let vars = dir.join(format!("vars-{tap}.fd"));
-            std::fs::copy("/usr/share/OVMF/OVMF_VARS_4M.fd", &vars).expect("OVMF_VARS_4M.fd");
+            if !vars.exists() {
+                std::fs::copy("/usr/share/OVMF/OVMF_VARS_4M.fd", &vars).expect("OVMF_VARS_4M.fd");
+            }
             c.arg("-drive")
                 .arg("if=pflash,format=raw,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd")
                 .arg("-drive")
@@ -143,5 +149,115 @@ impl Drop for Vm {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// The boot environment, built once per data directory by the real script.
+pub fn build_boot_env(data: &Path) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/build-boot-env");
+    let out = std::process::Command::new("bash")
+        .arg(script)
+        .arg("--data-dir")
+        .arg(data)
+        .arg("--agent")
+        .arg(agent_bin())
+        .args(["--cache", "/var/cache/drover/boot-env"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "build-boot-env: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for f in [
+        "vmlinuz",
+        "initrd.img",
+        "undionly.kpxe",
+        "snponly.efi",
+        "ipxe.efi",
+    ] {
+        assert!(data.join("boot").join(f).is_file(), "{f} missing");
+    }
+}
+
+/// A lab whose server PXE-boots its VMs.
+pub struct Site {
+    pub env: Env,
+    pub lab: Lab,
+    pub srv: Server,
+    pub url: String,
+    pub token: String,
+}
+
+impl Site {
+    /// A lab with the server on host 0 (TFTP, HTTP on 10.77.0.10): full DHCP, or proxyDHCP
+    /// beside the lab's own DHCP server (busybox udhcpd on host 1, addresses only).
+    pub fn new(tag: &str, proxy: bool) -> Self {
+        let env = Env::new();
+        build_boot_env(&env.data());
+        let mut lab = Lab::new(tag, if proxy { 2 } else { 1 });
+        if proxy {
+            let conf = env.path("udhcpd.conf");
+            std::fs::write(
+                &conf,
+                format!(
+                    "start 10.77.0.100\nend 10.77.0.150\ninterface eth0\nlease_file {}\n\
+                     option subnet 255.255.255.0\noption lease 3600\n",
+                    env.path("udhcpd.leases").display()
+                ),
+            )
+            .unwrap();
+            std::fs::write(env.path("udhcpd.leases"), b"").unwrap();
+            let mut d = lab.cmd(1, "busybox");
+            d.arg("udhcpd").arg("-f").arg(&conf);
+            d.stdout(Stdio::null()).stderr(Stdio::null());
+            lab.spawn(d);
+        }
+        let token = env.ok(&["token", "create", "admin"]).trim().to_string();
+        let port = free_port();
+        let url = format!("http://{}:{port}", lab.addr(0));
+        // Kernel messages on the serial console only: the test reads them.
+        let config = env.path("drover.toml");
+        std::fs::write(&config, "boot_args = \"console=ttyS0,115200n8 panic=10\"\n").unwrap();
+        let mut cmd = lab.cmd(0, drover_bin().to_str().unwrap());
+        cmd.arg("--data-dir").arg(env.data()).arg("serve");
+        cmd.arg("--config").arg(&config).args([
+            "--http",
+            &format!("0.0.0.0:{port}"),
+            "--public-url",
+            &url,
+            "--iface",
+            "eth0",
+            "--tftp",
+            "0.0.0.0:69",
+        ]);
+        if proxy {
+            cmd.args(["--dhcp", "proxy"]);
+        } else {
+            cmd.args(["--dhcp", "full", "--dhcp-range", "10.77.0.100-10.77.0.150"]);
+        }
+        let srv = Server::start_cmd(cmd);
+        Self {
+            env,
+            lab,
+            srv,
+            url,
+            token,
+        }
+    }
+
+    /// `drover ARGS` against the server, from inside the lab.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let o = self
+            .lab
+            .drover(0, &self.env.data(), &self.url, &self.token, args);
+        assert!(
+            o.status.success(),
+            "drover {args:?}: {}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
     }
 }

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use drover_tests::deploy::{agent, deployment, output_within, task_of};
 use drover_tests::server::Server;
-use drover_tests::{extract, require, run, sparse_file, write_into, Env};
+use drover_tests::{extract, random_file, require, run, sparse_file, write_into, Env};
 
 const LIMIT: Duration = Duration::from_secs(120);
 const MIB: u64 = 1 << 20;
@@ -373,4 +373,238 @@ fn each_machine_gets_its_own_hostname_machine_id_and_host_keys() {
         &[disk3.to_str().unwrap(), reference.to_str().unwrap()],
     );
     assert_eq!(read(&env, &disk3, "/etc/hostname").unwrap(), "golden\n");
+}
+
+/// Runs the agent for `mac` onto `disk` (unicast, read back); returns its log.
+fn restore_as(srv: &Server, mac: &str, disk: &Path) -> String {
+    let a = output_within(
+        agent(
+            &srv.url,
+            disk,
+            &["--mac", mac, "--iface", "lo", "--read-back"],
+        ),
+        LIMIT,
+    );
+    let log = format!(
+        "{}{}",
+        String::from_utf8_lossy(&a.stdout),
+        String::from_utf8_lossy(&a.stderr)
+    );
+    assert!(a.status.success(), "{log}");
+    log
+}
+
+/// An NTFS filesystem (a file) mounted with ntfs-3g, unmounted on drop.
+struct Ntfs(std::path::PathBuf);
+
+impl Ntfs {
+    fn mount(fs: &Path, dir: &Path, read_only: bool) -> Self {
+        std::fs::create_dir_all(dir).unwrap();
+        let mut args = vec![];
+        if read_only {
+            args.extend(["-o", "ro"]);
+        }
+        args.extend([fs.to_str().unwrap(), dir.to_str().unwrap()]);
+        run("ntfs-3g", &args);
+        Self(dir.to_path_buf())
+    }
+}
+
+impl Drop for Ntfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// The NTFS partition of the Windows-shaped disks: sectors 2048.. of a 64 MiB disk.
+const NTFS_AT: u64 = 2048 * 512;
+const NTFS_LEN: u64 = 56 * MIB;
+
+/// The answer file sysprep leaves in `Windows\Panther`.
+const UNATTEND: &str = r#"<?xml version="1.0" encoding="utf-8"?>
+<unattend xmlns="urn:schemas-microsoft-com:unattend">
+    <settings pass="specialize">
+        <component name="Microsoft-Windows-Shell-Setup" processorArchitecture="amd64" publicKeyToken="31bf3856ad364e35" language="neutral" versionScope="nonSxS" xmlns:wcm="http://schemas.microsoft.com/WMIConfig/2002/State">
+            <ComputerName>GOLDEN-PC</ComputerName>
+            <RegisteredOrganization>Golden</RegisteredOrganization>
+        </component>
+    </settings>
+    <settings pass="oobeSystem">
+        <component name="Microsoft-Windows-Shell-Setup" processorArchitecture="amd64" publicKeyToken="31bf3856ad364e35" language="neutral" versionScope="nonSxS">
+            <OOBE><HideEULAPage>true</HideEULAPage><SkipMachineOOBE>true</SkipMachineOOBE></OOBE>
+        </component>
+    </settings>
+</unattend>
+"#;
+
+/// A GPT disk whose NTFS partition holds a Windows-shaped tree (a `SYSTEM` hive, programs,
+/// user files) and, when `generalized`, a sysprep answer file. Returns the disk and the tree
+/// it was made from.
+fn windows_disk(env: &Env, tag: &str, generalized: bool) -> (std::path::PathBuf, std::path::PathBuf) {
+    let tree = env.path(&format!("{tag}-tree"));
+    for d in [
+        "Windows/System32/config",
+        "Windows/System32/Sysprep",
+        "Windows/Panther",
+        "Users/Public/Documents",
+    ] {
+        std::fs::create_dir_all(tree.join(d)).unwrap();
+    }
+    random_file(&tree.join("Windows/System32/config/SYSTEM"), 3 * MIB, 71);
+    random_file(&tree.join("Windows/System32/notepad.exe"), 2 * MIB + 77, 72);
+    std::fs::write(
+        tree.join("Users/Public/Documents/readme.txt"),
+        "the same on every machine\r\n",
+    )
+    .unwrap();
+    if generalized {
+        std::fs::write(tree.join("Windows/Panther/unattend.xml"), UNATTEND).unwrap();
+    }
+    let fs = env.path(&format!("{tag}-ntfs.img"));
+    sparse_file(&fs, NTFS_LEN);
+    run("mkntfs", &["-F", "-Q", "-q", "-L", "Windows", fs.to_str().unwrap()]);
+    {
+        let _m = Ntfs::mount(&fs, &env.path(&format!("{tag}-mnt")), false);
+        run(
+            "cp",
+            &[
+                "-a",
+                &format!("{}/.", tree.display()),
+                env.path(&format!("{tag}-mnt")).to_str().unwrap(),
+            ],
+        );
+    }
+    let disk = env.path(&format!("{tag}.img"));
+    sparse_file(&disk, 64 * MIB);
+    run(
+        "sgdisk",
+        &["-o", "-n1:2048:+56M", "-t1:0700", disk.to_str().unwrap()],
+    );
+    write_into(&disk, NTFS_AT, &fs);
+    (disk, tree)
+}
+
+/// Every file under `dir`, relative, with its bytes.
+fn files_under(dir: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let p = e.path();
+            if e.file_type().unwrap().is_dir() {
+                todo.push(p);
+            } else {
+                let rel = p.strip_prefix(dir).unwrap().to_string_lossy().into_owned();
+                out.insert(rel, std::fs::read(&p).unwrap());
+            }
+        }
+    }
+    out
+}
+
+/// A Windows-shaped image without Windows: the generalized one gets the machine's name (and
+/// a variable's value) in its answer file, still valid XML, and a `SetupComplete.cmd`; every
+/// other file is byte-identical. One not generalized is said so and left byte for byte.
+#[test]
+fn a_generalized_windows_gets_its_computer_name_in_its_answer_file() {
+    if !require(
+        "a_generalized_windows_gets_its_computer_name_in_its_answer_file",
+        &["sgdisk", "mkntfs", "ntfs-3g", "python3", "root"],
+    ) {
+        return;
+    }
+    let env = Env::new();
+    let (sysprepped, tree) = windows_disk(&env, "win", true);
+    let (plain, _) = windows_disk(&env, "plain", false);
+    env.capture(&sysprepped, "win11");
+    env.capture(&plain, "win11-plain");
+    let srv = Server::start(&env.data(), &[]);
+    let t = env.ok(&["token", "create", "admin"]).trim().to_string();
+    let (w1, w2) = ("02:00:00:00:0c:01", "02:00:00:00:0c:02");
+    srv.ok(&env, &t, &["machine", "add", w1, "--name", "lab-pc-07", "--group", "b12"]);
+    srv.ok(&env, &t, &["machine", "add", w2, "--name", "lab-pc-08"]);
+    srv.ok(
+        &env,
+        &t,
+        &[
+            "group",
+            "set",
+            "b12",
+            "--var",
+            "unattend:Microsoft-Windows-Shell-Setup/RegisteredOrganization=Lab B12",
+        ],
+    );
+    let script = env.path("setup-complete.cmd");
+    std::fs::write(&script, "@echo off\nrem first boot of {name}\n").unwrap();
+    let out = srv.ok(
+        &env,
+        &t,
+        &[
+            "--json", "deploy", "win11", "--to", w1, "--transport", "unicast", "--first-boot",
+            script.to_str().unwrap(),
+        ],
+    );
+    let id = serde_json::from_str::<serde_json::Value>(&out).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let disk = env.path("w1.img");
+    let log = restore_as(&srv, w1, &disk);
+    assert!(log.contains("ComputerName lab-pc-07"), "{log}");
+    let d = deployment(&srv.addr, &t, &id);
+    assert_eq!(d["state"], "done", "{d:#}");
+    let said = task_of(&d, w1)["personalized"].to_string();
+    assert!(
+        said.contains("Windows\\\\Panther\\\\unattend.xml: ComputerName lab-pc-07")
+            && said.contains("SetupComplete.cmd")
+            && said.contains("partition 1: Windows"),
+        "{said}"
+    );
+
+    let part = env.path("w1-part.img");
+    extract(&disk, NTFS_AT, NTFS_LEN, &part);
+    let after = {
+        let _m = Ntfs::mount(&part, &env.path("w1-mnt"), true);
+        files_under(&env.path("w1-mnt"))
+    };
+    let mut before = files_under(&tree);
+    let answer = String::from_utf8(after["Windows/Panther/unattend.xml"].clone()).unwrap();
+    assert_eq!(
+        answer,
+        UNATTEND
+            .replace(">GOLDEN-PC<", ">lab-pc-07<")
+            .replace(">Golden<", ">Lab B12<"),
+        "only the computer name and the variable's value change"
+    );
+    let xml = env.path("answer.xml");
+    std::fs::write(&xml, &answer).unwrap();
+    run(
+        "python3",
+        &["-c", "import sys, xml.dom.minidom; xml.dom.minidom.parse(sys.argv[1])", xml.to_str().unwrap()],
+    );
+    assert_eq!(
+        after["Windows/Setup/Scripts/SetupComplete.cmd"],
+        b"@echo off\r\nrem first boot of lab-pc-07\r\n"
+    );
+    // Every other file, byte for byte; nothing else added.
+    before.remove("Windows/Panther/unattend.xml");
+    let mut rest = after.clone();
+    rest.remove("Windows/Panther/unattend.xml");
+    rest.remove("Windows/Setup/Scripts/SetupComplete.cmd");
+    assert!(rest == before, "other files changed: {:?}", rest.keys().collect::<Vec<_>>());
+
+    // Not generalized: said, and the disk is the image byte for byte.
+    srv.ok(
+        &env,
+        &t,
+        &["deploy", "win11-plain", "--to", w2, "--transport", "unicast"],
+    );
+    let disk2 = env.path("w2.img");
+    let log = restore_as(&srv, w2, &disk2);
+    assert!(log.contains("Windows not generalized"), "{log}");
+    let reference = env.path("plain-reference.img");
+    sparse_file(&reference, 64 * MIB);
+    env.restore("win11-plain", &reference);
+    run("cmp", &[disk2.to_str().unwrap(), reference.to_str().unwrap()]);
 }

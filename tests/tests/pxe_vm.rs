@@ -6,14 +6,11 @@
 //! local disk; so does the imaged machine at its next boot. BIOS through QEMU's iPXE ROM, UEFI
 //! (OVMF) through the iPXE ROM and as a firmware PXE client (TFTP → snponly.efi → iPXE).
 
-use std::path::Path;
 use std::time::Duration;
 
 use drover_tests::deploy::lab_disk;
-use drover_tests::lab::Lab;
-use drover_tests::server::{free_port, Server};
-use drover_tests::vm::{Firmware, Vm};
-use drover_tests::{agent_bin, drover_bin, require, run, sparse_file, Env};
+use drover_tests::vm::{Firmware, Site, Vm};
+use drover_tests::{require, run, sparse_file};
 
 const NEEDS: &[&str] = &[
     "root",
@@ -26,116 +23,6 @@ const NEEDS: &[&str] = &[
     "sgdisk",
     "mkntfs",
 ];
-
-/// The boot environment, built once per data directory by the real script.
-fn build_boot_env(data: &Path) {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/build-boot-env");
-    let out = std::process::Command::new("bash")
-        .arg(script)
-        .arg("--data-dir")
-        .arg(data)
-        .arg("--agent")
-        .arg(agent_bin())
-        .args(["--cache", "/var/cache/drover/boot-env"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "build-boot-env: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    for f in [
-        "vmlinuz",
-        "initrd.img",
-        "undionly.kpxe",
-        "snponly.efi",
-        "ipxe.efi",
-    ] {
-        assert!(data.join("boot").join(f).is_file(), "{f} missing");
-    }
-}
-
-struct Site {
-    env: Env,
-    lab: Lab,
-    srv: Server,
-    url: String,
-    token: String,
-}
-
-impl Site {
-    /// A lab with the server on host 0 (TFTP, HTTP on 10.77.0.10): full DHCP, or proxyDHCP
-    /// beside the lab's own DHCP server (busybox udhcpd on host 1, addresses only).
-    fn new(tag: &str, proxy: bool) -> Self {
-        let env = Env::new();
-        build_boot_env(&env.data());
-        let mut lab = Lab::new(tag, if proxy { 2 } else { 1 });
-        if proxy {
-            let conf = env.path("udhcpd.conf");
-            std::fs::write(
-                &conf,
-                format!(
-                    "start 10.77.0.100\nend 10.77.0.150\ninterface eth0\nlease_file {}\n\
-                     option subnet 255.255.255.0\noption lease 3600\n",
-                    env.path("udhcpd.leases").display()
-                ),
-            )
-            .unwrap();
-            std::fs::write(env.path("udhcpd.leases"), b"").unwrap();
-            let mut d = lab.cmd(1, "busybox");
-            d.arg("udhcpd").arg("-f").arg(&conf);
-            d.stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null());
-            lab.spawn(d);
-        }
-        let token = env.ok(&["token", "create", "admin"]).trim().to_string();
-        let port = free_port();
-        let url = format!("http://{}:{port}", lab.addr(0));
-        // Kernel messages on the serial console only: the test reads them.
-        let config = env.path("drover.toml");
-        std::fs::write(&config, "boot_args = \"console=ttyS0,115200n8 panic=10\"\n").unwrap();
-        let mut cmd = lab.cmd(0, drover_bin().to_str().unwrap());
-        cmd.arg("--data-dir").arg(env.data()).arg("serve");
-        cmd.arg("--config").arg(&config).args([
-            "--http",
-            &format!("0.0.0.0:{port}"),
-            "--public-url",
-            &url,
-            "--iface",
-            "eth0",
-            "--tftp",
-            "0.0.0.0:69",
-        ]);
-        if proxy {
-            cmd.args(["--dhcp", "proxy"]);
-        } else {
-            cmd.args(["--dhcp", "full", "--dhcp-range", "10.77.0.100-10.77.0.150"]);
-        }
-        let srv = Server::start_cmd(cmd);
-        Self {
-            env,
-            lab,
-            srv,
-            url,
-            token,
-        }
-    }
-
-    /// `drover ARGS` against the server, from inside the lab.
-    fn cli(&self, args: &[&str]) -> String {
-        let o = self
-            .lab
-            .drover(0, &self.env.data(), &self.url, &self.token, args);
-        assert!(
-            o.status.success(),
-            "drover {args:?}: {}{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        );
-        String::from_utf8_lossy(&o.stdout).into_owned()
-    }
-}
 
 /// How the machine is set up: `proxy` runs proxyDHCP beside the lab's own DHCP server
 /// (else full DHCP); `pinned` gives it a second disk and pins the target by serial; `then`

@@ -187,16 +187,18 @@ fn host_key(kind: &str, comment: &str) -> anyhow::Result<(String, String)> {
 }
 
 /// The first-boot unit: runs the script once, then removes it and itself, whatever the
-/// script's exit status (which the journal keeps).
+/// script's exit status (which the journal keeps). Logins wait for it (the login prompt
+/// comes after `systemd-user-sessions`), so nobody uses the machine half set up.
 const FIRST_BOOT_UNIT: &str = "[Unit]
 Description=drover: this machine's first-boot script (runs once)
 Wants=network-online.target
 After=network-online.target
+Before=systemd-user-sessions.service
 ConditionPathExists=/etc/drover/first-boot.sh
 
 [Service]
 Type=oneshot
-ExecStart=/bin/sh -c '/bin/sh /etc/drover/first-boot.sh; rc=$$?; rm -f /etc/drover/first-boot.sh /etc/systemd/system/multi-user.target.wants/drover-first-boot.service /etc/systemd/system/drover-first-boot.service; exit $$rc'
+ExecStart=/bin/sh -c '/bin/sh /etc/drover/first-boot.sh; rc=$$?; rm -f /etc/drover/first-boot.sh /etc/systemd/system/multi-user.target.wants/drover-first-boot.service /etc/systemd/system/drover-first-boot.service; sync; exit $$rc'
 StandardOutput=journal+console
 
 [Install]

@@ -1,12 +1,15 @@
 //! Personalization: after the image is written and verified (and the machine stopped seeding
 //! it), the agent gives the restored system this machine's identity, as the server filled it
-//! in ([`proto::api::Personalization`]). Each ext2/3/4, XFS or btrfs filesystem of the image
-//! is mounted in turn; one holding a Linux system (an `/etc/os-release`, at its top or in a
-//! top-level subvolume such as Ubuntu's `@`) is personalized ([`linux`]).
+//! in ([`proto::api::Personalization`]). Each ext2/3/4, XFS, btrfs or NTFS filesystem of the
+//! image is mounted in turn; one holding a Linux system (an `/etc/os-release`, at its top or
+//! in a top-level subvolume such as Ubuntu's `@`) is personalized ([`linux`]), one holding
+//! Windows through its sysprep answer file ([`windows`]). On a UEFI machine the restored
+//! system then gets its boot entry ([`efi`]).
 
 mod efi;
 mod linux;
 mod mount;
+mod windows;
 
 use std::path::Path;
 
@@ -22,6 +25,7 @@ fn mountable(kind: FsKind) -> Option<&'static str> {
         FsKind::Ext2 | FsKind::Ext3 | FsKind::Ext4 => Some("ext4"),
         FsKind::Xfs => Some("xfs"),
         FsKind::Btrfs => Some("btrfs"),
+        FsKind::Ntfs => Some("ntfs"),
         _ => None,
     }
 }
@@ -62,9 +66,25 @@ pub(crate) fn run(
             AreaKind::Whole => "the disk".to_string(),
             AreaKind::Outside => continue,
         };
-        let m = mount::Mounted::new(disk, a.offset, a.len, fstype)
+        let mut m = mount::Mounted::new(disk, a.offset, a.len, fstype)
             .with_context(|| format!("{label} ({}): mounting it", fs.detected))?;
-        if let Some((root, name)) = linux_root(m.dir()) {
+        if fstype == "ntfs" {
+            if windows::is_windows(m.dir()) {
+                systems += 1;
+                let label = format!("{label}: Windows");
+                if !windows::answer_files(m.dir()).is_empty() {
+                    m.make_writable().with_context(|| label.clone())?;
+                }
+                let changed = windows::personalize(
+                    m.dir(),
+                    &p.hostname,
+                    &p.vars,
+                    p.first_boot.as_deref(),
+                )
+                .with_context(|| label.clone())?;
+                lines.extend(changed.into_iter().map(|l| format!("{l} ({label})")));
+            }
+        } else if let Some((root, name)) = linux_root(m.dir()) {
             systems += 1;
             m.make_writable()
                 .with_context(|| format!("{label} ({name})"))?;
@@ -85,8 +105,9 @@ pub(crate) fn run(
     }
     if systems == 0 {
         lines.push(
-            "no Linux system found (no /etc/os-release on an ext2/3/4, XFS or btrfs \
-             filesystem): nothing personalized"
+            "no Linux or Windows system found (no /etc/os-release on an ext2/3/4, XFS or \
+             btrfs filesystem, no Windows\\System32\\config\\SYSTEM on an NTFS one): \
+             nothing personalized"
                 .to_string(),
         );
     }

@@ -110,7 +110,50 @@ pub(crate) struct Mounted {
     dir: PathBuf,
     /// Held until unmounted: the loop device detaches once both are gone.
     _loop: File,
+    dev: PathBuf,
+    /// Mounted by ntfs-3g (FUSE), not by the kernel.
+    fuse: bool,
     mounted: bool,
+}
+
+/// Mounts `dev` on `dir` with the kernel's `fstype` driver.
+fn kernel_mount(dev: &Path, dir: &Path, fstype: &str, flags: libc::c_ulong) -> io::Result<()> {
+    let c = |p: &Path| std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).expect("no NUL");
+    let (src, target) = (c(dev), c(dir));
+    let fstype_c = std::ffi::CString::new(fstype).expect("no NUL");
+    // SAFETY: every pointer is a NUL-terminated string that outlives the call; no data.
+    let r = unsafe {
+        libc::mount(
+            src.as_ptr(),
+            target.as_ptr(),
+            fstype_c.as_ptr(),
+            flags,
+            std::ptr::null(),
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Mounts the NTFS on `dev` on `dir` with ntfs-3g (a kernel without ntfs3, as Debian 12's).
+/// It returns once the filesystem is mounted; its daemon serves it until it is unmounted.
+fn ntfs_3g(dev: &Path, dir: &Path, read_only: bool) -> anyhow::Result<()> {
+    let opts = if read_only { "ro,noatime" } else { "noatime" };
+    let out = std::process::Command::new("ntfs-3g")
+        .args(["-o", opts])
+        .arg(dev)
+        .arg(dir)
+        .output()
+        .context("the kernel has no ntfs3 driver and ntfs-3g did not start")?;
+    if !out.status.success() {
+        bail!(
+            "ntfs-3g: {}",
+            String::from_utf8_lossy(&out.stderr).trim().replace('\n', "; ")
+        );
+    }
+    Ok(())
 }
 
 impl Mounted {
@@ -122,28 +165,26 @@ impl Mounted {
             std::process::id()
         ));
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        let c =
-            |p: &Path| std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).expect("no NUL");
-        let (src, target) = (c(&path), c(&dir));
-        let fstype_c = std::ffi::CString::new(fstype).expect("no NUL");
-        // SAFETY: every pointer is a NUL-terminated string that outlives the call; no data.
-        let r = unsafe {
-            libc::mount(
-                src.as_ptr(),
-                target.as_ptr(),
-                fstype_c.as_ptr(),
-                libc::MS_RDONLY | libc::MS_NOATIME,
-                std::ptr::null(),
-            )
+        let flags = libc::MS_RDONLY | libc::MS_NOATIME;
+        // NTFS: the kernel's ntfs3 where it has one, else ntfs-3g.
+        let kernel_type = if fstype == "ntfs" { "ntfs3" } else { fstype };
+        let mut fuse = false;
+        let r = match kernel_mount(&path, &dir, kernel_type, flags) {
+            Err(e) if fstype == "ntfs" && e.raw_os_error() == Some(libc::ENODEV) => {
+                fuse = true;
+                ntfs_3g(&path, &dir, true)
+            }
+            r => r.with_context(|| format!("mounting it as {kernel_type}")),
         };
-        if r != 0 {
-            let e = io::Error::last_os_error();
+        if let Err(e) = r {
             let _ = std::fs::remove_dir(&dir);
-            return Err(e).with_context(|| format!("mounting it as {fstype}"));
+            return Err(e);
         }
         Ok(Self {
             dir,
             _loop: dev,
+            dev: path,
+            fuse,
             mounted: true,
         })
     }
@@ -154,7 +195,15 @@ impl Mounted {
     }
 
     /// Remounts it read-write.
-    pub(crate) fn make_writable(&self) -> anyhow::Result<()> {
+    pub(crate) fn make_writable(&mut self) -> anyhow::Result<()> {
+        if self.fuse {
+            // ntfs-3g cannot remount: mount it again, read-write.
+            umount_keep(&self.dir)?;
+            self.mounted = false;
+            ntfs_3g(&self.dev, &self.dir, false).context("mounting it read-write")?;
+            self.mounted = true;
+            return Ok(());
+        }
         let target = std::ffi::CString::new(self.dir.as_os_str().as_encoded_bytes())
             .expect("no NUL in the path");
         // SAFETY: a NUL-terminated path that outlives the call; no source, type or data.
@@ -207,6 +256,14 @@ pub(crate) fn efivarfs(dir: &Path) -> anyhow::Result<()> {
 }
 
 fn umount(dir: &Path) -> anyhow::Result<()> {
+    umount_keep(dir)?;
+    let _ = std::fs::remove_dir(dir);
+    Ok(())
+}
+
+/// Unmounts `dir`, leaving the directory. For ntfs-3g's mounts (fuseblk) the kernel waits
+/// until the daemon has written everything out.
+fn umount_keep(dir: &Path) -> anyhow::Result<()> {
     let target =
         std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).expect("no NUL in the path");
     // SAFETY: a NUL-terminated path that outlives the call.
@@ -214,7 +271,6 @@ fn umount(dir: &Path) -> anyhow::Result<()> {
         return Err(io::Error::last_os_error())
             .with_context(|| format!("unmounting {}", dir.display()));
     }
-    let _ = std::fs::remove_dir(dir);
     Ok(())
 }
 
