@@ -325,6 +325,9 @@ async fn work(
     if let Some(p) = task.personalize.clone() {
         reporter.send(TaskState::Personalizing, written);
         let (disk, m) = (args.disk.clone(), manifest.clone());
+        // Its own peak, not the write's: the kernel restarts the count (clear_refs 5).
+        let _ = std::fs::write("/proc/self/clear_refs", "5");
+        let started = Instant::now();
         personalized = tokio::task::spawn_blocking(move || crate::personalize::run(&disk, &m, &p))
             .await
             .map_err(|e| Stop::Failed(e.to_string()))?
@@ -332,6 +335,11 @@ async fn work(
         for l in &personalized {
             info!("personalized: {l}");
         }
+        info!(
+            "personalization took {:.1} s, peak memory {}",
+            started.elapsed().as_secs_f64(),
+            peak_memory().unwrap_or_else(|| "unknown".into())
+        );
     }
     Ok((totals, personalized))
 }
@@ -417,4 +425,18 @@ pub(crate) async fn report(api: &Api, mut outcome: Outcome) -> anyhow::Result<Ex
         eprintln!("failed: {}", reason.unwrap_or_default());
         Ok(ExitCode::FAILURE)
     }
+}
+
+/// The process's peak resident memory (VmHWM), as /proc tells it.
+fn peak_memory() -> Option<String> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(format!("{:.1} MiB", kib as f64 / 1024.0))
 }

@@ -311,11 +311,18 @@ fn summary_line(d: &Deployment) -> String {
 
 fn print_deployment(d: &Value) -> anyhow::Result<()> {
     let d: Deployment = typed(d)?;
-    let personalize = match (&d.personalize.enabled, &d.personalize.hostname) {
+    let mut personalize = match (&d.personalize.enabled, &d.personalize.hostname) {
         (false, _) => "not personalized".to_string(),
         (true, Some(h)) => format!("hostname {h}"),
         (true, None) => "hostname {name}".to_string(),
     };
+    if d.personalize.enabled {
+        personalize.push_str(match d.personalize.keep_network_first {
+            Some(true) => ", UEFI: network boot first",
+            Some(false) => ", UEFI: the restored system first",
+            None => "",
+        });
+    }
     println!(
         "deployment {}: {} to {} via {}, {personalize}, {}",
         d.id, d.image_name, d.targets, d.transport, d.state

@@ -440,7 +440,11 @@ const UNATTEND: &str = r#"<?xml version="1.0" encoding="utf-8"?>
 /// A GPT disk whose NTFS partition holds a Windows-shaped tree (a `SYSTEM` hive, programs,
 /// user files) and, when `generalized`, a sysprep answer file. Returns the disk and the tree
 /// it was made from.
-fn windows_disk(env: &Env, tag: &str, generalized: bool) -> (std::path::PathBuf, std::path::PathBuf) {
+fn windows_disk(
+    env: &Env,
+    tag: &str,
+    generalized: bool,
+) -> (std::path::PathBuf, std::path::PathBuf) {
     let tree = env.path(&format!("{tag}-tree"));
     for d in [
         "Windows/System32/config",
@@ -462,7 +466,10 @@ fn windows_disk(env: &Env, tag: &str, generalized: bool) -> (std::path::PathBuf,
     }
     let fs = env.path(&format!("{tag}-ntfs.img"));
     sparse_file(&fs, NTFS_LEN);
-    run("mkntfs", &["-F", "-Q", "-q", "-L", "Windows", fs.to_str().unwrap()]);
+    run(
+        "mkntfs",
+        &["-F", "-Q", "-q", "-L", "Windows", fs.to_str().unwrap()],
+    );
     {
         let _m = Ntfs::mount(&fs, &env.path(&format!("{tag}-mnt")), false);
         run(
@@ -522,7 +529,19 @@ fn a_generalized_windows_gets_its_computer_name_in_its_answer_file() {
     let srv = Server::start(&env.data(), &[]);
     let t = env.ok(&["token", "create", "admin"]).trim().to_string();
     let (w1, w2) = ("02:00:00:00:0c:01", "02:00:00:00:0c:02");
-    srv.ok(&env, &t, &["machine", "add", w1, "--name", "lab-pc-07", "--group", "b12"]);
+    srv.ok(
+        &env,
+        &t,
+        &[
+            "machine",
+            "add",
+            w1,
+            "--name",
+            "lab-pc-07",
+            "--group",
+            "b12",
+        ],
+    );
     srv.ok(&env, &t, &["machine", "add", w2, "--name", "lab-pc-08"]);
     srv.ok(
         &env,
@@ -541,7 +560,14 @@ fn a_generalized_windows_gets_its_computer_name_in_its_answer_file() {
         &env,
         &t,
         &[
-            "--json", "deploy", "win11", "--to", w1, "--transport", "unicast", "--first-boot",
+            "--json",
+            "deploy",
+            "win11",
+            "--to",
+            w1,
+            "--transport",
+            "unicast",
+            "--first-boot",
             script.to_str().unwrap(),
         ],
     );
@@ -581,7 +607,11 @@ fn a_generalized_windows_gets_its_computer_name_in_its_answer_file() {
     std::fs::write(&xml, &answer).unwrap();
     run(
         "python3",
-        &["-c", "import sys, xml.dom.minidom; xml.dom.minidom.parse(sys.argv[1])", xml.to_str().unwrap()],
+        &[
+            "-c",
+            "import sys, xml.dom.minidom; xml.dom.minidom.parse(sys.argv[1])",
+            xml.to_str().unwrap(),
+        ],
     );
     assert_eq!(
         after["Windows/Setup/Scripts/SetupComplete.cmd"],
@@ -592,13 +622,24 @@ fn a_generalized_windows_gets_its_computer_name_in_its_answer_file() {
     let mut rest = after.clone();
     rest.remove("Windows/Panther/unattend.xml");
     rest.remove("Windows/Setup/Scripts/SetupComplete.cmd");
-    assert!(rest == before, "other files changed: {:?}", rest.keys().collect::<Vec<_>>());
+    assert!(
+        rest == before,
+        "other files changed: {:?}",
+        rest.keys().collect::<Vec<_>>()
+    );
 
     // Not generalized: said, and the disk is the image byte for byte.
     srv.ok(
         &env,
         &t,
-        &["deploy", "win11-plain", "--to", w2, "--transport", "unicast"],
+        &[
+            "deploy",
+            "win11-plain",
+            "--to",
+            w2,
+            "--transport",
+            "unicast",
+        ],
     );
     let disk2 = env.path("w2.img");
     let log = restore_as(&srv, w2, &disk2);
@@ -606,5 +647,8 @@ fn a_generalized_windows_gets_its_computer_name_in_its_answer_file() {
     let reference = env.path("plain-reference.img");
     sparse_file(&reference, 64 * MIB);
     env.restore("win11-plain", &reference);
-    run("cmp", &[disk2.to_str().unwrap(), reference.to_str().unwrap()]);
+    run(
+        "cmp",
+        &[disk2.to_str().unwrap(), reference.to_str().unwrap()],
+    );
 }

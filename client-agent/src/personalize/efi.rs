@@ -68,7 +68,11 @@ pub(crate) fn device_path(esp: &EspRef, loader: &str) -> Vec<u8> {
     p.extend_from_slice(&esp.start_lba.to_le_bytes());
     p.extend_from_slice(&esp.size_lba.to_le_bytes());
     p.extend_from_slice(&esp.signature);
-    p.extend_from_slice(if esp.gpt { &[0x02, 0x02] } else { &[0x01, 0x01] });
+    p.extend_from_slice(if esp.gpt {
+        &[0x02, 0x02]
+    } else {
+        &[0x01, 0x01]
+    });
     let name = ucs2(loader);
     p.extend_from_slice(&[0x04, 0x04]);
     p.extend_from_slice(&((4 + name.len()) as u16).to_le_bytes());
@@ -249,15 +253,19 @@ pub(crate) fn ensure_entry(
     vars.set(&name, &load_option(description, &path))?;
 
     let old = vars.order().context("reading BootOrder")?;
-    let network: Vec<u16> = old
-        .iter()
-        .copied()
-        .filter(|n| {
-            entries
-                .iter()
-                .any(|(e, o)| e == n && *n != num && is_network(o))
-        })
-        .collect();
+    let net = |n: u16| n != num && entries.iter().any(|(e, o)| *e == n && is_network(o));
+    // The network entry this machine booted from stays first (the others would each wait
+    // for a DHCP or HTTP server before the restored system got its turn); all of them when
+    // it did not boot from one.
+    let current = vars
+        .get("BootCurrent")
+        .context("reading BootCurrent")?
+        .and_then(|v| Some(u16::from_le_bytes(v.get(..2)?.try_into().ok()?)))
+        .filter(|c| net(*c));
+    let network: Vec<u16> = match current {
+        Some(c) => vec![c],
+        None => old.iter().copied().filter(|n| net(*n)).collect(),
+    };
     let mut order = Vec::with_capacity(old.len() + 1);
     if keep_network_first {
         order.extend(&network);
@@ -398,27 +406,47 @@ mod tests {
     fn the_entry_goes_first_or_after_network_boot_and_is_never_duplicated() {
         let dir = tempfile::tempdir().unwrap();
         let vars = Vars::new(dir.path());
-        write_var(dir.path(), "Boot0000", &load_option("UiApp", &[0x7f, 0xff, 4, 0]));
+        write_var(
+            dir.path(),
+            "Boot0000",
+            &load_option("UiApp", &[0x7f, 0xff, 4, 0]),
+        );
         write_var(dir.path(), "Boot0001", &pxe_entry());
         write_var(dir.path(), "BootOrder", &[1, 0, 0, 0]);
         let loader = "\\EFI\\debian\\grubx64.efi";
 
         let line = ensure_entry(&vars, &esp(), loader, "debian", true).unwrap();
-        assert!(line.contains("Boot0002") && line.contains("after network boot"), "{line}");
+        assert!(
+            line.contains("Boot0002") && line.contains("after network boot"),
+            "{line}"
+        );
         assert_eq!(vars.order().unwrap(), vec![1, 2, 0]);
+        // Booted from one of two network entries: that one stays first, the other goes
+        // after the restored system.
+        write_var(dir.path(), "Boot0003", &pxe_entry());
+        write_var(dir.path(), "BootOrder", &[3, 0, 1, 0, 2, 0, 0, 0]);
+        write_var(dir.path(), "BootCurrent", &[1, 0]);
+        ensure_entry(&vars, &esp(), loader, "debian", true).unwrap();
+        assert_eq!(vars.order().unwrap(), vec![1, 2, 3, 0]);
+        std::fs::remove_file(vars.path("Boot0003")).unwrap();
+        write_var(dir.path(), "BootOrder", &[1, 0, 2, 0, 0, 0]);
         let o = vars.get("Boot0002").unwrap().unwrap();
         assert_eq!(option_path(&o).unwrap(), device_path(&esp(), loader));
 
         // Again, without keeping the network first: the same entry, moved to the front.
         let line = ensure_entry(&vars, &esp(), loader, "debian", false).unwrap();
-        assert!(line.contains("Boot0002") && line.contains("first"), "{line}");
+        assert!(
+            line.contains("Boot0002") && line.contains("first"),
+            "{line}"
+        );
         assert_eq!(vars.order().unwrap(), vec![2, 1, 0]);
         assert_eq!(vars.entries().unwrap().len(), 3);
 
-        // Another loader gets its own number; no BootOrder yet is fine too.
+        // Another loader gets its own number; no BootOrder yet is fine too (the entry booted
+        // from still goes first).
         std::fs::remove_file(vars.path("BootOrder")).unwrap();
         ensure_entry(&vars, &esp(), "\\EFI\\BOOT\\BOOTX64.EFI", "UEFI OS", true).unwrap();
-        assert_eq!(vars.order().unwrap(), vec![3]);
+        assert_eq!(vars.order().unwrap(), vec![1, 3]);
     }
 
     #[test]
@@ -438,7 +466,10 @@ mod tests {
         let want = [
             ("\\EFI\\debian\\shimx64.efi", "debian"),
             ("\\EFI\\debian\\grubx64.efi", "debian"),
-            ("\\EFI\\Microsoft\\Boot\\bootmgfw.efi", "Windows Boot Manager"),
+            (
+                "\\EFI\\Microsoft\\Boot\\bootmgfw.efi",
+                "Windows Boot Manager",
+            ),
             ("\\EFI\\BOOT\\BOOTX64.EFI", "UEFI OS"),
         ];
         for (i, (loader, desc)) in want.iter().enumerate() {

@@ -75,13 +75,9 @@ pub(crate) fn run(
                 if !windows::answer_files(m.dir()).is_empty() {
                     m.make_writable().with_context(|| label.clone())?;
                 }
-                let changed = windows::personalize(
-                    m.dir(),
-                    &p.hostname,
-                    &p.vars,
-                    p.first_boot.as_deref(),
-                )
-                .with_context(|| label.clone())?;
+                let changed =
+                    windows::personalize(m.dir(), &p.hostname, &p.vars, p.first_boot.as_deref())
+                        .with_context(|| label.clone())?;
                 lines.extend(changed.into_iter().map(|l| format!("{l} ({label})")));
             }
         } else if let Some((root, name)) = linux_root(m.dir()) {
@@ -168,7 +164,8 @@ fn boot_entry(
     let m = mount::Mounted::new(disk, esp.start, esp.size, "vfat")
         .with_context(|| format!("{label}: mounting it"))?;
     let found = efi::find_loader(m.dir());
-    m.unmount().with_context(|| format!("{label}: unmounting it"))?;
+    m.unmount()
+        .with_context(|| format!("{label}: unmounting it"))?;
     let Some((loader, description)) = found else {
         return Ok(Some(format!(
             "UEFI: no boot loader on {label} (no \\EFI\\<vendor>\\shimx64.efi or grubx64.efi, \

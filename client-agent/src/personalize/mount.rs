@@ -150,7 +150,9 @@ fn ntfs_3g(dev: &Path, dir: &Path, read_only: bool) -> anyhow::Result<()> {
     if !out.status.success() {
         bail!(
             "ntfs-3g: {}",
-            String::from_utf8_lossy(&out.stderr).trim().replace('\n', "; ")
+            String::from_utf8_lossy(&out.stderr)
+                .trim()
+                .replace('\n', "; ")
         );
     }
     Ok(())

@@ -144,9 +144,7 @@ impl Elem {
     }
 
     fn set_text(&mut self, value: &str) {
-        self.children = vec![Node::Other(Event::Text(
-            BytesText::new(value).into_owned(),
-        ))];
+        self.children = vec![Node::Other(Event::Text(BytesText::new(value).into_owned()))];
         self.empty = false;
     }
 
@@ -195,12 +193,11 @@ impl Answer {
                 .read_event()
                 .with_context(|| format!("malformed XML at byte {}", r.buffer_position()))?
                 .into_owned();
-            let done = |e: Elem, stack: &mut Vec<Elem>, root: &mut Option<Elem>| match stack
-                .last_mut()
-            {
-                Some(p) => p.children.push(Node::Elem(e)),
-                None => *root = Some(e),
-            };
+            let done =
+                |e: Elem, stack: &mut Vec<Elem>, root: &mut Option<Elem>| match stack.last_mut() {
+                    Some(p) => p.children.push(Node::Elem(e)),
+                    None => *root = Some(e),
+                };
             match ev {
                 Event::Eof => break,
                 Event::Start(s) => stack.push(Elem {
@@ -375,7 +372,11 @@ pub(crate) fn edit(
     let mut done = Vec::new();
     // Windows takes at most 15 characters for a computer name.
     let name: String = hostname.chars().take(15).collect();
-    if set_path(a.component("specialize", SHELL_SETUP), &["ComputerName"], &name) {
+    if set_path(
+        a.component("specialize", SHELL_SETUP),
+        &["ComputerName"],
+        &name,
+    ) {
         done.push(format!("ComputerName {name}"));
     }
     for (k, v) in vars {
@@ -437,9 +438,11 @@ pub(crate) fn personalize(
                 }
             };
         }
-        let path = find(&at, &["SetupComplete.cmd"]).unwrap_or_else(|| at.join("SetupComplete.cmd"));
+        let path =
+            find(&at, &["SetupComplete.cmd"]).unwrap_or_else(|| at.join("SetupComplete.cmd"));
         let crlf = script.replace("\r\n", "\n").replace('\n', "\r\n");
-        std::fs::write(&path, crlf).context("writing Windows\\Setup\\Scripts\\SetupComplete.cmd")?;
+        std::fs::write(&path, crlf)
+            .context("writing Windows\\Setup\\Scripts\\SetupComplete.cmd")?;
         done.push("first-boot script (Windows\\Setup\\Scripts\\SetupComplete.cmd)".into());
     }
     Ok(done)
@@ -488,16 +491,30 @@ mod tests {
     #[test]
     fn variables_set_values_and_missing_parts_are_made() {
         let v = vars(&[
-            ("unattend:Microsoft-Windows-Shell-Setup/RegisteredOwner", "<Lab> 4"),
-            ("unattend:Microsoft-Windows-International-Core/UILanguage", "de-DE"),
+            (
+                "unattend:Microsoft-Windows-Shell-Setup/RegisteredOwner",
+                "<Lab> 4",
+            ),
+            (
+                "unattend:Microsoft-Windows-International-Core/UILanguage",
+                "de-DE",
+            ),
             ("room", "4"),
         ]);
         let (out, done) = edit(SYSPREPPED.as_bytes(), "a-very-long-hostname", &v).unwrap();
         let out = String::from_utf8(out).unwrap();
         // At most 15 characters, as Windows takes.
-        assert!(out.contains("<ComputerName>a-very-long-hos</ComputerName>"), "{out}");
+        assert!(
+            out.contains("<ComputerName>a-very-long-hos</ComputerName>"),
+            "{out}"
+        );
         // Set where the file has it (the oobeSystem pass), not added elsewhere.
-        assert_eq!(out.matches("<RegisteredOwner>&lt;Lab&gt; 4</RegisteredOwner>").count(), 1, "{out}");
+        assert_eq!(
+            out.matches("<RegisteredOwner>&lt;Lab&gt; 4</RegisteredOwner>")
+                .count(),
+            1,
+            "{out}"
+        );
         assert!(!out.contains("R&amp;D lab"), "{out}");
         assert!(out.contains("<OOBE><HideEULAPage>true</HideEULAPage></OOBE>\n            <RegisteredOwner>&lt;Lab&gt;"), "{out}");
         // A component nowhere in the file goes into the specialize pass.
@@ -536,8 +553,15 @@ mod tests {
             let e = edit(bad.as_bytes(), "pc", &vars(&[])).unwrap_err();
             assert!(format!("{e:#}").contains(why), "{bad}: {e:#}");
         }
-        let e = edit(SYSPREPPED.as_bytes(), "pc", &vars(&[("unattend:OnlyComponent", "x")]))
-            .unwrap_err();
-        assert!(format!("{e:#}").contains("unattend:COMPONENT/ELEMENT"), "{e:#}");
+        let e = edit(
+            SYSPREPPED.as_bytes(),
+            "pc",
+            &vars(&[("unattend:OnlyComponent", "x")]),
+        )
+        .unwrap_err();
+        assert!(
+            format!("{e:#}").contains("unattend:COMPONENT/ELEMENT"),
+            "{e:#}"
+        );
     }
 }

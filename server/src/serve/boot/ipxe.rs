@@ -37,12 +37,13 @@ pub(crate) const KERNEL: &str = "vmlinuz";
 pub(crate) const INITRD: &str = "initrd.img";
 
 /// Boots the local disk: BIOS through its first hard disk, UEFI by leaving iPXE for the next
-/// boot entry.
+/// boot entry. iPXE leaves with a failure status: a boot option that returns success makes
+/// UEFI firmware stop at its boot menu instead of trying the next one.
 fn local_boot(why: &str) -> String {
     format!(
         "#!ipxe\n\
          echo drover: {why}: booting the local disk\n\
-         iseq ${{platform}} efi && exit ||\n\
+         iseq ${{platform}} efi && exit 1 ||\n\
          sanboot --no-describe --drive 0x80 || exit\n"
     )
 }
@@ -173,7 +174,7 @@ fn agent_script(s: &Shared, what: &str, args: &str) -> String {
          :failed\n\
          echo drover: the boot environment did not load; booting the local disk in 10 s\n\
          sleep 10\n\
-         iseq ${{platform}} efi && exit ||\n\
+         iseq ${{platform}} efi && exit 1 ||\n\
          sanboot --no-describe --drive 0x80 || exit\n",
         boot_args = s.boot.args,
     )
