@@ -417,10 +417,11 @@ pub(crate) fn group(cmd: GroupCommand, json: bool) -> anyhow::Result<()> {
                 }
                 for g in &list {
                     println!(
-                        "{:<20}  {} machine(s){}",
+                        "{:<20}  {} machine(s){}{}",
                         g.name,
                         g.machines,
-                        vars_text(&g.vars)
+                        vars_text(&g.vars),
+                        boot_text(g)
                     );
                 }
             }
@@ -463,16 +464,25 @@ pub(crate) fn group(cmd: GroupCommand, json: bool) -> anyhow::Result<()> {
                 print_json(&g);
             } else {
                 let g: proto::api::Group = typed(&g)?;
-                let boot = if g.keep_network_first {
-                    "  (UEFI: network boot first)"
-                } else {
-                    ""
-                };
-                println!("changed group {}{}{boot}", g.name, vars_text(&g.vars));
+                println!(
+                    "changed group {}{}{}",
+                    g.name,
+                    vars_text(&g.vars),
+                    boot_text(&g)
+                );
             }
         }
     }
     Ok(())
+}
+
+/// A group's boot-order default, when it keeps network boot first.
+fn boot_text(g: &proto::api::Group) -> &'static str {
+    if g.keep_network_first {
+        "  (UEFI: network boot first)"
+    } else {
+        ""
+    }
 }
 
 /// Variables as `  KEY=VALUE ...` (nothing when there are none).

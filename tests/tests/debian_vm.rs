@@ -122,6 +122,8 @@ fn a_debian_system_deployed_to_a_bios_and_a_uefi_vm_boots_as_two_machines() {
     ]);
     // The lab keeps network boot first on its UEFI machines.
     site.cli(&["group", "set", "lab", "--keep-network-first", "on"]);
+    let groups = site.cli(&["group", "list"]);
+    assert!(groups.contains("UEFI: network boot first"), "{groups}");
     let script = env.path("first-boot.sh");
     std::fs::write(
         &script,

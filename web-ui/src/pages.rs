@@ -1118,4 +1118,18 @@ mod tests {
             ("a=1\n".into(), "a".into())
         );
     }
+
+    #[test]
+    fn the_boot_order_choice_is_on_off_or_the_groups() {
+        for (v, want) in [("on", Some(true)), ("off", Some(false)), ("", None)] {
+            let p = personalize(&form(&[
+                ("keep_network_first", v),
+                ("first_boot", "a\r\nb"),
+            ]))
+            .unwrap();
+            assert_eq!(p.keep_network_first, want, "{v:?}");
+            assert_eq!(p.first_boot.as_deref(), Some("a\nb"));
+        }
+        assert_eq!(personalize(&form(&[])).unwrap().keep_network_first, None);
+    }
 }

@@ -93,7 +93,7 @@ impl Elem {
             })
     }
 
-    fn elems_mut(&mut self) -> impl Iterator<Item = &mut Elem> {
+    fn elems_mut(&mut self) -> impl Iterator<Item = &mut Self> {
         self.children.iter_mut().filter_map(|n| match n {
             Node::Elem(e) => Some(e),
             Node::Other(_) => None,
@@ -101,7 +101,7 @@ impl Elem {
     }
 
     /// The child named `name`, made (at the end) when there is none.
-    fn child(&mut self, name: &str) -> &mut Elem {
+    fn child(&mut self, name: &str) -> &mut Self {
         let i = self
             .children
             .iter()
@@ -109,7 +109,7 @@ impl Elem {
         let i = match i {
             Some(i) => i,
             None => {
-                self.children.push(Node::Elem(Elem::new(name)));
+                self.children.push(Node::Elem(Self::new(name)));
                 self.children.len() - 1
             }
         };
