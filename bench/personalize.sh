@@ -16,12 +16,10 @@ RUNS=${1:-3}
 OUT=$PWD/bench/out
 mkdir -p "$OUT"
 bash deploy/install-test-deps >/dev/null
-cargo build --release --quiet -p server -p client-agent --bin drover --bin drover-agent
-cargo build --quiet -p drover-tests --tests
-BENCH_ROUNDS=$RUNS BENCH_OUT=$OUT/personalize.tsv DROVER_PREBUILT_BIN_DIR=$PWD/target/release CI=true \
-  cargo nextest run --no-fail-fast -p drover-tests --test debian_vm --run-ignored only \
-  -E 'test(=bench_power_on_to_login_with_and_without_personalization)' >"$OUT/personalize.log" 2>&1 ||
-  { tail -40 "$OUT/personalize.log"; exit 1; }
+cargo build --release --quiet -p server -p client-agent -p drover-tests \
+  --bin drover --bin drover-agent --bin personalize_bench
+DROVER_PREBUILT_BIN_DIR=$PWD/target/release target/release/personalize_bench "$RUNS" \
+  "$OUT/personalize.tsv" 2>"$OUT/personalize.log" || { tail -40 "$OUT/personalize.log"; exit 1; }
 
 python3 - "$OUT/personalize.tsv" <<'PY' | tee "$OUT/personalize.md"
 import csv, statistics, sys

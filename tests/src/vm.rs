@@ -154,21 +154,16 @@ impl Drop for Vm {
 
 /// The boot environment, built once per data directory by the real script.
 pub fn build_boot_env(data: &Path) {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/build-boot-env");
-    let out = std::process::Command::new("bash")
-        .arg(script)
-        .arg("--data-dir")
-        .arg(data)
-        .arg("--agent")
-        .arg(agent_bin())
-        .args(["--cache", "/var/cache/drover/boot-env"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "build-boot-env: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    script(
+        "../deploy/build-boot-env",
+        &[
+            "--data-dir".as_ref(),
+            data.as_os_str(),
+            "--agent".as_ref(),
+            agent_bin().as_os_str(),
+            "--cache".as_ref(),
+            "/var/cache/drover/boot-env".as_ref(),
+        ],
     );
     for f in [
         "vmlinuz",
@@ -260,4 +255,31 @@ impl Site {
         );
         String::from_utf8_lossy(&o.stdout).into_owned()
     }
+}
+
+const CACHE: &str = "/var/cache/drover/debian12";
+
+/// The golden Debian 12 disk (tests/scripts/build-debian12), built or found cached in
+/// /var/cache/drover/debian12.
+pub fn debian12() -> PathBuf {
+    script("scripts/build-debian12", &[CACHE.as_ref()]);
+    Path::new(CACHE).join("golden.img")
+}
+
+/// Runs one of the project's bash scripts (a path from the tests crate); panics with its
+/// output when it fails.
+fn script(rel: &str, args: &[&std::ffi::OsStr]) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(rel);
+    let out = std::process::Command::new("bash")
+        .arg(&path)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}: {}{}",
+        path.display(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -13,7 +13,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use drover_tests::vm::{Firmware, Site, Vm};
+use drover_tests::vm::{debian12, Firmware, Site, Vm};
 use drover_tests::{extract, require, run, sparse_file};
 
 const NEEDS: &[&str] = &[
@@ -30,25 +30,6 @@ const NEEDS: &[&str] = &[
     "e2fsck",
     "debugfs",
 ];
-
-const CACHE: &str = "/var/cache/drover/debian12";
-
-/// The golden disk, built (or found cached) by the script.
-fn golden() -> PathBuf {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/build-debian12");
-    let out = std::process::Command::new("bash")
-        .arg(script)
-        .arg(CACHE)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "build-debian12: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Path::new(CACHE).join("golden.img")
-}
 
 /// The root partition (3) of a disk: first byte and length, from its GPT.
 fn root_partition(disk: &Path) -> (u64, u64) {
@@ -106,7 +87,7 @@ fn a_debian_system_deployed_to_a_bios_and_a_uefi_vm_boots_as_two_machines() {
     if !require("debian_vm", NEEDS) {
         return;
     }
-    let golden = golden();
+    let golden = debian12();
     let site = Site::new("deb", false);
     let env = &site.env;
     env.capture(&golden, "debian12");
@@ -236,106 +217,4 @@ fn a_debian_system_deployed_to_a_bios_and_a_uefi_vm_boots_as_two_machines() {
     }
     assert_ne!(seen[0].0, seen[1].0, "the two machines share a machine-id");
     assert_ne!(seen[0].1, seen[1].1, "the two machines share a host key");
-}
-
-/// The cost of personalization, for bench/personalize.sh (not a test: it only measures):
-/// one BIOS VM, the Debian image deployed by unicast with personalization off and on in turn,
-/// `BENCH_ROUNDS` times (default 3). Each row: seconds from power-on until the agent
-/// rebooted, from the next power-on to the login prompt, their sum, and what the agent said
-/// of its personalization (seconds, peak memory). Rows go to `BENCH_OUT` (a TSV file).
-#[test]
-#[ignore = "a benchmark: bench/personalize.sh runs it"]
-fn bench_power_on_to_login_with_and_without_personalization() {
-    assert!(
-        require("bench_personalize", NEEDS),
-        "needs root, QEMU and the tools"
-    );
-    let rounds: usize = std::env::var("BENCH_ROUNDS")
-        .ok()
-        .and_then(|r| r.parse().ok())
-        .unwrap_or(3);
-    let out = std::env::var("BENCH_OUT").unwrap_or_else(|_| "bench/out/personalize.tsv".into());
-    let golden = golden();
-    let site = Site::new("dbn", false);
-    let env = &site.env;
-    env.capture(&golden, "debian12");
-    let mac = "52:54:00:de:be:01";
-    site.cli(&["machine", "add", mac, "--name", "bench-pc"]);
-    site.lab.tap("tap0");
-    let dir = env.path("vm");
-    std::fs::create_dir_all(&dir).unwrap();
-    let size = std::fs::metadata(&golden).unwrap().len();
-    let mut rows =
-        vec!["mode\tround\tto_reboot_s\tto_login_s\ttotal_s\tpersonalize_s\tpeak_mib".to_string()];
-    for round in 1..=rounds {
-        for mode in ["off", "on"] {
-            site.cli(&[
-                "deploy",
-                "debian12",
-                "--to",
-                mac,
-                "--transport",
-                "unicast",
-                "--personalize",
-                mode,
-            ]);
-            let disk = env.path("disk.img");
-            let _ = std::fs::remove_file(&disk);
-            sparse_file(&disk, size);
-            let t0 = std::time::Instant::now();
-            let mut vm = Vm::start(
-                &site.lab,
-                "tap0",
-                mac,
-                &[(&disk, None)],
-                Firmware::Bios,
-                &dir,
-            );
-            assert!(vm.wait_exit(Duration::from_secs(1200)), "{}", vm.console());
-            let to_reboot = t0.elapsed().as_secs_f64();
-            let console = vm.console();
-            assert!(console.contains("drover-agent: rebooting"), "{console}");
-            let said = console
-                .lines()
-                .find_map(|l| l.split("personalization took ").nth(1))
-                .map(str::to_string);
-            let (secs, peak) = match &said {
-                Some(s) => {
-                    let secs = s.split(' ').next().unwrap_or("").to_string();
-                    let peak = s
-                        .split("peak memory ")
-                        .nth(1)
-                        .and_then(|p| p.split(' ').next())
-                        .unwrap_or("")
-                        .to_string();
-                    (secs, peak)
-                }
-                None => ("-".into(), "-".into()),
-            };
-            drop(vm);
-            let t1 = std::time::Instant::now();
-            let mut vm = Vm::start(
-                &site.lab,
-                "tap0",
-                mac,
-                &[(&disk, None)],
-                Firmware::Bios,
-                &dir,
-            );
-            assert!(
-                vm.wait_for(" login:", Duration::from_secs(900)),
-                "{}",
-                vm.console()
-            );
-            let to_login = t1.elapsed().as_secs_f64();
-            drop(vm);
-            let row = format!(
-                "{mode}\t{round}\t{to_reboot:.1}\t{to_login:.1}\t{:.1}\t{secs}\t{peak}",
-                to_reboot + to_login
-            );
-            eprintln!("{row}");
-            rows.push(row);
-            std::fs::write(&out, rows.join("\n") + "\n").unwrap();
-        }
-    }
 }
