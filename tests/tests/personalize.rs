@@ -528,7 +528,11 @@ fn a_generalized_windows_gets_its_computer_name_in_its_answer_file() {
     env.capture(&plain, "win11-plain");
     let srv = Server::start(&env.data(), &[]);
     let t = env.ok(&["token", "create", "admin"]).trim().to_string();
-    let (w1, w2) = ("02:00:00:00:0c:01", "02:00:00:00:0c:02");
+    let (w1, w2, w3) = (
+        "02:00:00:00:0c:01",
+        "02:00:00:00:0c:02",
+        "02:00:00:00:0c:03",
+    );
     srv.ok(
         &env,
         &t,
@@ -651,4 +655,34 @@ fn a_generalized_windows_gets_its_computer_name_in_its_answer_file() {
         "cmp",
         &[disk2.to_str().unwrap(), reference.to_str().unwrap()],
     );
+    // An agent with no NTFS driver at all (no ntfs-3g on its PATH, and no ntfs3 in the
+    // kernel here) says so and finishes: the disk is the image. Where the kernel has ntfs3,
+    // it personalizes through it.
+    srv.ok(&env, &t, &["machine", "add", w3]);
+    srv.ok(
+        &env,
+        &t,
+        &["deploy", "win11", "--to", w3, "--transport", "unicast"],
+    );
+    let disk3 = env.path("w3.img");
+    let mut a = agent(&srv.url, &disk3, &["--mac", w3, "--iface", "lo"]);
+    a.env("PATH", "/nonexistent");
+    let a = output_within(a, LIMIT);
+    let log = format!(
+        "{}{}",
+        String::from_utf8_lossy(&a.stderr),
+        String::from_utf8_lossy(&a.stdout)
+    );
+    assert!(a.status.success(), "{log}");
+    if log.contains("partition 1 (ntfs) not looked into: no NTFS driver") {
+        let reference = env.path("win-reference.img");
+        sparse_file(&reference, 64 * MIB);
+        env.restore("win11", &reference);
+        run(
+            "cmp",
+            &[disk3.to_str().unwrap(), reference.to_str().unwrap()],
+        );
+    } else {
+        assert!(log.contains("ComputerName"), "{log}");
+    }
 }

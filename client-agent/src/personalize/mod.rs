@@ -66,8 +66,17 @@ pub(crate) fn run(
             AreaKind::Whole => "the disk".to_string(),
             AreaKind::Outside => continue,
         };
-        let mut m = mount::Mounted::new(disk, a.offset, a.len, fstype)
-            .with_context(|| format!("{label} ({}): mounting it", fs.detected))?;
+        let mut m = match mount::Mounted::new(disk, a.offset, a.len, fstype) {
+            Ok(m) => m,
+            // Said, not fatal: most NTFS partitions of Linux images are data.
+            Err(e) if e.downcast_ref::<mount::NoNtfsDriver>().is_some() => {
+                lines.push(format!("{label} (ntfs) not looked into: {e}"));
+                continue;
+            }
+            Err(e) => {
+                return Err(e.context(format!("{label} ({}): mounting it", fs.detected)));
+            }
+        };
         if fstype == "ntfs" {
             if windows::is_windows(m.dir()) {
                 systems += 1;

@@ -137,16 +137,25 @@ fn kernel_mount(dev: &Path, dir: &Path, fstype: &str, flags: libc::c_ulong) -> i
     Ok(())
 }
 
+/// Neither the kernel's ntfs3 nor ntfs-3g is there (an agent run by hand on a machine without
+/// them; the boot environment has ntfs-3g).
+#[derive(Debug, thiserror::Error)]
+#[error("no NTFS driver: the kernel has no ntfs3 and ntfs-3g is not installed")]
+pub(crate) struct NoNtfsDriver;
+
 /// Mounts the NTFS on `dev` on `dir` with ntfs-3g (a kernel without ntfs3, as Debian 12's).
 /// It returns once the filesystem is mounted; its daemon serves it until it is unmounted.
 fn ntfs_3g(dev: &Path, dir: &Path, read_only: bool) -> anyhow::Result<()> {
     let opts = if read_only { "ro,noatime" } else { "noatime" };
-    let out = std::process::Command::new("ntfs-3g")
+    let out = match std::process::Command::new("ntfs-3g")
         .args(["-o", opts])
         .arg(dev)
         .arg(dir)
         .output()
-        .context("the kernel has no ntfs3 driver and ntfs-3g did not start")?;
+    {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(NoNtfsDriver.into()),
+        r => r.context("the kernel has no ntfs3 driver and ntfs-3g did not start")?,
+    };
     if !out.status.success() {
         bail!(
             "ntfs-3g: {}",
