@@ -167,10 +167,15 @@ impl Db {
         action: &str,
         detail: &str,
     ) -> anyhow::Result<()> {
+        // Entries of one millisecond keep their order: the id starts with this process's
+        // count of entries (fixed width, so it sorts), then a random part against other
+        // servers on the same database.
+        static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         sqlx::query(
             "INSERT INTO audit_log (id, at_ms, actor, action, detail) VALUES ($1, $2, $3, $4, $5)",
         )
-        .bind(random_hex(12))
+        .bind(format!("{seq:016x}-{}", random_hex(6)))
         .bind(now_ms())
         .bind(actor)
         .bind(action)
@@ -186,7 +191,7 @@ impl Db {
         limit: i64,
     ) -> anyhow::Result<Vec<proto::api::AuditEntry>> {
         let rows = sqlx::query(
-            "SELECT at_ms, actor, action, detail FROM audit_log ORDER BY at_ms DESC, id LIMIT $1",
+            "SELECT at_ms, actor, action, detail FROM audit_log ORDER BY at_ms DESC, id DESC LIMIT $1",
         )
         .bind(limit)
         .fetch_all(&self.pool)
