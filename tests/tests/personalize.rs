@@ -247,20 +247,7 @@ fn each_machine_gets_its_own_hostname_machine_id_and_host_keys() {
     let mut disks = Vec::new();
     for mac in [m1, m2] {
         let disk = env.path(&format!("disk-{}.img", &mac[15..]));
-        let a = output_within(
-            agent(
-                &srv.url,
-                &disk,
-                &["--mac", mac, "--iface", "lo", "--read-back"],
-            ),
-            LIMIT,
-        );
-        let log = format!(
-            "{}{}",
-            String::from_utf8_lossy(&a.stdout),
-            String::from_utf8_lossy(&a.stderr)
-        );
-        assert!(a.status.success(), "{log}");
+        let log = restore_as(&srv, mac, &disk);
         assert!(log.contains("personalized: hostname"), "{log}");
         disks.push(disk);
     }
