@@ -85,9 +85,36 @@ pub fn wait_deployment(
             eprintln!("{what}: after {:.1} s", t0.elapsed().as_secs_f64());
             return d;
         }
-        assert!(t0.elapsed() < limit, "{what} not within {limit:?}:\n{d:#}");
+        assert!(
+            t0.elapsed() < limit,
+            "{what} not within {limit:?}:\n{}\n{d:#}",
+            unfinished(&d)
+        );
         std::thread::sleep(Duration::from_millis(250));
     }
+}
+
+/// One line per task of a deployment view that is not done: its machine, state and reason
+/// (what a failed wait shows first, before the whole view).
+pub fn unfinished(d: &serde_json::Value) -> String {
+    let lines: Vec<String> = d["tasks"]
+        .as_array()
+        .map(|ts| {
+            ts.iter()
+                .filter(|t| t["state"] != "done")
+                .map(|t| {
+                    format!(
+                        "  {} {}: {} ({}%)",
+                        t["mac"].as_str().unwrap_or("?"),
+                        t["state"].as_str().unwrap_or("?"),
+                        t["reason"].as_str().unwrap_or("-"),
+                        t["percent"]
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    format!("tasks not done: {}\n{}", lines.len(), lines.join("\n"))
 }
 
 /// The task of machine `mac` in a deployment view.

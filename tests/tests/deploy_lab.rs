@@ -200,9 +200,21 @@ fn forty_agents_multicast_with_a_killed_agent_a_server_restart_and_a_late_machin
         &token,
         &id,
         Duration::from_secs(300),
-        "39 machines done",
-        |d| (1..AGENTS).all(|i| task_of(d, &mac(i))["state"] == "done"),
+        "39 machines done (or one failed)",
+        |d| {
+            (1..AGENTS).all(|i| task_of(d, &mac(i))["state"] == "done")
+                || (1..AGENTS).any(|i| task_of(d, &mac(i))["state"] == "failed")
+        },
     );
+    if let Some(i) = (1..AGENTS).find(|&i| task_of(&d, &mac(i))["state"] == "failed") {
+        let run_no = if i == 3 { 2 } else { 1 };
+        panic!(
+            "agent {i} failed: {:#}\nits log: {}\nthe server: {}",
+            task_of(&d, &mac(i)),
+            agent_log(&env, i, run_no),
+            srv.log()
+        );
+    }
     assert!(
         d["mcast_group"].is_null(),
         "the session should be over: {d:#}"

@@ -56,8 +56,14 @@ fn attach(disk: &Path, offset: u64, len: u64) -> anyhow::Result<(File, PathBuf)>
         .write(true)
         .open("/dev/loop-control")
         .context("opening /dev/loop-control (is the loop module loaded?)")?;
-    // Another process may take the free device first: ask again.
-    for _ in 0..10 {
+    // Another process may take the free device first (forty agents of one lab finishing
+    // together, or a host's own loop users): ask again, waiting a little longer each time
+    // and not in step with the others, for up to a minute.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let mut pause_ms = 2 + u64::from(std::process::id() % 7);
+    let mut tries = 0u32;
+    loop {
+        tries += 1;
         // SAFETY: LOOP_CTL_GET_FREE takes no argument and returns a device number or -1.
         let n = unsafe { libc::ioctl(ctl.as_raw_fd(), LOOP_CTL_GET_FREE) };
         if n < 0 {
@@ -101,8 +107,12 @@ fn attach(disk: &Path, offset: u64, len: u64) -> anyhow::Result<(File, PathBuf)>
         if e.raw_os_error() != Some(libc::EBUSY) {
             return Err(e).with_context(|| format!("setting up {}", path.display()));
         }
+        if std::time::Instant::now() >= deadline {
+            bail!("no free loop device: every one offered was taken first ({tries} tries in a minute)");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(pause_ms));
+        pause_ms = (pause_ms * 2).min(250);
     }
-    bail!("no free loop device after 10 tries")
 }
 
 /// A mounted filesystem; [`unmount`](Self::unmount) it (dropping does too, quietly).
