@@ -186,8 +186,9 @@ pub struct Site {
 }
 
 impl Site {
-    /// A lab with the server on host 0 (TFTP, HTTP on 10.77.0.10): full DHCP, or proxyDHCP
-    /// beside the lab's own DHCP server (busybox udhcpd on host 1, addresses only).
+    /// A lab with the server on host 0 (TFTP, HTTP on 10.77.0.10): full DHCP with an explicit
+    /// `--tftp`, or proxyDHCP beside the lab's own DHCP server (busybox udhcpd on host 1,
+    /// addresses only) with TFTP left to its default.
     pub fn new(tag: &str, proxy: bool) -> Self {
         let env = Env::new();
         build_boot_env(&env.data());
@@ -224,13 +225,13 @@ impl Site {
             &url,
             "--iface",
             "eth0",
-            "--tftp",
-            "0.0.0.0:69",
         ]);
         if proxy {
+            // TFTP on port 69 follows --dhcp by default: a new user's command line.
             cmd.args(["--dhcp", "proxy"]);
         } else {
             cmd.args(["--dhcp", "full", "--dhcp-range", "10.77.0.100-10.77.0.150"]);
+            cmd.args(["--tftp", "0.0.0.0:69"]);
         }
         let srv = Server::start_cmd(cmd);
         Self {

@@ -169,7 +169,8 @@ fn a_uefi_machine_pxe_boots_through_snponly_efi_and_is_imaged() {
 }
 
 /// The default mode on a lab's network: the lab's DHCP server gives addresses (to the firmware
-/// and to the agent), drover's proxyDHCP only the boot file; a UEFI firmware PXE client.
+/// and to the agent), drover's proxyDHCP only the boot file; a UEFI firmware PXE client. The
+/// server is started with `--dhcp proxy` alone: TFTP follows it (the firmware's first file).
 #[test]
 fn a_uefi_machine_boots_through_proxy_dhcp_beside_the_labs_own_dhcp_server() {
     if !require("pxe_vm_proxy", &[NEEDS, &["busybox"]].concat()) {

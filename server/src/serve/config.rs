@@ -91,7 +91,8 @@ settings! {
         #[arg(long, env = "DROVER_BOOT_DIR")]
         #[serde(default)]
         pub(crate) boot_dir: Option<PathBuf>,
-        /// Serve the boot directory over TFTP on ADDR:PORT (e.g. 0.0.0.0:69), or off (default).
+        /// Serve the boot directory over TFTP on ADDR:PORT, or off (default: 0.0.0.0:69 when
+        /// --dhcp answers PXE clients, whose firmware fetches its first file by TFTP; else off).
         #[arg(long, env = "DROVER_TFTP")]
         #[serde(default)]
         pub(crate) tftp: Option<String>,
@@ -255,6 +256,9 @@ pub(crate) struct Config {
     pub(crate) agent_networks: Vec<ipnet::IpNet>,
 }
 
+/// Where TFTP listens when DHCP answers PXE clients and no --tftp is given.
+pub(crate) const DEFAULT_TFTP: &str = "0.0.0.0:69";
+
 /// HTTPS: where it listens and with what certificate.
 #[derive(Debug, Clone)]
 pub(crate) struct Tls {
@@ -350,6 +354,11 @@ impl Config {
             schedule_grace: s.schedule_grace.unwrap_or(schedule::DEFAULT_GRACE),
             boot_dir,
             tftp: match s.tftp.as_deref() {
+                // Firmware PXE fetches its first file by TFTP: answering PXE clients without
+                // it sends them a file name they cannot load (PXE-E99).
+                None if matches!(s.dhcp.as_deref(), Some("proxy" | "full")) => {
+                    Some(DEFAULT_TFTP.parse().expect("valid default"))
+                }
                 None | Some("off") => None,
                 Some(a) => Some(a.parse().map_err(|_| {
                     anyhow::anyhow!("tftp {a:?}: ADDR:PORT (e.g. 0.0.0.0:69) or off")
@@ -541,6 +550,30 @@ mod tests {
                 Duration::from_secs(300),
                 Duration::from_secs(3600)
             )
+        );
+    }
+
+    #[test]
+    fn tftp_follows_dhcp_unless_turned_off() {
+        let with = |dhcp: Option<&str>, tftp: Option<&str>| {
+            Config::resolve(Settings {
+                iface: Some("lo".into()),
+                dhcp: dhcp.map(Into::into),
+                tftp: tftp.map(Into::into),
+                ..Settings::default()
+            })
+            .unwrap()
+            .tftp
+        };
+        let default = Some("0.0.0.0:69".parse().unwrap());
+        assert_eq!(with(Some("proxy"), None), default);
+        assert_eq!(with(Some("full"), None), default);
+        assert_eq!(with(Some("proxy"), Some("off")), None);
+        assert_eq!(with(None, None), None);
+        assert_eq!(with(Some("off"), None), None);
+        assert_eq!(
+            with(None, Some("10.0.0.1:1069")),
+            Some("10.0.0.1:1069".parse().unwrap())
         );
     }
 

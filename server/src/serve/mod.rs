@@ -250,9 +250,10 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("TFTP: binding {bind}"))?;
             eprintln!(
-                "  tftp        {} ({})",
+                "  tftp        {} ({}): {}",
                 sock.local_addr()?,
-                cfg.boot_dir.display()
+                cfg.boot_dir.display(),
+                boot::tftp::first_stages(&cfg.boot_dir)
             );
             tasks.spawn(
                 tracing::info_span!("tftp"),

@@ -58,6 +58,25 @@ impl Cache {
     }
 }
 
+/// What PXE firmware can load from `dir` (the start-up banner): the first stages present,
+/// or what is missing and how to get it.
+pub(crate) fn first_stages(dir: &Path) -> String {
+    let present: Vec<String> = [
+        ("undionly.kpxe", "BIOS"),
+        ("snponly.efi", "UEFI x64"),
+        ("ipxe.efi", "UEFI x64"),
+    ]
+    .iter()
+    .filter(|(f, _)| dir.join(f).is_file())
+    .map(|(f, who)| format!("{f} ({who})"))
+    .collect();
+    if present.is_empty() {
+        "no iPXE binaries yet (run deploy/build-boot-env)".into()
+    } else {
+        present.join(", ")
+    }
+}
+
 /// Serves `root` on an already bound socket.
 pub(crate) async fn serve(sock: UdpSocket, root: PathBuf) -> anyhow::Result<()> {
     let local = sock.local_addr()?;
