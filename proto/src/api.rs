@@ -522,6 +522,10 @@ pub struct Group {
     /// Its machines keep network boot first on UEFI unless a deployment says otherwise.
     #[serde(default)]
     pub keep_network_first: bool,
+    /// What its UEFI x64 machines start from the network: `shim` (the Secure Boot chain) or
+    /// `ipxe`; None: the server's `uefi_loader`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uefi_loader: Option<String>,
 }
 
 /// One machine's part of a deployment, as the API returns it.
@@ -1010,6 +1014,13 @@ pub struct GroupPatch {
     /// The group's default for keeping network boot first (see [`Personalize`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keep_network_first: Option<bool>,
+    /// What its UEFI x64 machines start: `shim` or `ipxe`; `null`: the server's choice.
+    #[serde(
+        default,
+        deserialize_with = "given",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub uefi_loader: Option<Option<String>>,
 }
 
 /// A field that, when present, holds a `T` (`None` when absent, through `default`). With

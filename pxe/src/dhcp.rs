@@ -1,12 +1,18 @@
 //! DHCP for network boot, sans-IO, with dhcproto as the codec: which client is asking
-//! ([`classify`]: PXE or not, BIOS or UEFI, already iPXE), what it should boot
-//! ([`boot_target`]), and the proxyDHCP answers ([`proxy_reply`]): boot information only, never
-//! an address, so the lab's own DHCP server keeps its job.
+//! ([`classify`]: PXE, UEFI HTTP Boot or neither, BIOS or UEFI, already iPXE), what it should
+//! boot ([`boot_target`]), and the proxyDHCP answers ([`proxy_reply`]): boot information only,
+//! never an address, so the lab's own DHCP server keeps its job.
+//!
+//! UEFI x64 machines start the Secure Boot chain by default (the Microsoft-signed
+//! `shimx64.efi`, then Debian-signed GRUB), or iPXE's `snponly.efi` where the lab chose it
+//! ([`UefiLoader`], per machine through its group); BIOS machines start iPXE. UEFI HTTP Boot
+//! clients (architecture 16, class `HTTPClient`) get their loader as a URL.
 //!
 //! The driver hands over a decoded request and the port it came in on (67, or 4011 for the
 //! PXE boot-server request), and sends what comes back. Full DHCP (an address pool, leases)
 //! builds on the same classification.
 
+use std::collections::HashMap;
 use std::net::Ipv4Addr;
 
 pub use dhcproto::v4::Message;
@@ -27,6 +33,8 @@ pub struct Client {
     pub arch: Option<u16>,
     /// It is iPXE already (user class `iPXE`, or iPXE's own option 175).
     pub ipxe: bool,
+    /// A UEFI HTTP Boot client (option 60 starts with `HTTPClient`).
+    pub http: bool,
 }
 
 /// The firmware families drover boots.
@@ -36,6 +44,47 @@ pub enum Firmware {
     Bios,
     /// UEFI x64 (architecture 7 or 9).
     Uefi64,
+    /// UEFI x64 HTTP Boot (architecture 16).
+    Uefi64Http,
+}
+
+/// What UEFI x64 machines start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UefiLoader {
+    /// The Secure Boot chain: Microsoft-signed shim, Debian-signed GRUB and kernel.
+    #[default]
+    Shim,
+    /// iPXE's `snponly.efi` (unsigned: Secure Boot must be off).
+    Ipxe,
+}
+
+impl UefiLoader {
+    /// The first file the firmware loads.
+    pub fn file(self) -> &'static str {
+        match self {
+            Self::Shim => "shimx64.efi",
+            Self::Ipxe => "snponly.efi",
+        }
+    }
+
+    /// Its name in settings (`shim` or `ipxe`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Shim => "shim",
+            Self::Ipxe => "ipxe",
+        }
+    }
+
+    /// Reads a setting's value.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        match s {
+            "shim" => Ok(Self::Shim),
+            "ipxe" => Ok(Self::Ipxe),
+            _ => Err(format!(
+                "uefi_loader {s:?}: shim (Secure Boot chain) or ipxe"
+            )),
+        }
+    }
 }
 
 /// What a client is told to load.
@@ -56,19 +105,30 @@ pub struct BootConfig {
     pub http_base: String,
     /// TFTP file for BIOS clients (Debian's ipxe: `undionly.kpxe`).
     pub bios_file: String,
-    /// TFTP file for UEFI x64 clients (`snponly.efi`, or `ipxe.efi`).
-    pub uefi_file: String,
+    /// What UEFI x64 clients start, unless their machine says otherwise.
+    pub uefi_loader: UefiLoader,
+    /// Machines whose group chose their UEFI loader.
+    pub uefi_loaders: HashMap<[u8; 6], UefiLoader>,
 }
 
 impl BootConfig {
-    /// The usual file names.
+    /// The usual file names; UEFI machines start the Secure Boot chain.
     pub fn new(server: Ipv4Addr, http_base: impl Into<String>) -> Self {
         Self {
             server,
             http_base: http_base.into(),
             bios_file: "undionly.kpxe".into(),
-            uefi_file: "snponly.efi".into(),
+            uefi_loader: UefiLoader::default(),
+            uefi_loaders: HashMap::new(),
         }
+    }
+
+    /// What the UEFI x64 machine `mac` starts.
+    pub fn uefi_loader_of(&self, mac: [u8; 6]) -> UefiLoader {
+        self.uefi_loaders
+            .get(&mac)
+            .copied()
+            .unwrap_or(self.uefi_loader)
     }
 }
 
@@ -95,8 +155,11 @@ pub fn classify(msg: &Message) -> Option<Client> {
     let mut mac = [0u8; 6];
     mac.copy_from_slice(&msg.chaddr()[..6]);
     let opts = msg.opts();
-    let pxe = matches!(opts.get(OptionCode::ClassIdentifier),
-        Some(DhcpOption::ClassIdentifier(c)) if c.starts_with(b"PXEClient"));
+    let class = |prefix: &[u8]| {
+        matches!(opts.get(OptionCode::ClassIdentifier),
+            Some(DhcpOption::ClassIdentifier(c)) if c.starts_with(prefix))
+    };
+    let (pxe, http) = (class(b"PXEClient"), class(b"HTTPClient"));
     let arch = match opts.get(OptionCode::ClientSystemArchitecture) {
         Some(DhcpOption::ClientSystemArchitecture(a)) => Some(a.0),
         _ => None,
@@ -109,6 +172,7 @@ pub fn classify(msg: &Message) -> Option<Client> {
         pxe,
         arch,
         ipxe,
+        http,
     })
 }
 
@@ -117,12 +181,14 @@ pub fn firmware(arch: Option<u16>) -> Result<Firmware, u16> {
     match arch {
         None | Some(0) => Ok(Firmware::Bios),
         Some(7 | 9) => Ok(Firmware::Uefi64),
+        Some(16) => Ok(Firmware::Uefi64Http),
         Some(a) => Err(a),
     }
 }
 
-/// What the client loads: iPXE gets its script over HTTP; firmware gets the iPXE binary of
-/// its kind over TFTP.
+/// What the client loads: iPXE gets its script over HTTP; PXE firmware gets its first
+/// stage over TFTP (BIOS: iPXE; UEFI x64: its loader); HTTP Boot firmware gets its loader's
+/// URL.
 pub fn boot_target(c: &Client, cfg: &BootConfig) -> Result<BootTarget, Ignored> {
     if c.ipxe {
         let m = c.mac;
@@ -133,7 +199,14 @@ pub fn boot_target(c: &Client, cfg: &BootConfig) -> Result<BootTarget, Ignored> 
     }
     match firmware(c.arch) {
         Ok(Firmware::Bios) => Ok(BootTarget::Tftp(cfg.bios_file.clone())),
-        Ok(Firmware::Uefi64) => Ok(BootTarget::Tftp(cfg.uefi_file.clone())),
+        Ok(Firmware::Uefi64) => Ok(BootTarget::Tftp(
+            cfg.uefi_loader_of(c.mac).file().to_string(),
+        )),
+        Ok(Firmware::Uefi64Http) => Ok(BootTarget::Http(format!(
+            "{}/boot/files/{}",
+            cfg.http_base,
+            cfg.uefi_loader_of(c.mac).file()
+        ))),
         Err(a) => Err(Ignored::Architecture(a)),
     }
 }
@@ -142,7 +215,7 @@ pub fn boot_target(c: &Client, cfg: &BootConfig) -> Result<BootTarget, Ignored> 
 /// to a DISCOVER, an ACK to a REQUEST (or INFORM) — boot server and file, never an address.
 pub fn proxy_reply(msg: &Message, port: u16, cfg: &BootConfig) -> Result<Message, Ignored> {
     let c = classify(msg).ok_or(Ignored::NotARequest)?;
-    if !c.pxe && !c.ipxe {
+    if !c.pxe && !c.ipxe && !c.http {
         return Err(Ignored::NotPxe);
     }
     let reply_type = match msg.opts().msg_type() {
@@ -167,15 +240,20 @@ pub fn proxy_reply(msg: &Message, port: u16, cfg: &BootConfig) -> Result<Message
     let opts = r.opts_mut();
     opts.insert(DhcpOption::MessageType(reply_type));
     opts.insert(DhcpOption::ServerIdentifier(cfg.server));
-    opts.insert(DhcpOption::ClassIdentifier(b"PXEClient".to_vec()));
     if let Some(DhcpOption::ClientMachineIdentifier(uuid)) =
         msg.opts().get(OptionCode::ClientMachineIdentifier)
     {
         opts.insert(DhcpOption::ClientMachineIdentifier(uuid.clone()));
     }
-    // PXE vendor options: discovery control 8 (boot the file named here, no boot-server
-    // menu or multicast discovery), then the end tag.
-    opts.insert(DhcpOption::VendorExtensions(vec![6, 1, 8, 255]));
+    if c.http && !c.ipxe {
+        // HTTP Boot takes an offer for itself only with class `HTTPClient`.
+        opts.insert(DhcpOption::ClassIdentifier(b"HTTPClient".to_vec()));
+    } else {
+        opts.insert(DhcpOption::ClassIdentifier(b"PXEClient".to_vec()));
+        // PXE vendor options: discovery control 8 (boot the file named here, no boot-server
+        // menu or multicast discovery), then the end tag.
+        opts.insert(DhcpOption::VendorExtensions(vec![6, 1, 8, 255]));
+    }
     if matches!(target, BootTarget::Tftp(_)) {
         opts.insert(DhcpOption::TFTPServerName(
             cfg.server.to_string().into_bytes(),

@@ -147,6 +147,11 @@ impl Server {
         })
     }
 
+    /// The machines whose group chose their UEFI loader (the inventory changed).
+    pub fn set_uefi_loaders(&mut self, loaders: HashMap<[u8; 6], super::dhcp::UefiLoader>) {
+        self.boot.uefi_loaders = loaders;
+    }
+
     /// Leases persisted earlier (bound ones; the pool may have changed: others are dropped).
     pub fn load(&mut self, leases: impl IntoIterator<Item = Lease>) {
         for l in leases {
@@ -369,7 +374,14 @@ impl Server {
             o.insert(DhcpOption::Rebinding(pool.lease_secs / 8 * 7));
         }
         let Some(c) = classify(msg) else { return r };
-        if c.pxe || c.ipxe {
+        if c.http && !c.ipxe {
+            // HTTP Boot takes an offer for itself only with class `HTTPClient`.
+            if let Ok(target) = boot_target(&c, &self.boot) {
+                r.opts_mut()
+                    .insert(DhcpOption::ClassIdentifier(b"HTTPClient".to_vec()));
+                set_boot_file(&mut r, self.boot.server, target);
+            }
+        } else if c.pxe || c.ipxe {
             // The file and next server only, without option 60 "PXEClient": a UEFI PXE client
             // (EDK2) takes an offer that carries that class without PXE vendor options for a
             // BINL offer and asks a boot server on port 4011 first; a plain DHCP offer with a

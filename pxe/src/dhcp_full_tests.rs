@@ -4,6 +4,7 @@
 
 use super::*;
 use dhcproto::v4;
+use std::collections::HashMap;
 
 const SERVER: Ipv4Addr = Ipv4Addr::new(10, 9, 0, 1);
 const T0: u64 = 1_800_000_000;
@@ -249,7 +250,32 @@ fn inform_pxe_clients_and_relays() {
     let o = s.handle(&pxe, T0).0.unwrap();
     assert_eq!(o.yiaddr(), ip(100));
     assert_eq!(o.siaddr(), SERVER);
+    assert_eq!(crate::dhcp::boot_file(&o).as_deref(), Some("shimx64.efi"));
+    // Its group chose iPXE for it.
+    let mut loaders = HashMap::new();
+    loaders.insert(
+        pxe.chaddr()[..6].try_into().unwrap(),
+        crate::dhcp::UefiLoader::Ipxe,
+    );
+    s.set_uefi_loaders(loaders);
+    let o = s.handle(&pxe, T0).0.unwrap();
     assert_eq!(crate::dhcp::boot_file(&o).as_deref(), Some("snponly.efi"));
+    // A UEFI HTTP Boot client: its loader's URL, and the class it looks for.
+    let http = msg(
+        MessageType::Discover,
+        4,
+        vec![
+            DhcpOption::ClassIdentifier(b"HTTPClient:Arch:00016:UNDI:003001".to_vec()),
+            DhcpOption::ClientSystemArchitecture(16.into()),
+        ],
+    );
+    let o = s.handle(&http, T0).0.unwrap();
+    assert_eq!(
+        crate::dhcp::boot_file(&o).as_deref(),
+        Some("http://10.9.0.1:8080/boot/files/shimx64.efi")
+    );
+    assert!(matches!(o.opts().get(OptionCode::ClassIdentifier),
+        Some(DhcpOption::ClassIdentifier(c)) if c == b"HTTPClient"));
     // Relayed from the pool's subnet: answered, giaddr kept; from another subnet: not ours.
     let mut relayed = msg(MessageType::Discover, 3, vec![]);
     relayed.set_giaddr(ip(254));

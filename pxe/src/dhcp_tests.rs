@@ -76,7 +76,8 @@ fn a_bios_pxe_discover_gets_undionly_and_no_address() {
             mac: MAC,
             pxe: true,
             arch: Some(0),
-            ipxe: false
+            ipxe: false,
+            http: false,
         }
     );
     let r = proxy_reply(&m, 67, &cfg()).unwrap();
@@ -114,7 +115,7 @@ fn a_bios_pxe_discover_gets_undionly_and_no_address() {
 }
 
 #[test]
-fn uefi_x64_discovers_get_snponly() {
+fn uefi_x64_discovers_get_the_shim_or_ipxe_where_chosen() {
     for arch in [7, 9] {
         let m = built(
             MessageType::Discover,
@@ -122,12 +123,27 @@ fn uefi_x64_discovers_get_snponly() {
             Some(arch),
         );
         let r = proxy_reply(&m, 67, &cfg()).unwrap();
-        assert_eq!(boot_file(&r), "snponly.efi", "arch {arch}");
+        assert_eq!(boot_file(&r), "shimx64.efi", "arch {arch}");
     }
-    let mut c = cfg();
-    c.uefi_file = "ipxe.efi".into();
+    // The server's choice, and a machine's own (its group's) over it.
     let m = built(MessageType::Discover, Some(b"PXEClient"), Some(7));
-    assert_eq!(boot_file(&proxy_reply(&m, 67, &c).unwrap()), "ipxe.efi");
+    let mut c = cfg();
+    c.uefi_loader = UefiLoader::Ipxe;
+    assert_eq!(boot_file(&proxy_reply(&m, 67, &c).unwrap()), "snponly.efi");
+    c.uefi_loaders.insert(MAC, UefiLoader::Shim);
+    assert_eq!(boot_file(&proxy_reply(&m, 67, &c).unwrap()), "shimx64.efi");
+    let mut c = cfg();
+    c.uefi_loaders.insert([2, 0, 0, 0, 0, 1], UefiLoader::Shim);
+    c.uefi_loaders.insert(MAC, UefiLoader::Ipxe);
+    assert_eq!(boot_file(&proxy_reply(&m, 67, &c).unwrap()), "snponly.efi");
+    // BIOS machines start iPXE whatever UEFI ones do.
+    let m = built(MessageType::Discover, Some(b"PXEClient"), Some(0));
+    assert_eq!(
+        boot_file(&proxy_reply(&m, 67, &c).unwrap()),
+        "undionly.kpxe"
+    );
+    assert_eq!(UefiLoader::parse("ipxe"), Ok(UefiLoader::Ipxe));
+    assert!(UefiLoader::parse("grub").unwrap_err().contains("shim"));
     // An ARM64 client: nothing to give it.
     let m = built(
         MessageType::Discover,
@@ -135,6 +151,25 @@ fn uefi_x64_discovers_get_snponly() {
         Some(11),
     );
     assert_eq!(proxy_reply(&m, 67, &cfg()), Err(Ignored::Architecture(11)));
+}
+
+#[test]
+fn http_boot_clients_get_their_loader_as_a_url() {
+    let m = built(
+        MessageType::Discover,
+        Some(b"HTTPClient:Arch:00016:UNDI:003001"),
+        Some(16),
+    );
+    let r = proxy_reply(&m, 67, &cfg()).unwrap();
+    assert_eq!(r.opts().msg_type(), Some(MessageType::Offer));
+    assert_eq!(boot_file(&r), "http://10.0.0.1:8080/boot/files/shimx64.efi");
+    assert!(matches!(r.opts().get(OptionCode::ClassIdentifier),
+        Some(DhcpOption::ClassIdentifier(c)) if c == b"HTTPClient"));
+    assert!(r.opts().get(OptionCode::VendorExtensions).is_none());
+    let mut c = cfg();
+    c.uefi_loader = UefiLoader::Ipxe;
+    let r = proxy_reply(&m, 67, &c).unwrap();
+    assert_eq!(boot_file(&r), "http://10.0.0.1:8080/boot/files/snponly.efi");
 }
 
 #[test]

@@ -236,16 +236,13 @@ pub fn encode_rrq(filename: &str, mode: &str, options: &[(&str, &str)]) -> Vec<u
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refused(pub String);
 
-/// The path under `root` of a requested file: relative names of normal components only
-/// (`\` taken as `/`, as Windows-minded firmware sends it). Absolute paths, `..`, `.` tricks
+/// The path under `root` of a requested file: names of normal components only (`\` taken
+/// as `/`, as Windows-minded firmware sends it). A leading `/` means the boot directory
+/// itself, as with tftpd-hpa's `--secure` (GRUB asks for `/grub/grub.cfg`); `..`, `.` tricks
 /// and NUL are refused.
 pub fn resolve(root: &Path, requested: &str) -> Result<PathBuf, Refused> {
     let name = requested.replace('\\', "/");
-    if name.starts_with('/') {
-        return Err(Refused(format!(
-            "{requested:?}: absolute paths are not served"
-        )));
-    }
+    let name = name.trim_start_matches('/');
     if name.contains('\0') || name.is_empty() {
         return Err(Refused(format!("{requested:?}: not a file name")));
     }

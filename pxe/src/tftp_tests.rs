@@ -280,15 +280,26 @@ fn file_names_stay_inside_the_boot_directory() {
         root.join("efi/snponly.efi")
     );
     assert_eq!(resolve(root, "./a/./b").unwrap(), root.join("a/b"));
+    // Absolute names are the boot directory's (GRUB's requests), never the server's.
+    assert_eq!(
+        resolve(root, "/etc/passwd").unwrap(),
+        root.join("etc/passwd")
+    );
+    assert_eq!(
+        resolve(root, "/grub/grub.cfg").unwrap(),
+        root.join("grub/grub.cfg")
+    );
+    assert_eq!(resolve(root, "\\x").unwrap(), root.join("x"));
     for bad in [
-        "/etc/passwd",
+        "/",
+        "/../etc/passwd",
         "../etc/passwd",
         "a/../../x",
         "a\\..\\..\\x",
         "",
         ".",
         "a\0b",
-        "\\x",
+        "\\",
     ] {
         assert!(resolve(root, bad).is_err(), "{bad:?}");
     }

@@ -111,6 +111,10 @@ pub(crate) enum GroupCommand {
         /// deployment says otherwise.
         #[arg(long, value_name = "on|off", value_parser = ["on", "off"])]
         keep_network_first: Option<String>,
+        /// What its UEFI x64 machines start from the network: shim (the Secure Boot chain),
+        /// ipxe (Secure Boot off), or default (the server's uefi_loader).
+        #[arg(long, value_name = "shim|ipxe|default", value_parser = ["shim", "ipxe", "default"])]
+        uefi_loader: Option<String>,
         #[command(flatten)]
         server: ServerArgs,
     },
@@ -442,14 +446,16 @@ pub(crate) fn group(cmd: GroupCommand, json: bool) -> anyhow::Result<()> {
             name,
             vars,
             keep_network_first,
+            uefi_loader,
             server,
         } => {
             let vars = vars.patch();
             let keep_network_first = keep_network_first.map(|k| k == "on");
-            if vars.is_none() && keep_network_first.is_none() {
+            let uefi_loader = uefi_loader.map(|l| (l != "default").then_some(l));
+            if vars.is_none() && keep_network_first.is_none() && uefi_loader.is_none() {
                 bail!(
-                    "nothing to change: give --var KEY=VALUE, --unset-var KEY or \
-                     --keep-network-first on|off"
+                    "nothing to change: give --var KEY=VALUE, --unset-var KEY, \
+                     --keep-network-first on|off or --uefi-loader shim|ipxe|default"
                 );
             }
             let g = call(
@@ -458,6 +464,7 @@ pub(crate) fn group(cmd: GroupCommand, json: bool) -> anyhow::Result<()> {
                 Method::Patch(serde_json::to_value(proto::api::GroupPatch {
                     vars,
                     keep_network_first,
+                    uefi_loader,
                 })?),
             )?;
             if json {
@@ -476,13 +483,16 @@ pub(crate) fn group(cmd: GroupCommand, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A group's boot-order default, when it keeps network boot first.
-fn boot_text(g: &proto::api::Group) -> &'static str {
+/// A group's UEFI boot settings that differ from the defaults.
+fn boot_text(g: &proto::api::Group) -> String {
+    let mut t = String::new();
     if g.keep_network_first {
-        "  (UEFI: network boot first)"
-    } else {
-        ""
+        t.push_str("  (UEFI: network boot first)");
     }
+    if let Some(l) = &g.uefi_loader {
+        t.push_str(&format!("  (UEFI loader: {l})"));
+    }
+    t
 }
 
 /// Variables as `  KEY=VALUE ...` (nothing when there are none).

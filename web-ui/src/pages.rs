@@ -626,6 +626,11 @@ pub(crate) async fn save_group_vars<C: Control>(
     let body = call::json(&GroupPatch {
         vars,
         keep_network_first: Some(f.get("keep_network_first") == Some("on")),
+        uefi_loader: Some(
+            f.get("uefi_loader")
+                .filter(|l| !l.is_empty())
+                .map(str::to_string),
+        ),
     });
     let path = format!("/groups/{name}");
     let r = call::api(&ui.control, a.user(), Method::PATCH, &path, Some(body)).await;

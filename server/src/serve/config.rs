@@ -120,6 +120,12 @@ settings! {
         )]
         #[serde(default)]
         pub(crate) register_unknown: Option<bool>,
+        /// What UEFI x64 machines start from the network: shim (default: the Secure Boot
+        /// chain, Microsoft-signed shim, Debian-signed GRUB and kernel) or ipxe (iPXE's
+        /// snponly.efi; Secure Boot off). A group's own choice wins for its machines.
+        #[arg(long, env = "DROVER_UEFI_LOADER")]
+        #[serde(default)]
+        pub(crate) uefi_loader: Option<String>,
         /// The agent kernel's command line, before drover's own arguments (default: messages
         /// on the first serial port and the screen).
         #[arg(long, env = "DROVER_BOOT_ARGS", allow_hyphen_values = true)]
@@ -242,6 +248,8 @@ pub(crate) struct Config {
     /// Full DHCP's pool (with `--dhcp full`).
     pub(crate) dhcp_pool: Option<pxe::dhcp_full::Pool>,
     pub(crate) register_unknown: bool,
+    /// What UEFI x64 machines start, unless their group says.
+    pub(crate) uefi_loader: pxe::dhcp::UefiLoader,
     pub(crate) boot_args: String,
     /// The BitTorrent seed's address, and whether the admin chose it.
     pub(crate) bittorrent: (SocketAddr, bool),
@@ -371,6 +379,10 @@ impl Config {
             },
             dhcp_pool,
             register_unknown: s.register_unknown.unwrap_or(false),
+            uefi_loader: match s.uefi_loader.as_deref() {
+                None => pxe::dhcp::UefiLoader::default(),
+                Some(l) => pxe::dhcp::UefiLoader::parse(l).map_err(anyhow::Error::msg)?,
+            },
             boot_args: match s.boot_args {
                 Some(a) if a.chars().any(char::is_control) => {
                     anyhow::bail!("boot_args {a:?}: one line of kernel arguments")
@@ -500,6 +512,7 @@ mod tests {
             dhcp_range,
             dhcp_router,
             register_unknown,
+            uefi_loader,
             boot_args,
             bittorrent,
             bittorrent_upload_rate,
@@ -517,7 +530,7 @@ mod tests {
         assert!(wake_lead.is_some() && schedule_grace.is_some());
         assert!(boot_dir.is_some() && tftp.is_some() && dhcp.is_some());
         assert!(dhcp_range.is_some() && dhcp_router.is_some());
-        assert!(register_unknown.is_some() && boot_args.is_some());
+        assert!(register_unknown.is_some() && boot_args.is_some() && uefi_loader.is_some());
         assert!(bittorrent.is_some() && bittorrent_upload_rate.is_some());
         assert!(bittorrent_agent_upload_rate.is_some() && bittorrent_agent_peers.is_some());
         assert!(bittorrent_server_peers.is_some());

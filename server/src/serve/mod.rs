@@ -212,9 +212,19 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
                 .iface
                 .clone()
                 .context("--dhcp proxy answers on the lab interface: give it with --iface")?;
-            eprintln!("  dhcp        proxy on {} (ports 67, 4011)", iface.name);
+            eprintln!(
+                "  dhcp        proxy on {} (ports 67, 4011); UEFI x64 machines start {}",
+                iface.name,
+                loader_text(&cfg)
+            );
+            let boot = boot_config(&cfg, &iface);
             // Bound now, so ports held by another DHCP server are an error at start.
-            let task = boot::dhcp::proxy(boot::dhcp::bind(iface)?, cfg.public_url.clone());
+            let task = boot::dhcp::proxy(
+                boot::dhcp::bind(iface)?,
+                boot,
+                db.clone(),
+                inventory_changed.clone(),
+            );
             tasks.spawn(tracing::info_span!("dhcp", mode = "proxy"), task);
         }
         "full" => {
@@ -227,14 +237,14 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
                 .clone()
                 .context("--dhcp full needs --dhcp-range FIRST-LAST")?;
             eprintln!(
-                "  dhcp        full on {}: {}-{}",
-                iface.name, pool.first, pool.last
+                "  dhcp        full on {}: {}-{}; UEFI x64 machines start {}",
+                iface.name,
+                pool.first,
+                pool.last,
+                loader_text(&cfg)
             );
-            let server = pxe::dhcp_full::Server::new(
-                pool,
-                pxe::dhcp::BootConfig::new(iface.addr, cfg.public_url.clone()),
-            )
-            .map_err(anyhow::Error::msg)?;
+            let server = pxe::dhcp_full::Server::new(pool, boot_config(&cfg, &iface))
+                .map_err(anyhow::Error::msg)?;
             let sock = boot::dhcp::bind_full(&iface)?;
             let task = boot::dhcp::full(sock, iface, server, db.clone(), inventory_changed.clone());
             tasks.spawn(tracing::info_span!("dhcp", mode = "full"), task);
@@ -257,7 +267,7 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
             );
             tasks.spawn(
                 tracing::info_span!("tftp"),
-                boot::tftp::serve(sock, cfg.boot_dir.clone()),
+                boot::tftp::serve(sock, cfg.boot_dir.clone(), state.clone()),
             );
         }
         None => eprintln!("  tftp        off"),
@@ -310,6 +320,37 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     }
     eprintln!("drover serve: stopped");
     Ok(())
+}
+
+/// What DHCP hands PXE clients on `iface`.
+fn boot_config(cfg: &Config, iface: &transport::net::Iface) -> pxe::dhcp::BootConfig {
+    let mut b = pxe::dhcp::BootConfig::new(iface.addr, cfg.public_url.clone());
+    b.uefi_loader = cfg.uefi_loader;
+    b
+}
+
+/// The banner's words for what UEFI machines start, with what is missing for it.
+fn loader_text(cfg: &Config) -> String {
+    let l = cfg.uefi_loader;
+    let what = match l {
+        pxe::dhcp::UefiLoader::Shim => "the Secure Boot chain (shimx64.efi, grubx64.efi)",
+        pxe::dhcp::UefiLoader::Ipxe => "iPXE (snponly.efi; Secure Boot off)",
+    };
+    let missing: Vec<&str> = match l {
+        pxe::dhcp::UefiLoader::Shim => vec!["shimx64.efi", "grubx64.efi"],
+        pxe::dhcp::UefiLoader::Ipxe => vec!["snponly.efi"],
+    }
+    .into_iter()
+    .filter(|f| !cfg.boot_dir.join(f).is_file())
+    .collect();
+    if missing.is_empty() {
+        format!("{what}; groups may choose otherwise")
+    } else {
+        format!(
+            "{what}, but {} missing: run deploy/build-boot-env",
+            missing.join(" and ")
+        )
+    }
 }
 
 /// This server's identity, kept in its data directory: deployments record which server runs

@@ -117,7 +117,8 @@ pub(crate) async fn full(
     }
 }
 
-/// Takes the inventory's reservations; ones it cannot keep are logged with their reason.
+/// Takes the inventory's reservations (ones it cannot keep are logged with their reason)
+/// and the machines' UEFI loaders.
 async fn reserve(
     server: &mut pxe::dhcp_full::Server,
     db: &crate::serve::db::Db,
@@ -127,6 +128,7 @@ async fn reserve(
     for e in server.set_reservations(all.into_iter().map(|(m, ip)| (m.0, ip))) {
         warn!("DHCP: reservation left out: {e}");
     }
+    server.set_uefi_loaders(db.inventory().uefi_loaders().await?);
     debug!(reservations = n, "DHCP reservations loaded");
     Ok(())
 }
@@ -147,10 +149,16 @@ pub(crate) fn bind(iface: Iface) -> anyhow::Result<Proxy> {
     })
 }
 
-/// Answers PXE clients until the task is dropped.
-pub(crate) async fn proxy(p: Proxy, http_base: String) -> anyhow::Result<()> {
+/// Answers PXE clients until the task is dropped; what each UEFI machine starts follows its
+/// group (read again when the inventory changes).
+pub(crate) async fn proxy(
+    p: Proxy,
+    mut cfg: BootConfig,
+    db: crate::serve::db::Db,
+    inventory_changed: std::sync::Arc<tokio::sync::Notify>,
+) -> anyhow::Result<()> {
     let Proxy { iface, s67, s4011 } = p;
-    let cfg = BootConfig::new(iface.addr, http_base);
+    cfg.uefi_loaders = db.inventory().uefi_loaders().await?;
     info!(iface = %iface.name, server = %iface.addr, "proxyDHCP answering PXE clients on ports 67 and 4011");
     let mut b67 = vec![0u8; 1500];
     let mut b4011 = vec![0u8; 1500];
@@ -158,6 +166,13 @@ pub(crate) async fn proxy(p: Proxy, http_base: String) -> anyhow::Result<()> {
         let (sock, buf, port, r) = tokio::select! {
             r = s67.recv_from(&mut b67) => (&s67, &b67, 67, r),
             r = s4011.recv_from(&mut b4011) => (&s4011, &b4011, PXE_PORT, r),
+            () = inventory_changed.notified() => {
+                match db.inventory().uefi_loaders().await {
+                    Ok(l) => cfg.uefi_loaders = l,
+                    Err(e) => warn!(error = %format!("{e:#}"), "proxyDHCP: reading the groups' UEFI loaders"),
+                }
+                continue;
+            }
         };
         let (n, from) = match r {
             Ok(x) => x,

@@ -9,7 +9,7 @@
 //! boots its local disk (BIOS: `sanboot --no-describe --drive 0x80`; UEFI: `exit` to the next
 //! boot entry), so a machine whose task is done never loops back into reimaging.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
 use axum::extract::{ConnectInfo, Path as UrlPath, State};
@@ -17,6 +17,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use tokio::io::AsyncReadExt;
 
+use crate::serve::inventory::mac::Mac;
 use crate::serve::web::api::{parse_mac, ApiError, ApiResult, Shared};
 use proto::api::ErrorBody;
 
@@ -74,87 +75,100 @@ pub(crate) async fn ipxe_script(
         .strip_suffix(".ipxe")
         .ok_or_else(|| ApiError::bad_request(format!("{name:?}: ask for MAC.ipxe")))?;
     let mac = parse_mac(mac)?;
+    Ok(script(match decide(&s, mac, peer.ip(), "iPXE").await? {
+        Boot::Local(why) => local_boot(&why),
+        Boot::Agent { what, args } => agent_script(&s, &what, &args),
+    }))
+}
+
+/// What a machine that network-boots is to do, whichever loader asks.
+pub(crate) enum Boot {
+    /// Boot its local disk, saying why.
+    Local(String),
+    /// Boot the agent's kernel and initramfs: what for, and drover's kernel arguments.
+    Agent { what: String, args: String },
+}
+
+/// Decides what the machine `mac` boots, asked from `peer` through `via` (the loader): the
+/// agent with a fresh task token when it has a pending task (or registers, when unknown
+/// machines do), its local disk otherwise. The task's script is handed only to the machine
+/// itself ([`crate::serve::auth::caller`]); anyone else is told to boot its local disk, and
+/// both are audited.
+pub(crate) async fn decide(s: &Shared, mac: Mac, peer: IpAddr, via: &str) -> ApiResult<Boot> {
     // The script of a machine with a task carries its token: only the machine itself gets
     // it. Anyone else is told to boot the local disk, and the refusal is audited.
-    let asked = format!("asked for {mac}'s boot script");
-    let vouched = match crate::serve::auth::caller::vouch_or_audit(
-        &s,
-        peer.ip(),
-        mac,
-        "boot.refused",
-        &asked,
-    )
-    .await?
-    {
-        Ok(why) => why,
-        Err(why) => {
-            return Ok(script(local_boot(&format!(
-                "not handing out {mac}'s boot script: {why}"
-            ))));
-        }
-    };
+    let asked = format!("asked for {mac}'s boot script ({via})");
+    let vouched =
+        match crate::serve::auth::caller::vouch_or_audit(s, peer, mac, "boot.refused", &asked)
+            .await?
+        {
+            Ok(why) => why,
+            Err(why) => {
+                return Ok(Boot::Local(format!(
+                    "not handing out {mac}'s boot script: {why}"
+                )));
+            }
+        };
     let Some(task) = s.db.deployments().active_task(mac).await? else {
         let known = s.db.inventory().machine(mac).await.is_ok();
         if !known && s.boot.register_unknown {
-            if let Some(missing) = missing_boot_env(&s).await {
-                return Ok(script(missing));
+            if let Some(missing) = missing_boot_env(s).await {
+                return Ok(Boot::Local(missing));
             }
-            s.db.audit(&format!("machine:{mac}"), "boot.register", "")
+            s.db.audit(&format!("machine:{mac}"), "boot.register", via)
                 .await?;
-            tracing::info!(%mac, "PXE: an unknown machine boots the agent to register");
-            return Ok(script(agent_script(
-                &s,
-                &format!("registering {mac}"),
-                &format!("drover.mac={mac} drover.mode=register drover.then=reboot"),
-            )));
+            tracing::info!(%mac, via, "PXE: an unknown machine boots the agent to register");
+            return Ok(Boot::Agent {
+                what: format!("registering {mac}"),
+                args: format!("drover.mac={mac} drover.mode=register drover.then=reboot"),
+            });
         }
         let why = if known {
             "no task for this machine"
         } else {
             "unknown machine"
         };
-        return Ok(script(local_boot(why)));
+        return Ok(Boot::Local(why.into()));
     };
     let d = s.db.deployments().deployment(&task.deployment_id).await?;
-    if let Some(missing) = missing_boot_env(&s).await {
+    if let Some(missing) = missing_boot_env(s).await {
         tracing::warn!(%mac, "no boot environment in {}: run deploy/build-boot-env", s.boot.dir.display());
-        return Ok(script(missing));
+        return Ok(Boot::Local(missing));
     }
-    let to = peer.ip().to_canonical().to_string();
+    let to = peer.to_canonical().to_string();
     let token = s.db.deployments().issue_task_token(&task.id, &to).await?;
     s.db.audit(
         &format!("machine:{mac}"),
         "boot.agent",
         &format!(
-            "task {} of deployment {} to {to} ({vouched})",
+            "task {} of deployment {} to {to} through {via} ({vouched})",
             task.id, d.id
         ),
     )
     .await?;
-    tracing::info!(%mac, task = %task.id, deployment = %d.id, "PXE: booting the agent");
-    Ok(script(agent_script(
-        &s,
-        &format!(
+    tracing::info!(%mac, task = %task.id, deployment = %d.id, via, "PXE: booting the agent");
+    Ok(Boot::Agent {
+        what: format!(
             "{} {} (deployment {}, task {})",
             d.kind, d.image_name, d.id, task.id
         ),
-        &format!(
+        args: format!(
             "drover.token={token} drover.mac={mac} drover.then={}",
             d.then_action
         ),
-    )))
+    })
 }
 
-/// The local-boot script saying what is missing, when the boot environment is not there.
+/// What is missing, when the boot environment is not there.
 async fn missing_boot_env(s: &Shared) -> Option<String> {
     for f in [KERNEL, INITRD] {
         if !tokio::fs::try_exists(s.boot.dir.join(f))
             .await
             .unwrap_or(false)
         {
-            return Some(local_boot(&format!(
+            return Some(format!(
                 "no boot environment on the server ({f} missing; run deploy/build-boot-env)"
-            )));
+            ));
         }
     }
     None

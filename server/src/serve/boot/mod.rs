@@ -1,6 +1,8 @@
-//! Bringing machines up: proxy and full DHCP with their leases, TFTP, the per-machine iPXE scripts, and wake-on-LAN.
+//! Bringing machines up: proxy and full DHCP with their leases, TFTP, the per-machine iPXE
+//! and GRUB scripts, and wake-on-LAN.
 
 pub(crate) mod dhcp;
+pub(crate) mod grub;
 pub(crate) mod ipxe;
 pub(crate) mod leases;
 pub(crate) mod tftp;

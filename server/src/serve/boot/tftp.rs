@@ -4,7 +4,8 @@
 //! names are checked by [`pxe::tftp::resolve`], then the path's real location must still be
 //! inside the directory (a symlink out of it is refused). Files are read whole into a cache
 //! shared by concurrent transfers (40 machines booting fetch the same iPXE binary), up to
-//! `MAX_FILE` each.
+//! `MAX_FILE` each. GRUB's scripts (`grub/grub.cfg`, `grub/mac/MAC.cfg`) are made per request
+//! by [`super::grub`], for the machine asking.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -15,6 +16,8 @@ use std::time::{Instant, SystemTime};
 use pxe::tftp::{self, Action, ErrorCode, Packet, Transfer};
 use tokio::net::UdpSocket;
 use tracing::{debug, info, warn};
+
+use crate::serve::web::api::Shared;
 
 /// The largest file served (iPXE binaries are ~100 KiB–1 MiB; kernels go over HTTP).
 const MAX_FILE: u64 = 256 << 20;
@@ -77,8 +80,8 @@ pub(crate) fn first_stages(dir: &Path) -> String {
     }
 }
 
-/// Serves `root` on an already bound socket.
-pub(crate) async fn serve(sock: UdpSocket, root: PathBuf) -> anyhow::Result<()> {
+/// Serves `root` on an already bound socket, with GRUB's scripts from `server`.
+pub(crate) async fn serve(sock: UdpSocket, root: PathBuf, server: Shared) -> anyhow::Result<()> {
     let local = sock.local_addr()?;
     info!(%local, root = %root.display(), "TFTP serving");
     let cache = Arc::new(Cache::default());
@@ -94,9 +97,9 @@ pub(crate) async fn serve(sock: UdpSocket, root: PathBuf) -> anyhow::Result<()> 
         };
         match tftp::parse(&buf[..n]) {
             Ok(Packet::Read(req)) => {
-                let (root, cache) = (root.clone(), cache.clone());
+                let (root, cache, server) = (root.clone(), cache.clone(), server.clone());
                 tokio::spawn(async move {
-                    if let Err(e) = transfer(req, peer, local, root, cache).await {
+                    if let Err(e) = transfer(req, peer, local, root, cache, server).await {
                         warn!(%peer, error = %format!("{e:#}"), "TFTP transfer");
                     }
                 });
@@ -158,10 +161,19 @@ async fn transfer(
     local: SocketAddr,
     root: PathBuf,
     cache: Arc<Cache>,
+    server: Shared,
 ) -> anyhow::Result<()> {
     let sock = UdpSocket::bind(SocketAddr::new(local.ip(), 0)).await?;
     sock.connect(peer).await?;
-    let data = match open(&req, &root, &cache).await {
+    let opened = match super::grub::script(&server, &req.filename, peer.ip()).await {
+        Some(Ok(script)) => Ok(Arc::new(script)),
+        Some(Err(e)) => Err((
+            ErrorCode::FileNotFound,
+            format!("{}: {}", req.filename, e.message()),
+        )),
+        None => open(&req, &root, &cache).await,
+    };
+    let data = match opened {
         Ok(d) => d,
         Err((code, msg)) => {
             info!(%peer, file = %req.filename, "TFTP refused: {msg}");

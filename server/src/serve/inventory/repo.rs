@@ -291,6 +291,7 @@ impl Inventory<'_> {
                 created_ms,
                 vars: Default::default(),
                 keep_network_first: false,
+                uefi_loader: None,
             }),
             Err(e) if is_unique_violation(&e) => Err(DbError::Exists(format!("group {name:?}"))),
             Err(e) => Err(e.into()),
@@ -301,7 +302,7 @@ impl Inventory<'_> {
     pub(crate) async fn groups(&self) -> anyhow::Result<Vec<Group>> {
         let rows = sqlx::query(
             "SELECT g.name AS name, g.created_ms AS created_ms, g.vars AS vars, \
-                    g.keep_network_first AS keep_network_first, \
+                    g.keep_network_first AS keep_network_first, g.uefi_loader AS uefi_loader, \
                     (SELECT COUNT(*) FROM machines m WHERE m.group_name = g.name) AS machines \
              FROM groups g ORDER BY g.name",
         )
@@ -315,6 +316,7 @@ impl Inventory<'_> {
                     created_ms: r.try_get("created_ms")?,
                     vars: vars(r)?,
                     keep_network_first: r.try_get::<i64, _>("keep_network_first")? != 0,
+                    uefi_loader: r.try_get("uefi_loader")?,
                 })
             })
             .collect()
@@ -342,13 +344,47 @@ impl Inventory<'_> {
         if let Some(k) = patch.keep_network_first {
             g.keep_network_first = k;
         }
-        sqlx::query("UPDATE groups SET vars = $1, keep_network_first = $2 WHERE name = $3")
-            .bind(json(&g.vars))
-            .bind(i64::from(g.keep_network_first))
-            .bind(name)
-            .execute(&self.db.pool)
-            .await?;
+        if let Some(l) = &patch.uefi_loader {
+            if let Some(l) = l {
+                pxe::dhcp::UefiLoader::parse(l).map_err(DbError::Invalid)?;
+            }
+            g.uefi_loader.clone_from(l);
+        }
+        sqlx::query(
+            "UPDATE groups SET vars = $1, keep_network_first = $2, uefi_loader = $3 \
+             WHERE name = $4",
+        )
+        .bind(json(&g.vars))
+        .bind(i64::from(g.keep_network_first))
+        .bind(&g.uefi_loader)
+        .bind(name)
+        .execute(&self.db.pool)
+        .await?;
         Ok(g)
+    }
+
+    /// The machines whose group chose their UEFI loader, with that choice.
+    pub(crate) async fn uefi_loaders(
+        &self,
+    ) -> anyhow::Result<std::collections::HashMap<[u8; 6], pxe::dhcp::UefiLoader>> {
+        let rows = sqlx::query(
+            "SELECT m.mac AS mac, g.uefi_loader AS uefi_loader FROM machines m \
+             JOIN groups g ON g.name = m.group_name WHERE g.uefi_loader IS NOT NULL",
+        )
+        .fetch_all(&self.db.pool)
+        .await?;
+        let mut out = std::collections::HashMap::new();
+        for r in &rows {
+            let mac: String = r.try_get("mac")?;
+            let loader: String = r.try_get("uefi_loader")?;
+            if let (Ok(m), Ok(l)) = (
+                crate::serve::inventory::service::parse_mac(&mac),
+                pxe::dhcp::UefiLoader::parse(&loader),
+            ) {
+                out.insert(m.0, l);
+            }
+        }
+        Ok(out)
     }
 
     /// Removes a group; its machines stay, without a group.

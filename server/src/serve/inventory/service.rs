@@ -49,7 +49,8 @@ impl Inventory {
         }
     }
 
-    /// Notified whenever a reservation may have changed (full DHCP reloads them).
+    /// Notified whenever a reservation or a machine's UEFI loader may have changed (DHCP
+    /// reloads them).
     pub(crate) fn changed(&self) -> Arc<Notify> {
         self.changed.clone()
     }
@@ -111,7 +112,7 @@ impl Inventory {
         self.db
             .audit(actor, "machine.add", &format!("{mac} {:?}", added.name))
             .await?;
-        if added.ip.is_some() {
+        if added.ip.is_some() || added.group.is_some() {
             self.changed.notify_one();
         }
         Ok(added)
@@ -146,7 +147,7 @@ impl Inventory {
         self.db
             .audit(actor, "machine.update", &format!("{mac} {detail}"))
             .await?;
-        if edit.ip.is_some() {
+        if edit.ip.is_some() || edit.group.is_some() {
             self.changed.notify_one();
         }
         Ok(m)
@@ -172,7 +173,7 @@ impl Inventory {
         Ok(added)
     }
 
-    /// Sets and removes a group's variables.
+    /// Sets and removes a group's variables and boot settings.
     pub(crate) async fn patch_group(
         &self,
         actor: &str,
@@ -184,12 +185,16 @@ impl Inventory {
         self.db
             .audit(actor, "group.update", &format!("{name} {detail}"))
             .await?;
+        if patch.uefi_loader.is_some() {
+            self.changed.notify_one();
+        }
         Ok(g)
     }
 
     pub(crate) async fn remove_group(&self, actor: &str, name: &str) -> Result<(), DbError> {
         self.db.inventory().remove_group(name).await?;
         self.db.audit(actor, "group.remove", name).await?;
+        self.changed.notify_one();
         Ok(())
     }
 
@@ -302,6 +307,26 @@ mod tests {
             inv.update_machine("token:t", mac, &bad).await,
             Err(DbError::Invalid(_))
         ));
+        // A group's UEFI loader tells DHCP; a bad one is refused.
+        let loader: proto::api::GroupPatch =
+            serde_json::from_str(r#"{"uefi_loader": "ipxe"}"#).unwrap();
+        let g = inv.patch_group("token:t", "lab-1", &loader).await.unwrap();
+        assert_eq!(g.uefi_loader.as_deref(), Some("ipxe"));
+        assert!(told(&changed).await);
+        let loaders = inv.db.inventory().uefi_loaders().await.unwrap();
+        assert_eq!(loaders.get(&mac.0), Some(&pxe::dhcp::UefiLoader::Ipxe));
+        let bad: proto::api::GroupPatch =
+            serde_json::from_str(r#"{"uefi_loader": "grub"}"#).unwrap();
+        match inv.patch_group("token:t", "lab-1", &bad).await {
+            Err(DbError::Invalid(e)) => assert!(e.contains("shim"), "{e}"),
+            other => panic!("{other:?}"),
+        }
+        let back: proto::api::GroupPatch =
+            serde_json::from_str(r#"{"uefi_loader": null}"#).unwrap();
+        let g = inv.patch_group("token:t", "lab-1", &back).await.unwrap();
+        assert_eq!(g.uefi_loader, None);
+        assert!(told(&changed).await);
+        assert!(inv.db.inventory().uefi_loaders().await.unwrap().is_empty());
         inv.remove_machine("token:admin", mac).await.unwrap();
         assert!(told(&changed).await);
         assert!(matches!(
@@ -314,7 +339,13 @@ mod tests {
         let actions: Vec<&str> = log.iter().map(|e| e.action.as_str()).collect();
         assert_eq!(
             actions,
-            ["machine.remove", "machine.update", "machine.add"],
+            [
+                "machine.remove",
+                "group.update",
+                "group.update",
+                "machine.update",
+                "machine.add"
+            ],
             "{log:?}"
         );
         assert_eq!(log[0].actor, "token:admin");
