@@ -23,6 +23,7 @@ pub fn have_qemu() -> bool {
     qemu_dir().join("usr/bin/qemu-system-x86_64").exists()
         && Path::new("/usr/share/seabios/bios-256k.bin").exists()
         && Path::new("/usr/lib/ipxe/qemu/pxe-e1000.rom").exists()
+        && Path::new("/usr/share/OVMF/OVMF_CODE_4M.secboot.fd").exists()
 }
 
 /// How the VM's firmware boots from the network.
@@ -32,8 +33,12 @@ pub enum Firmware {
     Bios,
     /// OVMF with the e1000's iPXE option ROM.
     UefiIpxeRom,
-    /// OVMF's own PXE client on virtio-net with no option ROM: firmware PXE → snponly.efi.
+    /// OVMF's own PXE client on virtio-net with no option ROM: firmware PXE, then the loader
+    /// DHCP names (the shim, or snponly.efi).
     UefiPxe,
+    /// As `UefiPxe`, with Secure Boot on: OVMF's Secure Boot build (SMM) with Microsoft's
+    /// keys enrolled, as PCs ship.
+    UefiSecureBoot,
 }
 
 /// A running VM.
@@ -67,13 +72,21 @@ impl Vm {
         .arg("-L")
         .arg(q.join("usr/share/qemu"))
         .args(["-L", "/usr/share/qemu"])
-        .args(["-machine", "q35", "-accel", "tcg", "-m", "512", "-smp", "1"])
+        .arg("-machine")
+        .arg(if fw == Firmware::UefiSecureBoot {
+            "q35,smm=on"
+        } else {
+            "q35"
+        })
+        .args(["-accel", "tcg", "-m", "512", "-smp", "1"])
         .args(["-nographic", "-monitor", "none", "-no-reboot"])
         .arg("-netdev")
         .arg(format!("tap,id=n0,ifname={tap},script=no,downscript=no"))
         .arg("-device")
         .arg(match fw {
-            Firmware::UefiPxe => format!("virtio-net-pci,netdev=n0,mac={mac},romfile="),
+            Firmware::UefiPxe | Firmware::UefiSecureBoot => {
+                format!("virtio-net-pci,netdev=n0,mac={mac},romfile=")
+            }
             _ => format!("e1000,netdev=n0,mac={mac}"),
         })
         .args(["-boot", "n"])
@@ -94,12 +107,21 @@ impl Vm {
         if fw != Firmware::Bios {
             // The machine's NVRAM: fresh at its first start, kept across its restarts (the
             // boot entries the agent writes are there at the next power-on).
+            let (code, fresh) = if fw == Firmware::UefiSecureBoot {
+                // Only SMM may write the variables: the guest cannot turn Secure Boot off.
+                c.args(["-global", "driver=cfi.pflash01,property=secure,value=on"]);
+                ("OVMF_CODE_4M.secboot.fd", "OVMF_VARS_4M.ms.fd")
+            } else {
+                ("OVMF_CODE_4M.fd", "OVMF_VARS_4M.fd")
+            };
             let vars = dir.join(format!("vars-{tap}.fd"));
             if !vars.exists() {
-                std::fs::copy("/usr/share/OVMF/OVMF_VARS_4M.fd", &vars).expect("OVMF_VARS_4M.fd");
+                std::fs::copy(Path::new("/usr/share/OVMF").join(fresh), &vars).expect(fresh);
             }
             c.arg("-drive")
-                .arg("if=pflash,format=raw,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd")
+                .arg(format!(
+                    "if=pflash,format=raw,readonly=on,file=/usr/share/OVMF/{code}"
+                ))
                 .arg("-drive")
                 .arg(format!("if=pflash,format=raw,file={}", vars.display()));
         }
@@ -171,6 +193,9 @@ pub fn build_boot_env(data: &Path) {
         "undionly.kpxe",
         "snponly.efi",
         "ipxe.efi",
+        "shimx64.efi",
+        "mmx64.efi",
+        "grubx64.efi",
     ] {
         assert!(data.join("boot").join(f).is_file(), "{f} missing");
     }
@@ -187,8 +212,10 @@ pub struct Site {
 
 impl Site {
     /// A lab with the server on host 0 (TFTP, HTTP on 10.77.0.10): full DHCP with an explicit
-    /// `--tftp`, or proxyDHCP beside the lab's own DHCP server (busybox udhcpd on host 1,
-    /// addresses only) with TFTP left to its default.
+    /// `--tftp`, or proxyDHCP beside the lab's own DHCP server (busybox udhcpd on host 1:
+    /// addresses, and drover as the next server, no boot file) with TFTP left to its default.
+    /// The next server is what Debian 12's network GRUB reads (from the lab's answer, never
+    /// the proxy's) to find drover: the README's proxyDHCP setup.
     pub fn new(tag: &str, proxy: bool) -> Self {
         let env = Env::new();
         build_boot_env(&env.data());
@@ -199,8 +226,9 @@ impl Site {
                 &conf,
                 format!(
                     "start 10.77.0.100\nend 10.77.0.150\ninterface eth0\nlease_file {}\n\
-                     option subnet 255.255.255.0\noption lease 3600\n",
-                    env.path("udhcpd.leases").display()
+                     option subnet 255.255.255.0\noption lease 3600\nsiaddr {}\n",
+                    env.path("udhcpd.leases").display(),
+                    lab.addr(0)
                 ),
             )
             .unwrap();

@@ -217,6 +217,13 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
                 iface.name,
                 loader_text(&cfg)
             );
+            if cfg.uefi_loader == pxe::dhcp::UefiLoader::Shim {
+                eprintln!(
+                    "              (GRUB finds this server from the lab DHCP server's answer: it \
+                     must name {} as next server, option 66/siaddr)",
+                    iface.addr
+                );
+            }
             let boot = boot_config(&cfg, &iface);
             // Bound now, so ports held by another DHCP server are an error at start.
             let task = boot::dhcp::proxy(
