@@ -2,12 +2,15 @@
 # Power-on to agent: a QEMU VM (TCG, no KVM here) with a pending task boots from the network
 # until drover-agent says hello (its "drover-agent VERSION: MAC on ..." line on the serial
 # console), served two ways in the same run:
-#   drover   drover alone: full DHCP, TFTP (UEFI's snponly.efi), the iPXE script and the kernel
-#            and initramfs over HTTP
+#   drover   drover alone: full DHCP, TFTP (UEFI's snponly.efi: --uefi-loader ipxe), the iPXE
+#            script and the kernel and initramfs over HTTP
 #   dnsmasq  dnsmasq for DHCP and TFTP (the classic chain), drover for the script and files
 #            over HTTP (dnsmasq has no HTTP); the agent's own DHCP answered by dnsmasq too
 # for BIOS (SeaBIOS + the e1000's iPXE ROM) and UEFI (OVMF's own PXE client on virtio-net:
-# TFTP → snponly.efi → iPXE). The boot environment is built by deploy/build-boot-env with the
+# TFTP → snponly.efi → iPXE, Secure Boot off); and the Secure Boot chain, drover's default
+# for UEFI: OVMF with Secure Boot on and Microsoft's keys (q35 with SMM), TFTP → shimx64.efi →
+# grubx64.efi → the machine's GRUB script → the signed kernel and the initramfs over TFTP
+# ("uefi-sb", drover only). The boot environment is built by deploy/build-boot-env with the
 # release agent.
 #
 # usage: sudo bash bench/pxe-boot.sh [RUNS]   (default 3)
@@ -58,11 +61,18 @@ stop_all() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait
 
 # one boot: firmware bios|uefi; prints seconds to the agent's hello line
 boot_once() {
-  local fw=$1 dev args=() t0 now
+  local fw=$1 dev args=() machine=q35 t0 now
   rm -f "$W/serial.log"
   if [ "$fw" = uefi ]; then
     cp /usr/share/OVMF/OVMF_VARS_4M.fd "$W/vars.fd"
     args=(-drive if=pflash,format=raw,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd
+          -drive "if=pflash,format=raw,file=$W/vars.fd")
+    dev="virtio-net-pci,netdev=n0,mac=$MAC,romfile="
+  elif [ "$fw" = uefi-sb ]; then
+    cp /usr/share/OVMF/OVMF_VARS_4M.ms.fd "$W/vars.fd"
+    machine=q35,smm=on
+    args=(-global driver=cfi.pflash01,property=secure,value=on
+          -drive if=pflash,format=raw,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.secboot.fd
           -drive "if=pflash,format=raw,file=$W/vars.fd")
     dev="virtio-net-pci,netdev=n0,mac=$MAC,romfile="
   else
@@ -72,7 +82,7 @@ boot_once() {
   sparse
   t0=$(date +%s.%N)
   ip netns exec $SW "$Q/usr/bin/qemu-system-x86_64" -L /usr/share/seabios -L /usr/lib/ipxe/qemu \
-    -L "$Q/usr/share/qemu" -machine q35 -accel tcg -m 512 -smp 1 -nographic -monitor none -no-reboot \
+    -L "$Q/usr/share/qemu" -machine $machine -accel tcg -m 512 -smp 1 -nographic -monitor none -no-reboot \
     -netdev tap,id=n0,ifname=tap0,script=no,downscript=no -device "$dev" \
     -drive "file=$W/disk.img,format=raw,if=virtio" -boot n -serial "file:$W/serial.log" \
     "${args[@]}" </dev/null >/dev/null 2>&1 &
@@ -96,8 +106,12 @@ cli machine add $MAC >/dev/null
 cli deploy lab --to $MAC --transport unicast >/dev/null
 stop_all
 for r in $(seq 1 "$RUNS"); do
+  # The Secure Boot chain (drover's UEFI default), with Secure Boot on.
+  serve --dhcp full --dhcp-range 10.78.1.0-10.78.1.250
+  t=$(boot_once uefi-sb); stop_all
+  echo -e "uefi-sb\tdrover\t$r\t$t" | tee -a "$rows"
   for fw in bios uefi; do
-    serve --dhcp full --dhcp-range 10.78.1.0-10.78.1.250 --tftp 0.0.0.0:69
+    serve --dhcp full --dhcp-range 10.78.1.0-10.78.1.250 --uefi-loader ipxe
     t=$(boot_once $fw); stop_all
     echo -e "$fw\tdrover\t$r\t$t" | tee -a "$rows"
 
@@ -118,8 +132,9 @@ med() { sort -n | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR + 1) / 2] : (a[NR 
 {
   echo "| firmware | served by | median s to the agent | runs |"
   echo "|---|---|---|---|"
-  for fw in bios uefi; do
+  for fw in bios uefi uefi-sb; do
     for s in drover dnsmasq; do
+      [ "$fw" = uefi-sb ] && [ "$s" = dnsmasq ] && continue
       v=$(awk -v f=$fw -v s=$s '$1==f && $2==s {print $4}' "$rows" | med)
       all=$(awk -v f=$fw -v s=$s '$1==f && $2==s {printf "%s%.1f", sep, $4; sep=", "}' "$rows")
       echo "| $fw | $s | $v | $all |"

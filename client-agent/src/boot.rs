@@ -127,6 +127,13 @@ fn boot() -> anyhow::Result<crate::Args> {
                 .join(", ")
         }
     );
+    let missing_firmware = missing_firmware(&kernel_log());
+    for m in &missing_firmware {
+        eprintln!(
+            "firmware: {m} is missing from the boot environment; that device may not work \
+             (deploy/build-boot-env --firmware-dir DIR adds it)"
+        );
+    }
     Ok(crate::Args {
         server,
         mac: Some(mac),
@@ -138,7 +145,39 @@ fn boot() -> anyhow::Result<crate::Args> {
         max_idle: Some(Duration::from_secs(if c.register { 0 } else { 120 })),
         choose_disk: true,
         register: c.register,
+        missing_firmware,
     })
+}
+
+/// The kernel's log so far (syslog(2) READ_ALL).
+fn kernel_log() -> String {
+    let mut buf = vec![0u8; 1 << 20];
+    // SAFETY: READ_ALL (3) copies at most `len` bytes of the log into the buffer.
+    let n = unsafe { libc::klogctl(3, buf.as_mut_ptr().cast(), buf.len() as libc::c_int) };
+    buf.truncate(usize::try_from(n).unwrap_or(0));
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+/// The firmware files drivers asked for and did not get, from the kernel's log: `DRIVER
+/// DEVICE: FILE` each, once.
+fn missing_firmware(log: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for line in log.lines() {
+        let Some((who, rest)) = line.split_once(": Direct firmware load for ") else {
+            continue;
+        };
+        let Some(file) = rest.split_whitespace().next() else {
+            continue;
+        };
+        // "<4>[    3.210000] r8169 0000:03:00.0" → "r8169 0000:03:00.0"
+        let who = who.rsplit_once("] ").map_or(who, |(_, w)| w).trim();
+        let who = who.trim_start_matches(|c: char| c == '<' || c == '>' || c.is_ascii_digit());
+        let entry = format!("{who}: {file}");
+        if !out.contains(&entry) {
+            out.push(entry);
+        }
+    }
+    out
 }
 
 /// After the run: reboot or power off when it went well (the task is reported done before),
@@ -556,6 +595,23 @@ fn wait_disks(limit: Duration) -> Vec<imaging::disks::Disk> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn missing_firmware_is_read_from_the_kernel_log_once_per_device_and_file() {
+        let log = "<6>[    1.000000] e1000e 0000:00:19.0 eth0: registered PHC clock\n\
+                   <4>[    3.210000] r8169 0000:03:00.0: Direct firmware load for rtl_nic/rtl8168h-2.fw failed with error -2\n\
+                   <3>[    3.220000] r8169 0000:03:00.0: Unable to load firmware rtl_nic/rtl8168h-2.fw (-2)\n\
+                   <4>[    3.300000] r8169 0000:03:00.0: Direct firmware load for rtl_nic/rtl8168h-2.fw failed with error -2\n\
+                   bnx2 0000:04:00.0: Direct firmware load for bnx2/bnx2-mips-09-6.2.1b.fw failed with error -2\n";
+        assert_eq!(
+            missing_firmware(log),
+            [
+                "r8169 0000:03:00.0: rtl_nic/rtl8168h-2.fw",
+                "bnx2 0000:04:00.0: bnx2/bnx2-mips-09-6.2.1b.fw"
+            ]
+        );
+        assert!(missing_firmware("<6>[    0.0] Linux version 6.1\n").is_empty());
+    }
 
     #[test]
     fn the_kernel_command_line_is_read() {

@@ -66,6 +66,9 @@ pub(crate) struct Args {
     /// Boot environment: registering an unknown machine (hello, then back to its disk).
     #[arg(skip)]
     register: bool,
+    /// Boot environment: devices whose firmware file was missing (told to the server).
+    #[arg(skip)]
+    missing_firmware: Vec<String>,
 }
 
 fn main() -> ExitCode {
@@ -169,6 +172,7 @@ pub(crate) async fn run(mut args: Args) -> anyhow::Result<ExitCode> {
         disks,
         version: Some(env!("CARGO_PKG_VERSION").to_string()),
         wait: true,
+        missing_firmware: args.missing_firmware.clone(),
     };
     let task = loop {
         let r = api

@@ -244,6 +244,10 @@ pub struct Hello {
     /// Without a task, answer when one comes or after the poll interval (a long poll).
     #[serde(default)]
     pub wait: bool,
+    /// Devices whose driver asked for a firmware file the boot environment lacks, each as
+    /// `DRIVER DEVICE: FILE` (from the kernel's log).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub missing_firmware: Vec<String>,
 }
 
 /// The machine a hello named, as the inventory has it.

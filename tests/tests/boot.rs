@@ -104,7 +104,8 @@ fn boot_scripts_follow_the_machines_task_and_files_stay_inside_the_boot_director
         ("/boot/files/escape", 403),
         ("/boot/files/nosuch", 404),
         ("/boot/files/..%2Fsecret", 403),
-        ("/boot/files/%2Fetc%2Fpasswd", 403),
+        // An absolute name is looked for inside the boot directory.
+        ("/boot/files/%2Fetc%2Fpasswd", 404),
     ] {
         let (status, body) = get(&srv, path, None);
         assert_eq!(status, code, "{path}: {body}");
@@ -149,13 +150,15 @@ fn unknown_machines_boot_the_agent_to_register_when_the_setting_says_so() {
         "{body}"
     );
     assert!(!body.contains("drover.token"), "{body}");
-    // The agent's hello registers it; from then on it is known and boots its disk.
+    // The agent's hello registers it; from then on it is known and boots its disk. It says
+    // which device's firmware the boot environment lacked: the audit log keeps it.
     let (status, hello) = srv.http(
         "POST",
         "/api/v1/agent/hello",
         None,
         Some(&format!(
-            r#"{{"mac": "{MAC}", "disks": [{{"path": "/dev/sda", "size": 1000, "serial": "S1", "model": "M", "removable": false}}]}}"#
+            r#"{{"mac": "{MAC}", "disks": [{{"path": "/dev/sda", "size": 1000, "serial": "S1", "model": "M", "removable": false}}],
+                "missing_firmware": ["r8169 0000:03:00.0: rtl_nic/rtl8168h-2.fw"]}}"#
         )),
     );
     assert_eq!(status, 200, "{hello}");
@@ -165,4 +168,10 @@ fn unknown_machines_boot_the_agent_to_register_when_the_setting_says_so() {
     let m = srv.json(&env, &t, &["machine", "list"]);
     assert_eq!(m[0]["registered"], "hello", "{m}");
     assert_eq!(m[0]["disk_serial"], "S1", "{m}");
+    let (_, audit) = srv.http("GET", "/api/v1/audit", Some(&t), None);
+    assert!(
+        audit.contains("agent.firmware_missing")
+            && audit.contains("r8169 0000:03:00.0: rtl_nic/rtl8168h-2.fw"),
+        "{audit}"
+    );
 }

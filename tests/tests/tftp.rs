@@ -209,6 +209,30 @@ fn real_clients_fetch_files_and_everything_outside_is_refused() {
     let err = String::from_utf8_lossy(&r.stderr);
     assert!(!r.status.success() && err.contains("takes none"), "{err}");
     assert!(!boot.join("up.txt").exists());
+    // GRUB's scripts are made by the server, for the machine asking (here the server's own
+    // host): the first one sources the machine's own, which for an unknown machine boots
+    // its local disk; a name that is no MAC is refused. GRUB asks with a leading '/'.
+    let grub = |name: &str| {
+        let o = out("grub.out");
+        let _ = std::fs::remove_file(&o);
+        let r = fetch("curl", &["-sS", "-o", o.to_str().unwrap(), &url(name)]);
+        (r, std::fs::read_to_string(&o).unwrap_or_default())
+    };
+    let (r, main) = grub("/grub/grub.cfg");
+    assert!(r.status.success(), "{r:?}");
+    assert!(
+        main.contains("source \"$prefix/mac/${net_default_mac}.cfg\""),
+        "{main}"
+    );
+    let (r, own) = grub("grub/mac/52:54:00:00:00:99.cfg");
+    assert!(r.status.success(), "{r:?}");
+    assert!(
+        own.contains("'drover: unknown machine: booting the local disk'"),
+        "{own}"
+    );
+    assert!(own.contains("chainloader"), "{own}");
+    let (r, _) = grub("grub/mac/nonsense.cfg");
+    assert!(!r.status.success(), "{r:?}");
     // Still serving.
     let o = out("after.out");
     assert!(fetch(

@@ -380,6 +380,12 @@ pub(crate) async fn hello(
             )
             .await?;
     tracing::debug!(%mac, version = ?h.version, "hello");
+    if !h.missing_firmware.is_empty() {
+        let list = h.missing_firmware.join("; ");
+        tracing::warn!(%mac, "the boot environment lacks firmware: {list} (deploy/build-boot-env --firmware-dir)");
+        s.db.audit(&format!("agent:{mac}"), "agent.firmware_missing", &list)
+            .await?;
+    }
     let mut out = api::HelloReply {
         machine: api::MachineRef {
             mac: m.mac.clone(),
