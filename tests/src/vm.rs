@@ -39,6 +39,9 @@ pub enum Firmware {
     /// As `UefiPxe`, with Secure Boot on: OVMF's Secure Boot build (SMM) with Microsoft's
     /// keys enrolled, as PCs ship.
     UefiSecureBoot,
+    /// As `UefiPxe`, with OVMF's PXE turned off (its fw_cfg knobs): UEFI HTTP Boot, the
+    /// loader's URL from DHCP (vendor class `HTTPClient`).
+    UefiHttp,
 }
 
 /// A running VM.
@@ -84,12 +87,21 @@ impl Vm {
         .arg(format!("tap,id=n0,ifname={tap},script=no,downscript=no"))
         .arg("-device")
         .arg(match fw {
-            Firmware::UefiPxe | Firmware::UefiSecureBoot => {
+            Firmware::UefiPxe | Firmware::UefiSecureBoot | Firmware::UefiHttp => {
                 format!("virtio-net-pci,netdev=n0,mac={mac},romfile=")
             }
             _ => format!("e1000,netdev=n0,mac={mac}"),
         })
-        .args(["-boot", "n"])
+        .args(["-boot", "n"]);
+        if fw == Firmware::UefiHttp {
+            // Neither PXE over IPv4 nor over IPv6, nor IPv6 at all: HTTP Boot over IPv4 is
+            // the network boot left.
+            for knob in ["IPv4PXESupport", "IPv6PXESupport", "IPv6Support"] {
+                c.arg("-fw_cfg")
+                    .arg(format!("name=opt/org.tianocore/{knob},string=no"));
+            }
+        }
+        c
         .arg("-serial")
         .arg(format!("file:{}", serial.display()));
         for (i, (disk, serial)) in disks.iter().enumerate() {

@@ -1,12 +1,13 @@
 //! A real operating system, restored and booted: a Debian 12 disk built from Debian's packages
-//! (tests/scripts/build-debian12: GPT with a BIOS boot partition, an ESP holding only
-//! `\EFI\debian\grubx64.efi`, an ext4 root; GRUB for BIOS and UEFI; serial console;
-//! openssh-server) is captured and deployed over PXE to two VMs with different names, one BIOS
-//! and one UEFI (firmware PXE), under TCG. Each is personalized and reboots; at its next
-//! power-on the BIOS machine is sent to its disk by its iPXE script, the UEFI one (network boot
-//! kept first) leaves iPXE for its next boot entry, the one the agent wrote, since nothing
-//! else on its disk boots. Each restored system comes up to a login prompt on its serial
-//! console with its own name. Read from the two disks afterwards: machine-ids and SSH host
+//! (tests/scripts/build-debian12: GPT with a BIOS boot partition, an ESP holding Debian's
+//! signed shim and GRUB in `\EFI\debian` only, an ext4 root; GRUB for BIOS and UEFI; serial
+//! console; openssh-server) is captured and deployed over PXE to two VMs with different names,
+//! one BIOS and one UEFI with Secure Boot on (OVMF with Microsoft's keys, firmware PXE, the
+//! signed chain), under TCG. Each is personalized and reboots; at its next power-on the BIOS
+//! machine is sent to its disk by its iPXE script, the UEFI one (network boot kept first) by
+//! its GRUB script, which chains the disk's shim; that system boots with Secure Boot still
+//! on. Each restored system comes up to a login prompt on its serial console with its own
+//! name. Read from the two disks afterwards: machine-ids and SSH host
 //! keys of their own, neither the golden image's nor each other's; the first-boot script ran
 //! once and its unit is gone.
 
@@ -102,10 +103,7 @@ fn a_debian_system_deployed_to_a_bios_and_a_uefi_vm_boots_as_two_machines() {
         "machine", "add", uefi, "--name", "lab-uefi", "--group", "lab",
     ]);
     // The lab keeps network boot first on its UEFI machines.
-    // The lab keeps iPXE for its UEFI machines: this test proves iPXE's way back to the
-    // disk (its next boot entry); the signed chain's is pxe_vm's.
     site.cli(&["group", "set", "lab", "--keep-network-first", "on"]);
-    site.cli(&["group", "set", "lab", "--uefi-loader", "ipxe"]);
     let groups = site.cli(&["group", "list"]);
     assert!(groups.contains("UEFI: network boot first"), "{groups}");
     let script = env.path("first-boot.sh");
@@ -144,7 +142,7 @@ fn a_debian_system_deployed_to_a_bios_and_a_uefi_vm_boots_as_two_machines() {
     };
     let mut vms = [
         start("tap0", bios, &disks[0], Firmware::Bios),
-        start("tap1", uefi, &disks[1], Firmware::UefiPxe),
+        start("tap1", uefi, &disks[1], Firmware::UefiSecureBoot),
     ];
     for vm in &mut vms {
         let exited = vm.wait_exit(Duration::from_secs(900));
@@ -173,7 +171,7 @@ fn a_debian_system_deployed_to_a_bios_and_a_uefi_vm_boots_as_two_machines() {
     assert!(!lines(bios).contains("UEFI boot entry"), "{show}");
     assert!(
         lines(uefi).contains("UEFI boot entry")
-            && lines(uefi).contains("\\\\EFI\\\\debian\\\\grubx64.efi")
+            && lines(uefi).contains("\\\\EFI\\\\debian\\\\shimx64.efi")
             && lines(uefi).contains("after network boot"),
         "{show}"
     );
@@ -181,7 +179,7 @@ fn a_debian_system_deployed_to_a_bios_and_a_uefi_vm_boots_as_two_machines() {
     // Power on again: each boots its restored system to a login prompt with its own name.
     let mut vms = [
         start("tap0", bios, &disks[0], Firmware::Bios),
-        start("tap1", uefi, &disks[1], Firmware::UefiPxe),
+        start("tap1", uefi, &disks[1], Firmware::UefiSecureBoot),
     ];
     for (vm, name) in vms.iter_mut().zip(["lab-bios", "lab-uefi"]) {
         let up = vm.wait_for(&format!("{name} login:"), Duration::from_secs(600));
@@ -192,6 +190,14 @@ fn a_debian_system_deployed_to_a_bios_and_a_uefi_vm_boots_as_two_machines() {
             "{console}"
         );
         assert!(console.contains("Debian GNU/Linux 12"), "{console}");
+        if name == "lab-uefi" {
+            // GRUB chained the restored disk's shim, and its kernel saw Secure Boot on.
+            assert!(
+                console.contains("chaining (hd0,gpt2)/EFI/debian/shimx64.efi"),
+                "{console}"
+            );
+            assert!(console.contains("Secure boot enabled"), "{console}");
+        }
     }
     drop(vms);
 

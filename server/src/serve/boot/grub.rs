@@ -103,13 +103,16 @@ async fn machine(s: &Shared, file: &str, peer: IpAddr) -> ApiResult<String> {
     })
 }
 
-/// Chains the first loader found on a local disk; leaves GRUB when there is none.
+/// Chains the first loader found on a local disk; leaves GRUB when there is none. The loader
+/// is started on its own disk (GRUB's chainloader hands it `$root`'s device, not the one in
+/// its path): shim and GRUB look for their next stage and their script beside themselves.
 fn local_boot() -> String {
     format!(
         "for drover_loader in {}; do\n\
          \x20 if search --no-floppy --file --set=drover_disk \"$drover_loader\"; then\n\
          \x20   echo \"drover: chaining ($drover_disk)$drover_loader\"\n\
-         \x20   chainloader \"($drover_disk)$drover_loader\"\n\
+         \x20   set root=\"$drover_disk\"\n\
+         \x20   chainloader \"$drover_loader\"\n\
          \x20   boot\n\
          \x20 fi\n\
          done\n\
@@ -149,5 +152,10 @@ mod tests {
             l.find("/EFI/debian/shimx64.efi").unwrap() < l.find("/EFI/debian/grubx64.efi").unwrap()
         );
         assert!(l.find("grubx64.efi").unwrap() < l.find("bootmgfw.efi").unwrap());
+        // The loader runs on its own disk: chainloader takes $root's device.
+        assert!(
+            l.find("set root=\"$drover_disk\"").unwrap() < l.find("chainloader").unwrap(),
+            "{l}"
+        );
     }
 }
