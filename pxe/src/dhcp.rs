@@ -6,7 +6,10 @@
 //! UEFI x64 machines start the Secure Boot chain by default (the Microsoft-signed
 //! `shimx64.efi`, then Debian-signed GRUB), or iPXE's `snponly.efi` where the lab chose it
 //! ([`UefiLoader`], per machine through its group); BIOS machines start iPXE. UEFI HTTP Boot
-//! clients (architecture 16, class `HTTPClient`) get their loader as a URL.
+//! clients (architecture 16, class `HTTPClient`) get iPXE's `snponly.efi` as a URL, whatever
+//! their loader: the signed chain cannot go on over HTTP (Debian's signed network GRUB has no
+//! HTTP client, and takes its scripts from where it was loaded), so HTTP Boot reaches drover
+//! with Secure Boot off; PXE (TFTP) is the way under Secure Boot.
 //!
 //! The driver hands over a decoded request and the port it came in on (67, or 4011 for the
 //! PXE boot-server request), and sends what comes back. Full DHCP (an address pool, leases)
@@ -187,8 +190,8 @@ pub fn firmware(arch: Option<u16>) -> Result<Firmware, u16> {
 }
 
 /// What the client loads: iPXE gets its script over HTTP; PXE firmware gets its first
-/// stage over TFTP (BIOS: iPXE; UEFI x64: its loader); HTTP Boot firmware gets its loader's
-/// URL.
+/// stage over TFTP (BIOS: iPXE; UEFI x64: its loader); HTTP Boot firmware gets iPXE's URL
+/// (module doc: the signed chain has no way on over HTTP).
 pub fn boot_target(c: &Client, cfg: &BootConfig) -> Result<BootTarget, Ignored> {
     if c.ipxe {
         let m = c.mac;
@@ -205,7 +208,7 @@ pub fn boot_target(c: &Client, cfg: &BootConfig) -> Result<BootTarget, Ignored> 
         Ok(Firmware::Uefi64Http) => Ok(BootTarget::Http(format!(
             "{}/boot/files/{}",
             cfg.http_base,
-            cfg.uefi_loader_of(c.mac).file()
+            UefiLoader::Ipxe.file()
         ))),
         Err(a) => Err(Ignored::Architecture(a)),
     }

@@ -260,7 +260,7 @@ fn inform_pxe_clients_and_relays() {
     s.set_uefi_loaders(loaders);
     let o = s.handle(&pxe, T0).0.unwrap();
     assert_eq!(crate::dhcp::boot_file(&o).as_deref(), Some("snponly.efi"));
-    // A UEFI HTTP Boot client: its loader's URL, and the class it looks for.
+    // A UEFI HTTP Boot client: iPXE's URL (not the shim's), and the class it looks for.
     let http = msg(
         MessageType::Discover,
         4,
@@ -272,7 +272,7 @@ fn inform_pxe_clients_and_relays() {
     let o = s.handle(&http, T0).0.unwrap();
     assert_eq!(
         crate::dhcp::boot_file(&o).as_deref(),
-        Some("http://10.9.0.1:8080/boot/files/shimx64.efi")
+        Some("http://10.9.0.1:8080/boot/files/snponly.efi")
     );
     assert!(matches!(o.opts().get(OptionCode::ClassIdentifier),
         Some(DhcpOption::ClassIdentifier(c)) if c == b"HTTPClient"));

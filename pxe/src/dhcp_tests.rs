@@ -153,8 +153,9 @@ fn uefi_x64_discovers_get_the_shim_or_ipxe_where_chosen() {
     assert_eq!(proxy_reply(&m, 67, &cfg()), Err(Ignored::Architecture(11)));
 }
 
+/// HTTP Boot gets iPXE's URL, whatever the loader: Debian's signed GRUB cannot go on by HTTP.
 #[test]
-fn http_boot_clients_get_their_loader_as_a_url() {
+fn http_boot_clients_get_ipxe_as_a_url() {
     let m = built(
         MessageType::Discover,
         Some(b"HTTPClient:Arch:00016:UNDI:003001"),
@@ -162,7 +163,7 @@ fn http_boot_clients_get_their_loader_as_a_url() {
     );
     let r = proxy_reply(&m, 67, &cfg()).unwrap();
     assert_eq!(r.opts().msg_type(), Some(MessageType::Offer));
-    assert_eq!(boot_file(&r), "http://10.0.0.1:8080/boot/files/shimx64.efi");
+    assert_eq!(boot_file(&r), "http://10.0.0.1:8080/boot/files/snponly.efi");
     assert!(matches!(r.opts().get(OptionCode::ClassIdentifier),
         Some(DhcpOption::ClassIdentifier(c)) if c == b"HTTPClient"));
     assert!(r.opts().get(OptionCode::VendorExtensions).is_none());

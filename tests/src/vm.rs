@@ -102,8 +102,15 @@ impl Vm {
             }
         }
         c
-        .arg("-serial")
-        .arg(format!("file:{}", serial.display()));
+            // The serial console, logged to a file the test reads, and on a socket beside it
+            // where one debugging the test can type (socat - UNIX-CONNECT:serial-TAP.sock).
+            .arg("-chardev")
+            .arg(format!(
+                "socket,id=s0,path={},server=on,wait=off,logfile={}",
+                dir.join(format!("serial-{tap}.sock")).display(),
+                serial.display()
+            ))
+            .args(["-serial", "chardev:s0"]);
         for (i, (disk, serial)) in disks.iter().enumerate() {
             c.arg("-drive")
                 .arg(format!(

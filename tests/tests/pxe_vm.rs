@@ -126,21 +126,27 @@ fn deploy_to_a_vm(
     );
     assert!(console.contains("written and verified"), "{console}");
     match (fw, loader) {
-        (Firmware::UefiPxe | Firmware::UefiSecureBoot | Firmware::UefiHttp, None) => {
+        (Firmware::UefiPxe | Firmware::UefiSecureBoot, None) => {
             // The signed chain: GRUB read the machine's script and loaded the kernel.
             assert!(console.contains("drover: restore lab"), "{console}");
             assert!(!console.contains("iPXE"), "{console}");
         }
-        (Firmware::UefiPxe, Some("ipxe")) => assert!(console.contains("iPXE"), "{console}"),
+        (Firmware::UefiPxe, Some("ipxe")) | (Firmware::UefiHttp, _) => {
+            assert!(console.contains("iPXE"), "{console}")
+        }
         _ => {}
     }
     if fw == Firmware::UefiSecureBoot {
         assert!(console.contains("Secure boot enabled"), "{console}");
     }
     if fw == Firmware::UefiHttp {
-        // The firmware's HTTP Boot, given the loader's URL, not PXE.
-        assert!(console.contains("HTTP Boot"), "{console}");
-        assert!(!console.contains("PXE"), "{console}");
+        // The firmware's HTTP Boot, given iPXE's URL on the server's port, not PXE.
+        assert!(console.contains("Start HTTP Boot over IPv4"), "{console}");
+        assert!(
+            console.contains(&format!("URI: {}/boot/files/snponly.efi", site.url)),
+            "{console}"
+        );
+        assert!(!console.contains("Start PXE"), "{console}");
     }
     let how = if then == "poweroff" {
         "drover-agent: powering off"
@@ -250,9 +256,9 @@ fn a_uefi_machine_boots_through_proxy_dhcp_beside_the_labs_own_dhcp_server() {
     deploy_to_a_vm(Firmware::UefiPxe, "vmx", true, false, "reboot", None);
 }
 
-/// UEFI HTTP Boot (OVMF's, its PXE turned off): DHCP answers its `HTTPClient` request with the
-/// loader's URL, and the firmware fetches it by HTTP; the chain reaches the agent, which
-/// images the machine.
+/// UEFI HTTP Boot (OVMF's, its PXE turned off; Secure Boot off): DHCP answers its
+/// `HTTPClient` request with iPXE's URL (the signed GRUB has no HTTP), the firmware fetches it
+/// by HTTP from the server's port, and iPXE boots the agent, which images the machine.
 #[test]
 fn a_uefi_http_boot_machine_fetches_its_loader_by_http_and_is_imaged() {
     if !require("pxe_vm_http_boot", NEEDS) {

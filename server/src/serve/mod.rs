@@ -338,23 +338,24 @@ fn boot_config(cfg: &Config, iface: &transport::net::Iface) -> pxe::dhcp::BootCo
 
 /// The banner's words for what UEFI machines start, with what is missing for it.
 fn loader_text(cfg: &Config) -> String {
-    let l = cfg.uefi_loader;
-    let what = match l {
-        pxe::dhcp::UefiLoader::Shim => "the Secure Boot chain (shimx64.efi, grubx64.efi)",
-        pxe::dhcp::UefiLoader::Ipxe => "iPXE (snponly.efi; Secure Boot off)",
+    let (what, files): (&str, &[&str]) = match cfg.uefi_loader {
+        pxe::dhcp::UefiLoader::Shim => (
+            "the Secure Boot chain (shimx64.efi, grubx64.efi)",
+            &["shimx64.efi", "grubx64.efi"],
+        ),
+        pxe::dhcp::UefiLoader::Ipxe => ("iPXE (snponly.efi; Secure Boot off)", &["snponly.efi"]),
     };
-    let missing: Vec<&str> = match l {
-        pxe::dhcp::UefiLoader::Shim => vec!["shimx64.efi", "grubx64.efi"],
-        pxe::dhcp::UefiLoader::Ipxe => vec!["snponly.efi"],
-    }
-    .into_iter()
-    .filter(|f| !cfg.boot_dir.join(f).is_file())
-    .collect();
+    let missing: Vec<&str> = files
+        .iter()
+        .copied()
+        .filter(|f| !cfg.boot_dir.join(f).is_file())
+        .collect();
+    let http_boot = "UEFI HTTP Boot clients get iPXE's URL";
     if missing.is_empty() {
-        format!("{what}; groups may choose otherwise")
+        format!("{what}; groups may choose otherwise; {http_boot}")
     } else {
         format!(
-            "{what}, but {} missing: run deploy/build-boot-env",
+            "{what}, but {} missing: run deploy/build-boot-env; {http_boot}",
             missing.join(" and ")
         )
     }

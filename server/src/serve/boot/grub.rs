@@ -7,11 +7,11 @@
 //! with a fresh task token, or the local disk. Both come from here, never from files: a file of
 //! that name in the boot directory is not served.
 //!
-//! GRUB loads the kernel and initramfs over TFTP too (Debian's GRUB 2.06 reaches HTTP servers
-//! on port 80 only). The local disk is booted by chaining the first loader found on it, in the
-//! order the agent writes boot entries (a vendor's shim, its GRUB, Windows Boot Manager, the
-//! removable-media path): under Secure Boot the firmware checks that loader's signature as at
-//! any boot.
+//! GRUB loads the kernel and initramfs over TFTP too: Debian's signed network GRUB has no HTTP
+//! client (which is also why UEFI HTTP Boot clients are sent to iPXE, not to this chain). The
+//! local disk is booted by chaining the first loader found on it, in the order the agent writes
+//! boot entries (a vendor's shim, its GRUB, Windows Boot Manager, the removable-media path):
+//! under Secure Boot the firmware checks that loader's signature as at any boot.
 
 use std::net::IpAddr;
 

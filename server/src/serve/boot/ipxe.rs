@@ -194,20 +194,14 @@ fn agent_script(s: &Shared, what: &str, args: &str) -> String {
     )
 }
 
-/// `GET /boot/files/{path}`: a file of the boot directory, streamed; or GRUB's scripts
-/// (`grub/grub.cfg`, `grub/mac/MAC.cfg`), made for the machine asking, as over TFTP: a UEFI
-/// HTTP Boot client's GRUB reads them from where it was loaded.
+/// `GET /boot/files/{path}`: a file of the boot directory, streamed.
 #[utoipa::path(get, path = "/boot/files/{*path}", tag = "boot", security(()),
-    summary = "A file of the boot directory (public; nothing outside it), or GRUB's script for the machine asking", params(("path" = String, Path)),
-    responses((status = 200, description = "the file", content_type = "application/octet-stream"), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    summary = "A file of the boot directory (public; nothing outside it)", params(("path" = String, Path)),
+    responses((status = 200, description = "the file", content_type = "application/octet-stream"), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub(crate) async fn file(
     State(s): State<Shared>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     UrlPath(path): UrlPath<String>,
 ) -> ApiResult<Response> {
-    if let Some(grub) = super::grub::script(&s, &path, peer.ip()).await {
-        return Ok(script(String::from_utf8_lossy(&grub?).into_owned()));
-    }
     let p = pxe::tftp::resolve(&s.boot.dir, &path)
         .map_err(|e| ApiError::new(StatusCode::FORBIDDEN, e.0))?;
     let not_found = || ApiError::new(StatusCode::NOT_FOUND, format!("{path}: no such file"));
