@@ -1,15 +1,16 @@
 //! A real operating system, restored and booted: a Debian 12 disk built from Debian's packages
 //! (tests/scripts/build-debian12: GPT with a BIOS boot partition, an ESP holding Debian's
 //! signed shim and GRUB in `\EFI\debian` only, an ext4 root; GRUB for BIOS and UEFI; serial
-//! console; openssh-server) is captured and deployed over PXE to two VMs with different names,
-//! one BIOS and one UEFI with Secure Boot on (OVMF with Microsoft's keys, firmware PXE, the
-//! signed chain), under TCG. Each is personalized and reboots; at its next power-on the BIOS
-//! machine is sent to its disk by its iPXE script, the UEFI one (network boot kept first) by
-//! its GRUB script, which chains the disk's shim; that system boots with Secure Boot still
-//! on. Each restored system comes up to a login prompt on its serial console with its own
-//! name. Read from the two disks afterwards: machine-ids and SSH host
-//! keys of their own, neither the golden image's nor each other's; the first-boot script ran
-//! once and its unit is gone.
+//! console; openssh-server) is captured and deployed over PXE to three VMs with different
+//! names, under TCG: one BIOS; one UEFI with Secure Boot on (OVMF with Microsoft's keys,
+//! firmware PXE, the signed chain); one UEFI with Secure Boot off whose group chose iPXE. Each
+//! is personalized and reboots; at its next power-on (network boot kept first) the BIOS
+//! machine is sent to its disk by its iPXE script, the Secure Boot one by its GRUB script,
+//! which chains the disk's shim (that system boots with Secure Boot still on), the iPXE one by
+//! leaving iPXE for its next boot entry, the one the agent wrote. Each restored system comes
+//! up to a login prompt on its serial console with its own name. Read from the disks
+//! afterwards: machine-ids and SSH host keys of their own, neither the golden image's nor each
+//! other's; the first-boot script ran once and its unit is gone.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -84,7 +85,7 @@ const PATHS: &[&str] = &[
 ];
 
 #[test]
-fn a_debian_system_deployed_to_a_bios_and_a_uefi_vm_boots_as_two_machines() {
+fn a_debian_system_deployed_to_bios_and_uefi_vms_boots_as_machines_of_their_own() {
     if !require("debian_vm", NEEDS) {
         return;
     }
@@ -95,15 +96,29 @@ fn a_debian_system_deployed_to_a_bios_and_a_uefi_vm_boots_as_two_machines() {
     let golden_files = read_root(&golden, &env.path("golden-root.img"), PATHS);
     assert_eq!(golden_files[0].as_deref(), Some("golden\n"));
 
-    let (bios, uefi) = ("52:54:00:de:b0:01", "52:54:00:de:b0:02");
-    site.cli(&[
-        "machine", "add", bios, "--name", "lab-bios", "--group", "lab",
-    ]);
-    site.cli(&[
-        "machine", "add", uefi, "--name", "lab-uefi", "--group", "lab",
-    ]);
-    // The lab keeps network boot first on its UEFI machines.
+    // The machines: BIOS; UEFI with Secure Boot on (the signed chain, the server's default);
+    // UEFI with Secure Boot off whose group chose iPXE. Both labs keep network boot first.
+    let machines = [
+        ("52:54:00:de:b0:01", "lab-bios", "lab", Firmware::Bios),
+        (
+            "52:54:00:de:b0:02",
+            "lab-uefi",
+            "lab",
+            Firmware::UefiSecureBoot,
+        ),
+        (
+            "52:54:00:de:b0:03",
+            "lab-ipxe",
+            "lab-ipxe",
+            Firmware::UefiPxe,
+        ),
+    ];
+    for (mac, name, group, _) in machines {
+        site.cli(&["machine", "add", mac, "--name", name, "--group", group]);
+    }
     site.cli(&["group", "set", "lab", "--keep-network-first", "on"]);
+    site.cli(&["group", "set", "lab-ipxe", "--keep-network-first", "on"]);
+    site.cli(&["group", "set", "lab-ipxe", "--uefi-loader", "ipxe"]);
     let groups = site.cli(&["group", "list"]);
     assert!(groups.contains("UEFI: network boot first"), "{groups}");
     let script = env.path("first-boot.sh");
@@ -112,12 +127,13 @@ fn a_debian_system_deployed_to_a_bios_and_a_uefi_vm_boots_as_two_machines() {
         "#!/bin/sh\necho \"first boot of {name}\" >>/var/lib/drover-first-boot.log\nsync\n",
     )
     .unwrap();
+    let macs: Vec<&str> = machines.iter().map(|m| m.0).collect();
     let d: serde_json::Value = serde_json::from_str(&site.cli(&[
         "--json",
         "deploy",
         "debian12",
         "--to",
-        &format!("{bios},{uefi}"),
+        &macs.join(","),
         "--first-boot",
         script.to_str().unwrap(),
     ]))
@@ -125,25 +141,31 @@ fn a_debian_system_deployed_to_a_bios_and_a_uefi_vm_boots_as_two_machines() {
     let id = d["id"].as_str().unwrap().to_string();
 
     let size = std::fs::metadata(&golden).unwrap().len();
-    let disks: Vec<PathBuf> = ["bios", "uefi"]
+    let disks: Vec<PathBuf> = machines
         .iter()
-        .map(|n| {
-            let p = env.path(&format!("{n}-disk.img"));
+        .map(|m| {
+            let p = env.path(&format!("{}-disk.img", m.1));
             sparse_file(&p, size);
             p
         })
         .collect();
-    site.lab.tap("tap0");
-    site.lab.tap("tap1");
+    let taps: Vec<String> = (0..machines.len()).map(|i| format!("tap{i}")).collect();
+    for t in &taps {
+        site.lab.tap(t);
+    }
     let dir = env.path("vm");
     std::fs::create_dir_all(&dir).unwrap();
-    let start = |tap: &str, mac: &str, disk: &Path, fw: Firmware| {
-        Vm::start(&site.lab, tap, mac, &[(disk, None)], fw, &dir)
+    let start_all = || -> Vec<Vm> {
+        machines
+            .iter()
+            .zip(&taps)
+            .zip(&disks)
+            .map(|(((mac, _, _, fw), tap), disk)| {
+                Vm::start(&site.lab, tap, mac, &[(disk, None)], *fw, &dir)
+            })
+            .collect()
     };
-    let mut vms = [
-        start("tap0", bios, &disks[0], Firmware::Bios),
-        start("tap1", uefi, &disks[1], Firmware::UefiSecureBoot),
-    ];
+    let mut vms = start_all();
     for vm in &mut vms {
         let exited = vm.wait_exit(Duration::from_secs(900));
         let console = vm.console();
@@ -167,21 +189,23 @@ fn a_debian_system_deployed_to_a_bios_and_a_uefi_vm_boots_as_two_machines() {
             .unwrap_or_else(|| panic!("no task for {mac}: {show}"));
         t["personalized"].to_string()
     };
+    let (bios, uefi, ipxe) = (macs[0], macs[1], macs[2]);
     assert!(lines(bios).contains("hostname lab-bios"), "{show}");
     assert!(!lines(bios).contains("UEFI boot entry"), "{show}");
-    assert!(
-        lines(uefi).contains("UEFI boot entry")
-            && lines(uefi).contains("\\\\EFI\\\\debian\\\\shimx64.efi")
-            && lines(uefi).contains("after network boot"),
-        "{show}"
-    );
+    for mac in [uefi, ipxe] {
+        assert!(
+            lines(mac).contains("UEFI boot entry")
+                && lines(mac).contains("\\\\EFI\\\\debian\\\\shimx64.efi")
+                && lines(mac).contains("after network boot"),
+            "{show}"
+        );
+    }
 
-    // Power on again: each boots its restored system to a login prompt with its own name.
-    let mut vms = [
-        start("tap0", bios, &disks[0], Firmware::Bios),
-        start("tap1", uefi, &disks[1], Firmware::UefiSecureBoot),
-    ];
-    for (vm, name) in vms.iter_mut().zip(["lab-bios", "lab-uefi"]) {
+    // Power on again: each boots its restored system to a login prompt with its own name,
+    // sent to its disk by its network boot: iPXE's script on BIOS; GRUB's script chaining the
+    // disk's shim under Secure Boot; iPXE leaving for the next boot entry, the agent's.
+    let mut vms = start_all();
+    for (vm, (_, name, _, _)) in vms.iter_mut().zip(machines) {
         let up = vm.wait_for(&format!("{name} login:"), Duration::from_secs(600));
         let console = vm.console();
         assert!(up, "{name} did not come up: {console}");
@@ -190,13 +214,17 @@ fn a_debian_system_deployed_to_a_bios_and_a_uefi_vm_boots_as_two_machines() {
             "{console}"
         );
         assert!(console.contains("Debian GNU/Linux 12"), "{console}");
-        if name == "lab-uefi" {
-            // GRUB chained the restored disk's shim, and its kernel saw Secure Boot on.
-            assert!(
-                console.contains("chaining (hd0,gpt2)/EFI/debian/shimx64.efi"),
-                "{console}"
-            );
-            assert!(console.contains("Secure boot enabled"), "{console}");
+        match name {
+            "lab-uefi" => {
+                // GRUB chained the restored disk's shim, and its kernel saw Secure Boot on.
+                assert!(
+                    console.contains("chaining (hd0,gpt2)/EFI/debian/shimx64.efi"),
+                    "{console}"
+                );
+                assert!(console.contains("Secure boot enabled"), "{console}");
+            }
+            "lab-ipxe" => assert!(console.contains("iPXE"), "{console}"),
+            _ => {}
         }
     }
     drop(vms);
@@ -208,7 +236,7 @@ fn a_debian_system_deployed_to_a_bios_and_a_uefi_vm_boots_as_two_machines() {
         .clone()
         .expect("the golden image's machine-id");
     let mut seen = Vec::new();
-    for (disk, name) in disks.iter().zip(["lab-bios", "lab-uefi"]) {
+    for (disk, (_, name, _, _)) in disks.iter().zip(machines) {
         let f = read_root(disk, &env.path("root.img"), PATHS);
         assert_eq!(f[0].as_deref(), Some(&*format!("{name}\n")), "{name}");
         let id = f[1].clone().expect("a machine-id");
@@ -224,6 +252,10 @@ fn a_debian_system_deployed_to_a_bios_and_a_uefi_vm_boots_as_two_machines() {
         assert_eq!(f[4], None, "{name}: the first-boot unit removed itself");
         seen.push((id, key));
     }
-    assert_ne!(seen[0].0, seen[1].0, "the two machines share a machine-id");
-    assert_ne!(seen[0].1, seen[1].1, "the two machines share a host key");
+    for (i, a) in seen.iter().enumerate() {
+        for b in &seen[i + 1..] {
+            assert_ne!(a.0, b.0, "two machines share a machine-id");
+            assert_ne!(a.1, b.1, "two machines share a host key");
+        }
+    }
 }
