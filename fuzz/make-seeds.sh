@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Regenerates the seed inputs of the fuzz corpus from the real mkfs tools: small filesystems,
 # partitioned disks holding them, and the manifests drover writes for them. Inputs found by
-# fuzzing are kept beside these seeds in fuzz/corpus/TARGET/.
+# fuzzing are kept beside these seeds in fuzz/corpus/TARGET/. The XFS seeds (seed-xfs-v4, -v5:
+# mkfs.xfs makes nothing under 300 MB) are built byte by byte by imaging's XFS tests:
+# `DROVER_WRITE_SEEDS=1 cargo test -p imaging xfs` rewrites them.
 set -euo pipefail
 cd "$(dirname "$0")"
 D=$(mktemp -d); trap 'rm -rf "$D"' EXIT

@@ -17,6 +17,7 @@ mod known;
 mod ntfs;
 pub mod raw;
 mod swap;
+mod xfs;
 
 use std::fmt;
 use std::io;
@@ -49,7 +50,7 @@ pub enum FsKind {
     Ntfs,
     /// Linux swap (only its header is kept).
     Swap,
-    /// XFS (recognised; stored as a raw copy).
+    /// XFS (v4 and v5).
     Xfs,
     /// btrfs (recognised; stored as a raw copy).
     Btrfs,
@@ -174,6 +175,9 @@ pub fn probe(dev: &dyn BlockDevice) -> io::Result<FsKind> {
     if swap::probe(dev)?.is_some() {
         return Ok(FsKind::Swap);
     }
+    if head.starts_with(b"XFSB") {
+        return Ok(FsKind::Xfs);
+    }
     Ok(FsKind::Unknown)
 }
 
@@ -189,6 +193,7 @@ pub fn scan(dev: &dyn BlockDevice, region: u64) -> io::Result<Scan> {
         FsKind::Exfat => exfat::read(dev),
         FsKind::Ntfs => ntfs::read(dev),
         FsKind::Swap => swap::read(dev),
+        FsKind::Xfs => xfs::read(dev),
         _ => {
             let report = raw_report(dev, region)?;
             let named = known::identify(dev)?;
@@ -329,7 +334,14 @@ pub(crate) mod fuzzing {
     /// The reports of every reader that accepted the device.
     pub(crate) fn each_reader(dev: &dyn BlockDevice) -> Vec<FsReport> {
         let mut out = Vec::new();
-        for r in [ext::read, fat::read, exfat::read, ntfs::read, swap::read] {
+        for r in [
+            ext::read,
+            fat::read,
+            exfat::read,
+            ntfs::read,
+            swap::read,
+            xfs::read,
+        ] {
             if let Ok(mut rep) = r(dev) {
                 rep.used.normalize();
                 out.push(rep);
