@@ -236,6 +236,7 @@ fn fs_info(s: &fs::Scan) -> FsInfo {
         fs_size: s.report.fs_size,
         label: s.report.label.clone(),
         warning: s.warning.clone(),
+        volumes: s.report.volumes.clone(),
     }
 }
 

@@ -105,6 +105,9 @@ pub struct FsInfo {
     /// Why the raw fallback was used.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub warning: Option<String>,
+    /// The volumes inside (an LVM2 PV's logical volumes), each with how it was read.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<crate::fs::Volume>,
 }
 
 /// One stored chunk of an area.
@@ -167,7 +170,19 @@ impl Area {
             (_, Some(f)) => f.fs_size.min(self.len),
             (_, None) => 0,
         };
-        self.used.gaps(from, self.len)
+        let mut fill = self.used.gaps(from, self.len);
+        // Volumes stored as raw copies (inside a read container) are restored exactly too.
+        for v in self.fs.iter().flat_map(|f| &f.volumes) {
+            if v.is_raw_copy() {
+                for e in v.extents.iter() {
+                    let end = e.end().min(from).min(self.len);
+                    if e.start < end {
+                        fill = fill.union(&self.used.gaps(e.start, end));
+                    }
+                }
+            }
+        }
+        fill
     }
 }
 

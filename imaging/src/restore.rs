@@ -471,10 +471,45 @@ mod tests {
             fs_size: 6 * MIB,
             label: None,
             warning: None,
+            volumes: Vec::new(),
         });
         assert!(!a.is_raw_copy());
         let z: Vec<_> = a.zero_fill().iter().map(|e| (e.start, e.len)).collect();
         assert_eq!(z, vec![(6 * MIB, 2 * MIB)]);
+
+        // A volume inside it stored as a raw copy (an LVM2 thin pool's data): its zero
+        // stretches are filled too, a read one's are not.
+        let vol = |kind, start, len| {
+            let mut extents = crate::extent::ExtentMap::new();
+            extents.push(start, len);
+            crate::fs::Volume {
+                name: "vg/lv".into(),
+                kind,
+                detected: kind,
+                size: len,
+                used_bytes: 0,
+                extents,
+                label: None,
+                warning: None,
+            }
+        };
+        a.used = crate::extent::ExtentMap::new();
+        a.used.push(0, MIB);
+        a.used.push(2 * MIB + 4096, 4096);
+        let f = a.fs.as_mut().unwrap();
+        f.volumes = vec![
+            vol(crate::fs::FsKind::Unknown, 2 * MIB, MIB),
+            vol(crate::fs::FsKind::Ext4, 4 * MIB, MIB),
+        ];
+        let z: Vec<_> = a.zero_fill().iter().map(|e| (e.start, e.len)).collect();
+        assert_eq!(
+            z,
+            vec![
+                (2 * MIB, 4096),
+                (2 * MIB + 8192, MIB - 8192),
+                (6 * MIB, 2 * MIB)
+            ]
+        );
     }
 
     #[test]

@@ -8,6 +8,7 @@ use anyhow::{bail, Context};
 use clap::Subcommand;
 use imaging::capture::{capture, CaptureOptions};
 use imaging::device::FileDevice;
+use imaging::fs::FsKind;
 use imaging::manifest::{AreaKind, Manifest};
 use imaging::restore::{restore, verify};
 use imaging::store::{Store, StoredImage};
@@ -432,32 +433,56 @@ fn inspect(img: &StoredImage, refs: &HashMap<imaging::manifest::Hash, u32>, json
         fmt::bytes(m.min_size)
     );
     println!(
-        "  {:<10} {:>10} {:>10}  {:<8} {:>10} {:>7}  LABEL / NOTE",
-        "AREA", "START", "SIZE", "FS", "USED", "CHUNKS"
+        "  {:<14} {:>10} {:>10}  {:<9} {:>10}  {:<10} {:>6}  LABEL / NOTE",
+        "AREA", "START", "SIZE", "FS", "USED", "READ", "CHUNKS"
     );
+    // How an area or volume was read: its filesystem's allocation data, or the raw copy.
+    let how = |kind: FsKind| {
+        if kind == FsKind::Unknown {
+            "raw copy"
+        } else {
+            "allocation"
+        }
+    };
     for a in &m.areas {
         let name = match a.kind {
             AreaKind::Outside => "outside".to_string(),
             AreaKind::Whole => "whole".to_string(),
             AreaKind::Partition { number } => format!("part {number}"),
         };
-        let fs =
-            a.fs.as_ref()
-                .map_or("-".to_string(), |f| f.kind.to_string());
+        let (fs, read) = a.fs.as_ref().map_or(("-".to_string(), "-"), |f| {
+            (f.detected.to_string(), how(f.kind))
+        });
         let note =
             a.fs.as_ref()
                 .and_then(|f| f.warning.clone().or_else(|| f.label.clone()))
                 .unwrap_or_default();
         println!(
-            "  {:<10} {:>10} {:>10}  {:<8} {:>10} {:>7}  {}",
+            "  {:<14} {:>10} {:>10}  {:<9} {:>10}  {:<10} {:>6}  {}",
             name,
             fmt::bytes(a.offset),
             fmt::bytes(a.len),
             fs,
             fmt::bytes(a.used.total()),
+            read,
             a.chunks.len(),
             note
         );
+        // An LVM2 PV's logical volumes, each with its own filesystem and how it was read.
+        for v in a.fs.iter().flat_map(|f| &f.volumes) {
+            let note = v.warning.clone().or_else(|| v.label.clone());
+            println!(
+                "    {:<12} {:>10} {:>10}  {:<9} {:>10}  {:<10} {:>6}  {}",
+                v.name,
+                "",
+                fmt::bytes(v.size),
+                v.detected,
+                fmt::bytes(v.used_bytes),
+                how(v.kind),
+                "",
+                note.unwrap_or_default()
+            );
+        }
     }
     println!(
         "  used {} in {} chunks, stored {}; {} new at capture ({}); {} shared with other images",

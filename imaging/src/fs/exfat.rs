@@ -135,5 +135,6 @@ pub(super) fn read(dev: &dyn BlockDevice) -> Result<FsReport, FsError> {
         fs_size,
         used,
         label: label.filter(|l| !l.is_empty()),
+        volumes: Vec::new(),
     })
 }

@@ -13,7 +13,7 @@
 //! any descriptor whose bitmaps point outside the filesystem or whose free count is below what
 //! its bitmap shows.
 
-use super::{corrupt, le16, le32, FsError, FsKind, FsReport};
+use super::{corrupt, crc32c, le16, le32, FsError, FsKind, FsReport};
 use crate::device::{read_vec, BlockDevice};
 use crate::extent::ExtentMap;
 
@@ -37,36 +37,6 @@ const BG_BLOCK_UNINIT: u16 = 0x2;
 const INCOMPAT_CSUM_SEED: u32 = 0x2000;
 /// Offset of `bg_checksum` in a group descriptor.
 const BG_CHECKSUM: usize = 0x1E;
-
-/// crc32c (Castagnoli, reflected) without pre- or post-inversion, as the kernel's
-/// `ext4_chksum` computes it. A nibble table: small, and fast enough for descriptors.
-fn crc32c(mut crc: u32, data: &[u8]) -> u32 {
-    const T: [u32; 16] = {
-        let mut t = [0u32; 16];
-        let mut i = 0;
-        while i < 16 {
-            let mut c = i as u32;
-            let mut k = 0;
-            while k < 4 {
-                c = if c & 1 != 0 {
-                    (c >> 1) ^ 0x82F6_3B78
-                } else {
-                    c >> 1
-                };
-                k += 1;
-            }
-            t[i] = c;
-            i += 1;
-        }
-        t
-    };
-    for &b in data {
-        crc ^= u32::from(b);
-        crc = (crc >> 4) ^ T[(crc & 0xF) as usize];
-        crc = (crc >> 4) ^ T[(crc & 0xF) as usize];
-    }
-    crc
-}
 
 /// The kernel's crc16 (polynomial 0x8005, reflected), without inversion.
 fn crc16(mut crc: u16, data: &[u8]) -> u16 {
@@ -472,6 +442,7 @@ pub(super) fn read(dev: &dyn BlockDevice) -> Result<FsReport, FsError> {
         fs_size: geo.blocks * bs,
         used,
         label: (!label.is_empty()).then_some(label),
+        volumes: Vec::new(),
     })
 }
 

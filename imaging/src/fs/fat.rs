@@ -162,5 +162,6 @@ pub(super) fn read(dev: &dyn BlockDevice) -> Result<FsReport, FsError> {
         fs_size,
         used,
         label: p.label,
+        volumes: Vec::new(),
     })
 }

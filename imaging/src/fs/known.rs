@@ -28,9 +28,6 @@ pub(super) fn identify(dev: &dyn BlockDevice) -> io::Result<Option<FsKind>> {
     if at(3, b"-FVE-FS-") {
         return Ok(Some(FsKind::Bitlocker));
     }
-    if at(0, b"XFSB") {
-        return Ok(Some(FsKind::Xfs));
-    }
     // An LVM2 label may sit in any of the first four sectors.
     if (0..4).any(|s| at(s * 512, b"LABELONE") && at(s * 512 + 24, b"LVM2 001")) {
         return Ok(Some(FsKind::Lvm2));
@@ -43,11 +40,6 @@ pub(super) fn identify(dev: &dyn BlockDevice) -> io::Result<Option<FsKind>> {
     }
     if le32(&head, 0x400) == 0xF2F5_2010 {
         return Ok(Some(FsKind::F2fs));
-    }
-    if let Some(b) = read(0x1_0040, 8)? {
-        if b == b"_BHRfS_M" {
-            return Ok(Some(FsKind::Btrfs));
-        }
     }
     Ok(None)
 }
@@ -78,15 +70,13 @@ mod tests {
         let mut lvm = [0u8; 32];
         lvm[..8].copy_from_slice(b"LABELONE");
         lvm[24..].copy_from_slice(b"LVM2 001");
-        let cases: [(usize, &[u8], FsKind); 8] = [
+        let cases: [(usize, &[u8], FsKind); 6] = [
             (0, b"LUKS\xba\xbe\x00\x02", FsKind::Luks),
             (3, b"-FVE-FS-", FsKind::Bitlocker),
-            (0, b"XFSB", FsKind::Xfs),
             (512, &lvm, FsKind::Lvm2),
             (32, b"NXSB", FsKind::Apfs),
             (1024, b"H+\x00\x04", FsKind::Hfsplus),
             (0x400, &0xF2F5_2010u32.to_le_bytes(), FsKind::F2fs),
-            (0x1_0040, b"_BHRfS_M", FsKind::Btrfs),
         ];
         for (at, sig, kind) in cases {
             assert_eq!(identify(&with(at, sig)).unwrap(), Some(kind), "{kind}");

@@ -10,10 +10,12 @@
 //! regions (added by each reader) and whatever lies between the end of the filesystem and the end
 //! of its partition (added here, zero-skipped), where NTFS keeps its backup boot sector.
 
+mod btrfs;
 mod exfat;
 mod ext;
 mod fat;
 mod known;
+mod lvm;
 mod ntfs;
 pub mod raw;
 mod swap;
@@ -52,7 +54,7 @@ pub enum FsKind {
     Swap,
     /// XFS (v4 and v5).
     Xfs,
-    /// btrfs (recognised; stored as a raw copy).
+    /// btrfs (single device).
     Btrfs,
     /// f2fs (recognised; stored as a raw copy).
     F2fs,
@@ -60,7 +62,7 @@ pub enum FsKind {
     Hfsplus,
     /// APFS container (recognised; stored as a raw copy).
     Apfs,
-    /// LVM2 physical volume (recognised; stored as a raw copy).
+    /// LVM2 physical volume (each logical volume read by its own filesystem's reader).
     Lvm2,
     /// LUKS1 or LUKS2 encrypted volume (recognised; stored as a raw copy).
     Luks,
@@ -139,8 +141,40 @@ pub struct FsReport {
     pub fs_size: u64,
     /// Used bytes, relative to the start of the filesystem, normalized.
     pub used: ExtentMap,
-    /// Volume label, when the filesystem has one.
+    /// Volume label, when the filesystem has one (for LVM2, the volume group's name).
     pub label: Option<String>,
+    /// The volumes inside (LVM2's logical volumes), each read by its own reader.
+    pub volumes: Vec<Volume>,
+}
+
+/// A volume inside a container (an LVM2 logical volume) and how it was read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Volume {
+    /// Its name (`vg/lv`).
+    pub name: String,
+    /// The filesystem whose allocation data was used (`unknown` for a raw copy).
+    pub kind: FsKind,
+    /// The filesystem its signature suggested.
+    pub detected: FsKind,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Its used bytes.
+    pub used_bytes: u64,
+    /// Where its bytes lie in the container (container-relative, normalized).
+    pub extents: ExtentMap,
+    /// Its filesystem's label.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+    /// Why it is a raw copy, or what else an operator should know.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warning: Option<String>,
+}
+
+impl Volume {
+    /// Whether it was stored as a raw copy: its zero stretches are restored as zeros.
+    pub fn is_raw_copy(&self) -> bool {
+        self.kind == FsKind::Unknown
+    }
 }
 
 /// The result of [`scan`]: a report plus the warning that explains a fallback, if any.
@@ -172,11 +206,25 @@ pub fn probe(dev: &dyn BlockDevice) -> io::Result<FsKind> {
     if let Some(k) = fat::probe(&head) {
         return Ok(k);
     }
+    // An LVM2 label may sit in any of the first four sectors.
+    if (0..4).any(|i| {
+        head.get(i * 512..i * 512 + 8) == Some(b"LABELONE")
+            && head.get(i * 512 + 24..i * 512 + 32) == Some(b"LVM2 001")
+    }) {
+        return Ok(FsKind::Lvm2);
+    }
     if swap::probe(dev)?.is_some() {
         return Ok(FsKind::Swap);
     }
     if head.starts_with(b"XFSB") {
         return Ok(FsKind::Xfs);
+    }
+    if len >= 0x1_1000 {
+        let mut magic = [0u8; 8];
+        dev.read_at(&mut magic, 0x1_0040)?;
+        if &magic == b"_BHRfS_M" {
+            return Ok(FsKind::Btrfs);
+        }
     }
     Ok(FsKind::Unknown)
 }
@@ -194,6 +242,8 @@ pub fn scan(dev: &dyn BlockDevice, region: u64) -> io::Result<Scan> {
         FsKind::Ntfs => ntfs::read(dev),
         FsKind::Swap => swap::read(dev),
         FsKind::Xfs => xfs::read(dev),
+        FsKind::Btrfs => btrfs::read(dev),
+        FsKind::Lvm2 => lvm::read(dev, region),
         _ => {
             let report = raw_report(dev, region)?;
             let named = known::identify(dev)?;
@@ -229,10 +279,16 @@ pub fn scan(dev: &dyn BlockDevice, region: u64) -> io::Result<Scan> {
             // Whatever lies between the filesystem's end and the partition's end is kept too.
             let tail = raw::nonzero_regions(dev, report.fs_size, dev.len(), region)?;
             report.used = report.used.union(&tail);
+            // The volumes' own warnings (a logical volume stored as a raw copy) are the area's.
+            let notes: Vec<String> = report
+                .volumes
+                .iter()
+                .filter_map(|v| v.warning.as_ref().map(|w| format!("{}: {w}", v.name)))
+                .collect();
             Ok(Scan {
                 report,
                 detected,
-                warning: None,
+                warning: (!notes.is_empty()).then(|| notes.join("; ")),
             })
         }
         Ok(report) => fallback(
@@ -286,6 +342,7 @@ fn raw_report(dev: &dyn BlockDevice, region: u64) -> io::Result<FsReport> {
         fs_size: dev.len(),
         used: raw::nonzero_regions(dev, 0, dev.len(), region)?,
         label: None,
+        volumes: Vec::new(),
     })
 }
 
@@ -327,9 +384,40 @@ pub(crate) fn le64(b: &[u8], o: usize) -> u64 {
     })
 }
 
+/// The byte table of a reflected CRC-32 with polynomial `poly` (reversed form).
+pub(crate) const fn crc_table(poly: u32) -> [u32; 256] {
+    let mut t = [0u32; 256];
+    let mut i = 0;
+    while i < 256 {
+        let mut c = i as u32;
+        let mut k = 0;
+        while k < 8 {
+            c = if c & 1 != 0 { (c >> 1) ^ poly } else { c >> 1 };
+            k += 1;
+        }
+        t[i] = c;
+        i += 1;
+    }
+    t
+}
+
+/// crc32c (Castagnoli, reflected) without pre- or post-inversion: ext4's `ext4_chksum` uses it
+/// as is, btrfs inverts before and after. A byte table built at compile time.
+pub(crate) fn crc32c(mut crc: u32, data: &[u8]) -> u32 {
+    const T: [u32; 256] = crc_table(0x82F6_3B78);
+    for &b in data {
+        crc = (crc >> 8) ^ T[((crc ^ u32::from(b)) & 0xFF) as usize];
+    }
+    crc
+}
+
 /// Each reader over a device, for the fuzz entry points in [`crate::fuzzing`].
 pub(crate) mod fuzzing {
     use super::*;
+
+    fn lvm_fuzz(dev: &dyn BlockDevice) -> Result<FsReport, FsError> {
+        lvm::read(dev, 1 << 20)
+    }
 
     /// The reports of every reader that accepted the device.
     pub(crate) fn each_reader(dev: &dyn BlockDevice) -> Vec<FsReport> {
@@ -341,6 +429,8 @@ pub(crate) mod fuzzing {
             ntfs::read,
             swap::read,
             xfs::read,
+            btrfs::read,
+            lvm_fuzz,
         ] {
             if let Ok(mut rep) = r(dev) {
                 rep.used.normalize();

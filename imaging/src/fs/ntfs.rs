@@ -254,6 +254,7 @@ pub(super) fn read(dev: &dyn BlockDevice) -> Result<FsReport, FsError> {
         fs_size,
         used,
         label: None,
+        volumes: Vec::new(),
     })
 }
 

@@ -46,5 +46,6 @@ pub(super) fn read(dev: &dyn BlockDevice) -> Result<FsReport, FsError> {
         fs_size,
         used,
         label: (!label.is_empty()).then_some(label),
+        volumes: Vec::new(),
     })
 }

@@ -240,6 +240,7 @@ pub(super) fn read(dev: &dyn BlockDevice) -> Result<FsReport, FsError> {
         fs_size,
         used: free.gaps(0, fs_size),
         label: s.label,
+        volumes: Vec::new(),
     })
 }
 
