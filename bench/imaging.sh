@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
-# drover capture/restore against partclone + zstd on 2 GiB ext4 and NTFS filesystems ~60% full
-# of mixed files, in one run; then recapture after changing 1% of the files.
+# drover capture/restore against partclone + zstd on 2 GiB ext4, NTFS, XFS and btrfs filesystems
+# ~60% full of mixed files, in one run; then recapture after changing 1% of the files.
 #
 # usage: sudo bash bench/imaging.sh [RUNS]     (root: loop/FUSE mounts and dropping caches)
+#        KINDS="xfs btrfs" sudo -E bash bench/imaging.sh 3     (only some filesystems)
 # Results: a Markdown table on stdout and in bench/out/results.md. Medians of RUNS (default 3);
 # page cache dropped before every timed command, so both tools read from disk.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${1:-3}
+KINDS=${KINDS:-ext4 ntfs xfs btrfs}
 OUT=bench/out; W=$OUT/work
 mkdir -p "$W"
 bash deploy/install-test-deps >/dev/null
@@ -25,18 +27,20 @@ make_fs() { # kind img
   local kind=$1 img=$2
   rm -rf "$W/tree"; python3 bench/gen-tree.py "$W/tree" "$FILL" 7 >/dev/null
   rm -f "$img"; truncate -s "$SIZE" "$img"
-  if [ "$kind" = ext4 ]; then
-    mkfs.ext4 -q -F -d "$W/tree" "$img"
-  else
-    mkntfs -Q -F -q "$img"; mkdir -p "$W/mnt"
-    ntfs-3g "$img" "$W/mnt"; cp -r "$W/tree/." "$W/mnt/"; sync; umount "$W/mnt"
-  fi
+  mkdir -p "$W/mnt"
+  case $kind in
+    ext4) mkfs.ext4 -q -F -d "$W/tree" "$img" ;;
+    ntfs) mkntfs -Q -F -q "$img"
+          ntfs-3g "$img" "$W/mnt"; cp -r "$W/tree/." "$W/mnt/"; sync; umount "$W/mnt" ;;
+    xfs|btrfs) "mkfs.$kind" -q -f "$img"
+          mount -o loop "$img" "$W/mnt"; cp -r "$W/tree/." "$W/mnt/"; sync; umount "$W/mnt" ;;
+  esac
 }
 
 change_1pct() { # kind img: rewrite 1% of the files (chosen at random) with new contents
   local kind=$1 img=$2
   mkdir -p "$W/mnt"
-  if [ "$kind" = ext4 ]; then mount -o loop "$img" "$W/mnt"; else ntfs-3g "$img" "$W/mnt"; fi
+  if [ "$kind" = ntfs ]; then ntfs-3g "$img" "$W/mnt"; else mount -o loop "$img" "$W/mnt"; fi
   python3 - "$W/mnt" <<'PY'
 import os, random, sys
 root = sys.argv[1]; rng = random.Random(99)
@@ -52,10 +56,25 @@ PY
 }
 
 declare -A R
+sec() { awk '{print $1}' "$W/$1.$2" | median; }
+mem() { awk '{print $2/1024}' "$W/$1.$2" | median; }
+c_used() { echo "${R[$1.used]}"; }
+c_dc() { sec "$1" dc; }
+c_pc() { sec "$1" pc; }
+c_pct() { sec "$1" pct; }
+c_dr() { sec "$1" dr; }
+c_pr() { sec "$1" pr; }
+c_dsize() { cat "$W/$1.dsize"; }
+c_psize() { cat "$W/$1.psize"; }
+c_dcm() { mem "$1" dc; }
+c_drm() { mem "$1" dr; }
+c_dfsck() { echo "${R[$1.dfsck]}"; }
+c_pcfsck() { echo "${R[$1.pcfsck]}"; }
+c_re() { echo "${R[$1.re]}"; }
 rm -f "$W"/*.dc "$W"/*.pc "$W"/*.pct "$W"/*.dr "$W"/*.pr
-for kind in ext4 ntfs; do
+for kind in $KINDS; do
   img=$W/$kind.img
-  pc=partclone.$kind; [ "$kind" = ntfs ] || pc=partclone.ext4
+  pc=partclone.$kind
   echo "== $kind: building a 2 GiB filesystem ~60% full" >&2
   make_fs "$kind" "$img"
   used=$("$DROVER" --json --data-dir "$W/probe" image capture "$img" --name probe | python3 -c 'import json,sys; print(json.load(sys.stdin)["used_bytes"])')
@@ -81,8 +100,11 @@ for kind in ext4 ntfs; do
     echo "$a" >> "$W/$kind.pr"
   done
   # Both restored filesystems pass their checker (the last run's targets).
-  fsck=(e2fsck -fn); [ "$kind" = ntfs ] && fsck=(ntfsfix -n)
-  check() { if "${fsck[@]}" "$W/target" > "$W/fsck.out" 2>&1; then echo "passes ${fsck[0]}"; else echo "FAILS ${fsck[0]}: $(grep -iE 'bad|error|wrong' "$W/fsck.out" | head -2 | tr '\n' ' ')"; fi; }
+  case $kind in
+    ext4) fsck=(e2fsck -fn) ;; ntfs) fsck=(ntfsfix -n) ;;
+    xfs) fsck=(xfs_repair -n) ;; btrfs) fsck=(btrfs check --readonly) ;;
+  esac
+  check() { if "${fsck[@]}" "$W/target" > "$W/fsck.out" 2>&1; then echo "passes ${fsck[*]}"; else echo "FAILS ${fsck[*]}: $(grep -iE 'bad|error|wrong' "$W/fsck.out" | head -2 | tr '\n' ' ')"; fi; }
   R[$kind.pcfsck]=$(check)
   rm -f "$W/target"; truncate -s "$SIZE" "$W/target"
   "$DROVER" --data-dir "$W/d" image restore b "$W/target" --store "$W/store" >/dev/null
@@ -96,6 +118,7 @@ for kind in ext4 ntfs; do
 done
 
 # Memory does not grow with the disk: the same files in an 8 GiB ext4.
+if [[ " $KINDS " == *" ext4 "* ]]; then
 rm -rf "$W/tree"; python3 bench/gen-tree.py "$W/tree" "$FILL" 7 >/dev/null
 rm -f "$W/big.img"; truncate -s 8G "$W/big.img"; mkfs.ext4 -q -F -d "$W/tree" "$W/big.img"
 rm -rf "$W/store"
@@ -105,26 +128,28 @@ rm -rf "$W/target"; truncate -s 8G "$W/target"
 t a "$DROVER" --data-dir "$W/d" image restore big "$W/target" --store "$W/store"
 R[big.rrss]=$(echo "$a" | awk '{print $2/1024}')
 rm -f "$W/big.img" "$W/target"
+fi
 
 {
-  echo "| | ext4 | ntfs |"
-  echo "|---|---|---|"
-  row() { printf '| %s | %s | %s |\n' "$1" "$2" "$3"; }
-  sec() { awk '{print $1}' "$W/$1.$2" | median; }
-  mem() { awk '{print $2/1024}' "$W/$1.$2" | median; }
-  row "used bytes (drover)" "${R[ext4.used]}" "${R[ntfs.used]}"
-  row "capture s: drover" "$(sec ext4 dc)" "$(sec ntfs dc)"
-  row "capture s: partclone \| zstd -3" "$(sec ext4 pc)" "$(sec ntfs pc)"
-  row "capture s: partclone \| zstd -3 -T0" "$(sec ext4 pct)" "$(sec ntfs pct)"
-  row "restore s: drover" "$(sec ext4 dr)" "$(sec ntfs dr)"
-  row "restore s: zstd -d \| partclone -r" "$(sec ext4 pr)" "$(sec ntfs pr)"
-  row "image bytes: drover" "$(cat "$W/ext4.dsize")" "$(cat "$W/ntfs.dsize")"
-  row "image bytes: partclone + zstd -3" "$(cat "$W/ext4.psize")" "$(cat "$W/ntfs.psize")"
-  row "peak RSS MiB: drover capture" "$(mem ext4 dc)" "$(mem ntfs dc)"
-  row "peak RSS MiB: drover restore" "$(mem ext4 dr)" "$(mem ntfs dr)"
-  row "peak RSS MiB, same files in an 8 GiB ext4: capture / restore" "${R[big.rss]} / ${R[big.rrss]}" ""
-  row "restored filesystem: drover" "${R[ext4.dfsck]}" "${R[ntfs.dfsck]}"
-  row "restored filesystem: partclone" "${R[ext4.pcfsck]}" "${R[ntfs.pcfsck]}"
-  row "recapture after 1% of files changed (new/full)" "${R[ext4.re]}" "${R[ntfs.re]}"
+  # One column per filesystem: row LABEL FN, where FN KIND prints the cell.
+  row() { local label=$1 fn=$2 k; printf '| %s |' "$label"; for k in $KINDS; do printf ' %s |' "$($fn "$k")"; done; echo; }
+  printf '| |'; for k in $KINDS; do printf ' %s |' "$k"; done; echo
+  printf '|---|'; for k in $KINDS; do printf -- '---|'; done; echo
+  row "used bytes (drover)" c_used
+  row "capture s: drover" c_dc
+  row "capture s: partclone \| zstd -3" c_pc
+  row "capture s: partclone \| zstd -3 -T0" c_pct
+  row "restore s: drover" c_dr
+  row "restore s: zstd -d \| partclone -r" c_pr
+  row "image bytes: drover" c_dsize
+  row "image bytes: partclone + zstd -3" c_psize
+  row "peak RSS MiB: drover capture" c_dcm
+  row "peak RSS MiB: drover restore" c_drm
+  row "restored filesystem: drover" c_dfsck
+  row "restored filesystem: partclone" c_pcfsck
+  row "recapture after 1% of files changed (new/full)" c_re
+  if [ -n "${R[big.rss]:-}" ]; then
+    echo; echo "peak RSS MiB, same files in an 8 GiB ext4: capture ${R[big.rss]} / restore ${R[big.rrss]}"
+  fi
 } | tee "$OUT/results.md"
 rm -f "$W"/*.dc "$W"/*.pc "$W"/*.pct "$W"/*.dr "$W"/*.pr

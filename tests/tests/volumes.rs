@@ -1,0 +1,289 @@
+//! Volumes, as a RHEL-style disk holds them: a GPT disk with an EFI partition and an LVM2 PV
+//! whose logical volumes carry XFS (root, grown into a second run of extents) and ext4 (home),
+//! made by Debian's lvm2 on a loop device without device-mapper (`--activate n --zero n`),
+//! the filesystems written into the LVs' extents at the offsets LVM reports. Captured through
+//! the CLI, each LV read by its filesystem's reader (inspect names them); restored over random
+//! bytes and over a disk that held another PV; LVM reads the restored PV, each LV passes its
+//! checker and holds the same files.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use drover_tests::*;
+
+const MIB: u64 = 1 << 20;
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// LVM's tools confined to one device and a private configuration directory, without
+/// device-mapper or udev.
+struct Lvm {
+    dev: String,
+    sys: PathBuf,
+}
+
+impl Lvm {
+    fn new(dev: &Path, sys: PathBuf) -> Self {
+        fs::create_dir_all(sys.join("lock")).unwrap();
+        Self {
+            dev: s(dev).to_string(),
+            sys,
+        }
+    }
+
+    fn cmd(&self, tool: &str, args: &[&str]) -> String {
+        let conf = format!(
+            "devices {{ filter=[\"a|^{}$|\",\"r|.*|\"] obtain_device_list_from_udev=0 }} \
+             activation {{ udev_sync=0 udev_rules=0 }} global {{ locking_dir=\"{}\" }}",
+            self.dev,
+            self.sys.join("lock").display()
+        );
+        let out = Command::new(tool)
+            .env("LVM_SYSTEM_DIR", &self.sys)
+            .env("LVM_SUPPRESS_FD_WARNINGS", "1")
+            .args(["--config", &conf])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{tool} {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// An LV's runs on the PV as LVM reports them: `(pv offset, len)` in bytes, in LV order.
+    fn runs(&self, lv: &str) -> Vec<(u64, u64)> {
+        let q = |tool: &str, field: &str| -> u64 {
+            let a = ["--noheadings", "--nosuffix", "--units", "b", "-o", field];
+            self.cmd(tool, &a).trim().parse().unwrap()
+        };
+        let (pe_start, extent) = (q("pvs", "pe_start"), q("vgs", "vg_extent_size"));
+        let out = self.cmd(
+            "lvs",
+            &[
+                "--noheadings",
+                "--segments",
+                "-o",
+                "lv_name,seg_start_pe,seg_pe_ranges",
+            ],
+        );
+        let mut runs: Vec<(u64, u64, u64)> = out
+            .lines()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+            .filter(|f| f.first() == Some(&lv))
+            .map(|f| {
+                let (a, b) = f[2].rsplit(':').next().unwrap().split_once('-').unwrap();
+                let (a, b): (u64, u64) = (a.parse().unwrap(), b.parse().unwrap());
+                let le: u64 = f[1].parse().unwrap();
+                (le, pe_start + a * extent, (b - a + 1) * extent)
+            })
+            .collect();
+        runs.sort_unstable();
+        assert!(!runs.is_empty(), "no segments of {lv} in {out}");
+        runs.into_iter().map(|(_, p, n)| (p, n)).collect()
+    }
+}
+
+/// Copies an LV's bytes out of the PV (at `base` in `disk`) into `dst`, or back in.
+fn lv_out(disk: &Path, base: u64, runs: &[(u64, u64)], dst: &Path) {
+    let mut data = Vec::new();
+    for &(p, n) in runs {
+        data.extend(read_range(disk, base + p, n));
+    }
+    fs::write(dst, data).unwrap();
+}
+
+fn lv_in(disk: &Path, base: u64, runs: &[(u64, u64)], src: &Path) {
+    let data = fs::read(src).unwrap();
+    let mut at = 0usize;
+    for &(p, n) in runs {
+        patch(disk, base + p, &data[at..at + n as usize]);
+        at += n as usize;
+    }
+}
+
+/// Fills a mounted filesystem: a stale file written and deleted, then the tree.
+fn fill(img: &Path, tree: &Path, mnt: &Path) {
+    let m = Mount::new("mount", &["-o", "loop", s(img)], mnt);
+    random_file(&m.dir.join("stale.bin"), 8 * MIB, 41);
+    run("sync", &[]);
+    run("cp", &["-r", &format!("{}/.", s(tree)), s(&m.dir)]);
+    fs::remove_file(m.dir.join("stale.bin")).unwrap();
+}
+
+const P2: u64 = 18 * MIB;
+const PV_LEN: u64 = 460 * MIB;
+const DISK: u64 = P2 + PV_LEN + MIB;
+
+/// A GPT disk: partition 1 (16 MiB FAT) and partition 2 (the PV) from `P2`.
+fn gpt_disk(path: &Path, seed: u64) {
+    random_file(path, DISK, seed);
+    run_stdin(
+        "sfdisk",
+        &["-q", s(path)],
+        &format!(
+            "label: gpt\nstart=2048, size=32768, type=uefi\nstart={}, size={}, type=lvm\n",
+            P2 / 512,
+            PV_LEN / 512
+        ),
+    );
+}
+
+/// Makes the PV in partition 2 with LVs root (XFS, in two runs) and home (ext4); returns
+/// their runs.
+fn make_pv(env: &Env, disk: &Path, vg: &str) -> [Vec<(u64, u64)>; 2] {
+    let lo = Loop::attach(disk, P2, Some(PV_LEN));
+    let lvm = Lvm::new(&lo.dev, env.path(&format!("lvm-{vg}")));
+    lvm.cmd("pvcreate", &[&lvm.dev]);
+    lvm.cmd("vgcreate", &[vg, &lvm.dev]);
+    let create = ["--driverloaded", "n", "--activate", "n", "--zero", "n"];
+    lvm.cmd(
+        "lvcreate",
+        &[&create[..], &["-n", "root", "-L", "320M", vg]].concat(),
+    );
+    lvm.cmd(
+        "lvcreate",
+        &[&create[..], &["-n", "home", "-L", "64M", vg]].concat(),
+    );
+    lvm.cmd(
+        "lvextend",
+        &["--driverloaded", "n", "-L", "+40M", &format!("{vg}/root")],
+    );
+    [lvm.runs("root"), lvm.runs("home")]
+}
+
+#[test]
+fn xfs_and_ext4_on_lvm_restore_as_working_volumes() {
+    if !require(
+        "lvm volumes",
+        &[
+            "root",
+            "pvcreate",
+            "mkfs.xfs",
+            "xfs_repair",
+            "mkfs.ext4",
+            "e2fsck",
+            "mkfs.vfat",
+            "sfdisk",
+            "losetup",
+            "mount",
+        ],
+    ) {
+        return;
+    }
+    let env = Env::new();
+    let disk = env.path("rhel.img");
+    gpt_disk(&disk, 1);
+    run(
+        "mkfs.vfat",
+        &["-F", "32", "--offset", "2048", s(&disk), "16384"],
+    );
+    let [root, home] = make_pv(&env, &disk, "rhel");
+    assert_eq!(root.len(), 2, "root in two runs: {root:?}");
+    let len = |r: &[(u64, u64)]| r.iter().map(|x| x.1).sum::<u64>();
+
+    let tree_root = env.path("tree-root");
+    make_tree(&tree_root, 40 * MIB, 1);
+    let tree_home = env.path("tree-home");
+    make_tree(&tree_home, 12 * MIB, 2);
+    let root_img = env.path("root.img");
+    random_file(&root_img, len(&root), 3);
+    run("mkfs.xfs", &["-q", "-f", s(&root_img)]);
+    fill(&root_img, &tree_root, &env.path("mnt"));
+    let home_img = env.path("home.img");
+    random_file(&home_img, len(&home), 4);
+    run("mkfs.ext4", &["-q", "-F", s(&home_img)]);
+    fill(&home_img, &tree_home, &env.path("mnt"));
+    lv_in(&disk, P2, &root, &root_img);
+    lv_in(&disk, P2, &home, &home_img);
+    let want: [BTreeMap<PathBuf, Vec<u8>>; 2] = [read_tree(&tree_root), read_tree(&tree_home)];
+
+    let cap = env.capture(&disk, "rhel");
+    assert_eq!(cap["warnings"].as_array().unwrap().len(), 0, "{cap}");
+    let used = cap["used_bytes"].as_u64().unwrap();
+    // The files (52 MiB), XFS's log, the metadata: far less than the 460 MiB PV's old bytes.
+    assert!(used < 160 * MIB, "{used} bytes used");
+    let insp = env.json(&["image", "inspect", "rhel"]);
+    let pv = &insp["areas"][2]["fs"];
+    assert_eq!(pv["kind"], "lvm2", "{insp}");
+    assert_eq!(pv["label"], "rhel");
+    let vols: Vec<(String, String)> = pv["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| {
+            (
+                v["name"].as_str().unwrap().into(),
+                v["kind"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        vols,
+        [
+            ("rhel/root".to_string(), "xfs".to_string()),
+            ("rhel/home".into(), "ext4".into())
+        ]
+    );
+    let text = env.ok(&["image", "inspect", "rhel"]);
+    assert!(
+        text.lines()
+            .any(|l| l.contains("rhel/root") && l.contains("xfs") && l.contains("allocation")),
+        "{text}"
+    );
+
+    // Targets: random bytes, and a disk whose PV held other LVs at other places.
+    let noisy = env.path("target-random.img");
+    random_file(&noisy, DISK, 77);
+    let prev = env.path("target-prev.img");
+    gpt_disk(&prev, 78);
+    let lo = Loop::attach(&prev, P2, Some(PV_LEN));
+    let lvm = Lvm::new(&lo.dev, env.path("lvm-prev"));
+    lvm.cmd("pvcreate", &[&lvm.dev]);
+    lvm.cmd("vgcreate", &["old", &lvm.dev]);
+    lvm.cmd(
+        "lvcreate",
+        &[
+            "--driverloaded",
+            "n",
+            "--activate",
+            "n",
+            "--zero",
+            "n",
+            "-n",
+            "x",
+            "-L",
+            "200M",
+            "old",
+        ],
+    );
+    drop(lo);
+
+    for (what, target) in [("over random bytes", &noisy), ("over another PV", &prev)] {
+        let lo = Loop::attach(target, 0, None);
+        env.restore("rhel", &lo.dev);
+        drop(lo);
+        // LVM reads the restored PV and places the LVs where they were.
+        let lo = Loop::attach(target, P2, Some(PV_LEN));
+        let lvm = Lvm::new(&lo.dev, env.path(&format!("lvm-check-{}", what.len())));
+        assert_eq!(lvm.runs("root"), root, "{what}");
+        assert_eq!(lvm.runs("home"), home, "{what}");
+        drop(lo);
+        for (i, (runs, check)) in [(&root, ["xfs_repair", "-n"]), (&home, ["e2fsck", "-fn"])]
+            .into_iter()
+            .enumerate()
+        {
+            let out = env.path(&format!("lv{i}.img"));
+            lv_out(target, P2, runs, &out);
+            run(check[0], &[check[1], s(&out)]);
+            let m = Mount::new("mount", &["-o", "loop,ro", s(&out)], &env.path("mnt-check"));
+            assert_same_files(&want[i], &read_tree(&m.dir), &format!("LV {i} {what}"));
+        }
+    }
+}
