@@ -41,6 +41,8 @@ pub struct CaptureOptions {
     pub threads: usize,
     /// Refuse to start when the store's free space is below the source's used bytes.
     pub check_space: bool,
+    /// Keys for encrypted volumes (LUKS passphrases); used to read, never stored.
+    pub scan: fs::ScanOptions,
 }
 
 impl CaptureOptions {
@@ -52,6 +54,7 @@ impl CaptureOptions {
             zstd_level: DEFAULT_ZSTD_LEVEL,
             threads: 0,
             check_space: true,
+            scan: fs::ScanOptions::default(),
         }
     }
 }
@@ -138,6 +141,15 @@ pub struct Plan {
 
 /// Reads the table and every filesystem's allocation data.
 pub fn plan(dev: &dyn BlockDevice, chunk_size: u64) -> io::Result<Plan> {
+    plan_with(dev, chunk_size, &fs::ScanOptions::default())
+}
+
+/// [`plan`] with keys for encrypted volumes.
+pub fn plan_with(
+    dev: &dyn BlockDevice,
+    chunk_size: u64,
+    scan: &fs::ScanOptions,
+) -> io::Result<Plan> {
     let layout = table::detect(dev)?;
     let disk = dev.len();
     let ss = u64::from(layout.sector_size);
@@ -148,7 +160,7 @@ pub fn plan(dev: &dyn BlockDevice, chunk_size: u64) -> io::Result<Plan> {
     let mut min_size;
     match layout.kind {
         TableKind::None => {
-            let s = fs::scan(dev, chunk_size)?;
+            let s = fs::scan_with(dev, chunk_size, scan)?;
             warnings.extend(s.warning.clone());
             min_size = if s.report.kind == fs::FsKind::Unknown {
                 disk
@@ -194,7 +206,7 @@ pub fn plan(dev: &dyn BlockDevice, chunk_size: u64) -> io::Result<Plan> {
             });
             for p in &layout.partitions {
                 let sub = SubDevice::new(dev, p.start, p.size);
-                let s = fs::scan(&sub, chunk_size)?;
+                let s = fs::scan_with(&sub, chunk_size, scan)?;
                 if let Some(w) = &s.warning {
                     warnings.push(format!("partition {}: {w}", p.number));
                 }
@@ -295,7 +307,7 @@ pub fn capture(
     let cs = opts.chunk_size;
     let t0 = Instant::now();
     let _lock = store.lock_shared()?;
-    let mut plan = plan(dev, cs).map_err(CaptureError::Read)?;
+    let mut plan = plan_with(dev, cs, &opts.scan).map_err(CaptureError::Read)?;
     for w in &plan.warnings {
         progress.note(&format!("warning: {w}"));
     }
@@ -548,7 +560,7 @@ pub fn capture_to(
     check_options(opts)?;
     let t0 = Instant::now();
     let cs = opts.chunk_size;
-    let mut plan = plan(dev, cs).map_err(CaptureError::Read)?;
+    let mut plan = plan_with(dev, cs, &opts.scan).map_err(CaptureError::Read)?;
     for w in &plan.warnings {
         progress.note(&format!("warning: {w}"));
     }

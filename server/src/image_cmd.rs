@@ -41,6 +41,11 @@ pub(crate) enum ImageCommand {
         /// Start even when the store's free space is below the source's used bytes.
         #[arg(long)]
         skip_space_check: bool,
+        /// A LUKS passphrase, read from FILE as `cryptsetup --key-file` reads it (every byte):
+        /// encrypted volumes it opens are stored as the ciphertext of their used blocks.
+        /// Repeat for several volumes. The key is never stored.
+        #[arg(long, value_name = "FILE")]
+        luks_key_file: Vec<PathBuf>,
     },
     /// Write an image onto a disk, partition or file (only the used blocks).
     Restore {
@@ -111,6 +116,7 @@ pub(crate) fn run(cmd: ImageCommand, data_dir: &Path, json: bool) -> anyhow::Res
             zstd_level,
             threads,
             skip_space_check,
+            luks_key_file,
         } => {
             let store = open_store(store, data_dir)?;
             let dev = FileDevice::open_read(&source)
@@ -123,12 +129,22 @@ pub(crate) fn run(cmd: ImageCommand, data_dir: &Path, json: bool) -> anyhow::Res
                     source.display()
                 );
             }
+            let mut luks_keys = Vec::new();
+            for f in &luks_key_file {
+                let k = std::fs::read(f)
+                    .with_context(|| format!("reading the LUKS key file {}", f.display()))?;
+                if k.is_empty() {
+                    bail!("the LUKS key file {} is empty", f.display());
+                }
+                luks_keys.push(k);
+            }
             let opts = CaptureOptions {
                 name,
                 chunk_size,
                 zstd_level,
                 threads,
                 check_space: !skip_space_check,
+                scan: imaging::fs::ScanOptions { luks_keys },
             };
             let bar = Bar::new(json);
             let res = capture(&dev, &source.display().to_string(), &store, &opts, &bar);

@@ -22,15 +22,8 @@ pub(super) fn identify(dev: &dyn BlockDevice) -> io::Result<Option<FsKind>> {
         return Ok(None);
     };
     let at = |o: usize, sig: &[u8]| head.get(o..o + sig.len()) == Some(sig);
-    if at(0, b"LUKS\xba\xbe") {
-        return Ok(Some(FsKind::Luks));
-    }
     if at(3, b"-FVE-FS-") {
         return Ok(Some(FsKind::Bitlocker));
-    }
-    // An LVM2 label may sit in any of the first four sectors.
-    if (0..4).any(|s| at(s * 512, b"LABELONE") && at(s * 512 + 24, b"LVM2 001")) {
-        return Ok(Some(FsKind::Lvm2));
     }
     if at(32, b"NXSB") {
         return Ok(Some(FsKind::Apfs));
@@ -47,9 +40,7 @@ pub(super) fn identify(dev: &dyn BlockDevice) -> io::Result<Option<FsKind>> {
 /// Why a recognised kind without a reader is stored as a raw copy.
 pub(super) fn why_raw(kind: FsKind) -> &'static str {
     match kind {
-        FsKind::Luks => "an encrypted LUKS volume, opened without a key",
         FsKind::Bitlocker => "an encrypted BitLocker volume",
-        FsKind::Lvm2 => "an LVM2 physical volume, whose logical volumes are not read yet",
         _ => "drover has no used-block reader for it yet",
     }
 }
@@ -67,13 +58,8 @@ mod tests {
 
     #[test]
     fn names_each_signature_and_nothing_else() {
-        let mut lvm = [0u8; 32];
-        lvm[..8].copy_from_slice(b"LABELONE");
-        lvm[24..].copy_from_slice(b"LVM2 001");
-        let cases: [(usize, &[u8], FsKind); 6] = [
-            (0, b"LUKS\xba\xbe\x00\x02", FsKind::Luks),
+        let cases: [(usize, &[u8], FsKind); 4] = [
             (3, b"-FVE-FS-", FsKind::Bitlocker),
-            (512, &lvm, FsKind::Lvm2),
             (32, b"NXSB", FsKind::Apfs),
             (1024, b"H+\x00\x04", FsKind::Hfsplus),
             (0x400, &0xF2F5_2010u32.to_le_bytes(), FsKind::F2fs),

@@ -21,7 +21,7 @@
 use std::collections::BTreeMap;
 use std::io;
 
-use super::{corrupt, le32, le64, FsError, FsKind, FsReport, Volume};
+use super::{corrupt, le32, le64, FsError, FsKind, FsReport, ScanOptions, Volume};
 use crate::device::{read_vec, BlockDevice};
 use crate::extent::{Extent, ExtentMap};
 
@@ -414,7 +414,11 @@ fn unreadable(lv: &Value, pv_name: &str) -> Option<String> {
     None
 }
 
-pub(super) fn read(dev: &dyn BlockDevice, region: u64) -> Result<FsReport, FsError> {
+pub(super) fn read(
+    dev: &dyn BlockDevice,
+    region: u64,
+    opts: &ScanOptions,
+) -> Result<FsReport, FsError> {
     let l = label(dev)?;
     let mut used = ExtentMap::new();
     // Everything before the extents (label, first metadata area, boot loader area) and every
@@ -560,7 +564,7 @@ pub(super) fn read(dev: &dyn BlockDevice, region: u64) -> Result<FsReport, FsErr
                     runs,
                     len: lv_len,
                 };
-                let s = super::scan(&lvdev, region)?;
+                let s = super::scan_with(&lvdev, region, opts)?;
                 vol.kind = s.report.kind;
                 vol.detected = s.detected;
                 vol.label = s.report.label.clone();

@@ -86,7 +86,7 @@ fn volumes_that_are_not_filesystems_here_are_raw_copies_by_name() {
     // Stale bytes in a free extent (6) are not kept.
     d[(7 * MIB + 10) as usize] = 3;
     let dev = MemDevice::new(d);
-    let rep = read(&dev, 512 * 1024).unwrap();
+    let rep = read(&dev, 512 * 1024, &ScanOptions::default()).unwrap();
     let v: Vec<(&str, FsKind, u64)> = rep
         .volumes
         .iter()
@@ -113,7 +113,11 @@ fn volumes_that_are_not_filesystems_here_are_raw_copies_by_name() {
 #[test]
 fn damaged_labels_and_metadata_are_refused_by_name() {
     let good = synthetic_pv(8, THIN_AND_SPREAD);
-    let err = |d: Vec<u8>| read(&MemDevice::new(d), MIB).unwrap_err().to_string();
+    let err = |d: Vec<u8>| {
+        read(&MemDevice::new(d), MIB, &ScanOptions::default())
+            .unwrap_err()
+            .to_string()
+    };
     let mut d = good.clone();
     d[600] ^= 1; // inside the label's crc range
     assert!(err(d).contains("label checksum"));
@@ -179,7 +183,7 @@ fn metadata_wrapping_round_the_area_end_is_read() {
     h[40..48].copy_from_slice(&off.to_le_bytes());
     let c = lvm_crc(CRC_INIT, &h[4..]);
     h[..4].copy_from_slice(&c.to_le_bytes());
-    let rep = read(&MemDevice::new(d), MIB).unwrap();
+    let rep = read(&MemDevice::new(d), MIB, &ScanOptions::default()).unwrap();
     assert_eq!(rep.volumes.len(), 3);
 }
 
@@ -200,7 +204,7 @@ fn seed() -> Vec<u8> {
 #[test]
 fn the_fuzz_corpus_holds_the_synthetic_pv() {
     let d = seed();
-    let rep = read(&MemDevice::new(d.clone()), 1 << 14).unwrap();
+    let rep = read(&MemDevice::new(d.clone()), 1 << 14, &ScanOptions::default()).unwrap();
     assert_eq!(rep.volumes.len(), 3);
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/fs_readers/seed-lvm2");
     if std::env::var_os("DROVER_WRITE_SEEDS").is_some() {

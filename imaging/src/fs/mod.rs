@@ -15,6 +15,7 @@ mod exfat;
 mod ext;
 mod fat;
 mod known;
+mod luks;
 mod lvm;
 mod ntfs;
 pub mod raw;
@@ -64,7 +65,8 @@ pub enum FsKind {
     Apfs,
     /// LVM2 physical volume (each logical volume read by its own filesystem's reader).
     Lvm2,
-    /// LUKS1 or LUKS2 encrypted volume (recognised; stored as a raw copy).
+    /// LUKS1 or LUKS2 encrypted volume (with a key, its inner filesystem's used blocks as
+    /// ciphertext; without one, a raw copy).
     Luks,
     /// BitLocker encrypted volume (recognised; stored as a raw copy).
     Bitlocker,
@@ -189,11 +191,33 @@ pub struct Scan {
     pub warning: Option<String>,
 }
 
+/// What a scan may use beyond the device itself.
+#[derive(Clone, Default)]
+pub struct ScanOptions {
+    /// Passphrases for LUKS volumes (each tried on every key slot); never stored.
+    pub luks_keys: Vec<Vec<u8>>,
+}
+
+impl fmt::Debug for ScanOptions {
+    // Never the keys themselves: options end up in logs.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ScanOptions")
+            .field(
+                "luks_keys",
+                &format_args!("{} redacted", self.luks_keys.len()),
+            )
+            .finish()
+    }
+}
+
 /// Recognises a filesystem by its signature only (no bitmap is read).
 pub fn probe(dev: &dyn BlockDevice) -> io::Result<FsKind> {
     let len = dev.len();
     let mut head = vec![0u8; 4096.min(len) as usize];
     dev.read_at(&mut head, 0)?;
+    if head.starts_with(b"LUKS\xba\xbe") {
+        return Ok(FsKind::Luks);
+    }
     if ntfs::probe(&head) {
         return Ok(FsKind::Ntfs);
     }
@@ -234,6 +258,11 @@ pub fn probe(dev: &dyn BlockDevice) -> io::Result<FsKind> {
 /// `region` is the granularity of the raw copy and of the tail after the filesystem (the chunk
 /// size). Only I/O errors of the raw scan itself are returned.
 pub fn scan(dev: &dyn BlockDevice, region: u64) -> io::Result<Scan> {
+    scan_with(dev, region, &ScanOptions::default())
+}
+
+/// [`scan`] with keys for encrypted volumes.
+pub fn scan_with(dev: &dyn BlockDevice, region: u64, opts: &ScanOptions) -> io::Result<Scan> {
     let detected = probe(dev)?;
     let result = match detected {
         FsKind::Ext2 | FsKind::Ext3 | FsKind::Ext4 => ext::read(dev),
@@ -243,7 +272,8 @@ pub fn scan(dev: &dyn BlockDevice, region: u64) -> io::Result<Scan> {
         FsKind::Swap => swap::read(dev),
         FsKind::Xfs => xfs::read(dev),
         FsKind::Btrfs => btrfs::read(dev),
-        FsKind::Lvm2 => lvm::read(dev, region),
+        FsKind::Lvm2 => lvm::read(dev, region, opts),
+        FsKind::Luks => luks::read(dev, region, opts),
         _ => {
             let report = raw_report(dev, region)?;
             let named = known::identify(dev)?;
@@ -416,7 +446,14 @@ pub(crate) mod fuzzing {
     use super::*;
 
     fn lvm_fuzz(dev: &dyn BlockDevice) -> Result<FsReport, FsError> {
-        lvm::read(dev, 1 << 20)
+        lvm::read(dev, 1 << 20, &ScanOptions::default())
+    }
+
+    fn luks_fuzz(dev: &dyn BlockDevice) -> Result<FsReport, FsError> {
+        let opts = ScanOptions {
+            luks_keys: vec![b"fuzz".to_vec()],
+        };
+        luks::read(dev, 1 << 20, &opts)
     }
 
     /// The reports of every reader that accepted the device.
@@ -431,6 +468,7 @@ pub(crate) mod fuzzing {
             xfs::read,
             btrfs::read,
             lvm_fuzz,
+            luks_fuzz,
         ] {
             if let Ok(mut rep) = r(dev) {
                 rep.used.normalize();

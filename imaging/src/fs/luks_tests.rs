@@ -1,0 +1,257 @@
+//! The LUKS reader against volumes cryptsetup made and encrypted itself (offline
+//! `reencrypt --encrypt` of an ext4 image, in userspace: no device-mapper): LUKS2 with PBKDF2
+//! and 4 KiB sectors, LUKS2 with Argon2id, LUKS1 (converted by cryptsetup). The inner filesystem is found and read; the
+//! wrong key, no key and a damaged header are refused by name.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use super::*;
+use crate::device::FileDevice;
+use crate::fs::scan_with;
+
+const MIB: u64 = 1 << 20;
+
+/// cryptsetup and e2fsprogs present, or (outside CI) `None` and a skip message.
+fn tools() -> Option<()> {
+    let have = |t: &str| {
+        ["/usr/sbin", "/sbin", "/usr/bin", "/bin"]
+            .iter()
+            .any(|d| Path::new(d).join(t).exists())
+    };
+    if have("cryptsetup") && have("mkfs.ext4") {
+        return Some(());
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "cryptsetup and mkfs.ext4 are needed in CI (deploy/install-test-deps installs them)"
+    );
+    eprintln!("SKIP: cryptsetup or e2fsprogs missing");
+    None
+}
+
+fn run(cmd: &mut Command) {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A `mib` MiB file holding an ext4 with a few files (in its first `mib - 16` MiB), encrypted
+/// in place by cryptsetup with passphrase `pass`; `args` choose the format and KDF.
+fn encrypted_ext4(dir: &Path, mib: u64, pass: &[u8], args: &[&str]) -> PathBuf {
+    let root = dir.join("root");
+    std::fs::create_dir_all(&root).unwrap();
+    for (i, size) in [10_000usize, 300_000, 2 << 20].iter().enumerate() {
+        let data: Vec<u8> = (0..*size).map(|j| (j * 7 + i) as u8).collect();
+        std::fs::write(root.join(format!("f{i}")), data).unwrap();
+    }
+    let img = dir.join("luks.img");
+    std::fs::write(&img, vec![0x11u8; (mib * MIB) as usize]).unwrap();
+    run(Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-b", "4096", "-d"])
+        .arg(&root)
+        .arg(&img)
+        .arg(format!("{}M", mib - 16)));
+    let key = dir.join("key");
+    std::fs::write(&key, pass).unwrap();
+    run(Command::new("cryptsetup")
+        .args([
+            "reencrypt",
+            "--encrypt",
+            "--batch-mode",
+            "--reduce-device-size",
+            "16M",
+        ])
+        .arg("--key-file")
+        .arg(&key)
+        .args(args)
+        .arg(&img));
+    img
+}
+
+fn keys(k: &[&[u8]]) -> ScanOptions {
+    ScanOptions {
+        luks_keys: k.iter().map(|k| k.to_vec()).collect(),
+    }
+}
+
+/// Reads `img` with `pass` (after a wrong key), expecting ext4 inside; returns the report.
+fn opens(img: &Path, pass: &[u8]) -> FsReport {
+    let dev = FileDevice::open_read(img).unwrap();
+    let rep = read(&dev, 4 * MIB, &keys(&[b"not it", pass])).unwrap();
+    assert_eq!(rep.kind, FsKind::Luks);
+    assert_eq!(rep.volumes.len(), 1);
+    let v = &rep.volumes[0];
+    assert_eq!(v.kind, FsKind::Ext4, "{v:?}");
+    assert!(v.warning.is_none(), "{v:?}");
+    // The header and key slots whole, then a few MiB of the 48 MiB inside.
+    let data = v.extents.iter().next().unwrap().start;
+    assert!(rep.used.covers(0, data));
+    let inside = rep.used.total() - data;
+    // (ext4's 16 MiB journal, the files' 2.3 MiB, its metadata.)
+    assert!(inside > 2 * MIB && inside < 24 * MIB, "{inside}");
+    // Whole encryption sectors only.
+    let sector = u64::from(rep.block_size);
+    assert!(rep
+        .used
+        .iter()
+        .all(|e| (e.start.max(data) - data) % sector == 0 && (e.end() - data) % sector == 0));
+    rep
+}
+
+#[test]
+fn luks2_pbkdf2_with_4k_sectors() {
+    if tools().is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let img = encrypted_ext4(
+        dir.path(),
+        64,
+        b"correct horse",
+        &[
+            "--type",
+            "luks2",
+            "--sector-size",
+            "4096",
+            "--pbkdf",
+            "pbkdf2",
+            "--pbkdf-force-iterations",
+            "1000",
+        ],
+    );
+    let rep = opens(&img, b"correct horse");
+    assert_eq!(rep.block_size, 4096);
+}
+
+#[test]
+fn luks2_argon2id() {
+    if tools().is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let img = encrypted_ext4(
+        dir.path(),
+        64,
+        b"battery staple\n",
+        &[
+            "--type",
+            "luks2",
+            "--pbkdf",
+            "argon2id",
+            "--pbkdf-memory",
+            "8192",
+            "--pbkdf-parallel",
+            "1",
+            "--pbkdf-force-iterations",
+            "4",
+        ],
+    );
+    // The trailing newline is part of the passphrase, as cryptsetup reads a key file.
+    opens(&img, b"battery staple\n");
+    let dev = FileDevice::open_read(&img).unwrap();
+    let e = read(&dev, MIB, &keys(&[b"battery staple"]))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("no key given opens"), "{e}");
+}
+
+#[test]
+fn luks1_pbkdf2() {
+    if tools().is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // cryptsetup encrypts LUKS1 offline only through device-mapper; a LUKS2 volume it
+    // encrypted, converted to LUKS1 by cryptsetup (header and key slot rewritten) is the same.
+    let img = encrypted_ext4(
+        dir.path(),
+        64,
+        b"old laptop",
+        &[
+            "--type",
+            "luks2",
+            "--pbkdf",
+            "pbkdf2",
+            "--pbkdf-force-iterations",
+            "1000",
+        ],
+    );
+    run(Command::new("cryptsetup")
+        .args(["convert", "--type", "luks1", "--batch-mode"])
+        .arg(&img));
+    let h = std::fs::read(&img).unwrap();
+    assert_eq!(&h[..8], b"LUKS\xba\xbe\x00\x01");
+    opens(&img, b"old laptop");
+}
+
+#[test]
+fn refusals_name_what_is_missing_or_wrong() {
+    if tools().is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let img = encrypted_ext4(
+        dir.path(),
+        40,
+        b"pw",
+        &[
+            "--type",
+            "luks2",
+            "--pbkdf",
+            "pbkdf2",
+            "--pbkdf-force-iterations",
+            "1000",
+        ],
+    );
+    let dev = FileDevice::open_read(&img).unwrap();
+    let e = read(&dev, MIB, &ScanOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("LUKS2 volume") && e.contains("--luks-key-file"),
+        "{e}"
+    );
+    // Through the scan: the raw copy of everything, saying why.
+    let s = scan_with(&dev, MIB, &ScanOptions::default()).unwrap();
+    assert_eq!(s.detected, FsKind::Luks);
+    assert!(s.warning.unwrap().contains("without a key"));
+    let e = read(&dev, MIB, &keys(&[b"wrong"])).unwrap_err().to_string();
+    assert!(e.contains("no key given opens"), "{e}");
+    drop(dev);
+    // A JSON byte changed: the header's checksum catches it.
+    let mut b = std::fs::read(&img).unwrap();
+    b[4096 + 10] ^= 1;
+    std::fs::write(&img, &b).unwrap();
+    let dev = FileDevice::open_read(&img).unwrap();
+    let e = read(&dev, MIB, &keys(&[b"pw"])).unwrap_err().to_string();
+    assert!(e.contains("header checksum mismatch"), "{e}");
+}
+
+#[test]
+#[allow(clippy::big_endian_bytes)] // the diffusion hashes a big-endian block index
+fn af_merge_inverts_a_split() {
+    // Split a key by hand as LUKS does (random stripes, the last one solving), then merge.
+    let key: Vec<u8> = (0..64u8).collect();
+    let stripes = 5;
+    let hash = Hash::Sha256;
+    let mut material = Vec::new();
+    let mut d = vec![0u8; 64];
+    for i in 0..stripes - 1 {
+        let s: Vec<u8> = (0..64).map(|j| (i * 31 + j * 17) as u8).collect();
+        for (a, b) in d.iter_mut().zip(&s) {
+            *a ^= b;
+        }
+        let mut out = Vec::new();
+        for (j, block) in d.chunks(32).enumerate() {
+            out.extend_from_slice(&hash.digest(&[&(j as u32).to_be_bytes(), block]));
+        }
+        d = out;
+        material.extend(s);
+    }
+    material.extend(d.iter().zip(&key).map(|(a, b)| a ^ b));
+    assert_eq!(af_merge(&material, 64, stripes, hash), key);
+}
