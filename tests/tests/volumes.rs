@@ -121,18 +121,24 @@ const P2: u64 = 18 * MIB;
 const PV_LEN: u64 = 460 * MIB;
 const DISK: u64 = P2 + PV_LEN + MIB;
 
-/// A GPT disk: partition 1 (16 MiB FAT) and partition 2 (the PV) from `P2`.
-fn gpt_disk(path: &Path, seed: u64) {
-    random_file(path, DISK, seed);
+/// A GPT disk of `P2 + len + 1 MiB` over random bytes: partition 1 (16 MiB, EFI) and
+/// partition 2 (`len` bytes from `P2`, of type `kind`).
+fn gpt_disk_of(path: &Path, seed: u64, len: u64, kind: &str) {
+    random_file(path, P2 + len + MIB, seed);
     run_stdin(
         "sfdisk",
         &["-q", s(path)],
         &format!(
-            "label: gpt\nstart=2048, size=32768, type=uefi\nstart={}, size={}, type=lvm\n",
+            "label: gpt\nstart=2048, size=32768, type=uefi\nstart={}, size={}, type={kind}\n",
             P2 / 512,
-            PV_LEN / 512
+            len / 512
         ),
     );
+}
+
+/// The RHEL-style disk: partition 2 an LVM PV of `PV_LEN`.
+fn gpt_disk(path: &Path, seed: u64) {
+    gpt_disk_of(path, seed, PV_LEN, "lvm");
 }
 
 /// Makes the PV in partition 2 with LVs root (XFS, in two runs) and home (ext4); returns
@@ -286,4 +292,253 @@ fn xfs_and_ext4_on_lvm_restore_as_working_volumes() {
             assert_same_files(&want[i], &read_tree(&m.dir), &format!("LV {i} {what}"));
         }
     }
+}
+
+/// Decrypts `len` bytes of a LUKS2 volume's data segment (aes-xts-plain64, IVs counting
+/// 512-byte sectors) with Python's `cryptography`, independent of drover's own code; the
+/// volume key comes from `cryptsetup luksDump --dump-volume-key`.
+fn decrypt_with_python(env: &Env, vol: &Path, key_file: &Path, out: &Path) {
+    let dump = run(
+        "cryptsetup",
+        &[
+            "luksDump",
+            "--batch-mode",
+            "--dump-volume-key",
+            "--key-file",
+            s(key_file),
+            s(vol),
+        ],
+    );
+    let hex: String = dump
+        .split("MK dump:")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no volume key in {dump}"))
+        .lines()
+        .take_while(|l| l.trim().chars().all(|c| c.is_ascii_hexdigit() || c == ' '))
+        .flat_map(|l| l.split_whitespace())
+        .collect();
+    let info = run("cryptsetup", &["luksDump", s(vol)]);
+    let field = |name: &str| -> u64 {
+        info.lines()
+            .find_map(|l| l.trim().strip_prefix(name))
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {info}"))
+    };
+    let (offset, sector) = (field("offset:"), field("sector:"));
+    let len = fs::metadata(vol).unwrap().len() - offset;
+    let script = env.path("decrypt.py");
+    fs::write(
+        &script,
+        "import sys\n\
+         from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes\n\
+         vol, off, n, sector, key, out = sys.argv[1:]\n\
+         off, n, sector, key = int(off), int(n), int(sector), bytes.fromhex(key)\n\
+         with open(vol, 'rb') as f, open(out, 'wb') as o:\n\
+         \x20   f.seek(off)\n\
+         \x20   for pos in range(0, n - n % sector, sector):\n\
+         \x20       d = Cipher(algorithms.AES(key), modes.XTS((pos // 512).to_bytes(16, 'little'))).decryptor()\n\
+         \x20       o.write(d.update(f.read(sector)) + d.finalize())\n",
+    )
+    .unwrap();
+    run(
+        "python3",
+        &[
+            s(&script),
+            s(vol),
+            &offset.to_string(),
+            &len.to_string(),
+            &sector.to_string(),
+            &hex,
+            s(out),
+        ],
+    );
+}
+
+/// A marker that must never appear in what drover stores of an encrypted volume.
+const MARKER: &[u8] = b"drover-plaintext-marker-5a17c3";
+
+#[test]
+fn lvm_on_luks_is_stored_as_the_ciphertext_of_its_used_blocks() {
+    if !require(
+        "lvm on luks",
+        &[
+            "root",
+            "cryptsetup",
+            "python3",
+            "pvcreate",
+            "mkfs.ext4",
+            "e2fsck",
+            "debugfs",
+            "mkswap",
+            "mkfs.vfat",
+            "sfdisk",
+            "losetup",
+        ],
+    ) {
+        return;
+    }
+    let env = Env::new();
+    // An encrypted laptop as Ubuntu installs it: LUKS2 (Argon2id) holding an LVM PV with
+    // root (ext4) and swap LVs. Made inside out: the PV and its filesystems in a file, then
+    // encrypted in place by cryptsetup, which takes 16 MiB for its header.
+    const CRYPT: u64 = 220 * MIB;
+    let inner = env.path("crypt.img");
+    random_file(&inner, CRYPT, 5);
+    let [root, swap] = {
+        let lo = Loop::attach(&inner, 0, Some(CRYPT - 16 * MIB));
+        let lvm = Lvm::new(&lo.dev, env.path("lvm-luks"));
+        lvm.cmd("pvcreate", &[&lvm.dev]);
+        lvm.cmd("vgcreate", &["ubuntu-vg", &lvm.dev]);
+        let create = ["--driverloaded", "n", "--activate", "n", "--zero", "n"];
+        lvm.cmd(
+            "lvcreate",
+            &[&create[..], &["-n", "root", "-L", "150M", "ubuntu-vg"]].concat(),
+        );
+        lvm.cmd(
+            "lvcreate",
+            &[&create[..], &["-n", "swap", "-L", "24M", "ubuntu-vg"]].concat(),
+        );
+        [lvm.runs("root"), lvm.runs("swap")]
+    };
+    let len = |r: &[(u64, u64)]| r.iter().map(|x| x.1).sum::<u64>();
+    let tree = env.path("tree");
+    make_tree(&tree, 20 * MIB, 9);
+    fs::write(tree.join("marker.txt"), MARKER.repeat(1000)).unwrap();
+    let want = read_tree(&tree);
+    let root_img = env.path("root.img");
+    sparse_file(&root_img, len(&root));
+    run("mkfs.ext4", &["-q", "-F", "-d", s(&tree), s(&root_img)]);
+    lv_in(&inner, 0, &root, &root_img);
+    let swap_img = env.path("swap.img");
+    sparse_file(&swap_img, len(&swap));
+    run("mkswap", &["-q", s(&swap_img)]);
+    lv_in(&inner, 0, &swap, &swap_img);
+    let key = env.path("luks.key");
+    fs::write(&key, "lab passphrase\n").unwrap();
+    run(
+        "cryptsetup",
+        &[
+            "reencrypt",
+            "--encrypt",
+            "--batch-mode",
+            "--type",
+            "luks2",
+            "--sector-size",
+            "4096",
+            "--reduce-device-size",
+            "16M",
+            "--pbkdf",
+            "argon2id",
+            "--pbkdf-memory",
+            "16384",
+            "--pbkdf-parallel",
+            "1",
+            "--pbkdf-force-iterations",
+            "4",
+            "--key-file",
+            s(&key),
+            s(&inner),
+        ],
+    );
+    let disk = env.path("laptop.img");
+    gpt_disk_of(&disk, 6, CRYPT, "linux");
+    run(
+        "mkfs.vfat",
+        &["-F", "32", "--offset", "2048", s(&disk), "16384"],
+    );
+    write_into(&disk, P2, &inner);
+    let has_marker = |p: &Path| {
+        fs::read(p)
+            .unwrap()
+            .windows(MARKER.len())
+            .any(|w| w == MARKER)
+    };
+    assert!(!has_marker(&disk), "the source must hold no plaintext");
+
+    // Without a key: the raw copy of partition 2, saying so.
+    let cap = env.capture(&disk, "laptop-raw");
+    let w = cap["warnings"].as_array().unwrap();
+    assert!(
+        w.len() == 1
+            && w[0].as_str().unwrap().starts_with("partition 2: LUKS2 volume")
+            && w[0].as_str().unwrap().contains("opened without a key")
+            && w[0].as_str().unwrap().contains("raw copy"),
+        "{cap}"
+    );
+    assert!(
+        cap["used_bytes"].as_u64().unwrap() > CRYPT * 9 / 10,
+        "{cap}"
+    );
+
+    // With the key: the used blocks of root and swap, as ciphertext.
+    let cap = env.json(&[
+        "image",
+        "capture",
+        s(&disk),
+        "--name",
+        "laptop",
+        "--luks-key-file",
+        s(&key),
+    ]);
+    assert_eq!(cap["warnings"].as_array().unwrap().len(), 0, "{cap}");
+    let used = cap["used_bytes"].as_u64().unwrap();
+    assert!(used < 90 * MIB, "{used} of a {CRYPT}-byte volume");
+    let insp = env.json(&["image", "inspect", "laptop"]);
+    let f = &insp["areas"][2]["fs"];
+    let vols: Vec<(&str, &str)> = f["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| (v["name"].as_str().unwrap(), v["kind"].as_str().unwrap()))
+        .collect();
+    assert_eq!(f["kind"], "luks", "{insp}");
+    assert_eq!(vols.len(), 3, "{insp}");
+    assert!(
+        vols[0].0.starts_with("luks-") && vols[0].1 == "lvm2",
+        "{vols:?}"
+    );
+    assert_eq!(
+        &vols[1..],
+        [("ubuntu-vg/root", "ext4"), ("ubuntu-vg/swap", "swap")]
+    );
+    // A wrong key is not an error of the capture: the raw copy, naming why.
+    let wrong = env.path("wrong.key");
+    fs::write(&wrong, "not it").unwrap();
+    let cap = env.json(&[
+        "image",
+        "capture",
+        s(&disk),
+        "--name",
+        "laptop-wrong",
+        "--luks-key-file",
+        s(&wrong),
+    ]);
+    assert!(cap.to_string().contains("no key given opens"), "{cap}");
+
+    let target = env.path("target.img");
+    random_file(&target, fs::metadata(&disk).unwrap().len(), 7);
+    let lo = Loop::attach(&target, 0, None);
+    env.restore("laptop", &lo.dev);
+    drop(lo);
+    assert!(!has_marker(&target), "plaintext reached the target");
+    let vol = env.path("restored-crypt.img");
+    extract(&target, P2, CRYPT, &vol);
+    // The restored volume opens with the same passphrase, and its contents decrypt (by
+    // independent code) to an LVM PV whose root passes e2fsck with the same files.
+    run(
+        "cryptsetup",
+        &["open", "--test-passphrase", "--key-file", s(&key), s(&vol)],
+    );
+    let plain = env.path("plain.img");
+    decrypt_with_python(&env, &vol, &key, &plain);
+    let out = env.path("root-out.img");
+    lv_out(&plain, 0, &root, &out);
+    run("e2fsck", &["-fn", s(&out)]);
+    let m = Mount::new("mount", &["-o", "loop,ro", s(&out)], &env.path("mnt-luks"));
+    assert_same_files(&want, &read_tree(&m.dir), "root inside LUKS");
+    drop(m);
+    let out = env.path("swap-out.img");
+    lv_out(&plain, 0, &swap, &out);
+    assert_eq!(&read_range(&out, 4096 - 10, 10), b"SWAPSPACE2");
 }

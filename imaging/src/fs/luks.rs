@@ -491,9 +491,12 @@ pub(super) fn read(
     let h = header(dev)?;
     let name = format!("LUKS{} volume {}", h.version, h.uuid);
     if opts.luks_keys.is_empty() {
-        return Err(unsupported(format!(
-            "{name} without a key (--luks-key-file): its header and key slots are kept"
-        )));
+        return Err(FsError::Locked {
+            reason: format!(
+                "{name}, opened without a key (give --luks-key-file to store only its used \
+                 blocks); its header and key slots are kept"
+            ),
+        });
     }
     if h.meta_end > h.data_offset || h.data_offset >= dev.len() || h.sector as u64 > dev.len() {
         return Err(corrupt(

@@ -115,6 +115,12 @@ pub enum FsError {
         /// What is wrong.
         reason: String,
     },
+    /// An encrypted volume no given key opens: nothing inside can be read.
+    #[error("{reason}")]
+    Locked {
+        /// Which volume, and what would open it.
+        reason: String,
+    },
     /// A feature this reader does not understand well enough to trust its bitmaps.
     #[error("{fs} feature not supported: {feature}")]
     Unsupported {
@@ -331,6 +337,11 @@ pub fn scan_with(dev: &dyn BlockDevice, region: u64, opts: &ScanOptions) -> io::
                 dev.len()
             ),
         ),
+        Err(FsError::Locked { reason }) => {
+            let mut scan = fallback(dev, detected, region, &reason)?;
+            scan.warning = Some(format!("{reason}; {}", raw_note(region)));
+            Ok(scan)
+        }
         Err(e) => fallback(dev, detected, region, &e.to_string()),
     }
 }
