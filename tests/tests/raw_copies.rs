@@ -218,6 +218,10 @@ fn mountable_roundtrip(
         assert!(!m.areas[0].is_raw_copy());
         let ours = cap["used_bytes"].as_u64().unwrap();
         let theirs = partclone_used(partclone, &img, &env.path("partclone.img"));
+        eprintln!(
+            "{kind}: drover stores {ours} used bytes, {partclone} {theirs} ({:.3}x)",
+            ours as f64 / theirs as f64
+        );
         assert!(
             ours as f64 <= theirs as f64 * 1.02,
             "{kind}: {ours} used bytes stored, {partclone} uses {theirs}"
