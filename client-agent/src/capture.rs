@@ -131,6 +131,15 @@ pub(crate) async fn work(
         return Err(Stop::Failed("the task names no image".into()));
     }
     let name = task.image.name.clone();
+    let mut luks_keys = Vec::new();
+    for (i, k) in task.luks_keys.0.iter().enumerate() {
+        use base64::Engine;
+        luks_keys.push(
+            base64::engine::general_purpose::STANDARD
+                .decode(k)
+                .map_err(|_| Stop::Failed(format!("LUKS key {} is not base64", i + 1)))?,
+        );
+    }
     let disk = args.disk.clone();
     let dev = FileDevice::open_read(&disk)
         .map_err(|e| Stop::Failed(format!("opening {}: {e}", disk.display())))?;
@@ -153,6 +162,7 @@ pub(crate) async fn work(
         };
         let mut opts = CaptureOptions::new(name);
         opts.check_space = false;
+        opts.scan.luks_keys = luks_keys;
         let r = capture_to(
             &dev,
             &disk.display().to_string(),

@@ -341,6 +341,9 @@ pub struct AgentTask {
     /// What makes the restored system this machine's (none: the image is left untouched).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub personalize: Option<Personalization>,
+    /// A capture's passphrases for the disk's LUKS volumes (see [`NewCapture::luks_keys`]).
+    #[serde(default, skip_serializing_if = "LuksKeys::is_empty")]
+    pub luks_keys: LuksKeys,
 }
 
 impl AgentTask {
@@ -894,6 +897,31 @@ pub struct NewCapture {
     /// What the machine does afterwards (reboot unless said).
     #[serde(default)]
     pub then: Then,
+    /// Passphrases for the disk's LUKS volumes: those they open are stored as the ciphertext
+    /// of their used blocks. Held in the server's memory for the task's agent only, never
+    /// stored or shown.
+    #[serde(default, skip_serializing_if = "LuksKeys::is_empty")]
+    pub luks_keys: LuksKeys,
+}
+
+/// LUKS passphrases, each the standard base64 of its bytes (a key file's whole contents).
+/// Never printed: `Debug` shows only how many there are.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(transparent)]
+pub struct LuksKeys(pub Vec<String>);
+
+impl LuksKeys {
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for LuksKeys {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "LuksKeys({} redacted)", self.0.len())
+    }
 }
 
 /// `POST /api/v1/schedules` (and `PUT /api/v1/schedules/{name}`): a redeploy or a wake-up at
@@ -1122,6 +1150,7 @@ mod tests {
             bytes_total: 1,
             disk: None,
             personalize: None,
+            luks_keys: LuksKeys::default(),
         };
         use Transport::*;
         for (t, f, plan) in [

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use anyhow::bail;
+use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 use serde_json::{json, Value};
 use transport::fmt;
@@ -126,6 +126,11 @@ pub(crate) struct CaptureArgs {
     /// Wait until the image is committed; exit 1 if the capture failed.
     #[arg(long)]
     wait: bool,
+    /// A LUKS passphrase, read from FILE as `cryptsetup --key-file` reads it (every byte):
+    /// the machine's encrypted volumes it opens are stored as the ciphertext of their used
+    /// blocks. Repeat for several. The server holds it in memory for the capture's agent only.
+    #[arg(long, value_name = "FILE")]
+    luks_key_file: Vec<std::path::PathBuf>,
     #[command(flatten)]
     server: ServerArgs,
 }
@@ -213,6 +218,19 @@ pub(crate) fn deploy(a: DeployArgs, json: bool) -> anyhow::Result<()> {
     }
 }
 
+/// Key files as the API takes them (base64 of each file's bytes).
+fn luks_keys(files: &[std::path::PathBuf]) -> anyhow::Result<proto::api::LuksKeys> {
+    use base64::Engine;
+    let mut keys = Vec::new();
+    for f in files {
+        let k = std::fs::read(f)
+            .with_context(|| format!("reading the LUKS key file {}", f.display()))?;
+        anyhow::ensure!(!k.is_empty(), "the LUKS key file {} is empty", f.display());
+        keys.push(base64::engine::general_purpose::STANDARD.encode(k));
+    }
+    Ok(proto::api::LuksKeys(keys))
+}
+
 /// `drover capture`
 pub(crate) fn capture(a: CaptureArgs, json: bool) -> anyhow::Result<()> {
     let d = call(
@@ -222,6 +240,7 @@ pub(crate) fn capture(a: CaptureArgs, json: bool) -> anyhow::Result<()> {
             mac: a.mac.clone(),
             name: a.name.clone(),
             then: a.then,
+            luks_keys: luks_keys(&a.luks_key_file)?,
         })?,
     )?;
     let id = d["id"].as_str().unwrap_or("?").to_string();

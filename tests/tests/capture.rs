@@ -272,3 +272,101 @@ fn a_full_server_store_fails_the_capture_and_keeps_what_it_had() {
     ok(&["image", "verify", "keep"]);
     drop(srv);
 }
+
+#[test]
+fn an_encrypted_disk_is_captured_over_the_network_with_its_passphrase() {
+    if !require("capture_luks", &["cryptsetup", "mkfs.ext4"]) {
+        return;
+    }
+    let env = Env::new();
+    // A LUKS2 disk (PBKDF2, to stay quick) holding ext4 with files, encrypted in place by
+    // cryptsetup.
+    let tree = env.path("tree");
+    drover_tests::make_tree(&tree, 6 << 20, 3);
+    let disk = env.path("laptop.img");
+    random_file(&disk, 64 << 20, 8);
+    run(
+        "mkfs.ext4",
+        &[
+            "-q",
+            "-F",
+            "-d",
+            tree.to_str().unwrap(),
+            disk.to_str().unwrap(),
+            "48M",
+        ],
+    );
+    let key = env.path("luks.key");
+    std::fs::write(&key, "lab secret 7").unwrap();
+    let k = key.to_str().unwrap();
+    run(
+        "cryptsetup",
+        &[
+            "reencrypt",
+            "--encrypt",
+            "--batch-mode",
+            "--type",
+            "luks2",
+            "--reduce-device-size",
+            "16M",
+            "--pbkdf",
+            "pbkdf2",
+            "--pbkdf-force-iterations",
+            "1000",
+            "--key-file",
+            k,
+            disk.to_str().unwrap(),
+        ],
+    );
+    let srv = Server::start(&env.data(), &[]);
+    let t = env.ok(&["token", "create", "admin"]).trim().to_string();
+    srv.ok(&env, &t, &["machine", "add", GOLDEN]);
+    let out = srv.ok(
+        &env,
+        &t,
+        &["capture", GOLDEN, "--name", "laptop", "--luks-key-file", k],
+    );
+    assert!(out.contains("waiting for its agent"), "{out}");
+    let o = run_agent(&srv, &disk);
+    assert!(o.status.success(), "agent: {}", text(&o));
+    // The agent read the volume through its passphrase: the ext4 inside, its used blocks.
+    let m = env.manifest("laptop");
+    let f = m.areas[0].fs.as_ref().unwrap();
+    assert_eq!(f.kind.to_string(), "luks", "{f:?}");
+    assert_eq!(f.volumes[0].kind.to_string(), "ext4", "{f:?}");
+    assert!(f.warning.is_none(), "{f:?}");
+    assert!(m.used_bytes() < 40 << 20, "{}", m.used_bytes());
+    // Chunk for chunk what a local capture with the same key makes.
+    let local = Env::new();
+    local.json(&[
+        "image",
+        "capture",
+        disk.to_str().unwrap(),
+        "--name",
+        "laptop",
+        "--luks-key-file",
+        k,
+    ]);
+    assert_eq!(chunk_list(&m), chunk_list(&local.manifest("laptop")));
+    // The passphrase is nowhere the server shows or keeps: not in the deployment, not in its
+    // database (audit log included).
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode("lab secret 7");
+    let mut kept = srv
+        .json(&env, &t, &["deployment", "list"])
+        .to_string()
+        .into_bytes();
+    for f in ["drover.db", "drover.db-wal"] {
+        kept.extend(std::fs::read(env.data().join(f)).unwrap_or_default());
+    }
+    for secret in ["lab secret 7", b64.as_str()] {
+        assert!(
+            !kept.windows(secret.len()).any(|w| w == secret.as_bytes()),
+            "{secret:?} is kept"
+        );
+    }
+    assert!(
+        kept.windows(8).any(|w| w == b"LUKS key"),
+        "the audit log says a key was given"
+    );
+}

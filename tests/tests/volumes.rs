@@ -461,7 +461,10 @@ fn lvm_on_luks_is_stored_as_the_ciphertext_of_its_used_blocks() {
     let w = cap["warnings"].as_array().unwrap();
     assert!(
         w.len() == 1
-            && w[0].as_str().unwrap().starts_with("partition 2: LUKS2 volume")
+            && w[0]
+                .as_str()
+                .unwrap()
+                .starts_with("partition 2: LUKS2 volume")
             && w[0].as_str().unwrap().contains("opened without a key")
             && w[0].as_str().unwrap().contains("raw copy"),
         "{cap}"

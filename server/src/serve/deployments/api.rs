@@ -46,6 +46,7 @@ fn task_info(
     disk: Option<&str>,
     swarm: AgentSwarm,
     personalize: Option<api::Personalization>,
+    luks_keys: api::LuksKeys,
 ) -> Result<api::AgentTask, ApiError> {
     let transport: api::Transport = d.transport;
     let fallback: api::Fallback = d.fallback;
@@ -81,7 +82,20 @@ fn task_info(
         bytes_total: t.bytes_total.max(0) as u64,
         disk: disk.map(str::to_string),
         personalize,
+        luks_keys,
     })
+}
+
+/// The LUKS passphrases a task's agent gets: a live capture's only.
+fn task_keys(s: &Shared, t: &Task, d: &Deployment) -> api::LuksKeys {
+    if d.kind != api::TaskKind::Capture {
+        return api::LuksKeys::default();
+    }
+    if !t.active() {
+        s.deployer.forget_capture_keys(&d.id);
+        return api::LuksKeys::default();
+    }
+    s.deployer.capture_keys(&d.id)
 }
 
 /// A task as the admin sees it, with its ETA.
@@ -431,6 +445,7 @@ pub(crate) async fn hello(
         m.target_disk.as_deref(),
         s.deployer.agent_swarm,
         personalize,
+        task_keys(&s, &task, &d),
     )?);
     let shown = headers
         .get(header::AUTHORIZATION)
@@ -545,7 +560,14 @@ pub(crate) async fn task(
     };
     let personalize = personalization(&s, &t, &d, peer.ip()).await?;
     Ok(Json(api::TaskReply {
-        task: task_info(&t, &d, disk.as_deref(), s.deployer.agent_swarm, personalize)?,
+        task: task_info(
+            &t,
+            &d,
+            disk.as_deref(),
+            s.deployer.agent_swarm,
+            personalize,
+            task_keys(&s, &t, &d),
+        )?,
     }))
 }
 

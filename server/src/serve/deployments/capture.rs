@@ -32,6 +32,10 @@ use crate::serve::web::api::{parse_mac, Actor, ApiError, ApiResult, Shared};
 
 /// Hashes one `have` call may ask about.
 const MAX_HAVE: usize = 4096;
+/// LUKS passphrases one capture may carry, and the longest (cryptsetup reads key files of up
+/// to 8 MiB; real ones are a passphrase or a few KiB of random bytes).
+const MAX_LUKS_KEYS: usize = 16;
+const MAX_LUKS_KEY: usize = 64 << 10;
 /// Free space the store keeps beyond an uploaded chunk.
 const RESERVE: u64 = imaging::capture::SPACE_RESERVE;
 
@@ -57,6 +61,25 @@ pub(crate) async fn create(
             "image name {:?}: 1 to 64 characters, without '/', '@' or control characters",
             c.name
         )));
+    }
+    if c.luks_keys.0.len() > MAX_LUKS_KEYS {
+        return Err(ApiError::bad_request(format!(
+            "{} LUKS keys: at most {MAX_LUKS_KEYS}",
+            c.luks_keys.0.len()
+        )));
+    }
+    for (i, k) in c.luks_keys.0.iter().enumerate() {
+        use base64::Engine;
+        match base64::engine::general_purpose::STANDARD.decode(k) {
+            Ok(b) if !b.is_empty() && b.len() <= MAX_LUKS_KEY => {}
+            _ => {
+                return Err(ApiError::bad_request(format!(
+                    "LUKS key {}: the base64 of 1 byte to {} KiB",
+                    i + 1,
+                    MAX_LUKS_KEY >> 10
+                )))
+            }
+        }
     }
     s.db.inventory().machine(mac).await.map_err(|_| {
         ApiError::new(
@@ -110,10 +133,19 @@ pub(crate) async fn create(
             )
             .await
             .map_err(|e| ApiError::from(DeployError::from(e)))?;
+    s.deployer.set_capture_keys(&d.id, c.luks_keys.clone());
     s.db.audit(
         &actor.0,
         "capture.create",
-        &format!("{}: {mac} to image {:?}", d.id, c.name),
+        &format!(
+            "{}: {mac} to image {:?}{}",
+            d.id,
+            c.name,
+            match c.luks_keys.0.len() {
+                0 => String::new(),
+                n => format!(", with {n} LUKS key(s) held in memory"),
+            }
+        ),
     )
     .await?;
     s.deployer.tasks_created(vec![mac]);
@@ -313,6 +345,8 @@ pub(crate) async fn commit(
     .map_err(anyhow::Error::from)?
     .map_err(|e| ApiError::from(anyhow::anyhow!("committing image {name:?}: {e}")))?;
     let (id, m) = committed.map_err(|e| ApiError::new(StatusCode::CONFLICT, e))?;
+    // The image is in: its passphrases are needed no more.
+    s.deployer.forget_capture_keys(&d.id);
     let full = format!("{}@{}", m.name, m.name_version);
     sqlx::query("UPDATE deployments SET image_id = $1, image_name = $2 WHERE id = $3")
         .bind(&id)

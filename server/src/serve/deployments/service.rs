@@ -107,6 +107,9 @@ pub(crate) struct Deployer {
     /// The server's BitTorrent seed, and what agents in a swarm may do.
     pub(crate) seeder: Arc<crate::serve::swarm::seeder::Seeder>,
     pub(crate) agent_swarm: AgentSwarm,
+    /// Each capture deployment's LUKS passphrases, for its agent: in memory only (a restart
+    /// forgets them, and the capture stores its encrypted volumes as raw copies, saying so).
+    capture_keys: Mutex<HashMap<String, proto::api::LuksKeys>>,
 }
 
 /// Swarm limits of every agent: upload rate (bits/s) and peers.
@@ -149,7 +152,33 @@ impl Deployer {
             chunk_slots: Arc::new(tokio::sync::Semaphore::new(CHUNK_SLOTS)),
             seeder,
             agent_swarm,
+            capture_keys: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Keeps a capture deployment's LUKS passphrases for its agent.
+    pub(crate) fn set_capture_keys(&self, id: &str, keys: proto::api::LuksKeys) {
+        if !keys.is_empty() {
+            self.capture_keys
+                .lock()
+                .expect("lock")
+                .insert(id.to_string(), keys);
+        }
+    }
+
+    /// A capture deployment's LUKS passphrases (none when it has none, or they are gone).
+    pub(crate) fn capture_keys(&self, id: &str) -> proto::api::LuksKeys {
+        self.capture_keys
+            .lock()
+            .expect("lock")
+            .get(id)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Forgets a capture deployment's passphrases once its task no longer needs them.
+    pub(crate) fn forget_capture_keys(&self, id: &str) {
+        self.capture_keys.lock().expect("lock").remove(id);
     }
 
     /// Tells listeners that a deployment changed.
