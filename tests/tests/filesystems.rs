@@ -349,6 +349,23 @@ fn ext4_uninit_bg_with_sparse_super2() {
 }
 
 #[test]
+fn ext4_bigalloc_read_by_clusters() {
+    // 1 KiB blocks in 16 KiB clusters, some groups' bitmaps uninitialized. partclone.ext4
+    // cannot read bigalloc ("bitmap error at 0 group"): restored over random bytes, e2fsck and
+    // the files are the proof.
+    let mut c = Case::ext(
+        "ext4-bigalloc",
+        400 << 20,
+        24 << 20,
+        |e, img, _| build_ext(e, img, &["mkfs.ext4", "-O", "bigalloc", "-C", "16384"]),
+        "partclone.ext4",
+        "ext4",
+    );
+    c.partclone = None;
+    roundtrip(&c);
+}
+
+#[test]
 fn ext3_journal() {
     roundtrip(&Case::ext(
         "ext3",

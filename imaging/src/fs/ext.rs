@@ -6,7 +6,10 @@
 //! blocks are computed as e2fsprogs and the kernel do, from the superblock and descriptor backups
 //! they hold, plus every group's bitmaps and inode table wherever they live).
 //!
-//! Refused (so the raw fallback takes over): bigalloc, an external journal device, a journal
+//! bigalloc is read by clusters: the block bitmap holds a bit per cluster, and the descriptors
+//! count free clusters.
+//!
+//! Refused (so the raw fallback takes over): an external journal device, a journal
 //! that needs recovery (its replay would write blocks the on-disk bitmaps call free), a
 //! superblock or group descriptor whose checksum (metadata_csum's crc32c, uninit_bg's crc16)
 //! does not match — a damaged BLOCK_UNINIT flag would otherwise hide a whole group's data — and
@@ -80,6 +83,8 @@ fn kind_of(sb: &[u8]) -> FsKind {
 struct Geometry {
     kind: FsKind,
     bs: u64,
+    /// Allocation unit: the cluster with bigalloc, else the block.
+    cluster: u64,
     blocks: u64,
     first_data_block: u64,
     bpg: u64,
@@ -123,31 +128,43 @@ impl Geometry {
                 feature: "journal needs recovery (filesystem not cleanly unmounted)".into(),
             });
         }
-        if ro & RO_COMPAT_BIGALLOC != 0 {
-            return Err(FsError::Unsupported {
-                fs: kind,
-                feature: "bigalloc".into(),
-            });
-        }
         let log_bs = le32(sb, 0x18);
         if log_bs > 6 {
             return Err(err(&format!("block size 2^(10+{log_bs}) is out of range")));
         }
         let bs = 1024u64 << log_bs;
+        let bigalloc = ro & RO_COMPAT_BIGALLOC != 0;
+        let cluster = if bigalloc {
+            let log_c = le32(sb, 0x1C);
+            if log_c < log_bs || log_c > log_bs + 16 {
+                return Err(err(&format!(
+                    "cluster size 2^(10+{log_c}) with {bs}-byte blocks"
+                )));
+            }
+            1024u64 << log_c
+        } else {
+            bs
+        };
         let is64 = incompat & INCOMPAT_64BIT != 0;
         let mut blocks = u64::from(le32(sb, 0x04));
         if is64 {
             blocks |= u64::from(le32(sb, 0x150)) << 32;
         }
         let first_data_block = u64::from(le32(sb, 0x14));
+        // Per group: blocks, and with bigalloc clusters (a bitmap block's bits).
         let bpg = u64::from(le32(sb, 0x20));
+        let upg = if bigalloc {
+            u64::from(le32(sb, 0x24))
+        } else {
+            bpg
+        };
         let ipg = u64::from(le32(sb, 0x28));
-        if bpg == 0 || bpg > 8 * bs || bpg % 8 != 0 {
+        if upg == 0 || upg > 8 * bs || upg % 8 != 0 || upg.checked_mul(cluster / bs) != Some(bpg) {
             return Err(err(&format!(
-                "{bpg} blocks per group with {bs}-byte blocks"
+                "{bpg} blocks and {upg} allocation units per group with {bs}-byte blocks"
             )));
         }
-        if first_data_block != u64::from(bs == 1024) {
+        if first_data_block != u64::from(bs == 1024 && !bigalloc) {
             return Err(err(&format!(
                 "first data block {first_data_block} with {bs}-byte blocks"
             )));
@@ -197,6 +214,7 @@ impl Geometry {
         Ok(Self {
             kind,
             bs,
+            cluster,
             blocks,
             first_data_block,
             bpg,
@@ -272,6 +290,16 @@ impl Geometry {
         })
     }
 
+    /// The block where group `g`'s superblock (copy) would be: its first block, except that
+    /// the primary superblock is always at byte 1024 (block 1 with 1 KiB blocks, even when
+    /// bigalloc makes block 0 the first data block).
+    fn super_block(&self, g: u64) -> u64 {
+        match self.group_start(g) {
+            0 if self.bs == 1024 => 1,
+            s => s,
+        }
+    }
+
     /// Number of old-style (non-meta_bg) group descriptor blocks.
     fn old_desc_blocks(&self) -> u64 {
         if self.meta_bg {
@@ -286,16 +314,16 @@ impl Geometry {
         let mg = g / self.descs_per_block;
         if self.meta_bg && mg >= self.first_meta_bg {
             let first = mg * self.descs_per_block;
-            self.group_start(first) + u64::from(self.has_super(first))
+            self.super_block(first) + u64::from(self.has_super(first))
         } else {
-            self.first_data_block + 1 + mg
+            self.super_block(0) + 1 + mg
         }
     }
 
     /// Superblock and descriptor blocks (and reserved GDT blocks) stored in group `g`, as
     /// e2fsprogs' `ext2fs_super_and_bgd_loc2` counts them.
     fn base_meta(&self, g: u64, out: &mut ExtentMap) {
-        let start = self.group_start(g);
+        let start = self.super_block(g);
         let has_super = self.has_super(g);
         if has_super {
             out.push(start * self.bs, self.bs);
@@ -406,10 +434,12 @@ pub(super) fn read(dev: &dyn BlockDevice) -> Result<FsReport, FsError> {
     geo.base_meta(0, &mut used);
 
     let mut bitmap = vec![0u8; bs as usize];
+    let ratio = geo.cluster / bs;
     for (g, d) in descs.iter().enumerate() {
         let g = g as u64;
         let start = geo.group_start(g);
-        let n = geo.group_blocks(g);
+        // Bits in the group's bitmap: its blocks, or its clusters.
+        let n = geo.group_blocks(g).div_ceil(ratio);
         if d.flags & BG_BLOCK_UNINIT != 0 {
             // The bitmap was never written: the group holds only its base metadata (and any
             // flex_bg metadata, added above).
@@ -429,16 +459,18 @@ pub(super) fn read(dev: &dyn BlockDevice) -> Result<FsReport, FsError> {
                 ),
             ));
         }
-        used.push_bitmap(bits, n, start, bs, 0);
+        used.push_bitmap(bits, n, start / ratio, geo.cluster, 0);
     }
     used.normalize();
+    // The last cluster may run past the last block.
+    let used: ExtentMap = used.clip(0, geo.blocks * bs).collect();
 
     let label = String::from_utf8_lossy(&sb[0x78..0x88])
         .trim_end_matches('\0')
         .to_string();
     Ok(FsReport {
         kind,
-        block_size: bs as u32,
+        block_size: geo.cluster as u32,
         fs_size: geo.blocks * bs,
         used,
         label: (!label.is_empty()).then_some(label),
@@ -465,6 +497,7 @@ mod tests {
         Geometry {
             kind: FsKind::Ext4,
             bs: 4096,
+            cluster: 4096,
             blocks: groups * 32768,
             first_data_block: 0,
             bpg: 32768,
