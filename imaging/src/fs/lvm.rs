@@ -524,7 +524,11 @@ pub(super) fn read(
                         format!("LV {name}: extents {pe}+{per} past the PV's {pe_count}"),
                     ));
                 }
-                let lv_off = (start + i as u64 * per).saturating_mul(extent);
+                let lv_off = (i as u64)
+                    .checked_mul(per)
+                    .and_then(|o| o.checked_add(start))
+                    .and_then(|o| o.checked_mul(extent))
+                    .ok_or_else(|| corrupt(FS, format!("LV {name}: segment at extent {start}")))?;
                 runs.insert(lv_off, (pe_start + pe * extent, per * extent));
             }
         }

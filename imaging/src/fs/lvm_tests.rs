@@ -216,3 +216,38 @@ fn the_fuzz_corpus_holds_the_synthetic_pv() {
         path.display()
     );
 }
+
+#[test]
+fn mutated_metadata_text_is_refused_or_read_never_a_panic() {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let base = THIN_AND_SPREAD.as_bytes();
+    let (mut read_ok, mut refused) = (0, 0);
+    for _ in 0..400 {
+        let mut t = base.to_vec();
+        for _ in 0..rng.gen_range(1..4) {
+            let at = rng.gen_range(0..t.len());
+            // Digits, brackets, quotes and letters: the characters the format turns on.
+            let alphabet = b"0123456789-[]{}\",= #apv\n";
+            t[at] = alphabet[rng.gen_range(0..alphabet.len())];
+        }
+        let text = String::from_utf8_lossy(&t).into_owned();
+        // The crcs are made to match: the parser and the checks behind it are what is tried.
+        match read(
+            &MemDevice::new(synthetic_pv(8, &text)),
+            MIB,
+            &ScanOptions::default(),
+        ) {
+            Ok(rep) => {
+                read_ok += 1;
+                assert!(rep.used.is_normalized());
+                assert!(rep.used.end() <= 8 * MIB);
+            }
+            Err(_) => refused += 1,
+        }
+    }
+    assert!(
+        read_ok > 0 && refused > 0,
+        "{read_ok} read, {refused} refused"
+    );
+}
