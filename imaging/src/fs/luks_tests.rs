@@ -255,3 +255,79 @@ fn af_merge_inverts_a_split() {
     material.extend(d.iter().zip(&key).map(|(a, b)| a ^ b));
     assert_eq!(af_merge(&material, 64, stripes, hash), key);
 }
+
+/// A LUKS1 volume built by hand, 16 KiB: one key slot (PBKDF2-SHA256, one iteration, one AF
+/// stripe) that the passphrase `fuzz` opens, AES-128-XTS, data from 4 KiB holding an encrypted
+/// swap header page, then free space. The fuzz seed of the LUKS reader.
+#[allow(clippy::big_endian_bytes)] // LUKS1's header is big-endian
+fn synthetic_luks1() -> Vec<u8> {
+    use aes::cipher::KeyInit;
+    let master: Vec<u8> = (0..32u8).map(|i| i.wrapping_mul(37) ^ 0x5C).collect();
+    let mut d = vec![0u8; 16 << 10];
+    let h = &mut d[..592];
+    h[..6].copy_from_slice(MAGIC);
+    h[6..8].copy_from_slice(&1u16.to_be_bytes());
+    h[8..11].copy_from_slice(b"aes");
+    h[40..52].copy_from_slice(b"xts-plain64\0");
+    h[72..78].copy_from_slice(b"sha256");
+    h[104..108].copy_from_slice(&8u32.to_be_bytes()); // data at sector 8
+    h[108..112].copy_from_slice(&32u32.to_be_bytes());
+    let mk_salt = [7u8; 32];
+    let mut digest = [0u8; 20];
+    Hash::Sha256.pbkdf2(&master, &mk_salt, 1, &mut digest);
+    h[112..132].copy_from_slice(&digest);
+    h[132..164].copy_from_slice(&mk_salt);
+    h[164..168].copy_from_slice(&1u32.to_be_bytes());
+    h[168..172].copy_from_slice(b"syn1");
+    let slot_salt = [9u8; 32];
+    let s = &mut h[208..256];
+    s[..4].copy_from_slice(&0x00AC_71F3u32.to_be_bytes());
+    s[4..8].copy_from_slice(&1u32.to_be_bytes());
+    s[8..40].copy_from_slice(&slot_salt);
+    s[40..44].copy_from_slice(&2u32.to_be_bytes()); // key material at sector 2
+    s[44..48].copy_from_slice(&1u32.to_be_bytes()); // one stripe: the material is the key
+    for i in 1..8 {
+        // The other slots are disabled.
+        d[208 + i * 48..212 + i * 48].copy_from_slice(&0x0000_DEADu32.to_be_bytes());
+    }
+    let xts = |key: &[u8]| {
+        Xts128::new(
+            Aes128::new_from_slice(&key[..16]).unwrap(),
+            Aes128::new_from_slice(&key[16..]).unwrap(),
+        )
+    };
+    let mut derived = [0u8; 32];
+    Hash::Sha256.pbkdf2(b"fuzz", &slot_salt, 1, &mut derived);
+    let mut material = vec![0u8; 512];
+    material[..32].copy_from_slice(&master);
+    xts(&derived).encrypt_area(&mut material, 512, 0, xts_mode::get_tweak_default);
+    d[1024..1536].copy_from_slice(&material);
+    let mut page = vec![0u8; 4096];
+    page[4086..].copy_from_slice(b"SWAPSPACE2");
+    page[1028..1032].copy_from_slice(&2u32.to_le_bytes()); // last page: the volume's third
+    xts(&master).encrypt_area(&mut page, 512, 0, xts_mode::get_tweak_default);
+    d[4096..8192].copy_from_slice(&page);
+    d
+}
+
+#[test]
+fn a_hand_built_luks1_opens_and_seeds_the_fuzz_corpus() {
+    let d = synthetic_luks1();
+    let dev = crate::device::MemDevice::new(d.clone());
+    let rep = read(&dev, 4096, &keys(&[b"fuzz"])).unwrap();
+    assert_eq!(rep.volumes[0].kind, FsKind::Swap, "{:?}", rep.volumes);
+    // The header and key material, and the one encrypted page that holds used bytes.
+    let got: Vec<(u64, u64)> = rep.used.iter().map(|e| (e.start, e.len)).collect();
+    assert_eq!(got, [(0, 8192)]);
+    let e = read(&dev, 4096, &keys(&[b"fuzZ"])).unwrap_err().to_string();
+    assert!(e.contains("no key given opens"), "{e}");
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/fs_readers/seed-luks1");
+    if std::env::var_os("DROVER_WRITE_SEEDS").is_some() {
+        std::fs::write(&path, &d).unwrap();
+    }
+    assert!(
+        std::fs::read(&path).unwrap() == d,
+        "{}: not the generator's output (DROVER_WRITE_SEEDS=1 rewrites it)",
+        path.display()
+    );
+}
