@@ -144,7 +144,7 @@ pub(crate) fn run(cmd: ImageCommand, data_dir: &Path, json: bool) -> anyhow::Res
                 zstd_level,
                 threads,
                 check_space: !skip_space_check,
-                scan: imaging::fs::ScanOptions { luks_keys },
+                scan: imaging::fs::ScanOptions::with_luks_keys(luks_keys),
             };
             let bar = Bar::new(json);
             let res = capture(&dev, &source.display().to_string(), &store, &opts, &bar);

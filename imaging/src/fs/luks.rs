@@ -153,6 +153,52 @@ fn af_merge(material: &[u8], len: usize, stripes: usize, hash: Hash) -> Vec<u8> 
     d
 }
 
+/// The most work a header may ask of a KDF before drover refuses it as implausible: a
+/// damaged or hostile header must not keep a capture busy for hours or exhaust the agent's
+/// memory. cryptsetup's own ceilings are 4 GiB of Argon2 memory and PBKDF2 rounds
+/// benchmarked to about 2 s (a few million).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct KdfLimit {
+    /// PBKDF2 rounds (key slots and the volume key digest).
+    pub(crate) iterations: u32,
+    /// Argon2 memory, KiB.
+    pub(crate) memory_kib: u32,
+    /// Argon2 passes.
+    pub(crate) time: u32,
+    /// Argon2 lanes.
+    pub(crate) lanes: u32,
+}
+
+impl KdfLimit {
+    /// For real volumes.
+    pub(crate) const REAL: Self = Self {
+        iterations: 100_000_000,
+        memory_kib: 4 << 20,
+        time: 1000,
+        lanes: 64,
+    };
+    /// For the fuzz entry points: a few milliseconds of work at most.
+    pub(crate) const FUZZ: Self = Self {
+        iterations: 1000,
+        memory_kib: 64,
+        time: 4,
+        lanes: 4,
+    };
+
+    fn check(&self, what: &str, iterations: u32) -> Result<(), FsError> {
+        if iterations == 0 || iterations > self.iterations {
+            return Err(corrupt(FS, format!("{what}: {iterations} PBKDF2 rounds")));
+        }
+        Ok(())
+    }
+}
+
+impl Default for KdfLimit {
+    fn default() -> Self {
+        Self::REAL
+    }
+}
+
 /// What a key slot needs to be tried.
 struct Slot {
     kdf: Kdf,
@@ -390,7 +436,13 @@ fn header(dev: &dyn BlockDevice) -> Result<Header, FsError> {
 }
 
 /// The volume key, from the first key slot `pass` opens.
-fn unlock(dev: &dyn BlockDevice, h: &Header, pass: &[u8]) -> Result<Option<Vec<u8>>, FsError> {
+fn unlock(
+    dev: &dyn BlockDevice,
+    h: &Header,
+    pass: &[u8],
+    limit: KdfLimit,
+) -> Result<Option<Vec<u8>>, FsError> {
+    limit.check("the volume key digest", h.digest.iterations)?;
     for s in &h.slots {
         if s.key_size == 0 || s.key_size > 128 || s.stripes == 0 || s.stripes > 64_000 {
             return Err(corrupt(FS, "key slot geometry"));
@@ -401,7 +453,10 @@ fn unlock(dev: &dyn BlockDevice, h: &Header, pass: &[u8]) -> Result<Option<Vec<u
                 hash,
                 iterations,
                 salt,
-            } => hash.pbkdf2(pass, salt, *iterations, &mut derived),
+            } => {
+                limit.check("a key slot", *iterations)?;
+                hash.pbkdf2(pass, salt, *iterations, &mut derived);
+            }
             Kdf::Argon2 {
                 id,
                 time,
@@ -409,6 +464,14 @@ fn unlock(dev: &dyn BlockDevice, h: &Header, pass: &[u8]) -> Result<Option<Vec<u
                 cpus,
                 salt,
             } => {
+                if *memory > limit.memory_kib || *time > limit.time || *cpus > limit.lanes {
+                    return Err(corrupt(
+                        FS,
+                        format!(
+                            "a key slot asks Argon2 for {memory} KiB, {time} passes, {cpus} lanes"
+                        ),
+                    ));
+                }
                 let params = argon2::Params::new(*memory, *time, *cpus, Some(s.key_size))
                     .map_err(|e| corrupt(FS, format!("argon2 parameters: {e}")))?;
                 let alg = if *id {
@@ -509,7 +572,7 @@ pub(super) fn read(
     }
     let mut key = None;
     for k in &opts.luks_keys {
-        if let Some(v) = unlock(dev, &h, k)? {
+        if let Some(v) = unlock(dev, &h, k, opts.kdf_limit)? {
             key = Some(v);
             break;
         }

@@ -73,9 +73,7 @@ fn encrypted_ext4(dir: &Path, mib: u64, pass: &[u8], args: &[&str]) -> PathBuf {
 }
 
 fn keys(k: &[&[u8]]) -> ScanOptions {
-    ScanOptions {
-        luks_keys: k.iter().map(|k| k.to_vec()).collect(),
-    }
+    ScanOptions::with_luks_keys(k.iter().map(|k| k.to_vec()).collect())
 }
 
 /// Reads `img` with `pass` (after a wrong key), expecting ext4 inside; returns the report.
@@ -321,6 +319,12 @@ fn a_hand_built_luks1_opens_and_seeds_the_fuzz_corpus() {
     assert_eq!(got, [(0, 8192)]);
     let e = read(&dev, 4096, &keys(&[b"fuzZ"])).unwrap_err().to_string();
     assert!(e.contains("no key given opens"), "{e}");
+    // A header asking for more KDF work than the limit is refused before any is done.
+    let mut big = d.clone();
+    big[208 + 4..208 + 8].copy_from_slice(&[0xFF; 4]);
+    let dev = crate::device::MemDevice::new(big);
+    let e = read(&dev, 4096, &keys(&[b"fuzz"])).unwrap_err().to_string();
+    assert!(e.contains("4294967295 PBKDF2 rounds"), "{e}");
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/fs_readers/seed-luks1");
     if std::env::var_os("DROVER_WRITE_SEEDS").is_some() {
         std::fs::write(&path, &d).unwrap();

@@ -17,6 +17,7 @@ mod fat;
 mod known;
 mod luks;
 mod lvm;
+mod minix;
 mod ntfs;
 pub mod raw;
 mod swap;
@@ -57,6 +58,8 @@ pub enum FsKind {
     Xfs,
     /// btrfs (single device).
     Btrfs,
+    /// minix (v1, v2 and v3).
+    Minix,
     /// f2fs (recognised; stored as a raw copy).
     F2fs,
     /// HFS+ or HFSX (recognised; stored as a raw copy).
@@ -88,6 +91,7 @@ impl fmt::Display for FsKind {
             Self::Swap => "swap",
             Self::Xfs => "xfs",
             Self::Btrfs => "btrfs",
+            Self::Minix => "minix",
             Self::F2fs => "f2fs",
             Self::Hfsplus => "hfsplus",
             Self::Apfs => "apfs",
@@ -202,6 +206,18 @@ pub struct Scan {
 pub struct ScanOptions {
     /// Passphrases for LUKS volumes (each tried on every key slot); never stored.
     pub luks_keys: Vec<Vec<u8>>,
+    /// The most work a LUKS key slot may ask of its KDF (the fuzz entry points lower it).
+    pub(crate) kdf_limit: luks::KdfLimit,
+}
+
+impl ScanOptions {
+    /// Options that open LUKS volumes with these passphrases.
+    pub fn with_luks_keys(luks_keys: Vec<Vec<u8>>) -> Self {
+        Self {
+            luks_keys,
+            ..Self::default()
+        }
+    }
 }
 
 impl fmt::Debug for ScanOptions {
@@ -249,6 +265,9 @@ pub fn probe(dev: &dyn BlockDevice) -> io::Result<FsKind> {
     if head.starts_with(b"XFSB") {
         return Ok(FsKind::Xfs);
     }
+    if minix::probe(dev, &head) {
+        return Ok(FsKind::Minix);
+    }
     if len >= 0x1_1000 {
         let mut magic = [0u8; 8];
         dev.read_at(&mut magic, 0x1_0040)?;
@@ -278,6 +297,7 @@ pub fn scan_with(dev: &dyn BlockDevice, region: u64, opts: &ScanOptions) -> io::
         FsKind::Swap => swap::read(dev),
         FsKind::Xfs => xfs::read(dev),
         FsKind::Btrfs => btrfs::read(dev),
+        FsKind::Minix => minix::read(dev),
         FsKind::Lvm2 => lvm::read(dev, region, opts),
         FsKind::Luks => luks::read(dev, region, opts),
         _ => {
@@ -461,8 +481,11 @@ pub(crate) mod fuzzing {
     }
 
     fn luks_fuzz(dev: &dyn BlockDevice) -> Result<FsReport, FsError> {
+        // A mutated header may ask for billions of PBKDF2 rounds or gigabytes of Argon2
+        // memory: refused here long before a real volume's limits.
         let opts = ScanOptions {
             luks_keys: vec![b"fuzz".to_vec()],
+            kdf_limit: luks::KdfLimit::FUZZ,
         };
         luks::read(dev, 1 << 20, &opts)
     }
@@ -478,6 +501,7 @@ pub(crate) mod fuzzing {
             swap::read,
             xfs::read,
             btrfs::read,
+            minix::read,
             lvm_fuzz,
             luks_fuzz,
         ] {
