@@ -12,20 +12,7 @@ use crate::fs::scan;
 
 /// btrfs-progs present, or (outside CI) `None` and the test says it skipped.
 fn tools() -> Option<()> {
-    let have = |t: &str| {
-        ["/usr/sbin", "/sbin", "/usr/bin", "/bin"]
-            .iter()
-            .any(|d| Path::new(d).join(t).exists())
-    };
-    if have("mkfs.btrfs") && have("btrfs") {
-        return Some(());
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "mkfs.btrfs and btrfs are needed in CI (deploy/install-test-deps installs btrfs-progs)"
-    );
-    eprintln!("SKIP: btrfs-progs missing");
-    None
+    super::super::test_support::have_tools(&["mkfs.btrfs", "btrfs"]).then_some(())
 }
 
 fn run(cmd: &mut Command) -> String {
@@ -409,17 +396,7 @@ fn a_hand_built_filesystem_maps_exactly_one_level_or_two() {
 
 #[test]
 fn the_fuzz_corpus_holds_the_synthetic_filesystems() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/fs_readers");
     for (deep, name) in [(false, "seed-btrfs"), (true, "seed-btrfs-deep")] {
-        let path = dir.join(name);
-        let (d, _) = synthetic(deep);
-        if std::env::var_os("DROVER_WRITE_SEEDS").is_some() {
-            std::fs::write(&path, &d).unwrap();
-        }
-        assert!(
-            std::fs::read(&path).unwrap() == d,
-            "{}: not the generator's output (DROVER_WRITE_SEEDS=1 rewrites it)",
-            path.display()
-        );
+        super::super::test_support::pinned_seed(name, &synthetic(deep).0);
     }
 }

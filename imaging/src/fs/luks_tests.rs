@@ -14,20 +14,7 @@ const MIB: u64 = 1 << 20;
 
 /// cryptsetup and e2fsprogs present, or (outside CI) `None` and a skip message.
 fn tools() -> Option<()> {
-    let have = |t: &str| {
-        ["/usr/sbin", "/sbin", "/usr/bin", "/bin"]
-            .iter()
-            .any(|d| Path::new(d).join(t).exists())
-    };
-    if have("cryptsetup") && have("mkfs.ext4") {
-        return Some(());
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "cryptsetup and mkfs.ext4 are needed in CI (deploy/install-test-deps installs them)"
-    );
-    eprintln!("SKIP: cryptsetup or e2fsprogs missing");
-    None
+    super::super::test_support::have_tools(&["cryptsetup", "mkfs.ext4"]).then_some(())
 }
 
 fn run(cmd: &mut Command) {
@@ -325,13 +312,5 @@ fn a_hand_built_luks1_opens_and_seeds_the_fuzz_corpus() {
     let dev = crate::device::MemDevice::new(big);
     let e = read(&dev, 4096, &keys(&[b"fuzz"])).unwrap_err().to_string();
     assert!(e.contains("4294967295 PBKDF2 rounds"), "{e}");
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/fs_readers/seed-luks1");
-    if std::env::var_os("DROVER_WRITE_SEEDS").is_some() {
-        std::fs::write(&path, &d).unwrap();
-    }
-    assert!(
-        std::fs::read(&path).unwrap() == d,
-        "{}: not the generator's output (DROVER_WRITE_SEEDS=1 rewrites it)",
-        path.display()
-    );
+    super::super::test_support::pinned_seed("seed-luks1", &d);
 }

@@ -2,8 +2,6 @@
 //! LVs on other PVs), the text format, wrapped metadata and the refusals. A PV made by Debian's
 //! lvm2, with XFS and ext4 LVs, is captured and restored end to end in `tests/tests/volumes.rs`.
 
-use std::path::Path;
-
 use super::*;
 use crate::device::MemDevice;
 use crate::fs::scan;
@@ -206,15 +204,7 @@ fn the_fuzz_corpus_holds_the_synthetic_pv() {
     let d = seed();
     let rep = read(&MemDevice::new(d.clone()), 1 << 14, &ScanOptions::default()).unwrap();
     assert_eq!(rep.volumes.len(), 3);
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/fs_readers/seed-lvm2");
-    if std::env::var_os("DROVER_WRITE_SEEDS").is_some() {
-        std::fs::write(&path, &d).unwrap();
-    }
-    assert!(
-        std::fs::read(&path).unwrap() == d,
-        "{}: not the generator's output (DROVER_WRITE_SEEDS=1 rewrites it)",
-        path.display()
-    );
+    super::super::test_support::pinned_seed("seed-lvm2", &d);
 }
 
 #[test]

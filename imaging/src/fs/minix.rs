@@ -133,20 +133,7 @@ mod tests {
     use crate::device::FileDevice;
 
     fn tools() -> bool {
-        let have = |t: &str| {
-            ["/usr/sbin", "/sbin", "/usr/bin", "/bin"]
-                .iter()
-                .any(|d| Path::new(d).join(t).exists())
-        };
-        if have("mkfs.minix") && have("fsck.minix") && have("partclone.minix") {
-            return true;
-        }
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "mkfs.minix, fsck.minix and partclone.minix are needed in CI"
-        );
-        eprintln!("SKIP: util-linux's minix tools or partclone missing");
-        false
+        super::super::test_support::have_tools(&["mkfs.minix", "fsck.minix", "partclone.minix"])
     }
 
     /// partclone.minix's "Space in use", in bytes.
@@ -240,16 +227,7 @@ mod tests {
     #[test]
     fn bitmaps_too_small_or_a_clear_reserved_bit_are_refused() {
         let d = synthetic();
-        let path =
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/fs_readers/seed-minix");
-        if std::env::var_os("DROVER_WRITE_SEEDS").is_some() {
-            std::fs::write(&path, &d).unwrap();
-        }
-        assert!(
-            std::fs::read(&path).unwrap() == d,
-            "{}: not the generator's output (DROVER_WRITE_SEEDS=1 rewrites it)",
-            path.display()
-        );
+        super::super::test_support::pinned_seed("seed-minix", &d);
         let rep = read(&crate::device::MemDevice::new(d.clone())).unwrap();
         let got: Vec<(u64, u64)> = rep.used.iter().map(|e| (e.start, e.len)).collect();
         assert_eq!(got, [(0, 9 * 1024)]);

@@ -21,6 +21,8 @@ mod minix;
 mod ntfs;
 pub mod raw;
 mod swap;
+#[cfg(test)]
+mod test_support;
 mod xfs;
 
 use std::fmt;

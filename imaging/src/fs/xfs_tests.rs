@@ -13,20 +13,7 @@ use crate::fs::scan;
 
 /// mkfs.xfs and xfs_db present, or (outside CI) `None` and the test says it skipped.
 fn tools() -> Option<()> {
-    let have = |t: &str| {
-        ["/usr/sbin", "/sbin", "/usr/bin"]
-            .iter()
-            .any(|d| Path::new(d).join(t).exists())
-    };
-    if have("mkfs.xfs") && have("xfs_db") {
-        return Some(());
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "mkfs.xfs and xfs_db are needed in CI (deploy/install-test-deps installs xfsprogs)"
-    );
-    eprintln!("SKIP: xfsprogs missing");
-    None
+    super::super::test_support::have_tools(&["mkfs.xfs", "xfs_db"]).then_some(())
 }
 
 /// A sparse XFS image of `mib` MiB (mkfs.xfs's smallest is 300 MB), in `dir` holding a few files of different sizes; `args` go to mkfs.xfs.
@@ -307,16 +294,7 @@ fn a_two_level_btree_gives_exactly_the_free_extents_of_its_leaves() {
 /// The fuzz corpus's XFS seeds are this generator's output.
 #[test]
 fn the_fuzz_corpus_holds_the_synthetic_filesystems() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/fs_readers");
     for (v5, name) in [(false, "seed-xfs-v4"), (true, "seed-xfs-v5")] {
-        let path = dir.join(name);
-        if std::env::var_os("DROVER_WRITE_SEEDS").is_some() {
-            std::fs::write(&path, synthetic(v5)).unwrap();
-        }
-        assert!(
-            std::fs::read(&path).unwrap() == synthetic(v5),
-            "{}: not the generator's output (DROVER_WRITE_SEEDS=1 rewrites it)",
-            path.display()
-        );
+        super::super::test_support::pinned_seed(name, &synthetic(v5));
     }
 }
