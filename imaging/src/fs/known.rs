@@ -5,7 +5,7 @@
 
 use std::io;
 
-use super::{le32, FsKind};
+use super::FsKind;
 use crate::device::BlockDevice;
 
 /// The kind named by a signature on `dev`, if any; `None` when nothing is recognised.
@@ -31,9 +31,6 @@ pub(super) fn identify(dev: &dyn BlockDevice) -> io::Result<Option<FsKind>> {
     if (at(1024, b"H+") || at(1024, b"HX")) && matches!(head.get(1026..1028), Some([0, 4 | 5])) {
         return Ok(Some(FsKind::Hfsplus));
     }
-    if le32(&head, 0x400) == 0xF2F5_2010 {
-        return Ok(Some(FsKind::F2fs));
-    }
     Ok(None)
 }
 
@@ -58,11 +55,10 @@ mod tests {
 
     #[test]
     fn names_each_signature_and_nothing_else() {
-        let cases: [(usize, &[u8], FsKind); 4] = [
+        let cases: [(usize, &[u8], FsKind); 3] = [
             (3, b"-FVE-FS-", FsKind::Bitlocker),
             (32, b"NXSB", FsKind::Apfs),
             (1024, b"H+\x00\x04", FsKind::Hfsplus),
-            (0x400, &0xF2F5_2010u32.to_le_bytes(), FsKind::F2fs),
         ];
         for (at, sig, kind) in cases {
             assert_eq!(identify(&with(at, sig)).unwrap(), Some(kind), "{kind}");

@@ -13,6 +13,7 @@
 mod btrfs;
 mod exfat;
 mod ext;
+mod f2fs;
 mod fat;
 mod known;
 mod luks;
@@ -62,7 +63,7 @@ pub enum FsKind {
     Btrfs,
     /// minix (v1, v2 and v3).
     Minix,
-    /// f2fs (recognised; stored as a raw copy).
+    /// f2fs (single device).
     F2fs,
     /// HFS+ or HFSX (recognised; stored as a raw copy).
     Hfsplus,
@@ -267,6 +268,9 @@ pub fn probe(dev: &dyn BlockDevice) -> io::Result<FsKind> {
     if head.starts_with(b"XFSB") {
         return Ok(FsKind::Xfs);
     }
+    if le32(&head, 1024) == 0xF2F5_2010 {
+        return Ok(FsKind::F2fs);
+    }
     if minix::probe(dev, &head) {
         return Ok(FsKind::Minix);
     }
@@ -300,6 +304,7 @@ pub fn scan_with(dev: &dyn BlockDevice, region: u64, opts: &ScanOptions) -> io::
         FsKind::Xfs => xfs::read(dev),
         FsKind::Btrfs => btrfs::read(dev),
         FsKind::Minix => minix::read(dev),
+        FsKind::F2fs => f2fs::read(dev),
         FsKind::Lvm2 => lvm::read(dev, region, opts),
         FsKind::Luks => luks::read(dev, region, opts),
         _ => {
@@ -504,6 +509,7 @@ pub(crate) mod fuzzing {
             xfs::read,
             btrfs::read,
             minix::read,
+            f2fs::read,
             lvm_fuzz,
             luks_fuzz,
         ] {
