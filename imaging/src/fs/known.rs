@@ -25,9 +25,6 @@ pub(super) fn identify(dev: &dyn BlockDevice) -> io::Result<Option<FsKind>> {
     if at(3, b"-FVE-FS-") {
         return Ok(Some(FsKind::Bitlocker));
     }
-    if at(32, b"NXSB") {
-        return Ok(Some(FsKind::Apfs));
-    }
     if (at(1024, b"H+") || at(1024, b"HX")) && matches!(head.get(1026..1028), Some([0, 4 | 5])) {
         return Ok(Some(FsKind::Hfsplus));
     }
@@ -55,9 +52,8 @@ mod tests {
 
     #[test]
     fn names_each_signature_and_nothing_else() {
-        let cases: [(usize, &[u8], FsKind); 3] = [
+        let cases: [(usize, &[u8], FsKind); 2] = [
             (3, b"-FVE-FS-", FsKind::Bitlocker),
-            (32, b"NXSB", FsKind::Apfs),
             (1024, b"H+\x00\x04", FsKind::Hfsplus),
         ];
         for (at, sig, kind) in cases {

@@ -10,6 +10,7 @@
 //! regions (added by each reader) and whatever lies between the end of the filesystem and the end
 //! of its partition (added here, zero-skipped), where NTFS keeps its backup boot sector.
 
+mod apfs;
 mod btrfs;
 mod exfat;
 mod ext;
@@ -67,7 +68,7 @@ pub enum FsKind {
     F2fs,
     /// HFS+ or HFSX (recognised; stored as a raw copy).
     Hfsplus,
-    /// APFS container (recognised; stored as a raw copy).
+    /// APFS container (one device).
     Apfs,
     /// LVM2 physical volume (each logical volume read by its own filesystem's reader).
     Lvm2,
@@ -268,6 +269,9 @@ pub fn probe(dev: &dyn BlockDevice) -> io::Result<FsKind> {
     if head.starts_with(b"XFSB") {
         return Ok(FsKind::Xfs);
     }
+    if head.get(32..36) == Some(b"NXSB") {
+        return Ok(FsKind::Apfs);
+    }
     if le32(&head, 1024) == 0xF2F5_2010 {
         return Ok(FsKind::F2fs);
     }
@@ -305,6 +309,7 @@ pub fn scan_with(dev: &dyn BlockDevice, region: u64, opts: &ScanOptions) -> io::
         FsKind::Btrfs => btrfs::read(dev),
         FsKind::Minix => minix::read(dev),
         FsKind::F2fs => f2fs::read(dev),
+        FsKind::Apfs => apfs::read(dev),
         FsKind::Lvm2 => lvm::read(dev, region, opts),
         FsKind::Luks => luks::read(dev, region, opts),
         _ => {
@@ -510,6 +515,7 @@ pub(crate) mod fuzzing {
             btrfs::read,
             minix::read,
             f2fs::read,
+            apfs::read,
             lvm_fuzz,
             luks_fuzz,
         ] {
