@@ -22,6 +22,7 @@ mod lvm;
 mod minix;
 mod ntfs;
 pub mod raw;
+mod reiserfs;
 mod swap;
 #[cfg(test)]
 mod test_support;
@@ -77,6 +78,8 @@ pub enum FsKind {
     Luks,
     /// BitLocker encrypted volume (recognised; stored as a raw copy).
     Bitlocker,
+    /// reiserfs (formats 3.5 and 3.6).
+    Reiserfs,
     /// Not recognised: stored as every non-zero region.
     Unknown,
 }
@@ -102,6 +105,7 @@ impl fmt::Display for FsKind {
             Self::Lvm2 => "lvm2",
             Self::Luks => "luks",
             Self::Bitlocker => "bitlocker",
+            Self::Reiserfs => "reiserfs",
             Self::Unknown => "unknown",
         };
         f.write_str(s)
@@ -278,11 +282,15 @@ pub fn probe(dev: &dyn BlockDevice) -> io::Result<FsKind> {
     if minix::probe(dev, &head) {
         return Ok(FsKind::Minix);
     }
+    // btrfs and reiserfs keep their superblocks at 64 KiB.
     if len >= 0x1_1000 {
-        let mut magic = [0u8; 8];
-        dev.read_at(&mut magic, 0x1_0040)?;
-        if &magic == b"_BHRfS_M" {
+        let mut at64k = vec![0u8; 4096];
+        dev.read_at(&mut at64k, 0x1_0000)?;
+        if &at64k[0x40..0x48] == b"_BHRfS_M" {
             return Ok(FsKind::Btrfs);
+        }
+        if reiserfs::probe(&at64k) {
+            return Ok(FsKind::Reiserfs);
         }
     }
     Ok(FsKind::Unknown)
@@ -310,6 +318,7 @@ pub fn scan_with(dev: &dyn BlockDevice, region: u64, opts: &ScanOptions) -> io::
         FsKind::Minix => minix::read(dev),
         FsKind::F2fs => f2fs::read(dev),
         FsKind::Apfs => apfs::read(dev),
+        FsKind::Reiserfs => reiserfs::read(dev),
         FsKind::Lvm2 => lvm::read(dev, region, opts),
         FsKind::Luks => luks::read(dev, region, opts),
         _ => {
@@ -516,6 +525,7 @@ pub(crate) mod fuzzing {
             minix::read,
             f2fs::read,
             apfs::read,
+            reiserfs::read,
             lvm_fuzz,
             luks_fuzz,
         ] {
