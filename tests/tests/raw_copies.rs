@@ -1,11 +1,11 @@
 //! Filesystems made by their real tools, captured and restored over random bytes and over a
-//! disk that held another filesystem: XFS, btrfs, f2fs, APFS and reiserfs, read by their used
+//! disk that held another filesystem: XFS, btrfs, f2fs, APFS, reiserfs and JFS, read by their used
 //! blocks, and data drover does not recognise, stored as a raw copy. A raw copy must come back
 //! byte for byte, its all-zero regions included; used blocks must leave nothing of the old
 //! target where the filesystem looks: XFS's zeroed log, a btrfs file of written zeros and
 //! f2fs's zero regions broke when old target bytes survived there. Each restore is checked by
 //! the filesystem's own checker and by its files (mounted read-only where this kernel has a
-//! driver, dumped by dump.f2fs for f2fs; APFS and reiserfs have no tool here that writes
+//! driver, dumped by dump.f2fs for f2fs; APFS, reiserfs and JFS have no tool here that writes
 //! files). The used bytes are measured against partclone's where Debian's partclone reads the
 //! filesystem, in the same test.
 
@@ -433,6 +433,16 @@ fn reiserfs_used_blocks_restore_over_old_data() {
         &["mkreiserfs", "-q", "-f"],
         &["reiserfsck", "--check", "-y", "-q"],
         &["root", "mkreiserfs", "reiserfsck", "mkfs.ext4", "losetup"],
+    );
+}
+
+#[test]
+fn jfs_used_blocks_restore_over_old_data() {
+    checked_roundtrip(
+        "jfs",
+        &["mkfs.jfs", "-q"],
+        &["fsck.jfs", "-n", "-f"],
+        &["root", "mkfs.jfs", "fsck.jfs", "mkfs.ext4", "losetup"],
     );
 }
 

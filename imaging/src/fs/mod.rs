@@ -16,6 +16,7 @@ mod exfat;
 mod ext;
 mod f2fs;
 mod fat;
+mod jfs;
 mod known;
 mod luks;
 mod lvm;
@@ -78,6 +79,8 @@ pub enum FsKind {
     Luks,
     /// BitLocker encrypted volume (recognised; stored as a raw copy).
     Bitlocker,
+    /// JFS.
+    Jfs,
     /// reiserfs (formats 3.5 and 3.6).
     Reiserfs,
     /// Not recognised: stored as every non-zero region.
@@ -105,6 +108,7 @@ impl fmt::Display for FsKind {
             Self::Lvm2 => "lvm2",
             Self::Luks => "luks",
             Self::Bitlocker => "bitlocker",
+            Self::Jfs => "jfs",
             Self::Reiserfs => "reiserfs",
             Self::Unknown => "unknown",
         };
@@ -279,6 +283,13 @@ pub fn probe(dev: &dyn BlockDevice) -> io::Result<FsKind> {
     if le32(&head, 1024) == 0xF2F5_2010 {
         return Ok(FsKind::F2fs);
     }
+    if len >= 0x9000 {
+        let mut magic = [0u8; 4];
+        dev.read_at(&mut magic, 0x8000)?;
+        if &magic == b"JFS1" {
+            return Ok(FsKind::Jfs);
+        }
+    }
     if minix::probe(dev, &head) {
         return Ok(FsKind::Minix);
     }
@@ -319,6 +330,7 @@ pub fn scan_with(dev: &dyn BlockDevice, region: u64, opts: &ScanOptions) -> io::
         FsKind::F2fs => f2fs::read(dev),
         FsKind::Apfs => apfs::read(dev),
         FsKind::Reiserfs => reiserfs::read(dev),
+        FsKind::Jfs => jfs::read(dev),
         FsKind::Lvm2 => lvm::read(dev, region, opts),
         FsKind::Luks => luks::read(dev, region, opts),
         _ => {
@@ -526,6 +538,7 @@ pub(crate) mod fuzzing {
             f2fs::read,
             apfs::read,
             reiserfs::read,
+            jfs::read,
             lvm_fuzz,
             luks_fuzz,
         ] {
