@@ -201,10 +201,11 @@ pub(super) fn read(dev: &dyn BlockDevice) -> Result<FsReport, FsError> {
                 ),
             ));
         }
-        // The persistent map, as a bit string with the first block first.
+        // The persistent map as a bit string, the first block at bit 0: each little-endian
+        // word's most significant byte first, each byte's bits reversed.
         let bits: Vec<u8> = dm[3072..4096]
             .chunks_exact(4)
-            .flat_map(|w| u32::from_le_bytes([w[0], w[1], w[2], w[3]]).to_be_bytes())
+            .flat_map(|w| [w[3], w[2], w[1], w[0]])
             .map(u8::reverse_bits)
             .collect();
         let set: u64 = (0..count)
