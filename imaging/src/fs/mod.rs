@@ -21,6 +21,7 @@ mod known;
 mod luks;
 mod lvm;
 mod minix;
+mod nilfs2;
 mod ntfs;
 pub mod raw;
 mod reiserfs;
@@ -81,6 +82,8 @@ pub enum FsKind {
     Bitlocker,
     /// JFS.
     Jfs,
+    /// NILFS2.
+    Nilfs2,
     /// reiserfs (formats 3.5 and 3.6).
     Reiserfs,
     /// Not recognised: stored as every non-zero region.
@@ -109,6 +112,7 @@ impl fmt::Display for FsKind {
             Self::Luks => "luks",
             Self::Bitlocker => "bitlocker",
             Self::Jfs => "jfs",
+            Self::Nilfs2 => "nilfs2",
             Self::Reiserfs => "reiserfs",
             Self::Unknown => "unknown",
         };
@@ -290,6 +294,9 @@ pub fn probe(dev: &dyn BlockDevice) -> io::Result<FsKind> {
             return Ok(FsKind::Jfs);
         }
     }
+    if nilfs2::probe(&head) {
+        return Ok(FsKind::Nilfs2);
+    }
     if minix::probe(dev, &head) {
         return Ok(FsKind::Minix);
     }
@@ -331,6 +338,7 @@ pub fn scan_with(dev: &dyn BlockDevice, region: u64, opts: &ScanOptions) -> io::
         FsKind::Apfs => apfs::read(dev),
         FsKind::Reiserfs => reiserfs::read(dev),
         FsKind::Jfs => jfs::read(dev),
+        FsKind::Nilfs2 => nilfs2::read(dev),
         FsKind::Lvm2 => lvm::read(dev, region, opts),
         FsKind::Luks => luks::read(dev, region, opts),
         _ => {
@@ -539,6 +547,7 @@ pub(crate) mod fuzzing {
             apfs::read,
             reiserfs::read,
             jfs::read,
+            nilfs2::read,
             lvm_fuzz,
             luks_fuzz,
         ] {
