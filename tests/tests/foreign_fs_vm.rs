@@ -5,8 +5,9 @@
 //! drover captures it by its used blocks and restores it over random bytes and over a disk
 //! that held another filesystem; the host's checker passes where Debian has one, and a second
 //! VM boot mounts every restored image read-only and checks every file's MD5 against the
-//! tree's (the sources too, as the control of what the fill left). JFS, reiserfs and NILFS2
-//! here: this machine's kernel has no driver for them.
+//! tree's (the sources too, as the control of what the fill left). JFS, reiserfs, NILFS2 and
+//! UFS1 (built from the tree by makefs; Linux reads UFS only) here: this machine's kernel has
+//! no driver for them.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -30,35 +31,71 @@ const NEEDS: &[&str] = &[
     "mkreiserfs",
     "reiserfsck",
     "mkfs.nilfs2",
+    "makefs",
     "mkfs.ext4",
 ];
 
-/// A filesystem under test: its name (drover's and the kernel's), how the host makes it, how
-/// the host checks it (when Debian has a checker).
+/// A filesystem under test: its image's name, drover's name for it, the kernel's (and its
+/// mount options), how the host makes it (the image, then for `from_tree` the tree, are
+/// appended to `mkfs`), and how the host checks it (when Debian has a checker). One made from
+/// the tree is only read by the VM (this kernel writes no UFS); the others are filled by it.
 struct Kind {
     name: &'static str,
+    drover: &'static str,
+    mount: (&'static str, &'static str),
     mkfs: &'static [&'static str],
+    from_tree: bool,
     check: Option<&'static [&'static str]>,
 }
 
 const KINDS: &[Kind] = &[
     Kind {
         name: "jfs",
+        drover: "jfs",
+        mount: ("jfs", "-"),
         mkfs: &["mkfs.jfs", "-q"],
+        from_tree: false,
         check: Some(&["fsck.jfs", "-n", "-f"]),
     },
     Kind {
         name: "reiserfs",
+        drover: "reiserfs",
+        mount: ("reiserfs", "-"),
         mkfs: &["mkreiserfs", "-q", "-f"],
+        from_tree: false,
         check: Some(&["reiserfsck", "--check", "-y", "-q"]),
     },
     // 4 MiB segments: the default 8 MiB ones need more than 128 MiB. Debian has no checker.
     Kind {
         name: "nilfs2",
+        drover: "nilfs2",
+        mount: ("nilfs2", "-"),
         mkfs: &["mkfs.nilfs2", "-q", "-f", "-B", "1024"],
+        from_tree: false,
+        check: None,
+    },
+    // NetBSD's makefs builds UFS from a folder; Debian has no UFS checker. Not its UFS2:
+    // makefs puts that superblock at 8 KiB, where Linux does not look for one (FreeBSD's newfs
+    // puts it at 64 KiB).
+    Kind {
+        name: "ufs1",
+        drover: "ufs",
+        mount: ("ufs", "ufstype=44bsd"),
+        mkfs: &["makefs", "-t", "ffs", "-o", "version=1", "-s", "128m"],
+        from_tree: true,
         check: None,
     },
 ];
+
+/// Whether a console line ends with `line` (the first may carry the firmware's escapes).
+fn said(console: &str, line: &str) -> bool {
+    console.lines().any(|l| l.trim_end().ends_with(line))
+}
+
+/// The VM's name for virtio disk `i`.
+fn dev(i: usize) -> String {
+    format!("vd{}", (b'a' + i as u8) as char)
+}
 
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
@@ -93,7 +130,7 @@ fn kernel_modules() -> (PathBuf, String) {
 /// An initramfs: busybox, the modules for virtio disks and `fs` with their dependencies (in
 /// load order), the tree of files under /files with its MD5 list, and `/init`, which fills
 /// (`drover.phase=fill`) or verifies each disk named in /disks, then powers off.
-fn initramfs(dir: &Path, tree: &Path, fs_names: &[&str]) -> PathBuf {
+fn initramfs(dir: &Path, tree: &Path, modules: &[&str]) -> PathBuf {
     let (mods, kver) = kernel_modules();
     let stage = dir.join("initramfs");
     let _ = fs::remove_dir_all(&stage);
@@ -102,7 +139,7 @@ fn initramfs(dir: &Path, tree: &Path, fs_names: &[&str]) -> PathBuf {
     }
     fs::copy("/bin/busybox", stage.join("bin/busybox")).unwrap();
     let mut load = Vec::<String>::new();
-    for m in ["virtio_pci", "virtio_blk"].iter().chain(fs_names.iter()) {
+    for m in ["virtio_pci", "virtio_blk"].iter().chain(modules.iter()) {
         let out = Command::new("modprobe")
             .args(["-d"])
             .arg(mods.parent().unwrap().parent().unwrap())
@@ -148,24 +185,25 @@ for m in $(cat /modules); do insmod /lib/modules/$m || echo "DROVER-VM insmod $m
 phase=fill
 for a in $(cat /proc/cmdline); do case $a in drover.phase=*) phase=${a#drover.phase=} ;; esac; done
 sleep 1
-while read dev fs; do
+while read dev fs opts; do
+  [ "$opts" = - ] && opts= || opts=",$opts"
   if [ "$phase" = fill ]; then
-    if mount -t $fs /dev/$dev /mnt; then
+    if mount -t $fs -o rw$opts /dev/$dev /mnt; then
       dd if=/dev/urandom of=/mnt/stale.bin bs=1M count=6 2>/dev/null
       sync
       rm /mnt/stale.bin
       cp -a /files/. /mnt/
       sync
-      umount /mnt && echo "DROVER-VM filled $dev $fs"
+      umount /mnt && echo "DROVER-VM filled $dev"
     fi
   else
-    if mount -t $fs -o ro /dev/$dev /mnt; then
+    if mount -t $fs -o ro$opts /dev/$dev /mnt; then
       # Every file but the one mkfs.nilfs2 puts in the root for its tools.
       n=$(find /mnt -type f ! -path /mnt/.nilfs | wc -l)
       if (cd /mnt && md5sum -c -s /files.md5) && [ "$n" = "$(wc -l < /files.md5)" ]; then
-        echo "DROVER-VM verified $dev $fs"
+        echo "DROVER-VM verified $dev"
       else
-        echo "DROVER-VM mismatch $dev $fs ($n files)"
+        echo "DROVER-VM mismatch $dev ($n files)"
         (cd /mnt && md5sum -c /files.md5 2>&1 | grep -v ': OK$' | head -5)
       fi
       umount /mnt
@@ -191,9 +229,9 @@ poweroff -f
     img
 }
 
-/// Boots the kernel with `initrd` (its /disks replaced by `disks`' names in order) and the
+/// Boots the kernel with `initrd` (its /disks listing `disks`' filesystems in order) and the
 /// `disks` as virtio disks; returns the serial console once the VM has powered off.
-fn boot(dir: &Path, kernel: &Path, initrd: &Path, phase: &str, disks: &[(&Path, &str)]) -> String {
+fn boot(dir: &Path, kernel: &Path, initrd: &Path, phase: &str, disks: &[(&Path, &Kind)]) -> String {
     // /disks goes in a second cpio appended to the first: the kernel unpacks both.
     let extra = dir.join("disks-stage");
     let _ = fs::remove_dir_all(&extra);
@@ -201,7 +239,7 @@ fn boot(dir: &Path, kernel: &Path, initrd: &Path, phase: &str, disks: &[(&Path, 
     let list: String = disks
         .iter()
         .enumerate()
-        .map(|(i, (_, fs))| format!("vd{} {fs}\n", (b'a' + i as u8) as char))
+        .map(|(i, (_, k))| format!("{} {} {}\n", dev(i), k.mount.0, k.mount.1))
         .collect();
     fs::write(extra.join("disks"), list).unwrap();
     let both = dir.join(format!("initrd-{phase}.cpio"));
@@ -282,36 +320,46 @@ fn written_by_a_real_kernel_restored_and_read_back() {
     let kernel = env.data().join("boot/vmlinuz");
     let tree = env.path("tree");
     make_tree(&tree, 10 * MIB, 31);
-    let names: Vec<&str> = KINDS.iter().map(|k| k.name).collect();
-    let initrd = initramfs(&env.path("vm"), &tree, &names);
+    let mut modules: Vec<&str> = KINDS.iter().map(|k| k.mount.0).collect();
+    modules.dedup();
+    let initrd = initramfs(&env.path("vm"), &tree, &modules);
 
-    // Made on the host, filled by the VM's kernel.
+    // Made on the host; filled by the VM's kernel unless made from the tree.
     let sources: Vec<PathBuf> = KINDS
         .iter()
         .map(|k| {
             let img = env.path(&format!("{}.img", k.name));
-            sparse_file(&img, SIZE);
-            with_img(k.mkfs, &img, k.name);
+            let mut a = k.mkfs[1..].to_vec();
+            if !k.from_tree {
+                sparse_file(&img, SIZE);
+            }
+            a.push(s(&img));
+            if k.from_tree {
+                a.push(s(&tree));
+            }
+            let out = run_any(k.mkfs[0], &a);
+            assert!(out.status.success(), "{}: {:?}: {out:?}", k.name, k.mkfs);
+            assert_eq!(fs::metadata(&img).unwrap().len(), SIZE, "{}", k.name);
             img
         })
         .collect();
-    let disks: Vec<(&Path, &str)> = sources
+    let fill: Vec<(&Path, &Kind)> = sources
         .iter()
         .zip(KINDS)
-        .map(|(p, k)| (p.as_path(), k.name))
+        .filter(|(_, k)| !k.from_tree)
+        .map(|(p, k)| (p.as_path(), k))
         .collect();
-    let console = boot(&env.path("vm"), &kernel, &initrd, "fill", &disks);
-    for (i, k) in KINDS.iter().enumerate() {
-        let dev = format!("vd{}", (b'a' + i as u8) as char);
+    let console = boot(&env.path("vm"), &kernel, &initrd, "fill", &fill);
+    for (i, (_, k)) in fill.iter().enumerate() {
         assert!(
-            console.contains(&format!("DROVER-VM filled {dev} {}", k.name)),
+            said(&console, &format!("DROVER-VM filled {}", dev(i))),
             "{}: the VM did not fill it:\n{console}",
             k.name
         );
     }
 
     // Captured by used blocks, restored twice each.
-    let mut restored: Vec<(PathBuf, &str)> = Vec::new();
+    let mut restored: Vec<(PathBuf, &Kind)> = Vec::new();
     let mut used = BTreeMap::new();
     for (k, img) in KINDS.iter().zip(&sources) {
         if let Some(check) = k.check {
@@ -320,7 +368,7 @@ fn written_by_a_real_kernel_restored_and_read_back() {
         let cap = env.capture(img, k.name);
         assert_eq!(cap["warnings"].as_array().unwrap().len(), 0, "{cap}");
         let m = env.manifest(k.name);
-        assert_eq!(m.areas[0].fs.as_ref().unwrap().kind.to_string(), k.name);
+        assert_eq!(m.areas[0].fs.as_ref().unwrap().kind.to_string(), k.drover);
         let bytes = cap["used_bytes"].as_u64().unwrap();
         // The files (10 MiB) are in; most of the free space is not.
         assert!(bytes > 10 * MIB && bytes < SIZE / 2, "{}: {bytes}", k.name);
@@ -338,24 +386,23 @@ fn written_by_a_real_kernel_restored_and_read_back() {
             if let Some(check) = k.check {
                 with_img(check, &target, &format!("{} restored", k.name));
             }
-            restored.push((target, k.name));
+            restored.push((target, k));
         }
     }
     eprintln!("used bytes stored: {used:?}");
 
     // Every restored image read back by the real kernel, after the sources themselves (the
-    // control: what the fill left).
-    let disks: Vec<(&Path, &str)> = sources
+    // control: what the fill or makefs left).
+    let disks: Vec<(&Path, &Kind)> = sources
         .iter()
         .zip(KINDS)
-        .map(|(p, k)| (p.as_path(), k.name))
-        .chain(restored.iter().map(|(p, n)| (p.as_path(), *n)))
+        .map(|(p, k)| (p.as_path(), k))
+        .chain(restored.iter().map(|(p, k)| (p.as_path(), *k)))
         .collect();
     let console = boot(&env.path("vm"), &kernel, &initrd, "verify", &disks);
-    for (i, (p, name)) in disks.iter().enumerate() {
-        let dev = format!("vd{}", (b'a' + i as u8) as char);
+    for (i, (p, _)) in disks.iter().enumerate() {
         assert!(
-            console.contains(&format!("DROVER-VM verified {dev} {name}")),
+            said(&console, &format!("DROVER-VM verified {}", dev(i))),
             "{}: not every file read back:\n{console}",
             p.display()
         );

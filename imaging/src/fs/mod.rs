@@ -28,6 +28,7 @@ mod reiserfs;
 mod swap;
 #[cfg(test)]
 mod test_support;
+mod ufs;
 mod xfs;
 
 use std::fmt;
@@ -86,6 +87,8 @@ pub enum FsKind {
     Nilfs2,
     /// reiserfs (formats 3.5 and 3.6).
     Reiserfs,
+    /// UFS1 and UFS2 (the BSDs' FFS).
+    Ufs,
     /// Not recognised: stored as every non-zero region.
     Unknown,
 }
@@ -114,6 +117,7 @@ impl fmt::Display for FsKind {
             Self::Jfs => "jfs",
             Self::Nilfs2 => "nilfs2",
             Self::Reiserfs => "reiserfs",
+            Self::Ufs => "ufs",
             Self::Unknown => "unknown",
         };
         f.write_str(s)
@@ -294,6 +298,9 @@ pub fn probe(dev: &dyn BlockDevice) -> io::Result<FsKind> {
             return Ok(FsKind::Jfs);
         }
     }
+    if ufs::probe(dev)? {
+        return Ok(FsKind::Ufs);
+    }
     if nilfs2::probe(&head) {
         return Ok(FsKind::Nilfs2);
     }
@@ -339,6 +346,7 @@ pub fn scan_with(dev: &dyn BlockDevice, region: u64, opts: &ScanOptions) -> io::
         FsKind::Reiserfs => reiserfs::read(dev),
         FsKind::Jfs => jfs::read(dev),
         FsKind::Nilfs2 => nilfs2::read(dev),
+        FsKind::Ufs => ufs::read(dev),
         FsKind::Lvm2 => lvm::read(dev, region, opts),
         FsKind::Luks => luks::read(dev, region, opts),
         _ => {
@@ -548,6 +556,7 @@ pub(crate) mod fuzzing {
             reiserfs::read,
             jfs::read,
             nilfs2::read,
+            ufs::read,
             lvm_fuzz,
             luks_fuzz,
         ] {
