@@ -25,9 +25,6 @@ pub(super) fn identify(dev: &dyn BlockDevice) -> io::Result<Option<FsKind>> {
     if at(3, b"-FVE-FS-") {
         return Ok(Some(FsKind::Bitlocker));
     }
-    if (at(1024, b"H+") || at(1024, b"HX")) && matches!(head.get(1026..1028), Some([0, 4 | 5])) {
-        return Ok(Some(FsKind::Hfsplus));
-    }
     Ok(None)
 }
 
@@ -52,10 +49,7 @@ mod tests {
 
     #[test]
     fn names_each_signature_and_nothing_else() {
-        let cases: [(usize, &[u8], FsKind); 2] = [
-            (3, b"-FVE-FS-", FsKind::Bitlocker),
-            (1024, b"H+\x00\x04", FsKind::Hfsplus),
-        ];
+        let cases: [(usize, &[u8], FsKind); 1] = [(3, b"-FVE-FS-", FsKind::Bitlocker)];
         for (at, sig, kind) in cases {
             assert_eq!(identify(&with(at, sig)).unwrap(), Some(kind), "{kind}");
             // One byte off the signature is not it.

@@ -16,6 +16,7 @@ mod exfat;
 mod ext;
 mod f2fs;
 mod fat;
+mod hfsplus;
 mod jfs;
 mod known;
 mod luks;
@@ -70,7 +71,7 @@ pub enum FsKind {
     Minix,
     /// f2fs (single device).
     F2fs,
-    /// HFS+ or HFSX (recognised; stored as a raw copy).
+    /// HFS+ or HFSX.
     Hfsplus,
     /// APFS container (one device).
     Apfs,
@@ -285,6 +286,9 @@ pub fn probe(dev: &dyn BlockDevice) -> io::Result<FsKind> {
     if head.starts_with(b"XFSB") {
         return Ok(FsKind::Xfs);
     }
+    if hfsplus::probe(&head) {
+        return Ok(FsKind::Hfsplus);
+    }
     if head.get(32..36) == Some(b"NXSB") {
         return Ok(FsKind::Apfs);
     }
@@ -343,6 +347,7 @@ pub fn scan_with(dev: &dyn BlockDevice, region: u64, opts: &ScanOptions) -> io::
         FsKind::Minix => minix::read(dev),
         FsKind::F2fs => f2fs::read(dev),
         FsKind::Apfs => apfs::read(dev),
+        FsKind::Hfsplus => hfsplus::read(dev),
         FsKind::Reiserfs => reiserfs::read(dev),
         FsKind::Jfs => jfs::read(dev),
         FsKind::Nilfs2 => nilfs2::read(dev),
@@ -553,6 +558,7 @@ pub(crate) mod fuzzing {
             minix::read,
             f2fs::read,
             apfs::read,
+            hfsplus::read,
             reiserfs::read,
             jfs::read,
             nilfs2::read,
