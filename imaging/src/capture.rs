@@ -204,9 +204,20 @@ pub fn plan_with(
                 used: outside,
                 chunks: Vec::new(),
             });
-            for p in &layout.partitions {
-                let sub = SubDevice::new(dev, p.start, p.size);
-                let s = fs::scan_with(&sub, chunk_size, scan)?;
+            let subs: Vec<SubDevice<'_>> = layout
+                .partitions
+                .iter()
+                .map(|p| SubDevice::new(dev, p.start, p.size))
+                .collect();
+            for (i, p) in layout.partitions.iter().enumerate() {
+                // The other partitions: an LVM2 PV reads LVs spread over PVs among them.
+                let others: Vec<&dyn BlockDevice> = subs
+                    .iter()
+                    .enumerate()
+                    .filter(|&(j, _)| j != i)
+                    .map(|(_, d)| d as &dyn BlockDevice)
+                    .collect();
+                let s = fs::scan_in(&subs[i], chunk_size, scan, &others)?;
                 if let Some(w) = &s.warning {
                     warnings.push(format!("partition {}: {w}", p.number));
                 }

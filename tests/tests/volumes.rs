@@ -23,6 +23,7 @@ fn s(p: &Path) -> &str {
 /// device-mapper or udev.
 struct Lvm {
     dev: String,
+    more: Vec<String>,
     sys: PathBuf,
 }
 
@@ -31,15 +32,26 @@ impl Lvm {
         fs::create_dir_all(sys.join("lock")).unwrap();
         Self {
             dev: s(dev).to_string(),
+            more: Vec::new(),
             sys,
         }
     }
 
+    /// Confined to `devs` (several PVs).
+    fn on(devs: &[&Path], sys: PathBuf) -> Self {
+        let mut l = Self::new(devs[0], sys);
+        l.more = devs[1..].iter().map(|d| s(d).to_string()).collect();
+        l
+    }
+
     fn cmd(&self, tool: &str, args: &[&str]) -> String {
+        let accept: String = std::iter::once(&self.dev)
+            .chain(&self.more)
+            .map(|d| format!("\"a|^{d}$|\","))
+            .collect();
         let conf = format!(
-            "devices {{ filter=[\"a|^{}$|\",\"r|.*|\"] obtain_device_list_from_udev=0 }} \
+            "devices {{ filter=[{accept}\"r|.*|\"] obtain_device_list_from_udev=0 }} \
              activation {{ udev_sync=0 udev_rules=0 }} global {{ locking_dir=\"{}\" }}",
-            self.dev,
             self.sys.join("lock").display()
         );
         let out = Command::new(tool)
@@ -544,4 +556,186 @@ fn lvm_on_luks_is_stored_as_the_ciphertext_of_its_used_blocks() {
     let out = env.path("swap-out.img");
     lv_out(&plain, 0, &swap, &out);
     assert_eq!(&read_range(&out, 4096 - 10, 10), b"SWAPSPACE2");
+}
+
+/// A striped LV's bytes, chunk by chunk: LV chunk `c` of `stripe` bytes is on PV `c % 2`, its
+/// row `c / 2`, from `starts[pv]` (disk offsets). Out of `disk` into `img`, or back in.
+fn stripes(disk: &Path, starts: [u64; 2], stripe: u64, img: &Path, into_disk: bool) {
+    let len = if into_disk {
+        fs::metadata(img).unwrap().len()
+    } else {
+        fs::metadata(img).map(|m| m.len()).unwrap_or(0)
+    };
+    assert!(len > 0 && len % (2 * stripe) == 0);
+    let mut data = if into_disk {
+        fs::read(img).unwrap()
+    } else {
+        vec![0u8; len as usize]
+    };
+    for c in 0..len / stripe {
+        let at = starts[(c % 2) as usize] + (c / 2) * stripe;
+        let piece = &mut data[(c * stripe) as usize..((c + 1) * stripe) as usize];
+        if into_disk {
+            patch(disk, at, piece);
+        } else {
+            piece.copy_from_slice(&read_range(disk, at, stripe));
+        }
+    }
+    if !into_disk {
+        fs::write(img, data).unwrap();
+    }
+}
+
+#[test]
+fn a_striped_lv_over_two_partitions_is_read_through_its_stripes() {
+    if !require(
+        "striped lvm volume",
+        &[
+            "root",
+            "pvcreate",
+            "lvcreate",
+            "mkfs.ext4",
+            "e2fsck",
+            "sfdisk",
+            "losetup",
+            "mount",
+        ],
+    ) {
+        return;
+    }
+    const PV: u64 = 200 * MIB;
+    const P3: u64 = P2 + PV;
+    let env = Env::new();
+    let disk = env.path("striped.img");
+    random_file(&disk, P3 + PV + MIB, 11);
+    run_stdin(
+        "sfdisk",
+        &["-q", s(&disk)],
+        &format!(
+            "label: gpt\nstart=2048, size=32768, type=uefi\nstart={}, size={}, type=lvm\n\
+             start={}, size={}, type=lvm\n",
+            P2 / 512,
+            PV / 512,
+            P3 / 512,
+            PV / 512
+        ),
+    );
+    run(
+        "mkfs.vfat",
+        &["-F", "32", "--offset", "2048", s(&disk), "16384"],
+    );
+    // Two PVs, one VG, an LV striped over both in 64 KiB chunks.
+    let (stripe, lv_len, starts) = {
+        let a = Loop::attach(&disk, P2, Some(PV));
+        let b = Loop::attach(&disk, P3, Some(PV));
+        let lvm = Lvm::on(&[&a.dev, &b.dev], env.path("lvm-striped"));
+        lvm.cmd("pvcreate", &[s(&a.dev), s(&b.dev)]);
+        lvm.cmd("vgcreate", &["data", s(&a.dev), s(&b.dev)]);
+        lvm.cmd(
+            "lvcreate",
+            &[
+                "--driverloaded",
+                "n",
+                "--activate",
+                "n",
+                "--zero",
+                "n",
+                "-i",
+                "2",
+                "-I",
+                "64k",
+                "-n",
+                "store",
+                "-L",
+                "160M",
+                "data",
+            ],
+        );
+        let q = |tool: &str, args: &[&str]| {
+            lvm.cmd(
+                tool,
+                &[&["--noheadings", "--nosuffix", "--units", "b"], args].concat(),
+            )
+        };
+        let extent: u64 = q("vgs", &["-o", "vg_extent_size"]).trim().parse().unwrap();
+        let seg = q(
+            "lvs",
+            &[
+                "--segments",
+                "-o",
+                "stripes,stripe_size,seg_pe_ranges,lv_size",
+            ],
+        );
+        let f: Vec<&str> = seg.split_whitespace().collect();
+        assert_eq!(f[0], "2", "{seg}");
+        let stripe: u64 = f[1].parse().unwrap();
+        let lv_len: u64 = f[4].parse().unwrap();
+        let pes = q("pvs", &["-o", "pv_name,pe_start"]);
+        let start_of = |dev: &Path| -> u64 {
+            pes.lines()
+                .find(|l| l.contains(s(dev)))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .unwrap()
+                .parse()
+                .unwrap()
+        };
+        // "/dev/loopA:0-79 /dev/loopB:0-79": each stripe's first extent.
+        let first = |dev: &Path| -> u64 {
+            let r = [f[2], f[3]]
+                .into_iter()
+                .find(|r| r.starts_with(s(dev)))
+                .unwrap();
+            r.rsplit(':')
+                .next()
+                .unwrap()
+                .split('-')
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap()
+        };
+        let starts = [
+            P2 + start_of(&a.dev) + first(&a.dev) * extent,
+            P3 + start_of(&b.dev) + first(&b.dev) * extent,
+        ];
+        // Stripe 0 is on the first PV named.
+        assert!(f[2].starts_with(s(&a.dev)), "{seg}");
+        (stripe, lv_len, starts)
+    };
+    assert_eq!(stripe, 64 << 10);
+    let tree = env.path("tree");
+    make_tree(&tree, 40 * MIB, 12);
+    let img = env.path("store.img");
+    random_file(&img, lv_len, 13);
+    run("mkfs.ext4", &["-q", "-F", s(&img)]);
+    fill(&img, &tree, &env.path("mnt"));
+    stripes(&disk, starts, stripe, &img, true);
+
+    let cap = env.capture(&disk, "striped");
+    assert_eq!(cap["warnings"].as_array().unwrap().len(), 0, "{cap}");
+    let used = cap["used_bytes"].as_u64().unwrap();
+    // The files (40 MiB) and the metadata: far less than the 160 MiB LV's old bytes.
+    assert!(used > 40 * MIB && used < 100 * MIB, "{used} bytes used");
+    let insp = env.json(&["image", "inspect", "striped"]);
+    for area in [2, 3] {
+        let pv = &insp["areas"][area]["fs"];
+        assert_eq!(pv["kind"], "lvm2", "{insp}");
+        let v = &pv["volumes"][0];
+        assert_eq!(v["name"], "data/store", "{insp}");
+        assert_eq!(v["kind"], "ext4", "{insp}");
+    }
+
+    let target = env.path("target.img");
+    random_file(&target, P3 + PV + MIB, 14);
+    env.restore("striped", &target);
+    let back = env.path("store-back.img");
+    fs::write(&back, vec![0u8; lv_len as usize]).unwrap();
+    stripes(&target, starts, stripe, &back, false);
+    run("e2fsck", &["-fn", s(&back)]);
+    let m = Mount::new("mount", &["-o", "loop,ro", s(&back)], &env.path("mnt-back"));
+    assert_same_files(
+        &read_tree(&tree),
+        &read_tree(&m.dir),
+        "the striped LV restored",
+    );
 }

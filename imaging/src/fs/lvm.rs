@@ -7,12 +7,15 @@
 //! logical volume's segments: runs of logical extents on physical extents.
 //!
 //! What is stored: every byte before the first physical extent (label, metadata area, boot
-//! loader area) and every metadata area elsewhere, whole; then each LV whose every segment is a
-//! linear run on this PV, read through the mapping by [`super::scan`] (its own filesystem's
-//! reader, or the raw copy with that reader's warning). LVs that cannot be read here are raw
-//! copies of their extents on this PV, with a warning naming them: LVs that span other PVs or
-//! are striped, and the hidden LVs of thin pools, RAID, mirrors, caches and snapshots, whose
-//! contents are not a filesystem. Physical extents no LV holds are free space.
+//! loader area) and every metadata area elsewhere, whole; then each LV with extents on this PV,
+//! read through its segments by [`super::scan`] (its own filesystem's reader, or the raw copy
+//! with that reader's warning): linear runs and stripes, on this PV and on the VG's other PVs
+//! when they are partitions of the same disk (the capture hands them over). Of what the LV's
+//! filesystem uses, the part on this PV is stored here; each other PV's scan stores its own.
+//! LVs that cannot be read are raw copies of their extents on this PV, with a warning naming
+//! them: LVs on a PV that is not on this disk, and the hidden LVs of thin pools, RAID, mirrors,
+//! caches and snapshots, whose contents are not a filesystem. Physical extents no LV holds are
+//! free space.
 //!
 //! Checked before the map is trusted: the label's, the metadata header's and the metadata
 //! text's crcs, the metadata naming this PV by its uuid, and every segment inside the PV's
@@ -338,20 +341,57 @@ fn metadata_text(dev: &dyn BlockDevice, start: u64, size: u64) -> Result<String,
     String::from_utf8(text).map_err(|_| corrupt(FS, "metadata text is not UTF-8"))
 }
 
-/// An LV seen through its linear segments on the PV: `(lv offset, pv offset, len)`, in order.
+/// One segment of an LV: `len` bytes from LV offset `lv`, laid over `areas` (device index,
+/// byte offset) in chunks of `stripe` bytes taken in turn (one area: a linear run).
+struct Seg {
+    lv: u64,
+    len: u64,
+    stripe: u64,
+    areas: Vec<(usize, u64)>,
+}
+
+/// An LV seen through its segments, on this PV (device 0) and the VG's other PVs found on
+/// the same disk.
 struct LvDevice<'a> {
-    pv: &'a dyn BlockDevice,
-    runs: Vec<(u64, u64, u64)>,
+    devs: Vec<&'a dyn BlockDevice>,
+    segs: Vec<Seg>,
     len: u64,
 }
 
 impl LvDevice<'_> {
-    /// The PV ranges under `lv_start..lv_start + len`.
-    fn pv_ranges(&self, lv_start: u64, len: u64) -> impl Iterator<Item = (u64, u64)> + '_ {
+    /// Where LV offset `o` lies: (device index, device offset, bytes from there in the same
+    /// run).
+    fn map(&self, o: u64) -> Option<(usize, u64, u64)> {
+        let i = self.segs.partition_point(|s| s.lv + s.len <= o);
+        let seg = self.segs.get(i).filter(|s| s.lv <= o)?;
+        let rel = o - seg.lv;
+        let left = seg.len - rel;
+        if seg.areas.len() == 1 {
+            let (d, at) = seg.areas[0];
+            return Some((d, at + rel, left));
+        }
+        let k = seg.areas.len() as u64;
+        let (chunk, within) = (rel / seg.stripe, rel % seg.stripe);
+        let (d, at) = seg.areas[(chunk % k) as usize];
+        Some((
+            d,
+            at + (chunk / k) * seg.stripe + within,
+            (seg.stripe - within).min(left),
+        ))
+    }
+
+    /// The pieces under `lv_start..lv_start + len`: (device index, device offset, len).
+    fn pieces(&self, lv_start: u64, len: u64) -> impl Iterator<Item = (usize, u64, u64)> + '_ {
         let end = lv_start + len;
-        self.runs.iter().filter_map(move |&(l, p, n)| {
-            let (s, e) = (lv_start.max(l), end.min(l + n));
-            (s < e).then(|| (p + (s - l), e - s))
+        let mut o = lv_start;
+        std::iter::from_fn(move || {
+            if o >= end {
+                return None;
+            }
+            let (d, at, n) = self.map(o)?;
+            let n = n.min(end - o);
+            o += n;
+            Some((d, at, n))
         })
     }
 }
@@ -365,9 +405,12 @@ impl BlockDevice for LvDevice<'_> {
             return Err(io::ErrorKind::UnexpectedEof.into());
         }
         let mut done = 0usize;
-        for (p, n) in self.pv_ranges(offset, buf.len() as u64) {
-            self.pv.read_at(&mut buf[done..done + n as usize], p)?;
+        for (d, at, n) in self.pieces(offset, buf.len() as u64) {
+            self.devs[d].read_at(&mut buf[done..done + n as usize], at)?;
             done += n as usize;
+        }
+        if done != buf.len() {
+            return Err(io::ErrorKind::UnexpectedEof.into());
         }
         Ok(())
     }
@@ -385,8 +428,8 @@ impl BlockDevice for LvDevice<'_> {
     }
 }
 
-/// Why an LV cannot be read through its own filesystem from this PV, if it cannot.
-fn unreadable(lv: &Value, pv_name: &str) -> Option<String> {
+/// Why an LV cannot be read through its own filesystem, if it cannot.
+fn unreadable(lv: &Value) -> Option<String> {
     if !lv.has_flag("status", "VISIBLE") {
         return Some(
             "a hidden volume of a thin pool, RAID, mirror, cache or snapshot, not a filesystem"
@@ -403,21 +446,24 @@ fn unreadable(lv: &Value, pv_name: &str) -> Option<String> {
                 ))
             }
         }
-        if seg.num("stripe_count").ok() != Some(1) {
-            return Some("striped over several physical volumes".into());
-        }
-        match seg.get("stripes") {
-            Some(Value::List(l)) if l.first() == Some(&Value::Str(pv_name.into())) => {}
-            _ => return Some("it spans other physical volumes".into()),
-        }
     }
     None
+}
+
+/// The other PVs of a volume group, found among the disk's other partitions by their labels:
+/// `(uuid without dashes, device, where its extents start)`.
+fn siblings<'a>(others: &[&'a dyn BlockDevice]) -> Vec<(String, &'a dyn BlockDevice)> {
+    others
+        .iter()
+        .filter_map(|&d| label(d).ok().map(|l| (l.uuid, d)))
+        .collect()
 }
 
 pub(super) fn read(
     dev: &dyn BlockDevice,
     region: u64,
     opts: &ScanOptions,
+    others: &[&dyn BlockDevice],
 ) -> Result<FsReport, FsError> {
     let l = label(dev)?;
     let mut used = ExtentMap::new();
@@ -493,6 +539,33 @@ pub(super) fn read(
     }
     used.push(l.data_start, pe_start - l.data_start);
 
+    // Every PV of the VG that is here: this one (device 0), and others on the same disk.
+    let found = siblings(others);
+    let mut devs: Vec<&dyn BlockDevice> = vec![dev];
+    // PV name in the metadata -> (device index, where its extents start, its extent count).
+    let mut pv_at: BTreeMap<&str, (usize, u64, u64)> = BTreeMap::new();
+    pv_at.insert(pv_name, (0, pe_start, pe_count));
+    for (name, other) in pvs.sections().filter(|(n, _)| *n != pv_name) {
+        let Some(id) = other.str("id").map(|i| i.replace('-', "")) else {
+            continue;
+        };
+        if let Some(&(_, d)) = found.iter().find(|(u, _)| *u == id) {
+            let (start, count) = (
+                other.num("pe_start")?.saturating_mul(512),
+                other.num("pe_count")?,
+            );
+            if extent
+                .checked_mul(count)
+                .and_then(|b| b.checked_add(start))
+                .is_none_or(|e| e > d.len())
+            {
+                return Err(corrupt(FS, format!("PV {name}: extents past its device")));
+            }
+            devs.push(d);
+            pv_at.insert(name, (devs.len() - 1, start, count));
+        }
+    }
+
     let mut volumes = Vec::new();
     let mut taken = ExtentMap::new();
     let lvs: Vec<(&str, &Value)> = vg
@@ -500,54 +573,78 @@ pub(super) fn read(
         .map(|v| v.sections().collect())
         .unwrap_or_default();
     for (name, lv) in lvs {
-        // This LV's runs on this PV, by LV offset.
-        let mut runs = BTreeMap::new();
+        // The LV's segments in LV order, and its extents on this PV; `missing` names a PV it
+        // uses that is not on this disk.
+        let mut segs = Vec::new();
+        let mut extents = ExtentMap::new();
+        let mut missing = None;
         for (_, seg) in lv.sections() {
             let Some(Value::List(stripes)) = seg.get("stripes") else {
                 continue;
             };
             let (start, count) = (seg.num("start_extent")?, seg.num("extent_count")?);
-            let stripe_count = seg.num("stripe_count").unwrap_or(1).max(1);
-            // Each stripe holds count / stripe_count of the segment's extents.
-            let per = count / stripe_count;
-            for (i, pair) in stripes.chunks(2).enumerate() {
+            let k = seg.num("stripe_count").unwrap_or(1).max(1);
+            if stripes.len() as u64 != 2 * k || count % k != 0 {
+                return Err(corrupt(
+                    FS,
+                    format!("LV {name}: {count} extents over {k} stripes"),
+                ));
+            }
+            // Each stripe holds count / k of the segment's extents.
+            let per = count / k;
+            let stripe = if k == 1 {
+                per * extent
+            } else {
+                seg.num("stripe_size")?.saturating_mul(512)
+            };
+            if stripe == 0 || (k > 1 && extent % stripe != 0) {
+                return Err(corrupt(FS, format!("LV {name}: stripes of {stripe} bytes")));
+            }
+            let mut areas = Vec::new();
+            for pair in stripes.chunks(2) {
                 let [Value::Str(on), Value::Num(pe)] = pair else {
                     return Err(corrupt(FS, format!("LV {name}: stripes list")));
                 };
-                if on != pv_name {
-                    continue;
-                }
                 let pe = u64::try_from(*pe).map_err(|_| corrupt(FS, "negative extent"))?;
-                if pe.checked_add(per).is_none_or(|e| e > pe_count) {
+                let Some(&(d, at, n)) = pv_at.get(on.as_str()) else {
+                    missing = Some(on.clone());
+                    continue;
+                };
+                if pe.checked_add(per).is_none_or(|e| e > n) {
                     return Err(corrupt(
                         FS,
-                        format!("LV {name}: extents {pe}+{per} past the PV's {pe_count}"),
+                        format!("LV {name}: extents {pe}+{per} past PV {on}'s {n}"),
                     ));
                 }
-                let lv_off = (i as u64)
-                    .checked_mul(per)
-                    .and_then(|o| o.checked_add(start))
-                    .and_then(|o| o.checked_mul(extent))
-                    .ok_or_else(|| corrupt(FS, format!("LV {name}: segment at extent {start}")))?;
-                runs.insert(lv_off, (pe_start + pe * extent, per * extent));
+                let off = at + pe * extent;
+                if d == 0 {
+                    if taken.intersects(off, off + per * extent) {
+                        return Err(corrupt(FS, format!("LV {name} overlaps another")));
+                    }
+                    extents.push(off, per * extent);
+                }
+                areas.push((d, off));
             }
-        }
-        if runs.is_empty() {
-            continue; // thin volumes and the like: their data is in other LVs
-        }
-        let runs: Vec<(u64, u64, u64)> = runs.into_iter().map(|(l, (p, n))| (l, p, n)).collect();
-        let mut extents = ExtentMap::new();
-        for &(_, p, n) in &runs {
-            if taken.intersects(p, p + n) {
-                return Err(corrupt(FS, format!("LV {name} overlaps another")));
-            }
-            extents.push(p, n);
-            taken.push(p, n);
-            taken.normalize();
+            let lv_off = start
+                .checked_mul(extent)
+                .ok_or_else(|| corrupt(FS, format!("LV {name}: segment at extent {start}")))?;
+            segs.push(Seg {
+                lv: lv_off,
+                len: count * extent,
+                stripe,
+                areas,
+            });
         }
         extents.normalize();
+        if extents.is_empty() {
+            continue; // nothing on this PV (or a thin volume: its data is in other LVs)
+        }
+        taken = taken.union(&extents);
+        segs.sort_by_key(|s| s.lv);
+        let lv_len: u64 = segs.iter().map(|s| s.len).sum();
+        let contiguous = segs.first().is_some_and(|s| s.lv == 0)
+            && segs.windows(2).all(|w| w[0].lv + w[0].len == w[1].lv);
         let full = format!("{vg_name}/{name}");
-        let lv_len = runs.iter().map(|r| r.2).sum();
         let mut vol = Volume {
             name: full.clone(),
             kind: FsKind::Unknown,
@@ -558,14 +655,16 @@ pub(super) fn read(
             label: None,
             warning: None,
         };
-        let contiguous = runs.windows(2).all(|w| w[0].0 + w[0].2 == w[1].0) && runs[0].0 == 0;
-        let why = unreadable(lv, pv_name)
-            .or_else(|| (!contiguous).then(|| "its extents are not all on this PV".to_string()));
+        let why = unreadable(lv)
+            .or_else(|| {
+                missing.map(|pv| format!("it spans physical volume {pv}, not on this disk"))
+            })
+            .or_else(|| (!contiguous).then(|| "its segments leave holes".to_string()));
         let lv_used = match why {
             None => {
                 let lvdev = LvDevice {
-                    pv: dev,
-                    runs,
+                    devs: devs.clone(),
+                    segs,
                     len: lv_len,
                 };
                 let s = super::scan_with(&lvdev, region, opts)?;
@@ -573,12 +672,16 @@ pub(super) fn read(
                 vol.detected = s.detected;
                 vol.label = s.report.label.clone();
                 vol.warning = s.warning;
+                // What lies on this PV; the other PVs' scans keep their own parts.
                 let mut m = ExtentMap::new();
                 for e in s.report.used.iter() {
-                    for (p, n) in lvdev.pv_ranges(e.start, e.len) {
-                        m.push(p, n);
+                    for (d, at, n) in lvdev.pieces(e.start, e.len) {
+                        if d == 0 {
+                            m.push(at, n);
+                        }
                     }
                 }
+                m.normalize();
                 m
             }
             Some(why) => {

@@ -84,7 +84,7 @@ fn volumes_that_are_not_filesystems_here_are_raw_copies_by_name() {
     // Stale bytes in a free extent (6) are not kept.
     d[(7 * MIB + 10) as usize] = 3;
     let dev = MemDevice::new(d);
-    let rep = read(&dev, 512 * 1024, &ScanOptions::default()).unwrap();
+    let rep = read(&dev, 512 * 1024, &ScanOptions::default(), &[]).unwrap();
     let v: Vec<(&str, FsKind, u64)> = rep
         .volumes
         .iter()
@@ -101,7 +101,11 @@ fn volumes_that_are_not_filesystems_here_are_raw_copies_by_name() {
     let w = |i: usize| rep.volumes[i].warning.clone().unwrap();
     assert!(w(0).contains("every byte is zero"), "{}", w(0));
     assert!(w(1).contains("hidden volume of a thin pool"), "{}", w(1));
-    assert!(w(2).contains("spans other physical volumes"), "{}", w(2));
+    assert!(
+        w(2).contains("spans physical volume pv1, not on this disk"),
+        "{}",
+        w(2)
+    );
     assert_eq!(rep.volumes[2].extents.total(), 2 * MIB);
     // Label and metadata area (the first MiB), the two raw regions; not the free extent.
     let got: Vec<(u64, u64)> = rep.used.iter().map(|e| (e.start, e.len)).collect();
@@ -112,7 +116,7 @@ fn volumes_that_are_not_filesystems_here_are_raw_copies_by_name() {
 fn damaged_labels_and_metadata_are_refused_by_name() {
     let good = synthetic_pv(8, THIN_AND_SPREAD);
     let err = |d: Vec<u8>| {
-        read(&MemDevice::new(d), MIB, &ScanOptions::default())
+        read(&MemDevice::new(d), MIB, &ScanOptions::default(), &[])
             .unwrap_err()
             .to_string()
     };
@@ -135,7 +139,7 @@ fn damaged_labels_and_metadata_are_refused_by_name() {
         8,
         &THIN_AND_SPREAD.replace("[\"pv0\", 3]", "[\"pv0\", 6]"),
     ));
-    assert!(e.contains("past the PV"), "{e}");
+    assert!(e.contains("past PV pv0's 7"), "{e}");
     let e = err(synthetic_pv(8, &THIN_AND_SPREAD.replace("pv0 {", "pv0 [")));
     assert!(e.contains("metadata text, byte"), "{e}");
     // Through scan: the raw copy with the reason.
@@ -181,7 +185,7 @@ fn metadata_wrapping_round_the_area_end_is_read() {
     h[40..48].copy_from_slice(&off.to_le_bytes());
     let c = lvm_crc(CRC_INIT, &h[4..]);
     h[..4].copy_from_slice(&c.to_le_bytes());
-    let rep = read(&MemDevice::new(d), MIB, &ScanOptions::default()).unwrap();
+    let rep = read(&MemDevice::new(d), MIB, &ScanOptions::default(), &[]).unwrap();
     assert_eq!(rep.volumes.len(), 3);
 }
 
@@ -202,7 +206,13 @@ fn seed() -> Vec<u8> {
 #[test]
 fn the_fuzz_corpus_holds_the_synthetic_pv() {
     let d = seed();
-    let rep = read(&MemDevice::new(d.clone()), 1 << 14, &ScanOptions::default()).unwrap();
+    let rep = read(
+        &MemDevice::new(d.clone()),
+        1 << 14,
+        &ScanOptions::default(),
+        &[],
+    )
+    .unwrap();
     assert_eq!(rep.volumes.len(), 3);
     super::super::test_support::pinned_seed("seed-lvm2", &d);
 }
@@ -227,6 +237,7 @@ fn mutated_metadata_text_is_refused_or_read_never_a_panic() {
             &MemDevice::new(synthetic_pv(8, &text)),
             MIB,
             &ScanOptions::default(),
+            &[],
         ) {
             Ok(rep) => {
                 read_ok += 1;
@@ -240,4 +251,61 @@ fn mutated_metadata_text_is_refused_or_read_never_a_panic() {
         read_ok > 0 && refused > 0,
         "{read_ok} read, {refused} refused"
     );
+}
+
+/// A striped LV read through its stripes: 64 KiB chunks taken in turn from two devices, a
+/// linear segment after them on the first; and the pieces of an LV range on each device.
+#[test]
+fn striped_segments_interleave_their_devices() {
+    let (a, b) = (
+        MemDevice::new(vec![0xAA; 4 * MIB as usize]),
+        MemDevice::new(vec![0xBB; 4 * MIB as usize]),
+    );
+    for (dev, tag) in [(&a, 1u8), (&b, 2u8)] {
+        let mut d = vec![0u8; 4 * MIB as usize];
+        for (i, x) in d.iter_mut().enumerate() {
+            *x = tag.wrapping_mul(100).wrapping_add((i / (64 << 10)) as u8);
+        }
+        dev.write_at(&d, 0).unwrap();
+    }
+    let lv = LvDevice {
+        devs: vec![&a, &b],
+        segs: vec![
+            Seg {
+                lv: 0,
+                len: 2 * MIB,
+                stripe: 64 << 10,
+                areas: vec![(0, 0), (1, MIB)],
+            },
+            Seg {
+                lv: 2 * MIB,
+                len: MIB,
+                stripe: MIB,
+                areas: vec![(0, 2 * MIB)],
+            },
+        ],
+        len: 3 * MIB,
+    };
+    let mut buf = vec![0u8; 3 * MIB as usize];
+    lv.read_at(&mut buf, 0).unwrap();
+    // LV chunk c of the striped segment: device c % 2, its chunk c / 2 (b's from 1 MiB on).
+    for c in 0..32usize {
+        let want = if c % 2 == 0 {
+            100 + (c / 2) as u8
+        } else {
+            200u8.wrapping_add(16 + (c / 2) as u8)
+        };
+        assert_eq!(buf[c * (64 << 10)], want, "chunk {c}");
+    }
+    assert_eq!(buf[2 * MIB as usize], 100 + 32);
+    let pieces: Vec<(usize, u64, u64)> = lv.pieces(60 << 10, 72 << 10).collect();
+    assert_eq!(
+        pieces,
+        [
+            (0, 60 << 10, 4 << 10),
+            (1, MIB, 64 << 10),
+            (0, 64 << 10, 4 << 10)
+        ]
+    );
+    assert!(lv.read_at(&mut [0u8; 2], 3 * MIB - 1).is_err());
 }

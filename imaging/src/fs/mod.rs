@@ -335,6 +335,17 @@ pub fn scan(dev: &dyn BlockDevice, region: u64) -> io::Result<Scan> {
 
 /// [`scan`] with keys for encrypted volumes.
 pub fn scan_with(dev: &dyn BlockDevice, region: u64, opts: &ScanOptions) -> io::Result<Scan> {
+    scan_in(dev, region, opts, &[])
+}
+
+/// [`scan_with`] of one partition with the disk's `others` at hand: an LVM2 PV reads the
+/// logical volumes its volume group spreads over the PVs among them.
+pub fn scan_in(
+    dev: &dyn BlockDevice,
+    region: u64,
+    opts: &ScanOptions,
+    others: &[&dyn BlockDevice],
+) -> io::Result<Scan> {
     let detected = probe(dev)?;
     let result = match detected {
         FsKind::Ext2 | FsKind::Ext3 | FsKind::Ext4 => ext::read(dev),
@@ -352,7 +363,7 @@ pub fn scan_with(dev: &dyn BlockDevice, region: u64, opts: &ScanOptions) -> io::
         FsKind::Jfs => jfs::read(dev),
         FsKind::Nilfs2 => nilfs2::read(dev),
         FsKind::Ufs => ufs::read(dev),
-        FsKind::Lvm2 => lvm::read(dev, region, opts),
+        FsKind::Lvm2 => lvm::read(dev, region, opts, others),
         FsKind::Luks => luks::read(dev, region, opts),
         _ => {
             let report = raw_report(dev, region)?;
@@ -531,7 +542,7 @@ pub(crate) mod fuzzing {
     use super::*;
 
     fn lvm_fuzz(dev: &dyn BlockDevice) -> Result<FsReport, FsError> {
-        lvm::read(dev, 1 << 20, &ScanOptions::default())
+        lvm::read(dev, 1 << 20, &ScanOptions::default(), &[])
     }
 
     fn luks_fuzz(dev: &dyn BlockDevice) -> Result<FsReport, FsError> {
