@@ -1,13 +1,12 @@
-//! Filesystems made by their real tools, captured and restored over random bytes and over a
-//! disk that held another filesystem: XFS, btrfs, f2fs, APFS, reiserfs and JFS, read by their used
-//! blocks, and data drover does not recognise, stored as a raw copy. A raw copy must come back
-//! byte for byte, its all-zero regions included; used blocks must leave nothing of the old
-//! target where the filesystem looks: XFS's zeroed log, a btrfs file of written zeros and
-//! f2fs's zero regions broke when old target bytes survived there. Each restore is checked by
-//! the filesystem's own checker and by its files (mounted read-only where this kernel has a
-//! driver, dumped by dump.f2fs for f2fs; APFS, reiserfs and JFS have no tool here that writes
-//! files). The used bytes are measured against partclone's where Debian's partclone reads the
-//! filesystem, in the same test.
+//! Filesystems made by their real tools, captured and restored over random bytes and over a disk
+//! that held another filesystem: XFS, btrfs, f2fs, APFS, HFS+, reiserfs and JFS, read by their used
+//! blocks, and data drover does not recognise, stored as a raw copy. A raw copy must come back byte
+//! for byte, its all-zero regions included; used blocks must leave nothing of the old target where
+//! the filesystem looks: XFS's zeroed log, a btrfs file of written zeros and f2fs's zero regions
+//! broke when old target bytes survived there. Each restore is checked by the filesystem's own
+//! checker and by its files (mounted read-only where this kernel has a driver, dumped by dump.f2fs
+//! for f2fs; APFS, HFS+, reiserfs and JFS have no tool here that writes files). The used bytes are
+//! measured against partclone's where Debian's partclone reads the filesystem, in the same test.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -444,6 +443,43 @@ fn jfs_used_blocks_restore_over_old_data() {
         &["fsck.jfs", "-n", "-f"],
         &["root", "mkfs.jfs", "fsck.jfs", "mkfs.ext4", "losetup"],
     );
+}
+
+#[test]
+fn hfsplus_used_blocks_restore_over_old_data() {
+    if !require(
+        "hfsplus",
+        &["xorriso", "partclone.hfsp", "mkfs.ext4", "losetup", "root"],
+    ) {
+        return;
+    }
+    // Debian 12 has no mkfs for HFS+: xorriso's ISO hybrid carries an HFS+ volume (its Apple
+    // partition) whose catalog lies over the ISO's files, every block in use. Cut out, it is
+    // captured by its allocation file and must come back byte for byte.
+    let env = Env::new();
+    let (tree, _) = tree_with_zeros(&env, 3);
+    let iso = env.path("hybrid.iso");
+    run(
+        "xorriso",
+        &["-as", "mkisofs", "-hfsplus", "-o", s(&iso), s(&tree)],
+    );
+    let data = fs::read(&iso).unwrap();
+    let start = (0..data.len() - 2048)
+        .step_by(512)
+        .find(|&p| matches!(&data[p + 1024..p + 1028], b"H+\0\x04" | b"HX\0\x05"))
+        .expect("an HFS+ volume in the ISO");
+    // The volume header is big-endian.
+    #[allow(clippy::big_endian_bytes)]
+    let be32 = |o: usize| u32::from_be_bytes(data[o..o + 4].try_into().unwrap());
+    let size = u64::from(be32(start + 1024 + 40)) * u64::from(be32(start + 1024 + 44));
+    let img = env.path("hfsplus.img");
+    fs::write(&img, &data[start..start + size as usize]).unwrap();
+    let cap = env.capture(&img, "hfsplus");
+    assert_used_blocks(&env, &cap, "hfsplus", &img, "partclone.hfsp", u64::MAX);
+    for (i, (what, target)) in targets(&env, size, "ext4").into_iter().enumerate() {
+        restore(&env, "hfsplus", &target, i == 0);
+        assert_same_bytes(&img, &target, &format!("hfsplus {what}"));
+    }
 }
 
 #[test]
