@@ -10,49 +10,10 @@ use std::process::Command;
 use super::*;
 use crate::device::{FileDevice, MemDevice};
 use crate::fs::scan;
+use crate::fs::test_support::{partclone_copied, run};
 
 fn tools() -> bool {
     super::super::test_support::have_tools(&["mkapfs", "apfsck", "partclone.apfs"])
-}
-
-fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "{cmd:?}: {text}");
-    text
-}
-
-/// The bytes partclone.apfs copies into its image (a 110-byte header, the bitmap and its crc,
-/// then the blocks with a crc after each run of them, which add up to less than a block).
-fn partclone_used(img: &Path, out: &Path) -> u64 {
-    let o = Command::new("partclone.apfs")
-        .args(["-c", "-s"])
-        .arg(img)
-        .arg("-O")
-        .arg(out)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&o.stderr).replace('\r', "\n");
-    assert!(o.status.success(), "partclone.apfs: {text}");
-    let size = std::fs::metadata(out).unwrap().len();
-    let _ = std::fs::remove_file(out);
-    let field = |name: &str, unit: &str| -> u64 {
-        text.lines()
-            .find_map(|l| l.trim().strip_prefix(name))
-            .and_then(|r| r.rsplit('=').next())
-            .and_then(|r| r.trim().strip_suffix(unit))
-            .and_then(|n| n.trim().parse().ok())
-            .unwrap_or_else(|| panic!("no {name} in {text}"))
-    };
-    let (block, blocks) = (
-        field("Block size:", "Byte"),
-        field("Device size:", "Blocks"),
-    );
-    (size - 110 - blocks.div_ceil(8) - 4) / block * block
 }
 
 /// apfsck passes on `img`, reporting unknown and odd things too (`-cuw`).
@@ -90,17 +51,13 @@ fn mkapfs_container_by_its_bitmaps() {
     assert!(s.warning.is_none(), "{:?}", s.warning);
     assert_eq!(s.detected, FsKind::Apfs);
     drop(dev);
-    let theirs = partclone_used(&img, &dir.path().join("pc.img"));
+    let theirs = partclone_copied("partclone.apfs", &img, dir.path());
     eprintln!("apfs: drover {used} bytes, partclone.apfs {theirs}");
     assert!(
         used as f64 <= theirs as f64 * 1.02,
         "drover {used}, partclone.apfs {theirs}"
     );
-    let mut b = std::fs::read(&img).unwrap();
-    for g in rep.used.gaps(0, b.len() as u64).iter() {
-        b[g.start as usize..g.end() as usize].fill(0x5A);
-    }
-    std::fs::write(&img, b).unwrap();
+    super::super::test_support::scribble_outside(&img, &rep.used);
     apfsck(&img, "after the scribble");
 }
 

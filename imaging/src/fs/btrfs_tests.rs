@@ -9,21 +9,11 @@ use std::process::Command;
 use super::*;
 use crate::device::{BlockDevice, FileDevice, MemDevice};
 use crate::fs::scan;
+use crate::fs::test_support::{run, scribble_outside};
 
 /// btrfs-progs present, or (outside CI) `None` and the test says it skipped.
 fn tools() -> Option<()> {
     super::super::test_support::have_tools(&["mkfs.btrfs", "btrfs"]).then_some(())
-}
-
-fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// The files put into each test filesystem, in `dir/root`.
@@ -52,15 +42,6 @@ fn make(dir: &Path, mib: u64, args: &[&str]) -> PathBuf {
         .args(args)
         .arg(&img));
     img
-}
-
-/// Overwrites every byte of `img` outside `used` with 0x5A.
-fn scribble_outside(img: &Path, used: &ExtentMap) {
-    let mut b = std::fs::read(img).unwrap();
-    for gap in used.gaps(0, b.len() as u64).iter() {
-        b[gap.start as usize..gap.end() as usize].fill(0x5A);
-    }
-    std::fs::write(img, b).unwrap();
 }
 
 /// `btrfs check` passes on `img` and `btrfs restore` gives back [`files`] exactly.

@@ -10,6 +10,7 @@ use std::process::{Command, Stdio};
 use super::*;
 use crate::device::{FileDevice, MemDevice};
 use crate::fs::scan;
+use crate::fs::test_support::{partclone_copied, run};
 
 fn tools() -> bool {
     super::super::test_support::have_tools(&[
@@ -19,17 +20,6 @@ fn tools() -> bool {
         "dump.f2fs",
         "partclone.f2fs",
     ])
-}
-
-fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "{cmd:?}: {text}");
-    text
 }
 
 /// Files of assorted sizes in `dir/root`, flat (dump.f2fs gives files back by name only).
@@ -111,37 +101,6 @@ fn dumped(dir: &Path, img: &Path) -> std::collections::BTreeMap<String, Vec<u8>>
     out
 }
 
-/// The bytes partclone.f2fs copies into its image (not its "Space in use", which says more
-/// than it copies): a 110-byte header, the bitmap and its crc, then the blocks with a 4-byte
-/// crc after every 256 of them.
-fn partclone_used(img: &Path, out: &Path) -> u64 {
-    let o = Command::new("partclone.f2fs")
-        .args(["-c", "-s"])
-        .arg(img)
-        .arg("-O")
-        .arg(out)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&o.stderr).replace('\r', "\n");
-    assert!(o.status.success(), "partclone.f2fs: {text}");
-    let size = std::fs::metadata(out).unwrap().len();
-    let _ = std::fs::remove_file(out);
-    let field = |name: &str, unit: &str| -> u64 {
-        text.lines()
-            .find_map(|l| l.trim().strip_prefix(name))
-            .and_then(|r| r.rsplit('=').next())
-            .and_then(|r| r.trim().strip_suffix(unit))
-            .and_then(|n| n.trim().parse().ok())
-            .unwrap_or_else(|| panic!("no {name} in {text}"))
-    };
-    let (block, blocks) = (
-        field("Block size:", "Byte"),
-        field("Device size:", "Blocks"),
-    );
-    // The crcs add up to less than a block: rounding down drops them.
-    (size - 110 - blocks.div_ceil(8) - 4) / block * block
-}
-
 /// Made, read, measured against partclone, everything outside the map overwritten, then
 /// checked by fsck.f2fs and by its files.
 fn check(features: &[&str], fill: bool) {
@@ -169,17 +128,13 @@ fn check(features: &[&str], fill: bool) {
     assert!(s.warning.is_none(), "{:?}", s.warning);
     assert_eq!(s.detected, FsKind::F2fs);
     drop(dev);
-    let theirs = partclone_used(&img, &dir.path().join("pc.img"));
+    let theirs = partclone_copied("partclone.f2fs", &img, dir.path());
     eprintln!("f2fs {features:?}: drover {used} bytes, partclone.f2fs {theirs}");
     assert!(
         used as f64 <= theirs as f64 * 1.02,
         "drover {used}, partclone.f2fs {theirs}"
     );
-    let mut b = std::fs::read(&img).unwrap();
-    for g in rep.used.gaps(0, b.len() as u64).iter() {
-        b[g.start as usize..g.end() as usize].fill(0x5A);
-    }
-    std::fs::write(&img, b).unwrap();
+    super::super::test_support::scribble_outside(&img, &rep.used);
     fsck(&img, "after the scribble");
     if let Some(w) = want {
         assert!(

@@ -60,11 +60,7 @@ fn mkfs_aggregate_by_its_dmaps() {
     assert!(s.warning.is_none(), "{:?}", s.warning);
     assert_eq!(s.detected, FsKind::Jfs);
     drop(dev);
-    let mut b = std::fs::read(&img).unwrap();
-    for g in rep.used.gaps(0, b.len() as u64).iter() {
-        b[g.start as usize..g.end() as usize].fill(0x5A);
-    }
-    std::fs::write(&img, b).unwrap();
+    super::super::test_support::scribble_outside(&img, &rep.used);
     fsck(&img, "after the scribble");
 }
 

@@ -190,11 +190,7 @@ mod tests {
                     "{v}: drover {used}, partclone.minix {theirs}"
                 );
             }
-            let mut b = std::fs::read(&img).unwrap();
-            for g in rep.used.gaps(0, b.len() as u64).iter() {
-                b[g.start as usize..g.end() as usize].fill(0x5A);
-            }
-            std::fs::write(&img, b).unwrap();
+            super::super::test_support::scribble_outside(&img, &rep.used);
             let out = Command::new("fsck.minix")
                 .arg("-f")
                 .arg(&img)

@@ -57,11 +57,7 @@ fn check(bytes: usize, args: &[&str]) {
     assert!(s.warning.is_none(), "{:?}", s.warning);
     assert_eq!(s.detected, FsKind::Reiserfs);
     drop(dev);
-    let mut b = std::fs::read(&img).unwrap();
-    for g in rep.used.gaps(0, b.len() as u64).iter() {
-        b[g.start as usize..g.end() as usize].fill(0x5A);
-    }
-    std::fs::write(&img, b).unwrap();
+    super::super::test_support::scribble_outside(&img, &rep.used);
     reiserfsck(&img, "after the scribble");
 }
 
