@@ -34,6 +34,8 @@ pub mod fs;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod manifest;
+pub mod relayout;
+pub mod mount;
 pub mod progress;
 pub mod restore;
 pub mod store;

@@ -395,6 +395,17 @@ pub fn relocate_gpt(
     primary: &[u8],
     sector_size: u32,
 ) -> Result<(), TableError> {
+    rewrite_gpt(target, primary, sector_size, &[])
+}
+
+/// [`relocate_gpt`] with partitions placed anew: each `(number, start, size)` (bytes) replaces
+/// that partition's extent; the others stay as captured.
+pub fn rewrite_gpt(
+    target: &dyn BlockDevice,
+    primary: &[u8],
+    sector_size: u32,
+    changes: &[(u32, u64, u64)],
+) -> Result<(), TableError> {
     let ss = u64::from(sector_size);
     let src = crate::device::MemDevice::new(primary.to_vec()).with_sector_size(sector_size);
     let mut gpt = gptman::GPT::read_from(&mut DevCursor::new(&src), ss)
@@ -405,6 +416,20 @@ pub fn relocate_gpt(
         .update_from(&mut cur, ss)
         .map_err(|e| TableError::Gpt(e.to_string()))?;
     gpt.header.first_usable_lba = first_usable;
+    for &(number, start, size) in changes {
+        if number == 0 || number > gpt.header.number_of_partition_entries {
+            return Err(TableError::Gpt(format!("no partition entry {number}")));
+        }
+        let (first, last) = (start / ss, (start + size) / ss - 1);
+        if first < gpt.header.first_usable_lba || last > gpt.header.last_usable_lba {
+            return Err(TableError::Gpt(format!(
+                "partition {number} (sectors {first}..={last}) outside the usable sectors {}..={}",
+                gpt.header.first_usable_lba, gpt.header.last_usable_lba
+            )));
+        }
+        gpt[number].starting_lba = first;
+        gpt[number].ending_lba = last;
+    }
     gpt.write_into(&mut cur)
         .map_err(|e| TableError::Gpt(e.to_string()))?;
     // Protective MBR: the 0xEE entry covers the whole disk (capped at 2^32-1 sectors).

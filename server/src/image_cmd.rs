@@ -10,6 +10,8 @@ use imaging::capture::{capture, CaptureOptions};
 use imaging::device::FileDevice;
 use imaging::fs::FsKind;
 use imaging::manifest::{AreaKind, Manifest};
+use imaging::device::BlockDevice as _;
+use imaging::relayout::{self, LayoutMode};
 use imaging::restore::{restore, verify};
 use imaging::store::{Store, StoredImage};
 use serde_json::json;
@@ -59,6 +61,10 @@ pub(crate) enum ImageCommand {
         /// Worker threads (0: one per core).
         #[arg(long, default_value_t = 0)]
         threads: usize,
+        /// On a larger target: `grow` the last partition and its filesystem to the disk's
+        /// end, `keep` the captured layout, or scale every partition `proportional`ly.
+        #[arg(long, default_value = "grow", value_parser = parse_layout)]
+        layout: LayoutMode,
     },
     /// Show an image's partitions, filesystems, used bytes and chunks.
     Inspect {
@@ -189,6 +195,7 @@ pub(crate) fn run(cmd: ImageCommand, data_dir: &Path, json: bool) -> anyhow::Res
             target,
             store,
             threads,
+            layout,
         } => {
             let store = open_store(store, data_dir)?;
             let img = store.resolve(&image)?;
@@ -202,9 +209,18 @@ pub(crate) fn run(cmd: ImageCommand, data_dir: &Path, json: bool) -> anyhow::Res
             let bar = Bar::new(json);
             let t0 = std::time::Instant::now();
             let label = format!("{}@{}", img.manifest.name, img.manifest.name_version);
+            // Planned before a byte is written: a layout that cannot be is refused first.
+            let plan = relayout::plan(&img.manifest, dev.len(), layout)
+                .with_context(|| format!("laying {label} out on {}", target.display()))?;
             let res = restore(&label, &img.manifest, &store, &dev, threads, &bar);
             bar.finish();
             let r = res.with_context(|| format!("restoring {label} onto {}", target.display()))?;
+            let changed = relayout::apply(&target, &dev, &img.manifest, &plan).with_context(|| {
+                format!(
+                    "restored {label} onto {}, but laying it out ({layout}) failed",
+                    target.display()
+                )
+            })?;
             let secs = t0.elapsed().as_secs_f64();
             if json {
                 println!(
@@ -218,6 +234,9 @@ pub(crate) fn run(cmd: ImageCommand, data_dir: &Path, json: bool) -> anyhow::Res
                         "chunks": r.chunks,
                         "gpt_relocated": r.gpt_relocated,
                         "bytes_zeroed": r.bytes_zeroed,
+                        "layout": layout,
+                        "partitions": plan.parts,
+                        "layout_changes": changed,
                         "seconds": secs,
                     })
                 );
@@ -241,6 +260,9 @@ pub(crate) fn run(cmd: ImageCommand, data_dir: &Path, json: bool) -> anyhow::Res
                         ""
                     },
                 );
+                for line in &changed {
+                    println!("  {line}");
+                }
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -509,4 +531,9 @@ fn inspect(img: &StoredImage, refs: &HashMap<imaging::manifest::Hash, u32>, json
         fmt::bytes(m.stats.new_bytes),
         shared
     );
+}
+
+/// Parses `--layout`.
+pub(crate) fn parse_layout(s: &str) -> Result<LayoutMode, String> {
+    s.parse()
 }

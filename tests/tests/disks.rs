@@ -368,10 +368,11 @@ fn gpt_disk_same_larger_and_smaller_targets() {
     }
     fs::remove_file(&target).unwrap();
 
-    // Larger: the backup GPT moves to the new end; the partitions stay where they were.
+    // Larger, the layout kept: the backup GPT moves to the new end; the partitions stay
+    // where they were (growing them is tests/tests/layouts.rs's).
     let target = env.path("larger.img");
     random_file(&target, 800 * MIB, 2);
-    let r = env.restore("gpt", &target);
+    let r = env.json(&["image", "restore", "gpt", s(&target), "--layout", "keep"]);
     assert_eq!(r["gpt_relocated"], true);
     check_gpt_target(&env, &disk, &target, &parts, &want, "larger disk");
     let info = run("sgdisk", &["-p", s(&target)]);

@@ -8,7 +8,7 @@
 
 mod efi;
 mod linux;
-mod mount;
+use imaging::mount;
 mod windows;
 
 use std::path::Path;

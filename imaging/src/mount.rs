@@ -1,8 +1,8 @@
-//! One filesystem of the restored disk, mounted for personalization: a loop device over its
-//! bytes of the disk (a block device or an image file alike, so no partition device nodes
-//! are needed), mounted read-only on a fresh directory (looking changes nothing, not even a
-//! mount count), made writable only when there is something to change, then unmounted and
-//! detached.
+//! One filesystem of a restored disk, reached through a loop device over its bytes of the disk
+//! (a block device or an image file alike, so no partition device nodes are needed): handed to
+//! a tool as a device (resize2fs, ntfsresize), or mounted on a fresh directory — read-only for
+//! personalization (looking changes nothing, not even a mount count), made writable only when
+//! there is something to change — then unmounted and detached. Linux only, and root only.
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -43,9 +43,9 @@ struct LoopConfig {
     reserved: [u64; 8],
 }
 
-/// A loop device over `len` bytes of `disk` from `offset`. It detaches itself once closed
-/// and unmounted (autoclear).
-fn attach(disk: &Path, offset: u64, len: u64) -> anyhow::Result<(File, PathBuf)> {
+/// A loop device over `len` bytes of `disk` from `offset`: the open device and its path. It
+/// detaches itself once closed and unmounted (autoclear).
+pub fn attach(disk: &Path, offset: u64, len: u64) -> anyhow::Result<(File, PathBuf)> {
     let backing = OpenOptions::new()
         .read(true)
         .write(true)
@@ -116,7 +116,7 @@ fn attach(disk: &Path, offset: u64, len: u64) -> anyhow::Result<(File, PathBuf)>
 }
 
 /// A mounted filesystem; [`unmount`](Self::unmount) it (dropping does too, quietly).
-pub(crate) struct Mounted {
+pub struct Mounted {
     dir: PathBuf,
     /// Held until unmounted: the loop device detaches once both are gone.
     _loop: File,
@@ -151,7 +151,7 @@ fn kernel_mount(dev: &Path, dir: &Path, fstype: &str, flags: libc::c_ulong) -> i
 /// them; the boot environment has ntfs-3g).
 #[derive(Debug, thiserror::Error)]
 #[error("no NTFS driver: the kernel has no ntfs3 and ntfs-3g is not installed")]
-pub(crate) struct NoNtfsDriver;
+pub struct NoNtfsDriver;
 
 /// Mounts the NTFS on `dev` on `dir` with ntfs-3g (a kernel without ntfs3, as Debian 12's).
 /// It returns once the filesystem is mounted; its daemon serves it until it is unmounted.
@@ -179,21 +179,41 @@ fn ntfs_3g(dev: &Path, dir: &Path, read_only: bool) -> anyhow::Result<()> {
 
 impl Mounted {
     /// Mounts the `fstype` filesystem at `offset..offset + len` of `disk`, read-only.
-    pub(crate) fn new(disk: &Path, offset: u64, len: u64, fstype: &str) -> anyhow::Result<Self> {
+    pub fn new(disk: &Path, offset: u64, len: u64, fstype: &str) -> anyhow::Result<Self> {
+        Self::mount(disk, offset, len, fstype, true)
+    }
+
+    /// Mounts the `fstype` filesystem at `offset..offset + len` of `disk`, read-write (to grow
+    /// it while mounted, as XFS and btrfs grow).
+    pub fn new_writable(disk: &Path, offset: u64, len: u64, fstype: &str) -> anyhow::Result<Self> {
+        Self::mount(disk, offset, len, fstype, false)
+    }
+
+    fn mount(
+        disk: &Path,
+        offset: u64,
+        len: u64,
+        fstype: &str,
+        read_only: bool,
+    ) -> anyhow::Result<Self> {
         let (dev, path) = attach(disk, offset, len)?;
         let dir = std::env::temp_dir().join(format!(
-            "drover-personalize-{}-{offset}",
+            "drover-mount-{}-{offset}",
             std::process::id()
         ));
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        let flags = libc::MS_RDONLY | libc::MS_NOATIME;
+        let flags = if read_only {
+            libc::MS_RDONLY | libc::MS_NOATIME
+        } else {
+            libc::MS_NOATIME
+        };
         // NTFS: the kernel's ntfs3 where it has one, else ntfs-3g.
         let kernel_type = if fstype == "ntfs" { "ntfs3" } else { fstype };
         let mut fuse = false;
         let r = match kernel_mount(&path, &dir, kernel_type, flags) {
             Err(e) if fstype == "ntfs" && e.raw_os_error() == Some(libc::ENODEV) => {
                 fuse = true;
-                ntfs_3g(&path, &dir, true)
+                ntfs_3g(&path, &dir, read_only)
             }
             r => r.with_context(|| format!("mounting it as {kernel_type}")),
         };
@@ -211,12 +231,12 @@ impl Mounted {
     }
 
     /// Where it is mounted.
-    pub(crate) fn dir(&self) -> &Path {
+    pub fn dir(&self) -> &Path {
         &self.dir
     }
 
     /// Remounts it read-write.
-    pub(crate) fn make_writable(&mut self) -> anyhow::Result<()> {
+    pub fn make_writable(&mut self) -> anyhow::Result<()> {
         if self.fuse {
             // ntfs-3g cannot remount: mount it again, read-write.
             umount_keep(&self.dir)?;
@@ -244,14 +264,14 @@ impl Mounted {
     }
 
     /// Unmounts it (its changes are on the disk once this returns).
-    pub(crate) fn unmount(mut self) -> anyhow::Result<()> {
+    pub fn unmount(mut self) -> anyhow::Result<()> {
         self.mounted = false;
         umount(&self.dir)
     }
 }
 
 /// Mounts efivarfs on `dir` unless something is mounted there already (its variables show).
-pub(crate) fn efivarfs(dir: &Path) -> anyhow::Result<()> {
+pub fn efivarfs(dir: &Path) -> anyhow::Result<()> {
     if std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_some()) {
         return Ok(());
     }

@@ -1,0 +1,413 @@
+//! Restoring onto a disk larger than the image's: the last partition and its filesystem grow
+//! to the disk's end by default (`--layout grow`), `--layout keep` leaves the captured layout,
+//! `--layout proportional` scales every partition. Each result is checked as a user would:
+//! the partition table's own checker, the filesystem's checker, the filesystem's size as its
+//! superblock says, and the files read back by the filesystem's own tools.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use drover_tests::*;
+
+const MIB: u64 = 1 << 20;
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// A partition as `sgdisk -i` or `sfdisk -J` tells it: first byte and length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Extent {
+    start: u64,
+    size: u64,
+}
+
+fn gpt_part(disk: &Path, n: u32) -> Extent {
+    let info = run("sgdisk", &[&format!("-i{n}"), s(disk)]);
+    let num = |key: &str| -> u64 {
+        info.lines()
+            .find(|l| l.starts_with(key))
+            .and_then(|l| l.split_whitespace().find_map(|w| w.parse().ok()))
+            .unwrap_or_else(|| panic!("{key} in {info}"))
+    };
+    let (first, last) = (num("First sector:"), num("Last sector:"));
+    Extent {
+        start: first * 512,
+        size: (last - first + 1) * 512,
+    }
+}
+
+fn sgdisk_ok(disk: &Path, what: &str) {
+    let out = run("sgdisk", &["-v", s(disk)]);
+    assert!(out.contains("No problems found"), "{what}: sgdisk -v: {out}");
+}
+
+/// Where a partition may end on a GPT disk of `size` bytes: before the backup table, on a
+/// MiB boundary.
+fn gpt_end(size: u64) -> u64 {
+    (size - 33 * 512) / MIB * MIB
+}
+
+/// The size in bytes a filesystem's own superblock gives itself.
+fn fs_size(disk: &Path, p: Extent, kind: &str) -> u64 {
+    let sb = read_range(disk, p.start, 128 << 10);
+    let le = |o: usize, n: usize| -> u64 {
+        sb[o..o + n]
+            .iter()
+            .rev()
+            .fold(0u64, |v, &b| (v << 8) | u64::from(b))
+    };
+    let be = |o: usize, n: usize| -> u64 { sb[o..o + n].iter().fold(0, |v, &b| (v << 8) | u64::from(b)) };
+    match kind {
+        "ext4" => le(1024 + 4, 4) * (1024 << le(1024 + 24, 4)),
+        "xfs" => be(8, 8) * be(4, 4),
+        "btrfs" => le(0x10000 + 0x70, 8),
+        "ntfs" => le(0x28, 8) * le(0x0B, 2),
+        other => panic!("no size for {other}"),
+    }
+}
+
+/// The partition `p` of `disk` as a file of its own, for the checkers.
+fn part_file(env: &Env, disk: &Path, p: Extent, name: &str) -> PathBuf {
+    let f = env.path(name);
+    extract(disk, p.start, p.size, &f);
+    f
+}
+
+fn check_ok(prog: &str, args: &[&str], what: &str) {
+    let out = run_any(prog, args);
+    assert!(
+        out.status.success(),
+        "{what}: {prog} {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Checks the ext4 at `p`: e2fsck clean, the files `want`.
+fn check_ext4(env: &Env, disk: &Path, p: Extent, want: &BTreeMap<PathBuf, Vec<u8>>, what: &str) {
+    let f = part_file(env, disk, p, "check-ext4.img");
+    check_ok("e2fsck", &["-fn", s(&f)], what);
+    let out = env.path("readback-ext4");
+    let _ = fs::remove_dir_all(&out);
+    fs::create_dir_all(&out).unwrap();
+    run("debugfs", &["-R", &format!("rdump / {}", s(&out)), s(&f)]);
+    let mut got = read_tree(&out);
+    got.retain(|k, _| !k.starts_with("lost+found"));
+    assert_same_files(want, &got, what);
+    fs::remove_file(&f).unwrap();
+}
+
+/// Checks the FAT at `p`: fsck.vfat clean, the files `want`.
+fn check_fat(env: &Env, disk: &Path, p: Extent, want: &BTreeMap<PathBuf, Vec<u8>>, what: &str) {
+    let f = part_file(env, disk, p, "check-fat.img");
+    check_ok("fsck.vfat", &["-n", s(&f)], what);
+    let out = env.path("readback-fat");
+    let _ = fs::remove_dir_all(&out);
+    fs::create_dir_all(&out).unwrap();
+    run("mcopy", &["-s", "-n", "-i", s(&f), "::*", s(&out)]);
+    assert_same_files(want, &read_tree(&out), what);
+    fs::remove_file(&f).unwrap();
+}
+
+/// A FAT32 of `size` bytes holding a tree made from `seed`; returns the file and the tree.
+fn fat32(env: &Env, size: u64, seed: u64) -> (PathBuf, BTreeMap<PathBuf, Vec<u8>>) {
+    let f = env.path(&format!("fat-{seed}.img"));
+    sparse_file(&f, size);
+    run("mkfs.vfat", &["-F", "32", s(&f)]);
+    let tree = env.path(&format!("tree-{seed}"));
+    make_tree(&tree, size / 5, seed);
+    let tops: Vec<String> = fs::read_dir(&tree)
+        .unwrap()
+        .map(|e| e.unwrap().path().to_str().unwrap().to_string())
+        .collect();
+    let mut a = vec!["-s", "-i", s(&f)];
+    a.extend(tops.iter().map(String::as_str));
+    a.push("::/");
+    run("mcopy", &a);
+    (f, read_tree(&tree))
+}
+
+/// An ext4 of `size` bytes holding a tree made from `seed`.
+fn ext4(env: &Env, size: u64, seed: u64) -> (PathBuf, BTreeMap<PathBuf, Vec<u8>>) {
+    let f = env.path(&format!("ext4-{seed}.img"));
+    sparse_file(&f, size);
+    let tree = env.path(&format!("tree-{seed}"));
+    make_tree(&tree, size / 4, seed);
+    run("mkfs.ext4", &["-q", "-F", "-d", s(&tree), s(&f)]);
+    (f, read_tree(&tree))
+}
+
+const GPT_TOOLS: &[&str] = &[
+    "root",
+    "sgdisk",
+    "mkfs.ext4",
+    "e2fsck",
+    "resize2fs",
+    "debugfs",
+    "mkfs.vfat",
+    "fsck.vfat",
+    "mcopy",
+];
+
+#[test]
+fn a_gpt_disk_grows_onto_a_target_twice_its_size() {
+    if !require("layout grow", GPT_TOOLS) {
+        return;
+    }
+    let env = Env::new();
+    // The golden disk: an EFI system partition and a root filesystem to the disk's end.
+    let disk = env.path("golden.img");
+    sparse_file(&disk, 256 * MIB);
+    run(
+        "sgdisk",
+        &["-o", "-n1:2048:+64M", "-t1:EF00", "-n2:0:0", "-t2:8300", s(&disk)],
+    );
+    let (esp, root) = (gpt_part(&disk, 1), gpt_part(&disk, 2));
+    let (esp_img, esp_files) = fat32(&env, esp.size, 1);
+    let (root_img, root_files) = ext4(&env, root.size, 2);
+    write_into(&disk, esp.start, &esp_img);
+    write_into(&disk, root.start, &root_img);
+    env.capture(&disk, "golden");
+
+    // Grow (the default): the root partition reaches the end, its ext4 fills it.
+    let size = 512 * MIB;
+    let target = env.path("twice.img");
+    random_file(&target, size, 3);
+    let r = env.restore("golden", &target);
+    let changes = r["layout_changes"].to_string();
+    assert!(changes.contains("partition 2 (ext4) grown"), "{r}");
+    sgdisk_ok(&target, "grown");
+    assert_eq!(gpt_part(&target, 1), esp, "the ESP stays as it was");
+    let grown = gpt_part(&target, 2);
+    assert_eq!(grown.start, root.start);
+    assert_eq!(grown.start + grown.size, gpt_end(size), "root reaches the disk's end");
+    let fs = fs_size(&target, grown, "ext4");
+    assert!(
+        fs <= grown.size && grown.size - fs < 4096,
+        "ext4 of {fs} bytes in a {}-byte partition",
+        grown.size
+    );
+    check_ext4(&env, &target, grown, &root_files, "grown");
+    check_fat(&env, &target, esp, &esp_files, "grown");
+    fs::remove_file(&target).unwrap();
+
+    // Keep: the captured layout, the root filesystem its captured size.
+    random_file(&target, size, 4);
+    let r = env.json(&["image", "restore", "golden", s(&target), "--layout", "keep"]);
+    assert_eq!(r["layout_changes"].as_array().unwrap().len(), 0, "{r}");
+    sgdisk_ok(&target, "kept");
+    assert_eq!(gpt_part(&target, 2), root);
+    assert_eq!(fs_size(&target, root, "ext4"), fs_size(&disk, root, "ext4"));
+    check_ext4(&env, &target, root, &root_files, "kept");
+    fs::remove_file(&target).unwrap();
+
+    // Proportional: the root moves to its scaled place and fills the rest; the FAT32 ESP
+    // keeps its size, and the restore says so.
+    random_file(&target, size, 5);
+    let r = env.json(&["image", "restore", "golden", s(&target), "--layout", "proportional"]);
+    let changes = r["layout_changes"].to_string();
+    assert!(
+        changes.contains("partition 1 keeps its size: its fat32 filesystem cannot be grown"),
+        "{r}"
+    );
+    assert!(changes.contains("partition 2 moved"), "{r}");
+    sgdisk_ok(&target, "proportional");
+    assert_eq!(gpt_part(&target, 1), esp);
+    let scaled = gpt_part(&target, 2);
+    assert!(scaled.start > root.start && scaled.start % MIB == 0, "{scaled:?}");
+    assert_eq!(scaled.start + scaled.size, gpt_end(size));
+    let fs = fs_size(&target, scaled, "ext4");
+    assert!(scaled.size - fs < 4096, "ext4 of {fs} bytes in {scaled:?}");
+    check_ext4(&env, &target, scaled, &root_files, "proportional");
+    check_fat(&env, &target, esp, &esp_files, "proportional");
+}
+
+/// A GPT disk of `size` bytes with one partition from 1 MiB to its end; returns the disk
+/// and the partition.
+fn one_partition_disk(env: &Env, name: &str, size: u64) -> (PathBuf, Extent) {
+    let disk = env.path(name);
+    sparse_file(&disk, size);
+    run("sgdisk", &["-o", "-n1:2048:0", "-t1:8300", s(&disk)]);
+    let p = gpt_part(&disk, 1);
+    (disk, p)
+}
+
+#[test]
+fn xfs_btrfs_and_ntfs_grow_with_their_partition() {
+    if !require(
+        "layout grow xfs btrfs ntfs",
+        &[
+            "root",
+            "sgdisk",
+            "mkfs.xfs",
+            "xfs_repair",
+            "xfs_growfs",
+            "mkfs.btrfs",
+            "btrfs",
+            "mkntfs",
+            "ntfsresize",
+            "ntfsfix",
+            "ntfscp",
+            "ntfscat",
+        ],
+    ) {
+        return;
+    }
+    let env = Env::new();
+    let tree = env.path("tree");
+    make_tree(&tree, 40 * MIB, 7);
+    let want = read_tree(&tree);
+    for kind in ["xfs", "btrfs", "ntfs"] {
+        let (disk, p) = one_partition_disk(&env, &format!("{kind}.img"), 340 * MIB);
+        let f = env.path(&format!("{kind}-fs.img"));
+        sparse_file(&f, p.size);
+        match kind {
+            "xfs" => {
+                run("mkfs.xfs", &["-q", "-f", s(&f)]);
+                let lo = Loop::attach(&f, 0, None);
+                let m = Mount::new("mount", &[s(&lo.dev)], &env.path("mnt-src"));
+                run("cp", &["-a", &format!("{}/.", s(&tree)), s(&m.dir)]);
+                drop(m);
+            }
+            "btrfs" => {
+                run("mkfs.btrfs", &["-q", "-f", "--rootdir", s(&tree), s(&f)]);
+            }
+            _ => {
+                run("mkntfs", &["-Q", "-F", s(&f)]);
+                for (path, _) in &want {
+                    // ntfscp writes files, not directories: the tree's top level only.
+                    if path.components().count() == 1 {
+                        run(
+                            "ntfscp",
+                            &["-f", s(&f), s(&tree.join(path)), s(path)],
+                        );
+                    }
+                }
+            }
+        }
+        write_into(&disk, p.start, &f);
+        fs::remove_file(&f).unwrap();
+        env.capture(&disk, kind);
+
+        let size = 700 * MIB;
+        let target = env.path("target.img");
+        random_file(&target, size, 8);
+        let r = env.restore(kind, &target);
+        assert!(
+            r["layout_changes"]
+                .to_string()
+                .contains(&format!("partition 1 ({kind}) grown")),
+            "{r}"
+        );
+        sgdisk_ok(&target, kind);
+        let grown = gpt_part(&target, 1);
+        assert_eq!(grown.start + grown.size, gpt_end(size), "{kind}");
+        let fs_bytes = fs_size(&target, grown, kind);
+        assert!(
+            fs_bytes <= grown.size && grown.size - fs_bytes < MIB,
+            "{kind} of {fs_bytes} bytes in a {}-byte partition",
+            grown.size
+        );
+        let lo = Loop::attach(&target, grown.start, Some(grown.size));
+        match kind {
+            "xfs" => check_ok("xfs_repair", &["-n", s(&lo.dev)], kind),
+            "btrfs" => check_ok("btrfs", &["check", "--readonly", s(&lo.dev)], kind),
+            _ => check_ok("ntfsfix", &["-n", s(&lo.dev)], kind),
+        }
+        if kind == "ntfs" {
+            for (path, data) in &want {
+                if path.components().count() == 1 {
+                    let out = run_any("ntfscat", &[s(&lo.dev), s(path)]);
+                    assert!(out.stdout == *data, "ntfs: {} differs", path.display());
+                }
+            }
+        } else {
+            let m = Mount::new("mount", &["-o", "ro", s(&lo.dev)], &env.path("mnt"));
+            assert_same_files(&want, &read_tree(&m.dir), kind);
+            drop(m);
+        }
+        drop(lo);
+        fs::remove_file(&target).unwrap();
+        fs::remove_file(&disk).unwrap();
+    }
+}
+
+#[test]
+fn an_mbr_disk_grows_its_last_logical_partition() {
+    if !require(
+        "layout grow mbr",
+        &["root", "sfdisk", "mkfs.ext4", "e2fsck", "resize2fs", "debugfs", "mkntfs", "ntfsfix"],
+    ) {
+        return;
+    }
+    let env = Env::new();
+    let disk = env.path("mbr.img");
+    sparse_file(&disk, 300 * MIB);
+    run_stdin(
+        "sfdisk",
+        &["-q", s(&disk)],
+        "label: dos\nstart=2048, size=100MiB, type=7, bootable\ntype=5\ntype=83\n",
+    );
+    let parts = |d: &Path| -> Vec<(u64, u64, String)> {
+        let v: serde_json::Value = serde_json::from_str(&run("sfdisk", &["-J", s(d)])).unwrap();
+        v["partitiontable"]["partitions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| {
+                (
+                    p["start"].as_u64().unwrap() * 512,
+                    p["size"].as_u64().unwrap() * 512,
+                    p["type"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    };
+    let before = parts(&disk);
+    assert_eq!(before.len(), 3, "{before:?}");
+    let ntfs = Extent {
+        start: before[0].0,
+        size: before[0].1,
+    };
+    let logical = Extent {
+        start: before[2].0,
+        size: before[2].1,
+    };
+    let f = env.path("ntfs.img");
+    sparse_file(&f, ntfs.size);
+    run("mkntfs", &["-Q", "-F", s(&f)]);
+    write_into(&disk, ntfs.start, &f);
+    let (root, files) = ext4(&env, logical.size, 9);
+    write_into(&disk, logical.start, &root);
+    env.capture(&disk, "mbr");
+
+    let size = 600 * MIB;
+    let target = env.path("target.img");
+    random_file(&target, size, 10);
+    let r = env.restore("mbr", &target);
+    assert!(r["layout_changes"].to_string().contains("partition 5 (ext4) grown"), "{r}");
+    let after = parts(&target);
+    assert_eq!(after[0], before[0], "the NTFS stays");
+    let end = size / MIB * MIB;
+    assert_eq!(after[1].0 + after[1].1, end, "the extended partition reaches the end");
+    assert_eq!(after[2].0, logical.start);
+    assert_eq!(after[2].0 + after[2].1, end, "the logical partition reaches the end");
+    // sfdisk reads the grown EBR chain back the same way.
+    let dump = run("sfdisk", &["-d", s(&target)]);
+    assert!(
+        dump.lines()
+            .any(|l| l.contains("img5") && l.contains(&format!(" {},", after[2].1 / 512))),
+        "{dump}"
+    );
+    let grown = Extent {
+        start: after[2].0,
+        size: after[2].1,
+    };
+    let fs = fs_size(&target, grown, "ext4");
+    assert!(grown.size - fs < 4096, "ext4 of {fs} bytes in {grown:?}");
+    check_ext4(&env, &target, grown, &files, "mbr logical");
+    let nf = part_file(&env, &target, ntfs, "check-ntfs.img");
+    check_ok("ntfsfix", &["-n", s(&nf)], "mbr ntfs");
+}
