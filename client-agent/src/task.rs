@@ -187,6 +187,11 @@ async fn work(
             .map_err(|e| Stop::Failed(e.to_string()))?
             .map_err(|e| Stop::Failed(format!("{}: {e:#}", args.disk.display())))?
     };
+    // The layout is planned before anything is received: one that cannot be is refused first.
+    let disk_len = block_len(&args.disk)
+        .map_err(|e| Stop::Failed(format!("{}: {e:#}", args.disk.display())))?;
+    let layout = imaging::relayout::plan(&manifest, disk_len, layout_mode(task.layout))
+        .map_err(|e| Stop::Failed(format!("{}: {e}", args.disk.display())))?;
     let target = Arc::new(target);
     let kept = target.progress().kept_chunks;
     if kept > 0 {
@@ -321,20 +326,36 @@ async fn work(
         reporter.send(TaskState::Seeding, written);
         s.until_released(api).await;
     }
-    let mut personalized = Vec::new();
+    // Laid out once the disk holds the image (and no longer serves it as written).
+    let mut personalized = {
+        let (disk, m, l) = (args.disk.clone(), manifest.clone(), layout.clone());
+        tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<String>> {
+            let dev = imaging::device::FileDevice::open_write(&disk)?;
+            imaging::relayout::apply(&disk, &dev, &m, &l)
+        })
+        .await
+        .map_err(|e| Stop::Failed(e.to_string()))?
+        .map_err(|e| Stop::Failed(format!("laying the image out on the disk: {e:#}")))?
+    };
+    for l in &personalized {
+        info!("layout: {l}");
+    }
     if let Some(p) = task.personalize.clone() {
         reporter.send(TaskState::Personalizing, written);
-        let (disk, m) = (args.disk.clone(), manifest.clone());
+        // The partitions where the layout put them.
+        let (disk, m) = (args.disk.clone(), layout.placed(&manifest));
         // Its own peak, not the write's: the kernel restarts the count (clear_refs 5).
         let _ = std::fs::write("/proc/self/clear_refs", "5");
         let started = Instant::now();
-        personalized = tokio::task::spawn_blocking(move || crate::personalize::run(&disk, &m, &p))
-            .await
-            .map_err(|e| Stop::Failed(e.to_string()))?
-            .map_err(|e| Stop::Failed(format!("personalization: {e:#}")))?;
-        for l in &personalized {
+        let changed =
+            tokio::task::spawn_blocking(move || crate::personalize::run(&disk, &m, &p))
+                .await
+                .map_err(|e| Stop::Failed(e.to_string()))?
+                .map_err(|e| Stop::Failed(format!("personalization: {e:#}")))?;
+        for l in &changed {
             info!("personalized: {l}");
         }
+        personalized.extend(changed);
         info!(
             "personalization took {:.1} s, peak memory {}",
             started.elapsed().as_secs_f64(),
@@ -439,4 +460,20 @@ fn peak_memory() -> Option<String> {
         .parse()
         .ok()?;
     Some(format!("{:.1} MiB", kib as f64 / 1024.0))
+}
+
+/// The size of the disk (or file) at `path`.
+fn block_len(path: &std::path::Path) -> anyhow::Result<u64> {
+    use imaging::device::BlockDevice as _;
+    Ok(imaging::device::FileDevice::open_read(path)?.len())
+}
+
+/// The layout mode the task names.
+fn layout_mode(l: proto::api::Layout) -> imaging::relayout::LayoutMode {
+    use imaging::relayout::LayoutMode;
+    match l {
+        proto::api::Layout::Grow => LayoutMode::Grow,
+        proto::api::Layout::Keep => LayoutMode::Keep,
+        proto::api::Layout::Proportional => LayoutMode::Proportional,
+    }
 }

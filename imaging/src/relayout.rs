@@ -115,6 +115,35 @@ impl Relayout {
     pub fn is_identity(&self) -> bool {
         self.parts.iter().all(|p| !p.moves() && !p.grows())
     }
+
+    /// Image `m` as the target holds it once this layout is applied: its partitions and
+    /// their areas where they now lie, with their new sizes (the chunks as they were). What
+    /// looks at the restored disk afterwards (personalization) reads this.
+    pub fn placed(&self, m: &Manifest) -> Manifest {
+        let mut out = m.clone();
+        out.disk_size = self.disk_size;
+        for p in &self.parts {
+            for t in out.table.partitions.iter_mut().filter(|t| t.number == p.number) {
+                t.start = p.new_start;
+                t.size = p.new_size;
+            }
+            for a in &mut out.areas {
+                let hit = match a.kind {
+                    AreaKind::Partition { number } => number == p.number,
+                    AreaKind::Whole => p.number == 0,
+                    AreaKind::Outside => false,
+                };
+                if hit {
+                    a.offset = p.new_start;
+                    a.len = p.new_size;
+                    if let Some(f) = a.fs.as_mut().filter(|_| p.grows()) {
+                        f.fs_size = p.new_size;
+                    }
+                }
+            }
+        }
+        out
+    }
 }
 
 /// Why a layout cannot be planned.

@@ -104,6 +104,18 @@ wire_enum! {
 }
 
 wire_enum! {
+    /// How partitions use a target disk larger than the image's.
+    Layout {
+        /// The last partition and its filesystem grow to the disk's end.
+        Grow = "grow",
+        /// The captured layout; the extra space stays unpartitioned.
+        Keep = "keep",
+        /// Every partition's start and size scale with the disk.
+        Proportional = "proportional",
+    }
+}
+
+wire_enum! {
     /// What a machine does once its task is done.
     Then {
         /// Restart into the new system.
@@ -197,6 +209,13 @@ impl Default for Transport {
 impl Default for Fallback {
     fn default() -> Self {
         Self::Unicast
+    }
+}
+
+#[allow(clippy::derivable_impls)]
+impl Default for Layout {
+    fn default() -> Self {
+        Self::Grow
     }
 }
 
@@ -344,6 +363,9 @@ pub struct AgentTask {
     /// A capture's passphrases for the disk's LUKS volumes (see [`NewCapture::luks_keys`]).
     #[serde(default, skip_serializing_if = "LuksKeys::is_empty")]
     pub luks_keys: LuksKeys,
+    /// How a restore lays the image out on a disk larger than the image's.
+    #[serde(default)]
+    pub layout: Layout,
 }
 
 impl AgentTask {
@@ -605,6 +627,9 @@ pub struct Deployment {
     /// How the machines are personalized.
     #[serde(default)]
     pub personalize: Personalize,
+    /// How the image is laid out on disks larger than its own.
+    #[serde(default)]
+    pub layout: Layout,
     /// Where it is.
     pub state: DeploymentState,
     /// The server that runs its multicast session.
@@ -883,6 +908,9 @@ pub struct NewDeployment {
     /// How the machines are personalized (each gets its hostname unless said).
     #[serde(default)]
     pub personalize: Personalize,
+    /// How the image is laid out on disks larger than its own (grow unless said).
+    #[serde(default)]
+    pub layout: Layout,
 }
 
 /// `POST /api/v1/captures`: a machine's disk into a new image (version).
@@ -1151,6 +1179,7 @@ mod tests {
             disk: None,
             personalize: None,
             luks_keys: LuksKeys::default(),
+            layout: Layout::Grow,
         };
         use Transport::*;
         for (t, f, plan) in [

@@ -9,7 +9,7 @@ use clap::{Args, Subcommand};
 use serde_json::{json, Value};
 use transport::fmt;
 
-use proto::api::{Deployment, Fallback, NewCapture, NewDeployment, Then, Transport};
+use proto::api::{Deployment, Fallback, Layout, NewCapture, NewDeployment, Then, Transport};
 
 use crate::client::{call, print_json, typed, Method, ServerArgs};
 
@@ -44,6 +44,10 @@ pub(crate) struct DeployArgs {
     then: Then,
     #[command(flatten)]
     personalize: PersonalizeArgs,
+    /// On a disk larger than the image's: `grow` the last partition and its filesystem to the
+    /// disk's end, `keep` the image's layout, or scale every partition `proportional`ly.
+    #[arg(long, default_value = "grow")]
+    layout: Layout,
     /// Wait until every machine is done; exit 1 if any failed.
     #[arg(long)]
     wait: bool,
@@ -180,6 +184,7 @@ pub(crate) fn deploy(a: DeployArgs, json: bool) -> anyhow::Result<()> {
             start_at: a.start_at,
             then: a.then,
             personalize: a.personalize.read()?,
+            layout: a.layout,
         })?,
     )?;
     let id = d["id"].as_str().unwrap_or("?").to_string();

@@ -487,7 +487,7 @@ fn whole_disk_block_devices_capture_and_restore() {
     let target = env.path("target.img");
     random_file(&target, 640 * MIB, 11);
     let dst = Loop::attach(&target, 0, None);
-    let r = env.restore("blk", &dst.dev);
+    let r = env.json(&["image", "restore", "blk", s(&dst.dev), "--layout", "keep"]);
     assert_eq!(r["gpt_relocated"], true, "{r}");
     drop(dst);
     check_gpt_target(&env, &disk, &target, &parts, &want, "block device target");

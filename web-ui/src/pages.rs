@@ -925,6 +925,7 @@ fn deployment_body(f: &Fields) -> Result<String, String> {
         start_at: None,
         then: choice(f, "then")?,
         personalize: personalize(f)?,
+        layout: choice(f, "layout")?,
     };
     match f.get("start").unwrap_or("now") {
         "min" => {

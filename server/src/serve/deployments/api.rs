@@ -83,6 +83,7 @@ fn task_info(
         disk: disk.map(str::to_string),
         personalize,
         luks_keys,
+        layout: d.layout,
     })
 }
 
@@ -161,6 +162,7 @@ async fn deployment_view(s: &Shared, d: &Deployment) -> ApiResult<api::Deploymen
         start_at_ms: d.start_at_ms,
         then_action: d.then_action,
         personalize: d.personalize.clone(),
+        layout: d.layout,
         state: d.state,
         owner: d.owner.clone(),
         session: d.session,
@@ -254,6 +256,7 @@ pub(crate) async fn create(
                 start_at_ms,
                 then_action: b.then,
                 personalize: b.personalize,
+                layout: b.layout,
             },
             &actor.0,
         )

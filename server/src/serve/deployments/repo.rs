@@ -46,6 +46,8 @@ pub(crate) struct Deployment {
     pub(crate) finished_ms: Option<i64>,
     /// How the machines are personalized.
     pub(crate) personalize: proto::api::Personalize,
+    /// How the image is laid out on disks larger than its own.
+    pub(crate) layout: proto::api::Layout,
 }
 
 /// One machine's part of a deployment.
@@ -95,6 +97,7 @@ pub(crate) struct NewDeployment<'a> {
     pub(crate) created_by: &'a str,
     pub(crate) bytes_total: i64,
     pub(crate) personalize: &'a proto::api::Personalize,
+    pub(crate) layout: &'a str,
 }
 
 /// An agent's progress report.
@@ -110,7 +113,7 @@ pub(crate) struct TaskProgress {
 
 const DEPLOYMENT_COLUMNS: &str = "id, kind, image_id, image_name, targets, transport, \
     min_machines, max_wait_ms, start_at_ms, then_action, state, owner, session, mcast_group, \
-    mcast_http, fallback, created_by, created_ms, started_ms, finished_ms, personalize";
+    mcast_http, fallback, created_by, created_ms, started_ms, finished_ms, personalize, layout";
 
 const TASK_COLUMNS: &str = "id, deployment_id, mac, state, reason, bytes_done, bytes_total, \
     rate_bps, multicast_chunks, unicast_chunks, kept_chunks, swarm_bytes, created_ms, \
@@ -139,6 +142,7 @@ fn deployment(r: &AnyRow) -> Result<Deployment, sqlx::Error> {
         started_ms: r.try_get("started_ms")?,
         finished_ms: r.try_get("finished_ms")?,
         personalize: json_column(r, "personalize")?,
+        layout: parsed(r, "layout")?,
     })
 }
 
@@ -216,8 +220,8 @@ impl Deployments<'_> {
             let r = sqlx::query(
                 "INSERT INTO deployments (id, kind, image_id, image_name, targets, transport, \
                  min_machines, max_wait_ms, start_at_ms, then_action, state, owner, created_by, \
-                 created_ms, fallback, personalize) VALUES ($1, $14, $2, $3, $4, $5, $6, $7, \
-                 $8, $9, $10, $11, $12, $13, $15, $16)",
+                 created_ms, fallback, personalize, layout) VALUES ($1, $14, $2, $3, $4, $5, \
+                 $6, $7, $8, $9, $10, $11, $12, $13, $15, $16, $17)",
             )
             .bind(&id)
             .bind(d.image_id)
@@ -239,6 +243,7 @@ impl Deployments<'_> {
             .bind(d.kind)
             .bind(d.fallback)
             .bind(serde_json::to_string(d.personalize).map_err(anyhow::Error::from)?)
+            .bind(d.layout)
             .execute(&mut *tx)
             .await;
             match r {

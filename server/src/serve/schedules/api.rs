@@ -111,6 +111,8 @@ impl Host for ServerHost {
                     start_at_ms: start_at_ms.filter(|_| multicast),
                     then_action: s.then_action,
                     personalize: s.personalize.clone(),
+                    // Schedules deploy with the default layout (grow).
+                    layout: api::Layout::default(),
                 },
                 &actor(s),
             )
@@ -304,6 +306,8 @@ async fn check_body(s: &Shared, b: &api::NewSchedule) -> ApiResult<Checked> {
                     start_at_ms: None,
                     then_action: b.then,
                     personalize: b.personalize.clone(),
+                    // Schedules deploy with the default layout (grow).
+                    layout: api::Layout::default(),
                 })
                 .await?;
         }
