@@ -515,3 +515,84 @@ fn a_waiting_hello_answers_when_the_task_comes() {
     // One held request carried the task: it was answered when the task came, not at the end
     // of its poll interval with nothing.
 }
+
+#[test]
+fn an_agent_grows_the_last_partition_onto_its_larger_disk_unless_told_to_keep() {
+    if !require(
+        "agent layout",
+        &["root", "sgdisk", "mkfs.ext4", "mkntfs", "ntfsresize", "ntfsfix"],
+    ) {
+        return;
+    }
+    let env = Env::new();
+    let src = lab_disk(&env, 4 << 20, 43);
+    env.capture(&src, "lab");
+    let srv = Server::start(&env.data(), &[]);
+    let t = token(&env);
+    let ntfs_part = |disk: &std::path::Path| -> (u64, u64) {
+        let info = run("sgdisk", &["-i2", disk.to_str().unwrap()]);
+        let num = |key: &str| -> u64 {
+            info.lines()
+                .find(|l| l.starts_with(key))
+                .and_then(|l| l.split_whitespace().find_map(|w| w.parse().ok()))
+                .unwrap()
+        };
+        (num("First sector:"), num("Last sector:"))
+    };
+    let captured = ntfs_part(&src);
+    for (mac, layout, grows) in [
+        ("02:00:00:00:08:01", "grow", true),
+        ("02:00:00:00:08:02", "keep", false),
+    ] {
+        srv.ok(&env, &t, &["machine", "add", mac]);
+        srv.ok(
+            &env,
+            &t,
+            &[
+                "deploy", "lab", "--to", mac, "--transport", "unicast", "--layout", layout,
+                "--personalize", "off",
+            ],
+        );
+        // The machine's disk: twice the golden disk's 64 MiB.
+        let disk = env.path(&format!("disk-{layout}.img"));
+        drover_tests::sparse_file(&disk, 128 << 20);
+        let a = output_within(
+            agent(&srv.url, &disk, &["--mac", mac, "--iface", "lo", "--read-back"]),
+            LIMIT,
+        );
+        assert!(a.status.success(), "{layout}: {}", output(&a));
+        run("sgdisk", &["-v", disk.to_str().unwrap()]);
+        let (first, last) = ntfs_part(&disk);
+        assert_eq!(first, captured.0, "{layout}");
+        if grows {
+            // To the last MiB boundary before the backup GPT.
+            assert_eq!(last + 1, ((128 << 20) - 33 * 512) / (1 << 20) * 2048, "{layout}");
+            assert!(output(&a).contains("partition 2 (ntfs) grown"), "{}", output(&a));
+        } else {
+            assert_eq!(last, captured.1, "{layout}");
+        }
+        let lo = Loop::attach(&disk, first * 512, Some((last + 1 - first) * 512));
+        run("ntfsfix", &["-n", lo.dev.to_str().unwrap()]);
+        let fs_sectors = u64::from_le_bytes(
+            drover_tests::read_range(&disk, first * 512 + 0x28, 8)
+                .try_into()
+                .unwrap(),
+        );
+        // Less than a 4 KiB cluster short of the partition (the last sector holds the
+        // backup boot sector).
+        assert!(
+            fs_sectors <= last - first && last - first - fs_sectors < 8,
+            "{layout}: an NTFS of {fs_sectors} sectors in sectors {first}..={last}"
+        );
+        drop(lo);
+        let listed = env.json(&["deployment", "list", "--server", &srv.url, "--token", &t]);
+        let d = listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["targets"] == mac)
+            .unwrap();
+        assert_eq!(d["layout"], layout, "{d:#}");
+        assert_eq!(task_of(d, mac)["state"], "done", "{d:#}");
+    }
+}

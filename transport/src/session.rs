@@ -313,7 +313,8 @@ pub struct Sink {
 
 impl Sink {
     /// Opens `path` for `desc`: an existing device must be large enough (and not in use); a
-    /// regular file is created or resized to the session's size.
+    /// regular file is created or resized to the session's size (an image's: grown to it,
+    /// never shrunk).
     pub fn open(path: &Path, desc: Description) -> anyhow::Result<Self> {
         let need = match &desc.content {
             Content::File { size } => *size,
@@ -335,8 +336,14 @@ impl Sink {
                 .write(true)
                 .open(path)
                 .with_context(|| format!("creating {}", path.display()))?;
-            f.set_len(need)
-                .with_context(|| format!("sizing {} to {need} bytes", path.display()))?;
+            // An image keeps a larger file's size (its layout may grow into it); a plain
+            // file is sized to the session's.
+            let keep = matches!(desc.content, Content::Image { .. })
+                && f.metadata().is_ok_and(|m| m.len() >= need);
+            if !keep {
+                f.set_len(need)
+                    .with_context(|| format!("sizing {} to {need} bytes", path.display()))?;
+            }
         }
         let dev = FileDevice::open_write(path)
             .with_context(|| format!("opening {} for writing", path.display()))?;
