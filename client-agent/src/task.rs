@@ -356,11 +356,10 @@ async fn work(
         // Its own peak, not the write's: the kernel restarts the count (clear_refs 5).
         let _ = std::fs::write("/proc/self/clear_refs", "5");
         let started = Instant::now();
-        let changed =
-            tokio::task::spawn_blocking(move || crate::personalize::run(&disk, &m, &p))
-                .await
-                .map_err(|e| Stop::Failed(e.to_string()))?
-                .map_err(|e| Stop::Failed(format!("personalization: {e:#}")))?;
+        let changed = tokio::task::spawn_blocking(move || crate::personalize::run(&disk, &m, &p))
+            .await
+            .map_err(|e| Stop::Failed(e.to_string()))?
+            .map_err(|e| Stop::Failed(format!("personalization: {e:#}")))?;
         for l in &changed {
             info!("personalized: {l}");
         }

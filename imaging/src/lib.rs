@@ -34,9 +34,9 @@ pub mod fs;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod manifest;
-pub mod relayout;
 pub mod mount;
 pub mod progress;
+pub mod relayout;
 pub mod restore;
 pub mod store;
 pub mod table;

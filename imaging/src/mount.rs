@@ -197,10 +197,8 @@ impl Mounted {
         read_only: bool,
     ) -> anyhow::Result<Self> {
         let (dev, path) = attach(disk, offset, len)?;
-        let dir = std::env::temp_dir().join(format!(
-            "drover-mount-{}-{offset}",
-            std::process::id()
-        ));
+        let dir =
+            std::env::temp_dir().join(format!("drover-mount-{}-{offset}", std::process::id()));
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let flags = if read_only {
             libc::MS_RDONLY | libc::MS_NOATIME

@@ -123,7 +123,12 @@ impl Relayout {
         let mut out = m.clone();
         out.disk_size = self.disk_size;
         for p in &self.parts {
-            for t in out.table.partitions.iter_mut().filter(|t| t.number == p.number) {
+            for t in out
+                .table
+                .partitions
+                .iter_mut()
+                .filter(|t| t.number == p.number)
+            {
                 t.start = p.new_start;
                 t.size = p.new_size;
             }
@@ -154,7 +159,9 @@ pub enum LayoutError {
     #[error("--layout proportional would move logical partition {0} of the MBR's extended partition, which drover does not relocate: use --layout grow or keep")]
     MovesLogical(u32),
     /// The planned partitions do not fit the disk (a bug, or a disk far too small).
-    #[error("partition {number} would end at byte {end}, past the usable end of the {disk}-byte target")]
+    #[error(
+        "partition {number} would end at byte {end}, past the usable end of the {disk}-byte target"
+    )]
     DoesNotFit {
         /// The partition.
         number: u32,
@@ -255,8 +262,9 @@ pub fn plan(m: &Manifest, disk: u64, mode: LayoutMode) -> Result<Relayout, Layou
         LayoutMode::Proportional => {
             let first = parts[0].start;
             let scale = |x: u64| -> u64 {
-                first + ((u128::from(x - first) * u128::from(new_end - first))
-                    / u128::from(old_end - first)) as u64
+                first
+                    + ((u128::from(x - first) * u128::from(new_end - first))
+                        / u128::from(old_end - first)) as u64
             };
             let mut prev_end = first;
             let n = parts.len();
@@ -529,11 +537,7 @@ fn grow(target: &Path, start: u64, size: u64, kind: FsKind) -> anyhow::Result<()
                 "e2fsprogs",
                 &[0, 1],
             )?;
-            run(
-                Command::new("resize2fs").arg(&path),
-                "e2fsprogs",
-                &[0],
-            )
+            run(Command::new("resize2fs").arg(&path), "e2fsprogs", &[0])
         }
         FsKind::Ntfs => {
             let (_dev, path) = crate::mount::attach(target, start, size)?;

@@ -96,7 +96,11 @@ fn grow_extends_only_a_last_partition_whose_filesystem_can_grow() {
     let r = plan(&m, 32 * MIB, LayoutMode::Grow).unwrap();
     assert!(r.is_identity());
     assert_eq!(r.notes.len(), 1, "{:?}", r.notes);
-    assert!(r.notes[0].starts_with("partition 3 keeps its size"), "{:?}", r.notes);
+    assert!(
+        r.notes[0].starts_with("partition 3 keeps its size"),
+        "{:?}",
+        r.notes
+    );
 
     as_fs(&mut m, 3, FsKind::Ext4);
     let r = plan(&m, 32 * MIB, LayoutMode::Grow).unwrap();
@@ -108,7 +112,11 @@ fn grow_extends_only_a_last_partition_whose_filesystem_can_grow() {
     as_fs(&mut m, 3, FsKind::Fat32);
     let r = plan(&m, 32 * MIB, LayoutMode::Grow).unwrap();
     assert!(r.is_identity());
-    assert!(r.notes[0].contains("its fat32 filesystem cannot be grown"), "{:?}", r.notes);
+    assert!(
+        r.notes[0].contains("its fat32 filesystem cannot be grown"),
+        "{:?}",
+        r.notes
+    );
     as_fs(&mut m, 3, FsKind::Xfs);
     for (size, mode) in [
         (16 * MIB, LayoutMode::Grow),
@@ -147,10 +155,17 @@ fn proportional_moves_partitions_and_rewrites_the_gpt() {
     let t = MemDevice::new(noise(48 * MIB, 99));
     let r = plan(&m, t.len(), LayoutMode::Proportional).unwrap();
     assert!(r.parts.iter().skip(1).all(Placed::moves), "{r:?}");
-    assert!(r.parts.iter().all(|p| !p.grows()), "raw copies keep their size");
+    assert!(
+        r.parts.iter().all(|p| !p.grows()),
+        "raw copies keep their size"
+    );
     restore("g", &m, &store, &t, 2, &NoProgress).unwrap();
     let done = apply(Path::new("/nonexistent"), &t, &m, &r).unwrap();
-    assert_eq!(done.iter().filter(|l| l.contains("moved")).count(), 2, "{done:?}");
+    assert_eq!(
+        done.iter().filter(|l| l.contains("moved")).count(),
+        2,
+        "{done:?}"
+    );
 
     let gpt = gptman::GPT::read_from(&mut DevCursor::new(&t), 512).unwrap();
     assert_eq!(gpt.header.backup_lba, 48 * MIB / 512 - 1);
@@ -174,7 +189,10 @@ fn proportional_moves_partitions_and_rewrites_the_gpt() {
     restore("g", &m, &store, &t, 2, &NoProgress).unwrap();
     t.write_at(&[0x5A; 16], r.parts[2].start + MIB).unwrap();
     let e = apply(Path::new("/nonexistent"), &t, &m, &r).unwrap_err();
-    assert!(format!("{e:#}").contains("reads back wrong after the move"), "{e:#}");
+    assert!(
+        format!("{e:#}").contains("reads back wrong after the move"),
+        "{e:#}"
+    );
 }
 
 #[test]
@@ -223,5 +241,8 @@ fn a_moved_ntfs_gets_its_new_start_in_both_boot_sectors() {
     other[0x1C..0x20].copy_from_slice(&0u32.to_le_bytes());
     dev.write_at(&other, p.new_start).unwrap();
     fix_hidden_sectors(&dev, &p, 512).unwrap();
-    assert_eq!(fs::le32(&read_vec(&dev, p.new_start, 512).unwrap(), 0x1C), 0);
+    assert_eq!(
+        fs::le32(&read_vec(&dev, p.new_start, 512).unwrap(), 0x1C),
+        0
+    );
 }

@@ -555,6 +555,17 @@ pub struct Group {
     /// `ipxe`; None: the server's `uefi_loader`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uefi_loader: Option<String>,
+    /// How its machines' restores use disks larger than the image's, unless a deployment
+    /// says; None: grow.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layout: Option<Layout>,
+}
+
+impl Group {
+    /// Its layout's name, empty when it has none (its machines grow).
+    pub fn layout_name(&self) -> &'static str {
+        self.layout.map_or("", Layout::as_str)
+    }
 }
 
 /// One machine's part of a deployment, as the API returns it.
@@ -627,9 +638,10 @@ pub struct Deployment {
     /// How the machines are personalized.
     #[serde(default)]
     pub personalize: Personalize,
-    /// How the image is laid out on disks larger than its own.
-    #[serde(default)]
-    pub layout: Layout,
+    /// How the image is laid out on disks larger than its own (None: each machine's group's
+    /// choice, else grow).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layout: Option<Layout>,
     /// Where it is.
     pub state: DeploymentState,
     /// The server that runs its multicast session.
@@ -782,6 +794,10 @@ pub struct Schedule {
     /// How its deployments personalize the machines.
     #[serde(default)]
     pub personalize: Personalize,
+    /// How its deployments lay the image out on larger disks (None: each machine's group's
+    /// choice, else grow).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layout: Option<Layout>,
     /// How long before its due time it fires (wakes the machines), milliseconds.
     pub wake_lead_ms: i64,
     /// Who made it.
@@ -800,6 +816,13 @@ pub struct Schedule {
     pub next_fire_ms: Option<i64>,
     /// Its newest runs.
     pub runs: Vec<ScheduleRun>,
+}
+
+impl Schedule {
+    /// Its layout's name, empty when it has none (each machine's group's choice).
+    pub fn layout_name(&self) -> &'static str {
+        self.layout.map_or("", Layout::as_str)
+    }
 }
 
 /// Every error answer of the API: `{"error": "..."}` with the HTTP status.
@@ -908,9 +931,10 @@ pub struct NewDeployment {
     /// How the machines are personalized (each gets its hostname unless said).
     #[serde(default)]
     pub personalize: Personalize,
-    /// How the image is laid out on disks larger than its own (grow unless said).
-    #[serde(default)]
-    pub layout: Layout,
+    /// How the image is laid out on disks larger than its own (unless said: each machine's
+    /// group's choice, else grow).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layout: Option<Layout>,
 }
 
 /// `POST /api/v1/captures`: a machine's disk into a new image (version).
@@ -995,6 +1019,10 @@ pub struct NewSchedule {
     /// How a redeploy personalizes the machines.
     #[serde(default)]
     pub personalize: Personalize,
+    /// How a redeploy lays the image out on larger disks (unless said: each machine's
+    /// group's choice, else grow).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layout: Option<Layout>,
 }
 
 /// `POST /api/v1/machines`: a machine for the inventory.
@@ -1081,6 +1109,13 @@ pub struct GroupPatch {
         skip_serializing_if = "Option::is_none"
     )]
     pub uefi_loader: Option<Option<String>>,
+    /// How its machines' restores use larger disks; `null`: grow.
+    #[serde(
+        default,
+        deserialize_with = "given",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub layout: Option<Option<Layout>>,
 }
 
 /// A field that, when present, holds a `T` (`None` when absent, through `default`). With

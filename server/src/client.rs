@@ -115,6 +115,10 @@ pub(crate) enum GroupCommand {
         /// ipxe (Secure Boot off), or default (the server's uefi_loader).
         #[arg(long, value_name = "shim|ipxe|default", value_parser = ["shim", "ipxe", "default"])]
         uefi_loader: Option<String>,
+        /// How restores to its machines use disks larger than the image's, unless a
+        /// deployment says: grow (the default), keep or proportional.
+        #[arg(long, value_name = "grow|keep|proportional")]
+        layout: Option<proto::api::Layout>,
         #[command(flatten)]
         server: ServerArgs,
     },
@@ -447,15 +451,21 @@ pub(crate) fn group(cmd: GroupCommand, json: bool) -> anyhow::Result<()> {
             vars,
             keep_network_first,
             uefi_loader,
+            layout,
             server,
         } => {
             let vars = vars.patch();
             let keep_network_first = keep_network_first.map(|k| k == "on");
             let uefi_loader = uefi_loader.map(|l| (l != "default").then_some(l));
-            if vars.is_none() && keep_network_first.is_none() && uefi_loader.is_none() {
+            if vars.is_none()
+                && keep_network_first.is_none()
+                && uefi_loader.is_none()
+                && layout.is_none()
+            {
                 bail!(
                     "nothing to change: give --var KEY=VALUE, --unset-var KEY, \
-                     --keep-network-first on|off or --uefi-loader shim|ipxe|default"
+                     --keep-network-first on|off, --uefi-loader shim|ipxe|default or \
+                     --layout grow|keep|proportional"
                 );
             }
             let g = call(
@@ -465,6 +475,8 @@ pub(crate) fn group(cmd: GroupCommand, json: bool) -> anyhow::Result<()> {
                     vars,
                     keep_network_first,
                     uefi_loader,
+                    // grow is what a group without a layout does: stored as none.
+                    layout: layout.map(|l| (l != proto::api::Layout::Grow).then_some(l)),
                 })?),
             )?;
             if json {
@@ -491,6 +503,9 @@ fn boot_text(g: &proto::api::Group) -> String {
     }
     if let Some(l) = &g.uefi_loader {
         t.push_str(&format!("  (UEFI loader: {l})"));
+    }
+    if let Some(l) = g.layout {
+        t.push_str(&format!("  (layout: {l})"));
     }
     t
 }

@@ -45,9 +45,10 @@ pub(crate) struct DeployArgs {
     #[command(flatten)]
     personalize: PersonalizeArgs,
     /// On a disk larger than the image's: `grow` the last partition and its filesystem to the
-    /// disk's end, `keep` the image's layout, or scale every partition `proportional`ly.
-    #[arg(long, default_value = "grow")]
-    layout: Layout,
+    /// disk's end, `keep` the image's layout, or scale every partition `proportional`ly
+    /// (default: each machine's group's choice, else grow).
+    #[arg(long)]
+    layout: Option<Layout>,
     /// Wait until every machine is done; exit 1 if any failed.
     #[arg(long)]
     wait: bool,

@@ -7,10 +7,10 @@ use std::process::ExitCode;
 use anyhow::{bail, Context};
 use clap::Subcommand;
 use imaging::capture::{capture, CaptureOptions};
+use imaging::device::BlockDevice as _;
 use imaging::device::FileDevice;
 use imaging::fs::FsKind;
 use imaging::manifest::{AreaKind, Manifest};
-use imaging::device::BlockDevice as _;
 use imaging::relayout::{self, LayoutMode};
 use imaging::restore::{restore, verify};
 use imaging::store::{Store, StoredImage};
@@ -215,12 +215,13 @@ pub(crate) fn run(cmd: ImageCommand, data_dir: &Path, json: bool) -> anyhow::Res
             let res = restore(&label, &img.manifest, &store, &dev, threads, &bar);
             bar.finish();
             let r = res.with_context(|| format!("restoring {label} onto {}", target.display()))?;
-            let changed = relayout::apply(&target, &dev, &img.manifest, &plan).with_context(|| {
-                format!(
-                    "restored {label} onto {}, but laying it out ({layout}) failed",
-                    target.display()
-                )
-            })?;
+            let changed =
+                relayout::apply(&target, &dev, &img.manifest, &plan).with_context(|| {
+                    format!(
+                        "restored {label} onto {}, but laying it out ({layout}) failed",
+                        target.display()
+                    )
+                })?;
             let secs = t0.elapsed().as_secs_f64();
             if json {
                 println!(

@@ -75,6 +75,10 @@ pub(crate) struct AddSchedule {
     wake_lead: Option<Duration>,
     #[command(flatten)]
     personalize: crate::deploy_cmd::PersonalizeArgs,
+    /// On disks larger than the image's: grow, keep or proportional (default: each
+    /// machine's group's choice, else grow).
+    #[arg(long)]
+    layout: Option<proto::api::Layout>,
     #[command(flatten)]
     server: ServerArgs,
 }
@@ -128,6 +132,7 @@ pub(crate) fn schedule(cmd: ScheduleCommand, json: bool) -> anyhow::Result<()> {
                 then,
                 wake_lead,
                 personalize,
+                layout,
                 server,
             } = *add;
             let s = call(
@@ -151,6 +156,7 @@ pub(crate) fn schedule(cmd: ScheduleCommand, json: bool) -> anyhow::Result<()> {
                     then,
                     wake_lead: secs(wake_lead),
                     personalize: personalize.read()?,
+                    layout,
                 })?,
             )?;
             if json {

@@ -520,7 +520,14 @@ fn a_waiting_hello_answers_when_the_task_comes() {
 fn an_agent_grows_the_last_partition_onto_its_larger_disk_unless_told_to_keep() {
     if !require(
         "agent layout",
-        &["root", "sgdisk", "mkfs.ext4", "mkntfs", "ntfsresize", "ntfsfix"],
+        &[
+            "root",
+            "sgdisk",
+            "mkfs.ext4",
+            "mkntfs",
+            "ntfsresize",
+            "ntfsfix",
+        ],
     ) {
         return;
     }
@@ -540,24 +547,41 @@ fn an_agent_grows_the_last_partition_onto_its_larger_disk_unless_told_to_keep() 
         (num("First sector:"), num("Last sector:"))
     };
     let captured = ntfs_part(&src);
-    for (mac, layout, grows) in [
-        ("02:00:00:00:08:01", "grow", true),
-        ("02:00:00:00:08:02", "keep", false),
+    // A group that keeps the layout: its machine keeps it unless the deployment says.
+    srv.ok(&env, &t, &["group", "add", "kept"]);
+    srv.ok(&env, &t, &["group", "set", "kept", "--layout", "keep"]);
+    for (mac, layout, group, grows) in [
+        ("02:00:00:00:08:01", "grow", None, true),
+        ("02:00:00:00:08:02", "keep", None, false),
+        ("02:00:00:00:08:03", "", Some("kept"), false),
+        ("02:00:00:00:08:04", "grow", Some("kept"), true),
     ] {
-        srv.ok(&env, &t, &["machine", "add", mac]);
-        srv.ok(
-            &env,
-            &t,
-            &[
-                "deploy", "lab", "--to", mac, "--transport", "unicast", "--layout", layout,
-                "--personalize", "off",
-            ],
-        );
+        let mut add = vec!["machine", "add", mac];
+        add.extend(group.iter().flat_map(|g| ["--group", *g]));
+        srv.ok(&env, &t, &add);
+        let mut deploy = vec![
+            "deploy",
+            "lab",
+            "--to",
+            mac,
+            "--transport",
+            "unicast",
+            "--personalize",
+            "off",
+        ];
+        if !layout.is_empty() {
+            deploy.extend(["--layout", layout]);
+        }
+        srv.ok(&env, &t, &deploy);
         // The machine's disk: twice the golden disk's 64 MiB.
-        let disk = env.path(&format!("disk-{layout}.img"));
+        let disk = env.path(&format!("disk-{}.img", &mac[15..]));
         drover_tests::sparse_file(&disk, 128 << 20);
         let a = output_within(
-            agent(&srv.url, &disk, &["--mac", mac, "--iface", "lo", "--read-back"]),
+            agent(
+                &srv.url,
+                &disk,
+                &["--mac", mac, "--iface", "lo", "--read-back"],
+            ),
             LIMIT,
         );
         assert!(a.status.success(), "{layout}: {}", output(&a));
@@ -566,8 +590,16 @@ fn an_agent_grows_the_last_partition_onto_its_larger_disk_unless_told_to_keep() 
         assert_eq!(first, captured.0, "{layout}");
         if grows {
             // To the last MiB boundary before the backup GPT.
-            assert_eq!(last + 1, ((128 << 20) - 33 * 512) / (1 << 20) * 2048, "{layout}");
-            assert!(output(&a).contains("partition 2 (ntfs) grown"), "{}", output(&a));
+            assert_eq!(
+                last + 1,
+                ((128 << 20) - 33 * 512) / (1 << 20) * 2048,
+                "{layout}"
+            );
+            assert!(
+                output(&a).contains("partition 2 (ntfs) grown"),
+                "{}",
+                output(&a)
+            );
         } else {
             assert_eq!(last, captured.1, "{layout}");
         }
@@ -592,7 +624,11 @@ fn an_agent_grows_the_last_partition_onto_its_larger_disk_unless_told_to_keep() 
             .iter()
             .find(|d| d["targets"] == mac)
             .unwrap();
-        assert_eq!(d["layout"], layout, "{d:#}");
+        if layout.is_empty() {
+            assert!(d["layout"].is_null(), "{d:#}");
+        } else {
+            assert_eq!(d["layout"], layout, "{d:#}");
+        }
         assert_eq!(task_of(d, mac)["state"], "done", "{d:#}");
     }
 }

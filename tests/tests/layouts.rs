@@ -40,7 +40,10 @@ fn gpt_part(disk: &Path, n: u32) -> Extent {
 
 fn sgdisk_ok(disk: &Path, what: &str) {
     let out = run("sgdisk", &["-v", s(disk)]);
-    assert!(out.contains("No problems found"), "{what}: sgdisk -v: {out}");
+    assert!(
+        out.contains("No problems found"),
+        "{what}: sgdisk -v: {out}"
+    );
 }
 
 /// Where a partition may end on a GPT disk of `size` bytes: before the backup table, on a
@@ -58,7 +61,9 @@ fn fs_size(disk: &Path, p: Extent, kind: &str) -> u64 {
             .rev()
             .fold(0u64, |v, &b| (v << 8) | u64::from(b))
     };
-    let be = |o: usize, n: usize| -> u64 { sb[o..o + n].iter().fold(0, |v, &b| (v << 8) | u64::from(b)) };
+    let be = |o: usize, n: usize| -> u64 {
+        sb[o..o + n].iter().fold(0, |v, &b| (v << 8) | u64::from(b))
+    };
     match kind {
         "ext4" => le(1024 + 4, 4) * (1024 << le(1024 + 24, 4)),
         "xfs" => be(8, 8) * be(4, 4),
@@ -162,7 +167,14 @@ fn a_gpt_disk_grows_onto_a_target_twice_its_size() {
     sparse_file(&disk, 256 * MIB);
     run(
         "sgdisk",
-        &["-o", "-n1:2048:+64M", "-t1:EF00", "-n2:0:0", "-t2:8300", s(&disk)],
+        &[
+            "-o",
+            "-n1:2048:+64M",
+            "-t1:EF00",
+            "-n2:0:0",
+            "-t2:8300",
+            s(&disk),
+        ],
     );
     let (esp, root) = (gpt_part(&disk, 1), gpt_part(&disk, 2));
     let (esp_img, esp_files) = fat32(&env, esp.size, 1);
@@ -182,7 +194,11 @@ fn a_gpt_disk_grows_onto_a_target_twice_its_size() {
     assert_eq!(gpt_part(&target, 1), esp, "the ESP stays as it was");
     let grown = gpt_part(&target, 2);
     assert_eq!(grown.start, root.start);
-    assert_eq!(grown.start + grown.size, gpt_end(size), "root reaches the disk's end");
+    assert_eq!(
+        grown.start + grown.size,
+        gpt_end(size),
+        "root reaches the disk's end"
+    );
     let fs = fs_size(&target, grown, "ext4");
     assert!(
         fs <= grown.size && grown.size - fs < 4096,
@@ -206,7 +222,14 @@ fn a_gpt_disk_grows_onto_a_target_twice_its_size() {
     // Proportional: the root moves to its scaled place and fills the rest; the FAT32 ESP
     // keeps its size, and the restore says so.
     random_file(&target, size, 5);
-    let r = env.json(&["image", "restore", "golden", s(&target), "--layout", "proportional"]);
+    let r = env.json(&[
+        "image",
+        "restore",
+        "golden",
+        s(&target),
+        "--layout",
+        "proportional",
+    ]);
     let changes = r["layout_changes"].to_string();
     assert!(
         changes.contains("partition 1 keeps its size: its fat32 filesystem cannot be grown"),
@@ -216,7 +239,10 @@ fn a_gpt_disk_grows_onto_a_target_twice_its_size() {
     sgdisk_ok(&target, "proportional");
     assert_eq!(gpt_part(&target, 1), esp);
     let scaled = gpt_part(&target, 2);
-    assert!(scaled.start > root.start && scaled.start % MIB == 0, "{scaled:?}");
+    assert!(
+        scaled.start > root.start && scaled.start % MIB == 0,
+        "{scaled:?}"
+    );
     assert_eq!(scaled.start + scaled.size, gpt_end(size));
     let fs = fs_size(&target, scaled, "ext4");
     assert!(scaled.size - fs < 4096, "ext4 of {fs} bytes in {scaled:?}");
@@ -279,10 +305,7 @@ fn xfs_btrfs_and_ntfs_grow_with_their_partition() {
                 for (path, _) in &want {
                     // ntfscp writes files, not directories: the tree's top level only.
                     if path.components().count() == 1 {
-                        run(
-                            "ntfscp",
-                            &["-f", s(&f), s(&tree.join(path)), s(path)],
-                        );
+                        run("ntfscp", &["-f", s(&f), s(&tree.join(path)), s(path)]);
                     }
                 }
             }
@@ -338,7 +361,16 @@ fn xfs_btrfs_and_ntfs_grow_with_their_partition() {
 fn an_mbr_disk_grows_its_last_logical_partition() {
     if !require(
         "layout grow mbr",
-        &["root", "sfdisk", "mkfs.ext4", "e2fsck", "resize2fs", "debugfs", "mkntfs", "ntfsfix"],
+        &[
+            "root",
+            "sfdisk",
+            "mkfs.ext4",
+            "e2fsck",
+            "resize2fs",
+            "debugfs",
+            "mkntfs",
+            "ntfsfix",
+        ],
     ) {
         return;
     }
@@ -387,13 +419,26 @@ fn an_mbr_disk_grows_its_last_logical_partition() {
     let target = env.path("target.img");
     random_file(&target, size, 10);
     let r = env.restore("mbr", &target);
-    assert!(r["layout_changes"].to_string().contains("partition 5 (ext4) grown"), "{r}");
+    assert!(
+        r["layout_changes"]
+            .to_string()
+            .contains("partition 5 (ext4) grown"),
+        "{r}"
+    );
     let after = parts(&target);
     assert_eq!(after[0], before[0], "the NTFS stays");
     let end = size / MIB * MIB;
-    assert_eq!(after[1].0 + after[1].1, end, "the extended partition reaches the end");
+    assert_eq!(
+        after[1].0 + after[1].1,
+        end,
+        "the extended partition reaches the end"
+    );
     assert_eq!(after[2].0, logical.start);
-    assert_eq!(after[2].0 + after[2].1, end, "the logical partition reaches the end");
+    assert_eq!(
+        after[2].0 + after[2].1,
+        end,
+        "the logical partition reaches the end"
+    );
     // sfdisk reads the grown EBR chain back the same way.
     let dump = run("sfdisk", &["-d", s(&target)]);
     assert!(

@@ -631,6 +631,10 @@ pub(crate) async fn save_group_vars<C: Control>(
                 .filter(|l| !l.is_empty())
                 .map(str::to_string),
         ),
+        layout: Some(match layout_choice(&f) {
+            Ok(l) => l,
+            Err(e) => return redirect_with("/groups", "error", &e),
+        }),
     });
     let path = format!("/groups/{name}");
     let r = call::api(&ui.control, a.user(), Method::PATCH, &path, Some(body)).await;
@@ -913,6 +917,13 @@ fn choice<T: std::str::FromStr<Err = String> + Default>(
     }
 }
 
+/// The form's `layout`: empty for "as the machines' groups say" (or, for a group, grow).
+fn layout_choice(f: &Fields) -> Result<Option<api::Layout>, String> {
+    f.text("layout")
+        .map(|l| l.parse().map_err(|e| format!("layout {e}")))
+        .transpose()
+}
+
 /// A deployment's API body from its form.
 fn deployment_body(f: &Fields) -> Result<String, String> {
     let mut body = NewDeployment {
@@ -925,7 +936,7 @@ fn deployment_body(f: &Fields) -> Result<String, String> {
         start_at: None,
         then: choice(f, "then")?,
         personalize: personalize(f)?,
-        layout: choice(f, "layout")?,
+        layout: layout_choice(f)?,
     };
     match f.get("start").unwrap_or("now") {
         "min" => {
@@ -962,6 +973,7 @@ fn schedule_body(f: &Fields) -> Result<String, String> {
         then: choice(f, "then")?,
         wake_lead: None,
         personalize: personalize(f)?,
+        layout: layout_choice(f)?,
     };
     if action == ScheduleAction::Deploy {
         body.image = f.text("image");

@@ -80,6 +80,21 @@ pub(crate) fn parsed<T: std::str::FromStr<Err = String>>(
     })
 }
 
+/// A text column that may be NULL, parsed when it is not.
+pub(crate) fn parsed_opt<T: std::str::FromStr<Err = String>>(
+    r: &sqlx::any::AnyRow,
+    column: &str,
+) -> Result<Option<T>, sqlx::Error> {
+    let text: Option<String> = r.try_get(column)?;
+    text.map(|t| {
+        t.parse().map_err(|e: String| sqlx::Error::ColumnDecode {
+            index: column.into(),
+            source: e.into(),
+        })
+    })
+    .transpose()
+}
+
 /// A column holding JSON (variables, a deployment's personalization).
 pub(crate) fn json_column<T: serde::de::DeserializeOwned>(
     r: &sqlx::any::AnyRow,

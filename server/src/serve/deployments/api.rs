@@ -44,6 +44,7 @@ fn task_info(
     t: &Task,
     d: &Deployment,
     disk: Option<&str>,
+    group_layout: Option<api::Layout>,
     swarm: AgentSwarm,
     personalize: Option<api::Personalization>,
     luks_keys: api::LuksKeys,
@@ -83,8 +84,19 @@ fn task_info(
         disk: disk.map(str::to_string),
         personalize,
         luks_keys,
-        layout: d.layout,
+        // The deployment's, else the machine's group's, else grow.
+        layout: d.layout.or(group_layout).unwrap_or_default(),
     })
+}
+
+/// The layout of machine `mac`'s group, if it is in one that has one.
+async fn group_layout(s: &Shared, mac: &str) -> Option<api::Layout> {
+    let m = s.db.inventory().machine(mac.parse().ok()?).await.ok()?;
+    s.db.inventory()
+        .group(m.group.as_deref()?)
+        .await
+        .ok()?
+        .layout
 }
 
 /// The LUKS passphrases a task's agent gets: a live capture's only.
@@ -442,10 +454,12 @@ pub(crate) async fn hello(
     };
     let d = s.db.deployments().deployment(&task.deployment_id).await?;
     let personalize = personalization(&s, &task, &d, peer.ip()).await?;
+    let layout = group_layout(&s, &task.mac).await;
     out.task = Some(task_info(
         &task,
         &d,
         m.target_disk.as_deref(),
+        layout,
         s.deployer.agent_swarm,
         personalize,
         task_keys(&s, &task, &d),
@@ -562,11 +576,13 @@ pub(crate) async fn task(
         Err(_) => None,
     };
     let personalize = personalization(&s, &t, &d, peer.ip()).await?;
+    let layout = group_layout(&s, &t.mac).await;
     Ok(Json(api::TaskReply {
         task: task_info(
             &t,
             &d,
             disk.as_deref(),
+            layout,
             s.deployer.agent_swarm,
             personalize,
             task_keys(&s, &t, &d),

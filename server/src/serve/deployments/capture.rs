@@ -120,8 +120,7 @@ pub(crate) async fn create(
                     max_wait_ms: None,
                     start_at_ms: None,
                     then_action: c.then.as_str(),
-                    // A capture lays nothing out.
-                    layout: api::Layout::Keep.as_str(),
+                    layout: None,
                     owner: &s.deployer.owner,
                     created_by: &actor.0,
                     bytes_total: 0,

@@ -46,8 +46,9 @@ pub(crate) struct Deployment {
     pub(crate) finished_ms: Option<i64>,
     /// How the machines are personalized.
     pub(crate) personalize: proto::api::Personalize,
-    /// How the image is laid out on disks larger than its own.
-    pub(crate) layout: proto::api::Layout,
+    /// How the image is laid out on disks larger than its own (None: each machine's
+    /// group's choice, else grow).
+    pub(crate) layout: Option<proto::api::Layout>,
 }
 
 /// One machine's part of a deployment.
@@ -97,7 +98,7 @@ pub(crate) struct NewDeployment<'a> {
     pub(crate) created_by: &'a str,
     pub(crate) bytes_total: i64,
     pub(crate) personalize: &'a proto::api::Personalize,
-    pub(crate) layout: &'a str,
+    pub(crate) layout: Option<&'a str>,
 }
 
 /// An agent's progress report.
@@ -142,7 +143,7 @@ fn deployment(r: &AnyRow) -> Result<Deployment, sqlx::Error> {
         started_ms: r.try_get("started_ms")?,
         finished_ms: r.try_get("finished_ms")?,
         personalize: json_column(r, "personalize")?,
-        layout: parsed(r, "layout")?,
+        layout: crate::serve::db::parsed_opt(r, "layout")?,
     })
 }
 

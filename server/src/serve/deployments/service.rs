@@ -55,8 +55,9 @@ pub(crate) struct DeployRequest {
     pub(crate) then_action: Then,
     /// How the machines are personalized.
     pub(crate) personalize: proto::api::Personalize,
-    /// How the image is laid out on disks larger than its own.
-    pub(crate) layout: proto::api::Layout,
+    /// How the image is laid out on disks larger than its own (None: each machine's
+    /// group's choice, else grow).
+    pub(crate) layout: Option<proto::api::Layout>,
 }
 
 /// Why a deployment request was refused.
@@ -343,7 +344,7 @@ impl Deployer {
                     max_wait_ms: r.max_wait.map(|d| d.as_millis() as i64),
                     start_at_ms: r.start_at_ms,
                     then_action: r.then_action.as_str(),
-                    layout: r.layout.as_str(),
+                    layout: r.layout.map(|l| l.as_str()),
                     owner: &self.owner,
                     created_by: actor,
                     // What agents count: the plaintext of every chunk.

@@ -292,6 +292,7 @@ impl Inventory<'_> {
                 vars: Default::default(),
                 keep_network_first: false,
                 uefi_loader: None,
+                layout: None,
             }),
             Err(e) if is_unique_violation(&e) => Err(DbError::Exists(format!("group {name:?}"))),
             Err(e) => Err(e.into()),
@@ -303,6 +304,7 @@ impl Inventory<'_> {
         let rows = sqlx::query(
             "SELECT g.name AS name, g.created_ms AS created_ms, g.vars AS vars, \
                     g.keep_network_first AS keep_network_first, g.uefi_loader AS uefi_loader, \
+                    g.layout AS layout, \
                     (SELECT COUNT(*) FROM machines m WHERE m.group_name = g.name) AS machines \
              FROM groups g ORDER BY g.name",
         )
@@ -317,6 +319,7 @@ impl Inventory<'_> {
                     vars: vars(r)?,
                     keep_network_first: r.try_get::<i64, _>("keep_network_first")? != 0,
                     uefi_loader: r.try_get("uefi_loader")?,
+                    layout: crate::serve::db::parsed_opt(r, "layout")?,
                 })
             })
             .collect()
@@ -350,14 +353,18 @@ impl Inventory<'_> {
             }
             g.uefi_loader.clone_from(l);
         }
+        if let Some(l) = patch.layout {
+            g.layout = l;
+        }
         sqlx::query(
-            "UPDATE groups SET vars = $1, keep_network_first = $2, uefi_loader = $3 \
-             WHERE name = $4",
+            "UPDATE groups SET vars = $1, keep_network_first = $2, uefi_loader = $3, \
+             layout = $5 WHERE name = $4",
         )
         .bind(json(&g.vars))
         .bind(i64::from(g.keep_network_first))
         .bind(&g.uefi_loader)
         .bind(name)
+        .bind(g.layout.map(|l| l.as_str()))
         .execute(&self.db.pool)
         .await?;
         Ok(g)

@@ -111,8 +111,7 @@ impl Host for ServerHost {
                     start_at_ms: start_at_ms.filter(|_| multicast),
                     then_action: s.then_action,
                     personalize: s.personalize.clone(),
-                    // Schedules deploy with the default layout (grow).
-                    layout: api::Layout::default(),
+                    layout: s.layout,
                 },
                 &actor(s),
             )
@@ -186,6 +185,7 @@ async fn view(s: &Shared, sc: &Schedule, runs: i64) -> ApiResult<api::Schedule> 
         max_wait_ms: sc.max_wait_ms,
         then_action: sc.then_action,
         personalize: sc.personalize.clone(),
+        layout: sc.layout,
         wake_lead_ms: lead,
         created_by: sc.created_by.clone(),
         created_ms: sc.created_ms,
@@ -306,8 +306,7 @@ async fn check_body(s: &Shared, b: &api::NewSchedule) -> ApiResult<Checked> {
                     start_at_ms: None,
                     then_action: b.then,
                     personalize: b.personalize.clone(),
-                    // Schedules deploy with the default layout (grow).
-                    layout: api::Layout::default(),
+                    layout: b.layout,
                 })
                 .await?;
         }
@@ -354,6 +353,7 @@ fn new_schedule<'a>(b: &'a api::NewSchedule, c: &'a Checked, by: &'a str) -> New
         wake_lead_ms: c.wake_lead_ms,
         created_by: by,
         personalize: &b.personalize,
+        layout: b.layout.map(|l| l.as_str()),
     }
 }
 

@@ -25,6 +25,7 @@ pub(crate) struct NewSchedule<'a> {
     pub(crate) wake_lead_ms: Option<i64>,
     pub(crate) created_by: &'a str,
     pub(crate) personalize: &'a proto::api::Personalize,
+    pub(crate) layout: Option<&'a str>,
 }
 
 /// One run (or wake-up) of a schedule.
@@ -40,7 +41,7 @@ pub(crate) struct Run {
 
 const SCHEDULE_COLUMNS: &str = "id, name, cron, at_ms, action, image, targets, transport, \
     fallback, min_machines, max_wait_ms, then_action, wake_lead_ms, created_by, created_ms, \
-    personalize, (SELECT MAX(due_ms) FROM schedule_runs r WHERE r.schedule_id = s.id) \
+    personalize, layout, (SELECT MAX(due_ms) FROM schedule_runs r WHERE r.schedule_id = s.id) \
     AS last_due_ms";
 
 fn schedule(r: &AnyRow) -> Result<Schedule, sqlx::Error> {
@@ -62,6 +63,7 @@ fn schedule(r: &AnyRow) -> Result<Schedule, sqlx::Error> {
         created_ms: r.try_get("created_ms")?,
         last_due_ms: r.try_get("last_due_ms")?,
         personalize: json_column(r, "personalize")?,
+        layout: crate::serve::db::parsed_opt(r, "layout")?,
     })
 }
 
@@ -83,8 +85,9 @@ impl Schedules<'_> {
         let r = sqlx::query(
             "INSERT INTO schedules (id, name, cron, at_ms, action, image, targets, transport, \
              min_machines, max_wait_ms, then_action, wake_lead_ms, created_by, created_ms, \
-             fallback, personalize) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
+             fallback, personalize, layout) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, \
+             $17)",
         )
         .bind(&id)
         .bind(s.name)
@@ -102,6 +105,7 @@ impl Schedules<'_> {
         .bind(now_ms())
         .bind(s.fallback)
         .bind(serde_json::to_string(s.personalize).map_err(anyhow::Error::from)?)
+        .bind(s.layout)
         .execute(&self.db.pool)
         .await;
         match r {
@@ -125,7 +129,7 @@ impl Schedules<'_> {
             "UPDATE schedules SET name = $1, cron = $2, at_ms = $3, action = $4, image = $5, \
              targets = $6, transport = $7, min_machines = $8, max_wait_ms = $9, \
              then_action = $10, wake_lead_ms = $11, created_ms = $12, fallback = $13, \
-             personalize = $15 WHERE id = $14",
+             personalize = $15, layout = $16 WHERE id = $14",
         )
         .bind(s.name)
         .bind(s.cron)
@@ -142,6 +146,7 @@ impl Schedules<'_> {
         .bind(s.fallback)
         .bind(id)
         .bind(serde_json::to_string(s.personalize).map_err(anyhow::Error::from)?)
+        .bind(s.layout)
         .execute(&self.db.pool)
         .await;
         match r {

@@ -52,6 +52,9 @@ pub(crate) struct Schedule {
     pub(crate) last_due_ms: Option<i64>,
     /// How its deployments personalize the machines.
     pub(crate) personalize: proto::api::Personalize,
+    /// How its deployments lay the image out on larger disks (None: each machine's group's
+    /// choice, else grow).
+    pub(crate) layout: Option<proto::api::Layout>,
 }
 
 impl Schedule {

@@ -55,6 +55,7 @@ impl Fake {
             created_ms: self.base_ms + self.start.elapsed().as_millis() as i64,
             last_due_ms: None,
             personalize: Default::default(),
+            layout: None,
         });
     }
 
