@@ -61,6 +61,23 @@ pub enum RestoreError {
     /// The partition table could not be laid out on the target.
     #[error(transparent)]
     Table(#[from] TableError),
+    /// One of several targets failed (1-based, in the order given).
+    #[error("target {target}")]
+    OnTarget {
+        /// Which target.
+        target: usize,
+        /// What went wrong there.
+        #[source]
+        source: Box<RestoreError>,
+    },
+    /// A chunk read back from a target does not match its hash.
+    #[error("chunk {index} of area {area} reads back wrong")]
+    ReadBack {
+        /// The area's number in the manifest.
+        area: usize,
+        /// The chunk's region in it.
+        index: u64,
+    },
 }
 
 /// What a restore did.
@@ -274,33 +291,85 @@ pub fn restore(
     threads: usize,
     progress: &dyn Progress,
 ) -> Result<Restored, RestoreError> {
+    let mut all = restore_to_all(image, m, store, &[target], threads, false, progress).map_err(
+        |e| match e {
+            RestoreError::OnTarget { source, .. } => *source,
+            e => e,
+        },
+    )?;
+    Ok(all.remove(0))
+}
+
+/// Restores the image `m` onto every one of `targets` at once: each chunk is read from the
+/// store and checked once, then written to every target; with `read_back`, each target's
+/// bytes of it are read back and checked against its hash. Every target is checked before a
+/// byte is written to any. A failure names the target (1-based, [`RestoreError::OnTarget`]).
+pub fn restore_to_all(
+    image: &str,
+    m: &Manifest,
+    store: &Store,
+    targets: &[&dyn BlockDevice],
+    threads: usize,
+    read_back: bool,
+    progress: &dyn Progress,
+) -> Result<Vec<Restored>, RestoreError> {
     let store_err = |source| RestoreError::Store {
         image: image.to_string(),
         source,
     };
-    check_target(image, m, target)?;
+    let on = |target: usize| {
+        move |e: RestoreError| RestoreError::OnTarget {
+            target: target + 1,
+            source: Box::new(e),
+        }
+    };
+    for (i, t) in targets.iter().enumerate() {
+        check_target(image, m, *t).map_err(on(i))?;
+    }
     let _lock = store.lock_shared().map_err(store_err)?;
     if let Some((_, c)) = m.chunks().find(|(_, c)| !store.has_chunk(&c.hash)) {
         return Err(store_err(StoreError::MissingChunk(c.hash)));
     }
     progress.start(m.used_bytes(), "restore");
     let cs = m.chunk_size;
-    let written = std::sync::atomic::AtomicU64::new(0);
+    let area_of = |a: &Area| m.areas.iter().position(|b| std::ptr::eq(a, b)).unwrap_or(0);
+    let written: Vec<std::sync::atomic::AtomicU64> =
+        targets.iter().map(|_| Default::default()).collect();
     for_each_chunk::<RestoreError>(m, threads, |a, c| {
         let len = a.region_len(c.index, cs) as usize;
         let plain = store.read_chunk(&c.hash, len).map_err(store_err)?;
-        let n = write_chunk(m, a, c, &plain, target)?;
-        written.fetch_add(n, Ordering::Relaxed);
+        let mut n = 0;
+        for (i, t) in targets.iter().enumerate() {
+            n = write_chunk(m, a, c, &plain, *t).map_err(on(i))?;
+            if read_back && !check_written(m, a, c, *t).map_err(on(i))? {
+                return Err(on(i)(RestoreError::ReadBack {
+                    area: area_of(a),
+                    index: c.index,
+                }));
+            }
+            written[i].fetch_add(n, Ordering::Relaxed);
+        }
         progress.advance(n);
         Ok(())
     })?;
-    let f = finish(m, target)?;
-    Ok(Restored {
-        bytes_written: written.into_inner() + f.table_bytes,
-        chunks: m.chunks().count() as u64,
-        gpt_relocated: f.gpt_relocated,
-        bytes_zeroed: f.bytes_zeroed,
-    })
+    let mut out = Vec::new();
+    for (i, t) in targets.iter().enumerate() {
+        let f = finish(m, *t).map_err(on(i))?;
+        if read_back {
+            if let Some(at) = check_zero_fill(m, *t).map_err(on(i))? {
+                return Err(on(i)(RestoreError::Write(io::Error::other(format!(
+                    "byte {at} should read as zero (a raw-copied area) but does not"
+                )))));
+            }
+        }
+        out.push(Restored {
+            bytes_written: written[i].load(Ordering::Relaxed) + f.table_bytes,
+            chunks: m.chunks().count() as u64,
+            gpt_relocated: f.gpt_relocated,
+            bytes_zeroed: f.bytes_zeroed,
+        });
+    }
+    Ok(out)
 }
 
 /// A chunk that failed verification.

@@ -7,12 +7,12 @@ use std::process::ExitCode;
 use anyhow::{bail, Context};
 use clap::Subcommand;
 use imaging::capture::{capture, CaptureOptions};
-use imaging::device::BlockDevice as _;
+use imaging::device::BlockDevice;
 use imaging::device::FileDevice;
 use imaging::fs::FsKind;
 use imaging::manifest::{AreaKind, Manifest};
 use imaging::relayout::{self, LayoutMode};
-use imaging::restore::{restore, verify};
+use imaging::restore::{restore_to_all, verify, RestoreError};
 use imaging::store::{Store, StoredImage};
 use serde_json::json;
 
@@ -49,12 +49,14 @@ pub(crate) enum ImageCommand {
         #[arg(long, value_name = "FILE")]
         luks_key_file: Vec<PathBuf>,
     },
-    /// Write an image onto a disk, partition or file (only the used blocks).
+    /// Write an image onto a disk, partition or file (only the used blocks); onto several at
+    /// once, each chunk read once, written to every target and read back from each.
     Restore {
         /// Image name (newest version), NAME@VERSION, or id.
         image: String,
-        /// The device or file to write; it must exist and be large enough.
-        target: PathBuf,
+        /// The devices or files to write; each must exist and be large enough.
+        #[arg(required = true, num_args = 1.., value_name = "TARGET")]
+        targets: Vec<PathBuf>,
         /// Image store directory (default: DATA_DIR/images).
         #[arg(long)]
         store: Option<PathBuf>,
@@ -192,77 +194,115 @@ pub(crate) fn run(cmd: ImageCommand, data_dir: &Path, json: bool) -> anyhow::Res
         }
         ImageCommand::Restore {
             image,
-            target,
+            targets,
             store,
             threads,
             layout,
         } => {
             let store = open_store(store, data_dir)?;
             let img = store.resolve(&image)?;
-            if let Some(why) = imaging::usage::in_use(&target)
-                .with_context(|| format!("checking whether {} is in use", target.display()))?
-            {
-                bail!("refusing to restore onto {}: it is {why}", target.display());
+            let label = format!("{}@{}", img.manifest.name, img.manifest.name_version);
+            let mut devs = Vec::new();
+            let mut plans = Vec::new();
+            for target in &targets {
+                if let Some(why) = imaging::usage::in_use(target)
+                    .with_context(|| format!("checking whether {} is in use", target.display()))?
+                {
+                    bail!("refusing to restore onto {}: it is {why}", target.display());
+                }
+                if devs
+                    .iter()
+                    .any(|(p, _): &(PathBuf, FileDevice)| same_file(p, target))
+                {
+                    bail!("{} is named twice", target.display());
+                }
+                let dev = FileDevice::open_write(target)
+                    .with_context(|| format!("opening {} for writing", target.display()))?;
+                imaging::restore::check_target(&label, &img.manifest, &dev)
+                    .with_context(|| format!("restoring {label} onto {}", target.display()))?;
+                // Planned before a byte is written: a layout that cannot be is refused first.
+                plans.push(
+                    relayout::plan(&img.manifest, dev.len(), layout)
+                        .with_context(|| format!("laying {label} out on {}", target.display()))?,
+                );
+                devs.push((target.clone(), dev));
             }
-            let dev = FileDevice::open_write(&target)
-                .with_context(|| format!("opening {} for writing", target.display()))?;
             let bar = Bar::new(json);
             let t0 = std::time::Instant::now();
-            let label = format!("{}@{}", img.manifest.name, img.manifest.name_version);
-            // Planned before a byte is written: a layout that cannot be is refused first.
-            let plan = relayout::plan(&img.manifest, dev.len(), layout)
-                .with_context(|| format!("laying {label} out on {}", target.display()))?;
-            let res = restore(&label, &img.manifest, &store, &dev, threads, &bar);
+            let refs: Vec<&dyn BlockDevice> =
+                devs.iter().map(|(_, d)| d as &dyn BlockDevice).collect();
+            let several = refs.len() > 1;
+            let res = restore_to_all(&label, &img.manifest, &store, &refs, threads, several, &bar);
             bar.finish();
-            let r = res.with_context(|| format!("restoring {label} onto {}", target.display()))?;
-            let changed =
-                relayout::apply(&target, &dev, &img.manifest, &plan).with_context(|| {
-                    format!(
-                        "restored {label} onto {}, but laying it out ({layout}) failed",
-                        target.display()
-                    )
-                })?;
-            let secs = t0.elapsed().as_secs_f64();
-            if json {
-                println!(
-                    "{}",
-                    json!({
-                        "id": img.id,
-                        "name": img.manifest.name,
-                        "version": img.manifest.name_version,
-                        "target": target.display().to_string(),
-                        "bytes_written": r.bytes_written,
-                        "chunks": r.chunks,
-                        "gpt_relocated": r.gpt_relocated,
-                        "bytes_zeroed": r.bytes_zeroed,
-                        "layout": layout,
-                        "partitions": plan.parts,
-                        "layout_changes": changed,
-                        "seconds": secs,
-                    })
-                );
-            } else {
-                println!(
-                    "restored {label} onto {}: {} written from {} chunks{}{}, {secs:.1} s",
-                    target.display(),
-                    fmt::bytes(r.bytes_written),
-                    r.chunks,
-                    if r.bytes_zeroed > 0 {
+            let rs = res.map_err(|e| match e {
+                RestoreError::OnTarget { target, source } => anyhow::Error::from(*source).context(
+                    format!("restoring {label} onto {}", targets[target - 1].display()),
+                ),
+                e => anyhow::Error::from(e).context(format!("restoring {label}")),
+            })?;
+            let mut changes = Vec::new();
+            for ((target, dev), plan) in devs.iter().zip(&plans) {
+                changes.push(
+                    relayout::apply(target, dev, &img.manifest, plan).with_context(|| {
                         format!(
-                            ", {} of raw-copied areas zeroed",
-                            fmt::bytes(r.bytes_zeroed)
+                            "restored {label} onto {}, but laying it out ({layout}) failed",
+                            target.display()
                         )
-                    } else {
-                        String::new()
-                    },
-                    if r.gpt_relocated {
-                        ", GPT moved to the end of the larger disk"
-                    } else {
-                        ""
-                    },
+                    })?,
                 );
-                for line in &changed {
-                    println!("  {line}");
+            }
+            let secs = t0.elapsed().as_secs_f64();
+            let one = |i: usize| {
+                json!({
+                    "target": targets[i].display().to_string(),
+                    "bytes_written": rs[i].bytes_written,
+                    "gpt_relocated": rs[i].gpt_relocated,
+                    "bytes_zeroed": rs[i].bytes_zeroed,
+                    "partitions": plans[i].parts,
+                    "layout_changes": changes[i],
+                    "read_back": several,
+                })
+            };
+            if json {
+                let mut v = json!({
+                    "id": img.id,
+                    "name": img.manifest.name,
+                    "version": img.manifest.name_version,
+                    "chunks": rs[0].chunks,
+                    "layout": layout,
+                    "seconds": secs,
+                    "targets": (0..targets.len()).map(one).collect::<Vec<_>>(),
+                });
+                // The first target's fields at the top too (what one target always printed).
+                if let (Some(o), serde_json::Value::Object(first)) = (v.as_object_mut(), one(0)) {
+                    o.extend(first);
+                }
+                println!("{v}");
+            } else {
+                for (i, r) in rs.iter().enumerate() {
+                    println!(
+                        "restored {label} onto {}: {} written from {} chunks{}{}{}, {secs:.1} s",
+                        targets[i].display(),
+                        fmt::bytes(r.bytes_written),
+                        r.chunks,
+                        if r.bytes_zeroed > 0 {
+                            format!(
+                                ", {} of raw-copied areas zeroed",
+                                fmt::bytes(r.bytes_zeroed)
+                            )
+                        } else {
+                            String::new()
+                        },
+                        if r.gpt_relocated {
+                            ", GPT moved to the end of the larger disk"
+                        } else {
+                            ""
+                        },
+                        if several { ", read back" } else { "" },
+                    );
+                    for line in &changes[i] {
+                        println!("  {line}");
+                    }
                 }
             }
             Ok(ExitCode::SUCCESS)
@@ -537,4 +577,15 @@ fn inspect(img: &StoredImage, refs: &HashMap<imaging::manifest::Hash, u32>, json
 /// Parses `--layout`.
 pub(crate) fn parse_layout(s: &str) -> Result<LayoutMode, String> {
     s.parse()
+}
+
+/// Whether two paths name the same file or device.
+fn same_file(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(x), Ok(y)) => {
+            (x.dev(), x.ino()) == (y.dev(), y.ino()) || (x.rdev() != 0 && x.rdev() == y.rdev())
+        }
+        _ => a == b,
+    }
 }

@@ -10,7 +10,9 @@
 //! leaving iPXE for its next boot entry, the one the agent wrote. Each restored system comes
 //! up to a login prompt on its serial console with its own name. Read from the disks
 //! afterwards: machine-ids and SSH host keys of their own, neither the golden image's nor each
-//! other's; the first-boot script ran once and its unit is gone.
+//! other's; the first-boot script ran once and its unit is gone. The BIOS machine's disk is
+//! twice the golden one's: its root partition and filesystem grew to the disk's end (by the
+//! boot environment's resize2fs) and that system boots too.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -140,12 +142,15 @@ fn a_debian_system_deployed_to_bios_and_uefi_vms_boots_as_machines_of_their_own(
     .unwrap();
     let id = d["id"].as_str().unwrap().to_string();
 
+    // The BIOS machine's disk is twice the golden one: its root partition and filesystem
+    // grow to its end (the deployment's default layout).
     let size = std::fs::metadata(&golden).unwrap().len();
     let disks: Vec<PathBuf> = machines
         .iter()
-        .map(|m| {
+        .enumerate()
+        .map(|(i, m)| {
             let p = env.path(&format!("{}-disk.img", m.1));
-            sparse_file(&p, size);
+            sparse_file(&p, if i == 0 { 2 * size } else { size });
             p
         })
         .collect();
@@ -191,6 +196,8 @@ fn a_debian_system_deployed_to_bios_and_uefi_vms_boots_as_machines_of_their_own(
     };
     let (bios, uefi, ipxe) = (macs[0], macs[1], macs[2]);
     assert!(lines(bios).contains("hostname lab-bios"), "{show}");
+    assert!(lines(bios).contains("partition 3 (ext4) grown"), "{show}");
+    assert!(!lines(uefi).contains("grown"), "{show}");
     assert!(!lines(bios).contains("UEFI boot entry"), "{show}");
     for mac in [uefi, ipxe] {
         assert!(
@@ -228,6 +235,22 @@ fn a_debian_system_deployed_to_bios_and_uefi_vms_boots_as_machines_of_their_own(
         }
     }
     drop(vms);
+
+    // The grown root reaches the end of the larger disk (its last MiB boundary before the
+    // backup GPT), and its ext4 fills it.
+    let (at, len) = root_partition(&disks[0]);
+    assert_eq!(
+        at + len,
+        (2 * size - 33 * 512) >> 20 << 20,
+        "root partition end"
+    );
+    let sb = drover_tests::read_range(&disks[0], at + 1024, 32);
+    let blocks = u64::from(u32::from_le_bytes(sb[4..8].try_into().unwrap()));
+    let block = 1024u64 << u32::from_le_bytes(sb[24..28].try_into().unwrap());
+    assert!(
+        blocks * block <= len && len - blocks * block < block,
+        "an ext4 of {blocks} {block}-byte blocks in a {len}-byte partition"
+    );
 
     let golden_key = golden_files[2]
         .clone()

@@ -156,13 +156,17 @@ const GPT_TOOLS: &[&str] = &[
     "mcopy",
 ];
 
-#[test]
-fn a_gpt_disk_grows_onto_a_target_twice_its_size() {
-    if !require("layout grow", GPT_TOOLS) {
-        return;
-    }
-    let env = Env::new();
-    // The golden disk: an EFI system partition and a root filesystem to the disk's end.
+/// The golden disk, captured as `golden`: 256 MiB, GPT, an EFI system partition (FAT32) and
+/// an ext4 root to the disk's end, both holding files.
+struct Golden {
+    disk: PathBuf,
+    esp: Extent,
+    root: Extent,
+    esp_files: BTreeMap<PathBuf, Vec<u8>>,
+    root_files: BTreeMap<PathBuf, Vec<u8>>,
+}
+
+fn golden(env: &Env) -> Golden {
     let disk = env.path("golden.img");
     sparse_file(&disk, 256 * MIB);
     run(
@@ -177,11 +181,33 @@ fn a_gpt_disk_grows_onto_a_target_twice_its_size() {
         ],
     );
     let (esp, root) = (gpt_part(&disk, 1), gpt_part(&disk, 2));
-    let (esp_img, esp_files) = fat32(&env, esp.size, 1);
-    let (root_img, root_files) = ext4(&env, root.size, 2);
+    let (esp_img, esp_files) = fat32(env, esp.size, 1);
+    let (root_img, root_files) = ext4(env, root.size, 2);
     write_into(&disk, esp.start, &esp_img);
     write_into(&disk, root.start, &root_img);
     env.capture(&disk, "golden");
+    Golden {
+        disk,
+        esp,
+        root,
+        esp_files,
+        root_files,
+    }
+}
+
+#[test]
+fn a_gpt_disk_grows_onto_a_target_twice_its_size() {
+    if !require("layout grow", GPT_TOOLS) {
+        return;
+    }
+    let env = Env::new();
+    let Golden {
+        disk,
+        esp,
+        root,
+        esp_files,
+        root_files,
+    } = golden(&env);
 
     // Grow (the default): the root partition reaches the end, its ext4 fills it.
     let size = 512 * MIB;
@@ -455,4 +481,68 @@ fn an_mbr_disk_grows_its_last_logical_partition() {
     check_ext4(&env, &target, grown, &files, "mbr logical");
     let nf = part_file(&env, &target, ntfs, "check-ntfs.img");
     check_ok("ntfsfix", &["-n", s(&nf)], "mbr ntfs");
+}
+
+#[test]
+fn one_restore_writes_several_targets_each_laid_out_and_read_back() {
+    if !require("several targets", GPT_TOOLS) {
+        return;
+    }
+    let env = Env::new();
+    let g = golden(&env);
+    // Three targets: the golden size, 1.5 times and twice it; each grows its own way.
+    let sizes = [256 * MIB, 384 * MIB, 512 * MIB];
+    let targets: Vec<PathBuf> = sizes
+        .iter()
+        .enumerate()
+        .map(|(i, &size)| {
+            let t = env.path(&format!("t{i}.img"));
+            random_file(&t, size, 20 + i as u64);
+            t
+        })
+        .collect();
+    let mut args = vec!["image", "restore", "golden"];
+    args.extend(targets.iter().map(|t| s(t)));
+    let r = env.json(&args);
+    let each = r["targets"].as_array().unwrap();
+    assert_eq!(each.len(), 3, "{r}");
+    for ((t, &size), j) in targets.iter().zip(&sizes).zip(each) {
+        let what = t.file_name().unwrap().to_str().unwrap();
+        assert_eq!(j["target"], s(t), "{r}");
+        assert_eq!(j["read_back"], true, "{r}");
+        sgdisk_ok(t, what);
+        assert_eq!(gpt_part(t, 1), g.esp, "{what}");
+        let root = gpt_part(t, 2);
+        assert_eq!(root.start, g.root.start, "{what}");
+        if size == 256 * MIB {
+            assert_eq!(root, g.root, "{what}: the golden size keeps the layout");
+        } else {
+            assert_eq!(root.start + root.size, gpt_end(size), "{what}");
+        }
+        check_ext4(&env, t, root, &g.root_files, what);
+        check_fat(&env, t, g.esp, &g.esp_files, what);
+    }
+
+    // Two targets, one of them too small: refused before a byte is written to either, the
+    // small one named.
+    let small = env.path("small.img");
+    random_file(&small, 128 * MIB, 30);
+    random_file(&targets[0], 256 * MIB, 31);
+    let (before_a, before_b) = (fs::read(&targets[0]).unwrap(), fs::read(&small).unwrap());
+    let err = env.fails(&["image", "restore", "golden", s(&targets[0]), s(&small)]);
+    assert!(
+        err.contains(s(&small)) && err.contains("needs at least"),
+        "{err}"
+    );
+    assert!(
+        fs::read(&targets[0]).unwrap() == before_a,
+        "a refused restore wrote"
+    );
+    assert!(
+        fs::read(&small).unwrap() == before_b,
+        "a refused restore wrote"
+    );
+    // The same target twice is refused too.
+    let err = env.fails(&["image", "restore", "golden", s(&targets[1]), s(&targets[1])]);
+    assert!(err.contains("named twice"), "{err}");
 }
