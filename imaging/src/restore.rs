@@ -68,7 +68,7 @@ pub enum RestoreError {
         target: usize,
         /// What went wrong there.
         #[source]
-        source: Box<RestoreError>,
+        source: Box<Self>,
     },
     /// A chunk read back from a target does not match its hash.
     #[error("chunk {index} of area {area} reads back wrong")]
