@@ -236,7 +236,12 @@ pub fn plan(m: &Manifest, disk: u64, mode: LayoutMode) -> Result<Relayout, Layou
     };
     // Partitions end on the alignment too (as parted ends them), wasting less than one unit.
     let (old_end, hard_end) = (usable_end(m.disk_size), usable_end(disk));
-    let new_end = hard_end / align * align;
+    // A filesystem without a table fills its whole device.
+    let new_end = if m.table.kind == TableKind::None {
+        hard_end
+    } else {
+        hard_end / align * align
+    };
     let keeps = |p: &Placed, notes: &mut Vec<String>| -> bool {
         if p.fs.and_then(grow_tool).is_some() {
             return false;

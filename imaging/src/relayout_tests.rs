@@ -128,6 +128,21 @@ fn grow_extends_only_a_last_partition_whose_filesystem_can_grow() {
 }
 
 #[test]
+fn a_filesystem_without_a_table_fills_its_whole_larger_device() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let mut m = image(&MemDevice::new(noise(3 * MIB, 5)), &store);
+    assert_eq!(m.table.kind, TableKind::None);
+    as_fs(&mut m, 0, FsKind::Xfs);
+    let size = 7 * MIB + 4096;
+    let r = plan(&m, size, LayoutMode::Grow).unwrap();
+    assert_eq!((r.parts[0].number, r.parts[0].new_size), (0, size));
+    let placed = r.placed(&m);
+    assert_eq!((placed.areas[0].len, placed.disk_size), (size, size));
+    assert_eq!(placed.areas[0].fs.as_ref().unwrap().fs_size, size);
+}
+
+#[test]
 fn proportional_scales_starts_and_grows_what_can_grow() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
