@@ -138,6 +138,7 @@ fn boot() -> anyhow::Result<crate::Args> {
         server,
         mac: Some(mac),
         token: c.token,
+        disks: Vec::new(),
         disk: PathBuf::new(),
         iface: Some(nic),
         read_back: c.read_back,

@@ -130,6 +130,12 @@ pub(crate) async fn work(
     if task.image.name.is_empty() {
         return Err(Stop::Failed("the task names no image".into()));
     }
+    if args.disks.len() > 1 {
+        return Err(Stop::Failed(format!(
+            "a capture reads one disk, and this agent was given {}",
+            args.disks.len()
+        )));
+    }
     let name = task.image.name.clone();
     let mut luks_keys = Vec::new();
     for (i, k) in task.luks_keys.0.iter().enumerate() {

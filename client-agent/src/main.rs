@@ -48,8 +48,13 @@ pub(crate) struct Args {
     /// The task token (from the boot command line); without one, the server hands it out.
     #[arg(long, env = "DROVER_TASK_TOKEN", hide_env_values = true)]
     token: Option<String>,
-    /// The disk to write: a block device, or a file (created or resized).
-    #[arg(long)]
+    /// The disk to write: a block device, or a file (created, or grown to the image's size).
+    /// Repeat it to write several disks at once: each chunk received once, written to every
+    /// disk and read back from each, each disk laid out and personalized.
+    #[arg(long = "disk", required = true, value_name = "DISK")]
+    disks: Vec<PathBuf>,
+    /// The first of `disks` (what reads one disk uses: a capture, the hello).
+    #[arg(skip)]
     disk: PathBuf,
     /// Network interface for multicast (default: the only one with an IPv4 address).
     #[arg(long)]
@@ -76,7 +81,10 @@ fn main() -> ExitCode {
         return boot::main();
     }
     let args = match Args::try_parse() {
-        Ok(a) => a,
+        Ok(mut a) => {
+            a.disk = a.disks[0].clone();
+            a
+        }
         Err(e) => {
             let _ = e.print();
             return if e.use_stderr() {
@@ -152,7 +160,7 @@ pub(crate) async fn run(mut args: Args) -> anyhow::Result<ExitCode> {
             })
             .collect()
     } else {
-        vec![disk_inventory(&args.disk)]
+        args.disks.iter().map(|d| disk_inventory(d)).collect()
     };
     eprintln!(
         "drover-agent {}: {mac} on {} ({}), disk {}, server {}",
@@ -162,7 +170,11 @@ pub(crate) async fn run(mut args: Args) -> anyhow::Result<ExitCode> {
         if args.choose_disk {
             "chosen by the task".to_string()
         } else {
-            args.disk.display().to_string()
+            args.disks
+                .iter()
+                .map(|d| d.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
         },
         api.base
     );
@@ -228,10 +240,13 @@ pub(crate) async fn run(mut args: Args) -> anyhow::Result<ExitCode> {
             }
         };
         let all = machine_disks();
-        match imaging::disks::choose(&all, sel.as_ref()) {
-            Ok(d) => {
-                eprintln!("writing {d}");
-                args.disk = d.path.clone();
+        match imaging::disks::choose_all(&all, sel.as_ref()) {
+            Ok(chosen) => {
+                for d in &chosen {
+                    eprintln!("writing {d}");
+                }
+                args.disks = chosen.iter().map(|d| d.path.clone()).collect();
+                args.disk = args.disks[0].clone();
             }
             Err(why) => {
                 return task::report(&api, task::Outcome::Failed(why, Default::default())).await;

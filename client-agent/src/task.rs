@@ -175,23 +175,30 @@ async fn work(
     manifest
         .validate()
         .map_err(|e| Stop::Failed(format!("the server sent a malformed manifest: {e}")))?;
-    // The disk must fit before anything is received (and nothing is written if it does not);
-    // it is scanned once for what an interrupted run left, which no source fetches again.
+    // The disks must fit before anything is received (and nothing is written if one does
+    // not); one disk is scanned once for what an interrupted run left, which no source
+    // fetches again (several start afresh: what each holds may differ).
+    let several = args.disks.len() > 1;
     let target = {
-        let (disk, d) = (
-            args.disk.clone(),
+        let (disks, d) = (
+            args.disks.clone(),
             Description::unicast(&id, manifest.clone()),
         );
-        tokio::task::spawn_blocking(move || Target::open(&disk, d, true))
+        tokio::task::spawn_blocking(move || Target::open_all(&disks, d, !several))
             .await
             .map_err(|e| Stop::Failed(e.to_string()))?
             .map_err(|e| Stop::Failed(format!("{}: {e:#}", args.disk.display())))?
     };
-    // The layout is planned before anything is received: one that cannot be is refused first.
-    let disk_len = block_len(&args.disk)
-        .map_err(|e| Stop::Failed(format!("{}: {e:#}", args.disk.display())))?;
-    let layout = imaging::relayout::plan(&manifest, disk_len, layout_mode(task.layout))
-        .map_err(|e| Stop::Failed(format!("{}: {e}", args.disk.display())))?;
+    // Each disk's layout is planned before anything is received: one that cannot be is
+    // refused first.
+    let mut layouts = Vec::new();
+    for disk in &args.disks {
+        let len =
+            block_len(disk).map_err(|e| Stop::Failed(format!("{}: {e:#}", disk.display())))?;
+        let l = imaging::relayout::plan(&manifest, len, layout_mode(task.layout))
+            .map_err(|e| Stop::Failed(format!("{}: {e}", disk.display())))?;
+        layouts.push((disk.clone(), l));
+    }
     let target = Arc::new(target);
     let kept = target.progress().kept_chunks;
     if kept > 0 {
@@ -201,7 +208,13 @@ async fn work(
         );
     }
     let sampler = tokio::spawn(report_progress(target.clone(), reporter.clone()));
-    let plan = task.plan();
+    // The swarm reads and writes one disk beside the target: a machine writing several
+    // fetches over multicast and unicast only.
+    let mut plan = task.plan();
+    if several && plan.contains(&Transport::Bittorrent) {
+        info!("writing several disks: the BitTorrent swarm is left out");
+        plan.retain(|&t| t != Transport::Bittorrent);
+    }
     let mut multicast = fetch::Multicast {
         api,
         iface,
@@ -257,7 +270,9 @@ async fn work(
         Some(s) => Some(crate::swarm::Seed::Live(s)),
         // Done by multicast in a deployment whose stragglers finish from the swarm: the
         // machine seeds for them once its result is in.
-        None if done_by == Some(Transport::Multicast) && plan.contains(&Transport::Bittorrent) => {
+        None if done_by == Some(Transport::Multicast)
+            && plan.contains(&Transport::Bittorrent) =>
+        {
             Some(crate::swarm::Seed::Later {
                 disk: args.disk.clone(),
                 manifest: Box::new(manifest.clone()),
@@ -335,35 +350,46 @@ async fn work(
         reporter.send(TaskState::Seeding, written);
         s.until_released(api).await;
     }
-    // Laid out once the disk holds the image (and no longer serves it as written).
-    let mut personalized = {
-        let (disk, m, l) = (args.disk.clone(), manifest.clone(), layout.clone());
-        tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<String>> {
-            let dev = imaging::device::FileDevice::open_write(&disk)?;
-            imaging::relayout::apply(&disk, &dev, &m, &l)
+    // Each disk is laid out once it holds the image (and no longer serves it as written),
+    // then personalized; with several, each line names its disk.
+    let mut personalized = Vec::new();
+    for (disk, layout) in layouts {
+        let name = |l: String| {
+            if several {
+                format!("{}: {l}", disk.display())
+            } else {
+                l
+            }
+        };
+        let (d, m, l) = (disk.clone(), manifest.clone(), layout.clone());
+        let changed = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<String>> {
+            let dev = imaging::device::FileDevice::open_write(&d)?;
+            imaging::relayout::apply(&d, &dev, &m, &l)
         })
         .await
         .map_err(|e| Stop::Failed(e.to_string()))?
-        .map_err(|e| Stop::Failed(format!("laying the image out on the disk: {e:#}")))?
-    };
-    for l in &personalized {
-        info!("layout: {l}");
-    }
-    if let Some(p) = task.personalize.clone() {
+        .map_err(|e| Stop::Failed(format!("laying the image out on {}: {e:#}", disk.display())))?;
+        for l in changed {
+            info!("layout: {l}");
+            personalized.push(name(l));
+        }
+        let Some(p) = task.personalize.clone() else {
+            continue;
+        };
         reporter.send(TaskState::Personalizing, written);
         // The partitions where the layout put them.
-        let (disk, m) = (args.disk.clone(), layout.placed(&manifest));
+        let (d, m) = (disk.clone(), layout.placed(&manifest));
         // Its own peak, not the write's: the kernel restarts the count (clear_refs 5).
         let _ = std::fs::write("/proc/self/clear_refs", "5");
         let started = Instant::now();
-        let changed = tokio::task::spawn_blocking(move || crate::personalize::run(&disk, &m, &p))
+        let changed = tokio::task::spawn_blocking(move || crate::personalize::run(&d, &m, &p))
             .await
             .map_err(|e| Stop::Failed(e.to_string()))?
-            .map_err(|e| Stop::Failed(format!("personalization: {e:#}")))?;
-        for l in &changed {
+            .map_err(|e| Stop::Failed(format!("personalization of {}: {e:#}", disk.display())))?;
+        for l in changed {
             info!("personalized: {l}");
+            personalized.push(name(l));
         }
-        personalized.extend(changed);
         info!(
             "personalization took {:.1} s, peak memory {}",
             started.elapsed().as_secs_f64(),

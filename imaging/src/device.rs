@@ -299,6 +299,102 @@ impl BlockDevice for MemDevice {
     }
 }
 
+impl<T: BlockDevice + ?Sized> BlockDevice for std::sync::Arc<T> {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        (**self).read_at(buf, offset)
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        (**self).write_at(buf, offset)
+    }
+    fn sync(&self) -> io::Result<()> {
+        (**self).sync()
+    }
+    fn len(&self) -> u64 {
+        (**self).len()
+    }
+    fn sector_size(&self) -> u32 {
+        (**self).sector_size()
+    }
+    fn write_zeroes(&self, offset: u64, len: u64) -> io::Result<()> {
+        (**self).write_zeroes(offset, len)
+    }
+}
+
+/// Several devices written as one: every write goes to each, and every read reads each and
+/// fails (`InvalidData`, naming the device and the byte) where one differs from the first, so
+/// what is read back from it was read back from every device. As long as the shortest; the
+/// devices must share a sector size ([`Mirror::new`] checks).
+pub struct Mirror {
+    devs: Vec<Box<dyn BlockDevice>>,
+    names: Vec<String>,
+}
+
+impl Mirror {
+    /// The devices `devs`, named `names` in errors.
+    pub fn new(devs: Vec<Box<dyn BlockDevice>>, names: Vec<String>) -> io::Result<Self> {
+        if devs.is_empty() || devs.len() != names.len() {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "no devices"));
+        }
+        if let Some(i) = devs.iter().position(|d| d.sector_size() != devs[0].sector_size()) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "{} has {}-byte sectors, {} {}-byte ones",
+                    names[i],
+                    devs[i].sector_size(),
+                    names[0],
+                    devs[0].sector_size()
+                ),
+            ));
+        }
+        Ok(Self { devs, names })
+    }
+}
+
+impl BlockDevice for Mirror {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        check_range(offset, buf.len(), self.len())?;
+        self.devs[0].read_at(buf, offset)?;
+        let mut other = vec![0u8; buf.len()];
+        for (d, name) in self.devs.iter().zip(&self.names).skip(1) {
+            d.read_at(&mut other, offset)?;
+            if let Some(i) = other.iter().zip(buf.iter()).position(|(a, b)| a != b) {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "{name} differs from {} at byte {}",
+                        self.names[0],
+                        offset + i as u64
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        check_range(offset, buf.len(), self.len())?;
+        self.devs.iter().try_for_each(|d| d.write_at(buf, offset))
+    }
+
+    fn sync(&self) -> io::Result<()> {
+        self.devs.iter().try_for_each(|d| d.sync())
+    }
+
+    fn write_zeroes(&self, offset: u64, len: u64) -> io::Result<()> {
+        check_range(offset, len as usize, self.len())?;
+        self.devs.iter().try_for_each(|d| d.write_zeroes(offset, len))
+    }
+
+    fn len(&self) -> u64 {
+        self.devs.iter().map(|d| d.len()).min().unwrap_or(0)
+    }
+
+    fn sector_size(&self) -> u32 {
+        self.devs[0].sector_size()
+    }
+}
+
 /// A window onto part of another device (a partition), addressed from 0.
 pub struct SubDevice<'a> {
     inner: &'a dyn BlockDevice,
@@ -353,6 +449,34 @@ pub fn read_vec(dev: &dyn BlockDevice, offset: u64, len: usize) -> io::Result<Ve
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_mirror_writes_every_device_and_reads_back_from_each() {
+        let a = std::sync::Arc::new(MemDevice::new(vec![0; 8192]));
+        let b = std::sync::Arc::new(MemDevice::new(vec![7; 12288]));
+        let m = Mirror::new(
+            vec![Box::new(a.clone()), Box::new(b.clone())],
+            vec!["a".into(), "b".into()],
+        )
+        .unwrap();
+        assert_eq!(m.len(), 8192, "the shortest");
+        m.write_at(&[1, 2, 3], 100).unwrap();
+        m.write_zeroes(4096, 4096).unwrap();
+        assert_eq!((&a.to_vec()[100..103], &b.to_vec()[100..103]), (&[1, 2, 3][..], &[1, 2, 3][..]));
+        assert!(b.to_vec()[4096..8192].iter().all(|&x| x == 0));
+        let mut buf = [0u8; 3];
+        m.read_at(&mut buf, 100).unwrap();
+        assert_eq!(buf, [1, 2, 3]);
+        // A byte that differs on the second device is found, and named.
+        b.write_at(&[9], 102).unwrap();
+        let e = m.read_at(&mut buf, 100).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+        assert_eq!(e.to_string(), "b differs from a at byte 102");
+        assert!(m.write_at(&[0], 8192).is_err(), "past the shortest");
+        let four_k = MemDevice::new(vec![0; 8192]).with_sector_size(4096);
+        let e = Mirror::new(vec![Box::new(a), Box::new(four_k)], vec!["a".into(), "c".into()]);
+        assert!(e.is_err_and(|e| e.to_string().contains("c has 4096-byte sectors")));
+    }
 
     #[test]
     fn mem_device_bounds() {

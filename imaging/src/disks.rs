@@ -15,14 +15,17 @@ pub enum Selector {
     Serial(String),
     /// The one disk of exactly this many bytes.
     Size(u64),
+    /// Every fixed disk of exactly this many bytes (one at least), each written the same.
+    AllSize(u64),
 }
 
 impl FromStr for Selector {
     type Err = String;
 
-    /// `serial:S` or `size:BYTES` (`size:` also takes K, M and G suffixes, powers of 1024).
+    /// `serial:S`, `size:BYTES` or `all-size:BYTES` (sizes also take K, M and G suffixes,
+    /// powers of 1024).
     fn from_str(s: &str) -> Result<Self, String> {
-        let bad = || format!("disk {s:?}: give serial:SERIAL or size:BYTES");
+        let bad = || format!("disk {s:?}: give serial:SERIAL, size:BYTES or all-size:BYTES");
         match s.split_once(':') {
             Some(("serial", v)) => {
                 let v = v.trim();
@@ -33,7 +36,7 @@ impl FromStr for Selector {
                 }
                 Ok(Self::Serial(v.to_string()))
             }
-            Some(("size", v)) => {
+            Some((kind @ ("size" | "all-size"), v)) => {
                 let v = v.trim();
                 let (num, mult) = match v.chars().last() {
                     Some('K' | 'k') => (&v[..v.len() - 1], 1u64 << 10),
@@ -42,7 +45,8 @@ impl FromStr for Selector {
                     _ => (v, 1),
                 };
                 match num.parse::<u64>().ok().and_then(|n| n.checked_mul(mult)) {
-                    Some(n) if n > 0 => Ok(Self::Size(n)),
+                    Some(n) if n > 0 && kind == "size" => Ok(Self::Size(n)),
+                    Some(n) if n > 0 => Ok(Self::AllSize(n)),
                     _ => Err(bad()),
                 }
             }
@@ -56,6 +60,7 @@ impl fmt::Display for Selector {
         match self {
             Self::Serial(s) => write!(f, "serial:{s}"),
             Self::Size(n) => write!(f, "size:{n}"),
+            Self::AllSize(n) => write!(f, "all-size:{n}"),
         }
     }
 }
@@ -169,6 +174,25 @@ fn list(disks: &[Disk]) -> String {
         .join(", ")
 }
 
+/// The disks to write: every fixed disk of the size an [`Selector::AllSize`] names, else the
+/// one [`choose`] picks.
+pub fn choose_all<'a>(disks: &'a [Disk], sel: Option<&Selector>) -> Result<Vec<&'a Disk>, String> {
+    let Some(Selector::AllSize(n)) = sel else {
+        return choose(disks, sel).map(|d| vec![d]);
+    };
+    let all: Vec<&Disk> = disks
+        .iter()
+        .filter(|d| !d.removable && d.size == *n)
+        .collect();
+    if all.is_empty() {
+        return Err(format!(
+            "no fixed disk of {n} bytes; this machine has: {}",
+            list(disks)
+        ));
+    }
+    Ok(all)
+}
+
 /// The disk to write: the one `sel` names, or the only candidate. An error says why none
 /// could be chosen and lists the disks seen.
 pub fn choose<'a>(disks: &'a [Disk], sel: Option<&Selector>) -> Result<&'a Disk, String> {
@@ -185,6 +209,8 @@ pub fn choose<'a>(disks: &'a [Disk], sel: Option<&Selector>) -> Result<&'a Disk,
                 list(disks)
             )),
         },
+        // One disk is asked for: of several of that size, the first.
+        Some(Selector::AllSize(_)) => choose_all(disks, sel).map(|all| all[0]),
         Some(Selector::Size(n)) => {
             let m: Vec<&Disk> = fixed.iter().copied().filter(|d| d.size == *n).collect();
             match m.as_slice() {
@@ -289,6 +315,26 @@ mod tests {
         assert!(e.contains("2 disks of 500 bytes"), "{e}");
         let e = choose(&d, Some(&Selector::Serial("nope".into()))).unwrap_err();
         assert!(e.contains("no disk has serial nope"), "{e}");
+    }
+
+    #[test]
+    fn all_size_picks_every_fixed_disk_of_the_size() {
+        assert_eq!("all-size:2G".parse(), Ok(Selector::AllSize(2 << 30)));
+        assert_eq!(Selector::AllSize(5).to_string(), "all-size:5");
+        assert!("all-size:0".parse::<Selector>().is_err());
+        let d = [
+            disk("nvme0n1", 500, Some("N1"), false),
+            disk("sda", 500, Some("S1"), false),
+            disk("sdb", 1000, None, false),
+            disk("sdc", 500, Some("USB"), true),
+        ];
+        let names = |v: Vec<&Disk>| v.iter().map(|d| d.name.clone()).collect::<Vec<_>>();
+        let all = choose_all(&d, Some(&Selector::AllSize(500))).unwrap();
+        assert_eq!(names(all), ["nvme0n1", "sda"], "never the removable one");
+        let one = choose_all(&d, Some(&Selector::Size(1000))).unwrap();
+        assert_eq!(names(one), ["sdb"]);
+        let e = choose_all(&d, Some(&Selector::AllSize(7))).unwrap_err();
+        assert!(e.contains("no fixed disk of 7 bytes") && e.contains("sdb"), "{e}");
     }
 
     #[test]

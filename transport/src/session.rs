@@ -316,6 +316,30 @@ impl Sink {
     /// regular file is created or resized to the session's size (an image's: grown to it,
     /// never shrunk).
     pub fn open(path: &Path, desc: Description) -> anyhow::Result<Self> {
+        let dev = Self::open_dev(path, &desc)?;
+        Self::on(Box::new(dev), path, desc)
+    }
+
+    /// Opens every one of `paths` as [`open`](Self::open) does and writes them as one
+    /// ([`imaging::device::Mirror`]): each chunk goes to every disk, and every read back reads
+    /// each (a disk that differs fails it, named). Messages name the first path.
+    pub fn open_all(paths: &[PathBuf], desc: Description) -> anyhow::Result<Self> {
+        let [first, ..] = paths else {
+            bail!("no disk to write");
+        };
+        if paths.len() == 1 {
+            return Self::open(first, desc);
+        }
+        let mut devs: Vec<Box<dyn BlockDevice>> = Vec::new();
+        for p in paths {
+            devs.push(Box::new(Self::open_dev(p, &desc)?));
+        }
+        let names = paths.iter().map(|p| p.display().to_string()).collect();
+        let dev = imaging::device::Mirror::new(devs, names)?;
+        Self::on(Box::new(dev), first, desc)
+    }
+
+    fn open_dev(path: &Path, desc: &Description) -> anyhow::Result<FileDevice> {
         let need = match &desc.content {
             Content::File { size } => *size,
             Content::Image { manifest, .. } => manifest.disk_size,
@@ -345,9 +369,7 @@ impl Sink {
                     .with_context(|| format!("sizing {} to {need} bytes", path.display()))?;
             }
         }
-        let dev = FileDevice::open_write(path)
-            .with_context(|| format!("opening {} for writing", path.display()))?;
-        Self::on(Box::new(dev), path, desc)
+        FileDevice::open_write(path).with_context(|| format!("opening {} for writing", path.display()))
     }
 
     /// A sink over an opened device (`path`: its name in messages).

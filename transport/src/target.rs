@@ -80,6 +80,12 @@ impl Target {
         Self::on(Sink::open(path, desc)?, resume)
     }
 
+    /// Opens every one of `paths` for `desc`, written as one (see [`Sink::open_all`]), and
+    /// with `resume` scans them for the chunks each holds already. Blocking.
+    pub fn open_all(paths: &[std::path::PathBuf], desc: Description, resume: bool) -> anyhow::Result<Self> {
+        Self::on(Sink::open_all(paths, desc)?, resume)
+    }
+
     /// A target over an opened sink. Blocking (the scan).
     pub fn on(sink: Sink, resume: bool) -> anyhow::Result<Self> {
         let chunk = if resume {
