@@ -270,9 +270,7 @@ async fn work(
         Some(s) => Some(crate::swarm::Seed::Live(s)),
         // Done by multicast in a deployment whose stragglers finish from the swarm: the
         // machine seeds for them once its result is in.
-        None if done_by == Some(Transport::Multicast)
-            && plan.contains(&Transport::Bittorrent) =>
-        {
+        None if done_by == Some(Transport::Multicast) && plan.contains(&Transport::Bittorrent) => {
             Some(crate::swarm::Seed::Later {
                 disk: args.disk.clone(),
                 manifest: Box::new(manifest.clone()),
@@ -369,9 +367,9 @@ async fn work(
         .await
         .map_err(|e| Stop::Failed(e.to_string()))?
         .map_err(|e| Stop::Failed(format!("laying the image out on {}: {e:#}", disk.display())))?;
-        for l in changed {
+        for l in changed.into_iter().map(name) {
             info!("layout: {l}");
-            personalized.push(name(l));
+            personalized.push(l);
         }
         let Some(p) = task.personalize.clone() else {
             continue;
@@ -386,9 +384,9 @@ async fn work(
             .await
             .map_err(|e| Stop::Failed(e.to_string()))?
             .map_err(|e| Stop::Failed(format!("personalization of {}: {e:#}", disk.display())))?;
-        for l in changed {
+        for l in changed.into_iter().map(name) {
             info!("personalized: {l}");
-            personalized.push(name(l));
+            personalized.push(l);
         }
         info!(
             "personalization took {:.1} s, peak memory {}",

@@ -335,7 +335,10 @@ impl Mirror {
         if devs.is_empty() || devs.len() != names.len() {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "no devices"));
         }
-        if let Some(i) = devs.iter().position(|d| d.sector_size() != devs[0].sector_size()) {
+        if let Some(i) = devs
+            .iter()
+            .position(|d| d.sector_size() != devs[0].sector_size())
+        {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!(
@@ -383,7 +386,9 @@ impl BlockDevice for Mirror {
 
     fn write_zeroes(&self, offset: u64, len: u64) -> io::Result<()> {
         check_range(offset, len as usize, self.len())?;
-        self.devs.iter().try_for_each(|d| d.write_zeroes(offset, len))
+        self.devs
+            .iter()
+            .try_for_each(|d| d.write_zeroes(offset, len))
     }
 
     fn len(&self) -> u64 {
@@ -462,7 +467,10 @@ mod tests {
         assert_eq!(m.len(), 8192, "the shortest");
         m.write_at(&[1, 2, 3], 100).unwrap();
         m.write_zeroes(4096, 4096).unwrap();
-        assert_eq!((&a.to_vec()[100..103], &b.to_vec()[100..103]), (&[1, 2, 3][..], &[1, 2, 3][..]));
+        assert_eq!(
+            (&a.to_vec()[100..103], &b.to_vec()[100..103]),
+            (&[1, 2, 3][..], &[1, 2, 3][..])
+        );
         assert!(b.to_vec()[4096..8192].iter().all(|&x| x == 0));
         let mut buf = [0u8; 3];
         m.read_at(&mut buf, 100).unwrap();
@@ -474,7 +482,10 @@ mod tests {
         assert_eq!(e.to_string(), "b differs from a at byte 102");
         assert!(m.write_at(&[0], 8192).is_err(), "past the shortest");
         let four_k = MemDevice::new(vec![0; 8192]).with_sector_size(4096);
-        let e = Mirror::new(vec![Box::new(a), Box::new(four_k)], vec!["a".into(), "c".into()]);
+        let e = Mirror::new(
+            vec![Box::new(a), Box::new(four_k)],
+            vec!["a".into(), "c".into()],
+        );
         assert!(e.is_err_and(|e| e.to_string().contains("c has 4096-byte sectors")));
     }
 

@@ -334,7 +334,10 @@ mod tests {
         let one = choose_all(&d, Some(&Selector::Size(1000))).unwrap();
         assert_eq!(names(one), ["sdb"]);
         let e = choose_all(&d, Some(&Selector::AllSize(7))).unwrap_err();
-        assert!(e.contains("no fixed disk of 7 bytes") && e.contains("sdb"), "{e}");
+        assert!(
+            e.contains("no fixed disk of 7 bytes") && e.contains("sdb"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -429,15 +429,17 @@ fn multicast_deployment_to_three_agents_on_postgresql() {
     }
     let out = srv.ok(&env, &t, &["deploy", "lab", "--to", "pg"]);
     let id = deploy_id(&out);
+    // The third machine has two equal disks: both are written from the one stream.
+    let second = env.path("pg2-second.img");
     let agents: Vec<_> = macs
         .iter()
         .enumerate()
         .map(|(i, m)| {
-            let c = agent(
-                &srv.url,
-                &env.path(&format!("pg{i}.img")),
-                &["--mac", m, "--iface", "lo"],
-            );
+            let mut args = vec!["--mac", m, "--iface", "lo", "--read-back"];
+            if i == 2 {
+                args.extend(["--disk", second.to_str().unwrap()]);
+            }
+            let c = agent(&srv.url, &env.path(&format!("pg{i}.img")), &args);
             std::thread::spawn(move || output_within(c, LIMIT))
         })
         .collect();
@@ -452,6 +454,10 @@ fn multicast_deployment_to_three_agents_on_postgresql() {
             ],
         );
     }
+    run(
+        "cmp",
+        &[second.to_str().unwrap(), reference.to_str().unwrap()],
+    );
     let d = drover_tests::deploy::deployment(&srv.addr, &t, &id);
     assert_eq!(d["state"], "done", "{d:#}");
     let multicast: i64 = macs
@@ -459,6 +465,10 @@ fn multicast_deployment_to_three_agents_on_postgresql() {
         .map(|m| task_of(&d, m)["multicast_chunks"].as_i64().unwrap())
         .sum();
     assert!(multicast > 0, "nothing came by multicast: {d:#}");
+    assert!(
+        task_of(&d, macs[2])["multicast_chunks"].as_i64().unwrap() > 0,
+        "the two-disk machine got nothing by multicast: {d:#}"
+    );
     let addr = srv.addr.clone();
     srv.stop();
     let srv = Server::start_at(&env.data(), &addr, &["--database-url", &pg.url]);
@@ -631,4 +641,94 @@ fn an_agent_grows_the_last_partition_onto_its_larger_disk_unless_told_to_keep() 
         }
         assert_eq!(task_of(d, mac)["state"], "done", "{d:#}");
     }
+}
+
+#[test]
+fn an_agent_writes_two_disks_of_different_sizes_each_laid_out() {
+    if !require(
+        "agent two disks",
+        &[
+            "root",
+            "sgdisk",
+            "mkfs.ext4",
+            "mkntfs",
+            "ntfsresize",
+            "ntfsfix",
+            "cmp",
+        ],
+    ) {
+        return;
+    }
+    let env = Env::new();
+    let src = lab_disk(&env, 4 << 20, 44);
+    env.capture(&src, "lab");
+    let reference = env.path("reference.img");
+    drover_tests::sparse_file(&reference, 64 << 20);
+    env.restore("lab", &reference);
+    let srv = Server::start(&env.data(), &[]);
+    let t = token(&env);
+    let mac = "02:00:00:00:09:01";
+    srv.ok(&env, &t, &["machine", "add", mac]);
+    srv.ok(
+        &env,
+        &t,
+        &[
+            "deploy",
+            "lab",
+            "--to",
+            mac,
+            "--transport",
+            "unicast",
+            "--personalize",
+            "off",
+        ],
+    );
+    // The golden disk's size, and twice it (pre-filled with other bytes).
+    let (a, b) = (env.path("a.img"), env.path("b.img"));
+    drover_tests::random_file(&a, 64 << 20, 1);
+    drover_tests::random_file(&b, 128 << 20, 2);
+    let o = output_within(
+        agent(
+            &srv.url,
+            &a,
+            &[
+                "--disk",
+                b.to_str().unwrap(),
+                "--mac",
+                mac,
+                "--iface",
+                "lo",
+                "--read-back",
+            ],
+        ),
+        LIMIT,
+    );
+    assert!(o.status.success(), "{}", output(&o));
+    // The golden size: byte for byte where the image has data (the GPT and partitions).
+    run("sgdisk", &["-v", a.to_str().unwrap()]);
+    run("sgdisk", &["-v", b.to_str().unwrap()]);
+    let parts = |d: &std::path::Path| run("sgdisk", &["-p", d.to_str().unwrap()]);
+    let table = |s: String| {
+        s.lines()
+            .skip_while(|l| !l.starts_with("Number"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    assert_eq!(table(parts(&a)), table(parts(&reference)));
+    // The larger one: its NTFS partition grew, and the result says so, naming the disk.
+    assert_ne!(table(parts(&b)), table(parts(&reference)));
+    assert!(
+        output(&o).contains(&format!("{}: partition 2 (ntfs) grown", b.display())),
+        "{}",
+        output(&o)
+    );
+    let listed = env.json(&["deployment", "list", "--server", &srv.url, "--token", &t]);
+    let task = task_of(&listed[0], mac);
+    assert_eq!(task["state"], "done", "{task:#}");
+    assert!(
+        task["personalized"]
+            .to_string()
+            .contains("b.img: partition 2 (ntfs) grown"),
+        "{task:#}"
+    );
 }

@@ -369,7 +369,8 @@ impl Sink {
                     .with_context(|| format!("sizing {} to {need} bytes", path.display()))?;
             }
         }
-        FileDevice::open_write(path).with_context(|| format!("opening {} for writing", path.display()))
+        FileDevice::open_write(path)
+            .with_context(|| format!("opening {} for writing", path.display()))
     }
 
     /// A sink over an opened device (`path`: its name in messages).

@@ -82,7 +82,11 @@ impl Target {
 
     /// Opens every one of `paths` for `desc`, written as one (see [`Sink::open_all`]), and
     /// with `resume` scans them for the chunks each holds already. Blocking.
-    pub fn open_all(paths: &[std::path::PathBuf], desc: Description, resume: bool) -> anyhow::Result<Self> {
+    pub fn open_all(
+        paths: &[std::path::PathBuf],
+        desc: Description,
+        resume: bool,
+    ) -> anyhow::Result<Self> {
         Self::on(Sink::open_all(paths, desc)?, resume)
     }
 
