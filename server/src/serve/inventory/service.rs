@@ -29,7 +29,8 @@ pub(crate) fn check_name(what: &str, n: &str) -> Result<(), DbError> {
     Ok(())
 }
 
-/// The disk a machine's agent writes: `serial:...` or `size:BYTES`, stored in that form.
+/// The disk a machine's agent writes: `serial:...`, `size:BYTES` or `all-size:BYTES`, stored
+/// in that form.
 fn check_disk(d: &str) -> Result<String, DbError> {
     d.parse::<imaging::disks::Selector>()
         .map(|sel| sel.to_string())
