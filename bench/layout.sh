@@ -3,6 +3,8 @@
 # disk's end: drover (`drover image restore`, which grows by default) against Clonezilla's way
 # (the partition table written and the last partition grown with sgdisk, each partition
 # restored with `zstd -dc | partclone -r`, then `e2fsck -f` and `resize2fs`), in one run.
+# Then one image onto three disks of the golden size at once (`drover image restore golden
+# T1 T2 T3`, each read back) against three restores one after the other.
 #
 # usage: sudo bash bench/layout.sh [RUNS]     (root: loop devices and dropping caches)
 # The golden disk: 2 GiB GPT, a 256 MiB FAT32 ESP and an ext4 root ~60% full of mixed files.
@@ -75,7 +77,15 @@ for i in $(seq 1 "$RUNS"); do
   rm -f "$W/c.img"; truncate -s "$BIG" "$W/c.img"
   t a bash -c "clonezilla '$W/c.img'"
   echo "$a" >> "$W/clonezilla.times"
+  rm -f "$W"/m?.img; for k in 1 2 3; do truncate -s "$SIZE" "$W/m$k.img"; done
+  t a "$DROVER" --data-dir "$W/d" image restore golden "$W/m1.img" "$W/m2.img" "$W/m3.img" --store "$W/store"
+  echo "$a" >> "$W/three.times"
+  rm -f "$W"/m?.img; for k in 1 2 3; do truncate -s "$SIZE" "$W/m$k.img"; done
+  t a bash -c "for k in 1 2 3; do '$DROVER' --data-dir '$W/d' image restore golden '$W/m'\$k.img --store '$W/store' || exit 1; done"
+  echo "$a" >> "$W/seq.times"
 done
+for k in 1 2 3; do cmp "$W/m1.img" "$W/m$k.img"; done
+rm -f "$W"/m?.img
 
 # Both results (the last run's): checkers clean, the root ext4 filling its grown partition.
 check() { # disk
@@ -100,5 +110,12 @@ used=$("$DROVER" --json --data-dir "$W/d" image inspect golden --store "$W/store
   echo "| drover image restore (grows by default) | $dm | $(check "$W/t.img") |"
   echo "| sgdisk + partclone -r (zstd) + e2fsck -f + resize2fs | $cm | $(check "$W/c.img") |"
   echo "| ratio drover / Clonezilla's way | $(awk -v a="$dm" -v b="$cm" 'BEGIN {printf "%.2fx", a / b}') | |"
+  tm=$(median < "$W/three.times"); sm=$(median < "$W/seq.times")
+  echo
+  echo "| one image to 3 disks of the golden size (medians of $RUNS) | seconds |"
+  echo "|---|---|"
+  echo "| drover image restore golden T1 T2 T3 (one read, each read back) | $tm |"
+  echo "| 3 x drover image restore, one after the other | $sm |"
+  echo "| ratio at once / one after the other | $(awk -v a="$tm" -v b="$sm" 'BEGIN {printf "%.2fx", a / b}') |"
 } | tee "$OUT/layout.md"
 rm -f "$W/t.img" "$W/c.img"

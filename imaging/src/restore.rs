@@ -210,6 +210,32 @@ pub fn check_written(
     Ok(Hash::of(&plain) == c.hash)
 }
 
+/// Reads back the used extents of chunk `c` of area `a` from `target` and compares them with
+/// `plain`, the chunk's plaintext already checked against its hash: what [`check_written`]
+/// proves, without hashing again.
+pub fn written_matches(
+    m: &Manifest,
+    a: &Area,
+    c: &ChunkRef,
+    plain: &[u8],
+    target: &dyn BlockDevice,
+) -> Result<bool, RestoreError> {
+    let rs = c.index * m.chunk_size;
+    let len = a.region_len(c.index, m.chunk_size);
+    let mut buf = Vec::new();
+    for e in a.used.clip(rs, rs + len) {
+        let o = (e.start - rs) as usize;
+        buf.resize(e.len as usize, 0);
+        target
+            .read_at(&mut buf, a.offset + e.start)
+            .map_err(RestoreError::Write)?;
+        if buf[..] != plain[o..o + e.len as usize] {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
 /// Zeroes every byte of `m`'s raw-copied areas that the source held as zeros and no chunk
 /// carries ([`Area::zero_fill`]), up to the target's end; returns the bytes zeroed. Touches
 /// nothing a chunk writes, so it may run before, between or after the chunks.
@@ -341,7 +367,7 @@ pub fn restore_to_all(
         let mut n = 0;
         for (i, t) in targets.iter().enumerate() {
             n = write_chunk(m, a, c, &plain, *t).map_err(on(i))?;
-            if read_back && !check_written(m, a, c, *t).map_err(on(i))? {
+            if read_back && !written_matches(m, a, c, &plain, *t).map_err(on(i))? {
                 return Err(on(i)(RestoreError::ReadBack {
                     area: area_of(a),
                     index: c.index,
@@ -578,6 +604,72 @@ mod tests {
                 (2 * MIB + 8192, MIB - 8192),
                 (6 * MIB, 2 * MIB)
             ]
+        );
+    }
+
+    /// A device that drops every write at or past `from` (a disk that lies).
+    struct Forgetful {
+        inner: MemDevice,
+        from: u64,
+    }
+
+    impl BlockDevice for Forgetful {
+        fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+            self.inner.read_at(buf, offset)
+        }
+        fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+            if offset >= self.from {
+                return Ok(());
+            }
+            self.inner.write_at(buf, offset)
+        }
+        fn sync(&self) -> io::Result<()> {
+            Ok(())
+        }
+        fn len(&self) -> u64 {
+            self.inner.len()
+        }
+    }
+
+    #[test]
+    fn several_targets_get_the_image_each_read_back_and_a_lying_one_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let src = gpt_disk();
+        let m = image(&src, &store);
+        let (a, b) = (
+            MemDevice::new(vec![0xCD; (16 * MIB) as usize]),
+            MemDevice::new(vec![0x11; (32 * MIB) as usize]),
+        );
+        let rs = restore_to_all("g", &m, &store, &[&a, &b], 2, true, &NoProgress).unwrap();
+        assert_eq!(rs.len(), 2);
+        assert!(!rs[0].gpt_relocated && rs[1].gpt_relocated);
+        let s = src.to_vec();
+        for t in [&a, &b] {
+            assert!(s[2048 * 512..20480 * 512] == t.to_vec()[2048 * 512..20480 * 512]);
+        }
+        // Target 2 drops the writes of the second partition: found, and named.
+        let liar = Forgetful {
+            inner: MemDevice::new(vec![0; (16 * MIB) as usize]),
+            from: 8192 * 512,
+        };
+        let e = restore_to_all("g", &m, &store, &[&a, &liar], 1, true, &NoProgress).unwrap_err();
+        assert!(
+            matches!(&e, RestoreError::OnTarget { target: 2, source } if matches!(**source, RestoreError::ReadBack { area: 2, .. })),
+            "{e:?}"
+        );
+        // A target too small for the image: refused before anything is written to any.
+        let fresh = MemDevice::new(vec![0xEE; (16 * MIB) as usize]);
+        let small = MemDevice::new(vec![0xEE; (8 * MIB) as usize]);
+        let e =
+            restore_to_all("g", &m, &store, &[&fresh, &small], 1, true, &NoProgress).unwrap_err();
+        assert!(
+            matches!(e, RestoreError::OnTarget { target: 2, .. }),
+            "{e:?}"
+        );
+        assert!(
+            fresh.to_vec().iter().all(|&x| x == 0xEE),
+            "a refused restore wrote"
         );
     }
 
