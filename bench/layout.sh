@@ -77,12 +77,17 @@ for i in $(seq 1 "$RUNS"); do
   rm -f "$W/c.img"; truncate -s "$BIG" "$W/c.img"
   t a bash -c "clonezilla '$W/c.img'"
   echo "$a" >> "$W/clonezilla.times"
-  rm -f "$W"/m?.img; for k in 1 2 3; do truncate -s "$SIZE" "$W/m$k.img"; done
-  t a "$DROVER" --data-dir "$W/d" image restore golden "$W/m1.img" "$W/m2.img" "$W/m3.img" --store "$W/store"
-  echo "$a" >> "$W/three.times"
-  rm -f "$W"/m?.img; for k in 1 2 3; do truncate -s "$SIZE" "$W/m$k.img"; done
-  t a bash -c "for k in 1 2 3; do '$DROVER' --data-dir '$W/d' image restore golden '$W/m'\$k.img --store '$W/store' || exit 1; done"
-  echo "$a" >> "$W/seq.times"
+  # Alternating which goes first, so neither always follows the other's writeback.
+  order=(three seq); ((i % 2)) || order=(seq three)
+  for mode in "${order[@]}"; do
+    rm -f "$W"/m?.img; for k in 1 2 3; do truncate -s "$SIZE" "$W/m$k.img"; done
+    if [ "$mode" = three ]; then
+      t a "$DROVER" --data-dir "$W/d" image restore golden "$W/m1.img" "$W/m2.img" "$W/m3.img" --store "$W/store"
+    else
+      t a bash -c "for k in 1 2 3; do '$DROVER' --data-dir '$W/d' image restore golden '$W/m'\$k.img --store '$W/store' || exit 1; done"
+    fi
+    echo "$a" >> "$W/$mode.times"
+  done
 done
 for k in 1 2 3; do cmp "$W/m1.img" "$W/m$k.img"; done
 rm -f "$W"/m?.img
