@@ -35,7 +35,8 @@ pub(crate) enum MachineCommand {
         /// Its fixed address from full DHCP (a reservation).
         #[arg(long)]
         ip: Option<String>,
-        /// The disk its agent writes when it has several: serial:SERIAL or size:BYTES, or all-size:BYTES (every fixed disk of that size, each written).
+        /// The disk its agent writes when it has several: serial:SERIAL or size:BYTES, or
+        /// all-size:BYTES (every fixed disk of that size, each written).
         #[arg(long)]
         disk: Option<String>,
         #[command(flatten)]
@@ -64,7 +65,8 @@ pub(crate) enum MachineCommand {
         ip: Option<String>,
         #[arg(long)]
         no_ip: bool,
-        /// The disk its agent writes (serial:SERIAL or size:BYTES; all-size:BYTES: every fixed disk of that size); `--no-disk`: the only one.
+        /// The disk its agent writes (serial:SERIAL or size:BYTES; all-size:BYTES: every
+        /// fixed disk of that size); `--no-disk`: the only one.
         #[arg(long, conflicts_with = "no_disk")]
         disk: Option<String>,
         #[arg(long)]

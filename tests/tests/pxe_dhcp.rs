@@ -213,7 +213,7 @@ fn full_dhcp_leases_addresses_and_keeps_them_across_a_restart() {
         ),
         (
             ["machine", "set", "02:77:00:00:00:01", "--disk", "sda"],
-            "serial:SERIAL or size:BYTES",
+            "serial:SERIAL, size:BYTES or all-size:BYTES",
         ),
     ] {
         let o = cli(&args);
