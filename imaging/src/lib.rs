@@ -38,6 +38,7 @@ pub mod mount;
 pub mod progress;
 pub mod relayout;
 pub mod restore;
+pub mod shrink;
 pub mod store;
 pub mod table;
 pub mod torrent;

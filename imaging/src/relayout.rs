@@ -10,8 +10,7 @@
 //! against its hash. Filesystems this module cannot grow (FAT, raw copies, LVM, LUKS, ...)
 //! keep their size, and their partitions too, and [`Relayout::notes`] says so.
 //!
-//! It does not shrink: a target smaller than the image is laid out as captured (and refused
-//! when a partition does not fit).
+//! It does not shrink: a target smaller than the image's disk goes through [`crate::shrink`].
 
 use std::path::Path;
 use std::process::Command;
@@ -141,7 +140,7 @@ impl Relayout {
                 if hit {
                     a.offset = p.new_start;
                     a.len = p.new_size;
-                    if let Some(f) = a.fs.as_mut().filter(|_| p.grows()) {
+                    if let Some(f) = a.fs.as_mut().filter(|_| p.new_size != p.size) {
                         f.fs_size = p.new_size;
                     }
                 }
@@ -358,18 +357,7 @@ pub fn apply(
             p.new_start
         ));
     }
-    match m.table.kind {
-        TableKind::Gpt => {
-            let changes: Vec<_> = r
-                .parts
-                .iter()
-                .map(|p| (p.number, p.new_start, p.new_size))
-                .collect();
-            table::rewrite_gpt(dev, &m.table_raw, m.table.sector_size, &changes)?;
-        }
-        TableKind::Mbr => rewrite_mbr(dev, m, r)?,
-        TableKind::None => {}
-    }
+    rewrite_table(dev, m, r)?;
     dev.sync().context("syncing the target")?;
     for p in r.parts.iter().filter(|p| p.grows()) {
         let kind = p.fs.context("a growing partition has a filesystem")?;
@@ -383,6 +371,27 @@ pub fn apply(
         ));
     }
     Ok(done)
+}
+
+/// Rewrites the partition table of image `m` on `dev` for layout `r`.
+pub(crate) fn rewrite_table(
+    dev: &dyn BlockDevice,
+    m: &Manifest,
+    r: &Relayout,
+) -> anyhow::Result<()> {
+    match m.table.kind {
+        TableKind::Gpt => {
+            let changes: Vec<_> = r
+                .parts
+                .iter()
+                .map(|p| (p.number, p.new_start, p.new_size))
+                .collect();
+            table::rewrite_gpt(dev, &m.table_raw, m.table.sector_size, &changes)?;
+        }
+        TableKind::Mbr => rewrite_mbr(dev, m, r)?,
+        TableKind::None => {}
+    }
+    Ok(())
 }
 
 fn area(m: &Manifest, number: u32) -> anyhow::Result<&Area> {
@@ -418,7 +427,7 @@ fn move_area(dev: &dyn BlockDevice, a: &Area, to: u64) -> anyhow::Result<()> {
 /// A moved FAT or NTFS keeps its partition's first sector in its boot sector ("hidden
 /// sectors"), which Windows and some loaders use to find it: it is set to the new start where
 /// it held the old one, in the backup boot sector too.
-fn fix_hidden_sectors(dev: &dyn BlockDevice, p: &Placed, ss: u64) -> anyhow::Result<()> {
+pub(crate) fn fix_hidden_sectors(dev: &dyn BlockDevice, p: &Placed, ss: u64) -> anyhow::Result<()> {
     let Some(kind) = p.fs else { return Ok(()) };
     let (old, new) = (p.start / ss, p.new_start / ss);
     let (Ok(old), Ok(new)) = (u32::try_from(old), u32::try_from(new)) else {
@@ -431,7 +440,7 @@ fn fix_hidden_sectors(dev: &dyn BlockDevice, p: &Placed, ss: u64) -> anyhow::Res
             // The backup boot sector follows the volume's last sector.
             let total = fs::le64(&boot, 0x28);
             if let Some(at) = total.checked_mul(u64::from(fs::le16(&boot, 0x0B))) {
-                if at + 512 <= p.size {
+                if at + 512 <= p.new_size {
                     sectors.push(at);
                 }
             }
@@ -467,15 +476,16 @@ fn rewrite_mbr(dev: &dyn BlockDevice, m: &Manifest, r: &Relayout) -> anyhow::Res
     let mut s0 = read_vec(dev, 0, 512)?;
     let entry = |n: usize| 446 + 16 * n;
     let ext = (0..4).find(|&i| matches!(s0[entry(i) + 4], 0x05 | 0x0F | 0x85));
-    for p in r.parts.iter().filter(|p| p.moves() || p.grows()) {
+    for p in r.parts.iter().filter(|p| p.moves() || p.new_size != p.size) {
         if (1..=4).contains(&p.number) {
             let o = entry(p.number as usize - 1);
             s0[o + 8..o + 12].copy_from_slice(&lba(p.new_start)?);
             s0[o + 12..o + 16].copy_from_slice(&lba(p.new_size)?);
             continue;
         }
-        // A logical partition (only the last one grows; none moves): its EBR's first entry,
-        // the previous EBR's link to it, and the extended partition all end at its new end.
+        // A logical partition (only the last one grows or shrinks; none moves): its EBR's
+        // first entry, the previous EBR's link to it, and the extended partition all end at
+        // its new end.
         let e = ext.context("a logical partition without an extended one")?;
         let ext_start = u64::from(fs::le32(&s0, entry(e) + 8));
         let (mut rel, mut prev) = (0u64, None);
@@ -506,7 +516,12 @@ fn rewrite_mbr(dev: &dyn BlockDevice, m: &Manifest, r: &Relayout) -> anyhow::Res
 
 /// Runs a tool, naming it (and its Debian package) when it is missing or fails; `ok` lists the
 /// exit codes that are success.
-fn run(cmd: &mut Command, package: &str, ok: &[i32]) -> anyhow::Result<()> {
+pub(crate) fn run(cmd: &mut Command, package: &str, ok: &[i32]) -> anyhow::Result<()> {
+    run_out(cmd, package, ok).map(drop)
+}
+
+/// [`run`], returning what the tool printed on its standard output.
+pub(crate) fn run_out(cmd: &mut Command, package: &str, ok: &[i32]) -> anyhow::Result<String> {
     let tool = cmd.get_program().to_string_lossy().into_owned();
     let out = match cmd.output() {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -528,7 +543,7 @@ fn run(cmd: &mut Command, package: &str, ok: &[i32]) -> anyhow::Result<()> {
             tail.into_iter().rev().collect::<Vec<_>>().join("; ")
         );
     }
-    Ok(())
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// Grows the `kind` filesystem at `start..start + size` of `target` to fill that range.

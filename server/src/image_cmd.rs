@@ -7,12 +7,12 @@ use std::process::ExitCode;
 use anyhow::{bail, Context};
 use clap::Subcommand;
 use imaging::capture::{capture, CaptureOptions};
-use imaging::device::BlockDevice;
 use imaging::device::FileDevice;
 use imaging::fs::FsKind;
 use imaging::manifest::{AreaKind, Manifest};
-use imaging::relayout::{self, LayoutMode};
-use imaging::restore::{restore_to_all, verify, RestoreError};
+use imaging::relayout::LayoutMode;
+use imaging::restore::verify;
+use imaging::shrink;
 use imaging::store::{Store, StoredImage};
 use serde_json::json;
 
@@ -67,6 +67,10 @@ pub(crate) enum ImageCommand {
         /// end, `keep` the captured layout, or scale every partition `proportional`ly.
         #[arg(long, default_value = "grow", value_parser = parse_layout)]
         layout: LayoutMode,
+        /// Where a target smaller than the image's disk has its shrinking filesystems restored
+        /// first, as sparse files (default: the system's temporary directory).
+        #[arg(long, value_name = "DIR")]
+        scratch: Option<PathBuf>,
     },
     /// Show an image's partitions, filesystems, used bytes and chunks.
     Inspect {
@@ -75,6 +79,17 @@ pub(crate) enum ImageCommand {
         /// Image store directory (default: DATA_DIR/images).
         #[arg(long)]
         store: Option<PathBuf>,
+        /// Find the smallest disk the image shrinks onto: restores each shrinkable partition
+        /// into a scratch file and asks its filesystem's tool (without it, a lower bound from
+        /// the used bytes is shown).
+        #[arg(long)]
+        min_size: bool,
+        /// Directory for those scratch files (default: the system's temporary directory).
+        #[arg(long, value_name = "DIR", requires = "min_size")]
+        scratch: Option<PathBuf>,
+        /// Worker threads for --min-size (0: one per core).
+        #[arg(long, default_value_t = 0)]
+        threads: usize,
     },
     /// Re-read and re-hash every chunk of an image; names any bad one.
     Verify {
@@ -198,121 +213,35 @@ pub(crate) fn run(cmd: ImageCommand, data_dir: &Path, json: bool) -> anyhow::Res
             store,
             threads,
             layout,
+            scratch,
         } => {
             let store = open_store(store, data_dir)?;
-            let img = store.resolve(&image)?;
-            let label = format!("{}@{}", img.manifest.name, img.manifest.name_version);
-            let mut devs = Vec::new();
-            let mut plans = Vec::new();
-            for target in &targets {
-                if let Some(why) = imaging::usage::in_use(target)
-                    .with_context(|| format!("checking whether {} is in use", target.display()))?
-                {
-                    bail!("refusing to restore onto {}: it is {why}", target.display());
-                }
-                if devs
-                    .iter()
-                    .any(|(p, _): &(PathBuf, FileDevice)| same_file(p, target))
-                {
-                    bail!("{} is named twice", target.display());
-                }
-                let dev = FileDevice::open_write(target)
-                    .with_context(|| format!("opening {} for writing", target.display()))?;
-                imaging::restore::check_target(&label, &img.manifest, &dev)
-                    .with_context(|| format!("restoring {label} onto {}", target.display()))?;
-                // Planned before a byte is written: a layout that cannot be is refused first.
-                plans.push(
-                    relayout::plan(&img.manifest, dev.len(), layout)
-                        .with_context(|| format!("laying {label} out on {}", target.display()))?,
-                );
-                devs.push((target.clone(), dev));
-            }
-            let bar = Bar::new(json);
-            let t0 = std::time::Instant::now();
-            let refs: Vec<&dyn BlockDevice> =
-                devs.iter().map(|(_, d)| d as &dyn BlockDevice).collect();
-            let several = refs.len() > 1;
-            let res = restore_to_all(&label, &img.manifest, &store, &refs, threads, several, &bar);
-            bar.finish();
-            let rs = res.map_err(|e| match e {
-                RestoreError::OnTarget { target, source } => anyhow::Error::from(*source).context(
-                    format!("restoring {label} onto {}", targets[target - 1].display()),
-                ),
-                e => anyhow::Error::from(e).context(format!("restoring {label}")),
-            })?;
-            let mut changes = Vec::new();
-            for ((target, dev), plan) in devs.iter().zip(&plans) {
-                changes.push(
-                    relayout::apply(target, dev, &img.manifest, plan).with_context(|| {
-                        format!(
-                            "restored {label} onto {}, but laying it out ({layout}) failed",
-                            target.display()
-                        )
-                    })?,
-                );
-            }
-            let secs = t0.elapsed().as_secs_f64();
-            let one = |i: usize| {
-                json!({
-                    "target": targets[i].display().to_string(),
-                    "bytes_written": rs[i].bytes_written,
-                    "gpt_relocated": rs[i].gpt_relocated,
-                    "bytes_zeroed": rs[i].bytes_zeroed,
-                    "partitions": plans[i].parts,
-                    "layout_changes": changes[i],
-                    "read_back": several,
-                })
-            };
-            if json {
-                let mut v = json!({
-                    "id": img.id,
-                    "name": img.manifest.name,
-                    "version": img.manifest.name_version,
-                    "chunks": rs[0].chunks,
-                    "layout": layout,
-                    "seconds": secs,
-                    "targets": (0..targets.len()).map(one).collect::<Vec<_>>(),
-                });
-                // The first target's fields at the top too (what one target always printed).
-                if let (Some(o), serde_json::Value::Object(first)) = (v.as_object_mut(), one(0)) {
-                    o.extend(first);
-                }
-                println!("{v}");
-            } else {
-                for (i, r) in rs.iter().enumerate() {
-                    println!(
-                        "restored {label} onto {}: {} written from {} chunks{}{}{}, {secs:.1} s",
-                        targets[i].display(),
-                        fmt::bytes(r.bytes_written),
-                        r.chunks,
-                        if r.bytes_zeroed > 0 {
-                            format!(
-                                ", {} of raw-copied areas zeroed",
-                                fmt::bytes(r.bytes_zeroed)
-                            )
-                        } else {
-                            String::new()
-                        },
-                        if r.gpt_relocated {
-                            ", GPT moved to the end of the larger disk"
-                        } else {
-                            ""
-                        },
-                        if several { ", read back" } else { "" },
-                    );
-                    for line in &changes[i] {
-                        println!("  {line}");
-                    }
-                }
-            }
-            Ok(ExitCode::SUCCESS)
+            crate::image_restore::run(&store, &image, &targets, threads, layout, scratch, json)
         }
-        ImageCommand::Inspect { image, store } => {
+        ImageCommand::Inspect {
+            image,
+            store,
+            min_size,
+            scratch,
+            threads,
+        } => {
             let store = open_store(store, data_dir)?;
             let img = store.resolve(&image)?;
             // Count sharing over the readable images: one damaged manifest must not hide this one.
             let refs = imaging::store::chunk_refs_of(&store.scan()?.0);
-            inspect(&img, &refs, json);
+            let m = &img.manifest;
+            let mins = if min_size {
+                let label = format!("{}@{}", m.name, m.name_version);
+                let parent = scratch.unwrap_or_else(std::env::temp_dir);
+                let mut s = shrink::Scratch::new(&parent, threads)?;
+                Some(
+                    shrink::minimums(&label, m, &store, &mut s)
+                        .with_context(|| format!("finding how far {label} can shrink"))?,
+                )
+            } else {
+                None
+            };
+            inspect(&img, &refs, mins.as_deref(), json);
             Ok(ExitCode::SUCCESS)
         }
         ImageCommand::Verify {
@@ -442,8 +371,19 @@ pub(crate) fn run(cmd: ImageCommand, data_dir: &Path, json: bool) -> anyhow::Res
     }
 }
 
-fn inspect(img: &StoredImage, refs: &HashMap<imaging::manifest::Hash, u32>, json: bool) {
+fn inspect(
+    img: &StoredImage,
+    refs: &HashMap<imaging::manifest::Hash, u32>,
+    mins: Option<&[shrink::Minimum]>,
+    json: bool,
+) {
     let m: &Manifest = &img.manifest;
+    // The smallest disk without shrinking, and with it: measured by the filesystems' tools
+    // when asked, else a lower bound from the used bytes.
+    let bounds = shrink::lower_bounds(m);
+    let measured = mins.is_some();
+    let mins = mins.unwrap_or(&bounds);
+    let min_shrunk = shrink::min_disk(m, mins);
     let total = m.chunks().count();
     let shared = m
         .chunks()
@@ -485,6 +425,9 @@ fn inspect(img: &StoredImage, refs: &HashMap<imaging::manifest::Hash, u32>, json
                 "sector_size": m.table.sector_size,
                 "table": m.table.kind,
                 "min_size": m.min_size,
+                "min_disk_size": m.min_size,
+                (if measured { "min_disk_size_shrunk" } else { "min_disk_size_shrunk_at_least" }): min_shrunk,
+                "partition_minimums": mins,
                 "chunk_size": m.chunk_size,
                 "used_bytes": m.used_bytes(),
                 "chunks": total,
@@ -511,6 +454,25 @@ fn inspect(img: &StoredImage, refs: &HashMap<imaging::manifest::Hash, u32>, json
         m.table.sector_size,
         fmt::bytes(m.min_size)
     );
+    if measured {
+        println!(
+            "  shrinks onto {} ({min_shrunk} bytes) or larger",
+            fmt::bytes(min_shrunk)
+        );
+        for x in mins.iter().filter(|x| x.min < x.size) {
+            println!(
+                "    partition {}: {} at least ({})",
+                x.number,
+                fmt::bytes(x.min),
+                x.why
+            );
+        }
+    } else if min_shrunk < m.min_size {
+        println!(
+            "  shrinks onto no less than {} (--min-size measures it)",
+            fmt::bytes(min_shrunk)
+        );
+    }
     println!(
         "  {:<14} {:>10} {:>10}  {:<9} {:>10}  {:<10} {:>6}  LABEL / NOTE",
         "AREA", "START", "SIZE", "FS", "USED", "READ", "CHUNKS"
@@ -580,7 +542,7 @@ pub(crate) fn parse_layout(s: &str) -> Result<LayoutMode, String> {
 }
 
 /// Whether two paths name the same file or device.
-fn same_file(a: &Path, b: &Path) -> bool {
+pub(crate) fn same_file(a: &Path, b: &Path) -> bool {
     use std::os::unix::fs::MetadataExt;
     match (std::fs::metadata(a), std::fs::metadata(b)) {
         (Ok(x), Ok(y)) => {

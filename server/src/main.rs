@@ -17,6 +17,7 @@
 mod client;
 mod deploy_cmd;
 mod image_cmd;
+mod image_restore;
 mod multicast;
 mod progress;
 mod schedule_cmd;

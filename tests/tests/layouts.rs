@@ -1,6 +1,7 @@
 //! Restoring onto a disk larger than the image's: the last partition and its filesystem grow
 //! to the disk's end by default (`--layout grow`), `--layout keep` leaves the captured layout,
-//! `--layout proportional` scales every partition. Each result is checked as a user would:
+//! `--layout proportional` scales every partition. Onto a smaller disk the filesystems shrink
+//! to fit, or the restore is refused naming the partition. Each result is checked as a user would:
 //! the partition table's own checker, the filesystem's checker, the filesystem's size as its
 //! superblock says, and the files read back by the filesystem's own tools.
 
@@ -526,7 +527,7 @@ fn one_restore_writes_several_targets_each_laid_out_and_read_back() {
     // Two targets, one of them too small: refused before a byte is written to either, the
     // small one named.
     let small = env.path("small.img");
-    random_file(&small, 128 * MIB, 30);
+    random_file(&small, 80 * MIB, 30);
     random_file(&targets[0], 256 * MIB, 31);
     let (before_a, before_b) = (fs::read(&targets[0]).unwrap(), fs::read(&small).unwrap());
     let err = env.fails(&["image", "restore", "golden", s(&targets[0]), s(&small)]);
@@ -545,4 +546,157 @@ fn one_restore_writes_several_targets_each_laid_out_and_read_back() {
     // The same target twice is refused too.
     let err = env.fails(&["image", "restore", "golden", s(&targets[1]), s(&targets[1])]);
     assert!(err.contains("named twice"), "{err}");
+}
+
+#[test]
+fn a_gpt_disk_shrinks_onto_a_target_of_two_thirds_or_is_refused() {
+    if !require("layout shrink gpt", GPT_TOOLS) {
+        return;
+    }
+    let env = Env::new();
+    let g = golden(&env);
+    let m = env.manifest("golden");
+    let inspect = env.json(&["image", "inspect", "golden", "--min-size"]);
+    let min_kept = inspect["min_disk_size"].as_u64().unwrap();
+    let min_shrunk = inspect["min_disk_size_shrunk"].as_u64().unwrap();
+    assert_eq!(min_kept, m.min_size, "{inspect}");
+    assert!(min_shrunk < min_kept, "{inspect}");
+
+    // Two thirds of the golden disk: the root partition shrinks, its ext4 with it.
+    let size = 256 * MIB * 2 / 3 / MIB * MIB;
+    assert!(size >= min_shrunk, "{inspect}");
+    let target = env.path("small.img");
+    random_file(&target, size, 40);
+    let r = env.restore("golden", &target);
+    assert_eq!(r["shrunk"], true, "{r}");
+    assert!(
+        r["layout_changes"]
+            .to_string()
+            .contains("partition 2 (ext4) shrunk"),
+        "{r}"
+    );
+    sgdisk_ok(&target, "shrunk");
+    assert_eq!(gpt_part(&target, 1), g.esp, "the ESP stays as it was");
+    let root = gpt_part(&target, 2);
+    assert_eq!(root.start, g.root.start);
+    assert_eq!(
+        root.start + root.size,
+        gpt_end(size),
+        "root reaches the disk's end"
+    );
+    let fs = fs_size(&target, root, "ext4");
+    assert!(
+        fs <= root.size && root.size - fs < 4096,
+        "ext4 of {fs} bytes in a {}-byte partition",
+        root.size
+    );
+    check_ext4(&env, &target, root, &g.root_files, "shrunk");
+    check_fat(&env, &target, g.esp, &g.esp_files, "shrunk");
+
+    // Smaller than the used data: refused, the partition and its bytes named, nothing
+    // written.
+    let tiny = env.path("tiny.img");
+    random_file(&tiny, min_shrunk - 4 * MIB, 41);
+    let before = fs::read(&tiny).unwrap();
+    let err = env.fails(&["image", "restore", "golden", s(&tiny)]);
+    assert!(
+        err.contains("partition 2 (ext4)") && err.contains("needs at least"),
+        "{err}"
+    );
+    assert!(
+        fs::read(&tiny).unwrap() == before,
+        "a refused restore wrote"
+    );
+}
+
+#[test]
+fn an_mbr_disk_with_ntfs_and_ext4_shrinks_onto_a_smaller_target() {
+    if !require(
+        "layout shrink mbr",
+        &[
+            "root",
+            "sfdisk",
+            "mkfs.ext4",
+            "e2fsck",
+            "resize2fs",
+            "debugfs",
+            "mkntfs",
+            "ntfsresize",
+            "ntfsfix",
+            "ntfscp",
+            "ntfscat",
+        ],
+    ) {
+        return;
+    }
+    let env = Env::new();
+    let disk = env.path("mbr.img");
+    sparse_file(&disk, 300 * MIB);
+    run_stdin(
+        "sfdisk",
+        &["-q", s(&disk)],
+        "label: dos\nstart=2048, size=150MiB, type=7, bootable\ntype=83\n",
+    );
+    let parts = |d: &Path| -> Vec<Extent> {
+        let v: serde_json::Value = serde_json::from_str(&run("sfdisk", &["-J", s(d)])).unwrap();
+        v["partitiontable"]["partitions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| Extent {
+                start: p["start"].as_u64().unwrap() * 512,
+                size: p["size"].as_u64().unwrap() * 512,
+            })
+            .collect()
+    };
+    let before = parts(&disk);
+    let (ntfs, linux) = (before[0], before[1]);
+    let tree = env.path("ntfs-tree");
+    make_tree(&tree, 20 * MIB, 42);
+    let ntfs_files = read_tree(&tree);
+    let f = env.path("ntfs.img");
+    sparse_file(&f, ntfs.size);
+    run("mkntfs", &["-Q", "-F", s(&f)]);
+    for path in ntfs_files.keys() {
+        if path.components().count() == 1 {
+            run("ntfscp", &["-f", s(&f), s(&tree.join(path)), s(path)]);
+        }
+    }
+    write_into(&disk, ntfs.start, &f);
+    fs::remove_file(&f).unwrap();
+    let (root, root_files) = ext4(&env, linux.size, 43);
+    write_into(&disk, linux.start, &root);
+    fs::remove_file(&root).unwrap();
+    env.capture(&disk, "mbr");
+
+    // 130 MiB: the ext4 alone would fit only if the NTFS shrinks and the ext4 moves left.
+    let size = 130 * MIB;
+    let target = env.path("target.img");
+    random_file(&target, size, 44);
+    let r = env.restore("mbr", &target);
+    assert_eq!(r["shrunk"], true, "{r}");
+    let changes = r["layout_changes"].to_string();
+    assert!(changes.contains("partition 1 (ntfs) shrunk"), "{r}");
+    assert!(changes.contains("partition 2 (ext4)"), "{r}");
+    let after = parts(&target);
+    assert_eq!(after.len(), 2, "{after:?}");
+    assert_eq!(after[0].start, ntfs.start);
+    assert!(after[0].size < ntfs.size, "{after:?}");
+    assert!(
+        after[1].start < linux.start,
+        "the ext4 moved left: {after:?}"
+    );
+    assert!(after[1].start + after[1].size <= size, "{after:?}");
+    let fs = fs_size(&target, after[0], "ntfs");
+    assert!(fs <= after[0].size, "ntfs of {fs} bytes in {:?}", after[0]);
+
+    check_ext4(&env, &target, after[1], &root_files, "moved ext4");
+    let lo = Loop::attach(&target, after[0].start, Some(after[0].size));
+    check_ok("ntfsfix", &["-n", s(&lo.dev)], "shrunk ntfs");
+    for (path, data) in &ntfs_files {
+        if path.components().count() == 1 {
+            let out = run_any("ntfscat", &[s(&lo.dev), s(path)]);
+            assert!(out.stdout == *data, "ntfs: {} differs", path.display());
+        }
+    }
 }
