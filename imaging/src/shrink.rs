@@ -437,6 +437,14 @@ fn tool_minimum(path: &Path, kind: FsKind, bs: u64, len: u64) -> anyhow::Result<
             let out = out?;
             let bytes = number_after(&out, "")
                 .with_context(|| format!("btrfs inspect-internal printed no size: {out}"))?;
+            // The kernel refuses to resize a btrfs device below 256 MiB.
+            const BTRFS_FLOOR: u64 = 256 << 20;
+            if bytes < BTRFS_FLOOR {
+                return Ok((
+                    BTRFS_FLOOR,
+                    "the kernel does not resize btrfs below 256 MiB".into(),
+                ));
+            }
             Ok((bytes, "btrfs inspect-internal min-dev-size".into()))
         }
         other => bail!("drover does not shrink {other}"),
@@ -573,13 +581,9 @@ pub fn restore_shrunk(
             }
         }
     }
-    let restored =
-        restore::restore_to_all(image, &rest, store, &[dev], scratch.threads, true, progress)
-            .map_err(|e| match e {
-                restore::RestoreError::OnTarget { source, .. } => anyhow::Error::from(*source),
-                e => anyhow::Error::from(e),
-            })?;
-    let mut bytes_written = restored[0].bytes_written;
+    // Every filesystem is shrunk in its scratch file before the target is touched: a tool
+    // that fails leaves the target as it was.
+    let mut shrunk = Vec::new();
     for p in &shrinking {
         let kind = p.fs.context("a shrinking partition has a filesystem")?;
         let a = m
@@ -598,6 +602,16 @@ pub fn restore_shrunk(
         shrink_fs(&path, kind, bs, p.new_size).with_context(|| {
             format!("shrinking {} to {} bytes", what(p.number, p.fs), p.new_size)
         })?;
+        shrunk.push((p, path));
+    }
+    let restored =
+        restore::restore_to_all(image, &rest, store, &[dev], scratch.threads, true, progress)
+            .map_err(|e| match e {
+                restore::RestoreError::OnTarget { source, .. } => anyhow::Error::from(*source),
+                e => anyhow::Error::from(e),
+            })?;
+    let mut bytes_written = restored[0].bytes_written;
+    for (p, path) in shrunk {
         let n = copy_used(&path, dev, p.new_start, m.chunk_size)
             .with_context(|| format!("writing the shrunk {}", what(p.number, p.fs)))?;
         scratch.staged.retain(|(n, _)| *n != p.number);

@@ -700,3 +700,62 @@ fn an_mbr_disk_with_ntfs_and_ext4_shrinks_onto_a_smaller_target() {
         }
     }
 }
+
+#[test]
+fn btrfs_shrinks_onto_a_smaller_disk_and_xfs_is_refused() {
+    if !require(
+        "layout shrink btrfs xfs",
+        &["root", "sgdisk", "mkfs.btrfs", "btrfs", "mkfs.xfs"],
+    ) {
+        return;
+    }
+    let env = Env::new();
+    let tree = env.path("tree");
+    make_tree(&tree, 40 * MIB, 50);
+    let want = read_tree(&tree);
+
+    let (disk, p) = one_partition_disk(&env, "btrfs.img", 600 * MIB);
+    let f = env.path("btrfs-fs.img");
+    sparse_file(&f, p.size);
+    run("mkfs.btrfs", &["-q", "-f", "--rootdir", s(&tree), s(&f)]);
+    write_into(&disk, p.start, &f);
+    fs::remove_file(&f).unwrap();
+    env.capture(&disk, "btrfs");
+    let size = 400 * MIB;
+    let target = env.path("target.img");
+    random_file(&target, size, 51);
+    let r = env.restore("btrfs", &target);
+    assert!(
+        r["layout_changes"]
+            .to_string()
+            .contains("partition 1 (btrfs) shrunk"),
+        "{r}"
+    );
+    sgdisk_ok(&target, "btrfs");
+    let small = gpt_part(&target, 1);
+    assert_eq!(small.start + small.size, gpt_end(size));
+    assert_eq!(fs_size(&target, small, "btrfs"), small.size);
+    let lo = Loop::attach(&target, small.start, Some(small.size));
+    check_ok("btrfs", &["check", "--readonly", s(&lo.dev)], "shrunk btrfs");
+    let m = Mount::new("mount", &["-o", "ro", s(&lo.dev)], &env.path("mnt"));
+    assert_same_files(&want, &read_tree(&m.dir), "shrunk btrfs");
+    drop(m);
+    drop(lo);
+
+    // XFS cannot shrink: refused, saying so, before a byte is written.
+    let (disk, p) = one_partition_disk(&env, "xfs.img", 600 * MIB);
+    let f = env.path("xfs-fs.img");
+    sparse_file(&f, p.size);
+    run("mkfs.xfs", &["-q", "-f", s(&f)]);
+    write_into(&disk, p.start, &f);
+    fs::remove_file(&f).unwrap();
+    env.capture(&disk, "xfs");
+    random_file(&target, size, 52);
+    let before = fs::read(&target).unwrap();
+    let err = env.fails(&["image", "restore", "xfs", s(&target)]);
+    assert!(
+        err.contains("partition 1 (xfs)") && err.contains("XFS cannot shrink"),
+        "{err}"
+    );
+    assert!(fs::read(&target).unwrap() == before, "a refused restore wrote");
+}
