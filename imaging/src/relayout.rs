@@ -1,13 +1,14 @@
 //! Fitting an image's partition layout to a larger target disk, after its chunks are written:
 //! the last partition (or, in proportion, every partition) grows into the extra space, the
 //! partition table is rewritten for it, and the filesystems grow to fill their partitions with
-//! their own tools (resize2fs, ntfsresize, xfs_growfs, `btrfs filesystem resize`).
+//! their own tools (resize2fs, ntfsresize, xfs_growfs, `btrfs filesystem resize`), FAT32 by
+//! drover itself ([`crate::fat_grow`]).
 //!
 //! Restore itself never moves a byte: every area lands where it was captured, so multicast,
 //! the swarm and unicast fill the disk the same way whatever its size. A layout that moves
 //! partitions (proportional) moves them here, from the last to the first, copying only what the
 //! image wrote (used extents and zero-filled stretches), then reads every moved chunk back
-//! against its hash. Filesystems this module cannot grow (FAT, raw copies, LVM, LUKS, ...)
+//! against its hash. Filesystems this module cannot grow (FAT12/16, raw copies, LVM, LUKS, ...)
 //! keep their size, and their partitions too, and [`Relayout::notes`] says so.
 //!
 //! It does not shrink: a target smaller than the image's disk goes through [`crate::shrink`].
@@ -18,7 +19,7 @@ use std::process::Command;
 use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
 
-use crate::device::{read_vec, BlockDevice};
+use crate::device::{read_vec, BlockDevice, FileDevice};
 use crate::fs::{self, FsKind};
 use crate::manifest::{Area, AreaKind, Manifest};
 use crate::table::{self, TableKind};
@@ -178,6 +179,8 @@ fn grow_tool(kind: FsKind) -> Option<&'static str> {
         FsKind::Ntfs => Some("ntfsresize"),
         FsKind::Xfs => Some("xfs_growfs"),
         FsKind::Btrfs => Some("btrfs"),
+        // Grown by drover itself (crate::fat_grow).
+        FsKind::Fat32 => Some("drover"),
         _ => None,
     }
 }
@@ -596,6 +599,11 @@ fn grow(target: &Path, start: u64, size: u64, kind: FsKind) -> anyhow::Result<()
             };
             mounted.unmount()?;
             r
+        }
+        FsKind::Fat32 => {
+            let dev = FileDevice::open_write(target)
+                .with_context(|| format!("opening {}", target.display()))?;
+            crate::fat_grow::grow(&crate::device::SubDevice::new(&dev, start, size)).map(drop)
         }
         other => bail!("drover cannot grow {other}"),
     }

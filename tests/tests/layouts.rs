@@ -70,6 +70,7 @@ fn fs_size(disk: &Path, p: Extent, kind: &str) -> u64 {
         "xfs" => be(8, 8) * be(4, 4),
         "btrfs" => le(0x10000 + 0x70, 8),
         "ntfs" => le(0x28, 8) * le(0x0B, 2),
+        "fat32" => le(0x20, 4) * le(0x0B, 2),
         other => panic!("no size for {other}"),
     }
 }
@@ -124,15 +125,20 @@ fn fat32(env: &Env, size: u64, seed: u64) -> (PathBuf, BTreeMap<PathBuf, Vec<u8>
     run("mkfs.vfat", &["-F", "32", s(&f)]);
     let tree = env.path(&format!("tree-{seed}"));
     make_tree(&tree, size / 5, seed);
-    let tops: Vec<String> = fs::read_dir(&tree)
+    mcopy_tree(&f, &tree);
+    (f, read_tree(&tree))
+}
+
+/// Copies the tree `dir` into the root of the FAT in `img`.
+fn mcopy_tree(img: &Path, dir: &Path) {
+    let tops: Vec<String> = fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().path().to_str().unwrap().to_string())
         .collect();
-    let mut a = vec!["-s", "-i", s(&f)];
+    let mut a = vec!["-s", "-i", s(img)];
     a.extend(tops.iter().map(String::as_str));
     a.push("::/");
     run("mcopy", &a);
-    (f, read_tree(&tree))
 }
 
 /// An ext4 of `size` bytes holding a tree made from `seed`.
@@ -246,8 +252,8 @@ fn a_gpt_disk_grows_onto_a_target_twice_its_size() {
     check_ext4(&env, &target, root, &root_files, "kept");
     fs::remove_file(&target).unwrap();
 
-    // Proportional: the root moves to its scaled place and fills the rest; the FAT32 ESP
-    // keeps its size, and the restore says so.
+    // Proportional: the FAT32 ESP grows to its scaled size (its FAT grows, its clusters move
+    // up), the root moves to its scaled place and fills the rest.
     random_file(&target, size, 5);
     let r = env.json(&[
         "image",
@@ -258,13 +264,17 @@ fn a_gpt_disk_grows_onto_a_target_twice_its_size() {
         "proportional",
     ]);
     let changes = r["layout_changes"].to_string();
-    assert!(
-        changes.contains("partition 1 keeps its size: its fat32 filesystem cannot be grown"),
-        "{r}"
-    );
+    assert!(changes.contains("partition 1 (fat32) grown"), "{r}");
     assert!(changes.contains("partition 2 moved"), "{r}");
     sgdisk_ok(&target, "proportional");
-    assert_eq!(gpt_part(&target, 1), esp);
+    let esp2 = gpt_part(&target, 1);
+    assert_eq!(esp2.start, esp.start);
+    assert!(esp2.size > esp.size * 3 / 2, "{esp2:?}");
+    let fat = fs_size(&target, esp2, "fat32");
+    assert!(
+        fat <= esp2.size && esp2.size - fat < 4096,
+        "FAT32 of {fat} bytes in {esp2:?}"
+    );
     let scaled = gpt_part(&target, 2);
     assert!(
         scaled.start > root.start && scaled.start.is_multiple_of(MIB),
@@ -274,7 +284,7 @@ fn a_gpt_disk_grows_onto_a_target_twice_its_size() {
     let fs = fs_size(&target, scaled, "ext4");
     assert!(scaled.size - fs < 4096, "ext4 of {fs} bytes in {scaled:?}");
     check_ext4(&env, &target, scaled, &root_files, "proportional");
-    check_fat(&env, &target, esp, &esp_files, "proportional");
+    check_fat(&env, &target, esp2, &esp_files, "proportional");
 }
 
 /// A GPT disk of `size` bytes with one partition from 1 MiB to its end; returns the disk
@@ -288,12 +298,15 @@ fn one_partition_disk(env: &Env, name: &str, size: u64) -> (PathBuf, Extent) {
 }
 
 #[test]
-fn xfs_btrfs_and_ntfs_grow_with_their_partition() {
+fn xfs_btrfs_ntfs_and_fat32_grow_with_their_partition() {
     if !require(
-        "layout grow xfs btrfs ntfs",
+        "layout grow xfs btrfs ntfs fat32",
         &[
             "root",
             "sgdisk",
+            "mkfs.vfat",
+            "fsck.vfat",
+            "mcopy",
             "mkfs.xfs",
             "xfs_repair",
             "xfs_growfs",
@@ -312,7 +325,7 @@ fn xfs_btrfs_and_ntfs_grow_with_their_partition() {
     let tree = env.path("tree");
     make_tree(&tree, 40 * MIB, 7);
     let want = read_tree(&tree);
-    for kind in ["xfs", "btrfs", "ntfs"] {
+    for kind in ["xfs", "btrfs", "ntfs", "fat32"] {
         let (disk, p) = one_partition_disk(&env, &format!("{kind}.img"), 340 * MIB);
         let f = env.path(&format!("{kind}-fs.img"));
         sparse_file(&f, p.size);
@@ -326,6 +339,10 @@ fn xfs_btrfs_and_ntfs_grow_with_their_partition() {
             }
             "btrfs" => {
                 run("mkfs.btrfs", &["-q", "-f", "--rootdir", s(&tree), s(&f)]);
+            }
+            "fat32" => {
+                run("mkfs.vfat", &["-F", "32", s(&f)]);
+                mcopy_tree(&f, &tree);
             }
             _ => {
                 run("mkntfs", &["-Q", "-F", s(&f)]);
@@ -364,9 +381,15 @@ fn xfs_btrfs_and_ntfs_grow_with_their_partition() {
         match kind {
             "xfs" => check_ok("xfs_repair", &["-n", s(&lo.dev)], kind),
             "btrfs" => check_ok("btrfs", &["check", "--readonly", s(&lo.dev)], kind),
+            "fat32" => check_ok("fsck.vfat", &["-n", s(&lo.dev)], kind),
             _ => check_ok("ntfsfix", &["-n", s(&lo.dev)], kind),
         }
-        if kind == "ntfs" {
+        if kind == "fat32" {
+            let out = env.path("readback-fat32");
+            fs::create_dir_all(&out).unwrap();
+            run("mcopy", &["-s", "-n", "-i", s(&lo.dev), "::*", s(&out)]);
+            assert_same_files(&want, &read_tree(&out), kind);
+        } else if kind == "ntfs" {
             for (path, data) in &want {
                 if path.components().count() == 1 {
                     let out = run_any("ntfscat", &[s(&lo.dev), s(path)]);
@@ -482,6 +505,30 @@ fn an_mbr_disk_grows_its_last_logical_partition() {
     check_ext4(&env, &target, grown, &files, "mbr logical");
     let nf = part_file(&env, &target, ntfs, "check-ntfs.img");
     check_ok("ntfsfix", &["-n", s(&nf)], "mbr ntfs");
+    fs::remove_file(&nf).unwrap();
+
+    // Onto a smaller disk the last logical partition shrinks, the extended one with it.
+    let size = 200 * MIB;
+    random_file(&target, size, 11);
+    let r = env.restore("mbr", &target);
+    assert_eq!(r["shrunk"], true, "{r}");
+    let after = parts(&target);
+    assert_eq!(after[0], before[0], "the NTFS stays");
+    let end = size / MIB * MIB;
+    assert_eq!(
+        after[1].0 + after[1].1,
+        end,
+        "the extended partition ends at the disk's end"
+    );
+    assert_eq!(after[2].0, logical.start);
+    assert_eq!(after[2].0 + after[2].1, end, "{after:?}");
+    let shrunk = Extent {
+        start: after[2].0,
+        size: after[2].1,
+    };
+    let fs = fs_size(&target, shrunk, "ext4");
+    assert!(shrunk.size - fs < 4096, "ext4 of {fs} bytes in {shrunk:?}");
+    check_ext4(&env, &target, shrunk, &files, "mbr logical shrunk");
 }
 
 #[test]
@@ -736,7 +783,11 @@ fn btrfs_shrinks_onto_a_smaller_disk_and_xfs_is_refused() {
     assert_eq!(small.start + small.size, gpt_end(size));
     assert_eq!(fs_size(&target, small, "btrfs"), small.size);
     let lo = Loop::attach(&target, small.start, Some(small.size));
-    check_ok("btrfs", &["check", "--readonly", s(&lo.dev)], "shrunk btrfs");
+    check_ok(
+        "btrfs",
+        &["check", "--readonly", s(&lo.dev)],
+        "shrunk btrfs",
+    );
     let m = Mount::new("mount", &["-o", "ro", s(&lo.dev)], &env.path("mnt"));
     assert_same_files(&want, &read_tree(&m.dir), "shrunk btrfs");
     drop(m);
@@ -757,5 +808,8 @@ fn btrfs_shrinks_onto_a_smaller_disk_and_xfs_is_refused() {
         err.contains("partition 1 (xfs)") && err.contains("XFS cannot shrink"),
         "{err}"
     );
-    assert!(fs::read(&target).unwrap() == before, "a refused restore wrote");
+    assert!(
+        fs::read(&target).unwrap() == before,
+        "a refused restore wrote"
+    );
 }
