@@ -317,6 +317,19 @@ async fn work(
             )));
         }
     }
+    let written = Progress {
+        stored_bytes: totals.bytes,
+        total_bytes: totals.bytes,
+        ..Progress::default()
+    };
+    // Seeding serves the disk as the image has it: finishing it (a larger disk's GPT
+    // rewritten for its size), laying it out and personalizing come after. A seed that joins
+    // now checks its pieces on the disk, and one that failed would be fetched again from
+    // peers over whatever changed it.
+    if let Some(s) = seeding {
+        reporter.send(TaskState::Seeding, written);
+        s.until_released(api).await;
+    }
     {
         let t = target.clone();
         tokio::task::spawn_blocking(move || t.finish())
@@ -337,16 +350,6 @@ async fn work(
             )));
         }
         info!("read back: every chunk matches its hash, every zeroed region reads as zeros");
-    }
-    let written = Progress {
-        stored_bytes: totals.bytes,
-        total_bytes: totals.bytes,
-        ..Progress::default()
-    };
-    // Seeding serves the disk as written: personalizing comes after it.
-    if let Some(s) = seeding {
-        reporter.send(TaskState::Seeding, written);
-        s.until_released(api).await;
     }
     // Each disk is laid out once it holds the image (and no longer serves it as written),
     // then personalized; with several, each line names its disk.
