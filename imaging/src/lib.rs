@@ -30,7 +30,7 @@ pub mod capture;
 pub mod device;
 pub mod disks;
 pub mod extent;
-mod fat_grow;
+mod fat_resize;
 pub mod fs;
 #[doc(hidden)]
 pub mod fuzzing;

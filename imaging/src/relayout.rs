@@ -2,7 +2,7 @@
 //! the last partition (or, in proportion, every partition) grows into the extra space, the
 //! partition table is rewritten for it, and the filesystems grow to fill their partitions with
 //! their own tools (resize2fs, ntfsresize, xfs_growfs, `btrfs filesystem resize`), FAT32 by
-//! drover itself ([`crate::fat_grow`]).
+//! drover itself ([`crate::fat_resize`]).
 //!
 //! Restore itself never moves a byte: every area lands where it was captured, so multicast,
 //! the swarm and unicast fill the disk the same way whatever its size. A layout that moves
@@ -179,7 +179,7 @@ fn grow_tool(kind: FsKind) -> Option<&'static str> {
         FsKind::Ntfs => Some("ntfsresize"),
         FsKind::Xfs => Some("xfs_growfs"),
         FsKind::Btrfs => Some("btrfs"),
-        // Grown by drover itself (crate::fat_grow).
+        // Grown by drover itself (crate::fat_resize).
         FsKind::Fat32 => Some("drover"),
         _ => None,
     }
@@ -603,7 +603,7 @@ fn grow(target: &Path, start: u64, size: u64, kind: FsKind) -> anyhow::Result<()
         FsKind::Fat32 => {
             let dev = FileDevice::open_write(target)
                 .with_context(|| format!("opening {}", target.display()))?;
-            crate::fat_grow::grow(&crate::device::SubDevice::new(&dev, start, size)).map(drop)
+            crate::fat_resize::grow(&crate::device::SubDevice::new(&dev, start, size)).map(drop)
         }
         other => bail!("drover cannot grow {other}"),
     }

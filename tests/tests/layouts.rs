@@ -813,3 +813,50 @@ fn btrfs_shrinks_onto_a_smaller_disk_and_xfs_is_refused() {
         "a refused restore wrote"
     );
 }
+
+#[test]
+fn a_fat32_whose_files_lie_past_the_new_end_shrinks() {
+    if !require(
+        "layout shrink fat32",
+        &["sgdisk", "mkfs.vfat", "fsck.vfat", "mcopy", "mdel"],
+    ) {
+        return;
+    }
+    let env = Env::new();
+    let (disk, p) = one_partition_disk(&env, "fat.img", 300 * MIB);
+    let f = env.path("fat-fs.img");
+    sparse_file(&f, p.size);
+    // 512-byte clusters, so that it may shrink well below its size (a FAT32 keeps 65525).
+    run("mkfs.vfat", &["-F", "32", "-s", "1", s(&f)]);
+    // A filler first, the files after it, then the filler deleted: the files (and their
+    // directories) lie past where the shrunk volume ends, and must move.
+    let filler = env.path("filler");
+    random_file(&filler, 200 * MIB, 60);
+    run("mcopy", &["-i", s(&f), s(&filler), "::/FILLER"]);
+    fs::remove_file(&filler).unwrap();
+    let tree = env.path("tree");
+    make_tree(&tree, 30 * MIB, 61);
+    let want = read_tree(&tree);
+    mcopy_tree(&f, &tree);
+    run("mdel", &["-i", s(&f), "::/FILLER"]);
+    write_into(&disk, p.start, &f);
+    fs::remove_file(&f).unwrap();
+    env.capture(&disk, "fat");
+
+    let size = 120 * MIB;
+    let target = env.path("target.img");
+    random_file(&target, size, 62);
+    let r = env.restore("fat", &target);
+    assert_eq!(r["shrunk"], true, "{r}");
+    assert!(
+        r["layout_changes"]
+            .to_string()
+            .contains("partition 1 (fat32) shrunk"),
+        "{r}"
+    );
+    sgdisk_ok(&target, "fat32");
+    let small = gpt_part(&target, 1);
+    assert_eq!(small.start + small.size, gpt_end(size));
+    assert_eq!(fs_size(&target, small, "fat32"), small.size);
+    check_fat(&env, &target, small, &want, "shrunk fat32");
+}
