@@ -542,14 +542,15 @@ pub struct Shrunk {
     pub changes: Vec<String>,
 }
 
-/// Restores image `m` (named `image`) from `store` onto `dev`, which is smaller than its
-/// disk, on layout `r` from [`plan`]; `scratch` holds what [`minimums`] staged (each staged
-/// file is used up: another target stages it again). Every byte written is read back.
+/// Restores image `m` (named `image`) from `store` onto `devs`, targets of one size smaller
+/// than its disk, on layout `r` from [`plan`]: each filesystem is shrunk once, and every chunk
+/// read once, for all of them. `scratch` holds what [`minimums`] staged (each staged file is
+/// used up: another call stages it again). Every byte written is read back.
 pub fn restore_shrunk(
     image: &str,
     m: &Manifest,
     store: &Store,
-    dev: &dyn BlockDevice,
+    devs: &[&dyn BlockDevice],
     r: &Relayout,
     scratch: &mut Scratch,
     progress: &dyn Progress,
@@ -617,16 +618,23 @@ pub fn restore_shrunk(
         })?;
         shrunk.push((p, path));
     }
+    let on = |i: usize| format!("target {} of {}", i + 1, devs.len());
     let restored =
-        restore::restore_to_all(image, &rest, store, &[dev], scratch.threads, true, progress)
+        restore::restore_to_all(image, &rest, store, devs, scratch.threads, true, progress)
             .map_err(|e| match e {
-                restore::RestoreError::OnTarget { source, .. } => anyhow::Error::from(*source),
+                restore::RestoreError::OnTarget { target, source } => {
+                    anyhow::Error::from(*source).context(on(target - 1))
+                }
                 e => anyhow::Error::from(e),
             })?;
     let mut bytes_written = restored[0].bytes_written;
     for (p, path) in shrunk {
-        let n = copy_used(&path, dev, p.new_start, m.chunk_size)
-            .with_context(|| format!("writing the shrunk {}", what(p.number, p.fs)))?;
+        let mut n = 0;
+        for (i, dev) in devs.iter().enumerate() {
+            n = copy_used(&path, *dev, p.new_start, m.chunk_size).with_context(|| {
+                format!("writing the shrunk {} to {}", what(p.number, p.fs), on(i))
+            })?;
+        }
         scratch.staged.retain(|(n, _)| *n != p.number);
         std::fs::remove_file(&path).ok();
         bytes_written += n;
@@ -639,7 +647,9 @@ pub fn restore_shrunk(
         ));
     }
     for p in r.parts.iter().filter(|p| p.moves()) {
-        relayout::fix_hidden_sectors(dev, p, u64::from(m.table.sector_size))?;
+        for dev in devs {
+            relayout::fix_hidden_sectors(*dev, p, u64::from(m.table.sector_size))?;
+        }
         done.push(format!(
             "{} moved from byte {} to {}",
             what(p.number, p.fs),
@@ -647,8 +657,10 @@ pub fn restore_shrunk(
             p.new_start
         ));
     }
-    relayout::rewrite_table(dev, m, r)?;
-    dev.sync().context("syncing the target")?;
+    for (i, dev) in devs.iter().enumerate() {
+        relayout::rewrite_table(*dev, m, r).with_context(|| on(i))?;
+        dev.sync().with_context(|| format!("syncing {}", on(i)))?;
+    }
     Ok(Shrunk {
         bytes_written,
         changes: done,

@@ -125,18 +125,34 @@ pub(crate) fn run(
         }
     }
     if let Some(mut s) = scratch_files {
+        // Targets with the same layout (the same size) share one shrink and one read of
+        // every chunk.
+        let mut groups: Vec<Vec<usize>> = Vec::new();
         for i in (0..devs.len()).filter(|&i| plans[i].1) {
-            let (target, dev) = &devs[i];
-            let plan = plans[i].0.as_ref().expect("planned");
-            let r = shrink::restore_shrunk(&label, m, store, dev, plan, &mut s, &bar)
-                .with_context(|| format!("restoring {label} shrunk onto {}", target.display()))?;
-            done[i] = Some(Done {
-                bytes_written: r.bytes_written,
-                gpt_relocated: m.table.kind == imaging::table::TableKind::Gpt,
-                bytes_zeroed: 0,
-                read_back: true,
-                changes: r.changes,
-            });
+            match groups.iter_mut().find(|g| plans[g[0]].0 == plans[i].0) {
+                Some(g) => g.push(i),
+                None => groups.push(vec![i]),
+            }
+        }
+        for g in groups {
+            let plan = plans[g[0]].0.as_ref().expect("planned");
+            let refs: Vec<&dyn BlockDevice> =
+                g.iter().map(|&i| &devs[i].1 as &dyn BlockDevice).collect();
+            let names: Vec<String> = g
+                .iter()
+                .map(|&i| targets[i].display().to_string())
+                .collect();
+            let r = shrink::restore_shrunk(&label, m, store, &refs, plan, &mut s, &bar)
+                .with_context(|| format!("restoring {label} shrunk onto {}", names.join(", ")))?;
+            for &i in &g {
+                done[i] = Some(Done {
+                    bytes_written: r.bytes_written,
+                    gpt_relocated: m.table.kind == imaging::table::TableKind::Gpt,
+                    bytes_zeroed: 0,
+                    read_back: true,
+                    changes: r.changes.clone(),
+                });
+            }
         }
     }
     bar.finish();

@@ -640,6 +640,30 @@ fn a_gpt_disk_shrinks_onto_a_target_of_two_thirds_or_is_refused() {
     check_ext4(&env, &target, root, &g.root_files, "shrunk");
     check_fat(&env, &target, g.esp, &g.esp_files, "shrunk");
 
+    // Two such targets and one of the golden size in one restore: the small ones share one
+    // shrink; each is laid out for its size and read back.
+    let (a, b, c) = (env.path("a.img"), env.path("b.img"), env.path("c.img"));
+    random_file(&a, size, 45);
+    random_file(&b, size, 46);
+    random_file(&c, 256 * MIB, 47);
+    let r = env.json(&["image", "restore", "golden", s(&a), s(&b), s(&c)]);
+    let each = r["targets"].as_array().unwrap();
+    for (t, j) in [&a, &b, &c].into_iter().zip(each) {
+        let small = t != &c;
+        assert_eq!(j["shrunk"], small, "{r}");
+        assert_eq!(j["read_back"], true, "{r}");
+        sgdisk_ok(t, "one of three");
+        let root = gpt_part(t, 2);
+        if small {
+            assert_eq!(root.start + root.size, gpt_end(size), "{r}");
+        } else {
+            assert_eq!(root, g.root, "{r}");
+        }
+        check_ext4(&env, t, root, &g.root_files, "one of three");
+        check_fat(&env, t, g.esp, &g.esp_files, "one of three");
+        fs::remove_file(t).unwrap();
+    }
+
     // Smaller than the used data: refused, the partition and its bytes named, nothing
     // written.
     let tiny = env.path("tiny.img");
