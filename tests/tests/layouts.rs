@@ -773,10 +773,21 @@ fn an_mbr_disk_with_ntfs_and_ext4_shrinks_onto_a_smaller_target() {
 }
 
 #[test]
-fn btrfs_shrinks_onto_a_smaller_disk_and_xfs_is_refused() {
+fn btrfs_shrinks_an_xfs_after_an_ext4_moves_and_a_lone_xfs_is_refused() {
     if !require(
         "layout shrink btrfs xfs",
-        &["root", "sgdisk", "mkfs.btrfs", "btrfs", "mkfs.xfs"],
+        &[
+            "root",
+            "sgdisk",
+            "mkfs.btrfs",
+            "btrfs",
+            "mkfs.xfs",
+            "xfs_repair",
+            "mkfs.ext4",
+            "e2fsck",
+            "resize2fs",
+            "debugfs",
+        ],
     ) {
         return;
     }
@@ -836,6 +847,56 @@ fn btrfs_shrinks_onto_a_smaller_disk_and_xfs_is_refused() {
         fs::read(&target).unwrap() == before,
         "a refused restore wrote"
     );
+
+    // An XFS after an ext4: the ext4 shrinks and the XFS, which keeps its size, moves left.
+    let disk = env.path("ext4-xfs.img");
+    sparse_file(&disk, 900 * MIB);
+    run(
+        "sgdisk",
+        &[
+            "-o",
+            "-n1:2048:+400M",
+            "-t1:8300",
+            "-n2:0:0",
+            "-t2:8300",
+            s(&disk),
+        ],
+    );
+    let (p1, p2) = (gpt_part(&disk, 1), gpt_part(&disk, 2));
+    let (root, root_files) = ext4(&env, p1.size, 53);
+    write_into(&disk, p1.start, &root);
+    fs::remove_file(&root).unwrap();
+    let f = env.path("xfs2-fs.img");
+    sparse_file(&f, p2.size);
+    run("mkfs.xfs", &["-q", "-f", s(&f)]);
+    let lo = Loop::attach(&f, 0, None);
+    let m = Mount::new("mount", &[s(&lo.dev)], &env.path("mnt-xfs"));
+    run("cp", &["-a", &format!("{}/.", s(&tree)), s(&m.dir)]);
+    drop(m);
+    drop(lo);
+    write_into(&disk, p2.start, &f);
+    fs::remove_file(&f).unwrap();
+    env.capture(&disk, "ext4-xfs");
+    let size = 700 * MIB;
+    random_file(&target, size, 54);
+    let r = env.restore("ext4-xfs", &target);
+    let changes = r["layout_changes"].to_string();
+    assert!(changes.contains("partition 1 (ext4) shrunk"), "{r}");
+    assert!(changes.contains("partition 2 (xfs) moved"), "{r}");
+    sgdisk_ok(&target, "ext4 + xfs");
+    let (q1, q2) = (gpt_part(&target, 1), gpt_part(&target, 2));
+    assert_eq!(q1.start, p1.start);
+    assert!(q1.size < p1.size, "{q1:?}");
+    assert_eq!(q2.size, p2.size, "the XFS keeps its size");
+    assert!(
+        q2.start < p2.start && q2.start >= q1.start + q1.size,
+        "{q2:?}"
+    );
+    check_ext4(&env, &target, q1, &root_files, "shrunk before an xfs");
+    let lo = Loop::attach(&target, q2.start, Some(q2.size));
+    check_ok("xfs_repair", &["-n", s(&lo.dev)], "moved xfs");
+    let m = Mount::new("mount", &["-o", "ro", s(&lo.dev)], &env.path("mnt-moved"));
+    assert_same_files(&want, &read_tree(&m.dir), "moved xfs");
 }
 
 #[test]
