@@ -283,6 +283,10 @@ pub fn min_disk(m: &Manifest, mins: &[Minimum]) -> u64 {
     }
 }
 
+/// Room kept free in the scratch directory beyond the staged used bytes (what the tools
+/// write while they shrink).
+const SCRATCH_SPARE: u64 = 64 << 20;
+
 /// Scratch files holding partitions restored alone, removed when dropped.
 pub struct Scratch {
     dir: tempfile::TempDir,
@@ -322,6 +326,19 @@ impl Scratch {
         store: &Store,
     ) -> anyhow::Result<PathBuf> {
         let number = number_of(a).context("the outside area is never staged")?;
+        // It takes its used bytes: refused up front on a scratch filesystem without room for
+        // them, rather than failing half-way.
+        let dir = self.dir.path();
+        let free = crate::store::free_space_at(dir)
+            .with_context(|| format!("checking free space in {}", dir.display()))?;
+        let need = a.used.total() + SCRATCH_SPARE;
+        if need > free {
+            bail!(
+                "the scratch directory {} has {free} bytes free, and staging {} takes {need} (name a roomier scratch directory)",
+                dir.display(),
+                what(number, fs_of(a)),
+            );
+        }
         let path = self.dir.path().join(format!("part{number}.img"));
         File::create(&path)
             .and_then(|f| f.set_len(a.len))
@@ -360,20 +377,41 @@ impl Scratch {
     }
 }
 
-/// Restores every partition of `m` whose filesystem drover shrinks into `scratch` and asks
-/// its tool how small it can get; the others keep their size. Nothing is written but the
-/// scratch files, which [`restore_shrunk`] then shrinks.
+/// How small each partition of `m` can get: each one whose filesystem drover shrinks is
+/// restored alone into `scratch` and its tool asked, the last partition first (the one
+/// [`plan`] shrinks first). With `target` (the smallest target's size), it stops as soon as
+/// the layout fits that target with the others at their full size (which they then keep:
+/// a large partition earlier on the disk is not staged for nothing); without, it measures
+/// every one. Nothing is written but the scratch files, which [`restore_shrunk`] then
+/// shrinks.
 pub fn minimums(
     image: &str,
     m: &Manifest,
     store: &Store,
     scratch: &mut Scratch,
+    target: Option<u64>,
 ) -> anyhow::Result<Vec<Minimum>> {
     let mut out = lower_bounds(m);
-    for x in &mut out {
-        let Some(kind) = x.fs.filter(|&k| can_shrink(k)) else {
-            continue;
-        };
+    let mut order: Vec<usize> = (0..out.len())
+        .filter(|&i| out[i].fs.is_some_and(can_shrink))
+        .collect();
+    for &i in &order {
+        out[i].min = out[i].size;
+        out[i].why = "not measured: the target fits without shrinking it".into();
+    }
+    let start = |x: &Minimum| {
+        m.areas
+            .iter()
+            .find(|a| number_of(a) == Some(x.number))
+            .map_or(0, |a| a.offset)
+    };
+    order.sort_by_key(|&i| std::cmp::Reverse(start(&out[i])));
+    for i in order {
+        if target.is_some_and(|disk| plan(image, m, disk, &out).is_ok()) {
+            break;
+        }
+        let x = &mut out[i];
+        let kind = x.fs.expect("a shrinkable partition has a filesystem");
         let a = m
             .areas
             .iter()

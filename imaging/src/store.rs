@@ -534,19 +534,21 @@ impl Store {
 
     /// Free bytes on the filesystem holding the store.
     pub fn free_space(&self) -> Result<u64, StoreError> {
-        use std::os::unix::ffi::OsStrExt;
-        let c = std::ffi::CString::new(self.root.as_os_str().as_bytes()).map_err(|_| {
-            io_err("checking free space of", &self.root)(io::ErrorKind::InvalidInput.into())
-        })?;
-        // SAFETY: statvfs fills the zeroed struct; the path is NUL-terminated.
-        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-        if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
-            return Err(io_err("checking free space of", &self.root)(
-                io::Error::last_os_error(),
-            ));
-        }
-        Ok(st.f_bavail as u64 * st.f_frsize as u64)
+        free_space_at(&self.root).map_err(io_err("checking free space of", &self.root))
     }
+}
+
+/// Free bytes (for an unprivileged user) on the filesystem holding `path`.
+pub fn free_space_at(path: &Path) -> io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: statvfs fills the zeroed struct; the path is NUL-terminated.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(st.f_bavail as u64 * st.f_frsize as u64)
 }
 
 /// How many of `images` reference each chunk.

@@ -235,7 +235,7 @@ pub(crate) fn run(cmd: ImageCommand, data_dir: &Path, json: bool) -> anyhow::Res
                 let parent = scratch.unwrap_or_else(std::env::temp_dir);
                 let mut s = shrink::Scratch::new(&parent, threads)?;
                 Some(
-                    shrink::minimums(&label, m, &store, &mut s)
+                    shrink::minimums(&label, m, &store, &mut s, None)
                         .with_context(|| format!("finding how far {label} can shrink"))?,
                 )
             } else {

@@ -74,7 +74,13 @@ pub(crate) fn run(
     if plans.iter().any(|(_, small)| *small) {
         let parent = scratch.unwrap_or_else(std::env::temp_dir);
         let mut s = shrink::Scratch::new(&parent, threads)?;
-        let mins = shrink::minimums(&label, m, store, &mut s)
+        let smallest = devs
+            .iter()
+            .zip(&plans)
+            .filter(|(_, (_, small))| *small)
+            .map(|((_, d), _)| d.len())
+            .min();
+        let mins = shrink::minimums(&label, m, store, &mut s, smallest)
             .with_context(|| format!("finding how far {label} can shrink"))?;
         for ((target, dev), (plan, small)) in devs.iter().zip(plans.iter_mut()) {
             if *small {

@@ -323,6 +323,7 @@ const GPT_TOOLS: &[&str] = &[
     "mcopy",
     "mkntfs",
     "ntfsfix",
+    "ntfsresize",
     "fsck.vfat",
     "e2fsck",
     "debugfs",
@@ -396,13 +397,27 @@ fn gpt_disk_same_larger_and_smaller_targets() {
     check_gpt_target(&env, &disk, &target, &parts, &want, "smaller disk");
     fs::remove_file(&target).unwrap();
 
-    // Too small: refused before writing, naming the minimum size.
-    let target = env.path("tiny.img");
+    // A MiB short of the captured layout: the last partition (NTFS) shrinks to fit
+    // (tests/tests/layouts.rs checks shrunk filesystems in depth).
+    let target = env.path("short.img");
     random_file(&target, m.min_size - MIB, 4);
+    let r = env.restore("gpt", &target);
+    assert_eq!(r["shrunk"], true, "{r}");
+    assert!(
+        r["layout_changes"].to_string().contains("(ntfs) shrunk"),
+        "{r}"
+    );
+    sgdisk_ok(&target, "shrunk");
+    fs::remove_file(&target).unwrap();
+
+    // Too small for the partitions' data: refused before writing, naming the partition
+    // left without room and the smallest target that would do.
+    let target = env.path("tiny.img");
+    random_file(&target, 32 * MIB, 5);
     let before = fs::read(&target).unwrap();
     let err = env.fails(&["image", "restore", "gpt", s(&target)]);
     assert!(
-        err.contains(&format!("at least {} bytes", m.min_size)),
+        err.contains("(ntfs) needs at least") && err.contains("the smallest target it fits is"),
         "{err}"
     );
     assert!(

@@ -678,6 +678,31 @@ fn a_gpt_disk_shrinks_onto_a_target_of_two_thirds_or_is_refused() {
         fs::read(&tiny).unwrap() == before,
         "a refused restore wrote"
     );
+
+    // A scratch directory without room for the staged partition: refused before it fills.
+    let small_tmp = Mount::new(
+        "mount",
+        &["-t", "tmpfs", "-o", "size=8m", "tmpfs"],
+        &env.path("small-tmp"),
+    );
+    random_file(&target, size, 48);
+    let before = fs::read(&target).unwrap();
+    let err = env.fails(&[
+        "image",
+        "restore",
+        "golden",
+        s(&target),
+        "--scratch",
+        s(&small_tmp.dir),
+    ]);
+    assert!(
+        err.contains("scratch directory") && err.contains("partition 2 (ext4)"),
+        "{err}"
+    );
+    assert!(
+        fs::read(&target).unwrap() == before,
+        "a refused restore wrote"
+    );
 }
 
 #[test]
