@@ -71,6 +71,10 @@ pub(crate) enum ImageCommand {
         /// first, as sparse files (default: the system's temporary directory).
         #[arg(long, value_name = "DIR")]
         scratch: Option<PathBuf>,
+        /// Read one target back after writing it, every chunk against its hash (several
+        /// targets, and shrunk ones, are always read back).
+        #[arg(long)]
+        read_back: bool,
     },
     /// Show an image's partitions, filesystems, used bytes and chunks.
     Inspect {
@@ -214,9 +218,17 @@ pub(crate) fn run(cmd: ImageCommand, data_dir: &Path, json: bool) -> anyhow::Res
             threads,
             layout,
             scratch,
+            read_back,
         } => {
             let store = open_store(store, data_dir)?;
-            crate::image_restore::run(&store, &image, &targets, threads, layout, scratch, json)
+            let opts = crate::image_restore::Options {
+                threads,
+                layout,
+                scratch,
+                read_back,
+                json,
+            };
+            crate::image_restore::run(&store, &image, &targets, &opts)
         }
         ImageCommand::Inspect {
             image,

@@ -25,15 +25,33 @@ struct Done {
     changes: Vec<String>,
 }
 
+/// How `image restore` runs.
+pub(crate) struct Options {
+    /// Worker threads (0: one per core).
+    pub(crate) threads: usize,
+    /// The layout on a larger target.
+    pub(crate) layout: LayoutMode,
+    /// Where shrinking filesystems are staged (None: the system's temporary directory).
+    pub(crate) scratch: Option<PathBuf>,
+    /// Read a single target back too.
+    pub(crate) read_back: bool,
+    /// One JSON document on stdout.
+    pub(crate) json: bool,
+}
+
 pub(crate) fn run(
     store: &Store,
     image: &str,
     targets: &[PathBuf],
-    threads: usize,
-    layout: LayoutMode,
-    scratch: Option<PathBuf>,
-    json: bool,
+    opts: &Options,
 ) -> anyhow::Result<ExitCode> {
+    let Options {
+        threads,
+        layout,
+        ref scratch,
+        read_back,
+        json,
+    } = *opts;
     let img = store.resolve(image)?;
     let m = &img.manifest;
     let label = format!("{}@{}", m.name, m.name_version);
@@ -72,7 +90,7 @@ pub(crate) fn run(
     // target is written.
     let mut scratch_files = None;
     if plans.iter().any(|(_, small)| *small) {
-        let parent = scratch.unwrap_or_else(std::env::temp_dir);
+        let parent = scratch.clone().unwrap_or_else(std::env::temp_dir);
         let mut s = shrink::Scratch::new(&parent, threads)?;
         let smallest = devs
             .iter()
@@ -101,7 +119,7 @@ pub(crate) fn run(
             .iter()
             .map(|&i| &devs[i].1 as &dyn BlockDevice)
             .collect();
-        let read_back = targets.len() > 1;
+        let read_back = read_back || targets.len() > 1;
         let res = restore_to_all(&label, m, store, &refs, threads, read_back, &bar);
         let rs = res.map_err(|e| match e {
             RestoreError::OnTarget { target, source } => {

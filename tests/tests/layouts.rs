@@ -221,6 +221,10 @@ fn a_gpt_disk_grows_onto_a_target_twice_its_size() {
     let target = env.path("twice.img");
     random_file(&target, size, 3);
     let r = env.restore("golden", &target);
+    assert_eq!(
+        r["read_back"], false,
+        "one target is read back when asked: {r}"
+    );
     let changes = r["layout_changes"].to_string();
     assert!(changes.contains("partition 2 (ext4) grown"), "{r}");
     sgdisk_ok(&target, "grown");
@@ -244,8 +248,17 @@ fn a_gpt_disk_grows_onto_a_target_twice_its_size() {
 
     // Keep: the captured layout, the root filesystem its captured size.
     random_file(&target, size, 4);
-    let r = env.json(&["image", "restore", "golden", s(&target), "--layout", "keep"]);
+    let r = env.json(&[
+        "image",
+        "restore",
+        "golden",
+        s(&target),
+        "--layout",
+        "keep",
+        "--read-back",
+    ]);
     assert_eq!(r["layout_changes"].as_array().unwrap().len(), 0, "{r}");
+    assert_eq!(r["read_back"], true, "{r}");
     sgdisk_ok(&target, "kept");
     assert_eq!(gpt_part(&target, 2), root);
     assert_eq!(fs_size(&target, root, "ext4"), fs_size(&disk, root, "ext4"));
