@@ -4,7 +4,7 @@
 //! killed on drop.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::lab::Lab;
@@ -24,6 +24,23 @@ pub fn have_qemu() -> bool {
         && Path::new("/usr/share/seabios/bios-256k.bin").exists()
         && Path::new("/usr/lib/ipxe/qemu/pxe-e1000.rom").exists()
         && Path::new("/usr/share/OVMF/OVMF_CODE_4M.secboot.fd").exists()
+}
+
+/// Adds the project's QEMU (run through `env`, which `c` is) with its firmware paths, the
+/// `machine` type, TCG, 512 MiB, one CPU, no display, no monitor and no reboot.
+fn qemu(c: &mut Command, machine: &str) {
+    let q = qemu_dir();
+    c.arg(format!(
+        "QEMU_MODULE_DIR={}",
+        q.join("usr/lib/x86_64-linux-gnu/qemu").display()
+    ))
+    .arg(q.join("usr/bin/qemu-system-x86_64"))
+    .args(["-L", "/usr/share/seabios", "-L", "/usr/lib/ipxe/qemu"])
+    .arg("-L")
+    .arg(q.join("usr/share/qemu"))
+    .args(["-L", "/usr/share/qemu", "-machine", machine])
+    .args(["-accel", "tcg", "-m", "512", "-smp", "1"])
+    .args(["-nographic", "-monitor", "none", "-no-reboot"]);
 }
 
 /// How the VM's firmware boots from the network.
@@ -64,35 +81,25 @@ impl Vm {
     ) -> Self {
         let serial = dir.join(format!("serial-{tap}.log"));
         let _ = std::fs::remove_file(&serial);
-        let q = qemu_dir();
         let mut c = lab.switch_cmd("env");
-        c.arg(format!(
-            "QEMU_MODULE_DIR={}",
-            q.join("usr/lib/x86_64-linux-gnu/qemu").display()
-        ))
-        .arg(q.join("usr/bin/qemu-system-x86_64"))
-        .args(["-L", "/usr/share/seabios", "-L", "/usr/lib/ipxe/qemu"])
-        .arg("-L")
-        .arg(q.join("usr/share/qemu"))
-        .args(["-L", "/usr/share/qemu"])
-        .arg("-machine")
-        .arg(if fw == Firmware::UefiSecureBoot {
-            "q35,smm=on"
-        } else {
-            "q35"
-        })
-        .args(["-accel", "tcg", "-m", "512", "-smp", "1"])
-        .args(["-nographic", "-monitor", "none", "-no-reboot"])
-        .arg("-netdev")
-        .arg(format!("tap,id=n0,ifname={tap},script=no,downscript=no"))
-        .arg("-device")
-        .arg(match fw {
-            Firmware::UefiPxe | Firmware::UefiSecureBoot | Firmware::UefiHttp => {
-                format!("virtio-net-pci,netdev=n0,mac={mac},romfile=")
-            }
-            _ => format!("e1000,netdev=n0,mac={mac}"),
-        })
-        .args(["-boot", "n"]);
+        qemu(
+            &mut c,
+            if fw == Firmware::UefiSecureBoot {
+                "q35,smm=on"
+            } else {
+                "q35"
+            },
+        );
+        c.arg("-netdev")
+            .arg(format!("tap,id=n0,ifname={tap},script=no,downscript=no"))
+            .arg("-device")
+            .arg(match fw {
+                Firmware::UefiPxe | Firmware::UefiSecureBoot | Firmware::UefiHttp => {
+                    format!("virtio-net-pci,netdev=n0,mac={mac},romfile=")
+                }
+                _ => format!("e1000,netdev=n0,mac={mac}"),
+            })
+            .args(["-boot", "n"]);
         if fw == Firmware::UefiHttp {
             // Neither PXE over IPv4 nor over IPv6, nor IPv6 at all: HTTP Boot over IPv4 is
             // the network boot left.
@@ -144,6 +151,27 @@ impl Vm {
                 .arg("-drive")
                 .arg(format!("if=pflash,format=raw,file={}", vars.display()));
         }
+        let child = c
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting QEMU");
+        Self { child, serial }
+    }
+
+    /// Starts a BIOS VM without a network that boots `disk` (a raw file, its virtio disk),
+    /// its serial console logged in `dir`.
+    pub fn boot_disk(disk: &Path, dir: &Path) -> Self {
+        let serial = dir.join("serial-disk.log");
+        let _ = std::fs::remove_file(&serial);
+        let mut c = Command::new("env");
+        qemu(&mut c, "q35");
+        c.args(["-nic", "none", "-serial"])
+            .arg(format!("file:{}", serial.display()))
+            .arg("-drive")
+            .arg(format!("file={},format=raw,if=none,id=d0", disk.display()))
+            .args(["-device", "virtio-blk-pci,drive=d0"]);
         let child = c
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -318,11 +346,7 @@ pub fn debian12() -> PathBuf {
 /// output when it fails.
 fn script(rel: &str, args: &[&std::ffi::OsStr]) {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(rel);
-    let out = std::process::Command::new("bash")
-        .arg(&path)
-        .args(args)
-        .output()
-        .unwrap();
+    let out = Command::new("bash").arg(&path).args(args).output().unwrap();
     assert!(
         out.status.success(),
         "{}: {}{}",

@@ -12,7 +12,8 @@
 //! afterwards: machine-ids and SSH host keys of their own, neither the golden image's nor each
 //! other's; the first-boot script ran once and its unit is gone. The BIOS machine's disk is
 //! twice the golden one's: its root partition and filesystem grew to the disk's end (by the
-//! boot environment's resize2fs) and that system boots too.
+//! boot environment's resize2fs) and that system boots too. Restored by `drover image restore`
+//! onto a disk of two thirds its size (root shrunk), it boots as well.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -283,4 +284,50 @@ fn a_debian_system_deployed_to_bios_and_uefi_vms_boots_as_machines_of_their_own(
             assert_ne!(a.1, b.1, "two machines share a host key");
         }
     }
+}
+
+/// The golden Debian disk restored with `drover image restore` onto a disk of two thirds its
+/// size: its root partition and ext4 shrink to fit (the image's layout does not), and the
+/// system boots from that disk to its login prompt with its root filesystem clean.
+#[test]
+fn a_debian_system_restored_onto_a_smaller_disk_boots() {
+    if !require("debian_vm shrink", NEEDS) {
+        return;
+    }
+    let golden = debian12();
+    let env = drover_tests::Env::new();
+    env.capture(&golden, "debian12");
+    let size = (std::fs::metadata(&golden).unwrap().len() * 2 / 3) >> 20 << 20;
+    let disk = env.path("small-disk.img");
+    sparse_file(&disk, size);
+    let r = env.restore("debian12", &disk);
+    assert_eq!(r["shrunk"], true, "{r}");
+    assert!(
+        r["layout_changes"]
+            .to_string()
+            .contains("partition 3 (ext4) shrunk"),
+        "{r}"
+    );
+    let (at, len) = root_partition(&disk);
+    assert_eq!(
+        at + len,
+        (size - 33 * 512) >> 20 << 20,
+        "root partition end"
+    );
+    // The shrunk root passes e2fsck before the system ever runs.
+    let root = env.path("root.img");
+    drover_tests::extract(&disk, at, len, &root);
+    run("e2fsck", &["-fn", root.to_str().unwrap()]);
+    std::fs::remove_file(&root).unwrap();
+    let dir = env.path("vm");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut vm = Vm::boot_disk(&disk, &dir);
+    let up = vm.wait_for("golden login:", Duration::from_secs(600));
+    let console = vm.console();
+    assert!(up, "the shrunk system did not come up: {console}");
+    assert!(console.contains("Debian GNU/Linux 12"), "{console}");
+    assert!(
+        console.contains("EXT4-fs (vda3): mounted") && !console.contains("EXT4-fs error"),
+        "{console}"
+    );
 }
