@@ -151,13 +151,7 @@ impl Vm {
                 .arg("-drive")
                 .arg(format!("if=pflash,format=raw,file={}", vars.display()));
         }
-        let child = c
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starting QEMU");
-        Self { child, serial }
+        Self::spawn(c, serial)
     }
 
     /// Starts a BIOS VM without a network that boots `disk` (a raw file, its virtio disk),
@@ -172,6 +166,11 @@ impl Vm {
             .arg("-drive")
             .arg(format!("file={},format=raw,if=none,id=d0", disk.display()))
             .args(["-device", "virtio-blk-pci,drive=d0"]);
+        Self::spawn(c, serial)
+    }
+
+    /// Runs QEMU as `c` says, its console in `serial`.
+    fn spawn(mut c: Command, serial: PathBuf) -> Self {
         let child = c
             .stdin(Stdio::null())
             .stdout(Stdio::null())
