@@ -186,19 +186,15 @@ fn grow_tool(kind: FsKind) -> Option<&'static str> {
 }
 
 /// The filesystem read through its allocation data in `a`, if any.
-fn read_fs(a: &Area) -> Option<FsKind> {
+pub(crate) fn read_fs(a: &Area) -> Option<FsKind> {
     a.fs.as_ref()
         .map(|f| f.kind)
         .filter(|&k| k != FsKind::Unknown)
 }
 
-/// Plans the layout of image `m` on a target of `disk` bytes. A target no larger than the
-/// image's disk, [`LayoutMode::Keep`], or an image without a partition to grow gives the
-/// captured layout.
-pub fn plan(m: &Manifest, disk: u64, mode: LayoutMode) -> Result<Relayout, LayoutError> {
-    let ss = u64::from(m.table.sector_size);
-    let align = (1u64 << 20).max(ss);
-    let mut notes = Vec::new();
+/// Every partition of `m` (or its one filesystem without a table) where it was captured, by
+/// start: the identity layout each plan starts from.
+pub(crate) fn as_captured(m: &Manifest) -> Vec<Placed> {
     let mut parts: Vec<Placed> = m
         .areas
         .iter()
@@ -219,6 +215,17 @@ pub fn plan(m: &Manifest, disk: u64, mode: LayoutMode) -> Result<Relayout, Layou
         })
         .collect();
     parts.sort_by_key(|p| p.start);
+    parts
+}
+
+/// Plans the layout of image `m` on a target of `disk` bytes. A target no larger than the
+/// image's disk, [`LayoutMode::Keep`], or an image without a partition to grow gives the
+/// captured layout.
+pub fn plan(m: &Manifest, disk: u64, mode: LayoutMode) -> Result<Relayout, LayoutError> {
+    let ss = u64::from(m.table.sector_size);
+    let align = (1u64 << 20).max(ss);
+    let mut notes = Vec::new();
+    let mut parts = as_captured(m);
     let grows = disk > m.disk_size && mode != LayoutMode::Keep;
     if !grows || parts.is_empty() {
         return Ok(Relayout {

@@ -87,12 +87,6 @@ pub fn can_shrink(kind: FsKind) -> bool {
     )
 }
 
-fn fs_of(a: &Area) -> Option<FsKind> {
-    a.fs.as_ref()
-        .map(|f| f.kind)
-        .filter(|&k| k != FsKind::Unknown)
-}
-
 fn number_of(a: &Area) -> Option<u32> {
     match a.kind {
         AreaKind::Partition { number } => Some(number),
@@ -122,7 +116,7 @@ pub fn lower_bounds(m: &Manifest) -> Vec<Minimum> {
         .iter()
         .filter_map(|a| {
             let number = number_of(a)?;
-            let fs = fs_of(a);
+            let fs = relayout::read_fs(a);
             let (min, why) = match fs {
                 Some(k) if can_shrink(k) => (a.used.total().max(1), "its used bytes".to_string()),
                 _ => (a.len, cannot(fs)),
@@ -171,21 +165,7 @@ pub fn plan(
     mins: &[Minimum],
 ) -> Result<Relayout, ShrinkError> {
     let (end, align) = ends(m, disk);
-    let mut parts: Vec<Placed> = m
-        .areas
-        .iter()
-        .filter_map(|a| {
-            Some(Placed {
-                number: number_of(a)?,
-                fs: fs_of(a),
-                start: a.offset,
-                size: a.len,
-                new_start: a.offset,
-                new_size: a.len,
-            })
-        })
-        .collect();
-    parts.sort_by_key(|p| p.start);
+    let mut parts = relayout::as_captured(m);
     let min_of = |n: u32| mins.iter().find(|x| x.number == n);
     let floor = |p: &Placed| -> u64 {
         let min = min_of(p.number).map_or(p.size, |x| x.min.min(p.size));
@@ -336,7 +316,7 @@ impl Scratch {
             bail!(
                 "the scratch directory {} has {free} bytes free, and staging {} takes {need} (name a roomier scratch directory)",
                 dir.display(),
-                what(number, fs_of(a)),
+                what(number, relayout::read_fs(a)),
             );
         }
         let path = self.dir.path().join(format!("part{number}.img"));
@@ -367,7 +347,7 @@ impl Scratch {
             || {
                 format!(
                     "restoring {} into the scratch file {} (is its disk full?)",
-                    what(number, fs_of(a)),
+                    what(number, relayout::read_fs(a)),
                     path.display()
                 )
             },

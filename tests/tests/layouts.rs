@@ -82,6 +82,23 @@ fn part_file(env: &Env, disk: &Path, p: Extent, name: &str) -> PathBuf {
     f
 }
 
+/// An MBR disk's partitions as `sfdisk -J` lists them: first byte, length and type.
+fn mbr_parts(disk: &Path) -> Vec<(u64, u64, String)> {
+    let v: serde_json::Value = serde_json::from_str(&run("sfdisk", &["-J", s(disk)])).unwrap();
+    v["partitiontable"]["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["start"].as_u64().unwrap() * 512,
+                p["size"].as_u64().unwrap() * 512,
+                p["type"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
 fn check_ok(prog: &str, args: &[&str], what: &str) {
     let out = run_any(prog, args);
     assert!(
@@ -445,21 +462,7 @@ fn an_mbr_disk_grows_its_last_logical_partition() {
         &["-q", s(&disk)],
         "label: dos\nstart=2048, size=100MiB, type=7, bootable\ntype=5\ntype=83\n",
     );
-    let parts = |d: &Path| -> Vec<(u64, u64, String)> {
-        let v: serde_json::Value = serde_json::from_str(&run("sfdisk", &["-J", s(d)])).unwrap();
-        v["partitiontable"]["partitions"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|p| {
-                (
-                    p["start"].as_u64().unwrap() * 512,
-                    p["size"].as_u64().unwrap() * 512,
-                    p["type"].as_str().unwrap().to_string(),
-                )
-            })
-            .collect()
-    };
+    let parts = mbr_parts;
     let before = parts(&disk);
     assert_eq!(before.len(), 3, "{before:?}");
     let ntfs = Extent {
@@ -747,15 +750,9 @@ fn an_mbr_disk_with_ntfs_and_ext4_shrinks_onto_a_smaller_target() {
         "label: dos\nstart=2048, size=150MiB, type=7, bootable\ntype=83\n",
     );
     let parts = |d: &Path| -> Vec<Extent> {
-        let v: serde_json::Value = serde_json::from_str(&run("sfdisk", &["-J", s(d)])).unwrap();
-        v["partitiontable"]["partitions"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|p| Extent {
-                start: p["start"].as_u64().unwrap() * 512,
-                size: p["size"].as_u64().unwrap() * 512,
-            })
+        mbr_parts(d)
+            .into_iter()
+            .map(|(start, size, _)| Extent { start, size })
             .collect()
     };
     let before = parts(&disk);
