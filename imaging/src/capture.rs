@@ -103,6 +103,20 @@ pub trait ChunkSink: Sync {
         plain: &[u8],
         base: Option<&Hash>,
     ) -> Result<(u64, bool), CaptureError>;
+
+    /// [`put`](Self::put) for the capture's `seq`-th region, numbered as [`outline`] lists
+    /// the chunks: a sink that streams chunks as they are read (a deployment straight from a
+    /// machine's disk) says where each one goes.
+    fn put_at(
+        &self,
+        seq: usize,
+        hash: &Hash,
+        plain: &[u8],
+        base: Option<&Hash>,
+    ) -> Result<(u64, bool), CaptureError> {
+        let _ = seq;
+        self.put(hash, plain, base)
+    }
 }
 
 /// The local store as a sink.
@@ -293,6 +307,8 @@ pub struct Captured {
 struct Job {
     area: usize,
     index: u64,
+    /// The region's place among every region the capture reads.
+    seq: usize,
     /// The same region's chunk in the image's previous version: the delta base.
     base: Option<Hash>,
     buf: Vec<u8>,
@@ -442,6 +458,7 @@ fn pipeline(
     std::thread::scope(|s| {
         // Reader.
         s.spawn(move || {
+            let mut seq = 0;
             for (ai, a) in areas.iter().enumerate() {
                 let regions = a.len.div_ceil(cs);
                 for r in 0..regions {
@@ -460,10 +477,12 @@ fn pipeline(
                         Err(e) => return fail(CaptureError::Read(e)),
                     }
                     let base = prev.get(&(area_key(a), r)).copied();
+                    seq += 1;
                     if job_tx
                         .send(Job {
                             area: ai,
                             index: r,
+                            seq: seq - 1,
                             base,
                             buf,
                             len,
@@ -494,7 +513,7 @@ fn pipeline(
                 }
                 let plain = &job.buf[..job.len];
                 let hash = Hash::of(plain);
-                match sink.put(&hash, plain, job.base.as_ref()) {
+                match sink.put_at(job.seq, &hash, plain, job.base.as_ref()) {
                     Ok((stored, new)) => {
                         let d = Done {
                             area: job.area,
@@ -569,9 +588,23 @@ pub fn capture_to(
     progress: &dyn Progress,
 ) -> Result<Captured, CaptureError> {
     check_options(opts)?;
+    let plan = plan_with(dev, opts.chunk_size, &opts.scan).map_err(CaptureError::Read)?;
+    capture_planned(dev, source, sink, opts, plan, progress)
+}
+
+/// [`capture_to`] with its plan made already ([`plan_with`] with `opts`' chunk size and
+/// keys): a caller that announces the [`outline`] first.
+pub fn capture_planned(
+    dev: &dyn BlockDevice,
+    source: &str,
+    sink: &dyn ChunkSink,
+    opts: &CaptureOptions,
+    mut plan: Plan,
+    progress: &dyn Progress,
+) -> Result<Captured, CaptureError> {
+    check_options(opts)?;
     let t0 = Instant::now();
     let cs = opts.chunk_size;
-    let mut plan = plan_with(dev, cs, &opts.scan).map_err(CaptureError::Read)?;
     for w in &plan.warnings {
         progress.note(&format!("warning: {w}"));
     }
@@ -587,6 +620,27 @@ pub fn capture_to(
         manifest,
         warnings,
     })
+}
+
+/// The manifest a capture of `plan` ends with, before a byte is read: every region the
+/// capture reads has its chunk, in the order [`ChunkSink::put_at`] numbers them, with
+/// [`Hash::PENDING`] for its hash and no stored size. What a deployment straight from a
+/// machine's disk announces before the disk is read; the finished capture's manifest lists the
+/// same chunks with their hashes.
+pub fn outline(dev: &dyn BlockDevice, source: &str, opts: &CaptureOptions, plan: &Plan) -> Manifest {
+    let cs = opts.chunk_size;
+    let mut plan = plan.clone();
+    for a in &mut plan.areas {
+        a.chunks = (0..a.len.div_ceil(cs))
+            .filter(|r| a.used.intersects(r * cs, ((r + 1) * cs).min(a.len)))
+            .map(|index| ChunkRef {
+                index,
+                hash: Hash::PENDING,
+                stored: 0,
+            })
+            .collect();
+    }
+    manifest(dev, source, opts, 0, plan, CaptureStats::default())
 }
 
 /// Identifies an area across versions: its kind and where it starts.

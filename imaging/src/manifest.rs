@@ -31,6 +31,10 @@ pub const DEFAULT_CHUNK_SIZE: u64 = 4 << 20;
 pub struct Hash(pub [u8; 32]);
 
 impl Hash {
+    /// The placeholder of a chunk not read yet ([`crate::capture::outline`]): all zeros, which
+    /// no data hashes to in practice.
+    pub const PENDING: Self = Self([0; 32]);
+
     /// The hash of `data`.
     pub fn of(data: &[u8]) -> Self {
         Self(*blake3::hash(data).as_bytes())

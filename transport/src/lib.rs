@@ -9,6 +9,7 @@
 //! decide what to send, to whom and when.
 
 pub mod fmt;
+pub mod live;
 pub mod net;
 pub mod receive;
 pub mod send;

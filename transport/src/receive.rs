@@ -314,7 +314,7 @@ pub async fn run(o: ReceiveOptions) -> anyhow::Result<Received> {
         Out::Target(t) => {
             let ours = &t.sink().desc().chunks;
             ensure!(
-                ours.len() == desc.chunks.len()
+                t.sink().desc().live == desc.live && ours.len() == desc.chunks.len()
                     && ours
                         .iter()
                         .zip(&desc.chunks)
@@ -401,6 +401,12 @@ pub async fn run(o: ReceiveOptions) -> anyhow::Result<Received> {
         rx.handle_timeout(now);
         while let Some(i) = rx.poll_fetch(now) {
             let (url, token) = match &o.fetch_from {
+                // A live stream's chunk has no hash yet to ask by: the server's copy of the
+                // source's upload, by its place.
+                Some(api) if desc.live => (
+                    format!("{}/api/v1/agent/stream/{i}", api.base),
+                    Some(api.token.clone()),
+                ),
                 Some(api) => (
                     format!("{}/api/v1/chunks/{}", api.base, hashes[i as usize]),
                     Some(api.token.clone()),

@@ -53,6 +53,10 @@ pub struct Description {
     pub max_block_symbols: u32,
     pub chunks: Vec<ChunkDesc>,
     pub content: Content,
+    /// A stream straight from a machine's disk ([`crate::live`]): the manifest is the
+    /// capture's outline (hashes pending) and each payload is a hash, then the plaintext.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub live: bool,
 }
 
 impl Description {
@@ -79,7 +83,19 @@ impl Description {
                 id: id.to_string(),
                 manifest: Box::new(manifest),
             },
+            live: false,
         }
+    }
+
+    /// The description of a live stream's outline for a receiver that may fetch chunks over
+    /// unicast ([`crate::live`]).
+    pub fn live(outline: Manifest) -> Self {
+        let mut d = Self::unicast("", outline);
+        for c in &mut d.chunks {
+            c.len = c.plain_len + crate::live::HEADER as u32;
+        }
+        d.live = true;
+        d
     }
 
     /// The RaptorQ layout, checked.
@@ -154,7 +170,15 @@ pub enum Source {
         /// Hash and plaintext length of every chunk, in order.
         chunks: Vec<(Hash, usize)>,
     },
+    /// A capture in progress ([`crate::live`]): each chunk once its source uploaded it.
+    Live {
+        store: Store,
+        live: std::sync::Arc<crate::live::Live>,
+    },
 }
+
+/// How long a live chunk's payload waits for the source machine to read and upload it.
+pub const LIVE_WAIT: std::time::Duration = std::time::Duration::from_secs(600);
 
 impl Source {
     /// A file session over `path`.
@@ -195,6 +219,7 @@ impl Source {
         match self {
             Self::File { size, .. } => size.div_ceil(FILE_CHUNK) as usize,
             Self::Image { chunks, .. } => chunks.len(),
+            Self::Live { live, .. } => live.chunks(),
         }
     }
 
@@ -213,12 +238,24 @@ impl Source {
                 let (h, len) = chunks[i];
                 Ok(store.read_frame(&h, len)?)
             }
+            Self::Live { store, live } => {
+                let len = live.plain_len(i).context("no such chunk")?;
+                let h = live.hash(i, LIVE_WAIT)?;
+                let plain = store.read_chunk(&h, len)?;
+                Ok(crate::live::payload(&h, &plain))
+            }
         }
     }
 
     /// The description, with payload lengths (reading or recompressing what it must, on
     /// `threads` threads).
     pub fn describe(&self, session: u32, name: &str) -> anyhow::Result<Description> {
+        if let Self::Live { live, .. } = self {
+            let mut d = Description::live(live.outline().clone());
+            d.session = session;
+            d.name = name.to_string();
+            return Ok(d);
+        }
         let chunks = match self {
             Self::File { size, .. } => (0..self.chunk_count())
                 .map(|i| {
@@ -231,6 +268,7 @@ impl Source {
                     })
                 })
                 .collect::<anyhow::Result<Vec<_>>>()?,
+            Self::Live { .. } => unreachable!("described above"),
             Self::Image { chunks, .. } => {
                 let lens = parallel_map(chunks.len(), |i| Ok(self.payload(i)?.len()))?;
                 chunks
@@ -250,6 +288,7 @@ impl Source {
                 id: id.clone(),
                 manifest: manifest.clone(),
             },
+            Self::Live { .. } => unreachable!("described above"),
         };
         Ok(Description {
             format: DESCRIPTION_FORMAT,
@@ -259,6 +298,7 @@ impl Source {
             max_block_symbols: proto::layout::DEFAULT_MAX_BLOCK_SYMBOLS,
             chunks,
             content,
+            live: false,
         })
     }
 }
@@ -308,6 +348,8 @@ pub struct Sink {
     desc: Description,
     /// For an image: the (area, chunk) index of each session chunk.
     image_chunks: Vec<(usize, usize)>,
+    /// A live stream's: the hash each written chunk came with ([`crate::live`]).
+    live: Option<std::sync::Mutex<Vec<Option<Hash>>>>,
     pub path: PathBuf,
 }
 
@@ -392,10 +434,14 @@ impl Sink {
                 }
             }
         }
+        let live = desc
+            .live
+            .then(|| std::sync::Mutex::new(vec![None; desc.chunks.len()]));
         Ok(Self {
             dev,
             desc,
             image_chunks,
+            live,
             path: path.to_owned(),
         })
     }
@@ -422,6 +468,25 @@ impl Sink {
                     back == payload,
                     "chunk {i} reads back wrong from the output"
                 );
+            }
+            Content::Image { manifest, .. } if self.live.is_some() => {
+                let (hash, plain) = match crate::live::open(payload, d.plain_len as usize) {
+                    Ok(x) => x,
+                    Err(e) => return Ok(Err(format!("chunk {i} {e}"))),
+                };
+                let (ai, ci) = self.image_chunks[i];
+                let a = &manifest.areas[ai];
+                let c = imaging::manifest::ChunkRef {
+                    hash,
+                    ..a.chunks[ci].clone()
+                };
+                imaging::restore::write_chunk(manifest, a, &c, plain, &*self.dev)
+                    .with_context(|| format!("writing chunk {i}"))?;
+                ensure!(
+                    imaging::restore::check_written(manifest, a, &c, &*self.dev)?,
+                    "chunk {i} reads back wrong from the output"
+                );
+                self.live_hashes()[i] = Some(hash);
             }
             Content::Image { manifest, .. } => {
                 let plain = match imaging::store::decompress_frame(payload, d.plain_len as usize) {
@@ -458,10 +523,65 @@ impl Sink {
             }
             Content::Image { manifest, .. } => {
                 let (ai, ci) = self.image_chunks[i];
-                let (a, c) = (&manifest.areas[ai], &manifest.areas[ai].chunks[ci]);
-                Ok(imaging::restore::check_written(manifest, a, c, &*self.dev)?)
+                let (a, mut c) = (&manifest.areas[ai], manifest.areas[ai].chunks[ci].clone());
+                if self.live.is_some() {
+                    // A live chunk is known by the hash it came with, once written.
+                    match self.live_hashes()[i] {
+                        Some(h) => c.hash = h,
+                        None => return Ok(false),
+                    }
+                }
+                Ok(imaging::restore::check_written(manifest, a, &c, &*self.dev)?)
             }
         }
+    }
+
+    fn live_hashes(&self) -> std::sync::MutexGuard<'_, Vec<Option<Hash>>> {
+        self.live
+            .as_ref()
+            .expect("a live sink")
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A live stream's written chunks against the source's committed manifest (the outline's
+    /// chunks with their hashes): the error names the first chunk that was written with
+    /// another hash, or not at all. Nothing to check for any other sink.
+    pub fn confirm(&self, m: &Manifest) -> anyhow::Result<()> {
+        if self.live.is_none() {
+            return Ok(());
+        }
+        let Content::Image { manifest, .. } = &self.desc.content else {
+            bail!("a live stream carries an image");
+        };
+        let ours = self.live_hashes();
+        let theirs: Vec<_> = m.chunks().collect();
+        ensure!(
+            theirs.len() == ours.len(),
+            "the source's image has {} chunks, the stream {}",
+            theirs.len(),
+            ours.len()
+        );
+        for (i, (((a, c), (oa, oc)), got)) in theirs
+            .iter()
+            .zip(manifest.chunks())
+            .zip(ours.iter())
+            .enumerate()
+        {
+            ensure!(
+                a.offset == oa.offset && a.len == oa.len && c.index == oc.index,
+                "chunk {i} of the source's image is not where the stream put it"
+            );
+            match got {
+                Some(h) if *h == c.hash => {}
+                Some(h) => bail!(
+                    "chunk {i} was written as {h}, the source's image says {}",
+                    c.hash
+                ),
+                None => bail!("chunk {i} was never written"),
+            }
+        }
+        Ok(())
     }
 
     /// The chunks the output already holds, checked on `threads` threads.

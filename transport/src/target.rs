@@ -261,6 +261,7 @@ mod tests {
             content: Content::File {
                 size: chunks.iter().map(|c| c.len() as u64).sum(),
             },
+            live: false,
         }
     }
 
