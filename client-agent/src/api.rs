@@ -126,11 +126,6 @@ impl Api {
             .map_err(|e| CallError::Malformed(format!("the server's answer to {path}: {e}")))
     }
 
-    /// A chunk's stored frame.
-    pub(crate) async fn chunk(&self, hash: &str) -> Result<Vec<u8>, CallError> {
-        self.bytes(&format!("/chunks/{hash}")).await
-    }
-
     /// `GET` of raw bytes (a chunk, a torrent).
     pub(crate) async fn bytes(&self, path: &str) -> Result<Vec<u8>, CallError> {
         let resp = self

@@ -7,7 +7,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use imaging::capture::{capture_to, CaptureError, CaptureOptions, ChunkSink};
+use imaging::capture::{
+    capture_planned, outline, plan_with, CaptureError, CaptureOptions, ChunkSink,
+};
 use imaging::device::FileDevice;
 use imaging::manifest::Hash;
 use proto::api::{ChunkStored, Committed, HaveReply, HaveRequest};
@@ -27,6 +29,8 @@ struct Uploader {
     rt: tokio::runtime::Handle,
     uploaded: AtomicU64,
     kept: AtomicU64,
+    /// The capture streams to a deployment as it is read: each chunk's place goes along.
+    live: bool,
 }
 
 impl Uploader {
@@ -49,9 +53,33 @@ impl ChunkSink for Uploader {
         plain: &[u8],
         _base: Option<&Hash>,
     ) -> Result<(u64, bool), CaptureError> {
+        self.upload(None, hash, plain)
+    }
+
+    fn put_at(
+        &self,
+        seq: usize,
+        hash: &Hash,
+        plain: &[u8],
+        _base: Option<&Hash>,
+    ) -> Result<(u64, bool), CaptureError> {
+        self.upload(self.live.then_some(seq as u64), hash, plain)
+    }
+}
+
+impl Uploader {
+    /// Uploads chunk `hash` unless the server has it; `at`: its place in a live stream,
+    /// which the server learns either way.
+    fn upload(
+        &self,
+        at: Option<u64>,
+        hash: &Hash,
+        plain: &[u8],
+    ) -> Result<(u64, bool), CaptureError> {
         let hex = hash.to_hex();
         let have = HaveRequest {
             hashes: vec![hex.clone()],
+            at: at.into_iter().collect(),
         };
         let r: HaveReply = self.call("asking for a chunk", || {
             self.api.post("/agent/capture/have", &have)
@@ -62,7 +90,10 @@ impl ChunkSink for Uploader {
         }
         let frame = imaging::store::compress_frame(plain, LEVEL)
             .map_err(|e| CaptureError::Sink(format!("compressing chunk {hex}: {e}")))?;
-        let path = format!("/agent/capture/chunks/{hex}?len={}", plain.len());
+        let mut path = format!("/agent/capture/chunks/{hex}?len={}", plain.len());
+        if let Some(at) = at {
+            path.push_str(&format!("&at={at}"));
+        }
         let r: ChunkStored =
             self.call("uploading a chunk", || self.api.put(&path, frame.clone()))?;
         self.uploaded.fetch_add(1, Ordering::Relaxed);
@@ -154,6 +185,7 @@ pub(crate) async fn work(
         rt: tokio::runtime::Handle::current(),
         uploaded: AtomicU64::new(0),
         kept: AtomicU64::new(0),
+        live: task.live,
     };
     let reporter = reporter.clone();
     let start = Instant::now();
@@ -169,13 +201,19 @@ pub(crate) async fn work(
         let mut opts = CaptureOptions::new(name);
         opts.check_space = false;
         opts.scan.luks_keys = luks_keys;
-        let r = capture_to(
-            &dev,
-            &disk.display().to_string(),
-            &uploader,
-            &opts,
-            &progress,
-        );
+        let source = disk.display().to_string();
+        let r = (|| {
+            let plan = plan_with(&dev, opts.chunk_size, &opts.scan).map_err(CaptureError::Read)?;
+            if uploader.live {
+                // The deployment's machines learn what is coming before a byte is read.
+                let o = outline(&dev, &source, &opts, &plan);
+                uploader.call("announcing the disk's outline", || {
+                    uploader.api.post::<_, serde_json::Value>("/agent/capture/outline", &o)
+                })?;
+                info!("outline announced: streaming the disk to the deployment as it is read");
+            }
+            capture_planned(&dev, &source, &uploader, &opts, plan, &progress)
+        })();
         progress.send(true);
         (r, uploader)
     })

@@ -240,10 +240,14 @@ impl Unicast<'_> {
             while running.len() < PARALLEL_FETCHES {
                 let Some(i) = queue.pop_front() else { break };
                 let (api, target) = (self.api.clone(), target.clone());
-                let hash = target.sink().hash_hex(i);
+                // A live stream's chunk is asked for by its place (its hash comes with it).
+                let path = match target.sink().desc().live {
+                    true => format!("/agent/stream/{i}"),
+                    false => format!("/chunks/{}", target.sink().hash_hex(i)),
+                };
                 running.spawn(async move {
                     let data = api
-                        .retry("fetching a chunk", Some(SERVER_AWAY), || api.chunk(&hash))
+                        .retry("fetching a chunk", Some(SERVER_AWAY), || api.bytes(&path))
                         .await
                         .map_err(Stop::from)?;
                     let r =

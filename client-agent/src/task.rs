@@ -169,12 +169,22 @@ async fn work(
     task: AgentTask,
     reporter: &Reporter,
 ) -> Result<(Totals, Vec<String>), Stop> {
-    let ManifestReply::<Manifest> { id, manifest } = api
+    let ManifestReply::<Manifest> {
+        id,
+        mut manifest,
+        live,
+    } = api
         .retry("fetching the manifest", None, || api.get("/agent/manifest"))
         .await?;
     manifest
         .validate()
         .map_err(|e| Stop::Failed(format!("the server sent a malformed manifest: {e}")))?;
+    if live {
+        info!(
+            "the image comes straight from {}'s disk as it is read",
+            manifest.source
+        );
+    }
     // The disks must fit before anything is received (and nothing is written if one does
     // not); one disk is scanned once for what an interrupted run left, which no source
     // fetches again (several start afresh: what each holds may differ).
@@ -182,9 +192,14 @@ async fn work(
     let target = {
         let (disks, d) = (
             args.disks.clone(),
-            Description::unicast(&id, manifest.clone()),
+            match live {
+                true => Description::live(manifest.clone()),
+                false => Description::unicast(&id, manifest.clone()),
+            },
         );
-        tokio::task::spawn_blocking(move || Target::open_all(&disks, d, !several))
+        // A live stream's chunks have no hashes to look for yet: it starts afresh.
+        let resume = !several && !live;
+        tokio::task::spawn_blocking(move || Target::open_all(&disks, d, resume))
             .await
             .map_err(|e| Stop::Failed(e.to_string()))?
             .map_err(|e| Stop::Failed(format!("{}: {e:#}", args.disk.display())))?
@@ -213,6 +228,10 @@ async fn work(
     let mut plan = task.plan();
     if several && plan.contains(&Transport::Bittorrent) {
         info!("writing several disks: the BitTorrent swarm is left out");
+        plan.retain(|&t| t != Transport::Bittorrent);
+    }
+    if live {
+        // A swarm shares an image's pieces by hash, which a live stream learns as it goes.
         plan.retain(|&t| t != Transport::Bittorrent);
     }
     let mut multicast = fetch::Multicast {
@@ -266,6 +285,19 @@ async fn work(
                 .join(", ")
         )));
     }
+    let mut committed = None;
+    if live {
+        // Every chunk was checked against the hash it came with; those hashes must be the
+        // ones the source committed.
+        let m = committed_manifest(api).await?;
+        committed = Some(m.clone());
+        let t = target.clone();
+        tokio::task::spawn_blocking(move || t.sink().confirm(&m))
+            .await
+            .map_err(|e| Stop::Failed(e.to_string()))?
+            .map_err(|e| Stop::Failed(format!("{}: {e:#}", args.disk.display())))?;
+        info!("every chunk matches the source's committed image");
+    }
     let seeding = match swarm.seeding.take() {
         Some(s) => Some(crate::swarm::Seed::Live(s)),
         // Done by multicast in a deployment whose stragglers finish from the swarm: the
@@ -279,6 +311,9 @@ async fn work(
         }
         None => None,
     };
+    if let Some(m) = committed {
+        manifest = m;
+    }
     let p = target.progress();
     let totals = Totals {
         bytes: p.total_bytes,
@@ -398,6 +433,25 @@ async fn work(
         );
     }
     Ok((totals, personalized))
+}
+
+/// A live stream's image once its source committed it (waiting for the source to finish
+/// reading and uploading: the server holds each ask for a while).
+async fn committed_manifest(api: &Api) -> Result<Manifest, Stop> {
+    loop {
+        let r: ManifestReply<Manifest> = api
+            .retry("fetching the committed manifest", None, || {
+                api.get("/agent/manifest")
+            })
+            .await?;
+        if !r.live {
+            r.manifest.validate().map_err(|e| {
+                Stop::Failed(format!("the server sent a malformed manifest: {e}"))
+            })?;
+            return Ok(r.manifest);
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
 }
 
 /// Sends the target's progress once a second, whichever source fills it, with the rate of

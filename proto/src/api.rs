@@ -370,6 +370,13 @@ pub struct AgentTask {
     /// How a restore lays the image out on a disk larger than the image's.
     #[serde(default)]
     pub layout: Layout,
+    /// A deployment straight from a machine's disk ([`NewDeployment::from`]). A capture:
+    /// its agent posts the outline first (`POST /agent/capture/outline`) and says where each
+    /// chunk goes as it uploads it (`at`). A restore: its image is that capture, in
+    /// progress: the manifest is the outline until the source commits, the chunks come by
+    /// multicast and `GET /agent/stream/{i}` as a hash followed by the plaintext.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub live: bool,
 }
 
 impl AgentTask {
@@ -755,6 +762,10 @@ pub struct ManifestReply<M> {
     pub id: String,
     /// Its manifest.
     pub manifest: M,
+    /// The manifest is a live stream's outline (its chunks' hashes pending): the source has
+    /// not committed yet. Asked again once every chunk is written, it is the committed one.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub live: bool,
 }
 
 /// `GET /api/v1/agent/seed`: whether a machine that finished should go on seeding.
@@ -776,6 +787,10 @@ pub struct SeedReply {
 pub struct HaveRequest {
     /// At most 1024.
     pub hashes: Vec<String>,
+    /// A live capture's ([`AgentTask::live`]): where each of `hashes` goes in the stream
+    /// (the n-th region the capture reads), one per hash. Those the server has are placed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub at: Vec<u64>,
 }
 
 /// The answer to [`HaveRequest`].
@@ -819,8 +834,18 @@ pub struct Committed {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct NewDeployment {
-    /// The image: its name (the newest version), `NAME@VERSION` or its id.
+    /// The image: its name (the newest version), `NAME@VERSION` or its id. Empty with
+    /// `from`.
+    #[serde(default)]
     pub image: String,
+    /// Rather than an image, the disk of this machine (MAC), read by its agent and streamed
+    /// to the targets as it is read (multicast, stragglers over unicast).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    /// With `from`: also keep what was read as an image of this name (a new version if it
+    /// exists). Without it nothing is kept once the deployment is over.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_as: Option<String>,
     /// Machines (MAC addresses) and groups.
     pub to: Vec<String>,
     /// How the image moves (multicast unless said).

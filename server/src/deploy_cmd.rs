@@ -16,8 +16,16 @@ use crate::client::{call, print_json, typed, Method, ServerArgs};
 /// `drover deploy IMAGE --to ...`
 #[derive(Debug, Args)]
 pub(crate) struct DeployArgs {
-    /// Image name (its newest version), NAME@VERSION or id.
-    image: String,
+    /// Image name (its newest version), NAME@VERSION or id (or --from).
+    #[arg(required_unless_present = "from", conflicts_with = "from")]
+    image: Option<String>,
+    /// Rather than an image, the disk of this machine (MAC): its agent reads the used blocks
+    /// and they stream to the targets as they are read (multicast, or unicast).
+    #[arg(long, value_name = "MAC")]
+    from: Option<String>,
+    /// With --from: also keep what was read as an image of this name.
+    #[arg(long, value_name = "NAME", requires = "from")]
+    keep_as: Option<String>,
     /// Machines (MAC) and groups, comma-separated or repeated.
     #[arg(long, required = true, value_delimiter = ',')]
     to: Vec<String>,
@@ -176,7 +184,9 @@ pub(crate) fn deploy(a: DeployArgs, json: bool) -> anyhow::Result<()> {
         &a.server,
         "/deployments",
         Method::post(&NewDeployment {
-            image: a.image,
+            image: a.image.unwrap_or_default(),
+            from: a.from,
+            keep_as: a.keep_as,
             to: a.to,
             transport: a.transport,
             fallback: a.fallback,

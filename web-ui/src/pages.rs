@@ -928,6 +928,8 @@ fn layout_choice(f: &Fields) -> Result<Option<api::Layout>, String> {
 fn deployment_body(f: &Fields) -> Result<String, String> {
     let mut body = NewDeployment {
         image: f.text("image").unwrap_or_default(),
+        from: None,
+        keep_as: None,
         to: targets(f),
         transport: choice(f, "transport")?,
         fallback: choice(f, "fallback")?,

@@ -20,6 +20,7 @@ use proto::api::{self, ErrorBody};
 
 use crate::serve::deployments::repo::{Deployment, Task, TaskProgress};
 use crate::serve::deployments::service::{AgentSwarm, DeployError, DeployRequest};
+use crate::serve::deployments::stream::{Stream as LiveStream, IMAGE_PREFIX};
 use crate::serve::web::api::{parse_mac, Actor, ApiError, ApiResult, Shared};
 
 impl From<DeployError> for ApiError {
@@ -86,7 +87,14 @@ fn task_info(
         luks_keys,
         // The deployment's, else the machine's group's, else grow.
         layout: d.layout.or(group_layout).unwrap_or_default(),
+        live: false,
     })
+}
+
+/// Whether deployment `d` is one end of a stream from a machine's disk here: the source's
+/// capture or the targets' restore.
+fn is_live(s: &Shared, d: &Deployment) -> bool {
+    d.image_id.starts_with(IMAGE_PREFIX) || s.deployer.stream_by_capture(&d.id).is_some()
 }
 
 /// The layout of machine `mac`'s group, if it is in one that has one.
@@ -240,6 +248,11 @@ pub(crate) async fn create(
     body: Result<Json<api::NewDeployment>, JsonRejection>,
 ) -> ApiResult<Response> {
     let Json(b) = body?;
+    if b.from.is_none() && b.keep_as.is_some() {
+        return Err(ApiError::bad_request(
+            "keep_as is for a deployment from a machine's disk (from)",
+        ));
+    }
     let max_wait = b
         .max_wait
         .as_deref()
@@ -255,24 +268,26 @@ pub(crate) async fn create(
                 .map_err(|e| ApiError::bad_request(format!("start_at {t:?}: {e} (use RFC 3339)")))
         })
         .transpose()?;
-    let d = s
-        .deployer
-        .create(
-            DeployRequest {
-                image: b.image,
-                targets: b.to.iter().map(|t| t.trim().to_string()).collect(),
-                transport: b.transport,
-                fallback: b.fallback,
-                min_machines: b.min_machines,
-                max_wait,
-                start_at_ms,
-                then_action: b.then,
-                personalize: b.personalize,
-                layout: b.layout,
-            },
-            &actor.0,
-        )
-        .await?;
+    let r = DeployRequest {
+        image: b.image,
+        targets: b.to.iter().map(|t| t.trim().to_string()).collect(),
+        transport: b.transport,
+        fallback: b.fallback,
+        min_machines: b.min_machines,
+        max_wait,
+        start_at_ms,
+        then_action: b.then,
+        personalize: b.personalize,
+        layout: b.layout,
+    };
+    let d = match &b.from {
+        Some(from) => {
+            s.deployer
+                .create_stream(from, b.keep_as, r, &actor.0)
+                .await?
+        }
+        None => s.deployer.create(r, &actor.0).await?,
+    };
     Ok((StatusCode::CREATED, Json(deployment_view(&s, &d).await?)).into_response())
 }
 
@@ -455,7 +470,7 @@ pub(crate) async fn hello(
     let d = s.db.deployments().deployment(&task.deployment_id).await?;
     let personalize = personalization(&s, &task, &d, peer.ip()).await?;
     let layout = group_layout(&s, &task.mac).await;
-    out.task = Some(task_info(
+    let mut info = task_info(
         &task,
         &d,
         m.target_disk.as_deref(),
@@ -463,7 +478,9 @@ pub(crate) async fn hello(
         s.deployer.agent_swarm,
         personalize,
         task_keys(&s, &task, &d),
-    )?);
+    )?;
+    info.live = is_live(&s, &d);
+    out.task = Some(info);
     let shown = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -577,17 +594,17 @@ pub(crate) async fn task(
     };
     let personalize = personalization(&s, &t, &d, peer.ip()).await?;
     let layout = group_layout(&s, &t.mac).await;
-    Ok(Json(api::TaskReply {
-        task: task_info(
-            &t,
-            &d,
-            disk.as_deref(),
-            layout,
-            s.deployer.agent_swarm,
-            personalize,
-            task_keys(&s, &t, &d),
-        )?,
-    }))
+    let mut task = task_info(
+        &t,
+        &d,
+        disk.as_deref(),
+        layout,
+        s.deployer.agent_swarm,
+        personalize,
+        task_keys(&s, &t, &d),
+    )?;
+    task.live = is_live(&s, &d);
+    Ok(Json(api::TaskReply { task }))
 }
 
 /// A restore task's personalization for its machine. One that can no longer be made (a
@@ -626,11 +643,142 @@ pub(crate) async fn manifest(
     Extension(AgentTask(t)): Extension<AgentTask>,
 ) -> ApiResult<Json<api::ManifestReply<imaging::manifest::Manifest>>> {
     let d = s.db.deployments().deployment(&t.deployment_id).await?;
+    if d.image_id.starts_with(IMAGE_PREFIX) {
+        return stream_manifest(&s, &d).await.map(Json);
+    }
     let img = s.deployer.image(&d.image_id).await?;
     Ok(Json(api::ManifestReply {
         id: d.image_id,
         manifest: img.manifest.clone(),
+        live: false,
     }))
+}
+
+/// How long an agent's ask about a stream is held for the source machine.
+const STREAM_HOLD: Duration = Duration::from_secs(20);
+
+/// The stream feeding restore deployment `d`, or why there is none.
+fn stream_for(s: &Shared, d: &Deployment) -> ApiResult<std::sync::Arc<LiveStream>> {
+    s.deployer.stream_by_restore(&d.id).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::GONE,
+            format!(
+                "deployment {}'s stream from {} is over (the server restarted?)",
+                d.id, d.image_name
+            ),
+        )
+    })
+}
+
+/// A stream's manifest: the outline while the source reads (held a while for it), the
+/// committed manifest once there is one.
+async fn stream_manifest(
+    s: &Shared,
+    d: &Deployment,
+) -> ApiResult<api::ManifestReply<imaging::manifest::Manifest>> {
+    let st = stream_for(s, d)?;
+    let failed = |why: String| {
+        ApiError::new(
+            StatusCode::CONFLICT,
+            format!("the source machine {} failed: {why}", st.source),
+        )
+    };
+    let live = st.wait_live(STREAM_HOLD).await.map_err(failed)?.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "the source machine {} has not read its disk's layout yet",
+                st.source
+            ),
+        )
+    })?;
+    // Once every chunk came, the commit follows: wait a while for it.
+    let finished = match live.placed() == live.chunks() {
+        true => {
+            let l = live.clone();
+            tokio::task::spawn_blocking(move || l.wait_finished(STREAM_HOLD))
+                .await
+                .map_err(anyhow::Error::from)?
+                .map_err(|e| failed(format!("{e:#}")))?
+        }
+        false => live.finished(),
+    };
+    let id = st.kept.lock().expect("lock").clone().unwrap_or_default();
+    Ok(match finished {
+        Some(m) => api::ManifestReply {
+            id,
+            manifest: m,
+            live: false,
+        },
+        None => api::ManifestReply {
+            id,
+            manifest: live.outline().clone(),
+            live: true,
+        },
+    })
+}
+
+/// `GET /api/v1/agent/stream/{i}`: chunk `i` of the task's stream from a machine's disk, its
+/// hash then its plaintext, once the source uploaded it (held a while for it).
+#[utoipa::path(get, path = "/agent/stream/{i}", tag = "agent",
+    summary = "Agent (deployment from a machine's disk): chunk i of the stream as its BLAKE3 hash then its plaintext, once the source uploaded it",
+    params(("i" = u64, Path, description = "the chunk's place in the stream")),
+    responses((status = 200, description = "the hash (32 bytes) and the plaintext", content_type = "application/octet-stream"),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 410, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub(crate) async fn stream_chunk(
+    State(s): State<Shared>,
+    Extension(AgentTask(t)): Extension<AgentTask>,
+    UrlPath(i): UrlPath<usize>,
+) -> ApiResult<Response> {
+    if !t.active() {
+        return Err(task_over(&t));
+    }
+    let d = s.db.deployments().deployment(&t.deployment_id).await?;
+    if !d.image_id.starts_with(IMAGE_PREFIX) {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("deployment {} is not a stream from a machine's disk", d.id),
+        ));
+    }
+    let st = stream_for(&s, &d)?;
+    let failed = |why: String| ApiError::new(StatusCode::CONFLICT, format!("the source machine {} failed: {why}", st.source));
+    let away = || {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("chunk {i} has not come from the source machine {} yet", st.source),
+        )
+    };
+    let live = st.wait_live(STREAM_HOLD).await.map_err(failed)?.ok_or_else(away)?;
+    let len = live
+        .plain_len(i)
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no chunk {i} in the stream")))?;
+    let store = s.deployer.store()?;
+    let permit = s
+        .deployer
+        .chunk_slots
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(anyhow::Error::from)?;
+    let l = live.clone();
+    let r = tokio::task::spawn_blocking(move || {
+        let h = l.hash(i, STREAM_HOLD)?;
+        let plain = store.read_chunk(&h, len)?;
+        anyhow::Ok(transport::live::payload(&h, &plain))
+    })
+    .await
+    .map_err(anyhow::Error::from)?;
+    drop(permit);
+    match r {
+        Ok(p) => Ok((
+            [(header::CONTENT_TYPE, "application/octet-stream")],
+            p,
+        )
+            .into_response()),
+        Err(_) if live.failed().is_some() => Err(failed(live.failed().unwrap_or_default())),
+        Err(e) if format!("{e}").contains("did not come") => Err(away()),
+        Err(e) => Err(anyhow::anyhow!("chunk {i} of the stream: {e:#}").into()),
+    }
 }
 
 /// `GET /api/v1/chunks/{hash}`: one chunk of the task's image, as a zstd frame.
@@ -814,10 +962,19 @@ pub(crate) async fn result(
             "task {} of deployment {}{}",
             t.id,
             t.deployment_id,
-            reason.map(|r| format!(": {r}")).unwrap_or_default()
+            reason
+                .as_deref()
+                .map(|r| format!(": {r}"))
+                .unwrap_or_default()
         ),
     )
     .await?;
     s.deployer.changed(&t.deployment_id);
+    if !r.ok {
+        if let Some(st) = s.deployer.stream_by_capture(&t.deployment_id) {
+            let why = reason.unwrap_or_default();
+            s.deployer.stream_failed(&st, &why).await;
+        }
+    }
     Ok(Json(api::StateReply { state }))
 }

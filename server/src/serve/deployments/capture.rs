@@ -28,6 +28,8 @@ use crate::serve::db::now_ms;
 use crate::serve::deployments::api::{task_over, AgentTask};
 use crate::serve::deployments::repo::{Deployment, NewDeployment};
 use crate::serve::deployments::service::DeployError;
+use crate::serve::deployments::stream::{Stream, IMAGE_PREFIX};
+use transport::live::Live;
 use crate::serve::web::api::{parse_mac, Actor, ApiError, ApiResult, Shared};
 
 /// Hashes one `have` call may ask about.
@@ -181,6 +183,67 @@ fn hash(h: &str) -> ApiResult<Hash> {
     Hash::from_hex(h).ok_or_else(|| ApiError::bad_request(format!("{h:?} is not a BLAKE3 hash")))
 }
 
+/// The stream a capture feeds, or a 409 for a capture that feeds none.
+fn stream_of(s: &Shared, d: &Deployment) -> ApiResult<std::sync::Arc<Stream>> {
+    s.deployer.stream_by_capture(&d.id).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::CONFLICT,
+            format!(
+                "capture {} feeds no deployment (a plain capture places no chunks)",
+                d.id
+            ),
+        )
+    })
+}
+
+/// Its stream's [`Live`], once the outline is in.
+fn live_of(s: &Shared, d: &Deployment) -> ApiResult<std::sync::Arc<Live>> {
+    stream_of(s, d)?.live().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::CONFLICT,
+            "post the outline (POST /agent/capture/outline) before the chunks",
+        )
+    })
+}
+
+/// Places chunk `at` of the capture's stream.
+fn place(live: &Live, at: u64, h: Hash) -> ApiResult<()> {
+    live.place(at as usize, h)
+        .map_err(|e| ApiError::bad_request(format!("placing a chunk: {e}")))
+}
+
+/// `POST /api/v1/agent/capture/outline` (the outline, a manifest whose chunks have no
+/// hashes yet): a capture that feeds a deployment from its disk announces what it will read;
+/// the deployment's stream starts.
+#[utoipa::path(post, path = "/agent/capture/outline", tag = "agent",
+    summary = "Agent (capture feeding a deployment from its disk): the outline (a manifest whose chunks' hashes are pending), before the chunks",
+    request_body(content = Object, content_type = "application/json", description = "the outline"),
+    responses((status = 200, description = "the stream starts", body = Object), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody), (status = 410, body = ErrorBody)))]
+pub(crate) async fn outline(
+    State(s): State<Shared>,
+    Extension(AgentTask(t)): Extension<AgentTask>,
+    body: Bytes,
+) -> ApiResult<Json<serde_json::Value>> {
+    let d = capture_of(&s, &t).await?;
+    let st = stream_of(&s, &d)?;
+    let m = Manifest::decode(&body)
+        .map_err(|e| ApiError::bad_request(format!("malformed outline: {e}")))?;
+    if m.name != d.image_name {
+        return Err(ApiError::bad_request(format!(
+            "the outline is named {:?}, the capture {:?}",
+            m.name, d.image_name
+        )));
+    }
+    let chunks = m.chunks().count();
+    let used = m.used_bytes() as i64;
+    s.deployer
+        .stream_outlined(&st, m)
+        .await
+        .map_err(ApiError::from)?;
+    s.db.deployments().set_task_total(&t.id, used).await?;
+    Ok(Json(serde_json::json!({ "chunks": chunks })))
+}
+
 /// `POST /api/v1/agent/capture/have`: which of these chunks the server lacks.
 #[utoipa::path(post, path = "/agent/capture/have", tag = "agent", summary = "Agent (capture): which of these chunk hashes the server lacks",
     request_body = HaveRequest,
@@ -192,7 +255,7 @@ pub(crate) async fn have(
     body: Result<Json<HaveRequest>, JsonRejection>,
 ) -> ApiResult<Json<HaveReply>> {
     let Json(h) = body?;
-    capture_of(&s, &t).await?;
+    let d = capture_of(&s, &t).await?;
     if h.hashes.len() > MAX_HAVE {
         return Err(ApiError::bad_request(format!(
             "{} hashes: at most {MAX_HAVE} at a time",
@@ -204,22 +267,46 @@ pub(crate) async fn have(
         .iter()
         .map(|x| hash(x))
         .collect::<ApiResult<Vec<_>>>()?;
+    let live = match h.at.is_empty() {
+        true => None,
+        false if h.at.len() == hashes.len() => Some(live_of(&s, &d)?),
+        false => {
+            return Err(ApiError::bad_request(format!(
+                "{} places for {} hashes",
+                h.at.len(),
+                hashes.len()
+            )))
+        }
+    };
     let store = store(&s)?;
-    let missing = tokio::task::spawn_blocking(move || {
-        hashes
-            .into_iter()
-            .filter(|h| !store.has_chunk(h))
-            .map(|h| h.to_hex())
-            .collect::<Vec<_>>()
+    let asked = hashes.clone();
+    let have = tokio::task::spawn_blocking(move || {
+        asked.iter().map(|h| store.has_chunk(h)).collect::<Vec<_>>()
     })
     .await
     .map_err(anyhow::Error::from)?;
+    if let Some(live) = &live {
+        // What the server has is placed now; the others once uploaded.
+        for ((h, &at), &has) in hashes.iter().zip(&h.at).zip(&have) {
+            if has {
+                place(live, at, *h)?;
+            }
+        }
+    }
+    let missing = hashes
+        .iter()
+        .zip(&have)
+        .filter(|(_, &has)| !has)
+        .map(|(h, _)| h.to_hex())
+        .collect();
     Ok(Json(HaveReply { missing }))
 }
 
 #[derive(Deserialize)]
 pub(crate) struct Len {
     len: usize,
+    /// A streamed capture's: the chunk's place in the stream.
+    at: Option<u64>,
 }
 
 /// `PUT /api/v1/agent/capture/chunks/{hash}?len=N`: one chunk as a zstd frame of `N` bytes of
@@ -237,8 +324,22 @@ pub(crate) async fn put_chunk(
     Query(q): Query<Len>,
     frame: Bytes,
 ) -> ApiResult<Response> {
-    capture_of(&s, &t).await?;
+    let d = capture_of(&s, &t).await?;
     let h = hash(&h)?;
+    let live = match q.at {
+        Some(at) => {
+            let live = live_of(&s, &d)?;
+            if live.plain_len(at as usize) != Some(q.len) {
+                return Err(ApiError::bad_request(format!(
+                    "chunk {at} of the stream holds {:?} bytes, not {}",
+                    live.plain_len(at as usize),
+                    q.len
+                )));
+            }
+            Some((live, at))
+        }
+        None => None,
+    };
     let store = store(&s)?;
     let r = tokio::task::spawn_blocking(move || {
         if !store.has_chunk(&h) && store.free_space()? < frame.len() as u64 + RESERVE {
@@ -248,6 +349,10 @@ pub(crate) async fn put_chunk(
     })
     .await
     .map_err(anyhow::Error::from)?;
+    if let (Ok(Some(_)), Some((live, at))) = (&r, &live) {
+        // Stored and checked against its hash: the stream may send it.
+        place(live, *at, h)?;
+    }
     match r {
         Ok(Some((stored, new))) => Ok((
             if new {
@@ -288,6 +393,19 @@ pub(crate) async fn commit(
     body: Bytes,
 ) -> ApiResult<Json<Committed>> {
     let d = capture_of(&s, &t).await?;
+    let stream = s.deployer.stream_by_capture(&d.id);
+    if let Some(m) = stream.as_ref().and_then(|st| st.live()?.finished()) {
+        // Committed already (the answer was lost on the way).
+        let st = stream.as_ref().expect("a stream");
+        return Ok(Json(Committed {
+            id: st.kept.lock().expect("lock").clone().unwrap_or_default(),
+            name: m.name.clone(),
+            version: m.name_version,
+            used_bytes: m.used_bytes(),
+            chunks: m.chunks().count() as u64,
+            uploaded: m.stats.new_chunks,
+        }));
+    }
     if !d.image_id.is_empty() {
         // Committed already (the answer was lost on the way): the same image, not another.
         let img = s.deployer.image(&d.image_id).await?;
@@ -308,6 +426,44 @@ pub(crate) async fn commit(
             "the manifest is named {:?}, the capture {:?}",
             m.name, d.image_name
         )));
+    }
+    if let Some(st) = &stream {
+        // What the targets were sent must be what the source read.
+        let live = live_of(&s, &d)?;
+        if let Err(e) = live.finish(&m) {
+            let why = format!("its manifest does not match what it streamed: {e}");
+            s.deployer.stream_failed(st, &why).await;
+            return Err(ApiError::new(StatusCode::CONFLICT, why));
+        }
+        s.deployer.changed(&st.restore);
+        if !st.keep {
+            // Nothing is kept (no --keep-as): its chunks are left to gc.
+            let used = m.used_bytes() as i64;
+            let chunks = m.chunks().count() as u64;
+            sqlx::query("UPDATE deployments SET image_id = $1, image_name = $2 WHERE id = $3")
+                .bind(format!("{IMAGE_PREFIX}{}", d.id))
+                .bind(format!("{} (streamed, not kept)", d.image_name))
+                .bind(&d.id)
+                .execute(&s.db.pool)
+                .await
+                .map_err(anyhow::Error::from)?;
+            s.db.deployments().set_task_total(&t.id, used).await?;
+            s.db.audit(
+                &format!("machine:{}", t.mac),
+                "image.stream",
+                &format!("{}: {chunks} chunk(s) of {} streamed, not kept", d.id, t.mac),
+            )
+            .await?;
+            s.deployer.changed(&d.id);
+            return Ok(Json(Committed {
+                id: String::new(),
+                name: m.name,
+                version: 0,
+                used_bytes: used as u64,
+                chunks,
+                uploaded: m.stats.new_chunks,
+            }));
+        }
     }
     let store = store(&s)?;
     let name = m.name.clone();
@@ -348,6 +504,9 @@ pub(crate) async fn commit(
     let (id, m) = committed.map_err(|e| ApiError::new(StatusCode::CONFLICT, e))?;
     // The image is in: its passphrases are needed no more.
     s.deployer.forget_capture_keys(&d.id);
+    if let Some(st) = &stream {
+        *st.kept.lock().expect("lock") = Some(id.clone());
+    }
     let full = format!("{}@{}", m.name, m.name_version);
     sqlx::query("UPDATE deployments SET image_id = $1, image_name = $2 WHERE id = $3")
         .bind(&id)

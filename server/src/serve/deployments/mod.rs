@@ -5,3 +5,4 @@ pub(crate) mod capture;
 pub(crate) mod personalize;
 pub(crate) mod repo;
 pub(crate) mod service;
+pub(crate) mod stream;

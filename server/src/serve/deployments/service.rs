@@ -89,9 +89,9 @@ impl From<DbError> for DeployError {
 pub(crate) struct Deployer {
     /// Where its background work runs (watchers of sessions, torrent builds).
     tasks: crate::serve::tasks::Tasks,
-    db: Db,
+    pub(super) db: Db,
     store_dir: PathBuf,
-    iface: Option<Iface>,
+    pub(super) iface: Option<Iface>,
     rate_bps: u64,
     window_bytes: u64,
     /// This server's id (multicast sessions are run by the server that owns them).
@@ -113,6 +113,8 @@ pub(crate) struct Deployer {
     /// Each capture deployment's LUKS passphrases, for its agent: in memory only (a restart
     /// forgets them, and the capture stores its encrypted volumes as raw copies, saying so).
     capture_keys: Mutex<HashMap<String, proto::api::LuksKeys>>,
+    /// Deployments straight from a machine's disk, while they run.
+    pub(super) streams: Mutex<Vec<Arc<super::stream::Stream>>>,
 }
 
 /// Swarm limits of every agent: upload rate (bits/s) and peers.
@@ -156,6 +158,7 @@ impl Deployer {
             seeder,
             agent_swarm,
             capture_keys: Mutex::new(HashMap::new()),
+            streams: Mutex::new(Vec::new()),
         })
     }
 
@@ -209,7 +212,7 @@ impl Deployer {
         self.new_tasks.subscribe()
     }
 
-    fn store(&self) -> anyhow::Result<Store> {
+    pub(super) fn store(&self) -> anyhow::Result<Store> {
         Store::open(&self.store_dir)
             .with_context(|| format!("opening the image store {}", self.store_dir.display()))
     }
@@ -432,12 +435,22 @@ impl Deployer {
         d: &Deployment,
         machines: usize,
     ) -> anyhow::Result<()> {
-        let iface = self.iface.clone().context("no lab interface")?;
         let store = self.store()?;
         let index = self.image(&d.image_id).await?;
         let (id, manifest) = (d.image_id.clone(), index.manifest.clone());
         let source =
             tokio::task::spawn_blocking(move || Source::image(store, id, manifest)).await??;
+        self.start_session_with(d, machines, source).await
+    }
+
+    /// [`start_session`](Self::start_session) with its chunks from `source`.
+    pub(super) async fn start_session_with(
+        self: &Arc<Self>,
+        d: &Deployment,
+        machines: usize,
+        source: Source,
+    ) -> anyhow::Result<()> {
+        let iface = self.iface.clone().context("no lab interface")?;
         let mut config = SenderConfig::new(0, SessionKey::new([0; 32]));
         config.rate_bps = self.rate_bps;
         config.min_rate_bps = (self.rate_bps / 10).max(1_000_000).min(self.rate_bps);
@@ -600,17 +613,26 @@ impl Deployer {
                 d.state
             )));
         }
-        let ctl = self.sessions.lock().expect("lock").remove(id);
-        self.session_routes.lock().expect("lock").remove(id);
-        if let Some(c) = ctl {
-            let _ = c.send(Control::Cancel).await;
-        }
+        self.stop_session(id).await;
         self.db
             .audit(actor, "deployment.cancel", id)
             .await
             .map_err(DeployError::Other)?;
         self.changed(id);
+        if let Some(s) = self.stream_of(id) {
+            self.stream_failed(&s, &format!("deployment {id} was cancelled by {actor}"))
+                .await;
+        }
         Ok(())
+    }
+
+    /// Stops deployment `id`'s multicast session, if it has one here.
+    pub(super) async fn stop_session(&self, id: &str) {
+        let ctl = self.sessions.lock().expect("lock").remove(id);
+        self.session_routes.lock().expect("lock").remove(id);
+        if let Some(c) = ctl {
+            let _ = c.send(Control::Cancel).await;
+        }
     }
 
     /// After a restart: the deployments this server owns that are not over get a new
@@ -619,6 +641,16 @@ impl Deployer {
         for d in self.db.deployments().live_deployments(&self.owner).await? {
             if d.session.is_some() {
                 self.db.deployments().set_session(&d.id, None).await?;
+            }
+            if let Some(capture) = d.image_id.strip_prefix(super::stream::IMAGE_PREFIX) {
+                // A stream lives in the memory of the server that ran it.
+                let why = "the server restarted while streaming the source machine's disk:                            deploy again";
+                for id in [d.id.as_str(), capture] {
+                    if self.db.deployments().cancel_deployment(id, why).await? {
+                        warn!(deployment = %id, "{why}");
+                    }
+                }
+                continue;
             }
             let waiting = self
                 .db
