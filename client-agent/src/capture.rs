@@ -208,7 +208,9 @@ pub(crate) async fn work(
                 // The deployment's machines learn what is coming before a byte is read.
                 let o = outline(&dev, &source, &opts, &plan);
                 uploader.call("announcing the disk's outline", || {
-                    uploader.api.post::<_, serde_json::Value>("/agent/capture/outline", &o)
+                    uploader
+                        .api
+                        .post::<_, serde_json::Value>("/agent/capture/outline", &o)
                 })?;
                 info!("outline announced: streaming the disk to the deployment as it is read");
             }

@@ -181,7 +181,7 @@ async fn work(
         .map_err(|e| Stop::Failed(format!("the server sent a malformed manifest: {e}")))?;
     if live {
         info!(
-            "the image comes straight from {}'s disk as it is read",
+            "the image streams straight from the source machine's disk ({}) as it is read",
             manifest.source
         );
     }
@@ -445,9 +445,9 @@ async fn committed_manifest(api: &Api) -> Result<Manifest, Stop> {
             })
             .await?;
         if !r.live {
-            r.manifest.validate().map_err(|e| {
-                Stop::Failed(format!("the server sent a malformed manifest: {e}"))
-            })?;
+            r.manifest
+                .validate()
+                .map_err(|e| Stop::Failed(format!("the server sent a malformed manifest: {e}")))?;
             return Ok(r.manifest);
         }
         tokio::time::sleep(Duration::from_secs(1)).await;

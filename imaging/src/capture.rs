@@ -627,7 +627,12 @@ pub fn capture_planned(
 /// [`Hash::PENDING`] for its hash and no stored size. What a deployment straight from a
 /// machine's disk announces before the disk is read; the finished capture's manifest lists the
 /// same chunks with their hashes.
-pub fn outline(dev: &dyn BlockDevice, source: &str, opts: &CaptureOptions, plan: &Plan) -> Manifest {
+pub fn outline(
+    dev: &dyn BlockDevice,
+    source: &str,
+    opts: &CaptureOptions,
+    plan: &Plan,
+) -> Manifest {
     let cs = opts.chunk_size;
     let mut plan = plan.clone();
     for a in &mut plan.areas {

@@ -196,7 +196,12 @@ impl Live {
             }
             match s.hashes[i] {
                 Some(h) if h == c.hash => {}
-                Some(h) => return Err(format!("chunk {i} was sent as {h}, the manifest says {}", c.hash)),
+                Some(h) => {
+                    return Err(format!(
+                        "chunk {i} was sent as {h}, the manifest says {}",
+                        c.hash
+                    ))
+                }
                 None => return Err(format!("chunk {i} ({}) was never uploaded", c.hash)),
             }
         }
@@ -239,7 +244,9 @@ impl Live {
 mod tests {
     use std::sync::Arc;
 
-    use imaging::capture::{capture_planned, outline, plan, CaptureError, CaptureOptions, ChunkSink};
+    use imaging::capture::{
+        capture_planned, outline, plan, CaptureError, CaptureOptions, ChunkSink,
+    };
     use imaging::device::MemDevice;
     use imaging::progress::NoProgress;
 
@@ -313,8 +320,14 @@ mod tests {
         let c = capture_planned(&dev, "mem", &Placer(&live), &o, p.clone(), &NoProgress).unwrap();
         let mut other = c.manifest.clone();
         other.areas[0].chunks[1].hash = Hash::of(b"other");
-        assert!(live.finish(&other).unwrap_err().contains("chunk 1 was sent as"));
-        assert!(live.place(1, Hash::of(b"other")).unwrap_err().contains("already"));
+        assert!(live
+            .finish(&other)
+            .unwrap_err()
+            .contains("chunk 1 was sent as"));
+        assert!(live
+            .place(1, Hash::of(b"other"))
+            .unwrap_err()
+            .contains("already"));
         assert!(live.place(99, Hash::of(b"x")).is_err());
 
         let live = Arc::new(Live::new(outline(&dev, "mem", &o, &p)).unwrap());

@@ -314,7 +314,8 @@ pub async fn run(o: ReceiveOptions) -> anyhow::Result<Received> {
         Out::Target(t) => {
             let ours = &t.sink().desc().chunks;
             ensure!(
-                t.sink().desc().live == desc.live && ours.len() == desc.chunks.len()
+                t.sink().desc().live == desc.live
+                    && ours.len() == desc.chunks.len()
                     && ours
                         .iter()
                         .zip(&desc.chunks)

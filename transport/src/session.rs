@@ -531,7 +531,9 @@ impl Sink {
                         None => return Ok(false),
                     }
                 }
-                Ok(imaging::restore::check_written(manifest, a, &c, &*self.dev)?)
+                Ok(imaging::restore::check_written(
+                    manifest, a, &c, &*self.dev,
+                )?)
             }
         }
     }

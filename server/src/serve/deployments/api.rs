@@ -683,15 +683,19 @@ async fn stream_manifest(
             format!("the source machine {} failed: {why}", st.source),
         )
     };
-    let live = st.wait_live(STREAM_HOLD).await.map_err(failed)?.ok_or_else(|| {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!(
-                "the source machine {} has not read its disk's layout yet",
-                st.source
-            ),
-        )
-    })?;
+    let live = st
+        .wait_live(STREAM_HOLD)
+        .await
+        .map_err(failed)?
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "the source machine {} has not read its disk's layout yet",
+                    st.source
+                ),
+            )
+        })?;
     // Once every chunk came, the commit follows: wait a while for it.
     let finished = match live.placed() == live.chunks() {
         true => {
@@ -741,17 +745,29 @@ pub(crate) async fn stream_chunk(
         ));
     }
     let st = stream_for(&s, &d)?;
-    let failed = |why: String| ApiError::new(StatusCode::CONFLICT, format!("the source machine {} failed: {why}", st.source));
+    let failed = |why: String| {
+        ApiError::new(
+            StatusCode::CONFLICT,
+            format!("the source machine {} failed: {why}", st.source),
+        )
+    };
     let away = || {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("chunk {i} has not come from the source machine {} yet", st.source),
+            format!(
+                "chunk {i} has not come from the source machine {} yet",
+                st.source
+            ),
         )
     };
-    let live = st.wait_live(STREAM_HOLD).await.map_err(failed)?.ok_or_else(away)?;
-    let len = live
-        .plain_len(i)
-        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no chunk {i} in the stream")))?;
+    let live = st
+        .wait_live(STREAM_HOLD)
+        .await
+        .map_err(failed)?
+        .ok_or_else(away)?;
+    let len = live.plain_len(i).ok_or_else(|| {
+        ApiError::new(StatusCode::NOT_FOUND, format!("no chunk {i} in the stream"))
+    })?;
     let store = s.deployer.store()?;
     let permit = s
         .deployer
@@ -770,11 +786,7 @@ pub(crate) async fn stream_chunk(
     .map_err(anyhow::Error::from)?;
     drop(permit);
     match r {
-        Ok(p) => Ok((
-            [(header::CONTENT_TYPE, "application/octet-stream")],
-            p,
-        )
-            .into_response()),
+        Ok(p) => Ok(([(header::CONTENT_TYPE, "application/octet-stream")], p).into_response()),
         Err(_) if live.failed().is_some() => Err(failed(live.failed().unwrap_or_default())),
         Err(e) if format!("{e}").contains("did not come") => Err(away()),
         Err(e) => Err(anyhow::anyhow!("chunk {i} of the stream: {e:#}").into()),

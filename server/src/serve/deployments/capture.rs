@@ -29,8 +29,8 @@ use crate::serve::deployments::api::{task_over, AgentTask};
 use crate::serve::deployments::repo::{Deployment, NewDeployment};
 use crate::serve::deployments::service::DeployError;
 use crate::serve::deployments::stream::{Stream, IMAGE_PREFIX};
-use transport::live::Live;
 use crate::serve::web::api::{parse_mac, Actor, ApiError, ApiResult, Shared};
+use transport::live::Live;
 
 /// Hashes one `have` call may ask about.
 const MAX_HAVE: usize = 4096;
@@ -451,7 +451,10 @@ pub(crate) async fn commit(
             s.db.audit(
                 &format!("machine:{}", t.mac),
                 "image.stream",
-                &format!("{}: {chunks} chunk(s) of {} streamed, not kept", d.id, t.mac),
+                &format!(
+                    "{}: {chunks} chunk(s) of {} streamed, not kept",
+                    d.id, t.mac
+                ),
             )
             .await?;
             s.deployer.changed(&d.id);

@@ -88,7 +88,7 @@ impl From<DbError> for DeployError {
 /// The deployment service.
 pub(crate) struct Deployer {
     /// Where its background work runs (watchers of sessions, torrent builds).
-    tasks: crate::serve::tasks::Tasks,
+    pub(super) tasks: crate::serve::tasks::Tasks,
     pub(super) db: Db,
     store_dir: PathBuf,
     pub(super) iface: Option<Iface>,

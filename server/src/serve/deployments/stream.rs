@@ -26,6 +26,9 @@ use crate::serve::deployments::repo::{Deployment, NewDeployment};
 use crate::serve::deployments::service::{DeployError, DeployRequest, Deployer};
 use crate::serve::inventory::mac::Mac;
 
+/// A source that uploads nothing for this long fails its stream.
+pub(crate) const SOURCE_SILENT: Duration = Duration::from_secs(60);
+
 /// The image id of a restore deployment fed by a stream: this, then its capture's id.
 pub(crate) const IMAGE_PREFIX: &str = "stream:";
 
@@ -317,6 +320,7 @@ impl Deployer {
             .await
             .map_err(anyhow::Error::from)?;
         s.live.send_replace(Some(live.clone()));
+        self.watch_stream(s.clone(), live.clone());
         let d = self.db.deployments().deployment(&s.restore).await?;
         if d.transport == Transport::Multicast && d.state.active() {
             let machines = self.db.deployments().tasks_of(&d.id).await?.len();
@@ -333,11 +337,44 @@ impl Deployer {
         Ok(())
     }
 
+    /// Fails stream `s` when its source sends nothing for [`SOURCE_SILENT`] before it
+    /// commits (its agent died, its machine was switched off): the targets stop rather than
+    /// wait.
+    fn watch_stream(self: &Arc<Self>, s: Arc<Stream>, live: Arc<Live>) {
+        let this = self.clone();
+        let span = tracing::info_span!("stream", capture = %s.capture, restore = %s.restore);
+        self.tasks.spawn(span, async move {
+            let mut last = (live.placed(), tokio::time::Instant::now());
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                if live.finished().is_some() || s.failed().is_some() {
+                    return Ok(());
+                }
+                let placed = live.placed();
+                if placed != last.0 {
+                    last = (placed, tokio::time::Instant::now());
+                } else if last.1.elapsed() >= SOURCE_SILENT {
+                    let why = format!(
+                        "it sent nothing for {} s ({placed} of {} chunks sent, nothing committed)",
+                        SOURCE_SILENT.as_secs(),
+                        live.chunks()
+                    );
+                    tracing::warn!("the source machine {} {why}", s.source);
+                    this.stream_failed(&s, &why).await;
+                    return Ok(());
+                }
+            }
+        });
+    }
+
     /// Ends stream `s` (its source failed, or one of its deployments was cancelled): the
     /// other deployment is cancelled too, saying why.
     pub(crate) async fn stream_failed(&self, s: &Stream, why: &str) {
         s.fail(why);
-        for (id, what) in [(&s.restore, "the source machine"), (&s.capture, "the stream")] {
+        for (id, what) in [
+            (&s.restore, "the source machine"),
+            (&s.capture, "the stream"),
+        ] {
             let reason = format!("{what} stopped: {why}");
             if let Ok(true) = self.db.deployments().cancel_deployment(id, &reason).await {
                 self.stop_session(id).await;
