@@ -256,3 +256,75 @@ fn a_machines_disk_streams_to_three_agents_as_it_is_read_and_is_kept_as_an_image
     run("cmp", &[again.to_str().unwrap(), src.to_str().unwrap()]);
     drop(srv);
 }
+
+#[test]
+fn cancelling_a_stream_from_a_machine_stops_its_source_and_its_targets_and_keeps_nothing() {
+    if !require("stream_cancelled", &["ip", "sgdisk", "mkfs.ext4", "mkntfs"]) {
+        return;
+    }
+    let env = Env::new();
+    let src = lab_disk(&env, 20 << 20, 56);
+    let token = env.ok(&["token", "create", "admin"]).trim().to_string();
+    let mut lab = Lab::new("sc", 3);
+    // The source's uploads crawl: the stream is cancelled while it runs.
+    lab.throttle_in(0, "2mbit");
+    for i in 1..=2 {
+        lab.set_mac(i, &mac(i));
+    }
+    let srv = Server::start_cmd(server_cmd(&lab, &env));
+    for i in 1..=2 {
+        cli(&lab, &token, &["machine", "add", &mac(i)]);
+    }
+    let d = cli(
+        &lab,
+        &token,
+        &["deploy", "--from", &mac(1), "--to", &mac(2)],
+    );
+    let id = d["id"].as_str().unwrap().to_string();
+    let disk = env.path("disk2.img");
+    drover_tests::sparse_file(&disk, 64 << 20);
+    let target = agent(&mut lab, &env, 2, &disk);
+    let source = agent(&mut lab, &env, 1, &src);
+    wait_deployment(
+        Duration::from_secs(120),
+        "the stream",
+        || cli(&lab, &token, &["deployment", "show", &id]),
+        |d| d["state"] == "running" && task_of(d, &mac(2))["bytes_done"].as_u64() > Some(0),
+    );
+    cli(&lab, &token, &["deployment", "cancel", &id]);
+    for (k, who) in [(source, 1), (target, 2)] {
+        wait_child(&mut lab, k);
+        let log = agent_log(&env, who);
+        assert!(
+            log.contains("cancelled"),
+            "agent {who} should say it was cancelled: {log}"
+        );
+    }
+    let list = cli(&lab, &token, &["deployment", "list"]);
+    let capture = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["kind"] == "capture")
+        .unwrap_or_else(|| panic!("no capture deployment in {list:#}"));
+    assert_eq!(capture["state"], "cancelled", "{capture:#}");
+    let c = cli(
+        &lab,
+        &token,
+        &["deployment", "show", capture["id"].as_str().unwrap()],
+    );
+    let reason = task_of(&c, &mac(1))["reason"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        reason.contains(&id) && reason.contains("cancelled"),
+        "{c:#}"
+    );
+    let images = env.ok(&["image", "list"]);
+    assert!(
+        !images.contains("from-"),
+        "nothing should be kept: {images}"
+    );
+    drop(srv);
+}
