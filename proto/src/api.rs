@@ -1105,6 +1105,7 @@ mod tests {
             personalize: None,
             luks_keys: LuksKeys::default(),
             layout: Layout::Grow,
+            live: false,
         };
         use Transport::*;
         for (t, f, plan) in [

@@ -167,6 +167,7 @@ fn a_stranger_gets_nothing_that_reads_the_image_or_changes_the_task() {
         "/api/v1/agent/session/session",
         "/api/v1/agent/task",
         "/api/v1/agent/manifest",
+        "/api/v1/agent/stream/0",
         "/api/v1/agent/torrent",
         "/api/v1/images",
         "/api/v1/deployments",
@@ -175,6 +176,7 @@ fn a_stranger_gets_nothing_that_reads_the_image_or_changes_the_task() {
     let post = [
         "/register",
         "/api/v1/agent/session/register",
+        "/api/v1/agent/capture/outline",
         "/api/v1/agent/progress",
         "/api/v1/agent/result",
     ];
