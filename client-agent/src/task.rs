@@ -169,12 +169,25 @@ async fn work(
     task: AgentTask,
     reporter: &Reporter,
 ) -> Result<(Totals, Vec<String>), Stop> {
+    // The smallest disk's size: when the image does not fit it as captured, the server
+    // fits the image to it (its filesystems shrunk) and says so by its id.
+    // (A file that does not exist yet is made the image's size.)
+    let mut smallest = u64::MAX;
+    for disk in args.disks.iter().filter(|d| d.exists()) {
+        let len =
+            block_len(disk).map_err(|e| Stop::Failed(format!("{}: {e:#}", disk.display())))?;
+        smallest = smallest.min(len);
+    }
+    let path = match smallest {
+        u64::MAX => "/agent/manifest".to_string(),
+        n => format!("/agent/manifest?disk_size={n}"),
+    };
     let ManifestReply::<Manifest> {
         id,
         mut manifest,
         live,
     } = api
-        .retry("fetching the manifest", None, || api.get("/agent/manifest"))
+        .retry("fetching the manifest", None, || api.get(&path))
         .await?;
     manifest
         .validate()
@@ -233,6 +246,13 @@ async fn work(
     if live {
         // A swarm shares an image's pieces by hash, which a live stream learns as it goes.
         plan.retain(|&t| t != Transport::Bittorrent);
+    }
+    if !live && id != task.image.id {
+        info!(
+            "the server fitted {} to this {}-byte disk ({}): fetching it over unicast",
+            task.image.name, smallest, manifest.name
+        );
+        plan = vec![Transport::Unicast];
     }
     let mut multicast = fetch::Multicast {
         api,

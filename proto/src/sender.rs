@@ -491,6 +491,15 @@ impl Sender {
         self.start_now = true;
     }
 
+    /// One of the receivers the start waits for will not join (its machine gets its data
+    /// elsewhere): the stream starts once one fewer joined (never waiting for none).
+    pub fn one_fewer(&mut self) {
+        let m = &mut self.cfg.start.min_receivers;
+        if *m != usize::MAX {
+            *m = m.saturating_sub(1).max(1);
+        }
+    }
+
     /// The next chunk whose payload the driver should load and [`provide`](Self::provide).
     pub fn poll_load(&mut self) -> Option<u32> {
         if self.next_load >= self.layout.chunks() {

@@ -732,3 +732,128 @@ fn an_agent_writes_two_disks_of_different_sizes_each_laid_out() {
         "{task:#}"
     );
 }
+
+/// A lab with one machine whose disk is smaller than the image's layout: the server fits the
+/// image to that disk once (its NTFS shrunk with ntfsresize, as `drover image restore` does)
+/// and that machine gets it over unicast while the other is imaged by multicast, whose stream
+/// starts without waiting for the small machine. The small disk must pass the filesystems'
+/// checkers and equal a local restore onto a disk of its size; a disk too small for the used
+/// data fails its task naming the partition.
+#[test]
+fn a_machine_with_a_smaller_disk_gets_the_image_fitted_to_it() {
+    if !require(
+        "fitted deployment",
+        &[
+            "root",
+            "sgdisk",
+            "mkfs.ext4",
+            "mkntfs",
+            "ntfsresize",
+            "ntfsfix",
+            "cmp",
+            "e2fsck",
+        ],
+    ) {
+        return;
+    }
+    let env = Env::new();
+    let src = lab_disk(&env, 8 << 20, 47);
+    env.capture(&src, "lab");
+    let srv = Server::start(&env.data(), &[]);
+    let t = token(&env);
+    let macs = [
+        "02:00:00:00:0f:01",
+        "02:00:00:00:0f:02",
+        "02:00:00:00:0f:03",
+    ];
+    for m in &macs[..2] {
+        srv.ok(&env, &t, &["machine", "add", m, "--group", "mixed"]);
+    }
+    srv.ok(&env, &t, &["machine", "add", macs[2]]);
+    let out = srv.ok(
+        &env,
+        &t,
+        &["deploy", "lab", "--to", "mixed", "--personalize", "off"],
+    );
+    let id = deploy_id(&out);
+    let big = env.path("big.img");
+    let small = env.path("small.img");
+    drover_tests::sparse_file(&small, 48 << 20);
+    let agents: Vec<_> = [(macs[0], &big), (macs[1], &small)]
+        .into_iter()
+        .map(|(m, disk)| {
+            let c = agent(&srv.url, disk, &["--mac", m, "--iface", "lo"]);
+            std::thread::spawn(move || output_within(c, LIMIT))
+        })
+        .collect();
+    for (i, a) in agents.into_iter().enumerate() {
+        let o = a.join().unwrap();
+        assert!(o.status.success(), "agent {i}: {}", output(&o));
+        if i == 1 {
+            assert!(output(&o).contains("fitted"), "{}", output(&o));
+        }
+    }
+    let d = drover_tests::deploy::deployment(&srv.addr, &t, &id);
+    assert_eq!(d["state"], "done", "{d:#}");
+    assert!(
+        task_of(&d, macs[0])["multicast_chunks"].as_i64().unwrap() > 0,
+        "{d:#}"
+    );
+    assert_eq!(task_of(&d, macs[1])["multicast_chunks"], 0, "{d:#}");
+    run("cmp", &[big.to_str().unwrap(), src.to_str().unwrap()]);
+    // The small disk: what a local restore makes of the image on a disk of its size.
+    let reference = env.path("small-reference.img");
+    drover_tests::sparse_file(&reference, 48 << 20);
+    env.restore("lab", &reference);
+    run(
+        "cmp",
+        &[small.to_str().unwrap(), reference.to_str().unwrap()],
+    );
+    run("sgdisk", &["-v", small.to_str().unwrap()]);
+    let part = |n: u32, name: &str| -> std::path::PathBuf {
+        let info = run("sgdisk", &[&format!("-i{n}"), small.to_str().unwrap()]);
+        let num = |key: &str| -> u64 {
+            info.lines()
+                .find(|l| l.starts_with(key))
+                .and_then(|l| l.split_whitespace().find_map(|w| w.parse().ok()))
+                .unwrap()
+        };
+        let (first, last) = (num("First sector:"), num("Last sector:"));
+        let out = env.path(name);
+        run(
+            "dd",
+            &[
+                &format!("if={}", small.display()),
+                &format!("of={}", out.display()),
+                "bs=512",
+                &format!("skip={first}"),
+                &format!("count={}", last - first + 1),
+                "status=none",
+            ],
+        );
+        out
+    };
+    run("e2fsck", &["-fn", part(1, "p1.img").to_str().unwrap()]);
+    run("ntfsfix", &["-n", part(2, "p2.img").to_str().unwrap()]);
+
+    // A disk too small for the used data: its task fails, saying which partition.
+    let out = srv.ok(
+        &env,
+        &t,
+        &["deploy", "lab", "--to", macs[2], "--transport", "unicast"],
+    );
+    let id = deploy_id(&out);
+    let tiny = env.path("tiny.img");
+    drover_tests::sparse_file(&tiny, 8 << 20);
+    let o = output_within(
+        agent(&srv.url, &tiny, &["--mac", macs[2], "--iface", "lo"]),
+        LIMIT,
+    );
+    assert!(!o.status.success(), "{}", output(&o));
+    let d = drover_tests::deploy::deployment(&srv.addr, &t, &id);
+    let reason = task_of(&d, macs[2])["reason"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(reason.contains("partition"), "{d:#}");
+}

@@ -226,6 +226,8 @@ impl std::fmt::Display for Sent {
 pub enum Control {
     /// Start the stream now, whoever joined.
     StartNow,
+    /// One machine the start waits for will not join (it gets its image over unicast).
+    OneFewer,
     /// Stop: receivers finish over unicast elsewhere.
     Cancel,
 }
@@ -613,6 +615,7 @@ pub async fn run(o: SendOptions) -> anyhow::Result<Sent> {
                     tell(Event::StartingNow { session });
                     sender.start_now();
                 }
+                Some(Control::OneFewer) => sender.one_fewer(),
                 // Cancelled, or the daemon dropped its handle: the session is over.
                 Some(Control::Cancel) | None => {
                     tell(Event::Cancelled { session });

@@ -23,6 +23,53 @@ fn starts_at_its_time_whoever_joined() {
     assert_eq!(s.state(), SenderState::Running);
 }
 
+/// A machine that will not join (it gets its image elsewhere) is not waited for; the count
+/// never drops to nobody, and a start at a set time is not moved.
+#[test]
+fn one_fewer_starts_once_the_others_joined() {
+    let now = Instant::now();
+    let layout = Layout::new(1000, 64, vec![10_000; 2]).unwrap();
+    let mut cfg = SenderConfig::new(1, SessionKey::new([1; 32]));
+    cfg.start = StartPolicy {
+        min_receivers: 3,
+        max_wait: None,
+        start_at: None,
+    };
+    let mut s = Sender::new(cfg.clone(), layout.clone(), now);
+    for i in 0..2u8 {
+        s.add_receiver(now, SocketAddr::from(([10, 0, 0, i], 9000)))
+            .unwrap();
+    }
+    s.handle_timeout(now + Duration::from_secs(1));
+    assert_eq!(s.state(), SenderState::Waiting);
+    s.one_fewer();
+    s.handle_timeout(now + Duration::from_secs(2));
+    assert_eq!(s.state(), SenderState::Running);
+
+    let mut s = Sender::new(cfg.clone(), layout.clone(), now);
+    for _ in 0..5 {
+        s.one_fewer();
+    }
+    s.handle_timeout(now + Duration::from_secs(3));
+    assert_eq!(s.state(), SenderState::Waiting, "nobody joined");
+    s.add_receiver(now, SocketAddr::from(([10, 0, 0, 9], 9000)))
+        .unwrap();
+    s.handle_timeout(now + Duration::from_secs(4));
+    assert_eq!(s.state(), SenderState::Running);
+
+    cfg.start = StartPolicy {
+        min_receivers: usize::MAX,
+        max_wait: None,
+        start_at: Some(now + Duration::from_secs(60)),
+    };
+    let mut s = Sender::new(cfg, layout, now);
+    s.add_receiver(now, SocketAddr::from(([10, 0, 0, 1], 9000)))
+        .unwrap();
+    s.one_fewer();
+    s.handle_timeout(now + Duration::from_secs(5));
+    assert_eq!(s.state(), SenderState::Waiting, "a set time stays");
+}
+
 /// The sender asks for a few chunks ahead, not the whole image, however slowly the
 /// driver provides them: its memory must not grow with the image.
 #[test]

@@ -18,6 +18,7 @@ use serde::Deserialize;
 
 use proto::api::{self, ErrorBody};
 
+use crate::serve::deployments::fit::Fit;
 use crate::serve::deployments::repo::{Deployment, Task, TaskProgress};
 use crate::serve::deployments::service::{AgentSwarm, DeployError, DeployRequest};
 use crate::serve::deployments::stream::{Stream as LiveStream, IMAGE_PREFIX};
@@ -636,22 +637,55 @@ async fn personalization(
 }
 
 /// `GET /api/v1/agent/manifest`: the task's image.
-#[utoipa::path(get, path = "/agent/manifest", tag = "agent", summary = "Agent: its task's image manifest",
-    responses((status = 200, description = "{id, manifest}", content_type = "application/json"), (status = 410, body = ErrorBody)))]
+#[utoipa::path(get, path = "/agent/manifest", tag = "agent",
+    summary = "Agent: its task's image manifest; with disk_size smaller than the image needs, the image fitted to that disk (filesystems shrunk; 503 while it is made)",
+    params(("disk_size" = Option<u64>, Query, description = "bytes of the machine's (smallest) disk")),
+    responses((status = 200, description = "{id, manifest, live}", content_type = "application/json"), (status = 409, body = ErrorBody),
+        (status = 410, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub(crate) async fn manifest(
     State(s): State<Shared>,
     Extension(AgentTask(t)): Extension<AgentTask>,
+    Query(q): Query<ManifestQuery>,
 ) -> ApiResult<Json<api::ManifestReply<imaging::manifest::Manifest>>> {
     let d = s.db.deployments().deployment(&t.deployment_id).await?;
     if d.image_id.starts_with(IMAGE_PREFIX) {
         return stream_manifest(&s, &d).await.map(Json);
     }
     let img = s.deployer.image(&d.image_id).await?;
+    if let Some(disk) = q.disk_size.filter(|&n| n < img.manifest.min_size) {
+        // The image does not fit that disk as captured: the machine gets it fitted.
+        return match s.deployer.fit(&d.image_id, disk) {
+            Fit::Making => Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "fitting {} to this machine's {disk}-byte disk (shrinking its \
+                     filesystems): ask again",
+                    d.image_name
+                ),
+            )),
+            Fit::Failed(why) => Err(ApiError::new(StatusCode::CONFLICT, why)),
+            Fit::Ready(id) => {
+                let f = s.deployer.image(&id).await?;
+                s.deployer.task_fitted(&d.id, &t.id).await;
+                Ok(Json(api::ManifestReply {
+                    id,
+                    manifest: f.manifest.clone(),
+                    live: false,
+                }))
+            }
+        };
+    }
     Ok(Json(api::ManifestReply {
         id: d.image_id,
         manifest: img.manifest.clone(),
         live: false,
     }))
+}
+
+#[derive(Deserialize)]
+pub(crate) struct ManifestQuery {
+    /// Bytes of the machine's (smallest) disk.
+    disk_size: Option<u64>,
 }
 
 /// How long an agent's ask about a stream is held for the source machine.
@@ -806,7 +840,17 @@ pub(crate) async fn chunk(
         .ok_or_else(|| ApiError::bad_request(format!("{hash:?} is not a BLAKE3 hash")))?;
     let d = s.db.deployments().deployment(&t.deployment_id).await?;
     let img = s.deployer.image(&d.image_id).await?;
-    let len = *img.lens.get(&h).ok_or_else(|| {
+    let mut len = img.lens.get(&h).copied();
+    if len.is_none() {
+        // A machine with a smaller disk writes the image fitted to it.
+        for id in s.deployer.fitted_of(&d.image_id) {
+            len = s.deployer.image(&id).await?.lens.get(&h).copied();
+            if len.is_some() {
+                break;
+            }
+        }
+    }
+    let len = len.ok_or_else(|| {
         ApiError::new(
             StatusCode::NOT_FOUND,
             format!("chunk {hash} is not in this task's image"),

@@ -2,6 +2,7 @@
 
 pub(crate) mod api;
 pub(crate) mod capture;
+pub(crate) mod fit;
 pub(crate) mod personalize;
 pub(crate) mod repo;
 pub(crate) mod service;

@@ -115,6 +115,10 @@ pub(crate) struct Deployer {
     capture_keys: Mutex<HashMap<String, proto::api::LuksKeys>>,
     /// Deployments straight from a machine's disk, while they run.
     pub(super) streams: Mutex<Vec<Arc<super::stream::Stream>>>,
+    /// Images fitted to smaller disks: (image id, disk bytes) → where that stands.
+    pub(super) fits: Mutex<HashMap<(String, u64), super::fit::Fit>>,
+    /// Tasks already given a fitted image (their session was told they will not join).
+    fitted_tasks: Mutex<std::collections::HashSet<String>>,
 }
 
 /// Swarm limits of every agent: upload rate (bits/s) and peers.
@@ -159,6 +163,8 @@ impl Deployer {
             agent_swarm,
             capture_keys: Mutex::new(HashMap::new()),
             streams: Mutex::new(Vec::new()),
+            fits: Mutex::new(HashMap::new()),
+            fitted_tasks: Mutex::new(std::collections::HashSet::new()),
         })
     }
 
@@ -210,6 +216,27 @@ impl Deployer {
     /// database, so a task created in between is not missed.
     pub(crate) fn watch_tasks(&self) -> broadcast::Receiver<Arc<Vec<Mac>>> {
         self.new_tasks.subscribe()
+    }
+
+    pub(super) fn store_dir(&self) -> &std::path::Path {
+        &self.store_dir
+    }
+
+    /// Task `task` of deployment `id` gets a fitted image over unicast: its multicast
+    /// session (if one waits) starts without it.
+    pub(crate) async fn task_fitted(&self, id: &str, task: &str) {
+        if !self
+            .fitted_tasks
+            .lock()
+            .expect("lock")
+            .insert(task.to_string())
+        {
+            return;
+        }
+        let ctl = self.sessions.lock().expect("lock").get(id).cloned();
+        if let Some(c) = ctl {
+            let _ = c.send(Control::OneFewer).await;
+        }
     }
 
     pub(super) fn store(&self) -> anyhow::Result<Store> {
