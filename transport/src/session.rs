@@ -706,6 +706,48 @@ mod tests {
         MemDevice::new(data)
     }
 
+    /// A live stream's sink: each payload is checked against the hash it carries before it
+    /// is written; at the end what was written is confirmed against the committed manifest,
+    /// and a manifest that says otherwise is refused, naming the chunk.
+    #[test]
+    fn a_live_sink_checks_each_chunk_and_confirms_the_committed_manifest() {
+        use imaging::capture::{outline, plan};
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let src = source();
+        let mut o = CaptureOptions::new("g");
+        o.chunk_size = MIB;
+        o.check_space = false;
+        let p = plan(&src, MIB).unwrap();
+        let desc = Description::live(outline(&src, "mem", &o, &p));
+        let c = capture(&src, "mem", &store, &o, &NoProgress).unwrap();
+        let disk = Arc::new(MemDevice::new(vec![0xa5; (24 * MIB) as usize]));
+        let sink = Sink::on(Failing::new(&disk, u64::MAX), Path::new("mem"), desc).unwrap();
+        let chunks: Vec<_> = c.manifest.chunks().map(|(_, c)| c.hash).collect();
+        assert_eq!(sink.chunks(), chunks.len());
+        for (i, h) in chunks.iter().enumerate() {
+            let plain = store.read_chunk(h, MIB as usize).unwrap();
+            let mut wrong = crate::live::payload(h, &plain);
+            wrong[40] ^= 1;
+            assert!(sink.write(i, &wrong).unwrap().is_err(), "a tampered chunk");
+            assert!(!sink.holds(i).unwrap());
+            sink.write(i, &crate::live::payload(h, &plain))
+                .unwrap()
+                .unwrap();
+            assert!(sink.holds(i).unwrap());
+        }
+        let mut other = c.manifest.clone();
+        other.areas[0].chunks[3].hash = Hash::of(b"other");
+        let e = sink.confirm(&other).unwrap_err();
+        assert!(format!("{e}").contains("chunk 3 was written as"), "{e}");
+        sink.confirm(&c.manifest).unwrap();
+        sink.finish().unwrap();
+        assert!(
+            disk.to_vec() == src.to_vec(),
+            "the disk differs from the source"
+        );
+    }
+
     #[test]
     fn a_write_cut_off_mid_way_resumes_with_only_what_is_missing() {
         let dir = tempfile::tempdir().unwrap();
