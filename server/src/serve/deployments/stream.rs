@@ -117,6 +117,30 @@ impl Deployer {
             .or_else(|| self.stream_by_restore(id))
     }
 
+    /// Forgets the streams whose two deployments are over.
+    async fn prune_streams(&self) {
+        let all: Vec<Arc<Stream>> = self.streams.lock().expect("lock").clone();
+        let mut over = Vec::new();
+        for s in all {
+            let mut active = false;
+            for id in [&s.capture, &s.restore] {
+                active |= self
+                    .db
+                    .deployments()
+                    .deployment(id)
+                    .await
+                    .is_ok_and(|d| d.state.active());
+            }
+            if !active {
+                over.push(s.restore.clone());
+            }
+        }
+        self.streams
+            .lock()
+            .expect("lock")
+            .retain(|s| !over.contains(&s.restore));
+    }
+
     /// `drover deploy --from MAC`: checks the request like any deployment's, then creates the
     /// source's capture deployment and the targets' restore deployment.
     pub(crate) async fn create_stream(
@@ -186,6 +210,7 @@ impl Deployer {
                 )));
             }
         }
+        self.prune_streams().await;
         let name = keep_as
             .clone()
             .unwrap_or_else(|| format!("from-{}", source.to_string().replace(':', "")));
