@@ -111,13 +111,13 @@ done
 cleanup
 
 {
-  s=$(awk -F'\t' '$1 == "stream"' "$OUT/stream.tsv" | cut -f3 | median)
-  t=$(awk -F'\t' '$1 == "twostep"' "$OUT/stream.tsv" | cut -f3 | median)
+  s=$(awk -F'\t' '$1 == "stream"' "$OUT/stream.tsv" | cut -f3 | median | xargs printf "%.2f")
+  t=$(awk -F'\t' '$1 == "twostep"' "$OUT/stream.tsv" | cut -f3 | median | xargs printf "%.2f")
   okall=$(cut -f4 "$OUT/stream.tsv" | tail -n +2 | sort -u | tr '\n' ' ')
   echo "| ${MIB} MiB used, $N targets, links $RATE | seconds (median of $RUNS) |"
   echo "|---|---|"
   echo "| drover deploy --from (streamed as read, kept as an image) | $s |"
   echo "| drover capture, then drover deploy (two steps) | $t |"
-  echo "| ratio | $(echo "scale=2; $s / $t" | bc) |"
+  echo "| ratio | $(echo "scale=3; $s / $t" | bc | xargs printf "%.2f") |"
   echo "| every target equal to the source disk | $okall |"
 } | tee "$OUT/stream.md"
