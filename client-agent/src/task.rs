@@ -172,11 +172,13 @@ async fn work(
     // The smallest disk's size: when the image does not fit it as captured, the server
     // fits the image to it (its filesystems shrunk) and says so by its id.
     // (A file that does not exist yet is made the image's size.)
-    let mut smallest = u64::MAX;
+    let (mut smallest, mut smallest_disk) = (u64::MAX, &args.disk);
     for disk in args.disks.iter().filter(|d| d.exists()) {
         let len =
             block_len(disk).map_err(|e| Stop::Failed(format!("{}: {e:#}", disk.display())))?;
-        smallest = smallest.min(len);
+        if len < smallest {
+            (smallest, smallest_disk) = (len, disk);
+        }
     }
     let path = match smallest {
         u64::MAX => "/agent/manifest".to_string(),
@@ -188,7 +190,12 @@ async fn work(
         live,
     } = api
         .retry("fetching the manifest", None, || api.get(&path))
-        .await?;
+        .await
+        .map_err(|e| match Stop::from(e) {
+            // Refused (a disk too small even with the image fitted to it): name the disk.
+            Stop::Failed(m) => Stop::Failed(format!("{}: {m}", smallest_disk.display())),
+            over => over,
+        })?;
     manifest
         .validate()
         .map_err(|e| Stop::Failed(format!("the server sent a malformed manifest: {e}")))?;

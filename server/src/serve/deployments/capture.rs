@@ -179,6 +179,11 @@ fn store(s: &Shared) -> ApiResult<Store> {
         .map_err(|e| ApiError::from(anyhow::anyhow!("opening the image store: {e}")))
 }
 
+/// The store again (the first was moved into a blocking task).
+fn store_again(s: &Shared) -> ApiResult<Store> {
+    store(s)
+}
+
 fn hash(h: &str) -> ApiResult<Hash> {
     Hash::from_hex(h).ok_or_else(|| ApiError::bad_request(format!("{h:?} is not a BLAKE3 hash")))
 }
@@ -280,8 +285,21 @@ pub(crate) async fn have(
     };
     let store = store(&s)?;
     let asked = hashes.clone();
+    // A streamed chunk the server has is read (and checked against its hash and its place's
+    // length) before the stream may send it: the sender must never fail on a load.
+    let lens: Vec<Option<usize>> = match &live {
+        Some(l) => h.at.iter().map(|&at| l.plain_len(at as usize)).collect(),
+        None => vec![None; hashes.len()],
+    };
     let have = tokio::task::spawn_blocking(move || {
-        asked.iter().map(|h| store.has_chunk(h)).collect::<Vec<_>>()
+        asked
+            .iter()
+            .zip(lens)
+            .map(|(h, len)| match len {
+                Some(len) if store.has_chunk(h) => store.read_chunk(h, len).is_ok(),
+                _ => store.has_chunk(h),
+            })
+            .collect::<Vec<_>>()
     })
     .await
     .map_err(anyhow::Error::from)?;
@@ -349,8 +367,24 @@ pub(crate) async fn put_chunk(
     })
     .await
     .map_err(anyhow::Error::from)?;
-    if let (Ok(Some(_)), Some((live, at))) = (&r, &live) {
-        // Stored and checked against its hash: the stream may send it.
+    if let (Ok(Some((_, new))), Some((live, at))) = (&r, &live) {
+        // Stored and checked against its hash (one stored before is checked now): the
+        // stream may send it.
+        if !new {
+            let (store, len) = (store_again(&s)?, q.len);
+            let ok = tokio::task::spawn_blocking(move || store.read_chunk(&h, len).is_ok())
+                .await
+                .map_err(anyhow::Error::from)?;
+            if !ok {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    format!(
+                        "the server's copy of chunk {h} does not read back as {len} bytes \
+                         (drover image verify finds what else is damaged)"
+                    ),
+                ));
+            }
+        }
         place(live, *at, h)?;
     }
     match r {
