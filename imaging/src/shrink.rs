@@ -16,8 +16,8 @@
 //! moved) places, read back against their chunks' hashes, and the partition table is
 //! rewritten for the target.
 //!
-//! FAT32 is shrunk by drover itself ([`crate::fat_resize`]). XFS cannot shrink, and drover
-//! does not shrink FAT12/16, swap, LVM, LUKS or raw copies: such a
+//! FAT16 and FAT32 are shrunk by drover itself ([`crate::fat_resize`]). XFS cannot shrink,
+//! and drover does not shrink FAT12, swap, LVM, LUKS or raw copies: such a
 //! partition keeps its size (and may move). Moving an MBR's logical partitions is refused.
 //! Needs root for btrfs (a mount); ext and NTFS are shrunk in plain files.
 
@@ -83,7 +83,13 @@ pub enum ShrinkError {
 pub fn can_shrink(kind: FsKind) -> bool {
     matches!(
         kind,
-        FsKind::Ext2 | FsKind::Ext3 | FsKind::Ext4 | FsKind::Ntfs | FsKind::Btrfs | FsKind::Fat32
+        FsKind::Ext2
+            | FsKind::Ext3
+            | FsKind::Ext4
+            | FsKind::Ntfs
+            | FsKind::Btrfs
+            | FsKind::Fat16
+            | FsKind::Fat32
     )
 }
 
@@ -466,11 +472,11 @@ fn tool_minimum(path: &Path, kind: FsKind, bs: u64, len: u64) -> anyhow::Result<
             }
             Ok((bytes, "btrfs inspect-internal min-dev-size".into()))
         }
-        FsKind::Fat32 => {
+        FsKind::Fat16 | FsKind::Fat32 => {
             let dev = FileDevice::open_read(path)?;
             Ok((
                 crate::fat_resize::min_size(&dev)?,
-                "its used clusters, and a FAT32 keeps 65525 at least".into(),
+                "its used clusters, and a FAT16 keeps 4085 at least, a FAT32 65525".into(),
             ))
         }
         other => bail!("drover does not shrink {other}"),
@@ -534,7 +540,7 @@ fn shrink_fs(path: &Path, kind: FsKind, bs: u64, size: u64) -> anyhow::Result<()
             r?;
             cut(path, size)
         }
-        FsKind::Fat32 => {
+        FsKind::Fat16 | FsKind::Fat32 => {
             let dev = FileDevice::open_write(path)?;
             crate::fat_resize::shrink(&dev, size)?;
             cut(path, size)

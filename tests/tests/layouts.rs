@@ -71,6 +71,13 @@ fn fs_size(disk: &Path, p: Extent, kind: &str) -> u64 {
         "btrfs" => le(0x10000 + 0x70, 8),
         "ntfs" => le(0x28, 8) * le(0x0B, 2),
         "fat32" => le(0x20, 4) * le(0x0B, 2),
+        "fat16" => {
+            let sectors = match le(0x13, 2) {
+                0 => le(0x20, 4),
+                n => n,
+            };
+            sectors * le(0x0B, 2)
+        }
         other => panic!("no size for {other}"),
     }
 }
@@ -936,34 +943,46 @@ fn btrfs_shrinks_an_xfs_after_an_ext4_moves_and_a_lone_xfs_is_refused() {
 
 #[test]
 fn a_fat32_whose_files_lie_past_the_new_end_shrinks() {
+    // 512-byte clusters, so that it may shrink well below its size (a FAT32 keeps 65525).
+    fat_shrinks("32", 300 * MIB, "1", 200 * MIB, 30 * MIB, 120 * MIB);
+}
+
+#[test]
+fn a_fat16_whose_files_lie_past_the_new_end_shrinks() {
+    // 2 KiB clusters: 61000 of them, under a FAT16's 65524 (it keeps 4085).
+    fat_shrinks("16", 120 * MIB, "4", 80 * MIB, 10 * MIB, 48 * MIB);
+}
+
+/// A FAT`bits` of `part` bytes (`spc` sectors a cluster) whose `tree` bytes of files lie past
+/// where it ends once restored onto a `size`-byte target: a filler first, the files after
+/// it, then the filler deleted, so the files and their directories must move. The shrunk
+/// volume passes fsck.vfat and holds the same files.
+fn fat_shrinks(bits: &str, part: u64, spc: &str, filler: u64, tree: u64, size: u64) {
+    let kind = format!("fat{bits}");
     if !require(
-        "layout shrink fat32",
+        &format!("layout shrink {kind}"),
         &["sgdisk", "mkfs.vfat", "fsck.vfat", "mcopy", "mdel"],
     ) {
         return;
     }
     let env = Env::new();
-    let (disk, p) = one_partition_disk(&env, "fat.img", 300 * MIB);
+    let (disk, p) = one_partition_disk(&env, "fat.img", part);
     let f = env.path("fat-fs.img");
     sparse_file(&f, p.size);
-    // 512-byte clusters, so that it may shrink well below its size (a FAT32 keeps 65525).
-    run("mkfs.vfat", &["-F", "32", "-s", "1", s(&f)]);
-    // A filler first, the files after it, then the filler deleted: the files (and their
-    // directories) lie past where the shrunk volume ends, and must move.
-    let filler = env.path("filler");
-    random_file(&filler, 200 * MIB, 60);
-    run("mcopy", &["-i", s(&f), s(&filler), "::/FILLER"]);
-    fs::remove_file(&filler).unwrap();
-    let tree = env.path("tree");
-    make_tree(&tree, 30 * MIB, 61);
-    let want = read_tree(&tree);
-    mcopy_tree(&f, &tree);
+    run("mkfs.vfat", &["-F", bits, "-s", spc, s(&f)]);
+    let fill = env.path("filler");
+    random_file(&fill, filler, 60);
+    run("mcopy", &["-i", s(&f), s(&fill), "::/FILLER"]);
+    fs::remove_file(&fill).unwrap();
+    let dir = env.path("tree");
+    make_tree(&dir, tree, 61);
+    let want = read_tree(&dir);
+    mcopy_tree(&f, &dir);
     run("mdel", &["-i", s(&f), "::/FILLER"]);
     write_into(&disk, p.start, &f);
     fs::remove_file(&f).unwrap();
     env.capture(&disk, "fat");
 
-    let size = 120 * MIB;
     let target = env.path("target.img");
     random_file(&target, size, 62);
     let r = env.restore("fat", &target);
@@ -971,12 +990,12 @@ fn a_fat32_whose_files_lie_past_the_new_end_shrinks() {
     assert!(
         r["layout_changes"]
             .to_string()
-            .contains("partition 1 (fat32) shrunk"),
+            .contains(&format!("partition 1 ({kind}) shrunk")),
         "{r}"
     );
-    sgdisk_ok(&target, "fat32");
+    sgdisk_ok(&target, &kind);
     let small = gpt_part(&target, 1);
     assert_eq!(small.start + small.size, gpt_end(size));
-    assert_eq!(fs_size(&target, small, "fat32"), small.size);
-    check_fat(&env, &target, small, &want, "shrunk fat32");
+    assert_eq!(fs_size(&target, small, &kind), small.size);
+    check_fat(&env, &target, small, &want, &format!("shrunk {kind}"));
 }
