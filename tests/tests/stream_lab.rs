@@ -73,6 +73,21 @@ fn agent_log(env: &Env, i: usize) -> String {
     fs::read_to_string(env.path(&format!("agent{i}.err"))).unwrap_or_default()
 }
 
+/// `drover image gc` on the server's data directory, which must not wait for long (a stream
+/// holds the store while it runs); its output.
+fn gc_within(env: &Env) -> String {
+    let mut c = Command::new(drover_bin());
+    c.arg("--data-dir").arg(env.data()).args(["image", "gc"]);
+    let o = drover_tests::deploy::output_within(c, Duration::from_secs(60));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(o.status.success(), "drover image gc: {text}");
+    text
+}
+
 fn wait_child(lab: &mut Lab, k: usize) -> std::process::ExitStatus {
     let t0 = Instant::now();
     loop {
@@ -250,6 +265,9 @@ fn a_machines_disk_streams_to_three_agents_as_it_is_read_and_is_kept_as_an_image
             "{t:#}"
         );
     }
+    // Both deployments are over: the stream no longer holds the store, and gc keeps the
+    // image.
+    gc_within(&env);
     let again = env.path("again.img");
     drover_tests::sparse_file(&again, 64 << 20);
     env.restore("copy", &again);
@@ -326,5 +344,8 @@ fn cancelling_a_stream_from_a_machine_stops_its_source_and_its_targets_and_keeps
         !images.contains("from-"),
         "nothing should be kept: {images}"
     );
+    // The cancelled stream no longer holds the store: gc runs and removes what was uploaded.
+    let gc = gc_within(&env);
+    assert!(!gc.contains("removed 0 "), "{gc}");
     drop(srv);
 }

@@ -1032,5 +1032,9 @@ pub(crate) async fn result(
             s.deployer.stream_failed(&st, &why).await;
         }
     }
+    if s.deployer.stream_of(&t.deployment_id).is_some() {
+        // A stream whose deployments are both over no longer holds the store.
+        s.deployer.prune_streams().await;
+    }
     Ok(Json(api::StateReply { state }))
 }

@@ -649,6 +649,7 @@ impl Deployer {
         if let Some(s) = self.stream_of(id) {
             self.stream_failed(&s, &format!("deployment {id} was cancelled by {actor}"))
                 .await;
+            self.prune_streams().await;
         }
         Ok(())
     }

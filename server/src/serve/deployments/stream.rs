@@ -45,6 +45,10 @@ pub(crate) struct Stream {
     failed: Mutex<Option<String>>,
     /// The id of the image kept, once committed.
     pub(crate) kept: Mutex<Option<String>>,
+    /// A shared hold on the store while the stream runs: `drover image gc` waits for it (the
+    /// chunks it sends belong to no image until the source commits, and never do without
+    /// `--keep-as`).
+    hold: Mutex<Option<imaging::store::StoreLock>>,
 }
 
 impl Stream {
@@ -117,8 +121,8 @@ impl Deployer {
             .or_else(|| self.stream_by_restore(id))
     }
 
-    /// Forgets the streams whose two deployments are over.
-    async fn prune_streams(&self) {
+    /// Forgets the streams whose two deployments are over (and lets gc run).
+    pub(crate) async fn prune_streams(&self) {
         let all: Vec<Arc<Stream>> = self.streams.lock().expect("lock").clone();
         let mut over = Vec::new();
         for s in all {
@@ -135,10 +139,13 @@ impl Deployer {
                 over.push(s.restore.clone());
             }
         }
-        self.streams
-            .lock()
-            .expect("lock")
-            .retain(|s| !over.contains(&s.restore));
+        self.streams.lock().expect("lock").retain(|s| {
+            let keep = !over.contains(&s.restore);
+            if !keep {
+                s.hold.lock().expect("lock").take();
+            }
+            keep
+        });
     }
 
     /// `drover deploy --from MAC`: checks the request like any deployment's, then creates the
@@ -214,6 +221,11 @@ impl Deployer {
         let name = keep_as
             .clone()
             .unwrap_or_else(|| format!("from-{}", source.to_string().replace(':', "")));
+        let store = self.store()?;
+        let hold = tokio::task::spawn_blocking(move || store.lock_shared())
+            .await
+            .map_err(anyhow::Error::from)?
+            .map_err(anyhow::Error::from)?;
         let capture = self
             .db
             .deployments()
@@ -289,6 +301,7 @@ impl Deployer {
             live: tokio::sync::watch::channel(None).0,
             failed: Mutex::new(None),
             kept: Mutex::new(None),
+            hold: Mutex::new(Some(hold)),
         }));
         self.db
             .audit(
