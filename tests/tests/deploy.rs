@@ -801,6 +801,12 @@ fn a_machine_with_a_smaller_disk_gets_the_image_fitted_to_it() {
         "{d:#}"
     );
     assert_eq!(task_of(&d, macs[1])["multicast_chunks"], 0, "{d:#}");
+    // The small machine's task counts the fitted image's bytes, all of them written.
+    let (b, s) = (task_of(&d, macs[0]), task_of(&d, macs[1]));
+    assert!(
+        s["bytes_total"].as_u64() < b["bytes_total"].as_u64() && s["percent"] == 100.0,
+        "{d:#}"
+    );
     run("cmp", &[big.to_str().unwrap(), src.to_str().unwrap()]);
     // The small disk: what a local restore makes of the image on a disk of its size.
     let reference = env.path("small-reference.img");

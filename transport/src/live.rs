@@ -108,6 +108,11 @@ impl Live {
         self.lock().placed
     }
 
+    /// Whether chunk `i` is placed.
+    pub fn is_placed(&self, i: usize) -> bool {
+        self.lock().hashes.get(i).is_some_and(Option::is_some)
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }

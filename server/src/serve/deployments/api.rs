@@ -667,6 +667,16 @@ pub(crate) async fn manifest(
             Fit::Ready(id) => {
                 let f = s.deployer.image(&id).await?;
                 s.deployer.task_fitted(&d.id, &t.id).await;
+                // What the machine writes: the fitted image's chunks.
+                let cs = f.manifest.chunk_size;
+                let total: u64 = f
+                    .manifest
+                    .chunks()
+                    .map(|(a, c)| a.region_len(c.index, cs))
+                    .sum();
+                s.db.deployments()
+                    .set_task_total(&t.id, total as i64)
+                    .await?;
                 Ok(Json(api::ManifestReply {
                     id,
                     manifest: f.manifest.clone(),
@@ -821,9 +831,12 @@ pub(crate) async fn stream_chunk(
     drop(permit);
     match r {
         Ok(p) => Ok(([(header::CONTENT_TYPE, "application/octet-stream")], p).into_response()),
-        Err(_) if live.failed().is_some() => Err(failed(live.failed().unwrap_or_default())),
-        Err(e) if format!("{e}").contains("did not come") => Err(away()),
-        Err(e) => Err(anyhow::anyhow!("chunk {i} of the stream: {e:#}").into()),
+        Err(e) => match live.failed() {
+            Some(why) => Err(failed(why)),
+            // Not uploaded within the hold: ask again.
+            None if !live.is_placed(i) => Err(away()),
+            None => Err(anyhow::anyhow!("chunk {i} of the stream: {e:#}").into()),
+        },
     }
 }
 
