@@ -27,7 +27,7 @@ use sqlx::Row;
 use crate::serve::db::now_ms;
 use crate::serve::deployments::api::{task_over, AgentTask};
 use crate::serve::deployments::repo::{Deployment, NewDeployment};
-use crate::serve::deployments::service::DeployError;
+use crate::serve::deployments::service::{check_image_name, DeployError};
 use crate::serve::deployments::stream::{Stream, IMAGE_PREFIX};
 use crate::serve::web::api::{parse_mac, Actor, ApiError, ApiResult, Shared};
 use transport::live::Live;
@@ -54,16 +54,7 @@ pub(crate) async fn create(
 ) -> ApiResult<Response> {
     let Json(c) = body?;
     let mac = parse_mac(&c.mac)?;
-    if c.name.is_empty()
-        || c.name.len() > 64
-        || c.name.contains(['/', '@'])
-        || c.name.chars().any(char::is_control)
-    {
-        return Err(ApiError::bad_request(format!(
-            "image name {:?}: 1 to 64 characters, without '/', '@' or control characters",
-            c.name
-        )));
-    }
+    check_image_name(&c.name).map_err(|e| ApiError::bad_request(format!("image name {e}")))?;
     if c.luks_keys.0.len() > MAX_LUKS_KEYS {
         return Err(ApiError::bad_request(format!(
             "{} LUKS keys: at most {MAX_LUKS_KEYS}",

@@ -60,6 +60,49 @@ pub(crate) struct DeployRequest {
     pub(crate) layout: Option<proto::api::Layout>,
 }
 
+/// Whether `n` may name an image: 1 to 64 characters, without '/', '@' or control
+/// characters (a capture's name, a stream's `--keep-as`). The error says what is allowed.
+pub(crate) fn check_image_name(n: &str) -> Result<(), String> {
+    if n.is_empty() || n.len() > 64 || n.contains(['/', '@']) || n.chars().any(char::is_control) {
+        return Err(format!(
+            "{n:?}: 1 to 64 characters, without '/', '@' or control characters"
+        ));
+    }
+    Ok(())
+}
+
+impl DeployRequest {
+    /// The restore deployment's row for this request: image `image_id` named `image_name`,
+    /// `bytes_total` bytes for each machine.
+    pub(crate) fn restore_row<'a>(
+        &'a self,
+        image_id: &'a str,
+        image_name: &'a str,
+        targets: &'a str,
+        owner: &'a str,
+        actor: &'a str,
+        bytes_total: i64,
+    ) -> NewDeployment<'a> {
+        NewDeployment {
+            kind: "restore",
+            image_id,
+            image_name,
+            targets,
+            transport: self.transport.as_str(),
+            fallback: self.fallback.as_str(),
+            min_machines: self.min_machines,
+            max_wait_ms: self.max_wait.map(|d| d.as_millis() as i64),
+            start_at_ms: self.start_at_ms,
+            then_action: self.then_action.as_str(),
+            layout: self.layout.map(|l| l.as_str()),
+            owner,
+            created_by: actor,
+            bytes_total,
+            personalize: &self.personalize,
+        }
+    }
+}
+
 /// Why a deployment request was refused.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum DeployError {
@@ -359,32 +402,18 @@ impl Deployer {
         actor: &str,
     ) -> Result<Deployment, DeployError> {
         let name = format!("{}@{}", img.manifest.name, img.manifest.name_version);
+        // What agents count: the plaintext of every chunk.
+        let total = img
+            .manifest
+            .chunks()
+            .map(|(a, c)| a.region_len(c.index, img.manifest.chunk_size))
+            .sum::<u64>() as i64;
+        let targets = r.targets.join(",");
         let d = self
             .db
             .deployments()
             .create_deployment(
-                &NewDeployment {
-                    kind: "restore",
-                    image_id: &img.id,
-                    image_name: &name,
-                    targets: &r.targets.join(","),
-                    transport: r.transport.as_str(),
-                    fallback: r.fallback.as_str(),
-                    min_machines: r.min_machines,
-                    max_wait_ms: r.max_wait.map(|d| d.as_millis() as i64),
-                    start_at_ms: r.start_at_ms,
-                    then_action: r.then_action.as_str(),
-                    layout: r.layout.map(|l| l.as_str()),
-                    owner: &self.owner,
-                    created_by: actor,
-                    // What agents count: the plaintext of every chunk.
-                    bytes_total: img
-                        .manifest
-                        .chunks()
-                        .map(|(a, c)| a.region_len(c.index, img.manifest.chunk_size))
-                        .sum::<u64>() as i64,
-                    personalize: &r.personalize,
-                },
+                &r.restore_row(&img.id, &name, &targets, &self.owner, actor, total),
                 &macs,
             )
             .await

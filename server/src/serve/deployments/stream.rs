@@ -23,7 +23,7 @@ use transport::live::Live;
 use transport::session::Source;
 
 use crate::serve::deployments::repo::{Deployment, NewDeployment};
-use crate::serve::deployments::service::{DeployError, DeployRequest, Deployer};
+use crate::serve::deployments::service::{check_image_name, DeployError, DeployRequest, Deployer};
 use crate::serve::inventory::mac::Mac;
 
 /// A source that uploads nothing for this long fails its stream.
@@ -182,15 +182,7 @@ impl Deployer {
             ));
         }
         if let Some(n) = &keep_as {
-            if n.is_empty()
-                || n.len() > 64
-                || n.contains(['/', '@'])
-                || n.chars().any(char::is_control)
-            {
-                return Err(DeployError::Bad(format!(
-                    "--keep-as {n:?}: 1 to 64 characters, without '/', '@' or control characters"
-                )));
-            }
+            check_image_name(n).map_err(|e| DeployError::Bad(format!("--keep-as {e}")))?;
         }
         self.db.inventory().machine(source).await.map_err(|_| {
             DeployError::NotFound(format!(
@@ -257,24 +249,15 @@ impl Deployer {
             .db
             .deployments()
             .create_deployment(
-                &NewDeployment {
-                    kind: "restore",
-                    image_id: &format!("{IMAGE_PREFIX}{}", capture.id),
-                    image_name: &format!("disk of {source}"),
-                    targets: &r.targets.join(","),
-                    transport: r.transport.as_str(),
-                    fallback: r.fallback.as_str(),
-                    min_machines: r.min_machines,
-                    max_wait_ms: r.max_wait.map(|d| d.as_millis() as i64),
-                    start_at_ms: r.start_at_ms,
-                    then_action: r.then_action.as_str(),
-                    layout: r.layout.map(|l| l.as_str()),
-                    owner: &self.owner,
-                    created_by: actor,
-                    // Known once the source has read its disk's allocation.
-                    bytes_total: 0,
-                    personalize: &r.personalize,
-                },
+                // Its bytes are known once the source has read its disk's allocation.
+                &r.restore_row(
+                    &format!("{IMAGE_PREFIX}{}", capture.id),
+                    &format!("disk of {source}"),
+                    &r.targets.join(","),
+                    &self.owner,
+                    actor,
+                    0,
+                ),
                 &macs,
             )
             .await;
