@@ -340,11 +340,10 @@ pub fn capture(
     }
     let used: u64 = plan.areas.iter().map(|a| a.used.total()).sum();
     if opts.check_space {
-        let free = store.free_space()?;
         let needed = used + SPACE_RESERVE;
-        if free < needed {
+        if let Some(free) = store.free_space()?.filter(|f| *f < needed) {
             return Err(CaptureError::NoSpace {
-                store: store.root().display().to_string(),
+                store: store.location(),
                 free,
                 needed,
             });

@@ -321,7 +321,7 @@ pub(crate) fn run(cmd: ImageCommand, data_dir: &Path, json: bool) -> anyhow::Res
                     .collect();
                 println!("{}", serde_json::Value::Array(v));
             } else if all.is_empty() {
-                println!("no images in {}", store.root().display());
+                println!("no images in {}", store.location());
             } else {
                 println!(
                     "{:<24} {:>4}  {:<12}  {:<23}  {:>10}  {:>10}",

@@ -203,7 +203,7 @@ fn damaged_and_missing_chunks_are_named() {
 
     // A flipped byte.
     let bad = chunks[1];
-    let p = store.chunk_path(&bad);
+    let p = store.chunk_file(&bad).unwrap();
     let mut z = fs::read(&p).unwrap();
     let mid = z.len() / 2;
     z[mid] ^= 0x01;
@@ -231,7 +231,7 @@ fn damaged_and_missing_chunks_are_named() {
 
     // A truncated chunk file.
     let t = chunks[2];
-    let p2 = store.chunk_path(&t);
+    let p2 = store.chunk_file(&t).unwrap();
     let z2 = fs::read(&p2).unwrap();
     fs::write(&p2, &z2[..z2.len() / 3]).unwrap();
     let err = env.fails(&["image", "verify", "lab"]);
@@ -239,7 +239,7 @@ fn damaged_and_missing_chunks_are_named() {
 
     // A missing chunk: restore refuses before writing anything.
     let gone = chunks[0];
-    fs::remove_file(store.chunk_path(&gone)).unwrap();
+    fs::remove_file(store.chunk_file(&gone).unwrap()).unwrap();
     let err = env.fails(&["image", "verify", "lab"]);
     assert!(
         err.contains(&gone.to_hex()) && err.contains("missing"),

@@ -351,7 +351,8 @@ pub(crate) async fn put_chunk(
     };
     let store = store(&s)?;
     let r = tokio::task::spawn_blocking(move || {
-        if !store.has_chunk(&h) && store.free_space()? < frame.len() as u64 + RESERVE {
+        let short = |free: u64| free < frame.len() as u64 + RESERVE;
+        if !store.has_chunk(&h) && store.free_space()?.is_some_and(short) {
             return Ok(None);
         }
         store.put_frame(&h, &frame, q.len).map(Some)
@@ -501,9 +502,9 @@ pub(crate) async fn commit(
         for a in &mut m.areas {
             for c in &mut a.chunks {
                 // The stored size is the server's to say.
-                match std::fs::metadata(store.chunk_path(&c.hash)) {
-                    Ok(meta) => c.stored = meta.len(),
-                    Err(_) => missing.push(c.hash),
+                match store.chunk_size(&c.hash).map_err(|e| e.to_string())? {
+                    Some(len) => c.stored = len,
+                    None => missing.push(c.hash),
                 }
             }
         }

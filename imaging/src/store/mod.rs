@@ -1,15 +1,18 @@
-//! The image store: content-addressed chunks plus manifests, in one directory.
+//! The image store: content-addressed chunks plus manifests, as objects in a [`Backend`]: a
+//! local directory by default, or an object store (S3, WebDAV, SFTP) supplied by the caller.
 //!
 //! ```text
-//! STORE/chunks/ab/abcdef…   one zstd frame per chunk, named by the BLAKE3 of its plaintext
-//! STORE/manifests/<id>.json one manifest per image version; id = BLAKE3 of the file's bytes
-//! STORE/tmp/                files being written; cleaned by `gc`
-//! STORE/lock                flock: shared while capturing or restoring, exclusive for gc
+//! chunks/ab/abcdef…   one zstd frame per chunk, named by the BLAKE3 of its plaintext
+//! manifests/<id>.json one manifest per image version; id = BLAKE3 of the file's bytes
+//! tmp/                files being written (directory stores); cleaned by `gc`
+//! lock                flock (directory stores): shared while capturing or restoring,
+//!                     exclusive for gc
+//! locks/…             lock objects (object stores): the same, see [`lock`]
 //! ```
 //!
-//! Every file is written to `tmp/`, fsynced, then renamed into place, so a reader never sees a
-//! partial chunk or manifest; a capture commits its manifest last, so an interrupted capture
-//! never lists a half image (its chunks are garbage that `gc` frees).
+//! Every object is written whole (a directory store writes to `tmp/`, fsyncs and renames), so
+//! a reader never sees a partial chunk or manifest; a capture commits its manifest last, so an
+//! interrupted capture never lists a half image (its chunks are garbage that `gc` frees).
 //!
 //! A chunk file is either a *full* chunk (one zstd frame of the plaintext) or a *delta* chunk:
 //! `DRVD`, the base's plaintext length (u32 LE) and BLAKE3 name, then a zstd frame compressed
@@ -19,12 +22,17 @@
 //! one step deep), `gc` keeps the bases of live deltas, and reading a delta checks the base's
 //! hash as well as its own.
 
+pub mod backend;
+pub mod lock;
+
 use std::collections::{HashMap, HashSet};
-use std::fs::{self, File};
-use std::io::{self, Write};
-use std::os::fd::AsRawFd;
+use std::fs::File;
+use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+pub use backend::{free_space_at, Backend, BackendError, Entry, LocalDir};
+pub use lock::StoreLock;
 
 use crate::manifest::{Hash, Manifest, ManifestError};
 
@@ -45,17 +53,9 @@ const MAX_CHUNK: u64 = 64 << 20;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StoreError {
-    /// A file operation failed.
-    #[error("{what} {}", path.display())]
-    Io {
-        /// What was being done.
-        what: &'static str,
-        /// The file.
-        path: PathBuf,
-        /// The cause.
-        #[source]
-        source: io::Error,
-    },
+    /// An operation on the store's storage failed.
+    #[error(transparent)]
+    Backend(#[from] BackendError),
     /// No image matches the name or id.
     #[error("no image named or with id {0:?} in the store")]
     NotFound(String),
@@ -63,10 +63,10 @@ pub enum StoreError {
     #[error("{0:?} matches several images; give more of the id")]
     Ambiguous(String),
     /// A manifest file is damaged.
-    #[error("manifest {}", path.display())]
+    #[error("manifest {at}")]
     BadManifest {
-        /// The file.
-        path: PathBuf,
+        /// The object.
+        at: String,
         /// What is wrong.
         #[source]
         source: ManifestError,
@@ -84,14 +84,6 @@ pub enum StoreError {
     },
 }
 
-fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> StoreError + 'a {
-    move |source| StoreError::Io {
-        what,
-        path: path.to_owned(),
-        source,
-    }
-}
-
 /// An image in the store: its id and manifest.
 #[derive(Debug, Clone)]
 pub struct StoredImage {
@@ -101,97 +93,95 @@ pub struct StoredImage {
     pub manifest: Manifest,
 }
 
-/// A lock on the store, held for the life of the value.
-#[derive(Debug)]
-pub struct StoreLock {
-    _file: File,
-}
-
-/// An image store in a directory.
-#[derive(Debug)]
+/// An image store. Cloning it is cheap: clones share the backend and the manifest cache.
+#[derive(Debug, Clone)]
 pub struct Store {
-    root: PathBuf,
+    backend: Arc<dyn Backend>,
+    /// Manifests read so far, by object key: a manifest never changes once written (its id is
+    /// its hash), so a listing reads each one once.
+    manifests: Arc<Mutex<HashMap<String, Manifest>>>,
 }
-
-/// Temporary file numbers, one sequence for the whole process: several `Store` values on the
-/// same directory (a server's concurrent requests) must never pick the same name.
-static TMP_SEQ: AtomicU64 = AtomicU64::new(0);
 
 impl Store {
-    /// Opens (creating if needed) the store at `root`.
+    /// Opens (creating if needed) the store in the directory `root`.
     pub fn open(root: &Path) -> Result<Self, StoreError> {
-        for sub in ["chunks", "manifests", "tmp"] {
-            let p = root.join(sub);
-            fs::create_dir_all(&p).map_err(io_err("creating store directory", &p))?;
-        }
-        Ok(Self {
-            root: root.to_owned(),
-        })
+        Ok(Self::with_backend(Arc::new(LocalDir::open(root)?)))
     }
 
-    /// The store's directory.
-    pub fn root(&self) -> &Path {
-        &self.root
+    /// A store kept in `backend`.
+    pub fn with_backend(backend: Arc<dyn Backend>) -> Self {
+        Self {
+            backend,
+            manifests: Arc::default(),
+        }
     }
 
-    fn lock(&self, op: libc::c_int) -> Result<StoreLock, StoreError> {
-        let p = self.root.join("lock");
-        let f = File::options()
-            .create(true)
-            .append(true)
-            .open(&p)
-            .map_err(io_err("opening lock file", &p))?;
-        // SAFETY: flock on an fd we own; the lock dies with the file.
-        if unsafe { libc::flock(f.as_raw_fd(), op) } != 0 {
-            return Err(io_err("locking", &p)(io::Error::last_os_error()));
+    /// Where the store is: a directory, or a URL without credentials.
+    pub fn location(&self) -> String {
+        self.backend.location()
+    }
+
+    /// The store's directory, when it is one on this machine.
+    pub fn local_dir(&self) -> Option<&Path> {
+        self.backend.local_dir()
+    }
+
+    /// The backend the store keeps its objects in.
+    pub fn backend(&self) -> &Arc<dyn Backend> {
+        &self.backend
+    }
+
+    fn lock(&self, exclusive: bool) -> Result<StoreLock, StoreError> {
+        match self.backend.local_dir() {
+            Some(dir) => {
+                let p = dir.join("lock");
+                let f = File::options()
+                    .create(true)
+                    .append(true)
+                    .open(&p)
+                    .map_err(|e| BackendError::new("opening lock file", p.display(), e))?;
+                Ok(lock::lock_file(f, exclusive)
+                    .map_err(|e| BackendError::new("locking", p.display(), e))?)
+            }
+            None => Ok(lock::lock_objects(self.backend.clone(), exclusive)?),
         }
-        Ok(StoreLock { _file: f })
     }
 
     /// A shared lock: held by captures and restores, so `gc` never frees a chunk they use.
     pub fn lock_shared(&self) -> Result<StoreLock, StoreError> {
-        self.lock(libc::LOCK_SH)
+        self.lock(false)
     }
 
     /// The exclusive lock `gc` holds.
     pub fn lock_exclusive(&self) -> Result<StoreLock, StoreError> {
-        self.lock(libc::LOCK_EX)
+        self.lock(true)
     }
 
-    /// Where chunk `h` lives.
-    pub fn chunk_path(&self, h: &Hash) -> PathBuf {
+    /// The object key of chunk `h`.
+    pub fn chunk_key(&self, h: &Hash) -> String {
         let hex = h.to_hex();
-        self.root.join("chunks").join(&hex[..2]).join(hex)
+        format!("chunks/{}/{hex}", &hex[..2])
     }
 
-    /// Whether chunk `h` is stored.
+    /// The file holding chunk `h`, when the store is a directory on this machine.
+    pub fn chunk_file(&self, h: &Hash) -> Option<PathBuf> {
+        let key = self.chunk_key(h);
+        self.backend.local_dir().map(|d| d.join(key))
+    }
+
+    fn manifest_key(id: &str) -> String {
+        format!("manifests/{id}.json")
+    }
+
+    /// The stored size of chunk `h`, or `None` when the store lacks it.
+    pub fn chunk_size(&self, h: &Hash) -> Result<Option<u64>, StoreError> {
+        Ok(self.backend.size(&self.chunk_key(h))?)
+    }
+
+    /// Whether chunk `h` is stored (an unreadable store counts as not: the caller then stores
+    /// it, and that write reports the problem).
     pub fn has_chunk(&self, h: &Hash) -> bool {
-        self.chunk_path(h).exists()
-    }
-
-    fn tmp_path(&self) -> PathBuf {
-        let n = TMP_SEQ.fetch_add(1, Ordering::Relaxed);
-        self.root
-            .join("tmp")
-            .join(format!("{}-{n}.tmp", std::process::id()))
-    }
-
-    /// Writes `bytes` to `dest` atomically: temp file, fsync, rename.
-    fn put_file(&self, dest: &Path, bytes: &[u8]) -> Result<(), StoreError> {
-        let tmp = self.tmp_path();
-        let res = (|| {
-            let mut f = File::create(&tmp).map_err(io_err("creating", &tmp))?;
-            f.write_all(bytes).map_err(io_err("writing", &tmp))?;
-            f.sync_all().map_err(io_err("syncing", &tmp))?;
-            if let Some(dir) = dest.parent() {
-                fs::create_dir_all(dir).map_err(io_err("creating directory", dir))?;
-            }
-            fs::rename(&tmp, dest).map_err(io_err("renaming into", dest))
-        })();
-        if res.is_err() {
-            let _ = fs::remove_file(&tmp);
-        }
-        res
+        matches!(self.chunk_size(h), Ok(Some(_)))
     }
 
     /// Compresses and stores `plain` under `hash` unless it is already there. With a `base`
@@ -204,11 +194,11 @@ impl Store {
         level: i32,
         base: Option<&Hash>,
     ) -> Result<(u64, bool), StoreError> {
-        let path = self.chunk_path(hash);
-        if let Ok(m) = fs::metadata(&path) {
-            return Ok((m.len(), false));
+        let key = self.chunk_key(hash);
+        if let Some(len) = self.backend.size(&key)? {
+            return Ok((len, false));
         }
-        let compress_err = io_err("compressing chunk for", &path);
+        let compress_err = |e| StoreError::from(BackendError::new("compressing chunk", &key, e));
         let delta = match base {
             Some(b) if b != hash => self.delta_base(b).and_then(|(bh, bp)| {
                 let z = compress_delta(plain, &bp, level).ok()?;
@@ -233,7 +223,7 @@ impl Store {
             }
             None => compress_full(plain, level).map_err(compress_err)?,
         };
-        self.put_file(&path, &bytes)?;
+        self.backend.write(&key, &bytes)?;
         Ok((bytes.len() as u64, true))
     }
 
@@ -241,9 +231,9 @@ impl Store {
     /// when it is full, else `b`'s own base (chains stay one step deep). `None` when `b` is
     /// missing or unreadable: the caller then stores a full chunk.
     fn delta_base(&self, b: &Hash) -> Option<(Hash, Vec<u8>)> {
-        let z = fs::read(self.chunk_path(b)).ok()?;
+        let z = self.read_file(b).ok()?;
         let (bh, z) = match parse_delta_header(&z) {
-            Some((_, base)) => (base, fs::read(self.chunk_path(&base)).ok()?),
+            Some((_, base)) => (base, self.read_file(&base).ok()?),
             None => (*b, z),
         };
         if parse_delta_header(&z).is_some() {
@@ -258,28 +248,21 @@ impl Store {
     }
 
     fn read_full(&self, hash: &Hash, z: &[u8], expect_len: usize) -> Result<Vec<u8>, StoreError> {
-        let corrupt = |why: String| StoreError::CorruptChunk { hash: *hash, why };
-        // Decompress into a buffer one byte larger than expected, so an oversized frame is caught.
-        let mut plain = Vec::with_capacity(expect_len + 1);
-        let n = zstd::bulk::Decompressor::new()
-            .and_then(|mut d| d.decompress_to_buffer(z, &mut plain))
-            .map_err(|e| corrupt(format!("does not decompress ({e})")))?;
-        if n != expect_len {
-            return Err(corrupt(format!("holds {n} bytes, expected {expect_len}")));
-        }
+        let plain = decompress_frame(z, expect_len)
+            .map_err(|why| StoreError::CorruptChunk { hash: *hash, why })?;
         if Hash::of(&plain) != *hash {
-            return Err(corrupt("content does not match its hash".into()));
+            return Err(StoreError::CorruptChunk {
+                hash: *hash,
+                why: "content does not match its hash".into(),
+            });
         }
         Ok(plain)
     }
 
     fn read_file(&self, hash: &Hash) -> Result<Vec<u8>, StoreError> {
-        let path = self.chunk_path(hash);
-        match fs::read(&path) {
-            Ok(z) => Ok(z),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(StoreError::MissingChunk(*hash)),
-            Err(e) => Err(io_err("reading chunk", &path)(e)),
-        }
+        self.backend
+            .read(&self.chunk_key(hash))?
+            .ok_or(StoreError::MissingChunk(*hash))
     }
 
     /// Stores a chunk that arrived as a zstd frame (a network capture) as it is, after
@@ -297,12 +280,12 @@ impl Store {
                 why: format!("{expect_len} bytes is more than a chunk may hold"),
             });
         }
-        let path = self.chunk_path(hash);
-        if let Ok(m) = fs::metadata(&path) {
-            return Ok((m.len(), false));
+        let key = self.chunk_key(hash);
+        if let Some(len) = self.backend.size(&key)? {
+            return Ok((len, false));
         }
         self.read_full(hash, frame, expect_len)?;
-        self.put_file(&path, frame)?;
+        self.backend.write(&key, frame)?;
         Ok((frame.len() as u64, true))
     }
 
@@ -344,45 +327,49 @@ impl Store {
 
     /// A self-contained zstd frame of chunk `hash` (`expect_len` bytes of plaintext), for
     /// sending to another machine: a full chunk's stored frame as it is, a delta chunk
-    /// decoded through its base and compressed again. The receiver checks the plaintext's
-    /// hash ([`decompress_frame`]), so a full chunk is not decompressed here.
+    /// decoded through its base and compressed again. From a directory store a full chunk is
+    /// sent unchecked (the receiver checks the plaintext's hash, [`decompress_frame`]); from
+    /// any other store every chunk is checked here, so a damaged object is named at the
+    /// server and never sent.
     pub fn read_frame(&self, hash: &Hash, expect_len: usize) -> Result<Vec<u8>, StoreError> {
         let z = self.read_file(hash)?;
         if parse_delta_header(&z).is_none() {
+            if self.backend.local_dir().is_none() {
+                self.read_full(hash, &z, expect_len)?;
+            }
             return Ok(z);
         }
         let plain = self.read_chunk(hash, expect_len)?;
         compress_full(&plain, DEFAULT_ZSTD_LEVEL)
-            .map_err(io_err("compressing chunk", &self.chunk_path(hash)))
+            .map_err(|e| BackendError::new("compressing chunk", self.chunk_key(hash), e).into())
     }
 
     /// The base a stored delta chunk references, if `hash` is a delta.
     pub fn chunk_base(&self, hash: &Hash) -> Option<Hash> {
-        use std::io::Read;
-        let mut head = [0u8; DELTA_HEADER];
-        let mut f = File::open(self.chunk_path(hash)).ok()?;
-        f.read_exact(&mut head).ok()?;
-        parse_delta_header(&head).map(|(_, b)| b)
+        if let Some(p) = self.chunk_file(hash) {
+            // A directory store reads only the header.
+            use std::io::Read;
+            let mut head = [0u8; DELTA_HEADER];
+            let mut f = File::open(p).ok()?;
+            f.read_exact(&mut head).ok()?;
+            return parse_delta_header(&head).map(|(_, b)| b);
+        }
+        let z = self.read_file(hash).ok()?;
+        parse_delta_header(&z).map(|(_, b)| b)
     }
 
     /// Commits a manifest; returns the image id.
     pub fn put_manifest(&self, m: &Manifest) -> Result<String, StoreError> {
         let bytes = m.encode();
         let id = Hash::of(&bytes).to_hex();
-        let path = self.root.join("manifests").join(format!("{id}.json"));
-        self.put_file(&path, &bytes)?;
+        self.backend.write(&Self::manifest_key(&id), &bytes)?;
         self.sync_dirs()?;
         Ok(id)
     }
 
-    /// Makes every rename in the store durable (one `syncfs` instead of a dirent fsync per chunk).
+    /// Makes every write so far durable.
     pub fn sync_dirs(&self) -> Result<(), StoreError> {
-        let d = File::open(&self.root).map_err(io_err("opening", &self.root))?;
-        // SAFETY: syncfs on an fd we own.
-        if unsafe { libc::syncfs(d.as_raw_fd()) } != 0 {
-            return Err(io_err("syncing", &self.root)(io::Error::last_os_error()));
-        }
-        Ok(())
+        Ok(self.backend.sync()?)
     }
 
     /// Every image, oldest first. A damaged manifest is an error naming its file: use this
@@ -398,33 +385,46 @@ impl Store {
     /// Every readable image, oldest first, and a problem per damaged manifest: one bad file
     /// never hides the other images.
     pub fn scan(&self) -> Result<(Vec<StoredImage>, Vec<StoreError>), StoreError> {
-        let dir = self.root.join("manifests");
         let mut out = Vec::new();
         let mut problems = Vec::new();
-        for e in fs::read_dir(&dir).map_err(io_err("listing", &dir))? {
-            let e = e.map_err(io_err("listing", &dir))?;
-            let path = e.path();
-            let Some(id) = path
-                .file_name()
-                .and_then(|n| n.to_str())
+        let entries = self.backend.list("manifests/")?;
+        let mut cache = self.manifests.lock().unwrap_or_else(|e| e.into_inner());
+        cache.retain(|k, _| entries.iter().any(|e| &e.key == k));
+        for e in entries {
+            let Some(id) = e
+                .key
+                .strip_prefix("manifests/")
                 .and_then(|n| n.strip_suffix(".json"))
             else {
                 continue;
             };
-            let bytes = match fs::read(&path) {
-                Ok(b) => b,
+            if let Some(m) = cache.get(&e.key) {
+                out.push(StoredImage {
+                    id: id.to_string(),
+                    manifest: m.clone(),
+                });
+                continue;
+            }
+            let bytes = match self.backend.read(&e.key) {
+                Ok(Some(b)) => b,
+                // Removed since the listing.
+                Ok(None) => continue,
                 Err(e) => {
-                    problems.push(io_err("reading", &path)(e));
+                    problems.push(e.into());
                     continue;
                 }
             };
             let manifest = match Manifest::decode(&bytes) {
                 Ok(m) => m,
                 Err(source) => {
-                    problems.push(StoreError::BadManifest { path, source });
+                    problems.push(StoreError::BadManifest {
+                        at: self.describe(&e.key),
+                        source,
+                    });
                     continue;
                 }
             };
+            cache.insert(e.key.clone(), manifest.clone());
             out.push(StoredImage {
                 id: id.to_string(),
                 manifest,
@@ -443,6 +443,14 @@ impl Store {
                 ))
         });
         Ok((out, problems))
+    }
+
+    /// An object's place, for messages: its file, or its key under the store's URL.
+    fn describe(&self, key: &str) -> String {
+        match self.backend.local_dir() {
+            Some(d) => d.join(key).display().to_string(),
+            None => format!("{}/{key}", self.backend.location().trim_end_matches('/')),
+        }
     }
 
     /// Finds an image by `NAME` (its newest version), `NAME@VERSION`, or an id or id prefix
@@ -479,8 +487,11 @@ impl Store {
 
     /// Removes one image version (its chunks stay until [`Self::gc`]).
     pub fn remove(&self, id: &str) -> Result<(), StoreError> {
-        let path = self.root.join("manifests").join(format!("{id}.json"));
-        fs::remove_file(&path).map_err(io_err("removing", &path))?;
+        let key = Self::manifest_key(id);
+        if self.backend.size(&key)?.is_none() {
+            return Err(StoreError::NotFound(id.into()));
+        }
+        self.backend.delete(&key)?;
         self.sync_dirs()
     }
 
@@ -499,56 +510,34 @@ impl Store {
             live.entry(b).or_insert(0);
         }
         let mut report = GcReport::default();
-        let chunks = self.root.join("chunks");
-        for sub in fs::read_dir(&chunks).map_err(io_err("listing", &chunks))? {
-            let sub = sub.map_err(io_err("listing", &chunks))?.path();
-            if !sub.is_dir() {
+        for e in self.backend.list("chunks/")? {
+            let keep = e
+                .key
+                .rsplit('/')
+                .next()
+                .and_then(Hash::from_hex)
+                .is_some_and(|h| live.contains_key(&h));
+            if keep {
+                report.kept_chunks += 1;
                 continue;
             }
-            for f in fs::read_dir(&sub).map_err(io_err("listing", &sub))? {
-                let f = f.map_err(io_err("listing", &sub))?.path();
-                let keep = f
-                    .file_name()
-                    .and_then(|n| n.to_str())
-                    .and_then(Hash::from_hex)
-                    .is_some_and(|h| live.contains_key(&h));
-                if keep {
-                    report.kept_chunks += 1;
-                    continue;
-                }
-                let len = fs::metadata(&f).map(|m| m.len()).unwrap_or(0);
-                fs::remove_file(&f).map_err(io_err("removing", &f))?;
-                report.removed_chunks += 1;
-                report.freed_bytes += len;
-            }
+            self.backend.delete(&e.key)?;
+            report.removed_chunks += 1;
+            report.freed_bytes += e.size;
         }
-        let tmp = self.root.join("tmp");
-        for f in fs::read_dir(&tmp).map_err(io_err("listing", &tmp))? {
-            let f = f.map_err(io_err("listing", &tmp))?.path();
-            report.freed_bytes += fs::metadata(&f).map(|m| m.len()).unwrap_or(0);
-            fs::remove_file(&f).map_err(io_err("removing", &f))?;
+        for e in self.backend.list("tmp/")? {
+            self.backend.delete(&e.key)?;
+            report.freed_bytes += e.size;
         }
         self.sync_dirs()?;
         Ok(report)
     }
 
-    /// Free bytes on the filesystem holding the store.
-    pub fn free_space(&self) -> Result<u64, StoreError> {
-        free_space_at(&self.root).map_err(io_err("checking free space of", &self.root))
+    /// Free bytes where the store keeps its objects; `None` when the backend cannot tell (an
+    /// object store).
+    pub fn free_space(&self) -> Result<Option<u64>, StoreError> {
+        Ok(self.backend.free_space()?)
     }
-}
-
-/// Free bytes (for an unprivileged user) on the filesystem holding `path`.
-pub fn free_space_at(path: &Path) -> io::Result<u64> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-    // SAFETY: statvfs fills the zeroed struct; the path is NUL-terminated.
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(st.f_bavail as u64 * st.f_frsize as u64)
 }
 
 /// How many of `images` reference each chunk.
@@ -651,6 +640,7 @@ pub struct GcReport {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
 
     #[test]
     fn chunk_round_trip_and_corruption() {
@@ -668,7 +658,7 @@ mod tests {
             Err(StoreError::CorruptChunk { .. })
         ));
         // Flip a byte in the stored frame.
-        let p = s.chunk_path(&h);
+        let p = s.chunk_file(&h).unwrap();
         let mut z = fs::read(&p).unwrap();
         let n = z.len();
         z[n / 2] ^= 0x40;
@@ -715,7 +705,7 @@ mod tests {
         assert_eq!(s.chunk_base(&ht), Some(ho));
         assert_eq!(s.read_chunk(&ht, third.len()).unwrap(), third);
         // A damaged base is reported through the delta.
-        let p = s.chunk_path(&ho);
+        let p = s.chunk_file(&ho).unwrap();
         let mut z = fs::read(&p).unwrap();
         let n = z.len();
         z[n / 2] ^= 1;

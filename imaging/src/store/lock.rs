@@ -1,0 +1,213 @@
+//! Store locks: shared while a capture or restore runs, exclusive for `gc`.
+//!
+//! A directory store uses `flock` on its `lock` file. An object store has no such thing, so each
+//! holder writes a *lock object* (`locks/<host>-<pid>-<random>.json`: exclusive or shared, and
+//! when it was last refreshed) and then lists the others: a shared holder backs off while an
+//! exclusive lock is live, an exclusive one while any other is. A holder refreshes its object
+//! every [`REFRESH`]; one not refreshed for [`STALE`] (a crashed server) is ignored, so a
+//! crash blocks `gc` for minutes, never for ever. This is the scheme restic uses for the same
+//! problem; servers' clocks must agree to within a minute (NTP).
+
+use std::fs::File;
+use std::hash::{BuildHasher, Hasher};
+use std::os::fd::AsRawFd;
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use super::backend::{Backend, BackendError};
+
+/// How often a holder rewrites its lock object.
+pub const REFRESH: Duration = Duration::from_secs(60);
+/// A lock object older than this is a crashed holder's and is ignored.
+pub const STALE: Duration = Duration::from_secs(300);
+
+/// A lock on the store, held for the life of the value.
+#[derive(Debug)]
+pub struct StoreLock {
+    _held: Held,
+}
+
+/// What is held; dropping it releases the lock.
+#[derive(Debug)]
+#[allow(dead_code)]
+enum Held {
+    File(File),
+    Object(ObjectLock),
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct LockBody {
+    exclusive: bool,
+    host: String,
+    pid: u32,
+    /// Unix seconds of the last refresh.
+    refreshed: u64,
+}
+
+type Stop = Arc<(Mutex<bool>, Condvar)>;
+
+#[derive(Debug)]
+struct ObjectLock {
+    backend: Arc<dyn Backend>,
+    key: String,
+    stop: Stop,
+    refresher: Option<JoinHandle<()>>,
+}
+
+impl Drop for ObjectLock {
+    fn drop(&mut self) {
+        {
+            let (m, cv) = &*self.stop;
+            *m.lock().unwrap_or_else(|e| e.into_inner()) = true;
+            cv.notify_all();
+        }
+        if let Some(t) = self.refresher.take() {
+            let _ = t.join();
+        }
+        if let Err(e) = self.backend.delete(&self.key) {
+            tracing::warn!(error = %e, "could not remove the store's lock object");
+        }
+    }
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn host() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+fn random() -> u64 {
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.finish()
+}
+
+/// `flock` on `file` (shared or exclusive), waiting for it.
+pub(super) fn lock_file(file: File, exclusive: bool) -> std::io::Result<StoreLock> {
+    let op = if exclusive {
+        libc::LOCK_EX
+    } else {
+        libc::LOCK_SH
+    };
+    // SAFETY: flock on an fd we own; the lock dies with the file.
+    if unsafe { libc::flock(file.as_raw_fd(), op) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(StoreLock {
+        _held: Held::File(file),
+    })
+}
+
+/// Takes a lock object on `backend`, waiting while a conflicting live one exists.
+pub(super) fn lock_objects(
+    backend: Arc<dyn Backend>,
+    exclusive: bool,
+) -> Result<StoreLock, BackendError> {
+    let host = host();
+    let pid = std::process::id();
+    let key = format!("locks/{host}-{pid}-{:016x}.json", random());
+    let body = move |refreshed| {
+        serde_json::to_vec(&LockBody {
+            exclusive,
+            host: host.clone(),
+            pid,
+            refreshed,
+        })
+        .unwrap_or_default()
+    };
+    let mut said = false;
+    loop {
+        backend.write(&key, &body(now_secs()))?;
+        let blocker = conflicting(&*backend, &key, exclusive)?;
+        let Some(blocker) = blocker else { break };
+        backend.delete(&key)?;
+        if !said {
+            tracing::info!(
+                store = %backend.location(),
+                held_by = %blocker,
+                "waiting for the store's lock"
+            );
+            said = true;
+        }
+        std::thread::sleep(Duration::from_millis(500 + random() % 1000));
+    }
+    let stop: Stop = Arc::new((Mutex::new(false), Condvar::new()));
+    let refresher = {
+        let (backend, key, stop) = (backend.clone(), key.clone(), stop.clone());
+        let bytes = move || body(now_secs());
+        std::thread::Builder::new()
+            .name("store-lock".into())
+            .spawn(move || loop {
+                let (m, cv) = &*stop;
+                let g = m.lock().unwrap_or_else(|e| e.into_inner());
+                let (g, _) = cv
+                    .wait_timeout_while(g, REFRESH, |stopped| !*stopped)
+                    .unwrap_or_else(|e| e.into_inner());
+                if *g {
+                    return;
+                }
+                drop(g);
+                if let Err(e) = backend.write(&key, &bytes()) {
+                    tracing::warn!(error = %e, "could not refresh the store's lock object");
+                }
+            })
+            .ok()
+    };
+    Ok(StoreLock {
+        _held: Held::Object(ObjectLock {
+            backend,
+            key,
+            stop,
+            refresher,
+        }),
+    })
+}
+
+/// The first live lock object other than `mine` that conflicts with taking one (`exclusive`
+/// or not), described for a message.
+fn conflicting(
+    backend: &dyn Backend,
+    mine: &str,
+    exclusive: bool,
+) -> Result<Option<String>, BackendError> {
+    let now = now_secs();
+    for e in backend.list("locks/")? {
+        if e.key == mine {
+            continue;
+        }
+        // A lock object removed between the listing and the read is no conflict.
+        let Some(bytes) = backend.read(&e.key)? else {
+            continue;
+        };
+        let Ok(other) = serde_json::from_slice::<LockBody>(&bytes) else {
+            tracing::warn!(lock = %e.key, "ignoring an unreadable lock object");
+            continue;
+        };
+        if now.saturating_sub(other.refreshed) > STALE.as_secs() {
+            continue;
+        }
+        if exclusive || other.exclusive {
+            let kind = if other.exclusive {
+                "exclusive"
+            } else {
+                "shared"
+            };
+            return Ok(Some(format!(
+                "{kind} lock of process {} on {}",
+                other.pid, other.host
+            )));
+        }
+    }
+    Ok(None)
+}
