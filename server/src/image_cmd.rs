@@ -28,9 +28,8 @@ pub(crate) enum ImageCommand {
         /// Image name; capturing again under a name makes a new version.
         #[arg(long)]
         name: String,
-        /// Image store directory (default: DATA_DIR/images).
-        #[arg(long)]
-        store: Option<PathBuf>,
+        #[command(flatten)]
+        store: StoreArgs,
         /// Region (chunk) size, e.g. 4M.
         #[arg(long, default_value = "4M", value_parser = fmt::parse_size)]
         chunk_size: u64,
@@ -57,9 +56,8 @@ pub(crate) enum ImageCommand {
         /// The devices or files to write; each must exist and be large enough.
         #[arg(required = true, num_args = 1.., value_name = "TARGET")]
         targets: Vec<PathBuf>,
-        /// Image store directory (default: DATA_DIR/images).
-        #[arg(long)]
-        store: Option<PathBuf>,
+        #[command(flatten)]
+        store: StoreArgs,
         /// Worker threads (0: one per core).
         #[arg(long, default_value_t = 0)]
         threads: usize,
@@ -80,9 +78,8 @@ pub(crate) enum ImageCommand {
     Inspect {
         /// Image name, NAME@VERSION, or id.
         image: String,
-        /// Image store directory (default: DATA_DIR/images).
-        #[arg(long)]
-        store: Option<PathBuf>,
+        #[command(flatten)]
+        store: StoreArgs,
         /// Find the smallest disk the image shrinks onto: restores each shrinkable partition
         /// into a scratch file and asks its filesystem's tool (without it, a lower bound from
         /// the used bytes is shown).
@@ -99,38 +96,64 @@ pub(crate) enum ImageCommand {
     Verify {
         /// Image name, NAME@VERSION, or id.
         image: String,
-        /// Image store directory (default: DATA_DIR/images).
-        #[arg(long)]
-        store: Option<PathBuf>,
+        #[command(flatten)]
+        store: StoreArgs,
         /// Worker threads (0: one per core).
         #[arg(long, default_value_t = 0)]
         threads: usize,
     },
     /// List every image version in the store.
     List {
-        /// Image store directory (default: DATA_DIR/images).
-        #[arg(long)]
-        store: Option<PathBuf>,
+        #[command(flatten)]
+        store: StoreArgs,
     },
     /// Remove one image version (its chunks are freed by `gc`).
     Rm {
         /// Image name (newest version), NAME@VERSION, or id.
         image: String,
-        /// Image store directory (default: DATA_DIR/images).
-        #[arg(long)]
-        store: Option<PathBuf>,
+        #[command(flatten)]
+        store: StoreArgs,
     },
     /// Delete chunks no image uses any more.
     Gc {
-        /// Image store directory (default: DATA_DIR/images).
-        #[arg(long)]
-        store: Option<PathBuf>,
+        #[command(flatten)]
+        store: StoreArgs,
     },
 }
 
-pub(crate) fn open_store(store: Option<PathBuf>, data_dir: &Path) -> anyhow::Result<Store> {
-    let dir = store.unwrap_or_else(|| data_dir.join("images"));
-    Store::open(&dir).with_context(|| format!("opening image store {}", dir.display()))
+/// Which store an image command works on.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub(crate) struct StoreArgs {
+    /// Image store: a directory (default: DATA_DIR/images; NFS and SMB shares are mounted
+    /// and given as theirs), s3://BUCKET/PREFIX, webdav[s]://HOST[:PORT]/PATH or
+    /// sftp://[USER@]HOST[:PORT]/PATH.
+    #[arg(long, value_name = "URL")]
+    pub(crate) store: Option<String>,
+    /// The S3 service's URL for s3:// stores (default: $AWS_ENDPOINT_URL, else AWS). Keys
+    /// and region come from AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and AWS_REGION.
+    #[arg(long, value_name = "URL")]
+    pub(crate) s3_endpoint: Option<String>,
+}
+
+impl StoreArgs {
+    /// The options for opening the store: these flags, then the environment.
+    pub(crate) fn options(&self) -> stores::Options {
+        stores::Options {
+            s3_endpoint: self.s3_endpoint.clone(),
+            ..Default::default()
+        }
+        .with_env()
+    }
+}
+
+pub(crate) fn open_store(store: StoreArgs, data_dir: &Path) -> anyhow::Result<Store> {
+    let default = data_dir.join("images");
+    let what = store
+        .store
+        .as_deref()
+        .map_or_else(|| default.display().to_string(), stores::redact);
+    stores::open(store.store.as_deref(), &default, &store.options())
+        .with_context(|| format!("opening image store {what}"))
 }
 
 pub(crate) fn run(cmd: ImageCommand, data_dir: &Path, json: bool) -> anyhow::Result<ExitCode> {

@@ -50,7 +50,9 @@ type Stop = Arc<(Mutex<bool>, Condvar)>;
 #[derive(Debug)]
 struct ObjectLock {
     backend: Arc<dyn Backend>,
-    key: String,
+    /// The current lock object: each refresh writes a new one, then removes the old, so the
+    /// lock is never absent and no backend has to overwrite an object in place.
+    key: Arc<Mutex<String>>,
     stop: Stop,
     refresher: Option<JoinHandle<()>>,
 }
@@ -65,7 +67,8 @@ impl Drop for ObjectLock {
         if let Some(t) = self.refresher.take() {
             let _ = t.join();
         }
-        if let Err(e) = self.backend.delete(&self.key) {
+        let key = self.key.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if let Err(e) = self.backend.delete(&key) {
             tracing::warn!(error = %e, "could not remove the store's lock object");
         }
     }
@@ -116,7 +119,8 @@ pub(super) fn lock_objects(
 ) -> Result<StoreLock, BackendError> {
     let host = host();
     let pid = std::process::id();
-    let key = format!("locks/{host}-{pid}-{:016x}.json", random());
+    let base = format!("locks/{host}-{pid}-{:016x}", random());
+    let key = format!("{base}-0.json");
     let body = move |refreshed| {
         serde_json::to_vec(&LockBody {
             exclusive,
@@ -143,9 +147,11 @@ pub(super) fn lock_objects(
         std::thread::sleep(Duration::from_millis(500 + random() % 1000));
     }
     let stop: Stop = Arc::new((Mutex::new(false), Condvar::new()));
+    let key = Arc::new(Mutex::new(key));
     let refresher = {
         let (backend, key, stop) = (backend.clone(), key.clone(), stop.clone());
         let bytes = move || body(now_secs());
+        let mut seq = 0u64;
         std::thread::Builder::new()
             .name("store-lock".into())
             .spawn(move || loop {
@@ -158,8 +164,19 @@ pub(super) fn lock_objects(
                     return;
                 }
                 drop(g);
-                if let Err(e) = backend.write(&key, &bytes()) {
-                    tracing::warn!(error = %e, "could not refresh the store's lock object");
+                seq += 1;
+                let next = format!("{base}-{seq}.json");
+                match backend.write(&next, &bytes()) {
+                    Ok(()) => {
+                        let old = std::mem::replace(
+                            &mut *key.lock().unwrap_or_else(|e| e.into_inner()),
+                            next,
+                        );
+                        let _ = backend.delete(&old);
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "could not refresh the store's lock object")
+                    }
                 }
             })
             .ok()

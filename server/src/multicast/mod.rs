@@ -83,9 +83,8 @@ pub(crate) enum MulticastCommand {
         /// A receiver silent this long is declared dead.
         #[arg(long, default_value = "10s", value_parser = fmt::parse_duration)]
         dead_after: Duration,
-        /// Image store directory (default: DATA_DIR/images).
-        #[arg(long)]
-        store: Option<PathBuf>,
+        #[command(flatten)]
+        store: crate::image_cmd::StoreArgs,
     },
     /// Receive a session into a disk, partition or file.
     Receive {
@@ -270,7 +269,7 @@ fn print_received(r: &receive::Received, out: &Path, json: bool) {
 /// A path that exists is a file session; anything else names an image in the store.
 fn open_source(
     arg: &str,
-    store: Option<PathBuf>,
+    store: crate::image_cmd::StoreArgs,
     data_dir: &Path,
 ) -> anyhow::Result<(session::Source, String)> {
     let p = Path::new(arg);
