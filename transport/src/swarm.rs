@@ -263,7 +263,8 @@ const CACHE_BYTES: u64 = 128 << 20;
 /// The server's storage factory: a torrent named `drover-{id}` is image `id` of the store.
 #[derive(Clone)]
 pub struct StoreStorageFactory {
-    pub store_dir: PathBuf,
+    /// The image store.
+    pub store: Store,
 }
 
 /// The server's storage of one image torrent: reads from the chunk store.
@@ -287,8 +288,7 @@ impl StorageFactory for StoreStorageFactory {
         let Some(id) = name.strip_prefix("drover-") else {
             bail!("torrent {name:?} is not one of drover's images");
         };
-        let store = Store::open(&self.store_dir)
-            .with_context(|| format!("opening the image store {}", self.store_dir.display()))?;
+        let store = self.store.clone();
         let img = store
             .resolve(id)
             .with_context(|| format!("the image of torrent {name}"))?;

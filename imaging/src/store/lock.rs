@@ -18,9 +18,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use super::backend::{Backend, BackendError};
 
 /// How often a holder rewrites its lock object.
-pub const REFRESH: Duration = Duration::from_secs(60);
+pub const REFRESH: Duration = Duration::from_secs(20);
 /// A lock object older than this is a crashed holder's and is ignored.
-pub const STALE: Duration = Duration::from_secs(300);
+pub const STALE: Duration = Duration::from_secs(90);
 
 /// A lock on the store, held for the life of the value.
 #[derive(Debug)]

@@ -65,6 +65,29 @@ settings! {
         #[arg(long, env = "DROVER_DATABASE_URL")]
         #[serde(default)]
         pub(crate) database_url: Option<String>,
+        /// The image store: a directory (default: DATA_DIR/images), s3://BUCKET/PREFIX,
+        /// webdav[s]://HOST[:PORT]/PATH or sftp://[USER@]HOST[:PORT]/PATH. Servers sharing one
+        /// database share one store.
+        #[arg(long, env = "DROVER_STORE")]
+        #[serde(default)]
+        pub(crate) store: Option<String>,
+        /// The S3 service's URL for an s3:// store (default: $AWS_ENDPOINT_URL, else AWS).
+        #[arg(long, env = "DROVER_S3_ENDPOINT")]
+        #[serde(default)]
+        pub(crate) s3_endpoint: Option<String>,
+        /// The S3 region (default: $AWS_REGION, else us-east-1).
+        #[arg(long, env = "DROVER_S3_REGION")]
+        #[serde(default)]
+        pub(crate) s3_region: Option<String>,
+        /// The S3 access key id (default: $AWS_ACCESS_KEY_ID).
+        #[arg(long, env = "DROVER_S3_ACCESS_KEY_ID")]
+        #[serde(default)]
+        pub(crate) s3_access_key_id: Option<String>,
+        /// The S3 secret key (default: $AWS_SECRET_ACCESS_KEY; prefer the variable or the
+        /// file to a flag, which other users can read in the process list).
+        #[arg(long, env = "DROVER_S3_SECRET_ACCESS_KEY", hide_env_values = true)]
+        #[serde(default)]
+        pub(crate) s3_secret_access_key: Option<String>,
         /// UDP port of wake-on-LAN packets (default 9).
         #[arg(long, env = "DROVER_WOL_PORT")]
         #[serde(default)]
@@ -231,6 +254,10 @@ pub(crate) struct Config {
     pub(crate) iface_problem: Option<String>,
     pub(crate) public_url: String,
     pub(crate) database_url: String,
+    /// The store's URL or directory (`None`: DATA_DIR/images).
+    pub(crate) store: Option<String>,
+    /// How to reach an object store.
+    pub(crate) store_options: stores::Options,
     pub(crate) wol_port: u16,
     /// Highest multicast send rate of a deployment, bits/s.
     pub(crate) multicast_rate: u64,
@@ -352,6 +379,15 @@ impl Config {
             iface_problem,
             public_url,
             database_url,
+            store: s.store,
+            store_options: stores::Options {
+                s3_endpoint: s.s3_endpoint,
+                s3_region: s.s3_region,
+                s3_access_key_id: s.s3_access_key_id,
+                s3_secret_access_key: s.s3_secret_access_key,
+                ..Default::default()
+            }
+            .with_env(),
             wol_port: s.wol_port.unwrap_or(pxe::wol::DEFAULT_PORT),
             multicast_rate: s.multicast_rate.unwrap_or(DEFAULT_MULTICAST_RATE),
             multicast_window: s
@@ -501,6 +537,11 @@ mod tests {
             iface,
             public_url,
             database_url,
+            store,
+            s3_endpoint,
+            s3_region,
+            s3_access_key_id,
+            s3_secret_access_key,
             wol_port,
             multicast_rate,
             multicast_window,
@@ -527,6 +568,8 @@ mod tests {
         assert!(data_dir.is_some() && http.is_some() && iface.is_some());
         assert!(public_url.is_some() && database_url.is_some() && wol_port.is_some());
         assert!(multicast_rate.is_some() && multicast_window.is_some());
+        assert!(store.is_some() && s3_endpoint.is_some() && s3_region.is_some());
+        assert!(s3_access_key_id.is_some() && s3_secret_access_key.is_some());
         assert!(wake_lead.is_some() && schedule_grace.is_some());
         assert!(boot_dir.is_some() && tftp.is_some() && dhcp.is_some());
         assert!(dhcp_range.is_some() && dhcp_router.is_some());

@@ -108,9 +108,16 @@ pub(crate) fn serve(args: ServeArgs, data_dir: Option<PathBuf>) -> anyhow::Resul
 async fn run(cfg: Config) -> anyhow::Result<()> {
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("creating the data directory {}", cfg.data_dir.display()))?;
-    let store_dir = cfg.data_dir.join("images");
-    imaging::store::Store::open(&store_dir)
-        .with_context(|| format!("opening the image store {}", store_dir.display()))?;
+    let store = {
+        let (spec, default) = (cfg.store.clone(), cfg.data_dir.join("images"));
+        let what = spec
+            .as_deref()
+            .map_or_else(|| default.display().to_string(), stores::redact);
+        let opts = cfg.store_options.clone();
+        tokio::task::spawn_blocking(move || stores::open(spec.as_deref(), &default, &opts))
+            .await?
+            .with_context(|| format!("opening the image store {what}"))?
+    };
     // The certificate is read first: a bad one stops the start before anything listens.
     let tls_acceptor = match &cfg.tls {
         Some(t) => Some(auth::tls::acceptor(&t.cert, &t.key)?),
@@ -123,7 +130,7 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     let owner = server_id(&cfg.data_dir)?;
     let tracker = Arc::new(swarm::tracker::Tracker::default());
-    tracker.load(&swarm::torrent::cache_dir(&store_dir));
+    tracker.load(&swarm::torrent::cache_dir(&cfg.data_dir));
     let seeder = swarm::seeder::Seeder::new(
         tracker.clone(),
         &cfg.public_url,
@@ -133,13 +140,14 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         cfg.bittorrent_upload_rate.map(|bits| bits / 8),
         cfg.bittorrent_server_peers,
         &cfg.data_dir,
-        store_dir.clone(),
+        store.clone(),
     );
     let tasks = tasks::Tasks::default();
     let deployer = deployments::service::Deployer::new(
         tasks.clone(),
         db.clone(),
-        store_dir.clone(),
+        store.clone(),
+        cfg.data_dir.clone(),
         cfg.iface.clone(),
         cfg.multicast_rate,
         cfg.multicast_window,
@@ -181,7 +189,7 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         db: db.clone(),
         started: Instant::now(),
         inventory,
-        images: store::service::Images::new(store_dir.clone()),
+        images: store::service::Images::new(store.clone()),
         deployer: deployer.clone(),
         scheduler,
         boot: boot::ipxe::BootEnv {

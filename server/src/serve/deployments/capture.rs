@@ -24,7 +24,7 @@ use proto::api::{self, ChunkStored, Committed, ErrorBody, HaveReply, HaveRequest
 use serde::Deserialize;
 use sqlx::Row;
 
-use crate::serve::db::now_ms;
+use crate::serve::db::{now_ms, DbError};
 use crate::serve::deployments::api::{task_over, AgentTask};
 use crate::serve::deployments::repo::{Deployment, NewDeployment};
 use crate::serve::deployments::service::{check_image_name, DeployError};
@@ -165,9 +165,57 @@ async fn capture_of(
     Ok(d)
 }
 
+/// How often a capture's hold on the store looks whether its deployment is over.
+const HOLD_CHECK: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Capture deployment `d` holds the store (shared) from its first request until it is over:
+/// `gc`, on this server or another sharing the store, waits instead of freeing chunks it has
+/// uploaded but not yet committed.
+async fn hold_store(s: &Shared, d: &Deployment) -> ApiResult<()> {
+    if s.deployer
+        .capture_holds
+        .lock()
+        .expect("lock")
+        .contains(&d.id)
+    {
+        return Ok(());
+    }
+    let store = store(s)?;
+    let lock = tokio::task::spawn_blocking(move || store.lock_shared())
+        .await
+        .map_err(anyhow::Error::from)?
+        .map_err(anyhow::Error::from)?;
+    if !s
+        .deployer
+        .capture_holds
+        .lock()
+        .expect("lock")
+        .insert(d.id.clone())
+    {
+        return Ok(());
+    }
+    let (deployer, id) = (s.deployer.clone(), d.id.clone());
+    s.deployer.tasks.spawn(
+        tracing::info_span!("capture store hold", deployment = %d.id),
+        async move {
+            loop {
+                tokio::time::sleep(HOLD_CHECK).await;
+                match deployer.db.deployments().deployment(&id).await {
+                    Ok(d) if d.state.active() => continue,
+                    Ok(_) | Err(DbError::NotFound(_)) => break,
+                    Err(e) => tracing::warn!(error = %e, "checking a capture's deployment"),
+                }
+            }
+            deployer.capture_holds.lock().expect("lock").remove(&id);
+            drop(lock);
+            Ok(())
+        },
+    );
+    Ok(())
+}
+
 fn store(s: &Shared) -> ApiResult<Store> {
-    Store::open(s.images.dir())
-        .map_err(|e| ApiError::from(anyhow::anyhow!("opening the image store: {e}")))
+    Ok(s.images.store().clone())
 }
 
 /// The store again (the first was moved into a blocking task).
@@ -252,6 +300,7 @@ pub(crate) async fn have(
 ) -> ApiResult<Json<HaveReply>> {
     let Json(h) = body?;
     let d = capture_of(&s, &t).await?;
+    hold_store(&s, &d).await?;
     if h.hashes.len() > MAX_HAVE {
         return Err(ApiError::bad_request(format!(
             "{} hashes: at most {MAX_HAVE} at a time",
@@ -334,6 +383,7 @@ pub(crate) async fn put_chunk(
     frame: Bytes,
 ) -> ApiResult<Response> {
     let d = capture_of(&s, &t).await?;
+    hold_store(&s, &d).await?;
     let h = hash(&h)?;
     let live = match q.at {
         Some(at) => {
@@ -390,13 +440,13 @@ pub(crate) async fn put_chunk(
         )
             .into_response()),
         Ok(None) => {
-            tracing::error!(store = %s.images.dir().display(), "capture upload refused: the store is full");
+            tracing::error!(store = %s.images.store().location(), "capture upload refused: the store is full");
             Err(ApiError::new(
                 StatusCode::INSUFFICIENT_STORAGE,
                 format!(
                     "the server's image store ({}) is full: free space there (drover image gc, \
                      drover image rm) and capture again; nothing already stored was touched",
-                    s.images.dir().display()
+                    s.images.store().location()
                 ),
             ))
         }

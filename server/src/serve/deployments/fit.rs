@@ -46,11 +46,11 @@ impl Deployer {
         fits.insert(key.clone(), Fit::Making);
         drop(fits);
         let this = self.clone();
-        let (store_dir, scratch) = (self.store_dir().to_path_buf(), self.scratch_dir());
+        let (store, scratch) = (self.store.clone(), self.scratch_dir());
         let span = tracing::info_span!("fit", image = %image_id, disk);
         self.tasks.spawn(span, async move {
             let id = key.0.clone();
-            let r = tokio::task::spawn_blocking(move || derive(&store_dir, &scratch, &id, disk))
+            let r = tokio::task::spawn_blocking(move || derive(&store, &scratch, &id, disk))
                 .await
                 .map_err(anyhow::Error::from)
                 .and_then(|r| r);
@@ -83,23 +83,21 @@ impl Deployer {
             .collect()
     }
 
-    /// Where fitted disks are staged: beside the store, on the same filesystem.
+    /// Where fitted disks are staged: in the data directory.
     fn scratch_dir(&self) -> PathBuf {
-        let dir = self.store_dir();
-        dir.parent().unwrap_or(dir).join("scratch")
+        self.data_dir().join("scratch")
     }
 }
 
 /// Restores image `image_id` shrunk onto a sparse file of `disk` bytes and captures it: the
 /// fitted image's id.
-fn derive(store_dir: &Path, scratch: &Path, image_id: &str, disk: u64) -> anyhow::Result<String> {
-    let store = Store::open(store_dir)?;
+fn derive(store: &Store, scratch: &Path, image_id: &str, disk: u64) -> anyhow::Result<String> {
     let img = store.resolve(image_id)?;
     let m = &img.manifest;
     let label = format!("{}@{}", m.name, m.name_version);
     std::fs::create_dir_all(scratch).with_context(|| format!("creating {}", scratch.display()))?;
     let mut s = shrink::Scratch::new(scratch, 0)?;
-    let mins = shrink::minimums(&label, m, &store, &mut s, Some(disk))
+    let mins = shrink::minimums(&label, m, store, &mut s, Some(disk))
         .with_context(|| format!("finding how far {label} can shrink"))?;
     let plan = shrink::plan(&label, m, disk, &mins)?;
     let file = Staged(scratch.join(format!(
@@ -111,7 +109,7 @@ fn derive(store_dir: &Path, scratch: &Path, image_id: &str, disk: u64) -> anyhow
         .with_context(|| format!("creating {} of {disk} bytes", file.0.display()))?;
     {
         let dev = FileDevice::open_write(&file.0)?;
-        shrink::restore_shrunk(&label, m, &store, &[&dev], &plan, &mut s, &NoProgress)
+        shrink::restore_shrunk(&label, m, store, &[&dev], &plan, &mut s, &NoProgress)
             .with_context(|| format!("restoring {label} shrunk to {disk} bytes"))?;
     }
     let dev = FileDevice::open_read(&file.0)?;
@@ -119,7 +117,7 @@ fn derive(store_dir: &Path, scratch: &Path, image_id: &str, disk: u64) -> anyhow
     let c = capture(
         &dev,
         &format!("{label} fitted to {disk} bytes"),
-        &store,
+        store,
         &opts,
         &NoProgress,
     )

@@ -133,7 +133,9 @@ pub(crate) struct Deployer {
     /// Where its background work runs (watchers of sessions, torrent builds).
     pub(super) tasks: crate::serve::tasks::Tasks,
     pub(super) db: Db,
-    store_dir: PathBuf,
+    pub(super) store: Store,
+    /// The data directory (fitted disks are staged in its `scratch/`).
+    data_dir: PathBuf,
     pub(super) iface: Option<Iface>,
     rate_bps: u64,
     window_bytes: u64,
@@ -162,6 +164,9 @@ pub(crate) struct Deployer {
     pub(super) fits: Mutex<HashMap<(String, u64), super::fit::Fit>>,
     /// Tasks already given a fitted image (their session was told they will not join).
     fitted_tasks: Mutex<std::collections::HashSet<String>>,
+    /// Capture deployments holding the store (shared) from their first upload until they are
+    /// over, so `drover image gc` (here or on another server) never frees what they uploaded.
+    pub(super) capture_holds: Mutex<std::collections::HashSet<String>>,
 }
 
 /// Swarm limits of every agent: upload rate (bits/s) and peers.
@@ -180,7 +185,8 @@ impl Deployer {
     pub(crate) fn new(
         tasks: crate::serve::tasks::Tasks,
         db: Db,
-        store_dir: PathBuf,
+        store: Store,
+        data_dir: PathBuf,
         iface: Option<Iface>,
         rate_bps: u64,
         window_bytes: u64,
@@ -191,7 +197,8 @@ impl Deployer {
         Arc::new(Self {
             tasks,
             db,
-            store_dir,
+            store,
+            data_dir,
             iface,
             rate_bps,
             window_bytes,
@@ -208,6 +215,7 @@ impl Deployer {
             streams: Mutex::new(Vec::new()),
             fits: Mutex::new(HashMap::new()),
             fitted_tasks: Mutex::new(std::collections::HashSet::new()),
+            capture_holds: Mutex::new(std::collections::HashSet::new()),
         })
     }
 
@@ -261,8 +269,8 @@ impl Deployer {
         self.new_tasks.subscribe()
     }
 
-    pub(super) fn store_dir(&self) -> &std::path::Path {
-        &self.store_dir
+    pub(super) fn data_dir(&self) -> &std::path::Path {
+        &self.data_dir
     }
 
     /// Task `task` of deployment `id` gets a fitted image over unicast: its multicast
@@ -283,8 +291,7 @@ impl Deployer {
     }
 
     pub(super) fn store(&self) -> anyhow::Result<Store> {
-        Store::open(&self.store_dir)
-            .with_context(|| format!("opening the image store {}", self.store_dir.display()))
+        Ok(self.store.clone())
     }
 
     /// The image's chunk index (cached).

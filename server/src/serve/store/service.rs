@@ -1,29 +1,30 @@
 //! The images service: lists the store's image versions and verifies one, off the async
 //! threads (both read the store's files).
 
-use std::path::{Path, PathBuf};
+use imaging::store::Store;
 
 use crate::serve::db::DbError;
 
 /// The daemon's image store.
 pub(crate) struct Images {
-    dir: PathBuf,
+    store: Store,
 }
 
 impl Images {
-    pub(crate) fn new(dir: PathBuf) -> Self {
-        Self { dir }
+    pub(crate) fn new(store: Store) -> Self {
+        Self { store }
     }
 
-    /// The store's directory.
-    pub(crate) fn dir(&self) -> &Path {
-        &self.dir
+    /// The store.
+    pub(crate) fn store(&self) -> &Store {
+        &self.store
     }
 
-    /// Reads the image store (images captured by the CLI show up at once).
+    /// Reads the image store (images captured by the CLI, or by another server sharing the
+    /// store, show up at once).
     pub(crate) async fn list(&self) -> anyhow::Result<Vec<proto::api::Image>> {
-        let dir = self.dir.clone();
-        tokio::task::spawn_blocking(move || scan(&dir)).await?
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || scan(&store)).await?
     }
 
     /// Every chunk of the image re-read, decompressed and re-hashed from the store; the bad
@@ -32,18 +33,14 @@ impl Images {
         &self,
         reference: String,
     ) -> Result<proto::api::ImageVerified, DbError> {
-        let dir = self.dir.clone();
-        tokio::task::spawn_blocking(move || verify(&dir, &reference))
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || verify(&store, &reference))
             .await
             .map_err(anyhow::Error::from)?
     }
 }
 
-fn scan(dir: &Path) -> anyhow::Result<Vec<proto::api::Image>> {
-    if !dir.join("manifests").exists() && !dir.exists() {
-        return Ok(Vec::new());
-    }
-    let store = imaging::store::Store::open(dir)?;
+fn scan(store: &Store) -> anyhow::Result<Vec<proto::api::Image>> {
     let (all, problems) = store.scan()?;
     for p in problems {
         tracing::warn!(error = %anyhow::Error::from(p), "damaged image manifest");
@@ -89,8 +86,7 @@ fn scan(dir: &Path) -> anyhow::Result<Vec<proto::api::Image>> {
         .collect())
 }
 
-fn verify(dir: &Path, reference: &str) -> Result<proto::api::ImageVerified, DbError> {
-    let store = imaging::store::Store::open(dir).map_err(anyhow::Error::from)?;
+fn verify(store: &Store, reference: &str) -> Result<proto::api::ImageVerified, DbError> {
     let img = store.resolve(reference).map_err(|e| match e {
         imaging::store::StoreError::NotFound(_) | imaging::store::StoreError::Ambiguous(_) => {
             DbError::NotFound(e.to_string())
@@ -100,7 +96,7 @@ fn verify(dir: &Path, reference: &str) -> Result<proto::api::ImageVerified, DbEr
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
     let v = imaging::restore::verify(
         &img.manifest,
-        &store,
+        store,
         threads,
         &imaging::progress::NoProgress,
     );

@@ -41,7 +41,8 @@ pub(crate) struct Seeder {
     /// Peers uploaded to at once, per torrent.
     peers: usize,
     state_dir: PathBuf,
-    store_dir: PathBuf,
+    data_dir: PathBuf,
+    store: imaging::store::Store,
     session: tokio::sync::OnceCell<Arc<Session>>,
     /// Info hashes seeded.
     seeding: Mutex<HashSet<[u8; 20]>>,
@@ -58,7 +59,7 @@ impl Seeder {
         upload: Option<u64>,
         peers: usize,
         data_dir: &std::path::Path,
-        store_dir: PathBuf,
+        store: imaging::store::Store,
     ) -> Arc<Self> {
         Arc::new(Self {
             tracker,
@@ -69,7 +70,8 @@ impl Seeder {
             upload,
             peers,
             state_dir: data_dir.join("bt"),
-            store_dir,
+            data_dir: data_dir.to_path_buf(),
+            store,
             session: tokio::sync::OnceCell::new(),
             seeding: Mutex::new(HashSet::new()),
         })
@@ -94,7 +96,7 @@ impl Seeder {
                     state_dir: Some(self.state_dir.clone()),
                     default_storage: Some(transport::swarm::librqbit::storage::StorageFactoryExt::boxed(
                         transport::swarm::StoreStorageFactory {
-                            store_dir: self.store_dir.clone(),
+                            store: self.store.clone(),
                         },
                     )),
                     trackers: true,
@@ -132,7 +134,7 @@ impl Seeder {
     /// tracker and seeded. Returns the `.torrent` and the image's label.
     pub(crate) async fn prepare(&self, reference: &str) -> ApiResult<(Vec<u8>, String)> {
         let (info, _id, label) =
-            crate::serve::swarm::torrent::info(&self.store_dir, reference).await?;
+            crate::serve::swarm::torrent::info(&self.store, &self.data_dir, reference).await?;
         self.tracker.know(imaging::torrent::info_hash(&info));
         self.seed(&info).await.map_err(|e| {
             ApiError::new(

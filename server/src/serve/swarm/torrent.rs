@@ -22,22 +22,21 @@ const BUILD_WAIT: std::time::Duration = std::time::Duration::from_secs(20);
 /// One image hashed at a time (a second request for it waits, then reads the cache).
 static BUILDING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// Where the info dictionaries are kept.
-pub(crate) fn cache_dir(store_dir: &Path) -> PathBuf {
-    store_dir
-        .parent()
-        .map_or_else(|| store_dir.join("torrents"), |d| d.join("torrents"))
+/// Where the info dictionaries are kept: in the data directory, whatever the store.
+pub(crate) fn cache_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("torrents")
 }
 
 /// The bencoded info dictionary of image `reference`, and the image's id and name.
 pub(crate) async fn info(
-    store_dir: &Path,
+    store: &imaging::store::Store,
+    data_dir: &Path,
     reference: &str,
 ) -> ApiResult<(Vec<u8>, String, String)> {
     let _guard = BUILDING.lock().await;
-    let (store_dir, reference) = (store_dir.to_path_buf(), reference.to_string());
+    let (store, data_dir, reference) =
+        (store.clone(), data_dir.to_path_buf(), reference.to_string());
     tokio::task::spawn_blocking(move || {
-        let store = imaging::store::Store::open(&store_dir).map_err(anyhow::Error::from)?;
         let img = store.resolve(&reference).map_err(|e| match e {
             imaging::store::StoreError::NotFound(_) | imaging::store::StoreError::Ambiguous(_) => {
                 ApiError::new(StatusCode::NOT_FOUND, e.to_string())
@@ -45,7 +44,7 @@ pub(crate) async fn info(
             e => anyhow::Error::from(e).into(),
         })?;
         let label = format!("{}@{}", img.manifest.name, img.manifest.name_version);
-        let dir = cache_dir(&store_dir);
+        let dir = cache_dir(&data_dir);
         let path = dir.join(format!("{}.info", img.id));
         if let Ok(b) = std::fs::read(&path) {
             return Ok((b, img.id, label));
