@@ -244,6 +244,9 @@ pub struct Manifest {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ManifestError {
+    /// In an encrypted store, the object does not open with the store's key.
+    #[error("does not open with the store's key (damaged, or written with another key)")]
+    Sealed,
     /// Not JSON, or not the manifest schema.
     #[error("manifest is not valid: {0}")]
     Syntax(#[from] serde_json::Error),

@@ -119,6 +119,39 @@ pub(crate) enum ImageCommand {
         #[command(flatten)]
         store: StoreArgs,
     },
+    /// Copy an image into another store (another site's bucket, a backup disk), sending only
+    /// the chunks the destination lacks, each checked against its hash; the manifest is
+    /// written last. Either store may be encrypted, each with its own key.
+    Copy {
+        /// Image name (newest version), NAME@VERSION, or id.
+        image: String,
+        /// The source store.
+        #[command(flatten)]
+        store: StoreArgs,
+        /// The destination store: a directory, s3://, webdav[s]://, sftp://.
+        #[arg(long, value_name = "URL")]
+        to: String,
+        /// The destination's S3 endpoint (default: the source's --s3-endpoint, then
+        /// $AWS_ENDPOINT_URL).
+        #[arg(long, value_name = "URL")]
+        to_s3_endpoint: Option<String>,
+        /// The destination's key file (a new destination given one is encrypted).
+        #[arg(long, value_name = "FILE")]
+        to_encrypt_key_file: Option<PathBuf>,
+        /// The destination's passphrase file.
+        #[arg(long, value_name = "FILE", conflicts_with = "to_encrypt_key_file")]
+        to_encrypt_passphrase_file: Option<PathBuf>,
+        /// Chunks moved at once.
+        #[arg(long, default_value_t = 8)]
+        threads: usize,
+    },
+    /// Write a new random store key (32 bytes as 64 hex digits) to FILE, readable by its
+    /// owner only, for --encrypt-key-file. Keep a copy somewhere safe: without it the images
+    /// of a store encrypted with it cannot be read.
+    Keygen {
+        /// Where to write the key (must not exist).
+        file: PathBuf,
+    },
 }
 
 /// Which store an image command works on.
@@ -133,17 +166,49 @@ pub(crate) struct StoreArgs {
     /// and region come from AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and AWS_REGION.
     #[arg(long, value_name = "URL")]
     pub(crate) s3_endpoint: Option<String>,
+    /// The store's key: a file of 64 hex digits (`drover image keygen FILE` makes one).
+    /// Chunks and manifests are AES-256-GCM encrypted; a new store given a key is encrypted.
+    #[arg(long, value_name = "FILE", env = "DROVER_ENCRYPT_KEY_FILE")]
+    pub(crate) encrypt_key_file: Option<PathBuf>,
+    /// The store's key as a passphrase (the file's first line), stretched with Argon2id.
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "DROVER_ENCRYPT_PASSPHRASE_FILE",
+        conflicts_with = "encrypt_key_file"
+    )]
+    pub(crate) encrypt_passphrase_file: Option<PathBuf>,
 }
 
 impl StoreArgs {
     /// The options for opening the store: these flags, then the environment.
-    pub(crate) fn options(&self) -> stores::Options {
-        stores::Options {
+    pub(crate) fn options(&self) -> anyhow::Result<stores::Options> {
+        Ok(stores::Options {
             s3_endpoint: self.s3_endpoint.clone(),
+            secret: secret(
+                self.encrypt_key_file.as_deref(),
+                self.encrypt_passphrase_file.as_deref(),
+            )?,
             ..Default::default()
         }
-        .with_env()
+        .with_env())
     }
+}
+
+/// The store key from a key file or a passphrase file.
+pub(crate) fn secret(
+    key_file: Option<&Path>,
+    passphrase_file: Option<&Path>,
+) -> anyhow::Result<Option<imaging::store::Secret>> {
+    use imaging::store::Secret;
+    Ok(match (key_file, passphrase_file) {
+        (Some(_), Some(_)) => {
+            bail!("give the store's key as a key file or a passphrase file, not both")
+        }
+        (Some(k), None) => Some(Secret::key_file(k)?),
+        (None, Some(p)) => Some(Secret::passphrase_file(p)?),
+        (None, None) => None,
+    })
 }
 
 pub(crate) fn open_store(store: StoreArgs, data_dir: &Path) -> anyhow::Result<Store> {
@@ -152,7 +217,7 @@ pub(crate) fn open_store(store: StoreArgs, data_dir: &Path) -> anyhow::Result<St
         .store
         .as_deref()
         .map_or_else(|| default.display().to_string(), stores::redact);
-    stores::open(store.store.as_deref(), &default, &store.options())
+    stores::open(store.store.as_deref(), &default, &store.options()?)
         .with_context(|| format!("opening image store {what}"))
 }
 
@@ -386,6 +451,70 @@ pub(crate) fn run(cmd: ImageCommand, data_dir: &Path, json: bool) -> anyhow::Res
                     &img.id[..12]
                 );
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        ImageCommand::Copy {
+            image,
+            store,
+            to,
+            to_s3_endpoint,
+            to_encrypt_key_file,
+            to_encrypt_passphrase_file,
+            threads,
+        } => {
+            let dest_args = StoreArgs {
+                store: Some(to.clone()),
+                s3_endpoint: to_s3_endpoint.or_else(|| store.s3_endpoint.clone()),
+                encrypt_key_file: to_encrypt_key_file,
+                encrypt_passphrase_file: to_encrypt_passphrase_file,
+            };
+            let from = open_store(store, data_dir)?;
+            let img = from.resolve(&image)?;
+            let dest = open_store(dest_args, data_dir)?;
+            let label = format!("{}@{}", img.manifest.name, img.manifest.name_version);
+            let r = imaging::store::copy_image(&from, &img, &dest, threads)
+                .with_context(|| format!("copying {label} to {}", stores::redact(&to)))?;
+            if json {
+                println!("{}", serde_json::to_string(&r)?);
+            } else if r.already_there {
+                println!(
+                    "{label} is already in {} as {}@{} (id {})",
+                    dest.location(),
+                    r.name,
+                    r.version,
+                    &r.id[..12]
+                );
+            } else {
+                println!(
+                    "copied {label} to {} as {}@{} (id {}): {} chunks sent ({}), {} already there",
+                    dest.location(),
+                    r.name,
+                    r.version,
+                    &r.id[..12],
+                    r.copied_chunks,
+                    fmt::bytes(r.copied_bytes),
+                    r.present_chunks
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        ImageCommand::Keygen { file } => {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&file)
+                .with_context(|| format!("creating the key file {}", file.display()))?;
+            f.write_all(imaging::store::Secret::new_key_hex().as_bytes())
+                .and_then(|()| f.sync_all())
+                .with_context(|| format!("writing the key file {}", file.display()))?;
+            eprintln!(
+                "wrote a new store key to {}: keep a copy somewhere safe, the images of a \
+                 store encrypted with it cannot be read without it",
+                file.display()
+            );
             Ok(ExitCode::SUCCESS)
         }
         ImageCommand::Gc { store } => {

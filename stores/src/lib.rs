@@ -15,7 +15,7 @@ pub mod object;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use imaging::store::{Backend, Store, StoreError};
+use imaging::store::{Backend, Secret, Store, StoreError};
 
 /// The schemes drover serves, for messages.
 pub const SCHEMES: &str = "s3://, webdav://, webdavs://, sftp:// or a directory";
@@ -102,6 +102,8 @@ pub struct Options {
     /// How SFTP checks the server's host key: `strict` (the default: it must be in
     /// known_hosts), `add` (trust on first use) or `accept` (any).
     pub sftp_known_hosts: Option<String>,
+    /// The key of an encrypted store (a new, empty store given one becomes encrypted).
+    pub secret: Option<Secret>,
 }
 
 fn env(name: &str) -> Option<String> {
@@ -132,6 +134,7 @@ impl Options {
             sftp_known_hosts: self
                 .sftp_known_hosts
                 .or_else(|| env("DROVER_SFTP_KNOWN_HOSTS")),
+            secret: self.secret,
         }
     }
 }
@@ -308,7 +311,7 @@ pub fn open(spec: Option<&str>, default_dir: &Path, opts: &Options) -> Result<St
         None => Target::Dir(default_dir.to_owned()),
     };
     let backend: Arc<dyn Backend> = match target {
-        Target::Dir(dir) => return Ok(Store::open(&dir)?),
+        Target::Dir(dir) => return Ok(Store::open(&dir)?.unlock(opts.secret.as_ref())?),
         t => Arc::new(object::ObjectBackend::new(&t, opts)?),
     };
     if let Err(source) = backend.list("manifests/") {
@@ -317,7 +320,7 @@ pub fn open(spec: Option<&str>, default_dir: &Path, opts: &Options) -> Result<St
             source,
         });
     }
-    Ok(Store::with_backend(backend))
+    Ok(Store::with_backend(backend).unlock(opts.secret.as_ref())?)
 }
 
 #[cfg(test)]

@@ -23,6 +23,7 @@
 //! hash as well as its own.
 
 pub mod backend;
+pub mod crypt;
 pub mod lock;
 
 use std::collections::{HashMap, HashSet};
@@ -32,6 +33,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 pub use backend::{free_space_at, Backend, BackendError, Entry, LocalDir};
+pub use crypt::{Crypt, Secret, SecretError};
 pub use lock::StoreLock;
 
 use crate::manifest::{Hash, Manifest, ManifestError};
@@ -74,6 +76,27 @@ pub enum StoreError {
     /// A chunk is missing from the store.
     #[error("chunk {0} is missing from the store")]
     MissingChunk(Hash),
+    /// The store is encrypted and no key was given.
+    #[error(
+        "store {0} is encrypted: give its key (--encrypt-key-file FILE or \
+         --encrypt-passphrase-file FILE)"
+    )]
+    KeyNeeded(String),
+    /// The key given does not open the store.
+    #[error("store {location}")]
+    Key {
+        /// The store.
+        location: String,
+        /// What is wrong.
+        #[source]
+        source: crypt::KeyError,
+    },
+    /// A key was given for a store that holds unencrypted images.
+    #[error(
+        "store {0} holds unencrypted images: a store is encrypted when it is made; copy the \
+         images into a new store with `drover image copy NAME --to URL` and the key"
+    )]
+    NotEncrypted(String),
     /// A chunk's bytes do not decompress to the plaintext its name promises.
     #[error("chunk {hash} is corrupt: {why}")]
     CorruptChunk {
@@ -97,6 +120,8 @@ pub struct StoredImage {
 #[derive(Debug, Clone)]
 pub struct Store {
     backend: Arc<dyn Backend>,
+    /// The key of an encrypted store.
+    crypt: Option<Arc<Crypt>>,
     /// Manifests read so far, by object key: a manifest never changes once written (its id is
     /// its hash), so a listing reads each one once.
     manifests: Arc<Mutex<HashMap<String, Manifest>>>,
@@ -112,7 +137,73 @@ impl Store {
     pub fn with_backend(backend: Arc<dyn Backend>) -> Self {
         Self {
             backend,
+            crypt: None,
             manifests: Arc::default(),
+        }
+    }
+
+    /// This store opened with `secret` (or without a key): checks that the key opens an
+    /// encrypted store, that a store needing a key gets one, and makes a new (empty) store
+    /// encrypted when a key is given. Use it wherever a user names a store.
+    pub fn unlock(mut self, secret: Option<&Secret>) -> Result<Self, StoreError> {
+        let location = self.location();
+        let config = match self.backend.read(crypt::CONFIG_KEY)? {
+            Some(bytes) => Some(
+                serde_json::from_slice::<crypt::StoreConfig>(&bytes).map_err(|e| {
+                    StoreError::Key {
+                        location: location.clone(),
+                        source: crypt::KeyError::BadConfig(e.to_string()),
+                    }
+                })?,
+            ),
+            None => None,
+        };
+        match (config.and_then(|c| c.encryption), secret) {
+            (None, None) => Ok(self),
+            (Some(_), None) => Err(StoreError::KeyNeeded(location)),
+            (Some(e), Some(secret)) => {
+                let c = Crypt::open_with(secret, &e)
+                    .map_err(|source| StoreError::Key { location, source })?;
+                self.crypt = Some(Arc::new(c));
+                Ok(self)
+            }
+            (None, Some(secret)) => {
+                let used = ["manifests/", "chunks/"]
+                    .iter()
+                    .map(|p| self.backend.list(p).map(|l| !l.is_empty()))
+                    .collect::<Result<Vec<_>, _>>()?;
+                if used.contains(&true) {
+                    return Err(StoreError::NotEncrypted(location));
+                }
+                let (c, cfg) = Crypt::create(secret);
+                let bytes = serde_json::to_vec_pretty(&cfg).expect("settings serialize");
+                self.backend.write(crypt::CONFIG_KEY, &bytes)?;
+                self.backend.sync()?;
+                self.crypt = Some(Arc::new(c));
+                Ok(self)
+            }
+        }
+    }
+
+    /// Whether the store is encrypted (and open).
+    pub fn encrypted(&self) -> bool {
+        self.crypt.is_some()
+    }
+
+    /// `bytes` as stored under `key`: sealed in an encrypted store.
+    fn seal(&self, bytes: Vec<u8>, key: &str) -> Vec<u8> {
+        match &self.crypt {
+            Some(c) => c.seal(&bytes, key),
+            None => bytes,
+        }
+    }
+
+    /// An object's bytes as written: opened in an encrypted store (`None` when it does not
+    /// open with the key).
+    fn unseal(&self, bytes: Vec<u8>, key: &str) -> Option<Vec<u8>> {
+        match &self.crypt {
+            Some(c) => c.open(&bytes, key),
+            None => Some(bytes),
         }
     }
 
@@ -159,7 +250,10 @@ impl Store {
 
     /// The object key of chunk `h`.
     pub fn chunk_key(&self, h: &Hash) -> String {
-        let hex = h.to_hex();
+        let hex = match &self.crypt {
+            Some(c) => c.chunk_name(h).to_hex(),
+            None => h.to_hex(),
+        };
         format!("chunks/{}/{hex}", &hex[..2])
     }
 
@@ -223,6 +317,7 @@ impl Store {
             }
             None => compress_full(plain, level).map_err(compress_err)?,
         };
+        let bytes = self.seal(bytes, &key);
         self.backend.write(&key, &bytes)?;
         Ok((bytes.len() as u64, true))
     }
@@ -260,9 +355,19 @@ impl Store {
     }
 
     fn read_file(&self, hash: &Hash) -> Result<Vec<u8>, StoreError> {
-        self.backend
-            .read(&self.chunk_key(hash))?
-            .ok_or(StoreError::MissingChunk(*hash))
+        let key = self.chunk_key(hash);
+        let bytes = self
+            .backend
+            .read(&key)?
+            .ok_or(StoreError::MissingChunk(*hash))?;
+        self.unseal(bytes, &key)
+            .ok_or_else(|| StoreError::CorruptChunk {
+                hash: *hash,
+                why: format!(
+                    "{} does not open with the store's key (damaged, or written with another)",
+                    self.describe(&key)
+                ),
+            })
     }
 
     /// Stores a chunk that arrived as a zstd frame (a network capture) as it is, after
@@ -285,8 +390,9 @@ impl Store {
             return Ok((len, false));
         }
         self.read_full(hash, frame, expect_len)?;
-        self.backend.write(&key, frame)?;
-        Ok((frame.len() as u64, true))
+        let bytes = self.seal(frame.to_vec(), &key);
+        self.backend.write(&key, &bytes)?;
+        Ok((bytes.len() as u64, true))
     }
 
     /// Reads chunk `hash` (resolving a delta through its base), decompresses it to
@@ -346,7 +452,7 @@ impl Store {
 
     /// The base a stored delta chunk references, if `hash` is a delta.
     pub fn chunk_base(&self, hash: &Hash) -> Option<Hash> {
-        if let Some(p) = self.chunk_file(hash) {
+        if let Some(p) = self.chunk_file(hash).filter(|_| self.crypt.is_none()) {
             // A directory store reads only the header.
             use std::io::Read;
             let mut head = [0u8; DELTA_HEADER];
@@ -361,8 +467,14 @@ impl Store {
     /// Commits a manifest; returns the image id.
     pub fn put_manifest(&self, m: &Manifest) -> Result<String, StoreError> {
         let bytes = m.encode();
-        let id = Hash::of(&bytes).to_hex();
-        self.backend.write(&Self::manifest_key(&id), &bytes)?;
+        let id = match &self.crypt {
+            Some(c) => c.manifest_id(&bytes),
+            None => Hash::of(&bytes),
+        }
+        .to_hex();
+        let key = Self::manifest_key(&id);
+        let sealed = self.seal(bytes, &key);
+        self.backend.write(&key, &sealed)?;
         self.sync_dirs()?;
         Ok(id)
     }
@@ -406,7 +518,16 @@ impl Store {
                 continue;
             }
             let bytes = match self.backend.read(&e.key) {
-                Ok(Some(b)) => b,
+                Ok(Some(b)) => match self.unseal(b, &e.key) {
+                    Some(b) => b,
+                    None => {
+                        problems.push(StoreError::BadManifest {
+                            at: self.describe(&e.key),
+                            source: ManifestError::Sealed,
+                        });
+                        continue;
+                    }
+                },
                 // Removed since the listing.
                 Ok(None) => continue,
                 Err(e) => {
@@ -509,14 +630,10 @@ impl Store {
         for b in bases {
             live.entry(b).or_insert(0);
         }
+        let live: HashSet<String> = live.keys().map(|h| self.chunk_key(h)).collect();
         let mut report = GcReport::default();
         for e in self.backend.list("chunks/")? {
-            let keep = e
-                .key
-                .rsplit('/')
-                .next()
-                .and_then(Hash::from_hex)
-                .is_some_and(|h| live.contains_key(&h));
+            let keep = live.contains(&e.key);
             if keep {
                 report.kept_chunks += 1;
                 continue;
@@ -538,6 +655,142 @@ impl Store {
     pub fn free_space(&self) -> Result<Option<u64>, StoreError> {
         Ok(self.backend.free_space()?)
     }
+}
+
+/// What [`copy_image`] did.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct CopyReport {
+    /// The image's id at the destination.
+    pub id: String,
+    /// Its name and version at the destination.
+    pub name: String,
+    /// The version it got there.
+    pub version: u32,
+    /// Chunks copied (the destination lacked them).
+    pub copied_chunks: u64,
+    /// Chunks the destination had already.
+    pub present_chunks: u64,
+    /// Bytes written to the destination.
+    pub copied_bytes: u64,
+    /// Whether the destination held this very image already (nothing was written).
+    pub already_there: bool,
+}
+
+/// Copies image `img` from `from` into `to`: every chunk `to` lacks is read from `from`,
+/// checked against its hash (decompressed and hashed) and written; then the manifest, last, so
+/// an interrupted copy leaves no image at the destination. Either store may be encrypted (with
+/// its own key). The image keeps its name; it keeps its version unless the destination already
+/// has that version of the name, when it gets the next one. `threads` chunks move at once.
+pub fn copy_image(
+    from: &Store,
+    img: &StoredImage,
+    to: &Store,
+    threads: usize,
+) -> Result<CopyReport, StoreError> {
+    let m = &img.manifest;
+    let (existing, _) = to.scan()?;
+    let same = |o: &StoredImage| {
+        o.manifest.name == m.name
+            && o.manifest.created == m.created
+            && o.manifest.areas.len() == m.areas.len()
+            && o.manifest
+                .chunks()
+                .map(|(_, c)| c.hash)
+                .eq(m.chunks().map(|(_, c)| c.hash))
+    };
+    if let Some(o) = existing.iter().find(|o| same(o)) {
+        return Ok(CopyReport {
+            id: o.id.clone(),
+            name: o.manifest.name.clone(),
+            version: o.manifest.name_version,
+            present_chunks: o.manifest.chunks().count() as u64,
+            already_there: true,
+            ..Default::default()
+        });
+    }
+    let _hold = to.lock_shared()?;
+    let mut todo: Vec<(Hash, usize)> = Vec::new();
+    let mut seen = HashSet::new();
+    for a in &m.areas {
+        for c in &a.chunks {
+            if seen.insert(c.hash) {
+                todo.push((c.hash, a.region_len(c.index, m.chunk_size) as usize));
+            }
+        }
+    }
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let totals = Mutex::new((0u64, 0u64, 0u64));
+    let first_err: Mutex<Option<StoreError>> = Mutex::new(None);
+    std::thread::scope(|sc| {
+        for _ in 0..threads.max(1) {
+            sc.spawn(|| loop {
+                if first_err.lock().map_or(true, |e| e.is_some()) {
+                    return;
+                }
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some((h, len)) = todo.get(i) else { return };
+                let r = (|| -> Result<(u64, bool), StoreError> {
+                    if to.has_chunk(h) {
+                        return Ok((0, false));
+                    }
+                    let frame = from.read_frame(h, *len)?;
+                    to.put_frame(h, &frame, *len)
+                })();
+                match r {
+                    Ok((n, added)) => {
+                        let mut t = totals.lock().unwrap_or_else(|e| e.into_inner());
+                        if added {
+                            t.0 += 1;
+                            t.2 += n;
+                        } else {
+                            t.1 += 1;
+                        }
+                    }
+                    Err(e) => {
+                        let mut f = first_err.lock().unwrap_or_else(|e| e.into_inner());
+                        f.get_or_insert(e);
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    if let Some(e) = first_err.into_inner().unwrap_or_else(|e| e.into_inner()) {
+        return Err(e);
+    }
+    let (copied_chunks, present_chunks, copied_bytes) =
+        totals.into_inner().unwrap_or_else(|e| e.into_inner());
+    let mut out = m.clone();
+    for a in &mut out.areas {
+        for c in &mut a.chunks {
+            c.stored = to
+                .chunk_size(&c.hash)?
+                .ok_or(StoreError::MissingChunk(c.hash))?;
+        }
+    }
+    if existing
+        .iter()
+        .any(|o| o.manifest.name == m.name && o.manifest.name_version == m.name_version)
+    {
+        out.name_version = existing
+            .iter()
+            .filter(|o| o.manifest.name == m.name)
+            .map(|o| o.manifest.name_version)
+            .max()
+            .unwrap_or(0)
+            + 1;
+    }
+    to.sync_dirs()?;
+    let id = to.put_manifest(&out)?;
+    Ok(CopyReport {
+        id,
+        name: out.name.clone(),
+        version: out.name_version,
+        copied_chunks,
+        present_chunks,
+        copied_bytes,
+        already_there: false,
+    })
 }
 
 /// How many of `images` reference each chunk.

@@ -88,6 +88,15 @@ settings! {
         #[arg(long, env = "DROVER_S3_SECRET_ACCESS_KEY", hide_env_values = true)]
         #[serde(default)]
         pub(crate) s3_secret_access_key: Option<String>,
+        /// The store's key, a file of 64 hex digits (`drover image keygen FILE`): chunks and
+        /// manifests are AES-256-GCM encrypted at rest.
+        #[arg(long, env = "DROVER_ENCRYPT_KEY_FILE")]
+        #[serde(default)]
+        pub(crate) encrypt_key_file: Option<PathBuf>,
+        /// The store's key as a passphrase (the file's first line), through Argon2id.
+        #[arg(long, env = "DROVER_ENCRYPT_PASSPHRASE_FILE")]
+        #[serde(default)]
+        pub(crate) encrypt_passphrase_file: Option<PathBuf>,
         /// UDP port of wake-on-LAN packets (default 9).
         #[arg(long, env = "DROVER_WOL_PORT")]
         #[serde(default)]
@@ -385,6 +394,10 @@ impl Config {
                 s3_region: s.s3_region,
                 s3_access_key_id: s.s3_access_key_id,
                 s3_secret_access_key: s.s3_secret_access_key,
+                secret: crate::image_cmd::secret(
+                    s.encrypt_key_file.as_deref(),
+                    s.encrypt_passphrase_file.as_deref(),
+                )?,
                 ..Default::default()
             }
             .with_env(),
@@ -542,6 +555,8 @@ mod tests {
             s3_region,
             s3_access_key_id,
             s3_secret_access_key,
+            encrypt_key_file,
+            encrypt_passphrase_file,
             wol_port,
             multicast_rate,
             multicast_window,
@@ -570,6 +585,7 @@ mod tests {
         assert!(multicast_rate.is_some() && multicast_window.is_some());
         assert!(store.is_some() && s3_endpoint.is_some() && s3_region.is_some());
         assert!(s3_access_key_id.is_some() && s3_secret_access_key.is_some());
+        assert!(encrypt_key_file.is_some() && encrypt_passphrase_file.is_some());
         assert!(wake_lead.is_some() && schedule_grace.is_some());
         assert!(boot_dir.is_some() && tftp.is_some() && dhcp.is_some());
         assert!(dhcp_range.is_some() && dhcp_router.is_some());
@@ -594,6 +610,9 @@ mod tests {
         // The example's range is for its eth0, not this test's loopback.
         let mut parsed = parsed;
         parsed.dhcp_range = None;
+        // The example names both kinds of key (an admin gives one) and files not here.
+        parsed.encrypt_key_file = None;
+        parsed.encrypt_passphrase_file = None;
         assert_eq!(
             Config::resolve(Settings {
                 iface: Some("lo".into()),
