@@ -25,6 +25,8 @@ use transport::{fmt, net, receive, send, session};
 
 use transport::DEFAULT_GROUP;
 
+// Parsed once per run: the size of a variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub(crate) enum MulticastCommand {
     /// Stream an image (or any file) to every receiver on the network.
