@@ -193,38 +193,95 @@ pub(super) fn lock_objects(
 
 /// The first live lock object other than `mine` that conflicts with taking one (`exclusive`
 /// or not), described for a message.
+///
+/// A holder refreshing its lock writes the new object before removing the old one, so a
+/// listed object that is gone when read means a newer one exists that this listing missed:
+/// the check lists again (and, should that keep happening, counts it as a conflict).
 fn conflicting(
     backend: &dyn Backend,
     mine: &str,
     exclusive: bool,
 ) -> Result<Option<String>, BackendError> {
-    let now = now_secs();
-    for e in backend.list("locks/")? {
-        if e.key == mine {
-            continue;
-        }
-        // A lock object removed between the listing and the read is no conflict.
-        let Some(bytes) = backend.read(&e.key)? else {
-            continue;
-        };
-        let Ok(other) = serde_json::from_slice::<LockBody>(&bytes) else {
-            tracing::warn!(lock = %e.key, "ignoring an unreadable lock object");
-            continue;
-        };
-        if now.saturating_sub(other.refreshed) > STALE.as_secs() {
-            continue;
-        }
-        if exclusive || other.exclusive {
-            let kind = if other.exclusive {
-                "exclusive"
-            } else {
-                "shared"
+    'listing: for _ in 0..10 {
+        let now = now_secs();
+        for e in backend.list("locks/")? {
+            if e.key == mine {
+                continue;
+            }
+            let Some(bytes) = backend.read(&e.key)? else {
+                continue 'listing;
             };
-            return Ok(Some(format!(
-                "{kind} lock of process {} on {}",
-                other.pid, other.host
-            )));
+            let Ok(other) = serde_json::from_slice::<LockBody>(&bytes) else {
+                tracing::warn!(lock = %e.key, "ignoring an unreadable lock object");
+                continue;
+            };
+            if now.saturating_sub(other.refreshed) > STALE.as_secs() {
+                continue;
+            }
+            if exclusive || other.exclusive {
+                let kind = if other.exclusive {
+                    "exclusive"
+                } else {
+                    "shared"
+                };
+                return Ok(Some(format!(
+                    "{kind} lock of process {} on {}",
+                    other.pid, other.host
+                )));
+            }
         }
+        return Ok(None);
     }
-    Ok(None)
+    Ok(Some("a lock being refreshed".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::LocalDir;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    #[test]
+    fn an_exclusive_lock_object_waits_for_shared_ones_and_ignores_stale_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let backend: Arc<dyn Backend> = Arc::new(LocalDir::open(dir.path()).unwrap());
+        // A crashed holder's lock, last refreshed long ago, blocks nothing.
+        let stale = LockBody {
+            exclusive: true,
+            host: "gone".into(),
+            pid: 1,
+            refreshed: now_secs() - STALE.as_secs() - 10,
+        };
+        backend
+            .write(
+                "locks/gone-1-0-0.json",
+                &serde_json::to_vec(&stale).unwrap(),
+            )
+            .unwrap();
+        let shared = lock_objects(backend.clone(), false).unwrap();
+        let also_shared = lock_objects(backend.clone(), false).unwrap();
+        let got = Arc::new(AtomicBool::new(false));
+        let waiter = {
+            let (backend, got) = (backend.clone(), got.clone());
+            std::thread::spawn(move || {
+                let l = lock_objects(backend, true).unwrap();
+                got.store(true, Ordering::SeqCst);
+                l
+            })
+        };
+        std::thread::sleep(Duration::from_millis(1500));
+        assert!(
+            !got.load(Ordering::SeqCst),
+            "exclusive taken beside shared locks"
+        );
+        drop(shared);
+        drop(also_shared);
+        let exclusive = waiter.join().unwrap();
+        assert!(got.load(Ordering::SeqCst));
+        // The holders' objects are gone; the exclusive one is there until dropped.
+        let live: Vec<_> = backend.list("locks/").unwrap();
+        assert_eq!(live.len(), 2, "{live:?}");
+        drop(exclusive);
+        assert_eq!(backend.list("locks/").unwrap().len(), 1);
+    }
 }
