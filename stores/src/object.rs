@@ -48,6 +48,19 @@ fn block<T: Send + 'static>(f: impl Future<Output = T> + Send + 'static) -> T {
 /// Names for temporary objects, unique within the process.
 static TMP_SEQ: AtomicU64 = AtomicU64::new(0);
 
+/// Chunk uploads in flight at once (each holds its bytes: 16 × 4 MiB).
+const WRITES_IN_FLIGHT: usize = 16;
+
+/// Chunk uploads under way: a capture's workers hand a chunk over and go on compressing the
+/// next while it uploads (an upload's round trip would otherwise idle them).
+#[derive(Debug, Default)]
+struct Pending {
+    /// Keys being written, with their bytes (reads and sizes of them are answered from here).
+    writes: std::collections::HashMap<String, std::sync::Arc<Vec<u8>>>,
+    /// The first upload that failed since the last [`Backend::sync`].
+    failed: Option<(String, String)>,
+}
+
 /// A store kept in an object store or a remote folder.
 #[derive(Debug)]
 pub struct ObjectBackend {
@@ -55,6 +68,7 @@ pub struct ObjectBackend {
     location: String,
     /// Write under `tmp/` and rename (WebDAV, SFTP) rather than write in place (S3).
     rename: bool,
+    pending: std::sync::Arc<(std::sync::Mutex<Pending>, std::sync::Condvar)>,
 }
 
 impl ObjectBackend {
@@ -162,6 +176,7 @@ impl ObjectBackend {
             op,
             location,
             rename,
+            pending: Default::default(),
         })
     }
 
@@ -169,11 +184,42 @@ impl ObjectBackend {
         format!("{}/{key}", self.location.split(' ').next().unwrap_or(""))
     }
 
-    fn put(&self, key: &str, bytes: Vec<u8>) -> Result<(), BackendError> {
-        let op = self.op.clone();
-        let k = key.to_string();
-        block(async move { op.write(&k, bytes).await.map(|_| ()) })
-            .map_err(|e| err("writing", self.at(key), e))
+    fn pending(&self) -> std::sync::MutexGuard<'_, Pending> {
+        self.pending.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Starts uploading a chunk and returns; [`Backend::sync`] waits for every upload and
+    /// reports the first that failed.
+    fn write_behind(&self, key: &str, bytes: &[u8]) -> Result<(), BackendError> {
+        let bytes = std::sync::Arc::new(bytes.to_vec());
+        {
+            let (_, cv) = &*self.pending;
+            let mut p = self.pending();
+            while p.writes.len() >= WRITES_IN_FLIGHT {
+                p = cv.wait(p).unwrap_or_else(|e| e.into_inner());
+            }
+            if let Some((k, e)) = &p.failed {
+                return Err(BackendError::new("writing", self.at(k), e.clone()));
+            }
+            p.writes.insert(key.to_string(), bytes.clone());
+        }
+        let (op, rename, pending, k) = (
+            self.op.clone(),
+            self.rename,
+            self.pending.clone(),
+            key.to_string(),
+        );
+        runtime().spawn(async move {
+            let r = put(&op, rename, &k, bytes.to_vec()).await;
+            let (m, cv) = &*pending;
+            let mut p = m.lock().unwrap_or_else(|e| e.into_inner());
+            p.writes.remove(&k);
+            if let Err(e) = r {
+                p.failed.get_or_insert((k, e));
+            }
+            cv.notify_all();
+        });
+        Ok(())
     }
 }
 
@@ -183,6 +229,9 @@ impl Backend for ObjectBackend {
     }
 
     fn read(&self, key: &str) -> Result<Option<Vec<u8>>, BackendError> {
+        if let Some(b) = self.pending().writes.get(key) {
+            return Ok(Some(b.to_vec()));
+        }
         let op = self.op.clone();
         let k = key.to_string();
         match block(async move { op.read(&k).await }) {
@@ -193,6 +242,9 @@ impl Backend for ObjectBackend {
     }
 
     fn size(&self, key: &str) -> Result<Option<u64>, BackendError> {
+        if let Some(b) = self.pending().writes.get(key) {
+            return Ok(Some(b.len() as u64));
+        }
         let op = self.op.clone();
         let k = key.to_string();
         match block(async move { op.stat(&k).await }) {
@@ -203,25 +255,25 @@ impl Backend for ObjectBackend {
     }
 
     fn write(&self, key: &str, bytes: &[u8]) -> Result<(), BackendError> {
-        if !self.rename {
-            return self.put(key, bytes.to_vec());
+        if key.starts_with("chunks/") {
+            return self.write_behind(key, bytes);
         }
-        let n = TMP_SEQ.fetch_add(1, Ordering::Relaxed);
-        let tmp = format!("tmp/{}-{}-{n}.tmp", host_tag(), std::process::id());
-        self.put(&tmp, bytes.to_vec())?;
-        let op = self.op.clone();
-        let (from, to) = (tmp.clone(), key.to_string());
-        let renamed = block(async move { op.rename(&from, &to).await });
-        if let Err(e) = renamed {
-            let _ = self.delete(&tmp);
-            // Chunks and manifests are named by their contents: one already in place (another
-            // writer won the race) is the same bytes.
-            if self.size(key)?.is_some() && !key.starts_with("locks/") {
-                return Ok(());
-            }
-            return Err(err("renaming into", self.at(key), e));
+        let (op, rename, k, b) = (self.op.clone(), self.rename, key.to_string(), bytes.to_vec());
+        block(async move { put(&op, rename, &k, b).await })
+            .map_err(|e| BackendError::new("writing", self.at(key), e))
+    }
+
+    /// Waits for every chunk upload under way; the first that failed is the error.
+    fn sync(&self) -> Result<(), BackendError> {
+        let (_, cv) = &*self.pending;
+        let mut p = self.pending();
+        while !p.writes.is_empty() {
+            p = cv.wait(p).unwrap_or_else(|e| e.into_inner());
         }
-        Ok(())
+        match p.failed.take() {
+            Some((k, e)) => Err(BackendError::new("writing", self.at(&k), e)),
+            None => Ok(()),
+        }
     }
 
     fn delete(&self, key: &str) -> Result<(), BackendError> {
@@ -253,6 +305,33 @@ impl Backend for ObjectBackend {
             })
             .collect())
     }
+}
+
+/// Writes `bytes` as object `key` whole: in place (S3, where a PUT is atomic), or under `tmp/`
+/// and renamed into place (WebDAV, SFTP). Errors come back as one line.
+async fn put(op: &Operator, rename: bool, key: &str, bytes: Vec<u8>) -> Result<(), String> {
+    if !rename {
+        return op
+            .write(key, bytes)
+            .await
+            .map(|_| ())
+            .map_err(|e| Compact(&e).to_string());
+    }
+    let n = TMP_SEQ.fetch_add(1, Ordering::Relaxed);
+    let tmp = format!("tmp/{}-{}-{n}.tmp", host_tag(), std::process::id());
+    op.write(&tmp, bytes)
+        .await
+        .map_err(|e| Compact(&e).to_string())?;
+    if let Err(e) = op.rename(&tmp, key).await {
+        let _ = op.delete(&tmp).await;
+        // Chunks and manifests are named by their contents: one already in place (another
+        // writer won the race) is the same bytes.
+        if !key.starts_with("locks/") && op.stat(key).await.is_ok() {
+            return Ok(());
+        }
+        return Err(format!("renaming into place: {}", Compact(&e)));
+    }
+    Ok(())
 }
 
 /// An OpenDAL error in one line: its kind, its message and its cause, without the request's

@@ -464,8 +464,11 @@ impl Store {
         parse_delta_header(&z).map(|(_, b)| b)
     }
 
-    /// Commits a manifest; returns the image id.
+    /// Commits a manifest; returns the image id. Every chunk written before is made durable
+    /// first (a backend may still be uploading some), so a manifest never lists a chunk that
+    /// failed to reach the store.
     pub fn put_manifest(&self, m: &Manifest) -> Result<String, StoreError> {
+        self.sync_dirs()?;
         let bytes = m.encode();
         let id = match &self.crypt {
             Some(c) => c.manifest_id(&bytes),

@@ -206,6 +206,11 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     eprintln!("drover serve: listening on http://{addr}");
     eprintln!("  public URL  {}", cfg.public_url);
     eprintln!("  data        {}", cfg.data_dir.display());
+    eprintln!(
+        "  store       {}{}",
+        store.location(),
+        if store.encrypted() { " (encrypted)" } else { "" }
+    );
     eprintln!("  database    {}", db::redact(&cfg.database_url));
     match (&cfg.iface, &cfg.iface_problem) {
         (Some(i), _) => eprintln!("  interface   {} ({}/{})", i.name, i.addr, i.prefix),
