@@ -746,6 +746,38 @@ pub struct ImageVerified {
     pub ok: bool,
 }
 
+/// `GET /api/v1/store`: where the server keeps its images and what it has read from there.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct StoreInfo {
+    /// The store: a directory, or a URL without credentials.
+    pub location: String,
+    /// Whether its objects are encrypted at rest.
+    pub encrypted: bool,
+    /// The local chunk cache of an object store (none for a directory).
+    pub cache: Option<StoreCache>,
+}
+
+/// What a server read from its object store and from its local cache since it started.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct StoreCache {
+    /// Chunk objects read from the store.
+    pub store_reads: u64,
+    /// Their bytes.
+    pub store_bytes: u64,
+    /// Chunk reads the cache answered.
+    pub cache_hits: u64,
+    /// Bytes the cache holds.
+    pub cache_bytes: u64,
+    /// The most it may hold.
+    pub cache_max_bytes: u64,
+    /// Chunks it holds.
+    pub cache_files: u64,
+    /// Cached chunks found damaged, dropped and read again from the store.
+    pub damaged_in_cache: u64,
+}
+
 /// Every error answer of the API: `{"error": "..."}` with the HTTP status.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

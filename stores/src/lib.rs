@@ -104,6 +104,8 @@ pub struct Options {
     pub sftp_known_hosts: Option<String>,
     /// The key of an encrypted store (a new, empty store given one becomes encrypted).
     pub secret: Option<Secret>,
+    /// A local cache of an object store's chunks (the server's): its directory and size.
+    pub cache: Option<(PathBuf, u64)>,
 }
 
 fn env(name: &str) -> Option<String> {
@@ -135,6 +137,7 @@ impl Options {
                 .sftp_known_hosts
                 .or_else(|| env("DROVER_SFTP_KNOWN_HOSTS")),
             secret: self.secret,
+            cache: self.cache,
         }
     }
 }
@@ -310,10 +313,17 @@ pub fn open(spec: Option<&str>, default_dir: &Path, opts: &Options) -> Result<St
         Some(s) => parse(s)?,
         None => Target::Dir(default_dir.to_owned()),
     };
-    let backend: Arc<dyn Backend> = match target {
+    let mut backend: Arc<dyn Backend> = match target {
         Target::Dir(dir) => return Ok(Store::open(&dir)?.unlock(opts.secret.as_ref())?),
         t => Arc::new(object::ObjectBackend::new(&t, opts)?),
     };
+    if let Some((dir, bytes)) = &opts.cache {
+        let location = backend.location();
+        backend = Arc::new(
+            imaging::store::cache::Cached::new(backend, dir, *bytes)
+                .map_err(|source| OpenError::Unreachable { location, source })?,
+        );
+    }
     if let Err(source) = backend.list("manifests/") {
         return Err(OpenError::Unreachable {
             location: backend.location(),

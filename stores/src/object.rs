@@ -258,7 +258,12 @@ impl Backend for ObjectBackend {
         if key.starts_with("chunks/") {
             return self.write_behind(key, bytes);
         }
-        let (op, rename, k, b) = (self.op.clone(), self.rename, key.to_string(), bytes.to_vec());
+        let (op, rename, k, b) = (
+            self.op.clone(),
+            self.rename,
+            key.to_string(),
+            bytes.to_vec(),
+        );
         block(async move { put(&op, rename, &k, b).await })
             .map_err(|e| BackendError::new("writing", self.at(key), e))
     }

@@ -46,6 +46,25 @@ pub struct Entry {
     pub size: u64,
 }
 
+/// What a cached store read: from the store itself and from its local cache.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ReadStats {
+    /// Chunk objects read from the store.
+    pub store_reads: u64,
+    /// Their bytes.
+    pub store_bytes: u64,
+    /// Chunk reads the cache answered.
+    pub cache_hits: u64,
+    /// Bytes the cache holds now.
+    pub cache_bytes: u64,
+    /// The most it may hold.
+    pub cache_max_bytes: u64,
+    /// Chunks it holds.
+    pub cache_files: u64,
+    /// Cached chunks found damaged (evicted and read again from the store).
+    pub damaged_in_cache: u64,
+}
+
 /// A store's storage: objects named by `/`-separated keys, each written whole and replaced
 /// atomically (a reader sees the old object, the new one, or none, never a part).
 ///
@@ -74,6 +93,15 @@ pub trait Backend: Send + Sync + fmt::Debug {
     /// The directory, when the store is one on this machine (`flock` locks it; tools may
     /// read its files).
     fn local_dir(&self) -> Option<&Path> {
+        None
+    }
+    /// Drops a cached copy of `key` (it failed its check); `true` when there was one, so a
+    /// second read goes to the store itself.
+    fn evict(&self, _key: &str) -> bool {
+        false
+    }
+    /// Reads from the store and from a local cache, when the backend keeps one.
+    fn read_stats(&self) -> Option<ReadStats> {
         None
     }
 }

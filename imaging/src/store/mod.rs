@@ -23,6 +23,7 @@
 //! hash as well as its own.
 
 pub mod backend;
+pub mod cache;
 pub mod crypt;
 pub mod lock;
 
@@ -32,7 +33,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-pub use backend::{free_space_at, Backend, BackendError, Entry, LocalDir};
+pub use backend::{free_space_at, Backend, BackendError, Entry, LocalDir, ReadStats};
 pub use crypt::{Crypt, Secret, SecretError};
 pub use lock::StoreLock;
 
@@ -183,6 +184,11 @@ impl Store {
                 Ok(self)
             }
         }
+    }
+
+    /// Reads from the store and from the local cache, when the store has one.
+    pub fn read_stats(&self) -> Option<ReadStats> {
+        self.backend.read_stats()
     }
 
     /// Whether the store is encrypted (and open).
@@ -395,9 +401,43 @@ impl Store {
         Ok((bytes.len() as u64, true))
     }
 
+    /// Runs `read` on chunk `hash`; when it finds the chunk corrupt and the backend held a
+    /// cached copy, the copy is dropped, the damage logged, and the chunk read again from the
+    /// store itself. A delta's base gets the same second chance.
+    fn checked<T>(
+        &self,
+        hash: &Hash,
+        read: impl Fn() -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        match read() {
+            Err(StoreError::CorruptChunk { hash: bad, why }) => {
+                let mut again = self.backend.evict(&self.chunk_key(hash));
+                if bad != *hash || why.contains("base") {
+                    if let Some(base) = self.chunk_base(hash) {
+                        again |= self.backend.evict(&self.chunk_key(&base));
+                    }
+                }
+                if !again {
+                    return Err(StoreError::CorruptChunk { hash: bad, why });
+                }
+                tracing::warn!(
+                    chunk = %hash,
+                    problem = %why,
+                    "a chunk in the local cache was damaged: read again from the store"
+                );
+                read()
+            }
+            r => r,
+        }
+    }
+
     /// Reads chunk `hash` (resolving a delta through its base), decompresses it to
     /// `expect_len` bytes and checks its hash.
     pub fn read_chunk(&self, hash: &Hash, expect_len: usize) -> Result<Vec<u8>, StoreError> {
+        self.checked(hash, || self.read_chunk_once(hash, expect_len))
+    }
+
+    fn read_chunk_once(&self, hash: &Hash, expect_len: usize) -> Result<Vec<u8>, StoreError> {
         let z = self.read_file(hash)?;
         let Some((base_len, base)) = parse_delta_header(&z) else {
             return self.read_full(hash, &z, expect_len);
@@ -438,6 +478,10 @@ impl Store {
     /// any other store every chunk is checked here, so a damaged object is named at the
     /// server and never sent.
     pub fn read_frame(&self, hash: &Hash, expect_len: usize) -> Result<Vec<u8>, StoreError> {
+        self.checked(hash, || self.read_frame_once(hash, expect_len))
+    }
+
+    fn read_frame_once(&self, hash: &Hash, expect_len: usize) -> Result<Vec<u8>, StoreError> {
         let z = self.read_file(hash)?;
         if parse_delta_header(&z).is_none() {
             if self.backend.local_dir().is_none() {
@@ -445,7 +489,7 @@ impl Store {
             }
             return Ok(z);
         }
-        let plain = self.read_chunk(hash, expect_len)?;
+        let plain = self.read_chunk_once(hash, expect_len)?;
         compress_full(&plain, DEFAULT_ZSTD_LEVEL)
             .map_err(|e| BackendError::new("compressing chunk", self.chunk_key(hash), e).into())
     }

@@ -88,6 +88,11 @@ settings! {
         #[arg(long, env = "DROVER_S3_SECRET_ACCESS_KEY", hide_env_values = true)]
         #[serde(default)]
         pub(crate) s3_secret_access_key: Option<String>,
+        /// Local cache of an object store's chunks, in DATA_DIR/cache: each chunk is read from
+        /// the store once, least recently used out (K, M, G; default 20G; 0 for none).
+        #[arg(long, env = "DROVER_CACHE_SIZE", value_parser = transport::fmt::parse_size)]
+        #[serde(default, deserialize_with = "de::size")]
+        pub(crate) cache_size: Option<u64>,
         /// The store's key, a file of 64 hex digits (`drover image keygen FILE`): chunks and
         /// manifests are AES-256-GCM encrypted at rest.
         #[arg(long, env = "DROVER_ENCRYPT_KEY_FILE")]
@@ -300,6 +305,9 @@ pub(crate) struct Config {
     pub(crate) agent_networks: Vec<ipnet::IpNet>,
 }
 
+/// The default size of an object store's local chunk cache.
+pub(crate) const DEFAULT_CACHE_SIZE: u64 = 20 << 30;
+
 /// Where TFTP listens when DHCP answers PXE clients and no --tftp is given.
 pub(crate) const DEFAULT_TFTP: &str = "0.0.0.0:69";
 
@@ -381,6 +389,10 @@ impl Config {
             (None, _) => None,
         };
         let boot_dir = s.boot_dir.unwrap_or_else(|| data_dir.join("boot"));
+        let cache = match s.cache_size.unwrap_or(DEFAULT_CACHE_SIZE) {
+            0 => None,
+            n => Some((data_dir.join("cache"), n)),
+        };
         Ok(Self {
             data_dir,
             http,
@@ -398,6 +410,7 @@ impl Config {
                     s.encrypt_key_file.as_deref(),
                     s.encrypt_passphrase_file.as_deref(),
                 )?,
+                cache,
                 ..Default::default()
             }
             .with_env(),
@@ -555,6 +568,7 @@ mod tests {
             s3_region,
             s3_access_key_id,
             s3_secret_access_key,
+            cache_size,
             encrypt_key_file,
             encrypt_passphrase_file,
             wol_port,
@@ -586,6 +600,7 @@ mod tests {
         assert!(store.is_some() && s3_endpoint.is_some() && s3_region.is_some());
         assert!(s3_access_key_id.is_some() && s3_secret_access_key.is_some());
         assert!(encrypt_key_file.is_some() && encrypt_passphrase_file.is_some());
+        assert!(cache_size.is_some());
         assert!(wake_lead.is_some() && schedule_grace.is_some());
         assert!(boot_dir.is_some() && tftp.is_some() && dhcp.is_some());
         assert!(dhcp_range.is_some() && dhcp_router.is_some());

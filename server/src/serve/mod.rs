@@ -209,7 +209,11 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     eprintln!(
         "  store       {}{}",
         store.location(),
-        if store.encrypted() { " (encrypted)" } else { "" }
+        if store.encrypted() {
+            " (encrypted)"
+        } else {
+            ""
+        }
     );
     eprintln!("  database    {}", db::redact(&cfg.database_url));
     match (&cfg.iface, &cfg.iface_problem) {

@@ -12,6 +12,28 @@ pub(crate) async fn images(State(s): State<Shared>) -> ApiResult<Json<Vec<proto:
     Ok(Json(s.images.list().await?))
 }
 
+/// `GET /store`: the image store and what this server has read from it.
+#[utoipa::path(get, path = "/store", tag = "images",
+    summary = "The image store: where, whether encrypted, and reads from it and its local cache",
+    responses((status = 200, description = "the store", body = proto::api::StoreInfo),
+        (status = 401, body = ErrorBody)))]
+pub(crate) async fn store_info(State(s): State<Shared>) -> ApiResult<Json<proto::api::StoreInfo>> {
+    let store = s.images.store();
+    Ok(Json(proto::api::StoreInfo {
+        location: store.location(),
+        encrypted: store.encrypted(),
+        cache: store.read_stats().map(|r| proto::api::StoreCache {
+            store_reads: r.store_reads,
+            store_bytes: r.store_bytes,
+            cache_hits: r.cache_hits,
+            cache_bytes: r.cache_bytes,
+            cache_max_bytes: r.cache_max_bytes,
+            cache_files: r.cache_files,
+            damaged_in_cache: r.damaged_in_cache,
+        }),
+    }))
+}
+
 /// `POST /images/{reference}/verify`: every chunk of the image re-read, decompressed and
 /// re-hashed from the store; the bad ones listed.
 #[utoipa::path(post, path = "/images/{reference}/verify", tag = "images",

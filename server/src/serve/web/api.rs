@@ -127,6 +127,7 @@ pub(crate) fn documented(state: Option<Shared>) -> OpenApiRouter<Shared> {
         .routes(routes!(store::images))
         .routes(routes!(swarm::torrent::torrent))
         .routes(routes!(store::verify_image))
+        .routes(routes!(store::store_info))
         .routes(routes!(inv::machines, inv::add_machine))
         .routes(routes!(
             inv::machine,
