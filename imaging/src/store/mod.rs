@@ -1013,4 +1013,42 @@ mod tests {
         let e = s.read_chunk(&hn, new.len()).unwrap_err();
         assert!(e.to_string().contains("base"), "{e}");
     }
+
+    #[test]
+    fn a_damaged_cached_chunk_is_read_again_from_the_store_and_a_damaged_stored_one_named() {
+        let origin_dir = tempfile::tempdir().unwrap();
+        let cache_dir = tempfile::tempdir().unwrap();
+        let data: Vec<u8> = (0..200_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let h = Hash::of(&data);
+        Store::open(origin_dir.path())
+            .unwrap()
+            .put_chunk(&h, &data, 3, None)
+            .unwrap();
+        let origin: Arc<dyn Backend> = Arc::new(LocalDir::open(origin_dir.path()).unwrap());
+        let cached = cache::Cached::new(origin, cache_dir.path(), 1 << 30).unwrap();
+        let s = Store::with_backend(Arc::new(cached));
+        assert_eq!(s.read_chunk(&h, data.len()).unwrap(), data);
+        let key = s.chunk_key(&h);
+        let in_cache = cache_dir.path().join(&key);
+        let mut z = fs::read(&in_cache).unwrap();
+        let n = z.len();
+        z[n / 2] ^= 0x10;
+        fs::write(&in_cache, &z).unwrap();
+        // From the cache the frame is checked too (the store is not a local directory).
+        let frame = s.read_frame(&h, data.len()).unwrap();
+        assert_eq!(decompress_frame(&frame, data.len()).unwrap(), data);
+        let st = s.read_stats().unwrap();
+        assert_eq!((st.store_reads, st.damaged_in_cache), (2, 1));
+        // Damaged in the store itself: an error naming the chunk, nothing sent.
+        let stored = origin_dir.path().join(&key);
+        let mut z = fs::read(&stored).unwrap();
+        z[n / 2] ^= 0x10;
+        fs::write(&stored, &z).unwrap();
+        fs::write(&in_cache, &z).unwrap();
+        let e = s.read_frame(&h, data.len()).unwrap_err();
+        assert!(
+            matches!(&e, StoreError::CorruptChunk { hash, .. } if *hash == h),
+            "{e}"
+        );
+    }
 }
