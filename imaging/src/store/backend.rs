@@ -95,8 +95,8 @@ pub trait Backend: Send + Sync + fmt::Debug {
     fn local_dir(&self) -> Option<&Path> {
         None
     }
-    /// Drops a cached copy of `key` (it failed its check); `true` when there was one, so a
-    /// second read goes to the store itself.
+    /// Drops a cached copy of `key` (it failed its check); `true` when the failed read came
+    /// from the cache, so a second read from the store itself may succeed.
     fn evict(&self, _key: &str) -> bool {
         false
     }

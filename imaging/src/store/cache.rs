@@ -23,6 +23,9 @@ use super::backend::{Backend, BackendError, Entry, ReadStats};
 struct Lru {
     /// Key → (size, last use).
     files: HashMap<String, (u64, u64)>,
+    /// Keys whose cached copy was just read from the store and not yet read from the cache: a
+    /// failed check of such a read is the store's fault, and reading again would not help.
+    fresh: std::collections::HashSet<String>,
     bytes: u64,
     tick: u64,
 }
@@ -110,6 +113,7 @@ impl Cached {
                     break;
                 };
                 l.files.remove(&k);
+                l.fresh.remove(&k);
                 l.bytes -= size;
                 out.push(k);
             }
@@ -146,6 +150,7 @@ impl Cached {
             if let Some((old, _)) = l.files.insert(key.to_string(), (bytes.len() as u64, t)) {
                 l.bytes -= old;
             }
+            l.fresh.insert(key.to_string());
             l.bytes += bytes.len() as u64;
         }
         self.shrink();
@@ -157,6 +162,7 @@ impl Cached {
             l.tick += 1;
             let t = l.tick;
             l.files.get_mut(key)?.1 = t;
+            l.fresh.remove(key);
         }
         match fs::read(self.dir.join(key)) {
             Ok(b) => Some(b),
@@ -227,17 +233,18 @@ impl Backend for Cached {
     fn evict(&self, key: &str) -> bool {
         let had = {
             let mut l = self.lru();
+            let fresh = l.fresh.remove(key);
             match l.files.remove(key) {
                 Some((size, _)) => {
                     l.bytes -= size;
-                    true
+                    !fresh
                 }
                 None => false,
             }
         };
+        let _ = fs::remove_file(self.dir.join(key));
         if had {
             self.evicted_bad.fetch_add(1, Ordering::Relaxed);
-            let _ = fs::remove_file(self.dir.join(key));
         }
         had
     }

@@ -1,0 +1,252 @@
+//! Two `drover serve` sharing one PostgreSQL database and one S3 bucket (SeaweedFS in a
+//! network namespace, reached over a veth link): a golden machine captured through the first
+//! server is deployed through the second to three agents (multicast on loopback); the second
+//! server read each of the image's chunks from the bucket once (its cache answered the rest);
+//! a chunk damaged in the bucket is named by a verify through the first server.
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use drover_tests::deploy::{agent, lab_disk, output_within, task_of};
+use drover_tests::lab::Lab;
+use drover_tests::server::{http, Server};
+use drover_tests::{require, run, Env};
+
+const LIMIT: Duration = Duration::from_secs(180);
+const GOLDEN: &str = "02:00:00:00:0a:01";
+const KEY_ID: &str = "drover-test";
+const SECRET: &str = "drover-test-secret";
+
+fn text(o: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+#[test]
+fn two_servers_share_one_database_and_one_bucket() {
+    if !require(
+        "shared_store",
+        &["root", "ip", "weed", "sgdisk", "mkfs.ext4", "mkntfs", "cmp"],
+    ) {
+        return;
+    }
+    if !drover_tests::postgres::available() {
+        let msg = "shared_store: needs PostgreSQL (deploy/install-test-deps) and root";
+        assert!(!drover_tests::in_ci(), "{msg}; a skip in CI is a failure");
+        eprintln!("SKIPPED {msg}");
+        return;
+    }
+    // These variables reach the servers and the CLI the test starts.
+    std::env::set_var("AWS_ACCESS_KEY_ID", KEY_ID);
+    std::env::set_var("AWS_SECRET_ACCESS_KEY", SECRET);
+    let pg = drover_tests::postgres::Postgres::start();
+    let env = Env::new();
+    let mut lab = Lab::new("shs", 1);
+    let s3_ip = lab.link_to_test(0);
+    let weed_dir = env.path("weed");
+    std::fs::create_dir_all(&weed_dir).unwrap();
+    let mut weed = lab.cmd(0, "weed");
+    weed.args([
+        "mini",
+        &format!("-dir={}", weed_dir.display()),
+        &format!("-ip={s3_ip}"),
+        &format!("-ip.bind={s3_ip}"),
+        "-master.telemetry=false",
+        "-admin.ui=false",
+        "-webdav=false",
+        "-s3.port.iceberg=0",
+        "-s3.port.lance=0",
+        "-bucket=images",
+    ])
+    .env("AWS_ACCESS_KEY_ID", KEY_ID)
+    .env("AWS_SECRET_ACCESS_KEY", SECRET)
+    .stdout(Stdio::null())
+    .stderr(std::fs::File::create(env.path("weed.log")).unwrap());
+    lab.spawn(weed);
+    let endpoint = format!("http://{s3_ip}:8333");
+    let store = "s3://images/campus";
+    let store_args = ["--store", store, "--s3-endpoint", &endpoint];
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let out = env.drover(&[&["image", "list"][..], &store_args].concat());
+        if out.status.success() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the bucket never answered: {}",
+            text(&out)
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+
+    let token = env
+        .ok(&["token", "create", "admin", "--database-url", &pg.url])
+        .trim()
+        .to_string();
+    let serve_args = |extra: &[&str]| {
+        let mut v = vec!["--database-url", pg.url.as_str()];
+        v.extend(store_args);
+        v.extend(extra);
+        v.iter().map(|s| s.to_string()).collect::<Vec<_>>()
+    };
+    let data1 = env.path("server1");
+    let data2 = env.path("server2");
+    let a1 = serve_args(&[]);
+    let a2 = serve_args(&[]);
+    let srv1 = Server::start(&data1, &a1.iter().map(String::as_str).collect::<Vec<_>>());
+    let srv2 = Server::start(&data2, &a2.iter().map(String::as_str).collect::<Vec<_>>());
+
+    // The golden machine is captured through the first server.
+    let golden = lab_disk(&env, 8 << 20, 71);
+    srv1.ok(&env, &token, &["machine", "add", GOLDEN]);
+    srv1.ok(&env, &token, &["capture", GOLDEN, "--name", "golden"]);
+    let o = output_within(
+        agent(
+            &srv1.url,
+            &golden,
+            &["--mac", GOLDEN, "--iface", "lo", "--max-idle", "60s"],
+        ),
+        LIMIT,
+    );
+    assert!(o.status.success(), "capture agent: {}", text(&o));
+
+    // The second server lists it (same bucket) and knows the machine (same database).
+    let (status, images) = http(&srv2.addr, "GET", "/api/v1/images", Some(&token), None);
+    assert!(
+        status == 200 && images.contains("\"golden\""),
+        "{status} {images}"
+    );
+    let (status, machines) = http(&srv2.addr, "GET", "/api/v1/machines", Some(&token), None);
+    assert!(
+        status == 200 && machines.contains(GOLDEN),
+        "{status} {machines}"
+    );
+
+    // Deployed through the second server to three machines.
+    let macs = [
+        "02:00:00:00:0a:11",
+        "02:00:00:00:0a:12",
+        "02:00:00:00:0a:13",
+    ];
+    for m in macs {
+        srv2.ok(&env, &token, &["machine", "add", m, "--group", "site-b"]);
+    }
+    let out = srv2.ok(&env, &token, &["deploy", "golden", "--to", "site-b"]);
+    // "deployment ID: ..."
+    let id = out
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or_else(|| panic!("no deployment id in {out:?}"))
+        .trim_end_matches(':')
+        .to_string();
+    let agents: Vec<_> = macs
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let target = env.path(&format!("t{i}.img"));
+            drover_tests::sparse_file(&target, std::fs::metadata(&golden).unwrap().len());
+            let c = agent(
+                &srv2.url,
+                &target,
+                &["--mac", m, "--iface", "lo", "--read-back"],
+            );
+            std::thread::spawn(move || output_within(c, LIMIT))
+        })
+        .collect();
+    for (i, a) in agents.into_iter().enumerate() {
+        let o = a.join().unwrap();
+        assert!(o.status.success(), "agent {i}: {}", text(&o));
+        run(
+            "cmp",
+            &[
+                env.path(&format!("t{i}.img")).to_str().unwrap(),
+                golden.to_str().unwrap(),
+            ],
+        );
+    }
+    let d = drover_tests::deploy::deployment(&srv2.addr, &token, &id);
+    assert_eq!(d["state"], "done", "{d:#}");
+    let multicast: i64 = macs
+        .iter()
+        .map(|m| task_of(&d, m)["multicast_chunks"].as_i64().unwrap())
+        .sum();
+    assert!(multicast > 0, "nothing came by multicast: {d:#}");
+
+    // The second server read each chunk of the image from the bucket once.
+    let s = stores::open(
+        Some(store),
+        &env.path("unused"),
+        &stores::Options {
+            s3_endpoint: Some(endpoint.clone()),
+            ..Default::default()
+        }
+        .with_env(),
+    )
+    .unwrap();
+    let img = s.resolve("golden").unwrap();
+    let unique = img
+        .manifest
+        .chunks()
+        .map(|(_, c)| c.hash)
+        .collect::<std::collections::HashSet<_>>()
+        .len() as u64;
+    let info = |srv: &Server| -> serde_json::Value {
+        let (status, body) = http(&srv.addr, "GET", "/api/v1/store", Some(&token), None);
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str(&body).unwrap()
+    };
+    let s2 = info(&srv2);
+    assert_eq!(
+        s2["location"].as_str().unwrap().split(' ').next(),
+        Some(store)
+    );
+    let cache = &s2["cache"];
+    assert_eq!(
+        cache["store_reads"].as_u64().unwrap(),
+        unique,
+        "the second server should read each of the image's {unique} chunks once: {s2:#}"
+    );
+    assert_eq!(cache["damaged_in_cache"], 0, "{s2:#}");
+    // A redeploy reads nothing more from the bucket.
+    let before = cache["store_reads"].as_u64().unwrap();
+    let (status, body) = http(
+        &srv2.addr,
+        "POST",
+        "/api/v1/images/golden/verify",
+        Some(&token),
+        None,
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        info(&srv2)["cache"]["store_reads"].as_u64().unwrap(),
+        before
+    );
+
+    // A chunk damaged in the bucket is named by a verify that reads the bucket (the first
+    // server's cache has none of it: captures are not cached).
+    let (_, victim) = img.manifest.chunks().next().unwrap();
+    s.backend()
+        .write(&s.chunk_key(&victim.hash), b"not a chunk any more")
+        .unwrap();
+    s.backend().sync().unwrap();
+    let (status, body) = http(
+        &srv1.addr,
+        "POST",
+        "/api/v1/images/golden/verify",
+        Some(&token),
+        None,
+    );
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["ok"], false, "{v:#}");
+    assert!(
+        body.contains(&victim.hash.to_hex()),
+        "the damaged chunk is not named: {v:#}"
+    );
+    drop(srv1);
+    drop(srv2);
+}
