@@ -1,8 +1,10 @@
 //! Two `drover serve` sharing one PostgreSQL database and one S3 bucket (SeaweedFS in a
 //! network namespace, reached over a veth link): a golden machine captured through the first
-//! server is deployed through the second to three agents (multicast on loopback); the second
-//! server read each of the image's chunks from the bucket once (its cache answered the rest);
-//! a chunk damaged in the bucket is named by a verify through the first server.
+//! server is deployed, from the first, to three agents that talk to the second (another site):
+//! the second runs the deployment (multicast on loopback), starts it when asked on the first,
+//! and stops a session cancelled on the first; the second server read each of the image's
+//! chunks from the bucket once (its cache answered the rest); a chunk damaged in the bucket is
+//! named by a verify through the first server.
 
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -126,7 +128,9 @@ fn two_servers_share_one_database_and_one_bucket() {
         "{status} {machines}"
     );
 
-    // Deployed through the second server to three machines.
+    // Three machines whose agents talk to the second server (it booted them: another site)
+    // are deployed from the first: the deployment is run by the second, which takes it up,
+    // sends its stream, and starts it when asked on the first.
     let macs = [
         "02:00:00:00:0a:11",
         "02:00:00:00:0a:12",
@@ -135,14 +139,6 @@ fn two_servers_share_one_database_and_one_bucket() {
     for m in macs {
         srv2.ok(&env, &token, &["machine", "add", m, "--group", "site-b"]);
     }
-    let out = srv2.ok(&env, &token, &["deploy", "golden", "--to", "site-b"]);
-    // "deployment ID: ..."
-    let id = out
-        .split_whitespace()
-        .nth(1)
-        .unwrap_or_else(|| panic!("no deployment id in {out:?}"))
-        .trim_end_matches(':')
-        .to_string();
     let agents: Vec<_> = macs
         .iter()
         .enumerate()
@@ -152,11 +148,77 @@ fn two_servers_share_one_database_and_one_bucket() {
             let c = agent(
                 &srv2.url,
                 &target,
-                &["--mac", m, "--iface", "lo", "--read-back"],
+                &[
+                    "--mac",
+                    m,
+                    "--iface",
+                    "lo",
+                    "--read-back",
+                    "--max-idle",
+                    "120s",
+                ],
             );
             std::thread::spawn(move || output_within(c, LIMIT))
         })
         .collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (status, body) = http(&srv1.addr, "GET", "/api/v1/machines", Some(&token), None);
+        assert_eq!(status, 200, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let seen = v
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|m| macs.contains(&m["mac"].as_str().unwrap()) && !m["last_seen_ms"].is_null())
+            .count();
+        if seen == macs.len() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the agents never said hello: {v:#}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let srv2_id = std::fs::read_to_string(data2.join("server-id"))
+        .unwrap()
+        .trim()
+        .to_string();
+    let out = srv1.ok(
+        &env,
+        &token,
+        &[
+            "deploy",
+            "golden",
+            "--to",
+            "site-b",
+            "--start-at",
+            "2099-01-01T00:00:00Z",
+        ],
+    );
+    // "deployment ID: ..."
+    let id = out
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or_else(|| panic!("no deployment id in {out:?}"))
+        .trim_end_matches(':')
+        .to_string();
+    let d = drover_tests::deploy::deployment(&srv1.addr, &token, &id);
+    assert_eq!(
+        d["owner"],
+        srv2_id.as_str(),
+        "not run by the machines' server: {d:#}"
+    );
+    // Started once every agent waits in the second server's session.
+    let mut log2 = String::new();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while log2.matches(" joined from ").count() < macs.len() {
+        assert!(Instant::now() < deadline, "the agents never joined: {log2}");
+        std::thread::sleep(Duration::from_millis(200));
+        log2.push_str(&srv2.log());
+    }
+    srv1.ok(&env, &token, &["deployment", "start", &id]);
     for (i, a) in agents.into_iter().enumerate() {
         let o = a.join().unwrap();
         assert!(o.status.success(), "agent {i}: {}", text(&o));
@@ -168,13 +230,21 @@ fn two_servers_share_one_database_and_one_bucket() {
             ],
         );
     }
+    log2.push_str(&srv2.log());
+    assert!(
+        log2.contains("taking up a deployment created on another server"),
+        "{log2}"
+    );
     let d = drover_tests::deploy::deployment(&srv2.addr, &token, &id);
     assert_eq!(d["state"], "done", "{d:#}");
     let multicast: i64 = macs
         .iter()
         .map(|m| task_of(&d, m)["multicast_chunks"].as_i64().unwrap())
         .sum();
-    assert!(multicast > 0, "nothing came by multicast: {d:#}");
+    assert!(
+        multicast > 0,
+        "nothing came by multicast: {d:#}\nthe second server's log: {log2}"
+    );
 
     // The second server read each chunk of the image from the bucket once.
     let s = stores::open(
@@ -225,6 +295,47 @@ fn two_servers_share_one_database_and_one_bucket() {
         info(&srv2)["cache"]["store_reads"].as_u64().unwrap(),
         before
     );
+
+    // A deployment waiting on the second server, cancelled on the first: its session stops.
+    let out = srv1.ok(
+        &env,
+        &token,
+        &[
+            "deploy",
+            "golden",
+            "--to",
+            "site-b",
+            "--start-at",
+            "2099-01-01T00:00:00Z",
+        ],
+    );
+    let waiting = out
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .trim_end_matches(':')
+        .to_string();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while drover_tests::deploy::deployment(&srv1.addr, &token, &waiting)["session"].is_null() {
+        assert!(
+            Instant::now() < deadline,
+            "the second server never announced its session"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    srv1.ok(&env, &token, &["deployment", "cancel", &waiting]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !log2
+        .lines()
+        .any(|l| l.contains("stopping its session") && l.contains(&waiting))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the second server kept its session: {log2}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+        log2.push_str(&srv2.log());
+    }
 
     // A chunk damaged in the bucket is named by a verify that reads the bucket (the first
     // server's cache has none of it: captures are not cached).

@@ -20,6 +20,7 @@ pub(crate) mod db;
 pub(crate) mod deployments;
 pub(crate) mod inventory;
 pub(crate) mod schedules;
+pub(crate) mod servers;
 pub(crate) mod store;
 pub(crate) mod swarm;
 pub(crate) mod tasks;
@@ -297,10 +298,15 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         None => eprintln!("  tftp        off"),
     }
     // Deployments that were running when the server stopped go on.
+    tasks.spawn(
+        tracing::info_span!("servers"),
+        servers::beat(db.clone(), deployer.owner.clone(), cfg.public_url.clone()),
+    );
     let resumer = deployer.clone();
-    tasks.spawn(tracing::info_span!("resume"), async move {
+    tasks.spawn(tracing::info_span!("deployments"), async move {
         resumer.seeder.resume().await;
-        resumer.resume().await
+        resumer.resume().await?;
+        resumer.follow().await
     });
     web::ui::first_admin(&db).await?;
     let api = web::api::router(state);

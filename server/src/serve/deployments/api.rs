@@ -424,6 +424,10 @@ pub(crate) async fn hello(
                     .map(|n| n.min(i64::MAX as u64) as i64),
             )
             .await?;
+    // Its deployments are run by this server from now on (several servers on one database).
+    s.db.servers()
+        .machine_seen_by(&m.mac, &s.deployer.owner)
+        .await?;
     tracing::debug!(%mac, version = ?h.version, "hello");
     if !h.missing_firmware.is_empty() {
         let list = h.missing_firmware.join("; ");

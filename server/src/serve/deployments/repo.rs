@@ -305,6 +305,38 @@ impl Deployments<'_> {
         Ok(rows.iter().map(deployment).collect::<Result<_, _>>()?)
     }
 
+    /// Asks deployment `id`'s owner to start its stream now; false if it is not waiting.
+    pub(crate) async fn request_start(&self, id: &str) -> Result<bool, DbError> {
+        let n = sqlx::query(
+            "UPDATE deployments SET start_requested_ms = $1 WHERE id = $2 AND state = 'waiting'",
+        )
+        .bind(now_ms())
+        .bind(id)
+        .execute(&self.db.pool)
+        .await?
+        .rows_affected();
+        Ok(n > 0)
+    }
+
+    /// Waiting deployments of `owner` asked (on another server) to start now; each request
+    /// is taken once.
+    pub(crate) async fn take_start_requests(&self, owner: &str) -> Result<Vec<String>, DbError> {
+        let ids: Vec<String> = sqlx::query_scalar(
+            "SELECT id FROM deployments WHERE owner = $1 AND state = 'waiting' \
+             AND start_requested_ms IS NOT NULL",
+        )
+        .bind(owner)
+        .fetch_all(&self.db.pool)
+        .await?;
+        for id in &ids {
+            sqlx::query("UPDATE deployments SET start_requested_ms = NULL WHERE id = $1")
+                .bind(id)
+                .execute(&self.db.pool)
+                .await?;
+        }
+        Ok(ids)
+    }
+
     /// Deployments not over, run by `owner`.
     pub(crate) async fn live_deployments(&self, owner: &str) -> anyhow::Result<Vec<Deployment>> {
         let rows = sqlx::query(&format!(

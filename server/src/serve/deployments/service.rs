@@ -167,6 +167,12 @@ pub(crate) struct Deployer {
     /// Capture deployments holding the store (shared) from their first upload until they are
     /// over, so `drover image gc` (here or on another server) never frees what they uploaded.
     pub(super) capture_holds: Mutex<std::collections::HashSet<String>>,
+    /// The deployments this server has taken up (created here, resumed, or created for it by
+    /// another server on the same database).
+    taken: Mutex<std::collections::HashSet<String>>,
+    /// Held while a deployment is created here and while the server looks for deployments to
+    /// take up, so that one created here is never taken up a second time.
+    creating: tokio::sync::Mutex<()>,
 }
 
 /// Swarm limits of every agent: upload rate (bits/s) and peers.
@@ -216,6 +222,8 @@ impl Deployer {
             fits: Mutex::new(HashMap::new()),
             fitted_tasks: Mutex::new(std::collections::HashSet::new()),
             capture_holds: Mutex::new(std::collections::HashSet::new()),
+            taken: Mutex::new(std::collections::HashSet::new()),
+            creating: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -416,11 +424,19 @@ impl Deployer {
             .map(|(a, c)| a.region_len(c.index, img.manifest.chunk_size))
             .sum::<u64>() as i64;
         let targets = r.targets.join(",");
+        // Run by the server its machines talk to (several servers on one database): its
+        // stream and seed come from their network.
+        let listed: Vec<String> = macs.iter().map(Mac::to_string).collect();
+        let owner = match self.db.servers().site_of(&listed).await? {
+            Some(site) => site,
+            None => self.owner.clone(),
+        };
+        let creating = self.creating.lock().await;
         let d = self
             .db
             .deployments()
             .create_deployment(
-                &r.restore_row(&img.id, &name, &targets, &self.owner, actor, total),
+                &r.restore_row(&img.id, &name, &targets, &owner, actor, total),
                 &macs,
             )
             .await
@@ -441,11 +457,20 @@ impl Deployer {
                 ),
             )
             .await?;
-        if d.transport == Transport::Multicast {
-            self.start_session(&d, macs.len()).await?;
+        if d.owner == self.owner {
+            self.taken.lock().expect("lock").insert(d.id.clone());
         }
-        if d.transport == Transport::Bittorrent || d.fallback == Fallback::Bittorrent {
-            self.prepare_swarm(&d.image_id);
+        drop(creating);
+        if d.owner != self.owner {
+            // Its owner takes it up within a few seconds (`follow`).
+            info!(deployment = %d.id, server = %d.owner, "run by its machines' server");
+        } else {
+            if d.transport == Transport::Multicast {
+                self.start_session(&d, macs.len()).await?;
+            }
+            if d.transport == Transport::Bittorrent || d.fallback == Fallback::Bittorrent {
+                self.prepare_swarm(&d.image_id);
+            }
         }
         self.tasks_created(macs);
         self.changed(&d.id);
@@ -655,6 +680,21 @@ impl Deployer {
                     .map_err(DeployError::Other)?;
                 Ok(())
             }
+            // Another server runs it: it starts the stream when it sees the request.
+            None if d.owner != self.owner
+                && d.state == DeploymentState::Waiting
+                && self.db.deployments().request_start(id).await? =>
+            {
+                self.db
+                    .audit(
+                        actor,
+                        "deployment.start",
+                        &format!("{id} (on server {})", d.owner),
+                    )
+                    .await
+                    .map_err(DeployError::Other)?;
+                Ok(())
+            }
             _ => Err(DeployError::Conflict(format!(
                 "deployment {id} is not waiting for machines (it is {})",
                 d.state
@@ -702,7 +742,7 @@ impl Deployer {
     /// After a restart: the deployments this server owns that are not over get a new
     /// session for their machines that have not started; the others finish over unicast.
     pub(crate) async fn resume(self: &Arc<Self>) -> anyhow::Result<()> {
-        for d in self.db.deployments().live_deployments(&self.owner).await? {
+        for d in self.fresh_deployments().await? {
             if d.session.is_some() {
                 self.db.deployments().set_session(&d.id, None).await?;
             }
@@ -725,26 +765,102 @@ impl Deployer {
                 .filter(|t| t.state == TaskState::Waiting)
                 .count();
             info!(deployment = %d.id, transport = %d.transport, waiting, "resuming deployment");
-            if d.transport == Transport::Bittorrent || d.fallback == Fallback::Bittorrent {
-                self.prepare_swarm(&d.image_id);
+            self.take_up(d, waiting).await;
+        }
+        Ok(())
+    }
+
+    /// Starts what deployment `d` (run by this server, `waiting` of its machines not started)
+    /// needs here: its seed, and its multicast session while it waits for its stream.
+    async fn take_up(self: &Arc<Self>, d: Deployment, waiting: usize) {
+        if d.transport == Transport::Bittorrent || d.fallback == Fallback::Bittorrent {
+            self.prepare_swarm(&d.image_id);
+        }
+        // A stream that had started is not started again: its machines that had not
+        // joined are late joiners, who finish over unicast as they would have anyway.
+        if d.transport == Transport::Multicast
+            && d.state == DeploymentState::Waiting
+            && waiting > 0
+            && self.iface.is_some()
+        {
+            let mut d = d;
+            d.min_machines = d.min_machines.map(|n| n.min(waiting as i64));
+            if let Err(e) = self.start_session(&d, waiting).await {
+                warn!(deployment = %d.id, error = %format!("{e:#}"), "no new session: its machines use unicast");
             }
-            // A stream that had started is not started again: its machines that had not
-            // joined are late joiners, who finish over unicast as they would have anyway.
-            if d.transport == Transport::Multicast
-                && d.state == DeploymentState::Waiting
-                && waiting > 0
-                && self.iface.is_some()
-            {
-                let mut d = d;
-                d.min_machines = d.min_machines.map(|n| n.min(waiting as i64));
-                if let Err(e) = self.start_session(&d, waiting).await {
-                    warn!(deployment = %d.id, error = %format!("{e:#}"), "no new session: its machines use unicast");
-                }
+        }
+    }
+
+    /// Follows, for as long as the server runs, what other servers on the same database ask
+    /// of this one: deployments created for its machines are taken up, a "start now" asked
+    /// elsewhere starts the stream, a deployment cancelled elsewhere stops its session.
+    pub(crate) async fn follow(self: &Arc<Self>) -> anyhow::Result<()> {
+        loop {
+            tokio::time::sleep(FOLLOW_EVERY).await;
+            if let Err(e) = self.follow_once().await {
+                warn!(error = %format!("{e:#}"), "could not read what other servers asked");
+            }
+        }
+    }
+
+    /// The deployments not over, run by this server, that it has not taken up yet (now it
+    /// has).
+    async fn fresh_deployments(&self) -> anyhow::Result<Vec<Deployment>> {
+        let _creating = self.creating.lock().await;
+        let live = self.db.deployments().live_deployments(&self.owner).await?;
+        let mut taken = self.taken.lock().expect("lock");
+        Ok(live
+            .into_iter()
+            .filter(|d| taken.insert(d.id.clone()))
+            .collect())
+    }
+
+    async fn follow_once(self: &Arc<Self>) -> anyhow::Result<()> {
+        for d in &self.fresh_deployments().await? {
+            let waiting = self
+                .db
+                .deployments()
+                .tasks_of(&d.id)
+                .await?
+                .iter()
+                .filter(|t| t.state == TaskState::Waiting)
+                .count();
+            info!(deployment = %d.id, transport = %d.transport, waiting, created_by = %d.created_by, "taking up a deployment created on another server");
+            self.take_up(d.clone(), waiting).await;
+            self.changed(&d.id);
+        }
+        for id in self
+            .db
+            .deployments()
+            .take_start_requests(&self.owner)
+            .await?
+        {
+            let ctl = self.sessions.lock().expect("lock").get(&id).cloned();
+            if let Some(c) = ctl {
+                info!(deployment = %id, "starting the stream, as asked on another server");
+                let _ = c.send(Control::StartNow).await;
+            }
+        }
+        let running: Vec<String> = self
+            .sessions
+            .lock()
+            .expect("lock")
+            .keys()
+            .cloned()
+            .collect();
+        for id in running {
+            if !self.db.deployments().deployment(&id).await?.state.active() {
+                info!(deployment = %id, "stopping its session: the deployment is over");
+                self.stop_session(&id).await;
+                self.changed(&id);
             }
         }
         Ok(())
     }
 }
+
+/// How often a server looks at what other servers on its database asked of it.
+const FOLLOW_EVERY: Duration = Duration::from_secs(2);
 
 /// The deployment's multicast group: 239.255.78.x, from its id (distinct groups keep one
 /// deployment's traffic off another's machines; a collision costs bandwidth, not data:

@@ -62,6 +62,19 @@ impl Host for ServerHost {
     }
 
     async fn claim(&self, s: &Schedule, due_ms: i64, outcome: &str) -> anyhow::Result<bool> {
+        // Of several servers on one database, the one its machines talk to runs it (its
+        // wake-up and stream reach their network); any server when that one is gone.
+        let macs = self
+            .deployer
+            .resolve_targets(&targets(s))
+            .await
+            .map(|m| m.iter().map(ToString::to_string).collect::<Vec<_>>())
+            .unwrap_or_default();
+        if let Some(site) = self.db.servers().site_of(&macs).await? {
+            if site != self.deployer.owner {
+                return Ok(false);
+            }
+        }
         Ok(self
             .db
             .schedules()
