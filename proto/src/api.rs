@@ -754,7 +754,8 @@ pub struct StoreInfo {
     pub location: String,
     /// Whether its objects are encrypted at rest.
     pub encrypted: bool,
-    /// The local chunk cache of an object store (none for a directory).
+    /// What the server read from an object store and from its local chunk cache (none for a
+    /// directory; `cache_max_bytes` 0: the server keeps no cache).
     pub cache: Option<StoreCache>,
 }
 

@@ -69,6 +69,9 @@ pub struct ObjectBackend {
     /// Write under `tmp/` and rename (WebDAV, SFTP) rather than write in place (S3).
     rename: bool,
     pending: std::sync::Arc<(std::sync::Mutex<Pending>, std::sync::Condvar)>,
+    /// Chunk objects read, and their bytes (what a server without a cache reads).
+    chunk_reads: AtomicU64,
+    chunk_bytes: AtomicU64,
 }
 
 impl ObjectBackend {
@@ -177,6 +180,8 @@ impl ObjectBackend {
             location,
             rename,
             pending: Default::default(),
+            chunk_reads: AtomicU64::new(0),
+            chunk_bytes: AtomicU64::new(0),
         })
     }
 
@@ -235,10 +240,25 @@ impl Backend for ObjectBackend {
         let op = self.op.clone();
         let k = key.to_string();
         match block(async move { op.read(&k).await }) {
-            Ok(b) => Ok(Some(b.to_vec())),
+            Ok(b) => {
+                if key.starts_with("chunks/") {
+                    self.chunk_reads.fetch_add(1, Ordering::Relaxed);
+                    self.chunk_bytes
+                        .fetch_add(b.len() as u64, Ordering::Relaxed);
+                }
+                Ok(Some(b.to_vec()))
+            }
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
             Err(e) => Err(err("reading", self.at(key), e)),
         }
+    }
+
+    fn read_stats(&self) -> Option<imaging::store::ReadStats> {
+        Some(imaging::store::ReadStats {
+            store_reads: self.chunk_reads.load(Ordering::Relaxed),
+            store_bytes: self.chunk_bytes.load(Ordering::Relaxed),
+            ..Default::default()
+        })
     }
 
     fn size(&self, key: &str) -> Result<Option<u64>, BackendError> {

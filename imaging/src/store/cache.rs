@@ -41,6 +41,10 @@ pub struct Cached {
     origin_bytes: AtomicU64,
     hits: AtomicU64,
     evicted_bad: AtomicU64,
+    /// Chunks being read from the store now: a second reader of the same chunk waits for the
+    /// first and takes its copy from the cache (forty agents asking for the same chunk at once
+    /// make one read of the store).
+    inflight: Mutex<HashMap<String, Arc<Mutex<()>>>>,
 }
 
 /// Names for files being written into the cache, unique within the process.
@@ -89,6 +93,7 @@ impl Cached {
             origin_bytes: AtomicU64::new(0),
             hits: AtomicU64::new(0),
             evicted_bad: AtomicU64::new(0),
+            inflight: Mutex::new(HashMap::new()),
         };
         c.shrink();
         Ok(c)
@@ -156,13 +161,17 @@ impl Cached {
         self.shrink();
     }
 
-    fn cached(&self, key: &str) -> Option<Vec<u8>> {
+    /// The cached copy of `key`. `settled`: the copy is no longer "just fetched" (a reader
+    /// that waited for another's fetch leaves it fresh: a bad copy is then still the store's).
+    fn cached(&self, key: &str, settled: bool) -> Option<Vec<u8>> {
         {
             let mut l = self.lru();
             l.tick += 1;
             let t = l.tick;
             l.files.get_mut(key)?.1 = t;
-            l.fresh.remove(key);
+            if settled {
+                l.fresh.remove(key);
+            }
         }
         match fs::read(self.dir.join(key)) {
             Ok(b) => Some(b),
@@ -186,18 +195,39 @@ impl Backend for Cached {
         if !key.starts_with("chunks/") {
             return self.origin.read(key);
         }
-        if let Some(b) = self.cached(key) {
+        if let Some(b) = self.cached(key, true) {
             self.hits.fetch_add(1, Ordering::Relaxed);
             return Ok(Some(b));
         }
-        let got = self.origin.read(key)?;
-        if let Some(b) = &got {
-            self.origin_reads.fetch_add(1, Ordering::Relaxed);
-            self.origin_bytes
-                .fetch_add(b.len() as u64, Ordering::Relaxed);
-            self.keep(key, b);
+        let gate = self
+            .inflight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(key.to_string())
+            .or_default()
+            .clone();
+        let got = {
+            let _one = gate.lock().unwrap_or_else(|e| e.into_inner());
+            // Fetched by the reader this one waited for?
+            if let Some(b) = self.cached(key, false) {
+                self.hits.fetch_add(1, Ordering::Relaxed);
+                Ok(Some(b))
+            } else {
+                self.origin.read(key).inspect(|got| {
+                    if let Some(b) = got {
+                        self.origin_reads.fetch_add(1, Ordering::Relaxed);
+                        self.origin_bytes
+                            .fetch_add(b.len() as u64, Ordering::Relaxed);
+                        self.keep(key, b);
+                    }
+                })
+            }
+        };
+        let mut inflight = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
+        if inflight.get(key).is_some_and(|g| Arc::ptr_eq(g, &gate)) {
+            inflight.remove(key);
         }
-        Ok(got)
+        got
     }
 
     fn size(&self, key: &str) -> Result<Option<u64>, BackendError> {
@@ -303,5 +333,77 @@ mod tests {
         assert_eq!(again.read_stats().unwrap().cache_files, 2);
         again.read("chunks/00/c0").unwrap();
         assert_eq!(again.read_stats().unwrap().store_reads, 0);
+    }
+
+    /// An origin that counts its reads and takes a while over each.
+    #[derive(Debug)]
+    struct Slow {
+        inner: LocalDir,
+        reads: AtomicU64,
+    }
+
+    impl Backend for Slow {
+        fn location(&self) -> String {
+            self.inner.location()
+        }
+        fn read(&self, key: &str) -> Result<Option<Vec<u8>>, BackendError> {
+            self.reads.fetch_add(1, Ordering::SeqCst);
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            self.inner.read(key)
+        }
+        fn size(&self, key: &str) -> Result<Option<u64>, BackendError> {
+            self.inner.size(key)
+        }
+        fn write(&self, key: &str, bytes: &[u8]) -> Result<(), BackendError> {
+            self.inner.write(key, bytes)
+        }
+        fn delete(&self, key: &str) -> Result<(), BackendError> {
+            self.inner.delete(key)
+        }
+        fn list(&self, prefix: &str) -> Result<Vec<Entry>, BackendError> {
+            self.inner.list(prefix)
+        }
+        fn sync(&self) -> Result<(), BackendError> {
+            self.inner.sync()
+        }
+        fn free_space(&self) -> Result<Option<u64>, BackendError> {
+            self.inner.free_space()
+        }
+    }
+
+    #[test]
+    fn readers_of_one_chunk_at_once_make_one_read_of_the_store() {
+        let origin_dir = tempfile::tempdir().unwrap();
+        let cache_dir = tempfile::tempdir().unwrap();
+        let slow = Arc::new(Slow {
+            inner: LocalDir::open(origin_dir.path()).unwrap(),
+            reads: AtomicU64::new(0),
+        });
+        slow.write("chunks/00/c0", &[7; 1000]).unwrap();
+        slow.write("chunks/01/c1", &[8; 1000]).unwrap();
+        let c = Arc::new(Cached::new(slow.clone(), cache_dir.path(), 1 << 20).unwrap());
+        let readers: Vec<_> = (0..16)
+            .map(|i| {
+                let c = c.clone();
+                std::thread::spawn(move || {
+                    let key = if i % 2 == 0 {
+                        "chunks/00/c0"
+                    } else {
+                        "chunks/01/c1"
+                    };
+                    c.read(key).unwrap().unwrap()
+                })
+            })
+            .collect();
+        for (i, r) in readers.into_iter().enumerate() {
+            assert_eq!(
+                r.join().unwrap(),
+                vec![if i % 2 == 0 { 7 } else { 8 }; 1000]
+            );
+        }
+        assert_eq!(slow.reads.load(Ordering::SeqCst), 2);
+        let s = c.read_stats().unwrap();
+        assert_eq!((s.store_reads, s.cache_hits), (2, 14));
+        assert!(c.inflight.lock().unwrap().is_empty());
     }
 }
