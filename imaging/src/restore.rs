@@ -353,9 +353,18 @@ pub fn restore_to_all(
         check_target(image, m, *t).map_err(on(i))?;
     }
     let _lock = store.lock_shared().map_err(store_err)?;
-    if let Some((_, c)) = m.chunks().find(|(_, c)| !store.has_chunk(&c.hash)) {
-        return Err(store_err(StoreError::MissingChunk(c.hash)));
+    let mut hashes: Vec<Hash> = m.chunks().map(|(_, c)| c.hash).collect();
+    hashes.sort_unstable();
+    hashes.dedup();
+    if let Some(h) = store.first_missing(&hashes) {
+        return Err(store_err(StoreError::MissingChunk(h)));
     }
+    // A remote store answers each chunk read after a round trip: more workers keep more
+    // reads in flight (decompressing and writing still use the cores there are).
+    let threads = match store.local_dir() {
+        Some(_) => threads,
+        None => threads.max(crate::store::REMOTE_PARALLEL / 2),
+    };
     progress.start(m.used_bytes(), "restore");
     let cs = m.chunk_size;
     let area_of = |a: &Area| m.areas.iter().position(|b| std::ptr::eq(a, b)).unwrap_or(0);
@@ -424,6 +433,10 @@ pub struct Verified {
 /// chunk is listed.
 pub fn verify(m: &Manifest, store: &Store, threads: usize, progress: &dyn Progress) -> Verified {
     progress.start(m.stored_bytes(), "verify");
+    let threads = match store.local_dir() {
+        Some(_) => threads,
+        None => threads.max(crate::store::REMOTE_PARALLEL / 2),
+    };
     let bad = Mutex::new(Vec::new());
     let cs = m.chunk_size;
     let _ = for_each_chunk::<()>(m, threads, |a, c| {

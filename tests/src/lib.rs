@@ -16,6 +16,7 @@ pub mod browser;
 pub mod deploy;
 pub mod evil_peer;
 pub mod lab;
+pub mod object_store;
 pub mod postgres;
 pub mod server;
 pub mod vm;
@@ -128,6 +129,15 @@ fn workspace_bin(package: &str, bin: &str) -> PathBuf {
 }
 
 /// Runs a program, panicking with its output if it fails.
+/// A command's stdout and stderr, for a failure message.
+pub fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
 pub fn run(prog: &str, args: &[&str]) -> String {
     let out = Command::new(prog)
         .args(args)

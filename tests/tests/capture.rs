@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use drover_tests::deploy::{agent, lab_disk, output_within};
 use drover_tests::server::Server;
-use drover_tests::{extract, random_file, require, run, write_into, Env, Mount};
+use drover_tests::{extract, random_file, require, run, text, write_into, Env, Mount};
 use serde_json::{json, Value};
 
 const LIMIT: Duration = Duration::from_secs(120);
@@ -33,14 +33,6 @@ fn run_agent(srv: &Server, disk: &Path) -> std::process::Output {
         &["--mac", GOLDEN, "--iface", "lo", "--max-idle", "60s"],
     );
     output_within(c, LIMIT)
-}
-
-fn text(o: &std::process::Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 /// Adds two files to the disk's ext4 partition (debugfs on a copy, written back).

@@ -11,11 +11,10 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use drover_tests::lab::Lab;
+use drover_tests::object_store::{start_weed, KEY_ID, SECRET};
 use drover_tests::*;
 
 const MIB: u64 = 1 << 20;
-const KEY_ID: &str = "drover-test";
-const SECRET: &str = "drover-test-secret";
 
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
@@ -125,7 +124,7 @@ fn s3_store_round_trip_interrupted_capture_and_gc_during_a_capture() {
     }
     let env = Env::new();
     let mut lab = Lab::new("s3", 1);
-    let weed_dir = start_weed(&mut lab, &env);
+    let weed_dir = start_weed(&mut lab, 0, &env, "127.0.0.1");
     let _ = &weed_dir;
     let store = "s3://images/site-a";
     wait_for_store(&lab, &env, store);
@@ -261,32 +260,6 @@ fn s3_store_round_trip_interrupted_capture_and_gc_during_a_capture() {
     round_trip(&lab, &env, store, &disk);
 }
 
-/// Starts SeaweedFS (`weed mini`: S3 on 127.0.0.1:8333, bucket `images`, telemetry off) in the
-/// lab's host; returns its data directory.
-fn start_weed(lab: &mut Lab, env: &Env) -> std::path::PathBuf {
-    let weed_dir = env.path("weed");
-    std::fs::create_dir_all(&weed_dir).unwrap();
-    let mut weed = lab.cmd(0, "weed");
-    weed.args([
-        "mini",
-        &format!("-dir={}", s(&weed_dir)),
-        "-ip=127.0.0.1",
-        "-ip.bind=127.0.0.1",
-        "-master.telemetry=false",
-        "-admin.ui=false",
-        "-webdav=false",
-        "-s3.port.iceberg=0",
-        "-s3.port.lance=0",
-        "-bucket=images",
-    ])
-    .env("AWS_ACCESS_KEY_ID", KEY_ID)
-    .env("AWS_SECRET_ACCESS_KEY", SECRET)
-    .stdout(Stdio::null())
-    .stderr(std::fs::File::create(env.path("weed.log")).unwrap());
-    lab.spawn(weed);
-    weed_dir
-}
-
 /// Whether any file under `dir` holds `needle`.
 fn found_in(dir: &Path, needle: &[u8]) -> bool {
     let mut stack = vec![dir.to_path_buf()];
@@ -316,7 +289,7 @@ fn an_encrypted_s3_store_shows_nothing_of_its_images_and_needs_its_key() {
     }
     let env = Env::new();
     let mut lab = Lab::new("enc", 1);
-    let weed_dir = start_weed(&mut lab, &env);
+    let weed_dir = start_weed(&mut lab, 0, &env, "127.0.0.1");
     let secret_store = "s3://images/secret";
     wait_for_store(&lab, &env, secret_store);
     // A file whose marker zstd keeps as it is (random bytes around it are stored raw).

@@ -6,26 +6,16 @@
 //! chunks from the bucket once (its cache answered the rest); a chunk damaged in the bucket is
 //! named by a verify through the first server.
 
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use drover_tests::deploy::{agent, lab_disk, output_within, task_of};
 use drover_tests::lab::Lab;
 use drover_tests::server::{http, Server};
-use drover_tests::{require, run, Env};
+use drover_tests::{require, run, text, Env};
 
 const LIMIT: Duration = Duration::from_secs(180);
 const GOLDEN: &str = "02:00:00:00:0a:01";
-const KEY_ID: &str = "drover-test";
-const SECRET: &str = "drover-test-secret";
-
-fn text(o: &std::process::Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
+use drover_tests::object_store::{KEY_ID, SECRET};
 
 #[test]
 fn two_servers_share_one_database_and_one_bucket() {
@@ -48,26 +38,7 @@ fn two_servers_share_one_database_and_one_bucket() {
     let env = Env::new();
     let mut lab = Lab::new("shs", 1);
     let s3_ip = lab.link_to_test(0);
-    let weed_dir = env.path("weed");
-    std::fs::create_dir_all(&weed_dir).unwrap();
-    let mut weed = lab.cmd(0, "weed");
-    weed.args([
-        "mini",
-        &format!("-dir={}", weed_dir.display()),
-        &format!("-ip={s3_ip}"),
-        &format!("-ip.bind={s3_ip}"),
-        "-master.telemetry=false",
-        "-admin.ui=false",
-        "-webdav=false",
-        "-s3.port.iceberg=0",
-        "-s3.port.lance=0",
-        "-bucket=images",
-    ])
-    .env("AWS_ACCESS_KEY_ID", KEY_ID)
-    .env("AWS_SECRET_ACCESS_KEY", SECRET)
-    .stdout(Stdio::null())
-    .stderr(std::fs::File::create(env.path("weed.log")).unwrap());
-    lab.spawn(weed);
+    drover_tests::object_store::start_weed(&mut lab, 0, &env, &s3_ip.to_string());
     let endpoint = format!("http://{s3_ip}:8333");
     let store = "s3://images/campus";
     let store_args = ["--store", store, "--s3-endpoint", &endpoint];

@@ -51,6 +51,10 @@ const DELTA_HEADER: usize = 4 + 4 + 32;
 const DELTA_GOOD_ENOUGH: usize = 8;
 /// Largest plaintext a chunk may hold (the manifest's chunk size limit).
 const MAX_CHUNK: u64 = 64 << 20;
+/// Requests in flight at once when many chunks of a remote store (object store, WebDAV, SFTP)
+/// are checked or read: each is a round trip, which one thread at a time would wait out in
+/// turn.
+pub const REMOTE_PARALLEL: usize = 16;
 
 /// Store errors.
 #[derive(Debug, thiserror::Error)]
@@ -282,6 +286,30 @@ impl Store {
     /// it, and that write reports the problem).
     pub fn has_chunk(&self, h: &Hash) -> bool {
         matches!(self.chunk_size(h), Ok(Some(_)))
+    }
+
+    /// The first of `hashes` the store lacks, if any. On a remote store the checks (one
+    /// request each) run [`REMOTE_PARALLEL`] at a time.
+    pub fn first_missing(&self, hashes: &[Hash]) -> Option<Hash> {
+        if self.local_dir().is_some() || hashes.len() < 2 {
+            return hashes.iter().find(|h| !self.has_chunk(h)).copied();
+        }
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let first = std::sync::atomic::AtomicUsize::new(usize::MAX);
+        std::thread::scope(|s| {
+            for _ in 0..REMOTE_PARALLEL.min(hashes.len()) {
+                s.spawn(|| loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if i >= hashes.len() || i > first.load(std::sync::atomic::Ordering::Relaxed) {
+                        break;
+                    }
+                    if !self.has_chunk(&hashes[i]) {
+                        first.fetch_min(i, std::sync::atomic::Ordering::Relaxed);
+                    }
+                });
+            }
+        });
+        hashes.get(first.into_inner()).copied()
     }
 
     /// Compresses and stores `plain` under `hash` unless it is already there. With a `base`
@@ -1050,5 +1078,33 @@ mod tests {
             matches!(&e, StoreError::CorruptChunk { hash, .. } if *hash == h),
             "{e}"
         );
+    }
+
+    #[test]
+    fn the_first_missing_chunk_is_found_checking_a_remote_store_in_parallel() {
+        let origin_dir = tempfile::tempdir().unwrap();
+        let cache_dir = tempfile::tempdir().unwrap();
+        let plain = Store::open(origin_dir.path()).unwrap();
+        let hashes: Vec<Hash> = (0..40u32)
+            .map(|i| {
+                let data = vec![i as u8; 1000 + i as usize];
+                let h = Hash::of(&data);
+                plain.put_chunk(&h, &data, 3, None).unwrap();
+                h
+            })
+            .collect();
+        let origin: Arc<dyn Backend> = Arc::new(LocalDir::open(origin_dir.path()).unwrap());
+        // Through a cache the store is not a local directory: the checks run in parallel.
+        let cached = cache::Cached::new(origin.clone(), cache_dir.path(), 1 << 30).unwrap();
+        let s = Store::with_backend(Arc::new(cached));
+        assert!(s.local_dir().is_none());
+        assert_eq!(s.first_missing(&hashes), None);
+        for i in [30, 7, 31] {
+            origin.delete(&s.chunk_key(&hashes[i])).unwrap();
+        }
+        assert_eq!(s.first_missing(&hashes), Some(hashes[7]));
+        assert_eq!(plain.first_missing(&hashes), Some(hashes[7]));
+        assert_eq!(s.first_missing(&hashes[8..]), Some(hashes[30]));
+        assert_eq!(s.first_missing(&hashes[..7]), None);
     }
 }
