@@ -6,7 +6,10 @@
 # here the object store shares the machine's cores with drover, which a real deployment's
 # storage does not.
 #
-# usage: sudo bash bench/store.sh [RUNS]
+# With PIN=1 the store gets a CPU of its own, as it would on its own host: SeaweedFS runs on CPU 1
+# only and every drover command (local and S3 alike) on CPU 0 only.
+#
+# usage: sudo [PIN=1] bash bench/store.sh [RUNS]
 #   RUNS  runs per way (default 3); medians are reported
 # Results: a Markdown table on stdout and in bench/out/store.md; raw rows in bench/out/store.tsv.
 set -euo pipefail
@@ -28,11 +31,14 @@ cleanup
 ip netns add $NS
 ip -n $NS link set lo up
 in_ns() { ip netns exec $NS "$@"; }
+STORE_CPU=(); DROVER_CPU=()
+if [ "${PIN:-0}" = 1 ]; then STORE_CPU=(taskset -c 1); DROVER_CPU=(taskset -c 0); fi
+run_drover() { in_ns "${DROVER_CPU[@]}" "$DROVER" "$@"; }
 
 export AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench-secret
 export AWS_ENDPOINT_URL=http://127.0.0.1:8333 RUST_BACKTRACE=0
 mkdir -p "$W/weed"
-in_ns weed mini -dir="$W/weed" -ip=127.0.0.1 -ip.bind=127.0.0.1 -master.telemetry=false \
+in_ns "${STORE_CPU[@]}" weed mini -dir="$W/weed" -ip=127.0.0.1 -ip.bind=127.0.0.1 -master.telemetry=false \
   -admin.ui=false -webdav=false -s3.port.iceberg=0 -s3.port.lance=0 -bucket=images \
   >"$W/weed.log" 2>&1 &
 for _ in $(seq 120); do
@@ -63,14 +69,14 @@ for run in $(seq "$RUNS"); do
       [ "$key" = encrypted ] && args+=(--encrypt-key-file "$W/key")
       sync; echo 3 >/proc/sys/vm/drop_caches
       w0=$(cpu_ticks "$WEED_PID"); t0=$(now)
-      in_ns "$DROVER" image capture "$W/src.img" --name bench "${args[@]}" >/dev/null 2>&1
+      run_drover image capture "$W/src.img" --name bench "${args[@]}" >/dev/null 2>&1
       t1=$(now); w1=$(cpu_ticks "$WEED_PID")
       stored=$(in_ns "$DROVER" --json image inspect bench "${args[@]}" 2>/dev/null |
         python3 -c 'import json,sys; m=json.load(sys.stdin); print(m.get("stored_bytes", 0))' 2>/dev/null || echo 0)
       rm -f "$W/out.img"; truncate -s 1G "$W/out.img"
       sync; echo 3 >/proc/sys/vm/drop_caches
       t2=$(now)
-      in_ns "$DROVER" image restore bench "$W/out.img" "${args[@]}" >/dev/null 2>&1
+      run_drover image restore bench "$W/out.img" "${args[@]}" >/dev/null 2>&1
       t3=$(now)
       cmp -s "$W/src.img" "$W/out.img" || { echo "restore from $url differs" >&2; exit 1; }
       weed_s=$(echo "($w1 - $w0) / 100" | bc -l)
@@ -87,7 +93,9 @@ import csv, statistics, sys
 rows = list(csv.DictReader(open(sys.argv[1]), delimiter="\t"))
 def med(store, key, col):
     return statistics.median(float(r[col]) for r in rows if r["store"] == store and r["key"] == key)
-print(f"| {sys.argv[2]} MiB of files, 1 GiB ext4 (medians of {len(rows)//4}) | capture s | restore s | SeaweedFS CPU s during capture |")
+import os
+pinned = ", store on CPU 1, drover on CPU 0" if os.environ.get("PIN") == "1" else ""
+print(f"| {sys.argv[2]} MiB of files, 1 GiB ext4 (medians of {len(rows)//4}{pinned}) | capture s | restore s | SeaweedFS CPU s during capture |")
 print("|---|---|---|---|")
 for store in ("local", "s3"):
     for key in ("plain", "encrypted"):

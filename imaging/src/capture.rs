@@ -349,7 +349,12 @@ pub fn capture(
             });
         }
     }
-    let workers = workers(opts);
+    // A remote store answers each "is this chunk there?" after a round trip: more workers
+    // keep the cores busy meanwhile (their uploads are written behind anyway).
+    let workers = match store.local_dir() {
+        Some(_) => workers(opts),
+        None => workers(opts).max(crate::store::REMOTE_PARALLEL / 2),
+    };
     progress.start(used, "capture");
 
     // The previous version's chunks, by area and region: the bases for delta chunks.

@@ -204,7 +204,10 @@ impl Source {
             .map(|(a, c)| (c.hash, a.region_len(c.index, cs) as usize))
             .collect();
         ensure!(!chunks.is_empty(), "the image holds no data");
-        if let Some((h, _)) = chunks.iter().find(|(h, _)| !store.has_chunk(h)) {
+        let mut hashes: Vec<Hash> = chunks.iter().map(|(h, _)| *h).collect();
+        hashes.sort_unstable();
+        hashes.dedup();
+        if let Some(h) = store.first_missing(&hashes) {
             bail!("the image's chunk {h} is missing from the store");
         }
         Ok(Self::Image {
