@@ -8,6 +8,7 @@ use std::io::{self, Write};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 /// A failed operation on a backend, naming the object (or directory) and what was being done.
 #[derive(Debug, thiserror::Error)]
@@ -99,6 +100,10 @@ pub trait Backend: Send + Sync + fmt::Debug {
     /// from the cache, so a second read from the store itself may succeed.
     fn evict(&self, _key: &str) -> bool {
         false
+    }
+    /// The store behind a local cache, when this backend is one.
+    fn origin(&self) -> Option<Arc<dyn Backend>> {
+        None
     }
     /// Reads from the store and from a local cache, when the backend keeps one.
     fn read_stats(&self) -> Option<ReadStats> {

@@ -230,12 +230,9 @@ impl Backend for Cached {
         got
     }
 
+    /// Asks the store, never the cache: "is this chunk stored?" decides whether a capture
+    /// uploads it, and another server's gc may have removed a chunk this cache still holds.
     fn size(&self, key: &str) -> Result<Option<u64>, BackendError> {
-        if key.starts_with("chunks/") {
-            if let Some((size, _)) = self.lru().files.get(key) {
-                return Ok(Some(*size));
-            }
-        }
         self.origin.size(key)
     }
 
@@ -279,11 +276,24 @@ impl Backend for Cached {
         had
     }
 
+    fn origin(&self) -> Option<Arc<dyn Backend>> {
+        Some(self.origin.clone())
+    }
+
     fn read_stats(&self) -> Option<ReadStats> {
         let l = self.lru();
+        // The store's own count, when it keeps one, includes the reads that passed the cache
+        // by (a verify).
+        let (store_reads, store_bytes) = match self.origin.read_stats() {
+            Some(o) => (o.store_reads, o.store_bytes),
+            None => (
+                self.origin_reads.load(Ordering::Relaxed),
+                self.origin_bytes.load(Ordering::Relaxed),
+            ),
+        };
         Some(ReadStats {
-            store_reads: self.origin_reads.load(Ordering::Relaxed),
-            store_bytes: self.origin_bytes.load(Ordering::Relaxed),
+            store_reads,
+            store_bytes,
             cache_hits: self.hits.load(Ordering::Relaxed),
             cache_bytes: l.bytes,
             cache_max_bytes: self.max_bytes,
@@ -327,6 +337,12 @@ mod tests {
         assert_eq!(c.read("chunks/02/c2").unwrap().unwrap(), b"garbage");
         assert!(c.evict("chunks/02/c2"));
         assert_eq!(c.read("chunks/02/c2").unwrap().unwrap(), vec![2; 1000]);
+        // Removed from the store (another server's gc): "is it stored?" says no, even though
+        // the cache still holds it (a capture must upload it again).
+        origin.delete("chunks/00/c0").unwrap();
+        assert!(cache_dir.path().join("chunks/00/c0").exists());
+        assert_eq!(c.size("chunks/00/c0").unwrap(), None);
+        origin.write("chunks/00/c0", &[0; 1000]).unwrap();
         // A restart keeps what the cache holds.
         drop(c);
         let again = Cached::new(origin, cache_dir.path(), 2500).unwrap();

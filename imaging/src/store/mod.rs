@@ -227,6 +227,19 @@ impl Store {
         self.backend.local_dir()
     }
 
+    /// This store read without its local cache (the same key): what `verify` reads, so that it
+    /// checks the store itself, not a copy.
+    pub fn bypassing_cache(&self) -> Store {
+        match self.backend.origin() {
+            Some(origin) => Store {
+                backend: origin,
+                crypt: self.crypt.clone(),
+                manifests: self.manifests.clone(),
+            },
+            None => self.clone(),
+        }
+    }
+
     /// The backend the store keeps its objects in.
     pub fn backend(&self) -> &Arc<dyn Backend> {
         &self.backend

@@ -27,13 +27,14 @@ impl Images {
         tokio::task::spawn_blocking(move || scan(&store)).await?
     }
 
-    /// Every chunk of the image re-read, decompressed and re-hashed from the store; the bad
-    /// ones listed. An unknown or ambiguous reference is `NotFound`.
+    /// Every chunk of the image re-read, decompressed and re-hashed from the store (never from
+    /// the server's cache: it checks what the store holds); the bad ones listed. An unknown or
+    /// ambiguous reference is `NotFound`.
     pub(crate) async fn verify(
         &self,
         reference: String,
     ) -> Result<proto::api::ImageVerified, DbError> {
-        let store = self.store.clone();
+        let store = self.store.bypassing_cache();
         tokio::task::spawn_blocking(move || verify(&store, &reference))
             .await
             .map_err(anyhow::Error::from)?
