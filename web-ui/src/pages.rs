@@ -660,6 +660,45 @@ pub(crate) async fn delete_group<C: Control>(
 struct ImagesPage {
     nav: Nav,
     images: Vec<Image>,
+    /// Where the images are and what the server read from there (none: not shown).
+    store: Option<String>,
+    cache: Option<String>,
+}
+
+/// The images page's words for the store and its cache.
+fn store_lines(s: &api::StoreInfo) -> (String, Option<String>) {
+    let place = format!(
+        "{}{}",
+        s.location,
+        if s.encrypted {
+            ", encrypted at rest"
+        } else {
+            ""
+        }
+    );
+    let cache = s.cache.as_ref().map(|c| {
+        let held = if c.cache_max_bytes == 0 {
+            "no local cache".to_string()
+        } else {
+            format!(
+                "local cache {} of {} ({} chunks), {} reads answered by it",
+                bytes(signed(c.cache_bytes)),
+                bytes(signed(c.cache_max_bytes)),
+                c.cache_files,
+                c.cache_hits
+            )
+        };
+        let damaged = match c.damaged_in_cache {
+            0 => String::new(),
+            n => format!("; {n} damaged cached copies dropped and read again"),
+        };
+        format!(
+            "Since this server started: {} chunks ({}) read from the store; {held}{damaged}.",
+            c.store_reads,
+            bytes(signed(c.store_bytes))
+        )
+    });
+    (place, cache)
 }
 
 pub(crate) async fn images<C: Control>(
@@ -668,10 +707,23 @@ pub(crate) async fn images<C: Control>(
     headers: HeaderMap,
 ) -> Response {
     let nav = a.nav("images", &headers);
+    let (store, cache) = match call::get::<_, api::StoreInfo>(&ui.control, a.user(), "/store").await
+    {
+        Ok(s) => {
+            let (place, cache) = store_lines(&s);
+            (Some(place), cache)
+        }
+        Err(_) => (None, None),
+    };
     shown(
         nav,
         call::get(&ui.control, a.user(), "/images").await,
-        |nav, images| ImagesPage { nav, images },
+        |nav, images| ImagesPage {
+            nav,
+            images,
+            store,
+            cache,
+        },
     )
 }
 

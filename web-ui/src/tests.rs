@@ -47,6 +47,18 @@ impl Control for Fake {
             )
                 .into_response();
         }
+        if path == "/api/v1/store" {
+            return Json(json!({
+                "location": "s3://images/campus at http://10.0.0.5:8333",
+                "encrypted": true,
+                "cache": {
+                    "store_reads": 15, "store_bytes": 48019710, "cache_hits": 585,
+                    "cache_bytes": 48019710, "cache_max_bytes": 21474836480u64,
+                    "cache_files": 15, "damaged_in_cache": 1
+                }
+            }))
+            .into_response();
+        }
         Json(json!([])).into_response()
     }
 
@@ -468,4 +480,20 @@ async fn over_tls_the_session_cookie_is_secure() {
         .find(|c| c.starts_with("drover_session="))
         .unwrap();
     assert!(set.ends_with("; Secure"), "{set}");
+}
+
+#[tokio::test]
+async fn the_images_page_shows_the_store_and_its_cache() {
+    let app = crate::router(Fake::default(), Options::default());
+    let (cookie, _) = log_in(&app).await;
+    let r = send(&app, get("/images", Some(&cookie))).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    for want in [
+        "s3://images/campus at http://10.0.0.5:8333, encrypted at rest",
+        "15 chunks (45.8 MiB) read from the store",
+        "local cache 45.8 MiB of 20.0 GiB (15 chunks), 585 reads answered by it",
+        "1 damaged cached copies dropped",
+    ] {
+        assert!(r.body.contains(want), "{want:?} not in {}", r.body);
+    }
 }
