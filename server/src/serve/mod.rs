@@ -348,6 +348,10 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     if !tasks.shutdown(std::time::Duration::from_secs(10)).await {
         tracing::warn!("some background tasks did not stop within 10 s");
     }
+    // Gone at once for the other servers: its machines' next deployments run elsewhere.
+    if let Err(e) = db.servers().leave(&deployer.owner).await {
+        tracing::warn!(error = %e, "could not tell the database this server stopped");
+    }
     eprintln!("drover serve: stopped");
     Ok(())
 }

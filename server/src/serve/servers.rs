@@ -41,6 +41,15 @@ impl Servers<'_> {
         Ok(())
     }
 
+    /// Server `id` stopped.
+    pub(crate) async fn leave(&self, id: &str) -> Result<(), DbError> {
+        sqlx::query("UPDATE servers SET seen_ms = 0 WHERE id = $1")
+            .bind(id)
+            .execute(&self.db.pool)
+            .await?;
+        Ok(())
+    }
+
     /// Machine `mac`'s agent talks to server `id`.
     pub(crate) async fn machine_seen_by(&self, mac: &str, id: &str) -> Result<(), DbError> {
         sqlx::query(
@@ -131,11 +140,8 @@ mod tests {
         assert_eq!(s.site_of(&all).await.unwrap().as_deref(), Some("b"));
         // A tie goes to the lowest id, the same on every server.
         assert_eq!(s.site_of(&all[..2]).await.unwrap().as_deref(), Some("a"));
-        // A server gone quiet has no machines.
-        sqlx::query("UPDATE servers SET seen_ms = 0 WHERE id = 'b'")
-            .execute(&db.pool)
-            .await
-            .unwrap();
+        // A server gone quiet (or stopped) has no machines.
+        s.leave("b").await.unwrap();
         assert_eq!(s.site_of(&all).await.unwrap().as_deref(), Some("a"));
         assert_eq!(s.site_of(&all[1..]).await.unwrap(), None);
     }
