@@ -229,9 +229,9 @@ impl Store {
 
     /// This store read without its local cache (the same key): what `verify` reads, so that it
     /// checks the store itself, not a copy.
-    pub fn bypassing_cache(&self) -> Store {
+    pub fn bypassing_cache(&self) -> Self {
         match self.backend.origin() {
-            Some(origin) => Store {
+            Some(origin) => Self {
                 backend: origin,
                 crypt: self.crypt.clone(),
                 manifests: self.manifests.clone(),
