@@ -1,10 +1,10 @@
 //! Two `drover serve` sharing one PostgreSQL database and one S3 bucket (SeaweedFS in a
 //! network namespace, reached over a veth link): a golden machine captured through the first
-//! server is deployed, from the first, to three agents that talk to the second (another site):
-//! the second runs the deployment (multicast on loopback), starts it when asked on the first,
-//! and stops a session cancelled on the first; the second server read each of the image's
-//! chunks from the bucket once (its cache answered the rest); a chunk damaged in the bucket is
-//! named by a verify through the first server.
+//! server is deployed, from the first, to three agents that talk to the second (another site).
+//! The second runs the deployment (multicast on loopback), starts it when asked on the first,
+//! stops a session cancelled on the first, and runs a schedule added on the first for its
+//! machines. It read each of the image's chunks from the bucket once (its cache answered the
+//! rest); its verify reads the bucket again and names a chunk damaged there.
 
 use std::time::{Duration, Instant};
 
@@ -308,6 +308,64 @@ fn two_servers_share_one_database_and_one_bucket() {
         std::thread::sleep(Duration::from_millis(200));
         log2.push_str(&srv2.log());
     }
+
+    // A schedule added on the first server for the second's machines is run by the second:
+    // the run is its, and so is the deployment the run makes.
+    let at = (chrono::Utc::now() + chrono::Duration::seconds(3)).to_rfc3339();
+    srv1.ok(
+        &env,
+        &token,
+        &[
+            "schedule",
+            "add",
+            "site-b-once",
+            "--image",
+            "golden",
+            "--to",
+            "site-b",
+            "--at",
+            &at,
+            "--wake-lead",
+            "0",
+            "--transport",
+            "unicast",
+        ],
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let run = loop {
+        let (status, body) = http(
+            &srv1.addr,
+            "GET",
+            "/api/v1/schedules/site-b-once",
+            Some(&token),
+            None,
+        );
+        assert_eq!(status, 200, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        if let Some(r) = v["runs"].as_array().and_then(|r| r.first()) {
+            if !r["deployment_id"].is_null() {
+                break r.clone();
+            }
+        }
+        assert!(Instant::now() < deadline, "the schedule never ran: {v:#}");
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    assert_eq!(run["server"], srv2_id.as_str(), "{run:#}");
+    let sd = drover_tests::deploy::deployment(
+        &srv1.addr,
+        &token,
+        run["deployment_id"].as_str().unwrap(),
+    );
+    assert_eq!(sd["owner"], srv2_id.as_str(), "{sd:#}");
+    srv1.ok(
+        &env,
+        &token,
+        &[
+            "deployment",
+            "cancel",
+            run["deployment_id"].as_str().unwrap(),
+        ],
+    );
 
     // A chunk damaged in the bucket is named by a verify through the second server, although
     // its cache holds a good copy of every chunk.
