@@ -746,6 +746,25 @@ pub struct ImageVerified {
     pub ok: bool,
 }
 
+/// `GET /api/v1/servers`: one server sharing the database (several servers serve one lab
+/// or several sites; a deployment is run by its machines' server).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ServerInfo {
+    /// Its id (a deployment's `owner`).
+    pub id: String,
+    /// Its public URL.
+    pub url: String,
+    /// When it last said it was alive, Unix milliseconds (0: it stopped).
+    pub seen_ms: i64,
+    /// Heard from within the last 30 seconds.
+    pub alive: bool,
+    /// The server answering this request.
+    pub this: bool,
+    /// Machines whose agents last talked to it.
+    pub machines: u64,
+}
+
 /// `GET /api/v1/store`: where the server keeps its images and what it has read from there.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

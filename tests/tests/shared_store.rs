@@ -181,6 +181,35 @@ fn two_servers_share_one_database_and_one_bucket() {
         srv2_id.as_str(),
         "not run by the machines' server: {d:#}"
     );
+    // Both servers are listed alive, the second with the three machines, the first with the
+    // golden one.
+    let (status, body) = http(&srv1.addr, "GET", "/api/v1/servers", Some(&token), None);
+    assert_eq!(status, 200, "{body}");
+    let servers: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let of = |id: &str| {
+        servers
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["id"] == id)
+            .unwrap_or_else(|| panic!("server {id} not listed: {servers:#}"))
+            .clone()
+    };
+    let srv1_id = std::fs::read_to_string(data1.join("server-id"))
+        .unwrap()
+        .trim()
+        .to_string();
+    let (one, two) = (of(&srv1_id), of(&srv2_id));
+    assert_eq!(
+        (&one["alive"], &one["this"], &one["machines"]),
+        (&true.into(), &true.into(), &1.into()),
+        "{servers:#}"
+    );
+    assert_eq!(
+        (&two["alive"], &two["this"], &two["machines"]),
+        (&true.into(), &false.into(), &3.into()),
+        "{servers:#}"
+    );
     // Started once every agent waits in the second server's session.
     let mut log2 = String::new();
     let deadline = Instant::now() + Duration::from_secs(90);

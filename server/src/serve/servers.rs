@@ -91,6 +91,40 @@ impl Servers<'_> {
             .find(|(_, n)| Some(*n) == most)
             .map(|(id, _)| id))
     }
+
+    /// Every server that ever used the database, newest heard first, with its machines.
+    pub(crate) async fn list(&self, this: &str) -> Result<Vec<proto::api::ServerInfo>, DbError> {
+        let rows: Vec<(String, String, i64, i64)> = sqlx::query_as(
+            "SELECT s.id, s.url, s.seen_ms, \
+             (SELECT COUNT(*) FROM machines m WHERE m.server = s.id) \
+             FROM servers s ORDER BY s.seen_ms DESC, s.id",
+        )
+        .fetch_all(&self.db.pool)
+        .await?;
+        let since = now_ms() - GONE_MS;
+        Ok(rows
+            .into_iter()
+            .map(|(id, url, seen_ms, machines)| proto::api::ServerInfo {
+                this: id == this,
+                alive: seen_ms >= since,
+                machines: machines.max(0) as u64,
+                id,
+                url,
+                seen_ms,
+            })
+            .collect())
+    }
+}
+
+/// `GET /servers`: the servers sharing this database.
+#[utoipa::path(get, path = "/servers", tag = "inventory",
+    summary = "The servers sharing this database: which are alive, and how many machines talk to each",
+    responses((status = 200, description = "servers, newest heard first", body = [proto::api::ServerInfo]),
+        (status = 401, body = proto::api::ErrorBody)))]
+pub(crate) async fn servers(
+    axum::extract::State(s): axum::extract::State<crate::serve::web::api::Shared>,
+) -> crate::serve::web::api::ApiResult<axum::Json<Vec<proto::api::ServerInfo>>> {
+    Ok(axum::Json(s.db.servers().list(&s.deployer.owner).await?))
 }
 
 /// Says every [`BEAT_MS`] that this server is alive, until the server stops.
@@ -144,5 +178,16 @@ mod tests {
         s.leave("b").await.unwrap();
         assert_eq!(s.site_of(&all).await.unwrap().as_deref(), Some("a"));
         assert_eq!(s.site_of(&all[1..]).await.unwrap(), None);
+        let listed = s.list("a").await.unwrap();
+        assert_eq!(listed.len(), 2);
+        assert_eq!(
+            (listed[0].id.as_str(), listed[0].alive, listed[0].this),
+            ("a", true, true)
+        );
+        assert_eq!((listed[0].machines, listed[1].machines), (1, 2));
+        assert_eq!(
+            (listed[1].id.as_str(), listed[1].alive, listed[1].this),
+            ("b", false, false)
+        );
     }
 }

@@ -128,6 +128,7 @@ pub(crate) fn documented(state: Option<Shared>) -> OpenApiRouter<Shared> {
         .routes(routes!(swarm::torrent::torrent))
         .routes(routes!(store::verify_image))
         .routes(routes!(store::store_info))
+        .routes(routes!(crate::serve::servers::servers))
         .routes(routes!(inv::machines, inv::add_machine))
         .routes(routes!(
             inv::machine,
