@@ -468,15 +468,30 @@ impl Mount {
 }
 
 impl Drop for Mount {
+    /// Unmounts, trying again for a few seconds while the mount is busy (something on the
+    /// machine may hold it for a moment): a lazy unmount would leave the filesystem mounted —
+    /// and its image not cleanly unmounted — for as long as it stays busy. Only then lazily.
     fn drop(&mut self) {
         let _ = Command::new("sync").status();
-        let ok = Command::new("umount")
-            .arg(&self.dir)
-            .status()
-            .is_ok_and(|s| s.success());
-        if !ok {
-            let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
+        for _ in 0..50 {
+            let mounted = Command::new("mountpoint")
+                .arg("-q")
+                .arg(&self.dir)
+                .status()
+                .is_ok_and(|s| s.success());
+            let ok = !mounted
+                || Command::new("umount")
+                    .arg(&self.dir)
+                    .stderr(Stdio::null())
+                    .status()
+                    .is_ok_and(|s| s.success());
+            if ok {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
         }
+        eprintln!("{} stays busy: unmounting it lazily", self.dir.display());
+        let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
     }
 }
 
