@@ -17,6 +17,8 @@
 //! - [`manifest`]: the versioned manifest and its validation of untrusted input.
 //! - [`store`]: chunks and manifests on disk, atomically written; gc.
 //! - [`capture`] and [`restore`]: the pipelines, parallel over chunks on plain threads.
+//! - [`explore`]: an image read as its disk at any offset, its partitions, exported as raw
+//!   or qcow2.
 //! - [`torrent`]: an image as a BitTorrent payload (used extents at their disk offsets),
 //!   its piece hashes and metainfo.
 //!
@@ -29,6 +31,7 @@
 pub mod capture;
 pub mod device;
 pub mod disks;
+pub mod explore;
 pub mod extent;
 mod fat_resize;
 pub mod fs;
