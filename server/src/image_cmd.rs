@@ -145,6 +145,17 @@ pub(crate) enum ImageCommand {
         #[arg(long, default_value_t = 8)]
         threads: usize,
     },
+    /// Mount an image read-only (FUSE) on DIR: DIR/disk is the whole disk, DIR/p1, DIR/p2, ...
+    /// its partitions (`mount -o ro,loop DIR/p2 /mnt` shows a partition's files). Stays in the
+    /// foreground until DIR is unmounted or this is interrupted.
+    Mount(crate::image_open::MountArgs),
+    /// Serve an image read-only over NBD (qemu-img, nbdcopy, nbd-client, QEMU): export `disk`
+    /// (the default) and `p1`, `p2`, ... Loopback clients only, unless others are allowed.
+    Nbd(crate::image_open::NbdArgs),
+    /// Write an image to a new disk image file: sparse raw, or qcow2.
+    Export(crate::image_open::ExportArgs),
+    /// Read a raw or qcow2 disk image file into the store as a new image (version).
+    Import(crate::image_open::ImportArgs),
     /// Write a new random store key (32 bytes as 64 hex digits) to FILE, readable by its
     /// owner only, for --encrypt-key-file. Keep a copy somewhere safe: without it the images
     /// of a store encrypted with it cannot be read.
@@ -265,38 +276,7 @@ pub(crate) fn run(cmd: ImageCommand, data_dir: &Path, json: bool) -> anyhow::Res
             let res = capture(&dev, &source.display().to_string(), &store, &opts, &bar);
             bar.finish();
             let c = res.with_context(|| format!("capturing {}", source.display()))?;
-            let m = &c.manifest;
-            if json {
-                println!(
-                    "{}",
-                    json!({
-                        "id": c.id,
-                        "name": m.name,
-                        "version": m.name_version,
-                        "disk_size": m.disk_size,
-                        "used_bytes": m.used_bytes(),
-                        "chunks": m.chunks().count(),
-                        "stored_bytes": m.stored_bytes(),
-                        "new_chunks": m.stats.new_chunks,
-                        "new_bytes": m.stats.new_bytes,
-                        "seconds": m.stats.seconds,
-                        "warnings": c.warnings,
-                    })
-                );
-            } else {
-                println!(
-                    "captured {} version {} (id {}): {} used of {}, {} chunks, {} new ({}), {:.1} s",
-                    m.name,
-                    m.name_version,
-                    &c.id[..12],
-                    fmt::bytes(m.used_bytes()),
-                    fmt::bytes(m.disk_size),
-                    m.chunks().count(),
-                    m.stats.new_chunks,
-                    fmt::bytes(m.stats.new_bytes),
-                    m.stats.seconds,
-                );
-            }
+            print_captured(&c, "captured", json);
             Ok(ExitCode::SUCCESS)
         }
         ImageCommand::Restore {
@@ -496,6 +476,22 @@ pub(crate) fn run(cmd: ImageCommand, data_dir: &Path, json: bool) -> anyhow::Res
                     r.present_chunks
                 );
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        ImageCommand::Mount(args) => {
+            crate::image_open::mount(args, data_dir)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        ImageCommand::Nbd(args) => {
+            crate::image_open::nbd(args, data_dir)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        ImageCommand::Export(args) => {
+            crate::image_open::export(args, data_dir, json)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        ImageCommand::Import(args) => {
+            crate::image_open::import(args, data_dir, json)?;
             Ok(ExitCode::SUCCESS)
         }
         ImageCommand::Keygen { file } => {
@@ -701,6 +697,42 @@ fn inspect(
 }
 
 /// Parses `--layout`.
+/// Prints what a capture (or an import, `verb`) stored.
+pub(crate) fn print_captured(c: &imaging::capture::Captured, verb: &str, json: bool) {
+    let m = &c.manifest;
+    if json {
+        println!(
+            "{}",
+            json!({
+                "id": c.id,
+                "name": m.name,
+                "version": m.name_version,
+                "disk_size": m.disk_size,
+                "used_bytes": m.used_bytes(),
+                "chunks": m.chunks().count(),
+                "stored_bytes": m.stored_bytes(),
+                "new_chunks": m.stats.new_chunks,
+                "new_bytes": m.stats.new_bytes,
+                "seconds": m.stats.seconds,
+                "warnings": c.warnings,
+            })
+        );
+    } else {
+        println!(
+            "{verb} {} version {} (id {}): {} used of {}, {} chunks, {} new ({}), {:.1} s",
+            m.name,
+            m.name_version,
+            &c.id[..12],
+            fmt::bytes(m.used_bytes()),
+            fmt::bytes(m.disk_size),
+            m.chunks().count(),
+            m.stats.new_chunks,
+            fmt::bytes(m.stats.new_bytes),
+            m.stats.seconds,
+        );
+    }
+}
+
 pub(crate) fn parse_layout(s: &str) -> Result<LayoutMode, String> {
     s.parse()
 }

@@ -3,7 +3,7 @@
 //! This binary is the daemon and the admin CLI: `drover serve` runs the server (inventory,
 //! image store, HTTP API, wake-on-LAN); `drover machine|group|deploy|deployment|schedule|wake ...` talk to it over its API; `drover token
 //! create` makes API tokens and `drover user` the dashboard's users on the server host; `drover image capture|restore|inspect|verify|
-//! list|rm|gc` work on the image store inside the data directory (`./drover-data` unless
+//! list|rm|gc|copy|mount|nbd|export|import` work on the image store inside the data directory (`./drover-data` unless
 //! `--data-dir` says otherwise); `drover multicast send|receive` moves an image or a file to
 //! many machines at once without the daemon. The work itself is done by the `imaging` and
 //! `proto` crates; this crate drives them, parses arguments, draws progress and prints results
@@ -17,6 +17,7 @@
 mod client;
 mod deploy_cmd;
 mod image_cmd;
+mod image_open;
 mod image_restore;
 mod multicast;
 mod progress;

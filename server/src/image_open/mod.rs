@@ -1,0 +1,234 @@
+//! `drover image mount|nbd|export|import`: images opened without restoring them (a FUSE
+//! directory, an NBD export, a raw or qcow2 file) and disk image files read into the store.
+
+mod mount;
+mod nbd;
+
+use std::net::{IpAddr, SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use imaging::capture::CaptureOptions;
+use imaging::device::{BlockDevice, FileDevice};
+use imaging::explore::export::Format;
+use imaging::explore::qcow2::{is_qcow2, Qcow2File};
+use imaging::explore::{pieces, ImageDisk};
+use imaging::store::Store;
+use serde_json::json;
+use transport::fmt;
+
+use crate::image_cmd::StoreArgs;
+use crate::progress::Bar;
+
+/// What `mount`, `nbd` and `export` share: the image, its store, the chunk cache.
+#[derive(Debug, clap::Args)]
+pub(crate) struct OpenArgs {
+    /// Image name (newest version), NAME@VERSION, or id.
+    pub(crate) image: String,
+    #[command(flatten)]
+    pub(crate) store: StoreArgs,
+    /// Chunk plaintexts kept in memory, e.g. 64M.
+    #[arg(long, default_value = "64M", value_parser = fmt::parse_size)]
+    pub(crate) cache_size: u64,
+}
+
+/// `drover image mount`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct MountArgs {
+    #[command(flatten)]
+    pub(crate) open: OpenArgs,
+    /// An existing empty directory to mount on.
+    pub(crate) dir: PathBuf,
+}
+
+/// `drover image nbd`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct NbdArgs {
+    #[command(flatten)]
+    pub(crate) open: OpenArgs,
+    /// Address and port to listen on.
+    #[arg(long, default_value = "127.0.0.1:10809", value_name = "ADDR:PORT")]
+    pub(crate) listen: SocketAddr,
+    /// A client address allowed besides loopback (repeat for several); anyone else is
+    /// refused.
+    #[arg(long, value_name = "IP")]
+    pub(crate) allow: Vec<IpAddr>,
+}
+
+/// `drover image export`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct ExportArgs {
+    #[command(flatten)]
+    pub(crate) open: OpenArgs,
+    /// The file to write (must not exist).
+    pub(crate) out: PathBuf,
+    /// `raw` (sparse) or `qcow2`.
+    #[arg(long, default_value = "raw")]
+    pub(crate) format: Format,
+    /// Worker threads (0: one per core).
+    #[arg(long, default_value_t = 0)]
+    pub(crate) threads: usize,
+}
+
+/// `drover image import`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct ImportArgs {
+    /// A raw or qcow2 disk image file.
+    pub(crate) source: PathBuf,
+    /// Image name; importing again under a name makes a new version.
+    #[arg(long)]
+    pub(crate) name: String,
+    #[command(flatten)]
+    pub(crate) store: StoreArgs,
+    /// Region (chunk) size, e.g. 4M.
+    #[arg(long, default_value = "4M", value_parser = fmt::parse_size)]
+    pub(crate) chunk_size: u64,
+    /// Worker threads (0: one per core).
+    #[arg(long, default_value_t = 0)]
+    pub(crate) threads: usize,
+}
+
+fn open(args: OpenArgs, data_dir: &Path) -> anyhow::Result<(ImageDisk, String)> {
+    let store: Store = crate::image_cmd::open_store(args.store, data_dir)?;
+    let img = store.resolve(&args.image)?;
+    let m = img.manifest;
+    let label = format!("{}@{}", m.name, m.name_version);
+    Ok((ImageDisk::new(m, store, args.cache_size), label))
+}
+
+pub(crate) fn mount(args: MountArgs, data_dir: &Path) -> anyhow::Result<()> {
+    let (disk, label) = open(args.open, data_dir)?;
+    let pieces = pieces(disk.manifest());
+    let names: Vec<&str> = pieces.iter().map(|p| p.name.as_str()).collect();
+    eprintln!(
+        "mounted {label} read-only on {}: {}; umount it (or interrupt this) to stop",
+        args.dir.display(),
+        names.join(", ")
+    );
+    mount::run(disk, pieces, &args.dir, &label)
+}
+
+pub(crate) fn nbd(args: NbdArgs, data_dir: &Path) -> anyhow::Result<()> {
+    let (disk, label) = open(args.open, data_dir)?;
+    let exports: Vec<nbd::Export> = pieces(disk.manifest())
+        .into_iter()
+        .map(|p| nbd::Export {
+            name: p.name,
+            offset: p.offset,
+            len: p.len,
+        })
+        .collect();
+    let listener =
+        TcpListener::bind(args.listen).with_context(|| format!("listening on {}", args.listen))?;
+    let at = listener.local_addr()?;
+    if !at.ip().is_loopback() && args.allow.is_empty() {
+        eprintln!("warning: listening on {at}, but only loopback clients are served: give the others with --allow IP");
+    }
+    let names: Vec<&str> = exports.iter().map(|e| e.name.as_str()).collect();
+    println!(
+        "serving {label} read-only over NBD on {at}: exports {} (the default export is disk)",
+        names.join(", ")
+    );
+    // Stopped by a signal, the command ends cleanly: nothing is held that needs undoing.
+    on_stop_signal(|| std::process::exit(0))?;
+    let srv = Arc::new(nbd::Server {
+        dev: Arc::new(disk),
+        exports,
+        allow: args.allow,
+    });
+    srv.serve(listener).context("accepting NBD clients")
+}
+
+/// Blocks INT, TERM and HUP in this thread and every thread it starts later, and runs `then`
+/// on a thread of its own when one arrives.
+fn on_stop_signal(
+    then: impl FnOnce() + Send + 'static,
+) -> anyhow::Result<std::thread::JoinHandle<()>> {
+    // SAFETY: sigset_t is plain data, initialised by sigemptyset before use; the mask is set
+    // before the threads that must inherit it are started.
+    let set = unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+            libc::sigaddset(&mut set, s);
+        }
+        if libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
+            bail!("blocking signals: {}", std::io::Error::last_os_error());
+        }
+        set
+    };
+    Ok(std::thread::spawn(move || {
+        let mut sig = 0;
+        // SAFETY: `set` is a valid signal set and `sig` a valid out pointer.
+        if unsafe { libc::sigwait(&set, &mut sig) } == 0 {
+            then();
+        }
+    }))
+}
+
+pub(crate) fn export(args: ExportArgs, data_dir: &Path, json: bool) -> anyhow::Result<()> {
+    let (disk, label) = open(args.open, data_dir)?;
+    let bar = Bar::new(json);
+    let r = imaging::explore::export::export(&disk, &args.out, args.format, args.threads, &bar);
+    bar.finish();
+    let r = r.with_context(|| format!("exporting {label} to {}", args.out.display()))?;
+    if json {
+        println!(
+            "{}",
+            json!({
+                "image": label,
+                "out": args.out,
+                "disk_size": r.disk_size,
+                "data_bytes": r.data_bytes,
+                "file_size": r.file_size,
+            })
+        );
+    } else {
+        println!(
+            "exported {label} to {}: a {} disk, {} of data, file of {}",
+            args.out.display(),
+            fmt::bytes(r.disk_size),
+            fmt::bytes(r.data_bytes),
+            fmt::bytes(r.file_size),
+        );
+    }
+    Ok(())
+}
+
+/// The device an import reads: a qcow2 file through its tables, anything else as raw bytes.
+fn source_device(path: &Path) -> anyhow::Result<Box<dyn BlockDevice>> {
+    let meta = std::fs::metadata(path).with_context(|| format!("reading {}", path.display()))?;
+    if meta.is_dir() {
+        bail!(
+            "{} is a directory: import takes a raw or qcow2 disk image file",
+            path.display()
+        );
+    }
+    let dev = FileDevice::open_read(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut head = [0u8; 4];
+    if dev.len() >= 4 {
+        dev.read_at(&mut head, 0)?;
+    }
+    if is_qcow2(&head) {
+        return Ok(Box::new(
+            Qcow2File::open(path).with_context(|| format!("reading {}", path.display()))?,
+        ));
+    }
+    Ok(Box::new(dev))
+}
+
+pub(crate) fn import(args: ImportArgs, data_dir: &Path, json: bool) -> anyhow::Result<()> {
+    let dev = source_device(&args.source)?;
+    let store = crate::image_cmd::open_store(args.store, data_dir)?;
+    let mut opts = CaptureOptions::new(args.name);
+    opts.chunk_size = args.chunk_size;
+    opts.threads = args.threads;
+    let bar = Bar::new(json);
+    let source = args.source.display().to_string();
+    let res = imaging::capture::capture(dev.as_ref(), &source, &store, &opts, &bar);
+    bar.finish();
+    let c = res.with_context(|| format!("importing {source}"))?;
+    crate::image_cmd::print_captured(&c, "imported", json);
+    Ok(())
+}
