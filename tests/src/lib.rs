@@ -9,8 +9,9 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 pub mod browser;
 pub mod deploy;
@@ -488,7 +489,7 @@ impl Drop for Mount {
             if ok {
                 return;
             }
-            std::thread::sleep(std::time::Duration::from_millis(100));
+            std::thread::sleep(Duration::from_millis(100));
         }
         eprintln!("{} stays busy: unmounting it lazily", self.dir.display());
         let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
@@ -560,4 +561,83 @@ pub fn run_stdin(prog: &str, args: &[&str], input: &str) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A drover command left running (mount, nbd), stopped on drop.
+pub struct Bg(pub Child);
+
+impl Bg {
+    /// Starts `drover --data-dir DATA ARGS`, its output kept for [`Bg::output`].
+    pub fn start(env: &Env, args: &[&str]) -> Self {
+        let c = Command::new(drover_bin())
+            .arg("--data-dir")
+            .arg(env.data())
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting drover");
+        Self(c)
+    }
+
+    /// Waits for `ready`, failing with the command's output if it exits first.
+    pub fn wait_for(&mut self, what: &str, ready: impl Fn() -> bool) {
+        let t0 = Instant::now();
+        while !ready() {
+            if let Some(st) = self.0.try_wait().unwrap() {
+                let out = self.output();
+                panic!("drover exited ({st}) before {what}: {out}");
+            }
+            assert!(t0.elapsed() < Duration::from_secs(30), "no {what} in 30 s");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// What it printed (once it has exited).
+    pub fn output(&mut self) -> String {
+        use std::io::Read;
+        let mut s = String::new();
+        if let Some(o) = self.0.stdout.as_mut() {
+            let _ = o.read_to_string(&mut s);
+        }
+        if let Some(e) = self.0.stderr.as_mut() {
+            let _ = e.read_to_string(&mut s);
+        }
+        s
+    }
+
+    /// SIGTERM, then the exit status (killed after 20 s).
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        // SAFETY: kill has no memory preconditions.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        let t0 = Instant::now();
+        loop {
+            if let Some(st) = self.0.try_wait().unwrap() {
+                return st;
+            }
+            if t0.elapsed() > Duration::from_secs(20) {
+                let _ = self.0.kill();
+                panic!("drover did not stop on SIGTERM: {}", self.output());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Bg {
+    fn drop(&mut self) {
+        if self.0.try_wait().ok().flatten().is_none() {
+            // SAFETY: as above.
+            unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+            for _ in 0..100 {
+                if self.0.try_wait().ok().flatten().is_some() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
 }

@@ -157,6 +157,12 @@ impl Vm {
     /// Starts a BIOS VM without a network that boots `disk` (a raw file, its virtio disk),
     /// its serial console logged in `dir`.
     pub fn boot_disk(disk: &Path, dir: &Path) -> Self {
+        Self::boot_drive(&format!("file={},format=raw", disk.display()), dir)
+    }
+
+    /// Starts a BIOS VM without a network that boots the drive QEMU's `-drive` option
+    /// `spec` describes (its virtio disk), its serial console logged in `dir`.
+    pub fn boot_drive(spec: &str, dir: &Path) -> Self {
         let serial = dir.join("serial-disk.log");
         let _ = std::fs::remove_file(&serial);
         let mut c = Command::new("env");
@@ -164,7 +170,7 @@ impl Vm {
         c.args(["-nic", "none", "-serial"])
             .arg(format!("file:{}", serial.display()))
             .arg("-drive")
-            .arg(format!("file={},format=raw,if=none,id=d0", disk.display()))
+            .arg(format!("{spec},if=none,id=d0"))
             .args(["-device", "virtio-blk-pci,drive=d0"]);
         Self::spawn(c, serial)
     }

@@ -331,3 +331,41 @@ fn a_debian_system_restored_onto_a_smaller_disk_boots() {
         "{console}"
     );
 }
+
+/// The golden Debian image served by `drover image nbd` and booted by a VM straight from the
+/// export (QEMU's NBD client, with a snapshot overlay taking the system's writes): it comes up
+/// to its login prompt, and the image is as it was.
+#[test]
+fn a_debian_system_boots_straight_from_its_image_over_nbd() {
+    if !require("debian_vm nbd", NEEDS) {
+        return;
+    }
+    let golden = debian12();
+    let env = drover_tests::Env::new();
+    env.capture(&golden, "debian12");
+    let listen = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().to_string()
+    };
+    let mut nbd = drover_tests::Bg::start(&env, &["image", "nbd", "debian12", "--listen", &listen]);
+    nbd.wait_for("the NBD listener", || {
+        std::net::TcpStream::connect(&listen).is_ok()
+    });
+    let dir = env.path("vm");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut vm = Vm::boot_drive(
+        &format!("file=nbd://{listen}/disk,format=raw,snapshot=on"),
+        &dir,
+    );
+    let up = vm.wait_for("golden login:", Duration::from_secs(600));
+    let console = vm.console();
+    assert!(
+        up,
+        "the system did not come up from the NBD export: {console}"
+    );
+    assert!(console.contains("Debian GNU/Linux 12"), "{console}");
+    assert!(!console.contains("EXT4-fs error"), "{console}");
+    drop(vm);
+    nbd.stop();
+    env.ok(&["image", "verify", "debian12"]);
+}
