@@ -598,6 +598,7 @@ mod tests {
                 used_bytes: 0,
                 extents,
                 label: None,
+                segments: Vec::new(),
                 warning: None,
             }
         };

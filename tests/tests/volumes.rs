@@ -191,6 +191,7 @@ fn xfs_and_ext4_on_lvm_restore_as_working_volumes() {
             "sfdisk",
             "losetup",
             "mount",
+            "fuse",
         ],
     ) {
         return;
@@ -255,6 +256,36 @@ fn xfs_and_ext4_on_lvm_restore_as_working_volumes() {
             .any(|l| l.contains("rhel/root") && l.contains("xfs") && l.contains("allocation")),
         "{text}"
     );
+
+    // Opened without restoring it: each logical volume is a file of the mounted image, its
+    // runs in their own order (root's second run after its first), and mounts as its
+    // filesystem with the files captured.
+    {
+        let dir = env.path("opened");
+        fs::create_dir(&dir).unwrap();
+        let mut bg = Bg::start(&env, &["image", "mount", "rhel", s(&dir)]);
+        bg.wait_for("the mount", || dir.join("rhel-home").exists());
+        assert_eq!(
+            fs::metadata(dir.join("rhel-root")).unwrap().len(),
+            len(&root)
+        );
+        let m = Mount::new(
+            "mount",
+            &["-o", "ro,loop,norecovery", s(&dir.join("rhel-root"))],
+            &env.path("lv-root"),
+        );
+        assert_same_files(&want[0], &read_tree(&m.dir), "XFS root through the mount");
+        drop(m);
+        let m = Mount::new(
+            "mount",
+            &["-o", "ro,loop", s(&dir.join("rhel-home"))],
+            &env.path("lv-home"),
+        );
+        assert_same_files(&want[1], &read_tree(&m.dir), "ext4 home through the mount");
+        drop(m);
+        let st = bg.stop();
+        assert!(st.success(), "{st}");
+    }
 
     // Targets: random bytes, and a disk whose PV held other LVs at other places.
     let noisy = env.path("target-random.img");

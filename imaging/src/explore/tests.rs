@@ -190,3 +190,43 @@ fn a_truncated_or_foreign_qcow2_is_refused_by_name() {
     let e = r.unwrap_err();
     assert!(e.to_string().contains("qcow2"), "{e}");
 }
+
+#[test]
+fn a_logical_volume_reads_its_runs_in_its_own_order_and_its_stripes_in_turn() {
+    let disk = MemDevice::new(noise(64 * 1024, 9));
+    let seg = |at, len, stripe, areas: Vec<u64>| crate::fs::VolumeSegment {
+        at,
+        len,
+        stripe,
+        areas,
+    };
+    // 8 KiB linear from disk 40 KiB, then 16 KiB striped 4 KiB over disk 0 and disk 20 KiB.
+    let lv = Piece {
+        name: "vg-lv".into(),
+        offset: 0,
+        len: 24 << 10,
+        fs: None,
+        label: None,
+        segments: vec![
+            seg(0, 8 << 10, 8 << 10, vec![40 << 10]),
+            seg(8 << 10, 16 << 10, 4 << 10, vec![0, 20 << 10]),
+        ],
+    };
+    let d = disk.to_vec();
+    let mut want = Vec::new();
+    want.extend_from_slice(&d[40 << 10..48 << 10]);
+    for k in 0..4usize {
+        let base = if k % 2 == 0 { 0 } else { 20 << 10 } + (k / 2) * 4096;
+        want.extend_from_slice(&d[base..base + 4096]);
+    }
+    let dev = PieceDevice {
+        disk: &disk,
+        piece: &lv,
+    };
+    assert_eq!(all(&dev), want);
+    let mut buf = vec![0u8; 5000];
+    dev.read_at(&mut buf, 7000).unwrap();
+    assert_eq!(buf, want[7000..12000]);
+    assert!(dev.read_at(&mut buf, (24 << 10) - 10).is_err());
+    assert_eq!(dm_name("my-vg/lv_1-a"), "my--vg-lv_1--a");
+}

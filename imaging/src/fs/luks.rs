@@ -625,11 +625,15 @@ pub(super) fn read(
         extents,
         label: inner.report.label.clone(),
         warning: inner.warning,
+        // Ciphertext on the disk: nothing to open on its own.
+        segments: Vec::new(),
     };
     let mut volumes = vec![volume];
     // An LVM PV inside: its volumes too, placed in this container's coordinates.
     for mut v in inner.report.volumes {
         v.extents = v.extents.shifted(h.data_offset);
+        // Its bytes on the disk are ciphertext: it does not open on its own.
+        v.segments.clear();
         volumes.push(v);
     }
     Ok(FsReport {

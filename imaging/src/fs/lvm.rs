@@ -24,7 +24,7 @@
 use std::collections::BTreeMap;
 use std::io;
 
-use super::{corrupt, le32, le64, FsError, FsKind, FsReport, ScanOptions, Volume};
+use super::{corrupt, le32, le64, FsError, FsKind, FsReport, ScanOptions, Volume, VolumeSegment};
 use crate::device::{read_vec, BlockDevice};
 use crate::extent::{Extent, ExtentMap};
 
@@ -654,12 +654,24 @@ pub(super) fn read(
             extents: extents.clone(),
             label: None,
             warning: None,
+            segments: Vec::new(),
         };
         let why = unreadable(lv)
             .or_else(|| {
                 missing.map(|pv| format!("it spans physical volume {pv}, not on this disk"))
             })
             .or_else(|| (!contiguous).then(|| "its segments leave holes".to_string()));
+        if why.is_none() && segs.iter().all(|s| s.areas.iter().all(|&(d, _)| d == 0)) {
+            vol.segments = segs
+                .iter()
+                .map(|s| VolumeSegment {
+                    at: s.lv,
+                    len: s.len,
+                    stripe: s.stripe,
+                    areas: s.areas.iter().map(|&(_, at)| at).collect(),
+                })
+                .collect();
+        }
         let lv_used = match why {
             None => {
                 let lvdev = LvDevice {

@@ -201,6 +201,24 @@ pub struct Volume {
     /// Why it is a raw copy, or what else an operator should know.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub warning: Option<String>,
+    /// Where its bytes lie, in its own order: set for a plain logical volume held wholly by
+    /// this container, so that it can be opened on its own (`drover image mount`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub segments: Vec<VolumeSegment>,
+}
+
+/// A run of a volume's bytes: `len` bytes from volume offset `at`, laid over `areas`
+/// (container offsets) in stripes of `stripe` bytes taken in turn (one area: a linear run).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeSegment {
+    /// First byte in the volume.
+    pub at: u64,
+    /// Length in bytes.
+    pub len: u64,
+    /// Stripe size in bytes (the whole segment for a linear one).
+    pub stripe: u64,
+    /// Where each stripe's run starts in the container.
+    pub areas: Vec<u64>,
 }
 
 impl Volume {

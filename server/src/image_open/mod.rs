@@ -111,14 +111,7 @@ pub(crate) fn mount(args: MountArgs, data_dir: &Path) -> anyhow::Result<()> {
 
 pub(crate) fn nbd(args: NbdArgs, data_dir: &Path) -> anyhow::Result<()> {
     let (disk, label) = open(args.open, data_dir)?;
-    let exports: Vec<nbd::Export> = pieces(disk.manifest())
-        .into_iter()
-        .map(|p| nbd::Export {
-            name: p.name,
-            offset: p.offset,
-            len: p.len,
-        })
-        .collect();
+    let exports = pieces(disk.manifest());
     let listener =
         TcpListener::bind(args.listen).with_context(|| format!("listening on {}", args.listen))?;
     let at = listener.local_addr()?;

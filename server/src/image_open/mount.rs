@@ -1,5 +1,5 @@
 //! `drover image mount`: an image as a read-only FUSE directory holding `disk` (the whole
-//! disk) and `p1`, `p2`, ... (its partitions), each a regular file read on demand through an
+//! disk), `p1`, `p2`, ... (its partitions) and `vg-lv` (its plain LVM logical volumes), each a regular file read on demand through an
 //! [`ImageDisk`]. `mount -o ro,loop DIR/p2 /mnt` then shows a partition's files.
 //!
 //! The directory is the mounting user's alone (FUSE's default: no `allow_other`), files are
@@ -18,7 +18,6 @@ use fuser::{
     LockOwner, MountOption, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEntry, ReplyOpen,
     Request,
 };
-use imaging::device::BlockDevice;
 use imaging::explore::{ImageDisk, Piece};
 
 /// How long the kernel may keep names and attributes: they never change.
@@ -124,7 +123,7 @@ impl Filesystem for ImageFs {
         };
         let n = (size as u64).min(p.len.saturating_sub(offset)) as usize;
         let mut buf = vec![0u8; n];
-        match self.disk.read_at(&mut buf, p.offset + offset) {
+        match p.read(self.disk.as_ref(), &mut buf, offset) {
             Ok(()) => reply.data(&buf),
             Err(e) => {
                 tracing::error!(file = %p.name, offset, size, "read failed: {e}");

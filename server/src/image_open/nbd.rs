@@ -2,8 +2,8 @@
 //! `doc/proto.md` of the NBD project) over an image's disk and partitions, for `qemu-img`,
 //! `nbdcopy`, `nbd-client` and QEMU's `-drive file=nbd:...`.
 //!
-//! Each export is a window of one [`BlockDevice`]: the empty name and `disk` are the whole
-//! disk, `p1`, `p2`, ... its partitions. Writes, trims and zeroing are refused with `EPERM`
+//! Each export is a piece of one [`BlockDevice`]: the empty name and `disk` are the whole
+//! disk, `p1`, `p2`, ... its partitions, `vg-lv` its plain LVM logical volumes. Writes, trims and zeroing are refused with `EPERM`
 //! (their payload is read and dropped, so the connection stays in step); structured replies,
 //! TLS and metadata contexts are declined, which every client handles by falling back. One
 //! thread per connection; the export may be read over several at once (`CAN_MULTI_CONN`).
@@ -14,6 +14,7 @@ use std::net::{IpAddr, TcpListener, TcpStream};
 use std::sync::Arc;
 
 use imaging::device::BlockDevice;
+use imaging::explore::Piece;
 
 const NBDMAGIC: u64 = 0x4e42_444d_4147_4943;
 const IHAVEOPT: u64 = 0x4948_4156_454f_5054;
@@ -60,13 +61,8 @@ pub(crate) const MAX_REQUEST: u32 = 32 << 20;
 /// The longest option a client may send (names are short).
 const MAX_OPTION: u32 = 64 << 10;
 
-/// One export: a name and a window of the device.
-#[derive(Debug, Clone)]
-pub(crate) struct Export {
-    pub(crate) name: String,
-    pub(crate) offset: u64,
-    pub(crate) len: u64,
-}
+/// One export: a piece of the device (the disk, a partition, a logical volume), by its name.
+pub(crate) type Export = Piece;
 
 /// What the server serves and to whom.
 pub(crate) struct Server {
@@ -222,7 +218,7 @@ impl Server {
                         continue;
                     }
                     buf.resize(len as usize, 0);
-                    match self.dev.read_at(&mut buf, e.offset + offset) {
+                    match e.read(self.dev.as_ref(), &mut buf, offset) {
                         Ok(()) => simple(s, handle, 0, &buf)?,
                         Err(err) => {
                             eprintln!("nbd: read of {len} bytes at {offset} of {}: {err}", e.name);

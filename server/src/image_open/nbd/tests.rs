@@ -4,22 +4,22 @@
 use super::*;
 use imaging::device::MemDevice;
 
+fn piece(name: &str, offset: u64, len: u64) -> Export {
+    Export {
+        name: name.into(),
+        offset,
+        len,
+        fs: None,
+        label: None,
+        segments: Vec::new(),
+    }
+}
+
 fn server() -> (std::net::SocketAddr, Vec<u8>) {
     let data: Vec<u8> = (0..3 * 4096u32).map(|i| (i * 7 % 251) as u8).collect();
     let srv = Arc::new(Server {
         dev: Arc::new(MemDevice::new(data.clone())),
-        exports: vec![
-            Export {
-                name: "disk".into(),
-                offset: 0,
-                len: data.len() as u64,
-            },
-            Export {
-                name: "p1".into(),
-                offset: 4096,
-                len: 8192,
-            },
-        ],
+        exports: vec![piece("disk", 0, data.len() as u64), piece("p1", 4096, 8192)],
         allow: vec![],
     });
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
