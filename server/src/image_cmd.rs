@@ -152,6 +152,12 @@ pub(crate) enum ImageCommand {
     /// Serve an image read-only over NBD (qemu-img, nbdcopy, nbd-client, QEMU): export `disk`
     /// (the default) and `p1`, `p2`, ... Loopback clients only, unless others are allowed.
     Nbd(crate::image_open::NbdArgs),
+    /// List a directory (or show a file) inside an image's partition, without mounting:
+    /// `drover image ls NAME p2:/etc`. Reads ext2/3/4.
+    Ls(crate::image_open::LsArgs),
+    /// Take one file out of an image's partition: `drover image get NAME p2:/etc/hostname
+    /// DEST`.
+    Get(crate::image_open::GetArgs),
     /// Write an image to a new disk image file: sparse raw, or qcow2.
     Export(crate::image_open::ExportArgs),
     /// Read a raw or qcow2 disk image file into the store as a new image (version).
@@ -484,6 +490,14 @@ pub(crate) fn run(cmd: ImageCommand, data_dir: &Path, json: bool) -> anyhow::Res
         }
         ImageCommand::Nbd(args) => {
             crate::image_open::nbd(args, data_dir)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        ImageCommand::Ls(args) => {
+            crate::image_open::ls(args, data_dir, json)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        ImageCommand::Get(args) => {
+            crate::image_open::get(args, data_dir, json)?;
             Ok(ExitCode::SUCCESS)
         }
         ImageCommand::Export(args) => {

@@ -9,11 +9,13 @@
 
 mod disk;
 pub mod export;
+pub mod files;
 pub mod qcow2;
 
 pub use disk::{ImageDisk, ReadCounts, DEFAULT_CACHE_BYTES};
 
 use std::io;
+use std::sync::Arc;
 
 use crate::device::BlockDevice;
 use crate::fs::{FsKind, VolumeSegment};
@@ -76,16 +78,16 @@ impl Piece {
 }
 
 /// A piece read as a device of its own (read-only).
-pub struct PieceDevice<'a> {
+pub struct PieceDevice {
     /// The image's disk.
-    pub disk: &'a dyn BlockDevice,
+    pub disk: Arc<dyn BlockDevice>,
     /// The piece.
-    pub piece: &'a Piece,
+    pub piece: Piece,
 }
 
-impl BlockDevice for PieceDevice<'_> {
+impl BlockDevice for PieceDevice {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        self.piece.read(self.disk, buf, offset)
+        self.piece.read(self.disk.as_ref(), buf, offset)
     }
 
     fn write_at(&self, _: &[u8], _: u64) -> io::Result<()> {

@@ -193,7 +193,7 @@ fn a_truncated_or_foreign_qcow2_is_refused_by_name() {
 
 #[test]
 fn a_logical_volume_reads_its_runs_in_its_own_order_and_its_stripes_in_turn() {
-    let disk = MemDevice::new(noise(64 * 1024, 9));
+    let disk = std::sync::Arc::new(MemDevice::new(noise(64 * 1024, 9)));
     let seg = |at, len, stripe, areas: Vec<u64>| crate::fs::VolumeSegment {
         at,
         len,
@@ -220,8 +220,8 @@ fn a_logical_volume_reads_its_runs_in_its_own_order_and_its_stripes_in_turn() {
         want.extend_from_slice(&d[base..base + 4096]);
     }
     let dev = PieceDevice {
-        disk: &disk,
-        piece: &lv,
+        disk: disk.clone(),
+        piece: lv,
     };
     assert_eq!(all(&dev), want);
     let mut buf = vec![0u8; 5000];

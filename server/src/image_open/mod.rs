@@ -71,6 +71,27 @@ pub(crate) struct ExportArgs {
     pub(crate) threads: usize,
 }
 
+/// `drover image ls`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct LsArgs {
+    #[command(flatten)]
+    pub(crate) open: OpenArgs,
+    /// PIECE[:PATH]: a partition (`p2`, or `2`), `disk` for a bare filesystem's image, or a
+    /// logical volume (`vg-lv`); the path in its filesystem (default `/`).
+    pub(crate) what: String,
+}
+
+/// `drover image get`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct GetArgs {
+    #[command(flatten)]
+    pub(crate) open: OpenArgs,
+    /// PIECE:PATH, the file to take (`p2:/etc/hostname`).
+    pub(crate) what: String,
+    /// Where to write it: a new file, a directory (the file keeps its name), or `-` (stdout).
+    pub(crate) dest: PathBuf,
+}
+
 /// `drover image import`.
 #[derive(Debug, clap::Args)]
 pub(crate) struct ImportArgs {
@@ -95,6 +116,127 @@ fn open(args: OpenArgs, data_dir: &Path) -> anyhow::Result<(ImageDisk, String)> 
     let m = img.manifest;
     let label = format!("{}@{}", m.name, m.name_version);
     Ok((ImageDisk::new(m, store, args.cache_size), label))
+}
+
+/// Opens the filesystem of piece `name` of `disk`.
+fn file_tree(
+    disk: ImageDisk,
+    name: &str,
+) -> anyhow::Result<Box<dyn imaging::explore::files::FileTree>> {
+    let all = pieces(disk.manifest());
+    let Some(piece) = imaging::explore::piece(disk.manifest(), name)
+        .or_else(|| all.iter().find(|p| p.name == name).cloned())
+    else {
+        let names: Vec<&str> = all.iter().map(|p| p.name.as_str()).collect();
+        bail!("the image has no {name:?} (it has {})", names.join(", "));
+    };
+    let kind = match piece.fs {
+        Some(k) if k != imaging::fs::FsKind::Unknown => k,
+        _ => bail!("{name} holds no filesystem drover recognised"),
+    };
+    let dev = imaging::explore::PieceDevice {
+        disk: Arc::new(disk),
+        piece,
+    };
+    imaging::explore::files::open(Box::new(dev), kind).with_context(|| format!("opening {name}"))
+}
+
+/// Splits `PIECE[:PATH]`; the path is made absolute.
+fn split_what(what: &str) -> (&str, String) {
+    match what.split_once(':') {
+        Some((p, path)) if path.starts_with('/') => (p, path.to_string()),
+        Some((p, path)) => (p, format!("/{path}")),
+        None => (what, "/".to_string()),
+    }
+}
+
+pub(crate) fn ls(args: LsArgs, data_dir: &Path, json: bool) -> anyhow::Result<()> {
+    use imaging::explore::files::EntryKind;
+    let (disk, _) = open(args.open, data_dir)?;
+    let (piece, path) = split_what(&args.what);
+    let tree = file_tree(disk, piece)?;
+    let at = tree.stat(&path)?;
+    let entries = if at.kind == EntryKind::Dir {
+        tree.list(&path)?
+    } else {
+        vec![at]
+    };
+    if json {
+        println!("{}", serde_json::to_string(&entries)?);
+        return Ok(());
+    }
+    for e in entries {
+        let (c, tail) = match e.kind {
+            EntryKind::Dir => ('d', "/"),
+            EntryKind::Symlink => ('l', ""),
+            EntryKind::File => ('-', ""),
+            EntryKind::Other => ('?', ""),
+        };
+        let mode = e.mode.map_or_else(|| "----".into(), |m| format!("{m:04o}"));
+        println!("{c}{mode} {:>14} {}{tail}", e.size, e.name);
+    }
+    Ok(())
+}
+
+pub(crate) fn get(args: GetArgs, data_dir: &Path, json: bool) -> anyhow::Result<()> {
+    let (disk, label) = open(args.open, data_dir)?;
+    let (piece, path) = match args.what.split_once(':') {
+        Some(_) => split_what(&args.what),
+        None => bail!("give the file as PIECE:PATH (for example p2:/etc/hostname)"),
+    };
+    let tree = file_tree(disk, piece)?;
+    let at = tree.stat(&path)?;
+    if at.kind != imaging::explore::files::EntryKind::File {
+        bail!("{piece}:{path} is not a regular file");
+    }
+    if args.dest.as_os_str() == "-" {
+        let mut out = std::io::stdout().lock();
+        tree.copy(&path, &mut out)?;
+        return Ok(());
+    }
+    let dest = if args.dest.is_dir() {
+        args.dest.join(&at.name)
+    } else {
+        args.dest.clone()
+    };
+    if dest.symlink_metadata().is_ok() {
+        bail!("{} exists; get writes a new file", dest.display());
+    }
+    let tmp = {
+        let mut n = dest.file_name().unwrap_or_default().to_os_string();
+        n.push(format!(".part-{}", std::process::id()));
+        dest.with_file_name(n)
+    };
+    let res = (|| -> anyhow::Result<u64> {
+        let f = std::fs::File::create_new(&tmp)
+            .with_context(|| format!("creating {}", tmp.display()))?;
+        let mut w = std::io::BufWriter::with_capacity(1 << 20, f);
+        let n = tree.copy(&path, &mut w)?;
+        let f = w.into_inner().map_err(|e| e.into_error())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &dest)?;
+        Ok(n)
+    })();
+    let n = match res {
+        Ok(n) => n,
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
+    };
+    if json {
+        println!(
+            "{}",
+            json!({"image": label, "piece": piece, "path": path, "dest": dest, "bytes": n})
+        );
+    } else {
+        println!(
+            "{piece}:{path} of {label} -> {} ({})",
+            dest.display(),
+            fmt::bytes(n)
+        );
+    }
+    Ok(())
 }
 
 pub(crate) fn mount(args: MountArgs, data_dir: &Path) -> anyhow::Result<()> {
