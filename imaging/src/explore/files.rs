@@ -1,6 +1,7 @@
 //! The files inside a piece of an image, read without mounting anything: list a directory,
 //! take one file. ext2, ext3 and ext4 are read with `ext4-view` (Google's read-only ext4
-//! reader, which checks what it reads); the other filesystems are not read here yet and are
+//! reader, which checks what it reads), FAT12/16/32 with `fatfs` (long names included) over a
+//! device that refuses every write; the other filesystems are not read here yet and are
 //! refused by name (`drover image mount` and the filesystem's own driver open them).
 //!
 //! Paths are absolute within the filesystem (`/etc/hostname`); symbolic links are followed
@@ -77,6 +78,7 @@ pub trait FileTree {
 pub fn open(dev: Box<dyn BlockDevice>, kind: FsKind) -> Result<Box<dyn FileTree>, FilesError> {
     match kind {
         FsKind::Ext2 | FsKind::Ext3 | FsKind::Ext4 => Ok(Box::new(Ext::load(dev)?)),
+        FsKind::Fat12 | FsKind::Fat16 | FsKind::Fat32 => Ok(Box::new(Fat::load(dev)?)),
         other => Err(FilesError::Unsupported(other)),
     }
 }
@@ -165,18 +167,307 @@ impl FileTree for Ext {
 
     fn copy(&self, path: &str, out: &mut dyn Write) -> Result<u64, FilesError> {
         let mut f = self.0.open(path).map_err(|e| Self::err(path, e))?;
-        let mut buf = vec![0u8; 1 << 20];
-        let mut total = 0u64;
-        loop {
-            let n = match f.read(&mut buf) {
-                Ok(0) => return Ok(total),
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(FilesError::Read(format!("{path}: {e}"))),
-            };
-            out.write_all(&buf[..n])
-                .map_err(|e| FilesError::Read(format!("writing {path}: {e}")))?;
-            total += n as u64;
+        copy_all(path, &mut f, out)
+    }
+}
+
+/// A device as a read-only stream (what `fatfs` reads through): every write fails.
+struct Stream {
+    dev: Box<dyn BlockDevice>,
+    pos: u64,
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = (buf.len() as u64).min(self.dev.len().saturating_sub(self.pos)) as usize;
+        self.dev.read_at(&mut buf[..n], self.pos)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+        Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            "an image is read-only",
+        ))
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl io::Seek for Stream {
+    fn seek(&mut self, to: io::SeekFrom) -> io::Result<u64> {
+        let base = match to {
+            io::SeekFrom::Start(n) => Some(n),
+            io::SeekFrom::End(d) => self.dev.len().checked_add_signed(d),
+            io::SeekFrom::Current(d) => self.pos.checked_add_signed(d),
+        };
+        self.pos = base.ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
+        Ok(self.pos)
+    }
+}
+
+struct Fat(fatfs::FileSystem<Stream>);
+
+impl Fat {
+    fn load(dev: Box<dyn BlockDevice>) -> Result<Self, FilesError> {
+        let opts = fatfs::FsOptions::new().update_accessed_date(false);
+        fatfs::FileSystem::new(Stream { dev, pos: 0 }, opts)
+            .map(Self)
+            .map_err(|e| FilesError::Read(format!("FAT: {e}")))
+    }
+
+    /// `path` as fatfs takes it: relative to the root, without empty components.
+    fn rel(path: &str) -> String {
+        path.split('/')
+            .filter(|c| !c.is_empty())
+            .collect::<Vec<_>>()
+            .join("/")
+    }
+
+    fn err(path: &str, e: io::Error) -> FilesError {
+        match e.kind() {
+            io::ErrorKind::NotFound => FilesError::NotFound(path.into()),
+            _ => FilesError::Read(format!("{path}: {e}")),
         }
+    }
+
+    fn entry(e: &fatfs::DirEntry<'_, Stream>) -> Entry {
+        Entry {
+            name: e.file_name(),
+            kind: if e.is_dir() {
+                EntryKind::Dir
+            } else {
+                EntryKind::File
+            },
+            size: if e.is_dir() { 0 } else { e.len() },
+            mode: None,
+        }
+    }
+
+    /// The entry `path` names, looked up in its parent directory (case-insensitively, as FAT
+    /// does).
+    fn find(&self, path: &str) -> Result<Entry, FilesError> {
+        let rel = Self::rel(path);
+        let (parent, name) = rel.rsplit_once('/').unwrap_or(("", rel.as_str()));
+        if name.is_empty() {
+            return Ok(Entry {
+                name: "/".into(),
+                kind: EntryKind::Dir,
+                size: 0,
+                mode: None,
+            });
+        }
+        let root = self.0.root_dir();
+        let dir = if parent.is_empty() {
+            root
+        } else {
+            root.open_dir(parent).map_err(|e| Self::err(path, e))?
+        };
+        for e in dir.iter() {
+            let e = e.map_err(|e| Self::err(path, e))?;
+            if e.file_name().eq_ignore_ascii_case(name) {
+                return Ok(Self::entry(&e));
+            }
+        }
+        Err(FilesError::NotFound(path.into()))
+    }
+}
+
+impl FileTree for Fat {
+    fn list(&self, path: &str) -> Result<Vec<Entry>, FilesError> {
+        let rel = Self::rel(path);
+        let root = self.0.root_dir();
+        let dir = if rel.is_empty() {
+            root
+        } else {
+            if self.find(path)?.kind != EntryKind::Dir {
+                return Err(FilesError::Kind {
+                    path: path.into(),
+                    why: "not a directory",
+                });
+            }
+            root.open_dir(&rel).map_err(|e| Self::err(path, e))?
+        };
+        let mut out = Vec::new();
+        for e in dir.iter() {
+            let e = e.map_err(|e| Self::err(path, e))?;
+            let name = e.file_name();
+            if name == "." || name == ".." {
+                continue;
+            }
+            out.push(Self::entry(&e));
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    fn stat(&self, path: &str) -> Result<Entry, FilesError> {
+        self.find(path)
+    }
+
+    fn copy(&self, path: &str, out: &mut dyn Write) -> Result<u64, FilesError> {
+        if self.find(path)?.kind == EntryKind::Dir {
+            return Err(FilesError::Kind {
+                path: path.into(),
+                why: "a directory",
+            });
+        }
+        let mut f = self
+            .0
+            .root_dir()
+            .open_file(&Self::rel(path))
+            .map_err(|e| Self::err(path, e))?;
+        copy_all(path, &mut f, out)
+    }
+}
+
+/// Copies `from` into `out` in 1 MiB pieces; returns the bytes copied.
+fn copy_all(path: &str, from: &mut dyn Read, out: &mut dyn Write) -> Result<u64, FilesError> {
+    let mut buf = vec![0u8; 1 << 20];
+    let mut total = 0u64;
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) => return Ok(total),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(FilesError::Read(format!("{path}: {e}"))),
+        };
+        out.write_all(&buf[..n])
+            .map_err(|e| FilesError::Read(format!("writing {path}: {e}")))?;
+        total += n as u64;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::capture::{capture, CaptureOptions};
+    use crate::device::FileDevice;
+    use crate::explore::{piece, ImageDisk, PieceDevice};
+    use crate::fs::test_support::{have_tools, run};
+    use crate::progress::NoProgress;
+    use crate::store::Store;
+    use std::path::Path;
+    use std::process::Command;
+    use std::sync::Arc;
+
+    /// Files with long and nested names, one large enough to span many clusters.
+    fn tree(dir: &Path) -> Vec<(String, Vec<u8>)> {
+        let mut x = 7u32;
+        let mut bytes = |n: usize| -> Vec<u8> {
+            (0..n)
+                .map(|_| {
+                    x = x.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                    (x >> 24) as u8
+                })
+                .collect()
+        };
+        let files = vec![
+            ("hello.txt".to_string(), b"hello\n".to_vec()),
+            ("A Long File Name.bin".to_string(), bytes(3 << 20)),
+            ("sub/deeper/notes.txt".to_string(), bytes(5000)),
+            ("sub/empty".to_string(), Vec::new()),
+        ];
+        for (p, d) in &files {
+            let f = dir.join(p);
+            std::fs::create_dir_all(f.parent().unwrap()).unwrap();
+            std::fs::write(f, d).unwrap();
+        }
+        files
+    }
+
+    /// `img` (a bare filesystem) captured and opened as files.
+    fn opened(img: &Path, kind: FsKind) -> Box<dyn FileTree> {
+        let store = Store::open(&img.with_extension("store")).unwrap();
+        let mut o = CaptureOptions::new("fs");
+        o.check_space = false;
+        let dev = FileDevice::open_read(img).unwrap();
+        let m = capture(&dev, "fs", &store, &o, &NoProgress)
+            .unwrap()
+            .manifest;
+        let p = piece(&m, "disk").unwrap();
+        assert_eq!(p.fs, Some(kind));
+        let disk = Arc::new(ImageDisk::new(m, store, 8 << 20));
+        open(Box::new(PieceDevice { disk, piece: p }), kind).unwrap()
+    }
+
+    fn check(t: &dyn FileTree, files: &[(String, Vec<u8>)]) {
+        let root: Vec<String> = t
+            .list("/")
+            .unwrap()
+            .into_iter()
+            .filter(|e| e.name != "lost+found")
+            .map(|e| e.name)
+            .collect();
+        assert_eq!(root, ["A Long File Name.bin", "hello.txt", "sub"]);
+        for (p, d) in files {
+            let path = format!("/{p}");
+            let st = t.stat(&path).unwrap();
+            assert_eq!((st.kind, st.size), (EntryKind::File, d.len() as u64), "{p}");
+            let mut out = Vec::new();
+            assert_eq!(t.copy(&path, &mut out).unwrap(), d.len() as u64);
+            assert!(out == *d, "{p}");
+        }
+        let sub = t.list("/sub").unwrap();
+        assert_eq!(sub.len(), 2);
+        assert_eq!(t.stat("/sub/deeper").unwrap().kind, EntryKind::Dir);
+        assert!(matches!(t.stat("/nope"), Err(FilesError::NotFound(_))));
+        assert!(matches!(
+            t.copy("/sub", &mut Vec::new()),
+            Err(FilesError::Kind { .. })
+        ));
+        assert!(t.list("/hello.txt").is_err());
+    }
+
+    #[test]
+    fn ext4_files_read_back_through_the_image() {
+        if !have_tools(&["mkfs.ext4"]) {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        let files = tree(&src);
+        let img = dir.path().join("ext4.img");
+        std::fs::File::create(&img)
+            .unwrap()
+            .set_len(32 << 20)
+            .unwrap();
+        run(Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-d"])
+            .arg(&src)
+            .arg(&img));
+        check(opened(&img, FsKind::Ext4).as_ref(), &files);
+    }
+
+    #[test]
+    fn fat_files_read_back_through_the_image() {
+        if !have_tools(&["mkfs.vfat", "mcopy"]) {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        let files = tree(&src);
+        let img = dir.path().join("fat.img");
+        std::fs::File::create(&img)
+            .unwrap()
+            .set_len(32 << 20)
+            .unwrap();
+        run(Command::new("mkfs.vfat").args(["-F", "16"]).arg(&img));
+        for e in std::fs::read_dir(&src).unwrap() {
+            run(Command::new("mcopy")
+                .args(["-s", "-i"])
+                .arg(&img)
+                .arg(e.unwrap().path())
+                .arg("::/"));
+        }
+        let t = opened(&img, FsKind::Fat16);
+        check(t.as_ref(), &files);
+        // FAT names match whatever their case.
+        assert_eq!(t.stat("/HELLO.TXT").unwrap().size, 6);
     }
 }

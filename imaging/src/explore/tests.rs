@@ -1,4 +1,7 @@
 use super::export::{export, Format};
+use std::io;
+use std::sync::Arc;
+
 use super::qcow2::Qcow2File;
 use super::*;
 use crate::capture::{capture, CaptureOptions};
@@ -152,7 +155,7 @@ fn exports_raw_and_qcow2_read_back_as_the_disk_and_refuse_an_existing_file() {
     assert!(r.file_size < m.disk_size, "{r:?}");
 
     let e = export(&d, &q, Format::Qcow2, 1, &NoProgress).unwrap_err();
-    assert_eq!(e.kind(), std::io::ErrorKind::AlreadyExists);
+    assert_eq!(e.kind(), io::ErrorKind::AlreadyExists);
     assert_eq!(
         all(&Qcow2File::open(&q).unwrap()),
         want,
@@ -193,8 +196,8 @@ fn a_truncated_or_foreign_qcow2_is_refused_by_name() {
 
 #[test]
 fn a_logical_volume_reads_its_runs_in_its_own_order_and_its_stripes_in_turn() {
-    let disk = std::sync::Arc::new(MemDevice::new(noise(64 * 1024, 9)));
-    let seg = |at, len, stripe, areas: Vec<u64>| crate::fs::VolumeSegment {
+    let disk = Arc::new(MemDevice::new(noise(64 * 1024, 9)));
+    let seg = |at, len, stripe, areas: Vec<u64>| VolumeSegment {
         at,
         len,
         stripe,

@@ -28,7 +28,7 @@ pub mod raw;
 mod reiserfs;
 mod swap;
 #[cfg(test)]
-mod test_support;
+pub(crate) mod test_support;
 mod ufs;
 mod xfs;
 
