@@ -153,7 +153,7 @@ pub(crate) enum ImageCommand {
     /// (the default) and `p1`, `p2`, ... Loopback clients only, unless others are allowed.
     Nbd(crate::image_open::NbdArgs),
     /// List a directory (or show a file) inside an image's partition, without mounting:
-    /// `drover image ls NAME p2:/etc`. Reads ext2/3/4 and FAT12/16/32.
+    /// `drover image ls NAME p2:/etc`. Reads ext2/3/4, FAT12/16/32 and NTFS.
     Ls(crate::image_open::LsArgs),
     /// Take one file out of an image's partition: `drover image get NAME p2:/etc/hostname
     /// DEST`.

@@ -1,8 +1,10 @@
 //! The files inside a piece of an image, read without mounting anything: list a directory,
 //! take one file. ext2, ext3 and ext4 are read with `ext4-view` (Google's read-only ext4
 //! reader, which checks what it reads), FAT12/16/32 with `fatfs` (long names included) over a
-//! device that refuses every write; the other filesystems are not read here yet and are
-//! refused by name (`drover image mount` and the filesystem's own driver open them).
+//! device that refuses every write, NTFS with `ntfs` (Colin Finck's read-only reader: a file's
+//! unnamed data stream; NTFS's own `$` files are not listed); the other filesystems are not
+//! read here yet and are refused by name (`drover image mount` and the filesystem's own driver
+//! open them).
 //!
 //! Paths are absolute within the filesystem (`/etc/hostname`); symbolic links are followed
 //! by `get`, and listed as links by `ls`.
@@ -79,6 +81,7 @@ pub fn open(dev: Box<dyn BlockDevice>, kind: FsKind) -> Result<Box<dyn FileTree>
     match kind {
         FsKind::Ext2 | FsKind::Ext3 | FsKind::Ext4 => Ok(Box::new(Ext::load(dev)?)),
         FsKind::Fat12 | FsKind::Fat16 | FsKind::Fat32 => Ok(Box::new(Fat::load(dev)?)),
+        FsKind::Ntfs => Ok(Box::new(Ntfs::load(dev)?)),
         other => Err(FilesError::Unsupported(other)),
     }
 }
@@ -326,6 +329,146 @@ impl FileTree for Fat {
     }
 }
 
+struct Ntfs {
+    fs: ntfs::Ntfs,
+    io: std::sync::Mutex<Stream>,
+}
+
+fn ntfs_err(path: &str, e: ntfs::NtfsError) -> FilesError {
+    FilesError::Read(format!("{path}: {e}"))
+}
+
+impl Ntfs {
+    fn load(dev: Box<dyn BlockDevice>) -> Result<Self, FilesError> {
+        let mut io = Stream { dev, pos: 0 };
+        let mut fs = ntfs::Ntfs::new(&mut io).map_err(|e| ntfs_err("NTFS", e))?;
+        fs.read_upcase_table(&mut io)
+            .map_err(|e| ntfs_err("NTFS $UpCase", e))?;
+        Ok(Self {
+            fs,
+            io: std::sync::Mutex::new(io),
+        })
+    }
+
+    /// The file `path` names (case-insensitively, as Windows looks names up).
+    fn walk<'n>(&'n self, io: &mut Stream, path: &str) -> Result<ntfs::NtfsFile<'n>, FilesError> {
+        let mut f = self.fs.root_directory(io).map_err(|e| ntfs_err(path, e))?;
+        for name in path.split('/').filter(|c| !c.is_empty()) {
+            if !f.is_directory() {
+                return Err(FilesError::Kind {
+                    path: path.into(),
+                    why: "not a directory",
+                });
+            }
+            let next = {
+                let index = f.directory_index(io).map_err(|e| ntfs_err(path, e))?;
+                let mut finder = index.finder();
+                let entry = ntfs::indexes::NtfsFileNameIndex::find(&mut finder, &self.fs, io, name)
+                    .ok_or_else(|| FilesError::NotFound(path.into()))?
+                    .map_err(|e| ntfs_err(path, e))?;
+                entry.to_file(&self.fs, io).map_err(|e| ntfs_err(path, e))?
+            };
+            f = next;
+        }
+        Ok(f)
+    }
+
+    /// The length of a file's unnamed data stream.
+    fn data_len(
+        &self,
+        io: &mut Stream,
+        f: &ntfs::NtfsFile<'_>,
+        path: &str,
+    ) -> Result<u64, FilesError> {
+        match f.data(io, "") {
+            None => Ok(0),
+            Some(item) => {
+                let item = item.map_err(|e| ntfs_err(path, e))?;
+                let attr = item.to_attribute().map_err(|e| ntfs_err(path, e))?;
+                Ok(attr.value_length())
+            }
+        }
+    }
+
+    fn entry(
+        &self,
+        io: &mut Stream,
+        f: &ntfs::NtfsFile<'_>,
+        name: String,
+        path: &str,
+    ) -> Result<Entry, FilesError> {
+        let dir = f.is_directory();
+        Ok(Entry {
+            name,
+            kind: if dir { EntryKind::Dir } else { EntryKind::File },
+            size: if dir { 0 } else { self.data_len(io, f, path)? },
+            mode: None,
+        })
+    }
+}
+
+impl FileTree for Ntfs {
+    fn list(&self, path: &str) -> Result<Vec<Entry>, FilesError> {
+        let mut io = self.io.lock().unwrap_or_else(|p| p.into_inner());
+        let io = &mut *io;
+        let f = self.walk(io, path)?;
+        if !f.is_directory() {
+            return Err(FilesError::Kind {
+                path: path.into(),
+                why: "not a directory",
+            });
+        }
+        let root = path.split('/').all(|c| c.is_empty());
+        let index = f.directory_index(io).map_err(|e| ntfs_err(path, e))?;
+        let mut entries = index.entries();
+        let mut out = Vec::new();
+        while let Some(e) = entries.next(io) {
+            let e = e.map_err(|e| ntfs_err(path, e))?;
+            let Some(key) = e.key() else { continue };
+            let key = key.map_err(|e| ntfs_err(path, e))?;
+            // A long name's 8.3 alias is a second entry for the same file.
+            if key.namespace() == ntfs::structured_values::NtfsFileNamespace::Dos {
+                continue;
+            }
+            let name = key.name().to_string_lossy();
+            if name == "." || (root && name.starts_with('$')) {
+                continue;
+            }
+            let file = e.to_file(&self.fs, io).map_err(|e| ntfs_err(path, e))?;
+            out.push(self.entry(io, &file, name, path)?);
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    fn stat(&self, path: &str) -> Result<Entry, FilesError> {
+        let mut io = self.io.lock().unwrap_or_else(|p| p.into_inner());
+        let io = &mut *io;
+        let f = self.walk(io, path)?;
+        let name = path.rsplit('/').next().unwrap_or(path).to_string();
+        self.entry(io, &f, name, path)
+    }
+
+    fn copy(&self, path: &str, out: &mut dyn Write) -> Result<u64, FilesError> {
+        let mut io = self.io.lock().unwrap_or_else(|p| p.into_inner());
+        let io = &mut *io;
+        let f = self.walk(io, path)?;
+        if f.is_directory() {
+            return Err(FilesError::Kind {
+                path: path.into(),
+                why: "a directory",
+            });
+        }
+        let Some(item) = f.data(io, "") else {
+            return Ok(0);
+        };
+        let item = item.map_err(|e| ntfs_err(path, e))?;
+        let attr = item.to_attribute().map_err(|e| ntfs_err(path, e))?;
+        let value = attr.value(io).map_err(|e| ntfs_err(path, e))?;
+        copy_all(path, &mut value.attach(io), out)
+    }
+}
+
 /// Copies `from` into `out` in 1 MiB pieces; returns the bytes copied.
 fn copy_all(path: &str, from: &mut dyn Read, out: &mut dyn Write) -> Result<u64, FilesError> {
     let mut buf = vec![0u8; 1 << 20];
@@ -469,5 +612,57 @@ mod tests {
         check(t.as_ref(), &files);
         // FAT names match whatever their case.
         assert_eq!(t.stat("/HELLO.TXT").unwrap().size, 6);
+    }
+
+    #[test]
+    fn ntfs_files_read_back_through_the_image() {
+        if !have_tools(&["mkntfs", "ntfscp"]) {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        let files: Vec<(String, Vec<u8>)> = tree(&src)
+            .into_iter()
+            .filter(|(p, _)| !p.contains('/'))
+            .collect();
+        let img = dir.path().join("ntfs.img");
+        std::fs::File::create(&img)
+            .unwrap()
+            .set_len(32 << 20)
+            .unwrap();
+        run(Command::new("mkntfs").args(["-Q", "-F", "-q"]).arg(&img));
+        for (p, _) in &files {
+            run(Command::new("ntfscp")
+                .arg("-q")
+                .arg(&img)
+                .arg(src.join(p))
+                .arg(p));
+        }
+        let t = opened(&img, FsKind::Ntfs);
+        let root: Vec<String> = t.list("/").unwrap().into_iter().map(|e| e.name).collect();
+        assert_eq!(
+            root,
+            ["A Long File Name.bin", "hello.txt"],
+            "NTFS's $ files are not listed"
+        );
+        for (p, d) in &files {
+            let path = format!("/{p}");
+            let st = t.stat(&path).unwrap();
+            assert_eq!((st.kind, st.size), (EntryKind::File, d.len() as u64), "{p}");
+            let mut out = Vec::new();
+            assert_eq!(t.copy(&path, &mut out).unwrap(), d.len() as u64);
+            assert!(out == *d, "{p}");
+        }
+        assert_eq!(
+            t.stat("/HELLO.TXT").unwrap().size,
+            6,
+            "names match whatever their case"
+        );
+        assert!(matches!(t.stat("/nope"), Err(FilesError::NotFound(_))));
+        assert!(matches!(
+            t.copy("/", &mut Vec::new()),
+            Err(FilesError::Kind { .. })
+        ));
+        assert!(t.list("/hello.txt").is_err());
     }
 }
