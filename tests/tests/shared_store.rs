@@ -126,7 +126,7 @@ fn two_servers_share_one_database_and_one_bucket() {
                     "lo",
                     "--read-back",
                     "--max-idle",
-                    "120s",
+                    "600s",
                 ],
             );
             std::thread::spawn(move || output_within(c, LIMIT))
