@@ -35,7 +35,7 @@ echo "bench/explore.sh: a 100 MiB file among 200 MiB of others in a 512 MiB ext4
 python3 bench/gen-tree.py "$W/tree" $((200 << 20)) >/dev/null
 head -c $((100 << 20)) /dev/urandom >"$W/tree/big.bin"
 truncate -s 520M "$W/disk.img"
-sgdisk -q -o -n1:2048:+512M -t1:8300 "$W/disk.img"
+sgdisk -o -n1:2048:+512M -t1:8300 "$W/disk.img" >/dev/null
 truncate -s 512M "$W/p1.img"
 mkfs.ext4 -q -F -d "$W/tree" "$W/p1.img"
 dd if="$W/p1.img" of="$W/disk.img" bs=1M seek=1 conv=notrunc status=none
@@ -76,7 +76,7 @@ run_mount() {
 }
 run_restore() {
   drop; local t0; t0=$(date +%s.%N)
-  rm -f "$W/scratch.img"
+  rm -f "$W/scratch.img"; truncate -s 512M "$W/scratch.img"  # the partition restored into
   zstd -q -dc "$W/p1.ptcl.zst" | partclone.ext4 -q -r -s - -O "$W/scratch.img" 2>/dev/null
   mount -o ro,loop "$W/scratch.img" "$W/files"
   measure "$t0" <"$W/files/big.bin"
