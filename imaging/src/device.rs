@@ -38,6 +38,15 @@ pub trait BlockDevice: Send + Sync {
     }
 }
 
+/// The error every write to a device that is read-only here returns (an image opened in
+/// place, a logical volume seen through its segments, a qcow2 file being imported).
+pub fn read_only(what: &str) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::PermissionDenied,
+        format!("{what} is read-only here"),
+    )
+}
+
 /// Writes `len` zero bytes at `offset` through [`BlockDevice::write_at`].
 fn write_zero_buffers<D: BlockDevice + ?Sized>(dev: &D, offset: u64, len: u64) -> io::Result<()> {
     const PIECE: u64 = 1 << 20;

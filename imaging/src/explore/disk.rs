@@ -231,10 +231,7 @@ impl BlockDevice for ImageDisk {
     }
 
     fn write_at(&self, _: &[u8], _: u64) -> io::Result<()> {
-        Err(io::Error::new(
-            io::ErrorKind::PermissionDenied,
-            "an image is read-only",
-        ))
+        Err(crate::device::read_only("an image"))
     }
 
     fn sync(&self) -> io::Result<()> {

@@ -191,10 +191,7 @@ impl Read for Stream {
 
 impl Write for Stream {
     fn write(&mut self, _: &[u8]) -> io::Result<usize> {
-        Err(io::Error::new(
-            io::ErrorKind::PermissionDenied,
-            "an image is read-only",
-        ))
+        Err(crate::device::read_only("an image"))
     }
 
     fn flush(&mut self) -> io::Result<()> {

@@ -91,10 +91,7 @@ impl BlockDevice for PieceDevice {
     }
 
     fn write_at(&self, _: &[u8], _: u64) -> io::Result<()> {
-        Err(io::Error::new(
-            io::ErrorKind::PermissionDenied,
-            "an image is read-only",
-        ))
+        Err(crate::device::read_only("an image"))
     }
 
     fn sync(&self) -> io::Result<()> {

@@ -392,10 +392,7 @@ impl BlockDevice for Qcow2File {
     }
 
     fn write_at(&self, _: &[u8], _: u64) -> io::Result<()> {
-        Err(io::Error::new(
-            io::ErrorKind::PermissionDenied,
-            "a qcow2 image is read-only here",
-        ))
+        Err(crate::device::read_only("a qcow2 image"))
     }
 
     fn sync(&self) -> io::Result<()> {

@@ -415,10 +415,7 @@ impl BlockDevice for LvDevice<'_> {
         Ok(())
     }
     fn write_at(&self, _: &[u8], _: u64) -> io::Result<()> {
-        Err(io::Error::new(
-            io::ErrorKind::PermissionDenied,
-            "a logical volume is read only here",
-        ))
+        Err(crate::device::read_only("a logical volume"))
     }
     fn sync(&self) -> io::Result<()> {
         Ok(())
