@@ -37,6 +37,7 @@ mod fat_resize;
 pub mod fs;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod import;
 pub mod manifest;
 pub mod mount;
 pub mod progress;

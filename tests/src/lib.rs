@@ -129,7 +129,6 @@ fn workspace_bin(package: &str, bin: &str) -> PathBuf {
     target.join("debug").join(bin)
 }
 
-/// Runs a program, panicking with its output if it fails.
 /// A command's stdout and stderr, for a failure message.
 pub fn text(o: &Output) -> String {
     format!(
@@ -139,6 +138,7 @@ pub fn text(o: &Output) -> String {
     )
 }
 
+/// Runs a program, panicking with its output if it fails.
 pub fn run(prog: &str, args: &[&str]) -> String {
     let out = Command::new(prog)
         .args(args)
@@ -457,11 +457,37 @@ pub struct Mount {
 
 impl Mount {
     /// Runs `prog args... dir` to mount, e.g. `ntfs-3g IMG` or `mount -o loop IMG`.
+    ///
+    /// A mount refused as busy is tried again for a few seconds: the kernel may still hold
+    /// a filesystem with the same identity that was just unmounted (btrfs keeps a restored
+    /// copy's fsid registered until the earlier copy's last reference goes, which a parallel
+    /// test's new mount namespace can delay) or udev may be probing the new loop device.
     pub fn new(prog: &str, args: &[&str], dir: &Path) -> Self {
         fs::create_dir_all(dir).unwrap();
         let mut a: Vec<&str> = args.to_vec();
         a.push(dir.to_str().unwrap());
-        run(prog, &a);
+        let mut tries = 0;
+        loop {
+            let out = run_any(prog, &a);
+            if out.status.success() {
+                break;
+            }
+            let busy = String::from_utf8_lossy(&out.stderr).contains("busy");
+            tries += 1;
+            if !busy || tries == 40 {
+                let dmesg = run_any("dmesg", &[]);
+                let dmesg = String::from_utf8_lossy(&dmesg.stdout);
+                let tail: Vec<&str> = dmesg.lines().rev().take(15).collect();
+                panic!(
+                    "{prog} {a:?} failed ({tries} tries): {}\n{}\nkernel log, newest first:\n{}",
+                    out.status,
+                    text(&out),
+                    tail.join("\n")
+                );
+            }
+            eprintln!("{prog} {a:?}: busy, trying again");
+            std::thread::sleep(Duration::from_millis(250));
+        }
         Self {
             dir: dir.to_path_buf(),
         }

@@ -95,8 +95,11 @@ pub(crate) struct GetArgs {
 /// `drover image import`.
 #[derive(Debug, clap::Args)]
 pub(crate) struct ImportArgs {
-    /// A raw or qcow2 disk image file.
+    /// A raw or qcow2 disk image file, or a Clonezilla image directory.
     pub(crate) source: PathBuf,
+    /// Which saved disk to take from a Clonezilla image holding several (e.g. sdb).
+    #[arg(long)]
+    pub(crate) disk: Option<String>,
     /// Image name; importing again under a name makes a new version.
     #[arg(long)]
     pub(crate) name: String,
@@ -333,13 +336,6 @@ pub(crate) fn export(args: ExportArgs, data_dir: &Path, json: bool) -> anyhow::R
 
 /// The device an import reads: a qcow2 file through its tables, anything else as raw bytes.
 fn source_device(path: &Path) -> anyhow::Result<Box<dyn BlockDevice>> {
-    let meta = std::fs::metadata(path).with_context(|| format!("reading {}", path.display()))?;
-    if meta.is_dir() {
-        bail!(
-            "{} is a directory: import takes a raw or qcow2 disk image file",
-            path.display()
-        );
-    }
     let dev = FileDevice::open_read(path).with_context(|| format!("opening {}", path.display()))?;
     let mut head = [0u8; 4];
     if dev.len() >= 4 {
@@ -353,8 +349,58 @@ fn source_device(path: &Path) -> anyhow::Result<Box<dyn BlockDevice>> {
     Ok(Box::new(dev))
 }
 
+/// Lays a Clonezilla image directory out as a sparse disk file in the data directory (only
+/// the saved data takes space), for capture to read like any disk.
+fn assemble_dir(
+    dir: &Path,
+    disk: Option<&str>,
+    data_dir: &Path,
+    json: bool,
+) -> anyhow::Result<tempfile::NamedTempFile> {
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("creating {}", data_dir.display()))?;
+    let scratch = tempfile::Builder::new()
+        .prefix(".import-")
+        .suffix(".img")
+        .tempfile_in(data_dir)
+        .with_context(|| format!("creating a scratch disk file in {}", data_dir.display()))?;
+    let a = imaging::import::assemble(dir, disk, scratch.as_file())
+        .with_context(|| format!("reading {}", dir.display()))?;
+    if !json {
+        eprintln!(
+            "{}: disk {} ({})",
+            dir.display(),
+            a.disk,
+            fmt::bytes(a.disk_size)
+        );
+        for p in &a.parts {
+            eprintln!("  {}: {} ({})", p.name, p.from, fmt::bytes(p.bytes));
+        }
+        for n in &a.notes {
+            eprintln!("  note: {n}");
+        }
+    }
+    Ok(scratch)
+}
+
 pub(crate) fn import(args: ImportArgs, data_dir: &Path, json: bool) -> anyhow::Result<()> {
-    let dev = source_device(&args.source)?;
+    let meta = std::fs::metadata(&args.source)
+        .with_context(|| format!("reading {}", args.source.display()))?;
+    let mut scratch = None;
+    let dev: Box<dyn BlockDevice> = if meta.is_dir() {
+        let f = assemble_dir(&args.source, args.disk.as_deref(), data_dir, json)?;
+        let dev = FileDevice::open_read(f.path())
+            .with_context(|| format!("opening {}", f.path().display()))?;
+        scratch = Some(f);
+        Box::new(dev)
+    } else {
+        if args.disk.is_some() {
+            bail!(
+                "--disk chooses a disk in a Clonezilla image directory, not in a disk image file"
+            );
+        }
+        source_device(&args.source)?
+    };
     let store = crate::image_cmd::open_store(args.store, data_dir)?;
     let mut opts = CaptureOptions::new(args.name);
     opts.chunk_size = args.chunk_size;
@@ -363,6 +409,8 @@ pub(crate) fn import(args: ImportArgs, data_dir: &Path, json: bool) -> anyhow::R
     let source = args.source.display().to_string();
     let res = imaging::capture::capture(dev.as_ref(), &source, &store, &opts, &bar);
     bar.finish();
+    drop(dev);
+    drop(scratch);
     let c = res.with_context(|| format!("importing {source}"))?;
     crate::image_cmd::print_captured(&c, "imported", json);
     Ok(())
