@@ -167,7 +167,9 @@ pub fn assemble(dir: &Path, disk: Option<&str>, out: &File) -> Result<Assembly, 
         if p.is_extended() && p.number <= 4 {
             continue;
         }
-        if !parts_listed.is_empty() && !parts_listed.contains(&p.name) {
+        // ocs-sr leaves swap partitions out of `parts` and keeps their UUID and label aside.
+        let swap = dir.join(format!("swappt-{}.info", p.name)).is_file();
+        if !swap && !parts_listed.is_empty() && !parts_listed.contains(&p.name) {
             notes.push(format!(
                 "{} was not saved in the image: it is left empty",
                 p.name
