@@ -346,28 +346,28 @@ enum Running {
 impl Running {
     fn new(mode: ChecksumMode) -> Self {
         match mode {
-            ChecksumMode::None => Running::None,
-            ChecksumMode::Crc32 => Running::Crc(!0),
-            ChecksumMode::Crc32V1 => Running::CrcV1(!0),
-            ChecksumMode::Xxh64 => Running::X64(Box::new(Xxh64::new(0))),
-            ChecksumMode::Xxh128 => Running::X128(Box::new(Xxh3::new())),
+            ChecksumMode::None => Self::None,
+            ChecksumMode::Crc32 => Self::Crc(!0),
+            ChecksumMode::Crc32V1 => Self::CrcV1(!0),
+            ChecksumMode::Xxh64 => Self::X64(Box::new(Xxh64::new(0))),
+            ChecksumMode::Xxh128 => Self::X128(Box::new(Xxh3::new())),
         }
     }
     fn update(&mut self, block: &[u8]) {
         match self {
-            Running::None => {}
-            Running::Crc(c) => *c = crc32(*c, block),
-            Running::CrcV1(c) => *c = crc32_v1(*c, block),
-            Running::X64(h) => h.update(block),
-            Running::X128(h) => h.update(block),
+            Self::None => {}
+            Self::Crc(c) => *c = crc32(*c, block),
+            Self::CrcV1(c) => *c = crc32_v1(*c, block),
+            Self::X64(h) => h.update(block),
+            Self::X128(h) => h.update(block),
         }
     }
     fn digest(&self) -> Vec<u8> {
         match self {
-            Running::None => Vec::new(),
-            Running::Crc(c) | Running::CrcV1(c) => c.to_le_bytes().to_vec(),
-            Running::X64(h) => h.digest().to_le_bytes().to_vec(),
-            Running::X128(h) => {
+            Self::None => Vec::new(),
+            Self::Crc(c) | Self::CrcV1(c) => c.to_le_bytes().to_vec(),
+            Self::X64(h) => h.digest().to_le_bytes().to_vec(),
+            Self::X128(h) => {
                 let d = h.digest128();
                 let mut v = (d as u64).to_le_bytes().to_vec();
                 v.extend_from_slice(&((d >> 64) as u64).to_le_bytes());
@@ -594,4 +594,207 @@ fn flush_run(
         run.clear();
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A partclone image of `blocks` (None: unused) written the way partclone writes one.
+    fn image(
+        version: u16,
+        bs: usize,
+        blocks: &[Option<Vec<u8>>],
+        per: u32,
+        mode: u16,
+        pad: bool,
+    ) -> Vec<u8> {
+        let total = blocks.len() as u64;
+        let used = blocks.iter().filter(|b| b.is_some()).count() as u64;
+        let mut out = Vec::new();
+        if version == 2 {
+            out.extend_from_slice(b"partclone-image\0");
+            out.extend_from_slice(b"0.3.23\0\0\0\0\0\0\0\0");
+            out.extend_from_slice(b"0002");
+            out.extend_from_slice(&0xC0DEu16.to_le_bytes());
+            let mut fs = [0u8; 16];
+            fs[..5].copy_from_slice(b"EXTFS");
+            out.extend_from_slice(&fs);
+            out.extend_from_slice(&(total * bs as u64).to_le_bytes());
+            out.extend_from_slice(&total.to_le_bytes());
+            out.extend_from_slice(&used.to_le_bytes());
+            out.extend_from_slice(&used.to_le_bytes());
+            out.extend_from_slice(&(bs as u32).to_le_bytes());
+            out.extend_from_slice(&18u32.to_le_bytes());
+            out.extend_from_slice(&2u16.to_le_bytes());
+            out.extend_from_slice(&64u16.to_le_bytes());
+            out.extend_from_slice(&mode.to_le_bytes());
+            let size: u16 = match mode {
+                0 => 0,
+                0x20 => 4,
+                0x30 => 8,
+                _ => 16,
+            };
+            out.extend_from_slice(&size.to_le_bytes());
+            out.extend_from_slice(&per.to_le_bytes());
+            out.push(1);
+            out.push(1);
+            let c = crc32(!0, &out);
+            out.extend_from_slice(&c.to_le_bytes());
+            let mut bits = vec![0u8; total.div_ceil(8) as usize];
+            for (i, b) in blocks.iter().enumerate() {
+                if b.is_some() {
+                    bits[i / 8] |= 1 << (i % 8);
+                }
+            }
+            out.extend_from_slice(&bits);
+            out.extend_from_slice(&crc32(!0, &bits).to_le_bytes());
+        } else {
+            out.extend_from_slice(b"partclone-image");
+            let mut fs = [0u8; 15];
+            fs[..5].copy_from_slice(b"EXTFS");
+            out.extend_from_slice(&fs);
+            out.extend_from_slice(b"0001\0\0");
+            out.extend_from_slice(&(bs as i32).to_le_bytes());
+            out.extend_from_slice(&(total * bs as u64).to_le_bytes());
+            out.extend_from_slice(&total.to_le_bytes());
+            out.extend_from_slice(&used.to_le_bytes());
+            out.extend_from_slice(&[0u8; 4096]);
+            for b in blocks {
+                out.push(b.is_some() as u8);
+            }
+            out.extend_from_slice(BIT_MAGIC);
+        }
+        let mode = if version == 1 {
+            ChecksumMode::Crc32V1
+        } else {
+            match mode {
+                0 => ChecksumMode::None,
+                0x20 => ChecksumMode::Crc32,
+                0x30 => ChecksumMode::Xxh64,
+                _ => ChecksumMode::Xxh128,
+            }
+        };
+        let mut run = Running::new(mode);
+        let mut n = 0;
+        for b in blocks.iter().flatten() {
+            out.extend_from_slice(b);
+            run.update(b);
+            n += 1;
+            if per > 0 && n == per {
+                out.extend_from_slice(&run.digest());
+                if pad {
+                    out.extend_from_slice(&[0; 4]);
+                }
+                if version == 2 {
+                    run = Running::new(mode);
+                }
+                n = 0;
+            }
+        }
+        if per > 0 && n > 0 {
+            out.extend_from_slice(&run.digest());
+        }
+        out
+    }
+
+    fn blocks(bs: usize) -> Vec<Option<Vec<u8>>> {
+        (0..20u8)
+            .map(|i| {
+                (i % 3 != 1).then(|| {
+                    (0..bs)
+                        .map(|j| i.wrapping_mul(31).wrapping_add(j as u8))
+                        .collect()
+                })
+            })
+            .collect()
+    }
+
+    fn restore_all(img: &[u8]) -> Result<(Header, Restored, Vec<u8>), PartcloneError> {
+        let mut disk = Vec::new();
+        let mut w = |off: u64, data: &[u8]| {
+            let end = off as usize + data.len();
+            if disk.len() < end {
+                disk.resize(end, 0);
+            }
+            disk[off as usize..end].copy_from_slice(data);
+            Ok(())
+        };
+        let (h, r) = restore(&mut &img[..], &mut w)?;
+        Ok((h, r, disk))
+    }
+
+    fn want(bs: usize) -> Vec<u8> {
+        let mut v = Vec::new();
+        for b in blocks(bs) {
+            v.extend(b.unwrap_or(vec![0; bs]));
+        }
+        v
+    }
+
+    #[test]
+    fn format_0002_with_each_checksum_restores_the_used_blocks() {
+        for (mode, per) in [(0x20u16, 4u32), (0x20, 1), (0x00, 0), (0x30, 3), (0x31, 5)] {
+            let img = image(2, 512, &blocks(512), per, mode, false);
+            let (h, r, disk) = restore_all(&img).unwrap();
+            assert_eq!(h.fs, "EXTFS");
+            assert_eq!(r.blocks, 13);
+            let mut expect = want(512);
+            expect.truncate(disk.len());
+            assert_eq!(disk, expect, "mode {mode:#x}");
+            assert_eq!(
+                r.checksums,
+                if per == 0 {
+                    0
+                } else {
+                    13u64.div_ceil(per as u64)
+                }
+            );
+        }
+    }
+
+    #[test]
+    fn format_0001_and_its_64_bit_padding_restore() {
+        for pad in [false, true] {
+            let img = image(1, 512, &blocks(512), 1, 0, pad);
+            let (h, r, disk) = restore_all(&img).unwrap();
+            assert_eq!(h.version, 1);
+            assert_eq!(r.checksums, 13, "pad {pad}");
+            let mut expect = want(512);
+            expect.truncate(disk.len());
+            assert_eq!(disk, expect, "pad {pad}");
+        }
+    }
+
+    #[test]
+    fn damage_is_named_never_written_through() {
+        let img = image(2, 512, &blocks(512), 4, 0x20, false);
+        // A flipped data byte: the group's checksum differs.
+        let mut bad = img.clone();
+        let n = bad.len();
+        bad[n - 700] ^= 1;
+        assert!(matches!(
+            restore_all(&bad),
+            Err(PartcloneError::Checksum { .. })
+        ));
+        // Cut short.
+        assert!(matches!(
+            restore_all(&img[..img.len() - 600]),
+            Err(PartcloneError::Truncated { .. })
+        ));
+        // The header and the bitmap carry their own checksums.
+        let mut bad = img.clone();
+        bad[60] ^= 1;
+        assert!(matches!(
+            restore_all(&bad),
+            Err(PartcloneError::HeaderChecksum)
+        ));
+        let mut bad = img.clone();
+        bad[V2_DESC] ^= 1;
+        assert!(matches!(restore_all(&bad), Err(PartcloneError::Bitmap(_))));
+        assert!(matches!(
+            restore_all(b"not an image at all"),
+            Err(PartcloneError::NotPartclone)
+        ));
+    }
 }

@@ -32,13 +32,13 @@ pub enum Compression {
 impl std::fmt::Display for Compression {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
-            Compression::None => "uncompressed",
-            Compression::Gzip => "gzip",
-            Compression::Zstd => "zstd",
-            Compression::Xz => "xz",
-            Compression::Lzma => "lzma",
-            Compression::Lz4 => "lz4",
-            Compression::Bzip2 => "bzip2",
+            Self::None => "uncompressed",
+            Self::Gzip => "gzip",
+            Self::Zstd => "zstd",
+            Self::Xz => "xz",
+            Self::Lzma => "lzma",
+            Self::Lz4 => "lz4",
+            Self::Bzip2 => "bzip2",
         })
     }
 }
@@ -222,7 +222,7 @@ impl Stream {
             Compression::Lz4 => Box::new(lz4_flex::frame::FrameDecoder::new(chain)),
             Compression::Bzip2 => Box::new(bzip2::bufread::MultiBzDecoder::new(chain)),
         };
-        Ok(Stream {
+        Ok(Self {
             inner,
             trail,
             files: pieces.files.clone(),
