@@ -4,7 +4,8 @@
 //! `drover image import DIR` makes an ordinary image of it, which is restored over random
 //! bytes and checked with the filesystems' own tools and by reading the files back. The same
 //! pieces recompressed with every compressor drover reads import to the same chunks, and a
-//! damaged or missing piece is refused with its name.
+//! damaged or missing piece is refused with its name. A FOG directory (made with Debian's
+//! partclone, pigz/zstd and split under the names FOS's scripts write) imports the same way.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -377,5 +378,129 @@ fn a_clonezilla_mbr_disk_keeps_its_logical_partitions_swap_and_hidden_data() {
             && id.contains("LABEL=czswap")
             && id.contains("UUID=6f0e3f2a-8d55-4b9e-9a51-0a8e7f3c2b11"),
         "{id}"
+    );
+}
+
+#[test]
+fn a_fog_directory_imports_and_restores() {
+    if !require(
+        "fog_import",
+        &[
+            "root",
+            "sgdisk",
+            "sfdisk",
+            "partclone.extfs",
+            "partclone.ntfs",
+            "mkntfs",
+            "ntfs-3g",
+            "pigz",
+            "zstd",
+            "mkswap",
+            "blkid",
+            "losetup",
+        ],
+    ) {
+        return;
+    }
+    let env = Env::new();
+    let disk = env.path("source.img");
+    sparse_file(&disk, 80 * MIB);
+    run(
+        "sgdisk",
+        &[
+            "-o",
+            "-n1:2048:+40M",
+            "-t1:8300",
+            "-n2:0:+24M",
+            "-t2:0700",
+            "-n3:0:0",
+            "-t3:8200",
+            s(&disk),
+        ],
+    );
+    let tree = env.path("tree");
+    make_tree(&tree, 10 * MIB, 81);
+    let ext4 = env.path("p1.img");
+    sparse_file(&ext4, 40 * MIB);
+    run("mkfs.ext4", &["-q", "-F", "-d", s(&tree), s(&ext4)]);
+    write_into(&disk, 2048 * 512, &ext4);
+    let ntfs = env.path("p2.img");
+    sparse_file(&ntfs, 24 * MIB);
+    run("mkntfs", &["-Q", "-F", "-L", "FOG", s(&ntfs)]);
+    write_into(&disk, (2048 + 40 * 2048) * 512, &ntfs);
+    let ntfs_files = files_at(&env, &disk, (2048 + 40 * 2048) * 512, 24 * MIB, "ntfs");
+    let swap_at = (2048 + 64 * 2048) * 512;
+    let uuid = "3c0a9d7e-52b1-4f7a-b0c4-9e1d2f3a4b5c";
+    let lo = Loop::attach(&disk, swap_at, None);
+    run("mkswap", &["-U", uuid, s(&lo.dev)]);
+    drop(lo);
+
+    // The directory FOS's fog.upload leaves (partclone images through pigz and split -a 3 -d,
+    // or zstd into .000; the table from sfdisk -d and sgdisk -b; the swap partition's UUID).
+    let dir = env.path("fog/lab-image");
+    fs::create_dir_all(&dir).unwrap();
+    run("sgdisk", &["-b", s(&dir.join("d1.mbr")), s(&disk)]);
+    let dump = run("sfdisk", &["-d", s(&disk)]).replace(s(&disk), "/dev/sda");
+    fs::write(dir.join("d1.partitions"), dump).unwrap();
+    fs::write(dir.join("d1.original.swapuuids"), format!("3 {uuid}\n")).unwrap();
+    let sh = |cmd: String| run("bash", &["-c", &format!("set -o pipefail; {cmd}")]);
+    sh(format!(
+        "partclone.extfs -q -c -s {} -o - | pigz -c | split -a 3 -d -b 1m - {}/d1p1.img.",
+        s(&ext4),
+        s(&dir)
+    ));
+    sh(format!(
+        "partclone.ntfs -q -c -s {} -o - | zstd -q -c > {}/d1p2.img.000",
+        s(&ntfs),
+        s(&dir)
+    ));
+    assert!(dir.join("d1p1.img.001").is_file());
+
+    let out = import(&env, &dir, "fog");
+    assert!(
+        out.contains("d1p1.img: partclone EXTFS image (format 0002), gzip"),
+        "{out}"
+    );
+    assert!(
+        out.contains("d1p2.img: partclone NTFS image (format 0002), zstd"),
+        "{out}"
+    );
+    assert!(out.contains("swap made again"), "{out}");
+    let target = env.path("target.img");
+    random_file(&target, 80 * MIB, 82);
+    env.restore("fog", &target);
+    let v = run("sgdisk", &["-v", s(&target)]);
+    assert!(v.contains("No problems found"), "{v}");
+    let lo = Loop::attach(&target, 2048 * 512, Some(40 * MIB));
+    run("e2fsck", &["-fn", s(&lo.dev)]);
+    drop(lo);
+    assert_same_files(
+        &read_tree(&tree),
+        &files_at(&env, &target, 2048 * 512, 40 * MIB, "ext4"),
+        "ext4 from FOG",
+    );
+    assert_same_files(
+        &ntfs_files,
+        &files_at(&env, &target, (2048 + 40 * 2048) * 512, 24 * MIB, "ntfs"),
+        "NTFS from FOG",
+    );
+    let swap = env.path("swap-back.img");
+    extract(&target, swap_at, 80 * MIB - swap_at - 33 * 512, &swap);
+    let id = run("blkid", &["-o", "export", s(&swap)]);
+    assert!(
+        id.contains("TYPE=swap") && id.contains(&format!("UUID={uuid}")),
+        "{id}"
+    );
+
+    // A damaged piece: partclone's checksums catch it, and the message names the piece.
+    let piece = dir.join("d1p1.img.001");
+    let mut bytes = fs::read(&piece).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x40;
+    fs::write(&piece, &bytes).unwrap();
+    let err = env.fails(&["image", "import", s(&dir), "--name", "fog-bad"]);
+    assert!(
+        err.contains("is damaged") && err.contains("d1p1.img.001"),
+        "{err}"
     );
 }

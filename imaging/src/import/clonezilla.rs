@@ -8,12 +8,11 @@
 
 use std::fs::File;
 use std::io::{self, Read};
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use super::partclone::{self, PartcloneError};
-use super::pieces::{self, Pieces, Stream};
+use super::pieces::{self, Pieces};
 use super::table::{self, SfPart};
+use super::write;
 use super::{Assembly, ImportError, PartDone};
 
 fn invalid(s: impl Into<String>) -> ImportError {
@@ -122,32 +121,18 @@ pub fn assemble(dir: &Path, disk: Option<&str>, out: &File) -> Result<Assembly, 
     // The table and what lies around it.
     match &gpt_first {
         Some(first) => {
-            out.write_all_at(first, 0)?;
-            let (at, backup) = match read_bytes(dir, &format!("{name}-gpt-2nd"))? {
-                Some(b)
-                    if b.len() as u64 == 33 * ss
-                        && b[b.len() - ss as usize..].starts_with(b"EFI PART") =>
-                {
-                    (disk_size - b.len() as u64, b)
-                }
-                _ => {
-                    notes.push(format!(
-                        "{name}-gpt-2nd is missing or incomplete: the backup GPT is made from the primary"
-                    ));
-                    table::gpt_backup(first, ss, disk_size)?
-                }
-            };
-            out.write_all_at(&backup, at)?;
+            let saved = read_bytes(dir, &format!("{name}-gpt-2nd"))?;
+            if let Some(n) = write::gpt(out, first, ss, disk_size, saved)? {
+                notes.push(format!("{name}-gpt-2nd {n}"));
+            }
         }
         None => {
             let mbr = read_bytes(dir, &format!("{name}-mbr"))?
                 .filter(|b| b.len() >= 512)
                 .ok_or_else(|| invalid(format!("an MBR disk without its saved {name}-mbr")))?;
-            out.write_all_at(&mbr[..512], 0)?;
+            let mut first = mbr[..512].to_vec();
             if let Some(hidden) = read_bytes(dir, &format!("{name}-hidden-data-after-mbr"))? {
-                let first = dump.parts.iter().map(|p| p.start).min().unwrap_or(1) * ss;
-                let n = (hidden.len() as u64).min(first.saturating_sub(512)) as usize;
-                out.write_all_at(&hidden[..n], 512)?;
+                first.extend_from_slice(&hidden);
             }
             let ext_boot = dump
                 .parts
@@ -156,9 +141,7 @@ pub fn assemble(dir: &Path, disk: Option<&str>, out: &File) -> Result<Assembly, 
                 .map(|p| read_bytes(dir, &format!("{}-ebr", p.name)))
                 .transpose()?
                 .flatten();
-            for (sector, ebr) in table::ebr_chain(&dump, ext_boot.as_deref())? {
-                out.write_all_at(&ebr, sector * ss)?;
-            }
+            write::mbr(out, &first, &dump, ext_boot.as_deref())?;
         }
     }
 
@@ -246,7 +229,19 @@ fn lay_out(dir: &Path, p: &SfPart, ss: u64, out: &File) -> Result<PartDone, Impo
     let start = p.start * ss;
     let len = p.size * ss;
     if let Some(info) = read_text(dir, &format!("swappt-{}.info", p.name))? {
-        write_swap(out, start, len, &info)?;
+        let field = |k: &str| {
+            info.split_whitespace().find_map(|w| {
+                w.strip_prefix(&format!("{k}="))
+                    .map(|v| v.trim_matches('"').to_string())
+            })
+        };
+        write::swap(
+            out,
+            start,
+            len,
+            field("UUID").as_deref(),
+            field("LABEL").as_deref(),
+        )?;
         return Ok(PartDone {
             name: p.name.clone(),
             from: format!("swappt-{}.info (swap made again)", p.name),
@@ -259,190 +254,7 @@ fn lay_out(dir: &Path, p: &SfPart, ss: u64, out: &File) -> Result<PartDone, Impo
             p.name, p.name, p.name
         )));
     };
-    let mut stream = Stream::open(&pieces).map_err(invalid)?;
-    let npieces = pieces.files.len();
-    let comp = stream.compression;
-    let mut head = [0u8; 15];
-    let got = fill(&mut stream, &mut head).map_err(|e| damaged_io(&stream, e))?;
-    let mut chained = io::Cursor::new(head[..got].to_vec()).chain(&mut stream);
-    let mut write = |off: u64, data: &[u8]| -> io::Result<()> {
-        if off + data.len() as u64 > len {
-            return Err(io::Error::other(Target(format!(
-                "{base} holds more than partition {}'s {len} bytes",
-                p.name
-            ))));
-        }
-        out.write_all_at(data, start + off)
-            .map_err(|e| io::Error::other(Target(format!("writing the disk file: {e}"))))
-    };
-    let (from, bytes) = if &head[..got] == partclone::MAGIC {
-        let res = partclone::restore(&mut chained, &mut write);
-        drop(chained);
-        match res {
-            Ok((h, done)) => {
-                if h.device_size > len {
-                    return Err(invalid(format!(
-                        "{base} was taken from a {}-byte partition; the table gives {} {len} bytes",
-                        h.device_size, p.name
-                    )));
-                }
-                (
-                    format!(
-                        "partclone {} image (format {:04}), {comp}, {npieces} piece{}, {} checksum{} checked",
-                        h.fs,
-                        h.version,
-                        if npieces == 1 { "" } else { "s" },
-                        done.checksums,
-                        if done.checksums == 1 { "" } else { "s" }
-                    ),
-                    done.bytes,
-                )
-            }
-            Err(e) => return Err(partclone_error(&stream, &base, e)),
-        }
-    } else {
-        let n = copy_raw(&mut chained, &mut write);
-        drop(chained);
-        let n = n.map_err(|e| damaged_io(&stream, e))?;
-        (
-            format!(
-                "raw image, {comp}, {npieces} piece{}",
-                if npieces == 1 { "" } else { "s" }
-            ),
-            n,
-        )
-    };
-    Ok(PartDone {
-        name: p.name.clone(),
-        from: format!("{base}: {from}"),
-        bytes,
-    })
-}
-
-fn fill(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match r.read(&mut buf[n..])? {
-            0 => break,
-            k => n += k,
-        }
-    }
-    Ok(n)
-}
-
-/// Copies a raw stream, leaving all-zero stretches unwritten (the file is sparse).
-fn copy_raw(
-    r: &mut dyn Read,
-    write: &mut dyn FnMut(u64, &[u8]) -> io::Result<()>,
-) -> io::Result<u64> {
-    let mut buf = vec![0u8; 1 << 20];
-    let mut at = 0u64;
-    loop {
-        let n = fill(r, &mut buf)?;
-        if n == 0 {
-            return Ok(at);
-        }
-        for (i, block) in buf[..n].chunks(64 << 10).enumerate() {
-            if block.iter().any(|&b| b != 0) {
-                write(at + (i * (64 << 10)) as u64, block)?;
-            }
-        }
-        at += n as u64;
-    }
-}
-
-/// A failure on the writing side (the disk file, or data that does not fit the partition),
-/// told apart from damage in what is read.
-#[derive(Debug)]
-struct Target(String);
-
-impl std::fmt::Display for Target {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for Target {}
-
-fn file_name(p: &Path) -> String {
-    p.file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default()
-}
-
-/// An error reading the stream: the decompressor's or the file system's, in the piece being
-/// read.
-fn damaged_io(stream: &Stream, e: io::Error) -> ImportError {
-    if let Some(t) = e.get_ref().and_then(|x| x.downcast_ref::<Target>()) {
-        return invalid(t.0.clone());
-    }
-    ImportError::Damaged {
-        file: file_name(stream.current_piece()),
-        detail: format!("{} data does not decode: {e}", stream.compression),
-    }
-}
-
-fn partclone_error(stream: &Stream, base: &str, e: PartcloneError) -> ImportError {
-    match e {
-        PartcloneError::Io(e) => damaged_io(stream, e),
-        PartcloneError::Checksum { start, end, .. } => {
-            // `start`/`end` count from after the 15 bytes read to recognise the image.
-            let names: Vec<String> = stream
-                .pieces_for(start, end + 15)
-                .into_iter()
-                .map(file_name)
-                .collect();
-            ImportError::Damaged {
-                file: names.join(" or "),
-                detail: e.to_string(),
-            }
-        }
-        PartcloneError::Truncated { .. } => ImportError::Damaged {
-            file: file_name(stream.current_piece()),
-            detail: e.to_string(),
-        },
-        other => ImportError::Damaged {
-            file: base.to_string(),
-            detail: other.to_string(),
-        },
-    }
-}
-
-/// A Linux swap header (format 1, 4 KiB pages) with the saved UUID and label, as Clonezilla
-/// makes one again with mkswap.
-fn write_swap(out: &File, start: u64, len: u64, info: &str) -> Result<(), ImportError> {
-    let field = |k: &str| {
-        info.split_whitespace().find_map(|w| {
-            w.strip_prefix(&format!("{k}="))
-                .map(|v| v.trim_matches('"').to_string())
-        })
-    };
-    if len < 10 * 4096 {
-        return Err(invalid(format!(
-            "swap partition of {len} bytes is too small"
-        )));
-    }
-    let mut page = vec![0u8; 4096];
-    page[1024..1028].copy_from_slice(&1u32.to_le_bytes());
-    let last = u32::try_from(len / 4096 - 1).unwrap_or(u32::MAX);
-    page[1028..1032].copy_from_slice(&last.to_le_bytes());
-    if let Some(u) = field("UUID") {
-        let hex: String = u.chars().filter(|c| *c != '-').collect();
-        if hex.len() == 32 {
-            for i in 0..16 {
-                page[1036 + i] = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16)
-                    .map_err(|_| invalid(format!("swap UUID {u:?}")))?;
-            }
-        }
-    }
-    if let Some(l) = field("LABEL") {
-        let b = l.as_bytes();
-        let n = b.len().min(15);
-        page[1052..1052 + n].copy_from_slice(&b[..n]);
-    }
-    page[4086..4096].copy_from_slice(b"SWAPSPACE2");
-    out.write_all_at(&page, start)?;
-    Ok(())
+    write::partition(out, start, len, &p.name, &base, &pieces)
 }
 
 /// Checks the files `MD5SUMS`, `SHA1SUMS` and `B2SUMS` list (`ocs-sr -gm/-gs/-gb`), naming the

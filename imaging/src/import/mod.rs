@@ -3,17 +3,20 @@
 //! a sparse disk file — its partition table from the saved dumps, its MBR and the hidden data
 //! after it, each partition's used blocks from its partclone image (or all of a `dd` image),
 //! swap partitions made again with their UUID and label — checking partclone's checksums and
-//! the directory's `MD5SUMS`/`SHA1SUMS`/`B2SUMS` where present. Blocks no image holds are never
-//! written, so the file stays as small as the data.
+//! the directory's `MD5SUMS`/`SHA1SUMS`/`B2SUMS` where present. A FOG image directory is laid
+//! out the same way from its `dN.*` files. Blocks no image holds are never written, so the
+//! file stays as small as the data.
 //!
 //! This module does not capture (the caller runs [`crate::capture`] over the file) and does
 //! not read ntfsclone or partimage files, LVM volume groups, or lzop/lzip/lrzip compression:
 //! each is refused with a message naming it.
 
 pub mod clonezilla;
+pub mod fog;
 pub mod partclone;
 pub mod pieces;
 pub mod table;
+mod write;
 
 use std::path::Path;
 
@@ -83,8 +86,12 @@ pub fn assemble(
     if is_clonezilla(dir) {
         return clonezilla::assemble(dir, disk, out);
     }
+    if fog::is_fog(dir) {
+        return fog::assemble(dir, disk, out);
+    }
     Err(ImportError::Invalid(format!(
-        "{} is not a Clonezilla image directory (no `disk` or `parts` file)",
+        "{} is neither a Clonezilla image directory (no `disk` or `parts` file) nor a FOG one \
+         (no `d1.partitions`)",
         dir.display()
     )))
 }
