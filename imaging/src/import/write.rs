@@ -26,7 +26,7 @@ pub(super) fn partition(
     base: &str,
     pieces: &Pieces,
 ) -> Result<PartDone, ImportError> {
-    let mut stream = Stream::open(&pieces).map_err(invalid)?;
+    let mut stream = Stream::open(pieces).map_err(invalid)?;
     let npieces = pieces.files.len();
     let comp = stream.compression;
     let mut head = [0u8; 15];
@@ -65,7 +65,7 @@ pub(super) fn partition(
                     done.bytes,
                 )
             }
-            Err(e) => return Err(partclone_error(&stream, &base, e)),
+            Err(e) => return Err(partclone_error(&stream, base, e)),
         }
     } else {
         let n = copy_raw(&mut chained, &mut write);
