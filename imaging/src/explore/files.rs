@@ -2,9 +2,11 @@
 //! take one file. ext2, ext3 and ext4 are read with `ext4-view` (Google's read-only ext4
 //! reader, which checks what it reads), FAT12/16/32 with `fatfs` (long names included) over a
 //! device that refuses every write, NTFS with `ntfs` (Colin Finck's read-only reader: a file's
-//! unnamed data stream; NTFS's own `$` files are not listed); the other filesystems are not
-//! read here yet and are refused by name (`drover image mount` and the filesystem's own driver
-//! open them).
+//! unnamed data stream; NTFS's own `$` files are not listed), exFAT with our own small reader
+//! ([`super::exfat_files`]: the `exfat-fs` crate refuses subdirectories Linux's exfat-fuse
+//! writes); the other
+//! filesystems are not read here yet and are refused by name (`drover image mount` and the
+//! filesystem's own driver open them).
 //!
 //! Paths are absolute within the filesystem (`/etc/hostname`); symbolic links are followed
 //! by `get`, and listed as links by `ls`.
@@ -82,6 +84,7 @@ pub fn open(dev: Box<dyn BlockDevice>, kind: FsKind) -> Result<Box<dyn FileTree>
         FsKind::Ext2 | FsKind::Ext3 | FsKind::Ext4 => Ok(Box::new(Ext::load(dev)?)),
         FsKind::Fat12 | FsKind::Fat16 | FsKind::Fat32 => Ok(Box::new(Fat::load(dev)?)),
         FsKind::Ntfs => Ok(Box::new(Ntfs::load(dev)?)),
+        FsKind::Exfat => Ok(Box::new(super::exfat_files::Exfat::load(dev)?)),
         other => Err(FilesError::Unsupported(other)),
     }
 }
@@ -467,7 +470,11 @@ impl FileTree for Ntfs {
 }
 
 /// Copies `from` into `out` in 1 MiB pieces; returns the bytes copied.
-fn copy_all(path: &str, from: &mut dyn Read, out: &mut dyn Write) -> Result<u64, FilesError> {
+pub(super) fn copy_all(
+    path: &str,
+    from: &mut dyn Read,
+    out: &mut dyn Write,
+) -> Result<u64, FilesError> {
     let mut buf = vec![0u8; 1 << 20];
     let mut total = 0u64;
     loop {
@@ -661,5 +668,47 @@ mod tests {
             Err(FilesError::Kind { .. })
         ));
         assert!(t.list("/hello.txt").is_err());
+    }
+
+    #[test]
+    fn exfat_files_read_back_through_the_image() {
+        if !have_tools(&["mkfs.exfat", "mount.exfat-fuse", "losetup"]) {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        let files = tree(&src);
+        let img = dir.path().join("exfat.img");
+        std::fs::File::create(&img)
+            .unwrap()
+            .set_len(32 << 20)
+            .unwrap();
+        run(Command::new("mkfs.exfat").arg(&img));
+        let mnt = dir.path().join("mnt");
+        std::fs::create_dir(&mnt).unwrap();
+        // exfat-fuse run as root wants a block device.
+        let lo = run(Command::new("losetup").args(["-f", "--show"]).arg(&img));
+        let lo = lo.trim().to_string();
+        let mounted = Command::new("mount.exfat-fuse").arg(&lo).arg(&mnt).status();
+        let copied = mounted.as_ref().is_ok_and(|s| s.success())
+            && Command::new("cp")
+                .arg("-r")
+                .arg(format!("{}/.", src.display()))
+                .arg(&mnt)
+                .status()
+                .is_ok_and(|s| s.success());
+        let _ = Command::new("umount").arg(&mnt).status();
+        let _ = Command::new("losetup").arg("-d").arg(&lo).status();
+        assert!(
+            copied,
+            "filling the exFAT volume through exfat-fuse ({mounted:?})"
+        );
+        let t = opened(&img, FsKind::Exfat);
+        check(t.as_ref(), &files);
+        assert_eq!(
+            t.stat("/HELLO.TXT").unwrap().size,
+            6,
+            "names match whatever their case"
+        );
     }
 }

@@ -8,6 +8,7 @@
 //! daemon crate's, on top of [`ImageDisk`].
 
 mod disk;
+mod exfat_files;
 pub mod export;
 pub mod files;
 pub mod qcow2;
