@@ -274,3 +274,153 @@ fn exports_are_accepted_by_qemu_img_and_imports_dedupe_against_the_store() {
     assert!(e.contains("a-directory"), "{e}");
     assert_eq!(env.json(&["image", "list"]).as_array().unwrap().len(), 3);
 }
+
+/// `drover image ls` and `get` against the filesystems themselves: a disk with ext4, FAT32,
+/// NTFS and exFAT partitions is captured; every directory `ls` lists and every file `get`
+/// returns equals what the mounted filesystem (the kernel's ext4, ntfs-3g, exfat-fuse; for FAT,
+/// whose kernel driver this machine lacks, mtools' copy of the tree) shows.
+#[test]
+fn ls_and_get_agree_with_the_mounted_filesystems() {
+    if !require(
+        "image_ls_get",
+        &[
+            "root",
+            "sgdisk",
+            "mkfs.ext4",
+            "mkfs.fat",
+            "mcopy",
+            "mkntfs",
+            "ntfs-3g",
+            "mkfs.exfat",
+            "mount.exfat-fuse",
+            "losetup",
+        ],
+    ) {
+        return;
+    }
+    let env = Env::new();
+    let disk = env.path("files.img");
+    sparse_file(&disk, 200 * MIB);
+    run(
+        "sgdisk",
+        &[
+            "-o",
+            "-n1:2048:+40M",
+            "-t1:8300",
+            "-n2:0:+48M",
+            "-t2:0700",
+            "-n3:0:+40M",
+            "-t3:0700",
+            "-n4:0:+40M",
+            "-t4:0700",
+            s(&disk),
+        ],
+    );
+    let part = |i: u64| {
+        (
+            2048 * 512 + [0, 40, 88, 128][i as usize - 1] * MIB,
+            [40, 48, 40, 40][i as usize - 1] * MIB,
+        )
+    };
+    let tree = env.path("tree");
+    make_tree(&tree, 3 * MIB, 31);
+    fs::create_dir_all(tree.join("Mixed Case/Deeper")).unwrap();
+    fs::write(tree.join("Mixed Case/Deeper/Notes.TXT"), b"found by name\n").unwrap();
+
+    let (o1, l1) = part(1);
+    let f = env.path("p1.img");
+    sparse_file(&f, l1);
+    run("mkfs.ext4", &["-q", "-F", "-d", s(&tree), s(&f)]);
+    write_into(&disk, o1, &f);
+    let (o2, l2) = part(2);
+    let f = env.path("p2.img");
+    sparse_file(&f, l2);
+    run("mkfs.fat", &["-F", "32", s(&f)]);
+    for e in fs::read_dir(&tree).unwrap() {
+        run("mcopy", &["-s", "-i", s(&f), s(&e.unwrap().path()), "::/"]);
+    }
+    write_into(&disk, o2, &f);
+    for (i, how) in [(3u64, "ntfs"), (4, "exfat")] {
+        let (o, l) = part(i);
+        let lo = Loop::attach(&disk, o, Some(l));
+        let m = match how {
+            "ntfs" => {
+                run("mkntfs", &["-Q", "-F", "-q", s(&lo.dev)]);
+                Mount::new("ntfs-3g", &[s(&lo.dev)], &env.path("fill-ntfs"))
+            }
+            _ => {
+                run("mkfs.exfat", &[s(&lo.dev)]);
+                Mount::new("mount.exfat-fuse", &[s(&lo.dev)], &env.path("fill-exfat"))
+            }
+        };
+        run("cp", &["-r", &format!("{}/.", s(&tree)), s(&m.dir)]);
+        drop(m);
+        drop(lo);
+    }
+    env.capture(&disk, "files");
+
+    // What each filesystem shows when mounted (FAT: the tree mtools copied in).
+    let shown = |i: u64| -> std::collections::BTreeMap<std::path::PathBuf, Vec<u8>> {
+        let (o, l) = part(i);
+        let lo = Loop::attach(&disk, o, Some(l));
+        let dir = env.path(&format!("shown-{i}"));
+        let m = match i {
+            1 => Mount::new("mount", &["-o", "ro", s(&lo.dev)], &dir),
+            3 => Mount::new("ntfs-3g", &["-o", "ro", s(&lo.dev)], &dir),
+            _ => Mount::new("mount.exfat-fuse", &["-o", "ro", s(&lo.dev)], &dir),
+        };
+        let mut t = read_tree(&m.dir);
+        t.retain(|p, _| !p.starts_with("lost+found"));
+        t
+    };
+    for i in 1..=4u64 {
+        let want = if i == 2 { read_tree(&tree) } else { shown(i) };
+        assert!(want.len() > 5, "p{i}: {} files", want.len());
+        let mut dirs = std::collections::BTreeSet::new();
+        for (p, data) in &want {
+            let path = format!("p{i}:/{}", p.display());
+            let got = env.drover(&["image", "get", "files", &path, "-"]);
+            assert!(got.status.success(), "get {path}: {}", text(&got));
+            assert!(
+                got.stdout == *data,
+                "get {path} differs from the mounted file"
+            );
+            let mut d = p.parent();
+            while let Some(x) = d {
+                dirs.insert(x.to_path_buf());
+                d = x.parent();
+            }
+        }
+        for d in dirs {
+            let mut names: Vec<String> = want
+                .keys()
+                .filter_map(|p| p.strip_prefix(&d).ok())
+                .filter_map(|r| r.components().next())
+                .map(|c| c.as_os_str().to_string_lossy().into_owned())
+                .collect();
+            names.sort();
+            names.dedup();
+            let path = format!("p{i}:/{}", d.display());
+            let listed: Vec<serde_json::Value> =
+                serde_json::from_str(&env.ok(&["--json", "image", "ls", "files", &path])).unwrap();
+            let mut got: Vec<String> = listed
+                .iter()
+                .map(|e| e["name"].as_str().unwrap().to_string())
+                .filter(|n| !(i == 1 && d.as_os_str().is_empty() && n == "lost+found"))
+                .collect();
+            got.sort();
+            assert_eq!(got, names, "ls {path}");
+        }
+        // Names match in any case where the filesystem does.
+        if i > 1 {
+            let got = env.ok(&[
+                "image",
+                "get",
+                "files",
+                &format!("p{i}:/mixed case/deeper/notes.txt"),
+                "-",
+            ]);
+            assert_eq!(got, "found by name\n", "p{i}");
+        }
+    }
+}
