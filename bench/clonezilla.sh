@@ -69,7 +69,7 @@ for r in $(seq 1 "$RUNS"); do
 
   rm -f "$W/target.img"; truncate -s 960M "$W/target.img"
   drop; t0=$(now)
-  zstd -dc "${pieces[@]}" | partclone.restore -q -s - -o "$W/target.img" -O >/dev/null 2>&1
+  zstd -dc "${pieces[@]}" | partclone.restore -q -s - -O "$W/target.img" >/dev/null 2>&1
   sync
   t=$(echo "$(now) - $t0" | bc); printf '%s\trestore\t%.2f\n' "$r" "$t" | tee -a "$tsv" >&2
 
