@@ -94,12 +94,7 @@ pub fn assemble(dir: &Path, disk: Option<&str>, out: &File) -> Result<Assembly, 
     } else {
         None
     };
-    let needed = dump
-        .parts
-        .iter()
-        .map(|p| (p.start + p.size) * ss)
-        .max()
-        .unwrap_or(0);
+    let needed = dump.end_bytes();
     let disk_size = match (parted, &gpt_first) {
         (Some(n), _) => n * ss,
         (None, Some(first)) => table::gpt_disk_size(first, ss)?,

@@ -84,12 +84,7 @@ pub fn assemble(dir: &Path, disk: Option<&str>, out: &File) -> Result<Assembly, 
     let mbr = read(dir, &format!("{name}.mbr"))?
         .ok_or_else(|| invalid(format!("no {name}.mbr (the disk's first sectors)")))?;
     let mut notes = Vec::new();
-    let needed = dump
-        .parts
-        .iter()
-        .map(|p| (p.start + p.size) * ss)
-        .max()
-        .unwrap_or(0);
+    let needed = dump.end_bytes();
 
     let disk_size = if dump.label == "gpt" {
         let first = gpt_from_sgdisk_backup(&mbr, ss)

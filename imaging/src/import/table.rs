@@ -32,6 +32,17 @@ pub struct SfPart {
     pub ty: String,
 }
 
+impl SfdiskDump {
+    /// Where the last partition ends, in bytes: the least disk size the table fits.
+    pub fn end_bytes(&self) -> u64 {
+        self.parts
+            .iter()
+            .map(|p| (p.start + p.size) * self.sector_size)
+            .max()
+            .unwrap_or(0)
+    }
+}
+
 impl SfPart {
     /// An MBR extended partition (types 05, 0f, 85).
     pub fn is_extended(&self) -> bool {
